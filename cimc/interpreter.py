@@ -1,0 +1,119 @@
+"""The reference interpreter: runs any graph in numpy, with each op's registered meaning.
+
+Values are kept in a dict keyed by value identity and freed after their last use. Inputs are
+checked against the graph's input types first (name, element type, shape). An error inside an
+op is re-raised naming the node and op. Ops that model noise draw from one generator seeded
+per run, so the same seed gives the same bits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from cimc.errors import CimcError, InputError
+from cimc.ir.core import Graph, Value
+from cimc.ir.opdef import OpContext, OpDef, lookup
+
+__all__ = ["ExecutionError", "Interpreter", "check_inputs", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+class ExecutionError(CimcError):
+    """An op failed while the interpreter ran it."""
+
+
+def check_inputs(graph: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The inputs as arrays keyed by name, or an ``InputError`` saying what does not fit."""
+    want = {v.name: v for v in graph.inputs}
+    missing = [n for n in want if n not in inputs]
+    extra = [n for n in inputs if n not in want]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(repr(n) for n in missing))
+        if extra:
+            parts.append("unknown " + ", ".join(repr(n) for n in extra))
+        raise InputError(f"inputs do not match the graph: {'; '.join(parts)} "
+                         f"(the graph takes {', '.join(repr(n) for n in want) or 'no inputs'})")
+    out = {}
+    for name, v in want.items():
+        array = np.asarray(inputs[name])
+        why = v.type.accepts(array)
+        if why:
+            raise InputError(f"input {name!r}: {why}")
+        out[name] = array
+    return out
+
+
+class Interpreter:
+    """Runs a graph; keeps per-run machine state and a seeded generator for noisy ops."""
+
+    def __init__(self, graph: Graph, *, seed: int = 0) -> None:
+        self.graph = graph
+        self.seed = seed
+        self._plan = _plan(graph)
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run on ``inputs`` (by graph input name); return the outputs by graph output name."""
+        arrays = check_inputs(self.graph, inputs)
+        env: dict[int, np.ndarray | None] = {}
+        for v in self.graph.inputs:
+            env[id(v)] = arrays[v.name]
+        for v in self.graph.constants.values():
+            env[id(v)] = v.const
+        rng = np.random.default_rng(self.seed)
+        state: dict[str, Any] = {}
+        keep = {id(v) for v in self.graph.outputs}
+        for node, opdef, attrs, frees in self._plan:
+            operands = [None if v is None else env[id(v)] for v in node.inputs]
+            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state)
+            try:
+                result = opdef.impl(ctx, *operands)
+            except CimcError as e:
+                raise ExecutionError(f"while executing node {node.name!r} ({node.op}): {e}") from e
+            except Exception as e:
+                raise ExecutionError(f"while executing node {node.name!r} ({node.op}): "
+                                     f"{type(e).__name__}: {e}") from e
+            results = result if isinstance(result, tuple | list) else (result,)
+            if len(results) < len(node.outputs):
+                raise ExecutionError(f"node {node.name!r} ({node.op}) gave {len(results)} results, "
+                                     f"{len(node.outputs)} expected")
+            for v, r in zip(node.outputs, results, strict=False):
+                env[id(v)] = r
+            for v in frees:
+                if id(v) not in keep:
+                    env.pop(id(v), None)
+        return {v.name: np.asarray(env[id(v)]) for v in self.graph.outputs}
+
+
+def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value]]]:
+    last_use: dict[int, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            if v is not None and v.const is None:
+                last_use[id(v)] = i
+    frees: list[list[Value]] = [[] for _ in graph.nodes]
+    for i, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            if v is not None and v.const is None and last_use.get(id(v)) == i and v not in frees[i]:
+                frees[i].append(v)
+        for v in node.outputs:  # results nobody reads are dropped at once
+            if id(v) not in last_use:
+                frees[i].append(v)
+    plan = []
+    for node, free in zip(graph.nodes, frees, strict=True):
+        opdef = lookup(node.op)
+        if opdef is None:
+            raise ExecutionError(f"node {node.name!r}: op {node.op!r} has no implementation")
+        plan.append((node, opdef, opdef.attr_values(node.attrs), free))
+    return plan
+
+
+def run(graph: Graph, inputs: Mapping[str, Any], *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Run ``graph`` once on ``inputs``; see :class:`Interpreter`."""
+    return Interpreter(graph, seed=seed).run(inputs)

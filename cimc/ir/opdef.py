@@ -1,0 +1,195 @@
+"""Op definitions: each op has exactly one, holding its schema, type rule and meaning.
+
+An ``OpDef`` gives the operand and result counts, the attribute schema (kind, default, doc), a
+type rule (``infer``) and the reference implementation (``impl``) that the interpreter runs.
+Built-in ONNX-named ops are defined in ``cimc.ops``; targets define their instruction ops the
+same way with :func:`define_op`. A later definition of a name already taken is an error unless
+``replace=True`` is passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cimc.errors import VerifyError
+from cimc.ir.core import Node
+from cimc.ir.types import TensorType
+
+__all__ = [
+    "REQUIRED",
+    "AttrSpec",
+    "InferContext",
+    "OpContext",
+    "OpDef",
+    "all_ops",
+    "define_op",
+    "infer_types",
+    "lookup",
+]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""Default of an attribute that every node of the op must set."""
+
+ATTR_KINDS = ("int", "float", "str", "ints", "floats", "strs", "tensor", "any")
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One attribute of an op: its kind (one of ``ATTR_KINDS``), default and meaning."""
+
+    kind: str
+    default: Any = None
+    doc: str = ""
+
+
+@dataclass
+class OpContext:
+    """What an op implementation sees besides its operands."""
+
+    attrs: Mapping[str, Any]
+    num_outputs: int = 1
+    node_name: str = ""
+    rng: np.random.Generator | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    """Machine state shared by the ops of one run (weights written to arrays, track positions)."""
+
+
+@dataclass
+class InferContext:
+    """What a type rule sees: operand types, constant operand values, attributes, result count."""
+
+    node: Node
+    types: list[TensorType | None]
+    attrs: Mapping[str, Any]
+    num_outputs: int
+
+    def const(self, index: int) -> np.ndarray | None:
+        """The value of operand ``index`` if it is a constant (or absent), else ``None``."""
+        if index >= len(self.node.inputs):
+            return None
+        v = self.node.inputs[index]
+        return None if v is None else v.const
+
+    def has(self, index: int) -> bool:
+        """Whether optional operand ``index`` is present."""
+        return index < len(self.node.inputs) and self.node.inputs[index] is not None
+
+
+Impl = Callable[..., Any]
+Infer = Callable[[InferContext], Sequence[TensorType]]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """The one definition of an op."""
+
+    name: str
+    impl: Impl
+    infer: Infer
+    attrs: Mapping[str, AttrSpec]
+    min_inputs: int
+    max_inputs: int | None
+    min_outputs: int
+    max_outputs: int | None
+    doc: str = ""
+    has_side_effects: bool = False
+    verify: Callable[[Node], str | None] | None = None
+
+    def attr_values(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """The node's attributes with the defaults of unset ones filled in."""
+        out = {k: spec.default for k, spec in self.attrs.items() if spec.default is not REQUIRED}
+        out.update(attrs)
+        return out
+
+    def check_node(self, node: Node) -> str | None:
+        """Why ``node`` breaks this op's schema, or ``None``."""
+        n_in, n_out = len(node.inputs), len(node.outputs)
+        if n_in < self.min_inputs or (self.max_inputs is not None and n_in > self.max_inputs):
+            return f"takes {_count(self.min_inputs, self.max_inputs)} operands, has {n_in}"
+        for i in range(self.min_inputs):
+            if node.inputs[i] is None:
+                return f"operand {i} is required but absent"
+        if n_out < self.min_outputs or (self.max_outputs is not None and n_out > self.max_outputs):
+            return f"has {_count(self.min_outputs, self.max_outputs)} results, not {n_out}"
+        for key in node.attrs:
+            if key not in self.attrs:
+                known = ", ".join(sorted(self.attrs)) or "none"
+                return f"has unknown attribute {key!r} (known: {known})"
+        for key, spec in self.attrs.items():
+            if spec.default is REQUIRED and key not in node.attrs:
+                return f"needs attribute {key!r}"
+        return self.verify(node) if self.verify is not None else None
+
+
+def _count(lo: int, hi: int | None) -> str:
+    if hi == lo:
+        return str(lo)
+    return f"{lo} or more" if hi is None else f"{lo} to {hi}"
+
+
+_REGISTRY: dict[str, OpDef] = {}
+_BUILTINS_LOADED = False
+
+
+def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        import cimc.ops  # noqa: F401  (registers the built-in ops)
+
+
+def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
+              outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
+              doc: str = "", side_effects: bool = False,
+              verify: Callable[[Node], str | None] | None = None,
+              replace: bool = False) -> Callable[[Impl], Impl]:
+    """Decorator registering ``impl(ctx, *operands) -> array | tuple of arrays`` as op ``name``."""
+    lo_in, hi_in = (inputs, inputs) if isinstance(inputs, int) else inputs
+    lo_out, hi_out = (outputs, outputs) if isinstance(outputs, int) else outputs
+
+    def register(impl: Impl) -> Impl:
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"op {name!r} is defined twice ({_REGISTRY[name].impl.__module__} and {impl.__module__})")
+        _REGISTRY[name] = OpDef(name, impl, infer, dict(attrs or {}), lo_in, hi_in, lo_out, hi_out,
+                                doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify)
+        return impl
+
+    return register
+
+
+def lookup(name: str) -> OpDef | None:
+    """The definition of op ``name``, or ``None`` if no op of that name is defined."""
+    _ensure_builtins()
+    return _REGISTRY.get(name)
+
+
+def all_ops() -> dict[str, OpDef]:
+    """Every defined op by name."""
+    _ensure_builtins()
+    return dict(_REGISTRY)
+
+
+def infer_types(node: Node, num_outputs: int) -> list[TensorType]:
+    """Result types of ``node`` from its op's type rule."""
+    opdef = lookup(node.op)
+    if opdef is None:
+        raise VerifyError(f"node {node.name!r}: op {node.op!r} is not defined")
+    ctx = InferContext(node, [None if v is None else v.type for v in node.inputs],
+                       opdef.attr_values(node.attrs), num_outputs)
+    types = list(opdef.infer(ctx))
+    if len(types) != num_outputs:
+        if len(types) > num_outputs:
+            return types[:num_outputs]
+        raise VerifyError(f"node {node.name!r} ({node.op}): type rule gave {len(types)} results, "
+                          f"{num_outputs} wanted")
+    return types

@@ -1,0 +1,165 @@
+"""Tensor types: an element type, a shape whose dims may be symbolic, optional quantization.
+
+A dim is an ``int`` (known), a ``str`` (a named symbolic dim such as ``"N"``, equal wherever the
+name recurs) or ``None`` (unknown). A shape of ``None`` means the rank is unknown too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DType", "Dim", "QuantParams", "Shape", "TensorType"]
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+class DType(Enum):
+    """Element types, named as they print in ``.cimir`` text."""
+
+    f16 = "f16"
+    bf16 = "bf16"
+    f32 = "f32"
+    f64 = "f64"
+    i4 = "i4"
+    u4 = "u4"
+    i8 = "i8"
+    i16 = "i16"
+    i32 = "i32"
+    i64 = "i64"
+    u8 = "u8"
+    u16 = "u16"
+    u32 = "u32"
+    u64 = "u64"
+    bool = "bool"
+    str = "str"
+
+    @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype values of this type are stored in (int4 is widened to int8)."""
+        return _TO_NUMPY[self]
+
+    @staticmethod
+    def from_numpy(dtype: Any) -> DType:
+        """The cimc type of a numpy dtype; raises ``KeyError`` for types cimc does not have."""
+        dt = np.dtype(dtype)
+        if dt.kind in "UO":
+            return DType.str
+        if dt.name == "bfloat16":
+            return DType.bf16
+        return _FROM_NUMPY[dt]
+
+    @property
+    def is_float(self) -> bool:
+        """Whether this is a floating-point type."""
+        return self in (DType.f16, DType.bf16, DType.f32, DType.f64)
+
+    @property
+    def is_int(self) -> bool:
+        """Whether this is a signed or unsigned integer type."""
+        return self.name[0] in "iu"
+
+
+def _bfloat16() -> np.dtype:
+    try:
+        import ml_dtypes  # shipped with onnx
+
+        return np.dtype(ml_dtypes.bfloat16)
+    except ImportError:  # pragma: no cover
+        return np.dtype(np.float32)
+
+
+_TO_NUMPY: dict[DType, np.dtype] = {
+    DType.f16: np.dtype(np.float16), DType.bf16: _bfloat16(), DType.f32: np.dtype(np.float32),
+    DType.f64: np.dtype(np.float64), DType.i4: np.dtype(np.int8), DType.u4: np.dtype(np.uint8),
+    DType.i8: np.dtype(np.int8), DType.i16: np.dtype(np.int16), DType.i32: np.dtype(np.int32),
+    DType.i64: np.dtype(np.int64), DType.u8: np.dtype(np.uint8), DType.u16: np.dtype(np.uint16),
+    DType.u32: np.dtype(np.uint32), DType.u64: np.dtype(np.uint64), DType.bool: np.dtype(np.bool_),
+    DType.str: np.dtype(object),
+}
+_FROM_NUMPY: dict[np.dtype, DType] = {
+    v: k for k, v in _TO_NUMPY.items() if k not in (DType.i4, DType.u4, DType.str, DType.bf16)
+}
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """How an integer tensor maps to real numbers: ``real = scale * (q - zero_point)``.
+
+    ``scale`` and ``zero_point`` are tuples (one entry per tensor, or one per channel along
+    ``axis``); ``bits`` is the number of significant bits (2 to 8), which may be fewer than the
+    storage type holds.
+    """
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    bits: int = 8
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether scales vary along ``axis``."""
+        return self.axis is not None
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The type of a value: element type, shape (``None`` if the rank is unknown), quantization."""
+
+    dtype: DType
+    shape: Shape | None
+    quant: QuantParams | None = None
+
+    @property
+    def rank(self) -> int | None:
+        """Number of dims, or ``None`` if unknown."""
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        """Whether every dim is a known integer."""
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def with_shape(self, shape: Shape | None) -> TensorType:
+        """The same type with another shape."""
+        return TensorType(self.dtype, shape, self.quant)
+
+    def with_dtype(self, dtype: DType) -> TensorType:
+        """The same type with another element type (quantization dropped)."""
+        return TensorType(dtype, self.shape, None)
+
+    @staticmethod
+    def of(array: np.ndarray) -> TensorType:
+        """The exact type of a concrete array."""
+        return TensorType(DType.from_numpy(array.dtype), tuple(int(d) for d in array.shape))
+
+    def accepts(self, array: np.ndarray) -> str | None:
+        """Why ``array`` does not fit this type, or ``None`` if it does; symbolic dims match any size."""
+        try:
+            dt = DType.from_numpy(array.dtype)
+        except KeyError:
+            return f"element type {array.dtype} is not supported"
+        if dt is not self.dtype and self.dtype.numpy != array.dtype:
+            return f"element type {dt.value} where {self.dtype.value} was expected"
+        if self.shape is None:
+            return None
+        if len(self.shape) != array.ndim:
+            return f"rank {array.ndim} (shape {list(array.shape)}) where rank {len(self.shape)} was expected"
+        for want, got in zip(self.shape, array.shape, strict=True):
+            if isinstance(want, int) and want != got:
+                return f"shape {list(array.shape)} where {format_shape(self.shape)} was expected"
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.dtype.value}{format_shape(self.shape)}"
+
+
+def format_shape(shape: Shape | None) -> str:
+    """``[N,3,224,224]``; ``[?]`` for an unknown dim, ``[*]`` for an unknown rank."""
+    if shape is None:
+        return "[*]"
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"

@@ -1,0 +1,100 @@
+"""The verifier: checks that a graph is well formed.
+
+It checks that names are unique, every operand is defined before it is read (inputs and
+constants first, then nodes in order), use lists match operands, every node's op is defined and
+its operands, results and attributes fit the op's schema, and re-inferred result types agree
+with the recorded ones (a known dim may not change; unknown and symbolic dims may be refined).
+"""
+
+from __future__ import annotations
+
+from cimc.errors import VerifyError
+from cimc.ir.core import Graph, Node
+from cimc.ir.opdef import infer_types, lookup
+from cimc.ir.types import TensorType
+
+__all__ = ["verify"]
+
+
+def verify(graph: Graph, *, check_types: bool = True) -> None:
+    """Raise ``VerifyError`` listing every problem found in ``graph``."""
+    problems: list[str] = []
+    seen_values: dict[str, object] = {}
+    defined: set[int] = set()
+
+    def define(v: object, name: str, what: str) -> None:
+        if name in seen_values:
+            problems.append(f"value name %{name} is defined twice ({what})")
+        seen_values[name] = v
+        defined.add(id(v))
+
+    for v in graph.inputs:
+        define(v, v.name, "graph input")
+    for name, v in graph.constants.items():
+        if v.const is None or v.name != name:
+            problems.append(f"constant %{name} has no value or a mismatched name")
+        define(v, v.name, "constant")
+    node_names: set[str] = set()
+    for node in graph.nodes:
+        where = f"node {node.name!r} ({node.op})"
+        if node.name in node_names:
+            problems.append(f"{where}: node name is used twice")
+        node_names.add(node.name)
+        if node.graph is not graph:
+            problems.append(f"{where}: belongs to another graph")
+        for i, v in enumerate(node.inputs):
+            if v is None:
+                continue
+            if id(v) not in defined:
+                problems.append(f"{where}: operand {i} %{v.name} is used before it is defined")
+            if (node, i) not in v._uses:
+                problems.append(f"{where}: operand {i} %{v.name} does not list this use")
+        opdef = lookup(node.op)
+        if opdef is None:
+            problems.append(f"{where}: op {node.op!r} is not defined")
+        else:
+            why = opdef.check_node(node)
+            if why:
+                problems.append(f"{where}: {why}")
+            elif check_types:
+                problems.extend(_check_types(node, where))
+        for i, v in enumerate(node.outputs):
+            if v.producer is not node or v.index != i:
+                problems.append(f"{where}: result {i} %{v.name} does not point back to its node")
+            define(v, v.name, where)
+    for v in seen_values.values():
+        for user, index in v._uses:  # type: ignore[attr-defined]
+            if user.graph is not graph or user.inputs[index] is not v:
+                problems.append(f"%{v.name} lists a use by {user.name!r} that does not read it")  # type: ignore[attr-defined]
+    for v in graph.outputs:
+        if id(v) not in defined:
+            problems.append(f"graph output %{v.name} is not defined in the graph")
+    if problems:
+        head = f"graph {graph.name!r} is malformed ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
+        raise VerifyError("\n  ".join([head, *problems[:50]]))
+
+
+def _check_types(node: Node, where: str) -> list[str]:
+    try:
+        inferred = infer_types(node, len(node.outputs))
+    except Exception as e:  # a type rule that cannot type the node is itself a finding
+        return [f"{where}: type rule failed: {e}"]
+    out = []
+    for v, t in zip(node.outputs, inferred, strict=True):
+        why = _conflict(v.type, t)
+        if why:
+            out.append(f"{where}: result %{v.name} is typed {v.type} but the op gives {t} ({why})")
+    return out
+
+
+def _conflict(recorded: TensorType, inferred: TensorType) -> str | None:
+    if recorded.dtype != inferred.dtype:
+        return "element type differs"
+    if recorded.shape is None or inferred.shape is None:
+        return None
+    if len(recorded.shape) != len(inferred.shape):
+        return "rank differs"
+    for a, b in zip(recorded.shape, inferred.shape, strict=True):
+        if isinstance(a, int) and isinstance(b, int) and a != b:
+            return "a dim differs"
+    return None

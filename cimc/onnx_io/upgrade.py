@@ -1,0 +1,185 @@
+"""Rewrites of older-opset ONNX nodes into the newest form of each op, which is the only form cimc's
+ops implement.
+
+Each rule takes the node's op, the version of the op's schema in effect (``since``), its attributes
+and operands, and returns them in the newest form: attributes that later opsets turned into
+operands become constant operands (``Unsqueeze`` axes, ``Pad`` pads, ``Clip`` bounds, ...),
+attributes that were dropped are removed, and ``Softmax`` before opset 13 (which flattens to 2-D
+at ``axis``) is kept as one node where the two meanings agree (axis is the last one) and otherwise
+spelled as ``Flatten`` + ``Softmax`` + ``Reshape``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cimc.errors import UnsupportedOpError
+from cimc.ir.core import Graph, Value
+
+__all__ = ["NodeSpec", "upgrade"]
+
+
+@dataclass
+class NodeSpec:
+    """A node on its way into the graph: op, schema version, attributes, operands."""
+
+    op: str
+    since: int
+    attrs: dict[str, Any]
+    inputs: list[Value | None]
+    name: str
+    num_outputs: int
+
+
+Rule = Callable[[NodeSpec, Graph], None]
+_RULES: dict[str, Rule] = {}
+_DROPPED_EVERYWHERE = ("consumed_inputs",)
+
+
+def _rule(*ops: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            _RULES[op] = fn
+        return fn
+
+    return register
+
+
+def _operand(spec: NodeSpec, g: Graph, index: int, array: np.ndarray | None) -> None:
+    while len(spec.inputs) <= index:
+        spec.inputs.append(None)
+    if array is not None:
+        spec.inputs[index] = g.add_constant(array, f"{spec.name}_{index}")
+
+
+def _ints(values: Any) -> np.ndarray:
+    return np.asarray(list(values), dtype=np.int64)
+
+
+def _attr_to_operand(spec: NodeSpec, g: Graph, attr: str, index: int, until: int) -> None:
+    if spec.since < until and attr in spec.attrs:
+        _operand(spec, g, index, _ints(spec.attrs.pop(attr)))
+
+
+@_rule("Squeeze", "Unsqueeze")
+def _axes_operand(spec: NodeSpec, g: Graph) -> None:
+    _attr_to_operand(spec, g, "axes", 1, 13)
+
+
+@_rule("ReduceSum")
+def _reduce_sum(spec: NodeSpec, g: Graph) -> None:
+    _attr_to_operand(spec, g, "axes", 1, 13)
+
+
+@_rule("ReduceMean")
+def _reduce_mean(spec: NodeSpec, g: Graph) -> None:
+    _attr_to_operand(spec, g, "axes", 1, 18)
+
+
+@_rule("Split")
+def _split(spec: NodeSpec, g: Graph) -> None:
+    _attr_to_operand(spec, g, "split", 1, 13)
+    has_split = len(spec.inputs) > 1 and spec.inputs[1] is not None
+    if spec.since < 18 and not has_split:
+        spec.attrs["num_outputs"] = spec.num_outputs
+
+
+@_rule("Reshape")
+def _reshape(spec: NodeSpec, g: Graph) -> None:
+    _attr_to_operand(spec, g, "shape", 1, 5)
+
+
+@_rule("Slice")
+def _slice(spec: NodeSpec, g: Graph) -> None:
+    if spec.since < 10:
+        for attr, index in (("starts", 1), ("ends", 2), ("axes", 3)):
+            if attr in spec.attrs:
+                _operand(spec, g, index, _ints(spec.attrs.pop(attr)))
+
+
+@_rule("Clip")
+def _clip(spec: NodeSpec, g: Graph) -> None:
+    if spec.since < 11:
+        dtype = spec.inputs[0].type.dtype.numpy if spec.inputs[0] is not None else np.float32
+        lo, hi = spec.attrs.pop("min", None), spec.attrs.pop("max", None)
+        _operand(spec, g, 1, None if lo is None else np.asarray(lo, dtype))
+        _operand(spec, g, 2, None if hi is None else np.asarray(hi, dtype))
+
+
+@_rule("Pad")
+def _pad(spec: NodeSpec, g: Graph) -> None:
+    if spec.since < 11:
+        dtype = spec.inputs[0].type.dtype.numpy if spec.inputs[0] is not None else np.float32
+        _operand(spec, g, 1, _ints(spec.attrs.pop("pads", spec.attrs.pop("paddings", ()))))
+        _operand(spec, g, 2, np.asarray(spec.attrs.pop("value", 0.0), dtype))
+
+
+@_rule("Dropout")
+def _dropout(spec: NodeSpec, g: Graph) -> None:
+    if spec.since < 12:
+        spec.attrs.pop("ratio", None)
+        spec.attrs.pop("is_test", None)
+
+
+@_rule("BatchNormalization")
+def _batch_norm(spec: NodeSpec, g: Graph) -> None:
+    if spec.since < 9 and spec.attrs.pop("spatial", 1) != 1:
+        raise UnsupportedOpError(f"node {spec.name!r} (BatchNormalization, opset {spec.since}): "
+                                 "spatial=0 (per-activation statistics) is not supported")
+    spec.attrs.pop("is_test", None)
+    if spec.since < 14 and spec.num_outputs > 1:
+        spec.attrs["training_mode"] = 1
+
+
+@_rule("Concat")
+def _concat(spec: NodeSpec, g: Graph) -> None:
+    spec.attrs.setdefault("axis", 1)
+
+
+@_rule("Cast")
+def _cast(spec: NodeSpec, g: Graph) -> None:
+    if isinstance(spec.attrs.get("to"), str):
+        from onnx import TensorProto
+
+        spec.attrs["to"] = TensorProto.DataType.Value(spec.attrs["to"].upper())
+
+
+@_rule("LSTM")
+def _lstm(spec: NodeSpec, g: Graph) -> None:
+    spec.attrs.pop("output_sequence", None)
+
+
+@_rule("Gemm", "Add", "Sub", "Mul", "Div", "Pow")
+def _broadcast_attr(spec: NodeSpec, g: Graph) -> None:
+    spec.attrs.pop("broadcast", None)
+
+
+@_rule("Softmax")
+def _softmax(spec: NodeSpec, g: Graph) -> None:
+    if spec.since >= 13:
+        return
+    axis = spec.attrs.pop("axis", 1)
+    x = spec.inputs[0]
+    rank = None if x is None else x.type.rank
+    if rank is not None and axis % max(rank, 1) == rank - 1:
+        spec.attrs["axis"] = -1
+        return
+    # opset < 13: softmax over the 2-D view [prod(dims[:axis]), prod(dims[axis:])]
+    flat = g.add_node("Flatten", [x], {"axis": axis}, name=f"{spec.name}_flatten").output
+    soft = g.add_node("Softmax", [flat], {"axis": 1}, name=f"{spec.name}_2d").output
+    shape = g.add_node("Shape", [x], name=f"{spec.name}_shape").output
+    spec.op, spec.attrs, spec.inputs = "Reshape", {}, [soft, shape]
+
+
+def upgrade(spec: NodeSpec, g: Graph) -> NodeSpec:
+    """Bring ``spec`` into the newest form of its op (in place, also returned)."""
+    for attr in _DROPPED_EVERYWHERE:
+        spec.attrs.pop(attr, None)
+    rule = _RULES.get(spec.op)
+    if rule is not None:
+        rule(spec, g)
+    return spec

@@ -1,0 +1,114 @@
+"""ONNX's own operator test cases, run through the importer and the reference interpreter.
+
+Every case from ``collect_testcases()`` whose nodes all use supported ops runs, except those in
+``tests/conformance_skips.py`` (each with a reason). Run as a script for a per-op table:
+``python tests/test_onnx_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections import Counter
+from functools import cache
+
+import numpy as np
+import pytest
+
+from cimc.interpreter import run
+from cimc.onnx_io import import_model
+
+try:
+    from conformance_skips import SKIPS
+except ImportError:  # run as a module from the repo root
+    from tests.conformance_skips import SKIPS
+
+SUPPORTED_OPS = frozenset("""
+Conv ConvTranspose Gemm MatMul BatchNormalization Relu LeakyRelu Clip Sigmoid Tanh HardSigmoid
+HardSwish Erf Gelu Softmax LayerNormalization Add Sub Mul Div Sum Max Min Pow Sqrt Concat Split
+Slice Reshape Flatten Transpose Squeeze Unsqueeze Gather Shape ConstantOfShape Expand Cast Identity
+Dropout Pad MaxPool AveragePool GlobalAveragePool ReduceMean ReduceSum LRN LSTM QuantizeLinear
+DequantizeLinear""".split())
+"""The ops issue 2 promises; each one's cases are the conformance target."""
+
+
+@cache
+def cases() -> dict[str, object]:
+    """Node test cases whose model uses only supported ops (plus Constant), by name."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = collect_testcases()
+    out = {}
+    for case in found:
+        ops = {n.op_type for n in case.model.graph.node} - {"Constant"}
+        if case.kind == "node" and ops and ops <= SUPPORTED_OPS and _primary_op(case) in SUPPORTED_OPS:
+            out[case.name] = case
+    return dict(sorted(out.items()))
+
+
+def _primary_op(case) -> str:
+    ops = [n.op_type for n in case.model.graph.node if n.op_type != "Constant"]
+    return ops[-1] if len(set(ops)) > 1 else ops[0]
+
+
+def check_case(case) -> None:
+    """Import the case's model, run every data set, compare with the expected outputs."""
+    graph = import_model(case.model)
+    names = [i.name for i in case.model.graph.input]
+    out_names = [o.name for o in case.model.graph.output]
+    rtol = max(1e-4, case.rtol if case.rtol is not None else 0.0)
+    atol = max(1e-5, case.atol if case.atol is not None else 0.0)
+    for inputs, expected in case.data_sets:
+        got = run(graph, dict(zip(names, inputs, strict=True)))
+        for name, want in zip(out_names, expected, strict=True):
+            want, have = np.asarray(want), np.asarray(got[name])
+            assert have.shape == want.shape, f"{name}: shape {have.shape} != {want.shape}"
+            if want.dtype.kind in "fc":
+                np.testing.assert_allclose(have.astype(np.float64), want.astype(np.float64),
+                                           rtol=rtol, atol=atol, equal_nan=True, err_msg=name)
+            else:
+                np.testing.assert_array_equal(have, want, err_msg=name)
+            assert have.dtype == want.dtype, f"{name}: dtype {have.dtype} != {want.dtype}"
+
+
+@pytest.mark.parametrize("name", list(cases()))
+def test_onnx_node_case(name: str) -> None:
+    if name in SKIPS:
+        pytest.skip(SKIPS[name])
+    check_case(cases()[name])
+
+
+def test_skip_list_names_real_cases() -> None:
+    unknown = sorted(set(SKIPS) - set(cases()))
+    assert not unknown, f"skip list names cases that do not exist or use unsupported ops: {unknown}"
+
+
+def main() -> int:
+    """Print passed / total per op and overall."""
+    total, passed, skipped = Counter(), Counter(), Counter()
+    failures = []
+    for name, case in cases().items():
+        op = _primary_op(case)
+        total[op] += 1
+        if name in SKIPS:
+            skipped[op] += 1
+            continue
+        try:
+            check_case(case)
+            passed[op] += 1
+        except Exception as e:  # report, keep going
+            failures.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    for op in sorted(SUPPORTED_OPS):
+        print(f"{op:20s} {passed[op]:3d} passed / {total[op]:3d} cases ({skipped[op]} skipped)")
+    print(f"{'all':20s} {sum(passed.values())} passed / {sum(total.values())} cases "
+          f"({sum(skipped.values())} skipped, {len(failures)} failed)")
+    for f in failures:
+        print("FAIL", f[:300])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    sys.exit(main())
