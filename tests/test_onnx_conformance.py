@@ -13,7 +13,9 @@ from collections import Counter
 from functools import cache
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from cimc.interpreter import run
 from cimc.onnx_io import import_model
@@ -53,6 +55,16 @@ def _primary_op(case) -> str:
     return ops[-1] if len(set(ops)) > 1 else ops[0]
 
 
+def _array(x) -> np.ndarray:
+    """A test-data item as an array cimc stores (TensorProto decoded; int4 widened to int8)."""
+    if isinstance(x, onnx.TensorProto):
+        x = numpy_helper.to_array(x)
+    x = np.asarray(x)
+    if x.dtype.name in ("int4", "uint4"):
+        x = x.astype(np.int8 if x.dtype.name == "int4" else np.uint8)
+    return x
+
+
 def check_case(case) -> None:
     """Import the case's model, run every data set, compare with the expected outputs."""
     graph = import_model(case.model)
@@ -61,9 +73,9 @@ def check_case(case) -> None:
     rtol = max(1e-4, case.rtol if case.rtol is not None else 0.0)
     atol = max(1e-5, case.atol if case.atol is not None else 0.0)
     for inputs, expected in case.data_sets:
-        got = run(graph, dict(zip(names, inputs, strict=True)))
+        got = run(graph, {n: _array(x) for n, x in zip(names, inputs, strict=True)})
         for name, want in zip(out_names, expected, strict=True):
-            want, have = np.asarray(want), np.asarray(got[name])
+            want, have = _array(want), np.asarray(got[name])
             assert have.shape == want.shape, f"{name}: shape {have.shape} != {want.shape}"
             if want.dtype.kind in "fc":
                 np.testing.assert_allclose(have.astype(np.float64), want.astype(np.float64),

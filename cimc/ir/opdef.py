@@ -28,6 +28,7 @@ __all__ = [
     "all_ops",
     "define_op",
     "infer_types",
+    "is_annotation",
     "lookup",
 ]
 
@@ -122,7 +123,7 @@ class OpDef:
         if n_out < self.min_outputs or (self.max_outputs is not None and n_out > self.max_outputs):
             return f"has {_count(self.min_outputs, self.max_outputs)} results, not {n_out}"
         for key in node.attrs:
-            if key not in self.attrs:
+            if key not in self.attrs and not is_annotation(key):
                 known = ", ".join(sorted(self.attrs)) or "none"
                 return f"has unknown attribute {key!r} (known: {known})"
         for key, spec in self.attrs.items():
@@ -135,6 +136,12 @@ def _count(lo: int, hi: int | None) -> str:
     if hi == lo:
         return str(lo)
     return f"{lo} or more" if hi is None else f"{lo} to {hi}"
+
+
+def is_annotation(key: str) -> bool:
+    """Whether attribute ``key`` is an annotation: a dotted key (``sparsity.blocks``) that any
+    node may carry for passes and targets to read; op implementations ignore it."""
+    return "." in key
 
 
 _REGISTRY: dict[str, OpDef] = {}

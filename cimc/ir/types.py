@@ -12,7 +12,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DType", "Dim", "QuantParams", "Shape", "TensorType"]
+__all__ = [
+    "ONNX_CODE_OF_DTYPE",
+    "ONNX_DTYPE_CODES",
+    "UNSUPPORTED_ONNX_DTYPES",
+    "DType",
+    "Dim",
+    "QuantParams",
+    "Shape",
+    "TensorType",
+    "dtype_from_onnx_code",
+]
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -163,3 +173,34 @@ def format_shape(shape: Shape | None) -> str:
     if shape is None:
         return "[*]"
     return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+ONNX_DTYPE_CODES: dict[int, DType] = {
+    1: DType.f32, 2: DType.u8, 3: DType.i8, 4: DType.u16, 5: DType.i16, 6: DType.i32, 7: DType.i64,
+    8: DType.str, 9: DType.bool, 10: DType.f16, 11: DType.f64, 12: DType.u32, 13: DType.u64,
+    16: DType.bf16, 21: DType.u4, 22: DType.i4,
+}
+"""cimc element types by ONNX ``TensorProto.DataType`` code (``Cast.to`` and the importer use
+these codes; the IR keeps them because ops such as ``Cast`` carry them as attributes)."""
+
+ONNX_CODE_OF_DTYPE: dict[DType, int] = {v: k for k, v in ONNX_DTYPE_CODES.items()}
+"""The inverse of ``ONNX_DTYPE_CODES``."""
+
+UNSUPPORTED_ONNX_DTYPES: dict[int, str] = {
+    0: "undefined", 14: "complex64", 15: "complex128", 17: "float8e4m3fn", 18: "float8e4m3fnuz",
+    19: "float8e5m2", 20: "float8e5m2fnuz", 23: "float4e2m1", 24: "float8e8m0", 25: "uint2",
+    26: "int2", 27: "float6e2m3", 28: "float6e3m2",
+}
+"""ONNX element types cimc has no type for, by code."""
+
+
+def dtype_from_onnx_code(code: int, where: str = "") -> DType:
+    """The cimc type of ONNX element-type ``code``; an ``UnsupportedOpError`` naming it otherwise."""
+    from cimc.errors import UnsupportedOpError
+
+    if int(code) in ONNX_DTYPE_CODES:
+        return ONNX_DTYPE_CODES[int(code)]
+    name = UNSUPPORTED_ONNX_DTYPES.get(int(code), f"code {code}")
+    have = ", ".join(d.value for d in ONNX_DTYPE_CODES.values())
+    raise UnsupportedOpError(f"{where + ': ' if where else ''}element type {name} is not supported "
+                             f"(cimc has {have})")

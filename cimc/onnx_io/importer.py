@@ -22,8 +22,7 @@ from onnx import helper, numpy_helper
 from cimc.errors import InputError, UnsupportedOpError, VerifyError
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import lookup
-from cimc.ir.types import TensorType
-from cimc.onnx_io.dtypes import dtype_from_onnx
+from cimc.ir.types import TensorType, dtype_from_onnx_code
 from cimc.onnx_io.upgrade import NodeSpec, upgrade
 
 __all__ = ["MIN_OPSET", "import_model", "load_model", "read_model"]
@@ -177,7 +176,7 @@ def _value_type(vi: onnx.ValueInfoProto, where: str) -> TensorType:
     if not t.HasField("tensor_type"):
         raise UnsupportedOpError(f"{where}: only tensor inputs are supported, not {t.WhichOneof('value')}")
     tt = t.tensor_type
-    dtype = dtype_from_onnx(tt.elem_type, where)
+    dtype = dtype_from_onnx_code(tt.elem_type, where)
     if not tt.HasField("shape"):
         return TensorType(dtype, None)
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)

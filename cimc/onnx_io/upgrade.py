@@ -19,6 +19,7 @@ import numpy as np
 
 from cimc.errors import UnsupportedOpError
 from cimc.ir.core import Graph, Value
+from cimc.ir.types import ONNX_CODE_OF_DTYPE, DType
 
 __all__ = ["NodeSpec", "upgrade"]
 
@@ -146,6 +147,14 @@ def _cast(spec: NodeSpec, g: Graph) -> None:
         from onnx import TensorProto
 
         spec.attrs["to"] = TensorProto.DataType.Value(spec.attrs["to"].upper())
+
+
+@_rule("QuantizeLinear")
+def _quantize_linear(spec: NodeSpec, g: Graph) -> None:
+    # int4 zero points look like int8 arrays to the op, so the result type must be spelled out
+    zp = spec.inputs[2] if len(spec.inputs) > 2 else None
+    if zp is not None and zp.type.dtype in (DType.i4, DType.u4) and not spec.attrs.get("output_dtype"):
+        spec.attrs["output_dtype"] = ONNX_CODE_OF_DTYPE[zp.type.dtype]
 
 
 @_rule("LSTM")
