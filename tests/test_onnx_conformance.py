@@ -77,7 +77,7 @@ def check_case(case) -> None:
         for name, want in zip(out_names, expected, strict=True):
             want, have = _array(want), np.asarray(got[name])
             assert have.shape == want.shape, f"{name}: shape {have.shape} != {want.shape}"
-            if want.dtype.kind in "fc":
+            if want.dtype.kind in "fc" or want.dtype.name == "bfloat16":
                 np.testing.assert_allclose(have.astype(np.float64), want.astype(np.float64),
                                            rtol=rtol, atol=atol, equal_nan=True, err_msg=name)
             else:
