@@ -1,0 +1,380 @@
+"""The ``.cimir`` parser: text (see :mod:`cimc.text.printer` for the format) back into a Graph.
+
+One lark LALR parser with a contextual lexer, built on first use from ``cimir.lark`` and cached,
+turns the text into a tree; a single walk then builds the graph in source order with the types
+as written (no type rule runs, so ops need not be defined). Lark's errors and semantic errors
+(an undefined or twice-defined value, a bad element type, a constant literal that does not fit
+its type, a missing resource) become ``ParseError`` with the line and column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import lark
+import numpy as np
+from lark import Token, Tree
+
+from cimc.errors import ParseError
+from cimc.ir.core import Graph, Value
+from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.text.printer import format_shape
+
+__all__ = ["parse_graph"]
+
+_DTYPES = {d.value: d for d in DType}
+_BOOLS = {"true": True, "false": False}
+_TERMINALS = {
+    "VALUE": "a value (%name)", "GRAPH": "a graph name (@name)", "OPNAME": "an op name",
+    "IDENT": "a name", "STRING": "a string", "INT": "an integer", "FLOAT": "a float",
+    "HEX": "a hex string", "CONSTLIST": "a list literal", "$END": "end of input",
+}
+
+
+@cache
+def _parser() -> lark.Lark:
+    grammar = (Path(__file__).parent / "cimir.lark").read_text(encoding="utf-8")
+    return lark.Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
+                     maybe_placeholders=True)
+
+
+def _describe(term: str) -> str:
+    if term in _TERMINALS:
+        return _TERMINALS[term]
+    try:
+        pattern = _parser().get_terminal(term).pattern
+    except KeyError:
+        return term
+    return f"'{pattern.value}'" if pattern.type == "str" else term
+
+
+def _expected(terms: set[str] | frozenset[str]) -> str:
+    names = sorted({_describe(t) for t in terms})
+    if len(names) > 8:
+        names = [*names[:8], "..."]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _found(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of input"
+    s = str(tok)
+    return repr(s if len(s) <= 30 else s[:27] + "...")
+
+
+def _lark_error(e: lark.exceptions.UnexpectedInput, text: str, source: str) -> ParseError:
+    # The lexer's and parser's own sets merge LALR states; simulating each terminal is exact.
+    ip = getattr(e, "interactive_parser", None)
+    expected = ip.accepts() if ip is not None else (getattr(e, "expected", None)
+                                                    or getattr(e, "allowed", None) or set())
+    if isinstance(e, lark.exceptions.UnexpectedToken):
+        msg = f"expected {_expected(expected)} but found {_found(e.token)}"
+    elif isinstance(e, lark.exceptions.UnexpectedCharacters):
+        msg = f"unexpected character {e.char!r}"
+        msg += f"; expected {_expected(expected)}" if expected else ""
+    else:
+        msg = f"unexpected end of input; expected {_expected(expected or {'$END'})}"
+    line, column = e.line, e.column
+    if (isinstance(e, lark.exceptions.UnexpectedToken) and e.token.type == "$END") or line < 1:
+        line, column = text.count("\n") + 1, len(text) - text.rfind("\n")  # the end of the text
+    return ParseError(msg, source=source, line=line, column=column)
+
+
+def _str(tok: Token, source: str) -> str:
+    try:
+        return json.loads(tok)
+    except ValueError as e:
+        raise ParseError(f"bad string {_found(tok)}: {e.args[0]}", source=source, line=tok.line,
+                         column=tok.column) from None
+
+
+def _format_t(t: TensorType, shape: Any) -> str:
+    return t.dtype.value + format_shape(shape)
+
+
+def _num(tok: Token) -> float | int:
+    return float(tok) if tok.type == "FLOAT" else int(tok)
+
+
+class _Builder:
+    """One walk over the parse tree, building the graph statement by statement."""
+
+    def __init__(self, source: str, resources: Mapping[str, np.ndarray] | None) -> None:
+        self.source = source
+        self.resources = resources
+        self.values: dict[str, tuple[Value, int, int]] = {}
+        self.node_names: set[str] = set()
+        self.graph = Graph()
+
+    def error(self, msg: str, at: Token | Tree) -> ParseError:
+        if isinstance(at, Tree):
+            line, col = (at.meta.line, at.meta.column) if not at.meta.empty else (None, None)
+        else:
+            line, col = at.line, at.column
+        return ParseError(msg, source=self.source, line=line, column=col)
+
+    # ---- names ------------------------------------------------------------------------------
+    def name(self, tok: Token) -> str:
+        s = tok[1:]
+        return _str(Token(tok.type, s, line=tok.line, column=tok.column + 1), self.source) \
+            if s.startswith('"') else s
+
+    def fresh(self, tok: Token) -> str:
+        """The name ``tok`` defines, which must not be defined yet."""
+        name = self.name(tok)
+        if name in self.values:
+            _, line, col = self.values[name]
+            raise self.error(f"value %{name} is defined twice (first at line {line}, "
+                             f"column {col})", tok)
+        return name
+
+    def define(self, tok: Token, value: Value, name: str) -> None:
+        if value.name != name:  # the Graph renames only names it cannot take, such as ""
+            raise self.error(f"value name {name!r} cannot be used (the graph made it "
+                             f"{value.name!r})", tok)
+        self.values[name] = (value, tok.line, tok.column)
+
+    def use(self, tok: Token) -> Value:
+        name = self.name(tok)
+        if name not in self.values:
+            raise self.error(f"%{name} is not defined (values must be defined before they are "
+                             "used)", tok)
+        return self.values[name][0]
+
+    # ---- types ------------------------------------------------------------------------------
+    def type(self, t: Tree) -> TensorType:
+        dtok, shape, quant = t.children
+        dtype = _DTYPES.get(str(dtok))
+        if dtype is None:
+            raise self.error(f"unknown element type {str(dtok)!r}; expected one of "
+                             f"{', '.join(_DTYPES)}", dtok)
+        return TensorType(dtype, self.shape(shape), None if quant is None else self.quant(quant))
+
+    def shape(self, t: Tree) -> tuple[Any, ...] | None:
+        if t.data == "unranked":
+            return None
+        dims: list[Any] = []
+        for d in t.children:
+            if d is None:
+                continue
+            if d.data == "unknown":
+                dims.append(None)
+                continue
+            tok = d.children[0]
+            dims.append(int(tok) if tok.type == "INT" else _str(tok, self.source)
+                        if tok.type == "STRING" else str(tok))
+        return tuple(dims)
+
+    def quant(self, t: Tree) -> QuantParams:
+        scale, zp, bits, axis = t.children
+        zps = []
+        for tok in self.numbers(zp):
+            if tok.type != "INT":
+                raise self.error(f"zero points are integers, found {_found(tok)}", tok)
+            zps.append(int(tok))
+        return QuantParams(tuple(float(x) for x in self.numbers(scale)), tuple(zps), int(bits),
+                           None if axis is None else int(axis))
+
+    @staticmethod
+    def numbers(t: Tree) -> list[Token]:
+        return [c for c in t.children if c is not None]
+
+    # ---- literals ---------------------------------------------------------------------------
+    def literal(self, lit: Tree, t: TensorType, shape: tuple[int, ...], what: str) -> np.ndarray:
+        tok = lit.children[0]
+        dt = t.dtype.numpy
+        numel = math.prod(shape)
+        if lit.data == "resource":
+            key = _str(tok, self.source)
+            if self.resources is None or key not in self.resources:
+                why = "no resources given" if self.resources is None else "not among the resources"
+                raise self.error(f"{what}: resource {key!r} is missing ({why}); load the file "
+                                 "with load_graph or pass resources=", tok)
+            arr = np.asarray(self.resources[key])
+            if t.dtype is DType.bf16 and arr.dtype == np.uint16:
+                arr = arr.view(dt)
+            if arr.dtype != dt or arr.shape != shape:
+                raise self.error(f"{what}: resource {key!r} is {arr.dtype}{list(arr.shape)}, "
+                                 f"the type needs {dt}{list(shape)}", tok)
+            return arr
+        if lit.data == "hex":
+            if t.dtype is DType.str:
+                raise self.error(f"{what}: str tensors cannot be hex; write a list of strings", tok)
+            data = bytes.fromhex(tok[1:-1]) if len(tok) % 2 == 0 else None  # quotes included
+            need = numel * dt.itemsize
+            if data is None or len(data) != need:
+                got = (len(tok) - 2) / 2
+                raise self.error(f"{what}: hex data has {got:g} bytes, {_format_t(t, shape)} "
+                                 f"needs {need}", tok)
+            return np.frombuffer(data, dt.newbyteorder("<")).astype(dt, copy=False).reshape(shape)
+        return self.inline(tok, t.dtype, shape, what)
+
+    def inline(self, tok: Token, dtype: DType, shape: tuple[int, ...], what: str) -> np.ndarray:
+        if dtype is DType.str:
+            try:
+                items = json.loads(tok)
+            except ValueError as e:
+                raise self.error(f"{what}: bad str list literal ({e.args[0]})", tok) from None
+            bad = next((x for x in items if not isinstance(x, str)), None)
+            if bad is not None:
+                raise self.error(f"{what}: str tensors hold strings, found {bad!r}", tok)
+            arr = np.empty(len(items), dtype=object)
+            arr[:] = items
+        else:
+            pieces = tok[1:-1].split(",")
+            if len(pieces) == 1 and not pieces[0].strip():
+                pieces = []
+            conv = _BOOLS.__getitem__ if dtype is DType.bool else float if dtype.is_float else int
+            vals, wide = [], np.float64 if dtype.is_float else dtype.numpy
+            for i, p in enumerate(pieces):
+                try:
+                    vals.append(conv(p.strip()))
+                    if dtype.is_int:
+                        np.array(vals[-1], wide)
+                except (ValueError, KeyError, OverflowError):
+                    kind = "true or false" if dtype is DType.bool else f"a {dtype.value} number"
+                    raise self.element_error(tok, pieces, i, f"{what}: element {i} is "
+                                             f"{p.strip()!r}, not {kind}") from None
+            arr = np.array(vals, wide)
+            if dtype.is_float:
+                with np.errstate(over="ignore"):
+                    arr = arr.astype(dtype.numpy)
+                over = np.flatnonzero(np.isinf(arr) & np.isfinite(vals))
+                if over.size:
+                    i = int(over[0])
+                    raise self.element_error(tok, pieces, i, f"{what}: element {i} "
+                                             f"({pieces[i].strip()}) overflows {dtype.value}")
+        if arr.size != math.prod(shape):
+            raise self.error(f"{what}: the literal has {arr.size} elements, {dtype.value}"
+                             f"{format_shape(shape)} needs {math.prod(shape)}", tok)
+        return arr.reshape(shape)
+
+    def element_error(self, tok: Token, pieces: list[str], i: int, msg: str) -> ParseError:
+        """An error at element ``i`` of a list literal token split into ``pieces`` at commas."""
+        offset = 1 + sum(len(p) + 1 for p in pieces[:i])
+        offset += len(pieces[i]) - len(pieces[i].lstrip())
+        before = tok[:offset]
+        line = tok.line + before.count("\n")
+        col = offset - before.rfind("\n") if "\n" in before else tok.column + offset
+        return ParseError(msg, source=self.source, line=line, column=col)
+
+    # ---- attributes -------------------------------------------------------------------------
+    def attr(self, v: Token | Tree, what: str) -> Any:
+        if isinstance(v, Token):
+            return _str(v, self.source) if v.type == "STRING" else _num(v)
+        if v.data == "list":
+            return tuple(self.attr(x, what) for x in v.children if x is not None)
+        ttree, lit = v.children
+        t = self.type(ttree)
+        if t.shape is None or not all(isinstance(d, int) for d in t.shape):
+            raise self.error(f"{what}: a tensor attribute needs a static shape, found "
+                             f"{_format_t(t, t.shape)}", ttree)
+        if lit.data == "resource":
+            raise self.error(f"{what}: tensor attributes cannot be resources", lit)
+        arr = self.literal(lit, t, t.shape, what)
+        arr.flags.writeable = False
+        return arr
+
+    # ---- statements -------------------------------------------------------------------------
+    def results(self, t: Tree) -> list[tuple[Token, TensorType]]:
+        return [(r.children[0], self.type(r.children[1])) for r in t.children]
+
+    def const(self, st: Tree) -> None:
+        results, shape_clause, lit = st.children
+        res = self.results(results)
+        if len(res) != 1:
+            raise self.error(f"a constant defines one value, not {len(res)}", results)
+        tok, t = res[0]
+        name = self.fresh(tok)
+        what = f"constant %{name}"
+        shape = t.shape if shape_clause is None else self.shape(shape_clause.children[0])
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            raise self.error(f"{what}: the type {_format_t(t, t.shape)} does not give the array's "
+                             "shape; add 'shape [..]' after 'const'", tok)
+        arr = self.literal(lit, t, tuple(shape), what)
+        self.define(tok, self.graph.add_constant(arr, name, t), name)
+
+    def node(self, st: Tree, explicit: set[str]) -> None:
+        results, call = st.children if len(st.children) == 2 else (None, st.children[0])
+        op_tree, *rest = call.children
+        *operands, attrs, loc = rest
+        op_tok = op_tree.children[0]
+        op = _str(op_tok, self.source) if op_tok.type == "STRING" else str(op_tok)
+        ins = [None if o.data == "absent" else self.use(o.children[0])
+               for o in operands if o is not None]
+        if loc is None:
+            base = op.replace(".", "_").lower()
+            name, i = base, 0
+            while name in self.node_names or name in explicit:
+                i += 1
+                name = f"{base}_{i}"
+        else:
+            name = _str(loc.children[0], self.source)
+            if name in self.node_names:
+                raise self.error(f"node name {name!r} is used twice", loc)
+        self.node_names.add(name)
+        what = f"node {name!r} ({op})"
+        attr_map: dict[str, Any] = {}
+        for a in ([] if attrs is None else attrs.children):
+            if a is None:
+                continue
+            ktok = a.children[0].children[0]
+            key = _str(ktok, self.source) if ktok.type == "STRING" else str(ktok)
+            if key in attr_map:
+                raise self.error(f"{what}: attribute {key!r} is given twice", ktok)
+            attr_map[key] = self.attr(a.children[1], f"{what} attribute {key!r}")
+        res = [] if results is None else self.results(results)
+        names = [self.fresh(tok) for tok, _ in res]
+        if len(set(names)) != len(names):
+            dup = next(i for i, n in enumerate(names) if n in names[:i])
+            raise self.error(f"value %{names[dup]} is defined twice", res[dup][0])
+        node = self.graph.add_node(op, ins, attr_map, outputs=[t for _, t in res],
+                                   output_names=names, name=name)
+        if node.name != name:
+            raise self.error(f"node name {name!r} cannot be used (the graph made it "
+                             f"{node.name!r})", call)
+        for (tok, _), n, v in zip(res, names, node.outputs, strict=True):
+            self.define(tok, v, n)
+
+    def build(self, tree: Tree) -> Graph:
+        kids = tree.children
+        g = self.graph
+        g.name = self.name(kids[0])
+        params = [k for k in kids if isinstance(k, Tree) and k.data == "param"]
+        for p in params:
+            tok = p.children[0]
+            name = self.fresh(tok)
+            self.define(tok, g.add_input(name, self.type(p.children[1])), name)
+        stmts = [k for k in kids if isinstance(k, Tree) and k.data != "param"]
+        locs = [s.children[-1].children[-1] for s in stmts if s.data == "node"]
+        explicit = {_str(loc.children[0], self.source) for loc in locs if loc is not None}
+        for st in stmts:
+            if st.data == "meta":
+                key, val = (_str(t, self.source) for t in st.children)
+                if key in g.metadata:
+                    raise self.error(f"metadata key {key!r} is given twice", st)
+                g.metadata[key] = val
+            elif st.data == "const":
+                self.const(st)
+            else:
+                self.node(st, explicit)
+        g.outputs = [self.use(k) for k in kids[1:] if isinstance(k, Token)]
+        return g
+
+
+def parse_graph(text: str, *, resources: Mapping[str, np.ndarray] | None = None,
+                source: str = "<text>") -> Graph:
+    """Parse ``.cimir`` text into a Graph; ``resources`` supplies arrays for ``const resource "k"``.
+
+    Raises ``ParseError`` (with ``source``, line and column) on malformed text.
+    """
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as e:
+        raise _lark_error(e, text, source) from None
+    return _Builder(source, resources).build(tree)
