@@ -1,0 +1,275 @@
+"""The ``cimc`` command line: import, optimise and run models, and list the passes.
+
+Subcommands: ``import`` (ONNX to ``.cimir``), ``opt`` (run a pass pipeline), ``run`` (reference
+interpreter on given or random inputs), ``passes`` (the registry with options and docs). Every
+error a user can cause (``CimcError``, ``OSError``, undecodable files) becomes one line
+``cimc: error: ...`` on stderr and exit status 2; ``--debug`` shows the traceback instead.
+Output files are written to a temporary file and moved into place, so a failed run never leaves
+half a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import numpy as np
+
+from cimc.errors import CimcError, InputError
+
+if TYPE_CHECKING:
+    from cimc.ir.core import Graph
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _writable(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: cannot write it, directory {path.parent} does not exist")
+    return path
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> Graph:
+    """Read a graph from an ``.onnx`` or ``.cimir`` file."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from cimc.onnx_io import load_model
+
+        return load_model(path)
+    if path.suffix == ".cimir":
+        from cimc.text import load_graph
+
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        return load_graph(path)
+    raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; expected .onnx or .cimir")
+
+
+def save(graph: Graph, path: str | Path | None) -> None:
+    """Write ``graph`` to ``path`` (``.cimir`` or ``.onnx`` by suffix), or as text to stdout."""
+    if path is None:
+        from cimc.text import print_graph
+
+        sys.stdout.write(print_graph(graph).rstrip("\n") + "\n")
+        return
+    path = _writable(path)
+    if path.suffix == ".cimir":
+        from cimc.text import save_graph
+
+        save_graph(graph, path)
+    elif path.suffix == ".onnx":
+        from cimc.onnx_io import save_model
+
+        save_model(graph, path)
+    else:
+        raise InputError(f"{path}: unknown output type {path.suffix or '(none)'!r}; "
+                         f"expected .cimir or .onnx")
+    logger.info("wrote %s", path)
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    save(load(args.model), args.output)
+
+
+def _cmd_opt(args: argparse.Namespace) -> None:
+    from cimc.passes import get_pass
+    from cimc.passmanager import PassContext, PassManager
+    from cimc.pipeline import Pipeline
+
+    pipeline = Pipeline.parse(args.pipeline)  # before loading, so a typo fails fast
+    after: set[str] | str | None = None
+    if args.print_ir_after:
+        names = {n.strip() for spec in args.print_ir_after for n in spec.split(",") if n.strip()}
+        after = "all" if "all" in names else names
+        for name in names - {"all"}:
+            get_pass(name)
+    graph = load(args.input)
+    ctx = PassContext(verify_each=args.verify_each, print_ir_after=after,  # type: ignore[arg-type]
+                      print_ir_after_change=args.print_ir_after_change,
+                      dump_dir=Path(args.dump_dir) if args.dump_dir else None, seed=args.seed,
+                      calibration=_load_npz(args.calibration) if args.calibration else None)
+    pm = PassManager(pipeline, ctx)
+    try:
+        pm.run(graph)
+    finally:
+        if args.timing:
+            sys.stderr.write(pm.timing.table() + "\n")
+    save(graph, args.output)
+
+
+def _random_inputs(graph: Graph, seed: int, batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for v in graph.inputs:
+        t = v.type
+        if t.shape is None:
+            raise InputError(f"input {v.name!r} has unknown rank; give its values with --inputs")
+        shape = tuple(d if isinstance(d, int) else batch for d in t.shape)
+        if t.dtype.is_float:
+            a = rng.standard_normal(shape).astype(t.dtype.numpy)
+        elif t.dtype.name == "bool":
+            a = rng.random(shape) < 0.5
+        elif t.dtype.is_int:
+            a = rng.integers(0, 8, shape).astype(t.dtype.numpy)
+        else:
+            raise InputError(f"input {v.name!r} of type {t} cannot be made up; give it with --inputs")
+        out[v.name] = a
+    return out
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    fix = "save the inputs with numpy.savez(path, name=array, ...)"
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError):  # numpy's word for "not an npy/npz file" (and never a pickle)
+        raise InputError(f"{path}: not an .npz archive of arrays; {fix}") from None
+    if not hasattr(npz, "files"):
+        raise InputError(f"{path}: a single .npy array, not an .npz archive of named inputs; {fix}")
+    out = {}
+    with npz:
+        for key in npz.files:
+            try:
+                out[key] = npz[key]
+            except ValueError:
+                raise InputError(f"{path}: array {key!r} holds Python objects; cimc reads numeric "
+                                 f"arrays only (it never loads pickles)") from None
+    return out
+
+
+def _summary(outputs: dict[str, np.ndarray]) -> str:
+    rows = [("output", "shape", "dtype", "min", "max", "mean")]
+    for name, a in outputs.items():
+        stats = ("-",) * 3
+        if a.size and a.dtype.kind in "biuf":
+            x = a.astype(np.float64)
+            stats = tuple(f"{s:.6g}" for s in (x.min(), x.max(), x.mean()))
+        rows.append((name, str(list(a.shape)), str(a.dtype), *stats))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from cimc.interpreter import run
+
+    graph = load(args.input)
+    inputs = _load_npz(args.inputs) if args.inputs else _random_inputs(graph, args.seed, args.batch)
+    outputs = run(graph, inputs, seed=args.seed)
+    sys.stdout.write(_summary(outputs) + "\n")
+    if args.output:  # the np.savez layout, member by member: any output name is a valid key
+        def write(f: IO[bytes]) -> None:
+            with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
+                for name, a in outputs.items():
+                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, a, allow_pickle=False)
+
+        _write_atomic(_writable(args.output), write)
+
+
+def _cmd_passes(args: argparse.Namespace) -> None:
+    from cimc.passes import all_passes
+    from cimc.pipeline import format_value, options_of, type_name
+
+    lines = []
+    for name, cls in all_passes().items():
+        lines.append(f"{name}  {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        for s in options_of(cls):
+            default = "(required)" if s.required else f"= {format_value(s.default)}"
+            lines.append(f"    {s.name}: {type_name(s.type)} {default}  {s.doc}".rstrip())
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cimc``."""
+    p = argparse.ArgumentParser(prog="cimc", description="Compile ONNX models for compute-in-memory hardware.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("import", help="read an ONNX model and print or write it as .cimir")
+    s.add_argument("model", help="the .onnx file")
+    s.add_argument("-o", "--output", help="output .cimir (or .onnx) file; stdout if not given")
+    s.set_defaults(func=_cmd_import)
+
+    s = sub.add_parser("opt", help="run a pass pipeline over a model")
+    s.add_argument("input", help="an .onnx or .cimir file")
+    s.add_argument("-p", "--pipeline", required=True, help="e.g. 'fold-constants,quantize{weight-bits=4}'")
+    s.add_argument("-o", "--output", help="output .cimir or .onnx file; .cimir on stdout if not given")
+    s.add_argument("--verify-each", action="store_true", help="verify the graph after every pass")
+    s.add_argument("--print-ir-after", action="append", metavar="PASS|all",
+                   help="print the IR to stderr after these passes (comma-separated, repeatable)")
+    s.add_argument("--print-ir-after-change", action="store_true",
+                   help="print the IR only after passes that changed it")
+    s.add_argument("--dump-dir", metavar="DIR", help="write a reproducer here when a pass fails")
+    s.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
+    s.add_argument("--calibration", metavar="NPZ", help="sample inputs (by graph input name) for passes that calibrate")
+    s.add_argument("--seed", type=int, default=0, help="seed for passes that draw random numbers")
+    s.set_defaults(func=_cmd_opt)
+
+    s = sub.add_parser("run", help="run a model with the reference interpreter")
+    s.add_argument("input", help="an .onnx or .cimir file")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--inputs", metavar="NPZ", help=".npz of input arrays by graph input name")
+    src.add_argument("--random", action="store_true", help="random inputs (seeded)")
+    s.add_argument("--seed", type=int, default=0, help="seed for random inputs and noisy ops")
+    s.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs")
+    s.add_argument("-o", "--output", help="write the outputs to this .npz, by graph output name")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("passes", help="list the passes with their options")
+    s.set_defaults(func=_cmd_passes)
+    return p
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        msg = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    elif isinstance(e, CimcError | OSError):
+        msg = str(e)
+    else:
+        msg = f"{type(e).__name__}: {e}"
+    return "; ".join(part.strip() for part in msg.splitlines() if part.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cimc`` command; return the exit status (0 ok, 2 error)."""
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="cimc: %(levelname)s: %(name)s: %(message)s", force=True)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("cimc: interrupted\n")
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        internal = not isinstance(e, CimcError | OSError) and type(e).__name__ != "DecodeError"
+        hint = " (an internal error; --debug shows the traceback)" if internal else ""
+        sys.stderr.write(f"cimc: error: {_one_line(e)}{hint}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
