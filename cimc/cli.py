@@ -51,7 +51,11 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def load(path: str | Path) -> Graph:
-    """Read a graph from an ``.onnx`` or ``.cimir`` file."""
+    """Read a graph from an ``.onnx`` or ``.cimir`` file, or a bundled model named ``zoo:NAME``."""
+    if str(path).startswith("zoo:"):
+        from cimc import zoo
+
+        path = zoo.path(str(path)[4:])
     path = Path(path)
     if path.suffix == ".onnx":
         from cimc.onnx_io import load_model
@@ -169,13 +173,53 @@ def _summary(outputs: dict[str, np.ndarray]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def _onnx_source(spec: str) -> Path | None:
+    """The ONNX file a model argument names, if it names one."""
+    if spec.startswith("zoo:"):
+        from cimc import zoo
+
+        return zoo.path(spec[4:])
+    return Path(spec) if Path(spec).suffix == ".onnx" else None
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from cimc.interpreter import run
+    from cimc.verify import compare, top1_accuracy
 
     graph = load(args.input)
-    inputs = _load_npz(args.inputs) if args.inputs else _random_inputs(graph, args.seed, args.batch)
+    labels = None
+    if args.test_set:
+        if not args.input.startswith("zoo:"):
+            raise InputError("--test-set needs a bundled model (zoo:NAME); give other models --inputs")
+        from cimc import zoo
+
+        model = zoo.load(args.input[4:])
+        inputs, labels = {model.input_name: model.x_test}, model.y_test
+    elif args.inputs:
+        inputs = _load_npz(args.inputs)
+    else:
+        inputs = _random_inputs(graph, args.seed, args.batch)
+    if args.pipeline:
+        from cimc.passmanager import PassContext, PassManager
+
+        ctx = PassContext(seed=args.seed, calibration=_load_npz(args.calibration) if args.calibration else None)
+        pm = PassManager(args.pipeline, ctx)
+        pm.run(graph)
+        if args.timing:
+            sys.stderr.write(pm.timing.table() + "\n")
     outputs = run(graph, inputs, seed=args.seed)
     sys.stdout.write(_summary(outputs) + "\n")
+    if labels is not None:
+        for name, value in outputs.items():
+            sys.stdout.write(f"top-1 of {name} on the {len(labels)} test images: "
+                             f"{100 * top1_accuracy(value, labels):.2f}%\n")
+    if args.compare_onnxruntime:
+        source = _onnx_source(args.input)
+        if source is None:
+            raise InputError("--compare-onnxruntime needs an .onnx model (or zoo:NAME)")
+        from cimc.onnx_io.runtime import run_onnxruntime
+
+        sys.stdout.write(f"against onnxruntime: {compare(outputs, run_onnxruntime(source, inputs))}\n")
     if args.output:  # the np.savez layout, member by member: any output name is a valid key
         def write(f: IO[bytes]) -> None:
             with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
@@ -207,12 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("import", help="read an ONNX model and print or write it as .cimir")
-    s.add_argument("model", help="the .onnx file")
+    s.add_argument("model", help="the .onnx file (or zoo:NAME for a bundled model)")
     s.add_argument("-o", "--output", help="output .cimir (or .onnx) file; stdout if not given")
     s.set_defaults(func=_cmd_import)
 
     s = sub.add_parser("opt", help="run a pass pipeline over a model")
-    s.add_argument("input", help="an .onnx or .cimir file")
+    s.add_argument("input", help="an .onnx or .cimir file (or zoo:NAME for a bundled model)")
     s.add_argument("-p", "--pipeline", required=True, help="e.g. 'fold-constants,quantize{weight-bits=4}'")
     s.add_argument("-o", "--output", help="output .cimir or .onnx file; .cimir on stdout if not given")
     s.add_argument("--verify-each", action="store_true", help="verify the graph after every pass")
@@ -227,10 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_opt)
 
     s = sub.add_parser("run", help="run a model with the reference interpreter")
-    s.add_argument("input", help="an .onnx or .cimir file")
+    s.add_argument("input", help="an .onnx or .cimir file (or zoo:NAME for a bundled model)")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--inputs", metavar="NPZ", help=".npz of input arrays by graph input name")
     src.add_argument("--random", action="store_true", help="random inputs (seeded)")
+    src.add_argument("--test-set", action="store_true",
+                     help="a bundled model's held-back digits test split; prints top-1 against its labels")
+    s.add_argument("--pipeline", metavar="SPEC", default="", help="passes to run before running the model")
+    s.add_argument("--calibration", metavar="NPZ", help="sample inputs for passes that calibrate")
+    s.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
+    s.add_argument("--compare-onnxruntime", action="store_true",
+                   help="also run the original ONNX model in onnxruntime and report max abs error, "
+                        "cosine similarity and top-1 agreement")
     s.add_argument("--seed", type=int, default=0, help="seed for random inputs and noisy ops")
     s.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs")
     s.add_argument("-o", "--output", help="write the outputs to this .npz, by graph output name")

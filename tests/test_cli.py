@@ -223,3 +223,20 @@ def test_input_file_not_npz(capsys, model, tmp_path):
 def test_debug_shows_the_traceback(capsys, model):
     with pytest.raises(Exception, match="unknown pass"):
         main(["--debug", "opt", str(model), "-p", "fold-constant"])
+
+
+def test_run_zoo_model_on_its_test_set_against_onnxruntime(capsys):
+    code, out, _ = cimc(capsys, "run", "zoo:mlp", "--pipeline", "fold-constants", "--test-set",
+                        "--compare-onnxruntime")
+    assert code == 0
+    assert "top-1 of logits on the 450 test images: 97.56%" in out
+    assert "top-1 agreement 100.00%" in out
+
+
+def test_run_flags_that_need_an_onnx_or_zoo_model(capsys, model, tmp_path):
+    cimir = tmp_path / "m.cimir"
+    cimc(capsys, "import", model, "-o", cimir)
+    assert "--test-set needs a bundled model" in fails(capsys, "run", cimir, "--test-set")
+    assert "--compare-onnxruntime needs an .onnx model" in fails(capsys, "run", cimir, "--random",
+                                                                 "--compare-onnxruntime")
+    assert "did you mean 'mlp'" in fails(capsys, "run", "zoo:mlpx", "--random")
