@@ -21,6 +21,8 @@ __all__ = ["BUILTIN", "all_passes", "get_pass", "register_pass"]
 
 BUILTIN: dict[str, str] = {
     "fold-constants": "cimc.passes.fold_constants:FoldConstantsPass",
+    "fuse-batchnorm": "cimc.passes.fuse_batchnorm:FuseBatchNormPass",
+    "quantize": "cimc.passes.quantize:QuantizePass",
     "sparsify": "cimc.passes.sparsify:SparsifyPass",
 }
 """Built-in pass name -> ``module:ClassName``."""

@@ -230,6 +230,12 @@ class Graph:
             self.constants[value.name] = value
         return value.name
 
+    def rename_node(self, node: Node, name: str) -> str:
+        """Give ``node`` a new (unique-made) name and return it."""
+        self._node_names.discard(node.name)
+        node.name = self._fresh(name, self._node_names)
+        return node.name
+
     # ---- queries ------------------------------------------------------------------------
     def is_output(self, value: Value) -> bool:
         """Whether ``value`` is one of the graph outputs."""
