@@ -243,6 +243,17 @@ def _cmd_passes(args: argparse.Namespace) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
+def _cmd_targets(args: argparse.Namespace) -> None:
+    from cimc.targets import describe_target, describe_targets, dump_spec
+
+    if args.dump:
+        sys.stdout.write(dump_spec(args.dump))
+    elif args.name:
+        sys.stdout.write(describe_target(args.name) + "\n")
+    else:
+        sys.stdout.write(describe_targets() + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cimc``."""
     p = argparse.ArgumentParser(prog="cimc", description="Compile ONNX models for compute-in-memory hardware.")
@@ -290,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("passes", help="list the passes with their options")
     s.set_defaults(func=_cmd_passes)
+
+    s = sub.add_parser("targets", help="list the hardware targets and their parameters")
+    s.add_argument("name", nargs="?", help="describe only this target")
+    s.add_argument("--dump", metavar="TARGET", help="print TARGET's default spec as TOML (edit it, pass it to --spec)")
+    s.set_defaults(func=_cmd_targets)
     return p
 
 

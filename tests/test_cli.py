@@ -240,3 +240,13 @@ def test_run_flags_that_need_an_onnx_or_zoo_model(capsys, model, tmp_path):
     assert "--compare-onnxruntime needs an .onnx model" in fails(capsys, "run", cimir, "--random",
                                                                  "--compare-onnxruntime")
     assert "did you mean 'mlp'" in fails(capsys, "run", "zoo:mlpx", "--random")
+
+
+def test_targets_lists_describes_and_dumps(capsys):
+    code, out, _ = cimc(capsys, "targets")
+    assert code == 0 and "npu" in out and "sram-cim" in out and "adc_bits" in out
+    code, out, _ = cimc(capsys, "targets", "--dump", "sram-cim")
+    from cimc.targets import get_target
+
+    assert get_target("sram-cim").Spec.from_toml(out) == get_target("sram-cim").Spec()
+    assert "did you mean 'sram-cim'" in fails(capsys, "targets", "sram_cim")

@@ -1,0 +1,390 @@
+"""Targets: the hardware cimc compiles for, declared as data.
+
+A target is a frozen dataclass (:class:`Target`) holding a :class:`Spec`, the frozen dataclass of
+its hardware parameters. Each parameter is declared with :func:`param`: a default, a one-line doc,
+a unit and the source of the default (the paper, datasheet or tool it comes from, cited as in
+``shared/research/hw-parameters.md``, with that note's status tag: [C] read in the source, [C2]
+read in a secondary source, [D] derived by the formula given, [U] unconfirmed), and optional bounds
+(``ge``/``gt``/``le``). :meth:`Spec.validate` runs on construction: it checks every field's type
+and bounds, then the spec's cross-field rules (:meth:`Spec.check`), and raises one ``InputError``
+naming each bad field, its value and the allowed range.
+
+Naming of parameters: energies end in ``_pj`` (picojoules per event the field names), latencies in
+``_cycles`` (cycles of ``clock_mhz``), sizes in ``_bytes``, widths in ``_bits``; the unit is also
+in each field's metadata.
+
+TOML: one flat table, ``target = "<name>"`` then one key per parameter, each under comment lines
+with its doc, unit and source; :meth:`Spec.from_toml` reads it back (``from_toml(to_toml()) ==
+spec``). Unknown keys fail with a did-you-mean, wrong types name the expected type, syntax errors
+are ``ParseError`` with line and column. ``key=value`` overrides (``--spec-set adc_bits=6``) parse
+their value as a TOML value, with a bare word taken as a string.
+
+Targets declare, the driver composes: generic code reads :meth:`Target.capabilities`,
+:meth:`Target.default_pipeline` and :meth:`Target.lowering_passes`; nothing switches on names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from cimc.errors import InputError, ParseError
+
+__all__ = ["ARRAY_OPS", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target", "lossless_adc_bits", "param"]
+
+ARRAY_OPS = ("q.conv", "q.gemm", "q.matmul")
+"""The integer matrix ops a target may run on its arrays (weights held in the array)."""
+VECTOR_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize", "MaxPool", "AveragePool", "GlobalAveragePool",
+              "Relu", "Clip", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+"""The ops a digital vector unit runs on integer activations (requantization, pooling, data layout)."""
+
+
+def param(default: Any, doc: str, *, unit: str = "", source: str, ge: float | None = None,
+          gt: float | None = None, le: float | None = None) -> Any:
+    """Declare a spec parameter: a dataclass field whose metadata holds its doc, unit, the source of
+    the default, and the bounds :meth:`Spec.validate` checks (``ge``: >=, ``gt``: >, ``le``: <=)."""
+    return field(default=default, metadata={"doc": doc, "unit": unit, "source": source, "ge": ge, "gt": gt,
+                                            "le": le})
+
+
+@dataclass(frozen=True)
+class Param:
+    """One spec parameter as :func:`param` declared it, with its resolved Python type."""
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    unit: str
+    source: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the type accepts, in words ("an integer")."""
+        return _KIND[self.type]
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. ``an integer in 1..16`` or ``a number > 0``."""
+        if self.ge is not None and self.le is not None:
+            return f"{self.kind} in {_num(self.ge)}..{_num(self.le)}"
+        bounds = [f"{op} {_num(b)}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le)) if b is not None]
+        return " ".join([self.kind, *bounds]) if bounds else self.kind
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed for this parameter, or ``None`` if it is."""
+        if not _is(value, self.type):
+            return f"{self.name} = {value!r} should be {self.kind}"
+        if self.type is float and not math.isfinite(value):
+            return f"{self.name} = {value!r} should be a finite number"
+        if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le)):
+            return f"{self.name} = {value!r} is out of range: expected {self.allowed()} ({self.doc.rstrip('.')})"
+        return None
+
+
+_KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TOML_KIND = {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+              float: "a float"}
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _is(value: Any, tp: type) -> bool:
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+
+
+@cache
+def _params(cls: type[Spec]) -> tuple[Param, ...]:
+    types = {"int": int, "float": float, "bool": bool, "str": str}
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = f.type if isinstance(f.type, type) else types.get(str(f.type))
+        if tp is None or "source" not in f.metadata:
+            raise TypeError(f"{cls.__qualname__}.{f.name}: a spec parameter is an int, float, bool or str "
+                            f"declared with param(default, doc, unit=..., source=...), found {f.type!r}")
+        m = f.metadata
+        out.append(Param(f.name, tp, f.default, m["doc"], m["unit"], m["source"], m["ge"], m["gt"], m["le"]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Base of every target's hardware parameters: a frozen dataclass of scalar fields declared with
+    :func:`param`, validated on construction, readable from and writable to TOML."""
+
+    target: ClassVar[str] = "spec"
+    """Name of the target the spec belongs to (the TOML ``target`` key, and the prefix of messages)."""
+
+    def __post_init__(self) -> None:
+        for p in _params(type(self)):  # an int given for a float parameter is stored as that float
+            v = getattr(self, p.name)
+            if p.type is float and type(v) is int:
+                object.__setattr__(self, p.name, float(v))
+        self.validate()
+
+    @classmethod
+    def params(cls) -> tuple[Param, ...]:
+        """Every parameter of the spec, in declaration order."""
+        return _params(cls)
+
+    @classmethod
+    def get_param(cls, key: str) -> Param:
+        """The parameter called ``key`` (``-`` read as ``_``); an ``InputError`` with a did-you-mean if none."""
+        by_name = {p.name: p for p in _params(cls)}
+        name = key.strip().replace("-", "_")
+        if name not in by_name:
+            close = ([n for n in by_name if name and n.startswith(name)]  # a unique-enough prefix first
+                     or difflib.get_close_matches(name, list(by_name), n=1))
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(f"{cls.target} spec has no parameter '{key}'{hint} "
+                             f"(`cimc targets {cls.target}` lists them)")
+        return by_name[name]
+
+    def validate(self) -> None:
+        """Check every field's type and bounds, then :meth:`check`; one ``InputError`` lists all problems."""
+        errors = [msg for p in _params(type(self)) if (msg := p.problem(getattr(self, p.name)))]
+        if not errors:
+            errors = list(self.check())
+        if errors:
+            raise InputError(f"{self.target} spec: " + "; ".join(errors))
+
+    def check(self) -> Iterator[str]:
+        """Cross-field rules (e.g. ``rows_per_op <= rows``); yields one message per broken rule.
+        Subclasses override it (and ``yield from super().check()``)."""
+        return iter(())
+
+    # -- TOML and overrides ------------------------------------------------------------------------
+
+    @classmethod
+    def from_toml(cls, source: str | os.PathLike[str]) -> Spec:
+        """Read a spec from TOML text or a file: a path object, or a string with no ``=``, no line
+        break and some text is a file name; any other string is TOML. Missing keys keep their defaults."""
+        if isinstance(source, os.PathLike) or ("=" not in source and "\n" not in source and source.strip()):
+            where = str(source)
+            try:
+                text = Path(source).read_text(encoding="utf-8")
+            except OSError as e:
+                raise InputError(f"cannot read the {cls.target} spec file {where}: {e.strerror or e}") from None
+        else:
+            text, where = str(source), "<spec>"
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            msg, line, col = str(e), None, None
+            if m := re.search(r" \(at line (\d+), column (\d+)\)$", msg):
+                msg, line, col = msg[:m.start()], int(m[1]), int(m[2])
+            elif msg.endswith(" (at end of document)"):
+                msg, line = msg[:-len(" (at end of document)")], text.count("\n") + 1
+                col = len(text.rsplit("\n", 1)[-1]) + 1
+            raise ParseError(f"invalid TOML in the {cls.target} spec: {msg}", source=where, line=line,
+                             column=col) from None
+        return cls.from_dict(data, where=where)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str | None = None) -> Spec:
+        """Build a spec from a flat mapping as TOML gives it (``target`` key optional, checked)."""
+        pre = f"{where}: " if where else ""
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "target":
+                if value != cls.target:
+                    raise InputError(f"{pre}this spec is for target {value!r}, not '{cls.target}'; "
+                                     f"load it with that target or fix its `target` key")
+                continue
+            try:
+                p = cls.get_param(key)
+            except InputError as e:
+                raise InputError(pre + str(e)) from None
+            if p.name in kwargs:
+                raise InputError(f"{pre}{cls.target} spec: parameter {p.name} is given twice (as '{key}' too)")
+            kwargs[p.name] = cls._coerce(p, value, pre)
+        try:
+            return cls(**kwargs)
+        except InputError as e:
+            raise InputError(pre + str(e)) from None
+
+    @classmethod
+    def _coerce(cls, p: Param, value: Any, pre: str = "") -> Any:
+        if _is(value, p.type):
+            return float(value) if p.type is float else value
+        found = _TOML_KIND.get(type(value), f"a {type(value).__name__}")
+        raise InputError(f"{pre}{cls.target} spec: {p.name} expects {p.kind}, found {found} {value!r} "
+                         f"(e.g. {p.name} = {_toml_value(p.default)})")
+
+    def to_toml(self) -> str:
+        """Every parameter as TOML, each under comments giving its doc, unit and source."""
+        lines = [f"# cimc target spec: {self.target}. Every parameter with its doc, unit and the source of",
+                 "# its default; edit values and load with Spec.from_toml (or `cimc ... --spec FILE`).",
+                 f"target = {json.dumps(self.target)}"]
+        for p in _params(type(self)):
+            unit = f" [{p.unit}]" if p.unit else ""
+            lines += ["", f"# {_one_line(p.doc)}{unit}", f"# source: {_one_line(p.source)}",
+                      f"{p.name} = {_toml_value(getattr(self, p.name))}"]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters by name, in declaration order."""
+        return {p.name: getattr(self, p.name) for p in _params(type(self))}
+
+    def replace(self, **overrides: Any) -> Spec:
+        """A copy with some parameters changed (validated); unknown names fail with a did-you-mean."""
+        return dataclasses.replace(self, **{self.get_param(k).name: v for k, v in overrides.items()})
+
+    @classmethod
+    def parse_overrides(cls, items: Iterable[str]) -> dict[str, Any]:
+        """``["adc_bits=6", "clock-mhz=500"]`` as ``{"adc_bits": 6, "clock_mhz": 500.0}``: each value is a
+        TOML value (a bare word is a string), checked against the parameter's type."""
+        out: dict[str, Any] = {}
+        for item in items:
+            key, eq, text = item.partition("=")
+            if not eq or not key.strip():
+                raise InputError(f"spec override {item!r} should be key=value, e.g. adc_bits=6")
+            p = cls.get_param(key)
+            try:
+                parsed = tomllib.loads(f"v = {text.strip()}")
+                value = parsed["v"] if list(parsed) == ["v"] else text.strip()
+            except tomllib.TOMLDecodeError:
+                value = text.strip()
+            out[p.name] = cls._coerce(p, value)
+        return out
+
+    def with_overrides(self, items: Iterable[str]) -> Spec:
+        """A copy with ``key=value`` overrides applied (see :meth:`parse_overrides`)."""
+        return self.replace(**self.parse_overrides(items))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    return repr(v)  # int, or a float repr (1.0, 1e-05, inf): all valid TOML
+
+
+def lossless_adc_bits(rows_per_op: int, dac_bits: int, cell_bits: int) -> int:
+    """ADC resolution that converts every partial sum exactly: a column with ``rows_per_op`` word
+    lines on, inputs of ``dac_bits`` and cells of ``cell_bits`` (both unsigned slices) sums to at
+    most ``M = rows_per_op * (2**dac_bits - 1) * (2**cell_bits - 1)``, and the ``M + 1`` values
+    ``0..M`` need ``ceil(log2(M + 1))`` bits. E.g. 64 rows, 1-b inputs, 1-b cells: 7 bits."""
+    if min(rows_per_op, dac_bits, cell_bits) < 1:
+        raise InputError(f"lossless_adc_bits needs positive arguments, got rows_per_op={rows_per_op}, "
+                         f"dac_bits={dac_bits}, cell_bits={cell_bits}")
+    return (rows_per_op * ((1 << dac_bits) - 1) * ((1 << cell_bits) - 1)).bit_length()  # == ceil(log2(M+1))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target offers the compiler: array geometry, bit limits, and where each op runs.
+
+    An array holds ``rows`` x ``cols`` cells of ``cell_bits``; a weight of b bits spans
+    ``ceil(b / cell_bits)`` columns. Inputs enter in slices of ``dac_bits`` (1 = bit-serial),
+    ``rows_per_op`` word lines at a time; each column's partial sum passes an ADC of ``adc_bits``
+    (``None``: digital accumulation, always exact). Ops in ``array_ops`` run on the arrays, ops in
+    ``vector_ops`` on the digital vector unit.
+    """
+
+    rows: int
+    cols: int
+    cell_bits: int
+    weight_bits_max: int
+    act_bits_max: int
+    dac_bits: int
+    adc_bits: int | None
+    rows_per_op: int
+    arrays: int
+    array_ops: tuple[str, ...] = ARRAY_OPS
+    vector_ops: tuple[str, ...] = VECTOR_OPS
+    dynamic_matmul: bool = False
+    """Whether the arrays also run matmuls whose both operands are activations (attention)."""
+    skips_zero_blocks: bool = False
+    """Whether the arrays skip the word-line operations of all-zero row blocks (see ``sparsify``)."""
+
+    def unit_of(self, op: str) -> Literal["array", "vector"] | None:
+        """Where ``op`` runs: ``"array"``, ``"vector"``, or ``None`` if this target does not run it."""
+        return "array" if op in self.array_ops else "vector" if op in self.vector_ops else None
+
+    def lossless_adc_bits(self, rows_per_op: int | None = None, dac_bits: int | None = None,
+                          cell_bits: int | None = None) -> int:
+        """:func:`lossless_adc_bits` for this geometry (or the arguments given instead)."""
+        return lossless_adc_bits(self.rows_per_op if rows_per_op is None else rows_per_op,
+                                 self.dac_bits if dac_bits is None else dac_bits,
+                                 self.cell_bits if cell_bits is None else cell_bits)
+
+    @property
+    def adc_lossless(self) -> bool:
+        """Whether every partial sum converts exactly (no ADC, or ``adc_bits >= lossless_adc_bits()``)."""
+        return self.adc_bits is None or self.adc_bits >= self.lossless_adc_bits()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Base of every target: a frozen dataclass holding its :class:`Spec` (the defaults if none given).
+
+    Subclasses set ``name`` (kebab-case, registered in :mod:`cimc.targets`), ``Spec`` (their spec
+    class) and ``description``, and implement :meth:`capabilities`.
+    """
+
+    name: ClassVar[str] = ""
+    Spec: ClassVar[type[Spec]] = Spec
+    description: ClassVar[str] = ""
+    spec: Spec = None  # type: ignore[assignment]  # None: the Spec class's defaults
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        if self.spec is None:
+            object.__setattr__(self, "spec", cls.Spec())
+        elif not isinstance(self.spec, cls.Spec):
+            raise InputError(f"target '{cls.name}' needs a {cls.Spec.__name__}, got a {type(self.spec).__name__}")
+
+    def capabilities(self) -> Capabilities:
+        """Geometry, bit limits and op placement, derived from the spec."""
+        raise NotImplementedError(f"target {type(self).__name__} does not implement capabilities()")
+
+    def default_pipeline(self) -> str:
+        """Pipeline text the driver runs before lowering: cleanup, then quantization to the
+        target's bit limits. (Names of passes not written yet are not checked here.)"""
+        c = self.capabilities()
+        return f"fold-constants,fuse-batchnorm,quantize{{weight-bits={c.weight_bits_max} act-bits={c.act_bits_max}}}"
+
+    def lowering_passes(self) -> list[str]:
+        """Pipeline text of each lowering pass, which the driver runs after :meth:`default_pipeline`
+        to turn ``q.*`` ops into this target's instruction ops. The hook lowering passes fill."""
+        return []
+
+    def register_ops(self) -> None:
+        """Define this target's instruction ops (``define_op``) for the interpreter and verifier;
+        called by the driver before lowering. The hook target ops fill; must be idempotent."""
+
+    def with_spec(self, **overrides: Any) -> Target:
+        """A copy of this target with some spec parameters changed."""
+        return dataclasses.replace(self, spec=self.spec.replace(**overrides))
+
+    def describe(self) -> str:
+        """Plain text for ``cimc targets``: name, description, then every parameter's value, unit and doc."""
+        rows = [(p.name, _toml_value(getattr(self.spec, p.name)), p.unit or "-", _one_line(p.doc))
+                for p in self.spec.params()]
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"{self.name}: {_one_line(self.description)}"]
+        lines += [f"  {a:<{w[0]}}  {b:>{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]
+        return "\n".join(lines)

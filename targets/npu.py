@@ -1,0 +1,109 @@
+"""npu: a digital INT8 MAC array (weight-stationary, systolic) with buffers, DMA and a vector unit.
+
+The array holds a ``mac_rows`` x ``mac_cols`` weight tile (rows = reduction, columns = outputs) and
+streams activations through it; products accumulate exactly in ``acc_bits`` accumulators, so it
+has no ADC and no lossy step. It runs every matrix op, including matmuls whose both operands are
+activations (attention); the vector unit runs requantization, pooling and layout.
+
+Cost model inputs (the defaults: hw-parameters.md §1.2 ``npu_default``, whose 45 nm energies are
+scaled by 0.29 to 22 nm at 0.8 V so that npu and sram-cim compare at one node): compute cycles of
+an M x K by K x N product are about ``ceil(K/R) * ceil(N/C) * (M + R + C - 2)`` for an R x C
+array (fill and drain), memory cycles are bytes / ``dma_bytes_per_cycle``, and a layer takes the
+larger (roofline). Energy: ``mac_pj + pe_reg_pj`` per MAC, ``buffer_pj_per_byte`` per buffer byte
+read or written, ``dram_pj_per_byte`` per DRAM byte, ``vec_*_pj`` per vector-unit element op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from cimc.target import Capabilities, Spec, Target, param
+
+__all__ = ["NpuSpec", "NpuTarget"]
+
+_SCALE = "x 0.29 (45 nm -> 22 nm at 0.8 V, hw-parameters.md §0 scaling table)"
+_SCALESIM = "SCALE-Sim configs/scale.cfg: 32 x 32 array, 3 x 64 kB SRAM (hw-parameters.md §1.1, §1.2) [C]"
+
+
+@dataclass(frozen=True)
+class NpuSpec(Spec):
+    """Hardware parameters of the npu target (energies at 22 nm, 0.8 V)."""
+
+    target: ClassVar[str] = "npu"
+
+    mac_rows: int = param(32, "Rows of the MAC array: the reduction dimension of the weight tile it holds.",
+                          unit="PEs", source=_SCALESIM, ge=1)
+    mac_cols: int = param(32, "Columns of the MAC array: the output channels computed at once.", unit="PEs",
+                          source=_SCALESIM, ge=1)
+    mac_bits: int = param(8, "Width of the weights and activations the MACs multiply.", unit="bits",
+                          source="Gemmini defaultConfig: 16 x 16 INT8 mesh; TPU v1 INT8 (hw-parameters.md §1.1, "
+                                 "§1.2) [C]", ge=1, le=8)
+    acc_bits: int = param(32, "Width of the accumulators (sums are exact below 2**acc_bits).", unit="bits",
+                          source="Gemmini defaultConfig: INT32 accumulator (hw-parameters.md §1.1) [C]", ge=8, le=64)
+    weight_buffer_bytes: int = param(65536, "Weight (filter) buffer.", unit="bytes",
+                                     source="SCALE-Sim configs/scale.cfg filter SRAM 64 kB (hw-parameters.md §1.1) [C]",
+                                     ge=1)
+    act_buffer_bytes: int = param(65536, "Input activation (ifmap) buffer.", unit="bytes",
+                                  source="SCALE-Sim configs/scale.cfg ifmap SRAM 64 kB (hw-parameters.md §1.1) [C]",
+                                  ge=1)
+    out_buffer_bytes: int = param(65536, "Output (ofmap) buffer.", unit="bytes",
+                                  source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (hw-parameters.md §1.1) [C]",
+                                  ge=1)
+    clock_mhz: float = param(1000.0, "Clock of the array, buffers and vector unit.", unit="MHz",
+                             source="hw-parameters.md §1.2 npu_default: 1 GHz, an assumption shared by NeuroSim "
+                                    "(clkFreq = 1e9) and PUMA (1 ns cycle) [C]", gt=0)
+    dma_bytes_per_cycle: float = param(16.0, "DMA bandwidth between DRAM and the buffers.", unit="bytes/cycle",
+                                       source="assumption: 16 GB/s at 1 GHz, an LPDDR4 x32 channel class "
+                                              "(not in hw-parameters.md)", gt=0)
+    vec_lanes: int = param(32, "Elements the vector unit processes per cycle.", unit="lanes",
+                           source="assumption: one lane per MAC-array column", ge=1)
+    vec_op_cycles: int = param(1, "Cycles of one vector instruction on vec_lanes elements.", unit="cycles",
+                               source="assumption: single-cycle integer ALU lanes", ge=1)
+    mac_pj: float = param(0.087, "Energy of one INT8 multiply-accumulate into an INT32 accumulator.", unit="pJ",
+                          source=f"[D] Horowitz, ISSCC 2014: 0.2 pJ INT8 mult + 0.1 pJ INT32 add = 0.30 pJ at 45 nm "
+                                 f"(hw-parameters.md §1.2 E_MAC) {_SCALE}", ge=0)
+    pe_reg_pj: float = param(0.087, "Energy of a PE's local registers per MAC (operand and partial-sum forwarding).",
+                             unit="pJ", source=f"[U] Eyeriss register file about 1x a MAC (hw-parameters.md §1.2 "
+                                               f"E_PE_local = 0.30 pJ) {_SCALE}", ge=0)
+    buffer_pj_per_byte: float = param(0.997, "Energy to read or write one byte of a buffer.", unit="pJ/byte",
+                                      source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access "
+                                             "(hw-parameters.md §1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 "
+                                             f"bytes {_SCALE}", ge=0)
+    dram_pj_per_byte: float = param(64.0, "Energy to move one byte from or to DRAM.", unit="pJ/byte",
+                                    source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit (hw-parameters.md "
+                                           "§1.1, §1.2) [C]", ge=0)
+    vec_op_pj: float = param(0.029, "Energy of one vector-unit add-class op (add, compare, shift, clip) on one "
+                                    "element.", unit="pJ",
+                             source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (hw-parameters.md §1.1) "
+                                    f"[C2] {_SCALE}", ge=0)
+    vec_mul_pj: float = param(0.899, "Energy of one vector-unit multiply (a requantization multiplier) on one "
+                                     "element.", unit="pJ",
+                              source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md "
+                                     f"§1.1) [C2] {_SCALE}", ge=0)
+
+    def check(self) -> Iterator[str]:
+        """The accumulators hold at least one full product."""
+        yield from super().check()
+        if self.acc_bits < 2 * self.mac_bits:
+            yield (f"acc_bits = {self.acc_bits} must be >= 2 * mac_bits = {2 * self.mac_bits} (an accumulator "
+                   f"holds at least one product)")
+
+
+@dataclass(frozen=True)
+class NpuTarget(Target):
+    """The npu target: a digital INT8 MAC array that runs every op exactly."""
+
+    name: ClassVar[str] = "npu"
+    Spec: ClassVar[type[NpuSpec]] = NpuSpec
+    description: ClassVar[str] = ("Digital NPU: a weight-stationary INT8 MAC array with weight, input and output "
+                                  "buffers, DMA and a vector unit; runs every op exactly, attention matmuls included.")
+    spec: NpuSpec = None  # type: ignore[assignment]
+
+    def capabilities(self) -> Capabilities:
+        """The MAC array as a digital array: whole words per PE and per cycle, no ADC."""
+        s = self.spec
+        return Capabilities(rows=s.mac_rows, cols=s.mac_cols, cell_bits=s.mac_bits, weight_bits_max=s.mac_bits,
+                            act_bits_max=s.mac_bits, dac_bits=s.mac_bits, adc_bits=None, rows_per_op=s.mac_rows,
+                            arrays=1, dynamic_matmul=True)

@@ -1,0 +1,183 @@
+"""sram-cim: several SRAM compute-in-memory macros (MARS-like) beside a digital vector unit.
+
+Each macro is one array of ``rows`` x ``cols`` 1-bit cells. A weight of b bits is split over
+``ceil(b / cell_bits)`` adjacent columns; inputs are fed bit-serially (``dac_bits`` per pass). One
+*pass* switches on ``rows_per_op`` word lines with one input slice and yields one partial sum per
+column; each ADC converts its ``cols_per_adc`` columns one after another at ``adc_bits`` (lossless
+when ``adc_bits >= lossless_adc_bits(rows_per_op, dac_bits, cell_bits)``, 7 for the defaults, so
+the default 5-b ADC clips and rounds as the published macros do), and the digital periphery
+shifts and adds the converted sums by input-bit and weight-slice significance. Passes over an
+all-zero (pruned) row block are skipped. Requantization, pooling and layout run on the vector unit.
+
+Cost model inputs (the defaults: 22 nm, 0.8 V, calibrated to published macros, hw-parameters.md
+§2.3): a pass costs ``mvm_cycles`` plus ``cols_per_adc * adc_cycles`` for its conversions, and
+``active rows * active columns * mvm_cell_pj`` plus one ``adc_pj`` and one ``shift_add_pj`` per
+converted column. With the defaults that is 1.8 fJ per 1b x 1b operation all-in (about 117 fJ per
+8b x 8b MAC, 17 TOPS/W), split as in Wang et al. (VLSI 2022): ADC 34 %, word line and array 62 %,
+other 4 %. Loading weights costs ``write_row_cycles`` per row and ``write_bit_pj`` per bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from cimc.target import Capabilities, Spec, Target, param
+
+__all__ = ["SramCimSpec", "SramCimTarget"]
+
+_SCALE = "x 0.29 (45 nm -> 22 nm at 0.8 V, hw-parameters.md §0 scaling table)"
+_BITOP = "of 1.8 fJ per 1b x 1b op (NeuroSim SRAM 22 nm, 64 rows, 17.13 TOPS/W; hw-parameters.md §2.3)"
+
+
+@dataclass(frozen=True)
+class SramCimSpec(Spec):
+    """Hardware parameters of the sram-cim target (energies at 22 nm, 0.8 V)."""
+
+    target: ClassVar[str] = "sram-cim"
+
+    macros: int = param(16, "Number of SRAM-CIM macros (one array each), working in parallel.", unit="macros",
+                        source="assumption; Jia et al., ISSCC 2021 15.1 has 16 cores (CIM-MLC configs/ISSCC21_15_1.py, "
+                               "hw-parameters.md §2.1) [C]", ge=1)
+    rows: int = param(128, "Word lines (rows) of one macro's array.", unit="rows",
+                      source="NeuroSim V1.4 Param.cpp default subarray 128 x 128 (hw-parameters.md §2.2, §2.3) [C]",
+                      ge=1)
+    cols: int = param(128, "Bit lines (columns) of one macro's array.", unit="columns",
+                      source="NeuroSim V1.4 Param.cpp default subarray 128 x 128 (hw-parameters.md §2.2, §2.3) [C]",
+                      ge=1)
+    cell_bits: int = param(1, "Bits stored per cell (1 for an SRAM cell).", unit="bits",
+                           source="hw-parameters.md §2.3 recommended default: 1 b/cell (NeuroSim) [C]", ge=1, le=8)
+    weight_bits_max: int = param(8, "Widest weight the arrays hold; it spans ceil(bits / cell_bits) adjacent columns.",
+                                 unit="bits", source="hw-parameters.md §2.3 recommended default: 8-b weights across 8 "
+                                                     "adjacent columns", ge=1, le=8)
+    act_bits_max: int = param(8, "Widest input activation; it enters dac_bits per pass.", unit="bits",
+                              source="DESIGN.md integer semantics (activations of 2 to 8 bits); hw-parameters.md §2.3 "
+                                     "calibrates at 8b x 8b", ge=1, le=8)
+    dac_bits: int = param(1, "Input bits applied per pass (1 = bit-serial inputs).", unit="bits",
+                          source="hw-parameters.md §2.3 recommended default: bit-serial, 1 b per cycle (1-b DAC)",
+                          ge=1, le=8)
+    adc_bits: int = param(5, "Resolution of each conversion of a column partial sum (lossy below lossless_adc_bits).",
+                          unit="bits", source="NeuroSim V1.4 default levelOutput = 32, a 5-b ADC (hw-parameters.md "
+                                              "§2.2, §2.3) [C]", ge=1, le=16)
+    rows_per_op: int = param(64, "Word lines switched on together: the rows summed into one partial sum.",
+                             unit="rows", source="NeuroSim manual Table VII best case (64 rows); Sinangil et al., "
+                                                 "JSSC 2021, 64 rows (hw-parameters.md §2.3) [C]", ge=1)
+    cols_per_adc: int = param(8, "Columns sharing one ADC, converted one after another.", unit="columns",
+                              source="NeuroSim V1.4 Param.cpp numColMuxed = 8 (hw-parameters.md §2.2, §2.3) [C]", ge=1)
+    skip_zero_blocks: bool = param(True, "Whether passes over all-zero (pruned) row blocks are skipped.",
+                                   source="DESIGN.md Targets: sram-cim skips pruned row blocks (MARS-like block "
+                                          "sparsity)")
+    clock_mhz: float = param(1000.0, "Clock of the macros and the digital periphery.", unit="MHz",
+                             source="NeuroSim V1.4 Param.cpp clkFreq = 1e9 (hw-parameters.md §2.2) [C]; PUMA 1 ns "
+                                    "cycle (§1.2)", gt=0)
+    mvm_cycles: int = param(1, "Cycles of one pass (word-line drive, bit-line settle), before its conversions.",
+                            unit="cycles", source="assumption: one 1-ns cycle; hw-parameters.md §2.3 gives 1 to 6.9 ns "
+                                                  "per input bit including the ADC", ge=1)
+    adc_cycles: int = param(1, "Cycles of one ADC conversion.", unit="cycles",
+                            source="NeuroSim V1.4 manual §7: about 1 ns for a 5-b flash ADC at 22 nm "
+                                   "(hw-parameters.md §2.2) [C]", ge=1)
+    shift_add_cycles: int = param(1, "Cycles of one shift-add of a converted partial sum (one adder per ADC, "
+                                     "pipelined behind the conversions).", unit="cycles",
+                                  source="assumption: one adder per ADC taking one partial sum per cycle", ge=0)
+    write_row_cycles: int = param(1, "Cycles to write one row of weight bits into an array (load or reload).",
+                                  unit="cycles", source="assumption: one word line per cycle, as an SRAM write port",
+                                  ge=1)
+    vec_lanes: int = param(16, "Elements the digital vector unit processes per cycle.", unit="lanes",
+                           source="assumption: one lane per ADC (128 columns / 8 columns per ADC)", ge=1)
+    vec_op_cycles: int = param(1, "Cycles of one vector instruction on vec_lanes elements.", unit="cycles",
+                               source="assumption: single-cycle integer ALU lanes", ge=1)
+    dram_bytes_per_cycle: float = param(16.0, "Off-chip (DRAM) bandwidth.", unit="bytes/cycle",
+                                        source="assumption: 16 GB/s at 1 GHz, an LPDDR4 x32 channel class "
+                                               "(not in hw-parameters.md)", gt=0)
+    act_buffer_bytes: int = param(65536, "Input activation buffer feeding the macros.", unit="bytes",
+                                  source="SCALE-Sim configs/scale.cfg ifmap SRAM 64 kB (hw-parameters.md §1.1) [C], "
+                                         "the npu's size for a like-for-like comparison", ge=1)
+    out_buffer_bytes: int = param(65536, "Output buffer collecting the macros' results.", unit="bytes",
+                                  source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (hw-parameters.md §1.1) [C], "
+                                         "the npu's size for a like-for-like comparison", ge=1)
+    mvm_cell_pj: float = param(0.001116, "Energy of one cell in one pass: one word line on, one input slice, one "
+                                         "column (word-line drive and array; ADC and shift-add apart).", unit="pJ",
+                               source=f"[D] 62 % (word line/DAC 22 % + array 40 %, Wang et al., VLSI 2022 split [C]) "
+                                      f"{_BITOP}", ge=0)
+    adc_pj: float = param(0.039168, "Energy of one ADC conversion (one column partial sum).", unit="pJ",
+                          source=f"[D] 34 % (Wang et al., VLSI 2022 ADC share [C]) {_BITOP} x 64 rows per conversion",
+                          ge=0)
+    shift_add_pj: float = param(0.004608, "Energy of one shift-add of a converted partial sum.", unit="pJ",
+                                source=f"[D] 4 % (Wang et al., VLSI 2022 'other' share [C]) {_BITOP} x 64 rows per "
+                                       "partial sum", ge=0)
+    write_bit_pj: float = param(0.0016, "Energy to write one weight bit into an array.", unit="pJ",
+                                source="MNSIM 2.0 SimConfig.ini Write_Energy = 1.6 fJ/bit, 28 nm reference "
+                                       "(hw-parameters.md §2.2, §2.3) [C]", ge=0)
+    vec_op_pj: float = param(0.029, "Energy of one vector-unit add-class op (add, compare, shift, clip) on one "
+                                    "element.", unit="pJ",
+                             source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (hw-parameters.md §1.1) "
+                                    f"[C2] {_SCALE}", ge=0)
+    vec_mul_pj: float = param(0.899, "Energy of one vector-unit multiply (a requantization multiplier) on one "
+                                     "element.", unit="pJ",
+                              source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md "
+                                     f"§1.1) [C2] {_SCALE}", ge=0)
+    buffer_pj_per_byte: float = param(0.997, "Energy to read or write one byte of a buffer.", unit="pJ/byte",
+                                      source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access "
+                                             "(hw-parameters.md §1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 "
+                                             f"bytes {_SCALE}", ge=0)
+    noc_pj_per_byte: float = param(0.174, "Energy to move one byte between a buffer and a macro (on-chip bus).",
+                                   unit="pJ/byte",
+                                   source="[U] Eyeriss (Chen et al., ISCA 2016) Table IV: NoC about 2x a MAC "
+                                          f"(hw-parameters.md §1.1): 2 x 0.30 pJ {_SCALE}", ge=0)
+    dram_pj_per_byte: float = param(64.0, "Energy to move one byte from or to DRAM (weight reloads, spills).",
+                                    unit="pJ/byte", source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit "
+                                                           "(hw-parameters.md §1.1, §1.2) [C]", ge=0)
+
+    def check(self) -> Iterator[str]:
+        """Word lines and ADC columns fit the array, a weight fits in a row, a DAC slice in an input."""
+        yield from super().check()
+        if self.rows_per_op > self.rows:
+            yield (f"rows_per_op = {self.rows_per_op} must be <= rows = {self.rows} (word lines on at once "
+                   f"within one array)")
+        if self.cols_per_adc > self.cols:
+            yield f"cols_per_adc = {self.cols_per_adc} must be <= cols = {self.cols} (columns sharing one ADC)"
+        if math.ceil(self.weight_bits_max / self.cell_bits) > self.cols:
+            yield (f"weight_bits_max = {self.weight_bits_max} needs {math.ceil(self.weight_bits_max / self.cell_bits)}"
+                   f" columns of {self.cell_bits}-bit cells, more than cols = {self.cols}")
+        if self.dac_bits > self.act_bits_max:
+            yield f"dac_bits = {self.dac_bits} must be <= act_bits_max = {self.act_bits_max} (input bits per pass)"
+
+    @property
+    def adcs(self) -> int:
+        """ADCs per macro: ``ceil(cols / cols_per_adc)``."""
+        return -(-self.cols // self.cols_per_adc)
+
+    @property
+    def pass_cycles(self) -> int:
+        """Cycles of one full pass with its conversions: ``mvm_cycles + cols_per_adc * adc_cycles``."""
+        return self.mvm_cycles + self.cols_per_adc * self.adc_cycles
+
+    @property
+    def pass_pj(self) -> float:
+        """Energy of one full pass (``rows_per_op`` rows x ``cols`` columns) with its conversions and shift-adds."""
+        return self.rows_per_op * self.cols * self.mvm_cell_pj + self.cols * (self.adc_pj + self.shift_add_pj)
+
+
+@dataclass(frozen=True)
+class SramCimTarget(Target):
+    """The sram-cim target: SRAM CIM macros, bit-serial inputs, ADC per column group, a vector unit."""
+
+    name: ClassVar[str] = "sram-cim"
+    Spec: ClassVar[type[SramCimSpec]] = SramCimSpec
+    description: ClassVar[str] = ("SRAM compute-in-memory macros (MARS-like): bit-serial inputs, multi-bit "
+                                  "weights across columns, rows_per_op word lines at once, an ADC per column "
+                                  "group, pruned row blocks skipped, a digital vector unit.")
+    spec: SramCimSpec = None  # type: ignore[assignment]
+
+    def capabilities(self) -> Capabilities:
+        """Macro geometry and bit limits from the spec; matrix ops on the macros, the rest on the vector unit."""
+        s = self.spec
+        return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
+                            act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,
+                            rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks)
+
+    def default_pipeline(self) -> str:
+        """Cleanup and quantization, then tiling of the weights onto the macros."""
+        return super().default_pipeline() + ",tile"
