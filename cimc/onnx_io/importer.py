@@ -46,16 +46,16 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not model.HasField("graph") or model.ir_version <= 0 or not model.opset_import:
         raise InputError(f"{path}: not an ONNX model (it has no graph, IR version or opset; "
                          "is the file truncated or of another format?)")
+    try:  # before the checker, which would otherwise look for the data files in the cwd
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise InputError(f"{path}: cannot read its external data (which must sit beside the model, "
+                         f"in {path.parent}): {e}") from None
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
         raise InputError(f"{path}: not a valid ONNX model (truncated or corrupt?): {first}") from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        try:
-            onnx.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: cannot read its external data: {e}") from None
     return model
 
 
@@ -75,21 +75,21 @@ def import_model(model: onnx.ModelProto) -> Graph:
 
     env: dict[str, Value] = {}
     for init in model.graph.initializer:
-        env[init.name] = g.add_constant(_to_array(init), init.name)
+        env[init.name] = _add_tensor(g, init, init.name, f"initializer {init.name!r}")
     for sparse in model.graph.sparse_initializer:
         name = sparse.values.name
-        env[name] = g.add_constant(numpy_helper.to_array(sparse), name)
+        env[name] = g.add_constant(_sparse_to_array(sparse, f"sparse initializer {name!r}"), name)
     for vi in model.graph.input:
         if vi.name not in env:
             env[vi.name] = g.add_input(vi.name, _value_type(vi, where=f"graph input {vi.name!r}"))
 
-    for index, proto in enumerate(_sorted_nodes(model.graph, set(env))):
+    for index, proto in _sorted_nodes(model.graph, set(env)):
         name = proto.name or f"{proto.op_type}_{index}"
-        if proto.op_type == "Constant":
-            env[proto.output[0]] = g.add_constant(_constant_value(proto), proto.output[0])
-            continue
-        since = onnx.defs.get_schema(proto.op_type, opset, proto.domain).since_version
         where = f"node {name!r} ({proto.op_type}, opset {opset})"
+        if proto.op_type == "Constant":
+            env[proto.output[0]] = _add_constant_node(g, proto, where)
+            continue
+        since = _since_version(proto.op_type, opset, where)
         try:
             inputs = [env[i] if i else None for i in proto.input]
         except KeyError as e:
@@ -118,6 +118,9 @@ def import_model(model: onnx.ModelProto) -> Graph:
     for o in model.graph.output:  # the declared output names are the public contract
         v = env[o.name]
         if v.name != o.name:
+            holder = next((x for x in g.values() if x.name == o.name), None)
+            if holder is not None:  # a value the importer made (an upgrade's constant) took the name
+                g.rename_value(holder, f"{o.name}_")
             g.rename_value(v, o.name)
     return g
 
@@ -153,18 +156,28 @@ def _check_supported(nodes: Iterable[onnx.NodeProto], opset: int) -> None:
                              + "; ".join(parts))
 
 
-def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
-    """The nodes in an order where each reads only names defined before it (ONNX requires it,
-    some exporters break it)."""
-    defined, order, pending = set(known), [], list(graph.node)
+def _since_version(op: str, opset: int, where: str) -> int:
+    try:
+        return onnx.defs.get_schema(op, opset, "").since_version
+    except onnx.defs.SchemaError:
+        first = [s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.name == op and s.domain == ""]
+        why = f"it was added in opset {min(first)}" if first else "ONNX has no such op"
+        raise InputError(f"{where}: {op} does not exist in opset {opset} ({why}); the model is invalid "
+                         "(check it with onnx.checker.check_model)") from None
+
+
+def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[tuple[int, onnx.NodeProto]]:
+    """The nodes (with their positions in the file) in an order where each reads only names
+    defined before it (ONNX requires it, some exporters break it)."""
+    defined, order, pending = set(known), [], list(enumerate(graph.node))
     while pending:
         rest = []
-        for n in pending:
-            if all(not i or i in defined for i in n.input):
-                order.append(n)
+        for i, n in pending:
+            if all(not x or x in defined for x in n.input):
+                order.append((i, n))
                 defined.update(n.output)
             else:
-                rest.append(n)
+                rest.append((i, n))
         if len(rest) == len(pending):
             return order + rest  # a read of an undefined name; reported where it happens
         pending = rest
@@ -173,6 +186,8 @@ def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProt
 
 def _value_type(vi: onnx.ValueInfoProto, where: str) -> TensorType:
     t = vi.type
+    if t.WhichOneof("value") is None:
+        raise InputError(f"{where}: has no type (ONNX requires graph inputs to declare one)")
     if not t.HasField("tensor_type"):
         raise UnsupportedOpError(f"{where}: only tensor inputs are supported, not {t.WhichOneof('value')}")
     tt = t.tensor_type
@@ -183,29 +198,61 @@ def _value_type(vi: onnx.ValueInfoProto, where: str) -> TensorType:
     return TensorType(dtype, dims)
 
 
-def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
-    array = numpy_helper.to_array(tensor)
+def _to_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+        raise InputError(f"{where}: its data is in the external file {location!r}, which was not read "
+                         "(load the model from its file: cimc.onnx_io.load_model(path))")
+    dtype_from_onnx_code(tensor.data_type, where)  # names an element type cimc does not have
+    try:
+        array = numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{where}: the tensor data does not decode (truncated or corrupt?): {e}") from None
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         array = array.astype(np.int8 if tensor.data_type == onnx.TensorProto.INT4 else np.uint8)
     return array
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    attr = node.attribute[0]
+def _sparse_to_array(sparse: onnx.SparseTensorProto, where: str) -> np.ndarray:
+    values, indices = _to_array(sparse.values, where), _to_array(sparse.indices, where).astype(np.int64)
+    dense = np.zeros(tuple(sparse.dims), values.dtype)
+    try:
+        if indices.ndim == 2:  # one row of coordinates per value
+            dense[tuple(indices.T)] = values
+        else:  # linear indices into the flattened tensor
+            dense.reshape(-1)[indices] = values
+    except (IndexError, ValueError) as e:
+        raise InputError(f"{where}: indices do not fit dims {list(sparse.dims)}: {e}") from None
+    return dense
+
+
+def _add_tensor(g: Graph, tensor: onnx.TensorProto, name: str, where: str) -> Value:
+    """Add a tensor as a constant; 4-bit values sit in 8-bit arrays, so their type is spelled out."""
+    array = _to_array(tensor, where)
+    four_bit = tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+    return g.add_constant(array, name, TensorType(dtype_from_onnx_code(tensor.data_type), array.shape)
+                          if four_bit else None)
+
+
+def _add_constant_node(g: Graph, node: onnx.NodeProto, where: str) -> Value:
+    if len(node.attribute) != 1:
+        raise InputError(f"{where}: a Constant needs exactly one value attribute, it has "
+                         f"{[a.name for a in node.attribute]}")
+    attr, name = node.attribute[0], node.output[0]
     value = helper.get_attribute_value(attr)
     if attr.name == "value":
-        return _to_array(value)
+        return _add_tensor(g, value, name, where)
     if attr.name == "sparse_value":
-        return numpy_helper.to_array(value)
+        return g.add_constant(_sparse_to_array(value, where), name)
     if attr.name in ("value_float", "value_floats"):
-        return np.asarray(value, dtype=np.float32)
+        return g.add_constant(np.asarray(value, dtype=np.float32), name)
     if attr.name in ("value_int", "value_ints"):
-        return np.asarray(value, dtype=np.int64)
+        return g.add_constant(np.asarray(value, dtype=np.int64), name)
     if attr.name in ("value_string", "value_strings"):
         if isinstance(value, list):
-            return np.asarray([v.decode() for v in value], dtype=object)
-        return np.asarray(value.decode(), dtype=object)
-    raise UnsupportedOpError(f"Constant node {node.name!r}: attribute {attr.name!r} is not supported")
+            return g.add_constant(np.asarray([v.decode() for v in value], dtype=object), name)
+        return g.add_constant(np.asarray(value.decode(), dtype=object), name)
+    raise UnsupportedOpError(f"{where}: attribute {attr.name!r} is not supported")
 
 
 def _attributes(node: onnx.NodeProto, where: str) -> dict[str, Any]:
@@ -215,7 +262,7 @@ def _attributes(node: onnx.NodeProto, where: str) -> dict[str, Any]:
             raise UnsupportedOpError(f"{where}: attribute {attr.name!r} refers to a function attribute")
         value = helper.get_attribute_value(attr)
         if attr.type == onnx.AttributeProto.TENSOR:
-            value = _to_array(value)
+            value = _to_array(value, f"{where}, attribute {attr.name!r}")
         elif attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             raise UnsupportedOpError(f"{where}: subgraph attribute {attr.name!r} (control flow) is not supported")
         elif isinstance(value, bytes):

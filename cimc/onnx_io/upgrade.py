@@ -132,6 +132,10 @@ def _batch_norm(spec: NodeSpec, g: Graph) -> None:
         raise UnsupportedOpError(f"node {spec.name!r} (BatchNormalization, opset {spec.since}): "
                                  "spatial=0 (per-activation statistics) is not supported")
     spec.attrs.pop("is_test", None)
+    if spec.since < 14 and spec.num_outputs > 3:
+        raise UnsupportedOpError(f"node {spec.name!r} (BatchNormalization, opset {spec.since}): "
+                                 f"{spec.num_outputs} outputs (training mode with saved mean and variance) "
+                                 "is not supported; export the model in inference mode")
     if spec.since < 14 and spec.num_outputs > 1:
         spec.attrs["training_mode"] = 1
 
@@ -180,7 +184,12 @@ def _softmax(spec: NodeSpec, g: Graph) -> None:
     # opset < 13: softmax over the 2-D view [prod(dims[:axis]), prod(dims[axis:])]
     flat = g.add_node("Flatten", [x], {"axis": axis}, name=f"{spec.name}_flatten").output
     soft = g.add_node("Softmax", [flat], {"axis": 1}, name=f"{spec.name}_2d").output
-    shape = g.add_node("Shape", [x], name=f"{spec.name}_shape").output
+    dims = x.type.shape
+    if dims is not None and sum(not isinstance(d, int) for d in dims) <= 1 and 0 not in dims:
+        # a constant shape (-1 for the one unknown dim) lets Reshape's type rule give the result shape
+        shape = g.add_constant(_ints(d if isinstance(d, int) else -1 for d in dims), f"{spec.name}_shape")
+    else:
+        shape = g.add_node("Shape", [x], name=f"{spec.name}_shape").output
     spec.op, spec.attrs, spec.inputs = "Reshape", {}, [soft, shape]
 
 
