@@ -9,7 +9,7 @@ per run, so the same seed gives the same bits.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -58,12 +58,19 @@ class Interpreter:
         self.seed = seed
         self._plan = _plan(graph)
 
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Run on ``inputs`` (by graph input name); return the outputs by graph output name."""
+    def run(self, inputs: Mapping[str, Any], *,
+            observe: Callable[[Value, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+        """Run on ``inputs`` (by graph input name); return the outputs by graph output name.
+
+        ``observe(value, array)``, if given, is called with every graph input and node result as
+        it is computed (calibration watches activations this way, in the one run).
+        """
         arrays = check_inputs(self.graph, inputs)
         env: dict[int, np.ndarray | None] = {}
         for v in self.graph.inputs:
             env[id(v)] = arrays[v.name]
+            if observe is not None:
+                observe(v, arrays[v.name])
         for v in self.graph.constants.values():
             env[id(v)] = v.const
         rng = np.random.default_rng(self.seed)
@@ -85,6 +92,8 @@ class Interpreter:
                                      f"{len(node.outputs)} expected")
             for v, r in zip(node.outputs, results, strict=False):
                 env[id(v)] = r
+                if observe is not None:
+                    observe(v, r)
             for v in frees:
                 if id(v) not in keep:
                     env.pop(id(v), None)

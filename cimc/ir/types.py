@@ -101,8 +101,8 @@ class QuantParams:
     """How an integer tensor maps to real numbers: ``real = scale * (q - zero_point)``.
 
     ``scale`` and ``zero_point`` are tuples (one entry per tensor, or one per channel along
-    ``axis``); ``bits`` is the number of significant bits (2 to 8), which may be fewer than the
-    storage type holds.
+    ``axis``); ``bits`` is the number of significant bits (2 to 8 for activations and weights, 32
+    for accumulators and biases), which may be fewer than the storage type holds.
     """
 
     scale: tuple[float, ...]

@@ -1,0 +1,404 @@
+"""The ``q.*`` ops: integer inference as the ``quantize`` pass emits it (exact integer semantics).
+
+Conventions. An activation is unsigned, ``bits`` (2..8) significant bits in a uint8 array,
+per tensor: ``real = scale * (q - zero_point)``, ``q`` in ``[0, 2**bits - 1]``. A weight is
+signed, symmetric, narrow range ``[-(2**(b-1) - 1), 2**(b-1) - 1]`` in an int8 constant, zero
+point 0, one scale per output channel (or one per tensor). An accumulator is int32 with
+``real = scale_x * scale_w[c] * acc`` (zero point 0). Every attribute an implementation needs is
+on the node; the values also carry their real-number meaning in their type (``TensorType.quant``),
+and each op's verify hook checks that attributes and operand/result types agree. As the
+``quantize`` pass emits them:
+
+- uint8 activation: ``QuantParams((s,), (z,), bits)``;
+- int8 weight constant: ``QuantParams(sw, (0,)*C, wbits, axis)``, axis 0 for ``q.conv``/``q.gemm``
+  (``[M, C/G, *K]``, ``[N, K]``), 1 for ``q.matmul`` (``[K, N]``), ``None`` if per tensor;
+- int32 accumulator: ``QuantParams(sx*sw, (0,)*C, 32, channel axis)`` (1 for conv and gemm,
+  the last axis for matmul); the int32 bias constant has the same scales on axis 0, but its
+  values include the zero-point term: the float bias is ``(bias[c] + zx * sum_k w[c,k]) * sx*sw[c]``.
+
+A QDQ export can therefore write ``q.conv`` as ``Conv(DequantizeLinear(x), DequantizeLinear(w),
+float bias)`` (and ``q.gemm``/``q.matmul`` likewise), ``q.requant`` as ``DequantizeLinear`` of the
+accumulator then ``QuantizeLinear`` with the result type's parameters, followed by a clamp when
+``lo``/``hi`` are set.
+
+``q.quantize(x: f32) -> u8``  attrs ``scale`` (float), ``zero_point``, ``bits``:
+    ``q = clip(rint(float32(x) / float32(scale)) + zero_point, 0, 2**bits - 1)``; ``rint`` is
+    round half to even (onnxruntime's QuantizeLinear), the division is float32; NaN gives 0.
+``q.dequantize(q: any int) -> f32``  attrs ``scale`` (floats), ``zero_point`` (ints), ``axis``:
+    ``y = float32(int64(q) - zero_point[c]) * float32(scale[c])``, one entry (per tensor) or one
+    per index of ``axis``.
+``q.conv(x: u8, w: i8, bias: i32?) -> i32``  attrs of ``Conv`` plus ``x_zero_point``:
+    ``acc[n,m,o] = bias[m] + sum_{c,k} w[m,c,k] * xp[n, g*C/G + c, o*stride + k*dilation - pad]``
+    where ``xp`` is ``x`` padded with ``x_zero_point``. The pass stores
+    ``bias[m] = round(b[m] / (sx*sw[m])) - x_zero_point * sum_{c,k} w[m,c,k]``, so
+    ``acc = round(b/(sx*sw)) + sum w * (x - zx)`` exactly, pad cells contributing 0: the op is a
+    plain integer MVM plus bias, the zero-point term precomputed into the bias.
+``q.gemm(x: u8 [M,K], w: i8 [N,K], bias: i32 [N]?) -> i32 [M,N]``: ``acc = x @ w.T + bias``.
+``q.matmul(x: u8 [...,K], w: i8 [K,N], bias: i32 [N]?) -> i32 [...,N]``: ``acc = x @ w + bias``.
+    Both carry ``x_zero_point`` (already folded into ``bias`` as for ``q.conv``; kept so the
+    node says what it computes). Accumulation is exact (float BLAS within 2**24 / 2**53, else
+    int64); results wrap to int32 like C, which needs ``K > 66000`` at 8 bits.
+``q.requant(acc: i32) -> u8``  attrs ``mode``, ``scale`` (floats: the real multipliers
+    ``M[c] = sx*sw[c] / s_out`` as float32 values), ``multiplier``/``shift`` (ints, fixed mode:
+    ``(M0, shift) = quantize_multiplier(scale[c])``, see ``cimc.quant.fixedpoint``), ``axis``
+    (the channel axis when ``scale`` has more than one entry), ``zero_point``, ``bits``, ``lo``/
+    ``hi`` (optional clamp inside ``[0, 2**bits-1]``, where a fused Relu/Clip lands):
+    fixed: ``v = (int64(acc) * M0[c] + (1 << (shift[c] - 1))) >> shift[c]`` (round half up);
+    float: ``v = rint(float32(acc) * float32(scale[c]))`` (round half to even);
+    then ``q = clip(v + zero_point, lo, hi)``.
+``q.add(a: u8, b: u8) -> u8`` (numpy broadcasting)  attrs ``mode``, ``a_scale``/``b_scale`` (floats
+    ``Ma = sa/s_out``, ``Mb = sb/s_out`` as float32 values), ``a_zero_point``, ``b_zero_point``,
+    ``zero_point``, ``bits``, ``lo``/``hi``, and in fixed mode ``a_multiplier``, ``b_multiplier``,
+    ``shift`` (``shared_multipliers(Ma, Mb)``: one shift):
+    fixed: ``v = (Na*(a - za) + Nb*(b - zb) + (1 << (shift - 1))) >> shift`` in int64;
+    float: ``v = rint(float32(a - za) * float32(Ma) + float32(b - zb) * float32(Mb))``, each
+    product and the sum rounded to float32; then ``q = clip(v + zero_point, lo, hi)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cimc.errors import VerifyError
+from cimc.ir.core import Node
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
+from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.ops._infer import broadcast_shapes, normalize_axis, require
+from cimc.ops.nn import _CONV_ATTRS, _conv_infer, conv, exact_matmul, to_dtype, window_geometry
+from cimc.quant.fixedpoint import quantize_multiplier, rescale, shared_multipliers
+
+__all__ = ["MODES"]
+
+MODES = ("fixed", "float")
+_RTOL = 1e-5  # scales are float32: attributes and types agree to float32 precision
+
+
+def _where(ctx: InferContext) -> str:
+    return f"node {ctx.node.name!r} ({ctx.node.op})"
+
+
+def _dtype(ctx: InferContext, i: int, *want: DType) -> TensorType:
+    t = require(ctx, i)
+    if t.dtype not in want:
+        raise VerifyError(f"{_where(ctx)}: operand {i} has element type {t.dtype.value}, expected "
+                          f"{' or '.join(d.value for d in want)}")
+    return t
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= _RTOL * max(abs(a), abs(b))
+
+
+def _check_act(attrs, zp_key: str = "zero_point") -> str | None:
+    """Problems with an activation's ``bits``/``zero_point``/``lo``/``hi`` attributes."""
+    bits = attrs.get("bits", 8)
+    if not 2 <= bits <= 8:
+        return f"bits={bits} is outside 2..8"
+    qmax = (1 << bits) - 1
+    if not 0 <= attrs.get(zp_key, 0) <= qmax:
+        return f"{zp_key}={attrs.get(zp_key)} is outside [0, {qmax}] for {bits} bits"
+    lo, hi = attrs.get("lo"), attrs.get("hi")
+    lo, hi = 0 if lo is None else lo, qmax if hi is None else hi
+    if not 0 <= lo <= hi <= qmax:
+        return f"clamp lo={lo}, hi={hi} is not inside [0, {qmax}] with lo <= hi"
+    return None
+
+
+def _check_out_quant(node: Node, zp: int, bits: int, scale: float | None = None) -> str | None:
+    q = node.outputs[0].type.quant if node.outputs else None
+    if q is None:
+        return None
+    if q.zero_point != (zp,) or q.bits != bits or (scale is not None and not _close(q.scale[0], scale)):
+        return (f"result type says {q} but the attributes give scale={scale}, zero_point={zp}, bits={bits}")
+    return None
+
+
+def _in_quant(node: Node, i: int) -> QuantParams | None:
+    v = node.inputs[i] if i < len(node.inputs) else None
+    return None if v is None else v.type.quant
+
+
+def _bounds(attrs) -> tuple[int, int]:
+    qmax = (1 << attrs["bits"]) - 1
+    lo, hi = attrs.get("lo"), attrs.get("hi")
+    return 0 if lo is None else lo, qmax if hi is None else hi
+
+
+def _per_axis(values, axis: int, ndim: int, dtype) -> np.ndarray:
+    """A per-tensor (one value) or per-axis attribute tuple shaped to broadcast along ``axis``."""
+    v = np.asarray(values, dtype)
+    if v.size == 1:
+        return v.reshape(())
+    return v.reshape([-1 if i == axis % ndim else 1 for i in range(ndim)])
+
+
+_ACT_ATTRS = {
+    "zero_point": AttrSpec("int", 0, "zero point of the result"),
+    "bits": AttrSpec("int", 8, "significant bits of the result (2..8)"),
+    "lo": AttrSpec("int", None, "clamp the result below (default 0; a fused Relu/Clip)"),
+    "hi": AttrSpec("int", None, "clamp the result above (default 2**bits - 1)"),
+}
+
+
+# ---- q.quantize / q.dequantize ------------------------------------------------------------------
+def _quantize_type(ctx: InferContext) -> list[TensorType]:
+    x = _dtype(ctx, 0, DType.f32, DType.f16, DType.bf16)
+    a = ctx.attrs
+    return [TensorType(DType.u8, x.shape, QuantParams((float(a["scale"]),), (int(a["zero_point"]),), a["bits"]))]
+
+
+def _verify_quantize(node: Node) -> str | None:
+    a = node.attrs
+    if not a.get("scale", 1.0) > 0:
+        return f"scale={a.get('scale')} must be positive"
+    return _check_act(a) or _check_out_quant(node, a.get("zero_point", 0), a.get("bits", 8), a.get("scale"))
+
+
+@define_op("q.quantize", infer=_quantize_type, verify=_verify_quantize, attrs={
+    "scale": AttrSpec("float", REQUIRED, "real value of one step"),
+    "zero_point": _ACT_ATTRS["zero_point"], "bits": _ACT_ATTRS["bits"]})
+def quantize(ctx, x):
+    """clip(rint(x / scale) + zero_point, 0, 2**bits - 1) as uint8 (float32 division)."""
+    a = ctx.attrs
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = np.nan_to_num(np.rint(x.astype(np.float32) / np.float32(a["scale"])))
+    return np.clip(v + a["zero_point"], 0, (1 << a["bits"]) - 1).astype(np.uint8)
+
+
+def _dequantize_type(ctx: InferContext) -> list[TensorType]:
+    x = require(ctx, 0)
+    if not x.dtype.is_int:
+        raise VerifyError(f"{_where(ctx)}: input has element type {x.dtype.value}, expected an integer type")
+    n = len(ctx.attrs["scale"])
+    if n > 1 and x.shape is not None:
+        axis = normalize_axis(ctx.attrs["axis"], len(x.shape), f"{_where(ctx)}: axis")
+        if isinstance(x.shape[axis], int) and x.shape[axis] != n:
+            raise VerifyError(f"{_where(ctx)}: {n} scales but axis {axis} of the input {x} has {x.shape[axis]}")
+    return [TensorType(DType.f32, x.shape)]
+
+
+def _verify_dequantize(node: Node) -> str | None:
+    a = node.attrs
+    scale, zp = a.get("scale", ()), a.get("zero_point", (0,))
+    if not scale or len(zp) not in (1, len(scale)):
+        return f"needs one or more scales and one zero point or one per scale, has {len(scale)} and {len(zp)}"
+    q = _in_quant(node, 0)
+    if q is not None and (len(q.scale) != len(scale) or not all(map(_close, q.scale, scale))
+                          or set(q.zero_point) != set(zp)):
+        return f"input type says {q} but the attributes say scale={list(scale)}, zero_point={list(zp)}"
+    return None
+
+
+@define_op("q.dequantize", infer=_dequantize_type, verify=_verify_dequantize, attrs={
+    "scale": AttrSpec("floats", REQUIRED, "one scale (per tensor) or one per index of axis"),
+    "zero_point": AttrSpec("ints", (0,), "one zero point, or one per scale"),
+    "axis": AttrSpec("int", 1, "the axis per-axis scales run along"),
+})
+def dequantize(ctx, q):
+    """float32(q - zero_point[c]) * float32(scale[c])."""
+    a = ctx.attrs
+    zp = _per_axis(a["zero_point"], a["axis"], q.ndim, np.int64)
+    return (q.astype(np.int64) - zp).astype(np.float32) * _per_axis(a["scale"], a["axis"], q.ndim, np.float32)
+
+
+# ---- q.conv / q.gemm / q.matmul ------------------------------------------------------------------
+def _acc_type(ctx: InferContext, shape, axis: int) -> list[TensorType]:
+    """An int32 accumulator type; its quant is ``sx * sw[c]`` when both operand types carry one."""
+    x, w = ctx.types[0], ctx.types[1]
+    quant = None
+    if x.quant is not None and w.quant is not None:
+        sx = x.quant.scale[0]
+        quant = QuantParams(tuple(sx * s for s in w.quant.scale), (0,) * len(w.quant.scale), 32,
+                            axis if len(w.quant.scale) > 1 else None)
+    return [TensorType(DType.i32, shape, quant)]
+
+
+def _mvm_operands(ctx: InferContext) -> None:
+    _dtype(ctx, 0, DType.u8)
+    _dtype(ctx, 1, DType.i8)
+    if ctx.has(2):
+        b = _dtype(ctx, 2, DType.i32)
+        if b.shape is not None and len(b.shape) != 1:
+            raise VerifyError(f"{_where(ctx)}: bias must be 1-D, is {b}")
+
+
+def _verify_mvm(node: Node) -> str | None:
+    q, zx = _in_quant(node, 0), node.attrs.get("x_zero_point")
+    if q is not None and q.zero_point != (zx,):
+        return f"x_zero_point={zx} but the input type says {q}"
+    return None
+
+
+def _conv_type(ctx: InferContext) -> list[TensorType]:
+    _mvm_operands(ctx)
+    return _acc_type(ctx, _conv_infer(ctx)[0].shape, 1)
+
+
+_ZX = AttrSpec("int", REQUIRED, "zero point of x (pads take this value; folded into bias)")
+
+
+@define_op("q.conv", inputs=(2, 3), infer=_conv_type, verify=_verify_mvm,
+           attrs={**_CONV_ATTRS, "x_zero_point": _ZX})
+def qconv(ctx, x, w, bias=None):
+    """int32 convolution of uint8 x (padded with x_zero_point) by int8 w, plus int32 bias."""
+    out, pb, pe, _, strides, dils = window_geometry(x.shape[2:], w.shape[2:], ctx.attrs)
+    if any(pb) or any(pe):
+        x = np.pad(x, [(0, 0), (0, 0), *zip(pb, pe, strict=True)],
+                   constant_values=x.dtype.type(ctx.attrs["x_zero_point"]))
+    zero = [0] * len(out)
+    return conv(x, w, bias, strides=strides, dilations=dils, pads_begin=zero, pads_end=zero, out=out,
+                group=ctx.attrs["group"], out_dtype=np.dtype(np.int32))
+
+
+def _gemm_type(ctx: InferContext) -> list[TensorType]:
+    _mvm_operands(ctx)
+    x, w = ctx.types[0], ctx.types[1]
+    xs, ws = x.shape or (None, None), w.shape or (None, None)
+    if len(xs) != 2 or len(ws) != 2:
+        raise VerifyError(f"{_where(ctx)}: x {x} and w {w} must be 2-D ([M,K] and [N,K])")
+    if isinstance(xs[1], int) and isinstance(ws[1], int) and xs[1] != ws[1]:
+        raise VerifyError(f"{_where(ctx)}: x {x} has K={xs[1]} but w {w} has K={ws[1]}")
+    return _acc_type(ctx, (xs[0], ws[0]), 1)
+
+
+def _bias_add(y: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    return to_dtype(y if bias is None else y + bias.astype(np.int64), np.dtype(np.int32))
+
+
+@define_op("q.gemm", inputs=(2, 3), infer=_gemm_type, verify=_verify_mvm, attrs={"x_zero_point": _ZX})
+def qgemm(ctx, x, w, bias=None):
+    """int32 x @ w.T + bias for uint8 x [M,K], int8 w [N,K]."""
+    return _bias_add(exact_matmul(x, w.T, np.int64), bias)
+
+
+def _matmul_type(ctx: InferContext) -> list[TensorType]:
+    _mvm_operands(ctx)
+    x, w = ctx.types[0], ctx.types[1]
+    if w.shape is not None and len(w.shape) != 2:
+        raise VerifyError(f"{_where(ctx)}: w must be 2-D [K,N], is {w}")
+    if x.shape is None:
+        return _acc_type(ctx, None, -1)
+    if len(x.shape) < 2:
+        raise VerifyError(f"{_where(ctx)}: x must have rank >= 2, is {x}")
+    ws = w.shape or (None, None)
+    if isinstance(x.shape[-1], int) and isinstance(ws[0], int) and x.shape[-1] != ws[0]:
+        raise VerifyError(f"{_where(ctx)}: x {x} has K={x.shape[-1]} but w {w} has K={ws[0]}")
+    return _acc_type(ctx, (*x.shape[:-1], ws[1]), len(x.shape) - 1)
+
+
+@define_op("q.matmul", inputs=(2, 3), infer=_matmul_type, verify=_verify_mvm, attrs={"x_zero_point": _ZX})
+def qmatmul(ctx, x, w, bias=None):
+    """int32 x @ w + bias for uint8 x [..., K], int8 w [K, N]."""
+    return _bias_add(exact_matmul(x, w, np.int64), bias)
+
+
+# ---- q.requant / q.add ------------------------------------------------------------------------------
+def _verify_mode(a, fixed_keys: tuple[str, ...]) -> str | None:
+    mode = a.get("mode", "fixed")
+    if mode not in MODES:
+        return f"mode={mode!r} is not one of {', '.join(MODES)}"
+    if mode == "fixed" and any(a.get(k) is None for k in fixed_keys):
+        return f"fixed mode needs attributes {', '.join(fixed_keys)}"
+    return None
+
+
+def _requant_type(ctx: InferContext) -> list[TensorType]:
+    x = _dtype(ctx, 0, DType.i32)
+    n = len(ctx.attrs["scale"])
+    if n > 1 and x.shape is not None:
+        axis = normalize_axis(ctx.attrs["axis"], len(x.shape), f"{_where(ctx)}: axis")
+        if isinstance(x.shape[axis], int) and x.shape[axis] != n:
+            raise VerifyError(f"{_where(ctx)}: {n} multipliers but axis {axis} of the input {x} has {x.shape[axis]}")
+    return [TensorType(DType.u8, x.shape)]
+
+
+def _verify_requant(node: Node) -> str | None:
+    a = node.attrs
+    why = _check_act(a) or _verify_mode(a, ("multiplier", "shift"))
+    if why:
+        return why
+    scale = a["scale"]
+    if a.get("mode", "fixed") == "fixed":
+        m0, shift = a["multiplier"], a["shift"]
+        if not len(m0) == len(shift) == len(scale):
+            return f"has {len(scale)} scales, {len(m0)} multipliers and {len(shift)} shifts; they must match"
+        bad = [i for i, s in enumerate(scale) if quantize_multiplier(s) != (m0[i], shift[i])]
+        if bad:
+            i = bad[0]
+            return (f"channel {i}: multiplier {m0[i]} >> {shift[i]} is not the fixed-point form "
+                    f"{quantize_multiplier(scale[i])} of scale {scale[i]}")
+    qin, qout = _in_quant(node, 0), node.outputs[0].type.quant if node.outputs else None
+    why = _check_out_quant(node, a.get("zero_point", 0), a.get("bits", 8))
+    if why is None and qin is not None and qout is not None:
+        want = [s / qout.scale[0] for s in qin.scale]
+        if len(want) != len(scale) or not all(map(_close, want, scale)):
+            why = f"scale {list(scale)[:4]} is not input scale / output scale {want[:4]}"
+    return why
+
+
+@define_op("q.requant", infer=_requant_type, verify=_verify_requant, attrs={
+    "mode": AttrSpec("str", "fixed", "fixed (integer multiplier and shift) or float (float32, half to even)"),
+    "scale": AttrSpec("floats", REQUIRED, "real multiplier per channel (or one): input scale / output scale"),
+    "multiplier": AttrSpec("ints", None, "fixed mode: int32 M0 per scale, in [2**30, 2**31)"),
+    "shift": AttrSpec("ints", None, "fixed mode: right shift per scale"),
+    "axis": AttrSpec("int", 1, "the channel axis per-channel multipliers run along"),
+    **_ACT_ATTRS,
+})
+def requant(ctx, acc):
+    """int32 accumulator to a uint8 activation: scale, round, add the zero point, clamp."""
+    a, nd = ctx.attrs, acc.ndim
+    if a["mode"] == "fixed":
+        v = rescale(acc, _per_axis(a["multiplier"], a["axis"], nd, np.int64),
+                    _per_axis(a["shift"], a["axis"], nd, np.int64))
+    else:
+        v = np.rint(acc.astype(np.float32) * _per_axis(a["scale"], a["axis"], nd, np.float32))
+    lo, hi = _bounds(a)
+    return np.clip(v + a["zero_point"], lo, hi).astype(np.uint8)
+
+
+def _add_type(ctx: InferContext) -> list[TensorType]:
+    a, b = _dtype(ctx, 0, DType.u8), _dtype(ctx, 1, DType.u8)
+    return [TensorType(DType.u8, broadcast_shapes(a.shape, b.shape))]
+
+
+def _verify_add(node: Node) -> str | None:
+    a = node.attrs
+    why = (_check_act(a) or _check_act(a, "a_zero_point") or _check_act(a, "b_zero_point")
+           or _verify_mode(a, ("a_multiplier", "b_multiplier", "shift")))
+    if why:
+        return why
+    ma, mb = a["a_scale"], a["b_scale"]
+    fixed = (a["a_multiplier"], a["b_multiplier"], a["shift"]) if a.get("mode", "fixed") == "fixed" else None
+    if fixed is not None and fixed != shared_multipliers(ma, mb):
+        return f"fixed-point multipliers are not shared_multipliers({ma}, {mb}) = {shared_multipliers(ma, mb)}"
+    why = _check_out_quant(node, a.get("zero_point", 0), a.get("bits", 8))
+    qa, qb, qo = _in_quant(node, 0), _in_quant(node, 1), node.outputs[0].type.quant if node.outputs else None
+    if why is None and qo is not None:
+        for q, m, zp, side in ((qa, ma, a.get("a_zero_point", 0), "a"), (qb, mb, a.get("b_zero_point", 0), "b")):
+            if q is not None and (not _close(q.scale[0] / qo.scale[0], m) or q.zero_point != (zp,)):
+                return f"{side}_scale={m}, {side}_zero_point={zp} disagree with the types ({q} -> {qo})"
+    return why
+
+
+@define_op("q.add", inputs=2, infer=_add_type, verify=_verify_add, attrs={
+    "mode": AttrSpec("str", "fixed", "fixed (integer multipliers, one shift) or float (float32)"),
+    "a_scale": AttrSpec("float", REQUIRED, "real multiplier of a: scale of a / scale of the result"),
+    "b_scale": AttrSpec("float", REQUIRED, "real multiplier of b: scale of b / scale of the result"),
+    "a_zero_point": AttrSpec("int", 0, "zero point of a"),
+    "b_zero_point": AttrSpec("int", 0, "zero point of b"),
+    "a_multiplier": AttrSpec("int", None, "fixed mode: Na"),
+    "b_multiplier": AttrSpec("int", None, "fixed mode: Nb"),
+    "shift": AttrSpec("int", None, "fixed mode: the shared right shift"),
+    **_ACT_ATTRS,
+})
+def qadd(ctx, a, b):
+    """Sum of two uint8 activations rescaled to the result's scale, rounded once, clamped."""
+    at = ctx.attrs
+    da, db = a.astype(np.int64) - at["a_zero_point"], b.astype(np.int64) - at["b_zero_point"]
+    if at["mode"] == "fixed":
+        v = rescale(da * at["a_multiplier"] + db * at["b_multiplier"], 1, at["shift"])
+    else:
+        v = np.rint(da.astype(np.float32) * np.float32(at["a_scale"])
+                    + db.astype(np.float32) * np.float32(at["b_scale"]))
+    lo, hi = _bounds(at)
+    return np.clip(v + at["zero_point"], lo, hi).astype(np.uint8)

@@ -1,0 +1,354 @@
+"""Rewriting a calibrated float graph into ``q.*`` ops (step 3 of the ``quantize`` pass).
+
+A new graph is built by walking the float graph's nodes in order, keeping up to three forms of
+each float value: float, uint8 activation (``q``), int32 accumulator (``acc``). Conversions are
+made on first need and reused: ``q.quantize`` (float to uint8 with the value's calibrated
+parameters), ``q.requant`` (accumulator to uint8), ``q.dequantize`` (either to float). Per node:
+
+- ``Conv``, ``Gemm`` (transA=0, constant B, C absent or a constant vector) and ``MatMul`` (constant
+  2-D B; a following ``Add`` of a constant vector becomes its bias) give ``q.conv``/``q.gemm``/
+  ``q.matmul`` on the uint8 input with int8 weights per output channel and an int32 bias
+  ``round(b / (sx*sw)) - zx * sum(w)``: an accumulator.
+- ``Relu``/``Clip`` (constant bounds) of an accumulator is a ``q.requant`` clamped to the bounds,
+  with the activation's own calibrated range; of a uint8 value an integer ``Clip`` (bounds
+  rounded to its grid; none at all if they cover it).
+- ``Add``/``Sum`` of two integer values (uint8 or accumulator) is ``q.add``; a Relu/Clip that is
+  the sum's only reader becomes its clamp.
+- Moves (``MOVES``) of a uint8 value run on it and keep its parameters; an accumulator is
+  requantized for them first if an integer layer reads the result. Concat needs equal parameters:
+  its inputs (and, through single-use moves, their sources) take the Concat result's range.
+- Everything else is copied and runs in float on dequantized operands.
+Graph outputs are the float forms (an accumulator output is dequantized directly).
+
+Activation bits: a layer's ``act-bits`` is the width of what it reads; a value gets the largest
+request among the integer layers reading it, directly or through moves and Relu/Clip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cimc.errors import CimcError
+from cimc.ir.core import Graph, Node, Value
+from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.quant.calibrate import Observer
+from cimc.quant.fixedpoint import quantize_multiplier, shared_multipliers
+from cimc.quant.params import act_params, quantize_weights
+
+__all__ = ["MOVES", "Settings", "adopt", "lower", "quantizable"]
+
+MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather",
+                   "Expand", "Identity", "Concat"})
+"""Ops that only move or select elements, so they run on uint8 values unchanged."""
+_ACTS = frozenset({"Relu", "Clip"})
+_QOPS = {"Conv": "q.conv", "Gemm": "q.gemm", "MatMul": "q.matmul"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The compile's quantization choices; ``overrides`` maps a node name or op type to its bits."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    requant: str = "fixed"
+    per_channel: bool = True
+    overrides: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    def bits(self, n: Node, key: str) -> int:
+        """``key`` (``weight-bits``/``act-bits``) of node ``n``: by name, else op type, else default."""
+        for sel in (n.name, n.op):
+            if key in self.overrides.get(sel, {}):
+                return self.overrides[sel][key]
+        return self.weight_bits if key == "weight-bits" else self.act_bits
+
+
+def quantizable(n: Node) -> bool:
+    """Whether ``n`` is a Conv, Gemm (transA=0, C absent or a constant vector) or MatMul (2-D B) whose
+    weight is a constant and whose input is an f32 activation of rank 2 or more."""
+    ins = n.inputs
+    if n.op not in _QOPS or len(ins) < 2 or ins[1] is None or ins[1].const is None or ins[0] is None \
+            or ins[0].const is not None or ins[0].type.dtype is not DType.f32:
+        return False
+    c = ins[2] if len(ins) > 2 else None
+    if c is not None and c.const is None:
+        return False
+    if n.op == "Conv":
+        return True
+    w = ins[1].const
+    if w.ndim != 2 or ins[0].type.rank in (None, 0, 1):
+        return False
+    if n.op == "MatMul":
+        return True
+    cols = w.shape[0] if n.attrs.get("transB", 0) else w.shape[1]
+    return not n.attrs.get("transA", 0) and (c is None or c.const.size == 1 or (
+        c.const.size == cols and c.const.shape[-1] == cols))
+
+
+def _weights(n: Node) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """``(float weight, output channel axis, float bias)`` of a quantizable node; Gemm's weight is
+    ``alpha * B'`` shaped ``[N, K]`` and its bias ``beta * C``, MatMul's weight is ``B`` ``[K, N]``."""
+    w, c = n.inputs[1].const, n.inputs[2].const if len(n.inputs) > 2 and n.inputs[2] is not None else None
+    if n.op != "Gemm":
+        return w, 1 if n.op == "MatMul" else 0, c
+    a = n.attrs
+    w = w if a.get("transB", 0) else w.T
+    if a.get("alpha", 1.0) != 1.0:
+        w = w * np.float32(a["alpha"])
+    return w, 0, None if c is None else np.broadcast_to(c.reshape(-1), (w.shape[0],)) * a.get("beta", 1.0)
+
+
+def _is_add(n: Node) -> bool:
+    return n.op in ("Add", "Sum") and len(n.inputs) == 2 and all(
+        v is not None and v.const is None and v.type.dtype is DType.f32 for v in n.inputs)
+
+
+def _const_bounds(n: Node) -> tuple[float, float] | None:
+    """The real bounds of a Relu, or of a Clip whose bounds are constants; else ``None``."""
+    if n.op == "Relu":
+        return 0.0, math.inf
+    if n.op != "Clip" or any(v is not None and v.const is None for v in n.inputs[1:]):
+        return None
+    ins = list(n.inputs) + [None] * (3 - len(n.inputs))
+    return tuple(d if v is None else float(v.const.reshape(-1)[0])
+                 for v, d in zip(ins[1:], (-math.inf, math.inf), strict=True))
+
+
+def adopt(graph: Graph, new: Graph) -> None:
+    """Make ``graph`` hold ``new``'s constants and nodes, keeping its own inputs (same names)."""
+    graph.outputs = []
+    for n in reversed(list(graph.nodes)):
+        graph.remove_node(n)
+    for c in list(graph.constants.values()):
+        graph.remove_constant(c)
+    vmap: dict[int, Value] = {id(a): b for a, b in zip(new.inputs, graph.inputs, strict=True)}
+    for v in new.constants.values():
+        vmap[id(v)] = graph.add_constant(v.const, v.name, v.type)
+    for n in new.nodes:
+        m = graph.add_node(n.op, [None if v is None else vmap[id(v)] for v in n.inputs], n.attrs,
+                           outputs=[v.type for v in n.outputs], output_names=[v.name for v in n.outputs], name=n.name)
+        vmap.update(zip(map(id, n.outputs), m.outputs, strict=True))
+    graph.outputs = [vmap[id(v)] for v in new.outputs]
+
+
+def lower(src: Graph, observers: Mapping[str, Observer], settings: Settings) -> Graph:
+    """The quantized form of ``src`` as a new graph (``src`` is not changed)."""
+    return _Lowering(src, observers, settings).build()
+
+
+class _Lowering:
+    def __init__(self, src: Graph, observers: Mapping[str, Observer], settings: Settings) -> None:
+        self.src, self.obs, self.s = src, observers, settings
+        self.g = Graph(src.name)
+        self.f: dict[int, Value] = {}
+        self.q: dict[int, Value] = {}
+        self.acc: dict[int, Value] = {}
+        self.skip: set[int] = set()
+        self._params: dict[int, tuple[float, int, int]] = {}
+        self.taken = {v.name for v in src.values()} | {n.name for n in src.nodes}
+        self.bits: dict[int, int] = {}
+        for n in reversed(src.nodes):  # activation bits, from the readers back
+            for i, v in enumerate(n.inputs):
+                if v is None or v.const is not None:
+                    continue
+                if (i == 0 and quantizable(n)) or _is_add(n):
+                    b = settings.bits(n, "act-bits")
+                elif (n.op in MOVES and (i == 0 or n.op == "Concat")) or (n.op in _ACTS and i == 0):
+                    b = max((self.bits.get(id(o), 0) for o in n.outputs), default=0)
+                else:
+                    continue
+                if b:
+                    self.bits[id(v)] = max(self.bits.get(id(v), 0), b)
+        self.tie: dict[int, Value] = {}  # value -> the Concat result whose parameters it shares
+        for n in reversed(src.nodes):
+            root = self.tie.get(id(n.outputs[0]), n.outputs[0]) if n.outputs else None
+            if n.op == "Concat" and all(v is not None and v.const is None and v.type.dtype is DType.f32
+                                        for v in n.inputs):
+                for v in n.inputs:
+                    self.tie.setdefault(id(v), root)
+            elif n.op in MOVES and id(n.outputs[0]) in self.tie and n.inputs[0] is not None \
+                    and n.inputs[0].const is None and len(n.inputs[0].uses) == 1:
+                self.tie.setdefault(id(n.inputs[0]), root)
+
+    def fresh(self, hint: str) -> str:
+        """``hint``, suffixed until no name of the source graph has it (those stay for their copies)."""
+        while hint in self.taken:
+            hint += "_"
+        return hint
+
+    def params(self, v: Value) -> tuple[float, int, int]:
+        """``(scale, zero_point, bits)`` of float value ``v`` from its calibrated range (the range of
+        the Concat result for the inputs of a Concat, so that it runs on integers)."""
+        v = self.tie.get(id(v), v)
+        if id(v) not in self._params:
+            bits = self.bits.get(id(v)) or self.s.act_bits
+            self._params[id(v)] = (*act_params(*self.obs[v.name].range(bits), bits), bits)
+        return self._params[id(v)]
+
+    def node(self, op: str, inputs: list, attrs: dict, name: str, out: TensorType | None = None,
+             out_name: str | None = None) -> Value:
+        return self.g.add_node(op, inputs, attrs, outputs=None if out is None else [out], name=name,
+                               output_names=[out_name or self.fresh(name)]).outputs[0]
+
+    # ---- forms of a value ---------------------------------------------------------------------------
+    def as_float(self, v: Value) -> Value:
+        if id(v) not in self.f:
+            if v.const is not None:
+                self.f[id(v)] = self.g.add_constant(v.const, v.name, v.type)
+            else:
+                src = self.q.get(id(v)) or self.acc[id(v)]
+                p = src.type.quant
+                self.f[id(v)] = self.node("q.dequantize", [src], {"scale": p.scale, "zero_point": p.zero_point,
+                                          "axis": p.axis or 0}, self.fresh(f"{v.name}_dequantize"), out_name=v.name)
+        return self.f[id(v)]
+
+    def as_quant(self, v: Value) -> Value:
+        if id(v) not in self.q:
+            if id(v) in self.acc:
+                self.q[id(v)] = self.requant(self.acc[id(v)], v, None)
+            else:
+                scale, zp, bits = self.params(v)
+                self.q[id(v)] = self.node("q.quantize", [self.as_float(v)], {
+                    "scale": scale, "zero_point": zp, "bits": bits}, self.fresh(f"{v.name}_quantize"),
+                    out_name=self.fresh(f"{v.name}_q"))
+        return self.q[id(v)]
+
+    def uint8(self, v: Value, quant: QuantParams) -> TensorType:
+        return TensorType(DType.u8, v.type.shape, quant)
+
+    def clamp(self, bounds: tuple[float, float] | None, scale: float, zp: int, bits: int) -> dict[str, int]:
+        """``lo``/``hi`` attributes putting real ``bounds`` on the integer grid (none if no-ops)."""
+        qmax, out = (1 << bits) - 1, {}
+        for key, b in zip(("lo", "hi"), bounds or (), strict=False):
+            if math.isfinite(b):
+                q = int(np.clip(np.rint(b / scale) + zp, 0, qmax))
+                if (key == "lo" and q > 0) or (key == "hi" and q < qmax):
+                    out[key] = q
+        return out
+
+    def requant(self, acc: Value, v: Value, bounds: tuple[float, float] | None) -> Value:
+        """``q.requant`` of accumulator ``acc`` to the parameters of ``v``, clamped to ``bounds``."""
+        scale, zp, bits = self.params(v)
+        p = acc.type.quant
+        ms = tuple(float(np.float32(s / scale)) for s in p.scale)
+        attrs = {"mode": self.s.requant, "scale": ms, "axis": p.axis or 0, "zero_point": zp, "bits": bits,
+                 **self.clamp(bounds, scale, zp, bits)}
+        if self.s.requant == "fixed":
+            attrs["multiplier"], attrs["shift"] = (tuple(t) for t in zip(*map(quantize_multiplier, ms), strict=True))
+        return self.node("q.requant", [acc], attrs, self.fresh(f"{v.name}_requant"),
+                         self.uint8(v, QuantParams((scale,), (zp,), bits)), self.fresh(f"{v.name}_q"))
+
+    # ---- node rules ---------------------------------------------------------------------------------
+    def only_reader(self, v: Value, ops: frozenset[str]) -> Node | None:
+        """The one reader of ``v`` if it is one of ``ops`` (and ``v`` is not a graph output)."""
+        users = v.users
+        if len(v.uses) != 1 or users[0].op not in ops or self.src.is_output(v):
+            return None
+        return users[0]
+
+    def mvm(self, n: Node, w: np.ndarray, axis: int, b: np.ndarray | None) -> None:
+        out = n.outputs[0]
+        if n.op == "MatMul" and (u := self.only_reader(out, frozenset({"Add"}))) is not None:
+            c = u.inputs[1 - u.inputs.index(out)]
+            if c is not None and c.const is not None and c.const.size == w.shape[1] and \
+                    c.const.shape[-1] == w.shape[1] and c.const.ndim <= (out.type.rank or 0):
+                b, out = c.const.reshape(-1), u.outputs[0]
+                self.skip.add(id(u))
+        xq = self.as_quant(n.inputs[0])
+        sx, zx = xq.type.quant.scale[0], xq.type.quant.zero_point[0]
+        bits = self.s.bits(n, "weight-bits")
+        wq, sw = quantize_weights(w, bits, axis, self.s.per_channel)
+        ax = None if sw.size == 1 else axis
+        wname = n.inputs[1].name
+        wv = self.g.add_constant(wq, wname, TensorType(DType.i8, wq.shape, QuantParams(
+            tuple(map(float, sw)), (0,) * sw.size, bits, ax)))
+        bias = -zx * wq.sum(axis=tuple(i for i in range(wq.ndim) if i != axis), dtype=np.int64)
+        if b is not None:
+            bias = bias + np.rint(b.astype(np.float64) / (sx * sw.astype(np.float64)))
+        if np.abs(bias).max(initial=0) >= 2**31:
+            raise CimcError(f"node {n.name!r}: the int32 bias overflows (|bias| up to {np.abs(bias).max():.3g}); "
+                            "the float bias is too large for the input and weight scales")
+        bv = None
+        if b is not None or zx:
+            bv = self.g.add_constant(bias.astype(np.int32), self.fresh(f"{wname}_bias"), TensorType(
+                DType.i32, (bias.size,), QuantParams(tuple(sx * float(s) for s in sw), (0,) * sw.size, 32,
+                                                     None if ax is None else 0)))
+        attrs = (dict(n.attrs) if n.op == "Conv" else {}) | {"x_zero_point": zx}
+        self.acc[id(out)] = self.node(_QOPS[n.op], [xq, wv, bv], attrs, n.name, out_name=self.fresh(f"{out.name}_acc"))
+
+    def add(self, n: Node) -> None:
+        out = n.outputs[0]
+        act = self.only_reader(out, _ACTS)
+        bounds = None if act is None else _const_bounds(act)
+        if bounds is not None:
+            out = act.outputs[0]
+            self.skip.add(id(act))
+        a, b = (self.as_quant(v) for v in n.inputs)
+        scale, zp, bits = self.params(out)
+        ma, mb = (float(np.float32(x.type.quant.scale[0] / scale)) for x in (a, b))
+        attrs = {"mode": self.s.requant, "a_scale": ma, "b_scale": mb, "a_zero_point": a.type.quant.zero_point[0],
+                 "b_zero_point": b.type.quant.zero_point[0], "zero_point": zp, "bits": bits,
+                 **self.clamp(bounds, scale, zp, bits)}
+        if self.s.requant == "fixed":
+            attrs["a_multiplier"], attrs["b_multiplier"], attrs["shift"] = shared_multipliers(ma, mb)
+        self.q[id(out)] = self.node("q.add", [a, b], attrs, n.name, self.uint8(out, QuantParams((scale,), (zp,), bits)),
+                                    self.fresh(f"{out.name}_q"))
+
+    def activation(self, n: Node, bounds: tuple[float, float]) -> None:
+        x, out = n.inputs[0], n.outputs[0]
+        if id(x) in self.acc:
+            self.q[id(out)] = self.requant(self.acc[id(x)], out, bounds)
+            return
+        xq = self.q[id(x)]
+        p = xq.type.quant
+        lim = self.clamp(bounds, p.scale[0], p.zero_point[0], p.bits)
+        if not lim:
+            self.q[id(out)] = xq
+            return
+        lo, hi = (self.g.add_constant(np.uint8(lim.get(k, d)), self.fresh(f"{n.name}_{k}"))
+                  for k, d in (("lo", 0), ("hi", (1 << p.bits) - 1)))
+        self.q[id(out)] = self.node("Clip", [xq, lo, hi], {}, n.name, self.uint8(out, p), self.fresh(f"{out.name}_q"))
+
+    def move(self, n: Node) -> bool:
+        data = n.inputs if n.op == "Concat" else n.inputs[:1]
+        if len(n.outputs) != 1:
+            return False
+        for v in data:  # an accumulator that integer layers read later is requantized here already
+            if v is not None and id(v) in self.acc and id(v) in self.bits:
+                self.as_quant(v)
+        quant = {self.q[id(v)].type.quant for v in data if id(v) in self.q}
+        if len(quant) != 1 or not all(id(v) in self.q for v in data):
+            return False
+        ins = [self.q[id(v)] if v in data else None if v is None else self.as_float(v) for v in n.inputs]
+        out = n.outputs[0]
+        self.q[id(out)] = self.node(n.op, ins, dict(n.attrs), n.name, self.uint8(out, quant.pop()),
+                                    self.fresh(f"{out.name}_q"))
+        return True
+
+    def copy(self, n: Node) -> None:
+        ins = [None if v is None else self.as_float(v) for v in n.inputs]
+        attrs = {k: (v.copy() if isinstance(v, Graph) else v) for k, v in n.attrs.items()}
+        m = self.g.add_node(n.op, ins, attrs, outputs=[v.type for v in n.outputs],
+                            output_names=[v.name for v in n.outputs], name=n.name)
+        self.f.update(zip(map(id, n.outputs), m.outputs, strict=True))
+
+    def build(self) -> Graph:
+        for v in self.src.inputs:
+            self.f[id(v)] = self.g.add_input(v.name, v.type)
+        for n in self.src.nodes:
+            if id(n) in self.skip:
+                continue
+            ints = [v for v in n.inputs[:1] if v is not None and (id(v) in self.q or id(v) in self.acc)]
+            if quantizable(n):
+                self.mvm(n, *_weights(n))
+            elif n.op in _ACTS and ints and (bounds := _const_bounds(n)) is not None:
+                self.activation(n, bounds)
+            elif _is_add(n) and all(id(v) in self.q or id(v) in self.acc for v in n.inputs):
+                self.add(n)
+            elif not (n.op in MOVES and self.move(n)):
+                self.copy(n)
+        self.g.outputs = [self.as_float(v) for v in self.src.outputs]
+        return self.g

@@ -1,0 +1,50 @@
+"""Quantization parameters: activation scale/zero point from a range, weights per output channel.
+
+Activations (unsigned, ``b`` bits, ``qmax = 2**b - 1``): the range is widened to hold 0 (so a
+zero-padded border is exactly the zero point), then ``scale = float32((hi - lo) / qmax)`` and
+``zero_point = clip(round_half_even(-lo / scale), 0, qmax)``; an all-zero range gets scale 1.
+
+Weights (signed, symmetric, narrow range, ``b`` bits, ``qmax = 2**(b-1) - 1``): per output channel
+``c`` (or one for the whole tensor), ``scale[c] = float32(max|w[c]| / qmax)`` (1 for an all-zero
+channel) and ``wq = clip(round_half_even(float32(w) / scale[c]), -qmax, qmax)`` stored as int8,
+zero point 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["act_params", "quantize_weights", "weight_qmax"]
+
+
+def act_params(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    """``(scale, zero_point)`` of a ``bits``-bit unsigned activation covering ``[lo, hi]`` (and 0)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    qmax = (1 << bits) - 1
+    if hi - lo <= 0.0 or not np.isfinite(hi - lo):
+        return 1.0, 0
+    scale = float(np.float32((hi - lo) / qmax))
+    return scale, int(np.clip(np.rint(-lo / scale), 0, qmax))
+
+
+def weight_qmax(bits: int) -> int:
+    """Largest magnitude of a ``bits``-bit narrow-range signed weight."""
+    return (1 << (bits - 1)) - 1
+
+
+def quantize_weights(w: np.ndarray, bits: int, axis: int, per_channel: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(wq int8, scales float32)``: ``scales`` has one entry per slice along ``axis`` (per channel)
+    or a single entry; ``w ~= wq * scale`` broadcast along ``axis``. The division is float32."""
+    qmax = weight_qmax(bits)
+    w32 = np.asarray(w, np.float32)
+    axis = axis % w32.ndim
+    others = tuple(i for i in range(w32.ndim) if i != axis) if per_channel else None
+    amax = np.maximum(w32.max(axis=others), -w32.min(axis=others)).reshape(-1)
+    scales = (amax.astype(np.float64) / qmax).astype(np.float32)
+    scales[scales == 0] = 1.0
+    shape = [-1 if i == axis else 1 for i in range(w32.ndim)] if per_channel else [1] * w32.ndim
+    wq = np.divide(w32, scales.reshape(shape), order="C")
+    np.rint(wq, out=wq)
+    np.clip(wq, -qmax, qmax, out=wq)
+    return wq.astype(np.int8), scales

@@ -1,0 +1,120 @@
+"""quantize: post-training integer quantization of a float graph into ``q.*`` ops.
+
+Algorithm:
+1. Calibrate: run the float graph on ``PassContext.calibration`` with the reference interpreter,
+   one run per batch, observing every f32 activation in that run (``cimc.quant.calibrate``;
+   observers ``minmax``, ``percentile``, ``mse``).
+2. Bits: ``weight-bits``/``act-bits``, overridden per node name or op type by ``overrides``.
+   ``act-bits`` of a layer is the width of what it reads; a tensor read by several integer layers
+   gets the largest request.
+3. Rewrite (``cimc.quant.lower``): Conv/Gemm/MatMul with constant weights become ``q.conv``/
+   ``q.gemm``/``q.matmul`` (int8 weights per output channel, int32 bias holding the zero-point
+   term) giving int32 accumulators; Relu/Clip become the clamp of the ``q.requant`` to uint8;
+   Add/Sum of integer values become ``q.add``; moves (MaxPool, Reshape, Concat, ...) run on uint8;
+   all else runs in float between ``q.dequantize`` and ``q.quantize``. Graph inputs and outputs
+   stay float (an accumulator output is dequantized directly, so logits keep full precision).
+The requantization mode (``fixed``: int32 multiplier and shift; ``float``: float32 multiply,
+round half to even) is recorded in ``graph.metadata["quant.requant"]`` and on each op.
+
+Preconditions: constants folded (weights must be constants); BatchNormalization fused into the
+convolutions for best accuracy (otherwise it runs in float). Postconditions: the graph verifies,
+graph input and output names and types are unchanged, and it runs in the reference interpreter
+with exact integer semantics (``cimc.ops.quantized``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from cimc.errors import CimcError, InputError
+from cimc.ir.core import Graph
+from cimc.ir.types import DType
+from cimc.passmanager import Pass, PassContext, PassResult, option
+
+__all__ = ["QuantizePass", "parse_overrides"]
+
+logger = logging.getLogger(__name__)
+
+_KEYS = ("weight-bits", "act-bits")
+
+
+def parse_overrides(text: str) -> dict[str, dict[str, int]]:
+    """``"conv1:weight-bits=4,Gemm:act-bits=6"`` as ``{"conv1": {"weight-bits": 4}, "Gemm": {...}}``.
+
+    Entries are separated by commas; each is ``SELECTOR:KEY=VALUE``, the selector a node name or
+    an op type (text up to the last colon), the key ``weight-bits`` or ``act-bits``, the value 2..8.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        sel, colon, setting = entry.rpartition(":")
+        key, eq, value = setting.partition("=")
+        key = key.strip()
+        if not colon or not sel.strip() or not eq:
+            raise CimcError(f"option 'overrides': entry {entry!r} is not SELECTOR:KEY=VALUE "
+                            f"(e.g. 'conv1:weight-bits=4,Gemm:act-bits=6')")
+        if key not in _KEYS:
+            raise CimcError(f"option 'overrides': entry {entry!r} sets {key!r}; the keys are {', '.join(_KEYS)}")
+        if not value.strip().isdigit() or not 2 <= int(value) <= 8:
+            raise CimcError(f"option 'overrides': entry {entry!r} sets {value!r}; expected 2..8 bits")
+        if key in out.setdefault(sel.strip(), {}):
+            raise CimcError(f"option 'overrides': {sel.strip()}:{key} is given twice")
+        out[sel.strip()][key] = int(value)
+    return out
+
+
+@dataclass(frozen=True)
+class QuantizePass(Pass):
+    """Quantize weights and activations to integers (calibrated post-training quantization)."""
+
+    name: ClassVar[str] = "quantize"
+    weight_bits: int = option(8, "Bits of weights (2..8): signed, symmetric, narrow range.")
+    act_bits: int = option(8, "Bits of activations (2..8): unsigned with a zero point.")
+    calibration: Literal["minmax", "percentile", "mse"] = option("minmax", "How activation ranges are chosen.")
+    percentile: float = option(99.99, "Percentile kept by calibration=percentile (50 < p <= 100).")
+    requant: Literal["fixed", "float"] = option("fixed", "Requantization: fixed-point multiplier and shift, "
+                                                          "or float32 multiply with round half to even.")
+    overrides: str = option("", "Per-layer bits: 'SELECTOR:KEY=VALUE,...', selector a node name or op type, "
+                                "key weight-bits or act-bits; e.g. \"conv1:weight-bits=4,Gemm:act-bits=6\".")
+    per_channel: bool = option(True, "One weight scale per output channel (false: one per tensor).")
+
+    def __post_init__(self) -> None:
+        for key, bits in (("weight-bits", self.weight_bits), ("act-bits", self.act_bits)):
+            if not isinstance(bits, int) or not 2 <= bits <= 8:
+                raise CimcError(f"option '{key}' of pass 'quantize' is {bits!r}; expected 2..8")
+        if not 50 < self.percentile <= 100:
+            raise CimcError(f"option 'percentile' of pass 'quantize' is {self.percentile}; expected 50 < p <= 100")
+        parse_overrides(self.overrides)
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Calibrate on ``ctx.calibration``, then rewrite ``graph`` into integer ops."""
+        from cimc.quant.calibrate import calibrate, check_calibration
+        from cimc.quant.lower import Settings, adopt, lower, quantizable
+
+        settings = Settings(self.weight_bits, self.act_bits, self.requant, self.per_channel, self._overrides(graph))
+        check_calibration(graph, ctx.calibration)
+        if not any(quantizable(n) for n in graph.nodes):
+            logger.info("quantize: no Conv, Gemm or MatMul with constant weights; nothing to do")
+            return PassResult(False)
+        watch = [v for v in graph.values() if v.const is None and v.type.dtype is DType.f32]
+        observers = calibrate(graph, ctx.calibration, watch, self.calibration, percentile=self.percentile,
+                              seed=ctx.seed)
+        adopt(graph, lower(graph, observers, settings))
+        graph.metadata.update({"quant.requant": self.requant, "quant.weight-bits": str(self.weight_bits),
+                               "quant.act-bits": str(self.act_bits), "quant.calibration": self.calibration})
+        logger.info("quantize: %s", ", ".join(f"{k} x{n}" for k, n in graph.ops().items()))
+        return PassResult(True)
+
+    def _overrides(self, graph: Graph) -> dict[str, dict[str, int]]:
+        """Overrides checked against ``graph``: each selector must name a node or an op type."""
+        table = parse_overrides(self.overrides)
+        names, ops = {n.name for n in graph.nodes}, {n.op for n in graph.nodes}
+        for sel in table:
+            if sel not in names and sel not in ops:
+                close = difflib.get_close_matches(sel, sorted(names | ops), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise InputError(f"option 'overrides' of pass 'quantize': {sel!r} is neither a node name nor an "
+                                 f"op type of graph {graph.name!r}{hint} (its op types: {', '.join(sorted(ops))})")
+        return table

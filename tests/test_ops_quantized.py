@@ -1,0 +1,353 @@
+"""The ``q.*`` ops: exact integer formulas (hypothesis against plain int64 numpy references),
+fixed-point multipliers, agreement with onnxruntime's QuantizeLinear/DequantizeLinear, and the
+verify hooks that keep attributes and types consistent."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from cimc.errors import VerifyError
+from cimc.interpreter import run
+from cimc.ir.core import Graph
+from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.ir.verifier import verify
+from cimc.quant import quantize_multiplier, rescale, shared_multipliers
+
+U8, I8, I32, F32 = DType.u8, DType.i8, DType.i32, DType.f32
+
+
+def _graph(op: str, inputs: list, attrs: dict, out: TensorType | None = None) -> Graph:
+    """One ``op`` node; ``inputs`` are ``(name, type)`` graph inputs or arrays (constants)."""
+    g = Graph()
+    vals = []
+    for i, x in enumerate(inputs):
+        if x is None:
+            vals.append(None)
+        elif isinstance(x, tuple):
+            vals.append(g.add_input(*x))
+        else:
+            vals.append(g.add_constant(x, f"c{i}"))
+    node = g.add_node(op, vals, attrs, outputs=None if out is None else [out])
+    g.outputs.append(node.output)
+    verify(g)
+    return g
+
+
+def _one(g: Graph, **inputs: np.ndarray) -> np.ndarray:
+    return next(iter(run(g, inputs).values()))
+
+
+# ---- q.conv ---------------------------------------------------------------------------------------
+def _conv_ref(x, w, bias, zx, strides, dils, pads, group):
+    """sum_k w * (x - zx) over zero-padded x, in int64, one output position at a time."""
+    n, _c, *sp = x.shape
+    m, cg, *ks = w.shape
+    nd = len(sp)
+    xs = np.pad(x.astype(np.int64) - zx, [(0, 0), (0, 0), *zip(pads[:nd], pads[nd:], strict=False)])
+    out = [(sp[i] + pads[i] + pads[i + nd] - (ks[i] - 1) * dils[i] - 1) // strides[i] + 1 for i in range(nd)]
+    y = np.zeros((n, m, *out), np.int64)
+    mg = m // group
+    for o in np.ndindex(*out):
+        for mm in range(m):
+            gi = mm // mg
+            win = xs[(slice(None), slice(gi * cg, (gi + 1) * cg),
+                      *(slice(o[i] * strides[i], o[i] * strides[i] + (ks[i] - 1) * dils[i] + 1, dils[i])
+                        for i in range(nd)))]
+            y[(slice(None), mm, *o)] = (win * w[mm].astype(np.int64)).reshape(n, -1).sum(1)
+    return y + bias.reshape(m, *(1,) * nd)
+
+
+@st.composite
+def conv_cases(draw):
+    nd = draw(st.integers(1, 2))
+    group, cg, mg = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ks = [draw(st.integers(1, 3)) for _ in range(nd)]
+    dils = [draw(st.integers(1, 2)) for _ in range(nd)]
+    strides = [draw(st.integers(1, 3)) for _ in range(nd)]
+    pads = [draw(st.integers(0, 2)) for _ in range(2 * nd)]
+    sp = [max(draw(st.integers(1, 7)), (k - 1) * d + 1 - pads[i] - pads[i + nd])
+          for i, (k, d) in enumerate(zip(ks, dils, strict=False))]
+    abits, wbits = draw(st.integers(2, 8)), draw(st.integers(2, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    qa, qw = (1 << abits) - 1, (1 << (wbits - 1)) - 1
+    x = rng.integers(0, qa + 1, (draw(st.integers(1, 2)), group * cg, *sp)).astype(np.uint8)
+    w = rng.integers(-qw, qw + 1, (group * mg, cg, *ks)).astype(np.int8)
+    b = rng.integers(-(2**20), 2**20, group * mg)
+    return x, w, b, int(rng.integers(0, qa + 1)), strides, dils, pads, group
+
+
+@settings(max_examples=80, deadline=None)
+@given(conv_cases())
+def test_qconv_is_the_exact_integer_formula(case):
+    x, w, b, zx, strides, dils, pads, group = case
+    bias = (b - zx * w.astype(np.int64).reshape(w.shape[0], -1).sum(1)).astype(np.int32)  # as the pass folds it
+    g = _graph("q.conv", [("x", TensorType(U8, x.shape)), w, bias],
+               {"strides": tuple(strides), "dilations": tuple(dils), "pads": tuple(pads), "group": group,
+                "x_zero_point": zx})
+    got = _one(g, x=x)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, _conv_ref(x, w, b, zx, strides, dils, pads, group))
+
+
+def test_qconv_same_padding_pads_with_the_zero_point():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (2, 3, 5, 6)).astype(np.uint8)
+    w = rng.integers(-127, 128, (4, 3, 3, 2)).astype(np.int8)
+    zx = 77
+    bias = (-zx * w.astype(np.int64).reshape(4, -1).sum(1)).astype(np.int32)
+    g = _graph("q.conv", [("x", TensorType(U8, x.shape)), w, bias],
+               {"auto_pad": "SAME_UPPER", "strides": (2, 2), "x_zero_point": zx})
+    # SAME_UPPER here: out 3x3, total pads (2, 0) for H and (1, 0)... computed by the Conv geometry
+    got = _one(g, x=x)
+    from cimc.ops.nn import window_geometry
+
+    _, pb, pe, *_ = window_geometry(x.shape[2:], w.shape[2:], {"auto_pad": "SAME_UPPER", "strides": (2, 2)})
+    np.testing.assert_array_equal(got, _conv_ref(x, w, np.zeros(4, np.int64), zx, (2, 2), (1, 1), (*pb, *pe), 1))
+
+
+def test_qconv_large_reduction_is_exact():
+    """K = 64*9 at full 8-bit range: partial sums beyond 2**24 force the float64 path."""
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (1, 512, 4, 4)).astype(np.uint8)
+    w = np.full((2, 512, 3, 3), 127, np.int8)
+    g = _graph("q.conv", [("x", TensorType(U8, x.shape)), w], {"pads": (1, 1, 1, 1), "x_zero_point": 0})
+    np.testing.assert_array_equal(_one(g, x=x), _conv_ref(x, w, np.zeros(2, np.int64), 0, (1, 1), (1, 1),
+                                                          (1, 1, 1, 1), 1))
+
+
+# ---- q.gemm / q.matmul ---------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 40), st.integers(1, 6), st.integers(2, 8), st.integers(2, 8),
+       st.integers(0, 2**31), st.booleans())
+def test_qgemm_and_qmatmul_are_exact(m, k, n, abits, wbits, seed, with_bias):
+    rng = np.random.default_rng(seed)
+    qw = (1 << (wbits - 1)) - 1
+    x = rng.integers(0, 1 << abits, (m, k)).astype(np.uint8)
+    w = rng.integers(-qw, qw + 1, (n, k)).astype(np.int8)
+    b = rng.integers(-(2**30), 2**30, n).astype(np.int32) if with_bias else None
+    ref = x.astype(np.int64) @ w.T.astype(np.int64) + (0 if b is None else b.astype(np.int64))
+    gg = _graph("q.gemm", [("x", TensorType(U8, (m, k))), w, b], {"x_zero_point": 0})
+    np.testing.assert_array_equal(_one(gg, x=x), ref.astype(np.int32))
+    x3 = rng.integers(0, 1 << abits, (2, m, k)).astype(np.uint8)
+    gm = _graph("q.matmul", [("x", TensorType(U8, (2, m, k))), np.ascontiguousarray(w.T), b], {"x_zero_point": 0})
+    ref3 = x3.astype(np.int64) @ w.T.astype(np.int64) + (0 if b is None else b.astype(np.int64))
+    np.testing.assert_array_equal(_one(gm, x=x3), ref3.astype(np.int32))
+
+
+# ---- fixed point -------------------------------------------------------------------------------------
+@given(st.floats(2.0**-31, 2.0**29, allow_nan=False, allow_infinity=False))
+def test_quantize_multiplier_is_normalized_and_accurate(m):
+    m0, shift = quantize_multiplier(m)
+    assert 2**30 <= m0 < 2**31 and 1 <= shift <= 62
+    assert abs(m0 * 2.0**-shift - m) <= m * 2.0**-30
+
+
+def test_quantize_multiplier_edges():
+    assert quantize_multiplier(0.0) == (0, 31)
+    assert quantize_multiplier(0.5) == (2**30, 31)
+    assert quantize_multiplier(1 - 2.0**-40) == (2**30, 30)  # rounds up to 2**31: renormalized
+    assert quantize_multiplier(2.0**-40) == (2**22, 62)  # tiny: shift saturates, M0 shrinks
+    with pytest.raises(Exception, match="outside"):
+        quantize_multiplier(2.0**31)
+
+
+@settings(max_examples=200)
+@given(st.integers(-(2**31), 2**31 - 1), st.floats(1e-6, 4.0))
+def test_rescale_rounds_half_up_exactly(acc, m):
+    m0, shift = quantize_multiplier(m)
+    got = int(rescale(np.array([acc], np.int32), m0, shift)[0])
+    assert got == math.floor((acc * m0 + 2 ** (shift - 1)) / 2**shift)  # exact rational
+    assert abs(got - acc * m) <= 0.5 + abs(acc) * m * 2.0**-30 + 1e-9
+
+
+def test_rescale_ties_round_up():
+    m0, shift = quantize_multiplier(0.5)
+    np.testing.assert_array_equal(rescale(np.array([-3, -1, 1, 3]), m0, shift), [-1, 0, 1, 2])
+
+
+# ---- q.requant ---------------------------------------------------------------------------------------
+def _requant_attrs(scales, mode, **extra):
+    attrs = {"mode": mode, "scale": tuple(scales), **extra}
+    if mode == "fixed":
+        attrs["multiplier"], attrs["shift"] = (tuple(t) for t in zip(*map(quantize_multiplier, scales), strict=False))
+    return attrs
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 2**31), st.sampled_from(["fixed", "float"]), st.booleans())
+def test_requant_matches_the_formula(bits, seed, mode, clamp):
+    rng = np.random.default_rng(seed)
+    qmax = (1 << bits) - 1
+    scales = [float(np.float32(s)) for s in rng.uniform(1e-4, 0.1, 3)]
+    zp = int(rng.integers(0, qmax + 1))
+    lim = {"lo": int(rng.integers(0, zp + 1)), "hi": int(rng.integers(zp, qmax + 1))} if clamp else {}
+    acc = rng.integers(-(2**15), 2**15, (2, 3, 4)).astype(np.int32)
+    g = _graph("q.requant", [("a", TensorType(I32, acc.shape))],
+               _requant_attrs(scales, mode, axis=1, zero_point=zp, bits=bits, **lim))
+    got = _one(g, a=acc).astype(np.int64)
+    real = acc.astype(np.float64) * np.array(scales).reshape(1, 3, 1)
+    if mode == "fixed":
+        m0, sh = (np.array(t, np.int64).reshape(1, 3, 1) for t in zip(*map(quantize_multiplier, scales), strict=False))
+        v = np.floor((acc.astype(object) * m0.astype(object) + (1 << (sh - 1)).astype(object)) / (2**sh).astype(object))
+        v = v.astype(np.int64)
+    else:
+        v = np.rint(acc.astype(np.float32) * np.array(scales, np.float32).reshape(1, 3, 1)).astype(np.int64)
+    want = np.clip(v + zp, lim.get("lo", 0), lim.get("hi", qmax))
+    np.testing.assert_array_equal(got, want)
+    assert np.all(np.abs(v - real) <= 0.5 + 1e-3)  # both modes round the real product to nearest
+
+
+def test_requant_fixed_and_float_agree_except_at_ties():
+    rng = np.random.default_rng(3)
+    acc = rng.integers(-(2**20), 2**20, 10000).astype(np.int32)
+    outs = [_one(_graph("q.requant", [("a", TensorType(I32, acc.shape))],
+                        _requant_attrs([0.0007312], mode, zero_point=128, axis=0)), a=acc)
+            for mode in ("fixed", "float")]
+    assert np.abs(outs[0].astype(int) - outs[1].astype(int)).max() <= 1
+    assert (outs[0] != outs[1]).mean() < 0.01
+
+
+# ---- q.add --------------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from(["fixed", "float"]))
+def test_qadd_rounds_the_real_sum_once(seed, mode):
+    rng = np.random.default_rng(seed)
+    sa, sb, so = (float(np.float32(s)) for s in rng.uniform(1e-3, 0.1, 3))
+    za, zb, zo = (int(z) for z in rng.integers(0, 256, 3))
+    ma, mb = float(np.float32(sa / so)), float(np.float32(sb / so))
+    attrs = {"mode": mode, "a_scale": ma, "b_scale": mb, "a_zero_point": za, "b_zero_point": zb, "zero_point": zo}
+    if mode == "fixed":
+        attrs["a_multiplier"], attrs["b_multiplier"], attrs["shift"] = shared_multipliers(ma, mb)
+    a = rng.integers(0, 256, (4, 5)).astype(np.uint8)
+    b = rng.integers(0, 256, (1, 5)).astype(np.uint8)  # broadcasts
+    g = _graph("q.add", [("a", TensorType(U8, a.shape)), ("b", TensorType(U8, b.shape))], attrs)
+    got = _one(g, a=a, b=b).astype(np.int64)
+    real = (a.astype(np.float64) - za) * ma + (b.astype(np.float64) - zb) * mb
+    exact = np.clip(np.floor(real + 0.5) + zo, 0, 255)
+    assert np.abs(got - exact).max() <= 1
+    assert (got == exact).mean() > 0.95
+
+
+# ---- q.quantize / q.dequantize against onnxruntime ---------------------------------------------------
+def _ort(node_op: str, x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int = 1) -> np.ndarray:
+    codes = {np.float32: TensorProto.FLOAT, np.uint8: TensorProto.UINT8, np.int32: TensorProto.INT32}
+    out_t = TensorProto.UINT8 if node_op == "QuantizeLinear" else TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node(node_op, ["x", "s", "z"], ["y"], axis=axis)], "g",
+        [helper.make_tensor_value_info("x", codes[x.dtype.type], x.shape)],
+        [helper.make_tensor_value_info("y", out_t, None)],
+        [helper.make_tensor("s", TensorProto.FLOAT, scale.shape, scale.ravel().tolist()),
+         helper.make_tensor("z", codes[zp.dtype.type], zp.shape, zp.ravel().tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def test_quantize_matches_onnxruntime_bit_for_bit():
+    rng = np.random.default_rng(4)
+    scale, zp = float(np.float32(0.0173)), 119
+    x = np.concatenate([rng.normal(0, 2, 5000), (np.arange(-300, 300) + 0.5) * scale]).astype(np.float32)
+    x = x.reshape(1, -1)
+    g = _graph("q.quantize", [("x", TensorType(F32, x.shape))], {"scale": scale, "zero_point": zp, "bits": 8})
+    ours = _one(g, x=x)
+    theirs = _ort("QuantizeLinear", x, np.array(scale, np.float32), np.array(zp, np.uint8))
+    np.testing.assert_array_equal(ours, theirs)
+    assert g.outputs[0].type.quant == QuantParams((scale,), (zp,), 8)
+
+
+def test_quantize_clips_to_bits():
+    x = np.array([[-10.0, 0.0, 0.26, 0.9, 100.0]], np.float32)
+    g = _graph("q.quantize", [("x", TensorType(F32, x.shape))], {"scale": 0.1, "zero_point": 3, "bits": 3})
+    np.testing.assert_array_equal(_one(g, x=x), [[0, 3, 6, 7, 7]])
+
+
+def test_dequantize_matches_onnxruntime_per_tensor_and_per_axis():
+    rng = np.random.default_rng(5)
+    q = rng.integers(0, 256, (2, 3, 4)).astype(np.uint8)
+    g = _graph("q.dequantize", [("q", TensorType(U8, q.shape))], {"scale": (0.05,), "zero_point": (9,)})
+    np.testing.assert_array_equal(_one(g, q=q), _ort("DequantizeLinear", q, np.array(0.05, np.float32),
+                                                     np.array(9, np.uint8)))
+    acc = rng.integers(-(2**24), 2**24, (2, 3, 4)).astype(np.int32)
+    scales = np.array([1e-4, 3e-5, 7e-6], np.float32)
+    g = _graph("q.dequantize", [("q", TensorType(I32, acc.shape))],
+               {"scale": tuple(map(float, scales)), "zero_point": (0, 0, 0), "axis": 1})
+    np.testing.assert_array_equal(_one(g, q=acc), _ort("DequantizeLinear", acc, scales, np.zeros(3, np.int32)))
+
+
+# ---- verify hooks and type rules -----------------------------------------------------------------
+def test_verify_catches_inconsistent_attributes_and_types():
+    xq = TensorType(U8, (1, 2, 4, 4), QuantParams((0.1,), (5,), 8))
+    w = np.ones((3, 2, 1, 1), np.int8)
+    with pytest.raises(VerifyError, match="x_zero_point=4 but the input type says"):
+        _graph("q.conv", [("x", xq), w], {"x_zero_point": 4})
+    bad = _requant_attrs([0.25], "fixed", zero_point=0)
+    bad["multiplier"] = (2**30 + 1,)
+    with pytest.raises(VerifyError, match="is not the fixed-point form"):
+        _graph("q.requant", [("a", TensorType(I32, (4,)))], bad)
+    with pytest.raises(VerifyError, match=r"bits=9 is outside 2\.\.8"):
+        _graph("q.quantize", [("x", TensorType(F32, (4,)))], {"scale": 0.1, "bits": 9})
+    with pytest.raises(VerifyError, match="zero_point=16 is outside"):
+        _graph("q.requant", [("a", TensorType(I32, (4,)))], _requant_attrs([0.5], "float", zero_point=16, bits=4))
+    with pytest.raises(VerifyError, match="fixed mode needs"):
+        _graph("q.requant", [("a", TensorType(I32, (4,)))], {"scale": (0.5,)})
+    with pytest.raises(VerifyError, match="mode='round'"):
+        _graph("q.requant", [("a", TensorType(I32, (4,)))], {"scale": (0.5,), "mode": "round"})
+    with pytest.raises(VerifyError, match="operand 1 has element type u8, expected i8"):
+        _graph("q.gemm", [("x", TensorType(U8, (2, 3))), np.ones((4, 3), np.uint8)], {"x_zero_point": 0})
+    with pytest.raises(VerifyError, match="3 multipliers but axis 1"):
+        _graph("q.requant", [("a", TensorType(I32, (1, 4)))], _requant_attrs([0.5, 0.25, 0.125], "fixed"))
+    out = TensorType(U8, (4,), QuantParams((1.0,), (0,), 8))
+    with pytest.raises(VerifyError, match="is not input scale / output scale"):
+        _graph("q.requant", [("a", TensorType(I32, (4,), QuantParams((0.25,), (0,), 32)))],
+               _requant_attrs([0.5], "fixed"), out=out)
+
+
+def test_accumulator_type_carries_the_product_of_scales():
+    xq = TensorType(U8, ("N", 2, 5, 5), QuantParams((0.1,), (5,), 8))
+    g = Graph()
+    x = g.add_input("x", xq)
+    w = g.add_constant(np.ones((3, 2, 3, 3), np.int8), "w", TensorType(I8, (3, 2, 3, 3), QuantParams(
+        (0.5, 0.25, 0.125), (0, 0, 0), 4, 0)))
+    node = g.add_node("q.conv", [x, w], {"x_zero_point": 5, "pads": (1, 1, 1, 1)})
+    t = node.output.type
+    assert t.dtype is I32 and t.shape == ("N", 3, 5, 5)
+    assert t.quant.axis == 1 and t.quant.scale == pytest.approx((0.05, 0.025, 0.0125))
+
+
+# ---- moves the pass runs on uint8 activations --------------------------------------------------------
+@pytest.mark.parametrize("op, extra, attrs", [
+    ("MaxPool", [], {"kernel_shape": (2, 2), "pads": (1, 1, 1, 1), "strides": (2, 2)}),
+    ("Reshape", [np.array([2, -1], np.int64)], {}),
+    ("Flatten", [], {"axis": 1}),
+    ("Transpose", [], {"perm": (0, 2, 3, 1)}),
+    ("Squeeze", [np.array([0], np.int64)], {}),
+    ("Unsqueeze", [np.array([0], np.int64)], {}),
+    ("Slice", [np.array([1], np.int64), np.array([3], np.int64), np.array([2], np.int64)], {}),
+    ("Gather", [np.array([2, 0], np.int64)], {"axis": 1}),
+    ("Expand", [np.array([2, 3, 4, 4], np.int64)], {}),
+    ("Identity", [], {}),
+    ("Concat", [np.full((1, 3, 4, 4), 7, np.uint8)], {"axis": 1}),
+    ("Clip", [np.uint8(3), np.uint8(250)], {}),
+])
+def test_moves_run_on_uint8_and_equal_the_float_result(op, extra, attrs):
+    """What the pass does to a uint8 tensor equals doing it to the reals (moves commute with
+    dequantization); MaxPool pads with 0 (uint8's minimum), never with a wrapped value."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (1, 3, 4, 4)).astype(np.uint8)
+    if op == "MaxPool":
+        x[..., 0, 0] = 0
+    q = QuantParams((0.5,), (3,), 8)
+    g = _graph(op, [("x", TensorType(U8, x.shape, q)), *extra], attrs)
+    got = _one(g, x=x)
+    assert got.dtype == np.uint8
+    fextra = [e.astype(np.float32) if e.dtype == np.uint8 else e for e in extra]
+    gf = _graph(op, [("x", TensorType(F32, x.shape)), *fextra], attrs)
+    ref = _one(gf, x=x.astype(np.float32))
+    np.testing.assert_array_equal(got.astype(np.float32), ref)
