@@ -24,6 +24,9 @@ BUILTIN: dict[str, str] = {
     "fuse-batchnorm": "cimc.passes.fuse_batchnorm:FuseBatchNormPass",
     "quantize": "cimc.passes.quantize:QuantizePass",
     "sparsify": "cimc.passes.sparsify:SparsifyPass",
+    "tile": "cimc.passes.tile:TilePass",
+    "lower-npu": "cimc.targets.npu_ops:LowerNpuPass",
+    "lower-sram-cim": "cimc.targets.sram_cim_ops:LowerSramCimPass",
 }
 """Built-in pass name -> ``module:ClassName``."""
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from cimc.cost import Cost
+from cimc.ir.core import Node
 from cimc.target import Capabilities, Spec, Target, param
 
 __all__ = ["NpuSpec", "NpuTarget"]
@@ -83,6 +85,11 @@ class NpuSpec(Spec):
                               source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md "
                                      f"§1.1) [C2] {_SCALE}", ge=0)
 
+    fp_mac_pj: float = param(1.334, "Energy of one FP32 multiply-accumulate (float matmuls between two activations, "
+                                    "e.g. attention, and float recurrent layers, run on the array in fp mode).",
+                             unit="pJ", source=f"[D] Horowitz, ISSCC 2014: FP32 mult 3.7 pJ + FP32 add 0.9 pJ = 4.6 pJ "
+                                               f"at 45 nm (hw-parameters.md §1.1) [C2] {_SCALE}", ge=0)
+
     def check(self) -> Iterator[str]:
         """The accumulators hold at least one full product."""
         yield from super().check()
@@ -107,3 +114,18 @@ class NpuTarget(Target):
         return Capabilities(rows=s.mac_rows, cols=s.mac_cols, cell_bits=s.mac_bits, weight_bits_max=s.mac_bits,
                             act_bits_max=s.mac_bits, dac_bits=s.mac_bits, adc_bits=None, rows_per_op=s.mac_rows,
                             arrays=1, dynamic_matmul=True)
+
+    def register_ops(self) -> None:
+        """Define the ``npu.*`` instruction ops (idempotent)."""
+        npu_ops.register()
+
+    def lowering_passes(self) -> list[str]:
+        """``lower-npu``: array layers to DMA + tiled GEMM instructions (see :mod:`cimc.targets.npu_ops`)."""
+        return ["lower-npu"]
+
+    def op_cost(self, node: Node) -> Cost:
+        """Cycles, energy, unit and MACs of one program op, from its attributes and static types."""
+        return npu_ops.op_cost(node, self.spec)
+
+
+from cimc.targets import npu_ops  # noqa: E402  (registers the lower-npu pass; imports NpuSpec lazily)

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from cimc.cost import Cost
+from cimc.ir.core import Node
 from cimc.target import Capabilities, Spec, Target, param
 
 __all__ = ["SramCimSpec", "SramCimTarget"]
@@ -58,9 +60,12 @@ class SramCimSpec(Spec):
     dac_bits: int = param(1, "Input bits applied per pass (1 = bit-serial inputs).", unit="bits",
                           source="hw-parameters.md §2.3 recommended default: bit-serial, 1 b per cycle (1-b DAC)",
                           ge=1, le=8)
-    adc_bits: int = param(5, "Resolution of each conversion of a column partial sum (lossy below lossless_adc_bits).",
-                          unit="bits", source="NeuroSim V1.4 default levelOutput = 32, a 5-b ADC (hw-parameters.md "
-                                              "§2.2, §2.3) [C]", ge=1, le=16)
+    adc_bits: int = param(7, "Resolution of each conversion of a column partial sum (lossy below lossless_adc_bits).",
+                          unit="bits", source="lossless for the defaults: ceil(log2(rows_per_op*(2^dac_bits-1)*"
+                                              "(2^cell_bits-1)+1)) = 7 for 64 rows of 1-b cells and 1-b inputs "
+                                              "(hw-parameters.md §2.2 full partial-sum precision); NeuroSim V1.4 "
+                                              "truncates to 5 b (levelOutput = 32) [C]: set adc_bits=5 to study that",
+                          ge=1, le=16)
     rows_per_op: int = param(64, "Word lines switched on together: the rows summed into one partial sum.",
                              unit="rows", source="NeuroSim manual Table VII best case (64 rows); Sinangil et al., "
                                                  "JSSC 2021, 64 rows (hw-parameters.md §2.3) [C]", ge=1)
@@ -181,3 +186,20 @@ class SramCimTarget(Target):
     def default_pipeline(self) -> str:
         """Cleanup and quantization, then tiling of the weights onto the macros."""
         return super().default_pipeline() + ",tile"
+
+    def lowering_passes(self) -> list[str]:
+        """``lower-sram-cim``: tiled matrix ops to ``sram.load`` / ``sram.mvm`` and ``vec.*`` ops."""
+        return ["lower-sram-cim"]
+
+    def register_ops(self) -> None:
+        """Define ``sram.load``, ``sram.mvm`` and the shared ``vec.*`` ops (defined on import; idempotent)."""
+        from cimc.targets import sram_cim_ops  # noqa: F401
+
+    def op_cost(self, node: Node) -> Cost:
+        """Cycles and energy of one program op (model: :mod:`cimc.targets.sram_cim_ops`)."""
+        from cimc.targets.sram_cim_ops import op_cost
+
+        return op_cost(node, self.spec)
+
+
+from cimc.targets import sram_cim_ops as _ops  # noqa: E402,F401  (registers lower-sram-cim and the sram.* ops)

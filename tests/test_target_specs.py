@@ -90,13 +90,13 @@ def test_unknown_key_did_you_mean(name, key, suggestion):
 def test_sram_cim_capabilities():
     t = get_target("sram-cim")()
     c = t.capabilities()
-    assert (c.rows, c.cols, c.cell_bits, c.dac_bits, c.adc_bits, c.rows_per_op, c.arrays) == (128, 128, 1, 1, 5, 64, 16)
+    assert (c.rows, c.cols, c.cell_bits, c.dac_bits, c.adc_bits, c.rows_per_op, c.arrays) == (128, 128, 1, 1, 7, 64, 16)
     assert (c.weight_bits_max, c.act_bits_max, c.skips_zero_blocks, c.dynamic_matmul) == (8, 8, True, False)
-    assert c.lossless_adc_bits() == 7 and not c.adc_lossless  # the published 5-b ADC clips
-    assert t.with_spec(adc_bits=7).capabilities().adc_lossless
+    assert c.lossless_adc_bits() == 7 and c.adc_lossless  # the default ADC keeps every partial sum exact
+    assert not t.with_spec(adc_bits=5).capabilities().adc_lossless  # NeuroSim's 5-b ADC truncates
     assert c.unit_of("q.conv") == "array" and c.unit_of("q.requant") == "vector"
     assert t.default_pipeline() == "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8},tile"
-    assert t.lowering_passes() == []
+    assert t.lowering_passes() == ["lower-sram-cim"]
 
 
 def test_npu_capabilities():

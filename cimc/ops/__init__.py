@@ -5,4 +5,4 @@ these forms (for example ``Unsqueeze`` with an ``axes`` attribute becomes one wi
 operand), so each op has one meaning.
 """
 
-from cimc.ops import elementwise, nn, quant, reduce, rnn, tensor  # noqa: F401
+from cimc.ops import elementwise, lowered, nn, quant, quantized, reduce, rnn, tensor  # noqa: F401

@@ -1,0 +1,132 @@
+"""tile: map the weights of the integer matrix ops onto CIM arrays (tiling and bit slicing).
+
+For each node whose op the target runs on its arrays (``capabilities().array_ops``; without a
+target ``q.conv``, ``q.gemm``, ``q.matmul``) with a constant weight, the weight's matrices
+``[G, K, N]`` (:func:`cimc.tiling.weight_matrix`) are bit-sliced by the encoding and cut into
+``rows`` x ``cols`` tiles (:func:`cimc.tiling.plan`); tiles are dealt onto the arrays round-robin
+in graph order across all layers (so layers that fit together get distinct arrays, and a model
+larger than all arrays reuses them: the lowering then emits weight reloads).
+
+Geometry: ``ctx.target.capabilities()`` (rows, cols, cell_bits, rows_per_op, arrays), each
+overridable by an option; ``encoding`` defaults to two's complement.
+
+Postconditions, per tiled node (annotations only; the graph still runs as before):
+``tile.map`` int64 ``[T, 11]`` (columns :data:`cimc.tiling.TILE_COLUMNS`), ``tile.util``
+float64 ``[T]`` (cells used / rows*cols), ``tile.skip`` int64 ``[n, 2]`` (tile index, row block)
+of all-zero ``rows_per_op`` row blocks, ``tile.cell_bits``, ``tile.weight_bits``,
+``tile.encoding``, ``tile.rows_per_op``, ``tile.rows``, ``tile.cols``, ``tile.arrays``,
+``tile.replicas``. ``graph.metadata["tile"]`` summarises tiles and arrays used.
+The array images themselves are built by the lowering from the same helpers
+(:func:`cimc.tiling.tile_image`) as program constants.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from cimc.errors import CimcError
+from cimc.ir.core import Graph, Node
+from cimc.passmanager import Pass, PassContext, PassResult, option
+from cimc.target import ARRAY_OPS
+from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_bits, weight_matrix, zero_row_blocks
+
+__all__ = ["TilePass", "mapping_table"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULTS = {"rows": 128, "cols": 128, "cell_bits": 1, "rows_per_op": 64, "arrays": 16}
+
+
+@dataclass(frozen=True)
+class TilePass(Pass):
+    """Tile and bit-slice the weights of array ops onto the target's arrays (annotations)."""
+
+    name: ClassVar[str] = "tile"
+    rows: int | None = option(None, "Rows (word lines) of one array; none = the target's (else 128).")
+    cols: int | None = option(None, "Columns (bit lines) of one array; none = the target's (else 128).")
+    cell_bits: int | None = option(None, "Bits per cell; none = the target's (else 1).")
+    rows_per_op: int | None = option(None, "Word lines on at once (row block); none = the target's (else 64).")
+    arrays: int | None = option(None, "Number of arrays; none = the target's (else 16).")
+    encoding: str | None = option(None, "Signed weights in cells: twos-complement, differential or offset; "
+                                        "none = twos-complement.")
+    replicate: int = option(1, "Copies of every tile on distinct arrays (throughput).")
+
+    def __post_init__(self) -> None:
+        if self.encoding is not None and self.encoding not in ENCODINGS:
+            raise CimcError(f"option encoding={self.encoding!r} of pass 'tile' must be one of {', '.join(ENCODINGS)}")
+        for key in ("rows", "cols", "cell_bits", "rows_per_op", "arrays"):
+            if (v := getattr(self, key)) is not None and v < 1:
+                raise CimcError(f"option {key.replace('_', '-')}={v} of pass 'tile' must be >= 1")
+        if self.replicate < 1:
+            raise CimcError(f"option replicate={self.replicate} of pass 'tile' must be >= 1")
+
+    def geometry(self, target: object | None) -> dict[str, int]:
+        """rows, cols, cell_bits, rows_per_op, arrays: options over the target's capabilities."""
+        caps = target.capabilities() if hasattr(target, "capabilities") else None  # type: ignore[union-attr]
+        base = dict(_DEFAULTS) if caps is None else {k: getattr(caps, k) for k in _DEFAULTS}
+        geo = {k: base[k] if getattr(self, k) is None else getattr(self, k) for k in _DEFAULTS}
+        if geo["rows_per_op"] > geo["rows"]:
+            raise CimcError(f"tile: rows-per-op={geo['rows_per_op']} must be <= rows={geo['rows']}")
+        return geo
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Annotate every array op of ``graph`` with its tile mapping."""
+        geo = self.geometry(ctx.target)
+        caps = ctx.target.capabilities() if hasattr(ctx.target, "capabilities") else None  # type: ignore[union-attr]
+        ops = caps.array_ops if caps is not None else ARRAY_OPS
+        kind = self.encoding or "twos-complement"
+        nxt, count = 0, 0
+        for node in graph.nodes:
+            if node.op not in ops or node.op not in ARRAY_OPS or node.inputs[1].const is None:
+                continue
+            m, enc = weight_matrix(node), Encoding(kind, weight_bits(node), geo["cell_bits"])
+            table = plan(m, enc, geo["rows"], geo["cols"], nxt, geo["arrays"], self.replicate)
+            nxt += len(table) * self.replicate
+            skip = [(i, b) for i, row in enumerate(table)
+                    for b in (zero_row_blocks(tile_image(m, enc, row), geo["rows_per_op"])
+                              if enc.offset == 0 else [])]
+            util = (table[:, 5] - table[:, 4]) * (table[:, 7] - table[:, 6]) / (geo["rows"] * geo["cols"])
+            node.attrs.update({
+                "tile.map": table, "tile.util": util.astype(np.float64),
+                "tile.skip": np.asarray(skip, np.int64).reshape(-1, 2),
+                "tile.cell_bits": geo["cell_bits"], "tile.weight_bits": enc.bits, "tile.encoding": kind,
+                "tile.rows_per_op": geo["rows_per_op"], "tile.rows": geo["rows"], "tile.cols": geo["cols"],
+                "tile.arrays": geo["arrays"], "tile.replicas": self.replicate})
+            count += len(table)
+            logger.info("tile: %s (%s): %d tiles, %d skippable row blocks", node.name, node.op, len(table), len(skip))
+        if not count:
+            return PassResult(False)
+        graph.metadata["tile"] = json.dumps({"tiles": count, "array_slots": nxt, "arrays": geo["arrays"],
+                                             "fits": nxt <= geo["arrays"], "encoding": kind, **geo})
+        return PassResult(True)
+
+
+def _table(node: Node) -> list[dict]:
+    table = node.attrs["tile.map"]
+    util = node.attrs["tile.util"]
+    skip = node.attrs.get("tile.skip", np.zeros((0, 2), np.int64))
+    rows = []
+    for i, row in enumerate(table):
+        t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
+        rows.append({"layer": node.name, "op": node.op, "group": t["group"], "array": t["array"],
+                     "rows": (t["k0"], t["k1"]), "cols": (t["col0"], t["col1"]), "channels": (t["ch0"], t["ch1"]),
+                     "slices": t["slices"], "utilisation": float(util[i]),
+                     "skipped_blocks": int((skip[:, 0] == i).sum())})
+    return rows
+
+
+def mapping_table(graph: Graph) -> list[dict]:
+    """One dict per tile of every tiled node (layer, array, rows, cols, slices, utilisation, ...).
+
+    Works on the tiled graph and on a lowered program (whose ``sram.mvm`` ops carry the same
+    annotations under ``cim.layer``)."""
+    out: list[dict] = []
+    for node in graph.nodes:
+        if "tile.map" in node.attrs:
+            out += _table(node)
+    return out

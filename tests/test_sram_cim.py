@@ -1,0 +1,158 @@
+"""Tests of the sram-cim lowering, its ops and costs: exactness on the zoo, lossy ADC, .cimir, cost."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from cimc.targets.sram_cim import SramCimTarget
+from cimc.targets.sram_cim_ops import adc
+
+from cimc import zoo
+from cimc.interpreter import run
+from cimc.ir.verifier import verify
+from cimc.onnx_io import import_model
+from cimc.passmanager import PassContext, PassManager
+from cimc.text import parse_graph, print_graph
+
+LOSSLESS = SramCimTarget().with_spec(adc_bits=7)  # 64 rows, 1-b inputs, 1-b cells need 7 bits
+N_IMAGES = 64
+
+
+def _sparsify(wb: int) -> str:
+    return f"sparsify{{ratio=0.5 granularity=block group-channels={128 // wb}}},"
+
+
+@functools.cache
+def _compiled(name: str, wb: int, sparse: bool, target=LOSSLESS):
+    """(quantized graph, lowered program) of zoo model ``name``."""
+    m = zoo.load(name)
+    g = import_model(m.onnx())
+    ctx = PassContext(target=target, calibration={m.input_name: zoo.calibration_set()})
+    sp = _sparsify(wb) if sparse else ""
+    PassManager(f"fold-constants,fuse-batchnorm,{sp}quantize{{weight-bits={wb} act-bits=8}},tile", ctx).run(g)
+    q = g.copy()
+    PassManager(",".join(target.lowering_passes()), ctx).run(g)
+    return q, g
+
+
+def _x(name: str) -> dict[str, np.ndarray]:
+    return {zoo.load(name).input_name: zoo.test_set()[0][:N_IMAGES]}
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse50"])
+@pytest.mark.parametrize("wb", [8, 4], ids=["W8A8", "W4A8"])
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_lowered_program_is_exact(name, wb, sparse):
+    q, prog = _compiled(name, wb, sparse)
+    verify(prog)
+    assert not any(n.op in ("q.conv", "q.gemm", "q.matmul") for n in prog.nodes)
+    assert all("cim.layer" in n.attrs for n in prog.nodes if n.op.startswith(("sram.", "vec.")))
+    x = _x(name)
+    want, got = run(q, x), run(prog, x)
+    for k in want:
+        assert np.array_equal(want[k], got[k]), f"{name} W{wb} sparse={sparse}: output {k} differs"
+
+
+def test_program_size_is_O_tiles():
+    q, prog = _compiled("resnet_tiny", 8, False)
+    tiles = sum(len(n.attrs["tile.map"]) for n in q.nodes if "tile.map" in n.attrs)
+    ops = prog.ops()
+    assert ops["sram.mvm"] == tiles and ops["sram.load"] == tiles  # everything fits: each image loaded once
+    layers = {n.attrs.get("cim.layer") for n in prog.nodes if n.op == "sram.mvm"}
+    for layer in layers:
+        mine = [n for n in prog.nodes if n.attrs.get("cim.layer") == layer]
+        t = sum(n.op == "sram.mvm" for n in mine)
+        assert len(mine) <= 3 * t + 4
+
+
+def test_adc_clip_and_step():
+    v = np.asarray([0.0, 1, 2, 3, 5, 6, 10, 64, 200])
+    assert np.array_equal(adc(v, 7, 7), v)  # lossless: unchanged
+    # 5 bits of a 7-bit range: step 4, half to even, codes clipped to 0..31
+    assert adc(v, 5, 7).tolist() == [0, 0, 0, 4, 4, 8, 8, 64, 124]
+
+
+def _top1(prog, name):
+    x, y = zoo.test_set()
+    out = run(prog, {zoo.load(name).input_name: x[:100]})
+    return float((next(iter(out.values())).argmax(axis=1) == y[:100]).mean())
+
+
+def test_lossy_adc_changes_bits_and_costs_accuracy():
+    lossy = SramCimTarget().with_spec(adc_bits=5)
+    _, exact = _compiled("lenet_bn", 8, False)
+    _, prog = _compiled("lenet_bn", 8, False, lossy)
+    x = _x("lenet_bn")
+    a, b = next(iter(run(exact, x).values())), next(iter(run(prog, x).values()))
+    assert not np.array_equal(a, b)
+    assert run(prog, x)  # deterministic: the same bits every run
+    assert all(np.array_equal(u, v) for u, v in zip(run(prog, x).values(), run(prog, x).values(), strict=True))
+    t_exact, t_lossy = _top1(exact, "lenet_bn"), _top1(prog, "lenet_bn")
+    print(f"lenet_bn top-1: lossless {t_exact:.2f}, lossy (5-b ADC) {t_lossy:.2f}")
+    assert t_lossy <= t_exact + 0.05
+
+
+def test_cimir_round_trip_of_a_lowered_program():
+    _, prog = _compiled("lenet_bn", 8, True)
+    res: dict[str, np.ndarray] = {}
+    text = print_graph(prog, resources=res)
+    assert "sram.mvm" in text and "sram.load" in text
+    back = parse_graph(text, resources=res)
+    x = _x("lenet_bn")
+    for (k, a), b in zip(run(prog, x).items(), run(back, x).values(), strict=True):
+        assert np.array_equal(a, b), k
+
+
+def _cost(prog, target=LOSSLESS):
+    from cimc.cost import program_cost
+
+    return program_cost(prog, target)
+
+
+def test_block_sparsity_lowers_cycles_and_energy():
+    _, dense = _compiled("resnet_tiny", 8, False)
+    _, sparse = _compiled("resnet_tiny", 8, True)
+    d, s = _cost(dense).total, _cost(sparse).total
+    assert any(n.attrs["skip"] for n in sparse.nodes if n.op == "sram.mvm")
+    assert s.by_unit["array"]["cycles"] < d.by_unit["array"]["cycles"]
+    assert s.by_unit["array"]["energy_pj"] < d.by_unit["array"]["energy_pj"]
+
+
+def _gemm_program(rows_per_op: int, macros: int = 16):
+    from cimc.ir.core import Graph
+    from cimc.ir.types import DType, QuantParams, TensorType
+
+    g = Graph("gemm")
+    x = g.add_input("x", TensorType(DType.u8, (4, 256), QuantParams((0.1,), (0,), 8)))
+    w = np.random.default_rng(1).integers(-127, 128, (64, 256)).astype(np.int8)
+    y = g.add_node("q.gemm", [x, g.add_constant(w, "w")], {"x_zero_point": 0}, name="fc").outputs[0]
+    g.outputs.append(y)
+    t = SramCimTarget().with_spec(rows_per_op=rows_per_op, macros=macros,
+                                  adc_bits=(rows_per_op).bit_length())
+    q = g.copy()
+    PassManager("tile,lower-sram-cim", PassContext(target=t, verify_each=True)).run(g)
+    return q, g, t
+
+
+def test_more_rows_per_op_fewer_passes():
+    xs = {"x": np.random.default_rng(2).integers(0, 256, (4, 256)).astype(np.uint8)}
+    cycles = []
+    for rpo in (16, 64, 128):
+        q, prog, t = _gemm_program(rpo)
+        assert np.array_equal(run(q, xs)["fc"] if "fc" in run(q, xs) else next(iter(run(q, xs).values())),
+                              next(iter(run(prog, xs).values())))
+        cycles.append(_cost(prog, t).total.by_unit["array"]["cycles"])
+    assert cycles[0] > cycles[1] > cycles[2]
+
+
+def test_weights_that_do_not_fit_are_reloaded():
+    xs = {"x": np.random.default_rng(3).integers(0, 256, (4, 256)).astype(np.uint8)}
+    q, prog, t = _gemm_program(64, macros=2)  # 2 row tiles x 4 column tiles = 8 tiles on 2 macros
+    loads = [n for n in prog.nodes if n.op == "sram.load"]
+    assert len(loads) == 8 and {n.attrs["macro"] for n in loads} == {0, 1}
+    assert all(n.attrs["cim.bytes"] == 128 * 128 // 8 for n in loads)
+    c = _cost(prog, t).total.by_unit["load"]
+    assert c["cycles"] > 0 and c["energy_pj"] > 0
+    assert np.array_equal(next(iter(run(q, xs).values())), next(iter(run(prog, xs).values())))

@@ -1,0 +1,133 @@
+"""Tests of cimc.tiling and the tile pass: bit slicing, encodings, tile plans, annotations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cimc.passes.tile import TilePass, mapping_table
+from cimc.targets.sram_cim import SramCimTarget
+from cimc.targets.sram_cim_ops import crossbar
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cimc.errors import CimcError
+from cimc.ir.core import Graph
+from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.passmanager import PassContext, PassManager
+from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_matrix, zero_row_blocks
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(ENCODINGS), bits=st.integers(2, 8), cell_bits=st.integers(1, 3), seed=st.integers(0, 99))
+def test_slices_reconstruct_weights(kind, bits, cell_bits, seed):
+    lim = (1 << (bits - 1)) - 1
+    w = np.random.default_rng(seed).integers(-lim, lim + 1, (7, 5))
+    enc = Encoding(kind, bits, cell_bits)
+    cells = enc.encode(w)
+    assert cells.shape == (7, 5, enc.slices) and cells.max(initial=0) < (1 << cell_bits)
+    assert np.array_equal(enc.decode(cells), w)
+    if kind != "offset":  # zero weights are zero cells: all-zero blocks can be skipped exactly
+        assert not enc.encode(np.zeros(3, np.int64)).any()
+
+
+def test_twos_complement_msb_slice_is_negative():
+    enc = Encoding("twos-complement", 8, 1)
+    assert enc.significance == (1, 2, 4, 8, 16, 32, 64, -128) and enc.slices == 8
+    assert enc.encode(np.asarray([-1]))[0].tolist() == [1] * 8
+    assert Encoding("differential", 4, 1).significance == (1, 2, 4, -1, -2, -4)
+    assert Encoding("offset", 4, 2).offset == 8
+    with pytest.raises(CimcError, match="encoding"):
+        Encoding("sign-magnitude", 8, 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(G=st.integers(1, 3), K=st.integers(1, 300), N=st.integers(1, 40), rows=st.sampled_from([16, 64, 128]),
+       cols=st.sampled_from([8, 32, 128]), kind=st.sampled_from(ENCODINGS))
+def test_plan_covers_every_weight_once(G, K, N, rows, cols, kind):
+    m = np.random.default_rng(K * N).integers(-7, 8, (G, K, N))
+    enc = Encoding(kind, 4, 1)
+    if cols < enc.slices:
+        with pytest.raises(CimcError, match="columns"):
+            plan(m, enc, rows, cols, 0, 4)
+        return
+    table = plan(m, enc, rows, cols, 0, 4)
+    back = np.zeros_like(m)
+    for row in table:
+        t = dict(zip(TILE_COLUMNS, row.tolist(), strict=True))
+        img = tile_image(m, enc, row)
+        assert img.shape[0] <= rows and img.shape[1] <= cols and img.shape[1] == t["col1"] - t["col0"]
+        back[t["group"], t["k0"]:t["k1"], t["ch0"]:t["ch1"]] += enc.decode(img.reshape(img.shape[0], -1, enc.slices))
+    assert np.array_equal(back, m)
+    assert set(table[:, 3].tolist()) <= set(range(4))
+
+
+def test_zero_row_blocks():
+    img = np.zeros((70, 8), np.uint8)
+    img[20, 3] = 1
+    assert zero_row_blocks(img, 16) == [0, 2, 3, 4]
+    assert zero_row_blocks(img, 64) == [1]
+
+
+@settings(max_examples=25, deadline=None)
+@given(rpo=st.sampled_from([1, 3, 16, 64]), dac=st.integers(1, 4), cell=st.integers(1, 2),
+       kind=st.sampled_from(ENCODINGS), act=st.integers(2, 8), seed=st.integers(0, 9))
+def test_crossbar_lossless_is_exact(rpo, dac, cell, kind, act, seed):
+    rng = np.random.default_rng(seed)
+    K, N, P = 100, 6, 9
+    w = rng.integers(-127, 128, (K, N))
+    x = rng.integers(0, 1 << act, (P, K)).astype(np.uint8)
+    enc = Encoding(kind, 8, cell)
+    img = enc.encode(w).reshape(K, -1)
+    need = (rpo * ((1 << dac) - 1) * ((1 << cell) - 1)).bit_length()
+    y = crossbar(x, img, significance=enc.significance, offset=enc.offset, rows_per_op=rpo, dac_bits=dac,
+                 act_bits=act, cell_bits=cell, adc_bits=need)
+    assert np.array_equal(y, x.astype(np.int64) @ w)
+
+
+def _gemm_graph(K: int = 200, N: int = 20) -> Graph:
+    g = Graph("gemm")
+    x = g.add_input("x", TensorType(DType.u8, ("n", K), QuantParams((0.1,), (3,), 8)))
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    w[:, :64] = 0  # the first row block of every tile is pruned
+    wv = g.add_constant(w, "w")
+    b = g.add_constant(rng.integers(-1000, 1000, N).astype(np.int32), "b")
+    y = g.add_node("q.gemm", [x, wv, b], {"x_zero_point": 3}, name="fc").outputs[0]
+    g.outputs.append(y)
+    return g
+
+
+def test_tile_pass_annotations_and_mapping_table():
+    g = _gemm_graph()
+    PassManager("tile", PassContext(target=SramCimTarget(), verify_each=True)).run(g)
+    a = g.node("fc").attrs
+    # K=200 -> 2 row tiles of 128; N=20 channels x 8 slices -> 2 column tiles of 16 channels
+    assert a["tile.map"].shape == (4, len(TILE_COLUMNS)) and a["tile.encoding"] == "twos-complement"
+    assert a["tile.cell_bits"] == 1 and a["tile.weight_bits"] == 8 and a["tile.rows_per_op"] == 64
+    assert a["tile.map"][:, 3].tolist() == [0, 1, 2, 3]
+    assert a["tile.skip"].tolist() == [[0, 0], [2, 0]]  # block 0 of the row-0 tiles
+    assert np.allclose(a["tile.util"], [1.0, 72 / 128, 0.25, 72 / 128 * 0.25])
+    rows = mapping_table(g)
+    assert len(rows) == 4 and rows[0]["layer"] == "fc" and rows[1]["rows"] == (128, 200)
+    assert rows[2]["channels"] == (16, 20) and rows[2]["cols"] == (0, 32) and rows[0]["skipped_blocks"] == 1
+
+
+def test_tile_options_override_target():
+    g = _gemm_graph()
+    TilePass(rows=64, cols=64, rows_per_op=16, encoding="differential", replicate=2).run(
+        g, PassContext(target=SramCimTarget()))
+    a = g.node("fc").attrs
+    assert a["tile.encoding"] == "differential" and a["tile.replicas"] == 2 and a["tile.rows_per_op"] == 16
+    assert a["tile.map"][:, 3].tolist()[:3] == [0, 2, 4]  # each tile takes two arrays
+    assert str(TilePass(rows=64)) .startswith("tile{")
+    with pytest.raises(CimcError, match="encoding"):
+        TilePass(encoding="bogus")
+
+
+def test_weight_matrix_conv_im2col_order():
+    g = Graph("c")
+    x = g.add_input("x", TensorType(DType.u8, (1, 4, 5, 5)))
+    w = np.arange(2 * 2 * 3 * 3).reshape(2, 2, 3, 3).astype(np.int8)  # group 2: 2 out, 2 in per group
+    node = g.add_node("q.conv", [x, g.add_constant(w, "w")], {"x_zero_point": 0, "group": 2, "pads": (1, 1, 1, 1)})
+    m = weight_matrix(node)
+    assert m.shape == (2, 18, 1) and m[1, :, 0].tolist() == w[1].ravel().tolist()
