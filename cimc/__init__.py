@@ -42,3 +42,13 @@ def _install_source_tree_finder() -> None:
 
 
 _install_source_tree_finder()
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """``cimc.compile``, imported on first use: the driver module, callable as its ``compile`` function
+    (``cimc.compile(model, target, ...)``; see :mod:`cimc.compile`)."""
+    if name == "compile":
+        import importlib
+
+        return importlib.import_module("cimc.compile")
+    raise AttributeError(f"module 'cimc' has no attribute {name!r}")

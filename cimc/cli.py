@@ -1,7 +1,9 @@
 """The ``cimc`` command line: import, optimise and run models, and list the passes.
 
 Subcommands: ``import`` (ONNX to ``.cimir``), ``opt`` (run a pass pipeline), ``run`` (reference
-interpreter on given or random inputs), ``passes`` (the registry with options and docs). Every
+interpreter on given or random inputs), ``compile`` (a target's program, report and checks, see
+:mod:`cimc.compile`), ``passes`` (the registry with options and docs). ``--plugin FILE.py`` imports
+a Python file first, so the passes and targets it registers can be named. Every
 error a user can cause (``CimcError``, ``OSError``, undecodable files) becomes one line
 ``cimc: error: ...`` on stderr and exit status 2; ``--debug`` shows the traceback instead.
 Output files are written to a temporary file and moved into place, so a failed run never leaves
@@ -15,7 +17,6 @@ import logging
 import os
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -23,6 +24,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from cimc.errors import CimcError, InputError
+from cimc.npzio import read_npz, write_npz
 
 if TYPE_CHECKING:
     from cimc.ir.core import Graph
@@ -112,7 +114,7 @@ def _cmd_opt(args: argparse.Namespace) -> None:
     ctx = PassContext(verify_each=args.verify_each, print_ir_after=after,  # type: ignore[arg-type]
                       print_ir_after_change=args.print_ir_after_change,
                       dump_dir=Path(args.dump_dir) if args.dump_dir else None, seed=args.seed,
-                      calibration=_load_npz(args.calibration) if args.calibration else None)
+                      calibration=read_npz(args.calibration) if args.calibration else None)
     pm = PassManager(pipeline, ctx)
     try:
         pm.run(graph)
@@ -139,25 +141,6 @@ def _random_inputs(graph: Graph, seed: int, batch: int) -> dict[str, np.ndarray]
         else:
             raise InputError(f"input {v.name!r} of type {t} cannot be made up; give it with --inputs")
         out[v.name] = a
-    return out
-
-
-def _load_npz(path: str) -> dict[str, np.ndarray]:
-    fix = "save the inputs with numpy.savez(path, name=array, ...)"
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError):  # numpy's word for "not an npy/npz file" (and never a pickle)
-        raise InputError(f"{path}: not an .npz archive of arrays; {fix}") from None
-    if not hasattr(npz, "files"):
-        raise InputError(f"{path}: a single .npy array, not an .npz archive of named inputs; {fix}")
-    out = {}
-    with npz:
-        for key in npz.files:
-            try:
-                out[key] = npz[key]
-            except ValueError:
-                raise InputError(f"{path}: array {key!r} holds Python objects; cimc reads numeric "
-                                 f"arrays only (it never loads pickles)") from None
     return out
 
 
@@ -196,13 +179,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
         model = zoo.load(args.input[4:])
         inputs, labels = {model.input_name: model.x_test}, model.y_test
     elif args.inputs:
-        inputs = _load_npz(args.inputs)
+        inputs = read_npz(args.inputs)
     else:
         inputs = _random_inputs(graph, args.seed, args.batch)
     if args.pipeline:
         from cimc.passmanager import PassContext, PassManager
 
-        ctx = PassContext(seed=args.seed, calibration=_load_npz(args.calibration) if args.calibration else None)
+        ctx = PassContext(seed=args.seed, calibration=read_npz(args.calibration) if args.calibration else None)
         pm = PassManager(args.pipeline, ctx)
         pm.run(graph)
         if args.timing:
@@ -220,14 +203,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         from cimc.onnx_io.runtime import run_onnxruntime
 
         sys.stdout.write(f"against onnxruntime: {compare(outputs, run_onnxruntime(source, inputs))}\n")
-    if args.output:  # the np.savez layout, member by member: any output name is a valid key
-        def write(f: IO[bytes]) -> None:
-            with zipfile.ZipFile(f, "w", allowZip64=True) as zf:
-                for name, a in outputs.items():
-                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, a, allow_pickle=False)
-
-        _write_atomic(_writable(args.output), write)
+    if args.output:
+        _write_atomic(_writable(args.output), lambda f: write_npz(f, outputs))
 
 
 def _cmd_passes(args: argparse.Namespace) -> None:
@@ -254,11 +231,58 @@ def _cmd_targets(args: argparse.Namespace) -> None:
         sys.stdout.write(describe_targets() + "\n")
 
 
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from cimc.compile import compile as compile_model
+    from cimc.report import verify_summary
+    from cimc.targets import load_target
+
+    target = load_target(args.target, args.spec, args.spec_set or ())
+    stem = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
+    out = Path(args.output or f"{stem}.{target.name}.cimc")
+    if out.exists() and not args.force:  # fail before the work
+        raise InputError(f"{out} already exists; remove it, choose another with -o, or replace it with --force")
+    compiled = compile_model(args.model, target, pipeline=args.pipeline, seed=args.seed, verify=args.verify,
+                             calibration=read_npz(args.calibration) if args.calibration else None,
+                             inputs=read_npz(args.inputs) if args.inputs else None, verify_each=args.verify_each)
+    out = compiled.save(out, force=args.force)
+    cost = compiled.cost
+    line = f"compiled {compiled.source.label} for {target.name}: {len(compiled.program.nodes)} ops"
+    if cost is not None:
+        lat = cost.latency_us
+        line += f", {cost.total.cycles:.0f} cycles" + (f" ({lat:.3f} us)" if lat is not None else "")
+        line += f", {cost.total.energy_pj / 1e3:.3f} nJ"
+    sys.stdout.write(f"{line} -> {out}\n")
+    if compiled.verify is not None:
+        sys.stdout.write("verify:\n" + verify_summary(compiled.verify) + "\n")
+
+
+def _load_plugins(files: Sequence[str]) -> None:
+    """Import each plugin file (its ``register_pass``/``register_target`` calls take effect)."""
+    import importlib.util
+
+    for i, file in enumerate(files):
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(f"--plugin {file}: no such file")
+        spec = importlib.util.spec_from_file_location(f"cimc_plugin_{i}_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise InputError(f"--plugin {file}: not a Python file that can be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(spec.name, None)
+            raise InputError(f"--plugin {file}: loading it failed: {_one_line(e)}") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cimc``."""
     p = argparse.ArgumentParser(prog="cimc", description="Compile ONNX models for compute-in-memory hardware.")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import this Python file first, so the passes/targets it registers can be used (repeatable)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("import", help="read an ONNX model and print or write it as .cimir")
@@ -299,6 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="write the outputs to this .npz, by graph output name")
     s.set_defaults(func=_cmd_run)
 
+    s = sub.add_parser("compile", help="compile a model for a target: program, report, optional verification")
+    s.add_argument("model", nargs="?", default="zoo:lenet_bn",
+                   help="an .onnx or .cimir file or zoo:NAME (default: the bundled zoo:lenet_bn)")
+    s.add_argument("-t", "--target", default="sram-cim", help="target (`cimc targets` lists them; default sram-cim)")
+    s.add_argument("-p", "--pipeline", metavar="SPEC",
+                   help="passes to run before lowering instead of the target's default pipeline")
+    s.add_argument("--spec", metavar="FILE.toml", help="target spec (`cimc targets --dump T` writes a template)")
+    s.add_argument("--spec-set", action="append", metavar="KEY=VALUE", help="override one spec parameter (repeatable)")
+    s.add_argument("--calibration", metavar="NPZ", help="calibration inputs by graph input name")
+    s.add_argument("-o", "--output", metavar="DIR", help="output directory (default <model>.<target>.cimc)")
+    s.add_argument("--force", action="store_true", help="replace the output directory if it exists")
+    s.add_argument("--verify", action="store_true",
+                   help="run the program and compare with onnxruntime (float) and the quantized graph (exact)")
+    s.add_argument("--inputs", metavar="NPZ", help="inputs for --verify (default: zoo test split, or random)")
+    s.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    s.add_argument("--seed", type=int, default=0, help="seed for random inputs, calibration and noisy ops")
+    s.set_defaults(func=_cmd_compile)
+
     s = sub.add_parser("passes", help="list the passes with their options")
     s.set_defaults(func=_cmd_passes)
 
@@ -325,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="cimc: %(levelname)s: %(name)s: %(message)s", force=True)
     try:
+        _load_plugins(args.plugin)
         args.func(args)
     except KeyboardInterrupt:
         sys.stderr.write("cimc: interrupted\n")

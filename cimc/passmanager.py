@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TextIO
 
-import numpy as np
-
 from cimc.errors import CimcError, PassError
 
 if TYPE_CHECKING:
@@ -107,8 +105,6 @@ class PassContext:
     """The target compiled for, whose capabilities passes may read."""
     calibration: Mapping[str, Any] | None = None
     """Sample inputs by graph input name (batch on axis 0), for passes that calibrate or measure."""
-    calibration: Mapping[str, np.ndarray] | None = None
-    """Calibration inputs by graph input name, batch on axis 0 (quantize, sparsify)."""
     instruments: list[Any] = field(default_factory=list)
     """Extra instruments, called after the built-in ones."""
     ir_stream: TextIO | None = None

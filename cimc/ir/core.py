@@ -288,7 +288,8 @@ class Graph:
         return g
 
     def __repr__(self) -> str:
-        return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.constants)} constants, {len(self.nodes)} nodes>"
+        return (f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.constants)} constants, "
+                f"{len(self.nodes)} nodes>")
 
 
 def _copy_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

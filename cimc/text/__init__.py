@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from cimc.ir.core import Graph
+from cimc.npzio import write_npz
 from cimc.text.parser import parse_graph
 from cimc.text.printer import print_graph
 
@@ -71,14 +71,7 @@ class _Sidecar(Mapping[str, np.ndarray]):
 
 
 def _write_npz(f: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
-    # The .npz layout of np.savez, written member by member: np.savez(**arrays) would fail on a
-    # value named "file" or "allow_pickle". bf16 is stored as its uint16 bits (npy has no bf16).
-    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, arr in arrays.items():
-            if arr.dtype.name == "bfloat16":
-                arr = arr.view(np.uint16)
-            with zf.open(_member(key) + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
+    write_npz(f, arrays, member_name=_member)
 
 
 def save_graph(graph: Graph, path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,346 @@
+"""The compile driver: model in, a target's program out, with its cost report and (optionally) checks.
+
+:func:`compile` runs, on one graph:
+
+1. import: a path (``.onnx`` or ``.cimir``), ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph``;
+2. the target's :meth:`~cimc.target.Target.default_pipeline` (or the user's ``pipeline``): cleanup,
+   quantization, tiling. The graph after it is ``quantized``, the integer reference;
+3. ``target.register_ops()``, then the target's :meth:`~cimc.target.Target.lowering_passes`: the
+   result is the ``program`` (if a target lowers nothing yet, the program is the quantized graph);
+4. cost: ``target.op_cost`` for every program op (:func:`cimc.cost.program_cost`), and the
+   target's weight mapping table where one exists (``cimc.tiling.mapping_table``);
+5. with ``verify``: runs the program on sample inputs and compares it with onnxruntime on the
+   original float model (max abs error, cosine, top-1 agreement) and with the quantized graph run
+   by the reference interpreter (exact equality expected with a lossless ADC and no noise).
+
+Every pass sees a :class:`~cimc.passmanager.PassContext` with the Target instance, the seed and the
+calibration inputs: given ones, the zoo's calibration set for zoo models, else 8 inputs drawn from a
+standard normal with the seed (a warning says so: quantization ranges from random data are a
+placeholder, give real samples). Verification inputs: given ones, the zoo test split for zoo
+models, else 8 seeded random inputs. :meth:`CompiledModel.save` writes the output directory
+atomically (see :mod:`cimc.report`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from cimc.errors import InputError
+from cimc.passmanager import PassContext, PassInstrument, PassManager
+
+if TYPE_CHECKING:
+    import onnx
+
+    from cimc.cost import CostReport
+    from cimc.ir.core import Graph
+    from cimc.pipeline import Pipeline
+    from cimc.target import Spec, Target
+
+__all__ = ["CompiledModel", "ModelSource", "compile", "load_source", "resolve_target"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLES = 8
+"""How many random inputs stand in for calibration or verification data when none is given."""
+
+
+@dataclass
+class ModelSource:
+    """A model to compile: the imported graph, the float ONNX model it came from (the onnxruntime
+    reference; ``None`` for a ``.cimir`` file or a ``Graph``), its name and, for zoo models, the zoo entry."""
+
+    graph: Graph
+    onnx: onnx.ModelProto | None
+    name: str
+    label: str
+    """How the model was given, without absolute paths (``zoo:lenet_bn``, ``model.onnx``, ``<Graph main>``)."""
+    zoo: Any = None
+
+
+def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> ModelSource:
+    """Import ``model``: a ``.onnx``/``.cimir`` path, ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph`` (copied)."""
+    from cimc.ir.core import Graph
+    from cimc.onnx_io import import_model
+
+    if isinstance(model, Graph):
+        return ModelSource(model.copy(), None, model.name or "model", f"<Graph {model.name}>")
+    if isinstance(model, str | os.PathLike):
+        text = os.fspath(model)
+        if text.startswith("zoo:"):
+            from cimc import zoo
+
+            z = zoo.load(text[4:])
+            proto = z.onnx()
+            return ModelSource(import_model(proto), proto, z.name, text, z)
+        path = Path(text)
+        if path.suffix == ".onnx":
+            from cimc.onnx_io.importer import read_model
+
+            proto = read_model(path)
+            return ModelSource(import_model(proto), proto, path.stem, path.name)
+        if path.suffix == ".cimir":
+            from cimc.text import load_graph
+
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+            return ModelSource(load_graph(path), None, path.stem, path.name)
+        raise InputError(f"{path}: unknown model type {path.suffix or '(none)'!r}; expected .onnx, .cimir or zoo:NAME")
+    if type(model).__name__ == "ModelProto":
+        return ModelSource(import_model(model), model, model.graph.name or "model", f"<ModelProto {model.graph.name}>")
+    raise InputError(f"cannot compile a {type(model).__name__}: give a path, zoo:NAME, an onnx.ModelProto or a Graph")
+
+
+def resolve_target(target: str | Target,
+                   spec: Spec | str | os.PathLike[str] | Mapping[str, Any] | None = None) -> Target:
+    """The Target instance for a name or instance, with ``spec`` applied: a Spec, a TOML file (or
+    TOML text), or a dict of parameter overrides."""
+    from cimc.target import Spec, Target
+    from cimc.targets import get_target
+
+    if isinstance(target, str):
+        target = get_target(target)()
+    elif not isinstance(target, Target):
+        raise InputError(f"target should be a target name or a Target, got a {type(target).__name__}")
+    if spec is None:
+        return target
+    if isinstance(spec, Spec):
+        return type(target)(spec=spec)
+    if isinstance(spec, Mapping):
+        return target.with_spec(**spec)
+    return type(target)(spec=type(target).Spec.from_toml(spec))
+
+
+def random_inputs(graph: Graph, seed: int, batch: int = SAMPLES) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input: float ones standard normal, integer ones in 0..7; symbolic
+    dims become ``batch``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for v in graph.inputs:
+        t = v.type
+        if t.shape is None:
+            raise InputError(f"input {v.name!r} has unknown rank; give sample inputs for it")
+        shape = tuple(d if isinstance(d, int) else batch for d in t.shape)
+        if t.dtype.is_float:
+            out[v.name] = rng.standard_normal(shape).astype(t.dtype.numpy)
+        elif t.dtype.is_int:
+            out[v.name] = rng.integers(0, 8, shape).astype(t.dtype.numpy)
+        else:
+            raise InputError(f"input {v.name!r} of type {t} cannot be made up; give sample inputs for it")
+    return out
+
+
+def _named(arrays: Mapping[str, np.ndarray] | np.ndarray, graph: Graph, what: str) -> dict[str, np.ndarray]:
+    if isinstance(arrays, np.ndarray):
+        if len(graph.inputs) != 1:
+            raise InputError(f"{what}: one array given, but the model has {len(graph.inputs)} inputs; "
+                             f"give a dict by input name")
+        return {graph.inputs[0].name: arrays}
+    names = {v.name for v in graph.inputs}
+    if missing := sorted(names - set(arrays)):
+        raise InputError(f"{what}: no arrays for inputs {missing} (given: {sorted(arrays)})")
+    return {k: np.asarray(arrays[k]) for k in sorted(names)}
+
+
+class ProgressInstrument(PassInstrument):
+    """One status line per pass on a terminal (rewritten in place), cleared at the end."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self.stream, self.total, self.index = stream, total, 0
+
+    def before_pass(self, pass_: Any, graph: Graph, ctx: PassContext) -> None:
+        """Show which pass runs now."""
+        self.index += 1
+        self.stream.write(f"\r\x1b[Kcimc: [{self.index}/{self.total}] {pass_.name} ({len(graph.nodes)} nodes)")
+        self.stream.flush()
+
+    def done(self) -> None:
+        """Clear the status line."""
+        self.stream.write("\r\x1b[K")
+        self.stream.flush()
+
+
+@dataclass
+class CompiledModel:
+    """The result of :func:`compile`: the lowered ``program``, the ``quantized`` graph (the integer
+    reference), the ``report`` and what produced them."""
+
+    program: Graph
+    quantized: Graph
+    target: Target
+    source: ModelSource
+    pipeline: str
+    """The whole pipeline run (default or user's, then lowering), as canonical text."""
+    lowering: str
+    cost: CostReport | None
+    mapping: Any = None
+    verify: dict[str, Any] | None = None
+    calibration: str = ""
+    """Where the calibration inputs came from, e.g. ``zoo calibration set (64 samples)``."""
+    seed: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+    """The ``report.json`` content (cost, mapping, verify results, pipeline, target spec, versions)."""
+
+    def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray, *, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Run the program in the reference interpreter (the target's ops registered); outputs by name."""
+        from cimc.interpreter import run
+
+        self.target.register_ops()
+        return run(self.program, _named(inputs, self.program, "inputs"), seed=self.seed if seed is None else seed)
+
+    def save(self, directory: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write the output directory atomically (see :func:`cimc.report.write_output`); returns its path."""
+        from cimc.report import write_output
+
+        return write_output(self, Path(directory), force=force)
+
+
+def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSource, target: Target,
+            inputs: dict[str, np.ndarray], seed: int, where: str) -> dict[str, Any]:
+    from cimc.interpreter import run
+    from cimc.verify import compare, top1_accuracy
+
+    target.register_ops()
+    ours = run(program, inputs, seed=seed)
+    ref_q = run(quantized, inputs, seed=seed)
+    exact = compare(ours, ref_q)
+    if src.onnx is not None:
+        from cimc.onnx_io.runtime import run_onnxruntime
+
+        ref_f, by = run_onnxruntime(src.onnx, inputs), "onnxruntime"
+    else:  # no ONNX model to give onnxruntime: the float graph in the reference interpreter
+        ref_f, by = run(float_graph, inputs, seed=seed), "interpreter"
+    c = compare(ours, ref_f)
+    out: dict[str, Any] = {
+        "inputs": where, "samples": int(next(iter(inputs.values())).shape[0]) if inputs else 0,
+        "reference_exact": bool(exact.exact), "quantized_max_abs_error": exact.max_abs_error,
+        "float_reference": by, "max_abs_error": c.max_abs_error, "cosine": c.cosine,
+        "top1_agreement": c.top1_agreement}
+    if src.zoo is not None and where == "zoo test split":
+        y = src.zoo.y_test
+        first = next(iter(ref_f))
+        out["top1_program"] = top1_accuracy(ours[first], y)
+        out["top1_quantized"] = top1_accuracy(ref_q[first], y)
+        out["top1_float"] = top1_accuracy(np.asarray(ref_f[first]), y)
+    return out
+
+
+def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str | Target = "sram-cim",
+            pipeline: str | Pipeline | None = None,
+            spec: Spec | str | os.PathLike[str] | Mapping[str, Any] | None = None,
+            calibration: Mapping[str, np.ndarray] | np.ndarray | None = None, seed: int = 0, verify: bool = False,
+            inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, *, progress: bool | None = None,
+            verify_each: bool = False) -> CompiledModel:
+    """Compile ``model`` for ``target`` (see the module docstring for the steps and defaults).
+
+    ``progress``: a per-pass status line on standard error (default: when it is a terminal).
+    ``verify_each``: run the IR verifier after every pass.
+    """
+    from cimc.cost import program_cost
+    from cimc.pipeline import Pipeline
+
+    tgt = resolve_target(target, spec)
+    front = Pipeline.parse(tgt.default_pipeline()) if pipeline is None else (
+        Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline)
+    lowering = Pipeline.parse(",".join(tgt.lowering_passes()))
+    src = load_source(model)
+    graph = src.graph
+    float_graph = graph.copy() if verify and src.onnx is None else graph
+
+    if calibration is not None:
+        calib, calib_from = _named(calibration, graph, "calibration"), "given"
+    elif src.zoo is not None:
+        from cimc import zoo
+
+        calib, calib_from = _named(zoo.calibration_set(), graph, "calibration"), "zoo calibration set"
+    else:
+        logger.warning("no calibration inputs given for %s: calibrating on %d seeded random inputs; "
+                       "give real samples (calibration=..., --calibration x.npz) for meaningful ranges",
+                       src.label, SAMPLES)
+        calib, calib_from = random_inputs(graph, seed), "random (seeded)"
+    n_calib = int(next(iter(calib.values())).shape[0]) if calib else 0
+
+    total = len(front.passes) + len(lowering.passes)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = ProgressInstrument(sys.stderr, total) if show and total else None
+    ctx = PassContext(target=tgt, calibration=calib, seed=seed, verify_each=verify_each,
+                      instruments=[bar] if bar else [])
+    try:
+        PassManager(front, ctx).run(graph)
+        quantized = graph.copy()
+        tgt.register_ops()
+        if lowering.passes:
+            PassManager(lowering, ctx).run(graph)
+    finally:
+        if bar:
+            bar.done()
+    program = graph
+    cost = program_cost(program, tgt) if callable(getattr(tgt, "op_cost", None)) else None
+    if cost is None:
+        logger.warning("target '%s' has no op_cost(): the report has no cycles or energy", tgt.name)
+    mapping = _mapping(program, quantized, tgt)
+
+    checks = None
+    if verify:
+        if inputs is not None:
+            sample, where = _named(inputs, quantized, "inputs"), "given"
+        elif src.zoo is not None:
+            sample, where = {src.zoo.input_name: np.asarray(src.zoo.x_test)}, "zoo test split"
+        else:
+            sample, where = random_inputs(quantized, seed + 1), "random (seeded)"
+        checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where)
+
+    result = CompiledModel(program, quantized, tgt, src, str(Pipeline((*front.passes, *lowering.passes))),
+                           str(lowering), cost, mapping, checks, f"{calib_from} ({n_calib} samples)", seed)
+    from cimc.report import build_report
+
+    result.report = build_report(result)
+    return result
+
+
+def _mapping(program: Graph, quantized: Graph, target: Target) -> list[dict[str, Any]] | None:
+    """The weight mapping table: ``cimc.tiling.mapping_table(quantized, target)`` if the tiling module
+    offers one, else one row per node carrying a ``tile.map`` table (tiles, arrays, cell utilisation:
+    used cells over the cells of the arrays its tiles occupy), else ``None``."""
+    try:
+        from cimc.tiling import mapping_table  # type: ignore[attr-defined]
+    except ImportError:
+        mapping_table = None
+    if mapping_table is not None:
+        return mapping_table(quantized, target)
+    try:
+        from cimc.tiling import TILE_COLUMNS
+    except ImportError:
+        return None
+    caps = target.capabilities()
+    col = {c: i for i, c in enumerate(TILE_COLUMNS)}
+    rows = []
+    for node in quantized.nodes:
+        table = node.attrs.get("tile.map")
+        if not isinstance(table, np.ndarray) or table.ndim != 2 or table.shape[1] != len(TILE_COLUMNS):
+            continue
+        t = table.astype(np.int64)
+        used = int(((t[:, col["k1"]] - t[:, col["k0"]]) * (t[:, col["col1"]] - t[:, col["col0"]])).sum())
+        rows.append({"layer": node.name, "op": node.op, "tiles": len(t),
+                     "arrays": sorted({int(a) for a in t[:, col["array"]]}),
+                     "cells_used": used, "utilization": used / (len(t) * caps.rows * caps.cols) if len(t) else 0.0})
+    return rows or None
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`compile`: importing the submodule ``cimc.compile`` sets the
+    package attribute ``cimc.compile`` to the module, so ``cimc.compile(model, ...)`` must work on it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CompiledModel:
+        return compile(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

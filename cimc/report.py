@@ -1,0 +1,175 @@
+"""The outputs of ``cimc compile``: ``report.json``, the readable ``report.txt``, and the output
+directory, written atomically and deterministically.
+
+Directory contents: ``program.cimir`` (+ ``program.npz``: the array images and large constants),
+``quantized.cimir`` (+ ``quantized.npz``), ``report.json``, ``report.txt``. It is built in a
+temporary directory beside the destination and moved into place with one ``os.rename``; with
+``force`` an existing directory is renamed away first and deleted after the new one is in place.
+The same inputs, options and seed give byte-identical files: no timestamps (zip members get the
+fixed date 1980-01-01), no absolute paths, JSON keys sorted.
+
+``report.json`` (``REPORT_VERSION`` 1): ``model`` (name, source), ``target`` (name, spec), ``pipeline``
+(the text run, and the lowering part), ``seed``, ``calibration``, ``program`` (node count, ops by
+name), ``cost`` (:meth:`cimc.cost.CostReport.to_dict`: per layer and total cycles, latency_us,
+energy_pj, macs, weight_load_bytes, by_unit; ``null`` if the target has no cost model),
+``array_busy_fraction`` (array cycles over total cycles), ``mapping`` (per-layer tiles, arrays and
+cell utilisation, or ``null``), ``verify`` (``null`` unless asked: reference_exact,
+quantized_max_abs_error, max_abs_error, cosine, top1_agreement, float_reference, inputs, samples,
+and top1_program / top1_quantized / top1_float for zoo models), ``versions``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cimc.errors import InputError
+
+if TYPE_CHECKING:
+    from cimc.compile import CompiledModel
+
+__all__ = ["REPORT_VERSION", "build_report", "default_output_dir", "report_text", "write_output"]
+
+REPORT_VERSION = 1
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)  # JSON has no inf/nan
+    return x
+
+
+def build_report(c: CompiledModel) -> dict[str, Any]:
+    """The ``report.json`` content of a compile (see the module docstring for the keys)."""
+    import onnx
+
+    import cimc
+
+    array = c.cost.total.by_unit.get("array", {}).get("cycles", 0.0) if c.cost else 0.0
+    busy = array / c.cost.total.cycles if c.cost and c.cost.total.cycles else None
+    return _jsonable({
+        "report_version": REPORT_VERSION,
+        "model": {"name": c.source.name, "source": c.source.label},
+        "target": {"name": c.target.name, "spec": c.target.spec.to_dict()},
+        "pipeline": {"run": c.pipeline, "lowering": c.lowering},
+        "seed": c.seed,
+        "calibration": c.calibration,
+        "program": {"nodes": len(c.program.nodes), "ops": dict(sorted(Counter(n.op for n in c.program.nodes).items()))},
+        "cost": c.cost.to_dict() if c.cost else None,
+        "array_busy_fraction": busy,
+        "mapping": c.mapping,
+        "verify": c.verify,
+        "versions": {"cimc": cimc.__version__, "numpy": np.__version__, "onnx": onnx.__version__,
+                     "python": "{}.{}".format(*sys.version_info[:2])},
+    })
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def report_text(c: CompiledModel) -> str:
+    """The readable report: what was compiled how, the cost table, the mapping, the checks."""
+    r = c.report
+    lines = [f"cimc compile report: {r['model']['source']} for target {r['target']['name']}",
+             f"pipeline: {r['pipeline']['run']}", f"calibration: {r['calibration']}; seed {r['seed']}",
+             f"program: {r['program']['nodes']} ops ("
+             + ", ".join(f"{k} x{v}" for k, v in r["program"]["ops"].items()) + ")", ""]
+    if c.cost is not None:
+        lat = c.cost.latency_us
+        lines += [f"total: {c.cost.total.cycles:.0f} cycles"
+                  + (f" = {lat:.3f} us at {c.cost.clock_mhz:g} MHz" if lat is not None else "")
+                  + f", {c.cost.total.energy_pj / 1e3:.3f} nJ, {c.cost.total.macs} MACs, "
+                  f"weight reload {c.cost.total.load_bytes} B, arrays busy {_fmt(r['array_busy_fraction'])}",
+                  "", c.cost.table(), ""]
+    else:
+        lines += ["cost: the target has no cost model (op_cost)", ""]
+    if c.mapping:
+        keys = [k for k in c.mapping[0] if k != "arrays"]
+        rows = [keys, *[[_fmt(m[k]) for k in keys] for m in c.mapping]]
+        w = [max(len(row[i]) for row in rows) for i in range(len(keys))]
+        lines += ["mapping:", *("  ".join(v.ljust(w[i]) for i, v in enumerate(row)).rstrip() for row in rows), ""]
+    if c.verify is not None:
+        lines += ["verify:", verify_summary(c.verify), ""]
+    lines.append("target spec: " + ", ".join(f"{k}={v}" for k, v in r["target"]["spec"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def verify_summary(v: dict[str, Any]) -> str:
+    """The verify results in a few lines (what ``cimc compile --verify`` prints)."""
+    out = [f"  on {v['samples']} inputs ({v['inputs']})",
+           f"  vs quantized graph (interpreter): {'EXACT' if v['reference_exact'] else 'DIFFERENT'} "
+           f"(max abs error {_fmt(v['quantized_max_abs_error'])})",
+           f"  vs float model ({v['float_reference']}): max abs error {_fmt(v['max_abs_error'])}, "
+           f"cosine {_fmt(v['cosine'])}, top-1 agreement {_fmt(v['top1_agreement'])}"]
+    if "top1_program" in v:
+        out.append(f"  top-1 on labels: program {v['top1_program']:.4f}, quantized {v['top1_quantized']:.4f}, "
+                   f"float {v['top1_float']:.4f}")
+    return "\n".join(out)
+
+
+def default_output_dir(c: CompiledModel) -> Path:
+    """``<model stem>.<target>.cimc`` in the current directory."""
+    return Path(f"{c.source.name}.{c.target.name}.cimc")
+
+
+def _write_files(c: CompiledModel, d: Path) -> None:
+    from cimc.text import save_graph
+
+    for stem, graph in (("program", c.program), ("quantized", c.quantized)):
+        save_graph(graph, d / f"{stem}.cimir")
+    (d / "report.json").write_text(json.dumps(c.report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (d / "report.txt").write_text(report_text(c), encoding="utf-8")
+
+
+def write_output(c: CompiledModel, directory: Path, *, force: bool = False) -> Path:
+    """Write the output directory atomically (build beside it, then rename); an existing one is an
+    error unless ``force``, which replaces it (old renamed away, new renamed in, old deleted)."""
+    directory = Path(directory)
+    parent = directory.parent
+    if not parent.is_dir():
+        raise InputError(f"{directory}: cannot write it, directory {parent} does not exist")
+    if directory.exists() and not force:
+        raise InputError(f"{directory} already exists; remove it, choose another with -o, or replace it with --force")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+    old: Path | None = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        _write_files(c, tmp)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=parent))
+            os.rename(directory, old / "d")
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "d").exists() and not directory.exists():
+            os.rename(old / "d", directory)  # put the old output back
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
