@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from cimc import __version__
 from cimc.errors import CimcError, UnsupportedOpError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import lookup
@@ -59,8 +61,6 @@ def export_model(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
     g = helper.make_graph(nodes, graph.name, [_value_info(v) for v in graph.inputs],
                           [_value_info(v) for v in graph.outputs], value_info=value_info)
     opsets = [helper.make_opsetid("", opset)]
-    from cimc import __version__
-
     model = helper.make_model(g, opset_imports=opsets, producer_name="cimc", producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
     for v in graph.constants.values():  # filled in place: protobuf copies of big tensors are slow
@@ -108,20 +108,16 @@ def _node(node: Node, opset: int, outputs: set[int]) -> onnx.NodeProto:
     try:
         schema = onnx.defs.get_schema(node.op, opset, "")
     except onnx.defs.SchemaError:
-        first = onnx.defs.get_schema(node.op, onnx.defs.onnx_opset_version(), "")
-        while True:  # walk back to the first version of the op
-            try:
-                first = onnx.defs.get_schema(node.op, first.since_version - 1, "")
-            except onnx.defs.SchemaError:
-                break
-        raise CimcError(f"{where}: the op first exists in ONNX opset {first.since_version}; "
-                        f"export with opset >= {first.since_version}, not {opset}") from None
+        first = _first_opset(node.op, opset, lambda s: True)
+        raise CimcError(f"{where}: the op first exists in ONNX opset {first}; "
+                        f"export with opset >= {first}, not {opset}") from None
     inputs = list(node.inputs)
     while inputs and inputs[-1] is None:
         inputs.pop()
     if len(inputs) > schema.max_input:
+        first = _first_opset(node.op, opset, lambda s: s.max_input >= len(inputs))
         raise CimcError(f"{where}: has {len(inputs)} operands but {node.op} at opset {opset} takes at most "
-                        f"{schema.max_input} (its newest form needs opset >= {_newest_since(node.op)})")
+                        f"{schema.max_input}; export with opset >= {first}")
     names = [v.name if v is not None else "" for v in inputs]
     outs = [_output_name(node, i, v, schema, outputs) for i, v in enumerate(node.outputs)]
     proto = helper.make_node(node.op, names, outs, name=node.name)
@@ -129,8 +125,15 @@ def _node(node: Node, opset: int, outputs: set[int]) -> onnx.NodeProto:
     return proto
 
 
-def _newest_since(op: str) -> int:
-    return onnx.defs.get_schema(op, onnx.defs.onnx_opset_version(), "").since_version
+def _first_opset(op: str, after: int, ok: Callable[[Any], bool]) -> int:
+    """The first opset after ``after`` whose schema of ``op`` satisfies ``ok``."""
+    for version in range(after + 1, onnx.defs.onnx_opset_version() + 1):
+        try:
+            if ok(onnx.defs.get_schema(op, version, "")):
+                return version
+        except onnx.defs.SchemaError:
+            continue
+    return onnx.defs.onnx_opset_version()
 
 
 def _output_name(node: Node, index: int, v: Value, schema: Any, outputs: set[int]) -> str:
@@ -153,8 +156,9 @@ def _attributes(node: Node, schema: Any, opset: int, where: str) -> list[onnx.At
             default = opdef.attrs[key].default if opdef is not None and key in opdef.attrs else None
             if _same(value, default) or ((node.op, key) in _DROPPABLE and value == len(node.outputs)):
                 continue
+            first = _first_opset(node.op, opset, lambda s, k=key: k in s.attributes)
             raise CimcError(f"{where}: attribute {key}={value!r} does not exist in {node.op} at opset {opset} "
-                            f"(only from opset {_newest_since(node.op)}); export with a newer opset")
+                            f"and is not at its default {default!r}; export with opset >= {first}")
         out.append(_attribute(key, value, spec.type, where))
     return out
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cimc.errors import InputError, UnsupportedOpError, VerifyError
+from cimc.errors import InputError, VerifyError
 from cimc.ir.core import Node
 from cimc.ir.opdef import AttrSpec, InferContext, define_op
 from cimc.ir.types import ONNX_CODE_OF_DTYPE, DType, Shape, TensorType, dtype_from_onnx_code
