@@ -1,7 +1,9 @@
 """The ``cimc`` command line: import, optimise and run models, and list the passes.
 
 Subcommands: ``import`` (ONNX to ``.cimir``), ``opt`` (run a pass pipeline), ``run`` (reference
-interpreter on given or random inputs), ``compile`` (a target's program, report and checks, see
+interpreter on given or random inputs; a ``.cimir`` file may hold any registered target's
+instructions, e.g. a compiled ``program.cimir``, and an op no one defines is an error at its line
+and column), ``compile`` (a target's program, report and checks, see
 :mod:`cimc.compile`), ``passes`` (the registry with options and docs). ``--plugin FILE.py`` imports
 a Python file first, so the passes and targets it registers can be named. Every
 error a user can cause (``CimcError``, ``OSError``, undecodable files) becomes one line
@@ -68,8 +70,44 @@ def load(path: str | Path) -> Graph:
 
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        return load_graph(path)
+        _register_target_ops()  # a compiled program.cimir holds target instructions
+        graph = load_graph(path)
+        _check_ops(graph, path)
+        return graph
     raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; expected .onnx or .cimir")
+
+
+def _register_target_ops() -> None:
+    from cimc.targets import all_targets
+
+    for cls in all_targets().values():
+        cls().register_ops()
+
+
+def _check_ops(graph: Graph, path: Path) -> None:
+    """A ``ParseError`` at the line and column of the first node whose op no one defines."""
+    import difflib
+    import re
+
+    from cimc.errors import ParseError
+    from cimc.ir.opdef import all_ops
+
+    known = all_ops()
+    for node in graph.nodes:
+        if node.op in known:
+            continue
+        line = col = None
+        op = re.escape(node.op)
+        for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if m := re.search(rf'= (?:{op}|"{op}")\(.*loc\("{re.escape(node.name)}"\)', text) or (
+                    line is None and re.search(rf'= (?:{op}|"{op}")\(', text)):
+                line, col = i, m.start() + 3
+                if "loc(" in m.group(0):
+                    break
+        close = difflib.get_close_matches(node.op, list(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ParseError(f"node {node.name!r}: unknown op '{node.op}'; {hint}(`cimc` defines the ONNX ops, q.*, "
+                         f"vec.* and each target's instructions)", source=str(path), line=line, column=col)
 
 
 def save(graph: Graph, path: str | Path | None) -> None:

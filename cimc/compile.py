@@ -7,6 +7,7 @@
    quantization, tiling. The graph after it is ``quantized``, the integer reference;
 3. ``target.register_ops()``, then the target's :meth:`~cimc.target.Target.lowering_passes`: the
    result is the ``program`` (if a target lowers nothing yet, the program is the quantized graph);
+   :func:`check_supported` then rejects any op the target's capabilities do not run;
 4. cost: ``target.op_cost`` for every program op (:func:`cimc.cost.program_cost`), and the
    target's weight mapping table where one exists (``cimc.tiling.mapping_table``);
 5. with ``verify``: runs the program on sample inputs and compares it with onnxruntime on the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from cimc.pipeline import Pipeline
     from cimc.target import Spec, Target
 
-__all__ = ["CompiledModel", "ModelSource", "compile", "load_source", "resolve_target"]
+__all__ = ["CompiledModel", "ModelSource", "check_supported", "compile", "load_source", "resolve_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +190,10 @@ class CompiledModel:
     seed: int = 0
     report: dict[str, Any] = field(default_factory=dict)
     """The ``report.json`` content (cost, mapping, verify results, pipeline, target spec, versions)."""
+    timings: dict[str, Any] = field(default_factory=dict)
+    """Wall-clock seconds (``timings.json``, the one output file that differs between runs): per pass
+    (``passes``: pass, seconds, modified), ``passes_seconds``, ``verify_seconds`` (``None`` without
+    verify) and ``total_seconds`` (passes, cost, mapping and verify; not import or saving)."""
 
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Run the program in the reference interpreter (the target's ops registered); outputs by name."""
@@ -273,12 +279,20 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     bar = ProgressInstrument(sys.stderr, total) if show and total else None
     ctx = PassContext(target=tgt, calibration=calib, seed=seed, verify_each=verify_each,
                       instruments=[bar] if bar else [])
+    start, timings = time.perf_counter(), []
+
+    def run_passes(part: Pipeline) -> None:
+        pm = PassManager(part, ctx)
+        pm.run(graph)
+        timings.extend(pm.timings)
+
     try:
-        PassManager(front, ctx).run(graph)
+        run_passes(front)
+        check_supported(graph, tgt)  # before the lowering's work
         quantized = graph.copy()
         tgt.register_ops()
-        if lowering.passes:
-            PassManager(lowering, ctx).run(graph)
+        run_passes(lowering)
+        check_supported(graph, tgt)
     finally:
         if bar:
             bar.done()
@@ -288,7 +302,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         logger.warning("target '%s' has no op_cost(): the report has no cycles or energy", tgt.name)
     mapping = _mapping(program, quantized, tgt)
 
-    checks = None
+    checks, verify_s = None, None
     if verify:
         if inputs is not None:
             sample, where = _named(inputs, quantized, "inputs"), "given"
@@ -296,14 +310,46 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
             sample, where = {src.zoo.input_name: np.asarray(src.zoo.x_test)}, "zoo test split"
         else:
             sample, where = random_inputs(quantized, seed + 1), "random (seeded)"
+        t0 = time.perf_counter()
         checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where)
+        verify_s = time.perf_counter() - t0
 
     result = CompiledModel(program, quantized, tgt, src, str(Pipeline((*front.passes, *lowering.passes))),
                            str(lowering), cost, mapping, checks, f"{calib_from} ({n_calib} samples)", seed)
+    result.timings = {"passes": [{"pass": r.name, "seconds": r.seconds, "modified": r.modified} for r in timings],
+                      "passes_seconds": sum(r.seconds for r in timings), "verify_seconds": verify_s,
+                      "total_seconds": time.perf_counter() - start}
     from cimc.report import build_report
 
     result.report = build_report(result)
     return result
+
+
+def check_supported(program: Graph, target: Target) -> None:
+    """Raise ``UnsupportedOpError`` for the first op of ``program`` that ``target`` cannot run: one that
+    is neither an array op (and, unless the arrays take two activations, one with a constant weight),
+    nor a vector-unit op, nor the target's own instruction (:meth:`cimc.target.Capabilities.unit_of`)."""
+    from cimc.errors import UnsupportedOpError
+    from cimc.targets import all_targets
+
+    caps = target.capabilities()
+    for node in program.nodes:
+        unit = caps.unit_of(node.op)
+        dynamic = unit == "array" and len(node.inputs) > 1 and node.inputs[1] is not None \
+            and node.inputs[1].const is None and not caps.dynamic_matmul
+        if unit is not None and not dynamic:
+            continue
+        why = ("its arrays hold constant weights only, and this matmul multiplies two activations" if dynamic
+               else "it is neither an array op nor a vector-unit op nor one of the target's instructions")
+        runs = "every op" if "*" in caps.vector_ops else ", ".join(sorted(caps.vector_ops))
+        own = ", ".join(o + "*" if o.endswith(".") else o for o in caps.own_ops) or "none"
+        others = [name for name, cls in all_targets().items() if name != target.name
+                  and cls().capabilities().unit_of(node.op) is not None]
+        raise UnsupportedOpError(
+            f"target '{target.name}' cannot run op {node.op} (node {node.name!r}): {why}; it runs on its arrays: "
+            f"{', '.join(caps.array_ops)}; on its vector unit: {runs.replace('vec.', 'vec.*')}; its instructions: "
+            f"{own}. Replace {node.op} in the model with ops from these lists"
+            + (f", or compile for a target that runs it ({', '.join(others)})" if others else ""))
 
 
 def _mapping(program: Graph, quantized: Graph, target: Target) -> list[dict[str, Any]] | None:

@@ -232,12 +232,12 @@ class PassManager:
                     if hasattr(inst, "after_pass"):
                         inst.after_pass(pass_, graph, ctx, result)
             except Exception as e:
-                done = ", ".join(p.name for p in passes[:i])
+                done = f"after [{', '.join(p.name for p in passes[:i])}]" if i else "as the first pass"
                 why = str(e) if isinstance(e, CimcError) else f"{type(e).__name__}: {e}"
                 where = ""
                 if snapshot is not None:
                     where = f" (reproducer: {self._write_reproducer(snapshot, i)})"
-                raise PassError(f"pass '{pass_.name}' failed after [{done}]: {why}{where}") from e
+                raise PassError(f"pass '{pass_.name}' failed {done}: {why}{where}") from e
             modified |= result.modified
         return PassResult(modified)
 

@@ -2,11 +2,13 @@
 directory, written atomically and deterministically.
 
 Directory contents: ``program.cimir`` (+ ``program.npz``: the array images and large constants),
-``quantized.cimir`` (+ ``quantized.npz``), ``report.json``, ``report.txt``. It is built in a
+``quantized.cimir`` (+ ``quantized.npz``), ``report.json``, ``report.txt``, ``timings.json``. It is built in a
 temporary directory beside the destination and moved into place with one ``os.rename``; with
 ``force`` an existing directory is renamed away first and deleted after the new one is in place.
 The same inputs, options and seed give byte-identical files: no timestamps (zip members get the
-fixed date 1980-01-01), no absolute paths, JSON keys sorted.
+fixed date 1980-01-01), no absolute paths, JSON keys sorted. The one exception is ``timings.json``
+(wall-clock seconds per pass, of verification and in total: :attr:`cimc.compile.CompiledModel.timings`),
+kept out of the reports so that they stay reproducible.
 
 ``report.json`` (``REPORT_VERSION`` 1): ``model`` (name, source), ``target`` (name, spec), ``pipeline``
 (the text run, and the lowering part), ``seed``, ``calibration``, ``program`` (node count, ops by
@@ -137,6 +139,7 @@ def _write_files(c: CompiledModel, d: Path) -> None:
         save_graph(graph, d / f"{stem}.cimir")
     (d / "report.json").write_text(json.dumps(c.report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (d / "report.txt").write_text(report_text(c), encoding="utf-8")
+    (d / "timings.json").write_text(json.dumps(_jsonable(c.timings), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def write_output(c: CompiledModel, directory: Path, *, force: bool = False) -> Path:

@@ -44,9 +44,28 @@ __all__ = ["ARRAY_OPS", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target",
 
 ARRAY_OPS = ("q.conv", "q.gemm", "q.matmul")
 """The integer matrix ops a target may run on its arrays (weights held in the array)."""
-VECTOR_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize", "MaxPool", "AveragePool", "GlobalAveragePool",
-              "Relu", "Clip", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
-"""The ops a digital vector unit runs on integer activations (requantization, pooling, data layout)."""
+VECTOR_OPS = (
+    # integer: requantization and the lowering's shared helpers (every ``vec.*`` op, a namespace)
+    "q.requant", "q.add", "q.quantize", "q.dequantize", "vec.",
+    # pooling and reductions
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
+    "ReduceMin", "ArgMax",
+    # elementwise, integer or float (what the quantizer leaves in float: residual adds, GELU, scaling)
+    "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Log", "Sqrt",
+    "Reciprocal", "Neg", "Abs", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less",
+    "Greater", "Cast",
+    # normalisation and attention: per-row float work, and the matmuls between two activations that the
+    # quantizer leaves in float (constant-weight matmuls become q.matmul, on the arrays)
+    "Softmax", "LayerNormalization", "BatchNormalization", "MatMul",
+    # data layout and shape arithmetic
+    "Concat", "Split", "Slice", "Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand",
+    "Pad", "Identity", "Shape", "ConstantOfShape", "Dropout")
+"""The ops a digital vector unit runs: requantization, the shared ``vec.*`` lowering helpers (an entry
+ending in ``.`` is a namespace), pooling, elementwise and normalisation ops (integer or float), the
+float matmuls between two activations (attention) and data layout. Not here, so not run by a target
+that keeps this default: float convolutions and constant-weight float matmuls (``Conv``,
+``ConvTranspose``, ``Gemm``; the quantizer makes the supported ones ``q.*`` array ops), ``LRN``, and
+recurrent layers (``LSTM``), which a target adds to its own ``vector_ops`` if its vector unit runs them."""
 
 
 def param(default: Any, doc: str, *, unit: str = "", source: str, ge: float | None = None,
@@ -301,7 +320,10 @@ class Capabilities:
     ``ceil(b / cell_bits)`` columns. Inputs enter in slices of ``dac_bits`` (1 = bit-serial),
     ``rows_per_op`` word lines at a time; each column's partial sum passes an ADC of ``adc_bits``
     (``None``: digital accumulation, always exact). Ops in ``array_ops`` run on the arrays, ops in
-    ``vector_ops`` on the digital vector unit.
+    ``vector_ops`` on the digital vector unit, and ``own_ops`` are the target's instructions (the ops
+    its lowering emits); an entry ending in ``.`` names a namespace (``"sram."``), and ``"*"`` in
+    ``vector_ops`` means the vector unit runs every op. Any other op the target cannot run: the
+    compile driver rejects it (:func:`cimc.compile.check_supported`).
     """
 
     rows: int
@@ -319,10 +341,16 @@ class Capabilities:
     """Whether the arrays also run matmuls whose both operands are activations (attention)."""
     skips_zero_blocks: bool = False
     """Whether the arrays skip the word-line operations of all-zero row blocks (see ``sparsify``)."""
+    own_ops: tuple[str, ...] = ()
+    """The target's own instruction ops (names or namespaces such as ``"sram."``)."""
 
-    def unit_of(self, op: str) -> Literal["array", "vector"] | None:
-        """Where ``op`` runs: ``"array"``, ``"vector"``, or ``None`` if this target does not run it."""
-        return "array" if op in self.array_ops else "vector" if op in self.vector_ops else None
+    def unit_of(self, op: str) -> Literal["array", "vector", "own"] | None:
+        """Where ``op`` runs: ``"array"``, ``"vector"``, ``"own"`` (a target instruction), or ``None``
+        if this target does not run it."""
+        for unit, ops in (("array", self.array_ops), ("own", self.own_ops), ("vector", self.vector_ops)):
+            if op in ops or any(o.endswith(".") and op.startswith(o) for o in ops) or (unit == "vector" and "*" in ops):
+                return unit  # type: ignore[return-value]
+        return None
 
     def lossless_adc_bits(self, rows_per_op: int | None = None, dac_bits: int | None = None,
                           cell_bits: int | None = None) -> int:

@@ -17,7 +17,7 @@ from cimc.compile import CompiledModel, compile
 from cimc.errors import CimcError, InputError
 from cimc.onnx_io import import_model
 
-FILES = {"program.cimir", "quantized.cimir", "report.json", "report.txt"}
+FILES = {"program.cimir", "quantized.cimir", "report.json", "report.txt", "timings.json"}
 TARGETS = sorted(all_targets())
 
 
@@ -59,12 +59,24 @@ def test_compile_writes_a_complete_output_dir(tmp_path: Path, target: str, model
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_compile_is_deterministic(tmp_path: Path, target: str) -> None:
-    a = _compile("zoo:resnet_tiny", target).save(tmp_path / "a")
-    b = _compile("zoo:resnet_tiny", target).save(tmp_path / "b")
+    a = _compile("zoo:resnet_tiny", target, seed=7).save(tmp_path / "a")
+    b = _compile("zoo:resnet_tiny", target, seed=7).save(tmp_path / "b")
     names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) and "timings.json" in names
     for n in names:
-        assert (a / n).read_bytes() == (b / n).read_bytes(), n
+        if n != "timings.json":  # wall-clock times: the one file allowed to differ
+            assert (a / n).read_bytes() == (b / n).read_bytes(), n
+    t = json.loads((a / "timings.json").read_text())
+    assert [r["pass"] for r in t["passes"]] == _pass_names(a)
+    assert t["total_seconds"] >= t["passes_seconds"] > 0 and t["verify_seconds"] is None
+    for n in ("report.json", "report.txt"):
+        assert "seconds" not in (a / n).read_text() and "timing" not in (a / n).read_text(), n
+
+
+def _pass_names(out: Path) -> list[str]:
+    from cimc.pipeline import Pipeline
+
+    return [p.name for p in Pipeline.parse(json.loads((out / "report.json").read_text())["pipeline"]["run"]).passes]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -75,6 +87,7 @@ def test_verify_is_exact_with_a_lossless_spec(target: str) -> None:
         assert key in v, key
     assert v["reference_exact"] is True and v["samples"] == len(zoo.load("lenet_bn").y_test)
     assert v["cosine"] > 0.99 and v["top1_program"] > 0.9 and v["float_reference"] == "onnxruntime"
+    assert c.timings["verify_seconds"] > 0 and c.timings["total_seconds"] > c.timings["verify_seconds"]
 
 
 def test_api_inputs_graph_model_random_calibration_and_spec_dict(caplog: pytest.LogCaptureFixture) -> None:
