@@ -6,7 +6,9 @@ are kept. Built-in ops are in the form of the newest ONNX schema; at the export 
 checked against the schema in effect there: an attribute that schema lacks is dropped when it
 holds its default and is an error otherwise, as are more operands than the schema takes. Absent
 optional operands and unread placeholder results (``<node>_unused_<i>``) become ``""``.
-cimc's own ops (dotted names such as ``q.requant``) have no ONNX form and are an error.
+cimc's own ops (dotted names such as ``q.requant``) have no ONNX form and are an error. A graph
+input or output of unknown rank is written without a shape: onnxruntime runs it, the ONNX checker
+rejects it (it requires a shape on graph inputs and outputs).
 """
 
 from __future__ import annotations
