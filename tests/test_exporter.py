@@ -334,3 +334,14 @@ def test_save_model_large_constants_go_to_external_data(tmp_path, monkeypatch) -
     np.testing.assert_allclose(sess.run(None, {"x": xs})[0], xs @ w.const, rtol=1e-4, atol=1e-4)
     back = import_model(onnx.load(path))  # onnx.load reads the data file beside the model
     np.testing.assert_array_equal(back.constants["w"].const, w.const)
+
+
+def test_graph_metadata_survives_an_onnx_round_trip():
+    from cimc.ir import DType, Graph, TensorType
+    from cimc.onnx_io import export_model, import_model
+
+    g = Graph()
+    x = g.add_input("x", TensorType(DType.f32, (2,)))
+    g.outputs = [g.add_node("Relu", [x]).output]
+    g.metadata["quant.requant"] = "fixed"
+    assert import_model(export_model(g)).metadata["quant.requant"] == "fixed"

@@ -68,7 +68,8 @@ def import_model(model: onnx.ModelProto) -> Graph:
     """Turn an ONNX model into a Graph of cimc ops (newest op forms)."""
     opset = _default_opset(model)
     g = Graph(model.graph.name or "main")
-    g.metadata.update({"onnx.opset": str(opset)})
+    g.metadata.update({p.key: p.value for p in model.metadata_props})  # as the exporter writes them
+    g.metadata["onnx.opset"] = str(opset)
     if model.producer_name:
         g.metadata["onnx.producer"] = f"{model.producer_name} {model.producer_version}".strip()
     _check_supported(model.graph.node, opset)
