@@ -152,7 +152,7 @@ def _cmd_opt(args: argparse.Namespace) -> None:
     ctx = PassContext(verify_each=args.verify_each, print_ir_after=after,  # type: ignore[arg-type]
                       print_ir_after_change=args.print_ir_after_change,
                       dump_dir=Path(args.dump_dir) if args.dump_dir else None, seed=args.seed,
-                      calibration=read_npz(args.calibration) if args.calibration else None)
+                      calibration=_calibration(args))
     pm = PassManager(pipeline, ctx)
     try:
         pm.run(graph)
@@ -194,6 +194,18 @@ def _summary(outputs: dict[str, np.ndarray]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def _calibration(args: argparse.Namespace) -> dict[str, np.ndarray] | None:
+    """``--calibration``'s arrays; for a bundled model without it, the zoo's calibration set."""
+    if args.calibration:
+        return read_npz(args.calibration)
+    if args.input.startswith("zoo:"):
+        from cimc import zoo
+
+        model = zoo.load(args.input[4:])
+        return {model.input_name: zoo.calibration_set()}
+    return None
+
+
 def _onnx_source(spec: str) -> Path | None:
     """The ONNX file a model argument names, if it names one."""
     if spec.startswith("zoo:"):
@@ -223,7 +235,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if args.pipeline:
         from cimc.passmanager import PassContext, PassManager
 
-        ctx = PassContext(seed=args.seed, calibration=read_npz(args.calibration) if args.calibration else None)
+        ctx = PassContext(seed=args.seed, calibration=_calibration(args))
         pm = PassManager(args.pipeline, ctx)
         pm.run(graph)
         if args.timing:
@@ -350,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--random", action="store_true", help="random inputs (seeded)")
     src.add_argument("--test-set", action="store_true",
                      help="a bundled model's held-back digits test split; prints top-1 against its labels")
-    s.add_argument("--pipeline", metavar="SPEC", default="", help="passes to run before running the model")
+    s.add_argument("-p", "--pipeline", metavar="SPEC", default="", help="passes to run before running the model")
     s.add_argument("--calibration", metavar="NPZ", help="sample inputs for passes that calibrate")
     s.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
     s.add_argument("--compare-onnxruntime", action="store_true",

@@ -14,13 +14,18 @@ Algorithm:
 2. Ratios: ``per-layer`` layers get theirs; the others share ``ratio``. ``mode=magnitude``: each
    gets ``ratio``, except a layer where that would zero every unit, which is left alone (so the
    global ratio is not met then). ``mode=sensitivity`` (needs ``PassContext.calibration``): the
-   budget is ``ceil(ratio * their weights)``; each layer's candidate points are the distinct unit
-   prefixes of ratios 0.1 .. 0.9 (never a whole layer). A lazy greedy walk, starting unpruned,
-   takes the step (one layer to its next point) with the least loss increase per pruned weight,
-   loss measured by running the calibration set with the steps taken so far: the fraction of
-   top-1 predictions (first graph output) that differ from the unpruned model's, plus ``0.1 *``
-   its relative output MSE as a tie-breaker. Weight beyond the budget counts as no gain, and the
-   last step stops part-way, on the budget. The ``per-layer`` layers are pruned throughout.
+   budget is ``ceil(ratio * their weights)``; a layer's points are the unit prefixes of step 3 up to
+   ``max-layer-ratio`` of it (never a whole layer), its walk steps those nearest ratios 0.1 .. 0.9.
+   A lazy greedy walk, starting unpruned, takes the step (one layer to its next point) with the
+   least loss increase per pruned weight, loss measured by running the calibration set with the
+   steps taken so far: the fraction of top-1 predictions (first graph output) that differ from
+   the unpruned model's, plus ``0.1 *`` its relative output MSE as a tie-breaker. Weight beyond
+   the budget counts as no gain; the last step stops at that layer's first prefix on the budget;
+   then, while some layer can give back its last unit and the budget stays met, the one whose
+   loss is then lowest does, so the total exceeds the budget by less than the last unit of every
+   pruned layer. A step is refused when it cuts the network: the output stops varying with the
+   input, or the loss exceeds :data:`COLLAPSE`; the ratio is then not met (a warning). The
+   ``per-layer`` layers are pruned throughout.
 3. Pruning (:func:`cimc.sparsity.prune_mask`): a layer zeroes its units, lowest mean squared
    weight first, until the weights in all-zero units reach ``ceil(r * its weights)``; so ``r <=
    achieved < r + one unit``, unless more units were all zero before.
@@ -64,9 +69,9 @@ from cimc.sparsity import (
     expand,
     grams,
     input_rows,
-    prune,
     prune_mask,
     refit,
+    unit_stats,
     weight_view,
     zero_blocks,
     zero_channels,
@@ -82,6 +87,9 @@ CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Layer ratios whose unit prefixes are the sensitivity walk's steps."""
 MSE_WEIGHT = 0.1
 """Weight of the relative output MSE in the sensitivity loss (the tie-breaker)."""
+COLLAPSE = 0.5
+"""The sensitivity walk refuses a step whose loss exceeds this (more than half the calibration
+predictions changed): the pruned network no longer computes what the model did."""
 DEFAULT_GEOMETRY = {"rows_per_op": 16, "array_rows": 256, "group_channels": 32}
 """Geometry without options or target: 16 word lines on at once in 256-row arrays whose 256
 columns hold 32 output channels of 8-bit weights in 1-bit cells."""
@@ -143,11 +151,16 @@ class SparsifyPass(Pass):
     skip_last: bool = option(False, "Leave the last prunable layer (in graph order) alone.")
     refit: bool | None = option(None, "Refit kept weights and biases by least squares on the "
                                       "calibration inputs; none = when they are given.")
+    max_layer_ratio: float = option(0.9, "mode=sensitivity: the most of any one layer's weights the "
+                                         "walk may zero, 0 < max-layer-ratio < 1.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
             raise CimcError(f"option ratio={self.ratio} must be in [0, 1): the fraction of the "
                             "weights to zero, e.g. ratio=0.5")
+        if not 0 < self.max_layer_ratio < 1:
+            raise CimcError(f"option max-layer-ratio={self.max_layer_ratio} must be in (0, 1): the "
+                            "largest fraction of one layer mode=sensitivity may zero, e.g. 0.9")
         if self.min_params < 0:
             raise CimcError(f"option min-params={self.min_params} must be >= 0")
         for key in ("rows_per_op", "array_rows", "group_channels"):  # the rest once the target is known
@@ -301,54 +314,89 @@ class SparsifyPass(Pass):
                         node.set_input(k, work.add_constant(a, "sparsify_probe",
                                                             type=originals[i][k].type))  # type: ignore[union-attr]
 
-        points: dict[int, list[tuple[float, int]]] = {}  # free layer -> [(ratio, weights in zero units)]
+        bounds: dict[int, np.ndarray] = {}  # free layer -> its unit prefixes (weights in zero units)
+        points: dict[int, np.ndarray] = {}  # free layer -> the walk's points, a subset of bounds
         for i, ly in enumerate(layers):
             if ly.fixed:
                 set_ratio(i, ly.ratio)
                 continue
-            pts = {zero_count(ly.matrix, geom, gran): 0.0}
-            for r in CANDIDATES:
-                w = zero_count(prune(ly.matrix, r, geom, gran), geom, gran)
-                if w < ly.view.size:  # never a whole layer
-                    pts.setdefault(w, r)
-            points[i] = sorted((r, w) for w, r in pts.items())
-        at = dict.fromkeys(points, 0)
-        total, version = sum(p[0][1] for p in points.values()), 0
-        budget = math.ceil(self.ratio * sum(layers[i].view.size for i in points) - 1e-9)
-        loss = _loss(_output(work, calibration), reference) if len(points) < len(layers) else 0.0
+            b = _prefixes(ly.matrix, geom, gran)
+            bounds[i] = b = np.append(b[0], b[1:][(b[1:] < ly.view.size)
+                                                   & (b[1:] <= self.max_layer_ratio * ly.view.size)])
+            want = [math.ceil(r * ly.view.size - 1e-9) for r in CANDIDATES]
+            points[i] = np.unique(np.append(b[np.minimum(np.searchsorted(b, want), len(b) - 1)], b[0]))
+        cur = {i: int(b[0]) for i, b in bounds.items()}
+        total, version = sum(cur.values()), 0
+        budget = math.ceil(self.ratio * sum(layers[i].view.size for i in bounds) - 1e-9)
+        loss = _loss(_output(work, calibration), reference) if len(bounds) < len(layers) else 0.0
         heap: list[tuple[float, int, int, float]] = []  # (loss per weight, layer, version, loss after)
+
+        def probe(i: int, w: int) -> float | None:
+            """The loss with layer ``i`` at ``w`` zero weights (the rest as they are), or ``None``
+            when that disconnects the output from the input."""
+            set_ratio(i, w / layers[i].view.size)
+            out = _output(work, calibration)
+            set_ratio(i, cur[i] / layers[i].view.size)
+            after = _loss(out, reference)
+            if after > COLLAPSE or _disconnected(out, reference):
+                logger.debug("sparsify: %s at %d zero weights cuts the network (loss %.3f)",
+                             layers[i].node.name, w, after)
+                return None
+            return after
 
         def measure(i: int) -> None:
             """Queue layer ``i``'s next step, measured on the current state."""
-            if at[i] + 1 < len(points[i]):
-                (r0, w0), (r1, w1) = points[i][at[i]], points[i][at[i] + 1]
-                set_ratio(i, r1)
-                after = _loss(_output(work, calibration), reference)
-                set_ratio(i, r0)
-                heapq.heappush(heap, ((after - loss) / min(w1 - w0, budget - total), i, version, after))
-                logger.debug("sparsify: step %s %.2f -> %.2f: loss %.4f -> %.4f", layers[i].node.name,
-                             r0, r1, loss, after)
+            nxt = points[i][points[i] > cur[i]]
+            if nxt.size and (after := probe(i, int(nxt[0]))) is not None:
+                gain = min(int(nxt[0]) - cur[i], budget - total)
+                heapq.heappush(heap, ((after - loss) / gain, i, version, after))
+                logger.debug("sparsify: step %s %d -> %d: loss %.4f -> %.4f", layers[i].node.name,
+                             cur[i], nxt[0], loss, after)
 
-        for i in points if total < budget else ():
+        for i in bounds if total < budget else ():
             measure(i)
         while total < budget and heap:
             _, i, seen, after = heapq.heappop(heap)
             if seen != version:  # measured before the last step taken: measure again
                 measure(i)
                 continue
-            (_, w0), (r1, w1) = points[i][at[i]], points[i][at[i] + 1]
-            if total + w1 - w0 >= budget:  # the last step stops part-way, on the budget
-                at[i], layers[i].ratio, total = -1, (w0 + budget - total) / layers[i].view.size, budget
+            w1 = int(points[i][points[i] > cur[i]][0])
+            if total + w1 - cur[i] >= budget:  # the last step stops part-way: the first prefix on the budget
+                w1 = int(bounds[i][np.searchsorted(bounds[i], cur[i] + budget - total)])
+            total, cur[i], version = total + w1 - cur[i], w1, version + 1
+            set_ratio(i, w1 / layers[i].view.size)
+            loss = after if total < budget else _loss(_output(work, calibration), reference)
+            if total < budget:
+                measure(i)
+        while total > budget:  # give back whole units while the budget stays met, the cheapest first
+            best: tuple[float, int, int] | None = None
+            for i, b in bounds.items():
+                below = b[b < cur[i]]
+                if below.size and total - (cur[i] - int(below[-1])) >= budget:
+                    after = probe(i, int(below[-1]))
+                    if after is not None and (best is None or after < best[0]):
+                        best = (after, i, int(below[-1]))
+            if best is None:
                 break
-            at[i], total, loss, version = at[i] + 1, total + w1 - w0, after, version + 1
-            set_ratio(i, r1)
-            measure(i)
+            loss, i, w = best
+            total, cur[i] = total - (cur[i] - w), w
+            set_ratio(i, w / layers[i].view.size)
         if total < budget:
-            logger.warning("sparsify: ratio=%s is out of reach without zeroing whole layers; "
-                           "pruned %d of %d weights", self.ratio, total, budget)
-        for i, k in at.items():
-            if k >= 0:
-                layers[i].ratio = points[i][k][0]
+            logger.warning("sparsify: ratio=%s is out of reach without zeroing more than max-layer-ratio="
+                           "%s of a layer or cutting the network; pruned %d of %d weights",
+                           self.ratio, self.max_layer_ratio, total, budget)
+        for i, w in cur.items():
+            layers[i].ratio = w / layers[i].view.size
+
+
+def _prefixes(m: np.ndarray, geom: Geometry, gran: str) -> np.ndarray:
+    """The weights in all-zero units of every prefix :func:`prune_mask` can give ``m``, ascending:
+    the units already all zero, then one more unit at a time in its order."""
+    size, sq, nz = unit_stats(m, geom, gran)  # type: ignore[arg-type]
+    size, zero = size.ravel(), (nz == 0).ravel()
+    rest = np.flatnonzero(~zero)
+    order = rest[np.argsort((sq.ravel() / size)[rest], kind="stable")]
+    return np.concatenate([[0], np.cumsum(size[order])]).astype(np.int64) + int(size[zero].sum())
 
 
 def _run(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -368,6 +416,12 @@ def _loss(out: np.ndarray, ref: np.ndarray) -> float:
     """Top-1 disagreement with the unpruned model plus a small relative-MSE tie-breaker."""
     flips = float(np.mean(out.argmax(-1) != ref.argmax(-1)))
     return flips + MSE_WEIGHT * float(np.mean((out - ref) ** 2) / max(np.mean(ref**2), 1e-30))
+
+
+def _disconnected(out: np.ndarray, ref: np.ndarray) -> bool:
+    """Whether ``out`` no longer depends on the input: (almost) the same for every calibration
+    input, where the unpruned model's output ``ref`` varies."""
+    return float(np.var(out, axis=0).sum()) <= 1e-6 * float(np.var(ref, axis=0).sum())
 
 
 def _replace_operand(graph: Graph, node: Node, index: int, array: np.ndarray) -> None:
