@@ -162,26 +162,6 @@ def _cmd_opt(args: argparse.Namespace) -> None:
     save(graph, args.output)
 
 
-def _random_inputs(graph: Graph, seed: int, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for v in graph.inputs:
-        t = v.type
-        if t.shape is None:
-            raise InputError(f"input {v.name!r} has unknown rank; give its values with --inputs")
-        shape = tuple(d if isinstance(d, int) else batch for d in t.shape)
-        if t.dtype.is_float:
-            a = rng.standard_normal(shape).astype(t.dtype.numpy)
-        elif t.dtype.name == "bool":
-            a = rng.random(shape) < 0.5
-        elif t.dtype.is_int:
-            a = rng.integers(0, 8, shape).astype(t.dtype.numpy)
-        else:
-            raise InputError(f"input {v.name!r} of type {t} cannot be made up; give it with --inputs")
-        out[v.name] = a
-    return out
-
-
 def _summary(outputs: dict[str, np.ndarray]) -> str:
     rows = [("output", "shape", "dtype", "min", "max", "mean")]
     for name, a in outputs.items():
@@ -231,7 +211,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
     elif args.inputs:
         inputs = read_npz(args.inputs)
     else:
-        inputs = _random_inputs(graph, args.seed, args.batch)
+        from cimc.interpreter import random_inputs
+
+        inputs = random_inputs(graph, args.seed, args.batch)
     if args.pipeline:
         from cimc.passmanager import PassContext, PassManager
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from cimc.errors import InputError
+from cimc.interpreter import random_inputs
 from cimc.passmanager import PassContext, PassInstrument, PassManager
 
 if TYPE_CHECKING:
@@ -119,25 +120,6 @@ def resolve_target(target: str | Target,
     if isinstance(spec, Mapping):
         return target.with_spec(**spec)
     return type(target)(spec=type(target).Spec.from_toml(spec))
-
-
-def random_inputs(graph: Graph, seed: int, batch: int = SAMPLES) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input: float ones standard normal, integer ones in 0..7; symbolic
-    dims become ``batch``."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for v in graph.inputs:
-        t = v.type
-        if t.shape is None:
-            raise InputError(f"input {v.name!r} has unknown rank; give sample inputs for it")
-        shape = tuple(d if isinstance(d, int) else batch for d in t.shape)
-        if t.dtype.is_float:
-            out[v.name] = rng.standard_normal(shape).astype(t.dtype.numpy)
-        elif t.dtype.is_int:
-            out[v.name] = rng.integers(0, 8, shape).astype(t.dtype.numpy)
-        else:
-            raise InputError(f"input {v.name!r} of type {t} cannot be made up; give sample inputs for it")
-    return out
 
 
 def _named(arrays: Mapping[str, np.ndarray] | np.ndarray, graph: Graph, what: str) -> dict[str, np.ndarray]:
@@ -271,7 +253,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         logger.warning("no calibration inputs given for %s: calibrating on %d seeded random inputs; "
                        "give real samples (calibration=..., --calibration x.npz) for meaningful ranges",
                        src.label, SAMPLES)
-        calib, calib_from = random_inputs(graph, seed), "random (seeded)"
+        calib, calib_from = random_inputs(graph, seed, SAMPLES), "random (seeded)"
     n_calib = int(next(iter(calib.values())).shape[0]) if calib else 0
 
     total = len(front.passes) + len(lowering.passes)
@@ -309,7 +291,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         elif src.zoo is not None:
             sample, where = {src.zoo.input_name: np.asarray(src.zoo.x_test)}, "zoo test split"
         else:
-            sample, where = random_inputs(quantized, seed + 1), "random (seeded)"
+            sample, where = random_inputs(quantized, seed + 1, SAMPLES), "random (seeded)"
         t0 = time.perf_counter()
         checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where)
         verify_s = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from cimc.errors import CimcError, InputError
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import OpContext, OpDef, lookup
 
-__all__ = ["ExecutionError", "Interpreter", "check_inputs", "run"]
+__all__ = ["ExecutionError", "Interpreter", "check_inputs", "random_inputs", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,27 @@ def check_inputs(graph: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarra
         if why:
             raise InputError(f"input {name!r}: {why}")
         out[name] = array
+    return out
+
+
+def random_inputs(graph: Graph, seed: int, batch: int = 1) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input: floats standard normal, integers in 0..7, booleans fair
+    coins; symbolic dims become ``batch``. An ``InputError`` for inputs it cannot make up."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for v in graph.inputs:
+        t = v.type
+        if t.shape is None:
+            raise InputError(f"input {v.name!r} has unknown rank; give its values (--inputs)")
+        shape = tuple(d if isinstance(d, int) else batch for d in t.shape)
+        if t.dtype.is_float:
+            out[v.name] = rng.standard_normal(shape).astype(t.dtype.numpy)
+        elif t.dtype.name == "bool":
+            out[v.name] = rng.random(shape) < 0.5
+        elif t.dtype.is_int:
+            out[v.name] = rng.integers(0, 8, shape).astype(t.dtype.numpy)
+        else:
+            raise InputError(f"input {v.name!r} of type {t} cannot be made up; give its values (--inputs)")
     return out
 
 

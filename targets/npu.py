@@ -53,6 +53,11 @@ class NpuSpec(Spec):
     out_buffer_bytes: int = param(65536, "Output (ofmap) buffer.", unit="bytes",
                                   source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (hw-parameters.md §1.1) [C]",
                                   ge=1)
+    allow_reload: bool = param(True, "Whether weights may be fetched from DRAM during a run (false: every weight "
+                                     "is loaded once and stays in the weight buffer, so the model's weights must "
+                                     "fit weight_buffer_bytes; the lowering rejects a larger model).",
+                               source="assumption: weights stream from DRAM layer by layer (SCALE-Sim, Gemmini); "
+                                      "false models an accelerator without DRAM (weights on chip)")
     clock_mhz: float = param(1000.0, "Clock of the array, buffers and vector unit.", unit="MHz",
                              source="hw-parameters.md §1.2 npu_default: 1 GHz, an assumption shared by NeuroSim "
                                     "(clkFreq = 1e9) and PUMA (1 ns cycle) [C]", gt=0)
@@ -109,11 +114,12 @@ class NpuTarget(Target):
     spec: NpuSpec = None  # type: ignore[assignment]
 
     def capabilities(self) -> Capabilities:
-        """The MAC array as a digital array: whole words per PE and per cycle, no ADC."""
+        """The MAC array as a digital array: whole words per PE and per cycle, no ADC; it runs every op
+        (float matmuls and LSTM on the array in fp mode, everything else on the vector unit)."""
         s = self.spec
         return Capabilities(rows=s.mac_rows, cols=s.mac_cols, cell_bits=s.mac_bits, weight_bits_max=s.mac_bits,
                             act_bits_max=s.mac_bits, dac_bits=s.mac_bits, adc_bits=None, rows_per_op=s.mac_rows,
-                            arrays=1, dynamic_matmul=True)
+                            arrays=1, dynamic_matmul=True, vector_ops=("*",), own_ops=("npu.",))
 
     def register_ops(self) -> None:
         """Define the ``npu.*`` instruction ops (idempotent)."""

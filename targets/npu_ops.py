@@ -36,7 +36,8 @@ n_len`` with ``k_len`` a multiple of ``mac_rows`` (or all of K) and ``n_len`` a 
 no partial sums). Positions are split into chunks so that a chunk's input rows fit the activation
 buffer and its ``p_len x n_len`` int32 accumulators fit the output buffer. Loop order: chunks,
 then N tiles, then K tiles (partial sums chained through ``acc``, the bias added by the first);
-weight tiles are loaded once per layer when there is one chunk, else once per chunk; an all-zero
+weight tiles are loaded once per layer when there is one chunk (or ``allow_reload = false``, which
+also requires all weights to fit the weight buffer at once), else once per chunk; an all-zero
 tile (pruned by ``sparsify``) is skipped (the first K tile of an N range is kept, for the bias).
 Op count per layer: ``chunks * (1 + 2 * tiles) + 1``, never per position.
 
@@ -163,6 +164,24 @@ def _im2col(x: np.ndarray, a, p0: int, p1: int, k0: int, k1: int) -> np.ndarray:
     return cols[:, p0 - r0 * ow_:p1 - r0 * ow_, k0 - c0 * khw:k1 - c0 * khw]
 
 
+def _exact_gemm(cols: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``cols @ w`` exactly, as int64, through float32 BLAS: K is cut into chunks whose sums stay
+    below 2**24 (from the operands' dtype and weight bounds), accumulated in float64 (exact)."""
+    if cols.dtype.kind not in "ui" or w.dtype.kind not in "ui" or cols.dtype.itemsize > 2 or w.dtype.itemsize > 2:
+        return exact_matmul(cols, w, np.int64)
+    k = w.shape[0]
+    xmax = max(abs(int(np.iinfo(cols.dtype).min)), int(np.iinfo(cols.dtype).max))
+    wmax = int(np.abs(w.astype(np.int32)).max(initial=0)) if w.size else 0
+    kc = max(1, ((1 << 24) - 1) // max(1, xmax * wmax))
+    a, b = cols.astype(np.float32), w.astype(np.float32)
+    if k <= kc:
+        return np.matmul(a, b).astype(np.int64)
+    y = np.zeros((*a.shape[:-1], b.shape[1]), np.float64)
+    for k0 in range(0, k, kc):
+        y += np.matmul(a[..., k0:k0 + kc], b[k0:k0 + kc])
+    return y.astype(np.int64)
+
+
 _CONV_GEOM = {
     "kernel_shape": AttrSpec("ints", (), "convolution window (empty: x is already a matrix)"),
     "strides": AttrSpec("ints", (1, 1), "convolution strides"),
@@ -201,7 +220,7 @@ def register() -> None:
             cols = _im2col(x, a, pos[0], pos[1], k0, k1)
         else:
             cols = x[..., pos[0]:pos[1], k0:k1] if pos else x[..., k0:k1]
-        y = exact_matmul(cols, w, np.int64)
+        y = _exact_gemm(cols, w)
         if acc is not None:
             y = y + acc.astype(np.int64)
         if bias is not None:
@@ -279,6 +298,17 @@ def _passes(tile: np.ndarray, r: int, c: int) -> tuple[int, int]:
     return passes, cells
 
 
+def _check_fits(graph: Graph, s) -> None:
+    """With ``allow_reload = false``: all weights stay in the weight buffer, so they must fit it."""
+    layers = [n for n in graph.nodes if n.op in ARRAY and n.inputs[1].const is not None]
+    need = sum(_weight_matrix(n).size for n in layers)  # one byte per (mac_bits <= 8) weight
+    if need > s.weight_buffer_bytes:
+        raise PassError(f"model {graph.name!r} does not fit the weight buffer with allow_reload = false: its "
+                        f"{len(layers)} array layers hold {need} weight bytes, but the npu weight buffer holds "
+                        f"{s.weight_buffer_bytes} bytes; allow reloads from DRAM (--spec-set allow_reload=true) or "
+                        f"enlarge the buffer (--spec-set weight_buffer_bytes={need})")
+
+
 @register_pass
 @dataclass(frozen=True)
 class LowerNpuPass(Pass):
@@ -290,6 +320,8 @@ class LowerNpuPass(Pass):
         """Rewrite every array layer with a constant weight; every other op stays, run by the vector unit."""
         register()
         s = _spec(ctx)
+        if not s.allow_reload:
+            _check_fits(graph, s)
         changed = False
         for node in list(graph.nodes):
             if node.op in ARRAY and node.inputs[1].const is not None:
@@ -374,7 +406,7 @@ class LowerNpuPass(Pass):
                     if (ni, ki) not in consts:
                         continue
                     wc, passes, cells = consts[(ni, ki)]
-                    key = (ni, ki) if len(chunks) == 1 else (ni, ki, chunk)
+                    key = (ni, ki) if len(chunks) == 1 or not s.allow_reload else (ni, ki, chunk)
                     if key not in loads:
                         nbytes = (k1 - k0) * (n1 - n0)
                         loads[key] = g.add_node("npu.dma_in", [wc], {"buffer": "weight", "bytes": nbytes,

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from cimc.cost import Cost
 from cimc.ir.core import Node
-from cimc.target import Capabilities, Spec, Target, param
+from cimc.target import VECTOR_OPS, Capabilities, Spec, Target, param
 
 __all__ = ["SramCimSpec", "SramCimTarget"]
 
@@ -71,6 +71,10 @@ class SramCimSpec(Spec):
                                                  "JSSC 2021, 64 rows (hw-parameters.md §2.3) [C]", ge=1)
     cols_per_adc: int = param(8, "Columns sharing one ADC, converted one after another.", unit="columns",
                               source="NeuroSim V1.4 Param.cpp numColMuxed = 8 (hw-parameters.md §2.2, §2.3) [C]", ge=1)
+    allow_reload: bool = param(True, "Whether weights may be reloaded into the macros during a run when the model "
+                                     "needs more cells than macros * rows * cols (false: the lowering rejects such "
+                                     "a model).", source="DESIGN.md Targets: a model larger than all arrays reuses "
+                                                         "them with weight reloads; assumption: reloads allowed")
     skip_zero_blocks: bool = param(True, "Whether passes over all-zero (pruned) row blocks are skipped.",
                                    source="DESIGN.md Targets: sram-cim skips pruned row blocks (MARS-like block "
                                           "sparsity)")
@@ -177,11 +181,14 @@ class SramCimTarget(Target):
     spec: SramCimSpec = None  # type: ignore[assignment]
 
     def capabilities(self) -> Capabilities:
-        """Macro geometry and bit limits from the spec; matrix ops on the macros, the rest on the vector unit."""
+        """Macro geometry and bit limits from the spec; matrix ops on the macros, the rest on the vector unit
+        (the shared ``VECTOR_OPS`` plus float ``LSTM``, which the quantizer leaves in float; not float
+        convolutions, ``Gemm`` or ``LRN``)."""
         s = self.spec
         return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
                             act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,
-                            rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks)
+                            rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks,
+                            vector_ops=(*VECTOR_OPS, "LSTM"), own_ops=("sram.",))
 
     def default_pipeline(self) -> str:
         """Cleanup and quantization, then tiling of the weights onto the macros."""

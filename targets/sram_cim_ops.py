@@ -23,11 +23,13 @@
     result int32 (C wrap), shaped ``x``'s leading dims (group axis dropped) by ``channels``.
     A skipped block's cells are all zero, so skipping never changes the result.
 
-Lowering (``lower-sram-cim``): each node with ``tile.map`` (``tile`` pass) becomes ``vec.im2col``
-(q.conv) -> per tile ``sram.load`` (only when the macro does not already hold that image:
-weights stay stationary when everything fits) and ``sram.mvm`` -> ``vec.shift_add`` over row tiles
--> ``Concat`` over column tiles and groups -> ``Add`` bias -> ``vec.col2im`` (q.conv); the result
-takes the node's result type. Digital ops after it (``q.requant``, ...) are left as they are.
+Lowering (``lower-sram-cim``; with ``allow_reload = false`` a model whose tiles outnumber the
+macros is rejected, naming its weight cells and the capacity): each node with ``tile.map``
+(``tile`` pass) becomes ``vec.im2col`` (q.conv) -> per tile ``sram.load`` (only when the macro
+does not already hold that image: weights stay stationary when everything fits) and ``sram.mvm``
+-> ``vec.shift_add`` over row tiles -> ``Concat`` over column tiles and groups -> ``Add`` bias
+-> ``vec.col2im`` (q.conv); the result takes the node's result type. Digital ops after it
+(``q.requant``, ...) are left as they are.
 
 Cost (per op, from attributes and static shapes; a symbolic dim counts as 1, i.e. per sample):
 - ``sram.mvm``: ``P`` rows of ``x``, ``A`` driven row blocks (``rows_active`` rows), ``J`` input
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -56,7 +59,7 @@ import numpy as np
 from cimc.passes import register_pass
 
 from cimc.cost import Cost, num_elements, vector_cost
-from cimc.errors import CimcError, VerifyError
+from cimc.errors import CimcError, PassError, VerifyError
 from cimc.ir.core import Graph, Node
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op, is_annotation
 from cimc.ir.types import DType, TensorType
@@ -86,28 +89,90 @@ def adc(v: np.ndarray, adc_bits: int, need: int) -> np.ndarray:
 
 def crossbar(xt: np.ndarray, img: np.ndarray, *, significance, offset: int = 0, rows_per_op: int,
              dac_bits: int, act_bits: int, cell_bits: int, adc_bits: int, skip=()) -> np.ndarray:
-    """One tile's MVM ``[P, k] x [k, C] -> int64 [P, C / S]`` as the module docstring defines it."""
-    P, k = xt.shape
-    C, S = img.shape[1], len(significance)
+    """One tile's MVM ``[..., k] x [k, C] -> int64 [..., C / S]`` as the module docstring defines it.
+
+    With a lossless ADC the bit-serial sum equals ``xt @ W`` for the decoded integer weights ``W``,
+    so that is computed (one exact matmul). Otherwise the bit planes of ``P`` chunks of rows go
+    through one batched float32 matmul per chunk against the row blocks ``[A, rows_per_op, C]``
+    (exact: partial sums are small integers), the ADC in place, then one weighted sum.
+    """
+    lead, k = xt.shape[:-1], xt.shape[-1]
+    need = lossless_adc_bits(rows_per_op, dac_bits, cell_bits)
+    if adc_bits >= need:  # skipped blocks are all-zero cells: dropping the skip is exact
+        w, dt = _decoded(img, significance, offset, act_bits)
+        y = np.matmul(xt.astype(dt, copy=False), w)
+        return y.astype(np.int64)
+    xt = xt.reshape(-1, k)
+    P, C, S = xt.shape[0], img.shape[1], len(significance)
     R, J = -(-k // rows_per_op), -(-act_bits // dac_bits)
-    keep = np.asarray([b for b in range(R) if b not in set(skip)], np.int64)
-    if keep.size:
-        pad, xu = R * rows_per_op - k, xt.astype(np.uint16, copy=False)
-        shifts = np.arange(J, dtype=np.uint16)[:, None, None] * dac_bits
-        xs = ((xu[None] >> shifts) & ((1 << dac_bits) - 1)).astype(np.float32)  # [J, P, k]
-        xs = np.pad(xs, ((0, 0), (0, 0), (0, pad))).reshape(J, P, R, rows_per_op)[:, :, keep]
-        im = np.pad(img.astype(np.float32), ((0, pad), (0, 0))).reshape(R, rows_per_op, C)[keep]
-        ps = np.matmul(xs.transpose(2, 0, 1, 3).reshape(len(keep), J * P, rows_per_op), im)  # exact: < 2**24
-        ps = adc(ps, adc_bits, lossless_adc_bits(rows_per_op, dac_bits, cell_bits))
-        # shift-add over row blocks and input chunks: one weighted sum, exact in float32 below 2**24
-        bound = ((1 << act_bits) - 1) * k * ((1 << cell_bits) - 1)
-        dt = np.float32 if bound < 1 << 24 else np.float64
-        wts = np.tile(np.asarray([1 << (j * dac_bits) for j in range(J)], dt), len(keep))
-        acc = (wts @ ps.reshape(len(keep) * J, P * C).astype(dt, copy=False)).reshape(P, C)
-    else:
-        acc = np.zeros((P, C))
+    keep = tuple(b for b in range(R) if b not in set(skip))
+    acc = np.zeros((P, C), np.float32)
+    if keep:
+        step = 1 << (need - adc_bits)
+        im = _blocks(img, rows_per_op, keep, step)  # [A, rows_per_op, C] float32, pre-divided by step
+        A = len(keep)
+        pad = R * rows_per_op - k
+        xg = np.pad(xt, ((0, 0), (0, pad))) if pad else xt
+        xg = np.ascontiguousarray(xg.reshape(P, R, rows_per_op)[:, list(keep)].transpose(1, 0, 2))  # u8 [A, P, rpo]
+        shifts = (np.arange(J, dtype=np.uint8) * dac_bits)[None, :, None, None]
+        mask, top = np.uint8((1 << dac_bits) - 1), float((1 << adc_bits) - 1)
+        wts = np.tile(np.asarray([float(step << (j * dac_bits)) for j in range(J)], np.float32), A)
+        pc = max(16, _CHUNK // (A * J * C * 4))
+        for p0 in range(0, P, pc):
+            xc = xg[:, p0:p0 + pc]
+            n = xc.shape[1]
+            bits = np.right_shift(xc[:, None], shifts)  # [A, J, n, rpo]
+            np.bitwise_and(bits, mask, out=bits)
+            ps = np.matmul(bits.astype(np.float32).reshape(A, J * n, rows_per_op), im)  # partial sums / step
+            np.rint(ps, out=ps)  # round half to even, as the ADC
+            np.minimum(ps, top, out=ps)  # partial sums are >= 0: only the top clips
+            acc[p0:p0 + n] = (wts @ ps.reshape(A * J, n * C)).reshape(n, C)
     y = (acc.reshape(P, C // S, S).astype(np.float64) @ np.asarray(significance, np.float64)).astype(np.int64)
-    return y - offset * xt.astype(np.int64).sum(axis=1, keepdims=True) if offset else y
+    y = y - offset * xt.astype(np.int64).sum(axis=1, keepdims=True) if offset else y
+    return y.reshape(*lead, C // S)
+
+
+_CHUNK = 1 << 21
+"""Bytes of float32 partial sums per chunk of the lossy path (cache sized)."""
+_CACHE: dict[tuple, tuple[Any, np.ndarray, Any]] = {}
+"""Per image array (while it lives): its decoded weights or its scaled row blocks."""
+
+
+def _cached(img: np.ndarray, key: tuple, make):
+    """``make()`` for ``img`` and ``key``, computed once while ``img`` lives (images are constants)."""
+    k = (id(img), *key)
+    hit = _CACHE.get(k)
+    if hit is not None and hit[0]() is img:
+        return hit[1], hit[2]
+    val, extra = make()
+    try:
+        ref = weakref.ref(img, lambda _r, k=k: _CACHE.pop(k, None))
+    except TypeError:
+        return val, extra
+    _CACHE[k] = (ref, val, extra)
+    return val, extra
+
+
+def _decoded(img: np.ndarray, significance, offset: int, act_bits: int) -> tuple[np.ndarray, Any]:
+    """The tile's integer weights ``W[k, c] = sum_s significance[s] * img[k, c*S+s] - offset`` in
+    the float type in which ``x @ W`` is exact (float32 below 2**24, else float64)."""
+    def make():
+        S = len(significance)
+        w = (img.reshape(img.shape[0], -1, S).astype(np.int64) * np.asarray(significance, np.int64)).sum(-1) - offset
+        bound = ((1 << act_bits) - 1) * int(np.abs(w).sum(axis=0).max(initial=0))
+        dt = np.float32 if bound < 1 << 24 else np.float64
+        return w.astype(dt), dt
+    return _cached(img, ("w", tuple(significance), offset, act_bits), make)
+
+
+def _blocks(img: np.ndarray, rows_per_op: int, keep: tuple, step: int) -> np.ndarray:
+    """The image's driven row blocks ``[A, rows_per_op, C]`` in float32, divided by ``step`` (exact)."""
+    def make():
+        k, C = img.shape
+        R = -(-k // rows_per_op)
+        im = np.pad(img.astype(np.float32), ((0, R * rows_per_op - k), (0, 0))).reshape(R, rows_per_op, C)
+        return np.ascontiguousarray(im[list(keep)]) * np.float32(1.0 / step), None
+    return _cached(img, ("b", rows_per_op, keep, step), make)[0]
 
 
 # ---- ops ----------------------------------------------------------------------------------------------
@@ -166,6 +231,8 @@ def sram_mvm(ctx, x, token):
     img = ctx.state.get(STATE, {}).get(a["macro"])
     if img is None:
         raise CimcError(f"sram.mvm reads macro {a['macro']}, which no sram.load has written in this run")
+    if a["adc_bits"] >= lossless_adc_bits(a["rows_per_op"], a["dac_bits"], a["cell_bits"]):
+        x = _as_float32(ctx.state, x)  # once per layer: every tile reads the same x
     if a["group"] >= 0:
         x = x[a["group"]]
     xt = x[..., a["k0"]:a["k1"]]
@@ -173,10 +240,20 @@ def sram_mvm(ctx, x, token):
     if img.shape != (a["k1"] - a["k0"], a["channels"] * len(a["significance"])):
         raise CimcError(f"sram.mvm: macro {a['macro']} holds an image {list(img.shape)}, expected "
                         f"[{a['k1'] - a['k0']}, {a['channels'] * len(a['significance'])}]")
-    y = crossbar(xt.reshape(-1, xt.shape[-1]), img, significance=a["significance"], offset=a["offset"],
-                 rows_per_op=a["rows_per_op"], dac_bits=a["dac_bits"], act_bits=a["act_bits"],
-                 cell_bits=a["cell_bits"], adc_bits=a["adc_bits"], skip=a["skip"])
+    y = crossbar(xt, img, significance=a["significance"], offset=a["offset"], rows_per_op=a["rows_per_op"],
+                 dac_bits=a["dac_bits"], act_bits=a["act_bits"], cell_bits=a["cell_bits"], adc_bits=a["adc_bits"],
+                 skip=a["skip"])
     return to_dtype(y.reshape(*lead, a["channels"]), np.dtype(np.int32))
+
+
+def _as_float32(state: dict, x: np.ndarray) -> np.ndarray:
+    """``x`` in float32 (exact for u8), converted once per run for the last ``x`` seen."""
+    hit = state.get("sram.xf")
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    xf = x.astype(np.float32)
+    state["sram.xf"] = (x, xf)
+    return xf
 
 
 # ---- lowering ---------------------------------------------------------------------------------------
@@ -197,10 +274,26 @@ class LowerSramCimPass(Pass):
         adc_bits = spec.adc_bits if self.adc_bits is None else self.adc_bits
         holds: dict[int, tuple[tuple[str, int], Any]] = {}  # macro -> (image key, load token)
         nodes = [n for n in graph.nodes if "tile.map" in n.attrs]
+        if not spec.allow_reload:
+            _check_fits(graph, nodes, spec)
         for node in nodes:
             _lower(graph, node, spec, adc_bits, holds)
         graph.remove_dead()
         return PassResult(bool(nodes))
+
+
+def _check_fits(graph: Graph, nodes: list[Node], spec) -> None:
+    """With ``allow_reload = false``: every tile (and replica) needs a macro of its own, loaded once."""
+    tiles = sum(len(n.attrs["tile.map"]) * int(n.attrs["tile.replicas"]) for n in nodes)
+    if tiles <= spec.macros:
+        return
+    col = {c: i for i, c in enumerate(TILE_COLUMNS)}
+    cells = sum(int(((t[:, col["k1"]] - t[:, col["k0"]]) * (t[:, col["col1"]] - t[:, col["col0"]])).sum())
+                * int(n.attrs["tile.replicas"]) for n in nodes for t in [np.asarray(n.attrs["tile.map"], np.int64)])
+    raise PassError(f"model {graph.name!r} does not fit the arrays with allow_reload = false: its "
+                    f"weights take {cells} cells in {tiles} tiles of {spec.rows} x {spec.cols}, but sram-cim has "
+                    f"{spec.macros} macros ({spec.macros * spec.rows * spec.cols} cells, one tile each); allow "
+                    f"reloads (--spec-set allow_reload=true) or use more macros (--spec-set macros={tiles})")
 
 
 def _lower(graph: Graph, node: Node, spec, adc_bits: int, holds: dict) -> None:

@@ -198,10 +198,14 @@ def _plugins(monkeypatch, *eps: tuple[str, str]) -> None:
     from importlib.metadata import EntryPoint
 
     entries = [EntryPoint(name, value, "cimc.passes") for name, value in eps]
-    monkeypatch.setattr(cimc.passes, "_plugins_scanned", False)
-    monkeypatch.setattr(cimc.passes, "_sources", dict(cimc.passes._sources))
-    monkeypatch.setattr(cimc.passes, "_loaded", dict(cimc.passes._loaded))
-    monkeypatch.setattr(cimc.passes, "entry_points", lambda group: entries if group == "cimc.passes" else [])
+    import copy
+
+    import cimc.registry
+
+    fresh = copy.deepcopy(cimc.passes._REGISTRY)
+    fresh._scanned = False
+    monkeypatch.setattr(cimc.passes, "_REGISTRY", fresh)
+    monkeypatch.setattr(cimc.registry, "entry_points", lambda group: entries if group == "cimc.passes" else [])
 
 
 def test_entry_point_plugins_load_lazily(monkeypatch):

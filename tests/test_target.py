@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from cimc.targets import (
     register_target,
 )
 
+import cimc.registry
 from cimc.errors import CimcError, InputError, ParseError
 from cimc.target import Capabilities, Spec, Target, lossless_adc_bits, param
 
@@ -235,9 +237,7 @@ def test_describe_lists_every_parameter():
 @pytest.fixture
 def fresh_registry(monkeypatch):
     """The registry's state, restored after the test."""
-    monkeypatch.setattr(registry, "_sources", dict(registry._sources))
-    monkeypatch.setattr(registry, "_loaded", dict(registry._loaded))
-    monkeypatch.setattr(registry, "_plugins_scanned", registry._plugins_scanned)
+    monkeypatch.setattr(registry, "_REGISTRY", copy.deepcopy(registry._REGISTRY))
     return registry
 
 
@@ -293,20 +293,20 @@ class _EntryPoint:
 
 def test_entry_point_plugins(fresh_registry, monkeypatch):
     eps = [_EntryPoint("toy-target", "test_target:ToyTarget")]
-    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == "cimc.targets" else [])
-    monkeypatch.setattr(registry, "_plugins_scanned", False)
+    monkeypatch.setattr(cimc.registry, "entry_points", lambda group: eps if group == "cimc.targets" else [])
+    registry._REGISTRY._scanned = False
     assert get_target("toy-target") is ToyTarget
 
 
 def test_entry_point_duplicate_and_broken(fresh_registry, monkeypatch):
     eps = [_EntryPoint("npu", "elsewhere:Npu")]
-    monkeypatch.setattr(registry, "entry_points", lambda group: eps)
-    monkeypatch.setattr(registry, "_plugins_scanned", False)
+    monkeypatch.setattr(cimc.registry, "entry_points", lambda group: eps)
+    registry._REGISTRY._scanned = False
     with pytest.raises(CimcError, match=r"'npu' is registered twice: by cimc.targets.npu:NpuTarget and by "
                                         r"elsewhere:Npu \(entry point of toy-dist\)"):
         all_targets()
     eps[:] = [_EntryPoint("gone", "no_such_module_xyz:T"), _EntryPoint("misnamed", "test_target:ToyTarget")]
-    monkeypatch.setattr(registry, "_plugins_scanned", False)
+    registry._REGISTRY._scanned = False
     with pytest.raises(CimcError, match="target 'gone' could not be loaded from no_such_module_xyz:T"):
         get_target("gone")
     with pytest.raises(CimcError, match=r"should be a Target subclass named 'misnamed', found .* named 'toy-target'"):
