@@ -165,7 +165,9 @@ def _kslices(kpos: Sequence[int], dils, strides, out) -> tuple[slice, ...]:
 
 # ---- Conv ---------------------------------------------------------------------------------------
 _WORK = threading.local()
-_WORK_MAX = 1 << 30
+_WORK_MAX = 256 << 20  # larger work arrays are not kept between calls
+_COL_BUDGET = 48 << 20  # im2col columns built at once: at most this many bytes ...
+_COL_FRACTION = 4  # ... or this fraction of the conv's own input + output bytes, if that is more
 
 
 def _scratch(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
@@ -176,22 +178,33 @@ def _scratch(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
         return np.empty(shape, dtype)
     buf = getattr(_WORK, "buf", None)
     if buf is None or buf.nbytes < nbytes:
+        _WORK.buf = buf = None  # free the old buffer before the new one exists
         buf = _WORK.buf = np.empty(nbytes, np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _chunk(total: int, most: int) -> int:
+    """The size of the equal chunks ``total`` splits into when no chunk may exceed ``most`` (>= 1)."""
+    pieces = -(-total // max(1, min(total, most)))
+    return -(-total // pieces)
 
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides: Sequence[int],
          dilations: Sequence[int], pads_begin: Sequence[int], pads_end: Sequence[int], out: Sequence[int],
          group: int = 1, out_dtype: np.dtype | None = None) -> np.ndarray:
-    """N-D grouped convolution of ``x`` (N, C, *S) with ``w`` (M, C/group, *K), exact for integers."""
+    """N-D grouped convolution of ``x`` (N, C, *S) with ``w`` (M, C/group, *K), exact for integers.
+
+    The im2col columns are built for a chunk of images (or of one image's first output dim) at a
+    time, so the workspace stays within ``max(_COL_BUDGET, (input + output bytes) / _COL_FRACTION)``."""
     n = x.shape[0]
     m, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
     ksize, osize = math.prod(kernel), math.prod(out)
     dt = compute_dtype(x, w, cg * ksize, b)
-    xp = _pad(x.astype(dt, copy=False), pads_begin, pads_end)
     wd = w.astype(dt, copy=False)
     mg = m // group
+    padded = tuple(s + p + e for s, p, e in zip(x.shape[2:], pads_begin, pads_end, strict=True))
     if cg == 1 and group > 1:  # depthwise: accumulate over kernel positions
+        xp = _pad(x.astype(dt, copy=False), pads_begin, pads_end)
         xs = xp.reshape(n, group, 1, *xp.shape[2:])
         wk = wd.reshape(group, mg, ksize, *(1,) * len(out))
         y = tmp = None
@@ -202,24 +215,38 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides: 
                 tmp = np.empty_like(y)
             else:
                 y += np.multiply(v, wk[:, :, i], out=tmp)
+    elif ksize == 1 and all(s == 1 for s in strides) and padded == tuple(out):  # 1x1: no im2col
+        xp = _pad(x.astype(dt, copy=False), pads_begin, pads_end)
+        y = np.matmul(wd.reshape(group, mg, cg), xp.reshape(n, group, cg, osize))
     else:
-        st = xp.strides
-        kst = tuple(a * d for a, d in zip(st[2:], dilations, strict=True))
-        ost = tuple(a * s for a, s in zip(st[2:], strides, strict=True))
-        wm = wd.reshape(group, mg, cg * ksize)
-        if ksize == 1 and all(s == 1 for s in strides) and xp.shape[2:] == tuple(out):
-            y = np.matmul(wm, xp.reshape(n, group, cg, osize))
-        elif group == 1 and osize < 64:  # few outputs per image: one GEMM over the batch is faster
-            win = as_strided(xp, (cg, *kernel, n, *out), (st[1], *kst, st[0], *ost), writeable=False)
-            cols = _scratch(win.shape, dt)
-            np.copyto(cols, win)
-            y = (wm[0] @ cols.reshape(cg * ksize, n * osize)).reshape(m, n, osize).transpose(1, 0, 2)
-        else:
-            win = as_strided(xp, (n, group, cg, *kernel, *out), (st[0], st[1] * cg, st[1], *kst, *ost),
-                             writeable=False)
-            cols = _scratch(win.shape, dt)
-            np.copyto(cols, win)
-            y = np.matmul(wm, cols.reshape(n, group, cg * ksize, osize))
+        y = np.empty((n, group, mg, osize), dt)
+        wm, isz = wd.reshape(group, mg, cg * ksize), np.dtype(dt).itemsize
+        per_img = max(1, group * cg * ksize * osize * isz)  # column bytes of one image
+        budget = max(_COL_BUDGET, isz * (x.size + y.size) // _COL_FRACTION)
+        small = group == 1 and osize < 64  # few outputs per image: one GEMM over the images is faster
+        imgs = _chunk(n, budget // per_img)
+        rows = out[0] if small or per_img <= budget else _chunk(out[0], budget * out[0] // per_img)
+        rest = osize // out[0] if out[0] else 0
+        for i0 in range(0, n if y.size else 0, imgs):
+            xp = _pad(x[i0:i0 + imgs].astype(dt, copy=False), pads_begin, pads_end)
+            nc, st = xp.shape[0], xp.strides
+            kst = tuple(a * d for a, d in zip(st[2:], dilations, strict=True))
+            ost = tuple(a * s for a, s in zip(st[2:], strides, strict=True))
+            if small:
+                win = as_strided(xp, (cg, *kernel, nc, *out), (st[1], *kst, st[0], *ost), writeable=False)
+                cols = _scratch(win.shape, dt)
+                np.copyto(cols, win)
+                yc = wm[0] @ cols.reshape(cg * ksize, nc * osize)
+                y[i0:i0 + nc, 0] = yc.reshape(m, nc, osize).transpose(1, 0, 2)
+                continue
+            for r0 in range(0, out[0], rows):
+                r = min(rows, out[0] - r0)
+                win = as_strided(xp[:, :, r0 * strides[0]:], (nc, group, cg, *kernel, r, *out[1:]),
+                                 (st[0], st[1] * cg, st[1], *kst, *ost), writeable=False)
+                cols = _scratch(win.shape, dt)
+                np.copyto(cols, win)
+                np.matmul(wm, cols.reshape(nc, group, cg * ksize, r * rest),
+                          out=y[i0:i0 + nc, :, :, r0 * rest:(r0 + r) * rest])
     y = np.ascontiguousarray(y).reshape(n, m, *out)
     if b is not None:
         y += b.astype(dt, copy=False).reshape(m, *(1,) * len(out))
