@@ -132,6 +132,34 @@ def test_int8_depthwise_conv_exact() -> None:
     np.testing.assert_array_equal(got, np.einsum("ncijkl,ckl->ncij", win, w[:, 0].astype(np.int64)))
 
 
+@pytest.mark.parametrize("budget", [1 << 20, 20_000, 3000, 1])  # all, some images, some rows, one row
+@pytest.mark.parametrize(("xs", "ws", "attrs"), [c for c in CONV_CASES if c[1][1] > 1 or "group" not in c[2]])
+def test_conv_chunked_im2col_matches_unchunked(monkeypatch, xs, ws, attrs, budget) -> None:
+    import cimc.ops.nn as nn
+
+    xs = (5, *xs[1:])  # an odd batch: the last image chunk is shorter
+    ins = {"x": _f32(*xs), "w": _f32(*ws), "b": _f32(ws[0])}
+    (want,) = _cimc("Conv", ins, attrs)
+    monkeypatch.setattr(nn, "_COL_BUDGET", budget)
+    monkeypatch.setattr(nn, "_COL_FRACTION", 1 << 40)
+    (got,) = _cimc("Conv", ins, attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_workspace_is_bounded_and_integers_stay_exact(monkeypatch) -> None:
+    import cimc.ops.nn as nn
+
+    monkeypatch.setattr(nn, "_COL_BUDGET", 40_000)
+    monkeypatch.setattr(nn, "_COL_FRACTION", 1 << 40)
+    monkeypatch.setattr(nn._WORK, "buf", None, raising=False)
+    x = RNG.integers(-3000, 3000, (3, 8, 23, 17)).astype(np.int64)  # float64 path
+    w = RNG.integers(-3000, 3000, (6, 8, 3, 3)).astype(np.int64)
+    got = conv(x, w, strides=(1, 1), dilations=(1, 1), pads_begin=(1, 1), pads_end=(1, 1), out=(23, 17),
+               out_dtype=np.int64)
+    np.testing.assert_array_equal(got, _conv_int_reference(x, w, 1))
+    assert 0 < nn._WORK.buf.nbytes <= 40_000  # columns of a whole image would take 8*9*23*17*8 = 225 KB
+
+
 # ---- ConvTranspose ---------------------------------------------------------------------------
 CONVT_CASES = [
     ((1, 2, 3, 3), (2, 3, 3, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER")),

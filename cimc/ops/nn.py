@@ -3,8 +3,11 @@
 Conv is im2col plus one BLAS matmul: the padded input is viewed without copying (``as_strided``)
 as windows ``(N, G, C/G, *K, *O)``, copied once to a contiguous ``(N, G, C/G*prod(K), prod(O))``
 array and multiplied by ``W`` reshaped to ``(G, M/G, C/G*prod(K))``, so ``Y`` comes out NCHW with no
-transpose. A 1x1 stride-1 unpadded conv multiplies the input directly (no im2col); a depthwise conv
-(one input channel per group) accumulates over kernel positions with broadcasting. ConvTranspose is
+transpose. The columns (``prod(K)`` times the input for stride 1) are built for a chunk of images, or
+of one image's first output dim, at a time and each chunk's matmul writes into its slice of ``Y``, so
+the workspace stays within max(48 MiB, a quarter of the conv's input + output). A 1x1 stride-1
+unpadded conv multiplies the input directly (no im2col); a depthwise conv (one input channel per
+group) accumulates over kernel positions with broadcasting. ConvTranspose is
 one matmul followed by a scatter-add over kernel positions (col2im). Pools loop over kernel
 positions (a handful) on strided slices of the padded input; averages divide by per-window counts
 built per dim (separable). Float32 stays float32; float16/bfloat16 compute in float32.
