@@ -56,7 +56,7 @@ VECTOR_OPS = (
     "Greater", "Cast",
     # normalisation and attention: per-row float work, and the matmuls between two activations that the
     # quantizer leaves in float (constant-weight matmuls become q.matmul, on the arrays)
-    "Softmax", "LayerNormalization", "BatchNormalization", "MatMul",
+    "Softmax", "LayerNormalization", "BatchNormalization", "LRN", "MatMul",
     # data layout and shape arithmetic
     "Concat", "Split", "Slice", "Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand",
     "Pad", "Identity", "Shape", "ConstantOfShape", "Dropout")
@@ -64,7 +64,7 @@ VECTOR_OPS = (
 ending in ``.`` is a namespace), pooling, elementwise and normalisation ops (integer or float), the
 float matmuls between two activations (attention) and data layout. Not here, so not run by a target
 that keeps this default: float convolutions and constant-weight float matmuls (``Conv``,
-``ConvTranspose``, ``Gemm``; the quantizer makes the supported ones ``q.*`` array ops), ``LRN``, and
+``ConvTranspose``, ``Gemm``; the quantizer makes the supported ones ``q.*`` array ops), and
 recurrent layers (``LSTM``), which a target adds to its own ``vector_ops`` if its vector unit runs them."""
 
 

@@ -183,7 +183,7 @@ class SramCimTarget(Target):
     def capabilities(self) -> Capabilities:
         """Macro geometry and bit limits from the spec; matrix ops on the macros, the rest on the vector unit
         (the shared ``VECTOR_OPS`` plus float ``LSTM``, which the quantizer leaves in float; not float
-        convolutions, ``Gemm`` or ``LRN``)."""
+        convolutions or ``Gemm``)."""
         s = self.spec
         return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
                             act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,

@@ -14,15 +14,18 @@ from onnx import TensorProto, helper, numpy_helper
 from cimc.cli import main
 
 
-def _lrn_model(path: Path) -> None:
-    """Conv -> LRN -> Relu in float: the sram-cim vector unit does not run LRN."""
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+def _deconv_model(path: Path) -> None:
+    """Conv -> ConvTranspose -> Relu: the quantizer leaves ConvTranspose in float, which neither the
+    sram-cim arrays (integer ops only) nor its vector unit run."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    wt = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "wt")
     g = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
-         helper.make_node("LRN", ["c"], ["l"], size=3, name="lrn1"),
-         helper.make_node("Relu", ["l"], ["y"], name="relu1")], "lrnnet",
+         helper.make_node("ConvTranspose", ["c", "wt"], ["l"], pads=[1, 1, 1, 1], name="deconv1"),
+         helper.make_node("Relu", ["l"], ["y"], name="relu1")], "deconvnet",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], [w])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], [w, wt])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
@@ -37,7 +40,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     np.savez(tmp_path / "empty.npz", input=np.zeros((0, 1, 8, 8), np.float32))
     np.savez(tmp_path / "shape.npz", input=np.zeros((4, 1, 7, 8), np.float32))
     np.savez(tmp_path / "x.npz", x=rng.standard_normal((4, 1, 8, 8)).astype(np.float32))
-    _lrn_model(tmp_path / "lrn.onnx")
+    _deconv_model(tmp_path / "deconv.onnx")
     assert main(["import", "zoo:mlp", "-o", "mlp.cimir"]) == 0
     text = (tmp_path / "mlp.cimir").read_text()
     (tmp_path / "syntax.cimir").write_text(text.replace("= Gemm(%view", "= Gemm((%view"))
@@ -60,8 +63,8 @@ CASES = {
                        "--spec-set", "allow_reload=false"],
                       ["allow_reload = false", "4736 weight bytes", "holds 4096 bytes",
                        "--spec-set allow_reload=true", "weight_buffer_bytes=4736"]),
-    "unsupported-op": (["compile", "lrn.onnx", "-t", "sram-cim", "--calibration", "x.npz"],
-                       ["target 'sram-cim' cannot run op LRN (node 'lrn1')", "q.conv, q.gemm, q.matmul",
+    "unsupported-op": (["compile", "deconv.onnx", "-t", "sram-cim", "--calibration", "x.npz"],
+                       ["target 'sram-cim' cannot run op ConvTranspose (node 'deconv1')", "q.conv, q.gemm, q.matmul",
                         "Softmax", "sram.*", "compile for a target that runs it (npu)"]),
     "program-syntax": (["run", "syntax.cimir", "--random", "-o", "out.npz"],
                        ["syntax.cimir:10:33:", "expected ')'"]),

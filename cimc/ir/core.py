@@ -108,6 +108,7 @@ class Graph:
         self._value_names: set[str] = set()
         self._node_names: set[str] = set()
         self._counter = itertools.count()
+        self._last_insert = 0  # index of the last inserted node: rewrites insert runs of nodes
 
     # ---- naming -------------------------------------------------------------------------
     def _fresh(self, hint: str, taken: set[str]) -> str:
@@ -170,12 +171,22 @@ class Graph:
             hint = names[i] if i < len(names) else (node.name if len(types) == 1 else f"{node.name}_{i}")
             node.outputs.append(Value(self._fresh(hint, self._value_names), t, producer=node, index=i))
         if before is not None:
-            self.nodes.insert(self.nodes.index(before), node)
+            index = self._position(before)
         elif after is not None:
-            self.nodes.insert(self.nodes.index(after) + 1, node)
+            index = self._position(after) + 1
         else:
             self.nodes.append(node)
+            return node
+        self.nodes.insert(index, node)
+        self._last_insert = index
         return node
+
+    def _position(self, node: Node) -> int:
+        """Index of ``node`` in ``nodes``: O(1) next to the last insertion, else a scan."""
+        for guess in (self._last_insert, self._last_insert + 1):
+            if guess < len(self.nodes) and self.nodes[guess] is node:
+                return guess
+        return self.nodes.index(node)
 
     # ---- rewriting ----------------------------------------------------------------------
     def replace_all_uses_with(self, old: Value, new: Value) -> None:
