@@ -42,10 +42,10 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import LIGHT_MODELS, light_path, machine, median_times, samples, session, with_batch  # noqa: E402
+from _models import LIGHT_MODELS, light_path, machine, median_times, samples, session, with_batch
 
-import cimc  # noqa: E402
-from cimc.interpreter import Interpreter  # noqa: E402
+import cimc
+from cimc.interpreter import Interpreter
 
 TARGETS = ("sram-cim", "npu")
 GOALS = {"compile_ratio": 10.0, "run_ratio": 5.0, "lossy_rate_ratio": 0.5}
@@ -69,7 +69,8 @@ def light_probe(name: str, target: str) -> dict[str, Any]:
         r = compile_light(name, target)
     except Exception as e:  # reported in the table, not raised
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                "seconds": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+                "seconds": time.perf_counter() - t,
+                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     out = {"ok": True, "seconds": time.perf_counter() - t, "ops": len(r.program.nodes),
            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if r.cost is not None:
@@ -222,7 +223,8 @@ def report(res: dict[str, Any]) -> str:
         r = res["lossy"]
         lines.append(f"lossy sram.mvm ({r['adc_bits']}-b ADC, light_resnet50 batch 1): {r['bit_macs'] / 1e9:.1f} G "
                      f"bit-MACs in {r['mvm_s']:.2f} s = {r['sim_rate'] / 1e9:.1f} G/s vs float32 BLAS "
-                     f"{r['blas_rate'] / 1e9:.1f} GMAC/s: ratio {goal('lossy_rate_ratio', r['lossy_rate_ratio'], False)}")
+                     f"{r['blas_rate'] / 1e9:.1f} GMAC/s: "
+                     f"ratio {goal('lossy_rate_ratio', r['lossy_rate_ratio'], False)}")
     return "\n".join(lines)
 
 

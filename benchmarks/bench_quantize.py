@@ -22,11 +22,11 @@ from typing import Any
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import light_path, machine, median_times, samples  # noqa: E402
+from _models import light_path, machine, median_times, samples
 
-from cimc.interpreter import Interpreter  # noqa: E402
-from cimc.onnx_io import load_model  # noqa: E402
-from cimc.passmanager import PassContext, PassManager  # noqa: E402
+from cimc.interpreter import Interpreter
+from cimc.onnx_io import load_model
+from cimc.passmanager import PassContext, PassManager
 
 GOAL = 3.0
 
