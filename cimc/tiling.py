@@ -110,22 +110,27 @@ class Encoding:
 
     def encode(self, w: np.ndarray) -> np.ndarray:
         """Cells of integer weights ``w``: uint8 array shaped ``w.shape + (slices,)``."""
-        w = np.asarray(w, np.int64)
+        w = np.asarray(w)
         lim = (1 << (self.bits - 1)) - 1
         if w.size and (w.min() < -lim - (self.kind == "twos-complement") or w.max() > lim):
             raise CimcError(f"weights in [{w.min()}, {w.max()}] do not fit {self.bits} signed bits")
+        w = w.astype(np.int16)  # at most 8 significant bits: small temporaries, written slice by slice
         c, mask = self.cell_bits, (1 << self.cell_bits) - 1
+        out = np.empty((*w.shape, self.slices), np.uint8)
 
-        def chunks(u: np.ndarray, n: int) -> list[np.ndarray]:
-            return [(u >> (s * c)) & mask for s in range(-(-n // c))]
+        def put(first: int, u: np.ndarray, n: int) -> int:
+            """Write the ``n``-bit values ``u`` into slices ``first, first + 1, ...``; the next free slice."""
+            for s in range(-(-n // c)):
+                out[..., first + s] = (u >> (s * c)) & mask
+            return first + -(-n // c)
 
         if self.kind == "twos-complement":
-            parts = [*chunks(w & ((1 << (self.bits - 1)) - 1), self.bits - 1), (w < 0).astype(np.int64)]
+            out[..., put(0, w & lim, self.bits - 1)] = w < 0
         elif self.kind == "differential":
-            parts = [*chunks(np.maximum(w, 0), self.bits - 1), *chunks(np.maximum(-w, 0), self.bits - 1)]
+            put(put(0, np.maximum(w, 0), self.bits - 1), np.maximum(-w, 0), self.bits - 1)
         else:
-            parts = chunks(w + self.offset, self.bits)
-        return np.stack(parts, axis=-1).astype(np.uint8)
+            put(0, w + self.offset, self.bits)
+        return out
 
     def decode(self, cells: np.ndarray) -> np.ndarray:
         """Integer weights from cells (the inverse of :meth:`encode`)."""
@@ -151,11 +156,12 @@ def plan(m: np.ndarray, enc: Encoding, rows: int, cols: int, first_array: int, a
     return np.asarray(out, np.int64).reshape(-1, len(TILE_COLUMNS))
 
 
-def tile_image(m: np.ndarray, enc: Encoding, row: np.ndarray) -> np.ndarray:
-    """Cells of one tile (a ``tile.map`` row): uint8 ``[k1 - k0, (ch1 - ch0) * slices]``, channel-major."""
+def tile_image(cells: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Cells of one tile (a ``tile.map`` row) cut from a layer's encoded matrices ``cells`` (``enc.encode(m)``,
+    ``[G, K, N, slices]``, encoded once per layer): uint8 ``[k1 - k0, (ch1 - ch0) * slices]``, channel-major."""
     t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
-    sub = m[t["group"], t["k0"]:t["k1"], t["ch0"]:t["ch1"]]
-    return enc.encode(sub).reshape(sub.shape[0], -1)
+    sub = cells[t["group"], t["k0"]:t["k1"], t["ch0"]:t["ch1"]]
+    return np.ascontiguousarray(sub).reshape(sub.shape[0], -1)
 
 
 def zero_row_blocks(image: np.ndarray, rows_per_op: int) -> list[int]:

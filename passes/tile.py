@@ -87,9 +87,10 @@ class TilePass(Pass):
             m, enc = weight_matrix(node), Encoding(kind, weight_bits(node), geo["cell_bits"])
             table = plan(m, enc, geo["rows"], geo["cols"], nxt, geo["arrays"], self.replicate)
             nxt += len(table) * self.replicate
+            cells = enc.encode(m) if enc.offset == 0 else None
             skip = [(i, b) for i, row in enumerate(table)
-                    for b in (zero_row_blocks(tile_image(m, enc, row), geo["rows_per_op"])
-                              if enc.offset == 0 else [])]
+                    for b in (zero_row_blocks(tile_image(cells, row), geo["rows_per_op"])
+                              if cells is not None else [])]
             util = (table[:, 5] - table[:, 4]) * (table[:, 7] - table[:, 6]) / (geo["rows"] * geo["cols"])
             node.attrs.update({
                 "tile.map": table, "tile.util": util.astype(np.float64),

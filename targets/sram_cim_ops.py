@@ -313,9 +313,13 @@ def _lower(graph: Graph, node: Node, spec, adc_bits: int, holds: dict) -> None:
         x = add("vec.im2col", [x], {**conv, "pad_value": int(a["x_zero_point"])})
     concurrent = max(1, min(len(table), arrays // R))
     parts: dict[tuple[int, int], Any] = {}
+    cells = enc.encode(m)
+    skipped: dict[int, list[int]] = {}
+    for ti, b in skip:
+        skipped.setdefault(int(ti), []).append(int(b))
     for i, row in enumerate(table):
         t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
-        img = tile_image(m, enc, row)
+        img = tile_image(cells, row)
         key = (node.name, i)
         token = None
         for r in range(R):
@@ -325,7 +329,7 @@ def _lower(graph: Graph, node: Node, spec, adc_bits: int, holds: dict) -> None:
                 tok = add("sram.load", [const], {"macro": macro, "cim.bytes": -(-img.size * enc.cell_bits // 8)})
                 holds[macro] = (key, tok)
             token = token or holds[macro][1]
-        tskip = tuple(int(b) for ti, b in skip if ti == i)
+        tskip = tuple(skipped.get(i, ()))
         y = add("sram.mvm", [x, token], {
             "macro": t["array"], "group": t["group"] if grouped else -1, "k0": t["k0"], "k1": t["k1"],
             "channels": t["ch1"] - t["ch0"], "significance": enc.significance, "offset": enc.offset,

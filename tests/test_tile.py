@@ -54,7 +54,7 @@ def test_plan_covers_every_weight_once(G, K, N, rows, cols, kind):
     back = np.zeros_like(m)
     for row in table:
         t = dict(zip(TILE_COLUMNS, row.tolist(), strict=True))
-        img = tile_image(m, enc, row)
+        img = tile_image(enc.encode(m), row)
         assert img.shape[0] <= rows and img.shape[1] <= cols and img.shape[1] == t["col1"] - t["col0"]
         back[t["group"], t["k0"]:t["k1"], t["ch0"]:t["ch1"]] += enc.decode(img.reshape(img.shape[0], -1, enc.slices))
     assert np.array_equal(back, m)
