@@ -7,9 +7,10 @@ Algorithm:
 2. Bits: ``weight-bits``/``act-bits``, overridden per node name or op type by ``overrides``.
    ``act-bits`` of a layer is the width of what it reads; a tensor read by several integer layers
    gets the largest request.
-3. Rewrite (``cimc.quant.lower``): Conv/Gemm/MatMul with constant weights become ``q.conv``/
-   ``q.gemm``/``q.matmul`` (int8 weights per output channel, int32 bias holding the zero-point
-   term) giving int32 accumulators; Relu/Clip become the clamp of the ``q.requant`` to uint8;
+3. Rewrite (``cimc.quant.lower``): Conv/ConvTranspose/Gemm/MatMul with constant weights become
+   ``q.conv``/``q.conv_transpose``/``q.gemm``/``q.matmul`` (int8 weights per output channel, int32
+   bias holding the zero-point term, except ``q.conv_transpose`` which subtracts it from x) giving
+   int32 accumulators; Relu/Clip become the clamp of the ``q.requant`` to uint8;
    Add/Sum of integer values become ``q.add``; moves (MaxPool, Reshape, Concat, ...) run on uint8;
    all else runs in float between ``q.dequantize`` and ``q.quantize``. Graph inputs and outputs
    stay float (an accumulator output is dequantized directly, so logits keep full precision).

@@ -15,8 +15,8 @@ from cimc.cli import main
 
 
 def _deconv_model(path: Path) -> None:
-    """Conv -> ConvTranspose -> Relu: the quantizer leaves ConvTranspose in float, which neither the
-    sram-cim arrays (integer ops only) nor its vector unit run."""
+    """Conv -> ConvTranspose -> Relu: the quantizer makes ConvTranspose a q.conv_transpose, which neither
+    the sram-cim arrays (q.conv, q.gemm, q.matmul only) nor its vector unit run."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
     wt = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "wt")
@@ -64,7 +64,7 @@ CASES = {
                       ["allow_reload = false", "4736 weight bytes", "holds 4096 bytes",
                        "--spec-set allow_reload=true", "weight_buffer_bytes=4736"]),
     "unsupported-op": (["compile", "deconv.onnx", "-t", "sram-cim", "--calibration", "x.npz"],
-                       ["target 'sram-cim' cannot run op ConvTranspose (node 'deconv1')", "q.conv, q.gemm, q.matmul",
+                       ["target 'sram-cim' cannot run op q.conv_transpose (node 'deconv1')", "q.conv, q.gemm, q.matmul",
                         "Softmax", "sram.*", "compile for a target that runs it (npu)"]),
     "program-syntax": (["run", "syntax.cimir", "--random", "-o", "out.npz"],
                        ["syntax.cimir:10:33:", "expected ')'"]),

@@ -122,6 +122,78 @@ def test_qconv_large_reduction_is_exact():
                                                           (1, 1, 1, 1), 1))
 
 
+# ---- q.conv_transpose -------------------------------------------------------------------------------
+def _convt_ref(x, w, bias, zx, strides, dils, pads, opad, group):
+    """ConvTranspose of (x - zx) by w in int64: scatter each input cell times each kernel tap."""
+    n, c, *sp = x.shape
+    _, mg, *ks = w.shape
+    nd, cg = len(sp), c // group
+    out = [strides[i] * (sp[i] - 1) + opad[i] + (ks[i] - 1) * dils[i] + 1 - pads[i] - pads[i + nd] for i in range(nd)]
+    y = np.zeros((n, group * mg, *out), np.int64)
+    xs = x.astype(np.int64) - zx
+    for g in range(group):
+        for i in np.ndindex(*sp):
+            for k in np.ndindex(*ks):
+                o = [i[d] * strides[d] + k[d] * dils[d] - pads[d] for d in range(nd)]
+                if all(0 <= o[d] < out[d] for d in range(nd)):
+                    xv = xs[(slice(None), slice(g * cg, (g + 1) * cg), *i)]  # [n, cg]
+                    wv = w[(slice(g * cg, (g + 1) * cg), slice(None), *k)].astype(np.int64)  # [cg, mg]
+                    y[(slice(None), slice(g * mg, (g + 1) * mg), *o)] += xv @ wv
+    return y + bias.reshape(-1, *(1,) * nd)
+
+
+@st.composite
+def convt_cases(draw):
+    nd = draw(st.integers(1, 2))
+    group, cg, mg = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ks = [draw(st.integers(1, 3)) for _ in range(nd)]
+    dils = [draw(st.integers(1, 2)) for _ in range(nd)]
+    strides = [draw(st.integers(1, 3)) for _ in range(nd)]
+    opad = [draw(st.integers(0, s - 1)) for s in strides]
+    sp = [draw(st.integers(1, 5)) for _ in range(nd)]
+    full = [strides[i] * (sp[i] - 1) + opad[i] + (ks[i] - 1) * dils[i] + 1 for i in range(nd)]
+    pads = [draw(st.integers(0, min(2, (f - 1) // 2))) for f in full]
+    pads = pads + [draw(st.integers(0, min(2, full[i] - 1 - pads[i]))) for i in range(nd)]
+    abits, wbits = draw(st.integers(2, 8)), draw(st.integers(2, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    qa, qw = (1 << abits) - 1, (1 << (wbits - 1)) - 1
+    x = rng.integers(0, qa + 1, (draw(st.integers(1, 2)), group * cg, *sp)).astype(np.uint8)
+    w = rng.integers(-qw, qw + 1, (group * cg, mg, *ks)).astype(np.int8)
+    b = rng.integers(-(2**20), 2**20, group * mg)
+    return x, w, b, int(rng.integers(0, qa + 1)), strides, dils, pads, opad, group
+
+
+@settings(max_examples=80, deadline=None)
+@given(convt_cases(), st.booleans())
+def test_qconv_transpose_is_the_exact_integer_formula(case, with_bias):
+    x, w, b, zx, strides, dils, pads, opad, group = case
+    b = b if with_bias else np.zeros_like(b)
+    g = _graph("q.conv_transpose", [("x", TensorType(U8, x.shape)), w, b.astype(np.int32) if with_bias else None],
+               {"strides": tuple(strides), "dilations": tuple(dils), "pads": tuple(pads),
+                "output_padding": tuple(opad), "group": group, "x_zero_point": zx})
+    got = _one(g, x=x)
+    want = _convt_ref(x, w, b, zx, strides, dils, pads, opad, group)
+    assert got.dtype == np.int32 and got.shape == want.shape == g.outputs[0].type.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_qconv_transpose_type_and_checks():
+    x, w = TensorType(U8, ("N", 4, 5, 5), QuantParams((0.1,), (3,), 8)), np.ones((4, 2, 3, 3), np.int8)
+    g = Graph()
+    xi = g.add_input("x", x)
+    wv = g.add_constant(w, "w", TensorType(I8, w.shape, QuantParams((0.5, 0.25), (0, 0), 8, 1)))
+    n = g.add_node("q.conv_transpose", [xi, wv], {"strides": (2, 2), "x_zero_point": 3})
+    t = n.output.type
+    assert t.dtype is I32 and t.shape == ("N", 2, 11, 11) and t.quant.scale == pytest.approx((0.05, 0.025))
+    g.outputs.append(n.output)
+    verify(g)
+    n.attrs["x_zero_point"] = 4
+    with pytest.raises(VerifyError, match="x_zero_point"):
+        verify(g)
+    with pytest.raises(VerifyError, match="channels"):
+        _graph("q.conv_transpose", [("x", TensorType(U8, (1, 3, 4, 4))), w], {"x_zero_point": 0})
+
+
 # ---- q.gemm / q.matmul ---------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 40), st.integers(1, 6), st.integers(2, 8), st.integers(2, 8),

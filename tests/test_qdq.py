@@ -68,6 +68,34 @@ def test_sub8_activations_stay_in_range():
     assert all(got[n].max() <= 15 for n in names)
 
 
+@pytest.mark.parametrize("group,per_channel", [(1, "true"), (2, "false")])
+def test_export_conv_transpose(group, per_channel):
+    """q.conv_transpose -> DQ(x), DQ(w, axis 1), DQ(bias) -> ConvTranspose -> Q: onnxruntime agrees."""
+    from cimc.onnx_io import import_model
+    from test_quantize import convt_model
+
+    g = import_model(convt_model(group))
+    rng = np.random.default_rng(2)
+    PassManager(f"quantize{{per-channel={per_channel}}}",
+                PassContext(calibration={"x": rng.normal(size=(16, 3, 6, 6)).astype(np.float32)})).run(g)
+    assert "q.conv_transpose" in g.ops()
+    model = export_qdq(g)
+    onnx.checker.check_model(model, full_check=True)
+    assert "ConvTranspose" in {n.op_type for n in model.graph.node}
+    agree = qdq_agreement(g, {"x": rng.normal(size=(4, 3, 6, 6)).astype(np.float32)})
+    assert all(f >= 0.99 and lsb <= 1 for f, lsb in agree.values()), agree
+
+
+def test_export_rejects_grouped_per_channel_conv_transpose():
+    from cimc.onnx_io import import_model
+    from test_quantize import convt_model
+
+    g = import_model(convt_model(2))
+    PassManager("quantize", PassContext(calibration={"x": np.ones((2, 3, 6, 6), np.float32)})).run(g)
+    with pytest.raises(CimcError, match="q.conv_transpose.*group=2"):
+        export_qdq(g)
+
+
 def test_export_rejects_target_ops():
     g = Graph("t")
     x = g.add_input("x", TensorType(DType.f32, (1, 4)))

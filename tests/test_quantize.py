@@ -103,6 +103,40 @@ def test_bias_holds_the_zero_point_term():
     np.testing.assert_array_equal(got, (x.astype(np.int64) - zx) @ w + round_b)
 
 
+def convt_model(group: int = 2) -> onnx.ModelProto:
+    """A float Conv -> ConvTranspose (stride 2, pads, output_padding, bias, ``group``) -> Relu model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a.astype(np.float32), k) for k, a in {
+        "w1": rng.normal(0, 0.3, (4, 3, 3, 3)), "b1": rng.normal(0, 0.1, 4),
+        "w2": rng.normal(0, 0.3, (4, 6 // group, 3, 3)), "b2": rng.normal(0, 0.1, 6)}.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["c", "w2", "b2"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1],
+                              output_padding=[1, 1], group=group),
+             helper.make_node("Relu", ["t"], ["y"])]
+    graph = helper.make_graph(nodes, "convt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 12, 12])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_transpose_becomes_an_integer_op(group):
+    from cimc.onnx_io import import_model
+
+    f = import_model(convt_model(group))
+    rng = np.random.default_rng(1)
+    q = _quantize(f, "weight-bits=8 act-bits=8", calibration={"x": rng.normal(size=(16, 3, 6, 6)).astype(np.float32)})
+    ops = q.ops()
+    assert ops.get("q.conv_transpose") == 1 and "ConvTranspose" not in ops and "Relu" not in ops
+    n = next(n for n in q.nodes if n.op == "q.conv_transpose")
+    assert len(n.inputs[1].type.quant.scale) == 6 and n.inputs[2].type.dtype is DType.i32
+    assert n.outputs[0].users[0].op == "q.requant" and n.outputs[0].users[0].attrs.get("lo", 0) >= 0
+    x = rng.normal(size=(8, 3, 6, 6)).astype(np.float32)
+    ref, got = run(f, {"x": x})["y"].reshape(-1), run(q, {"x": x})["y"].reshape(-1)
+    assert got.min() >= 0 and ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got)) > 0.99
+
+
 def test_moves_and_activations_run_on_integers():
     g = _quantize(_float("lenet_bn"))
     assert g.ops().get("BatchNormalization") is None

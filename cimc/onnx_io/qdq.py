@@ -11,6 +11,9 @@ fuses back into integer kernels (QLinearConv, QGemm, QLinearMatMul, QLinearAdd):
   ``DequantizeLinear(w)`` (int8, per-channel ``axis``) and ``DequantizeLinear(bias)`` (int32, scale
   ``sx*sw``). The exported bias is cimc's plus the zero-point term ``zx * sum(w)`` it holds
   (ONNX subtracts ``zx`` itself); a ``q.matmul`` bias is an ``Add`` after the ``MatMul``;
+- ``q.conv_transpose`` -> ``ConvTranspose`` likewise, weights dequantized on axis 1 and the bias
+  as is (it holds no zero-point term); per-channel weights with ``group > 1`` have no such form
+  (their ``M`` scales do not run along one axis of ``w``) and are an error;
 - ``q.requant`` -> ``QuantizeLinear`` of the float accumulator; ``q.add`` -> ``DequantizeLinear``
   both, ``Add``, ``QuantizeLinear``.
 A result narrower than 8 bits, or with a ``lo``/``hi`` clamp, gets an integer ``Clip`` on the
@@ -37,7 +40,7 @@ __all__ = ["adopt_qdq", "export_qdq", "import_qdq", "qdq_agreement", "to_qdq_gra
 
 logger = logging.getLogger(__name__)
 
-_MVM = {"q.conv": "Conv", "q.gemm": "Gemm", "q.matmul": "MatMul"}
+_MVM = {"q.conv": "Conv", "q.conv_transpose": "ConvTranspose", "q.gemm": "Gemm", "q.matmul": "MatMul"}
 
 
 def export_qdq(graph: Graph, *, opset: int | None = None, expose: Iterable[str] = ()) -> onnx.ModelProto:
@@ -53,7 +56,7 @@ def to_qdq_graph(graph: Graph, *, expose: Iterable[str] = ()) -> Graph:
     bad: dict[str, list[str]] = {}
     for n in graph.nodes:
         if "." in n.op and not (n.op.startswith("q.") and n.op[2:] in
-                                {"quantize", "dequantize", "conv", "gemm", "matmul", "requant", "add"}):
+                                {"quantize", "dequantize", "conv", "conv_transpose", "gemm", "matmul", "requant", "add"}):
             bad.setdefault(n.op, []).append(n.name)
     if bad:
         what = "; ".join(f"{op} (nodes {', '.join(map(repr, names[:3]))})" for op, names in bad.items())
@@ -123,26 +126,33 @@ class _Writer:
             raise CimcError(f"node {n.name!r} ({n.op}): the input and a constant weight need quantization "
                             f"parameters in their types (found {px} and {pw}); run the 'quantize' pass")
         wq, zx, sx = np.asarray(w.const, np.int64), int(n.attrs["x_zero_point"]), float(px.scale[0])
-        axis = {"q.conv": 0, "q.gemm": 0, "q.matmul": 1}[n.op]
-        sw = np.broadcast_to(np.asarray(pw.scale, np.float64), (wq.shape[axis],))
+        axis = {"q.conv": 0, "q.conv_transpose": 1, "q.gemm": 0, "q.matmul": 1}[n.op]
+        convt = n.op == "q.conv_transpose"
+        if convt and len(pw.scale) > 1 and n.attrs.get("group", 1) > 1:
+            raise UnsupportedOpError(
+                f"node {n.name!r} (q.conv_transpose): per-channel weights with group={n.attrs['group']} have no "
+                f"QDQ form ({len(pw.scale)} scales, but DequantizeLinear on axis 1 of w {wq.shape} takes "
+                f"{wq.shape[1]}); quantize with per-tensor weights or export the float graph")
+        cout = wq.shape[1] * n.attrs.get("group", 1) if convt else wq.shape[axis]
+        sw = np.broadcast_to(np.asarray(pw.scale, np.float64), (cout,))
         xf = self.dq(self.env[id(x)], px, f"{n.name}_x_dequantize")
         wf = self.dq(self.val(w, n), pw, f"{n.name}_w_dequantize", axis)
-        bias = zx * wq.sum(axis=tuple(i for i in range(wq.ndim) if i != axis))
+        bias = np.zeros(sw.size, np.int64) if convt else zx * wq.sum(axis=tuple(i for i in range(wq.ndim) if i != axis))
         if b is not None:
             bias = bias + np.asarray(b.const, np.int64)
         if np.abs(bias).max(initial=0) >= 2**31:
             raise CimcError(f"node {n.name!r} ({n.op}): the exported int32 bias (cimc's plus x_zero_point * sum(w)) "
                             "overflows int32")
         bf = None
-        if b is not None or zx:
+        if b is not None or (zx and not convt):
             bv = self.const(bias.astype(np.int32), f"{w.name}_bias_qdq")
             bf = self.dq(bv, QuantParams(tuple(float(np.float32(sx * s)) for s in sw), (0,) * sw.size, 32, 0),
                          f"{n.name}_bias_dequantize", 0)
         acc = n.outputs[0]
         out_t = TensorType(DType.f32, acc.type.shape)
-        if n.op == "q.conv":
+        if n.op in ("q.conv", "q.conv_transpose"):
             attrs = {k: v for k, v in n.attrs.items() if k != "x_zero_point"}
-            return self.op("Conv", [xf, wf, bf], attrs, n.name, out_t, acc.name)
+            return self.op(_MVM[n.op], [xf, wf, bf], attrs, n.name, out_t, acc.name)
         if n.op == "q.gemm":
             return self.op("Gemm", [xf, wf, bf], {"transB": 1}, n.name, out_t, acc.name)
         if bf is None:

@@ -33,6 +33,14 @@ accumulator then ``QuantizeLinear`` with the result type's parameters, followed 
     ``bias[m] = round(b[m] / (sx*sw[m])) - x_zero_point * sum_{c,k} w[m,c,k]``, so
     ``acc = round(b/(sx*sw)) + sum w * (x - zx)`` exactly, pad cells contributing 0: the op is a
     plain integer MVM plus bias, the zero-point term precomputed into the bias.
+``q.conv_transpose(x: u8, w: i8 [C, M/G, *K], bias: i32 [M]?) -> i32``  attrs of ``ConvTranspose``
+    plus ``x_zero_point``: ``acc = bias + ConvTranspose(x - x_zero_point, w)``, exact (int64
+    values through the float64 ConvTranspose, exact below 2**53), wrapped to int32. Unlike
+    ``q.conv`` the zero-point term is NOT in the bias: an output cell receives a number of
+    contributions that depends on its position (fewer at the borders, and with strides), so
+    ``zx * sum(w)`` is not a per-channel constant; ``bias[m] = round(b[m] / (sx*sw[m]))``. The
+    weight is per output channel ``m = g*M/G + j`` (``w[g*C/G:(g+1)*C/G, j]``): its type has
+    ``M`` scales on axis 1 (for ``G > 1`` that is more than ``w.shape[1]``, in group-major order).
 ``q.gemm(x: u8 [M,K], w: i8 [N,K], bias: i32 [N]?) -> i32 [M,N]``: ``acc = x @ w.T + bias``.
 ``q.matmul(x: u8 [...,K], w: i8 [K,N], bias: i32 [N]?) -> i32 [...,N]``: ``acc = x @ w + bias``.
     Both carry ``x_zero_point`` (already folded into ``bias`` as for ``q.conv``; kept so the
@@ -57,6 +65,8 @@ accumulator then ``QuantizeLinear`` with the result type's parameters, followed 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from cimc.errors import VerifyError
@@ -64,7 +74,7 @@ from cimc.ir.core import Node
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.ops._infer import broadcast_shapes, normalize_axis, require
-from cimc.ops.nn import _CONV_ATTRS, _conv_infer, conv, exact_matmul, to_dtype, window_geometry
+from cimc.ops.nn import _CONV_ATTRS, _conv_infer, conv, conv_transpose, exact_matmul, to_dtype, window_geometry
 from cimc.quant.fixedpoint import quantize_multiplier, rescale, shared_multipliers
 
 __all__ = ["MODES"]
@@ -248,6 +258,38 @@ def qconv(ctx, x, w, bias=None):
     zero = [0] * len(out)
     return conv(x, w, bias, strides=strides, dilations=dils, pads_begin=zero, pads_end=zero, out=out,
                 group=ctx.attrs["group"], out_dtype=np.dtype(np.int32))
+
+
+class _AsConvTranspose:
+    """A node seen as ``ConvTranspose`` by nn's shared Conv/ConvTranspose type rule."""
+
+    op = "ConvTranspose"
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __getattr__(self, key: str):
+        return getattr(self._node, key)
+
+
+def _conv_transpose_type(ctx: InferContext) -> list[TensorType]:
+    _mvm_operands(ctx)
+    return _acc_type(ctx, _conv_infer(dataclasses.replace(ctx, node=_AsConvTranspose(ctx.node)))[0].shape, 1)
+
+
+@define_op("q.conv_transpose", inputs=(2, 3), infer=_conv_transpose_type, verify=_verify_mvm, attrs={
+    **_CONV_ATTRS,
+    "output_padding": AttrSpec("ints", None, "extra size added at the end of each spatial dim"),
+    "output_shape": AttrSpec("ints", None, "spatial output shape; pads are derived from it"),
+    "x_zero_point": AttrSpec("int", REQUIRED, "zero point of x (subtracted from x; not folded into bias)"),
+})
+def qconv_transpose(ctx, x, w, bias=None):
+    """int32 transposed convolution of uint8 x minus x_zero_point by int8 w, plus int32 bias."""
+    xd = x.astype(np.float64) - ctx.attrs["x_zero_point"]
+    y = conv_transpose(ctx, xd, w.astype(np.float64)).astype(np.int64)
+    if bias is not None:
+        y += bias.astype(np.int64).reshape(-1, *(1,) * (y.ndim - 2))
+    return to_dtype(y, np.dtype(np.int32))
 
 
 def _gemm_type(ctx: InferContext) -> list[TensorType]:

@@ -8,7 +8,10 @@ parameters), ``q.requant`` (accumulator to uint8), ``q.dequantize`` (either to f
 - ``Conv``, ``Gemm`` (transA=0, constant B, C absent or a constant vector) and ``MatMul`` (constant
   2-D B; a following ``Add`` of a constant vector becomes its bias) give ``q.conv``/``q.gemm``/
   ``q.matmul`` on the uint8 input with int8 weights per output channel and an int32 bias
-  ``round(b / (sx*sw)) - zx * sum(w)``: an accumulator.
+  ``round(b / (sx*sw)) - zx * sum(w)``: an accumulator. ``ConvTranspose`` (constant weight
+  ``[C, M/G, *K]``, quantized per output channel ``g*M/G + j``) gives ``q.conv_transpose``, whose
+  bias is ``round(b / (sx*sw))`` only: it subtracts ``zx`` from x itself (the zero-point term varies
+  with the output position there).
 - ``Relu``/``Clip`` (constant bounds) of an accumulator is a ``q.requant`` clamped to the bounds,
   with the activation's own calibrated range; of a uint8 value an integer ``Clip`` (bounds
   rounded to its grid; none at all if they cover it).
@@ -45,7 +48,7 @@ MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Uns
                    "Expand", "Identity", "Concat"})
 """Ops that only move or select elements, so they run on uint8 values unchanged."""
 _ACTS = frozenset({"Relu", "Clip"})
-_QOPS = {"Conv": "q.conv", "Gemm": "q.gemm", "MatMul": "q.matmul"}
+_QOPS = {"Conv": "q.conv", "ConvTranspose": "q.conv_transpose", "Gemm": "q.gemm", "MatMul": "q.matmul"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Settings:
 
 
 def quantizable(n: Node) -> bool:
-    """Whether ``n`` is a Conv, Gemm (transA=0, C absent or a constant vector) or MatMul (2-D B) whose
+    """Whether ``n`` is a Conv, ConvTranspose, Gemm (transA=0, C absent or a constant vector) or MatMul (2-D B) whose
     weight is a constant and whose input is an f32 activation of rank 2 or more."""
     ins = n.inputs
     if n.op not in _QOPS or len(ins) < 2 or ins[1] is None or ins[1].const is None or ins[0] is None \
@@ -76,7 +79,7 @@ def quantizable(n: Node) -> bool:
     c = ins[2] if len(ins) > 2 else None
     if c is not None and c.const is None:
         return False
-    if n.op == "Conv":
+    if n.op in ("Conv", "ConvTranspose"):
         return True
     w = ins[1].const
     if w.ndim != 2 or ins[0].type.rank in (None, 0, 1):
@@ -93,12 +96,22 @@ def _weights(n: Node) -> tuple[np.ndarray, int, np.ndarray | None]:
     ``alpha * B'`` shaped ``[N, K]`` and its bias ``beta * C``, MatMul's weight is ``B`` ``[K, N]``."""
     w, c = n.inputs[1].const, n.inputs[2].const if len(n.inputs) > 2 and n.inputs[2] is not None else None
     if n.op != "Gemm":
-        return w, 1 if n.op == "MatMul" else 0, c
+        return w, 1 if n.op in ("MatMul", "ConvTranspose") else 0, c
     a = n.attrs
     w = w if a.get("transB", 0) else w.T
     if a.get("alpha", 1.0) != 1.0:
         w = w * np.float32(a["alpha"])
     return w, 0, None if c is None else np.broadcast_to(c.reshape(-1), (w.shape[0],)) * a.get("beta", 1.0)
+
+
+def _quantize_convt_weights(w: np.ndarray, group: int, bits: int, per_channel: bool
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """ConvTranspose weight ``[C, M/G, *K]`` quantized with one scale per output channel ``g*M/G + j``
+    (``M`` scales, group-major), or one scale; the int8 weight keeps the ``[C, M/G, *K]`` layout."""
+    c, mg, k = w.shape[0], w.shape[1], w.shape[2:]
+    by_out = np.moveaxis(w.reshape(group, c // group, mg, *k), 2, 1).reshape(group * mg, c // group, *k)
+    wq, sw = quantize_weights(by_out, bits, 0, per_channel)
+    return np.ascontiguousarray(np.moveaxis(wq.reshape(group, mg, c // group, *k), 1, 2).reshape(w.shape)), sw
 
 
 def _is_add(n: Node) -> bool:
@@ -260,23 +273,29 @@ class _Lowering:
         xq = self.as_quant(n.inputs[0])
         sx, zx = xq.type.quant.scale[0], xq.type.quant.zero_point[0]
         bits = self.s.bits(n, "weight-bits")
-        wq, sw = quantize_weights(w, bits, axis, self.s.per_channel)
+        if n.op == "ConvTranspose":  # [C, M/G, *K] -> [M, C/G, *K]: one scale per output channel
+            wq, sw = _quantize_convt_weights(w, n.attrs.get("group", 1), bits, self.s.per_channel)
+        else:
+            wq, sw = quantize_weights(w, bits, axis, self.s.per_channel)
         ax = None if sw.size == 1 else axis
         wname = n.inputs[1].name
         wv = self.g.add_constant(wq, wname, TensorType(DType.i8, wq.shape, QuantParams(
             tuple(map(float, sw)), (0,) * sw.size, bits, ax)))
-        bias = -zx * wq.sum(axis=tuple(i for i in range(wq.ndim) if i != axis), dtype=np.int64)
+        if n.op == "ConvTranspose":  # x - zx is computed by the op: no zero-point term in the bias
+            bias = np.zeros(sw.size if b is None else b.size, np.int64)
+        else:
+            bias = -zx * wq.sum(axis=tuple(i for i in range(wq.ndim) if i != axis), dtype=np.int64)
         if b is not None:
             bias = bias + np.rint(b.astype(np.float64) / (sx * sw.astype(np.float64)))
         if np.abs(bias).max(initial=0) >= 2**31:
             raise CimcError(f"node {n.name!r}: the int32 bias overflows (|bias| up to {np.abs(bias).max():.3g}); "
                             "the float bias is too large for the input and weight scales")
         bv = None
-        if b is not None or zx:
+        if b is not None or (zx and n.op != "ConvTranspose"):
             bv = self.g.add_constant(bias.astype(np.int32), self.fresh(f"{wname}_bias"), TensorType(
                 DType.i32, (bias.size,), QuantParams(tuple(sx * float(s) for s in sw), (0,) * sw.size, 32,
                                                      None if ax is None else 0)))
-        attrs = (dict(n.attrs) if n.op == "Conv" else {}) | {"x_zero_point": zx}
+        attrs = (dict(n.attrs) if n.op in ("Conv", "ConvTranspose") else {}) | {"x_zero_point": zx}
         self.acc[id(out)] = self.node(_QOPS[n.op], [xq, wv, bv], attrs, n.name, out_name=self.fresh(f"{out.name}_acc"))
 
     def add(self, n: Node) -> None:
