@@ -40,7 +40,11 @@ from typing import Any, ClassVar, Literal
 
 from cimc.errors import InputError, ParseError
 
-__all__ = ["ARRAY_OPS", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target", "lossless_adc_bits", "param"]
+__all__ = ["ARRAY_OPS", "SCALE_45_TO_22NM", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target",
+           "lossless_adc_bits", "param"]
+
+SCALE_45_TO_22NM = "x 0.29 (45 nm -> 22 nm at 0.8 V, hw-parameters.md §0 scaling table)"
+"""How a spec cites an energy scaled from a 45 nm figure to 22 nm."""
 
 ARRAY_OPS = ("q.conv", "q.gemm", "q.matmul")
 """The integer matrix ops a target may run on its arrays (weights held in the array)."""

@@ -26,11 +26,10 @@ from typing import ClassVar
 
 from cimc.cost import Cost
 from cimc.ir.core import Node
-from cimc.target import VECTOR_OPS, Capabilities, Spec, Target, param
+from cimc.target import SCALE_45_TO_22NM, VECTOR_OPS, Capabilities, Spec, Target, param
 
 __all__ = ["SramCimSpec", "SramCimTarget"]
 
-_SCALE = "x 0.29 (45 nm -> 22 nm at 0.8 V, hw-parameters.md §0 scaling table)"
 _BITOP = "of 1.8 fJ per 1b x 1b op (NeuroSim SRAM 22 nm, 64 rows, 17.13 TOPS/W; hw-parameters.md §2.3)"
 
 
@@ -122,19 +121,19 @@ class SramCimSpec(Spec):
     vec_op_pj: float = param(0.029, "Energy of one vector-unit add-class op (add, compare, shift, clip) on one "
                                     "element.", unit="pJ",
                              source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (hw-parameters.md §1.1) "
-                                    f"[C2] {_SCALE}", ge=0)
+                                    f"[C2] {SCALE_45_TO_22NM}", ge=0)
     vec_mul_pj: float = param(0.899, "Energy of one vector-unit multiply (a requantization multiplier) on one "
                                      "element.", unit="pJ",
                               source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md "
-                                     f"§1.1) [C2] {_SCALE}", ge=0)
+                                     f"§1.1) [C2] {SCALE_45_TO_22NM}", ge=0)
     buffer_pj_per_byte: float = param(0.997, "Energy to read or write one byte of a buffer.", unit="pJ/byte",
                                       source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access "
                                              "(hw-parameters.md §1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 "
-                                             f"bytes {_SCALE}", ge=0)
+                                             f"bytes {SCALE_45_TO_22NM}", ge=0)
     noc_pj_per_byte: float = param(0.174, "Energy to move one byte between a buffer and a macro (on-chip bus).",
                                    unit="pJ/byte",
                                    source="[U] Eyeriss (Chen et al., ISCA 2016) Table IV: NoC about 2x a MAC "
-                                          f"(hw-parameters.md §1.1): 2 x 0.30 pJ {_SCALE}", ge=0)
+                                          f"(hw-parameters.md §1.1): 2 x 0.30 pJ {SCALE_45_TO_22NM}", ge=0)
     dram_pj_per_byte: float = param(64.0, "Energy to move one byte from or to DRAM (weight reloads, spills).",
                                     unit="pJ/byte", source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit "
                                                            "(hw-parameters.md §1.1, §1.2) [C]", ge=0)

@@ -4,8 +4,6 @@ zoo's lenet_bn and onnx's light ResNet-50 / DenseNet-121 end to end."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,6 +12,7 @@ from cimc.passes import get_pass
 from cimc.passes.fuse_batchnorm import FuseBatchNormPass, bn_scale_shift, explain
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from light_models import LIGHT, randomize
 from onnx import TensorProto, helper, numpy_helper
 
 from cimc import zoo
@@ -22,8 +21,6 @@ from cimc.ir import DType, Graph, TensorType, verify
 from cimc.onnx_io import import_model, load_model
 from cimc.passmanager import PassContext, PassManager
 from cimc.pipeline import Pipeline, PipelineError
-
-LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -334,28 +331,9 @@ def test_lenet_bn_zoo_model() -> None:
     assert (after.argmax(1) == m.y_test).mean() == (want.argmax(1) == m.y_test).mean()
 
 
-def _randomize(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """The light model with its ConstantOfShape weight fills (all 0.02) replaced by seeded random
-    initializers: He-scaled normal weights, per-channel parameters (BN's too) in [0.5, 1.5)."""
-    rng = np.random.default_rng(seed)
-    shapes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    for node in model.graph.node:
-        if node.op_type == "ConstantOfShape" and node.input[0] in shapes:
-            shape = tuple(int(d) for d in shapes[node.input[0]])
-            w = (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:])) if len(shape) > 1
-                 else rng.uniform(0.5, 1.5, shape))
-            out.graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), node.output[0]))
-        else:
-            out.graph.node.append(node)
-    return out
-
-
 @pytest.mark.parametrize(("name", "fused", "affine"), [("resnet50", 53, 0), ("densenet121", 59, 62)])
 def test_light_model(name: str, fused: int, affine: int) -> None:
-    model = _randomize(onnx.load(LIGHT / f"light_{name}.onnx"))
+    model = randomize(onnx.load(LIGHT / f"light_{name}.onnx"))
     softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
     if softmax:  # compare logits: random weights saturate the softmax
         del model.graph.output[:]
@@ -368,7 +346,8 @@ def test_light_model(name: str, fused: int, affine: int) -> None:
     (x,) = g.inputs
     feeds = {x.name: np.random.default_rng(0).standard_normal(x.type.shape, dtype=np.float32)}
     (got,), (want,) = run(g, feeds).values(), _ort(model, feeds).values()
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    # random He-scaled weights give logits up to ~1e5: float32 rounding scales with them
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=max(1e-4, 1e-5 * float(np.abs(want).max())))
     assert np.ptp(want) > 1e-2  # the outputs are not uniform
     if name == "densenet121":  # BN after Concat / pooling: Mul+Add, each preceded by the reason
         g2 = import_model(model)

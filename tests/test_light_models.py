@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
+from light_models import LIGHT, randomize
+from onnx import helper
 
 from cimc.interpreter import run
 from cimc.ir import Graph, verify
@@ -28,7 +28,6 @@ from cimc.onnx_io import export_model, import_model
 from cimc.passmanager import PassManager
 from cimc.text import parse_graph, print_graph
 
-LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT.glob("light_*.onnx"))
 RUN_PARSED = {"squeezenet", "shufflenet", "resnet50"}
 """Models whose parsed-back graph is also run (for the rest, equality with the original implies it)."""
@@ -135,31 +134,9 @@ def test_text_round_trip(light: Light) -> None:
         _compare(run(parsed, light.feeds), light.want, f"{light.name}: parsed graph")
 
 
-def _randomize(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """``model`` with each ConstantOfShape weight fill replaced by a seeded random initializer:
-    He-scaled normal weights (rank > 1), values in [0.5, 1.5) for per-channel parameters (so
-    variances stay positive)."""
-    rng = np.random.default_rng(seed)
-    shapes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    for node in model.graph.node:
-        if node.op_type == "ConstantOfShape" and node.input[0] in shapes:
-            shape = tuple(int(d) for d in shapes[node.input[0]])
-            if len(shape) > 1:
-                w = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / np.prod(shape[1:])))
-            else:
-                w = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-            out.graph.initializer.append(numpy_helper.from_array(w, node.output[0]))
-        else:
-            out.graph.node.append(node)
-    return out
-
-
 @pytest.mark.parametrize("name", RANDOM_WEIGHTS)
 def test_random_weights_match_onnxruntime(name: str) -> None:
-    model = _randomize(onnx.load(LIGHT / f"light_{name}.onnx"))
+    model = randomize(onnx.load(LIGHT / f"light_{name}.onnx"))
     graph = _fold(import_model(model))
     _expose_logits(graph, model)
     verify(graph)

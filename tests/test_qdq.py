@@ -71,8 +71,9 @@ def test_sub8_activations_stay_in_range():
 @pytest.mark.parametrize("group,per_channel", [(1, "true"), (2, "false")])
 def test_export_conv_transpose(group, per_channel):
     """q.conv_transpose -> DQ(x), DQ(w, axis 1), DQ(bias) -> ConvTranspose -> Q: onnxruntime agrees."""
-    from cimc.onnx_io import import_model
     from test_quantize import convt_model
+
+    from cimc.onnx_io import import_model
 
     g = import_model(convt_model(group))
     rng = np.random.default_rng(2)
@@ -87,12 +88,13 @@ def test_export_conv_transpose(group, per_channel):
 
 
 def test_export_rejects_grouped_per_channel_conv_transpose():
-    from cimc.onnx_io import import_model
     from test_quantize import convt_model
+
+    from cimc.onnx_io import import_model
 
     g = import_model(convt_model(2))
     PassManager("quantize", PassContext(calibration={"x": np.ones((2, 3, 6, 6), np.float32)})).run(g)
-    with pytest.raises(CimcError, match="q.conv_transpose.*group=2"):
+    with pytest.raises(CimcError, match=r"q\.conv_transpose.*group=2"):
         export_qdq(g)
 
 

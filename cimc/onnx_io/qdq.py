@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 _MVM = {"q.conv": "Conv", "q.conv_transpose": "ConvTranspose", "q.gemm": "Gemm", "q.matmul": "MatMul"}
 
 
+_EXPORTABLE = frozenset(f"q.{op}" for op in ("quantize", "dequantize", "conv", "conv_transpose", "gemm", "matmul",
+                                             "requant", "add"))
+"""The cimc ops ``export_qdq`` writes as QDQ ONNX."""
+
 def export_qdq(graph: Graph, *, opset: int | None = None, expose: Iterable[str] = ()) -> onnx.ModelProto:
     """The QDQ ONNX model of quantized ``graph`` (``q.*`` ops; see the module doc); ``expose`` names
     uint8 values of ``graph`` to add as extra graph outputs."""
@@ -55,8 +59,7 @@ def to_qdq_graph(graph: Graph, *, expose: Iterable[str] = ()) -> Graph:
     """``graph`` with every ``q.*`` op written as ONNX QDQ ops (a new graph; see the module doc)."""
     bad: dict[str, list[str]] = {}
     for n in graph.nodes:
-        if "." in n.op and not (n.op.startswith("q.") and n.op[2:] in
-                                {"quantize", "dequantize", "conv", "conv_transpose", "gemm", "matmul", "requant", "add"}):
+        if "." in n.op and n.op not in _EXPORTABLE:
             bad.setdefault(n.op, []).append(n.name)
     if bad:
         what = "; ".join(f"{op} (nodes {', '.join(map(repr, names[:3]))})" for op, names in bad.items())
