@@ -114,16 +114,20 @@ def report_text(c: CompiledModel) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
 def verify_summary(v: dict[str, Any]) -> str:
     """The verify results in a few lines (what ``cimc compile --verify`` prints)."""
     out = [f"  on {v['samples']} inputs ({v['inputs']})",
            f"  vs quantized graph (interpreter): {'EXACT' if v['reference_exact'] else 'DIFFERENT'} "
            f"(max abs error {_fmt(v['quantized_max_abs_error'])})",
            f"  vs float model ({v['float_reference']}): max abs error {_fmt(v['max_abs_error'])}, "
-           f"cosine {_fmt(v['cosine'])}, top-1 agreement {_fmt(v['top1_agreement'])}"]
+           f"cosine {_fmt(v['cosine'])}, top-1 agreement {_pct(v['top1_agreement'])}"]
     if "top1_program" in v:
-        out.append(f"  top-1 on labels: program {v['top1_program']:.4f}, quantized {v['top1_quantized']:.4f}, "
-                   f"float {v['top1_float']:.4f}")
+        out.append(f"  top-1 on labels: program {_pct(v['top1_program'])}, quantized {_pct(v['top1_quantized'])}, "
+                   f"float {_pct(v['top1_float'])}")
     return "\n".join(out)
 
 
