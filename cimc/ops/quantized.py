@@ -395,7 +395,8 @@ def requant(ctx, acc):
     else:
         v = np.rint(acc.astype(np.float32) * _per_axis(a["scale"], a["axis"], nd, np.float32))
     lo, hi = _bounds(a)
-    return np.clip(v + a["zero_point"], lo, hi).astype(np.uint8)
+    v += a["zero_point"]
+    return np.clip(v, lo, hi, out=v).astype(np.uint8)
 
 
 def _add_type(ctx: InferContext) -> list[TensorType]:

@@ -57,4 +57,8 @@ def rescale(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int) -> n
     """``(acc * m0 + 2**(shift-1)) >> shift`` in int64 (``m0``/``shift`` broadcast against ``acc``)."""
     m0 = np.asarray(m0, np.int64)
     shift = np.asarray(shift, np.int64)
-    return (acc.astype(np.int64) * m0 + (np.int64(1) << (shift - 1))) >> shift
+    v = acc.astype(np.int64)  # a fresh array: the steps below work in place on it
+    v *= m0
+    v += np.int64(1) << (shift - 1)
+    v >>= shift
+    return v
