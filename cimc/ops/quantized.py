@@ -437,11 +437,18 @@ def _verify_add(node: Node) -> str | None:
 def qadd(ctx, a, b):
     """Sum of two uint8 activations rescaled to the result's scale, rounded once, clamped."""
     at = ctx.attrs
-    da, db = a.astype(np.int64) - at["a_zero_point"], b.astype(np.int64) - at["b_zero_point"]
+    da, db = a.astype(np.int64), b.astype(np.int64)  # fresh arrays, updated in place below
+    da -= at["a_zero_point"]
+    db -= at["b_zero_point"]
     if at["mode"] == "fixed":
-        v = rescale(da * at["a_multiplier"] + db * at["b_multiplier"], 1, at["shift"])
+        da *= at["a_multiplier"]
+        db *= at["b_multiplier"]
+        v = np.add(da, db, out=da) if da.shape == np.broadcast_shapes(da.shape, db.shape) else da + db
+        v += np.int64(1) << (at["shift"] - 1)
+        v >>= at["shift"]
     else:
         v = np.rint(da.astype(np.float32) * np.float32(at["a_scale"])
                     + db.astype(np.float32) * np.float32(at["b_scale"]))
     lo, hi = _bounds(at)
-    return np.clip(v + at["zero_point"], lo, hi).astype(np.uint8)
+    v += at["zero_point"]
+    return np.clip(v, lo, hi, out=v).astype(np.uint8)
