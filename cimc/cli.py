@@ -29,6 +29,7 @@ from cimc.errors import CimcError, InputError
 from cimc.npzio import read_npz, write_npz
 
 if TYPE_CHECKING:
+    from cimc.compile import ModelSource
     from cimc.ir.core import Graph
 
 __all__ = ["main"]
@@ -54,27 +55,18 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def load(path: str | Path) -> Graph:
-    """Read a graph from an ``.onnx`` or ``.cimir`` file, or a bundled model named ``zoo:NAME``."""
-    if str(path).startswith("zoo:"):
-        from cimc import zoo
+def load(path: str | Path) -> ModelSource:
+    """Read a model (``.onnx``, ``.cimir`` or a bundled ``zoo:NAME``) with what it came from; a
+    ``.cimir`` may be a compiled program, so every target's instructions are defined first."""
+    from cimc.compile import load_source
 
-        path = zoo.path(str(path)[4:])
-    path = Path(path)
-    if path.suffix == ".onnx":
-        from cimc.onnx_io import load_model
-
-        return load_model(path)
-    if path.suffix == ".cimir":
-        from cimc.text import load_graph
-
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        _register_target_ops()  # a compiled program.cimir holds target instructions
-        graph = load_graph(path)
-        _check_ops(graph, path)
-        return graph
-    raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; expected .onnx or .cimir")
+    cimir = Path(str(path)).suffix == ".cimir"
+    if cimir:
+        _register_target_ops()
+    source = load_source(path)
+    if cimir:
+        _check_ops(source.graph, Path(path))
+    return source
 
 
 def _register_target_ops() -> None:
@@ -133,7 +125,7 @@ def save(graph: Graph, path: str | Path | None) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
-    save(load(args.model), args.output)
+    save(load(args.model).graph, args.output)
 
 
 def _cmd_opt(args: argparse.Namespace) -> None:
@@ -148,11 +140,12 @@ def _cmd_opt(args: argparse.Namespace) -> None:
         after = "all" if "all" in names else names
         for name in names - {"all"}:
             get_pass(name)
-    graph = load(args.input)
+    source = load(args.input)
+    graph = source.graph
     ctx = PassContext(verify_each=args.verify_each, print_ir_after=after,  # type: ignore[arg-type]
                       print_ir_after_change=args.print_ir_after_change,
                       dump_dir=Path(args.dump_dir) if args.dump_dir else None, seed=args.seed,
-                      calibration=_calibration(args))
+                      calibration=_calibration(args, source))
     pm = PassManager(pipeline, ctx)
     try:
         pm.run(graph)
@@ -174,40 +167,28 @@ def _summary(outputs: dict[str, np.ndarray]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def _calibration(args: argparse.Namespace) -> dict[str, np.ndarray] | None:
+def _calibration(args: argparse.Namespace, source: ModelSource) -> dict[str, np.ndarray] | None:
     """``--calibration``'s arrays; for a bundled model without it, the zoo's calibration set."""
     if args.calibration:
         return read_npz(args.calibration)
-    if args.input.startswith("zoo:"):
+    if source.zoo is not None:
         from cimc import zoo
 
-        model = zoo.load(args.input[4:])
-        return {model.input_name: zoo.calibration_set()}
+        return {source.zoo.input_name: zoo.calibration_set()}
     return None
-
-
-def _onnx_source(spec: str) -> Path | None:
-    """The ONNX file a model argument names, if it names one."""
-    if spec.startswith("zoo:"):
-        from cimc import zoo
-
-        return zoo.path(spec[4:])
-    return Path(spec) if Path(spec).suffix == ".onnx" else None
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from cimc.interpreter import run
     from cimc.verify import compare, top1_accuracy
 
-    graph = load(args.input)
+    source = load(args.input)
+    graph = source.graph
     labels = None
     if args.test_set:
-        if not args.input.startswith("zoo:"):
+        if source.zoo is None:
             raise InputError("--test-set needs a bundled model (zoo:NAME); give other models --inputs")
-        from cimc import zoo
-
-        model = zoo.load(args.input[4:])
-        inputs, labels = {model.input_name: model.x_test}, model.y_test
+        inputs, labels = {source.zoo.input_name: source.zoo.x_test}, source.zoo.y_test
     elif args.inputs:
         inputs = read_npz(args.inputs)
     else:
@@ -217,7 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if args.pipeline:
         from cimc.passmanager import PassContext, PassManager
 
-        ctx = PassContext(seed=args.seed, calibration=_calibration(args))
+        ctx = PassContext(seed=args.seed, calibration=_calibration(args, source))
         pm = PassManager(args.pipeline, ctx)
         pm.run(graph)
         if args.timing:
@@ -229,12 +210,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
             sys.stdout.write(f"top-1 of {name} on the {len(labels)} test images: "
                              f"{100 * top1_accuracy(value, labels):.2f}%\n")
     if args.compare_onnxruntime:
-        source = _onnx_source(args.input)
-        if source is None:
+        if source.onnx is None:
             raise InputError("--compare-onnxruntime needs an .onnx model (or zoo:NAME)")
         from cimc.onnx_io.runtime import run_onnxruntime
 
-        sys.stdout.write(f"against onnxruntime: {compare(outputs, run_onnxruntime(source, inputs))}\n")
+        sys.stdout.write(f"against onnxruntime: {compare(outputs, run_onnxruntime(source.onnx, inputs))}\n")
     if args.output:
         _write_atomic(_writable(args.output), lambda f: write_npz(f, outputs))
 

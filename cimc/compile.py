@@ -96,7 +96,8 @@ def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Mode
             if not path.is_file():
                 raise InputError(f"{path}: no such file")
             return ModelSource(load_graph(path), None, path.stem, path.name)
-        raise InputError(f"{path}: unknown model type {path.suffix or '(none)'!r}; expected .onnx, .cimir or zoo:NAME")
+        raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; expected .onnx or .cimir "
+                         f"(or zoo:NAME for a bundled model)")
     if type(model).__name__ == "ModelProto":
         return ModelSource(import_model(model), model, model.graph.name or "model", f"<ModelProto {model.graph.name}>")
     raise InputError(f"cannot compile a {type(model).__name__}: give a path, zoo:NAME, an onnx.ModelProto or a Graph")

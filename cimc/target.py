@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 from cimc.errors import InputError, ParseError
 
 __all__ = ["ARRAY_OPS", "SCALE_45_TO_22NM", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target",
-           "lossless_adc_bits", "param"]
+           "lossless_adc_bits", "param", "shared_param"]
 
 SCALE_45_TO_22NM = "x 0.29 (45 nm -> 22 nm at 0.8 V, hw-parameters.md §0 scaling table)"
 """How a spec cites an energy scaled from a 45 nm figure to 22 nm."""
@@ -78,6 +78,31 @@ def param(default: Any, doc: str, *, unit: str = "", source: str, ge: float | No
     the default, and the bounds :meth:`Spec.validate` checks (``ge``: >=, ``gt``: >, ``le``: <=)."""
     return field(default=default, metadata={"doc": doc, "unit": unit, "source": source, "ge": ge, "gt": gt,
                                             "le": le})
+
+
+_SHARED_PARAMS: dict[str, dict[str, Any]] = {
+    "vec_op_cycles": dict(default=1, doc="Cycles of one vector instruction on vec_lanes elements.", unit="cycles",
+                          source="assumption: single-cycle integer ALU lanes", ge=1),
+    "vec_op_pj": dict(default=0.029, doc="Energy of one vector-unit add-class op (add, compare, shift, clip) on one "
+                                         "element.", unit="pJ",
+                      source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (hw-parameters.md §1.1) [C2] "
+                             f"{SCALE_45_TO_22NM}", ge=0),
+    "vec_mul_pj": dict(default=0.899, doc="Energy of one vector-unit multiply (a requantization multiplier) on one "
+                                          "element.", unit="pJ",
+                       source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md §1.1) "
+                              f"[C2] {SCALE_45_TO_22NM}", ge=0),
+    "buffer_pj_per_byte": dict(default=0.997, doc="Energy to read or write one byte of a buffer.", unit="pJ/byte",
+                               source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access (hw-parameters.md "
+                                      f"§1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 bytes {SCALE_45_TO_22NM}",
+                               ge=0),
+}
+
+
+def shared_param(name: str) -> Any:
+    """A parameter every target with a digital vector unit and SRAM buffers declares alike (same default, doc and
+    source): ``vec_op_cycles``, ``vec_op_pj``, ``vec_mul_pj``, ``buffer_pj_per_byte``."""
+    kw = dict(_SHARED_PARAMS[name])
+    return param(kw.pop("default"), kw.pop("doc"), **kw)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from cimc.cost import Cost
 from cimc.ir.core import Node
-from cimc.target import SCALE_45_TO_22NM, Capabilities, Spec, Target, param
+from cimc.target import SCALE_45_TO_22NM, Capabilities, Spec, Target, param, shared_param
 
 __all__ = ["NpuSpec", "NpuTarget"]
 
@@ -65,29 +65,19 @@ class NpuSpec(Spec):
                                               "(not in hw-parameters.md)", gt=0)
     vec_lanes: int = param(32, "Elements the vector unit processes per cycle.", unit="lanes",
                            source="assumption: one lane per MAC-array column", ge=1)
-    vec_op_cycles: int = param(1, "Cycles of one vector instruction on vec_lanes elements.", unit="cycles",
-                               source="assumption: single-cycle integer ALU lanes", ge=1)
+    vec_op_cycles: int = shared_param("vec_op_cycles")
     mac_pj: float = param(0.087, "Energy of one INT8 multiply-accumulate into an INT32 accumulator.", unit="pJ",
                           source=f"[D] Horowitz, ISSCC 2014: 0.2 pJ INT8 mult + 0.1 pJ INT32 add = 0.30 pJ at 45 nm "
                                  f"(hw-parameters.md §1.2 E_MAC) {SCALE_45_TO_22NM}", ge=0)
     pe_reg_pj: float = param(0.087, "Energy of a PE's local registers per MAC (operand and partial-sum forwarding).",
                              unit="pJ", source=f"[U] Eyeriss register file about 1x a MAC (hw-parameters.md §1.2 "
                                                f"E_PE_local = 0.30 pJ) {SCALE_45_TO_22NM}", ge=0)
-    buffer_pj_per_byte: float = param(0.997, "Energy to read or write one byte of a buffer.", unit="pJ/byte",
-                                      source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access "
-                                             "(hw-parameters.md §1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 "
-                                             f"bytes {SCALE_45_TO_22NM}", ge=0)
+    buffer_pj_per_byte: float = shared_param("buffer_pj_per_byte")
     dram_pj_per_byte: float = param(64.0, "Energy to move one byte from or to DRAM.", unit="pJ/byte",
                                     source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit (hw-parameters.md "
                                            "§1.1, §1.2) [C]", ge=0)
-    vec_op_pj: float = param(0.029, "Energy of one vector-unit add-class op (add, compare, shift, clip) on one "
-                                    "element.", unit="pJ",
-                             source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (hw-parameters.md §1.1) "
-                                    f"[C2] {SCALE_45_TO_22NM}", ge=0)
-    vec_mul_pj: float = param(0.899, "Energy of one vector-unit multiply (a requantization multiplier) on one "
-                                     "element.", unit="pJ",
-                              source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md "
-                                     f"§1.1) [C2] {SCALE_45_TO_22NM}", ge=0)
+    vec_op_pj: float = shared_param("vec_op_pj")
+    vec_mul_pj: float = shared_param("vec_mul_pj")
 
     fp_mac_pj: float = param(1.334, "Energy of one FP32 multiply-accumulate (float matmuls between two activations, "
                                     "e.g. attention, and float recurrent layers, run on the array in fp mode).",

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from cimc.cost import Cost
 from cimc.ir.core import Node
-from cimc.target import SCALE_45_TO_22NM, VECTOR_OPS, Capabilities, Spec, Target, param
+from cimc.target import SCALE_45_TO_22NM, VECTOR_OPS, Capabilities, Spec, Target, param, shared_param
 
 __all__ = ["SramCimSpec", "SramCimTarget"]
 
@@ -94,8 +94,7 @@ class SramCimSpec(Spec):
                                   ge=1)
     vec_lanes: int = param(16, "Elements the digital vector unit processes per cycle.", unit="lanes",
                            source="assumption: one lane per ADC (128 columns / 8 columns per ADC)", ge=1)
-    vec_op_cycles: int = param(1, "Cycles of one vector instruction on vec_lanes elements.", unit="cycles",
-                               source="assumption: single-cycle integer ALU lanes", ge=1)
+    vec_op_cycles: int = shared_param("vec_op_cycles")
     dram_bytes_per_cycle: float = param(16.0, "Off-chip (DRAM) bandwidth.", unit="bytes/cycle",
                                         source="assumption: 16 GB/s at 1 GHz, an LPDDR4 x32 channel class "
                                                "(not in hw-parameters.md)", gt=0)
@@ -118,18 +117,9 @@ class SramCimSpec(Spec):
     write_bit_pj: float = param(0.0016, "Energy to write one weight bit into an array.", unit="pJ",
                                 source="MNSIM 2.0 SimConfig.ini Write_Energy = 1.6 fJ/bit, 28 nm reference "
                                        "(hw-parameters.md §2.2, §2.3) [C]", ge=0)
-    vec_op_pj: float = param(0.029, "Energy of one vector-unit add-class op (add, compare, shift, clip) on one "
-                                    "element.", unit="pJ",
-                             source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (hw-parameters.md §1.1) "
-                                    f"[C2] {SCALE_45_TO_22NM}", ge=0)
-    vec_mul_pj: float = param(0.899, "Energy of one vector-unit multiply (a requantization multiplier) on one "
-                                     "element.", unit="pJ",
-                              source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md "
-                                     f"§1.1) [C2] {SCALE_45_TO_22NM}", ge=0)
-    buffer_pj_per_byte: float = param(0.997, "Energy to read or write one byte of a buffer.", unit="pJ/byte",
-                                      source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access "
-                                             "(hw-parameters.md §1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 "
-                                             f"bytes {SCALE_45_TO_22NM}", ge=0)
+    vec_op_pj: float = shared_param("vec_op_pj")
+    vec_mul_pj: float = shared_param("vec_mul_pj")
+    buffer_pj_per_byte: float = shared_param("buffer_pj_per_byte")
     noc_pj_per_byte: float = param(0.174, "Energy to move one byte between a buffer and a macro (on-chip bus).",
                                    unit="pJ/byte",
                                    source="[U] Eyeriss (Chen et al., ISCA 2016) Table IV: NoC about 2x a MAC "

@@ -175,15 +175,20 @@ def quantize(ctx, x):
     return np.clip(v + a["zero_point"], 0, (1 << a["bits"]) - 1).astype(np.uint8)
 
 
-def _dequantize_type(ctx: InferContext) -> list[TensorType]:
-    x = require(ctx, 0)
-    if not x.dtype.is_int:
-        raise VerifyError(f"{_where(ctx)}: input has element type {x.dtype.value}, expected an integer type")
+def _check_channels(ctx: InferContext, x: TensorType, what: str) -> None:
+    """Per-channel ``scale`` entries must match the length of ``axis`` of the operand ``x``."""
     n = len(ctx.attrs["scale"])
     if n > 1 and x.shape is not None:
         axis = normalize_axis(ctx.attrs["axis"], len(x.shape), f"{_where(ctx)}: axis")
         if isinstance(x.shape[axis], int) and x.shape[axis] != n:
-            raise VerifyError(f"{_where(ctx)}: {n} scales but axis {axis} of the input {x} has {x.shape[axis]}")
+            raise VerifyError(f"{_where(ctx)}: {n} {what} but axis {axis} of the input {x} has {x.shape[axis]}")
+
+
+def _dequantize_type(ctx: InferContext) -> list[TensorType]:
+    x = require(ctx, 0)
+    if not x.dtype.is_int:
+        raise VerifyError(f"{_where(ctx)}: input has element type {x.dtype.value}, expected an integer type")
+    _check_channels(ctx, x, "scales")
     return [TensorType(DType.f32, x.shape)]
 
 
@@ -346,11 +351,7 @@ def _verify_mode(a, fixed_keys: tuple[str, ...]) -> str | None:
 
 def _requant_type(ctx: InferContext) -> list[TensorType]:
     x = _dtype(ctx, 0, DType.i32)
-    n = len(ctx.attrs["scale"])
-    if n > 1 and x.shape is not None:
-        axis = normalize_axis(ctx.attrs["axis"], len(x.shape), f"{_where(ctx)}: axis")
-        if isinstance(x.shape[axis], int) and x.shape[axis] != n:
-            raise VerifyError(f"{_where(ctx)}: {n} multipliers but axis {axis} of the input {x} has {x.shape[axis]}")
+    _check_channels(ctx, x, "multipliers")
     return [TensorType(DType.u8, x.shape)]
 
 
