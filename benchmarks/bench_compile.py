@@ -154,13 +154,17 @@ class _Timed:
 
 
 def bit_macs(node: Any) -> int:
-    """Bit-level MACs one ``sram.mvm`` simulates: positions x active rows x columns x input chunks."""
+    """Bit-level MACs one ``sram.mvm`` simulates: per tile, positions x active rows x columns x input chunks."""
     a, xs = node.attrs, node.inputs[0].type.shape
-    xs = xs[1:] if a.get("group", -1) >= 0 else xs
-    P, k, rpo = int(np.prod(xs[:-1])), a["k1"] - a["k0"], a["rows_per_op"]
-    rows = sum(min(rpo, k - b * rpo) for b in range(-(-k // rpo)) if b not in set(a.get("skip", ())))
-    J = -(-a.get("act_bits", 8) // a.get("dac_bits", 1))
-    return P * rows * a["channels"] * len(a["significance"]) * J
+    P = int(xs[1] * xs[3]) if a["layout"] == "cols" else int(np.prod(xs[:-1]))
+    rpo, J, S = a["rows_per_op"], -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), len(a["significance"])
+    skipped = {(int(t), int(b)) for t, b in np.asarray(a["skip"]).reshape(-1, 2)}
+    total = 0
+    for i, row in enumerate(np.asarray(a["tiles"])):
+        k, ch = int(row[5] - row[4]), int(row[9] - row[8])
+        rows = sum(min(rpo, k - b * rpo) for b in range(-(-k // rpo)) if (i, b) not in skipped)
+        total += P * rows * ch * S * J
+    return total
 
 
 def bench_lossy(repeat: int) -> dict[str, Any]:
@@ -170,7 +174,7 @@ def bench_lossy(repeat: int) -> dict[str, Any]:
     interp = Interpreter(r.program)
     total = [0.0]
     # the interpreter's plan holds (node, opdef, attrs, frees); time the sram.mvm entries only
-    interp._plan = [(n, _Timed(o, total) if n.op == "sram.mvm" else o, at, fr) for n, o, at, fr in interp._plan]
+    interp._plan = [(n, _Timed(o, total) if n.op == "sram.mvm" else o, *rest) for n, o, *rest in interp._plan]
     macs = sum(bit_macs(n) for n in r.program.nodes if n.op == "sram.mvm")
     feeds = {r.program.inputs[0].name: samples(r.source.onnx, 1, seed=1)}
     interp.run(feeds)  # warm-up

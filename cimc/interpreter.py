@@ -1,6 +1,7 @@
 """The reference interpreter: runs any graph in numpy, with each op's registered meaning.
 
-Values are kept in a dict keyed by value identity and freed after their last use. Inputs are
+Values are kept in a dict keyed by value identity and freed after their last use (an op that
+sums into an accumulator operand made by the same op may reuse its buffer then). Inputs are
 checked against the graph's input types first (name, element type, shape). An error inside an
 op is re-raised naming the node and op. Ops that model noise draw from one generator seeded
 per run, so the same seed gives the same bits.
@@ -97,9 +98,9 @@ class Interpreter:
         rng = np.random.default_rng(self.seed)
         state: dict[str, Any] = {}
         keep = {id(v) for v in self.graph.outputs}
-        for node, opdef, attrs, frees in self._plan:
+        for node, opdef, attrs, frees, donated in self._plan:
             operands = [None if v is None else env[id(v)] for v in node.inputs]
-            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state)
+            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated)
             try:
                 result = opdef.impl(ctx, *operands)
             except CimcError as e:
@@ -121,7 +122,7 @@ class Interpreter:
         return {v.name: np.asarray(env[id(v)]) for v in self.graph.outputs}
 
 
-def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value]]]:
+def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], bool]]:
     last_use: dict[int, int] = {}
     for i, node in enumerate(graph.nodes):
         for v in node.inputs:
@@ -135,12 +136,17 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value]]]:
         for v in node.outputs:  # results nobody reads are dropped at once
             if id(v) not in last_use:
                 frees[i].append(v)
+    outputs = {id(v) for v in graph.outputs}
     plan = []
     for node, free in zip(graph.nodes, frees, strict=True):
         opdef = lookup(node.op)
         if opdef is None:
             raise ExecutionError(f"node {node.name!r}: op {node.op!r} has no implementation")
-        plan.append((node, opdef, opdef.attr_values(node.attrs), free))
+        i = opdef.accumulator
+        acc = node.inputs[i] if i is not None and i < len(node.inputs) else None
+        donated = (acc is not None and acc in free and id(acc) not in outputs and acc.producer is not None
+                   and acc.producer.op == node.op and sum(v is acc for v in node.inputs) == 1)
+        plan.append((node, opdef, opdef.attr_values(node.attrs), free, donated))
     return plan
 
 

@@ -18,11 +18,19 @@ Bit slicing (:class:`Encoding`): a signed weight of ``bits`` bits becomes ``S`` 
 - ``offset``: ``w + 2**(bits-1)`` (unsigned, ``bits`` bits) sliced, ``offset = 2**(bits-1)``
   subtracted digitally as ``offset * sum(x)``. Zeros are not zero cells (nothing to skip).
 
+Packing (:meth:`Encoding.pack`): the cells of one weight, concatenated slice 0 first, each
+``cell_bits`` wide, little-endian, fill ``ceil(slices * cell_bits / 8)`` bytes: the *code* of the
+weight. Program constants hold a layer's cells packed so (``[G, K, N, bytes]``; with 1-bit cells and
+two's complement a weight's code is its own ``bits``-bit two's-complement pattern), eight times
+smaller than one cell per byte; :meth:`Encoding.unpack` gives the cells back.
+
 Tiling (:func:`plan`): each group's ``[K, N]`` matrix is cut into row tiles of ``rows`` rows and
 column tiles of ``cols // S`` channels (a channel's ``S`` slices are adjacent columns, channel-major:
-column ``c * S + s``). Tiles are enumerated group, column tile, row tile (row tiles of one column
-tile are adjacent, summed digitally) and dealt round-robin onto arrays from ``first_array``, each
-tile taking ``replicate`` consecutive arrays. A row *block* is ``rows_per_op`` rows of a tile (the
+column ``c * S + s``). Tiles are enumerated group, row tile, column tile (the column tiles of one
+row tile are adjacent: macros loaded together cover the same input rows, so a round of tiles reads
+one slice of the input and yields partial sums for many channels, added digitally across row
+tiles) and dealt round-robin onto arrays from ``first_array``, each tile taking ``replicate``
+consecutive arrays. A row *block* is ``rows_per_op`` rows of a tile (the
 word lines on at once); blocks whose cells are all zero are listed for skipping.
 """
 
@@ -36,8 +44,9 @@ import numpy as np
 from cimc.errors import CimcError
 from cimc.ir.core import Node
 
-__all__ = ["ENCODINGS", "TILE_COLUMNS", "Encoding", "plan", "tile_image", "weight_bits", "weight_matrix",
-           "zero_row_blocks"]
+__all__ = ["ENCODINGS", "TILE_COLUMNS", "Encoding", "codes", "decode_cells", "plan", "tile_image", "tile_window",
+           "unpack_cells",
+           "weight_bits", "weight_matrix", "zero_blocks", "zero_row_blocks"]
 
 ENCODINGS = ("twos-complement", "differential", "offset")
 TILE_COLUMNS = ("group", "row_tile", "col_tile", "array", "k0", "k1", "col0", "col1", "ch0", "ch1", "slices")
@@ -47,12 +56,12 @@ within the group; slices (columns) per weight."""
 
 
 def weight_matrix(node: Node) -> np.ndarray:
-    """The constant weight of a ``q.conv``/``q.gemm``/``q.matmul`` node as int64 ``[G, K, N]``."""
+    """The constant weight of a ``q.conv``/``q.gemm``/``q.matmul`` node as ``[G, K, N]`` (a view of it, in
+    its own integer type)."""
     w = node.inputs[1].const if len(node.inputs) > 1 and node.inputs[1] is not None else None
     if w is None:
         raise CimcError(f"node {node.name!r} ({node.op}): its weight (operand 1) is not a constant; "
                         f"run fold-constants before tile")
-    w = w.astype(np.int64)
     if node.op == "q.conv":
         g = int(node.attrs.get("group", 1))
         n, k = w.shape[0] // g, math.prod(w.shape[1:])
@@ -136,24 +145,96 @@ class Encoding:
         """Integer weights from cells (the inverse of :meth:`encode`)."""
         return cells.astype(np.int64) @ np.asarray(self.significance, np.int64) - self.offset
 
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of one packed weight: ``ceil(slices * cell_bits / 8)``."""
+        return -(-self.slices * self.cell_bits // 8)
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """Packed cells (codes, module docstring) of integer weights ``w``: uint8 ``w.shape + (code_bytes,)``."""
+        w = np.asarray(w)
+        if self.cell_bits == 1:  # the code is an integer formula of w: no per-slice work
+            lim = (1 << (self.bits - 1)) - 1
+            if w.size and (w.min() < -lim - (self.kind == "twos-complement") or w.max() > lim):
+                raise CimcError(f"weights in [{w.min()}, {w.max()}] do not fit {self.bits} signed bits")
+            wi = w.astype(np.int32)
+            if self.kind == "twos-complement":
+                code = wi & ((1 << self.bits) - 1)
+            elif self.kind == "differential":
+                code = np.maximum(wi, 0) | (np.maximum(-wi, 0) << (self.bits - 1))
+            else:
+                code = wi + self.offset
+        else:
+            cells = self.encode(w)
+            code = np.zeros(w.shape, np.int64)
+            for s in range(self.slices):
+                code |= cells[..., s].astype(np.int64) << (s * self.cell_bits)
+        if self.code_bytes == 1:
+            return np.ascontiguousarray(code.astype(np.uint8)[..., None])
+        le = np.ascontiguousarray(code, "<u8").view(np.uint8).reshape(*w.shape, 8)
+        return np.ascontiguousarray(le[..., :self.code_bytes])
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """Cells ``[..., slices]`` (uint8) of packed cells (the inverse of :meth:`pack`)."""
+        return unpack_cells(packed, self.slices, self.cell_bits)
+
+    def decode_packed(self, packed: np.ndarray) -> np.ndarray:
+        """Integer weights (int32) of packed cells: ``decode(unpack(packed))`` without the cells."""
+        return decode_cells(packed, self.significance, self.cell_bits, self.offset)
+
+
+def codes(packed: np.ndarray) -> np.ndarray:
+    """The integer codes (int64) of packed cells ``[..., bytes]`` (little-endian bytes)."""
+    packed = np.asarray(packed, np.uint8)
+    code = packed[..., 0].astype(np.int64)
+    for b in range(1, packed.shape[-1]):
+        code |= packed[..., b].astype(np.int64) << (8 * b)
+    return code
+
+
+def unpack_cells(packed: np.ndarray, slices: int, cell_bits: int) -> np.ndarray:
+    """Cells ``[..., slices]`` (uint8) of packed cells ``[..., bytes]`` holding ``slices`` cells of ``cell_bits``."""
+    code, mask = codes(packed), (1 << cell_bits) - 1
+    out = np.empty((*code.shape, slices), np.uint8)
+    for s in range(slices):
+        out[..., s] = (code >> (s * cell_bits)) & mask
+    return out
+
+
+def decode_cells(packed: np.ndarray, significance, cell_bits: int, offset: int = 0) -> np.ndarray:
+    """Integer weights (int32) ``sum_s significance[s] * cell[s] - offset`` of packed cells, through a table
+    of every code's weight (codes of up to 20 bits; wider ones cell by cell)."""
+    sig = np.asarray(significance, np.int64)
+    width = len(sig) * cell_bits
+    if width > 20:
+        return (unpack_cells(packed, len(sig), cell_bits).astype(np.int64) @ sig - offset).astype(np.int32)
+    table = (unpack_cells(np.arange(1 << width, dtype="<u4").view(np.uint8).reshape(-1, 4)[:, :-(-width // 8)],
+                          len(sig), cell_bits).astype(np.int64) @ sig - offset).astype(np.int32)
+    return table[codes(packed)]
+
 
 def plan(m: np.ndarray, enc: Encoding, rows: int, cols: int, first_array: int, arrays: int,
          replicate: int = 1) -> np.ndarray:
     """The tile table (int64 ``[T, len(TILE_COLUMNS)]``) of matrices ``m`` ``[G, K, N]``."""
     G, K, N = m.shape
-    per = cols // enc.slices
+    S = enc.slices
+    per = cols // S
     if per < 1:
         raise CimcError(f"a weight needs {enc.slices} columns ({enc.kind}, {enc.bits} bits, {enc.cell_bits}-bit "
                         f"cells) but the array has {cols}")
     out, a = [], first_array
     for g in range(G):
-        for ct, ch0 in enumerate(range(0, N, per)):
-            ch1 = min(ch0 + per, N)
-            for rt, k0 in enumerate(range(0, K, rows)):
-                out.append((g, rt, ct, a % arrays, k0, min(k0 + rows, K), 0, (ch1 - ch0) * enc.slices, ch0, ch1,
-                            enc.slices))
+        for rt, k0 in enumerate(range(0, K, rows)):
+            for ct, ch0 in enumerate(range(0, N, per)):
+                ch1 = min(ch0 + per, N)
+                out.append((g, rt, ct, a % arrays, k0, min(k0 + rows, K), 0, (ch1 - ch0) * S, ch0, ch1, S))
                 a += replicate
     return np.asarray(out, np.int64).reshape(-1, len(TILE_COLUMNS))
+
+
+def tile_window(row: np.ndarray) -> tuple[int, int, int, int, int]:
+    """``(group, k0, k1, ch0, ch1)`` of a ``tile.map`` row: the part of the layer's ``[G, K, N]`` it holds."""
+    return int(row[0]), int(row[4]), int(row[5]), int(row[8]), int(row[9])
 
 
 def tile_image(cells: np.ndarray, row: np.ndarray) -> np.ndarray:
@@ -170,3 +251,25 @@ def zero_row_blocks(image: np.ndarray, rows_per_op: int) -> list[int]:
     starts = np.arange(0, k, rows_per_op)
     nz = np.add.reduceat(image.any(axis=1).astype(np.int64), starts) if k else np.zeros(0, np.int64)
     return [int(b) for b in np.flatnonzero(nz == 0)]
+
+
+def zero_blocks(m: np.ndarray, table: np.ndarray, rows_per_op: int) -> np.ndarray:
+    """``(tile, block)`` pairs (int64 ``[n, 2]``, sorted) of the ``rows_per_op``-row blocks of the tiles of
+    ``table`` (a :func:`plan` of ``m``) whose weights in ``m`` ``[G, K, N]`` are all zero (so are their cells,
+    except in offset encoding)."""
+    t = np.asarray(table, np.int64)
+    if not len(t) or not m.size:
+        return np.zeros((0, 2), np.int64)
+    ch_starts = np.unique(t[:, 8])
+    k_tiles = np.unique(t[:, 4:6], axis=0)
+    b_starts = np.concatenate([np.arange(k0, k1, rows_per_op) for k0, k1 in k_tiles])
+    nz = np.logical_or.reduceat(np.logical_or.reduceat(m != 0, ch_starts, axis=2), b_starts, axis=1)
+    zg, zb, zc = np.nonzero(~nz)
+    if not len(zg):
+        return np.zeros((0, 2), np.int64)
+    index = {(int(g), int(k0), int(ch0)): i for i, (g, k0, ch0) in enumerate(t[:, [0, 4, 8]])}
+    start = b_starts[zb]
+    k0 = k_tiles[np.searchsorted(k_tiles[:, 0], start, side="right") - 1, 0]
+    out = [(index[(int(g), int(a), int(ch_starts[c]))], int((s - a) // rows_per_op))
+           for g, a, c, s in zip(zg, k0, zc, start, strict=True)]
+    return np.asarray(sorted(out), np.int64).reshape(-1, 2)

@@ -16,8 +16,8 @@ float64 ``[T]`` (cells used / rows*cols), ``tile.skip`` int64 ``[n, 2]`` (tile i
 of all-zero ``rows_per_op`` row blocks, ``tile.cell_bits``, ``tile.weight_bits``,
 ``tile.encoding``, ``tile.rows_per_op``, ``tile.rows``, ``tile.cols``, ``tile.arrays``,
 ``tile.replicas``. ``graph.metadata["tile"]`` summarises tiles and arrays used.
-The array images themselves are built by the lowering from the same helpers
-(:func:`cimc.tiling.tile_image`) as program constants.
+The array images themselves are built by the lowering (the layer's packed cells,
+:meth:`cimc.tiling.Encoding.pack`) as program constants.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cimc.errors import CimcError
 from cimc.ir.core import Graph, Node
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import ARRAY_OPS
-from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_bits, weight_matrix, zero_row_blocks
+from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, weight_bits, weight_matrix, zero_blocks
 
 __all__ = ["TilePass", "mapping_table"]
 
@@ -87,14 +87,11 @@ class TilePass(Pass):
             m, enc = weight_matrix(node), Encoding(kind, weight_bits(node), geo["cell_bits"])
             table = plan(m, enc, geo["rows"], geo["cols"], nxt, geo["arrays"], self.replicate)
             nxt += len(table) * self.replicate
-            cells = enc.encode(m) if enc.offset == 0 else None
-            skip = [(i, b) for i, row in enumerate(table)
-                    for b in (zero_row_blocks(tile_image(cells, row), geo["rows_per_op"])
-                              if cells is not None else [])]
+            skip = zero_blocks(m, table, geo["rows_per_op"]) if enc.offset == 0 else np.zeros((0, 2), np.int64)
             util = (table[:, 5] - table[:, 4]) * (table[:, 7] - table[:, 6]) / (geo["rows"] * geo["cols"])
             node.attrs.update({
                 "tile.map": table, "tile.util": util.astype(np.float64),
-                "tile.skip": np.asarray(skip, np.int64).reshape(-1, 2),
+                "tile.skip": skip,
                 "tile.cell_bits": geo["cell_bits"], "tile.weight_bits": enc.bits, "tile.encoding": kind,
                 "tile.rows_per_op": geo["rows_per_op"], "tile.rows": geo["rows"], "tile.cols": geo["cols"],
                 "tile.arrays": geo["arrays"], "tile.replicas": self.replicate})
@@ -108,7 +105,7 @@ class TilePass(Pass):
 
 
 def _table(node: Node) -> list[dict]:
-    table = node.attrs["tile.map"]
+    table = node.attrs["tile.map"] if "tile.map" in node.attrs else node.attrs["tiles"]
     util = node.attrs["tile.util"]
     skip = node.attrs.get("tile.skip", np.zeros((0, 2), np.int64))
     rows = []
@@ -124,10 +121,10 @@ def _table(node: Node) -> list[dict]:
 def mapping_table(graph: Graph) -> list[dict]:
     """One dict per tile of every tiled node (layer, array, rows, cols, slices, utilisation, ...).
 
-    Works on the tiled graph and on a lowered program (whose ``sram.mvm`` ops carry the same
-    annotations under ``cim.layer``)."""
+    Works on the tiled graph and on a lowered program (whose ``sram.mvm`` ops carry their rows of the
+    table as ``tiles``, with ``tile.util`` and ``tile.skip``, under ``cim.layer``)."""
     out: list[dict] = []
     for node in graph.nodes:
-        if "tile.map" in node.attrs:
+        if "tile.map" in node.attrs or ("tiles" in node.attrs and "tile.util" in node.attrs):
             out += _table(node)
     return out

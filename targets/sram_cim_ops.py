@@ -1,47 +1,60 @@
 """sram-cim instructions (``sram.load``, ``sram.mvm``), their lowering pass and their cost.
 
-``sram.load(image: u8 [r, c]) -> token: i32 []``  attr ``macro``: writes the cell values
-    ``image`` into rows ``0..r-1``, columns ``0..c-1`` of macro ``macro`` (machine state
-    ``state["sram.macros"][macro]``; side effect) and returns the macro number as a token that
-    orders the ``sram.mvm`` ops reading it after the write.
-``sram.mvm(x: u8 [(G,) ..., K], token) -> i32 [..., channels]``  attrs ``macro``, ``group``
-    (index of ``x``'s leading group axis, -1: none), ``k0``/``k1`` (the rows of ``x``'s last axis
-    this tile multiplies), ``channels``, ``significance`` (ints, one per slice: the columns of a
-    channel are ``c*S .. c*S+S-1``), ``offset``, ``rows_per_op``, ``dac_bits``, ``act_bits``,
-    ``cell_bits``, ``adc_bits``, ``skip`` (row blocks not driven), ``replicas``, ``concurrent``
-    (the last two only for the cost). With ``xt = x[group][..., k0:k1]`` flattened to ``[P, k]``
-    and ``img`` the macro's image ``[k, C]``:
+A layer's weights are one program constant, its *cells*: the ``tile`` pass's bit-sliced cells of the
+layer's ``[G, K, N]`` weight matrix, packed per weight (``u8 [G, K, N, bytes]``,
+:meth:`cimc.tiling.Encoding.pack`). A tile (a row of the layer's ``tile.map`` table) is the window
+``cells[g, k0:k1, ch0:ch1]``; its *image* is that window unpacked to ``[k1 - k0, (ch1 - ch0) * S]``
+cells, channel-major (the ``S`` slice columns of a channel are adjacent).
+
+``sram.load(cells) -> token: i32 []``  attrs ``tiles`` (rows of the tile table), ``replicas``,
+    ``macros``: writes each tile's image into macro ``array`` (and its replicas into the next
+    macros, modulo ``macros``); machine state ``state["sram.macros"][macro]``, a side effect. The
+    token (the number of tiles written) orders the ``sram.mvm`` reading them after the write.
+``sram.mvm(x: u8, token, acc: i32?) -> i32``  attrs ``tiles``, ``layout``, ``channels`` (the
+    layer's output channels, all groups), ``significance`` (one per slice), ``offset``,
+    ``rows_per_op``, ``dac_bits``, ``act_bits``, ``cell_bits``, ``adc_bits``, ``skip`` (``(tile,
+    row block)`` pairs not driven), ``replicas`` (cost only). Layout ``rows``: ``x [..., K]``,
+    result ``[..., channels]``; layout ``cols``: ``x [G, N, K, L]`` (``vec.im2col``), result ``[N,
+    channels, L]``. The tiles run at once, each on the macro holding its image (an error if the
+    macro holds anything else). For each tile with ``xt`` the rows ``k0:k1`` of ``x`` (of group ``g``)
+    flattened to positions ``[P, k]`` and ``img`` its image ``[k, C]``:
     1. input chunks ``xc_j = (xt >> j*dac_bits) & (2**dac_bits - 1)``, ``j < ceil(act_bits/dac_bits)``;
-    2. row blocks ``b`` of ``rows_per_op`` rows, except those in ``skip``; partial sums
+    2. row blocks ``b`` of ``rows_per_op`` rows, except the skipped ones; partial sums
        ``ps[b, j, p, col] = sum_{k in b} xc_j[p, k] * img[k, col]`` (at most
        ``M = rows_per_op * (2**dac_bits - 1) * (2**cell_bits - 1)``);
     3. ADC: with ``need = lossless_adc_bits(rows_per_op, dac_bits, cell_bits)``, exact when
        ``adc_bits >= need``; else ``step = 2**(need - adc_bits)`` and
        ``ps -> clip(round_half_even(ps / step), 0, 2**adc_bits - 1) * step`` (deterministic, no noise);
     4. shift-add: ``acc[p, col] = sum_{b, j} 2**(j*dac_bits) * ps[b, j, p, col]``, then
-       ``y[p, c] = sum_s significance[s] * acc[p, c*S + s] - offset * sum_k xt[p, k]``;
-    result int32 (C wrap), shaped ``x``'s leading dims (group axis dropped) by ``channels``.
-    A skipped block's cells are all zero, so skipping never changes the result.
+       ``t[p, c] = sum_s significance[s] * acc[p, c*S + s] - offset * sum_k xt[p, k]``;
+    and the result is ``acc`` (zeros if absent) plus each tile's ``t`` at the layer's channels
+    ``g * channels/G + ch0 .. + ch1``, int32 wrapping like C. A skipped block's cells are all zero,
+    so skipping never changes the result. With a lossless ADC the tile's sum is ``xt @ W`` for its
+    decoded weights ``W``, which the executor computes directly (tiles joined into larger exact
+    float32 GEMMs); a lossy ADC goes bit plane by bit plane (:func:`crossbar`).
 
 Lowering (``lower-sram-cim``; with ``allow_reload = false`` a model whose tiles outnumber the
-macros is rejected, naming its weight cells and the capacity): each node with ``tile.map``
-(``tile`` pass) becomes ``vec.im2col`` (q.conv) -> per tile ``sram.load`` (only when the macro
-does not already hold that image: weights stay stationary when everything fits) and ``sram.mvm``
--> ``vec.shift_add`` over row tiles -> ``Concat`` over column tiles and groups -> ``Add`` bias
--> ``vec.col2im`` (q.conv); the result takes the node's result type. Digital ops after it
-(``q.requant``, ...) are left as they are.
+macros is rejected, naming its weight cells and the capacity): each node with ``tile.map`` becomes
+``vec.im2col`` (q.conv) -> per *round* of at most ``macros // replicas`` consecutive tiles (they
+occupy distinct macros; tiles are ordered row tile by row tile) one ``sram.load`` and one
+``sram.mvm`` summing into the previous round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv);
+the result takes the node's result type. A model that fits the macros has one round per layer and
+loads every image once; a larger one reloads macros round after round. Digital ops after it
+(``q.requant``, ...) are left as they are. A ResNet-50 is about 1,800 ops.
 
 Cost (per op, from attributes and static shapes; a symbolic dim counts as 1, i.e. per sample):
-- ``sram.mvm``: ``P`` rows of ``x``, ``A`` driven row blocks (``rows_active`` rows), ``J`` input
-  chunks, ``C`` columns, ``adcs = ceil(cols / cols_per_adc)`` per macro. A pass drives one block
-  with one chunk across all columns of the tile (a tile never spans two column passes):
-  ``passes = P*A*J``; ``pass_cycles = mvm_cycles + ceil(C / adcs) * adc_cycles``; ``cycles =
-  passes * pass_cycles / (replicas * concurrent)`` (the op's share of the layer time when its
-  ``concurrent`` tiles run on distinct macros at once); ``energy = P*J*(rows_active*C*mvm_cell_pj
-  + A*C*(adc_pj + shift_add_pj)) + P*k*(buffer_pj_per_byte + noc_pj_per_byte) +
-  4*P*channels*buffer_pj_per_byte``; ``macs = P*rows_active*channels``.
-- ``sram.load``: ``bits = r*c*cell_bits``, ``bytes = ceil(bits/8)``; ``cycles = r*write_row_cycles +
-  bytes/dram_bytes_per_cycle``; ``energy = bits*write_bit_pj + bytes*dram_pj_per_byte``.
+- ``sram.mvm``: per tile, ``P`` positions, ``A`` driven row blocks (``rows_active`` rows), ``J``
+  input chunks, ``C`` columns, ``adcs = ceil(cols / cols_per_adc)`` per macro. A pass drives one
+  block with one chunk across all columns of the tile: ``passes = P*A*J``; ``pass_cycles =
+  mvm_cycles + ceil(C / adcs) * adc_cycles``; the tiles run at once on distinct macros, so
+  ``cycles = max over tiles of passes * pass_cycles / replicas``; ``energy = sum over tiles of
+  P*J*(rows_active*C*mvm_cell_pj + A*C*(adc_pj + shift_add_pj)) + 4*P*channels*buffer_pj_per_byte``
+  plus ``P*rows*(buffer_pj_per_byte + noc_pj_per_byte)`` for reading the distinct input rows of its
+  tiles once (broadcast to the macros that share them); ``macs = sum of
+  P*rows_active*channels``.
+- ``sram.load``: per tile and replica ``bits = r*c*cell_bits``, ``bytes = ceil(bits/8)``; ``cycles =
+  sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; ``energy = sum of bits*write_bit_pj +
+  bytes*dram_pj_per_byte``.
 - every other op: the vector unit (:func:`cimc.cost.vector_cost`, ``vec_lanes``, ``vec_op_cycles``,
   ``vec_op_pj``, plus ``vec_mul_pj`` for ops that multiply: q.requant, q.add, q.quantize,
   q.dequantize); ``vec.im2col`` adds ``buffer_pj_per_byte`` per byte written.
@@ -68,7 +81,7 @@ from cimc.ops._infer import require
 from cimc.ops.nn import to_dtype
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import lossless_adc_bits
-from cimc.tiling import TILE_COLUMNS, Encoding, tile_image, weight_matrix
+from cimc.tiling import TILE_COLUMNS, Encoding, decode_cells, tile_window, unpack_cells, weight_matrix
 
 __all__ = ["LowerSramCimPass", "adc", "crossbar", "op_cost"]
 
@@ -146,7 +159,7 @@ def _cached(img: np.ndarray, key: tuple, make):
         return hit[1], hit[2]
     val, extra = make()
     try:
-        ref = weakref.ref(img, lambda _r, k=k: _CACHE.pop(k, None))
+        ref = weakref.ref(img, lambda _r, k=k, cache=_CACHE: cache.pop(k, None))
     except TypeError:
         return val, extra
     _CACHE[k] = (ref, val, extra)
@@ -176,41 +189,72 @@ def _blocks(img: np.ndarray, rows_per_op: int, keep: tuple, step: int) -> np.nda
 
 
 # ---- ops ----------------------------------------------------------------------------------------------
+_TILES = AttrSpec("tensor", REQUIRED, "rows of the layer's tile.map table (cimc.tiling.TILE_COLUMNS) this op covers")
+
+
 def _load_type(ctx: InferContext) -> list[TensorType]:
-    img = require(ctx, 0)
-    if img.dtype is not DType.u8 or (img.shape is not None and len(img.shape) != 2):
-        raise VerifyError(f"sram.load: the image must be u8 [rows, cols], is {img}")
+    cells = require(ctx, 0)
+    if cells.dtype is not DType.u8 or (cells.shape is not None and len(cells.shape) != 4):
+        raise VerifyError(f"sram.load: the cells must be packed u8 [G, K, N, bytes], are {cells}")
+    _check_tiles(ctx.attrs["tiles"], "sram.load")
     return [TensorType(DType.i32, ())]
 
 
+def _check_tiles(tiles: Any, op: str) -> None:
+    t = np.asarray(tiles)
+    if t.ndim != 2 or t.shape[1] != len(TILE_COLUMNS) or not len(t) or t.dtype.kind not in "iu":
+        raise VerifyError(f"{op}: tiles must be a non-empty integer table [n, {len(TILE_COLUMNS)}] "
+                          f"({', '.join(TILE_COLUMNS)}), is {t.dtype} {list(t.shape)}")
+
+
 @define_op("sram.load", infer=_load_type, side_effects=True, attrs={
-    "macro": AttrSpec("int", REQUIRED, "macro written")})
-def sram_load(ctx, image):
-    """Write ``image`` into macro ``macro``; the result is a token (the macro number)."""
-    ctx.state.setdefault(STATE, {})[ctx.attrs["macro"]] = image
-    return np.asarray(ctx.attrs["macro"], np.int32)
+    "tiles": _TILES, "replicas": AttrSpec("int", 1, "copies of each tile, on the next macros (cost)"),
+    "macros": AttrSpec("int", REQUIRED, "macros of the machine (replica r of a tile goes to (array + r) % macros)")})
+def sram_load(ctx, cells):
+    """Write each tile's window of the layer's cells into its macro; the result is a token (tiles written)."""
+    macros = ctx.state.setdefault(STATE, {})
+    tiles = ctx.attrs["tiles"]
+    for row in tiles:
+        for r in range(ctx.attrs["replicas"]):
+            macros[(int(row[3]) + r) % ctx.attrs["macros"]] = (cells, tile_window(row))
+    return np.asarray(len(tiles), np.int32)
 
 
 def _mvm_type(ctx: InferContext) -> list[TensorType]:
     x, a = require(ctx, 0), ctx.attrs
     if x.dtype is not DType.u8:
         raise VerifyError(f"sram.mvm: x must be u8, is {x}")
-    if not 0 <= a["k0"] < a["k1"]:
-        raise VerifyError(f"sram.mvm: row range [{a['k0']}, {a['k1']}) is empty or negative")
+    _check_tiles(a["tiles"], "sram.mvm")
+    t = np.asarray(a["tiles"])
+    if (t[:, 4] >= t[:, 5]).any() or (t[:, 8] >= t[:, 9]).any():
+        raise VerifyError("sram.mvm: a tile has an empty row or channel range")
+    if a["layout"] not in _LAYOUTS:
+        raise VerifyError(f"sram.mvm: layout={a['layout']!r} is not one of {', '.join(_LAYOUTS)}")
     if x.shape is None:
         return [TensorType(DType.i32, None)]
-    shape = x.shape[1:] if a["group"] >= 0 else x.shape
-    if len(shape) < 1 or (isinstance(shape[-1], int) and shape[-1] < a["k1"]):
-        raise VerifyError(f"sram.mvm: x {x} has fewer than k1={a['k1']} rows")
-    return [TensorType(DType.i32, (*shape[:-1], a["channels"]))]
+    cols = a["layout"] == "cols"
+    if cols and len(x.shape) != 4:
+        raise VerifyError(f"sram.mvm: layout 'cols' takes x [G, N, K, L] (vec.im2col), is {x}")
+    k = x.shape[2] if cols else x.shape[-1]
+    if isinstance(k, int) and int(t[:, 5].max()) > k:
+        raise VerifyError(f"sram.mvm: x {x} has {k} rows (K), a tile reads up to row {int(t[:, 5].max())}")
+    G = x.shape[0] if cols else 1
+    if isinstance(G, int) and (int(t[:, 0].max()) >= G or a["channels"] % G):
+        raise VerifyError(f"sram.mvm: {a['channels']} channels in {G} groups, tiles of group {int(t[:, 0].max())}")
+    out = TensorType(DType.i32, (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"]))
+    if ctx.has(2):
+        acc = ctx.types[2]
+        if acc is not None and (acc.dtype is not DType.i32
+                                or (acc.shape is not None and len(acc.shape) != len(out.shape))):
+            raise VerifyError(f"sram.mvm: the accumulator must be i32 {list(out.shape)}, is {acc}")
+    return [out]
 
 
+_LAYOUTS = ("rows", "cols")
 _MVM_ATTRS = {
-    "macro": AttrSpec("int", REQUIRED, "macro holding the tile's image"),
-    "group": AttrSpec("int", -1, "index into x's leading group axis (-1: x has none)"),
-    "k0": AttrSpec("int", REQUIRED, "first row of x's last axis multiplied"),
-    "k1": AttrSpec("int", REQUIRED, "end of the row range"),
-    "channels": AttrSpec("int", REQUIRED, "output channels of the tile"),
+    "tiles": _TILES,
+    "layout": AttrSpec("str", "rows", "rows: x [..., K] -> [..., channels]; cols: x [G, N, K, L] -> [N, channels, L]"),
+    "channels": AttrSpec("int", REQUIRED, "output channels of the layer (all groups)"),
     "significance": AttrSpec("ints", REQUIRED, "signed significance of each slice column of a channel"),
     "offset": AttrSpec("int", 0, "offset subtracted per weight (offset encoding): y -= offset * sum(x)"),
     "rows_per_op": AttrSpec("int", REQUIRED, "word lines on at once (a row block)"),
@@ -218,49 +262,127 @@ _MVM_ATTRS = {
     "act_bits": AttrSpec("int", 8, "bits of x"),
     "cell_bits": AttrSpec("int", 1, "bits per cell"),
     "adc_bits": AttrSpec("int", REQUIRED, "ADC resolution"),
-    "skip": AttrSpec("ints", (), "row blocks not driven (all-zero cells)"),
-    "replicas": AttrSpec("int", 1, "copies of this tile on other macros (cost only)"),
-    "concurrent": AttrSpec("int", 1, "tiles of the layer running at once on distinct macros (cost only)"),
+    "skip": AttrSpec("tensor", np.zeros((0, 2), np.int64), "(tile, row block) pairs not driven (all-zero cells)"),
+    "replicas": AttrSpec("int", 1, "copies of each tile on other macros, splitting the positions (cost only)"),
 }
 
 
-@define_op("sram.mvm", inputs=2, infer=_mvm_type, attrs=_MVM_ATTRS)
-def sram_mvm(ctx, x, token):
-    """Bit-serial MVM of a tile of x with the image held by macro ``macro``, ADC, shift-add."""
+@define_op("sram.mvm", inputs=(2, 3), infer=_mvm_type, attrs=_MVM_ATTRS, accumulator=2)
+def sram_mvm(ctx, x, token, acc=None):
+    """The tiles' bit-serial MVMs of x with the images their macros hold, ADC, shift-add, summed into acc."""
     a = ctx.attrs
-    img = ctx.state.get(STATE, {}).get(a["macro"])
-    if img is None:
-        raise CimcError(f"sram.mvm reads macro {a['macro']}, which no sram.load has written in this run")
+    tiles = np.asarray(a["tiles"])
+    cells = _held_cells(ctx.state.get(STATE, {}), tiles)
+    cols = a["layout"] == "cols"
+    G = x.shape[0] if cols else 1
+    shape = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
+    y = (acc if ctx.donated else acc.copy()) if acc is not None else np.zeros(shape, np.int32)
+    if y.shape != shape:
+        raise CimcError(f"sram.mvm: the accumulator is {list(y.shape)}, expected {list(shape)}")
+    per = a["channels"] // G
     if a["adc_bits"] >= lossless_adc_bits(a["rows_per_op"], a["dac_bits"], a["cell_bits"]):
-        x = _as_float32(ctx.state, x)  # once per layer: every tile reads the same x
-    if a["group"] >= 0:
-        x = x[a["group"]]
-    xt = x[..., a["k0"]:a["k1"]]
-    lead = xt.shape[:-1]
-    if img.shape != (a["k1"] - a["k0"], a["channels"] * len(a["significance"])):
-        raise CimcError(f"sram.mvm: macro {a['macro']} holds an image {list(img.shape)}, expected "
-                        f"[{a['k1'] - a['k0']}, {a['channels'] * len(a['significance'])}]")
-    y = crossbar(xt, img, significance=a["significance"], offset=a["offset"], rows_per_op=a["rows_per_op"],
-                 dac_bits=a["dac_bits"], act_bits=a["act_bits"], cell_bits=a["cell_bits"], adc_bits=a["adc_bits"],
-                 skip=a["skip"])
-    return to_dtype(y.reshape(*lead, a["channels"]), np.dtype(np.int32))
+        for g, k0, k1, c0, c1, w in _lossless_blocks(cells, tiles, a, per):
+            xs = _rows_float32(ctx.state, x, g if cols else None, k0, k1)
+            r = np.matmul(w, xs) if cols else np.matmul(xs, w)
+            dst = y[:, c0:c1, :] if cols else y[..., c0:c1]
+            dst += r.astype(np.int32) if r.dtype == np.float32 else to_dtype(r, np.dtype(np.int32))  # wraps like C
+        return y
+    skips: dict[int, list[int]] = {}
+    for t, b in np.asarray(a["skip"]).reshape(-1, 2):
+        skips.setdefault(int(t), []).append(int(b))
+    enc = dict(significance=a["significance"], offset=a["offset"], rows_per_op=a["rows_per_op"],
+               dac_bits=a["dac_bits"], act_bits=a["act_bits"], cell_bits=a["cell_bits"], adc_bits=a["adc_bits"])
+    for i, row in enumerate(tiles):
+        g, k0, k1, ch0, ch1 = tile_window(row)
+        img = _image(cells, (g, k0, k1, ch0, ch1), len(a["significance"]), a["cell_bits"])
+        xt = np.moveaxis(x[g, :, k0:k1, :], -2, -1) if cols else x[..., k0:k1]
+        r = crossbar(xt, img, skip=skips.get(i, ()), **enc)
+        dst = y[:, g * per + ch0:g * per + ch1, :] if cols else y[..., g * per + ch0:g * per + ch1]
+        dst += to_dtype(np.moveaxis(r, -1, -2) if cols else r, np.dtype(np.int32))  # wraps like C
+    return y
 
 
-def _as_float32(state: dict, x: np.ndarray) -> np.ndarray:
-    """``x`` in float32 (exact for u8), converted once per run for the last ``x`` seen."""
-    hit = state.get("sram.xf")
-    if hit is not None and hit[0] is x:
-        return hit[1]
-    xf = x.astype(np.float32)
-    state["sram.xf"] = (x, xf)
-    return xf
+def _held_cells(macros: dict, tiles: np.ndarray) -> np.ndarray:
+    """The packed cells the tiles' macros hold, checking each macro holds its tile's window."""
+    cells = None
+    for row in tiles:
+        held, want = macros.get(int(row[3])), tile_window(row)
+        if held is None or held[1] != want:
+            raise CimcError(f"sram.mvm reads macro {int(row[3])} for the tile (group, k0, k1, ch0, ch1) = {want}, "
+                            + ("which no sram.load has written in this run" if held is None else
+                               f"which holds {held[1]}: the program lost a load"))
+        if cells is not None and held[0] is not cells:
+            raise CimcError("sram.mvm: its tiles come from the cells of different layers")
+        cells = held[0]
+    return cells
+
+
+def _image(cells: np.ndarray, window: tuple, slices: int, cell_bits: int) -> np.ndarray:
+    """A tile's image ``[k1 - k0, (ch1 - ch0) * slices]`` (unpacked cells, channel-major), cached."""
+    g, k0, k1, ch0, ch1 = window
+
+    def make():
+        img = unpack_cells(cells[g, k0:k1, ch0:ch1], slices, cell_bits)
+        return np.ascontiguousarray(img.reshape(k1 - k0, -1)), None
+    return _cached(cells, ("img", *window, slices, cell_bits), make)[0]
+
+
+def _lossless_blocks(cells: np.ndarray, tiles: np.ndarray, a, per: int) -> list[tuple]:
+    """The op's tiles as matmul blocks ``(group, k0, k1, c0, c1, W)`` (cached per program): tiles of one
+    group and row range with adjacent channels are joined, then blocks of one channel range with
+    adjacent rows while ``x @ W`` stays exact in float32 (``(2**act_bits - 1) * max column sum |W| <
+    2**24``; a block beyond that is float64). ``W`` is the decoded integer weights ``[k, ch]`` (layout
+    cols: ``[ch, k]``), ``c0:c1`` the layer's output channels."""
+    sig, off, act = tuple(int(v) for v in a["significance"]), int(a["offset"]), int(a["act_bits"])
+
+    def make():
+        rows: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+        for row in tiles:
+            g, k0, k1, ch0, ch1 = tile_window(row)
+            rows.setdefault((g, k0, k1), []).append((ch0, ch1))
+        spans: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+        for (g, k0, k1), chs in rows.items():
+            for ch0, ch1 in _joined(sorted(chs)):
+                spans.setdefault((g, ch0, ch1), []).append((k0, k1))
+        limit, out = (1 << 24) // ((1 << act) - 1), []
+        for (g, ch0, ch1), ks in spans.items():
+            w = decode_cells(cells[g, :, ch0:ch1], sig, a["cell_bits"], off)  # [K, ch] int32
+            exact32 = lambda k0, k1, w=w: np.abs(w[k0:k1]).sum(axis=0).max() < limit  # noqa: E731
+            for k0, k1 in _joined(sorted(ks), exact32):
+                blk = w[k0:k1].astype(np.float32 if exact32(k0, k1) else np.float64)
+                out.append((g, k0, k1, g * per + ch0, g * per + ch1,
+                            np.ascontiguousarray(blk.T) if a["layout"] == "cols" else blk))
+        return out, None
+    return _cached(cells, ("blocks", tiles.tobytes(), sig, off, act, a["layout"], per), make)[0]
+
+
+def _joined(ranges: list[tuple[int, int]], fits=lambda lo, hi: True) -> list[tuple[int, int]]:
+    """Sorted ranges with adjacent ones joined while ``fits(lo, hi)`` holds for the joined range."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and out[-1][1] == lo and fits(out[-1][0], hi):
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _rows_float32(state: dict, x: np.ndarray, g: int | None, k0: int, k1: int) -> np.ndarray:
+    """Rows ``k0:k1`` of ``x`` (of group ``g`` in layout cols) in float32, exact for u8; the last slice is
+    kept for the next op (the rounds of one row tile read the same rows)."""
+    hit = state.get("sram.xs")
+    if hit is not None and hit[0] is x and hit[1:4] == (g, k0, k1):
+        return hit[4]
+    xs = (x[g, :, k0:k1, :] if g is not None else x[..., k0:k1]).astype(np.float32)
+    state["sram.xs"] = (x, g, k0, k1, xs)
+    return xs
 
 
 # ---- lowering ---------------------------------------------------------------------------------------
 @register_pass
 @dataclass(frozen=True)
 class LowerSramCimPass(Pass):
-    """Lower tiled q.conv/q.gemm/q.matmul nodes into sram.load/sram.mvm and vec ops."""
+    """Lower tiled q.conv/q.gemm/q.matmul nodes into sram.load/sram.mvm rounds and vec ops."""
 
     name: ClassVar[str] = "lower-sram-cim"
     adc_bits: int | None = option(None, "ADC resolution; none = the target's spec.")
@@ -272,12 +394,11 @@ class LowerSramCimPass(Pass):
         spec = getattr(ctx.target, "spec", None)
         spec = spec if isinstance(spec, SramCimSpec) else SramCimSpec()
         adc_bits = spec.adc_bits if self.adc_bits is None else self.adc_bits
-        holds: dict[int, tuple[tuple[str, int], Any]] = {}  # macro -> (image key, load token)
         nodes = [n for n in graph.nodes if "tile.map" in n.attrs]
         if not spec.allow_reload:
             _check_fits(graph, nodes, spec)
         for node in nodes:
-            _lower(graph, node, spec, adc_bits, holds)
+            _lower(graph, node, spec, adc_bits)
         graph.remove_dead()
         return PassResult(bool(nodes))
 
@@ -296,55 +417,48 @@ def _check_fits(graph: Graph, nodes: list[Node], spec) -> None:
                     f"reloads (--spec-set allow_reload=true) or use more macros (--spec-set macros={tiles})")
 
 
-def _lower(graph: Graph, node: Node, spec, adc_bits: int, holds: dict) -> None:
+def _lower(graph: Graph, node: Node, spec, adc_bits: int) -> None:
     a = node.attrs
     x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
     layer = {"cim.layer": node.name}
     m = weight_matrix(node)
     enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
     act_bits = int(x.type.quant.bits) if x.type.quant is not None else 8
-    table, skip, R = a["tile.map"], a["tile.skip"], int(a["tile.replicas"])
-    rpo, arrays = int(a["tile.rows_per_op"]), int(a["tile.arrays"])
+    table, skip, R = np.asarray(a["tile.map"], np.int64), np.asarray(a["tile.skip"], np.int64), int(a["tile.replicas"])
+    arrays = int(a["tile.arrays"])
     add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
-    grouped = node.op == "q.conv"
-    if grouped:
-        conv = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
-        conv["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
-        x = add("vec.im2col", [x], {**conv, "pad_value": int(a["x_zero_point"])})
-    concurrent = max(1, min(len(table), arrays // R))
-    parts: dict[tuple[int, int], Any] = {}
-    cells = enc.encode(m)
-    skipped: dict[int, list[int]] = {}
-    for ti, b in skip:
-        skipped.setdefault(int(ti), []).append(int(b))
-    for i, row in enumerate(table):
-        t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
-        img = tile_image(cells, row)
-        key = (node.name, i)
-        token = None
-        for r in range(R):
-            macro = (t["array"] + r) % arrays
-            if holds.get(macro, (None,))[0] != key:
-                const = graph.add_constant(img, f"{node.name}.tile{i}")
-                tok = add("sram.load", [const], {"macro": macro, "cim.bytes": -(-img.size * enc.cell_bits // 8)})
-                holds[macro] = (key, tok)
-            token = token or holds[macro][1]
-        tskip = tuple(skipped.get(i, ()))
-        y = add("sram.mvm", [x, token], {
-            "macro": t["array"], "group": t["group"] if grouped else -1, "k0": t["k0"], "k1": t["k1"],
-            "channels": t["ch1"] - t["ch0"], "significance": enc.significance, "offset": enc.offset,
-            "rows_per_op": rpo, "dac_bits": spec.dac_bits, "act_bits": act_bits, "cell_bits": enc.cell_bits,
-            "adc_bits": adc_bits, "skip": tskip, "replicas": R, "concurrent": concurrent,
-            "tile.map": np.asarray(row, np.int64).reshape(1, -1), "tile.util": a["tile.util"][i:i + 1],
-            "tile.skip": np.asarray([(0, b) for b in tskip], np.int64).reshape(-1, 2)})
-        k = (t["group"], t["col_tile"])
-        parts[k] = y if k not in parts else add("vec.shift_add", [parts[k], y], {"shift": 0})
-    ys = [parts[k] for k in sorted(parts)]
-    y = ys[0] if len(ys) == 1 else add("Concat", ys, {"axis": -1})
+    conv = node.op == "q.conv"
     final = node.outputs[0].type
+    channels = m.shape[0] * m.shape[2]
+    cells = graph.add_constant(enc.pack(m), f"{node.name}.cells")
+    if conv:
+        attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
+        attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
+        x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
+    per_round = max(1, arrays // R)
+    mvm = {"layout": "cols" if conv else "rows", "channels": channels, "significance": enc.significance,
+           "offset": enc.offset, "rows_per_op": int(a["tile.rows_per_op"]), "dac_bits": spec.dac_bits,
+           "act_bits": act_bits, "cell_bits": enc.cell_bits, "adc_bits": adc_bits, "replicas": R}
+    acc = None
+    for r0 in range(0, len(table), per_round):
+        rows = table[r0:r0 + per_round]
+        nbytes = int((((rows[:, 5] - rows[:, 4]) * (rows[:, 7] - rows[:, 6]) * enc.cell_bits + 7) // 8 * R).sum())
+        token = add("sram.load", [cells], {"tiles": rows, "replicas": R, "macros": arrays, "cim.bytes": nbytes})
+        mine = skip[(skip[:, 0] >= r0) & (skip[:, 0] < r0 + len(rows))] - np.asarray([r0, 0], np.int64)
+        ys = [x, token] if acc is None else [x, token, acc]
+        out_type = TensorType(DType.i32, (final.shape[0], channels, math.prod(final.shape[2:])) if conv
+                              else (*final.shape[:-1], channels))
+        acc = add("sram.mvm", ys, {**mvm, "tiles": rows, "skip": mine,
+                                   "tile.util": np.asarray(a["tile.util"])[r0:r0 + len(rows)]}, outputs=[out_type])
+    y = acc
     if bias is not None:
-        y = add("Add", [y, bias], {}, outputs=None if grouped else [final])
-    if grouped:
+        if conv:
+            if bias.const is not None:
+                b = graph.add_constant(bias.const.reshape(-1, 1), f"{node.name}.bias")
+            else:
+                b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
+        y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
+    if conv:
         y = add("vec.col2im", [y], {"spatial": tuple(int(s) for s in final.shape[2:])}, outputs=[final])
     elif bias is None:
         y = add("Identity", [y], {}, outputs=[final])
@@ -362,25 +476,30 @@ def op_cost(node: Node, spec) -> Cost:
     s, a = spec, node.attrs
     if node.op == "sram.mvm":
         xs = node.inputs[0].type.shape
-        xs = (xs[1:] if a.get("group", -1) >= 0 else xs) if xs is not None else (1,)
-        P, k = _count(xs[:-1]), a["k1"] - a["k0"]
-        rpo, blocks = a["rows_per_op"], -(-(a["k1"] - a["k0"]) // a["rows_per_op"])
-        active = [b for b in range(blocks) if b not in set(a.get("skip", ()))]
-        rows_active = sum(min(rpo, k - b * rpo) for b in active)
-        J = -(-a.get("act_bits", 8) // a.get("dac_bits", 1))
-        C, ch = a["channels"] * len(a["significance"]), a["channels"]
-        passes = P * len(active) * J
-        pass_cycles = s.mvm_cycles + -(-C // s.adcs) * s.adc_cycles
-        cycles = passes * pass_cycles / (a.get("replicas", 1) * a.get("concurrent", 1))
-        energy = (P * J * (rows_active * C * s.mvm_cell_pj + len(active) * C * (s.adc_pj + s.shift_add_pj))
-                  + P * k * (s.buffer_pj_per_byte + s.noc_pj_per_byte) + 4 * P * ch * s.buffer_pj_per_byte)
-        return Cost(float(cycles), float(energy), "array", P * rows_active * ch)
+        P = (_count(xs[1:2]) * _count(xs[3:]) if a.get("layout") == "cols" else _count(xs[:-1])) if xs else 1
+        J, rpo, R = -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), a["rows_per_op"], a.get("replicas", 1)
+        S = len(a["significance"])
+        t = np.asarray(a["tiles"], np.int64)
+        k, ch = t[:, 5] - t[:, 4], t[:, 9] - t[:, 8]
+        skip = np.asarray(a.get("skip", np.zeros((0, 2), np.int64)), np.int64).reshape(-1, 2)
+        off_rows = np.minimum(rpo, k[skip[:, 0]] - skip[:, 1] * rpo)  # rows of each skipped block
+        active = -(-k // rpo) - np.bincount(skip[:, 0], minlength=len(t))
+        rows_active = k - np.bincount(skip[:, 0], weights=off_rows, minlength=len(t)).astype(np.int64)
+        C = ch * S
+        cycles = float((P * active * J * (s.mvm_cycles + -(-C // s.adcs) * s.adc_cycles)).max() / R)
+        energy = float((P * J * (rows_active * C * s.mvm_cell_pj + active * C * (s.adc_pj + s.shift_add_pj))
+                        + 4 * P * ch * s.buffer_pj_per_byte).sum())
+        macs = int((P * rows_active * ch).sum())
+        rows_read = int(sum(k1 - k0 for k0, k1 in {(int(a0), int(a1)) for a0, a1 in t[:, 4:6]}))
+        energy += P * rows_read * (s.buffer_pj_per_byte + s.noc_pj_per_byte)
+        return Cost(float(cycles), float(energy), "array", macs)
     if node.op == "sram.load":
-        r, c = node.inputs[0].type.shape
-        bits = r * c * s.cell_bits
+        t = np.asarray(a["tiles"], np.int64)
+        R = a.get("replicas", 1)
+        rows, bits = (t[:, 5] - t[:, 4]) * R, (t[:, 5] - t[:, 4]) * (t[:, 7] - t[:, 6]) * s.cell_bits * R
         nbytes = -(-bits // 8)
-        return Cost(r * s.write_row_cycles + nbytes / s.dram_bytes_per_cycle,
-                    bits * s.write_bit_pj + nbytes * s.dram_pj_per_byte, "load")
+        return Cost(float((rows * s.write_row_cycles).sum() + nbytes.sum() / s.dram_bytes_per_cycle),
+                    float(bits.sum() * s.write_bit_pj + nbytes.sum() * s.dram_pj_per_byte), "load")
     pj = s.vec_op_pj + (s.vec_mul_pj if node.op in _MUL_OPS else 0.0)
     c = vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
     if node.op == "vec.im2col":

@@ -14,7 +14,7 @@ from cimc.errors import CimcError
 from cimc.ir.core import Graph
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.passmanager import PassContext, PassManager
-from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_matrix, zero_row_blocks
+from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_matrix, zero_blocks, zero_row_blocks
 
 
 @settings(max_examples=60, deadline=None)
@@ -28,6 +28,39 @@ def test_slices_reconstruct_weights(kind, bits, cell_bits, seed):
     assert np.array_equal(enc.decode(cells), w)
     if kind != "offset":  # zero weights are zero cells: all-zero blocks can be skipped exactly
         assert not enc.encode(np.zeros(3, np.int64)).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(ENCODINGS), bits=st.integers(2, 8), cell_bits=st.integers(1, 3), seed=st.integers(0, 99))
+def test_packed_cells_round_trip(kind, bits, cell_bits, seed):
+    """Packed cells (program constants) unpack to exactly the cells, and decode to the weights."""
+    lim = (1 << (bits - 1)) - 1
+    w = np.random.default_rng(seed).integers(-lim - (kind == "twos-complement"), lim + 1, (6, 9)).astype(np.int8)
+    enc = Encoding(kind, bits, cell_bits)
+    packed = enc.pack(w.T)  # a strided view, as weight_matrix gives
+    assert packed.dtype == np.uint8 and packed.shape == (9, 6, enc.code_bytes) and packed.flags.c_contiguous
+    assert np.array_equal(enc.unpack(packed), enc.encode(w.T))
+    assert np.array_equal(enc.decode_packed(packed), w.T)
+
+
+def test_packed_twos_complement_is_the_weight_byte():
+    w = np.arange(-128, 128, dtype=np.int8)
+    assert np.array_equal(Encoding("twos-complement", 8, 1).pack(w)[:, 0], w.view(np.uint8))
+    assert Encoding("differential", 8, 1).code_bytes == 2 and Encoding("twos-complement", 4, 1).code_bytes == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 999), rows=st.integers(4, 40), rpo=st.integers(1, 12), groups=st.integers(1, 3))
+def test_zero_blocks_equal_the_all_zero_cell_blocks(seed, rows, rpo, groups):
+    rng = np.random.default_rng(seed)
+    m = rng.integers(-7, 8, (groups, int(rng.integers(1, 90)), int(rng.integers(1, 30)))).astype(np.int8)
+    m[rng.random(m.shape) < 0.8] = 0
+    enc = Encoding("twos-complement", 4, 1)
+    rpo = min(rpo, rows)
+    table = plan(m, enc, rows, 16, 0, 4)
+    cells = enc.encode(m)
+    want = [[i, b] for i, row in enumerate(table) for b in zero_row_blocks(tile_image(cells, row), rpo)]
+    assert zero_blocks(m, table, rpo).tolist() == want
 
 
 def test_twos_complement_msb_slice_is_negative():
@@ -105,11 +138,12 @@ def test_tile_pass_annotations_and_mapping_table():
     assert a["tile.map"].shape == (4, len(TILE_COLUMNS)) and a["tile.encoding"] == "twos-complement"
     assert a["tile.cell_bits"] == 1 and a["tile.weight_bits"] == 8 and a["tile.rows_per_op"] == 64
     assert a["tile.map"][:, 3].tolist() == [0, 1, 2, 3]
-    assert a["tile.skip"].tolist() == [[0, 0], [2, 0]]  # block 0 of the row-0 tiles
-    assert np.allclose(a["tile.util"], [1.0, 72 / 128, 0.25, 72 / 128 * 0.25])
+    # tiles run row tile by row tile: (rows 0-127, ch 0-15), (rows 0-127, ch 16-19), (rows 128-199, ...)
+    assert a["tile.skip"].tolist() == [[0, 0], [1, 0]]  # block 0 of the row-0 tiles
+    assert np.allclose(a["tile.util"], [1.0, 0.25, 72 / 128, 72 / 128 * 0.25])
     rows = mapping_table(g)
-    assert len(rows) == 4 and rows[0]["layer"] == "fc" and rows[1]["rows"] == (128, 200)
-    assert rows[2]["channels"] == (16, 20) and rows[2]["cols"] == (0, 32) and rows[0]["skipped_blocks"] == 1
+    assert len(rows) == 4 and rows[0]["layer"] == "fc" and rows[2]["rows"] == (128, 200)
+    assert rows[1]["channels"] == (16, 20) and rows[1]["cols"] == (0, 32) and rows[0]["skipped_blocks"] == 1
 
 
 def test_tile_options_override_target():

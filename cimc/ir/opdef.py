@@ -63,6 +63,9 @@ class OpContext:
     rng: np.random.Generator | None = None
     state: dict[str, Any] = field(default_factory=dict)
     """Machine state shared by the ops of one run (weights written to arrays, track positions)."""
+    donated: bool = False
+    """Whether the op may overwrite its accumulator operand (``OpDef.accumulator``): the interpreter
+    sets it when that operand dies at this node and was made by the same op (so nothing aliases it)."""
 
 
 @dataclass
@@ -105,6 +108,8 @@ class OpDef:
     doc: str = ""
     has_side_effects: bool = False
     verify: Callable[[Node], str | None] | None = None
+    accumulator: int | None = None
+    """Operand holding a running sum that the result extends (chains of the same op), or ``None``."""
 
     def attr_values(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """The node's attributes with the defaults of unset ones filled in."""
@@ -158,9 +163,12 @@ def _ensure_builtins() -> None:
 def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
               outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
               doc: str = "", side_effects: bool = False,
-              verify: Callable[[Node], str | None] | None = None,
+              verify: Callable[[Node], str | None] | None = None, accumulator: int | None = None,
               replace: bool = False) -> Callable[[Impl], Impl]:
-    """Decorator registering ``impl(ctx, *operands) -> array | tuple of arrays`` as op ``name``."""
+    """Decorator registering ``impl(ctx, *operands) -> array | tuple of arrays`` as op ``name``.
+
+    ``accumulator``: index of an operand that a chain of such ops sums into; the interpreter lets the
+    impl add into it in place (``ctx.donated``) when it is safe."""
     lo_in, hi_in = (inputs, inputs) if isinstance(inputs, int) else inputs
     lo_out, hi_out = (outputs, outputs) if isinstance(outputs, int) else outputs
 
@@ -168,7 +176,8 @@ def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] =
         if name in _REGISTRY and not replace:
             raise ValueError(f"op {name!r} is defined twice ({_REGISTRY[name].impl.__module__} and {impl.__module__})")
         _REGISTRY[name] = OpDef(name, impl, infer, dict(attrs or {}), lo_in, hi_in, lo_out, hi_out,
-                                doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify)
+                                doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify,
+                                accumulator)
         return impl
 
     return register
