@@ -316,8 +316,9 @@ def check_supported(program: Graph, target: Target) -> None:
     from cimc.targets import all_targets
 
     caps = target.capabilities()
+    units = {op: caps.unit_of(op) for op in {n.op for n in program.nodes}}  # once per op, not per node
     for node in program.nodes:
-        unit = caps.unit_of(node.op)
+        unit = units[node.op]
         dynamic = unit == "array" and len(node.inputs) > 1 and node.inputs[1] is not None \
             and node.inputs[1].const is None and not caps.dynamic_matmul
         if unit is not None and not dynamic:

@@ -14,8 +14,9 @@ producer ``x = W * a + b`` it gives ``W' = W * s`` along the producer's output-c
 - ``MatMul`` ``A @ B`` with a constant 2-D B and a rank-2 result (so BN's axis 1 is the feature
   axis): becomes ``Gemm(A, B * s, t)``. On a rank > 2 result BN's axis 1 is not the feature axis.
 
-Everything is computed in float64 and cast back to the weight's dtype; new constants are made
-(a weight may be shared, arrays are never mutated) and the old ones are dropped once unused.
+Everything is computed in float64 and cast back to the weight's dtype (a weight is scaled in one
+ufunc pass, float64 inside, so no float64 copy of it is made); new constants are made (a weight
+may be shared, arrays are never mutated) and the old ones are dropped once unused.
 
 Preconditions for folding: BN in inference form (``training_mode=0``, running-statistics results
 unused) with constant parameters; a producer of a supported op whose result only BN reads, with a
@@ -66,7 +67,7 @@ class Outcome(NamedTuple):
 
 
 class _Fold(NamedTuple):
-    """A folded producer: its op, attributes and new weight and bias (operands ``x, W', b'``)."""
+    """A folded producer: its op, attributes, new weight (in the old weight's dtype) and float64 bias."""
 
     op: str
     attrs: dict[str, object]
@@ -86,11 +87,17 @@ def _mismatch(node: Node, n: int, s: np.ndarray) -> str:
     return f"{node.op} '{node.name}' has {n} output channels but the BN parameters have {s.size}"
 
 
+def _scaled(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``float64(w) * s`` (``s`` broadcasting to ``w``) rounded to ``w``'s dtype and laid out like ``w``:
+    one pass over ``w``, no float64 copy of it."""
+    return np.multiply(w, s, dtype=np.float64, out=np.empty_like(w), casting="same_kind")
+
+
 def _conv(node: Node, w: np.ndarray, b: np.ndarray | None, s: np.ndarray, t: np.ndarray) -> _Fold | str:
     if w.shape[0] != s.size:
         return _mismatch(node, w.shape[0], s)
     bias = t if b is None else b * s + t
-    return _Fold(node.op, dict(node.attrs), w * s.reshape(-1, *(1,) * (w.ndim - 1)), bias)
+    return _Fold(node.op, dict(node.attrs), _scaled(w, s.reshape(-1, *(1,) * (w.ndim - 1))), bias)
 
 
 def _conv_transpose(node: Node, w: np.ndarray, b: np.ndarray | None, s: np.ndarray,
@@ -101,7 +108,7 @@ def _conv_transpose(node: Node, w: np.ndarray, b: np.ndarray | None, s: np.ndarr
         return f"ConvTranspose '{node.name}': {cin} input channels are not divisible by group={g}"
     if mg * g != s.size:
         return _mismatch(node, mg * g, s)
-    scaled = w.reshape(g, cin // g, mg, *kernel) * s.reshape(g, 1, mg, *(1,) * len(kernel))
+    scaled = _scaled(w.reshape(g, cin // g, mg, *kernel), s.reshape(g, 1, mg, *(1,) * len(kernel)))
     return _Fold(node.op, dict(node.attrs), scaled.reshape(w.shape), t if b is None else b * s + t)
 
 
@@ -110,7 +117,7 @@ def _gemm(node: Node, w: np.ndarray, b: np.ndarray | None, s: np.ndarray, t: np.
     n = w.shape[0] if trans_b else w.shape[1]
     if n != s.size:
         return _mismatch(node, n, s)
-    weight = alpha * w * (s[:, None] if trans_b else s)
+    weight = (alpha * w.astype(np.float64) * (s[:, None] if trans_b else s)).astype(w.dtype)
     bias = t if b is None or beta == 0 else beta * b * s + t  # broadcasts C ([], [N], [M,1], [M,N]) with [N]
     attrs = {k: v for k, v in node.attrs.items() if k not in ("alpha", "beta")}
     return _Fold("Gemm", attrs, weight, bias)
@@ -125,7 +132,7 @@ def _matmul(node: Node, w: np.ndarray, b: np.ndarray | None, s: np.ndarray, t: n
                 f"its last axis; only a rank-2 [M, N] result is fused")
     if w.shape[1] != s.size:
         return _mismatch(node, w.shape[1], s)
-    return _Fold("Gemm", {}, w * s, t)
+    return _Fold("Gemm", {}, _scaled(w, s), t)
 
 
 _RULES: dict[str, Callable[..., _Fold | str]] = {
@@ -164,7 +171,7 @@ def _fold(graph: Graph, bn: Node, s: np.ndarray, t: np.ndarray, producers: tuple
         return f"the {prod.op} weight %{w.name} is {w.type.dtype.name}, not floating point"
     if b is not None and b.const is None:
         return f"the {prod.op} bias %{b.name} is not a constant"
-    return _RULES[prod.op](prod, w.const.astype(np.float64), None if b is None else b.const.astype(np.float64), s, t)
+    return _RULES[prod.op](prod, w.const, None if b is None else b.const.astype(np.float64), s, t)
 
 
 def _replace_bn(graph: Graph, bn: Node, new: Value, dead: list[Node]) -> None:
@@ -192,7 +199,7 @@ def _apply(graph: Graph, bn: Node, producers: tuple[str, ...], affine: bool) -> 
     if isinstance(fold, _Fold):
         prod, w = x.producer, x.producer.inputs[1]
         b = prod.inputs[2] if len(prod.inputs) > 2 else None
-        wv = graph.add_constant(fold.weight.astype(w.const.dtype), f"{w.name}_bn")
+        wv = graph.add_constant(fold.weight, f"{w.name}_bn")
         bdt = w.const.dtype if b is None else b.const.dtype
         bv = graph.add_constant(fold.bias.astype(bdt), f"{prod.name}_bias" if b is None else f"{b.name}_bn")
         new = graph.add_node(fold.op, [prod.inputs[0], wv, bv], fold.attrs, outputs=[bn.outputs[0].type],

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from cimc.passes.quantize import QuantizePass, parse_overrides
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cimc import zoo
 from cimc.errors import CimcError, PassError
@@ -21,6 +23,9 @@ from cimc.ir.verifier import verify
 from cimc.onnx_io import load_model
 from cimc.passmanager import PassContext, PassManager
 from cimc.pipeline import Pipeline, PipelineError
+from cimc.quant.fixedpoint import quantize_multiplier
+from cimc.quant.lower import _multipliers
+from cimc.quant.params import quantize_weights
 from cimc.text import parse_graph, print_graph
 
 PRE = "fold-constants,fuse-batchnorm"
@@ -282,6 +287,40 @@ def test_calibration_errors_say_what_to_do():
         with pytest.raises(PassError, match=msg):
             _quantize(g, calibration=calib)
     _quantize(g, calibration={"input": zoo.calibration_set().astype(np.float64)})  # floats are cast
+
+
+# ---- vectorized helpers: the same bits as the one-value / one-pass forms -----------------------------
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 2.0**30, exclude_max=True), st.sampled_from(
+    [0.0, 0.5, 1 - 2.0**-40, 2.0**-40, 2.0**-32, 2.0**-33, 5e-324])), min_size=1, max_size=40))
+def test_vectorized_multipliers_match_quantize_multiplier(ms):
+    m0, shift = _multipliers(np.array(ms, np.float64))
+    assert list(zip(m0, shift, strict=True)) == [quantize_multiplier(m) for m in ms]
+    assert all(type(x) is int for x in (*m0, *shift))
+    with pytest.raises(CimcError, match="outside"):
+        _multipliers(np.array([*ms, np.nan]))
+
+
+def test_blocked_weight_quantization_matches_one_pass():
+    """``quantize_weights`` works in blocks of rows; the result is that of the plain formula."""
+    def one_pass(w, bits, axis, per_channel):
+        qmax, w32 = (1 << (bits - 1)) - 1, np.asarray(w, np.float32)
+        others = tuple(i for i in range(w32.ndim) if i != axis % w32.ndim) if per_channel else None
+        amax = np.maximum(w32.max(axis=others), -w32.min(axis=others)).reshape(-1)
+        scales = (amax.astype(np.float64) / qmax).astype(np.float32)
+        scales[scales == 0] = 1.0
+        shape = [-1 if i == axis % w32.ndim else 1 for i in range(w32.ndim)] if per_channel else [1] * w32.ndim
+        return np.clip(np.rint(w32 / scales.reshape(shape)), -qmax, qmax).astype(np.int8), scales
+
+    rng = np.random.default_rng(0)
+    for shape, axis in [((300, 64, 3, 3), 0), ((4096, 40), 1), ((40, 4096), 0), ((5,), 0)]:
+        w = (rng.standard_normal(shape) * 3).astype(np.float32)
+        w.reshape(len(w), -1)[1] = 0.0  # an all-zero channel gets scale 1
+        for x, bits, per_channel in [(w, 8, True), (np.asfortranarray(w), 4, True), (w.astype(np.float64), 2, False)]:
+            got, want = quantize_weights(x, bits, axis, per_channel), one_pass(x, bits, axis, per_channel)
+            assert got[0].flags.c_contiguous and got[0].dtype == np.int8
+            np.testing.assert_array_equal(got[0], want[0])
+            assert got[1].tobytes() == want[1].tobytes()
 
 
 # ---- speed -----------------------------------------------------------------------------------------

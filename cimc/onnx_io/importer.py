@@ -10,6 +10,7 @@ naming the op, its nodes and the opset.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -157,14 +158,21 @@ def _check_supported(nodes: Iterable[onnx.NodeProto], opset: int) -> None:
                              + "; ".join(parts))
 
 
-def _since_version(op: str, opset: int, where: str) -> int:
+@functools.cache
+def _schema_since(op: str, opset: int) -> int | None:
     try:
         return onnx.defs.get_schema(op, opset, "").since_version
     except onnx.defs.SchemaError:
-        first = [s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.name == op and s.domain == ""]
-        why = f"it was added in opset {min(first)}" if first else "ONNX has no such op"
-        raise InputError(f"{where}: {op} does not exist in opset {opset} ({why}); the model is invalid "
-                         "(check it with onnx.checker.check_model)") from None
+        return None
+
+
+def _since_version(op: str, opset: int, where: str) -> int:
+    if (since := _schema_since(op, opset)) is not None:
+        return since
+    first = [s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.name == op and s.domain == ""]
+    why = f"it was added in opset {min(first)}" if first else "ONNX has no such op"
+    raise InputError(f"{where}: {op} does not exist in opset {opset} ({why}); the model is invalid "
+                     "(check it with onnx.checker.check_model)")
 
 
 def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[tuple[int, onnx.NodeProto]]:
@@ -228,11 +236,10 @@ def _sparse_to_array(sparse: onnx.SparseTensorProto, where: str) -> np.ndarray:
 
 
 def _add_tensor(g: Graph, tensor: onnx.TensorProto, name: str, where: str) -> Value:
-    """Add a tensor as a constant; 4-bit values sit in 8-bit arrays, so their type is spelled out."""
+    """Add a tensor as a constant typed by its ONNX element type (which 4-bit values, held in 8-bit
+    arrays, need; for the others it is the array's type, known without asking numpy)."""
     array = _to_array(tensor, where)
-    four_bit = tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
-    return g.add_constant(array, name, TensorType(dtype_from_onnx_code(tensor.data_type), array.shape)
-                          if four_bit else None)
+    return g.add_constant(array, name, TensorType(dtype_from_onnx_code(tensor.data_type), array.shape))
 
 
 def _add_constant_node(g: Graph, node: onnx.NodeProto, where: str) -> Value:

@@ -39,7 +39,7 @@ from cimc.errors import CimcError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.quant.calibrate import Observer
-from cimc.quant.fixedpoint import quantize_multiplier, shared_multipliers
+from cimc.quant.fixedpoint import MAX_SHIFT, quantize_multiplier, shared_multipliers
 from cimc.quant.params import act_params, quantize_weights
 
 __all__ = ["MOVES", "Settings", "adopt", "lower", "quantizable"]
@@ -112,6 +112,25 @@ def _quantize_convt_weights(w: np.ndarray, group: int, bits: int, per_channel: b
     by_out = np.moveaxis(w.reshape(group, c // group, mg, *k), 2, 1).reshape(group * mg, c // group, *k)
     wq, sw = quantize_weights(by_out, bits, 0, per_channel)
     return np.ascontiguousarray(np.moveaxis(wq.reshape(group, mg, c // group, *k), 1, 2).reshape(w.shape)), sw
+
+
+def _multipliers(ms: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``quantize_multiplier`` of each of ``ms`` as ``(M0s, shifts)``, vectorized (same bits: frexp and
+    scaling by powers of two are exact, ``rint`` rounds half to even like ``round``)."""
+    if ms.size == 0:
+        return (), ()
+    if not (ms.min() >= 0.0 and ms.max() < 2.0**30):  # NaN fails too: raise quantize_multiplier's error
+        quantize_multiplier(next(m for m in ms.tolist() if not 0.0 <= m < 2.0**30))
+    f, e = np.frexp(ms)
+    m0 = np.rint(f * 2.0**31)
+    carry = m0 == 2.0**31
+    m0[carry], e[carry] = 2.0**30, e[carry] + 1
+    shift = 31 - e
+    tiny = shift > MAX_SHIFT
+    m0[tiny], shift[tiny] = np.rint(ms[tiny] * 2.0**MAX_SHIFT), MAX_SHIFT
+    zero = ms == 0.0
+    m0[zero], shift[zero] = 0.0, 31
+    return tuple(m0.astype(np.int64).tolist()), tuple(shift.astype(np.int64).tolist())
 
 
 def _is_add(n: Node) -> bool:
@@ -246,11 +265,14 @@ class _Lowering:
         """``q.requant`` of accumulator ``acc`` to the parameters of ``v``, clamped to ``bounds``."""
         scale, zp, bits = self.params(v)
         p = acc.type.quant
-        ms = tuple(float(np.float32(s / scale)) for s in p.scale)
-        attrs = {"mode": self.s.requant, "scale": ms, "axis": p.axis or 0, "zero_point": zp, "bits": bits,
-                 **self.clamp(bounds, scale, zp, bits)}
+        if scale == 0.0:
+            raise CimcError(f"value %{v.name}: its calibrated range gives scale 0, so no requantization multiplier "
+                            "exists; check the calibration inputs")
+        ms = (np.array(p.scale, np.float64) / scale).astype(np.float32).astype(np.float64)
+        attrs = {"mode": self.s.requant, "scale": tuple(ms.tolist()), "axis": p.axis or 0, "zero_point": zp,
+                 "bits": bits, **self.clamp(bounds, scale, zp, bits)}
         if self.s.requant == "fixed":
-            attrs["multiplier"], attrs["shift"] = (tuple(t) for t in zip(*map(quantize_multiplier, ms), strict=True))
+            attrs["multiplier"], attrs["shift"] = _multipliers(ms)
         return self.node("q.requant", [acc], attrs, self.fresh(f"{v.name}_requant"),
                          self.uint8(v, QuantParams((scale,), (zp,), bits)), self.fresh(f"{v.name}_q"))
 
@@ -280,11 +302,13 @@ class _Lowering:
         ax = None if sw.size == 1 else axis
         wname = n.inputs[1].name
         wv = self.g.add_constant(wq, wname, TensorType(DType.i8, wq.shape, QuantParams(
-            tuple(map(float, sw)), (0,) * sw.size, bits, ax)))
+            tuple(sw.tolist()), (0,) * sw.size, bits, ax)))
         if n.op == "ConvTranspose":  # x - zx is computed by the op: no zero-point term in the bias
             bias = np.zeros(sw.size if b is None else b.size, np.int64)
         else:
-            bias = -zx * wq.sum(axis=tuple(i for i in range(wq.ndim) if i != axis), dtype=np.int64)
+            others = tuple(i for i in range(wq.ndim) if i != axis)  # an int32 sum is exact below 2**31
+            acc = np.int32 if math.prod(wq.shape[i] for i in others) * 128 < 2**31 else np.int64
+            bias = -zx * wq.sum(axis=others, dtype=acc).astype(np.int64)
         if b is not None:
             bias = bias + np.rint(b.astype(np.float64) / (sx * sw.astype(np.float64)))
         if np.abs(bias).max(initial=0) >= 2**31:
@@ -293,7 +317,7 @@ class _Lowering:
         bv = None
         if b is not None or (zx and n.op != "ConvTranspose"):
             bv = self.g.add_constant(bias.astype(np.int32), self.fresh(f"{wname}_bias"), TensorType(
-                DType.i32, (bias.size,), QuantParams(tuple(sx * float(s) for s in sw), (0,) * sw.size, 32,
+                DType.i32, (bias.size,), QuantParams(tuple((sx * sw.astype(np.float64)).tolist()), (0,) * sw.size, 32,
                                                      None if ax is None else 0)))
         attrs = (dict(n.attrs) if n.op in ("Conv", "ConvTranspose") else {}) | {"x_zero_point": zx}
         self.acc[id(out)] = self.node(_QOPS[n.op], [xq, wv, bv], attrs, n.name, out_name=self.fresh(f"{out.name}_acc"))

@@ -12,9 +12,14 @@ zero point 0.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["act_params", "quantize_weights", "weight_qmax"]
+
+_BLOCK = 1 << 17
+"""Elements of ``w`` quantized per step of :func:`quantize_weights` (a 512 KiB float32 temporary)."""
 
 
 def act_params(lo: float, hi: float, bits: int) -> tuple[float, int]:
@@ -43,8 +48,14 @@ def quantize_weights(w: np.ndarray, bits: int, axis: int, per_channel: bool = Tr
     amax = np.maximum(w32.max(axis=others), -w32.min(axis=others)).reshape(-1)
     scales = (amax.astype(np.float64) / qmax).astype(np.float32)
     scales[scales == 0] = 1.0
-    shape = [-1 if i == axis else 1 for i in range(w32.ndim)] if per_channel else [1] * w32.ndim
-    wq = np.divide(w32, scales.reshape(shape), order="C")
-    np.rint(wq, out=wq)
-    np.clip(wq, -qmax, qmax, out=wq)
-    return wq.astype(np.int8), scales
+    s = scales.reshape([-1 if i == axis else 1 for i in range(w32.ndim)] if per_channel else [1] * w32.ndim)
+    wq = np.empty(w32.shape, np.int8)
+    rows = max(1, _BLOCK // max(1, math.prod(w32.shape[1:])))  # axis-0 blocks: the float temporary stays in cache
+    tmp = np.empty((min(rows, len(w32)), *w32.shape[1:]), np.float32)
+    for i in range(0, len(w32), rows):
+        t = tmp[:min(rows, len(w32) - i)]
+        np.divide(w32[i:i + rows], s if len(s) == 1 else s[i:i + rows], out=t)
+        np.rint(t, out=t)
+        np.clip(t, -qmax, qmax, out=t)
+        wq[i:i + rows] = t
+    return wq, scales
