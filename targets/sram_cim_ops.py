@@ -281,11 +281,17 @@ def sram_mvm(ctx, x, token, acc=None):
         raise CimcError(f"sram.mvm: the accumulator is {list(y.shape)}, expected {list(shape)}")
     per = a["channels"] // G
     if a["adc_bits"] >= lossless_adc_bits(a["rows_per_op"], a["dac_bits"], a["cell_bits"]):
+        fresh = np.full(a["channels"], acc is None)  # channels still zero: written, not added to
         for g, k0, k1, c0, c1, w in _lossless_blocks(cells, tiles, a, per):
             xs = _rows_float32(ctx.state, x, g if cols else None, k0, k1)
             r = np.matmul(w, xs) if cols else np.matmul(xs, w)
+            r = r if r.dtype == np.float32 else to_dtype(r, np.dtype(np.int32))  # float32 sums are exact int32
             dst = y[:, c0:c1, :] if cols else y[..., c0:c1]
-            dst += r.astype(np.int32) if r.dtype == np.float32 else to_dtype(r, np.dtype(np.int32))  # wraps like C
+            if fresh[c0:c1].all():
+                np.copyto(dst, r, casting="unsafe")
+            else:
+                dst += r.astype(np.int32, copy=False)  # wraps like C
+            fresh[c0:c1] = False
         return y
     skips: dict[int, list[int]] = {}
     for t, b in np.asarray(a["skip"]).reshape(-1, 2):

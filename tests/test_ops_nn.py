@@ -17,7 +17,7 @@ from cimc.errors import VerifyError
 from cimc.interpreter import run
 from cimc.ir.core import Graph
 from cimc.ir.types import DType, TensorType
-from cimc.ops.nn import compute_dtype, conv, exact_matmul
+from cimc.ops.nn import compute_dtype, conv, exact_matmul, f32_chunk
 
 ort = pytest.importorskip("onnxruntime")
 RNG = np.random.default_rng(0)
@@ -158,6 +158,44 @@ def test_conv_workspace_is_bounded_and_integers_stay_exact(monkeypatch) -> None:
                out_dtype=np.int64)
     np.testing.assert_array_equal(got, _conv_int_reference(x, w, 1))
     assert 0 < nn._WORK.buf.nbytes <= 40_000  # columns of a whole image would take 8*9*23*17*8 = 225 KB
+
+
+
+@pytest.mark.parametrize(("hw", "group", "budget"), [((7, 6), 1, None), ((9, 8), 1, None), ((9, 8), 1, 1),
+                                                   ((9, 8), 2, 5000)])  # one GEMM, per image, per row
+def test_large_k_integer_conv_beyond_float32_is_exact(monkeypatch, hw, group, budget) -> None:
+    """u8 x i8 with K = 96*9 per group: the bound 255*127*864 > 2**24, so the product runs in float32
+    K-chunks summed in int32; the pad value and the int32 bias (wrapping like C) included."""
+    import cimc.ops.nn as nn
+
+    if budget:
+        monkeypatch.setattr(nn, "_INT_COL_BUDGET", budget)
+    x = RNG.integers(0, 256, (2, 96 * group, *hw)).astype(np.uint8)
+    w = np.concatenate([np.full((2, 96, 3, 3), 127), np.full((1, 96, 3, 3), -127),
+                        RNG.integers(-127, 128, (2 * group - 1, 96, 3, 3))]).astype(np.int8)
+    assert 255 * 127 * 96 * 9 > 2**24 and 1 < -(-96 * 9 // f32_chunk(255, 127, 96 * 9))
+    b = np.array([2**31 - 5, -(2**31), 0, 17, -3, 9][:w.shape[0]], np.int32)
+    xp = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)], constant_values=201).astype(np.int64)
+    win = sliding_window_view(xp.reshape(2, group, 96, hw[0] + 2, hw[1] + 2), (3, 3), axis=(3, 4))
+    want = np.einsum("ngcijkl,gmckl->ngmij", win, w.astype(np.int64).reshape(group, -1, 96, 3, 3))
+    want = want.reshape(2, -1, *hw) + b.reshape(-1, 1, 1)
+    kw = dict(strides=(1, 1), dilations=(1, 1), pads_begin=(1, 1), pads_end=(1, 1), out=hw, group=group,
+              pad_value=201)
+    got = conv(x, w, b, out_dtype=np.int32, **kw)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want.astype(np.int32))  # wraps like C
+    np.testing.assert_array_equal(conv(x, w, b, out_dtype=np.int64, **kw), want)
+
+
+def test_large_k_integer_matmul_beyond_float32_is_exact_and_wraps() -> None:
+    """K = 100000: 194 float32 chunks; the int64 sums exceed 2**31, so the int32 result wraps like C."""
+    a = RNG.integers(200, 256, (3, 100000)).astype(np.uint8)
+    b = np.where(RNG.random((100000, 2)) < 0.95, 127, -127).astype(np.int8)
+    want = a.astype(np.int64) @ b.astype(np.int64)
+    assert np.abs(want).max() > 2**31
+    np.testing.assert_array_equal(exact_matmul(a, b, np.int64), want)
+    np.testing.assert_array_equal(exact_matmul(a, b, np.int32), want.astype(np.int32))
+    np.testing.assert_array_equal(exact_matmul(a[0], b, np.int64), want[0])  # 1-D promotion
 
 
 # ---- ConvTranspose ---------------------------------------------------------------------------

@@ -286,6 +286,43 @@ def test_requant_fixed_and_float_agree_except_at_ties():
     assert (outs[0] != outs[1]).mean() < 0.01
 
 
+
+@pytest.mark.parametrize("block", [None, 1000])
+@pytest.mark.parametrize(("shape", "axis"), [((2, 4, 5000), 1), ((3, 700, 4), -1), ((40000,), 0)])
+def test_requant_blocks_are_exact_at_ties_clamp_edges_and_extremes(monkeypatch, shape, axis, block):
+    """Per channel (rows of one channel, or channels along short rows) and per tensor, in one block
+    or many: scales 2**-13 and 2**-15 (exact ties), 2**-40 (shift 62: the zero point is added after
+    the shift) and two others; accumulators on ties, around the clamp edges and at the int32 ends."""
+    import cimc.quant.fixedpoint as fixedpoint
+
+    if block:
+        monkeypatch.setattr(fixedpoint, "BLOCK", block)
+    rng = np.random.default_rng(7)
+    n = shape[axis]
+    scales = [2.0**-13, 2.0**-15, 2.0**-40, float(np.float32(1.37e-4)), float(np.float32(3.3e-5))]
+    scales = [scales[i % 5] for i in range(n)] if n <= 700 else scales[:1]
+    m0, sh = (np.array(t, np.int64) for t in zip(*map(quantize_multiplier, scales), strict=True))
+    per = [-1 if i == axis % len(shape) else 1 for i in range(len(shape))] if len(scales) > 1 else [1] * len(shape)
+    m0, sh = m0.reshape(per), sh.reshape(per)
+    step = np.maximum((1 << (sh - 1)) // m0, 1)  # about one output step, capped to stay in int32 below
+    acc = np.clip(rng.integers(-300, 300, shape) * np.minimum(step, 2**22) + rng.integers(-3, 4, shape),
+                  -(2**31), 2**31 - 1)
+    ties = (2 * rng.integers(-300, 300, shape) + 1) << np.minimum(sh - 31, 20)  # exact ties for powers of two
+    acc = np.where(rng.random(shape) < 0.3, ties, acc)
+    acc.reshape(-1)[:4] = [-(2**31), 2**31 - 1, 0, -1]
+    acc = acc.astype(np.int32)
+    for zp, lim in ((37, {}), (37, {"lo": 5, "hi": 200}), (0, {})):
+        g = _graph("q.requant", [("a", TensorType(I32, acc.shape))],
+                   _requant_attrs(scales, "fixed", axis=axis, zero_point=zp, bits=8, **lim))
+        want = np.clip(rescale(acc, m0, sh) + zp, lim.get("lo", 0), lim.get("hi", 255))
+        np.testing.assert_array_equal(_one(g, a=acc), want)
+        g = _graph("q.requant", [("a", TensorType(I32, acc.shape))],
+                   _requant_attrs(scales, "float", axis=axis, zero_point=zp, bits=8, **lim))
+        sf = np.array(scales, np.float32).reshape(per)
+        want = np.clip(np.rint(acc.astype(np.float32) * sf) + zp, lim.get("lo", 0), lim.get("hi", 255))
+        np.testing.assert_array_equal(_one(g, a=acc), want.astype(np.uint8))
+
+
 # ---- q.add --------------------------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**31), st.sampled_from(["fixed", "float"]))
@@ -305,6 +342,39 @@ def test_qadd_rounds_the_real_sum_once(seed, mode):
     exact = np.clip(np.floor(real + 0.5) + zo, 0, 255)
     assert np.abs(got - exact).max() <= 1
     assert (got == exact).mean() > 0.95
+
+
+
+def _add_reference(attrs, a, b):
+    """The q.add formula in int64 (fixed) or float32 (float), elementwise."""
+    da, db = a.astype(np.int64) - attrs["a_zero_point"], b.astype(np.int64) - attrs["b_zero_point"]
+    if attrs["mode"] == "fixed":
+        v = (attrs["a_multiplier"] * da + attrs["b_multiplier"] * db + (1 << (attrs["shift"] - 1))) >> attrs["shift"]
+    else:
+        v = np.rint(da.astype(np.float32) * np.float32(attrs["a_scale"])
+                    + db.astype(np.float32) * np.float32(attrs["b_scale"])).astype(np.int64)
+    return np.clip(v + attrs["zero_point"], attrs.get("lo", 0), attrs.get("hi", 255))
+
+
+@pytest.mark.parametrize("block", [None, 1000])
+@pytest.mark.parametrize("mode", ["fixed", "float"])
+@pytest.mark.parametrize("bshape", [(2, 64, 32, 32), (1, 64, 1, 1)])
+def test_qadd_table_lookup_on_large_inputs_is_the_formula(monkeypatch, mode, bshape, block):
+    import cimc.ops.quantized as quantized
+
+    if block:
+        monkeypatch.setattr(quantized, "BLOCK", block)
+    rng = np.random.default_rng(8)
+    a = rng.integers(0, 256, (2, 64, 32, 32)).astype(np.uint8)  # 2**17 elements: the table path
+    b = rng.integers(0, 256, bshape).astype(np.uint8)
+    ma, mb = float(np.float32(0.731)), float(np.float32(0.0625))
+    attrs = {"mode": mode, "a_scale": ma, "b_scale": mb, "a_zero_point": 3, "b_zero_point": 128, "zero_point": 9,
+             "lo": 9, "hi": 250}
+    if mode == "fixed":
+        attrs["a_multiplier"], attrs["b_multiplier"], attrs["shift"] = shared_multipliers(ma, mb)
+    for x, y in ((a, b), (b, a)):
+        g = _graph("q.add", [("a", TensorType(U8, x.shape)), ("b", TensorType(U8, y.shape))], attrs)
+        np.testing.assert_array_equal(_one(g, a=x, b=y), _add_reference(attrs, x, y))
 
 
 # ---- q.quantize / q.dequantize against onnxruntime ---------------------------------------------------

@@ -23,8 +23,7 @@ from cimc.ir.verifier import verify
 from cimc.onnx_io import load_model
 from cimc.passmanager import PassContext, PassManager
 from cimc.pipeline import Pipeline, PipelineError
-from cimc.quant.fixedpoint import quantize_multiplier
-from cimc.quant.lower import _multipliers
+from cimc.quant.fixedpoint import quantize_multiplier, quantize_multipliers
 from cimc.quant.params import quantize_weights
 from cimc.text import parse_graph, print_graph
 
@@ -294,11 +293,11 @@ def test_calibration_errors_say_what_to_do():
 @given(st.lists(st.one_of(st.floats(0.0, 2.0**30, exclude_max=True), st.sampled_from(
     [0.0, 0.5, 1 - 2.0**-40, 2.0**-40, 2.0**-32, 2.0**-33, 5e-324])), min_size=1, max_size=40))
 def test_vectorized_multipliers_match_quantize_multiplier(ms):
-    m0, shift = _multipliers(np.array(ms, np.float64))
+    m0, shift = quantize_multipliers(np.array(ms, np.float64))
     assert list(zip(m0, shift, strict=True)) == [quantize_multiplier(m) for m in ms]
     assert all(type(x) is int for x in (*m0, *shift))
     with pytest.raises(CimcError, match="outside"):
-        _multipliers(np.array([*ms, np.nan]))
+        quantize_multipliers(np.array([*ms, np.nan]))
 
 
 def test_blocked_weight_quantization_matches_one_pass():

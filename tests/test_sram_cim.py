@@ -182,6 +182,7 @@ def test_rounds_sum_in_place_only_into_dead_partial_sums():
 def test_lossy_program_is_the_sum_of_the_tile_models(rows_per_op):
     """A lossy program equals, tile by tile, the bit-serial crossbar model on the tile images."""
     from cimc.targets.sram_cim_ops import crossbar
+
     from cimc.tiling import TILE_COLUMNS, Encoding, tile_image, weight_matrix
 
     xs = {"x": np.random.default_rng(5).integers(0, 256, (4, 256)).astype(np.uint8)}

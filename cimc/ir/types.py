@@ -57,6 +57,9 @@ class DType(Enum):
     def from_numpy(dtype: Any) -> DType:
         """The cimc type of a numpy dtype; raises ``KeyError`` for types cimc does not have."""
         dt = np.dtype(dtype)
+        hit = _FROM_NUMPY.get(dt)
+        if hit is not None:
+            return hit
         if dt.kind in "UO":
             return DType.str
         if dt.name == "bfloat16":

@@ -398,10 +398,9 @@ class _Adopter:
                     if (key == "lo" and qb > 0) or (key == "hi" and qb < 255):
                         attrs[key] = qb
             if self.mode == "fixed":
-                from cimc.quant.fixedpoint import quantize_multiplier
+                from cimc.quant.fixedpoint import quantize_multipliers
 
-                attrs["multiplier"], attrs["shift"] = (tuple(t) for t in zip(*map(quantize_multiplier, ms),
-                                                                                 strict=True))
+                attrs["multiplier"], attrs["shift"] = quantize_multipliers(ms)
             self.q[id(out)] = self.node("q.requant", [acc], attrs, n.name, t, f"{out.name}_u8")
         else:
             self.q[id(out)] = self.node("q.quantize", [self.as_float(x)], {"scale": scale, "zero_point": zp, "bits": 8},

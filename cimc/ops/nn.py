@@ -5,16 +5,20 @@ as windows ``(N, G, C/G, *K, *O)``, copied once to a contiguous ``(N, G, C/G*pro
 array and multiplied by ``W`` reshaped to ``(G, M/G, C/G*prod(K))``, so ``Y`` comes out NCHW with no
 transpose. The columns (``prod(K)`` times the input for stride 1) are built for a chunk of images, or
 of one image's first output dim, at a time and each chunk's matmul writes into its slice of ``Y``, so
-the workspace stays within max(48 MiB, a quarter of the conv's input + output). A 1x1 stride-1
-unpadded conv multiplies the input directly (no im2col); a depthwise conv (one input channel per
+the workspace stays within max(48 MiB, a quarter of the conv's input + output). A float 1x1 stride-1
+unpadded conv multiplies the input directly (no im2col; for integers the "columns" are the input
+converted to float32); a depthwise conv (one input channel per
 group) accumulates over kernel positions with broadcasting. ConvTranspose is
 one matmul followed by a scatter-add over kernel positions (col2im). Pools loop over kernel
 positions (a handful) on strided slices of the padded input; averages divide by per-window counts
 built per dim (separable). Float32 stays float32; float16/bfloat16 compute in float32.
 
-Integer operands are multiplied exactly through float BLAS: with ``bound = max|a| * max|b| * K``
-(plus ``max|bias|``) in float32 while ``bound < 2**24``, in float64 while ``bound < 2**53``, else in
-int64 numpy matmul (slow, wraps like C). Results are cast to the result type with C wrap-around.
+Integer operands are multiplied exactly through float BLAS: in float32 products of ``c`` of the
+``K`` terms at a time, ``max|a| * max|b| * c <= 2**24`` (every partial sum is an exact float32
+integer, whatever order BLAS adds in), summed with the bias in int32 that wraps like C (int64 for
+64-bit results); if such chunks would be shorter than 128 terms, with ``bound = max|a| * max|b| * K``
+(plus ``max|bias|``) in float64 while ``bound < 2**53``, else in int64 numpy matmul (slow, wraps
+like C). Results are cast to the result type with C wrap-around.
 """
 
 from __future__ import annotations
@@ -31,16 +35,22 @@ from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import Dim, DType, TensorType
 from cimc.ops._infer import broadcast_shapes, normalize_axis, require, same_as
 
-__all__ = ["compute_dtype", "conv", "exact_matmul", "to_dtype", "window_geometry"]
+__all__ = ["compute_dtype", "conv", "exact_matmul", "f32_chunk", "to_dtype", "window_geometry"]
 
 _SAME = ("SAME_UPPER", "SAME_LOWER")
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 
 # ---- exact arithmetic helpers -----------------------------------------------------------------
+_F32_EXACT = 1 << 24  # float32 holds every integer of at most this magnitude
+_MIN_CHUNK = 128  # float32 K-chunks shorter than this lose to one float64 product
+
+
 def _amax(a: np.ndarray | None) -> int:
     if a is None or a.size == 0:
         return 0
+    if a.dtype.kind in "ub":
+        return int(a.max())
     return max(abs(int(a.min())), abs(int(a.max())))
 
 
@@ -57,22 +67,79 @@ def compute_dtype(a: np.ndarray, b: np.ndarray, k: int, bias: np.ndarray | None 
     return np.dtype(np.float64) if bound < 2**53 else np.dtype(np.int64)
 
 
+def _chunk(total: int, most: int) -> int:
+    """The size of the equal chunks ``total`` splits into when no chunk may exceed ``most`` (>= 1)."""
+    pieces = -(-total // max(1, min(total, most)))
+    return -(-total // pieces)
+
+
+def f32_chunk(amax_a: int, amax_b: int, k: int) -> int | None:
+    """How many of the ``k`` terms of an integer dot product one float32 product may sum exactly.
+
+    Every partial sum of ``c`` terms is at most ``amax_a * amax_b * c``, an exact float32 integer
+    while that is <= 2**24, whatever order BLAS adds in. The chunks are equalized; None when they
+    would be shorter than ``_MIN_CHUNK`` (one float64 or int64 product is faster then)."""
+    most = _F32_EXACT // (amax_a * amax_b) if amax_a * amax_b else k
+    if most >= k:
+        return max(k, 1)
+    return None if most < _MIN_CHUNK else _chunk(k, most)
+
+
+def _acc_dtype(dtype: np.dtype) -> np.dtype:
+    """The integer type exact chunk sums accumulate in: int32 (wrapping like C, which agrees modulo
+    2**32 with the final cast) for results of at most 32 bits, else int64."""
+    return np.dtype(np.int32 if dtype.kind in "iub" and dtype.itemsize <= 4 else np.int64)
+
+
+def _mm_into(a: np.ndarray, b: np.ndarray, dst: np.ndarray, kc: int, bias: np.ndarray | None = None,
+             buf: np.ndarray | None = None, tmp: np.ndarray | None = None) -> np.ndarray:
+    """``dst = a @ b (+ bias)`` for float32 ``a``, ``b`` (``b`` at least 2-D) holding integers: ``kc``
+    terms at a time in float32 (exact, see ``f32_chunk``), summed in ``dst``'s integer type.
+    ``buf`` (float32, the product's shape) and ``tmp`` (``dst``'s) are optional work arrays."""
+    for k0 in range(0, max(a.shape[-1], 1), kc):
+        p = np.matmul(a[..., k0:k0 + kc], b[..., k0:k0 + kc, :], out=buf).reshape(dst.shape)
+        if k0 == 0:
+            np.copyto(dst, p, casting="unsafe")
+            if bias is not None:
+                dst += bias
+            continue
+        tmp = np.empty(dst.shape, dst.dtype) if tmp is None else tmp
+        np.copyto(tmp, p, casting="unsafe")  # then a plain add: faster than one mixed-type add
+        dst += tmp
+    return dst
+
+
 def to_dtype(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``y`` (exact integers held in float, or int64) cast to ``dtype``; integers wrap like C."""
     dtype = np.dtype(dtype)
     if y.dtype == dtype:
         return y
     if dtype.kind in "iub" and y.dtype.kind == "f":
+        if dtype.kind != "b" and dtype.itemsize <= 4 and y.size:  # in range: one cast, no int64 detour
+            info = np.iinfo(dtype)
+            if info.min <= y.min() and y.max() <= info.max:
+                return y.astype(dtype)
         y = y.astype(np.int64)
     return y.astype(dtype)
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray, out_dtype: np.dtype | None = None) -> np.ndarray:
     """``np.matmul(a, b)`` through BLAS, exact for integer operands, cast to ``out_dtype``."""
+    out_dtype = np.dtype(out_dtype if out_dtype is not None else np.result_type(a.dtype, b.dtype))
     k = a.shape[-1] if a.ndim else 1
-    dt = compute_dtype(a, b, k)
-    y = np.matmul(a.astype(dt, copy=False), b.astype(dt, copy=False))
-    return to_dtype(y, out_dtype if out_dtype is not None else np.result_type(a.dtype, b.dtype))
+    kc = f32_chunk(_amax(a), _amax(b), k) if a.dtype.kind in "iub" and b.dtype.kind in "iub" else None
+    if kc is None:
+        dt = compute_dtype(a, b, k)
+        return to_dtype(np.matmul(a.astype(dt, copy=False), b.astype(dt, copy=False)), out_dtype)
+    af, bf = a.astype(np.float32), b.astype(np.float32)
+    acc = None
+    for k0 in range(0, max(k, 1), kc):
+        p = np.matmul(af[..., k0:k0 + kc], bf[k0:k0 + kc] if bf.ndim == 1 else bf[..., k0:k0 + kc, :])
+        if acc is None:
+            acc = np.asarray(p).astype(_acc_dtype(out_dtype))
+        else:
+            np.add(acc, p, out=acc, dtype=acc.dtype, casting="unsafe")
+    return to_dtype(acc, out_dtype)
 
 
 # ---- window geometry (shared by Conv and the pools) -------------------------------------------
@@ -158,7 +225,11 @@ def _pad(x: np.ndarray, begin: Sequence[int], end: Sequence[int], value=0) -> np
         return x
     if min(begin) < 0 or min(end) < 0:
         raise InputError(f"negative pads {list(begin)} {list(end)} are not supported")
-    return np.pad(x, [(0, 0)] * (x.ndim - len(begin)) + list(zip(begin, end, strict=True)), constant_values=value)
+    lead = x.ndim - len(begin)
+    xp = np.full((*x.shape[:lead], *(s + b + e for s, b, e in zip(x.shape[lead:], begin, end, strict=True))),
+                 value, x.dtype)
+    xp[(..., *(slice(b, b + s) for s, b in zip(x.shape[lead:], begin, strict=True)))] = x
+    return xp
 
 
 def _kslices(kpos: Sequence[int], dils, strides, out) -> tuple[slice, ...]:
@@ -171,42 +242,47 @@ _WORK = threading.local()
 _WORK_MAX = 256 << 20  # larger work arrays are not kept between calls
 _COL_BUDGET = 48 << 20  # im2col columns built at once: at most this many bytes ...
 _COL_FRACTION = 4  # ... or this fraction of the conv's own input + output bytes, if that is more
+_INT_COL_BUDGET = 8 << 20  # integer convs: at most this many bytes, multiplied image by image
 
 
-def _scratch(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """A work array reused across calls (im2col columns): a fresh large array costs a page fault
-    per 4 KiB on first touch, which takes longer than the copy into it."""
+def _scratch(shape: Sequence[int], dtype: np.dtype, slot: str = "buf") -> np.ndarray:
+    """A work array reused across calls (``buf``: im2col columns, ``out``: float32 products): a fresh
+    large array costs a page fault per 4 KiB on first touch, which takes longer than the copy into it."""
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if nbytes > _WORK_MAX:
         return np.empty(shape, dtype)
-    buf = getattr(_WORK, "buf", None)
+    buf = getattr(_WORK, slot, None)
     if buf is None or buf.nbytes < nbytes:
-        _WORK.buf = buf = None  # free the old buffer before the new one exists
-        buf = _WORK.buf = np.empty(nbytes, np.uint8)
+        setattr(_WORK, slot, None)  # free the old buffer before the new one exists
+        buf = np.empty(nbytes, np.uint8)
+        setattr(_WORK, slot, buf)
     return buf[:nbytes].view(dtype).reshape(shape)
-
-
-def _chunk(total: int, most: int) -> int:
-    """The size of the equal chunks ``total`` splits into when no chunk may exceed ``most`` (>= 1)."""
-    pieces = -(-total // max(1, min(total, most)))
-    return -(-total // pieces)
 
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides: Sequence[int],
          dilations: Sequence[int], pads_begin: Sequence[int], pads_end: Sequence[int], out: Sequence[int],
-         group: int = 1, out_dtype: np.dtype | None = None) -> np.ndarray:
+         group: int = 1, out_dtype: np.dtype | None = None, pad_value: int | float = 0) -> np.ndarray:
     """N-D grouped convolution of ``x`` (N, C, *S) with ``w`` (M, C/group, *K), exact for integers.
 
-    The im2col columns are built for a chunk of images (or of one image's first output dim) at a
-    time, so the workspace stays within ``max(_COL_BUDGET, (input + output bytes) / _COL_FRACTION)``."""
+    Pad cells hold ``pad_value``. The im2col columns are built for a chunk of images (or of one
+    image's first output dim) at a time, so the workspace stays within ``max(_COL_BUDGET, (input +
+    output bytes) / _COL_FRACTION)``; integer columns stay within ``_INT_COL_BUDGET`` (cache) and
+    are multiplied image by image, in exact float32 K-chunks summed in int32 or int64."""
     n = x.shape[0]
     m, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
-    ksize, osize = math.prod(kernel), math.prod(out)
-    dt = compute_dtype(x, w, cg * ksize, b)
+    ksize, osize, mg = math.prod(kernel), math.prod(out), m // group
+    out_dtype = np.dtype(out_dtype if out_dtype is not None else x.dtype)
+    padding = any(pads_begin) or any(pads_end)
+    kc = None  # integers: exact float32 K-chunks of this size, summed in an integer accumulator
+    if x.dtype.kind in "iub" and w.dtype.kind in "iub" and (b is None or b.dtype.kind in "iub") and (
+            cg > 1 or group == 1):
+        kc = f32_chunk(max(_amax(x), abs(int(pad_value)) if padding else 0), _amax(w), cg * ksize)
+    if kc is None and pad_value != 0 and padding:  # compute_dtype must see the pad value
+        x, pads_begin, pads_end = _pad(x, pads_begin, pads_end, pad_value), (0,) * len(out), (0,) * len(out)
+    dt = np.dtype(np.float32) if kc is not None else compute_dtype(x, w, cg * ksize, b)
     wd = w.astype(dt, copy=False)
-    mg = m // group
     padded = tuple(s + p + e for s, p, e in zip(x.shape[2:], pads_begin, pads_end, strict=True))
-    if cg == 1 and group > 1:  # depthwise: accumulate over kernel positions
+    if kc is None and cg == 1 and group > 1:  # depthwise: accumulate over kernel positions
         xp = _pad(x.astype(dt, copy=False), pads_begin, pads_end)
         xs = xp.reshape(n, group, 1, *xp.shape[2:])
         wk = wd.reshape(group, mg, ksize, *(1,) * len(out))
@@ -218,42 +294,59 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides: 
                 tmp = np.empty_like(y)
             else:
                 y += np.multiply(v, wk[:, :, i], out=tmp)
-    elif ksize == 1 and all(s == 1 for s in strides) and padded == tuple(out):  # 1x1: no im2col
+    elif kc is None and ksize == 1 and all(s == 1 for s in strides) and padded == tuple(out):  # 1x1: no im2col
         xp = _pad(x.astype(dt, copy=False), pads_begin, pads_end)
         y = np.matmul(wd.reshape(group, mg, cg), xp.reshape(n, group, cg, osize))
     else:
-        y = np.empty((n, group, mg, osize), dt)
-        wm, isz = wd.reshape(group, mg, cg * ksize), np.dtype(dt).itemsize
+        y = np.empty((n, group, mg, osize), dt if kc is None else _acc_dtype(out_dtype))
+        bias = None if kc is None or b is None else b.astype(y.dtype).reshape(group, mg, 1)
+        wm, isz = wd.reshape(group, mg, cg * ksize), dt.itemsize
         per_img = max(1, group * cg * ksize * osize * isz)  # column bytes of one image
         budget = max(_COL_BUDGET, isz * (x.size + y.size) // _COL_FRACTION)
+        if kc is not None:  # integers: columns of a few images, still in cache when multiplied
+            budget = min(budget, _INT_COL_BUDGET)
         small = group == 1 and osize < 64  # few outputs per image: one GEMM over the images is faster
         imgs = _chunk(n, budget // per_img)
         rows = out[0] if small or per_img <= budget else _chunk(out[0], budget * out[0] // per_img)
         rest = osize // out[0] if out[0] else 0
+        chunked = kc is not None and kc < cg * ksize  # more than one K-chunk: sums need an int buffer
         for i0 in range(0, n if y.size else 0, imgs):
-            xp = _pad(x[i0:i0 + imgs].astype(dt, copy=False), pads_begin, pads_end)
+            xp = _pad(x[i0:i0 + imgs], pads_begin, pads_end, pad_value)
             nc, st = xp.shape[0], xp.strides
             kst = tuple(a * d for a, d in zip(st[2:], dilations, strict=True))
             ost = tuple(a * s for a, s in zip(st[2:], strides, strict=True))
             if small:
                 win = as_strided(xp, (cg, *kernel, nc, *out), (st[1], *kst, st[0], *ost), writeable=False)
                 cols = _scratch(win.shape, dt)
-                np.copyto(cols, win)
-                yc = wm[0] @ cols.reshape(cg * ksize, nc * osize)
-                y[i0:i0 + nc, 0] = yc.reshape(m, nc, osize).transpose(1, 0, 2)
+                np.copyto(cols, win, casting="unsafe")
+                cols = cols.reshape(cg * ksize, nc * osize)
+                dst = y[i0:i0 + nc, 0].transpose(1, 0, 2)  # (M, images, outputs)
+                if kc is None:
+                    dst[...] = (wm[0] @ cols).reshape(dst.shape)
+                else:
+                    tmp = _scratch(dst.shape, y.dtype, "acc") if chunked else None
+                    _mm_into(wm[0], cols, dst, kc, None if bias is None else bias.reshape(m, 1, 1),
+                             _scratch((m, nc * osize), dt, "out"), tmp)
                 continue
             for r0 in range(0, out[0], rows):
                 r = min(rows, out[0] - r0)
                 win = as_strided(xp[:, :, r0 * strides[0]:], (nc, group, cg, *kernel, r, *out[1:]),
                                  (st[0], st[1] * cg, st[1], *kst, *ost), writeable=False)
                 cols = _scratch(win.shape, dt)
-                np.copyto(cols, win)
-                np.matmul(wm, cols.reshape(nc, group, cg * ksize, r * rest),
-                          out=y[i0:i0 + nc, :, :, r0 * rest:(r0 + r) * rest])
+                np.copyto(cols, win, casting="unsafe")
+                cols = cols.reshape(nc, group, cg * ksize, r * rest)
+                dst = y[i0:i0 + nc, :, :, r0 * rest:(r0 + r) * rest]
+                if kc is None:
+                    np.matmul(wm, cols, out=dst)
+                    continue
+                buf = _scratch(dst.shape[1:], dt, "out")
+                tmp = _scratch(dst.shape[1:], y.dtype, "acc") if chunked else None
+                for j in range(nc):  # image by image: the float32 product stays in cache
+                    _mm_into(wm, cols[j], dst[j], kc, bias, buf, tmp)
     y = np.ascontiguousarray(y).reshape(n, m, *out)
-    if b is not None:
+    if kc is None and b is not None:
         y += b.astype(dt, copy=False).reshape(m, *(1,) * len(out))
-    return to_dtype(y, out_dtype if out_dtype is not None else x.dtype)
+    return to_dtype(y, out_dtype)
 
 
 def _conv_infer(ctx: InferContext) -> list[TensorType]:

@@ -12,6 +12,7 @@ Applying it is integer-only, with round half up (toward +inf) at the one roundin
 
 Exact in int64 for ``|acc| < 2**31`` (the product stays below ``2**62``). Two multipliers that
 feed one sum (``q.add``) share one shift, chosen for the larger, so the sum rounds once.
+``requantize`` (what ``q.requant`` runs) adds the zero point and clamps, in cache-sized blocks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 
 from cimc.errors import CimcError
 
-__all__ = ["MAX_SHIFT", "quantize_multiplier", "rescale", "shared_multipliers"]
+__all__ = ["BLOCK", "MAX_SHIFT", "blocks", "quantize_multiplier", "quantize_multipliers", "requantize", "rescale",
+           "shared_multipliers"]
 
 MAX_SHIFT = 62
 """Largest right shift; keeps ``acc * M0 + rounding`` inside int64."""
@@ -46,6 +48,26 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     return m0, shift
 
 
+def quantize_multipliers(ms: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """:func:`quantize_multiplier` of each of ``ms`` as ``(M0s, shifts)`` tuples of ints, vectorized (the
+    same bits: frexp and scaling by powers of two are exact, ``rint`` rounds half to even like ``round``)."""
+    ms = np.asarray(ms, np.float64)
+    if ms.size == 0:
+        return (), ()
+    if not (ms.min() >= 0.0 and ms.max() < 2.0**30):  # NaN fails too: raise quantize_multiplier's error
+        quantize_multiplier(next(m for m in ms.tolist() if not 0.0 <= m < 2.0**30))
+    f, e = np.frexp(ms)
+    m0 = np.rint(f * 2.0**31)
+    carry = m0 == 2.0**31
+    m0[carry], e[carry] = 2.0**30, e[carry] + 1
+    shift = 31 - e
+    tiny = shift > MAX_SHIFT
+    m0[tiny], shift[tiny] = np.rint(ms[tiny] * 2.0**MAX_SHIFT), MAX_SHIFT
+    zero = ms == 0.0
+    m0[zero], shift[zero] = 0.0, 31
+    return tuple(m0.astype(np.int64).tolist()), tuple(shift.astype(np.int64).tolist())
+
+
 def shared_multipliers(ma: float, mb: float) -> tuple[int, int, int]:
     """``(Na, Nb, shift)`` with ``ma ~= Na * 2**-shift`` and ``mb ~= Nb * 2**-shift``; the shift is
     that of the larger multiplier, so both ``N`` stay below ``2**31``."""
@@ -62,3 +84,56 @@ def rescale(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int) -> n
     v += np.int64(1) << (shift - 1)
     v >>= shift
     return v
+
+
+BLOCK = 1 << 18
+"""Elements per block of ``blocks``: few numpy calls per op, and the 64-bit temporaries stay in cache."""
+
+
+def blocks(x: np.ndarray, out: np.ndarray, axis: int, *per: np.ndarray):
+    """``(x block, out block, *per blocks)`` views covering the C-contiguous ``x`` and ``out`` in
+    pieces of about ``BLOCK`` elements; each ``per`` (one value, or one per index of ``axis``) is
+    shaped to broadcast against the pieces."""
+    if all(p.size == 1 for p in per):
+        xf, of, ones = x.reshape(1, -1), out.reshape(1, -1), [p.reshape(1, 1) for p in per]
+        return ((xf[:, s:s + BLOCK], of[:, s:s + BLOCK], *ones) for s in range(0, x.size, BLOCK))
+    axis %= x.ndim
+    lead, n, tail = math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
+    per = [np.broadcast_to(p.ravel(), (n,)) for p in per]
+    if tail >= 64:  # rows of one channel, one value per row
+        shape, per = (lead * n, tail), [np.tile(p, lead).reshape(-1, 1) for p in per]
+    else:  # rows of all channels, the values repeated along the row
+        shape, per = (lead, n * tail), [np.repeat(p, tail).reshape(1, -1) for p in per]
+    x2, o2 = x.reshape(shape), out.reshape(shape)
+    rows, cols = max(1, BLOCK // max(shape[1], 1)), min(shape[1], BLOCK) or 1
+    return ((x2[r:r + rows, c:c + cols], o2[r:r + rows, c:c + cols],
+             *(p[r:r + rows] if tail >= 64 else p[:, c:c + cols] for p in per))
+            for r in range(0, shape[0], rows) for c in range(0, shape[1], cols))
+
+
+def requantize(acc: np.ndarray, m0, shift, zero_point: int, lo: int, hi: int, axis: int = 1) -> np.ndarray:
+    """``clip(rescale(acc, m0, shift) + zero_point, lo, hi)`` as uint8, bit for bit, with ``m0`` and
+    ``shift`` one value or one per index of ``axis``; computed block by block in cache.
+
+    For ``|acc| <= 2**31`` and ``0 <= M0 < 2**31`` the zero point joins the rounding term,
+    ``(acc*M0 + 2**(s-1) + zero_point*2**s) >> s``: the same bits while that term stays within
+    ``2**62`` (no sum leaves int64).
+    """
+    m0, shift = np.broadcast_arrays(np.asarray(m0, np.int64), np.asarray(shift, np.int64))
+    acc = np.ascontiguousarray(acc if acc.dtype.kind in "iu" and acc.dtype.itemsize <= 4 else acc.astype(np.int64))
+    out = np.empty(acc.shape, np.uint8)
+    info = np.iinfo(acc.dtype)
+    fold = (max(-info.min, info.max) <= 2**31 and 0 <= m0.min(initial=0) and m0.max(initial=0) < 2**31
+            and (abs(zero_point) + 1) << int(shift.max(initial=1)) <= 1 << 62)
+    rnd = (np.int64(1) << (shift - 1)) + (np.int64(zero_point) << shift if fold else 0)
+    g = np.empty(min(acc.size, BLOCK), np.int64)
+    for xb, ob, mb, rb, sb in blocks(acc, out, axis, m0, rnd, shift):
+        v = g[:xb.size].reshape(xb.shape)
+        np.copyto(v, xb)  # then same-type products: faster than one mixed-type multiply
+        v *= mb
+        v += rb
+        v >>= sb
+        if not fold:
+            v += zero_point
+        np.copyto(ob, np.clip(v, lo, hi, out=v), casting="unsafe")
+    return out

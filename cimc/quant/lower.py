@@ -39,7 +39,7 @@ from cimc.errors import CimcError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.quant.calibrate import Observer
-from cimc.quant.fixedpoint import MAX_SHIFT, quantize_multiplier, shared_multipliers
+from cimc.quant.fixedpoint import quantize_multipliers, shared_multipliers
 from cimc.quant.params import act_params, quantize_weights
 
 __all__ = ["MOVES", "Settings", "adopt", "lower", "quantizable"]
@@ -112,25 +112,6 @@ def _quantize_convt_weights(w: np.ndarray, group: int, bits: int, per_channel: b
     by_out = np.moveaxis(w.reshape(group, c // group, mg, *k), 2, 1).reshape(group * mg, c // group, *k)
     wq, sw = quantize_weights(by_out, bits, 0, per_channel)
     return np.ascontiguousarray(np.moveaxis(wq.reshape(group, mg, c // group, *k), 1, 2).reshape(w.shape)), sw
-
-
-def _multipliers(ms: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``quantize_multiplier`` of each of ``ms`` as ``(M0s, shifts)``, vectorized (same bits: frexp and
-    scaling by powers of two are exact, ``rint`` rounds half to even like ``round``)."""
-    if ms.size == 0:
-        return (), ()
-    if not (ms.min() >= 0.0 and ms.max() < 2.0**30):  # NaN fails too: raise quantize_multiplier's error
-        quantize_multiplier(next(m for m in ms.tolist() if not 0.0 <= m < 2.0**30))
-    f, e = np.frexp(ms)
-    m0 = np.rint(f * 2.0**31)
-    carry = m0 == 2.0**31
-    m0[carry], e[carry] = 2.0**30, e[carry] + 1
-    shift = 31 - e
-    tiny = shift > MAX_SHIFT
-    m0[tiny], shift[tiny] = np.rint(ms[tiny] * 2.0**MAX_SHIFT), MAX_SHIFT
-    zero = ms == 0.0
-    m0[zero], shift[zero] = 0.0, 31
-    return tuple(m0.astype(np.int64).tolist()), tuple(shift.astype(np.int64).tolist())
 
 
 def _is_add(n: Node) -> bool:
@@ -272,7 +253,7 @@ class _Lowering:
         attrs = {"mode": self.s.requant, "scale": tuple(ms.tolist()), "axis": p.axis or 0, "zero_point": zp,
                  "bits": bits, **self.clamp(bounds, scale, zp, bits)}
         if self.s.requant == "fixed":
-            attrs["multiplier"], attrs["shift"] = _multipliers(ms)
+            attrs["multiplier"], attrs["shift"] = quantize_multipliers(ms)
         return self.node("q.requant", [acc], attrs, self.fresh(f"{v.name}_requant"),
                          self.uint8(v, QuantParams((scale,), (zp,), bits)), self.fresh(f"{v.name}_q"))
 
