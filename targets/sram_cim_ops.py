@@ -129,6 +129,8 @@ def crossbar(xt: np.ndarray, img: np.ndarray, *, significance, offset: int = 0, 
         xg = np.ascontiguousarray(xg.reshape(P, R, rows_per_op)[:, list(keep)].transpose(1, 0, 2))  # u8 [A, P, rpo]
         shifts = (np.arange(J, dtype=np.uint8) * dac_bits)[None, :, None, None]
         mask, top = np.uint8((1 << dac_bits) - 1), float((1 << adc_bits) - 1)
+        most = rows_per_op * ((1 << dac_bits) - 1) * ((1 << cell_bits) - 1)
+        clips = round(most / step) > top  # else no partial sum reaches the top code
         wts = np.tile(np.asarray([float(step << (j * dac_bits)) for j in range(J)], np.float32), A)
         pc = max(16, _CHUNK // (A * J * C * 4))
         for p0 in range(0, P, pc):
@@ -138,14 +140,15 @@ def crossbar(xt: np.ndarray, img: np.ndarray, *, significance, offset: int = 0, 
             np.bitwise_and(bits, mask, out=bits)
             ps = np.matmul(bits.astype(np.float32).reshape(A, J * n, rows_per_op), im)  # partial sums / step
             np.rint(ps, out=ps)  # round half to even, as the ADC
-            np.minimum(ps, top, out=ps)  # partial sums are >= 0: only the top clips
+            if clips:
+                np.minimum(ps, top, out=ps)  # partial sums are >= 0: only the top clips
             acc[p0:p0 + n] = (wts @ ps.reshape(A * J, n * C)).reshape(n, C)
     y = (acc.reshape(P, C // S, S).astype(np.float64) @ np.asarray(significance, np.float64)).astype(np.int64)
     y = y - offset * xt.astype(np.int64).sum(axis=1, keepdims=True) if offset else y
     return y.reshape(*lead, C // S)
 
 
-_CHUNK = 1 << 21
+_CHUNK = 1 << 20
 """Bytes of float32 partial sums per chunk of the lossy path (cache sized)."""
 _CACHE: dict[tuple, tuple[Any, np.ndarray, Any]] = {}
 """Per image array (while it lives): its decoded weights or its scaled row blocks."""
@@ -293,18 +296,29 @@ def sram_mvm(ctx, x, token, acc=None):
                 dst += r.astype(np.int32, copy=False)  # wraps like C
             fresh[c0:c1] = False
         return y
-    skips: dict[int, list[int]] = {}
-    for t, b in np.asarray(a["skip"]).reshape(-1, 2):
-        skips.setdefault(int(t), []).append(int(b))
     enc = dict(significance=a["significance"], offset=a["offset"], rows_per_op=a["rows_per_op"],
                dac_bits=a["dac_bits"], act_bits=a["act_bits"], cell_bits=a["cell_bits"], adc_bits=a["adc_bits"])
+    # tiles reading the same input rows run as one wide crossbar (their images side by side): a block
+    # is left out only if every one of them skips it, and a skipped block's cells are zero, whose
+    # partial sums are 0 through the ADC: the same bits as tile by tile
+    skipped = {(int(t), int(b)) for t, b in np.asarray(a["skip"]).reshape(-1, 2)}
+    rows: dict[tuple[int, int, int], list[int]] = {}
     for i, row in enumerate(tiles):
-        g, k0, k1, ch0, ch1 = tile_window(row)
-        img = _image(cells, (g, k0, k1, ch0, ch1), len(a["significance"]), a["cell_bits"])
+        g, k0, k1, _, _ = tile_window(row)
+        rows.setdefault((g, k0, k1), []).append(i)
+    for (g, k0, k1), idx in rows.items():
+        windows = tuple(tile_window(tiles[i]) for i in idx)
+        img = _image(cells, windows, len(a["significance"]), a["cell_bits"])
+        blocks = range(-(-(k1 - k0) // a["rows_per_op"]))
+        skip = [b for b in blocks if all((i, b) in skipped for i in idx)]
         xt = np.moveaxis(x[g, :, k0:k1, :], -2, -1) if cols else x[..., k0:k1]
-        r = crossbar(xt, img, skip=skips.get(i, ()), **enc)
-        dst = y[:, g * per + ch0:g * per + ch1, :] if cols else y[..., g * per + ch0:g * per + ch1]
-        dst += to_dtype(np.moveaxis(r, -1, -2) if cols else r, np.dtype(np.int32))  # wraps like C
+        r = crossbar(xt, img, skip=skip, **enc)
+        at = 0
+        for _, _, _, ch0, ch1 in windows:
+            part = r[..., at:at + ch1 - ch0]
+            dst = y[:, g * per + ch0:g * per + ch1, :] if cols else y[..., g * per + ch0:g * per + ch1]
+            dst += to_dtype(np.moveaxis(part, -1, -2) if cols else part, np.dtype(np.int32))  # wraps like C
+            at += ch1 - ch0
     return y
 
 
@@ -323,14 +337,15 @@ def _held_cells(macros: dict, tiles: np.ndarray) -> np.ndarray:
     return cells
 
 
-def _image(cells: np.ndarray, window: tuple, slices: int, cell_bits: int) -> np.ndarray:
-    """A tile's image ``[k1 - k0, (ch1 - ch0) * slices]`` (unpacked cells, channel-major), cached."""
-    g, k0, k1, ch0, ch1 = window
-
+def _image(cells: np.ndarray, windows: tuple, slices: int, cell_bits: int) -> np.ndarray:
+    """The images of tiles on the same rows side by side, ``[k1 - k0, sum of (ch1 - ch0) * slices]``
+    (unpacked cells, channel-major), cached."""
     def make():
-        img = unpack_cells(cells[g, k0:k1, ch0:ch1], slices, cell_bits)
-        return np.ascontiguousarray(img.reshape(k1 - k0, -1)), None
-    return _cached(cells, ("img", *window, slices, cell_bits), make)[0]
+        g, k0, k1 = windows[0][:3]
+        parts = [unpack_cells(cells[g, k0:k1, ch0:ch1], slices, cell_bits).reshape(k1 - k0, -1)
+                 for _, _, _, ch0, ch1 in windows]
+        return np.ascontiguousarray(np.concatenate(parts, axis=1)), None
+    return _cached(cells, ("img", windows, slices, cell_bits), make)[0]
 
 
 def _lossless_blocks(cells: np.ndarray, tiles: np.ndarray, a, per: int) -> list[tuple]:

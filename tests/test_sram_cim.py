@@ -123,13 +123,15 @@ def test_block_sparsity_lowers_cycles_and_energy():
     assert s.by_unit["array"]["energy_pj"] < d.by_unit["array"]["energy_pj"]
 
 
-def _gemm_program(rows_per_op: int, macros: int = 16, adc_bits: int | None = None):
+def _gemm_program(rows_per_op: int, macros: int = 16, adc_bits: int | None = None, zero_block: bool = False):
     from cimc.ir.core import Graph
     from cimc.ir.types import DType, QuantParams, TensorType
 
     g = Graph("gemm")
     x = g.add_input("x", TensorType(DType.u8, (4, 256), QuantParams((0.1,), (0,), 8)))
     w = np.random.default_rng(1).integers(-127, 128, (64, 256)).astype(np.int8)
+    if zero_block:  # the first row block of the first tile only: its neighbour on the same rows keeps it
+        w[:16, :rows_per_op] = 0
     y = g.add_node("q.gemm", [x, g.add_constant(w, "w")], {"x_zero_point": 0}, name="fc").outputs[0]
     g.outputs.append(y)
     t = SramCimTarget().with_spec(rows_per_op=rows_per_op, macros=macros,
@@ -178,8 +180,9 @@ def test_rounds_sum_in_place_only_into_dead_partial_sums():
     assert np.array_equal(next(iter(run(q, xs).values())), out[prog.outputs[0].name])
 
 
+@pytest.mark.parametrize("zero_block", [False, True], ids=["dense", "one-skipped-block"])
 @pytest.mark.parametrize("rows_per_op", [16, 64])
-def test_lossy_program_is_the_sum_of_the_tile_models(rows_per_op):
+def test_lossy_program_is_the_sum_of_the_tile_models(rows_per_op, zero_block):
     """A lossy program equals, tile by tile, the bit-serial crossbar model on the tile images."""
     from cimc.targets.sram_cim_ops import crossbar
 
@@ -187,15 +190,18 @@ def test_lossy_program_is_the_sum_of_the_tile_models(rows_per_op):
 
     xs = {"x": np.random.default_rng(5).integers(0, 256, (4, 256)).astype(np.uint8)}
     adc_bits = rows_per_op.bit_length() - 2
-    q, prog, _ = _gemm_program(rows_per_op, macros=3, adc_bits=adc_bits)
+    q, prog, _ = _gemm_program(rows_per_op, macros=3, adc_bits=adc_bits, zero_block=zero_block)
+    skips = np.concatenate([n.attrs["skip"] for n in prog.nodes if n.op == "sram.mvm"])
+    assert len(skips) == zero_block
     node = q.node("fc")
     enc = Encoding("twos-complement", 8, 1)
     cells = enc.encode(weight_matrix(node))
     want = np.zeros((4, 64), np.int64)
-    for row in np.concatenate([n.attrs["tiles"] for n in prog.nodes if n.op == "sram.mvm"]):
+    for i, row in enumerate(np.concatenate([n.attrs["tiles"] for n in prog.nodes if n.op == "sram.mvm"])):
         t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
+        skip = [0] if zero_block and i == 0 else []
         want[:, t["ch0"]:t["ch1"]] += crossbar(xs["x"][:, t["k0"]:t["k1"]], tile_image(cells, row),
                                                significance=enc.significance, rows_per_op=rows_per_op, dac_bits=1,
-                                               act_bits=8, cell_bits=1, adc_bits=adc_bits)
+                                               act_bits=8, cell_bits=1, adc_bits=adc_bits, skip=skip)
     got = next(iter(run(prog, xs).values()))
     assert np.array_equal(got, want) and not np.array_equal(got, next(iter(run(q, xs).values())))
