@@ -132,17 +132,22 @@ def crossbar(xt: np.ndarray, img: np.ndarray, *, significance, offset: int = 0, 
         most = rows_per_op * ((1 << dac_bits) - 1) * ((1 << cell_bits) - 1)
         clips = round(most / step) > top  # else no partial sum reaches the top code
         wts = np.tile(np.asarray([float(step << (j * dac_bits)) for j in range(J)], np.float32), A)
-        pc = max(16, _CHUNK // (A * J * C * 4))
+        pc = min(P, max(16, _CHUNK // (A * J * C * 4)))
+        work8, work32 = np.empty(A * J * pc * rows_per_op, np.uint8), np.empty(A * J * pc * rows_per_op, np.float32)
+        psum = np.empty(A * J * pc * C, np.float32)  # work arrays reused by every chunk: no allocation per chunk
         for p0 in range(0, P, pc):
             xc = xg[:, p0:p0 + pc]
             n = xc.shape[1]
-            bits = np.right_shift(xc[:, None], shifts)  # [A, J, n, rpo]
+            bits = work8[:A * J * n * rows_per_op].reshape(A, J, n, rows_per_op)
+            np.right_shift(xc[:, None], shifts, out=bits)
             np.bitwise_and(bits, mask, out=bits)
-            ps = np.matmul(bits.astype(np.float32).reshape(A, J * n, rows_per_op), im)  # partial sums / step
+            planes = work32[:bits.size].reshape(A, J * n, rows_per_op)
+            np.copyto(planes, bits.reshape(A, J * n, rows_per_op))
+            ps = np.matmul(planes, im, out=psum[:A * J * n * C].reshape(A, J * n, C))  # partial sums / step
             np.rint(ps, out=ps)  # round half to even, as the ADC
             if clips:
                 np.minimum(ps, top, out=ps)  # partial sums are >= 0: only the top clips
-            acc[p0:p0 + n] = (wts @ ps.reshape(A * J, n * C)).reshape(n, C)
+            np.matmul(wts, ps.reshape(A * J, n * C), out=acc[p0:p0 + n].reshape(n * C))
     y = (acc.reshape(P, C // S, S).astype(np.float64) @ np.asarray(significance, np.float64)).astype(np.int64)
     y = y - offset * xt.astype(np.int64).sum(axis=1, keepdims=True) if offset else y
     return y.reshape(*lead, C // S)
