@@ -46,7 +46,7 @@ from cimc.ir.core import Node
 
 __all__ = ["ENCODINGS", "TILE_COLUMNS", "Encoding", "codes", "decode_cells", "plan", "tile_image", "tile_window",
            "unpack_cells",
-           "weight_bits", "weight_matrix", "zero_blocks", "zero_row_blocks"]
+           "weight_bits", "weight_matrix", "zero_blocks"]
 
 ENCODINGS = ("twos-complement", "differential", "offset")
 TILE_COLUMNS = ("group", "row_tile", "col_tile", "array", "k0", "k1", "col0", "col1", "ch0", "ch1", "slices")
@@ -243,14 +243,6 @@ def tile_image(cells: np.ndarray, row: np.ndarray) -> np.ndarray:
     t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
     sub = cells[t["group"], t["k0"]:t["k1"], t["ch0"]:t["ch1"]]
     return np.ascontiguousarray(sub).reshape(sub.shape[0], -1)
-
-
-def zero_row_blocks(image: np.ndarray, rows_per_op: int) -> list[int]:
-    """Indices of the ``rows_per_op``-row blocks of a tile image whose cells are all zero."""
-    k = image.shape[0]
-    starts = np.arange(0, k, rows_per_op)
-    nz = np.add.reduceat(image.any(axis=1).astype(np.int64), starts) if k else np.zeros(0, np.int64)
-    return [int(b) for b in np.flatnonzero(nz == 0)]
 
 
 def zero_blocks(m: np.ndarray, table: np.ndarray, rows_per_op: int) -> np.ndarray:
