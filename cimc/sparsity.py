@@ -241,8 +241,9 @@ def refit(m: np.ndarray, mask: np.ndarray, gram: np.ndarray, geom: Geometry,
 
 def zero_blocks(m: np.ndarray, geom: Geometry) -> np.ndarray:
     """Every all-zero block of ``m`` as int64 rows ``(g, b, c)``, sorted."""
-    _, _, nz = unit_stats(m, geom, "block")
-    return np.argwhere(nz == 0).astype(np.int64).reshape(-1, 3)
+    _, K, N = m.shape
+    nz = np.logical_or.reduceat(np.logical_or.reduceat(m != 0, geom.row_starts(K), axis=1), geom.col_starts(N), axis=2)
+    return np.argwhere(~nz).astype(np.int64).reshape(-1, 3)
 
 
 def zero_channels(m: np.ndarray) -> np.ndarray:

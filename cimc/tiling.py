@@ -248,20 +248,16 @@ def tile_image(cells: np.ndarray, row: np.ndarray) -> np.ndarray:
 def zero_blocks(m: np.ndarray, table: np.ndarray, rows_per_op: int) -> np.ndarray:
     """``(tile, block)`` pairs (int64 ``[n, 2]``, sorted) of the ``rows_per_op``-row blocks of the tiles of
     ``table`` (a :func:`plan` of ``m``) whose weights in ``m`` ``[G, K, N]`` are all zero (so are their cells,
-    except in offset encoding)."""
+    except in offset encoding): :func:`cimc.sparsity.zero_blocks` on the tile geometry, numbered by tile."""
+    from cimc.sparsity import Geometry
+    from cimc.sparsity import zero_blocks as zero_units
+
     t = np.asarray(table, np.int64)
     if not len(t) or not m.size:
         return np.zeros((0, 2), np.int64)
-    ch_starts = np.unique(t[:, 8])
-    k_tiles = np.unique(t[:, 4:6], axis=0)
-    b_starts = np.concatenate([np.arange(k0, k1, rows_per_op) for k0, k1 in k_tiles])
-    nz = np.logical_or.reduceat(np.logical_or.reduceat(m != 0, ch_starts, axis=2), b_starts, axis=1)
-    zg, zb, zc = np.nonzero(~nz)
-    if not len(zg):
-        return np.zeros((0, 2), np.int64)
-    index = {(int(g), int(k0), int(ch0)): i for i, (g, k0, ch0) in enumerate(t[:, [0, 4, 8]])}
-    start = b_starts[zb]
-    k0 = k_tiles[np.searchsorted(k_tiles[:, 0], start, side="right") - 1, 0]
-    out = [(index[(int(g), int(a), int(ch_starts[c]))], int((s - a) // rows_per_op))
-           for g, a, c, s in zip(zg, k0, zc, start, strict=True)]
+    rows, per = int((t[:, 5] - t[:, 4]).max()), int((t[:, 9] - t[:, 8]).max())
+    geom = Geometry(min(rows_per_op, rows), rows, per)
+    index = {(int(g), int(rt), int(ct)): i for i, (g, rt, ct) in enumerate(t[:, :3])}
+    per_tile = geom.blocks_per_tile
+    out = [(index[(int(g), int(b) // per_tile, int(c))], int(b) % per_tile) for g, b, c in zero_units(m, geom)]
     return np.asarray(sorted(out), np.int64).reshape(-1, 2)

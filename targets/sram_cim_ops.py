@@ -78,7 +78,7 @@ from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op, is_annota
 from cimc.ir.types import DType, TensorType
 from cimc.ops import lowered  # noqa: F401  (the vec.* ops the lowering emits)
 from cimc.ops._infer import require
-from cimc.ops.nn import to_dtype
+from cimc.ops.nn import f32_chunk, to_dtype
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import lossless_adc_bits
 from cimc.tiling import TILE_COLUMNS, Encoding, decode_cells, tile_window, unpack_cells, weight_matrix
@@ -356,8 +356,8 @@ def _image(cells: np.ndarray, windows: tuple, slices: int, cell_bits: int) -> np
 def _lossless_blocks(cells: np.ndarray, tiles: np.ndarray, a, per: int) -> list[tuple]:
     """The op's tiles as matmul blocks ``(group, k0, k1, c0, c1, W)`` (cached per program): tiles of one
     group and row range with adjacent channels are joined, then blocks of one channel range with
-    adjacent rows while ``x @ W`` stays exact in float32 (``(2**act_bits - 1) * max column sum |W| <
-    2**24``; a block beyond that is float64). ``W`` is the decoded integer weights ``[k, ch]`` (layout
+    adjacent rows while ``x @ W`` stays exact in float32 (:func:`cimc.ops.nn.f32_chunk`; a block beyond
+    that is float64). ``W`` is the decoded integer weights ``[k, ch]`` (layout
     cols: ``[ch, k]``), ``c0:c1`` the layer's output channels."""
     sig, off, act = tuple(int(v) for v in a["significance"]), int(a["offset"]), int(a["act_bits"])
 
@@ -370,12 +370,14 @@ def _lossless_blocks(cells: np.ndarray, tiles: np.ndarray, a, per: int) -> list[
         for (g, k0, k1), chs in rows.items():
             for ch0, ch1 in _joined(sorted(chs)):
                 spans.setdefault((g, ch0, ch1), []).append((k0, k1))
-        limit, out = (1 << 24) // ((1 << act) - 1), []
+        out = []
         for (g, ch0, ch1), ks in spans.items():
-            w = decode_cells(cells[g, :, ch0:ch1], sig, a["cell_bits"], off)  # [K, ch] int32
-            exact32 = lambda k0, k1, w=w: np.abs(w[k0:k1]).sum(axis=0).max() < limit  # noqa: E731
+            lo, hi = min(k for k, _ in ks), max(k for _, k in ks)
+            w = decode_cells(cells[g, lo:hi, ch0:ch1], sig, a["cell_bits"], off)  # [rows, ch] int32
+            most = f32_chunk((1 << act) - 1, int(np.abs(w).max(initial=0)), hi - lo)
+            exact32 = lambda k0, k1, most=most: most is not None and k1 - k0 <= most  # noqa: E731
             for k0, k1 in _joined(sorted(ks), exact32):
-                blk = w[k0:k1].astype(np.float32 if exact32(k0, k1) else np.float64)
+                blk = w[k0 - lo:k1 - lo].astype(np.float32 if exact32(k0, k1) else np.float64)
                 out.append((g, k0, k1, g * per + ch0, g * per + ch1,
                             np.ascontiguousarray(blk.T) if a["layout"] == "cols" else blk))
         return out, None
