@@ -5,6 +5,11 @@ sums into an accumulator operand made by the same op may reuse its buffer then).
 checked against the graph's input types first (name, element type, shape). An error inside an
 op is re-raised naming the node and op. Ops that model noise draw from one generator seeded
 per run, so the same seed gives the same bits.
+
+Float matrix products run in float32, as onnxruntime runs them, except in graphs that hold cimc's
+own ops (the dotted namespaces: quantized graphs and target programs) and where the caller asks:
+there they sum in float64 (:func:`cimc.ops.nn.reproducible_floats`), so the integer reference is
+the same on every CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from cimc.errors import CimcError, InputError
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import OpContext, OpDef, lookup
+from cimc.ops.nn import reproducible_floats
 
 __all__ = ["ExecutionError", "Interpreter", "check_inputs", "random_inputs", "run"]
 
@@ -73,11 +79,16 @@ def random_inputs(graph: Graph, seed: int, batch: int = 1) -> dict[str, np.ndarr
 
 
 class Interpreter:
-    """Runs a graph; keeps per-run machine state and a seeded generator for noisy ops."""
+    """Runs a graph; keeps per-run machine state and a seeded generator for noisy ops.
 
-    def __init__(self, graph: Graph, *, seed: int = 0) -> None:
+    ``reproducible``: sum float matrix products in float64 (the same bits on every CPU); ``None``
+    turns it on for graphs holding cimc's own dotted-namespace ops (``q.*``, target instructions).
+    """
+
+    def __init__(self, graph: Graph, *, seed: int = 0, reproducible: bool | None = None) -> None:
         self.graph = graph
         self.seed = seed
+        self.reproducible = any("." in n.op for n in graph.nodes) if reproducible is None else reproducible
         self._plan = _plan(graph)
 
     def run(self, inputs: Mapping[str, Any], *,
@@ -87,6 +98,11 @@ class Interpreter:
         ``observe(value, array)``, if given, is called with every graph input and node result as
         it is computed (calibration watches activations this way, in the one run).
         """
+        with reproducible_floats(self.reproducible):
+            return self._run(inputs, observe)
+
+    def _run(self, inputs: Mapping[str, Any],
+             observe: Callable[[Value, np.ndarray], None] | None) -> dict[str, np.ndarray]:
         arrays = check_inputs(self.graph, inputs)
         env: dict[int, np.ndarray | None] = {}
         for v in self.graph.inputs:
@@ -150,6 +166,7 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], b
     return plan
 
 
-def run(graph: Graph, inputs: Mapping[str, Any], *, seed: int = 0) -> dict[str, np.ndarray]:
+def run(graph: Graph, inputs: Mapping[str, Any], *, seed: int = 0,
+        reproducible: bool | None = None) -> dict[str, np.ndarray]:
     """Run ``graph`` once on ``inputs``; see :class:`Interpreter`."""
-    return Interpreter(graph, seed=seed).run(inputs)
+    return Interpreter(graph, seed=seed, reproducible=reproducible).run(inputs)

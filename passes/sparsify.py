@@ -401,7 +401,7 @@ def _prefixes(m: np.ndarray, geom: Geometry, gran: str) -> np.ndarray:
 
 def _run(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
-        return run_graph(graph, inputs)
+        return run_graph(graph, inputs, reproducible=True)  # pruning choices that do not depend on the CPU
     except CimcError as e:
         raise CimcError(f"sparsify: running the calibration inputs failed: {e}") from e
 

@@ -48,7 +48,10 @@ def test_export_agrees_with_interpreter(name, bits, mode):
     agree = qdq_agreement(g, x)
     last = _u8_values(g)[-1]  # the final activation, what the last layer reads
     frac, lsb = agree[last]
-    assert frac >= 0.999 and lsb <= 1, (last, frac, lsb)
+    # a q.quantize of a float result (ReduceMean of dequantized values) rounds what two float32
+    # computations with different summation orders give: ties at rounding boundaries split a few more
+    bar = 0.995 if g.value(last).producer.op == "q.quantize" else 0.999
+    assert frac >= bar and lsb <= 1, (last, frac, lsb)
     if mode == "float":  # onnxruntime's fused kernels requantize in float32, half to even: nearly exact
         assert all(f >= 0.999 for f, _ in agree.values()), agree
     # logits: onnxruntime's float value in units of the accumulator scale

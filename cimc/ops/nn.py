@@ -13,6 +13,16 @@ one matmul followed by a scatter-add over kernel positions (col2im). Pools loop 
 positions (a handful) on strided slices of the padded input; averages divide by per-window counts
 built per dim (separable). Float32 stays float32; float16/bfloat16 compute in float32.
 
+Float matrix products (Conv, ConvTranspose, Gemm, MatMul, the recurrent layers) sum in float32
+through BLAS, like onnxruntime, unless :func:`reproducible_floats` is on: then they sum in float64
+and round once to the result type. BLAS kernels for different CPUs add float32 terms in different
+orders, so float32 sums differ in their last bits from one machine to the next; float64 sums
+rounded to float32 agree on every machine (except when two float64 sums straddle a float32
+rounding boundary, about once in 2**29 results). The interpreter turns it on for graphs that hold
+cimc's own (quantized or target) ops and for calibration, so that the integer reference, and the
+quantization scales taken from float activations, do not depend on the CPU. It costs about twice
+the time of a float32 product.
+
 Integer operands are multiplied exactly through float BLAS: in float32 products of ``c`` of the
 ``K`` terms at a time, ``max|a| * max|b| * c <= 2**24`` (every partial sum is an exact float32
 integer, whatever order BLAS adds in), summed with the bias in int32 that wraps like C (int64 for
@@ -23,9 +33,11 @@ like C). Results are cast to the result type with C wrap-around.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -35,7 +47,8 @@ from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import Dim, DType, TensorType
 from cimc.ops._infer import broadcast_shapes, normalize_axis, require, same_as
 
-__all__ = ["compute_dtype", "conv", "exact_matmul", "f32_chunk", "to_dtype", "window_geometry"]
+__all__ = ["compute_dtype", "conv", "exact_matmul", "f32_chunk", "float_compute_dtype", "reproducible_floats",
+           "to_dtype", "window_geometry"]
 
 _SAME = ("SAME_UPPER", "SAME_LOWER")
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -54,13 +67,33 @@ def _amax(a: np.ndarray | None) -> int:
     return max(abs(int(a.min())), abs(int(a.max())))
 
 
+_REPRODUCIBLE = contextvars.ContextVar("cimc_reproducible_floats", default=False)
+
+
+@contextlib.contextmanager
+def reproducible_floats(enabled: bool = True) -> Iterator[None]:
+    """Within the block, float matrix products sum in float64 and round once (see module doc), so
+    their results are the same on every CPU; ``enabled=False`` restores float32 sums."""
+    token = _REPRODUCIBLE.set(enabled)
+    try:
+        yield
+    finally:
+        _REPRODUCIBLE.reset(token)
+
+
+def float_compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype float matrix products of ``dtype`` operands sum in: float64 for float64 or under
+    :func:`reproducible_floats`, else float32 (float16 and bfloat16 included)."""
+    if _REPRODUCIBLE.get() or np.dtype(dtype) == np.float64:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
 def compute_dtype(a: np.ndarray, b: np.ndarray, k: int, bias: np.ndarray | None = None) -> np.dtype:
     """The dtype a product of ``a`` and ``b`` summing ``k`` terms is computed in (see module doc)."""
     dt = np.result_type(a.dtype, b.dtype) if a.dtype.kind in "fiub" and b.dtype.kind in "fiub" else None
-    if dt is not None and dt in (np.float32, np.float64):
-        return dt
-    if dt is None or dt.kind == "f":  # float16, bfloat16 (ml_dtypes) and mixes with them
-        return np.dtype(np.float32)
+    if dt is None or dt.kind == "f":  # float16, bfloat16 (ml_dtypes) and mixes with them too
+        return float_compute_dtype(np.dtype(np.float64) if dt == np.float64 else np.dtype(np.float32))
     bound = _amax(a) * _amax(b) * k + _amax(bias)
     if bound < 2**24:
         return np.dtype(np.float32)

@@ -22,6 +22,7 @@ from cimc.errors import InputError, VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, define_op
 from cimc.ir.types import Dim, TensorType
 from cimc.ops._infer import require
+from cimc.ops.nn import float_compute_dtype
 
 __all__ = ["ACTIVATIONS", "activation"]
 
@@ -116,7 +117,7 @@ def lstm(ctx, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
         c0 = None if c0 is None else c0.swapaxes(0, 1)
     seq, batch, _ = x.shape
     ndir, hid = w.shape[0], r.shape[2]
-    dt = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    dt = float_compute_dtype(x.dtype)
     xc = x.astype(dt, copy=False)
     names = a["activations"] or ("Sigmoid", "Tanh", "Tanh") * ndir
     if len(names) != 3 * ndir:

@@ -164,7 +164,7 @@ def calibrate(graph: Graph, data: Mapping[str, np.ndarray] | None, watch: list[V
         if obs is not None:
             obs.observe(a)
 
-    interp = Interpreter(graph, seed=seed)
+    interp = Interpreter(graph, seed=seed, reproducible=True)  # scales that do not depend on the CPU
     for start in range(0, stop, batch):
         interp.run({k: a[start:start + batch] for k, a in arrays.items()}, observe=observe)
     return {v.name: observers[id(v)] for v in watch}
