@@ -4,7 +4,7 @@ Subcommands: ``import`` (ONNX to ``.cimir``), ``opt`` (run a pass pipeline), ``r
 interpreter on given or random inputs; a ``.cimir`` file may hold any registered target's
 instructions, e.g. a compiled ``program.cimir``, and an op no one defines is an error at its line
 and column), ``compile`` (a target's program, report and checks, see
-:mod:`cimc.compile`), ``passes`` (the registry with options and docs). ``--plugin FILE.py`` imports
+:mod:`cimc.driver`), ``passes`` (the registry with options and docs). ``--plugin FILE.py`` imports
 a Python file first, so the passes and targets it registers can be named. Every
 error a user can cause (``CimcError``, ``OSError``, undecodable files) becomes one line
 ``cimc: error: ...`` on stderr and exit status 2; ``--debug`` shows the traceback instead.
@@ -25,11 +25,12 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
+import cimc
 from cimc.errors import CimcError, InputError
 from cimc.npzio import read_npz, write_npz
 
 if TYPE_CHECKING:
-    from cimc.compile import ModelSource
+    from cimc.driver import ModelSource
     from cimc.ir.core import Graph
 
 __all__ = ["main"]
@@ -58,7 +59,7 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 def load(path: str | Path) -> ModelSource:
     """Read a model (``.onnx``, ``.cimir`` or a bundled ``zoo:NAME``) with what it came from; a
     ``.cimir`` may be a compiled program, so every target's instructions are defined first."""
-    from cimc.compile import load_source
+    from cimc.driver import load_source
 
     cimir = Path(str(path)).suffix == ".cimir"
     if cimir:
@@ -244,7 +245,7 @@ def _cmd_targets(args: argparse.Namespace) -> None:
 
 
 def _cmd_compile(args: argparse.Namespace) -> None:
-    from cimc.compile import compile as compile_model
+    from cimc.driver import compile as compile_model
     from cimc.report import verify_summary
     from cimc.targets import load_target
 
@@ -291,6 +292,7 @@ def _load_plugins(files: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cimc``."""
     p = argparse.ArgumentParser(prog="cimc", description="Compile ONNX models for compute-in-memory hardware.")
+    p.add_argument("--version", action="version", version=f"cimc {cimc.__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",

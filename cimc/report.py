@@ -7,7 +7,7 @@ temporary directory beside the destination and moved into place with one ``os.re
 ``force`` an existing directory is renamed away first and deleted after the new one is in place.
 The same inputs, options and seed give byte-identical files: no timestamps (zip members get the
 fixed date 1980-01-01), no absolute paths, JSON keys sorted. The one exception is ``timings.json``
-(wall-clock seconds per pass, of verification and in total: :attr:`cimc.compile.CompiledModel.timings`),
+(wall-clock seconds per pass, of verification and in total: :attr:`cimc.driver.CompiledModel.timings`),
 kept out of the reports so that they stay reproducible.
 
 ``report.json`` (``REPORT_VERSION`` 1): ``model`` (name, source), ``target`` (name, spec), ``pipeline``
@@ -37,7 +37,7 @@ import numpy as np
 from cimc.errors import InputError
 
 if TYPE_CHECKING:
-    from cimc.compile import CompiledModel
+    from cimc.driver import CompiledModel
 
 __all__ = ["REPORT_VERSION", "build_report", "default_output_dir", "report_text", "write_output"]
 

@@ -352,7 +352,7 @@ class Capabilities:
     ``vector_ops`` on the digital vector unit, and ``own_ops`` are the target's instructions (the ops
     its lowering emits); an entry ending in ``.`` names a namespace (``"sram."``), and ``"*"`` in
     ``vector_ops`` means the vector unit runs every op. Any other op the target cannot run: the
-    compile driver rejects it (:func:`cimc.compile.check_supported`).
+    compile driver rejects it (:func:`cimc.driver.check_supported`).
     """
 
     rows: int

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from cimc.passes import get_pass, register_pass
 
 from cimc.errors import CimcError
 from cimc.ir.core import Graph
+from cimc.passes import get_pass, register_pass
 from cimc.passmanager import Pass, PassContext, PassResult, option
 
 logger = logging.getLogger(__name__)

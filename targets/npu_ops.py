@@ -66,7 +66,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from cimc.passes import register_pass
 
 from cimc.cost import Cost, num_elements, vector_cost
 from cimc.errors import PassError, VerifyError
@@ -75,6 +74,7 @@ from cimc.ir.opdef import AttrSpec, InferContext, define_op, lookup
 from cimc.ir.types import DType, TensorType
 from cimc.ops._infer import require
 from cimc.ops.nn import exact_matmul, to_dtype, window_geometry
+from cimc.passes import register_pass
 from cimc.passmanager import Pass, PassContext, PassResult
 
 __all__ = ["LowerNpuPass", "op_cost", "register"]

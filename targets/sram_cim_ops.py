@@ -69,7 +69,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from cimc.passes import register_pass
 
 from cimc.cost import Cost, num_elements, vector_cost
 from cimc.errors import CimcError, PassError, VerifyError
@@ -79,6 +78,7 @@ from cimc.ir.types import DType, TensorType
 from cimc.ops import lowered  # noqa: F401  (the vec.* ops the lowering emits)
 from cimc.ops._infer import require
 from cimc.ops.nn import f32_chunk, to_dtype
+from cimc.passes import register_pass
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import lossless_adc_bits
 from cimc.tiling import TILE_COLUMNS, Encoding, decode_cells, tile_window, unpack_cells, weight_matrix

@@ -10,10 +10,10 @@ from typing import ClassVar
 import numpy as np
 import onnx
 import pytest
-from cimc.passes import register_pass
 from onnx import TensorProto, helper
 
 from cimc.cli import main
+from cimc.passes import register_pass
 from cimc.passmanager import Pass, PassResult
 from cimc.text import load_graph, parse_graph
 

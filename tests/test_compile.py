@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cimc.targets import all_targets
 
 import cimc
 from cimc import zoo
 from cimc.cli import main
-from cimc.compile import CompiledModel, compile
+from cimc.driver import CompiledModel, compile
 from cimc.errors import InputError
 from cimc.onnx_io import import_model
+from cimc.targets import all_targets
 
 FILES = {"program.cimir", "quantized.cimir", "report.json", "report.txt", "timings.json"}
 TARGETS = sorted(all_targets())
@@ -95,7 +95,7 @@ def test_api_inputs_graph_model_random_calibration_and_spec_dict(caplog: pytest.
     assert c.report["calibration"].startswith("random") and c.report["verify"]["inputs"] == "given"
     assert c.report["verify"]["float_reference"] == "interpreter" and c.report["verify"]["reference_exact"]
     assert len(g.nodes) and g.nodes[0].op != "q.quantize"  # the caller's graph is untouched
-    assert isinstance(cimc.compile("zoo:mlp", target), CompiledModel)  # the package attribute is callable
+    assert isinstance(cimc.compile("zoo:mlp", target), CompiledModel)  # the package function
     spec_field = all_targets()[target].Spec.params()[0]
     c2 = _compile("zoo:mlp", target, spec={spec_field.name: spec_field.default})
     assert c2.target.spec == all_targets()[target]().spec

@@ -123,7 +123,7 @@ def test_compiled_program_runs_from_its_file(work: Path, capsys: pytest.CaptureF
 
 
 def test_allow_reload_false_compiles_a_model_that_fits(work: Path) -> None:
-    from cimc.compile import compile as compile_model
+    from cimc.driver import compile as compile_model
 
     for target, spec in (("sram-cim", {"allow_reload": False}), ("npu", {"allow_reload": False})):
         c = compile_model("zoo:mlp", target, spec=spec)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from cimc.passes.fold_constants import FoldConstantsPass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -14,6 +13,7 @@ from cimc.interpreter import run
 from cimc.ir.opdef import AttrSpec, define_op, lookup
 from cimc.ir.types import DType, TensorType
 from cimc.ir.verifier import verify
+from cimc.passes.fold_constants import FoldConstantsPass
 from cimc.passmanager import PassContext
 from cimc.text import parse_graph, print_graph
 

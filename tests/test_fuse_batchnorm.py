@@ -8,8 +8,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from cimc.passes import get_pass
-from cimc.passes.fuse_batchnorm import FuseBatchNormPass, bn_scale_shift, explain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from light_models import LIGHT, randomize
@@ -19,6 +17,8 @@ from cimc import zoo
 from cimc.interpreter import run
 from cimc.ir import DType, Graph, TensorType, verify
 from cimc.onnx_io import import_model, load_model
+from cimc.passes import get_pass
+from cimc.passes.fuse_batchnorm import FuseBatchNormPass, bn_scale_shift, explain
 from cimc.passmanager import PassContext, PassManager
 from cimc.pipeline import Pipeline, PipelineError
 

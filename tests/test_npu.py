@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from cimc.targets import get_target
 
 from cimc import zoo
 from cimc.cost import program_cost
@@ -18,6 +17,7 @@ from cimc.interpreter import run
 from cimc.ir.verifier import verify
 from cimc.onnx_io import load_model
 from cimc.passmanager import PassContext, PassManager
+from cimc.targets import get_target
 from cimc.text import parse_graph, print_graph
 
 NPU = get_target("npu")()

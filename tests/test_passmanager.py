@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
-from cimc.passes import register_pass
 
 from cimc.errors import PassError
 from cimc.ir.core import Graph
 from cimc.ir.types import DType, TensorType
+from cimc.passes import register_pass
 from cimc.passmanager import Pass, PassContext, PassInstrument, PassManager, PassResult, option
 from cimc.pipeline import Pipeline
 from cimc.text import load_graph, parse_graph

@@ -8,14 +8,14 @@ from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import cimc.passes
 import pytest
-from cimc.passes import all_passes, get_pass, register_pass
-from cimc.passes.fold_constants import FoldConstantsPass
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cimc.passes
 from cimc.errors import CimcError, ParseError
+from cimc.passes import all_passes, get_pass, register_pass
+from cimc.passes.fold_constants import FoldConstantsPass
 from cimc.passmanager import Pass, PassResult, option
 from cimc.pipeline import Pipeline, PipelineError, options_of
 

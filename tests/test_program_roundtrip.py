@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cimc import zoo
-from cimc.compile import CompiledModel, compile
+from cimc.driver import CompiledModel, compile
 from cimc.interpreter import run
 from cimc.text import load_graph, parse_graph, print_graph, save_graph
 

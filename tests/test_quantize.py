@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from cimc.passes.quantize import QuantizePass, parse_overrides
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from cimc.ir.equality import graph_difference
 from cimc.ir.types import DType
 from cimc.ir.verifier import verify
 from cimc.onnx_io import load_model
+from cimc.passes.quantize import QuantizePass, parse_overrides
 from cimc.passmanager import PassContext, PassManager
 from cimc.pipeline import Pipeline, PipelineError
 from cimc.quant.fixedpoint import quantize_multiplier, quantize_multipliers

@@ -9,8 +9,6 @@ import math
 
 import numpy as np
 import pytest
-from cimc.passes import get_pass
-from cimc.passes.sparsify import SparsifyPass, parse_per_layer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +20,8 @@ from cimc.ir.equality import graph_difference
 from cimc.ir.types import DType, TensorType
 from cimc.ir.verifier import verify
 from cimc.onnx_io import load_model
+from cimc.passes import get_pass
+from cimc.passes.sparsify import SparsifyPass, parse_per_layer
 from cimc.passmanager import PassContext, PassManager
 from cimc.pipeline import Pipeline, PipelineError
 from cimc.sparsity import (

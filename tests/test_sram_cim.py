@@ -6,14 +6,14 @@ import functools
 
 import numpy as np
 import pytest
-from cimc.targets.sram_cim import SramCimTarget
-from cimc.targets.sram_cim_ops import adc
 
 from cimc import zoo
 from cimc.interpreter import run
 from cimc.ir.verifier import verify
 from cimc.onnx_io import import_model
 from cimc.passmanager import PassContext, PassManager
+from cimc.targets.sram_cim import SramCimTarget
+from cimc.targets.sram_cim_ops import adc
 from cimc.text import parse_graph, print_graph
 
 LOSSLESS = SramCimTarget().with_spec(adc_bits=7)  # 64 rows, 1-b inputs, 1-b cells need 7 bits
@@ -185,7 +185,6 @@ def test_rounds_sum_in_place_only_into_dead_partial_sums():
 def test_lossy_program_is_the_sum_of_the_tile_models(rows_per_op, zero_block):
     """A lossy program equals, tile by tile, the bit-serial crossbar model on the tile images."""
     from cimc.targets.sram_cim_ops import crossbar
-
     from cimc.tiling import TILE_COLUMNS, Encoding, tile_image, weight_matrix
 
     xs = {"x": np.random.default_rng(5).integers(0, 256, (4, 256)).astype(np.uint8)}

@@ -8,8 +8,12 @@ from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import cimc.targets as registry
 import pytest
+
+import cimc.registry
+import cimc.targets as registry
+from cimc.errors import CimcError, InputError, ParseError
+from cimc.target import Capabilities, Spec, Target, lossless_adc_bits, param
 from cimc.targets import (
     all_targets,
     describe_target,
@@ -19,10 +23,6 @@ from cimc.targets import (
     load_target,
     register_target,
 )
-
-import cimc.registry
-from cimc.errors import CimcError, InputError, ParseError
-from cimc.target import Capabilities, Spec, Target, lossless_adc_bits, param
 
 
 @dataclass(frozen=True)

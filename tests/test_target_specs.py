@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from cimc.targets import BUILTIN, dump_spec, get_target
 
 from cimc.errors import InputError
 from cimc.target import Param
+from cimc.targets import BUILTIN, dump_spec, get_target
 
 TARGETS = sorted(BUILTIN)
 PARAMS = [(t, p) for t in TARGETS for p in get_target(t).Spec.params()]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cimc.passes.tile import TilePass, mapping_table
-from cimc.targets.sram_cim import SramCimTarget
-from cimc.targets.sram_cim_ops import crossbar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cimc.errors import CimcError
 from cimc.ir.core import Graph
 from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.passes.tile import TilePass, mapping_table
 from cimc.passmanager import PassContext, PassManager
+from cimc.targets.sram_cim import SramCimTarget
+from cimc.targets.sram_cim_ops import crossbar
 from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_matrix, zero_blocks
 
 

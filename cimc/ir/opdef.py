@@ -150,14 +150,6 @@ def is_annotation(key: str) -> bool:
 
 
 _REGISTRY: dict[str, OpDef] = {}
-_BUILTINS_LOADED = False
-
-
-def _ensure_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        import cimc.ops  # noqa: F401  (registers the built-in ops)
 
 
 def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
@@ -185,13 +177,11 @@ def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] =
 
 def lookup(name: str) -> OpDef | None:
     """The definition of op ``name``, or ``None`` if no op of that name is defined."""
-    _ensure_builtins()
     return _REGISTRY.get(name)
 
 
 def all_ops() -> dict[str, OpDef]:
     """Every defined op by name."""
-    _ensure_builtins()
     return dict(_REGISTRY)
 
 

@@ -6,6 +6,7 @@ name recurs) or ``None`` (unknown). A shape of ``None`` means the rank is unknow
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -50,8 +51,9 @@ class DType(Enum):
 
     @property
     def numpy(self) -> np.dtype:
-        """The numpy dtype values of this type are stored in (int4 is widened to int8)."""
-        return _TO_NUMPY[self]
+        """The numpy dtype values of this type are stored in (int4 is widened to int8; bfloat16 is
+        ml_dtypes', imported on first use)."""
+        return _bfloat16() if self is DType.bf16 else _TO_NUMPY[self]
 
     @staticmethod
     def from_numpy(dtype: Any) -> DType:
@@ -77,17 +79,17 @@ class DType(Enum):
         return self.name[0] in "iu"
 
 
+@functools.cache
 def _bfloat16() -> np.dtype:
-    try:
-        import ml_dtypes  # shipped with onnx
+    """ml_dtypes' bfloat16 (ml_dtypes ships with onnx; importing it takes about half a second, so only
+    graphs that use bfloat16 pay for it)."""
+    import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
-    except ImportError:  # pragma: no cover
-        return np.dtype(np.float32)
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 _TO_NUMPY: dict[DType, np.dtype] = {
-    DType.f16: np.dtype(np.float16), DType.bf16: _bfloat16(), DType.f32: np.dtype(np.float32),
+    DType.f16: np.dtype(np.float16), DType.f32: np.dtype(np.float32),
     DType.f64: np.dtype(np.float64), DType.i4: np.dtype(np.int8), DType.u4: np.dtype(np.uint8),
     DType.i8: np.dtype(np.int8), DType.i16: np.dtype(np.int16), DType.i32: np.dtype(np.int32),
     DType.i64: np.dtype(np.int64), DType.u8: np.dtype(np.uint8), DType.u16: np.dtype(np.uint16),
@@ -95,7 +97,7 @@ _TO_NUMPY: dict[DType, np.dtype] = {
     DType.str: np.dtype(object),
 }
 _FROM_NUMPY: dict[np.dtype, DType] = {
-    v: k for k, v in _TO_NUMPY.items() if k not in (DType.i4, DType.u4, DType.str, DType.bf16)
+    v: k for k, v in _TO_NUMPY.items() if k not in (DType.i4, DType.u4, DType.str)
 }
 
 

@@ -9,7 +9,7 @@
    result is the ``program`` (if a target lowers nothing yet, the program is the quantized graph);
    :func:`check_supported` then rejects any op the target's capabilities do not run;
 4. cost: ``target.op_cost`` for every program op (:func:`cimc.cost.program_cost`), and the
-   target's weight mapping table where one exists (``cimc.tiling.mapping_table``);
+   weight mapping table of the tiled layers;
 5. with ``verify``: runs the program on sample inputs and compares it with onnxruntime on the
    original float model (max abs error, cosine, top-1 agreement) and with the quantized graph run
    by the reference interpreter (exact equality expected with a lossless ADC and no noise).
@@ -28,7 +28,6 @@ import logging
 import os
 import sys
 import time
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,19 +336,10 @@ def check_supported(program: Graph, target: Target) -> None:
 
 
 def _mapping(program: Graph, quantized: Graph, target: Target) -> list[dict[str, Any]] | None:
-    """The weight mapping table: ``cimc.tiling.mapping_table(quantized, target)`` if the tiling module
-    offers one, else one row per node carrying a ``tile.map`` table (tiles, arrays, cell utilisation:
-    used cells over the cells of the arrays its tiles occupy), else ``None``."""
-    try:
-        from cimc.tiling import mapping_table  # type: ignore[attr-defined]
-    except ImportError:
-        mapping_table = None
-    if mapping_table is not None:
-        return mapping_table(quantized, target)
-    try:
-        from cimc.tiling import TILE_COLUMNS
-    except ImportError:
-        return None
+    """The weight mapping table: one row per node carrying a ``tile.map`` table (tiles, arrays, cell
+    utilisation: used cells over the cells of the arrays its tiles occupy), or ``None`` if none does."""
+    from cimc.tiling import TILE_COLUMNS
+
     caps = target.capabilities()
     col = {c: i for i, c in enumerate(TILE_COLUMNS)}
     rows = []
@@ -363,14 +353,3 @@ def _mapping(program: Graph, quantized: Graph, target: Target) -> list[dict[str,
                      "arrays": sorted({int(a) for a in t[:, col["array"]]}),
                      "cells_used": used, "utilization": used / (len(t) * caps.rows * caps.cols) if len(t) else 0.0})
     return rows or None
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`compile`: importing the submodule ``cimc.compile`` sets the
-    package attribute ``cimc.compile`` to the module, so ``cimc.compile(model, ...)`` must work on it."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> CompiledModel:
-        return compile(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
