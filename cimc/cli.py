@@ -27,7 +27,7 @@ import numpy as np
 
 import cimc
 from cimc.errors import CimcError, InputError
-from cimc.npzio import read_npz, write_npz
+from cimc.npzio import read_npy, read_npz, write_npz
 
 if TYPE_CHECKING:
     from cimc.driver import ModelSource
@@ -185,13 +185,21 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     source = load(args.input)
     graph = source.graph
-    labels = None
+    labels = read_npy(args.labels, "--labels") if args.labels else None
+    if labels is not None and not args.inputs:
+        raise InputError("--labels goes with --inputs: the labels of those inputs, one per input"
+                         + (" (--test-set has its own labels)" if args.test_set else ""))
     if args.test_set:
         if source.zoo is None:
             raise InputError("--test-set needs a bundled model (zoo:NAME); give other models --inputs")
         inputs, labels = {source.zoo.input_name: source.zoo.x_test}, source.zoo.y_test
     elif args.inputs:
         inputs = read_npz(args.inputs)
+        if labels is not None:
+            from cimc.verify import check_labels
+
+            labels = check_labels(labels, int(next(iter(inputs.values())).shape[0]) if inputs else 0,
+                                  what=f"--labels {args.labels}")
     else:
         from cimc.interpreter import random_inputs
 
@@ -207,9 +215,14 @@ def _cmd_run(args: argparse.Namespace) -> None:
     outputs = run(graph, inputs, seed=args.seed)
     sys.stdout.write(_summary(outputs) + "\n")
     if labels is not None:
+        from cimc.verify import check_labels
+
+        what = "test images" if args.test_set else "inputs"
         for name, value in outputs.items():
-            sys.stdout.write(f"top-1 of {name} on the {len(labels)} test images: "
-                             f"{100 * top1_accuracy(value, labels):.2f}%\n")
+            if value.ndim >= 2:
+                check_labels(labels, len(labels), value.shape[-1], what=f"--labels {args.labels}")
+                sys.stdout.write(f"top-1 of {name} on the {len(labels)} {what}: "
+                                 f"{100 * top1_accuracy(value, labels):.2f}%\n")
     if args.compare_onnxruntime:
         if source.onnx is None:
             raise InputError("--compare-onnxruntime needs an .onnx model (or zoo:NAME)")
@@ -256,7 +269,9 @@ def _cmd_compile(args: argparse.Namespace) -> None:
         raise InputError(f"{out} already exists; remove it, choose another with -o, or replace it with --force")
     compiled = compile_model(args.model, target, pipeline=args.pipeline, seed=args.seed, verify=args.verify,
                              calibration=read_npz(args.calibration) if args.calibration else None,
-                             inputs=read_npz(args.inputs) if args.inputs else None, verify_each=args.verify_each)
+                             inputs=read_npz(args.inputs) if args.inputs else None,
+                             labels=read_npy(args.labels, "--labels") if args.labels else None,
+                             verify_each=args.verify_each)
     out = compiled.save(out, force=args.force)
     cost = compiled.cost
     line = f"compiled {compiled.source.label} for {target.name}: {len(compiled.program.nodes)} ops"
@@ -328,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a bundled model's held-back digits test split; prints top-1 against its labels")
     s.add_argument("-p", "--pipeline", metavar="SPEC", default="", help="passes to run before running the model")
     s.add_argument("--calibration", metavar="NPZ", help="sample inputs for passes that calibrate")
+    s.add_argument("--labels", metavar="NPY", help="integer class labels of --inputs (.npy, one per input): "
+                                                   "prints top-1 of each output")
     s.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
     s.add_argument("--compare-onnxruntime", action="store_true",
                    help="also run the original ONNX model in onnxruntime and report max abs error, "
@@ -350,7 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     s.add_argument("--verify", action="store_true",
                    help="run the program and compare with onnxruntime (float) and the quantized graph (exact)")
-    s.add_argument("--inputs", metavar="NPZ", help="inputs for --verify (default: zoo test split, or random)")
+    s.add_argument("--inputs", metavar="NPZ",
+                   help="inputs for --verify (default: zoo test split, else --calibration, else random)")
+    s.add_argument("--labels", metavar="NPY", help="integer class labels for --verify (.npy, one per verification "
+                                                   "input): top-1 of program, quantized and float model")
     s.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
     s.add_argument("--seed", type=int, default=0, help="seed for random inputs, calibration and noisy ops")
     s.set_defaults(func=_cmd_compile)

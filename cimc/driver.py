@@ -18,8 +18,11 @@ Every pass sees a :class:`~cimc.passmanager.PassContext` with the Target instanc
 calibration inputs: given ones, the zoo's calibration set for zoo models, else 8 inputs drawn from a
 standard normal with the seed (a warning says so: quantization ranges from random data are a
 placeholder, give real samples). Verification inputs: given ones, the zoo test split for zoo
-models, else 8 seeded random inputs. :meth:`CompiledModel.save` writes the output directory
-atomically (see :mod:`cimc.report`).
+models, else the given calibration inputs, and only when no real data was given 8 seeded random
+inputs (a warning says so). Top-1 on labels (``top1_program``, ``top1_quantized``, ``top1_float``
+in the verify results) needs labels: given ones (one integer class index per verification input,
+checked by :func:`cimc.verify.check_labels`), or the zoo test split's. :meth:`CompiledModel.save`
+writes the output directory atomically (see :mod:`cimc.report`).
 """
 
 from __future__ import annotations
@@ -192,9 +195,9 @@ class CompiledModel:
 
 
 def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSource, target: Target,
-            inputs: dict[str, np.ndarray], seed: int, where: str) -> dict[str, Any]:
+            inputs: dict[str, np.ndarray], seed: int, where: str, labels: np.ndarray | None) -> dict[str, Any]:
     from cimc.interpreter import run
-    from cimc.verify import compare, top1_accuracy
+    from cimc.verify import check_labels, compare, top1_accuracy
 
     target.register_ops()
     ours = run(program, inputs, seed=seed)
@@ -212,12 +215,13 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
         "reference_exact": bool(exact.exact), "quantized_max_abs_error": exact.max_abs_error,
         "float_reference": by, "max_abs_error": c.max_abs_error, "cosine": c.cosine,
         "top1_agreement": c.top1_agreement}
-    if src.zoo is not None and where == "zoo test split":
-        y = src.zoo.y_test
+    if labels is not None:
         first = next(iter(ref_f))
+        logits = np.asarray(ref_f[first])
+        y = check_labels(labels, out["samples"], logits.shape[-1] if logits.ndim >= 2 else None)
         out["top1_program"] = top1_accuracy(ours[first], y)
         out["top1_quantized"] = top1_accuracy(ref_q[first], y)
-        out["top1_float"] = top1_accuracy(np.asarray(ref_f[first]), y)
+        out["top1_float"] = top1_accuracy(logits, y)
     return out
 
 
@@ -225,10 +229,11 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
             pipeline: str | Pipeline | None = None,
             spec: Spec | str | os.PathLike[str] | Mapping[str, Any] | None = None,
             calibration: Mapping[str, np.ndarray] | np.ndarray | None = None, seed: int = 0, verify: bool = False,
-            inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, *, progress: bool | None = None,
-            verify_each: bool = False) -> CompiledModel:
+            inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, *, labels: np.ndarray | None = None,
+            progress: bool | None = None, verify_each: bool = False) -> CompiledModel:
     """Compile ``model`` for ``target`` (see the module docstring for the steps and defaults).
 
+    ``labels``: with ``verify``, one integer class index per verification input, for top-1 on labels.
     ``progress``: a per-pass status line on standard error (default: when it is a terminal).
     ``verify_each``: run the IR verifier after every pass.
     """
@@ -243,8 +248,13 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     graph = src.graph
     float_graph = graph.copy() if verify and src.onnx is None else graph
 
-    if calibration is not None:
-        calib, calib_from = _named(calibration, graph, "calibration"), "given"
+    given = None if calibration is None else _named(calibration, graph, "calibration")
+    if labels is not None and not verify:
+        raise InputError("labels are for verification; pass verify=True (--verify) with them")
+    sample, where, labels = _verify_inputs(src, graph, given, inputs, labels, seed) if verify \
+        else (None, "", None)
+    if given is not None:
+        calib, calib_from = given, "given"
     elif src.zoo is not None:
         from cimc import zoo
 
@@ -285,15 +295,9 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     mapping = _mapping(program, quantized, tgt)
 
     checks, verify_s = None, None
-    if verify:
-        if inputs is not None:
-            sample, where = _named(inputs, quantized, "inputs"), "given"
-        elif src.zoo is not None:
-            sample, where = {src.zoo.input_name: np.asarray(src.zoo.x_test)}, "zoo test split"
-        else:
-            sample, where = random_inputs(quantized, seed + 1, SAMPLES), "random (seeded)"
+    if sample is not None:
         t0 = time.perf_counter()
-        checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where)
+        checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where, labels)
         verify_s = time.perf_counter() - t0
 
     result = CompiledModel(program, quantized, tgt, src, str(Pipeline((*front.passes, *lowering.passes))),
@@ -305,6 +309,35 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
 
     result.report = build_report(result)
     return result
+
+
+def _verify_inputs(src: ModelSource, graph: Graph, calibration: dict[str, np.ndarray] | None,
+                   inputs: Mapping[str, np.ndarray] | np.ndarray | None, labels: np.ndarray | None, seed: int
+                   ) -> tuple[dict[str, np.ndarray], str, np.ndarray | None]:
+    """``(inputs, where they come from, labels)`` for verification: given inputs, else the zoo test
+    split (with its labels), else the given calibration inputs, else seeded random inputs (only when
+    no real data was given, and never with labels). Labels are checked against the input count here,
+    before any work."""
+    from cimc.verify import check_labels
+
+    if inputs is not None:
+        sample, where = _named(inputs, graph, "inputs"), "given"
+    elif src.zoo is not None:
+        sample, where = {src.zoo.input_name: np.asarray(src.zoo.x_test)}, "zoo test split"
+        labels = src.zoo.y_test if labels is None else labels
+    elif calibration is not None:
+        sample, where = calibration, "calibration set"
+    elif labels is not None:
+        raise InputError("labels need the inputs they belong to: give the verification inputs (inputs=..., "
+                         "--inputs x.npz) or calibration inputs")
+    else:
+        logger.warning("no verification inputs given for %s: verifying on %d seeded random inputs; give real "
+                       "samples (inputs=..., --inputs x.npz) for meaningful figures", src.label, SAMPLES)
+        sample, where = random_inputs(graph, seed + 1, SAMPLES), "random (seeded)"
+    if labels is not None:
+        samples = int(next(iter(sample.values())).shape[0]) if sample else 0
+        labels = check_labels(labels, samples)
+    return sample, where, labels
 
 
 def check_supported(program: Graph, target: Target) -> None:

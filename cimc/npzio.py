@@ -1,5 +1,5 @@
-"""Reading and writing ``.npz`` archives of named arrays: safely (never a pickle) and
-deterministically (fixed member dates, so equal arrays give equal bytes).
+"""Reading and writing ``.npz`` archives of named arrays (and reading one ``.npy`` array): safely
+(never a pickle) and deterministically (fixed member dates, so equal arrays give equal bytes).
 
 The layout is ``np.savez``'s, written member by member, so any name works as a key (``np.savez``
 rejects ``file`` and ``allow_pickle``). bfloat16 is stored as its uint16 bits; callers that know
@@ -17,7 +17,7 @@ import numpy as np
 
 from cimc.errors import InputError
 
-__all__ = ["read_npz", "write_npz"]
+__all__ = ["read_npy", "read_npz", "write_npz"]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -56,3 +56,24 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 raise InputError(f"{path}: array {key!r} holds Python objects; cimc reads numeric "
                                  f"arrays only (it never loads pickles)") from None
     return out
+
+
+def read_npy(path: str | os.PathLike[str], what: str = "") -> np.ndarray:
+    """The one array of a ``.npy`` file; a clear ``InputError`` for anything else (an ``.npz``
+    archive, a pickle or an array of Python objects is refused, never loaded). ``what`` prefixes
+    messages (e.g. ``--labels``)."""
+    pre = f"{what} {path}" if what else str(path)
+    fix = "save it with numpy.save(path, array)"
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{pre}: no such file") from None
+    except ValueError:  # numpy's word for an object array it will not unpickle
+        raise InputError(f"{pre}: holds Python objects (a pickle); cimc reads numeric arrays only, "
+                         "it never loads pickles") from None
+    except (EOFError, OSError):
+        raise InputError(f"{pre}: not a .npy array; {fix}") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise InputError(f"{pre}: an .npz archive, not a single .npy array; {fix}")
+    return arr

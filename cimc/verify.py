@@ -3,7 +3,8 @@
 ``compare`` gives, per output and overall: the largest absolute error, the cosine similarity of
 the flattened outputs, top-1 agreement (the share of rows whose arg-max over the last axis is the
 same; for outputs of rank >= 2) and whether they are exactly equal. ``top1_accuracy`` scores
-logits against labels. These are the numbers ``cimc run --compare-onnxruntime`` prints and
+logits against labels, which ``check_labels`` validates first (a plain integer array, one class
+index per input). These are the numbers ``cimc run --compare-onnxruntime`` prints and
 ``cimc compile --verify`` records.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from cimc.errors import InputError
 
-__all__ = ["Comparison", "compare", "top1_accuracy"]
+__all__ = ["Comparison", "check_labels", "compare", "top1_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,23 @@ def compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarra
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """The share of rows whose arg-max over the last axis equals the label."""
     return float(np.mean(np.asarray(logits).argmax(-1) == np.asarray(labels)))
+
+
+def check_labels(labels: np.ndarray, samples: int, classes: int | None = None, what: str = "labels") -> np.ndarray:
+    """``labels`` as an int64 vector after checking it is one integer class index per input:
+    1-D, an integer dtype, ``samples`` long, and each in ``[0, classes)`` when ``classes`` is known.
+    An ``InputError`` naming ``what`` (e.g. ``--labels y.npy``) says what is wrong otherwise."""
+    a = np.asarray(labels)
+    if a.dtype.kind not in "iu":
+        raise InputError(f"{what}: labels are {a.dtype} values; expected an integer array of class indices "
+                         "(e.g. numpy.save(path, y.astype(numpy.int64)))")
+    if a.ndim != 1:
+        raise InputError(f"{what}: labels have shape {list(a.shape)}; expected a 1-D array, one label per input")
+    if a.shape[0] != samples:
+        raise InputError(f"{what}: {a.shape[0]} labels for {samples} inputs; give one label per input "
+                         "(in the order of the inputs' batch axis)")
+    if a.size and classes is not None and (a.min() < 0 or a.max() >= classes):
+        bad = int(a.min()) if a.min() < 0 else int(a.max())
+        raise InputError(f"{what}: label {bad} is not a class index of the model's first output, "
+                         f"which has {classes} classes (0..{classes - 1})")
+    return a.astype(np.int64)

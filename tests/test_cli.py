@@ -250,3 +250,63 @@ def test_targets_lists_describes_and_dumps(capsys):
 
     assert get_target("sram-cim").Spec.from_toml(out) == get_target("sram-cim").Spec()
     assert "did you mean 'sram-cim'" in fails(capsys, "targets", "sram_cim")
+
+
+def test_readme_opt_chain_writes_qdq_onnx_that_onnxruntime_runs(capsys, tmp_path, monkeypatch):
+    """The README's example, as written: quantize to q.cimir, then `-p ''` to q.onnx (QDQ)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from cimc import zoo
+    from cimc.interpreter import run
+    from cimc.onnx_io.runtime import run_onnxruntime
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = [" ".join(m.group(1).replace("\\\n", " ").split()) for m in
+                re.finditer(r"^(cimc opt .*?(?:\\\n.*?)*)(?:#.*)?$", readme, re.M)]
+    assert len(commands) == 2 and "quantize{weight-bits=4}" in commands[0] and "-o q.onnx" in commands[1]
+    monkeypatch.chdir(tmp_path)
+    m = zoo.load("lenet_bn")
+    (tmp_path / "model.onnx").write_bytes(m.path.read_bytes())
+    np.savez(tmp_path / "calib.npz", **{m.input_name: zoo.calibration_set()})
+    for command in commands:
+        assert cimc(capsys, *shlex.split(command)[1:])[0] == 0, command
+    model = onnx.load(tmp_path / "q.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {n.op_type for n in model.graph.node}
+    x = {m.input_name: m.x_test[:100]}
+    got, ref = run_onnxruntime(model, x)["logits"], run(load_graph(tmp_path / "q.cimir"), x)["logits"]
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99 and np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_labels_give_top1_and_bad_labels_are_one_error(capsys, tmp_path):
+    from cimc import zoo
+
+    m = zoo.load("mlp")
+    np.savez(tmp_path / "x.npz", **{m.input_name: m.x_test[:40]})
+    np.save(tmp_path / "y.npy", m.y_test[:40])
+    code, out, _ = cimc(capsys, "run", m.path, "--inputs", tmp_path / "x.npz", "--labels", tmp_path / "y.npy")
+    assert code == 0 and "top-1 of logits on the 40 inputs" in out
+    code, out, _ = cimc(capsys, "compile", m.path, "-t", "npu", "--verify", "--inputs", tmp_path / "x.npz",
+                        "--labels", tmp_path / "y.npy", "-o", tmp_path / "out")
+    assert code == 0 and "top-1 on labels" in out
+    v = __import__("json").loads((tmp_path / "out" / "report.json").read_text())["verify"]
+    assert v["inputs"] == "given" and v["samples"] == 40 and v["top1_program"] > 0.8
+    assert {"top1_program", "top1_quantized", "top1_float"} <= set(v)
+    np.save(tmp_path / "short.npy", m.y_test[:39])
+    np.save(tmp_path / "float.npy", m.y_test[:40].astype(np.float32))
+    np.save(tmp_path / "obj.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "arch.npz", y=m.y_test[:40])
+    for labels, message in [("short.npy", "39 labels for 40 inputs"), ("float.npy", "float32 values"),
+                            ("obj.npy", "never loads pickles"), ("arch.npz", "not a single .npy"),
+                            ("none.npy", "no such file")]:
+        for argv in (["compile", m.path, "-t", "npu", "--verify", "--inputs", tmp_path / "x.npz", "-o",
+                      tmp_path / "bad"], ["run", m.path, "--inputs", tmp_path / "x.npz"]):
+            code, out, err = cimc(capsys, *argv, "--labels", tmp_path / labels)
+            assert code == 2 and err.count("\n") == 1 and message in err and "internal" not in err, (argv, err)
+            assert not (tmp_path / "bad").exists()
+    code, _, err = cimc(capsys, "compile", m.path, "-t", "npu", "--labels", tmp_path / "y.npy", "-o", tmp_path / "b")
+    assert code == 2 and "verify" in err
+    code, _, err = cimc(capsys, "run", m.path, "--random", "--labels", tmp_path / "y.npy")
+    assert code == 2 and "--labels goes with --inputs" in err

@@ -154,3 +154,34 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert err.count("\n") == 1 and err.startswith("cimc: error:") and message in err, err
     assert "internal error" not in err
     assert [p.name for p in tmp_path.iterdir()] == ["bad.toml"]
+
+
+def test_api_verifies_on_real_data_it_was_given(caplog: pytest.LogCaptureFixture) -> None:
+    """verify=True with calibration data and no inputs verifies on the calibration set, not random data;
+    labels give top-1 on labels for any model, and bad ones fail before any work."""
+    m = zoo.load("mlp")
+    calib = zoo.calibration_set()
+    with caplog.at_level("WARNING"):
+        c = _compile(m.onnx(), TARGETS[0], calibration=calib, verify=True)
+    assert "random" not in caplog.text
+    v = c.report["verify"]
+    assert v["inputs"] == "calibration set" and v["samples"] == len(calib) and "top1_program" not in v
+    x, y = m.x_test[:60], m.y_test[:60]
+    v = _compile(m.onnx(), TARGETS[0], calibration=calib, verify=True, inputs=x, labels=y).report["verify"]
+    top1 = float((_float_logits(m, x).argmax(1) == y).mean())
+    assert v["inputs"] == "given" and v["top1_float"] == pytest.approx(top1)
+    assert 0.8 < v["top1_program"] <= 1 and 0.8 < v["top1_quantized"] <= 1
+    for bad, msg in [(y[:59], "59 labels for 60 inputs"), (y.astype(np.float64), "float64"),
+                     (y + 10, "label 1[0-9]")]:
+        with pytest.raises(InputError, match=msg):
+            _compile(m.onnx(), TARGETS[0], calibration=calib, verify=True, inputs=x, labels=bad)
+    with pytest.raises(InputError, match="need the inputs"):
+        _compile(import_model(m.onnx()), TARGETS[0], verify=True, labels=y)
+    with pytest.raises(InputError, match="verify=True"):
+        _compile(m.onnx(), TARGETS[0], calibration=calib, labels=y)
+
+
+def _float_logits(m, x: np.ndarray) -> np.ndarray:
+    from cimc.onnx_io.runtime import run_onnxruntime
+
+    return run_onnxruntime(m.onnx(), {m.input_name: x})["logits"]

@@ -38,3 +38,15 @@ def test_scalar_outputs_have_no_top1_and_mismatches_are_errors():
 def test_top1_accuracy():
     logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     assert top1_accuracy(logits, np.array([1, 0, 0])) == pytest.approx(2 / 3)
+
+
+def test_check_labels_accepts_class_indices_and_names_each_fault():
+    from cimc.verify import check_labels
+
+    y = check_labels(np.array([0, 2, 1], np.uint8), 3, classes=3)
+    assert y.dtype == np.int64 and y.tolist() == [0, 2, 1]
+    for bad, n, msg in [(np.array([0.0, 1.0, 2.0]), 3, "float64 values"), (np.array([[0, 1, 2]]), 3, "1-D"),
+                        (np.array([0, 1]), 3, "2 labels for 3 inputs"), (np.array([0, 1, 3]), 3, "label 3"),
+                        (np.array([0, -1, 2]), 3, "label -1"), (np.array([True, False, True]), 3, "bool")]:
+        with pytest.raises(InputError, match=msg):
+            check_labels(bad, n, classes=3, what="--labels y.npy")

@@ -6,7 +6,9 @@ are kept. Built-in ops are in the form of the newest ONNX schema; at the export 
 checked against the schema in effect there: an attribute that schema lacks is dropped when it
 holds its default and is an error otherwise, as are more operands than the schema takes. Absent
 optional operands and unread placeholder results (``<node>_unused_<i>``) become ``""``.
-cimc's own ops (dotted names such as ``q.requant``) have no ONNX form and are an error. A graph
+A quantized graph (``q.*`` ops) is written as QDQ ONNX (:func:`cimc.onnx_io.qdq.to_qdq_graph`), which
+onnxruntime runs as integer kernels; other cimc ops (dotted names such as target instructions) have
+no ONNX form and are an error. A graph
 input or output of unknown rank is written without a shape: onnxruntime runs it, the ONNX checker
 rejects it (it requires a shape on graph inputs and outputs).
 """
@@ -54,6 +56,10 @@ def export_model(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
     newest = onnx.defs.onnx_opset_version()
     if not MIN_EXPORT_OPSET <= opset <= newest:
         raise CimcError(f"cannot export to opset {opset}: cimc exports opsets {MIN_EXPORT_OPSET} to {newest}")
+    if any(n.op.startswith("q.") for n in graph.nodes):
+        from cimc.onnx_io.qdq import to_qdq_graph
+
+        graph = to_qdq_graph(graph)
     _check_ops(graph)
     outputs = {id(v) for v in graph.outputs}
     nodes = [_node(n, opset, outputs) for n in graph.nodes]
