@@ -266,8 +266,8 @@ def test_dotted_op_cannot_export() -> None:
     g = Graph("dotted")
     x = g.add_input("x", TensorType(DType.f32, (2,)))
     r = g.add_node("Relu", [x], name="relu").output
-    g.outputs = [g.add_node("q.requant", [r], outputs=[TensorType(DType.i8, (2,))], name="my_requant").output]
-    with pytest.raises(UnsupportedOpError, match=r"q\.requant \(node 'my_requant'\) is not an ONNX op"):
+    g.outputs = [g.add_node("my.requant", [r], outputs=[TensorType(DType.i8, (2,))], name="my_requant").output]
+    with pytest.raises(UnsupportedOpError, match=r"my\.requant \(node 'my_requant'\) is not an ONNX op"):
         export_model(g)
 
 
