@@ -53,17 +53,23 @@ VECTOR_OPS = (
     "q.requant", "q.add", "q.quantize", "q.dequantize", "vec.",
     # pooling and reductions
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
-    "ReduceMin", "ArgMax",
+    "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
+    "ArgMax", "ArgMin", "CumSum", "CumProd", "TopK",
     # elementwise, integer or float (what the quantizer leaves in float: residual adds, GELU, scaling)
-    "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Log", "Sqrt",
-    "Reciprocal", "Neg", "Abs", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less",
-    "Greater", "Cast",
+    "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu",
+    "Selu", "Celu", "ThresholdedRelu", "Softplus", "Softsign", "Mish", "Swish", "Shrink", "Exp", "Log", "Sqrt",
+    "Reciprocal", "Neg", "Abs", "Sign", "Ceil", "Floor", "Round", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan",
+    "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "IsNaN", "IsInf", "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max",
+    "Min", "Sum", "Mean", "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
+    "Xor", "Not", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Cast", "CastLike",
     # normalisation and attention: per-row float work, and the matmuls between two activations that the
     # quantizer leaves in float (constant-weight matmuls become q.matmul, on the arrays)
-    "Softmax", "LayerNormalization", "BatchNormalization", "LRN", "MatMul",
+    "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
+    "GroupNormalization", "RMSNormalization", "MeanVarianceNormalization", "LpNormalization", "LRN", "MatMul",
     # data layout and shape arithmetic
-    "Concat", "Split", "Slice", "Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand",
-    "Pad", "Identity", "Shape", "ConstantOfShape", "Dropout")
+    "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "Reshape",
+    "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Resize",
+    "Trilu", "Pad", "Identity", "Shape", "Size", "ConstantOfShape", "Range", "Dropout")
 """The ops a digital vector unit runs: requantization, the shared ``vec.*`` lowering helpers (an entry
 ending in ``.`` is a namespace), pooling, elementwise and normalisation ops (integer or float), the
 float matmuls between two activations (attention) and data layout. Not here, so not run by a target

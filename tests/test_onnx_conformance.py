@@ -1,7 +1,9 @@
 """ONNX's own operator test cases, run through the importer and the reference interpreter.
 
-Every case from ``collect_testcases()`` whose nodes all use supported ops runs, except those in
-``tests/conformance_skips.py`` (each with a reason). Run as a script for a per-op table:
+Every case from ``collect_testcases()`` whose nodes all use supported ops runs, except those
+``tests/conformance_skips.py`` names (each with a reason) and those carrying a type cimc does not
+have, which must fail to import with one clear ``UnsupportedOpError``. Cases of unsupported ops
+must fail to import naming the op. Run as a script for a per-op table:
 ``python tests/test_onnx_conformance.py``.
 """
 
@@ -17,33 +19,42 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from cimc.errors import UnsupportedOpError
 from cimc.interpreter import run
 from cimc.onnx_io import import_model
+from cimc.onnx_io.coverage import onnx_ops, op_status
 
 try:
-    from conformance_skips import SKIPS
+    from conformance_skips import SKIPS, unsupported_types
 except ImportError:  # run as a module from the repo root
-    from tests.conformance_skips import SKIPS
+    from tests.conformance_skips import SKIPS, unsupported_types
 
-SUPPORTED_OPS = frozenset("""
-Conv ConvTranspose Gemm MatMul BatchNormalization Relu LeakyRelu Clip Sigmoid Tanh HardSigmoid
-HardSwish Erf Gelu Softmax LayerNormalization Add Sub Mul Div Sum Max Min Pow Sqrt Concat Split
-Slice Reshape Flatten Transpose Squeeze Unsqueeze Gather Shape ConstantOfShape Expand Cast Identity
-Dropout Pad MaxPool AveragePool GlobalAveragePool ReduceMean ReduceSum LRN LSTM QuantizeLinear
-DequantizeLinear""".split())
-"""The ops issue 2 promises; each one's cases are the conformance target."""
+def _supported_ops() -> frozenset[str]:
+    """Every default-domain ONNX op the importer takes: those cimc defines, and those it rewrites."""
+    return frozenset(op for op in onnx_ops() if op_status(op).supported)
+
+
+SUPPORTED_OPS = _supported_ops()
+"""The default-domain ops cimc imports; each one's node cases are the conformance target."""
+
+
+def collect_node_cases() -> list:
+    """``collect_testcases()`` of the installed onnx (before 1.17 it takes an op filter, "" = all)."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return collect_testcases()
+        except TypeError:
+            return collect_testcases("")
 
 
 @cache
 def cases() -> dict[str, object]:
     """Node test cases whose model uses only supported ops (plus Constant), by name."""
-    from onnx.backend.test.case.node import collect_testcases
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = collect_testcases()
     out = {}
-    for case in found:
+    for case in collect_node_cases():
         ops = {n.op_type for n in case.model.graph.node} - {"Constant"}
         if case.kind == "node" and ops and ops <= SUPPORTED_OPS and _primary_op(case) in SUPPORTED_OPS:
             out[case.name] = case
@@ -112,16 +123,45 @@ def check_case(case) -> None:
             assert have.dtype == want.dtype, f"{name}: dtype {have.dtype} != {want.dtype}"
 
 
+def skip_reason(name: str) -> str | None:
+    """Why case ``name`` is not run, or ``None``."""
+    return SKIPS.get(name) or unsupported_types(cases()[name].model)
+
+
 @pytest.mark.parametrize("name", list(cases()))
 def test_onnx_node_case(name: str) -> None:
     if name in SKIPS:
         pytest.skip(SKIPS[name])
+    if unsupported_types(cases()[name].model) is not None:  # must be refused, clearly
+        with pytest.raises(UnsupportedOpError, match="supported"):
+            import_model(cases()[name].model)
+        return
     check_case(cases()[name])
 
 
 def test_skip_list_names_real_cases() -> None:
     unknown = sorted(set(SKIPS) - set(cases()))
     assert not unknown, f"skip list names cases that do not exist or use unsupported ops: {unknown}"
+
+
+@cache
+def unsupported_cases() -> dict[str, tuple[str, object]]:
+    """Node cases of ops cimc does not import, by name, with the first such op."""
+    out = {}
+    for case in collect_node_cases():
+        if case.kind != "node":
+            continue
+        bad = [n.op_type for n in case.model.graph.node if n.op_type not in SUPPORTED_OPS and n.op_type != "Constant"]
+        if bad and unsupported_types(case.model) is None:
+            out[case.name] = (bad[0], case)
+    return dict(sorted(out.items()))
+
+
+@pytest.mark.parametrize("name", list(unsupported_cases()))
+def test_unsupported_op_is_one_clear_error(name: str) -> None:
+    op, case = unsupported_cases()[name]
+    with pytest.raises(UnsupportedOpError, match=rf"unsupported ops?: .*\b{op} \((opset|domain) "):
+        import_model(case.model)
 
 
 def main() -> int:
@@ -131,7 +171,7 @@ def main() -> int:
     for name, case in cases().items():
         op = _primary_op(case)
         total[op] += 1
-        if name in SKIPS:
+        if skip_reason(name) is not None:
             skipped[op] += 1
             continue
         try:

@@ -24,6 +24,7 @@ from cimc.errors import InputError, UnsupportedOpError, VerifyError
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import lookup
 from cimc.ir.types import TensorType, dtype_from_onnx_code
+from cimc.onnx_io.coverage import op_status
 from cimc.onnx_io.upgrade import NodeSpec, upgrade
 
 __all__ = ["MIN_OPSET", "import_model", "load_model", "read_model"]
@@ -67,7 +68,11 @@ def load_model(path: str | os.PathLike[str]) -> Graph:
 
 def import_model(model: onnx.ModelProto) -> Graph:
     """Turn an ONNX model into a Graph of cimc ops (newest op forms)."""
-    opset = _default_opset(model)
+    try:
+        opset = _default_opset(model)
+    except InputError:  # a model of custom-domain ops only: name them first
+        _check_supported(model.graph.node, None)
+        raise
     g = Graph(model.graph.name or "main")
     g.metadata.update({p.key: p.value for p in model.metadata_props})  # as the exporter writes them
     g.metadata["onnx.opset"] = str(opset)
@@ -141,11 +146,10 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return version
 
 
-def _check_supported(nodes: Iterable[onnx.NodeProto], opset: int) -> None:
+def _check_supported(nodes: Iterable[onnx.NodeProto], opset: int | None) -> None:
     unsupported: dict[tuple[str, str], list[str]] = {}
     for i, n in enumerate(nodes):
-        ok = n.domain in _DOMAINS and (n.op_type == "Constant" or lookup(n.op_type) is not None)
-        if not ok:
+        if n.domain not in _DOMAINS or not op_status(n.op_type).supported:
             unsupported.setdefault((n.domain, n.op_type), []).append(n.name or f"{n.op_type}_{i}")
     if not unsupported:
         return
@@ -153,7 +157,8 @@ def _check_supported(nodes: Iterable[onnx.NodeProto], opset: int) -> None:
     for (domain, op), names in unsupported.items():
         shown = ", ".join(repr(x) for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         where = f"domain {domain!r}" if domain not in _DOMAINS else f"opset {opset}"
-        parts.append(f"{op} ({where}; node{'s' if len(names) > 1 else ''} {shown})")
+        why = "an op of a custom domain" if domain not in _DOMAINS else op_status(op).note
+        parts.append(f"{op} ({where}; node{'s' if len(names) > 1 else ''} {shown}): {why}")
     raise UnsupportedOpError(f"the model uses {len(parts)} unsupported op{'s' if len(parts) > 1 else ''}: "
                              + "; ".join(parts))
 

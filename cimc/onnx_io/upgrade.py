@@ -76,8 +76,9 @@ def _reduce_sum(spec: NodeSpec, g: Graph) -> None:
     _attr_to_operand(spec, g, "axes", 1, 13)
 
 
-@_rule("ReduceMean")
-def _reduce_mean(spec: NodeSpec, g: Graph) -> None:
+@_rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+       "ReduceLogSum", "ReduceLogSumExp")
+def _reduce_axes_operand(spec: NodeSpec, g: Graph) -> None:
     _attr_to_operand(spec, g, "axes", 1, 18)
 
 
@@ -171,7 +172,7 @@ def _broadcast_attr(spec: NodeSpec, g: Graph) -> None:
     spec.attrs.pop("broadcast", None)
 
 
-@_rule("Softmax")
+@_rule("Softmax", "LogSoftmax", "Hardmax")
 def _softmax(spec: NodeSpec, g: Graph) -> None:
     if spec.since >= 13:
         return
@@ -183,7 +184,7 @@ def _softmax(spec: NodeSpec, g: Graph) -> None:
         return
     # opset < 13: softmax over the 2-D view [prod(dims[:axis]), prod(dims[axis:])]
     flat = g.add_node("Flatten", [x], {"axis": axis}, name=f"{spec.name}_flatten").output
-    soft = g.add_node("Softmax", [flat], {"axis": 1}, name=f"{spec.name}_2d").output
+    soft = g.add_node(spec.op, [flat], {"axis": 1}, name=f"{spec.name}_2d").output
     dims = x.type.shape
     if dims is not None and sum(not isinstance(d, int) for d in dims) <= 1 and 0 not in dims:
         # a constant shape (-1 for the one unknown dim) lets Reshape's type rule give the result shape
@@ -191,6 +192,49 @@ def _softmax(spec: NodeSpec, g: Graph) -> None:
     else:
         shape = g.add_node("Shape", [x], name=f"{spec.name}_shape").output
     spec.op, spec.attrs, spec.inputs = "Reshape", {}, [soft, shape]
+
+
+@_rule("GroupNormalization")
+def _group_norm(spec: NodeSpec, g: Graph) -> None:
+    if spec.since >= 21:
+        return
+    # opset 18: scale and bias per group; opset 21: per channel (each group's value repeated)
+    x = spec.inputs[0]
+    channels = x.type.shape[1] if x is not None and x.type.shape is not None and len(x.type.shape) > 1 else None
+    groups = spec.attrs.get("num_groups")
+    for index in (1, 2):
+        v = spec.inputs[index]
+        if v is None or v.const is None or not isinstance(channels, int) or not groups or channels % groups:
+            raise UnsupportedOpError(f"node {spec.name!r} (GroupNormalization, opset {spec.since}): per-group "
+                                     "scale and bias need constant values and a known channel count")
+        spec.inputs[index] = g.add_constant(np.repeat(v.const, channels // groups), f"{spec.name}_{index}")
+
+
+@_rule("Upsample")
+def _upsample(spec: NodeSpec, g: Graph) -> None:
+    # opsets 7-9; opset 7 gives the scales as an attribute. Resize of opset 11+ with those scales
+    # and the asymmetric transform (Upsample's: x_in = x_out / scale) means the same.
+    scales = spec.attrs.pop("scales", None)
+    if scales is not None:
+        _operand(spec, g, 1, np.asarray(scales, np.float32))
+    mode = spec.attrs.pop("mode", "nearest")
+    spec.op = "Resize"
+    spec.inputs = [spec.inputs[0], None, spec.inputs[1]]
+    spec.attrs = {"mode": "linear" if mode in ("linear", "bilinear") else mode,
+                  "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+
+
+@_rule("Resize")
+def _resize(spec: NodeSpec, g: Graph) -> None:
+    if spec.since < 11:  # opset 10: (X, scales), Upsample's asymmetric transform
+        spec.inputs = [spec.inputs[0], None, spec.inputs[1]]
+        spec.attrs.setdefault("coordinate_transformation_mode", "asymmetric")
+        spec.attrs.setdefault("nearest_mode", "floor")
+
+
+@_rule("Scatter")
+def _scatter(spec: NodeSpec, g: Graph) -> None:
+    spec.op = "ScatterElements"
 
 
 def upgrade(spec: NodeSpec, g: Graph) -> NodeSpec:

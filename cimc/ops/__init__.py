@@ -5,4 +5,19 @@ these forms (for example ``Unsqueeze`` with an ``axes`` attribute becomes one wi
 operand), so each op has one meaning.
 """
 
-from cimc.ops import elementwise, lowered, nn, quant, quantized, reduce, rnn, tensor  # noqa: F401
+from cimc.ops import (  # noqa: F401
+    binary,
+    elementwise,
+    indexing,
+    layout,
+    lowered,
+    nn,
+    norm,
+    quant,
+    quantized,
+    reduce,
+    resize,
+    rnn,
+    tensor,
+    unary,
+)
