@@ -4,7 +4,9 @@ Subcommands: ``import`` (ONNX to ``.cimir``), ``opt`` (run a pass pipeline), ``r
 interpreter on given or random inputs; a ``.cimir`` file may hold any registered target's
 instructions, e.g. a compiled ``program.cimir``, and an op no one defines is an error at its line
 and column), ``compile`` (a target's program, report and checks, see
-:mod:`cimc.driver`), ``passes`` (the registry with options and docs). ``--plugin FILE.py`` imports
+:mod:`cimc.driver`), ``passes`` (the registry with options and docs), ``targets`` (every target with
+its hardware parameters), ``ops`` (every op, or the full reference of some ops or of a target's
+instructions, :mod:`cimc.opref`). ``--plugin FILE.py`` imports
 a Python file first, so the passes and targets it registers can be named. Every
 error a user can cause (``CimcError``, ``OSError``, undecodable files) becomes one line
 ``cimc: error: ...`` on stderr and exit status 2; ``--debug`` shows the traceback instead.
@@ -257,6 +259,22 @@ def _cmd_targets(args: argparse.Namespace) -> None:
         sys.stdout.write(describe_targets() + "\n")
 
 
+def _cmd_ops(args: argparse.Namespace) -> None:
+    from cimc import opref
+
+    fmt = "markdown" if args.markdown else "text"
+    if args.target and args.names:
+        raise InputError("give op names or --target, not both (`cimc ops --target T` documents all of T's "
+                         "instructions)")
+    if args.target:
+        text = opref.target_reference(args.target, fmt)
+    elif args.names:
+        text = "\n".join(opref.describe_op(d, fmt) for d in opref.find_ops(args.names))
+    else:
+        text = opref.op_index(fmt)
+    sys.stdout.write(text)
+
+
 def _cmd_compile(args: argparse.Namespace) -> None:
     from cimc.driver import compile as compile_model
     from cimc.report import verify_summary
@@ -377,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("passes", help="list the passes with their options")
     s.set_defaults(func=_cmd_passes)
+
+    s = sub.add_parser("ops", help="list the ops, or document some ops or a target's instructions")
+    s.add_argument("names", nargs="*", metavar="OP", help="document these ops in full (e.g. sram.mvm q.requant)")
+    s.add_argument("-t", "--target", help="document this target's instructions (what docs/instructions/ holds)")
+    s.add_argument("--markdown", action="store_true", help="print Markdown, as the generated pages are")
+    s.set_defaults(func=_cmd_ops)
 
     s = sub.add_parser("targets", help="list the hardware targets and their parameters")
     s.add_argument("name", nargs="?", help="describe only this target")

@@ -47,7 +47,7 @@ from cimc.errors import VerifyError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.types import DType, QuantParams, Shape, TensorType
 
-__all__ = ["print_graph"]
+__all__ = ["format_attr", "print_graph"]
 
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -191,6 +191,11 @@ class _Printer:
             s += " {" + ", ".join(f"{_ident(k)} = {self.attr(a, f'{what} attribute {k!r}')}"
                                   for k, a in n.attrs.items()) + "}"
         return s + f" loc({quote(n.name)})"
+
+
+def format_attr(value: Any) -> str:
+    """An attribute value as ``.cimir`` text (``3``, ``"rows"``, ``[1, 2]``, ``tensor<i64[0,2]: []>``)."""
+    return _Printer(None, 16).attr(value, "attribute")
 
 
 def print_graph(graph: Graph, *, resources: dict[str, np.ndarray] | None = None,
