@@ -25,9 +25,9 @@ from cimc.onnx_io import import_model
 from cimc.onnx_io.coverage import onnx_ops, op_status
 
 try:
-    from conformance_skips import SKIPS, unsupported_types
+    from conformance_skips import REFUSED, SKIPS, unsupported_types
 except ImportError:  # run as a module from the repo root
-    from tests.conformance_skips import SKIPS, unsupported_types
+    from tests.conformance_skips import REFUSED, SKIPS, unsupported_types
 
 def _supported_ops() -> frozenset[str]:
     """Every default-domain ONNX op the importer takes: those cimc defines, and those it rewrites."""
@@ -125,14 +125,14 @@ def check_case(case) -> None:
 
 def skip_reason(name: str) -> str | None:
     """Why case ``name`` is not run, or ``None``."""
-    return SKIPS.get(name) or unsupported_types(cases()[name].model)
+    return SKIPS.get(name) or REFUSED.get(name) or unsupported_types(cases()[name].model)
 
 
 @pytest.mark.parametrize("name", list(cases()))
 def test_onnx_node_case(name: str) -> None:
     if name in SKIPS:
         pytest.skip(SKIPS[name])
-    if unsupported_types(cases()[name].model) is not None:  # must be refused, clearly
+    if name in REFUSED or unsupported_types(cases()[name].model) is not None:  # must be refused, clearly
         with pytest.raises(UnsupportedOpError, match="supported"):
             import_model(cases()[name].model)
         return
@@ -140,7 +140,7 @@ def test_onnx_node_case(name: str) -> None:
 
 
 def test_skip_list_names_real_cases() -> None:
-    unknown = sorted(set(SKIPS) - set(cases()))
+    unknown = sorted((set(SKIPS) | set(REFUSED)) - set(cases()))
     assert not unknown, f"skip list names cases that do not exist or use unsupported ops: {unknown}"
 
 

@@ -18,6 +18,9 @@ __all__ = ["IMPORT_REWRITES", "UNSUPPORTED", "OpStatus", "onnx_ops", "op_status"
 
 IMPORT_REWRITES: dict[str, str] = {
     "Constant": "becomes a graph constant",
+    "If": "a condition known at import folds to the branch taken; otherwise unsupported",
+    "Loop": "a trip count known at import unrolls; otherwise unsupported",
+    "Scan": "unrolls over the static length of its scan inputs; otherwise unsupported",
     "Upsample": "becomes Resize (deprecated op of opsets 7 to 9)",
     "Scatter": "becomes ScatterElements (deprecated op of opsets 9 to 10)",
 }

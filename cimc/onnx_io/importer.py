@@ -24,6 +24,7 @@ from cimc.errors import InputError, UnsupportedOpError, VerifyError
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import lookup
 from cimc.ir.types import TensorType, dtype_from_onnx_code
+from cimc.onnx_io import control_flow
 from cimc.onnx_io.coverage import op_status
 from cimc.onnx_io.upgrade import NodeSpec, upgrade
 
@@ -90,8 +91,26 @@ def import_model(model: onnx.ModelProto) -> Graph:
         if vi.name not in env:
             env[vi.name] = g.add_input(vi.name, _value_type(vi, where=f"graph input {vi.name!r}"))
 
-    for index, proto in _sorted_nodes(model.graph, set(env)):
-        name = proto.name or f"{proto.op_type}_{index}"
+    import_nodes(g, model.graph, env, opset)
+    missing = [o.name for o in model.graph.output if o.name not in env]
+    if missing:
+        raise InputError(f"graph outputs {missing} are not produced by any node")
+    g.outputs = [env[o.name] for o in model.graph.output]
+    for o in model.graph.output:  # the declared output names are the public contract
+        v = env[o.name]
+        if v.name != o.name:
+            holder = next((x for x in g.values() if x.name == o.name), None)
+            if holder is not None:  # a value the importer made (an upgrade's constant) took the name
+                g.rename_value(holder, f"{o.name}_")
+            g.rename_value(v, o.name)
+    return g
+
+
+def import_nodes(g: Graph, graph: onnx.GraphProto, env: dict[str, Value], opset: int, prefix: str = "") -> None:
+    """Add the nodes of ``graph`` (the model's, or a control-flow body being inlined, whose node names
+    get ``prefix``) to ``g``, reading and defining values by ONNX name in ``env``."""
+    for index, proto in _sorted_nodes(graph, set(env)):
+        name = prefix + (proto.name or f"{proto.op_type}_{index}")
         where = f"node {name!r} ({proto.op_type}, opset {opset})"
         if proto.op_type == "Constant":
             env[proto.output[0]] = _add_constant_node(g, proto, where)
@@ -101,6 +120,12 @@ def import_model(model: onnx.ModelProto) -> Graph:
             inputs = [env[i] if i else None for i in proto.input]
         except KeyError as e:
             raise InputError(f"{where}: reads {e.args[0]!r}, which nothing defines") from None
+        if proto.op_type in control_flow.OPS:
+            body = functools.partial(_import_body, g, opset=opset)
+            outputs = control_flow.expand(g, proto, since, inputs, env, body, name,
+                                          f"{proto.op_type} (opset {opset}; node {name!r})")
+            env.update({o: v for o, v in zip(proto.output, outputs, strict=False) if o})
+            continue
         while inputs and inputs[-1] is None:
             inputs.pop()
         spec = upgrade(NodeSpec(proto.op_type, since, _attributes(proto, where), inputs, name,
@@ -118,18 +143,21 @@ def import_model(model: onnx.ModelProto) -> Graph:
         for out, value in zip(proto.output, node.outputs, strict=True):
             if out:
                 env[out] = value
-    missing = [o.name for o in model.graph.output if o.name not in env]
+
+
+def _import_body(g: Graph, body: onnx.GraphProto, bound: dict[str, Value], outer: dict[str, Value], prefix: str,
+                 *, opset: int) -> list[Value]:
+    """Inline one run of a control-flow body: its formal inputs bound to ``bound``, outer-scope names
+    from ``outer``; the values of its outputs."""
+    env = dict(outer)
+    env.update(bound)
+    for init in body.initializer:
+        env[init.name] = _add_tensor(g, init, prefix + init.name, f"initializer {init.name!r}")
+    import_nodes(g, body, env, opset, prefix)
+    missing = [o.name for o in body.output if o.name not in env]
     if missing:
-        raise InputError(f"graph outputs {missing} are not produced by any node")
-    g.outputs = [env[o.name] for o in model.graph.output]
-    for o in model.graph.output:  # the declared output names are the public contract
-        v = env[o.name]
-        if v.name != o.name:
-            holder = next((x for x in g.values() if x.name == o.name), None)
-            if holder is not None:  # a value the importer made (an upgrade's constant) took the name
-                g.rename_value(holder, f"{o.name}_")
-            g.rename_value(v, o.name)
-    return g
+        raise InputError(f"body graph {body.name!r}: outputs {missing} are not produced by any node")
+    return [env[o.name] for o in body.output]
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -146,9 +174,19 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return version
 
 
+def _all_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:
+    """``nodes`` and, depth first, the nodes of their subgraphs (control-flow bodies)."""
+    for n in nodes:
+        yield n
+        for attr in n.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                        attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
+                yield from _all_nodes(sub.node)
+
+
 def _check_supported(nodes: Iterable[onnx.NodeProto], opset: int | None) -> None:
     unsupported: dict[tuple[str, str], list[str]] = {}
-    for i, n in enumerate(nodes):
+    for i, n in enumerate(_all_nodes(nodes)):
         if n.domain not in _DOMAINS or not op_status(n.op_type).supported:
             unsupported.setdefault((n.domain, n.op_type), []).append(n.name or f"{n.op_type}_{i}")
     if not unsupported:

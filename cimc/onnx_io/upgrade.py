@@ -162,7 +162,7 @@ def _quantize_linear(spec: NodeSpec, g: Graph) -> None:
         spec.attrs["output_dtype"] = ONNX_CODE_OF_DTYPE[zp.type.dtype]
 
 
-@_rule("LSTM")
+@_rule("LSTM", "GRU", "RNN")
 def _lstm(spec: NodeSpec, g: Graph) -> None:
     spec.attrs.pop("output_sequence", None)
 

@@ -6,7 +6,9 @@ operand), so each op has one meaning.
 """
 
 from cimc.ops import (  # noqa: F401
+    attention,
     binary,
+    einsum,
     elementwise,
     indexing,
     layout,

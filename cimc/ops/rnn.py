@@ -1,4 +1,4 @@
-"""Built-in ops: recurrent layers (LSTM), ONNX semantics with gate order i, o, f, c.
+"""Built-in ops: recurrent layers (LSTM, GRU, RNN), ONNX semantics; LSTM's gate order is i, o, f, c.
 
 The input projections ``X @ W^T + Wb + Rb`` of every time step are one matmul up front; the time
 loop then does one ``H @ R^T`` matmul per step for the whole batch and all four gates. Per step
@@ -65,36 +65,48 @@ def activation(names, alphas, betas) -> list[Act]:
     return out
 
 
-def _mul4(d: Dim) -> Dim:
-    return 4 * d if isinstance(d, int) else None
+def _times(d: Dim, k: int) -> Dim:
+    return k * d if isinstance(d, int) else None
 
 
-def _lstm_infer(ctx: InferContext) -> list[TensorType]:
-    x, w, r = require(ctx, 0), require(ctx, 1), require(ctx, 2)
-    for t, what in ((x, "X"), (w, "W"), (r, "R")):
-        if t.rank is not None and t.rank != 3:
-            raise VerifyError(f"LSTM: {what} must have rank 3, is {t}")
-    ndir = 2 if ctx.attrs["direction"] == "bidirectional" else 1
-    if ctx.attrs["direction"] not in ("forward", "reverse", "bidirectional"):
-        raise VerifyError(f"LSTM: direction={ctx.attrs['direction']!r} is not forward, reverse or bidirectional")
-    for t, what in ((w, "W"), (r, "R")):
-        if t.shape is not None and isinstance(t.shape[0], int) and t.shape[0] != ndir:
-            raise VerifyError(f"LSTM: {what} {t} has {t.shape[0]} directions, direction="
-                              f"{ctx.attrs['direction']!r} needs {ndir}")
-    hidden: Dim = ctx.attrs.get("hidden_size")
-    if hidden is None:
-        hidden = r.shape[2] if r.shape is not None else None
-    for t, what, axis, want in ((r, "R", 2, hidden), (r, "R", 1, _mul4(hidden)), (w, "W", 1, _mul4(hidden))):
-        have = t.shape[axis] if t.shape is not None else None
-        if isinstance(have, int) and isinstance(want, int) and have != want:
-            raise VerifyError(f"LSTM: {what} {t} has {have} in dim {axis}, hidden_size {hidden} needs {want}")
-    xs = x.shape if x.shape is not None else (None, None, None)
-    seq, batch = (xs[1], xs[0]) if ctx.attrs["layout"] else (xs[0], xs[1])
-    if ctx.attrs["layout"]:
-        y, yh = (batch, seq, ndir, hidden), (batch, ndir, hidden)
-    else:
-        y, yh = (seq, ndir, batch, hidden), (ndir, batch, hidden)
-    return [TensorType(x.dtype, y), TensorType(x.dtype, yh), TensorType(x.dtype, yh)][: max(1, ctx.num_outputs)]
+def _recurrent_infer(gates: int, outputs: int):
+    """Type rule of a recurrent layer whose W and R stack ``gates`` gate matrices; results Y, Y_h
+    (and Y_c for LSTM) in ``layout`` 0 ([seq, dir, batch, hidden]) or 1 ([batch, seq, dir, hidden])."""
+
+    def rule(ctx: InferContext) -> list[TensorType]:
+        op = ctx.node.op
+        x, w, r = require(ctx, 0), require(ctx, 1), require(ctx, 2)
+        for t, what in ((x, "X"), (w, "W"), (r, "R")):
+            if t.rank is not None and t.rank != 3:
+                raise VerifyError(f"{op}: {what} must have rank 3, is {t}")
+        ndir = 2 if ctx.attrs["direction"] == "bidirectional" else 1
+        if ctx.attrs["direction"] not in ("forward", "reverse", "bidirectional"):
+            raise VerifyError(f"{op}: direction={ctx.attrs['direction']!r} is not forward, reverse or bidirectional")
+        for t, what in ((w, "W"), (r, "R")):
+            if t.shape is not None and isinstance(t.shape[0], int) and t.shape[0] != ndir:
+                raise VerifyError(f"{op}: {what} {t} has {t.shape[0]} directions, direction="
+                                  f"{ctx.attrs['direction']!r} needs {ndir}")
+        hidden: Dim = ctx.attrs.get("hidden_size")
+        if hidden is None:
+            hidden = r.shape[2] if r.shape is not None else None
+        for t, what, axis, want in ((r, "R", 2, hidden), (r, "R", 1, _times(hidden, gates)),
+                                    (w, "W", 1, _times(hidden, gates))):
+            have = t.shape[axis] if t.shape is not None else None
+            if isinstance(have, int) and isinstance(want, int) and have != want:
+                raise VerifyError(f"{op}: {what} {t} has {have} in dim {axis}, hidden_size {hidden} needs {want}")
+        xs = x.shape if x.shape is not None else (None, None, None)
+        seq, batch = (xs[1], xs[0]) if ctx.attrs["layout"] else (xs[0], xs[1])
+        if ctx.attrs["layout"]:
+            y, yh = (batch, seq, ndir, hidden), (batch, ndir, hidden)
+        else:
+            y, yh = (seq, ndir, batch, hidden), (ndir, batch, hidden)
+        types = [TensorType(x.dtype, y)] + [TensorType(x.dtype, yh)] * (outputs - 1)
+        return types[: max(1, ctx.num_outputs)]
+
+    return rule
+
+
+_lstm_infer = _recurrent_infer(4, 3)
 
 
 @define_op("LSTM", inputs=(3, 8), outputs=(0, 3), infer=_lstm_infer, attrs={
@@ -160,3 +172,96 @@ def lstm(ctx, x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
     if layout:
         y, yh, yc = y.transpose(2, 0, 1, 3), yh.swapaxes(0, 1), yc.swapaxes(0, 1)
     return tuple(np.ascontiguousarray(v).astype(x.dtype, copy=False) for v in (y, yh, yc))
+
+
+_COMMON_ATTRS = {
+    "activation_alpha": AttrSpec("floats", None, "alpha of the activations that take one, in order"),
+    "activation_beta": AttrSpec("floats", None, "beta of the activations that take one, in order"),
+    "activations": AttrSpec("strs", None, "the activations per direction"),
+    "clip": AttrSpec("float", None, "bound every activation input to [-clip, clip]"),
+    "direction": AttrSpec("str", "forward", "forward, reverse or bidirectional"),
+    "hidden_size": AttrSpec("int", None, "hidden size (default: from R)"),
+    "layout": AttrSpec("int", 0, "0: X is [seq, batch, in]; 1: X is [batch, seq, in]"),
+}
+
+
+def _gated(ctx, x, w, r, b, seq_lens, h0, gates: int, defaults: tuple[str, ...], step) -> tuple[np.ndarray, ...]:
+    """Run a GRU or RNN layer: the input projections of all steps in one matmul, then per step
+    ``h = step(xw_t, h, r_d, rb_d, acts)`` for the whole batch; masking and layout as LSTM's."""
+    a = ctx.attrs
+    if a["layout"]:
+        x = x.swapaxes(0, 1)
+        h0 = None if h0 is None else h0.swapaxes(0, 1)
+    seq, batch, _ = x.shape
+    ndir, hid = w.shape[0], r.shape[2]
+    dt = float_compute_dtype(x.dtype)
+    names = a["activations"] or defaults * ndir
+    per = len(defaults)
+    if len(names) != per * ndir:
+        raise InputError(f"{ctx.node_name!r}: {len(names)} activations given, {per * ndir} needed")
+    acts = activation(names, a["activation_alpha"], a["activation_beta"])
+    clip = a["clip"]
+    lens = np.full(batch, seq, np.int64) if seq_lens is None else seq_lens.astype(np.int64)
+    masked = bool((lens < seq).any())
+    y = np.zeros((seq, ndir, batch, hid), dt)
+    yh = np.zeros((ndir, batch, hid), dt)
+    for d in range(ndir):
+        reverse = a["direction"] == "reverse" or d == 1
+        fs = acts[per * d:per * d + per]
+        if clip is not None:
+            fs = [lambda v, f=f: f(np.clip(v, -clip, clip)) for f in fs]
+        wb, rb = (np.zeros(gates * hid, dt),) * 2 if b is None else \
+            (b[d, :gates * hid].astype(dt), b[d, gates * hid:].astype(dt))
+        xw = x.astype(dt, copy=False) @ w[d].astype(dt, copy=False).T + wb  # (seq, batch, gates*hid)
+        rt = r[d].astype(dt, copy=False).T
+        ht = np.zeros((batch, hid), dt) if h0 is None else h0[d].astype(dt, copy=True)
+        for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
+            hn = step(xw[t], ht, rt, rb, fs)
+            if masked:
+                live = (t < lens)[:, None]
+                hn = np.where(live, hn, ht)
+                y[t, d] = np.where(live, hn, 0)
+            else:
+                y[t, d] = hn
+            ht = hn
+        yh[d] = ht
+    if a["layout"]:
+        y, yh = y.transpose(2, 0, 1, 3), yh.swapaxes(0, 1)
+    return tuple(np.ascontiguousarray(v).astype(x.dtype, copy=False) for v in (y, yh))
+
+
+@define_op("GRU", inputs=(3, 6), outputs=(0, 2), infer=_recurrent_infer(3, 2), attrs={
+    **_COMMON_ATTRS, "activations": AttrSpec("strs", None, "f, g per direction (default Sigmoid, Tanh)"),
+    "linear_before_reset": AttrSpec("int", 0, "1: apply the reset gate after the recurrent matmul")})
+def gru(ctx, x, w, r, b=None, seq_lens=None, h0=None):
+    """Gated recurrent unit layer (gate order z, r, h); returns Y, Y_h.
+
+    ``z = f(Xz + H Rz + Rbz)``, ``r = f(Xr + H Rr + Rbr)``, ``h = g(Xh + (r (.) H) Rh + Rbh)`` (or with
+    ``linear_before_reset``: ``g(Xh + r (.) (H Rh + Rbh))``), ``H' = (1 - z) (.) h + z (.) H``; the X terms
+    include the input bias Wb."""
+    hid = r.shape[2]
+    lbr = bool(ctx.attrs["linear_before_reset"])
+
+    def step(xw, ht, rt, rb, fs):
+        f, g = fs
+        rz = ht @ rt[:, :2 * hid] + rb[:2 * hid]
+        z = f(xw[:, :hid] + rz[:, :hid])
+        rr = f(xw[:, hid:2 * hid] + rz[:, hid:])
+        if lbr:
+            h = g(xw[:, 2 * hid:] + rr * (ht @ rt[:, 2 * hid:] + rb[2 * hid:]))
+        else:
+            h = g(xw[:, 2 * hid:] + (rr * ht) @ rt[:, 2 * hid:] + rb[2 * hid:])
+        return (1 - z) * h + z * ht
+
+    return _gated(ctx, x, w, r, b, seq_lens, h0, 3, ("Sigmoid", "Tanh"), step)
+
+
+@define_op("RNN", inputs=(3, 6), outputs=(0, 2), infer=_recurrent_infer(1, 2), attrs={
+    **_COMMON_ATTRS, "activations": AttrSpec("strs", None, "f per direction (default Tanh)")})
+def rnn(ctx, x, w, r, b=None, seq_lens=None, h0=None):
+    """Simple recurrent layer: ``H' = f(X Wi + H Ri + Wbi + Rbi)``; returns Y, Y_h."""
+
+    def step(xw, ht, rt, rb, fs):
+        return fs[0](xw + ht @ rt + rb)
+
+    return _gated(ctx, x, w, r, b, seq_lens, h0, 1, ("Tanh",), step)
