@@ -1,6 +1,7 @@
 """The ``cimc`` command line: import, optimise and run models, and list the passes.
 
-Subcommands: ``import`` (ONNX to ``.cimir``), ``opt`` (run a pass pipeline), ``run`` (reference
+Subcommands: ``import`` (ONNX to ``.cimir``), ``opt`` (run a pass pipeline; ``--target``, ``--spec`` and
+``--spec-set`` give the target that passes mapping onto hardware need, as for ``compile``), ``run`` (reference
 interpreter on given or random inputs; a ``.cimir`` file may hold any registered target's
 instructions, e.g. a compiled ``program.cimir``, and an op no one defines is an error at its line
 and column), ``compile`` (a target's program, report and checks, see
@@ -10,6 +11,8 @@ instructions, :mod:`cimc.opref`). ``--plugin FILE.py`` imports
 a Python file first, so the passes and targets it registers can be named. Every
 error a user can cause (``CimcError``, ``OSError``, undecodable files) becomes one line
 ``cimc: error: ...`` on stderr and exit status 2; ``--debug`` shows the traceback instead.
+``compile --verify`` exits with status 1 when the program differs from the integer reference where it
+must equal it.
 Output files are written to a temporary file and moved into place, so a failed run never leaves
 half a file.
 """
@@ -34,6 +37,7 @@ from cimc.npzio import read_npy, read_npz, write_npz
 if TYPE_CHECKING:
     from cimc.driver import ModelSource
     from cimc.ir.core import Graph
+    from cimc.target import Target
 
 __all__ = ["main"]
 
@@ -137,6 +141,9 @@ def _cmd_opt(args: argparse.Namespace) -> None:
     from cimc.pipeline import Pipeline
 
     pipeline = Pipeline.parse(args.pipeline)  # before loading, so a typo fails fast
+    target = _target(args)
+    for pass_ in pipeline.passes:  # before loading too: a missing target, options beyond it
+        pass_.check(target)
     after: set[str] | str | None = None
     if args.print_ir_after:
         names = {n.strip() for spec in args.print_ir_after for n in spec.split(",") if n.strip()}
@@ -148,7 +155,7 @@ def _cmd_opt(args: argparse.Namespace) -> None:
     ctx = PassContext(verify_each=args.verify_each, print_ir_after=after,  # type: ignore[arg-type]
                       print_ir_after_change=args.print_ir_after_change,
                       dump_dir=Path(args.dump_dir) if args.dump_dir else None, seed=args.seed,
-                      calibration=_calibration(args, source))
+                      calibration=_calibration(args, source), target=target)
     pm = PassManager(pipeline, ctx)
     try:
         pm.run(graph)
@@ -206,10 +213,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
         from cimc.interpreter import random_inputs
 
         inputs = random_inputs(graph, args.seed, args.batch)
+    target = _target(args)
     if args.pipeline:
         from cimc.passmanager import PassContext, PassManager
 
-        ctx = PassContext(seed=args.seed, calibration=_calibration(args, source))
+        ctx = PassContext(seed=args.seed, calibration=_calibration(args, source), target=target)
         pm = PassManager(args.pipeline, ctx)
         pm.run(graph)
         if args.timing:
@@ -275,12 +283,12 @@ def _cmd_ops(args: argparse.Namespace) -> None:
     sys.stdout.write(text)
 
 
-def _cmd_compile(args: argparse.Namespace) -> None:
+def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.driver import compile as compile_model
-    from cimc.report import verify_summary
-    from cimc.targets import load_target
+    from cimc.report import verify_failed, verify_summary
 
-    target = load_target(args.target, args.spec, args.spec_set or ())
+    target = _target(args)
+    assert target is not None
     stem = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
     out = Path(args.output or f"{stem}.{target.name}.cimc")
     if out.exists() and not args.force:  # fail before the work
@@ -300,6 +308,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     sys.stdout.write(f"{line} -> {out}\n")
     if compiled.verify is not None:
         sys.stdout.write("verify:\n" + verify_summary(compiled.verify) + "\n")
+    return 1 if verify_failed(compiled.verify) else 0
 
 
 def _load_plugins(files: Sequence[str]) -> None:
@@ -320,6 +329,29 @@ def _load_plugins(files: Sequence[str]) -> None:
         except Exception as e:
             sys.modules.pop(spec.name, None)
             raise InputError(f"--plugin {file}: loading it failed: {_one_line(e)}") from e
+
+
+def _add_target_args(s: argparse.ArgumentParser, default: str | None) -> None:
+    """``--target``, ``--spec``, ``--spec-set``: the same on every command that runs passes."""
+    s.add_argument("-t", "--target", default=default,
+                   help="target (`cimc targets` lists them" + (f"; default {default})" if default else
+                                                                "); passes that map onto hardware need one"))
+    s.add_argument("--spec", metavar="FILE.toml", help="target spec (`cimc targets --dump T` writes a template)")
+    s.add_argument("--spec-set", action="append", metavar="KEY=VALUE", help="override one spec parameter (repeatable)")
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    """The target ``--target``/``--spec``/``--spec-set`` give (``None`` without ``--target``; a spec
+    without a target is an error)."""
+    from cimc.targets import load_target
+
+    if args.target is None:
+        if args.spec or args.spec_set:
+            raise InputError("--spec and --spec-set describe a target's hardware: give the target with --target NAME")
+        return None
+    target = load_target(args.target, args.spec, args.spec_set or ())
+    target.register_ops()  # its lowering may run, and --verify-each then checks its instructions
+    return target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
     s.add_argument("--calibration", metavar="NPZ", help="sample inputs (by graph input name) for passes that calibrate")
     s.add_argument("--seed", type=int, default=0, help="seed for passes that draw random numbers")
+    _add_target_args(s, None)
     s.set_defaults(func=_cmd_opt)
 
     s = sub.add_parser("run", help="run a model with the reference interpreter")
@@ -370,16 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed for random inputs and noisy ops")
     s.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs")
     s.add_argument("-o", "--output", help="write the outputs to this .npz, by graph output name")
+    _add_target_args(s, None)
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("compile", help="compile a model for a target: program, report, optional verification")
     s.add_argument("model", nargs="?", default="zoo:lenet_bn",
                    help="an .onnx or .cimir file or zoo:NAME (default: the bundled zoo:lenet_bn)")
-    s.add_argument("-t", "--target", default="sram-cim", help="target (`cimc targets` lists them; default sram-cim)")
+    _add_target_args(s, "sram-cim")
     s.add_argument("-p", "--pipeline", metavar="SPEC",
                    help="passes to run before lowering instead of the target's default pipeline")
-    s.add_argument("--spec", metavar="FILE.toml", help="target spec (`cimc targets --dump T` writes a template)")
-    s.add_argument("--spec-set", action="append", metavar="KEY=VALUE", help="override one spec parameter (repeatable)")
     s.add_argument("--calibration", metavar="NPZ", help="calibration inputs by graph input name")
     s.add_argument("-o", "--output", metavar="DIR", help="output directory (default <model>.<target>.cimc)")
     s.add_argument("--force", action="store_true", help="replace the output directory if it exists")
@@ -420,13 +452,14 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``cimc`` command; return the exit status (0 ok, 2 error)."""
+    """Run the ``cimc`` command; return the exit status (0 ok, 1 ``compile --verify`` found the program
+    different from the integer reference where it must be exact, 2 error)."""
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="cimc: %(levelname)s: %(name)s: %(message)s", force=True)
     try:
         _load_plugins(args.plugin)
-        args.func(args)
+        status = args.func(args) or 0
     except KeyboardInterrupt:
         sys.stderr.write("cimc: interrupted\n")
         return 130
@@ -437,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (an internal error; --debug shows the traceback)" if internal else ""
         sys.stderr.write(f"cimc: error: {_one_line(e)}{hint}\n")
         return 2
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -5,14 +5,18 @@
 1. import: a path (``.onnx`` or ``.cimir``), ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph``;
 2. the target's :meth:`~cimc.target.Target.default_pipeline` (or the user's ``pipeline``): cleanup,
    quantization, tiling. The graph after it is ``quantized``, the integer reference;
-3. ``target.register_ops()``, then the target's :meth:`~cimc.target.Target.lowering_passes`: the
-   result is the ``program`` (if a target lowers nothing yet, the program is the quantized graph);
-   :func:`check_supported` then rejects any op the target's capabilities do not run;
+3. ``target.register_ops()``, then the target's ``lowering_passes``: the result is the ``program``
+   (if a target lowers nothing yet, the program is the quantized graph); :func:`check_lowered` then
+   rejects array ops the lowering left, and :func:`check_supported` any op the target's
+   capabilities do not run (every pass's :meth:`~cimc.passmanager.Pass.check` runs first, before
+   any work: a pass that needs a target, or options beyond the target's spec, fail at once);
 4. cost: ``target.op_cost`` for every program op (:func:`cimc.cost.program_cost`), and the
    weight mapping table of the tiled layers;
 5. with ``verify``: runs the program on sample inputs and compares it with onnxruntime on the
    original float model (max abs error, cosine, top-1 agreement) and with the quantized graph run
-   by the reference interpreter (exact equality expected with a lossless ADC and no noise).
+   by the reference interpreter (:func:`cimc.verify.check_exact`: exact equality expected unless the
+   lowering marked the program lossy, ``graph.metadata[cimc.target.LOSSY]``; the first layer that
+   differs; the verifier's self-checks).
 
 Every pass sees a :class:`~cimc.passmanager.PassContext` with the Target instance, the seed and the
 calibration inputs: given ones, the zoo's calibration set for zoo models, else 8 inputs drawn from a
@@ -197,12 +201,12 @@ class CompiledModel:
 def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSource, target: Target,
             inputs: dict[str, np.ndarray], seed: int, where: str, labels: np.ndarray | None) -> dict[str, Any]:
     from cimc.interpreter import run
-    from cimc.verify import check_labels, compare, top1_accuracy
+    from cimc.target import LOSSY
+    from cimc.verify import check_exact, check_labels, compare, top1_accuracy
 
     target.register_ops()
-    ours = run(program, inputs, seed=seed)
-    ref_q = run(quantized, inputs, seed=seed)
-    exact = compare(ours, ref_q)
+    check = check_exact(program, quantized, inputs, seed=seed, lowered=bool(type(target).lowering_passes))
+    ours, ref_q = check.outputs, check.reference_outputs
     if src.onnx is not None:
         from cimc.onnx_io.runtime import run_onnxruntime
 
@@ -210,9 +214,13 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
     else:  # no ONNX model to give onnxruntime: the float graph in the reference interpreter
         ref_f, by = run(float_graph, inputs, seed=seed), "interpreter"
     c = compare(ours, ref_f)
+    lossy = program.metadata.get(LOSSY)
     out: dict[str, Any] = {
         "inputs": where, "samples": int(next(iter(inputs.values())).shape[0]) if inputs else 0,
-        "reference_exact": bool(exact.exact), "quantized_max_abs_error": exact.max_abs_error,
+        "reference_exact": check.exact, "exact_expected": lossy is None, "lossy": lossy,
+        "quantized_max_abs_error": check.max_abs_error,
+        "first_difference": check.first_difference.as_dict() if check.first_difference else None,
+        "self_check": check.self_check,
         "float_reference": by, "max_abs_error": c.max_abs_error, "cosine": c.cosine,
         "top1_agreement": c.top1_agreement}
     if labels is not None:
@@ -243,7 +251,9 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     tgt = resolve_target(target, spec)
     front = Pipeline.parse(tgt.default_pipeline()) if pipeline is None else (
         Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline)
-    lowering = Pipeline.parse(",".join(tgt.lowering_passes()))
+    lowering = tgt.lowering()
+    for pass_ in (*front.passes, *lowering.passes):  # before any work: a missing target, options beyond it
+        pass_.check(tgt)
     src = load_source(model)
     graph = src.graph
     float_graph = graph.copy() if verify and src.onnx is None else graph
@@ -274,7 +284,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     start, timings = time.perf_counter(), []
 
     def run_passes(part: Pipeline) -> None:
-        pm = PassManager(part, ctx)
+        pm = PassManager(part, ctx, before=[t.name for t in timings])
         pm.run(graph)
         timings.extend(pm.timings)
 
@@ -284,14 +294,13 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         quantized = graph.copy()
         tgt.register_ops()
         run_passes(lowering)
+        check_lowered(graph, tgt)
         check_supported(graph, tgt)
     finally:
         if bar:
             bar.done()
     program = graph
-    cost = program_cost(program, tgt) if callable(getattr(tgt, "op_cost", None)) else None
-    if cost is None:
-        logger.warning("target '%s' has no op_cost(): the report has no cycles or energy", tgt.name)
+    cost = program_cost(program, tgt)
     mapping = _mapping(program, quantized, tgt)
 
     checks, verify_s = None, None
@@ -338,6 +347,25 @@ def _verify_inputs(src: ModelSource, graph: Graph, calibration: dict[str, np.nda
         samples = int(next(iter(sample.values())).shape[0]) if sample else 0
         labels = check_labels(labels, samples)
     return sample, where, labels
+
+
+def check_lowered(program: Graph, target: Target) -> None:
+    """Raise ``PassError`` if the program still holds array ops with a constant weight (``q.conv``,
+    ``q.gemm``, ``q.matmul`` that the target runs on its arrays): its lowering left them, so the
+    program would run them as reference ops and cost them as nothing. The message names the ops and
+    the target's lowering passes."""
+    from cimc.errors import PassError
+    from cimc.target import ARRAY_OPS
+
+    left = [n for n in program.nodes if n.op in ARRAY_OPS and target.capabilities().unit_of(n.op) == "array"
+            and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].const is not None]
+    if left:
+        names = ", ".join(f"{n.op} {n.name!r}" for n in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3
+                                                                    else "")
+        passes = ", ".join(p.name for p in type(target).lowering_passes) or "none"
+        raise PassError(f"target '{target.name}': {len(left)} array ops were not lowered to its instructions "
+                        f"({names}); its lowering passes ({passes}) did not take them: check the pipeline runs "
+                        f"what they need first (`{target.default_pipeline()}` is the default)")
 
 
 def check_supported(program: Graph, target: Target) -> None:

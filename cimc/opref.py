@@ -4,8 +4,8 @@ Everything comes from each op's :class:`~cimc.ir.opdef.OpDef`: its operands are 
 its implementation after ``ctx`` (``impl(ctx, x, token, acc=None)``: a parameter with a default is
 an optional operand, ``*xs`` any number of operands), its result count and attribute schema (kind,
 default, doc) are the definition's, and its documentation is the implementation's docstring. A
-target's *instructions* are the ops its ``register_ops`` defines in its own namespaces
-(``Capabilities.own_ops``) from its own package; a target's reference adds its description, its
+target's *instructions* are the ops its class declares (``Target.ops``, defined by its
+``register_ops``); a target's reference adds its description, its
 lowering passes, the docstring of each module defining its instructions (where a target describes
 its instruction set as a whole) and the shared ops its vector unit runs. The *shared* ops are the
 dotted-namespace ops of the core (``q.*``, ``vec.*``), which every lowering may emit.
@@ -146,15 +146,12 @@ def _root(module: str) -> str:
 
 
 def target_ops(name: str) -> list[OpDef]:
-    """The instruction ops of target ``name``, in the order it defines them (its ``register_ops`` is run)."""
+    """The instruction ops of target ``name``, as its class declares them (``Target.ops``; defined here)."""
     from cimc.targets import get_target
 
     cls = get_target(name)
-    target = cls()
-    target.register_ops()
-    caps = target.capabilities()
-    return [d for n, d in all_ops().items() if caps.unit_of(n) == "own"
-            and _root(d.impl.__module__) == _root(cls.__module__)]
+    cls().register_ops()
+    return list(cls.ops)
 
 
 def shared_ops() -> list[OpDef]:
@@ -186,7 +183,8 @@ def target_reference(name: str, fmt: Format = "text") -> str:
     ops = target_ops(name)
     target = get_target(name)()
     caps = target.capabilities()
-    lowering = ", ".join(target.lowering_passes()) or "none"
+    passes = [p.name for p in type(target).lowering_passes]
+    lowering = ", ".join(passes) or "none"
     if fmt == "text":
         out = [f"{name}: {' '.join(target.description.split())}", f"lowering passes: {lowering}",
                f"instructions: {', '.join(d.name for d in ops) or 'none'}", ""]
@@ -196,7 +194,7 @@ def target_reference(name: str, fmt: Format = "text") -> str:
     out = [f"# `{name}` instructions", "",
            f"<!-- Generated from the op definitions by `{REGENERATE}`; do not edit. -->", "",
            " ".join(target.description.split()), "",
-           f"Lowering passes: {', '.join(f'`{p}`' for p in target.lowering_passes()) or 'none'}. "
+           f"Lowering passes: {', '.join(f'`{p}`' for p in passes) or 'none'}. "
            f"`cimc ops --target {name}` prints this reference; `cimc targets {name}` lists the target's "
            "hardware parameters. Operands marked `?` are optional; words are defined in the "
            "[glossary](../glossary.md).", ""]

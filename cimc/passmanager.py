@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TextIO
 
 from cimc.errors import CimcError, PassError
+from cimc.target import Spec, Target
 
 if TYPE_CHECKING:
     from cimc.ir.core import Graph
@@ -66,10 +67,36 @@ class Pass:
     """
 
     name: ClassVar[str] = ""
+    needs_target: ClassVar[bool] = False
+    """Whether the pass reads the target (its geometry, limits or spec): then it never runs without one."""
+    spec_type: ClassVar[type[Spec] | None] = None
+    """The kind of target the pass runs for only, by its spec class (a target's lowering), or ``None``;
+    setting it implies ``needs_target``."""
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Rewrite ``graph`` in place; say whether anything changed."""
         raise NotImplementedError(f"pass {type(self).__name__} does not implement run()")
+
+    def check(self, target: Target | None) -> None:
+        """Raise a ``PassError`` if the pass cannot run for ``target``: it needs one and none is given,
+        or an option asks for more than the target's spec offers (subclasses add their checks after
+        ``super().check(target)``). The pass manager calls it for every pass before running any."""
+        if (self.needs_target or self.spec_type is not None) and target is None:
+            raise PassError(f"pass '{self.name}' needs a target and none is given: name one with --target NAME "
+                            f"(`cimc targets` lists them), or from Python PassContext(target=load_target(NAME)) "
+                            f"with cimc.targets.load_target")
+        if self.spec_type is not None and not isinstance(target.spec, self.spec_type):  # type: ignore[union-attr]
+            want, have = self.spec_type.target, target.spec.target  # type: ignore[union-attr]
+            raise PassError(f"pass '{self.name}' lowers for target '{want}', but the target is '{have}': compile "
+                            f"with --target {want}, or leave '{self.name}' out of the pipeline (the driver runs "
+                            f"the target's own lowering)")
+
+    def option_limit(self, option: str, value: int | None, low: int, high: int, what: str) -> None:
+        """Raise a ``PassError`` naming option, value and limit if ``value`` (``None``: not given) is
+        outside ``low..high``; ``what`` says where the limit comes from (the target's spec)."""
+        if value is not None and not low <= value <= high:
+            raise PassError(f"pass '{self.name}': option {option.replace('_', '-')}={value} is out of range: "
+                            f"expected {low}..{high} ({what})")
 
     def __str__(self) -> str:
         from cimc.pipeline import format_pass
@@ -101,14 +128,22 @@ class PassContext:
     """Where a failing pass's reproducer (input IR and pipeline) is written."""
     seed: int = 0
     """Seed for any pass that draws random numbers (calibration samples, noise)."""
-    target: object | None = None
-    """The target compiled for, whose capabilities passes may read."""
+    target: Target | None = None
+    """The target compiled for, whose capabilities and spec passes may read (see :meth:`require_target`)."""
     calibration: Mapping[str, Any] | None = None
     """Sample inputs by graph input name (batch on axis 0), for passes that calibrate or measure."""
     instruments: list[Any] = field(default_factory=list)
     """Extra instruments, called after the built-in ones."""
     ir_stream: TextIO | None = None
     """Where printed IR goes (standard error when ``None``)."""
+
+    def require_target(self, pass_: Pass) -> Target:
+        """The target, checked for ``pass_`` (:meth:`Pass.check`: a clear error if there is none, it is
+        of another kind than the pass runs for, or an option exceeds its limits)."""
+        pass_.check(self.target)
+        if self.target is None:  # a pass that reads the target without declaring needs_target
+            raise PassError(f"pass '{pass_.name}' needs a target and none is given (--target NAME)")
+        return self.target
 
 
 class PassTiming(NamedTuple):
@@ -180,13 +215,16 @@ class PassManager:
     """Runs a pipeline over graphs; keeps the timing of the last run."""
 
     def __init__(self, passes: Pipeline | str | Iterable[Pass] = (),
-                 ctx: PassContext | None = None) -> None:
+                 ctx: PassContext | None = None, *, before: Iterable[str] = ()) -> None:
         from cimc.pipeline import Pipeline
 
         if isinstance(passes, str):
             passes = Pipeline.parse(passes)
         self.pipeline = passes if isinstance(passes, Pipeline) else Pipeline(tuple(passes))
         self.ctx = ctx or PassContext()
+        self.before = tuple(before)
+        """Names of the passes that ran on the graph before this pipeline (an earlier part of one compile),
+        for the message of a failure."""
         self.timing = TimingInstrument()
 
     @property
@@ -208,6 +246,8 @@ class PassManager:
     def run(self, graph: Graph) -> PassResult:
         """Run every pass in order on ``graph`` (in place); modified if any pass changed it."""
         ctx, passes = self.ctx, self.pipeline.passes
+        for pass_ in passes:  # before any work: a missing target or an option beyond the target's limits
+            pass_.check(ctx.target)
         self.timing.records.clear()
         instruments = self.instruments()
         if ctx.verify_each:
@@ -232,7 +272,8 @@ class PassManager:
                     if hasattr(inst, "after_pass"):
                         inst.after_pass(pass_, graph, ctx, result)
             except Exception as e:
-                done = f"after [{', '.join(p.name for p in passes[:i])}]" if i else "as the first pass"
+                ran = [*self.before, *(p.name for p in passes[:i])]
+                done = f"after [{', '.join(ran)}]" if ran else "as the first pass"
                 why = str(e) if isinstance(e, CimcError) else f"{type(e).__name__}: {e}"
                 where = ""
                 if snapshot is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -27,9 +27,10 @@ class Registry(Generic[T]):
     """Classes of one kind (passes, targets) by kebab-case ``name``."""
 
     def __init__(self, kind: str, base: type[T], group: str, builtin: Mapping[str, str], *,
-                 lister: str, list_names: bool = False, cutoff: float = 0.6) -> None:
+                 lister: str, list_names: bool = False, cutoff: float = 0.6,
+                 declared: Callable[[], Iterable[type[T]]] | None = None) -> None:
         self.kind, self.base, self.group, self.lister = kind, base, group, lister
-        self.list_names, self.cutoff = list_names, cutoff
+        self.list_names, self.cutoff, self.declared = list_names, cutoff, declared
         self._sources: dict[str, str] = dict(builtin)  # name -> where it comes from
         self._loaded: dict[str, type[T]] = {}
         self._scanned = False
@@ -60,12 +61,19 @@ class Registry(Generic[T]):
             for ep in entry_points(group=self.group):
                 self._add(ep.name, f"{ep.value} (entry point of {getattr(ep.dist, 'name', '?')})")
 
+    def _declare(self) -> None:
+        for cls in self.declared() if self.declared is not None else ():
+            if self._loaded.get(getattr(cls, "name", "")) is not cls:
+                self.register(cls)
+
     def get(self, name: str) -> type[T]:
         """The class registered as ``name``; a ``CimcError`` with a did-you-mean if none is."""
         if name in self._loaded:
             return self._loaded[name]
         if name not in self._sources:
             self._scan()
+        if name not in self._sources:
+            self._declare()
         if name not in self._sources:
             close = difflib.get_close_matches(name, list(self._sources), n=1, cutoff=self.cutoff)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -84,6 +92,7 @@ class Registry(Generic[T]):
         return cls
 
     def all(self) -> dict[str, type[T]]:
-        """Every registered class (built in, registered, plugins) by name, sorted by name."""
+        """Every registered class (built in, registered, plugins, declared) by name, sorted by name."""
         self._scan()
+        self._declare()
         return {name: self.get(name) for name in sorted(self._sources)}

@@ -15,9 +15,12 @@ kept out of the reports so that they stay reproducible.
 name), ``cost`` (:meth:`cimc.cost.CostReport.to_dict`: per layer and total cycles, latency_us,
 energy_pj, macs, weight_load_bytes, by_unit; ``null`` if the target has no cost model),
 ``array_busy_fraction`` (array cycles over total cycles), ``mapping`` (per-layer tiles, arrays and
-cell utilisation, or ``null``), ``verify`` (``null`` unless asked: reference_exact,
-quantized_max_abs_error, max_abs_error, cosine, top1_agreement, float_reference, inputs, samples,
-and top1_program / top1_quantized / top1_float for zoo models), ``versions``.
+cell utilisation, or ``null``), ``verify`` (``null`` unless asked: reference_exact, exact_expected,
+lossy (why exactness is not expected, or ``null``), quantized_max_abs_error, first_difference (the
+first layer that differs: layer, op, value, program_ops, sample, differing, elements,
+max_abs_error; or ``null``), self_check (``null``, or why the verifier refused its result),
+max_abs_error, cosine, top1_agreement, float_reference, inputs, samples, and top1_program /
+top1_quantized / top1_float for zoo models), ``versions``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from cimc.errors import InputError
 if TYPE_CHECKING:
     from cimc.driver import CompiledModel
 
-__all__ = ["REPORT_VERSION", "build_report", "default_output_dir", "report_text", "write_output"]
+__all__ = ["REPORT_VERSION", "build_report", "default_output_dir", "report_text", "verify_failed", "verify_summary",
+           "write_output"]
 
 REPORT_VERSION = 1
 
@@ -118,13 +122,31 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def verify_failed(v: dict[str, Any] | None) -> bool:
+    """Whether a verify result is a failure: the program differs from the integer reference where it
+    should equal it (no lossy step), or the verifier's self-check failed. ``cimc compile`` exits 1 then."""
+    return v is not None and not v["reference_exact"] and (v["exact_expected"] or v["self_check"] is not None)
+
+
 def verify_summary(v: dict[str, Any]) -> str:
     """The verify results in a few lines (what ``cimc compile --verify`` prints)."""
+    if v["reference_exact"]:
+        verdict = "EXACT"
+    elif v["self_check"] is not None:
+        verdict = f"DIFFERENT: the verifier failed its self-check ({v['self_check']})"
+    elif v["exact_expected"]:
+        verdict = "DIFFERENT, where it must be exact (no lossy step)"
+    else:
+        verdict = f"DIFFERENT, as expected ({v['lossy']})"
     out = [f"  on {v['samples']} inputs ({v['inputs']})",
-           f"  vs quantized graph (interpreter): {'EXACT' if v['reference_exact'] else 'DIFFERENT'} "
-           f"(max abs error {_fmt(v['quantized_max_abs_error'])})",
-           f"  vs float model ({v['float_reference']}): max abs error {_fmt(v['max_abs_error'])}, "
-           f"cosine {_fmt(v['cosine'])}, top-1 agreement {_pct(v['top1_agreement'])}"]
+           f"  vs quantized graph (interpreter): {verdict} (max abs error {_fmt(v['quantized_max_abs_error'])})"]
+    if (d := v.get("first_difference")) is not None:
+        ops = ", ".join(d["program_ops"]) or "none"
+        out.append(f"  first differs at layer {d['layer']!r} ({d['op']}; program ops {ops}), result %{d['value']}: "
+                   f"{d['differing']} of {d['elements']} elements on sample {d['sample']}, max abs error "
+                   f"{_fmt(d['max_abs_error'])}")
+    out.append(f"  vs float model ({v['float_reference']}): max abs error {_fmt(v['max_abs_error'])}, "
+               f"cosine {_fmt(v['cosine'])}, top-1 agreement {_pct(v['top1_agreement'])}")
     if "top1_program" in v:
         out.append(f"  top-1 on labels: program {_pct(v['top1_program'])}, quantized {_pct(v['top1_quantized'])}, "
                    f"float {_pct(v['top1_float'])}")

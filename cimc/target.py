@@ -20,7 +20,8 @@ are ``ParseError`` with line and column. ``key=value`` overrides (``--spec-set a
 their value as a TOML value, with a bare word taken as a string.
 
 Targets declare, the driver composes: generic code reads :meth:`Target.capabilities`,
-:meth:`Target.default_pipeline` and :meth:`Target.lowering_passes`; nothing switches on names.
+:meth:`Target.default_pipeline`, ``Target.lowering_passes``, ``Target.ops`` and
+:meth:`Target.op_cost`; nothing switches on names.
 """
 
 from __future__ import annotations
@@ -36,15 +37,26 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cimc.errors import InputError, ParseError
 
-__all__ = ["ARRAY_OPS", "SCALE_45_TO_22NM", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target",
+if TYPE_CHECKING:
+    from cimc.cost import Cost
+    from cimc.ir.core import Node
+    from cimc.ir.opdef import OpDef
+    from cimc.passmanager import Pass
+    from cimc.pipeline import Pipeline
+
+__all__ = ["ARRAY_OPS", "LOSSY", "SCALE_45_TO_22NM", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target",
            "lossless_adc_bits", "param", "shared_param"]
 
 SCALE_45_TO_22NM = "x 0.29 (45 nm -> 22 nm at 0.8 V, hw-parameters.md §0 scaling table)"
 """How a spec cites an energy scaled from a 45 nm figure to 22 nm."""
+
+LOSSY = "cim.lossy"
+"""Graph metadata key a lowering sets when its program is not meant to equal the integer reference bit
+for bit (a lossy ADC, device noise); the value says why. Without it, ``--verify`` expects exactness."""
 
 ARRAY_OPS = ("q.conv", "q.gemm", "q.matmul")
 """The integer matrix ops a target may run on its arrays (weights held in the array)."""
@@ -404,13 +416,22 @@ class Capabilities:
 class Target:
     """Base of every target: a frozen dataclass holding its :class:`Spec` (the defaults if none given).
 
-    Subclasses set ``name`` (kebab-case, registered in :mod:`cimc.targets`), ``Spec`` (their spec
-    class) and ``description``, and implement :meth:`capabilities`.
+    A target is one package under ``targets/`` (``spec.py``, ``ops.py``, ``lowering.py``, ``cost.py``
+    and this class in ``__init__.py``) and declares everything the driver needs, on the class:
+    ``name`` (kebab-case, registered in :mod:`cimc.targets`), ``Spec`` (its spec class),
+    ``description``, ``ops`` (its instruction ops, each with its executor implementation),
+    ``lowering_passes`` (its lowering pass classes, run in order after the front pipeline), and
+    the methods :meth:`capabilities` and :meth:`op_cost`.
     """
 
     name: ClassVar[str] = ""
     Spec: ClassVar[type[Spec]] = Spec
     description: ClassVar[str] = ""
+    ops: ClassVar[tuple[OpDef, ...]] = ()
+    """The target's instruction ops (:func:`cimc.ir.opdef.op_def`), defined by :meth:`register_ops`."""
+    lowering_passes: ClassVar[tuple[type[Pass], ...]] = ()
+    """The target's lowering pass classes: the driver runs them (default options) after the front
+    pipeline, and pipelines name them like any pass (``lower-sram-cim{adc-bits=5}``)."""
     spec: Spec = None  # type: ignore[assignment]  # None: the Spec class's defaults
 
     def __post_init__(self) -> None:
@@ -424,20 +445,28 @@ class Target:
         """Geometry, bit limits and op placement, derived from the spec."""
         raise NotImplementedError(f"target {type(self).__name__} does not implement capabilities()")
 
+    def op_cost(self, node: Node) -> Cost:
+        """Cycles, energy, unit and MACs of one program op, from its attributes and static types."""
+        raise NotImplementedError(f"target {type(self).__name__} does not implement op_cost()")
+
     def default_pipeline(self) -> str:
         """Pipeline text the driver runs before lowering: cleanup, then quantization to the
-        target's bit limits. (Names of passes not written yet are not checked here.)"""
+        target's bit limits."""
         c = self.capabilities()
         return f"fold-constants,fuse-batchnorm,quantize{{weight-bits={c.weight_bits_max} act-bits={c.act_bits_max}}}"
 
-    def lowering_passes(self) -> list[str]:
-        """Pipeline text of each lowering pass, which the driver runs after :meth:`default_pipeline`
-        to turn ``q.*`` ops into this target's instruction ops. The hook lowering passes fill."""
-        return []
+    def lowering(self) -> Pipeline:
+        """The lowering passes as a pipeline, each with its default options."""
+        from cimc.pipeline import Pipeline
+
+        return Pipeline(tuple(cls() for cls in type(self).lowering_passes))
 
     def register_ops(self) -> None:
-        """Define this target's instruction ops (``define_op``) for the interpreter and verifier;
-        called by the driver before lowering. The hook target ops fill; must be idempotent."""
+        """Define this target's instruction ops for the interpreter and verifier (idempotent)."""
+        from cimc.ir.opdef import register_op
+
+        for opdef in type(self).ops:
+            register_op(opdef)
 
     def with_spec(self, **overrides: Any) -> Target:
         """A copy of this target with some spec parameters changed."""

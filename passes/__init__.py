@@ -4,7 +4,9 @@ Built-in passes are listed in ``BUILTIN`` as ``"module:ClassName"`` strings and 
 first use. Users add passes with :func:`register_pass` (usable as a class decorator), and other
 packages through the ``cimc.passes`` entry-point group (entry name = pass name, value =
 ``module:ClassName``), discovered on first lookup of a name that is not built in. A name
-registered twice is an error that names both sources.
+registered twice is an error that names both sources. A target's lowering passes are not listed
+here: each target declares its own (``Target.lowering_passes``), and a name not found otherwise is
+looked up among the registered targets' lowering passes.
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ BUILTIN: dict[str, str] = {
     "quantize": "cimc.passes.quantize:QuantizePass",
     "sparsify": "cimc.passes.sparsify:SparsifyPass",
     "tile": "cimc.passes.tile:TilePass",
-    "lower-npu": "cimc.targets.npu_ops:LowerNpuPass",
-    "lower-sram-cim": "cimc.targets.sram_cim_ops:LowerSramCimPass",
 }
 """Built-in pass name -> ``module:ClassName``."""
 
-_REGISTRY: Registry[Pass] = Registry("pass", Pass, "cimc.passes", BUILTIN, lister="cimc passes")
+
+
+def _lowering_passes() -> list[type[Pass]]:
+    """The lowering passes every registered target declares."""
+    from cimc.targets import all_targets
+
+    return [p for target in all_targets().values() for p in target.lowering_passes]
+
+
+_REGISTRY: Registry[Pass] = Registry("pass", Pass, "cimc.passes", BUILTIN, lister="cimc passes",
+                                    declared=_lowering_passes)
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -39,5 +49,5 @@ def get_pass(name: str) -> type[Pass]:
 
 
 def all_passes() -> dict[str, type[Pass]]:
-    """Every registered pass (built in, registered, plugins) by name, sorted by name."""
+    """Every registered pass (built in, registered, plugins, targets' lowerings) by name, sorted by name."""
     return _REGISTRY.all()

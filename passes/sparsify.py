@@ -8,6 +8,11 @@ at once) of one ``array-rows`` row tile (blocks never straddle tiles) by one col
 ``group-channels`` output channels; or a whole output channel (``granularity=channel``). A target
 skips the word-line operations of an all-zero block, or the columns of an all-zero channel.
 
+Geometry: the target's (``PassContext.target``: its ``rows_per_op``, ``rows``, and the output
+channels one array's columns hold, ``cols / ceil(weight_bits_max / cell_bits)``), each lowered by an
+option (``1..`` the target's value; ``group-channels`` up to ``cols``, for narrower weights).
+Without a target all three options must be given: the pass has no geometry of its own.
+
 Algorithm:
 1. Layers: every prunable node, less those ``skip-first``/``skip-last``/``min-params`` exclude
    and those ``per-layer`` sets to 0 (a ``per-layer`` entry wins over the skips).
@@ -58,7 +63,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from cimc.errors import CimcError
+from cimc.errors import CimcError, PassError
 from cimc.interpreter import run as run_graph
 from cimc.ir.core import Graph, Node
 from cimc.passmanager import Pass, PassContext, PassResult, option
@@ -77,6 +82,7 @@ from cimc.sparsity import (
     zero_channels,
     zero_count,
 )
+from cimc.target import Target
 from cimc.tiling import Encoding
 
 __all__ = ["SparsifyPass", "parse_per_layer"]
@@ -90,9 +96,10 @@ MSE_WEIGHT = 0.1
 COLLAPSE = 0.5
 """The sensitivity walk refuses a step whose loss exceeds this (more than half the calibration
 predictions changed): the pruned network no longer computes what the model did."""
-DEFAULT_GEOMETRY = {"rows_per_op": 16, "array_rows": 256, "group_channels": 32}
-"""Geometry without options or target: 16 word lines on at once in 256-row arrays whose 256
-columns hold 32 output channels of 8-bit weights in 1-bit cells."""
+GEOMETRY = ("rows_per_op", "array_rows", "group_channels")
+"""The block geometry options: each the target's value unless given."""
+_CAPABILITY = {"rows_per_op": "rows_per_op", "array_rows": "rows", "group_channels": "cols"}
+"""The target capability that bounds each geometry option."""
 
 
 def parse_per_layer(text: str) -> dict[str, float]:
@@ -139,13 +146,13 @@ class SparsifyPass(Pass):
     per_layer: str = option("", 'Fixed ratios by node (or weight) name, quoted: "conv1=0.3,fc=0"; '
                                 "0 leaves a layer alone.")
     rows_per_op: int | None = option(None, "Word lines on at once, the rows of a block (1 .. "
-                                           "array-rows); none = the target's, else 16.")
-    array_rows: int | None = option(None, "Rows of one array (blocks never straddle two); none = the "
-                                          "target's, else 256.")
+                                           "array-rows, at most the target's); none = the target's.")
+    array_rows: int | None = option(None, "Rows of one array (blocks never straddle two), at most the "
+                                          "target's; none = the target's.")
     group_channels: int | None = option(None, "Output channels sharing one array's columns, the "
-                                              "columns of a block: array columns / columns per weight; "
-                                              "none = the target's (its widest weight in two's "
-                                              "complement, as tile), else 256 / 8 = 32.")
+                                              "columns of a block, at most the target's columns; none = "
+                                              "the target's: array columns / columns per weight (its widest "
+                                              "weight in two's complement, as tile).")
     min_params: int = option(0, "Leave layers with fewer weights than this alone.")
     skip_first: bool = option(False, "Leave the first prunable layer (in graph order) alone.")
     skip_last: bool = option(False, "Leave the last prunable layer (in graph order) alone.")
@@ -170,19 +177,36 @@ class SparsifyPass(Pass):
             Geometry(self.rows_per_op, self.array_rows)
         parse_per_layer(self.per_layer)
 
-    def geometry(self, target: object | None = None) -> Geometry:
+    def check(self, target: Target | None) -> None:
+        """A target, or all three geometry options; given options within the target's geometry."""
+        given = {k: getattr(self, k) for k in GEOMETRY}
+        if target is None:
+            if None in given.values():
+                missing = ", ".join(k.replace("_", "-") for k, v in given.items() if v is None)
+                raise PassError(f"pass 'sparsify' needs a target to align its blocks to (or every geometry "
+                                f"option; {missing} not given): name one with --target NAME (`cimc targets` lists "
+                                f"them), or from Python PassContext(target=load_target(NAME))")
+            return
+        caps = target.capabilities()  # at most one channel per column (narrower weights than the widest)
+        have = {"rows_per_op": caps.rows_per_op, "array_rows": caps.rows, "group_channels": caps.cols}
+        for key, value in given.items():
+            self.option_limit(key, value, 1, have[key],
+                              f"the target '{target.name}' has {_CAPABILITY[key]} = "
+                              f"{have[key]}; to align to other arrays, change the target's spec (--spec, --spec-set)")
+
+    @staticmethod
+    def _target_geometry(target: Target) -> dict[str, int]:
+        caps = target.capabilities()
+        slices = Encoding("twos-complement", caps.weight_bits_max, caps.cell_bits).slices
+        return {"rows_per_op": caps.rows_per_op, "array_rows": caps.rows,
+                "group_channels": max(1, caps.cols // slices)}
+
+    def geometry(self, target: Target | None = None) -> Geometry:
         """The array geometry blocks align to: the options, else the capabilities of ``target``
-        (``PassContext.target``), else :data:`DEFAULT_GEOMETRY`."""
-        caps = target.capabilities() if hasattr(target, "capabilities") else None  # type: ignore[union-attr]
-        given = {"rows_per_op": self.rows_per_op, "array_rows": self.array_rows,
-                 "group_channels": self.group_channels}
-        if caps is not None:  # a weight's columns as the tile pass lays them out by default
-            slices = Encoding("twos-complement", caps.weight_bits_max, caps.cell_bits).slices
-            fill = {"rows_per_op": caps.rows_per_op, "array_rows": caps.rows,
-                    "group_channels": max(1, caps.cols // slices)}
-        else:
-            fill = DEFAULT_GEOMETRY
-        return Geometry(**{k: fill[k] if v is None else v for k, v in given.items()})
+        (``PassContext.target``); checked by :meth:`check`."""
+        self.check(target)
+        fill = self._target_geometry(target) if target is not None else {}
+        return Geometry(**{k: fill[k] if getattr(self, k) is None else getattr(self, k) for k in GEOMETRY})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Prune ``graph``'s weights in place and annotate the pruned nodes."""

@@ -1,14 +1,16 @@
 """tile: map the weights of the integer matrix ops onto CIM arrays (tiling and bit slicing).
 
-For each node whose op the target runs on its arrays (``capabilities().array_ops``; without a
-target ``q.conv``, ``q.gemm``, ``q.matmul``) with a constant weight, the weight's matrices
-``[G, K, N]`` (:func:`cimc.tiling.weight_matrix`) are bit-sliced by the encoding and cut into
-``rows`` x ``cols`` tiles (:func:`cimc.tiling.plan`); tiles are dealt onto the arrays round-robin
-in graph order across all layers (so layers that fit together get distinct arrays, and a model
-larger than all arrays reuses them: the lowering then emits weight reloads).
+For each node whose op the target runs on its arrays (``capabilities().array_ops``) with a constant
+weight, the weight's matrices ``[G, K, N]`` (:func:`cimc.tiling.weight_matrix`) are bit-sliced by
+the encoding and cut into ``rows`` x ``cols`` tiles (:func:`cimc.tiling.plan`); tiles are dealt onto
+the arrays round-robin in graph order across all layers (so layers that fit together get distinct
+arrays, and a model larger than all arrays reuses them: the lowering then emits weight reloads).
 
-Geometry: ``ctx.target.capabilities()`` (rows, cols, cell_bits, rows_per_op, arrays), each
-overridable by an option; ``encoding`` defaults to two's complement.
+Geometry: ``ctx.target.capabilities()`` (rows, cols, cell_bits, rows_per_op, arrays); the pass
+needs a target. An option may use less of the hardware than it has (fewer rows or arrays, fewer
+bits per cell, fewer word lines on at once), never more: each is checked against ``1..`` the
+target's value before any pass runs (a different array is a different spec, ``--spec-set``).
+``encoding`` defaults to two's complement.
 
 Postconditions, per tiled node (annotations only; the graph still runs as before):
 ``tile.map`` int64 ``[T, 11]`` (columns :data:`cimc.tiling.TILE_COLUMNS`), ``tile.util``
@@ -32,14 +34,15 @@ import numpy as np
 from cimc.errors import CimcError
 from cimc.ir.core import Graph, Node
 from cimc.passmanager import Pass, PassContext, PassResult, option
-from cimc.target import ARRAY_OPS
+from cimc.target import ARRAY_OPS, Target
 from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, weight_bits, weight_matrix, zero_blocks
 
 __all__ = ["TilePass", "mapping_table"]
 
 logger = logging.getLogger(__name__)
 
-_DEFAULTS = {"rows": 128, "cols": 128, "cell_bits": 1, "rows_per_op": 64, "arrays": 16}
+GEOMETRY = ("rows", "cols", "cell_bits", "rows_per_op", "arrays")
+"""The capabilities the pass tiles by, each an option that may lower the target's value."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,15 @@ class TilePass(Pass):
     """Tile and bit-slice the weights of array ops onto the target's arrays (annotations)."""
 
     name: ClassVar[str] = "tile"
-    rows: int | None = option(None, "Rows (word lines) of one array; none = the target's (else 128).")
-    cols: int | None = option(None, "Columns (bit lines) of one array; none = the target's (else 128).")
-    cell_bits: int | None = option(None, "Bits per cell; none = the target's (else 1).")
-    rows_per_op: int | None = option(None, "Word lines on at once (row block); none = the target's (else 64).")
-    arrays: int | None = option(None, "Number of arrays; none = the target's (else 16).")
+    needs_target: ClassVar[bool] = True
+    rows: int | None = option(None, "Rows (word lines) of one array to use, 1 up to the target's; none = the "
+                                    "target's.")
+    cols: int | None = option(None, "Columns (bit lines) of one array to use, 1 up to the target's; none = the "
+                                    "target's.")
+    cell_bits: int | None = option(None, "Bits stored per cell, 1 up to the target's; none = the target's.")
+    rows_per_op: int | None = option(None, "Word lines on at once (row block), 1 up to the target's and to rows; "
+                                           "none = the target's.")
+    arrays: int | None = option(None, "Number of arrays to use, 1 up to the target's; none = the target's.")
     encoding: str | None = option(None, "Signed weights in cells: twos-complement, differential or offset; "
                                         "none = twos-complement.")
     replicate: int = option(1, "Copies of every tile on distinct arrays (throughput).")
@@ -59,26 +66,37 @@ class TilePass(Pass):
     def __post_init__(self) -> None:
         if self.encoding is not None and self.encoding not in ENCODINGS:
             raise CimcError(f"option encoding={self.encoding!r} of pass 'tile' must be one of {', '.join(ENCODINGS)}")
-        for key in ("rows", "cols", "cell_bits", "rows_per_op", "arrays"):
+        for key in GEOMETRY:
             if (v := getattr(self, key)) is not None and v < 1:
                 raise CimcError(f"option {key.replace('_', '-')}={v} of pass 'tile' must be >= 1")
         if self.replicate < 1:
             raise CimcError(f"option replicate={self.replicate} of pass 'tile' must be >= 1")
 
-    def geometry(self, target: object | None) -> dict[str, int]:
-        """rows, cols, cell_bits, rows_per_op, arrays: options over the target's capabilities."""
-        caps = target.capabilities() if hasattr(target, "capabilities") else None  # type: ignore[union-attr]
-        base = dict(_DEFAULTS) if caps is None else {k: getattr(caps, k) for k in _DEFAULTS}
-        geo = {k: base[k] if getattr(self, k) is None else getattr(self, k) for k in _DEFAULTS}
-        if geo["rows_per_op"] > geo["rows"]:
-            raise CimcError(f"tile: rows-per-op={geo['rows_per_op']} must be <= rows={geo['rows']}")
+    def check(self, target: Target | None) -> None:
+        """A target, and geometry options within its capabilities (``1..`` its value; rows-per-op also up
+        to rows)."""
+        super().check(target)
+        caps = target.capabilities()  # type: ignore[union-attr]
+        for key in GEOMETRY:
+            have = getattr(caps, key)
+            self.option_limit(key, getattr(self, key), 1, have,
+                              f"the target '{target.name}' has {key} = {have}; to map onto other "  # type: ignore[union-attr]
+                              f"arrays, change the target's spec (--spec, --spec-set)")
+        rows = caps.rows if self.rows is None else self.rows
+        self.option_limit("rows_per_op", self.rows_per_op, 1, rows, f"word lines on at once within rows = {rows}")
+
+    def geometry(self, target: Target | None) -> dict[str, int]:
+        """rows, cols, cell_bits, rows_per_op, arrays: the target's capabilities, lowered by the options."""
+        self.check(target)
+        caps = target.capabilities()  # type: ignore[union-attr]
+        geo = {k: getattr(caps, k) if getattr(self, k) is None else getattr(self, k) for k in GEOMETRY}
+        geo["rows_per_op"] = min(geo["rows_per_op"], geo["rows"])
         return geo
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Annotate every array op of ``graph`` with its tile mapping."""
         geo = self.geometry(ctx.target)
-        caps = ctx.target.capabilities() if hasattr(ctx.target, "capabilities") else None  # type: ignore[union-attr]
-        ops = caps.array_ops if caps is not None else ARRAY_OPS
+        ops = ctx.require_target(self).capabilities().array_ops
         kind = self.encoding or "twos-complement"
         nxt, count = 0, 0
         for node in graph.nodes:

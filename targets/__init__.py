@@ -1,5 +1,10 @@
 """The target registry: target names to target classes, loaded lazily, and their descriptions.
 
+Each built-in target is one package here with the same modules: ``__init__.py`` (its
+:class:`~cimc.target.Target` subclass, which declares the rest to the driver), ``spec.py`` (its frozen
+``Spec``), ``ops.py`` (its instruction ops with their executor implementations), ``lowering.py`` (its
+lowering pass classes) and ``cost.py`` (``op_cost``). A new target starts as a copy of one folder.
+
 Built-in targets are listed in ``BUILTIN`` as ``"module:ClassName"`` strings and imported on first
 use. Users add targets with :func:`register_target` (usable as a class decorator), and other
 packages through the ``cimc.targets`` entry-point group (entry name = target name, value =

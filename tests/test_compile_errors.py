@@ -51,6 +51,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 OPT = ["opt", "zoo:mlp", "-o", "out.cimir", "--calibration", "calib.npz", "-p"]
+FRONT = "fold-constants,fuse-batchnorm,quantize"
 CASES = {
     "spec-unknown-field": (["compile", "zoo:mlp", "--spec", "unknown.toml"],
                            ["unknown.toml", "no parameter 'macroz'", "did you mean 'macros'"]),
@@ -79,8 +80,26 @@ CASES = {
     "sparsity-ratio-negative": ([*OPT, "sparsify{ratio=-0.1}"], ["ratio=-0.1 must be in [0, 1)"]),
     "quantize-override-no-node": ([*OPT, 'quantize{overrides="nosuch:weight-bits=4"}'],
                                   ["'nosuch' is neither a node name nor an op type", "Gemm"]),
-    "sparsify-per-layer-no-node": ([*OPT, 'sparsify{per-layer="nosuch=0.3"}'],
+    "sparsify-per-layer-no-node": ([*OPT, 'sparsify{per-layer="nosuch=0.3"}', "--target", "sram-cim"],
                                    ["'nosuch' names no prunable node", "node_linear"]),
+    "tile-cell-bits-beyond-the-target": (["compile", "zoo:mlp", "-p", f"{FRONT},tile{{cell-bits=9}}"],
+                                         ["pass 'tile': option cell-bits=9 is out of range: expected 1..1",
+                                          "the target 'sram-cim' has cell_bits = 1"]),
+    "lowering-adc-bits-0": (["compile", "zoo:mlp", "-p", f"{FRONT},tile,lower-sram-cim{{adc-bits=0}}"],
+                            ["pass 'lower-sram-cim': option adc-bits=0 is out of range: expected 1..7",
+                             "the target's ADCs have adc_bits = 7"]),
+    "pipeline-without-tile": (["compile", "zoo:mlp", "-p", FRONT],
+                              ["pass 'lower-sram-cim' failed after [fold-constants, fuse-batchnorm, quantize]",
+                               "q.gemm 'node_linear' has no tile map", "run 'tile' before 'lower-sram-cim'"]),
+    "opt-lowering-without-target": ([*OPT, "quantize,tile,lower-sram-cim"],
+                                    ["pass 'tile' needs a target and none is given", "--target NAME"]),
+    "opt-lowering-alone-without-target": ([*OPT, "lower-sram-cim"],
+                                          ["pass 'lower-sram-cim' needs a target and none is given"]),
+    "opt-lowering-for-another-target": ([*OPT, "lower-npu", "--target", "sram-cim"],
+                                        ["pass 'lower-npu' lowers for target 'npu', but the target is 'sram-cim'"]),
+    "opt-spec-without-target": ([*OPT, "quantize", "--spec-set", "adc_bits=5"],
+                                ["--spec and --spec-set describe a target's hardware", "--target NAME"]),
+    "sparsify-without-target": ([*OPT, "sparsify"], ["pass 'sparsify' needs a target to align its blocks to"]),
 }
 
 

@@ -235,6 +235,10 @@ def two_layers(seed: int = 0) -> Graph:
 
 
 X = np.random.default_rng(5).random((16, 4, 6, 6)).astype(np.float32)
+GEOM = {"rows_per_op": 16, "array_rows": 256, "group_channels": 32}
+"""A block geometry given in full (16-row blocks of 256-row arrays, 32 channels per column group), for
+tests without a target."""
+GEOM_TEXT = "rows-per-op=16 array-rows=256 group-channels=32"
 
 
 def test_pass_prunes_annotates_and_runs():
@@ -268,7 +272,7 @@ def test_pass_prunes_annotates_and_runs():
 
 def test_channel_granularity_lists_channels():
     g = two_layers()
-    SparsifyPass(ratio=0.25, granularity="channel").run(g, PassContext())
+    SparsifyPass(ratio=0.25, granularity="channel", **GEOM).run(g, PassContext())
     node = g.node("conv")
     w = node.inputs[1].const
     zero = [c for c in range(40) if not w[c].any()]
@@ -313,12 +317,12 @@ def test_whole_layer_never_pruned_in_magnitude_mode():
 
 def test_skips_per_layer_and_weight_names():
     g = two_layers()
-    SparsifyPass(ratio=0.5, skip_first=True, per_layer="fw=0.2").run(g, PassContext())
+    SparsifyPass(ratio=0.5, skip_first=True, per_layer="fw=0.2", **GEOM).run(g, PassContext())
     meta = json.loads(g.metadata["sparsity"])
     assert meta["skipped"] == {"conv": "skip-first"} and list(meta["layers"]) == ["fc"]
     assert 0.2 <= meta["layers"]["fc"] < 0.3
     g = two_layers()
-    assert not SparsifyPass(min_params=10**6).run(g, PassContext()).modified
+    assert not SparsifyPass(min_params=10**6, **GEOM).run(g, PassContext()).modified
     assert "sparsity" not in g.metadata
 
 
@@ -327,7 +331,7 @@ def test_nothing_prunable_is_unmodified():
       %y: f32[2] = Relu(%x) loc("relu")
       return %y
     }""")
-    assert not SparsifyPass().run(g, PassContext()).modified
+    assert not SparsifyPass(**GEOM).run(g, PassContext()).modified
 
 
 def test_refit_with_calibration_keeps_zeros_and_improves_outputs():
@@ -429,13 +433,37 @@ def test_bad_options(text, words):
     assert words in str(e.value)
 
 
+def test_needs_a_target_or_every_geometry_option():
+    with pytest.raises(CimcError, match=r"pass 'sparsify' needs a target to align its blocks to \(or every "
+                                        r"geometry option; array-rows not given\): name one with --target NAME"):
+        SparsifyPass(rows_per_op=8, group_channels=8).run(two_layers(), PassContext())
+    with pytest.raises(CimcError, match=r"pass 'sparsify' needs a target"):
+        PassManager("sparsify").run(two_layers())
+
+
+def test_options_beyond_the_target_are_errors():
+    from cimc.targets import load_target
+
+    target = load_target("sram-cim")
+    for text, msg in [("sparsify{rows-per-op=65}", r"option rows-per-op=65 is out of range: expected 1\.\.64 "
+                                                     r"\(the target 'sram-cim' has rows_per_op = 64"),
+                      ("sparsify{group-channels=129}", r"option group-channels=129 is out of range: expected "
+                                                        r"1\.\.128 \(the target 'sram-cim' has cols = 128"),
+                      ("sparsify{array-rows=256}", r"option array-rows=256 is out of range: expected 1\.\.128 "
+                                                   r"\(the target 'sram-cim' has rows = 128")]:
+        with pytest.raises(CimcError, match=rf"^pass 'sparsify': {msg}"):
+            PassManager(text, PassContext(target=target)).run(two_layers())
+
+
 def test_unknown_per_layer_name():
     with pytest.raises(CimcError, match=r"per-layer: 'fcc' names no prunable node; did you mean 'fc'\?.*conv, fc"):
-        SparsifyPass(per_layer="fcc=0.2").run(two_layers(), PassContext())
+        SparsifyPass(per_layer="fcc=0.2", **GEOM).run(two_layers(), PassContext())
 
 
 def test_geometry_from_target_is_checked_with_the_options():
     class Tiny:
+        name = "tiny"
+
         def capabilities(self):
             from types import SimpleNamespace
             return SimpleNamespace(rows_per_op=8, rows=4, cols=8, weight_bits_max=8, cell_bits=1)
@@ -446,9 +474,9 @@ def test_geometry_from_target_is_checked_with_the_options():
 
 def test_sensitivity_needs_calibration():
     with pytest.raises(CimcError, match=r"mode=sensitivity.*PassContext.calibration"):
-        SparsifyPass(mode="sensitivity").run(two_layers(), PassContext())
+        SparsifyPass(mode="sensitivity", **GEOM).run(two_layers(), PassContext())
     with pytest.raises(CimcError, match=r"refit=true.*PassContext.calibration"):
-        SparsifyPass(refit=True).run(two_layers(), PassContext())
+        SparsifyPass(refit=True, **GEOM).run(two_layers(), PassContext())
 
 
 def test_parse_per_layer():
@@ -464,7 +492,7 @@ def _accuracy(g: Graph, m) -> float:
 def test_zoo_magnitude_runs_and_meets_the_ratio_per_layer(name):
     m = zoo.load(name)
     g = load_model(m.path)
-    PassManager("sparsify{ratio=0.3 rows-per-op=8 group-channels=8 refit=false}",
+    PassManager("sparsify{ratio=0.3 rows-per-op=8 array-rows=256 group-channels=8 refit=false}",
                 PassContext(verify_each=True)).run(g)
     meta = json.loads(g.metadata["sparsity"])
     for node in g.nodes:
@@ -484,7 +512,7 @@ def test_zoo_sensitivity_meets_global_ratio_and_the_accuracy_goal():
     g = load_model(m.path)
     float_top1 = _accuracy(g, m)
     ctx = PassContext(calibration={m.input_name: zoo.calibration_set()}, verify_each=True)
-    PassManager("sparsify{ratio=0.3 mode=sensitivity}", ctx).run(g)
+    PassManager(f"sparsify{{ratio=0.3 mode=sensitivity {GEOM_TEXT}}}", ctx).run(g)
     sizes = {n.name: weight_view(n).size for n in g.nodes if "sparsity.ratio" in n.attrs}
     pruned = sum(g.node(k).attrs["sparsity.ratio"] * v for k, v in sizes.items())
     total = sum(sizes.values())
@@ -496,7 +524,7 @@ def _sensitivity(name: str, ratio: float):
     m = zoo.load(name)
     g = load_model(m.path)
     ctx = PassContext(calibration={m.input_name: zoo.calibration_set()})
-    PassManager(f"fold-constants,fuse-batchnorm,sparsify{{ratio={ratio} mode=sensitivity}}", ctx).run(g)
+    PassManager(f"fold-constants,fuse-batchnorm,sparsify{{ratio={ratio} mode=sensitivity {GEOM_TEXT}}}", ctx).run(g)
     return m, g, {n.name: n for n in g.nodes if "sparsity.ratio" in n.attrs}
 
 

@@ -13,7 +13,7 @@ from cimc.ir.verifier import verify
 from cimc.onnx_io import import_model
 from cimc.passmanager import PassContext, PassManager
 from cimc.targets.sram_cim import SramCimTarget
-from cimc.targets.sram_cim_ops import adc
+from cimc.targets.sram_cim.ops import adc
 from cimc.text import parse_graph, print_graph
 
 LOSSLESS = SramCimTarget().with_spec(adc_bits=7)  # 64 rows, 1-b inputs, 1-b cells need 7 bits
@@ -33,7 +33,7 @@ def _compiled(name: str, wb: int, sparse: bool, target=LOSSLESS):
     sp = _sparsify(wb) if sparse else ""
     PassManager(f"fold-constants,fuse-batchnorm,{sp}quantize{{weight-bits={wb} act-bits=8}},tile", ctx).run(g)
     q = g.copy()
-    PassManager(",".join(target.lowering_passes()), ctx).run(g)
+    PassManager(target.lowering(), ctx).run(g)
     return q, g
 
 
@@ -184,7 +184,7 @@ def test_rounds_sum_in_place_only_into_dead_partial_sums():
 @pytest.mark.parametrize("rows_per_op", [16, 64])
 def test_lossy_program_is_the_sum_of_the_tile_models(rows_per_op, zero_block):
     """A lossy program equals, tile by tile, the bit-serial crossbar model on the tile images."""
-    from cimc.targets.sram_cim_ops import crossbar
+    from cimc.targets.sram_cim.ops import crossbar
     from cimc.tiling import TILE_COLUMNS, Encoding, tile_image, weight_matrix
 
     xs = {"x": np.random.default_rng(5).integers(0, 256, (4, 256)).astype(np.uint8)}

@@ -220,7 +220,7 @@ def test_target_holds_default_or_given_spec():
     assert t.with_spec(rows=8).spec == ToySpec(bits=4, rows=8) and t.spec.bits == 4
     with pytest.raises(InputError, match="target 'toy-target' needs a ToySpec, got a NpuSpec"):
         ToyTarget(get_target("npu").Spec())
-    assert ToyTarget().lowering_passes() == [] and ToyTarget().register_ops() is None
+    assert ToyTarget.lowering_passes == () and ToyTarget().register_ops() is None
     assert ToyTarget().default_pipeline() == "fold-constants,fuse-batchnorm,quantize{weight-bits=2 act-bits=2}"
 
 

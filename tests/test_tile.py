@@ -13,7 +13,7 @@ from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.passes.tile import TilePass, mapping_table
 from cimc.passmanager import PassContext, PassManager
 from cimc.targets.sram_cim import SramCimTarget
-from cimc.targets.sram_cim_ops import crossbar
+from cimc.targets.sram_cim.ops import crossbar
 from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_matrix, zero_blocks
 
 

@@ -2,8 +2,9 @@
 
 An ``OpDef`` gives the operand and result counts, the attribute schema (kind, default, doc), a
 type rule (``infer``) and the reference implementation (``impl``) that the interpreter runs.
-Built-in ONNX-named ops are defined in ``cimc.ops``; targets define their instruction ops the
-same way with :func:`define_op`. A later definition of a name already taken is an error unless
+Built-in ONNX-named ops are defined in ``cimc.ops``; targets make their instruction ops with
+:func:`op_def` and list them on their ``Target`` class, whose ``register_ops`` defines them
+(:func:`register_op`). A later definition of a name already taken is an error unless
 ``replace=True`` is passed.
 """
 
@@ -30,6 +31,8 @@ __all__ = [
     "infer_types",
     "is_annotation",
     "lookup",
+    "op_def",
+    "register_op",
 ]
 
 
@@ -152,24 +155,45 @@ def is_annotation(key: str) -> bool:
 _REGISTRY: dict[str, OpDef] = {}
 
 
-def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
-              outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
-              doc: str = "", side_effects: bool = False,
-              verify: Callable[[Node], str | None] | None = None, accumulator: int | None = None,
-              replace: bool = False) -> Callable[[Impl], Impl]:
-    """Decorator registering ``impl(ctx, *operands) -> array | tuple of arrays`` as op ``name``.
+def op_def(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
+           outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
+           doc: str = "", side_effects: bool = False, verify: Callable[[Node], str | None] | None = None,
+           accumulator: int | None = None) -> Callable[[Impl], OpDef]:
+    """Decorator making ``impl(ctx, *operands) -> array | tuple of arrays`` the :class:`OpDef` of op
+    ``name``, without defining it yet: a target lists its instruction ops and the driver defines them
+    (:func:`register_op`, through ``Target.register_ops``).
 
     ``accumulator``: index of an operand that a chain of such ops sums into; the interpreter lets the
     impl add into it in place (``ctx.donated``) when it is safe."""
     lo_in, hi_in = (inputs, inputs) if isinstance(inputs, int) else inputs
     lo_out, hi_out = (outputs, outputs) if isinstance(outputs, int) else outputs
 
+    def make(impl: Impl) -> OpDef:
+        return OpDef(name, impl, infer, dict(attrs or {}), lo_in, hi_in, lo_out, hi_out,
+                     doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify, accumulator)
+
+    return make
+
+
+def register_op(opdef: OpDef, *, replace: bool = False) -> OpDef:
+    """Define ``opdef``: defining the same definition again does nothing; another definition of a name
+    already taken is an error unless ``replace``."""
+    old = _REGISTRY.get(opdef.name)
+    if old is not None and old is not opdef and not replace:
+        raise ValueError(f"op {opdef.name!r} is defined twice ({old.impl.__module__} and {opdef.impl.__module__})")
+    _REGISTRY[opdef.name] = opdef
+    return opdef
+
+
+def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
+              outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
+              doc: str = "", side_effects: bool = False,
+              verify: Callable[[Node], str | None] | None = None, accumulator: int | None = None,
+              replace: bool = False) -> Callable[[Impl], Impl]:
+    """Decorator defining ``impl`` as op ``name`` now (:func:`op_def` then :func:`register_op`); returns ``impl``."""
     def register(impl: Impl) -> Impl:
-        if name in _REGISTRY and not replace:
-            raise ValueError(f"op {name!r} is defined twice ({_REGISTRY[name].impl.__module__} and {impl.__module__})")
-        _REGISTRY[name] = OpDef(name, impl, infer, dict(attrs or {}), lo_in, hi_in, lo_out, hi_out,
-                                doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify,
-                                accumulator)
+        register_op(op_def(name, infer=infer, inputs=inputs, outputs=outputs, attrs=attrs, doc=doc,
+                           side_effects=side_effects, verify=verify, accumulator=accumulator)(impl), replace=replace)
         return impl
 
     return register

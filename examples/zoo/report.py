@@ -6,9 +6,10 @@ the zoo calibration set as ``PassContext.calibration``):
 
 - ``float``: the imported float graph;
 - ``W8A8``, ``W4A8``, ``W4A4``: ``fold-constants,fuse-batchnorm,quantize{weight-bits=W act-bits=A}``;
-- ``W8A8 sp30/sp50 sens|mag``: ``fold-constants,fuse-batchnorm,sparsify{ratio=R mode=M},quantize{...}``:
-  structured (block) sparsity of the pass's default geometry (16-row blocks of 256-row arrays, 32
-  output channels per column group), kept weights refit on the calibration set;
+- ``W8A8 sp30/sp50 sens|mag``: ``fold-constants,fuse-batchnorm,sparsify{ratio=R mode=M rows-per-op=16
+  array-rows=256 group-channels=32},quantize{...}``: structured (block) sparsity in 16-row blocks of
+  256-row arrays, 32 output channels per column group (a geometry given in full, so no target is
+  needed), kept weights refit on the calibration set;
 - ``sram-cim``: ``cimc.compile("zoo:NAME", target="sram-cim")`` (default spec, lossless ADC), the
   program run by the interpreter; ``sram-cim ADC-2``: the same with ``spec={"adc_bits": lossless - 2}``.
 
@@ -48,7 +49,7 @@ DATA = re.compile(r"<!-- accuracy data: (\{.*?\}) -->")
 
 QUANT = "quantize{{weight-bits={w} act-bits={a}}}"
 CLEAN = "fold-constants,fuse-batchnorm"
-SPARSE = "sparsify{{ratio={r} mode={m}}}"
+SPARSE = "sparsify{{ratio={r} mode={m} rows-per-op=16 array-rows=256 group-channels=32}}"
 PIPELINES: dict[str, str] = {
     "w8a8": f"{CLEAN},{QUANT.format(w=8, a=8)}",
     "w4a8": f"{CLEAN},{QUANT.format(w=4, a=8)}",

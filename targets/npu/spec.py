@@ -1,4 +1,5 @@
-"""npu: a digital INT8 MAC array (weight-stationary, systolic) with buffers, DMA and a vector unit.
+"""The npu spec: the hardware parameters of a digital INT8 MAC array (weight-stationary, systolic) with
+buffers, DMA and a vector unit.
 
 The array holds a ``mac_rows`` x ``mac_cols`` weight tile (rows = reduction, columns = outputs) and
 streams activations through it; products accumulate exactly in ``acc_bits`` accumulators, so it
@@ -19,11 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cimc.cost import Cost
-from cimc.ir.core import Node
-from cimc.target import SCALE_45_TO_22NM, Capabilities, Spec, Target, param, shared_param
+from cimc.target import SCALE_45_TO_22NM, Spec, param, shared_param
 
-__all__ = ["NpuSpec", "NpuTarget"]
+__all__ = ["NpuSpec"]
 
 _SCALESIM = "SCALE-Sim configs/scale.cfg: 32 x 32 array, 3 x 64 kB SRAM (hw-parameters.md §1.1, §1.2) [C]"
 
@@ -90,37 +89,3 @@ class NpuSpec(Spec):
         if self.acc_bits < 2 * self.mac_bits:
             yield (f"acc_bits = {self.acc_bits} must be >= 2 * mac_bits = {2 * self.mac_bits} (an accumulator "
                    f"holds at least one product)")
-
-
-@dataclass(frozen=True)
-class NpuTarget(Target):
-    """The npu target: a digital INT8 MAC array that runs every op exactly."""
-
-    name: ClassVar[str] = "npu"
-    Spec: ClassVar[type[NpuSpec]] = NpuSpec
-    description: ClassVar[str] = ("Digital NPU: a weight-stationary INT8 MAC array with weight, input and output "
-                                  "buffers, DMA and a vector unit; runs every op exactly, attention matmuls included.")
-    spec: NpuSpec = None  # type: ignore[assignment]
-
-    def capabilities(self) -> Capabilities:
-        """The MAC array as a digital array: whole words per PE and per cycle, no ADC; it runs every op
-        (float matmuls and LSTM on the array in fp mode, everything else on the vector unit)."""
-        s = self.spec
-        return Capabilities(rows=s.mac_rows, cols=s.mac_cols, cell_bits=s.mac_bits, weight_bits_max=s.mac_bits,
-                            act_bits_max=s.mac_bits, dac_bits=s.mac_bits, adc_bits=None, rows_per_op=s.mac_rows,
-                            arrays=1, dynamic_matmul=True, vector_ops=("*",), own_ops=("npu.",))
-
-    def register_ops(self) -> None:
-        """Define the ``npu.*`` instruction ops (idempotent)."""
-        npu_ops.register()
-
-    def lowering_passes(self) -> list[str]:
-        """``lower-npu``: array layers to DMA + tiled GEMM instructions (see :mod:`cimc.targets.npu_ops`)."""
-        return ["lower-npu"]
-
-    def op_cost(self, node: Node) -> Cost:
-        """Cycles, energy, unit and MACs of one program op, from its attributes and static types."""
-        return npu_ops.op_cost(node, self.spec)
-
-
-from cimc.targets import npu_ops  # noqa: E402  (registers the lower-npu pass; imports NpuSpec lazily)

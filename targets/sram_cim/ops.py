@@ -1,4 +1,4 @@
-"""sram-cim instructions (``sram.load``, ``sram.mvm``), their lowering pass and their cost.
+"""sram-cim instructions: ``sram.load`` and ``sram.mvm``, their definitions and executor implementations.
 
 A layer's weights are one program constant, its *cells*: the ``tile`` pass's bit-sliced cells of the
 layer's ``[G, K, N]`` weight matrix, packed per weight (``u8 [G, K, N, bytes]``,
@@ -32,62 +32,29 @@ cells, channel-major (the ``S`` slice columns of a channel are adjacent).
     so skipping never changes the result. With a lossless ADC the tile's sum is ``xt @ W`` for its
     decoded weights ``W``, which the executor computes directly (tiles joined into larger exact
     float32 GEMMs); a lossy ADC goes bit plane by bit plane (:func:`crossbar`).
-
-Lowering (``lower-sram-cim``; with ``allow_reload = false`` a model whose tiles outnumber the
-macros is rejected, naming its weight cells and the capacity): each node with ``tile.map`` becomes
-``vec.im2col`` (q.conv) -> per *round* of at most ``macros // replicas`` consecutive tiles (they
-occupy distinct macros; tiles are ordered row tile by row tile) one ``sram.load`` and one
-``sram.mvm`` summing into the previous round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv);
-the result takes the node's result type. A model that fits the macros has one round per layer and
-loads every image once; a larger one reloads macros round after round. Digital ops after it
-(``q.requant``, ...) are left as they are. A ResNet-50 is about 1,800 ops.
-
-Cost (per op, from attributes and static shapes; a symbolic dim counts as 1, i.e. per sample):
-- ``sram.mvm``: per tile, ``P`` positions, ``A`` driven row blocks (``rows_active`` rows), ``J``
-  input chunks, ``C`` columns, ``adcs = ceil(cols / cols_per_adc)`` per macro. A pass drives one
-  block with one chunk across all columns of the tile: ``passes = P*A*J``; ``pass_cycles =
-  mvm_cycles + ceil(C / adcs) * adc_cycles``; the tiles run at once on distinct macros, so
-  ``cycles = max over tiles of passes * pass_cycles / replicas``; ``energy = sum over tiles of
-  P*J*(rows_active*C*mvm_cell_pj + A*C*(adc_pj + shift_add_pj)) + 4*P*channels*buffer_pj_per_byte``
-  plus ``P*rows*(buffer_pj_per_byte + noc_pj_per_byte)`` for reading the distinct input rows of its
-  tiles once (broadcast to the macros that share them); ``macs = sum of
-  P*rows_active*channels``.
-- ``sram.load``: per tile and replica ``bits = r*c*cell_bits``, ``bytes = ceil(bits/8)``; ``cycles =
-  sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; ``energy = sum of bits*write_bit_pj +
-  bytes*dram_pj_per_byte``.
-- every other op: the vector unit (:func:`cimc.cost.vector_cost`, ``vec_lanes``, ``vec_op_cycles``,
-  ``vec_op_pj``, plus ``vec_mul_pj`` for ops that multiply: q.requant, q.add, q.quantize,
-  q.dequantize); ``vec.im2col`` adds ``buffer_pj_per_byte`` per byte written.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import weakref
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from cimc.cost import Cost, num_elements, vector_cost
-from cimc.errors import CimcError, PassError, VerifyError
-from cimc.ir.core import Graph, Node
-from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op, is_annotation
+from cimc.errors import CimcError, VerifyError
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, op_def
 from cimc.ir.types import DType, TensorType
-from cimc.ops import lowered  # noqa: F401  (the vec.* ops the lowering emits)
 from cimc.ops._infer import require
 from cimc.ops.nn import f32_chunk, to_dtype
-from cimc.passes import register_pass
-from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import lossless_adc_bits
-from cimc.tiling import TILE_COLUMNS, Encoding, decode_cells, tile_window, unpack_cells, weight_matrix
+from cimc.tiling import TILE_COLUMNS, decode_cells, tile_window, unpack_cells
 
-__all__ = ["LowerSramCimPass", "adc", "crossbar", "op_cost"]
+__all__ = ["OPS", "STATE", "adc", "crossbar", "sram_load", "sram_mvm"]
 
 logger = logging.getLogger(__name__)
 STATE = "sram.macros"
-_MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize")
+"""Key of the macros' contents in the interpreter's machine state: macro index -> (cells, tile window)."""
 
 
 # ---- semantics ------------------------------------------------------------------------------------
@@ -215,7 +182,7 @@ def _check_tiles(tiles: Any, op: str) -> None:
                           f"({', '.join(TILE_COLUMNS)}), is {t.dtype} {list(t.shape)}")
 
 
-@define_op("sram.load", infer=_load_type, side_effects=True, attrs={
+@op_def("sram.load", infer=_load_type, side_effects=True, attrs={
     "tiles": _TILES, "replicas": AttrSpec("int", 1, "copies of each tile, on the next macros (cost)"),
     "macros": AttrSpec("int", REQUIRED, "macros of the machine (replica r of a tile goes to (array + r) % macros)")})
 def sram_load(ctx, cells):
@@ -275,7 +242,7 @@ _MVM_ATTRS = {
 }
 
 
-@define_op("sram.mvm", inputs=(2, 3), infer=_mvm_type, attrs=_MVM_ATTRS, accumulator=2)
+@op_def("sram.mvm", inputs=(2, 3), infer=_mvm_type, attrs=_MVM_ATTRS, accumulator=2)
 def sram_mvm(ctx, x, token, acc=None):
     """The tiles' bit-serial MVMs of x with the images their macros hold, ADC, shift-add, summed into acc."""
     a = ctx.attrs
@@ -406,130 +373,5 @@ def _rows_float32(state: dict, x: np.ndarray, g: int | None, k0: int, k1: int) -
     return xs
 
 
-# ---- lowering ---------------------------------------------------------------------------------------
-@register_pass
-@dataclass(frozen=True)
-class LowerSramCimPass(Pass):
-    """Lower tiled q.conv/q.gemm/q.matmul nodes into sram.load/sram.mvm rounds and vec ops."""
-
-    name: ClassVar[str] = "lower-sram-cim"
-    adc_bits: int | None = option(None, "ADC resolution; none = the target's spec.")
-
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        """Replace every tiled node of ``graph`` by its instruction sequence."""
-        from cimc.targets.sram_cim import SramCimSpec
-
-        spec = getattr(ctx.target, "spec", None)
-        spec = spec if isinstance(spec, SramCimSpec) else SramCimSpec()
-        adc_bits = spec.adc_bits if self.adc_bits is None else self.adc_bits
-        nodes = [n for n in graph.nodes if "tile.map" in n.attrs]
-        if not spec.allow_reload:
-            _check_fits(graph, nodes, spec)
-        for node in nodes:
-            _lower(graph, node, spec, adc_bits)
-        graph.remove_dead()
-        return PassResult(bool(nodes))
-
-
-def _check_fits(graph: Graph, nodes: list[Node], spec) -> None:
-    """With ``allow_reload = false``: every tile (and replica) needs a macro of its own, loaded once."""
-    tiles = sum(len(n.attrs["tile.map"]) * int(n.attrs["tile.replicas"]) for n in nodes)
-    if tiles <= spec.macros:
-        return
-    col = {c: i for i, c in enumerate(TILE_COLUMNS)}
-    cells = sum(int(((t[:, col["k1"]] - t[:, col["k0"]]) * (t[:, col["col1"]] - t[:, col["col0"]])).sum())
-                * int(n.attrs["tile.replicas"]) for n in nodes for t in [np.asarray(n.attrs["tile.map"], np.int64)])
-    raise PassError(f"model {graph.name!r} does not fit the arrays with allow_reload = false: its "
-                    f"weights take {cells} cells in {tiles} tiles of {spec.rows} x {spec.cols}, but sram-cim has "
-                    f"{spec.macros} macros ({spec.macros * spec.rows * spec.cols} cells, one tile each); allow "
-                    f"reloads (--spec-set allow_reload=true) or use more macros (--spec-set macros={tiles})")
-
-
-def _lower(graph: Graph, node: Node, spec, adc_bits: int) -> None:
-    a = node.attrs
-    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
-    layer = {"cim.layer": node.name}
-    m = weight_matrix(node)
-    enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
-    act_bits = int(x.type.quant.bits) if x.type.quant is not None else 8
-    table, skip, R = np.asarray(a["tile.map"], np.int64), np.asarray(a["tile.skip"], np.int64), int(a["tile.replicas"])
-    arrays = int(a["tile.arrays"])
-    add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
-    conv = node.op == "q.conv"
-    final = node.outputs[0].type
-    channels = m.shape[0] * m.shape[2]
-    cells = graph.add_constant(enc.pack(m), f"{node.name}.cells")
-    if conv:
-        attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
-        attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
-        x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
-    per_round = max(1, arrays // R)
-    mvm = {"layout": "cols" if conv else "rows", "channels": channels, "significance": enc.significance,
-           "offset": enc.offset, "rows_per_op": int(a["tile.rows_per_op"]), "dac_bits": spec.dac_bits,
-           "act_bits": act_bits, "cell_bits": enc.cell_bits, "adc_bits": adc_bits, "replicas": R}
-    acc = None
-    for r0 in range(0, len(table), per_round):
-        rows = table[r0:r0 + per_round]
-        nbytes = int((((rows[:, 5] - rows[:, 4]) * (rows[:, 7] - rows[:, 6]) * enc.cell_bits + 7) // 8 * R).sum())
-        token = add("sram.load", [cells], {"tiles": rows, "replicas": R, "macros": arrays, "cim.bytes": nbytes})
-        mine = skip[(skip[:, 0] >= r0) & (skip[:, 0] < r0 + len(rows))] - np.asarray([r0, 0], np.int64)
-        ys = [x, token] if acc is None else [x, token, acc]
-        out_type = TensorType(DType.i32, (final.shape[0], channels, math.prod(final.shape[2:])) if conv
-                              else (*final.shape[:-1], channels))
-        acc = add("sram.mvm", ys, {**mvm, "tiles": rows, "skip": mine,
-                                   "tile.util": np.asarray(a["tile.util"])[r0:r0 + len(rows)]}, outputs=[out_type])
-    y = acc
-    if bias is not None:
-        if conv:
-            if bias.const is not None:
-                b = graph.add_constant(bias.const.reshape(-1, 1), f"{node.name}.bias")
-            else:
-                b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
-        y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
-    if conv:
-        y = add("vec.col2im", [y], {"spatial": tuple(int(s) for s in final.shape[2:])}, outputs=[final])
-    elif bias is None:
-        y = add("Identity", [y], {}, outputs=[final])
-    graph.replace_all_uses_with(node.outputs[0], y)
-    graph.remove_node(node)
-
-
-# ---- cost -----------------------------------------------------------------------------------------------
-def _count(shape) -> int:
-    return math.prod(d if isinstance(d, int) else 1 for d in shape) if shape is not None else 1
-
-
-def op_cost(node: Node, spec) -> Cost:
-    """Cost of one program op on the sram-cim target (formulas in the module docstring)."""
-    s, a = spec, node.attrs
-    if node.op == "sram.mvm":
-        xs = node.inputs[0].type.shape
-        P = (_count(xs[1:2]) * _count(xs[3:]) if a.get("layout") == "cols" else _count(xs[:-1])) if xs else 1
-        J, rpo, R = -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), a["rows_per_op"], a.get("replicas", 1)
-        S = len(a["significance"])
-        t = np.asarray(a["tiles"], np.int64)
-        k, ch = t[:, 5] - t[:, 4], t[:, 9] - t[:, 8]
-        skip = np.asarray(a.get("skip", np.zeros((0, 2), np.int64)), np.int64).reshape(-1, 2)
-        off_rows = np.minimum(rpo, k[skip[:, 0]] - skip[:, 1] * rpo)  # rows of each skipped block
-        active = -(-k // rpo) - np.bincount(skip[:, 0], minlength=len(t))
-        rows_active = k - np.bincount(skip[:, 0], weights=off_rows, minlength=len(t)).astype(np.int64)
-        C = ch * S
-        cycles = float((P * active * J * (s.mvm_cycles + -(-C // s.adcs) * s.adc_cycles)).max() / R)
-        energy = float((P * J * (rows_active * C * s.mvm_cell_pj + active * C * (s.adc_pj + s.shift_add_pj))
-                        + 4 * P * ch * s.buffer_pj_per_byte).sum())
-        macs = int((P * rows_active * ch).sum())
-        rows_read = int(sum(k1 - k0 for k0, k1 in {(int(a0), int(a1)) for a0, a1 in t[:, 4:6]}))
-        energy += P * rows_read * (s.buffer_pj_per_byte + s.noc_pj_per_byte)
-        return Cost(float(cycles), float(energy), "array", macs)
-    if node.op == "sram.load":
-        t = np.asarray(a["tiles"], np.int64)
-        R = a.get("replicas", 1)
-        rows, bits = (t[:, 5] - t[:, 4]) * R, (t[:, 5] - t[:, 4]) * (t[:, 7] - t[:, 6]) * s.cell_bits * R
-        nbytes = -(-bits // 8)
-        return Cost(float((rows * s.write_row_cycles).sum() + nbytes.sum() / s.dram_bytes_per_cycle),
-                    float(bits.sum() * s.write_bit_pj + nbytes.sum() * s.dram_pj_per_byte), "load")
-    pj = s.vec_op_pj + (s.vec_mul_pj if node.op in _MUL_OPS else 0.0)
-    c = vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
-    if node.op == "vec.im2col":
-        c = Cost(c.cycles, c.energy_pj + num_elements(node.outputs[0]) * s.buffer_pj_per_byte, c.unit)
-    return c
+OPS = (sram_load, sram_mvm)
+"""The sram-cim instructions, as the target lists them."""

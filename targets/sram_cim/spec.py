@@ -1,4 +1,4 @@
-"""sram-cim: several SRAM compute-in-memory macros (MARS-like) beside a digital vector unit.
+"""The sram-cim spec: the hardware parameters of several SRAM CIM macros (MARS-like) and a vector unit.
 
 Each macro is one array of ``rows`` x ``cols`` 1-bit cells. A weight of b bits is split over
 ``ceil(b / cell_bits)`` adjacent columns; inputs are fed bit-serially (``dac_bits`` per pass). One
@@ -24,11 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cimc.cost import Cost
-from cimc.ir.core import Node
-from cimc.target import SCALE_45_TO_22NM, VECTOR_OPS, Capabilities, Spec, Target, param, shared_param
+from cimc.target import SCALE_45_TO_22NM, Spec, param, shared_param
 
-__all__ = ["SramCimSpec", "SramCimTarget"]
+__all__ = ["SramCimSpec"]
 
 _BITOP = "of 1.8 fJ per 1b x 1b op (NeuroSim SRAM 22 nm, 64 rows, 17.13 TOPS/W; hw-parameters.md §2.3)"
 
@@ -156,46 +154,3 @@ class SramCimSpec(Spec):
     def pass_pj(self) -> float:
         """Energy of one full pass (``rows_per_op`` rows x ``cols`` columns) with its conversions and shift-adds."""
         return self.rows_per_op * self.cols * self.mvm_cell_pj + self.cols * (self.adc_pj + self.shift_add_pj)
-
-
-@dataclass(frozen=True)
-class SramCimTarget(Target):
-    """The sram-cim target: SRAM CIM macros, bit-serial inputs, ADC per column group, a vector unit."""
-
-    name: ClassVar[str] = "sram-cim"
-    Spec: ClassVar[type[SramCimSpec]] = SramCimSpec
-    description: ClassVar[str] = ("SRAM compute-in-memory macros (MARS-like): bit-serial inputs, multi-bit "
-                                  "weights across columns, rows_per_op word lines at once, an ADC per column "
-                                  "group, pruned row blocks skipped, a digital vector unit.")
-    spec: SramCimSpec = None  # type: ignore[assignment]
-
-    def capabilities(self) -> Capabilities:
-        """Macro geometry and bit limits from the spec; matrix ops on the macros, the rest on the vector unit
-        (the shared ``VECTOR_OPS`` plus float ``LSTM``, which the quantizer leaves in float; not float
-        convolutions or ``Gemm``)."""
-        s = self.spec
-        return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
-                            act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,
-                            rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks,
-                            vector_ops=(*VECTOR_OPS, "LSTM"), own_ops=("sram.",))
-
-    def default_pipeline(self) -> str:
-        """Cleanup and quantization, then tiling of the weights onto the macros."""
-        return super().default_pipeline() + ",tile"
-
-    def lowering_passes(self) -> list[str]:
-        """``lower-sram-cim``: tiled matrix ops to ``sram.load`` / ``sram.mvm`` and ``vec.*`` ops."""
-        return ["lower-sram-cim"]
-
-    def register_ops(self) -> None:
-        """Define ``sram.load``, ``sram.mvm`` and the shared ``vec.*`` ops (defined on import; idempotent)."""
-        from cimc.targets import sram_cim_ops  # noqa: F401
-
-    def op_cost(self, node: Node) -> Cost:
-        """Cycles and energy of one program op (model: :mod:`cimc.targets.sram_cim_ops`)."""
-        from cimc.targets.sram_cim_ops import op_cost
-
-        return op_cost(node, self.spec)
-
-
-from cimc.targets import sram_cim_ops as _ops  # noqa: E402,F401  (registers lower-sram-cim and the sram.* ops)

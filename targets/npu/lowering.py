@@ -1,0 +1,214 @@
+"""The npu lowering pass ``lower-npu``: array layers to DMA and tiled GEMM instructions.
+
+For a layer with weight matrix ``W [K, N]``: a weight tile is ``k_len x
+n_len`` with ``k_len`` a multiple of ``mac_rows`` (or all of K) and ``n_len`` a multiple of
+``mac_cols`` (or all of N), as large as the weight buffer holds (full K first, so most layers need
+no partial sums). Positions are split into chunks so that a chunk's input rows fit the activation
+buffer and its ``p_len x n_len`` int32 accumulators fit the output buffer. Loop order: chunks,
+then N tiles, then K tiles (partial sums chained through ``acc``, the bias added by the first);
+weight tiles are loaded once per layer when there is one chunk (or ``allow_reload = false``, which
+also requires all weights to fit the weight buffer at once), else once per chunk; an all-zero
+tile (pruned by ``sparsify``) is skipped (the first K tile of an N range is kept, for the bias).
+Op count per layer: ``chunks * (1 + 2 * tiles) + 1``, never per position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cimc.errors import PassError
+from cimc.ir.core import Graph, Node, Value
+from cimc.ops.nn import window_geometry
+from cimc.passmanager import Pass, PassContext, PassResult
+from cimc.target import ARRAY_OPS, Spec
+from cimc.targets.npu.spec import NpuSpec
+
+__all__ = ["LowerNpuPass"]
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """The input bytes (per sample) that a chunk of output positions ``p0:p1`` reads into the activation
+    buffer: a convolution reads the input rows its windows cover (every channel), a row-wise layer
+    ``x [..., P, K]`` its ``p1 - p0`` rows, a flat one ``x [..., K]`` one row."""
+
+    k: int
+    conv: tuple[int, int, int, int, int, int] | None = None
+    """For a convolution: output width, stride and begin pad along H, window extent along H, input height,
+    bytes of one input row of every channel."""
+    rows: bool = False
+
+    def bytes(self, p0: int, p1: int) -> int:
+        """Bytes read for output positions ``p0:p1``."""
+        if self.conv is not None:
+            ow, st, pb, eh, h, row_bytes = self.conv
+            r0, r1 = p0 // ow, (p1 - 1) // ow + 1
+            lo, hi = max(0, r0 * st - pb), min(h, (r1 - 1) * st + eh - pb)
+            return max(0, hi - lo) * row_bytes
+        return (p1 - p0) * self.k if self.rows else self.k
+
+
+def _weight_matrix(node: Node) -> np.ndarray:
+    """The layer's weights as the [K, N] matrix the array holds (block-diagonal for groups)."""
+    w = node.inputs[1].const
+    if node.op == "q.gemm":
+        return w.T
+    if node.op == "q.matmul":
+        return w
+    m, cg = w.shape[0], w.shape[1]
+    g = node.attrs.get("group", 1)
+    khw = math.prod(w.shape[2:])
+    flat = w.reshape(m, cg * khw)
+    if g == 1:
+        return flat.T
+    mat = np.zeros((cg * g * khw, m), np.int8)
+    mg = m // g
+    for gi in range(g):  # one block per group: O(groups) numpy calls at compile time
+        mat[gi * cg * khw:(gi + 1) * cg * khw, gi * mg:(gi + 1) * mg] = flat[gi * mg:(gi + 1) * mg].T
+    return mat
+
+
+def _tiles(k: int, n: int, s: NpuSpec) -> tuple[int, int]:
+    """(k_len, n_len) of a weight tile: full K when a mac_cols-wide strip fits, as wide as fits."""
+    r, c, buf = s.mac_rows, s.mac_cols, s.weight_buffer_bytes
+    k_len = k if k * min(n, c) <= buf else max(r, buf // c // r * r)
+    n_len = min(n, max(c, buf // k_len // c * c))
+    return k_len, n_len
+
+
+def _passes(tile: np.ndarray, r: int, c: int) -> tuple[int, int]:
+    """(array passes with a nonzero weight, weights in them) of one tile."""
+    passes = cells = 0
+    for i in range(0, tile.shape[0], r):
+        for j in range(0, tile.shape[1], c):
+            sub = tile[i:i + r, j:j + c]
+            if sub.any():
+                passes += 1
+                cells += sub.size
+    return passes, cells
+
+
+def _check_fits(graph: Graph, s: NpuSpec) -> None:
+    """With ``allow_reload = false``: all weights stay in the weight buffer, so they must fit it."""
+    layers = [n for n in graph.nodes if n.op in ARRAY_OPS and n.inputs[1].const is not None]
+    need = sum(_weight_matrix(n).size for n in layers)  # one byte per (mac_bits <= 8) weight
+    if need > s.weight_buffer_bytes:
+        raise PassError(f"model {graph.name!r} does not fit the weight buffer with allow_reload = false: its "
+                        f"{len(layers)} array layers hold {need} weight bytes, but the npu weight buffer holds "
+                        f"{s.weight_buffer_bytes} bytes; allow reloads from DRAM (--spec-set allow_reload=true) or "
+                        f"enlarge the buffer (--spec-set weight_buffer_bytes={need})")
+
+
+@dataclass(frozen=True)
+class LowerNpuPass(Pass):
+    """Lower q.conv/q.gemm/q.matmul to npu.dma_in / npu.gemm / npu.dma_out tiles; annotate the rest."""
+
+    name: ClassVar[str] = "lower-npu"
+    spec_type: ClassVar[type[Spec]] = NpuSpec
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Rewrite every array layer with a constant weight; every other op stays, run by the vector unit."""
+        target = ctx.require_target(self)
+        target.register_ops()  # the instructions it emits
+        s = target.spec
+        assert isinstance(s, NpuSpec)
+        if not s.allow_reload:
+            _check_fits(graph, s)
+        changed = False
+        for node in list(graph.nodes):
+            if node.op in ARRAY_OPS and node.inputs[1].const is not None:
+                self._lower(graph, node, s)
+                changed = True
+            elif node.op.startswith("npu."):
+                continue
+            elif "cim.layer" not in node.attrs:
+                node.attrs["cim.layer"] = node.name
+                changed = True
+        graph.remove_dead()
+        graph.metadata["npu.lowered"] = "1"
+        return PassResult(changed)
+
+    def _lower(self, g: Graph, node: Node, s: NpuSpec) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        wm = _weight_matrix(node)
+        k, n = wm.shape
+        layer = node.name
+        geom: dict[str, Any] = {}
+        xs = x.type.shape
+        if node.op == "q.conv":
+            if xs is None or len(xs) != 4 or not all(isinstance(d, int) for d in xs[1:]):
+                raise PassError(f"lower-npu: {layer} (q.conv) needs a 2-D NCHW input with static C, H, W, "
+                                f"found {x.type}")
+            kern = tuple(node.inputs[1].const.shape[2:])
+            o, pb, pe, _, st, dl = window_geometry(xs[2:], kern, node.attrs)
+            geom = {"kernel_shape": kern, "strides": tuple(st), "dilations": tuple(dl), "pads": (*pb, *pe),
+                    "out_spatial": tuple(o), "x_zero_point": node.attrs["x_zero_point"]}
+            p_total = o[0] * o[1]
+            reads = _Reads(k, conv=(o[1], st[0], pb[0], (kern[0] - 1) * dl[0] + 1, xs[2], xs[1] * xs[3]))
+        elif xs is not None and len(xs) >= 3 and isinstance(xs[-2], int):
+            p_total, reads = xs[-2], _Reads(k, rows=True)
+        else:
+            p_total, reads = None, _Reads(k)
+        k_len, n_len = _tiles(k, n, s)
+        if p_total is None:
+            chunks = [None]
+        else:
+            p_len = max(1, min(p_total, s.out_buffer_bytes // (4 * n_len)))
+            while p_len > 1 and reads.bytes(0, p_len) > s.act_buffer_bytes:
+                p_len = (p_len + 1) // 2
+            chunks = [(p, min(p + p_len, p_total)) for p in range(0, p_total, p_len)]
+        kt = [(k0, min(k0 + k_len, k)) for k0 in range(0, k, k_len)]
+        nt = [(n0, min(n0 + n_len, n)) for n0 in range(0, n, n_len)]
+        bias_c = bias.const if bias is not None else None
+        consts: dict[tuple, tuple[Value, int, int]] = {}
+        for ni, (n0, n1) in enumerate(nt):
+            for ki, (k0, k1) in enumerate(kt):
+                tile = np.ascontiguousarray(wm[k0:k1, n0:n1])
+                if ki > 0 and not tile.any():
+                    continue  # pruned: nothing to add
+                passes, cells = _passes(tile, s.mac_rows, s.mac_cols)
+                consts[(ni, ki)] = (g.add_constant(tile, f"{layer}/w{n0}_{k0}"), passes, cells)
+        bias_tiles = {ni: g.add_constant(np.ascontiguousarray(bias_c[n0:n1]), f"{layer}/b{n0}")
+                      if bias_c is not None else None for ni, (n0, n1) in enumerate(nt)}
+        if bias is not None and bias_c is None:
+            raise PassError(f"lower-npu: {layer}: the bias must be a constant")
+        ann = {"cim.layer": layer}
+        loads: dict[tuple, Value] = {}
+        tiles, p_ranges, n_ranges = [], [], []
+        for chunk in chunks:
+            xin = g.add_node("npu.dma_in", [x], {"buffer": "act", "bytes": reads.bytes(*(chunk or (0, 1))),
+                                                               **ann},
+                             name=f"{layer}/dma_x", before=node).outputs[0]
+            for ni, (n0, n1) in enumerate(nt):
+                acc = None
+                for ki, (k0, k1) in enumerate(kt):
+                    if (ni, ki) not in consts:
+                        continue
+                    wc, passes, cells = consts[(ni, ki)]
+                    key = (ni, ki) if len(chunks) == 1 or not s.allow_reload else (ni, ki, chunk)
+                    if key not in loads:
+                        nbytes = (k1 - k0) * (n1 - n0)
+                        loads[key] = g.add_node("npu.dma_in", [wc], {"buffer": "weight", "bytes": nbytes,
+                                                                     "cim.bytes": nbytes, **ann},
+                                                name=f"{layer}/load_w", before=node).outputs[0]
+                    attrs = {"k_range": (k0, k1), "n_range": (n0, n1), "positions": tuple(chunk or ()),
+                             **geom, "npu.passes": passes, "npu.cells": cells, **ann}
+                    ops = [xin, loads[key], acc, bias_tiles[ni] if acc is None else None]
+                    while ops[-1] is None:
+                        ops.pop()
+                    acc = g.add_node("npu.gemm", ops, attrs, name=f"{layer}/gemm", before=node).outputs[0]
+                tiles.append(acc)
+                n_ranges += [n0, n1]
+                if chunk is not None:
+                    p_ranges += list(chunk)
+        attrs = {"p_ranges": tuple(p_ranges), "n_ranges": tuple(n_ranges), "positions": p_total or 0,
+                 "channels": n, "spatial": tuple(geom.get("out_spatial", ())), **ann}
+        res = g.add_node("npu.dma_out", tiles, attrs, outputs=[out.type], name=f"{layer}/dma_out", before=node)
+        g.replace_all_uses_with(out, res.outputs[0])
+        g.remove_node(node)
+        g.rename_value(res.outputs[0], out.name)

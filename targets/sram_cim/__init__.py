@@ -1,0 +1,53 @@
+"""sram-cim: several SRAM compute-in-memory macros (MARS-like) beside a digital vector unit.
+
+The target is this package: ``spec`` (:class:`SramCimSpec`, the hardware parameters), ``ops`` (the
+``sram.load`` / ``sram.mvm`` instructions and their executor), ``lowering`` (``lower-sram-cim``) and
+``cost`` (``op_cost``); :class:`SramCimTarget` declares them to the driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from cimc.cost import Cost
+from cimc.ir.core import Node
+from cimc.target import VECTOR_OPS, Capabilities, Target
+from cimc.targets.sram_cim import cost
+from cimc.targets.sram_cim.lowering import LowerSramCimPass
+from cimc.targets.sram_cim.ops import OPS
+from cimc.targets.sram_cim.spec import SramCimSpec
+
+__all__ = ["SramCimSpec", "SramCimTarget"]
+
+
+@dataclass(frozen=True)
+class SramCimTarget(Target):
+    """The sram-cim target: SRAM CIM macros, bit-serial inputs, ADC per column group, a vector unit."""
+
+    name: ClassVar[str] = "sram-cim"
+    Spec: ClassVar[type[SramCimSpec]] = SramCimSpec
+    description: ClassVar[str] = ("SRAM compute-in-memory macros (MARS-like): bit-serial inputs, multi-bit "
+                                  "weights across columns, rows_per_op word lines at once, an ADC per column "
+                                  "group, pruned row blocks skipped, a digital vector unit.")
+    ops = OPS
+    lowering_passes = (LowerSramCimPass,)
+    spec: SramCimSpec = None  # type: ignore[assignment]
+
+    def capabilities(self) -> Capabilities:
+        """Macro geometry and bit limits from the spec; matrix ops on the macros, the rest on the vector unit
+        (the shared ``VECTOR_OPS`` plus float ``LSTM``, which the quantizer leaves in float; not float
+        convolutions or ``Gemm``)."""
+        s = self.spec
+        return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
+                            act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,
+                            rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks,
+                            vector_ops=(*VECTOR_OPS, "LSTM"), own_ops=("sram.",))
+
+    def default_pipeline(self) -> str:
+        """Cleanup and quantization, then tiling of the weights onto the macros."""
+        return super().default_pipeline() + ",tile"
+
+    def op_cost(self, node: Node) -> Cost:
+        """Cycles and energy of one program op (the model: :mod:`cimc.targets.sram_cim.cost`)."""
+        return cost.op_cost(node, self.spec)

@@ -1,0 +1,144 @@
+"""The sram-cim lowering pass ``lower-sram-cim``: tiled matrix ops to ``sram.load`` / ``sram.mvm`` rounds.
+
+With ``allow_reload = false`` a model whose tiles outnumber the
+macros is rejected, naming its weight cells and the capacity): each node with ``tile.map`` becomes
+``vec.im2col`` (q.conv) -> per *round* of at most ``macros // replicas`` consecutive tiles (they
+occupy distinct macros; tiles are ordered row tile by row tile) one ``sram.load`` and one
+``sram.mvm`` summing into the previous round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv);
+the result takes the node's result type. A model that fits the macros has one round per layer and
+loads every image once; a larger one reloads macros round after round. Digital ops after it
+(``q.requant``, ...) are left as they are. A ResNet-50 is about 1,800 ops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from cimc.errors import PassError
+from cimc.ir.core import Graph, Node
+from cimc.ir.opdef import is_annotation
+from cimc.ir.types import DType, TensorType
+from cimc.passmanager import Pass, PassContext, PassResult, option
+from cimc.target import ARRAY_OPS, LOSSY, Spec, Target, lossless_adc_bits
+from cimc.targets.sram_cim.spec import SramCimSpec
+from cimc.tiling import TILE_COLUMNS, Encoding, weight_matrix
+
+__all__ = ["LowerSramCimPass"]
+
+
+@dataclass(frozen=True)
+class LowerSramCimPass(Pass):
+    """Lower tiled q.conv/q.gemm/q.matmul nodes into sram.load/sram.mvm rounds and vec ops."""
+
+    name: ClassVar[str] = "lower-sram-cim"
+    spec_type: ClassVar[type[Spec]] = SramCimSpec
+    adc_bits: int | None = option(None, "ADC resolution, 1 up to the target's adc_bits (a coarser conversion "
+                                        "of the same ADC); none = the target's.")
+
+    def check(self, target: Target | None) -> None:
+        """An sram-cim target, and an ``adc-bits`` its ADCs can give."""
+        super().check(target)
+        spec = target.spec  # type: ignore[union-attr]
+        self.option_limit("adc_bits", self.adc_bits, 1, spec.adc_bits,
+                          f"the target's ADCs have adc_bits = {spec.adc_bits}; a finer ADC is a different "
+                          f"spec: --spec-set adc_bits=N")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Replace every tiled node of ``graph`` by its instruction sequence; an array op with a constant
+        weight but no tile map is an error (``tile`` must run first). A lossy ADC is recorded in
+        ``graph.metadata[LOSSY]``."""
+        target = ctx.require_target(self)
+        target.register_ops()  # the instructions it emits
+        spec = target.spec
+        assert isinstance(spec, SramCimSpec)
+        adc_bits = spec.adc_bits if self.adc_bits is None else self.adc_bits
+        nodes = []
+        for n in graph.nodes:
+            if "tile.map" in n.attrs:
+                nodes.append(n)
+            elif n.op in ARRAY_OPS and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].const is not None:
+                raise PassError(f"{n.op} {n.name!r} has no tile map, so it cannot run on the macros: run 'tile' "
+                                f"before '{self.name}' in the pipeline (the target's default pipeline "
+                                f"ends with it)")
+        if not spec.allow_reload:
+            _check_fits(graph, nodes, spec)
+        lossy = set()
+        for node in nodes:
+            a = node.attrs
+            need = lossless_adc_bits(int(a["tile.rows_per_op"]), spec.dac_bits, int(a["tile.cell_bits"]))
+            if adc_bits < need:
+                lossy.add(f"adc_bits = {adc_bits} < {need}")
+            _lower(graph, node, spec, adc_bits)
+        if lossy:
+            graph.metadata[LOSSY] = "sram-cim ADC: " + ", ".join(sorted(lossy)) + " bits (lossless)"
+        graph.remove_dead()
+        return PassResult(bool(nodes))
+
+
+def _check_fits(graph: Graph, nodes: list[Node], spec: SramCimSpec) -> None:
+    """With ``allow_reload = false``: every tile (and replica) needs a macro of its own, loaded once."""
+    tiles = sum(len(n.attrs["tile.map"]) * int(n.attrs["tile.replicas"]) for n in nodes)
+    if tiles <= spec.macros:
+        return
+    col = {c: i for i, c in enumerate(TILE_COLUMNS)}
+    cells = sum(int(((t[:, col["k1"]] - t[:, col["k0"]]) * (t[:, col["col1"]] - t[:, col["col0"]])).sum())
+                * int(n.attrs["tile.replicas"]) for n in nodes for t in [np.asarray(n.attrs["tile.map"], np.int64)])
+    raise PassError(f"model {graph.name!r} does not fit the arrays with allow_reload = false: its "
+                    f"weights take {cells} cells in {tiles} tiles of {spec.rows} x {spec.cols}, but sram-cim has "
+                    f"{spec.macros} macros ({spec.macros * spec.rows * spec.cols} cells, one tile each); allow "
+                    f"reloads (--spec-set allow_reload=true) or use more macros (--spec-set macros={tiles})")
+
+
+def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
+    a = node.attrs
+    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+    layer = {"cim.layer": node.name}
+    m = weight_matrix(node)
+    enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
+    act_bits = int(x.type.quant.bits) if x.type.quant is not None else 8
+    table, skip, R = np.asarray(a["tile.map"], np.int64), np.asarray(a["tile.skip"], np.int64), int(a["tile.replicas"])
+    arrays = int(a["tile.arrays"])
+    add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
+    conv = node.op == "q.conv"
+    final = node.outputs[0].type
+    channels = m.shape[0] * m.shape[2]
+    cells = graph.add_constant(enc.pack(m), f"{node.name}.cells")
+    if conv:
+        attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
+        attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
+        x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
+    per_round = max(1, arrays // R)
+    mvm = {"layout": "cols" if conv else "rows", "channels": channels, "significance": enc.significance,
+           "offset": enc.offset, "rows_per_op": int(a["tile.rows_per_op"]), "dac_bits": spec.dac_bits,
+           "act_bits": act_bits, "cell_bits": enc.cell_bits, "adc_bits": adc_bits, "replicas": R}
+    acc = None
+    for r0 in range(0, len(table), per_round):
+        rows = table[r0:r0 + per_round]
+        nbytes = int((((rows[:, 5] - rows[:, 4]) * (rows[:, 7] - rows[:, 6]) * enc.cell_bits + 7) // 8 * R).sum())
+        token = add("sram.load", [cells], {"tiles": rows, "replicas": R, "macros": arrays, "cim.bytes": nbytes})
+        mine = skip[(skip[:, 0] >= r0) & (skip[:, 0] < r0 + len(rows))] - np.asarray([r0, 0], np.int64)
+        ys = [x, token] if acc is None else [x, token, acc]
+        out_type = TensorType(DType.i32, (final.shape[0], channels, math.prod(final.shape[2:])) if conv
+                              else (*final.shape[:-1], channels))
+        acc = add("sram.mvm", ys, {**mvm, "tiles": rows, "skip": mine,
+                                   "tile.util": np.asarray(a["tile.util"])[r0:r0 + len(rows)]}, outputs=[out_type])
+    y = acc
+    if bias is not None:
+        if conv:
+            if bias.const is not None:
+                b = graph.add_constant(bias.const.reshape(-1, 1), f"{node.name}.bias")
+            else:
+                b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
+        y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
+    if conv:
+        y = add("vec.col2im", [y], {"spatial": tuple(int(s) for s in final.shape[2:])}, outputs=[final])
+    elif bias is None:
+        y = add("Identity", [y], {}, outputs=[final])
+    name = node.outputs[0].name
+    graph.replace_all_uses_with(node.outputs[0], y)
+    graph.remove_node(node)
+    graph.rename_value(y, name)  # the layer's result keeps its name: --verify compares layers by it
