@@ -141,10 +141,6 @@ def describe_op(opdef: OpDef, fmt: Format = "text", *, level: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _root(module: str) -> str:
-    return module.split(".")[0]
-
-
 def target_ops(name: str) -> list[OpDef]:
     """The instruction ops of target ``name``, as its class declares them (``Target.ops``; defined here)."""
     from cimc.targets import get_target

@@ -13,7 +13,7 @@ import cimc.targets
 from cimc import opref
 from cimc.cli import main
 from cimc.ir import opdef
-from cimc.ir.opdef import REQUIRED, AttrSpec, define_op, lookup
+from cimc.ir.opdef import REQUIRED, AttrSpec, lookup, op_def
 from cimc.ir.types import DType, TensorType
 from cimc.target import Capabilities, Spec, Target, param
 
@@ -69,6 +69,14 @@ def _toy_type(ctx):
     return [TensorType(DType.i32, ctx.types[0].shape)]
 
 
+@op_def("toy.scale", infer=_toy_type, attrs={"factor": AttrSpec("int", 2, "the factor | a pipe")})
+def toy_scale(ctx, x, bias=None):
+    """``x * factor`` as int32.
+
+    A second paragraph the reference keeps."""
+    return (x * ctx.attrs["factor"]).astype(np.int32)
+
+
 @dataclass(frozen=True)
 class ToyTarget(Target):
     """A target defined by a test."""
@@ -76,25 +84,12 @@ class ToyTarget(Target):
     name: ClassVar[str] = "toy-cim"
     Spec: ClassVar[type[Spec]] = ToySpec
     description: ClassVar[str] = "A toy array for the op reference tests."
+    ops = (toy_scale,)
 
     def capabilities(self) -> Capabilities:
         """Tiny arrays; instructions in ``toy.``."""
         return Capabilities(rows=self.spec.rows, cols=8, cell_bits=1, weight_bits_max=8, act_bits_max=8,
                             dac_bits=1, adc_bits=None, rows_per_op=8, arrays=1, own_ops=("toy.",))
-
-    def lowering_passes(self) -> list[str]:
-        """None."""
-        return []
-
-    def register_ops(self) -> None:
-        """Define ``toy.scale``."""
-        if lookup("toy.scale") is None:
-            @define_op("toy.scale", infer=_toy_type, attrs={"factor": AttrSpec("int", 2, "the factor | a pipe")})
-            def toy_scale(ctx, x, bias=None):
-                """``x * factor`` as int32.
-
-                A second paragraph the reference keeps."""
-                return (x * ctx.attrs["factor"]).astype(np.int32)
 
 
 @pytest.fixture
