@@ -181,4 +181,4 @@ def program_cost(program: Any, target: _CostTarget) -> CostReport:
 
 
 summarize = program_cost
-"""Another name for :func:`program_cost` (the name the issue-4 brief used)."""
+"""Another name for :func:`program_cost`."""

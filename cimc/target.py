@@ -2,9 +2,9 @@
 
 A target is a frozen dataclass (:class:`Target`) holding a :class:`Spec`, the frozen dataclass of
 its hardware parameters. Each parameter is declared with :func:`param`: a default, a one-line doc,
-a unit and the source of the default (the paper, datasheet or tool it comes from, cited as in
-``shared/research/hw-parameters.md``, with that note's status tag: [C] read in the source, [C2]
-read in a secondary source, [D] derived by the formula given, [U] unconfirmed), and optional bounds
+a unit and the source of the default (the paper, datasheet or tool it comes from, citing the
+section of ``docs/hw-parameters.md`` that collects it, with that page's status tag: [C] read in the
+source, [C2] read in a secondary source, [D] derived by the formula given, [U] unconfirmed), and optional bounds
 (``ge``/``gt``/``le``). :meth:`Spec.validate` runs on construction: it checks every field's type
 and bounds, then the spec's cross-field rules (:meth:`Spec.check`), and raises one ``InputError``
 naming each bad field, its value and the allowed range.
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["ARRAY_OPS", "LOSSY", "SCALE_45_TO_22NM", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target",
            "lossless_adc_bits", "param", "shared_param"]
 
-SCALE_45_TO_22NM = "x 0.29 (45 nm -> 22 nm at 0.8 V, hw-parameters.md §0 scaling table)"
+SCALE_45_TO_22NM = "x 0.29 (45 nm -> 22 nm at 0.8 V, docs/hw-parameters.md §0 scaling table)"
 """How a spec cites an energy scaled from a 45 nm figure to 22 nm."""
 
 LOSSY = "cim.lossy"
@@ -103,15 +103,16 @@ _SHARED_PARAMS: dict[str, dict[str, Any]] = {
                           source="assumption: single-cycle integer ALU lanes", ge=1),
     "vec_op_pj": dict(default=0.029, doc="Energy of one vector-unit add-class op (add, compare, shift, clip) on one "
                                          "element.", unit="pJ",
-                      source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (hw-parameters.md §1.1) [C2] "
+                      source=f"[D] Horowitz, ISSCC 2014: INT32 add 0.1 pJ at 45 nm (docs/hw-parameters.md §1.1) [C2] "
                              f"{SCALE_45_TO_22NM}", ge=0),
     "vec_mul_pj": dict(default=0.899, doc="Energy of one vector-unit multiply (a requantization multiplier) on one "
                                           "element.", unit="pJ",
-                       source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (hw-parameters.md §1.1) "
+                       source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (docs/hw-parameters.md §1.1) "
                               f"[C2] {SCALE_45_TO_22NM}", ge=0),
     "buffer_pj_per_byte": dict(default=0.997, doc="Energy to read or write one byte of a buffer.", unit="pJ/byte",
-                               source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access (hw-parameters.md "
-                                      f"§1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 bytes {SCALE_45_TO_22NM}",
+                               source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access "
+                                      "(docs/hw-parameters.md §1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 bytes "
+                                      f"{SCALE_45_TO_22NM}",
                                ge=0),
 }
 

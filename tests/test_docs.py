@@ -145,6 +145,42 @@ def test_citation_check_catches_a_missing_section():
     assert bad_citations([("gone", f"docs/{page} §12")], have) == ["gone: §12"]
 
 
+# ---- nothing points outside the repository ---------------------------------------------------------
+
+# Spelled in pieces, so that this file does not match its own patterns.
+_OUTSIDE = [
+    (re.compile(r"\.\./" + "shared"), "a path to the team's shared folder"),
+    (re.compile("shared" + r"/research"), "the team's research notes"),
+    (re.compile("DESIGN" + r"\.md"), "the team's design note (ours is docs/architecture.md)"),
+    (re.compile(r"\biss" + r"ue[- ]?#?[0-9]+", re.I), "an issue number"),
+    (re.compile(r"\bthe bri" + r"ef\b", re.I), "a brief"),
+]
+
+
+def outside_pointers(path_texts: list[tuple[str, str]]) -> list[str]:
+    """``file:line: what`` for every line that points outside the repository or speaks of issues or briefs."""
+    out = []
+    for where, text in path_texts:
+        for i, line in enumerate(text.splitlines(), 1):
+            out += [f"{where}:{i}: {why}: {line.strip()[:100]}" for pattern, why in _OUTSIDE if pattern.search(line)]
+    return out
+
+
+def test_nothing_points_outside_the_repository():
+    texts = [(str(p.relative_to(ROOT)), t) for p in _text_files() if (t := _read(p)) is not None]
+    assert any(w.startswith("cimc/") for w, _ in texts) and any(w.startswith("docs/") for w, _ in texts)
+    bad = outside_pointers(texts)
+    assert not bad, ("a user has only the repository: point to docs/ instead of\n  " + "\n  ".join(bad))
+
+
+def test_outside_pointer_check_catches_each_kind():
+    planted = ["see ../" + "shared/DESIGN" + ".md", "numbers from shared" + "/research/hw.md",
+               "as the iss" + "ue-4 plan said", "(Iss" + "ue 12)", "the bri" + "ef asks for this"]
+    assert len(outside_pointers([("x.py", "\n".join(planted))])) >= len(planted)
+    fine = "docs/hw-parameters.md §2.3; tis" + "sue 3; brief summary; shared_param; an issue with the input"
+    assert outside_pointers([("x.py", fine)]) == []
+
+
 # ---- links --------------------------------------------------------------------------------------
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")

@@ -108,7 +108,7 @@ def test_npu_capabilities():
 
 
 def test_sram_cim_defaults_reproduce_the_calibration():
-    """hw-parameters.md §2.3: 1.8 fJ per 1b x 1b op all-in, split ADC 34 %, array 62 %, other 4 %."""
+    """docs/hw-parameters.md §2.3: 1.8 fJ per 1b x 1b op all-in, split ADC 34 %, array 62 %, other 4 %."""
     s = get_target("sram-cim").Spec()
     cells = s.rows_per_op * s.cols
     assert math.isclose(s.pass_pj / cells, 0.0018, rel_tol=1e-9)

@@ -1,9 +1,9 @@
 """Quantization core shared by the ``quantize`` pass, the ``q.*`` ops and targets.
 
 ``params`` turns ranges and weights into scales and zero points (the integer contract of
-DESIGN.md: weights signed symmetric per output channel, activations unsigned per tensor with a
-zero point, 2 to 8 bits); ``fixedpoint`` turns real requantization multipliers into an int32
-multiplier and a shift; ``calibrate`` (imported on demand, it runs the interpreter) observes
+``docs/architecture.md``: weights signed symmetric per output channel, activations unsigned per
+tensor with a zero point, 2 to 8 bits); ``fixedpoint`` turns real requantization multipliers into
+an int32 multiplier and a shift; ``calibrate`` (imported on demand, it runs the interpreter) observes
 activation ranges.
 """
 

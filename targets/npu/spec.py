@@ -6,7 +6,7 @@ streams activations through it; products accumulate exactly in ``acc_bits`` accu
 has no ADC and no lossy step. It runs every matrix op, including matmuls whose both operands are
 activations (attention); the vector unit runs requantization, pooling and layout.
 
-Cost model inputs (the defaults: hw-parameters.md §1.2 ``npu_default``, whose 45 nm energies are
+Cost model inputs (the defaults: docs/hw-parameters.md §1.2 ``npu_default``, whose 45 nm energies are
 scaled by 0.29 to 22 nm at 0.8 V so that npu and sram-cim compare at one node): compute cycles of
 an M x K by K x N product are about ``ceil(K/R) * ceil(N/C) * (M + R + C - 2)`` for an R x C
 array (fill and drain), memory cycles are bytes / ``dma_bytes_per_cycle``, and a layer takes the
@@ -24,7 +24,7 @@ from cimc.target import SCALE_45_TO_22NM, Spec, param, shared_param
 
 __all__ = ["NpuSpec"]
 
-_SCALESIM = "SCALE-Sim configs/scale.cfg: 32 x 32 array, 3 x 64 kB SRAM (hw-parameters.md §1.1, §1.2) [C]"
+_SCALESIM = "SCALE-Sim configs/scale.cfg: 32 x 32 array, 3 x 64 kB SRAM (docs/hw-parameters.md §1.1, §1.2) [C]"
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,22 @@ class NpuSpec(Spec):
     mac_cols: int = param(32, "Columns of the MAC array: the output channels computed at once.", unit="PEs",
                           source=_SCALESIM, ge=1)
     mac_bits: int = param(8, "Width of the weights and activations the MACs multiply.", unit="bits",
-                          source="Gemmini defaultConfig: 16 x 16 INT8 mesh; TPU v1 INT8 (hw-parameters.md §1.1, "
+                          source="Gemmini defaultConfig: 16 x 16 INT8 mesh; TPU v1 INT8 (docs/hw-parameters.md §1.1, "
                                  "§1.2) [C]", ge=1, le=8)
     acc_bits: int = param(32, "Width of the accumulators (sums are exact below 2**acc_bits).", unit="bits",
-                          source="Gemmini defaultConfig: INT32 accumulator (hw-parameters.md §1.1) [C]", ge=8, le=64)
+                          source="Gemmini defaultConfig: INT32 accumulator (docs/hw-parameters.md §1.1) [C]", ge=8,
+                          le=64)
     weight_buffer_bytes: int = param(65536, "Weight (filter) buffer.", unit="bytes",
-                                     source="SCALE-Sim configs/scale.cfg filter SRAM 64 kB (hw-parameters.md §1.1) [C]",
+                                     source="SCALE-Sim configs/scale.cfg filter SRAM 64 kB "
+                                            "(docs/hw-parameters.md §1.1) [C]",
                                      ge=1)
     act_buffer_bytes: int = param(65536, "Input activation (ifmap) buffer.", unit="bytes",
-                                  source="SCALE-Sim configs/scale.cfg ifmap SRAM 64 kB (hw-parameters.md §1.1) [C]",
+                                  source="SCALE-Sim configs/scale.cfg ifmap SRAM 64 kB (docs/hw-parameters.md §1.1) "
+                                         "[C]",
                                   ge=1)
     out_buffer_bytes: int = param(65536, "Output (ofmap) buffer.", unit="bytes",
-                                  source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (hw-parameters.md §1.1) [C]",
+                                  source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (docs/hw-parameters.md §1.1) "
+                                         "[C]",
                                   ge=1)
     allow_reload: bool = param(True, "Whether weights may be fetched from DRAM during a run (false: every weight "
                                      "is loaded once and stays in the weight buffer, so the model's weights must "
@@ -57,31 +61,31 @@ class NpuSpec(Spec):
                                source="assumption: weights stream from DRAM layer by layer (SCALE-Sim, Gemmini); "
                                       "false models an accelerator without DRAM (weights on chip)")
     clock_mhz: float = param(1000.0, "Clock of the array, buffers and vector unit.", unit="MHz",
-                             source="hw-parameters.md §1.2 npu_default: 1 GHz, an assumption shared by NeuroSim "
+                             source="docs/hw-parameters.md §1.2 npu_default: 1 GHz, an assumption shared by NeuroSim "
                                     "(clkFreq = 1e9) and PUMA (1 ns cycle) [C]", gt=0)
     dma_bytes_per_cycle: float = param(16.0, "DMA bandwidth between DRAM and the buffers.", unit="bytes/cycle",
                                        source="assumption: 16 GB/s at 1 GHz, an LPDDR4 x32 channel class "
-                                              "(not in hw-parameters.md)", gt=0)
+                                              "(not in docs/hw-parameters.md)", gt=0)
     vec_lanes: int = param(32, "Elements the vector unit processes per cycle.", unit="lanes",
                            source="assumption: one lane per MAC-array column", ge=1)
     vec_op_cycles: int = shared_param("vec_op_cycles")
     mac_pj: float = param(0.087, "Energy of one INT8 multiply-accumulate into an INT32 accumulator.", unit="pJ",
                           source=f"[D] Horowitz, ISSCC 2014: 0.2 pJ INT8 mult + 0.1 pJ INT32 add = 0.30 pJ at 45 nm "
-                                 f"(hw-parameters.md §1.2 E_MAC) {SCALE_45_TO_22NM}", ge=0)
+                                 f"(docs/hw-parameters.md §1.2 E_MAC) {SCALE_45_TO_22NM}", ge=0)
     pe_reg_pj: float = param(0.087, "Energy of a PE's local registers per MAC (operand and partial-sum forwarding).",
-                             unit="pJ", source=f"[U] Eyeriss register file about 1x a MAC (hw-parameters.md §1.2 "
+                             unit="pJ", source=f"[U] Eyeriss register file about 1x a MAC (docs/hw-parameters.md §1.2 "
                                                f"E_PE_local = 0.30 pJ) {SCALE_45_TO_22NM}", ge=0)
     buffer_pj_per_byte: float = shared_param("buffer_pj_per_byte")
     dram_pj_per_byte: float = param(64.0, "Energy to move one byte from or to DRAM.", unit="pJ/byte",
-                                    source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit (hw-parameters.md "
-                                           "§1.1, §1.2) [C]", ge=0)
+                                    source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit "
+                                           "(docs/hw-parameters.md §1.1, §1.2) [C]", ge=0)
     vec_op_pj: float = shared_param("vec_op_pj")
     vec_mul_pj: float = shared_param("vec_mul_pj")
 
     fp_mac_pj: float = param(1.334, "Energy of one FP32 multiply-accumulate (float matmuls between two activations, "
                                     "e.g. attention, and float recurrent layers, run on the array in fp mode).",
                              unit="pJ", source=f"[D] Horowitz, ISSCC 2014: FP32 mult 3.7 pJ + FP32 add 0.9 pJ = 4.6 pJ "
-                                               f"at 45 nm (hw-parameters.md §1.1) [C2] {SCALE_45_TO_22NM}", ge=0)
+                                               f"at 45 nm (docs/hw-parameters.md §1.1) [C2] {SCALE_45_TO_22NM}", ge=0)
 
     def check(self) -> Iterator[str]:
         """The accumulators hold at least one full product."""

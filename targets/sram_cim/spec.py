@@ -9,7 +9,7 @@ the default 5-b ADC clips and rounds as the published macros do), and the digita
 shifts and adds the converted sums by input-bit and weight-slice significance. Passes over an
 all-zero (pruned) row block are skipped. Requantization, pooling and layout run on the vector unit.
 
-Cost model inputs (the defaults: 22 nm, 0.8 V, calibrated to published macros, hw-parameters.md
+Cost model inputs (the defaults: 22 nm, 0.8 V, calibrated to published macros, docs/hw-parameters.md
 §2.3): a pass costs ``mvm_cycles`` plus ``cols_per_adc * adc_cycles`` for its conversions, and
 ``active rows * active columns * mvm_cell_pj`` plus one ``adc_pj`` and one ``shift_add_pj`` per
 converted column. With the defaults that is 1.8 fJ per 1b x 1b operation all-in (about 117 fJ per
@@ -28,7 +28,7 @@ from cimc.target import SCALE_45_TO_22NM, Spec, param, shared_param
 
 __all__ = ["SramCimSpec"]
 
-_BITOP = "of 1.8 fJ per 1b x 1b op (NeuroSim SRAM 22 nm, 64 rows, 17.13 TOPS/W; hw-parameters.md §2.3)"
+_BITOP = "of 1.8 fJ per 1b x 1b op (NeuroSim SRAM 22 nm, 64 rows, 17.13 TOPS/W; docs/hw-parameters.md §2.3)"
 
 
 @dataclass(frozen=True)
@@ -39,51 +39,54 @@ class SramCimSpec(Spec):
 
     macros: int = param(16, "Number of SRAM-CIM macros (one array each), working in parallel.", unit="macros",
                         source="assumption; Jia et al., ISSCC 2021 15.1 has 16 cores (CIM-MLC configs/ISSCC21_15_1.py, "
-                               "hw-parameters.md §2.1) [C]", ge=1)
+                               "docs/hw-parameters.md §2.1) [C]", ge=1)
     rows: int = param(128, "Word lines (rows) of one macro's array.", unit="rows",
-                      source="NeuroSim V1.4 Param.cpp default subarray 128 x 128 (hw-parameters.md §2.2, §2.3) [C]",
-                      ge=1)
+                      source="NeuroSim V1.4 Param.cpp default subarray 128 x 128 "
+                             "(docs/hw-parameters.md §2.2, §2.3) [C]", ge=1)
     cols: int = param(128, "Bit lines (columns) of one macro's array.", unit="columns",
-                      source="NeuroSim V1.4 Param.cpp default subarray 128 x 128 (hw-parameters.md §2.2, §2.3) [C]",
-                      ge=1)
+                      source="NeuroSim V1.4 Param.cpp default subarray 128 x 128 "
+                             "(docs/hw-parameters.md §2.2, §2.3) [C]", ge=1)
     cell_bits: int = param(1, "Bits stored per cell (1 for an SRAM cell).", unit="bits",
-                           source="hw-parameters.md §2.3 recommended default: 1 b/cell (NeuroSim) [C]", ge=1, le=8)
+                           source="docs/hw-parameters.md §2.3 recommended default: 1 b/cell (NeuroSim) [C]", ge=1,
+                           le=8)
     weight_bits_max: int = param(8, "Widest weight the arrays hold; it spans ceil(bits / cell_bits) adjacent columns.",
-                                 unit="bits", source="hw-parameters.md §2.3 recommended default: 8-b weights across 8 "
-                                                     "adjacent columns", ge=1, le=8)
+                                 unit="bits", source="docs/hw-parameters.md §2.3 recommended default: 8-b weights "
+                                                     "across 8 adjacent columns", ge=1, le=8)
     act_bits_max: int = param(8, "Widest input activation; it enters dac_bits per pass.", unit="bits",
-                              source="DESIGN.md integer semantics (activations of 2 to 8 bits); hw-parameters.md §2.3 "
-                                     "calibrates at 8b x 8b", ge=1, le=8)
+                              source="docs/architecture.md, the integer contract (activations of 2 to 8 bits); "
+                                     "docs/hw-parameters.md §2.3 calibrates at 8b x 8b", ge=1, le=8)
     dac_bits: int = param(1, "Input bits applied per pass (1 = bit-serial inputs).", unit="bits",
-                          source="hw-parameters.md §2.3 recommended default: bit-serial, 1 b per cycle (1-b DAC)",
+                          source="docs/hw-parameters.md §2.3 recommended default: bit-serial, 1 b per cycle (1-b DAC)",
                           ge=1, le=8)
     adc_bits: int = param(7, "Resolution of each conversion of a column partial sum (lossy below lossless_adc_bits).",
                           unit="bits", source="lossless for the defaults: ceil(log2(rows_per_op*(2^dac_bits-1)*"
                                               "(2^cell_bits-1)+1)) = 7 for 64 rows of 1-b cells and 1-b inputs "
-                                              "(hw-parameters.md §2.2 full partial-sum precision); NeuroSim V1.4 "
+                                              "(docs/hw-parameters.md §2.2 full partial-sum precision); NeuroSim V1.4 "
                                               "truncates to 5 b (levelOutput = 32) [C]: set adc_bits=5 to study that",
                           ge=1, le=16)
     rows_per_op: int = param(64, "Word lines switched on together: the rows summed into one partial sum.",
                              unit="rows", source="NeuroSim manual Table VII best case (64 rows); Sinangil et al., "
-                                                 "JSSC 2021, 64 rows (hw-parameters.md §2.3) [C]", ge=1)
+                                                 "JSSC 2021, 64 rows (docs/hw-parameters.md §2.3) [C]", ge=1)
     cols_per_adc: int = param(8, "Columns sharing one ADC, converted one after another.", unit="columns",
-                              source="NeuroSim V1.4 Param.cpp numColMuxed = 8 (hw-parameters.md §2.2, §2.3) [C]", ge=1)
+                              source="NeuroSim V1.4 Param.cpp numColMuxed = 8 (docs/hw-parameters.md §2.2, §2.3) [C]",
+                              ge=1)
     allow_reload: bool = param(True, "Whether weights may be reloaded into the macros during a run when the model "
                                      "needs more cells than macros * rows * cols (false: the lowering rejects such "
-                                     "a model).", source="DESIGN.md Targets: a model larger than all arrays reuses "
-                                                         "them with weight reloads; assumption: reloads allowed")
+                                     "a model).", source="docs/architecture.md, Targets: a model larger than all "
+                                                         "arrays reuses them with weight reloads; assumption: reloads "
+                                                         "allowed")
     skip_zero_blocks: bool = param(True, "Whether passes over all-zero (pruned) row blocks are skipped.",
-                                   source="DESIGN.md Targets: sram-cim skips pruned row blocks (MARS-like block "
-                                          "sparsity)")
+                                   source="docs/architecture.md, Targets: sram-cim skips pruned row blocks (MARS-like "
+                                          "block sparsity)")
     clock_mhz: float = param(1000.0, "Clock of the macros and the digital periphery.", unit="MHz",
-                             source="NeuroSim V1.4 Param.cpp clkFreq = 1e9 (hw-parameters.md §2.2) [C]; PUMA 1 ns "
-                                    "cycle (§1.2)", gt=0)
+                             source="NeuroSim V1.4 Param.cpp clkFreq = 1e9 (docs/hw-parameters.md §2.2) [C]; PUMA "
+                                    "1 ns cycle (docs/hw-parameters.md §1.2)", gt=0)
     mvm_cycles: int = param(1, "Cycles of one pass (word-line drive, bit-line settle), before its conversions.",
-                            unit="cycles", source="assumption: one 1-ns cycle; hw-parameters.md §2.3 gives 1 to 6.9 ns "
-                                                  "per input bit including the ADC", ge=1)
+                            unit="cycles", source="assumption: one 1-ns cycle; docs/hw-parameters.md §2.3 gives 1 to "
+                                                  "6.9 ns per input bit including the ADC", ge=1)
     adc_cycles: int = param(1, "Cycles of one ADC conversion.", unit="cycles",
                             source="NeuroSim V1.4 manual §7: about 1 ns for a 5-b flash ADC at 22 nm "
-                                   "(hw-parameters.md §2.2) [C]", ge=1)
+                                   "(docs/hw-parameters.md §2.2) [C]", ge=1)
     shift_add_cycles: int = param(1, "Cycles of one shift-add of a converted partial sum (one adder per ADC, "
                                      "pipelined behind the conversions).", unit="cycles",
                                   source="assumption: one adder per ADC taking one partial sum per cycle", ge=0)
@@ -95,13 +98,13 @@ class SramCimSpec(Spec):
     vec_op_cycles: int = shared_param("vec_op_cycles")
     dram_bytes_per_cycle: float = param(16.0, "Off-chip (DRAM) bandwidth.", unit="bytes/cycle",
                                         source="assumption: 16 GB/s at 1 GHz, an LPDDR4 x32 channel class "
-                                               "(not in hw-parameters.md)", gt=0)
+                                               "(not in docs/hw-parameters.md)", gt=0)
     act_buffer_bytes: int = param(65536, "Input activation buffer feeding the macros.", unit="bytes",
-                                  source="SCALE-Sim configs/scale.cfg ifmap SRAM 64 kB (hw-parameters.md §1.1) [C], "
-                                         "the npu's size for a like-for-like comparison", ge=1)
+                                  source="SCALE-Sim configs/scale.cfg ifmap SRAM 64 kB (docs/hw-parameters.md §1.1) "
+                                         "[C], the npu's size for a like-for-like comparison", ge=1)
     out_buffer_bytes: int = param(65536, "Output buffer collecting the macros' results.", unit="bytes",
-                                  source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (hw-parameters.md §1.1) [C], "
-                                         "the npu's size for a like-for-like comparison", ge=1)
+                                  source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (docs/hw-parameters.md §1.1) "
+                                         "[C], the npu's size for a like-for-like comparison", ge=1)
     mvm_cell_pj: float = param(0.001116, "Energy of one cell in one pass: one word line on, one input slice, one "
                                          "column (word-line drive and array; ADC and shift-add apart).", unit="pJ",
                                source=f"[D] 62 % (word line/DAC 22 % + array 40 %, Wang et al., VLSI 2022 split [C]) "
@@ -114,17 +117,17 @@ class SramCimSpec(Spec):
                                        "partial sum", ge=0)
     write_bit_pj: float = param(0.0016, "Energy to write one weight bit into an array.", unit="pJ",
                                 source="MNSIM 2.0 SimConfig.ini Write_Energy = 1.6 fJ/bit, 28 nm reference "
-                                       "(hw-parameters.md §2.2, §2.3) [C]", ge=0)
+                                       "(docs/hw-parameters.md §2.2, §2.3) [C]", ge=0)
     vec_op_pj: float = shared_param("vec_op_pj")
     vec_mul_pj: float = shared_param("vec_mul_pj")
     buffer_pj_per_byte: float = shared_param("buffer_pj_per_byte")
     noc_pj_per_byte: float = param(0.174, "Energy to move one byte between a buffer and a macro (on-chip bus).",
                                    unit="pJ/byte",
                                    source="[U] Eyeriss (Chen et al., ISCA 2016) Table IV: NoC about 2x a MAC "
-                                          f"(hw-parameters.md §1.1): 2 x 0.30 pJ {SCALE_45_TO_22NM}", ge=0)
+                                          f"(docs/hw-parameters.md §1.1): 2 x 0.30 pJ {SCALE_45_TO_22NM}", ge=0)
     dram_pj_per_byte: float = param(64.0, "Energy to move one byte from or to DRAM (weight reloads, spills).",
                                     unit="pJ/byte", source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit "
-                                                           "(hw-parameters.md §1.1, §1.2) [C]", ge=0)
+                                                           "(docs/hw-parameters.md §1.1, §1.2) [C]", ge=0)
 
     def check(self) -> Iterator[str]:
         """Word lines and ADC columns fit the array, a weight fits in a row, a DAC slice in an input."""
