@@ -15,6 +15,7 @@ from cimc.ops import (  # noqa: F401
     lowered,
     nn,
     norm,
+    pool,
     quant,
     quantized,
     reduce,
