@@ -232,6 +232,12 @@ def _resize(spec: NodeSpec, g: Graph) -> None:
         spec.attrs.setdefault("nearest_mode", "floor")
 
 
+@_rule("DFT")
+def _dft(spec: NodeSpec, g: Graph) -> None:
+    if spec.since < 20:  # opset 17: axis an attribute, default 1
+        _operand(spec, g, 2, np.asarray(spec.attrs.pop("axis", 1), np.int64))
+
+
 @_rule("Scatter")
 def _scatter(spec: NodeSpec, g: Graph) -> None:
     spec.op = "ScatterElements"

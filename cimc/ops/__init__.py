@@ -21,6 +21,7 @@ from cimc.ops import (  # noqa: F401
     reduce,
     resize,
     rnn,
+    signal,
     tensor,
     unary,
 )
