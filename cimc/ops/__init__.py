@@ -8,8 +8,10 @@ operand), so each op has one meaning.
 from cimc.ops import (  # noqa: F401
     attention,
     binary,
+    detection,
     einsum,
     elementwise,
+    grid,
     indexing,
     layout,
     lowered,
