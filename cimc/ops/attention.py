@@ -1,4 +1,5 @@
-"""Built-in ops: transformer blocks ONNX defines as single ops (Attention, RotaryEmbedding, SwiGLU).
+"""Built-in ops: transformer and sequence-model blocks ONNX defines as single ops (Attention,
+RotaryEmbedding, SwiGLU, LinearAttention, CausalConvWithState).
 
 ``Attention`` (opset 23-25): Q, K, V as ``[batch, heads, seq, head_size]`` or ``[batch, seq,
 heads*head_size]`` (3-D, with ``q_num_heads``/``kv_num_heads``). ``present_k/v`` are the past cache
@@ -14,7 +15,9 @@ Products sum in float32 (float64 for float64 or under ``reproducible_floats``), 
 
 ``RotaryEmbedding`` rotates pairs of the first ``rotary_embedding_dim`` features of each head (halves,
 or even/odd when ``interleaved``) by the cached cos/sin of each position. ``SwiGLU``:
-``a * sigmoid(alpha * a) * b``.
+``a * sigmoid(alpha * a) * b``. ``LinearAttention`` (opset 27) runs the recurrent state update of
+linear/gated/delta attention step by step; ``CausalConvWithState`` is a depthwise causal 1-D
+convolution that carries its last k-1 inputs as state.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, define_op
 from cimc.ir.types import Dim, TensorType, dtype_from_onnx_code
 from cimc.ops._infer import require
-from cimc.ops.nn import exact_matmul, float_compute_dtype
+from cimc.ops.nn import conv, exact_matmul, float_compute_dtype
 
 
 def _where(ctx: InferContext) -> str:
@@ -196,3 +199,86 @@ def swiglu(ctx, a, b):
     u = a.astype(np.float32) if a.dtype.itemsize < 4 else a
     gate = (1 / (1 + np.exp(-np.asarray(ctx.attrs["alpha"], u.dtype) * u))).astype(a.dtype)
     return (a * gate * b).astype(a.dtype)
+
+
+def _linear_attention_type(ctx: InferContext) -> list[TensorType]:
+    q, v = require(ctx, 0), require(ctx, 2)
+    qh, kvh = ctx.attrs["q_num_heads"], ctx.attrs["kv_num_heads"]
+    if not qh or not kvh or qh % kvh:
+        raise VerifyError(f"{_where(ctx)}: q_num_heads ({qh}) must be a positive multiple of kv_num_heads ({kvh})")
+    if q.shape is None or v.shape is None:
+        return [TensorType(q.dtype, None), TensorType(q.dtype, None)][: ctx.num_outputs]
+    dk = q.shape[2] // qh if isinstance(q.shape[2], int) else None
+    dv = v.shape[2] // kvh if isinstance(v.shape[2], int) else None
+    state = ctx.types[3] if ctx.has(3) else None
+    return [TensorType(q.dtype, (q.shape[0], q.shape[1], dv * qh if dv is not None else None)),
+            TensorType(state.dtype if state is not None else q.dtype, (q.shape[0], kvh, dk, dv))][: ctx.num_outputs]
+
+
+@define_op("LinearAttention", inputs=(3, 6), outputs=(1, 2), infer=_linear_attention_type, attrs={
+    "chunk_size": AttrSpec("int", 64, "a tuning hint; no effect on the result"),
+    "kv_num_heads": AttrSpec("int", None, "key/value heads"),
+    "q_num_heads": AttrSpec("int", None, "query heads (a multiple of kv_num_heads)"),
+    "scale": AttrSpec("float", 0.0, "output scale (0: 1/sqrt(key head size))"),
+    "update_rule": AttrSpec("str", "gated_delta", "linear, gated, delta or gated_delta")},
+    verify=lambda n: None if n.attrs.get("update_rule", "gated_delta") in ("linear", "gated", "delta", "gated_delta")
+    else f"update_rule is {n.attrs['update_rule']!r}, expected linear, gated, delta or gated_delta")
+def linear_attention(ctx, q, k, v, past=None, decay=None, beta=None):
+    """Recurrent linear attention: per step, the [d_k, d_v] state of each key head decays by exp(decay)
+    (gated rules), takes ``k v^T`` (delta rules: ``k (beta (v - S^T k))^T``), and answers
+    ``scale * q^T S``; returns the output and the final state."""
+    a = ctx.attrs
+    qh, kvh = a["q_num_heads"], a["kv_num_heads"]
+    gated, delta = a["update_rule"] in ("gated", "gated_delta"), a["update_rule"] in ("delta", "gated_delta")
+    if gated != (decay is not None) or delta != (beta is not None):
+        raise CimcError(f"LinearAttention update_rule {a['update_rule']!r} needs decay {'given' if gated else 'absent'}"
+                        f" and beta {'given' if delta else 'absent'}")
+    b, t, _ = q.shape
+    q4, k4, v4 = (_heads(u, n).astype(np.float32) for u, n in ((q, qh), (k, kvh), (v, kvh)))
+    dk, dv = q4.shape[3], v4.shape[3]
+    state = np.zeros((b, kvh, dk, dv), np.float32) if past is None else past.astype(np.float32)
+    if gated:
+        g = decay.astype(np.float32).reshape(b, t, kvh, -1).transpose(0, 2, 1, 3)  # (b, kvh, t, 1 or dk)
+    if delta:
+        be = beta.astype(np.float32).reshape(b, t, beta.shape[-1], 1).transpose(0, 2, 1, 3)
+    scale = a["scale"] or 1 / np.sqrt(dk)
+    out = np.zeros((b, qh, t, dv), np.float32)
+    for i in range(t):
+        kt, vt = k4[:, :, i], v4[:, :, i]
+        if gated:
+            state = state * np.exp(g[:, :, i])[..., None]
+        if delta:
+            vt = be[:, :, i] * (vt - np.einsum("bhdm,bhd->bhm", state, kt))
+        state = state + kt[..., :, None] * vt[..., None, :]
+        read = np.repeat(state, qh // kvh, axis=1) if qh != kvh else state
+        out[:, :, i] = scale * np.einsum("bhd,bhdm->bhm", q4[:, :, i], read)
+    y = out.transpose(0, 2, 1, 3).reshape(b, t, qh * dv).astype(q.dtype)
+    return y, state.astype(q.dtype if past is None else past.dtype)
+
+
+def _causal_conv_type(ctx: InferContext) -> list[TensorType]:
+    x, w = require(ctx, 0), require(ctx, 1)
+    if x.rank is not None and x.rank != 3:
+        raise VerifyError(f"{_where(ctx)}: input must be [batch, channels, length], is {x}")
+    k = w.shape[2] if w.shape is not None and len(w.shape) == 3 else None
+    state = (x.shape[0], x.shape[1], k - 1 if isinstance(k, int) else None) if x.shape is not None else None
+    return [TensorType(x.dtype, x.shape), TensorType(x.dtype, state)][: ctx.num_outputs]
+
+
+@define_op("CausalConvWithState", inputs=(2, 4), outputs=(1, 2), infer=_causal_conv_type,
+           attrs={"activation": AttrSpec("str", "none", "none, or silu/swish applied to the result")},
+           verify=lambda n: None if n.attrs.get("activation", "none") in ("none", "silu", "swish")
+           else f"activation is {n.attrs['activation']!r}, expected none, silu or swish")
+def causal_conv_with_state(ctx, x, w, bias=None, past=None):
+    """Depthwise causal 1-D convolution continuing from ``past_state`` (the previous k-1 inputs,
+    zeros if absent); returns the output and the last k-1 inputs as the new state."""
+    batch, channels, _ = x.shape
+    k = w.shape[2]
+    pad = np.zeros((batch, channels, k - 1), x.dtype) if past is None else past.astype(x.dtype)
+    padded = np.concatenate([pad, x], axis=2)
+    y = conv(padded, w, bias, strides=[1], dilations=[1], pads_begin=[0], pads_end=[0],
+             out=[x.shape[2]], group=channels)
+    if ctx.attrs["activation"] in ("silu", "swish"):
+        u = y.astype(np.float32)
+        y = (u / (1 + np.exp(-u))).astype(x.dtype)
+    return y, np.ascontiguousarray(padded[:, :, padded.shape[2] - (k - 1):])

@@ -9,7 +9,9 @@ Activations, with ONNX's defaults: ``Elu`` ``x<0: alpha*(e^x-1)``; ``Selu`` ``ga
 alpha*(e^x-1), else x)``; ``Celu`` ``max(0,x) + min(0, alpha*(e^(x/alpha)-1))``; ``ThresholdedRelu``
 ``x>alpha: x, else 0``; ``Softplus`` ``log(1+e^x)`` (as ``logaddexp(x, 0)``, no overflow);
 ``Softsign`` ``x/(1+|x|)``; ``Mish`` ``x*tanh(softplus(x))``; ``Swish`` ``x*sigmoid(alpha*x)``;
-``Shrink`` ``x<-lambd: x+bias; x>lambd: x-bias; else 0`` (any numeric type).
+``Shrink`` ``x<-lambd: x+bias; x>lambd: x-bias; else 0`` (any numeric type). Also ``Det`` (the
+determinant of each square matrix in the last two dims) and ``BitCast`` (the same bits as another
+type of the same width).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 from cimc.errors import VerifyError
-from cimc.ir.opdef import AttrSpec, InferContext, define_op
-from cimc.ir.types import DType, TensorType
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
+from cimc.ir.types import DType, TensorType, dtype_from_onnx_code
 from cimc.ops._infer import require
 
 __all__ = ["FLOAT_FUNCTIONS"]
@@ -182,3 +184,32 @@ def shrink(ctx, x):
     u = x.astype(np.float64)
     y = np.where(u < -lambd, u + bias, np.where(u > lambd, u - bias, 0.0))
     return y.astype(x.dtype)
+
+
+def _det_type(ctx: InferContext) -> list[TensorType]:
+    t = _check(ctx, _is_float, "a float type")
+    if t.shape is not None and len(t.shape) < 2:
+        raise VerifyError(f"node {ctx.node.name!r} (Det): X must have rank >= 2, is {t}")
+    return [TensorType(t.dtype, None if t.shape is None else t.shape[:-2])]
+
+
+@define_op("Det", infer=_det_type)
+def det(ctx, x):
+    """The determinants of the square matrices in the last two dims (LU in float64)."""
+    return np.asarray(np.linalg.det(x.astype(np.float64))).astype(x.dtype)
+
+
+def _bitcast_type(ctx: InferContext) -> list[TensorType]:
+    t = require(ctx, 0)
+    to = dtype_from_onnx_code(ctx.attrs["to"], f"node {ctx.node.name!r} (BitCast)")
+    if to.numpy.itemsize != t.dtype.numpy.itemsize or DType.str in (to, t.dtype) or \
+            DType.i4 in (to, t.dtype) or DType.u4 in (to, t.dtype):
+        raise VerifyError(f"node {ctx.node.name!r} (BitCast): {t.dtype.value} and {to.value} differ in width")
+    return [TensorType(to, t.shape)]
+
+
+@define_op("BitCast", infer=_bitcast_type,
+           attrs={"to": AttrSpec("int", REQUIRED, "ONNX element-type code of the result (same bit width)")})
+def bitcast(ctx, x):
+    """The same bits read as another element type of the same width (little endian)."""
+    return np.array(x, order="C").view(dtype_from_onnx_code(ctx.attrs["to"]).numpy)
