@@ -164,7 +164,9 @@ def _col2im_type(ctx: InferContext) -> list[TensorType]:
     x = require(ctx, 0)
     image, block = ctx.const(1), ctx.const(2)
     if image is None or block is None or x.shape is None:
-        return [TensorType(x.dtype, None)]
+        it = ctx.types[1]
+        r = it.shape[0] if it is not None and it.shape is not None and len(it.shape) == 1 else None
+        return [TensorType(x.dtype, None if not isinstance(r, int) else (None,) * (r + 2))]
     c = x.shape[1] // math.prod(int(b) for b in block) if isinstance(x.shape[1], int) else None
     return [TensorType(x.dtype, (x.shape[0], c, *(int(v) for v in image)))]
 

@@ -234,8 +234,8 @@ class _Builder:
             for i, p in enumerate(pieces):
                 try:
                     vals.append(conv(p.strip()))
-                    if dtype.is_int:
-                        np.array(vals[-1], wide)
+                    if dtype.is_int and not np.iinfo(wide).min <= vals[-1] <= np.iinfo(wide).max:
+                        raise OverflowError  # (numpy 1.x would wrap it silently)
                 except (ValueError, KeyError, OverflowError):
                     kind = "true or false" if dtype is DType.bool else f"a {dtype.value} number"
                     raise self.element_error(tok, pieces, i, f"{what}: element {i} is "
