@@ -38,8 +38,6 @@ UNSUPPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "random": ("random ops are not supported (a compiled program is deterministic)",
                ("Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform",
                 "RandomUniformLike")),
-    "training": ("training losses are not supported (cimc compiles inference graphs)",
-                 ("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")),
     "qoperator": ("pre-quantized operator-form (QOperator) layers are not imported yet; export the model "
                   "in the QDQ form (QuantizeLinear/DequantizeLinear around float ops)",
                   ("ConvInteger", "DynamicQuantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul")),

@@ -14,6 +14,7 @@ from cimc.ops import (  # noqa: F401
     grid,
     indexing,
     layout,
+    loss,
     lowered,
     nn,
     norm,
