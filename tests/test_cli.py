@@ -150,9 +150,10 @@ def test_passes_lists_options(capsys):
     assert "    max-size: int = 268435456  Largest constant" in out
 
 
-def test_console_script_entry_point():
+def test_console_script_entry_point(tmp_path):
+    # run away from the source tree, which ``-m`` would put first on sys.path (as a plain install is used)
     r = subprocess.run([sys.executable, "-m", "cimc.cli", "opt", "nowhere.cimir", "-p", "fold-constnts"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == ("cimc: error: <pipeline>:1:1: unknown pass 'fold-constnts'; did you mean "
                         "'fold-constants'? (`cimc passes` lists them)\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cimc.passes
@@ -76,6 +76,7 @@ def test_empty_pipeline():
     assert parse("").passes == () and parse("  ").passes == () and str(Pipeline()) == ""
 
 
+@settings(deadline=None)  # no timing in unit tests: a busy CI machine is slow, not wrong
 @given(bits=st.integers(-(2**40), 2**40), ratio=st.floats(allow_nan=False),
        label=st.text(max_size=12), tile=st.lists(st.integers(0, 999), max_size=4),
        limit=st.none() | st.integers(0, 10), path=st.none() | st.text(max_size=8))
