@@ -7,31 +7,40 @@ instructions, e.g. a compiled ``program.cimir``, and an op no one defines is an 
 and column), ``compile`` (a target's program, report and checks, see
 :mod:`cimc.driver`), ``passes`` (the registry with options and docs), ``targets`` (every target with
 its hardware parameters), ``ops`` (every op, or the full reference of some ops or of a target's
-instructions, :mod:`cimc.opref`). ``--plugin FILE.py`` imports
-a Python file first, so the passes and targets it registers can be named. Every
-error a user can cause (``CimcError``, ``OSError``, undecodable files) becomes one line
-``cimc: error: ...`` on stderr and exit status 2; ``--debug`` shows the traceback instead.
-``compile --verify`` exits with status 1 when the program differs from the integer reference where it
-must equal it.
-Output files are written to a temporary file and moved into place, so a failed run never leaves
-half a file.
+instructions, :mod:`cimc.opref`). ``--plugin FILE.py`` imports a Python file first, so the passes and
+targets it registers can be named.
+
+One line per error: every error a user can cause (``CimcError``, ``OSError``) becomes one line
+``cimc: error: ...`` on stderr and exit status 2; ``--debug`` shows the traceback instead. Anything
+else is an internal error, also one line, marked as such. A plugin that raises anything or exits
+(``BaseException``, ``SystemExit`` included) is an error naming the plugin. numpy's floating-point
+warnings are off during a run (the checks that matter raise errors), and the warnings cimc logs are
+held back and printed after a successful run, so a failing run prints exactly its error line.
+SIGTERM is handled like Ctrl-C (SIGINT): outputs in progress are removed, ``cimc: interrupted``,
+exit status 128 + the signal number. Output files are checked before any work and written
+atomically (:mod:`cimc.fileio`), so a failed run never leaves half a file. ``--max-tensor-size``
+sets the limit on any one tensor cimc allocates or reads (:mod:`cimc.limits`). ``compile --verify``
+exits with status 1 when the program differs from the integer reference where it must equal it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
+import signal
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import cimc
-from cimc.errors import CimcError, InputError
+from cimc.errors import CimcError, InputError, describe_exception
+from cimc.fileio import check_output_directory, check_output_file, write_atomic
 from cimc.npzio import read_npy, read_npz, write_npz
 
 if TYPE_CHECKING:
@@ -44,69 +53,13 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 
-def _writable(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: cannot write it, directory {path.parent} does not exist")
-    return path
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load(path: str | Path) -> ModelSource:
-    """Read a model (``.onnx``, ``.cimir`` or a bundled ``zoo:NAME``) with what it came from; a
-    ``.cimir`` may be a compiled program, so every target's instructions are defined first."""
+    """Read a model (``.onnx``, ``.cimir`` or a bundled ``zoo:NAME``) with what it came from (a
+    ``.cimir`` may be a compiled program: :func:`cimc.text.load_graph` defines every target's
+    instructions first)."""
     from cimc.driver import load_source
 
-    cimir = Path(str(path)).suffix == ".cimir"
-    if cimir:
-        _register_target_ops()
-    source = load_source(path)
-    if cimir:
-        _check_ops(source.graph, Path(path))
-    return source
-
-
-def _register_target_ops() -> None:
-    from cimc.targets import all_targets
-
-    for cls in all_targets().values():
-        cls().register_ops()
-
-
-def _check_ops(graph: Graph, path: Path) -> None:
-    """A ``ParseError`` at the line and column of the first node whose op no one defines."""
-    import difflib
-    import re
-
-    from cimc.errors import ParseError
-    from cimc.ir.opdef import all_ops
-
-    known = all_ops()
-    for node in graph.nodes:
-        if node.op in known:
-            continue
-        line = col = None
-        op = re.escape(node.op)
-        for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if m := re.search(rf'= (?:{op}|"{op}")\(.*loc\("{re.escape(node.name)}"\)', text) or (
-                    line is None and re.search(rf'= (?:{op}|"{op}")\(', text)):
-                line, col = i, m.start() + 3
-                if "loc(" in m.group(0):
-                    break
-        close = difflib.get_close_matches(node.op, list(known), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ParseError(f"node {node.name!r}: unknown op '{node.op}'; {hint}(`cimc` defines the ONNX ops, q.*, "
-                         f"vec.* and each target's instructions)", source=str(path), line=line, column=col)
+    return load_source(path)
 
 
 def save(graph: Graph, path: str | Path | None) -> None:
@@ -116,7 +69,7 @@ def save(graph: Graph, path: str | Path | None) -> None:
 
         sys.stdout.write(print_graph(graph).rstrip("\n") + "\n")
         return
-    path = _writable(path)
+    path = _output_file(path)
     if path.suffix == ".cimir":
         from cimc.text import save_graph
 
@@ -125,13 +78,21 @@ def save(graph: Graph, path: str | Path | None) -> None:
         from cimc.onnx_io import save_model
 
         save_model(graph, path)
-    else:
-        raise InputError(f"{path}: unknown output type {path.suffix or '(none)'!r}; "
-                         f"expected .cimir or .onnx")
     logger.info("wrote %s", path)
 
 
+def _output_file(path: str | Path, suffixes: tuple[str, ...] = (".cimir", ".onnx")) -> Path:
+    """``path`` checked as an output file of one of ``suffixes`` (before any work is done)."""
+    p = check_output_file(path)
+    if p.suffix not in suffixes:
+        raise InputError(f"{path}: unknown output type {p.suffix or '(none)'!r}; expected "
+                         + " or ".join(suffixes))
+    return p
+
+
 def _cmd_import(args: argparse.Namespace) -> None:
+    if args.output is not None:
+        _output_file(args.output)
     save(load(args.model).graph, args.output)
 
 
@@ -141,6 +102,8 @@ def _cmd_opt(args: argparse.Namespace) -> None:
     from cimc.pipeline import Pipeline
 
     pipeline = Pipeline.parse(args.pipeline)  # before loading, so a typo fails fast
+    if args.output is not None:
+        _output_file(args.output)
     target = _target(args)
     for pass_ in pipeline.passes:  # before loading too: a missing target, options beyond it
         pass_.check(target)
@@ -180,7 +143,7 @@ def _summary(outputs: dict[str, np.ndarray]) -> str:
 def _calibration(args: argparse.Namespace, source: ModelSource) -> dict[str, np.ndarray] | None:
     """``--calibration``'s arrays; for a bundled model without it, the zoo's calibration set."""
     if args.calibration:
-        return read_npz(args.calibration)
+        return read_npz(args.calibration, "--calibration")
     if source.zoo is not None:
         from cimc import zoo
 
@@ -192,6 +155,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from cimc.interpreter import run
     from cimc.verify import compare, top1_accuracy
 
+    if args.output is not None:
+        check_output_file(args.output)
     source = load(args.input)
     graph = source.graph
     labels = read_npy(args.labels, "--labels") if args.labels else None
@@ -203,7 +168,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
             raise InputError("--test-set needs a bundled model (zoo:NAME); give other models --inputs")
         inputs, labels = {source.zoo.input_name: source.zoo.x_test}, source.zoo.y_test
     elif args.inputs:
-        inputs = read_npz(args.inputs)
+        inputs = read_npz(args.inputs, "--inputs")
         if labels is not None:
             from cimc.verify import check_labels
 
@@ -239,8 +204,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         from cimc.onnx_io.runtime import run_onnxruntime
 
         sys.stdout.write(f"against onnxruntime: {compare(outputs, run_onnxruntime(source.onnx, inputs))}\n")
-    if args.output:
-        _write_atomic(_writable(args.output), lambda f: write_npz(f, outputs))
+    if args.output is not None:
+        write_atomic(args.output, lambda f: write_npz(f, outputs))
 
 
 def _cmd_passes(args: argparse.Namespace) -> None:
@@ -290,12 +255,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     target = _target(args)
     assert target is not None
     stem = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
-    out = Path(args.output or f"{stem}.{target.name}.cimc")
-    if out.exists() and not args.force:  # fail before the work
-        raise InputError(f"{out} already exists; remove it, choose another with -o, or replace it with --force")
+    out = check_output_directory(f"{stem}.{target.name}.cimc" if args.output is None else args.output,
+                                 args.force)  # before the work
     compiled = compile_model(args.model, target, pipeline=args.pipeline, seed=args.seed, verify=args.verify,
-                             calibration=read_npz(args.calibration) if args.calibration else None,
-                             inputs=read_npz(args.inputs) if args.inputs else None,
+                             calibration=read_npz(args.calibration, "--calibration") if args.calibration else None,
+                             inputs=read_npz(args.inputs, "--inputs") if args.inputs else None,
                              labels=read_npy(args.labels, "--labels") if args.labels else None,
                              verify_each=args.verify_each)
     out = compiled.save(out, force=args.force)
@@ -312,13 +276,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _load_plugins(files: Sequence[str]) -> None:
-    """Import each plugin file (its ``register_pass``/``register_target`` calls take effect)."""
+    """Import each plugin file (its ``register_pass``/``register_target`` calls take effect); a plugin
+    that raises anything or exits is an error naming it."""
     import importlib.util
 
+    from cimc.fileio import regular_file
+
     for i, file in enumerate(files):
-        path = Path(file)
-        if not path.is_file():
-            raise InputError(f"--plugin {file}: no such file")
+        path = regular_file(file, "--plugin")
         spec = importlib.util.spec_from_file_location(f"cimc_plugin_{i}_{path.stem}", path)
         if spec is None or spec.loader is None:
             raise InputError(f"--plugin {file}: not a Python file that can be imported")
@@ -326,9 +291,30 @@ def _load_plugins(files: Sequence[str]) -> None:
         sys.modules[spec.name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             sys.modules.pop(spec.name, None)
-            raise InputError(f"--plugin {file}: loading it failed: {_one_line(e)}") from e
+            raise InputError(f"--plugin {file}: loading it failed: {describe_exception(e)}") from e
+
+
+def _natural(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = _natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("0 is not allowed; give 1 or more")
+    return value
 
 
 def _add_target_args(s: argparse.ArgumentParser, default: str | None) -> None:
@@ -362,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import this Python file first, so the passes/targets it registers can be used (repeatable)")
+    p.add_argument("--max-tensor-size", metavar="SIZE",
+                   help="largest tensor cimc may allocate or read, e.g. 2G (default: 1/8 of the memory)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("import", help="read an ONNX model and print or write it as .cimir")
@@ -381,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dump-dir", metavar="DIR", help="write a reproducer here when a pass fails")
     s.add_argument("--timing", action="store_true", help="print the time each pass took to stderr")
     s.add_argument("--calibration", metavar="NPZ", help="sample inputs (by graph input name) for passes that calibrate")
-    s.add_argument("--seed", type=int, default=0, help="seed for passes that draw random numbers")
+    s.add_argument("--seed", type=_natural, default=0, help="seed for passes that draw random numbers")
     _add_target_args(s, None)
     s.set_defaults(func=_cmd_opt)
 
@@ -400,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare-onnxruntime", action="store_true",
                    help="also run the original ONNX model in onnxruntime and report max abs error, "
                         "cosine similarity and top-1 agreement")
-    s.add_argument("--seed", type=int, default=0, help="seed for random inputs and noisy ops")
-    s.add_argument("--batch", type=int, default=1, help="size of symbolic dims for random inputs")
+    s.add_argument("--seed", type=_natural, default=0, help="seed for random inputs and noisy ops")
+    s.add_argument("--batch", type=_positive, default=1, help="size of symbolic dims for random inputs")
     s.add_argument("-o", "--output", help="write the outputs to this .npz, by graph output name")
     _add_target_args(s, None)
     s.set_defaults(func=_cmd_run)
@@ -422,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", metavar="NPY", help="integer class labels for --verify (.npy, one per verification "
                                                    "input): top-1 of program, quantized and float model")
     s.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
-    s.add_argument("--seed", type=int, default=0, help="seed for random inputs, calibration and noisy ops")
+    s.add_argument("--seed", type=_natural, default=0, help="seed for random inputs, calibration and noisy ops")
     s.set_defaults(func=_cmd_compile)
 
     s = sub.add_parser("passes", help="list the passes with their options")
@@ -441,35 +429,89 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        msg = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    elif isinstance(e, CimcError | OSError):
-        msg = str(e)
-    else:
-        msg = f"{type(e).__name__}: {e}"
-    return "; ".join(part.strip() for part in msg.splitlines() if part.strip())
+class Interrupted(KeyboardInterrupt):
+    """A signal asked cimc to stop (SIGTERM is handled like SIGINT's ``KeyboardInterrupt``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM raises ``Interrupted`` while the command runs (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _HeldWarnings(logging.Handler):
+    """Log records of WARNING and above are kept until the run ends (printed after a success, dropped
+    after an error unless -v); lower levels are printed as they come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+        self.setFormatter(logging.Formatter("cimc: %(levelname)s: %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Hold or print one record."""
+        line = " ".join(self.format(record).split("\n"))
+        if record.levelno >= logging.WARNING:
+            self.held.append(line)
+        else:
+            sys.stderr.write(line + "\n")
+
+    def flush_held(self) -> None:
+        """Print the held records."""
+        for line in self.held:
+            sys.stderr.write(line + "\n")
+        self.held.clear()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cimc`` command; return the exit status (0 ok, 1 ``compile --verify`` found the program
-    different from the integer reference where it must be exact, 2 error)."""
+    different from the integer reference where it must be exact, 2 error, 128 + N on signal N)."""
+    from cimc.limits import max_tensor_bytes, parse_size, set_max_tensor_bytes
+
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="cimc: %(levelname)s: %(name)s: %(message)s", force=True)
+    handler = _HeldWarnings()
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    limit = max_tensor_bytes()
     try:
-        _load_plugins(args.plugin)
-        status = args.func(args) or 0
-    except KeyboardInterrupt:
+        with _signals(), np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy's floating-point warnings
+            if args.max_tensor_size is not None:
+                set_max_tensor_bytes(parse_size(args.max_tensor_size))
+            _load_plugins(args.plugin)
+            status = args.func(args) or 0
+    except KeyboardInterrupt as e:
         sys.stderr.write("cimc: interrupted\n")
-        return 130
-    except Exception as e:
+        return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+    except BaseException as e:
         if args.debug:
             raise
-        internal = not isinstance(e, CimcError | OSError) and type(e).__name__ != "DecodeError"
+        if args.verbose:
+            handler.flush_held()
+        internal = not isinstance(e, CimcError | OSError | SystemExit) and type(e).__name__ != "DecodeError"
         hint = " (an internal error; --debug shows the traceback)" if internal else ""
-        sys.stderr.write(f"cimc: error: {_one_line(e)}{hint}\n")
+        sys.stderr.write(f"cimc: error: {describe_exception(e)}{hint}\n")
         return 2
+    finally:
+        set_max_tensor_bytes(limit)
+        logging.captureWarnings(False)
+    handler.flush_held()
     return status
 
 

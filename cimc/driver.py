@@ -138,6 +138,8 @@ def _named(arrays: Mapping[str, np.ndarray] | np.ndarray, graph: Graph, what: st
     names = {v.name for v in graph.inputs}
     if missing := sorted(names - set(arrays)):
         raise InputError(f"{what}: no arrays for inputs {missing} (given: {sorted(arrays)})")
+    if extra := sorted(set(arrays) - names):
+        raise InputError(f"{what}: arrays {extra} name no graph input (the graph takes {sorted(names)})")
     return {k: np.asarray(arrays[k]) for k in sorted(names)}
 
 
@@ -343,6 +345,10 @@ def _verify_inputs(src: ModelSource, graph: Graph, calibration: dict[str, np.nda
         logger.warning("no verification inputs given for %s: verifying on %d seeded random inputs; give real "
                        "samples (inputs=..., --inputs x.npz) for meaningful figures", src.label, SAMPLES)
         sample, where = random_inputs(graph, seed + 1, SAMPLES), "random (seeded)"
+    for name, a in sample.items():
+        if a.ndim == 0 or a.shape[0] == 0:
+            raise InputError(f"verification inputs ({where}): input {name!r} has no samples (shape "
+                             f"{list(a.shape)}); give at least one, batch on axis 0")
     if labels is not None:
         samples = int(next(iter(sample.values())).shape[0]) if sample else 0
         labels = check_labels(labels, samples)

@@ -14,6 +14,8 @@ __all__ = [
     "PassError",
     "UnsupportedOpError",
     "VerifyError",
+    "describe_exception",
+    "quote",
 ]
 
 
@@ -32,7 +34,12 @@ class ParseError(CimcError):
 
 
 class VerifyError(CimcError):
-    """The IR breaks an invariant (types, order, use-def links, op schema)."""
+    """The IR breaks an invariant (types, order, use-def links, op schema); ``node`` names the first
+    node at fault, if one is."""
+
+    def __init__(self, message: str, *, node: str | None = None) -> None:
+        self.node = node
+        super().__init__(message)
 
 
 class UnsupportedOpError(CimcError):
@@ -45,3 +52,26 @@ class InputError(CimcError):
 
 class PassError(CimcError):
     """A pass failed; the message names the pass and the ones that ran before it."""
+
+
+def quote(text: str, limit: int = 60) -> str:
+    """``repr(text)``, cut to about ``limit`` characters with ``...`` when longer (user strings in
+    messages: an error line stays one readable line whatever was typed)."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def describe_exception(e: BaseException) -> str:
+    """One line saying what ``e`` is: a cimc error or an OS error by its message, ``exit(3)`` for a
+    ``SystemExit``, anything else as ``Type: message``."""
+    if isinstance(e, SystemExit):
+        msg = f"it called exit({e.code!r})" if e.code is not None else "it called exit()"
+    elif isinstance(e, OSError) and e.strerror:
+        msg = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    elif isinstance(e, CimcError | OSError):
+        msg = str(e)
+    else:
+        msg = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return "; ".join(part.strip() for part in msg.splitlines() if part.strip())

@@ -23,6 +23,7 @@ import numpy as np
 from cimc.errors import CimcError, InputError
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import OpContext, OpDef, lookup
+from cimc.limits import check_size
 from cimc.ops.nn import reproducible_floats
 
 __all__ = ["ExecutionError", "Interpreter", "check_inputs", "random_inputs", "run"]
@@ -50,6 +51,8 @@ def check_inputs(graph: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarra
     out = {}
     for name, v in want.items():
         array = np.asarray(inputs[name])
+        if not array.dtype.isnative:  # byte order is storage, not type
+            array = array.astype(array.dtype.newbyteorder("="))
         why = v.type.accepts(array)
         if why:
             raise InputError(f"input {name!r}: {why}")
@@ -59,7 +62,8 @@ def check_inputs(graph: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarra
 
 def random_inputs(graph: Graph, seed: int, batch: int = 1) -> dict[str, np.ndarray]:
     """Seeded inputs for every graph input: floats standard normal, integers in 0..7, booleans fair
-    coins; symbolic dims become ``batch``. An ``InputError`` for inputs it cannot make up."""
+    coins; symbolic dims become ``batch``. An ``InputError`` for inputs it cannot make up or that
+    would pass the tensor size limit (:mod:`cimc.limits`)."""
     rng = np.random.default_rng(seed)
     out = {}
     for v in graph.inputs:
@@ -67,6 +71,7 @@ def random_inputs(graph: Graph, seed: int, batch: int = 1) -> dict[str, np.ndarr
         if t.shape is None:
             raise InputError(f"input {v.name!r} has unknown rank; give its values (--inputs)")
         shape = tuple(d if isinstance(d, int) else batch for d in t.shape)
+        check_size(f"random input {v.name!r}", shape, 8)  # drawn in 64 bits, then cast
         if t.dtype.is_float:
             out[v.name] = rng.standard_normal(shape).astype(t.dtype.numpy)
         elif t.dtype.name == "bool":

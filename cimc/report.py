@@ -2,9 +2,10 @@
 directory, written atomically and deterministically.
 
 Directory contents: ``program.cimir`` (+ ``program.npz``: the array images and large constants),
-``quantized.cimir`` (+ ``quantized.npz``), ``report.json``, ``report.txt``, ``timings.json``. It is built in a
-temporary directory beside the destination and moved into place with one ``os.rename``; with
-``force`` an existing directory is renamed away first and deleted after the new one is in place.
+``quantized.cimir`` (+ ``quantized.npz``), ``report.json``, ``report.txt``, ``timings.json``, and the marker
+``.cimc-output``. It is built in a temporary directory beside the destination and moved into place with one
+``os.rename`` (:func:`cimc.fileio.write_directory`); ``force`` replaces an earlier cimc output, never another
+directory.
 The same inputs, options and seed give byte-identical files: no timestamps (zip members get the
 fixed date 1980-01-01), no absolute paths, JSON keys sorted. The one exception is ``timings.json``
 (wall-clock seconds per pass, of verification and in total: :attr:`cimc.driver.CompiledModel.timings`),
@@ -27,17 +28,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from cimc.errors import InputError
 
 if TYPE_CHECKING:
     from cimc.driver import CompiledModel
@@ -169,36 +165,9 @@ def _write_files(c: CompiledModel, d: Path) -> None:
 
 
 def write_output(c: CompiledModel, directory: Path, *, force: bool = False) -> Path:
-    """Write the output directory atomically (build beside it, then rename); an existing one is an
-    error unless ``force``, which replaces it (old renamed away, new renamed in, old deleted)."""
-    directory = Path(directory)
-    parent = directory.parent
-    if not parent.is_dir():
-        raise InputError(f"{directory}: cannot write it, directory {parent} does not exist")
-    if directory.exists() and not force:
-        raise InputError(f"{directory} already exists; remove it, choose another with -o, or replace it with --force")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
-    old: Path | None = None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        _write_files(c, tmp)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=parent))
-            os.rename(directory, old / "d")
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "d").exists() and not directory.exists():
-            os.rename(old / "d", directory)  # put the old output back
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory
+    """Write the output directory atomically (:func:`cimc.fileio.write_directory`: built beside it,
+    then renamed into place, with a marker file). An existing one is an error unless ``force``,
+    which replaces it only if it is a cimc output directory (or empty)."""
+    from cimc.fileio import write_directory
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return write_directory(directory, lambda d: _write_files(c, d), force=force)

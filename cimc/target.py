@@ -36,7 +36,6 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cimc.errors import InputError, ParseError
@@ -242,13 +241,13 @@ class Spec:
     @classmethod
     def from_toml(cls, source: str | os.PathLike[str]) -> Spec:
         """Read a spec from TOML text or a file: a path object, or a string with no ``=``, no line
-        break and some text is a file name; any other string is TOML. Missing keys keep their defaults."""
+        break and some text is a file name; any other string is TOML (``cimc --spec`` always gives a
+        path object). Missing keys keep their defaults."""
         if isinstance(source, os.PathLike) or ("=" not in source and "\n" not in source and source.strip()):
+            from cimc.fileio import read_text
+
             where = str(source)
-            try:
-                text = Path(source).read_text(encoding="utf-8")
-            except OSError as e:
-                raise InputError(f"cannot read the {cls.target} spec file {where}: {e.strerror or e}") from None
+            text = read_text(source, f"the {cls.target} spec file")
         else:
             text, where = str(source), "<spec>"
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from cimc.registry import Registry
 from cimc.target import Target
@@ -53,10 +54,11 @@ def all_targets() -> dict[str, type[Target]]:
 
 
 def load_target(name: str, spec: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> Target:
-    """The target ``name`` with its spec read from TOML (text or file; defaults if ``None``) and then
-    ``key=value`` overrides applied (``["adc_bits=6"]``, as ``--spec-set`` gives them)."""
+    """The target ``name`` with its spec read from the TOML file ``spec`` (a path, whatever characters
+    it holds; defaults if ``None``) and then ``key=value`` overrides applied (``["adc_bits=6"]``, as
+    ``--spec-set`` gives them)."""
     cls = get_target(name)
-    s = cls.Spec() if spec is None else cls.Spec.from_toml(spec)
+    s = cls.Spec() if spec is None else cls.Spec.from_toml(Path(spec))
     overrides = list(overrides)
     return cls(spec=s.with_overrides(overrides) if overrides else s)
 

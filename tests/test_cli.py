@@ -209,7 +209,7 @@ def test_unknown_pass_option_and_print_ir_after_name(capsys, model):
     ({"z": np.zeros((2, 3), np.float32)}, "missing 'x'; unknown 'z'"),
     ({"x": np.zeros((2, 4), np.float32)}, "input 'x': shape [2, 4] where [N,3] was expected"),
     ({"x": np.zeros((2, 3), np.int64)}, "input 'x': element type i64 where f32 was expected"),
-    ({"x": np.array([{"a": 1}], dtype=object)}, "array 'x' holds Python objects"),
+    ({"x": np.array([{"a": 1}], dtype=object)}, "array 'x': holds Python objects (a pickle)"),
 ])
 def test_bad_input_npz(capsys, model, tmp_path, arrays, message):
     np.savez(tmp_path / "in.npz", **arrays)

@@ -127,8 +127,16 @@ def test_existing_output_dir_is_refused_unless_force(work: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out.cimc already exists" in err and "--force" in err, err
     assert sorted(p.name for p in work.iterdir()) == before and (out / "mine").read_text() == "keep"
-    assert main(["compile", "zoo:mlp", "-o", "out.cimc", "--force"]) == 0
-    assert not (out / "mine").exists() and (out / "timings.json").is_file()
+    assert main(["compile", "zoo:mlp", "-o", "out.cimc", "--force"]) == 2  # not a cimc output: kept
+    err = capsys.readouterr().err
+    assert "out.cimc is not a cimc output directory (it has no .cimc-output file)" in err, err
+    assert sorted(p.name for p in work.iterdir()) == before and (out / "mine").read_text() == "keep"
+    (out / "mine").unlink()
+    assert main(["compile", "zoo:mlp", "-o", "out.cimc"]) == 2
+    assert main(["compile", "zoo:mlp", "-o", "out.cimc", "--force"]) == 0  # an empty directory: nothing to lose
+    (out / "report.txt").write_text("edited")
+    assert main(["compile", "zoo:mlp", "-o", "out.cimc", "--force"]) == 0  # an earlier cimc output
+    assert (out / "report.txt").read_text() != "edited" and (out / "timings.json").is_file()
     assert sorted(p.name for p in work.iterdir()) == before
 
 

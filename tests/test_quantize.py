@@ -281,11 +281,16 @@ def test_calibration_errors_say_what_to_do():
     cases = [({"input": np.zeros((0, 1, 8, 8), np.float32)}, "calibration input 'input' is empty"),
              ({"input": np.zeros((4, 8, 8), np.float32)}, "calibration input 'input' does not fit .*rank 3"),
              ({"input": np.zeros((4, 1, 8, 7), np.float32)}, "does not fit"),
-             ({"image": np.zeros((4, 1, 8, 8), np.float32)}, r"missing \['input'\]; unknown \['image'\]")]
+             ({"image": np.zeros((4, 1, 8, 8), np.float32)}, r"missing \['input'\]; unknown \['image'\]"),
+             # the rules of graph inputs: the exact element type, no extra arrays; and finite values
+             ({"input": zoo.calibration_set().astype(np.float64)}, "element type f64 where f32 was expected"),
+             ({"input": np.zeros((4, 1, 8, 8), np.float32), "x": np.zeros(1)}, r"unknown \['x'\]"),
+             ({"input": np.full((4, 1, 8, 8), np.nan, np.float32)},
+              r"'input' holds 256 non-finite value\(s\) \(the first, nan, at index \[0, 0, 0, 0\]\)")]
     for calib, msg in cases:
         with pytest.raises(PassError, match=msg):
             _quantize(g, calibration=calib)
-    _quantize(g, calibration={"input": zoo.calibration_set().astype(np.float64)})  # floats are cast
+    _quantize(g, calibration={"input": zoo.calibration_set().astype(">f4")})  # byte order is no type
 
 
 # ---- vectorized helpers: the same bits as the one-value / one-pass forms -----------------------------

@@ -148,11 +148,22 @@ def test_toml_syntax_error_has_line_and_column(tmp_path):
     assert e.value.source == str(path) and e.value.line == 1
 
 
-def test_from_toml_missing_file():
-    with pytest.raises(InputError, match="cannot read the toy spec file"):
+def test_from_toml_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"the toy spec file /nonexistent/spec\.toml: no such file"):
         ToySpec.from_toml(Path("/nonexistent/spec.toml"))
-    with pytest.raises(InputError, match=r"cannot read the toy spec file missing\.toml"):
+    with pytest.raises(InputError, match=r"the toy spec file missing\.toml: no such file"):
         ToySpec.from_toml("missing.toml")
+    (tmp_path / "latin1.toml").write_bytes(b"# caf\xe9\nbits = 3\n")
+    with pytest.raises(ParseError, match=r"latin1\.toml:1:6: not UTF-8 text: byte e9"):
+        ToySpec.from_toml(tmp_path / "latin1.toml")
+
+
+def test_load_target_reads_spec_as_a_file_whatever_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"the sram-cim spec file adc_bits=3: no such file"):
+        load_target("sram-cim", "adc_bits=3")  # not inline TOML
+    (tmp_path / "a=b.toml").write_text('target = "sram-cim"\nadc_bits = 6\n')
+    assert load_target("sram-cim", "a=b.toml").spec.adc_bits == 6
 
 
 def test_replace_and_overrides():

@@ -362,7 +362,7 @@ def test_save_and_load(tmp_path):
     assert 'const resource "file"' in text and 'const resource "bf"' in text and "const [1.5]" in text
     with np.load(tmp_path / "m.npz", allow_pickle=False) as npz:
         assert sorted(npz.files) == ["bf", "file"]
-    g2 = load_graph(path)
+    g2 = load_graph(path, verify=False)  # the sample uses an op no one defines
     assert graph_difference(g, g2) is None and not g2.constants["file"].const.flags.writeable
     assert g2.constants["bf"].const.dtype == DType.bf16.numpy
     # no sidecar when every constant is small; the write replaces the file in place

@@ -35,7 +35,9 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
             problems.append(f"constant %{name} has no value or a mismatched name")
         define(v, v.name, "constant")
     node_names: set[str] = set()
+    first: str | None = None  # the node of the first problem, if that problem is a node's
     for node in graph.nodes:
+        before = len(problems)
         where = f"node {node.name!r} ({node.op})"
         if node.name in node_names:
             problems.append(f"{where}: node name is used twice")
@@ -62,6 +64,8 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
             if v.producer is not node or v.index != i:
                 problems.append(f"{where}: result {i} %{v.name} does not point back to its node")
             define(v, v.name, where)
+        if before == 0 and problems:
+            first = node.name
     for v in seen_values.values():
         for user, index in v._uses:  # type: ignore[attr-defined]
             if user.graph is not graph or user.inputs[index] is not v:
@@ -71,7 +75,7 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
             problems.append(f"graph output %{v.name} is not defined in the graph")
     if problems:
         head = f"graph {graph.name!r} is malformed ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
-        raise VerifyError("\n  ".join([head, *problems[:50]]))
+        raise VerifyError("\n  ".join([head, *problems[:50]]), node=first)
 
 
 def _check_types(node: Node, where: str) -> list[str]:

@@ -16,7 +16,6 @@ rejects it (it requires a shape on graph inputs and outputs).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from onnx import helper, numpy_helper
 
 from cimc import __version__
 from cimc.errors import CimcError, UnsupportedOpError
+from cimc.fileio import write_atomic
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import lookup
 from cimc.ir.types import DType, TensorType
@@ -79,22 +79,32 @@ def export_model(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
 
 
 def save_model(graph: Graph, path: str | os.PathLike[str], *, opset: int | None = None) -> None:
-    """Export ``graph`` and write it to ``path`` atomically (temp file, then rename); constants
-    over ~1.8 GB go to ``<name>.data`` beside it."""
+    """Export ``graph`` and write it to ``path`` atomically (:func:`cimc.fileio.write_atomic`);
+    when the constants pass ~1.8 GB, those of 1 KiB or more go to ``<name>.data`` beside it."""
     path = Path(path)
     model = export_model(graph, opset=opset)
-    external = sum(v.const.nbytes for v in graph.constants.values()) > _EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        staged = Path(tmp) / path.name
-        if external:
-            data = f"{path.name}.data"
-            onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data, size_threshold=1024)
-            os.replace(Path(tmp) / data, path.parent / data)
-        else:
-            staged.write_bytes(model.SerializeToString())
-        os.replace(staged, path)
+    if sum(v.const.nbytes for v in graph.constants.values()) > _EXTERNAL_DATA_BYTES:
+        chunks = _externalize(model, f"{path.name}.data")
+        write_atomic(path.parent / f"{path.name}.data", lambda f: [f.write(c) for c in chunks])
+    write_atomic(path, lambda f: f.write(model.SerializeToString()))
+
+
+def _externalize(model: onnx.ModelProto, location: str) -> list[bytes]:
+    """Move the raw data of initializers of 1 KiB or more out of ``model`` into ``location`` (one
+    file, tensors back to back); returns the chunks in file order."""
+    from onnx.external_data_helper import set_external_data
+
+    chunks, offset = [], 0
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+            data = t.raw_data
+            set_external_data(t, location, offset, len(data))
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            chunks.append(data)
+            offset += len(data)
+    return chunks
 
 
 def _check_ops(graph: Graph) -> None:

@@ -19,6 +19,7 @@ def run_onnxruntime(model: onnx.ModelProto | str | os.PathLike[str],
     import onnxruntime as ort
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    ort.set_default_logger_severity(3)  # its warnings would print before cimc's own lines
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:

@@ -116,8 +116,10 @@ def make_observer(method: str, rng: np.random.Generator, percentile: float = 99.
 
 
 def check_calibration(graph: Graph, data: Mapping[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray], int]:
-    """The calibration arrays by input name (floats cast to the input's type) and the sample count;
-    an ``InputError`` naming the input for a missing, empty or misshapen array."""
+    """The calibration arrays by input name and the sample count; an ``InputError`` naming the input
+    for a missing, extra, empty, misshapen, mistyped or non-finite array. The rules are those of
+    graph inputs (:func:`cimc.interpreter.check_inputs`: exact element type, native byte order
+    taken care of), plus finite values: a NaN or infinity would make every range meaningless."""
     if data is None:
         raise InputError("quantize needs a calibration set (--calibration x.npz or calibration= in the API)")
     want = {v.name: v for v in graph.inputs}
@@ -131,8 +133,8 @@ def check_calibration(graph: Graph, data: Mapping[str, np.ndarray] | None) -> tu
         if a.ndim == 0 or a.shape[0] == 0:
             raise InputError(f"calibration input {name!r} is empty (shape {list(a.shape)}); give at least one "
                              f"sample, batch on axis 0")
-        if a.dtype != v.type.dtype.numpy and a.dtype.kind == "f" and v.type.dtype.is_float:
-            a = a.astype(v.type.dtype.numpy)
+        if not a.dtype.isnative:
+            a = a.astype(a.dtype.newbyteorder("="))
         b0 = v.type.shape[0] if v.type.shape and isinstance(v.type.shape[0], int) else None
         why = v.type.accepts(a if b0 is None else a[:b0])
         if why is None and b0 is not None and a.shape[0] < b0:
@@ -140,6 +142,10 @@ def check_calibration(graph: Graph, data: Mapping[str, np.ndarray] | None) -> tu
         if why:
             raise InputError(f"calibration input {name!r} does not fit the graph input {v.type}: {why} "
                              f"(calibration arrays hold samples on axis 0)")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))
+            raise InputError(f"calibration input {name!r} holds {len(bad)} non-finite value(s) (the first, "
+                             f"{a[tuple(bad[0])]}, at index {bad[0].tolist()}); calibration needs finite samples")
         arrays[name] = a
         counts.add(a.shape[0])
     if len(counts) > 1:

@@ -3,22 +3,24 @@
 ``save_graph`` writes ``PATH`` and, when some constant is larger than the inline limit, the
 sidecar ``PATH`` with suffix ``.npz`` holding those arrays by value name (a name that is not
 printable ASCII, or starts with ``~``, is stored as ``~`` + the hex of its UTF-8 bytes, since zip
-member names cannot hold every string); both files are written to a temporary file first and
-moved into place with ``os.replace``.
+member names cannot hold every string); both files are written atomically
+(:func:`cimc.fileio.write_atomic`). ``load_graph`` reads both through cimc's checked readers
+(UTF-8 text, :func:`cimc.npzio.read_npz`) and runs the verifier on the result: a loaded graph is
+well formed, or loading fails with the verifier's findings.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
+from cimc.fileio import read_text, write_atomic
 from cimc.ir.core import Graph
-from cimc.npzio import write_npz
+from cimc.npzio import read_npz, write_npz
 from cimc.text.parser import parse_graph
 from cimc.text.printer import print_graph
 
@@ -28,20 +30,6 @@ __all__ = ["load_graph", "parse_graph", "print_graph", "save_graph", "sidecar_pa
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """Where the large constants of the ``.cimir`` file ``path`` live."""
     return Path(path).with_suffix(".npz")
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _member(name: str) -> str:
@@ -80,16 +68,51 @@ def save_graph(graph: Graph, path: str | os.PathLike[str]) -> None:
     resources: dict[str, np.ndarray] = {}
     text = print_graph(graph, resources=resources)
     if resources:
-        _atomic_write(sidecar_path(path), lambda f: _write_npz(f, resources))
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        write_atomic(sidecar_path(path), lambda f: _write_npz(f, resources))
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def load_graph(path: str | os.PathLike[str]) -> Graph:
-    """Read a graph written by :func:`save_graph` (and its ``.npz`` sidecar, if there is one)."""
+def load_graph(path: str | os.PathLike[str], *, verify: bool = True) -> Graph:
+    """Read a graph written by :func:`save_graph` (and its ``.npz`` sidecar, if there is one), and
+    verify it (``verify=False`` skips that, for tools that inspect malformed graphs)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     side = sidecar_path(path)
-    if not side.exists():
-        return parse_graph(text, source=str(path))
-    with np.load(side, allow_pickle=False) as npz:
-        return parse_graph(text, resources=_Sidecar(npz), source=str(path))
+    resources = _Sidecar(read_npz(side, "the .cimir sidecar")) if os.path.lexists(side) else None
+    where: dict[str, tuple[int, int]] = {}
+    graph = parse_graph(text, resources=resources, source=str(path), locations=where)
+    if verify:
+        _check_ops(graph, where, str(path))
+        from cimc.errors import VerifyError
+        from cimc.ir.verifier import verify as verify_graph
+
+        try:
+            verify_graph(graph)
+        except VerifyError as e:
+            line, col = where.get(e.node or "", (None, None))
+            raise VerifyError(f"{path}{'' if line is None else f':{line}:{col}'}: {e}", node=e.node) from None
+    return graph
+
+
+def _check_ops(graph: Graph, where: Mapping[str, tuple[int, int]], source: str) -> None:
+    """A ``ParseError`` at the first node whose op no one defines (every registered target's
+    instructions are defined first, so a compiled program loads)."""
+    import difflib
+
+    from cimc.errors import ParseError
+    from cimc.ir.opdef import all_ops, lookup
+
+    if all(lookup(n.op) is not None for n in graph.nodes):
+        return
+    from cimc.targets import all_targets
+
+    for cls in all_targets().values():
+        cls().register_ops()
+    known = all_ops()
+    for node in graph.nodes:
+        if node.op not in known:
+            close = difflib.get_close_matches(node.op, list(known), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            line, col = where.get(node.name, (None, None))
+            raise ParseError(f"node {node.name!r}: unknown op '{node.op}'; {hint}(`cimc` defines the ONNX ops, "
+                             f"q.*, vec.* and each target's instructions)", source=source, line=line, column=col)

@@ -104,9 +104,11 @@ def _num(tok: Token) -> float | int:
 class _Builder:
     """One walk over the parse tree, building the graph statement by statement."""
 
-    def __init__(self, source: str, resources: Mapping[str, np.ndarray] | None) -> None:
+    def __init__(self, source: str, resources: Mapping[str, np.ndarray] | None,
+                 locations: dict[str, tuple[int, int]] | None = None) -> None:
         self.source = source
         self.resources = resources
+        self.locations = {} if locations is None else locations
         self.values: dict[str, tuple[Value, int, int]] = {}
         self.node_names: set[str] = set()
         self.graph = Graph()
@@ -318,6 +320,7 @@ class _Builder:
             if name in self.node_names:
                 raise self.error(f"node name {name!r} is used twice", loc)
         self.node_names.add(name)
+        self.locations[name] = (op_tok.line, op_tok.column)
         what = f"node {name!r} ({op})"
         attr_map: dict[str, Any] = {}
         for a in ([] if attrs is None else attrs.children):
@@ -368,8 +371,9 @@ class _Builder:
 
 
 def parse_graph(text: str, *, resources: Mapping[str, np.ndarray] | None = None,
-                source: str = "<text>") -> Graph:
-    """Parse ``.cimir`` text into a Graph; ``resources`` supplies arrays for ``const resource "k"``.
+                source: str = "<text>", locations: dict[str, tuple[int, int]] | None = None) -> Graph:
+    """Parse ``.cimir`` text into a Graph; ``resources`` supplies arrays for ``const resource "k"``;
+    ``locations``, if given, receives the line and column of each node's op by node name.
 
     Raises ``ParseError`` (with ``source``, line and column) on malformed text.
     """
@@ -377,4 +381,9 @@ def parse_graph(text: str, *, resources: Mapping[str, np.ndarray] | None = None,
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as e:
         raise _lark_error(e, text, source) from None
-    return _Builder(source, resources).build(tree)
+    except RecursionError:
+        raise ParseError("the text nests too deeply to parse", source=source) from None
+    try:
+        return _Builder(source, resources, locations).build(tree)
+    except RecursionError:
+        raise ParseError("the text nests too deeply to parse", source=source) from None
