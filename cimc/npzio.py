@@ -1,7 +1,8 @@
 """Reading and writing ``.npz`` archives of named arrays: safely and deterministically.
 
 :func:`read_npz` is the one reader of user ``.npz`` files (inputs, calibration, ``.cimir`` sidecars,
-chip files), and :func:`read_npy` of single ``.npy`` arrays (labels), with the same checks. It reads the zip directory, then for each member its ``.npy`` header (format 1, 2 or 3),
+chip files), and :func:`read_npy` of single ``.npy`` arrays (labels), with the same checks. It reads
+the zip directory, then for each member its ``.npy`` header (format 1, 2 or 3),
 and checks before reading any data: the element type is a plain number or bool (object arrays,
 which only a pickle could fill, are refused and never loaded; so are strings, structures and
 complex numbers), no dim is negative, and the array fits the tensor size limit
