@@ -1,0 +1,160 @@
+"""``cimc compile --verify`` catches what it must: each mutant below breaks the program (or the verifier
+itself) the way a bug would, and ``--verify`` must report DIFFERENT, exit with status 1 and name the
+first layer that differs; the unmutated compile must be EXACT with status 0.
+
+A mutant is applied where the bug would live: a lowering mutant wraps the target's lowering pass so
+that the program it emits is corrupted (a corrupted array image, a wrong shift-add significance, a
+wrong requant multiplier, a bias added on every K tile of a layer split over K), and a verifier mutant
+replaces the comparison or the graphs it is given (the reference compared with itself).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cimc.verify
+from cimc.cli import main
+from cimc.ir.core import Graph, Node
+from cimc.targets.npu.lowering import LowerNpuPass
+from cimc.targets.sram_cim.lowering import LowerSramCimPass
+
+MODEL = "zoo:lenet_bn"
+SPLIT_K = ["--target", "npu", "--spec-set", "weight_buffer_bytes=256"]
+"""An npu whose weight buffer is so small that lenet_bn's second convolution and its Gemm split over K."""
+
+
+def _compile(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, dict]:
+    out = tmp_path / "out"
+    status = main(["compile", MODEL, "--verify", "-o", str(out), "--force", *args])
+    text = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    return status, text, report["verify"]
+
+
+def _lowering_emits(monkeypatch: pytest.MonkeyPatch, cls: type, mutate: Callable[[Graph], str]) -> list[str]:
+    """Wrap ``cls.run`` so that the program it emits goes through ``mutate``; returns a list that receives
+    the name of the layer each mutation broke."""
+    original, broken = cls.run, []
+
+    def run(self, graph, ctx):
+        result = original(self, graph, ctx)
+        broken.append(mutate(graph))
+        return result
+
+    monkeypatch.setattr(cls, "run", run)
+    return broken
+
+
+# ---- the mutants --------------------------------------------------------------------------------------
+def corrupt_array_image(program: Graph) -> str:
+    """Flip every bit of one weight (the middle row of the first layer's packed cells) in its array image."""
+    load = next(n for n in program.nodes if n.op == "sram.load")
+    cells = load.inputs[0]
+    bad = np.array(cells.const)
+    bad[0, bad.shape[1] // 2, 0] ^= 0xFF
+    program.replace_all_uses_with(cells, program.add_constant(bad, cells.name + ".corrupt"))
+    return load.attrs["cim.layer"]
+
+
+def wrong_significance(program: Graph) -> str:
+    """Shift-add the least significant slice column with the significance of the next one."""
+    mvm = next(n for n in program.nodes if n.op == "sram.mvm")
+    sig = tuple(mvm.attrs["significance"])
+    mvm.attrs["significance"] = (sig[1], *sig[1:])
+    return mvm.attrs["cim.layer"]
+
+
+def wrong_requant_multiplier(program: Graph) -> str:
+    """Scale the first requantization's fixed-point multipliers by about 1 +- 1/8 (still in [2**30, 2**31))."""
+    req = next(n for n in program.nodes if n.op == "q.requant")
+    req.attrs["multiplier"] = tuple(m + (1 << 27) if m < 3 << 29 else m - (1 << 27) for m in req.attrs["multiplier"])
+    return req.name
+
+
+def bias_on_every_k_tile(program: Graph) -> str:
+    """Give every K tile of a layer split over K the bias that only the first K tile may add."""
+    layer = None
+    for node in [n for n in program.nodes if n.op == "npu.gemm" and len(n.inputs) == 3]:  # a chained K tile
+        head: Node = node
+        while head.inputs[2] is not None:  # back along the accumulator chain to the first K tile
+            head = head.inputs[2].producer
+        if len(head.inputs) < 4 or head.inputs[3] is None:
+            continue
+        twin = program.add_node("npu.gemm", [*node.inputs, head.inputs[3]], dict(node.attrs), before=node,
+                                outputs=[node.outputs[0].type])
+        program.replace_all_uses_with(node.outputs[0], twin.outputs[0])
+        program.remove_node(node)
+        layer = layer or node.attrs["cim.layer"]
+    assert layer is not None, "no layer of the program is split over K: the mutant would test nothing"
+    return layer
+
+
+LOWERING_MUTANTS = {
+    "corrupted-array-image": (LowerSramCimPass, corrupt_array_image, []),
+    "wrong-shift-add-significance": (LowerSramCimPass, wrong_significance, []),
+    "wrong-requant-multiplier": (LowerSramCimPass, wrong_requant_multiplier, []),
+    "bias-on-every-k-tile": (LowerNpuPass, bias_on_every_k_tile, SPLIT_K),
+}
+
+
+@pytest.mark.parametrize("args", [[], SPLIT_K], ids=["sram-cim", "npu-split-k"])
+def test_unmutated_compile_is_exact_with_status_0(tmp_path, capsys, args):
+    status, text, v = _compile(tmp_path, capsys, *args)
+    assert (status, v["reference_exact"], v["exact_expected"], v["self_check"], v["first_difference"]) == (
+        0, True, True, None, None)
+    assert "vs quantized graph (interpreter): EXACT (max abs error 0)" in text
+
+
+@pytest.mark.parametrize("mutant", list(LOWERING_MUTANTS))
+def test_lowering_mutant_is_reported_different_at_its_layer(tmp_path, capsys, monkeypatch, mutant):
+    cls, mutate, args = LOWERING_MUTANTS[mutant]
+    broken = _lowering_emits(monkeypatch, cls, mutate)
+    status, text, v = _compile(tmp_path, capsys, *args)
+    assert broken, "the mutant was not applied"
+    assert status == 1 and not v["reference_exact"] and v["exact_expected"] and v["self_check"] is None
+    assert v["quantized_max_abs_error"] > 0
+    assert "vs quantized graph (interpreter): DIFFERENT, where it must be exact (no lossy step)" in text
+    d = v["first_difference"]
+    assert d["layer"] == broken[0] and 0 < d["differing"] <= d["elements"] and d["max_abs_error"] > 0
+    assert f"first differs at layer {broken[0]!r}" in text
+
+
+def test_a_lossy_adc_differs_as_expected_with_status_0(tmp_path, capsys):
+    status, text, v = _compile(tmp_path, capsys, "--spec-set", "adc_bits=5")
+    assert status == 0 and not v["reference_exact"] and not v["exact_expected"]
+    assert v["lossy"] == "sram-cim ADC: adc_bits = 5 < 7 bits (lossless)"
+    assert "DIFFERENT, as expected (sram-cim ADC: adc_bits = 5 < 7 bits (lossless))" in text
+    assert v["first_difference"]["op"] == "q.conv"  # the first array layer, where the ADC first rounds
+
+
+# ---- the verifier compares the reference with itself --------------------------------------------------
+def test_a_compare_that_ignores_the_program_is_caught(tmp_path, capsys, monkeypatch):
+    real = cimc.verify.compare
+    monkeypatch.setattr(cimc.verify, "compare", lambda ours, ref: real(ref, ref))
+    status, text, v = _compile(tmp_path, capsys)
+    assert status == 1 and not v["reference_exact"]
+    assert "compare() calls the program's outputs with one element changed equal to them" in v["self_check"]
+    assert "DIFFERENT: the verifier failed its self-check" in text
+
+
+def test_checking_the_reference_against_itself_is_caught(tmp_path, capsys, monkeypatch):
+    real = cimc.verify.check_exact
+    monkeypatch.setattr(cimc.verify, "check_exact",
+                        lambda program, reference, *a, **kw: real(reference, reference, *a, **kw))
+    status, text, v = _compile(tmp_path, capsys)
+    assert status == 1 and not v["reference_exact"]
+    assert v["self_check"] == "the program and the reference are one graph object"
+    assert "DIFFERENT: the verifier failed its self-check" in text
+
+
+def test_an_unlowered_copy_of_the_reference_is_caught(tmp_path, capsys, monkeypatch):
+    real = cimc.verify.check_exact
+    monkeypatch.setattr(cimc.verify, "check_exact",
+                        lambda program, reference, *a, **kw: real(reference.copy(), reference, *a, **kw))
+    status, _, v = _compile(tmp_path, capsys)
+    assert status == 1 and "the program runs exactly the reference's ops" in v["self_check"]
