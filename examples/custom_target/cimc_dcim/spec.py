@@ -15,7 +15,8 @@ from cimc.target import Spec, param, shared_param
 
 __all__ = ["DcimSpec"]
 
-_DIGITAL = "hw-parameters.md §2.3, digital SRAM-CIM"
+_DIGITAL = "docs/hw-parameters.md §2.3, digital SRAM-CIM"
+_CHIH = "Chih et al., ISSCC 2021: 1 to 8 bits (docs/hw-parameters.md §2.1) [U]"
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ class DcimSpec(Spec):
     cols: int = param(64, "Columns of one macro (a weight of b bits takes b of them).", unit="columns",
                       source="assumption: square 64 x 64 arrays of 1-bit cells", ge=1)
     weight_bits_max: int = param(8, "Widest weight.", unit="bits",
-                                 source="Chih et al., ISSCC 2021: 1 to 8 bits (hw-parameters.md §2.1) [U]", ge=1, le=8)
+                                 source=_CHIH, ge=1, le=8)
     act_bits_max: int = param(8, "Widest input activation (fed one bit per cycle).", unit="bits",
-                              source="Chih et al., ISSCC 2021: 1 to 8 bits (hw-parameters.md §2.1) [U]", ge=1, le=8)
+                              source=_CHIH, ge=1, le=8)
     clock_mhz: float = param(400.0, "Clock of the macros and the vector unit.", unit="MHz",
                              source=f"{_DIGITAL}: 200 to 400 MHz (DIMC1, DIMC3, DIMC4) [C]", gt=0)
     bitop_pj: float = param(0.0014, "Energy of one 1b x 1b multiply-accumulate in the adder tree.", unit="pJ",
