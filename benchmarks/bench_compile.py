@@ -74,7 +74,7 @@ def light_probe(name: str, target: str) -> dict[str, Any]:
     out = {"ok": True, "seconds": time.perf_counter() - t, "ops": len(r.program.nodes),
            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if r.cost is not None:
-        out.update(cycles=float(r.cost.total.cycles), energy_pj=float(r.cost.total.energy_pj),
+        out.update(cycles=float(r.cost.per_inference.cycles), energy_pj=float(r.cost.per_inference.energy_pj),
                    latency_us=float(r.cost.latency_us))
     return out
 

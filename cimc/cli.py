@@ -267,8 +267,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     line = f"compiled {compiled.source.label} for {target.name}: {len(compiled.program.nodes)} ops"
     if cost is not None:
         lat = cost.latency_us
-        line += f", {cost.total.cycles:.0f} cycles" + (f" ({lat:.3f} us)" if lat is not None else "")
-        line += f", {cost.total.energy_pj / 1e3:.3f} nJ"
+        line += f", {cost.per_inference.cycles:.0f} cycles" + (f" ({lat:.3f} us)" if lat is not None else "")
+        line += f", {cost.per_inference.energy_pj / 1e3:.3f} nJ per inference"
+        if cost.one_time.ops:
+            line += f" + {cost.one_time.energy_pj / 1e3:.3f} nJ once (programming)"
     sys.stdout.write(f"{line} -> {out}\n")
     if compiled.verify is not None:
         sys.stdout.write("verify:\n" + verify_summary(compiled.verify) + "\n")

@@ -1,55 +1,123 @@
-"""Cost model shared by every target: what one program op costs, and the per-layer summary.
+"""Cost model shared by every target: what one program op costs, and the program's cost report.
 
-A target prices each op of a lowered program with ``op_cost(node) -> Cost`` from the op's
-attributes and its operand/result types (static shapes) only, never by running it, so costing a
-program is as fast as walking it. :func:`program_cost` adds those costs up, grouped by the
-``cim.layer`` annotation every lowering pass puts on the ops it emits (the name of the source node
-the op implements; ops without it are their own layer), into a :class:`CostReport`.
+A target prices each op of a lowered program with ``op_cost(node) -> Cost`` from the op's attributes
+and its operand/result types (static shapes) only, never by running it, so costing a program is as
+fast as walking it. A :class:`Cost` gives the op's ``cycles``, its ``energy_pj`` split by hardware
+component (``parts``: arrays, ADCs, DACs, shift-add, buffers, interconnect, vector unit, DRAM, or a
+target's own), the unit that spends the time (``array``, ``vector``, ``dma``, ``load``), its MACs,
+the DRAM bytes it moves by kind (``weights``, ``spills``) and, for an op that
+programs arrays, the cell regions it writes (:class:`Write`).
 
-:func:`vector_cost` is the shared model of the digital vector unit: an op processes ``elements``
-element operations, ``lanes`` per step, each step taking ``cycles_per_op`` cycles and each element
-operation ``pj_per_op`` picojoules. Elements counted: the size of the largest result, except for
-reductions and pooling (which read more than they write), counted by the size of the largest
-operand; a symbolic dim (the batch) counts as 1, so every cost is per inference. Pure layout ops
-(Reshape, Flatten, Squeeze, Unsqueeze, Identity) cost nothing: on a real machine they only change
-the tensor's descriptor (metadata), never move data.
+:func:`program_cost` adds the costs up into a :class:`CostReport`:
+
+- **One-time vs per inference.** An op that programs arrays (unit ``load``) is *one-time* when no
+  other op of the program writes any cell region it writes: what it stores stays in place from one
+  inference to the next, so it runs once, before inference (programming). Every other op is *per
+  inference*, including loads whose regions another load overwrites (a model larger than its arrays
+  reloads them on every inference; the report says so). A load that declares no regions cannot be
+  shown to stay and counts as per inference.
+- **Per layer.** Per-inference costs are grouped by the ``cim.layer`` annotation every lowering puts
+  on the ops it emits (the source node's name; ops without it are their own layer), in program order.
+- **Latency** combines ops by summing their cycles in program order: one op at a time, units never
+  overlap (:data:`LATENCY_MODEL`). The report also gives the lower bound if the units (arrays, vector
+  unit, DMA) overlapped perfectly: the busiest unit's cycles.
+- **Area** is the target's :meth:`area` (a list of :class:`AreaPart`, each citing its source), summed
+  per component; ``None`` if the target has no area model.
+
+Shared pieces targets build op costs from: :func:`vector_cost` (the digital vector unit: an op
+processes ``elements`` element operations, ``lanes`` per step, each step ``cycles_per_op`` cycles and
+each element operation ``pj_per_op``; elements counted: the size of the largest result, except for
+reductions and pooling, which read more than they write, counted by the largest operand; pure layout
+ops (Reshape, Flatten, Squeeze, Unsqueeze, Identity) cost nothing: they only change a tensor's
+descriptor), :func:`mac_dims` (the multiply-accumulate work of float matrix and recurrent ops, for
+a vector unit or MAC array that runs them), and :func:`spilled_fraction` (the part of a tensor that
+does not fit its buffer and lives in DRAM). Every count takes a symbolic dim (the batch) as 1, so
+every cost is per inference (one sample).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "COMPONENTS",
+    "DRAM_KINDS",
+    "LATENCY_MODEL",
     "LAYOUT_OPS",
     "UNITS",
     "ZERO",
+    "AreaPart",
     "Cost",
     "CostReport",
     "LayerCost",
+    "Tally",
+    "Write",
+    "area_dict",
+    "mac_dims",
     "num_elements",
     "program_cost",
-    "summarize",
+    "spilled_fraction",
     "vector_cost",
 ]
 
 UNITS = ("array", "vector", "dma", "load")
-"""Where a cost is spent: the arrays, the digital vector unit, data movement, weight (re)loading."""
+"""Where an op spends its time: the arrays, the digital vector unit, data movement, array programming
+(weight loads and reloads)."""
+COMPONENTS = ("arrays", "adc", "dac", "shift_add", "buffers", "interconnect", "vector_unit", "dram")
+"""Hardware blocks energy and area are reported by (a target may add its own)."""
+DRAM_KINDS = ("weights", "spills")
+"""What DRAM traffic carries: weights (loads and reloads) and spills (activations and partial sums beyond
+the on-chip buffers)."""
+LATENCY_MODEL = ("sum: ops run one at a time in program order, so latency is the sum of every op's cycles "
+                 "divided by the clock; the arrays, the vector unit and DMA never overlap")
+"""How the report combines op latencies (stated in every report)."""
 LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 """Ops that only change a tensor's descriptor: free on every target."""
 _READ_COUNTED = ("Reduce", "Pool", "ArgMax", "ArgMin")  # op-name fragments counted by operand size
+_DEFAULT_COMPONENT = {"array": "arrays", "vector": "vector_unit", "dma": "dram", "load": "arrays"}
+
+
+@dataclass(frozen=True)
+class Write:
+    """Cells ``start .. start + cells - 1`` of array ``array`` written by an op that programs arrays.
+    Two writes overlap when they share an array and a cell; an op whose writes no other op overlaps
+    stores its data for good (one-time programming)."""
+
+    array: int
+    start: int
+    cells: int
+
+    def overlaps(self, other: Write) -> bool:
+        """Whether both writes touch a common cell of one array."""
+        return (self.array == other.array and self.start < other.start + other.cells
+                and other.start < self.start + self.cells)
 
 
 @dataclass(frozen=True)
 class Cost:
-    """Cost of one program op: ``cycles`` (of the target clock), ``energy_pj`` (picojoules), the
-    ``unit`` that spends it ("array" | "vector" | "dma" | "load"), and ``macs`` done (array ops)."""
+    """Cost of one program op.
+
+    ``cycles`` of the target clock; ``energy_pj`` (picojoules); the ``unit`` that spends the time
+    ("array" | "vector" | "dma" | "load"); ``macs`` done; ``parts``: the energy by component (they sum to
+    ``energy_pj``; empty: all of it in the unit's default component); ``dram``: bytes moved to or from
+    DRAM by kind (:data:`DRAM_KINDS`); ``writes``: the cell regions an op of unit "load" programs.
+    """
 
     cycles: float
     energy_pj: float
     unit: str
     macs: int = 0
+    parts: Mapping[str, float] = field(default_factory=dict)
+    dram: Mapping[str, float] = field(default_factory=dict)
+    writes: tuple[Write, ...] = ()
+
+    def components(self) -> dict[str, float]:
+        """The energy by component: ``parts``, or all of it in the unit's default component."""
+        return dict(self.parts) if self.parts else {_DEFAULT_COMPONENT.get(self.unit, self.unit): self.energy_pj}
 
 
 ZERO = Cost(0.0, 0.0, "vector")
@@ -66,118 +134,365 @@ def num_elements(value: Any) -> int:
     return math.prod(d if isinstance(d, int) else 1 for d in shape)
 
 
-def vector_cost(node: Any, *, lanes: int, cycles_per_op: float, pj_per_op: float | None = None,
-                pj_per_elem_op: float | None = None) -> Cost:
+def _dim(shape: Any, i: int) -> int:
+    """``shape[i]`` as a count: a symbolic or missing dim is 1."""
+    try:
+        d = shape[i]
+    except (IndexError, TypeError):
+        return 1
+    return d if isinstance(d, int) else 1
+
+
+def vector_cost(node: Any, *, lanes: int, cycles_per_op: float, pj_per_op: float) -> Cost:
     """Cost of ``node`` on a vector unit with ``lanes`` lanes: ``ceil(elements / lanes) * cycles_per_op``
-    cycles and ``elements * pj_per_op`` pJ, elements as the module docstring counts them; layout ops
-    are free. (``pj_per_elem_op`` is another name for ``pj_per_op``.)"""
-    pj = pj_per_op if pj_per_op is not None else pj_per_elem_op
-    if pj is None:
-        raise TypeError("vector_cost needs pj_per_op (energy per element operation, pJ)")
+    cycles and ``elements * pj_per_op`` pJ (component ``vector_unit``), elements as the module docstring
+    counts them; layout ops are free."""
     if node.op in LAYOUT_OPS:
         return ZERO
     values = node.inputs if any(k in node.op for k in _READ_COUNTED) else node.outputs
     elements = max((num_elements(v) for v in values), default=0)
-    return Cost(math.ceil(elements / max(lanes, 1)) * cycles_per_op, elements * pj, "vector")
+    return Cost(math.ceil(elements / max(lanes, 1)) * cycles_per_op, elements * pj_per_op, "vector")
+
+
+def mac_dims(node: Any) -> tuple[int, int, int] | None:
+    """The multiply-accumulate work of a float matrix or recurrent op as a product ``(p, k, n)``: ``p``
+    independent rows of ``k``-long dot products against ``n`` columns, ``p * k * n`` MACs per sample;
+    ``None`` if the op has none (or its shapes are unknown).
+
+    - ``MatMul`` (any rank, broadcasting): ``n`` = the result's last dim, ``k`` = A's last dim (A's only
+      dim if A is 1-D), ``p`` = result elements / ``n``;
+    - ``Gemm``: the same, ``k`` = A's dim 0 if ``transA`` else dim 1;
+    - ``Conv``: ``n`` = output channels, ``k`` = input channels per group * kernel size, ``p`` = result
+      elements / ``n``;
+    - ``ConvTranspose``: every input element meets ``k`` = output channels per group * kernel size
+      weights: ``p`` = input elements, ``n`` = 1;
+    - ``LSTM``/``GRU``/``RNN`` (4, 3, 1 gates ``g``): per step, direction and sample, the gate
+      pre-activations ``W x + R h``: ``p`` = steps * directions * batch, ``k`` = input + hidden size,
+      ``n`` = ``g * hidden``;
+    - ``Attention``: scores and their mix, ``p`` = batch * heads * queries, ``k`` = head size + value head
+      size, ``n`` = keys (past ones included);
+    - ``Einsum`` of two or more operands: ``p`` = result elements, ``k`` = the product of the summed letters'
+      dims, ``n`` = 1.
+
+    A symbolic dim (batch, sequence) counts as 1, like :func:`num_elements`.
+    """
+    op, ins = node.op, node.inputs
+    shapes = [getattr(getattr(v, "type", None), "shape", None) if v is not None else None for v in ins]
+    out = node.outputs[0] if node.outputs else None
+    if op in ("MatMul", "Gemm", "Conv") and (not shapes or shapes[0] is None or num_elements(out) == 0):
+        return None
+    if op == "MatMul":
+        a = shapes[0]
+        k, n = _dim(a, -1), _dim(out.type.shape, -1)
+        return num_elements(out) // max(n, 1), k, n
+    if op == "Gemm":
+        k = _dim(shapes[0], 0 if node.attrs.get("transA", 0) else 1)
+        n = _dim(out.type.shape, -1)
+        return num_elements(out) // max(n, 1), k, n
+    if op == "Conv":
+        w = shapes[1] if len(shapes) > 1 else None
+        if w is None:
+            return None
+        n = _dim(w, 0)
+        return num_elements(out) // max(n, 1), math.prod(_dim(w, i) for i in range(1, len(w))), n
+    if op == "ConvTranspose":
+        w = shapes[1] if len(shapes) > 1 else None
+        if w is None or shapes[0] is None:
+            return None
+        return num_elements(ins[0]), math.prod(_dim(w, i) for i in range(1, len(w))), 1
+    if op == "Attention":
+        return _attention_dims(node, shapes)
+    if op == "Einsum":
+        return _einsum_dims(node, shapes)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}.get(op)
+    if gates is None or len(shapes) < 3 or shapes[0] is None or shapes[1] is None:
+        return None
+    x, w = shapes[0], shapes[1]  # X [seq, batch, input] (layout 0) or [batch, seq, input]; W [dirs, g*H, input]
+    hidden = int(node.attrs.get("hidden_size") or _dim(w, 1) // gates)
+    return _dim(x, 0) * _dim(x, 1) * _dim(w, 0), _dim(x, 2) + hidden, gates * hidden
+
+
+def _attention_dims(node: Any, shapes: list[Any]) -> tuple[int, int, int] | None:
+    """``Attention``: ``Q K^T`` (``size`` per score) and ``P V`` (``v_size`` per output) for every query row of
+    every head against every key: ``p`` = batch * heads * queries, ``k`` = size + v_size, ``n`` = keys (past
+    keys included)."""
+    q, kk, v = shapes[:3]
+    if q is None or kk is None or v is None:
+        return None
+    past = shapes[4] if len(shapes) > 4 else None
+    past_len = _dim(past, 2) if past is not None else 0
+    if len(q) == 4:
+        heads, queries, size, keys, v_size = _dim(q, 1), _dim(q, 2), _dim(q, 3), _dim(kk, 2), _dim(v, 3)
+    else:
+        heads, kv_heads = int(node.attrs.get("q_num_heads") or 1), int(node.attrs.get("kv_num_heads") or 1)
+        queries, size, keys, v_size = _dim(q, 1), _dim(q, 2) // heads, _dim(kk, 1), _dim(v, 2) // kv_heads
+    return _dim(q, 0) * heads * queries, size + v_size, keys + past_len
+
+
+def _einsum_dims(node: Any, shapes: list[Any]) -> tuple[int, int, int] | None:
+    """``Einsum`` of two or more operands: each result element sums the products over the letters the result
+    does not keep: ``p`` = result elements, ``k`` = the product of those letters' dims, ``n`` = 1 (exact
+    multiply-accumulates for two operands; the naive sum's terms for more)."""
+    from cimc.ops.einsum import parse
+
+    if len(shapes) < 2 or any(s is None for s in shapes) or not node.outputs:
+        return None
+    terms, rhs = parse(str(node.attrs["equation"]), [len(s) for s in shapes])
+    dims: dict[str, int] = {}
+    for term, shape in zip(terms, shapes, strict=True):
+        pre, _, post = term.partition(".")  # letters before and after the ellipsis (if any)
+        named = list(zip(pre, shape[:len(pre)], strict=True))
+        if post:
+            named += zip(post, shape[len(shape) - len(post):], strict=True)
+        for c, d in named:
+            dims[c] = max(dims.get(c, 1), d if isinstance(d, int) else 1)
+    summed = {c for t in terms for c in t if c != "."} - set(rhs)
+    return num_elements(node.outputs[0]), math.prod(dims[c] for c in summed), 1
+
+
+def spilled_fraction(tensor_bytes: float, buffer_bytes: float) -> float:
+    """The fraction of a tensor of ``tensor_bytes`` that does not fit a buffer of ``buffer_bytes`` and so
+    lives in DRAM: ``max(0, tensor - buffer) / tensor`` (0 for an empty tensor)."""
+    return max(0.0, tensor_bytes - buffer_bytes) / tensor_bytes if tensor_bytes > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class AreaPart:
+    """One kind of hardware block: ``count`` instances of ``each_um2`` square micrometres, in a
+    component (:data:`COMPONENTS` or the target's own), with the source of its figure."""
+
+    component: str
+    what: str
+    count: int
+    each_um2: float
+    source: str
+
+    @property
+    def mm2(self) -> float:
+        """Area of all instances in square millimetres."""
+        return self.count * self.each_um2 * 1e-6
+
+
+def area_dict(parts: Iterable[AreaPart]) -> dict[str, Any]:
+    """JSON-ready area: ``total`` mm^2, ``by_component`` mm^2, and every part with its source."""
+    parts = list(parts)
+    by: dict[str, float] = {}
+    for p in parts:
+        by[p.component] = by.get(p.component, 0.0) + p.mm2
+    return {"total": sum(by.values()), "by_component": by,
+            "parts": [{"component": p.component, "what": p.what, "count": p.count, "each_um2": p.each_um2,
+                       "mm2": p.mm2, "source": p.source} for p in parts]}
 
 
 class _CostTarget(Protocol):
     def op_cost(self, node: Any) -> Cost: ...
 
 
-@dataclass
-class LayerCost:
-    """Totals of one layer (the ops sharing a ``cim.layer``): cycles, energy, MACs, weight-load bytes,
-    op count, and cycles/energy per unit."""
+def _us(cycles: float, clock_mhz: float | None) -> float | None:
+    return cycles / clock_mhz if clock_mhz else None  # cycles / MHz = microseconds
 
-    name: str
+
+@dataclass
+class Tally:
+    """Sums of op costs: cycles, energy, MACs, op count, and cycles/energy per unit, energy per
+    component, DRAM bytes per kind, cells written per array."""
+
     cycles: float = 0.0
     energy_pj: float = 0.0
     macs: int = 0
-    load_bytes: int = 0
     ops: int = 0
     by_unit: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_component: dict[str, float] = field(default_factory=dict)
+    dram_bytes: dict[str, float] = field(default_factory=dict)
+    cell_writes: dict[int, int] = field(default_factory=dict)
 
-    def add(self, cost: Cost, load_bytes: int = 0) -> None:
+    def add(self, cost: Cost) -> None:
         """Account one op's cost."""
         self.cycles += cost.cycles
         self.energy_pj += cost.energy_pj
         self.macs += cost.macs
-        self.load_bytes += load_bytes
         self.ops += 1
         u = self.by_unit.setdefault(cost.unit, {"cycles": 0.0, "energy_pj": 0.0, "ops": 0})
         u["cycles"] += cost.cycles
         u["energy_pj"] += cost.energy_pj
         u["ops"] += 1
+        for k, v in cost.components().items():
+            self.by_component[k] = self.by_component.get(k, 0.0) + v
+        for k, v in cost.dram.items():
+            self.dram_bytes[k] = self.dram_bytes.get(k, 0.0) + v
+        for w in cost.writes:
+            self.cell_writes[w.array] = self.cell_writes.get(w.array, 0) + w.cells
 
-    def to_dict(self, clock_mhz: float | None) -> dict[str, Any]:
-        """JSON-ready totals (latency in microseconds when the clock is known)."""
-        return {"name": self.name, "cycles": self.cycles, "latency_us": _latency(self.cycles, clock_mhz),
-                "energy_pj": self.energy_pj, "macs": self.macs, "weight_load_bytes": self.load_bytes,
-                "ops": self.ops, "by_unit": {k: dict(self.by_unit[k]) for k in sorted(self.by_unit)}}
+    def to_dict(self, clock_mhz: float | None, time_key: str = "latency_us") -> dict[str, Any]:
+        """JSON-ready sums (energies in nJ, times in microseconds when the clock is known)."""
+        return {"cycles": self.cycles, time_key: _us(self.cycles, clock_mhz), "energy_nj": self.energy_pj / 1e3,
+                "macs": self.macs, "ops": self.ops,
+                "by_unit": {k: {"cycles": u["cycles"], time_key: _us(u["cycles"], clock_mhz),
+                                "energy_nj": u["energy_pj"] / 1e3, "ops": int(u["ops"])}
+                            for k, u in sorted(self.by_unit.items())},
+                "energy_nj_by_component": {k: v / 1e3 for k, v in sorted(self.by_component.items())},
+                "dram_bytes": {k: self.dram_bytes.get(k, 0.0) for k in DRAM_KINDS}
+                | {k: v for k, v in sorted(self.dram_bytes.items()) if k not in DRAM_KINDS}}
 
 
-def _latency(cycles: float, clock_mhz: float | None) -> float | None:
-    return cycles / clock_mhz if clock_mhz else None  # cycles / MHz = microseconds
+@dataclass
+class LayerCost:
+    """The costs of one layer (the ops sharing a ``cim.layer``): per inference and one-time."""
+
+    name: str
+    per_inference: Tally = field(default_factory=Tally)
+    one_time: Tally = field(default_factory=Tally)
 
 
 @dataclass
 class CostReport:
-    """Cost of a whole program: one :class:`LayerCost` per layer in program order, and the total."""
+    """Cost of a whole program: per inference (total and per layer, in program order), one-time
+    array programming, and area (``None`` if the target has no area model)."""
 
     target: str
     clock_mhz: float | None
     layers: list[LayerCost]
-    total: LayerCost
+    per_inference: Tally
+    one_time: Tally
+    area: list[AreaPart] | None = None
 
     @property
     def latency_us(self) -> float | None:
-        """End-to-end latency in microseconds (ops run one after another), if the clock is known."""
-        return _latency(self.total.cycles, self.clock_mhz)
+        """Per-inference latency in microseconds (ops summed, :data:`LATENCY_MODEL`), if the clock is known."""
+        return _us(self.per_inference.cycles, self.clock_mhz)
+
+    @property
+    def reloads(self) -> bool:
+        """Whether the program reprograms arrays on every inference (weight loads counted per inference)."""
+        return "load" in self.per_inference.by_unit
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: target, clock, ``layers`` (in program order) and ``total``."""
-        return {"target": self.target, "clock_mhz": self.clock_mhz,
-                "layers": [l.to_dict(self.clock_mhz) for l in self.layers],
-                "total": self.total.to_dict(self.clock_mhz)}
+        """JSON-ready form: ``per_inference`` (with ``layers``), ``one_time``, ``area_mm2``, ``latency``."""
+        clock = self.clock_mhz
+        per = self.per_inference.to_dict(clock)
+        e, macs = self.per_inference.energy_pj, self.per_inference.macs
+        per["energy_fj_per_mac"] = 1e3 * e / macs if macs else None
+        per["tops_per_w"] = 2 * macs / e if e else None  # ops per pJ = 1e12 ops per J
+        loads = self.per_inference.by_unit.get("load")
+        per["weight_reloads"] = {
+            "ops": int(loads["ops"]) if loads else 0, "energy_nj": loads["energy_pj"] / 1e3 if loads else 0.0,
+            "cycles": loads["cycles"] if loads else 0.0,
+            "cell_writes_by_array": _by_array(self.per_inference.cell_writes),
+            "note": ("the model needs more cells than the arrays hold: these loads reprogram arrays on every "
+                     "inference, so they are charged per inference" if loads else
+                     "none: every weight load writes cells no other load overwrites, so it is one-time")}
+        per["layers"] = [{"name": l.name, **l.per_inference.to_dict(clock)} for l in self.layers
+                         if l.per_inference.ops]
+        one = self.one_time.to_dict(clock, "time_us")
+        one["cell_writes_by_array"] = _by_array(self.one_time.cell_writes)
+        one["cell_writes_total"] = sum(self.one_time.cell_writes.values())
+        one["layers"] = [{"name": l.name, **l.one_time.to_dict(clock, "time_us")} for l in self.layers
+                         if l.one_time.ops]
+        busiest = max((u["cycles"] for u in self.per_inference.by_unit.values()), default=0.0)
+        return {"target": self.target, "clock_mhz": clock,
+                "latency": {"combine": LATENCY_MODEL, "latency_us": self.latency_us,
+                            "units_overlapped_lower_bound_us": _us(busiest, clock)},
+                "per_inference": per, "one_time": one,
+                "area_mm2": area_dict(self.area) if self.area is not None else None}
 
     def table(self) -> str:
-        """Plain-text table: one row per layer, then the total."""
-        head = ("layer", "ops", "cycles", "latency_us", "energy_nJ", "MACs", "load_B")
-        rows = [self._row(l) for l in [*self.layers, self.total]]
+        """Plain-text table: one row per layer (per inference, and one-time programming), then totals."""
+        head = ("layer", "ops", "cycles", "latency_us", "energy_nJ", "MACs", "DRAM_B", "one-time_nJ")
+        rows = [self._row(l.name, l.per_inference, l.one_time) for l in self.layers]
+        rows.append(self._row("total", self.per_inference, self.one_time))
         w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         fmt = lambda r: "  ".join([r[0].ljust(w[0]), *(c.rjust(w[i + 1]) for i, c in enumerate(r[1:]))])  # noqa: E731
-        lines = [fmt(head), "  ".join("-" * x for x in w), *map(fmt, rows[:-1]), "  ".join("-" * x for x in w),
-                 fmt(rows[-1])]
+        rule = "  ".join("-" * x for x in w)
+        lines = [fmt(head), rule, *map(fmt, rows[:-1]), rule, fmt(rows[-1])]
         units = ", ".join(f"{u} {d['cycles']:.0f} cycles / {d['energy_pj'] / 1e3:.3f} nJ"
-                          for u, d in sorted(self.total.by_unit.items()))
-        return "\n".join(lines) + (f"\nby unit: {units}" if units else "")
+                          for u, d in sorted(self.per_inference.by_unit.items()))
+        comps = ", ".join(f"{k} {v / 1e3:.3f}" for k, v in sorted(self.per_inference.by_component.items()))
+        return "\n".join([*lines, f"per inference by unit: {units}",
+                          f"per inference energy by component (nJ): {comps}"])
 
-    def _row(self, l: LayerCost) -> tuple[str, ...]:
-        lat = _latency(l.cycles, self.clock_mhz)
-        return (l.name, str(l.ops), f"{l.cycles:.0f}", "-" if lat is None else f"{lat:.3f}",
-                f"{l.energy_pj / 1e3:.3f}", str(l.macs), str(l.load_bytes))
+    def _row(self, name: str, t: Tally, one: Tally) -> tuple[str, ...]:
+        lat = _us(t.cycles, self.clock_mhz)
+        return (name, str(t.ops), f"{t.cycles:.0f}", "-" if lat is None else f"{lat:.3f}",
+                f"{t.energy_pj / 1e3:.3f}", str(t.macs), f"{sum(t.dram_bytes.values()):.0f}",
+                f"{one.energy_pj / 1e3:.3f}" if one.ops else "-")
+
+
+def _by_array(writes: Mapping[int, int]) -> list[dict[str, int]]:
+    return [{"array": a, "cells": n} for a, n in sorted(writes.items())]
+
+
+def _checked(target: _CostTarget, node: Any) -> Cost:
+    cost = target.op_cost(node)
+    if not isinstance(cost, Cost):
+        raise TypeError(f"{type(target).__name__}.op_cost({node.op} '{node.name}') returned "
+                        f"{type(cost).__name__}, expected cimc.cost.Cost")
+    if cost.unit not in UNITS:
+        raise TypeError(f"{type(target).__name__}.op_cost({node.op} '{node.name}'): unit {cost.unit!r} is not one "
+                        f"of {', '.join(UNITS)}")
+    parts = sum(cost.parts.values())
+    if cost.parts and not math.isclose(parts, cost.energy_pj, rel_tol=1e-9, abs_tol=1e-9):
+        raise TypeError(f"{type(target).__name__}.op_cost({node.op} '{node.name}'): its energy parts sum to "
+                        f"{parts} pJ, not its energy {cost.energy_pj} pJ")
+    return cost
+
+
+def _one_time(costs: list[Cost]) -> set[int]:
+    """Indices of the load ops none of whose written regions another op's region overlaps.
+
+    Per array, spans sorted by start; span ``(s, e)`` of op ``i`` overlaps another op's span iff among the
+    spans starting before ``e`` one of another op ends after ``s``: the two furthest ends of distinct ops
+    over each prefix answer that in O(1), so the check is O(n log n) for n spans."""
+    by_array: dict[int, list[tuple[int, int, int]]] = {}
+    for i, c in enumerate(costs):
+        if c.unit == "load":
+            for w in c.writes:
+                if w.cells > 0:
+                    by_array.setdefault(w.array, []).append((w.start, w.start + w.cells, i))
+    clash: set[int] = set()
+    for spans in by_array.values():
+        spans.sort()
+        starts = [s for s, _, _ in spans]
+        tops: list[tuple[tuple[int, int], tuple[int, int]]] = []  # per prefix: (end, op) of the top two ops
+        best, second = (-1, -1), (-1, -1)
+        for _, e, i in spans:
+            if i == best[1]:
+                best = max(best, (e, i))
+            elif (e, i) > best:
+                best, second = (e, i), best
+            elif (e, i) > second:
+                second = (e, i)
+            tops.append((best, second))
+        for s, e, i in spans:
+            (e1, o1), (e2, _) = tops[bisect.bisect_left(starts, e) - 1]
+            if (o1 != i and e1 > s) or (o1 == i and e2 > s):
+                clash.add(i)
+    return {i for i, c in enumerate(costs) if c.unit == "load" and c.writes and i not in clash}
 
 
 def program_cost(program: Any, target: _CostTarget) -> CostReport:
-    """Price every node of ``program`` with ``target.op_cost`` and group by the ``cim.layer``
-    annotation (fallback: the node's name). Weight-reload traffic is the sum of ``cim.bytes`` over
-    ops whose cost unit is "load"."""
+    """Price every node of ``program`` with ``target.op_cost``, split one-time programming from per-inference
+    work, group by the ``cim.layer`` annotation (fallback: the node's name) and add the target's area
+    (``target.area()``, if it has one). See the module docstring."""
+    nodes = list(program.nodes)
+    costs = [_checked(target, n) for n in nodes]
+    once = _one_time(costs)
     layers: dict[str, LayerCost] = {}
-    total = LayerCost("total")
-    for node in program.nodes:
-        cost = target.op_cost(node)
-        if not isinstance(cost, Cost):
-            raise TypeError(f"{type(target).__name__}.op_cost({node.op} '{node.name}') returned "
-                            f"{type(cost).__name__}, expected cimc.cost.Cost")
-        load = int(node.attrs.get("cim.bytes", 0)) if cost.unit == "load" else 0
-        layer = str(node.attrs.get("cim.layer") or node.name)
-        layers.setdefault(layer, LayerCost(layer)).add(cost, load)
-        total.add(cost, load)
+    per, one = Tally(), Tally()
+    for i, (node, cost) in enumerate(zip(nodes, costs, strict=True)):
+        layer = layers.setdefault(str(node.attrs.get("cim.layer") or node.name), LayerCost(""))
+        if i in once:
+            layer.one_time.add(cost)
+            one.add(cost)
+        else:
+            layer.per_inference.add(cost)
+            per.add(cost)
+    for name, l in layers.items():
+        l.name = name
     spec = getattr(target, "spec", None)
     clock = getattr(spec, "clock_mhz", None)
+    area = target.area() if callable(getattr(target, "area", None)) else None  # type: ignore[attr-defined]
     return CostReport(getattr(target, "name", type(target).__name__), float(clock) if clock else None,
-                      list(layers.values()), total)
+                      list(layers.values()), per, one, area)
 
 
 summarize = program_cost

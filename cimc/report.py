@@ -11,11 +11,14 @@ fixed date 1980-01-01), no absolute paths, JSON keys sorted. The one exception i
 (wall-clock seconds per pass, of verification and in total: :attr:`cimc.driver.CompiledModel.timings`),
 kept out of the reports so that they stay reproducible.
 
-``report.json`` (``REPORT_VERSION`` 1): ``model`` (name, source), ``target`` (name, spec), ``pipeline``
+``report.json`` (``REPORT_VERSION`` 2): ``model`` (name, source), ``target`` (name, spec), ``pipeline``
 (the text run, and the lowering part), ``seed``, ``calibration``, ``program`` (node count, ops by
-name), ``cost`` (:meth:`cimc.cost.CostReport.to_dict`: per layer and total cycles, latency_us,
-energy_pj, macs, weight_load_bytes, by_unit; ``null`` if the target has no cost model),
-``array_busy_fraction`` (array cycles over total cycles), ``mapping`` (per-layer tiles, arrays and
+name), ``cost`` (:meth:`cimc.cost.CostReport.to_dict`, ``null`` if the target has no cost model):
+``per_inference`` (cycles, latency_us, energy_nj, macs, by_unit, energy_nj_by_component, dram_bytes,
+energy_fj_per_mac, tops_per_w, weight_reloads, and the same per layer in ``layers``), ``one_time``
+(programming the arrays before inference: energy_nj, time_us, cell_writes_by_array, per layer),
+``area_mm2`` (total, by_component, parts with their sources), ``latency`` (how op latencies combine),
+``array_busy_fraction`` (array cycles over per-inference cycles), ``mapping`` (per-layer tiles, arrays and
 cell utilisation, or ``null``), ``verify`` (``null`` unless asked: reference_exact, exact_expected,
 lossy (why exactness is not expected, or ``null``), quantized_max_abs_error, first_difference (the
 first layer that differs: layer, op, value, program_ops, sample, differing, elements,
@@ -38,10 +41,10 @@ import numpy as np
 if TYPE_CHECKING:
     from cimc.driver import CompiledModel
 
-__all__ = ["REPORT_VERSION", "build_report", "default_output_dir", "report_text", "verify_failed", "verify_summary",
-           "write_output"]
+__all__ = ["REPORT_VERSION", "build_report", "cost_summary", "default_output_dir", "report_text", "verify_failed",
+           "verify_summary", "write_output"]
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
 def _jsonable(x: Any) -> Any:
@@ -64,8 +67,8 @@ def build_report(c: CompiledModel) -> dict[str, Any]:
 
     import cimc
 
-    array = c.cost.total.by_unit.get("array", {}).get("cycles", 0.0) if c.cost else 0.0
-    busy = array / c.cost.total.cycles if c.cost and c.cost.total.cycles else None
+    array = c.cost.per_inference.by_unit.get("array", {}).get("cycles", 0.0) if c.cost else 0.0
+    busy = array / c.cost.per_inference.cycles if c.cost and c.cost.per_inference.cycles else None
     return _jsonable({
         "report_version": REPORT_VERSION,
         "model": {"name": c.source.name, "source": c.source.label},
@@ -95,12 +98,7 @@ def report_text(c: CompiledModel) -> str:
              f"program: {r['program']['nodes']} ops ("
              + ", ".join(f"{k} x{v}" for k, v in r["program"]["ops"].items()) + ")", ""]
     if c.cost is not None:
-        lat = c.cost.latency_us
-        lines += [f"total: {c.cost.total.cycles:.0f} cycles"
-                  + (f" = {lat:.3f} us at {c.cost.clock_mhz:g} MHz" if lat is not None else "")
-                  + f", {c.cost.total.energy_pj / 1e3:.3f} nJ, {c.cost.total.macs} MACs, "
-                  f"weight reload {c.cost.total.load_bytes} B, arrays busy {_fmt(r['array_busy_fraction'])}",
-                  "", c.cost.table(), ""]
+        lines += [*cost_summary(c.cost.to_dict(), _fmt(r["array_busy_fraction"])), "", c.cost.table(), ""]
     else:
         lines += ["cost: the target has no cost model (op_cost)", ""]
     if c.mapping:
@@ -112,6 +110,36 @@ def report_text(c: CompiledModel) -> str:
         lines += ["verify:", verify_summary(c.verify), ""]
     lines.append("target spec: " + ", ".join(f"{k}={v}" for k, v in r["target"]["spec"].items()))
     return "\n".join(lines) + "\n"
+
+
+def cost_summary(cost: dict[str, Any], busy: str = "n/a") -> list[str]:
+    """The cost section's headline lines from ``report.json``'s ``cost``: per inference, one-time
+    programming, how latency combines, area by component."""
+    per, one, area = cost["per_inference"], cost["one_time"], cost["area_mm2"]
+    clock = cost["clock_mhz"]
+    lat = per["latency_us"]
+    lines = [f"per inference: {per['cycles']:.0f} cycles"
+             + (f" = {lat:.3f} us at {clock:g} MHz" if lat is not None else "")
+             + f", {per['energy_nj']:.3f} nJ, {per['macs']} MACs"
+             + (f" ({per['energy_fj_per_mac']:.1f} fJ/MAC, {per['tops_per_w']:.3g} TOPS/W)" if per["macs"] else "")
+             + f", arrays busy {busy}",
+             "  DRAM bytes: " + ", ".join(f"{k} {v:.0f}" for k, v in per["dram_bytes"].items()),
+             f"  weight reloads: {per['weight_reloads']['note']}"
+             + (f" ({per['weight_reloads']['energy_nj']:.3f} nJ)" if per["weight_reloads"]["ops"] else ""),
+             f"  latency: {cost['latency']['combine']}"]
+    if one["ops"]:
+        t = one["time_us"]
+        lines.append(f"one-time programming (before inference): {one['energy_nj']:.3f} nJ, {one['cycles']:.0f} cycles"
+                     + (f" = {t:.3f} us" if t is not None else "")
+                     + f", {one['cell_writes_total']} cell writes over {len(one['cell_writes_by_array'])} arrays")
+    else:
+        lines.append("one-time programming: none")
+    if area is not None:
+        lines.append(f"area: {area['total']:.4f} mm^2 ("
+                     + ", ".join(f"{k} {v:.4f}" for k, v in area["by_component"].items()) + ")")
+    else:
+        lines.append("area: the target has no area model")
+    return lines
 
 
 def _pct(x: float | None) -> str:

@@ -41,17 +41,24 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from cimc.errors import InputError, ParseError
 
 if TYPE_CHECKING:
-    from cimc.cost import Cost
+    from cimc.cost import AreaPart, Cost
     from cimc.ir.core import Node
     from cimc.ir.opdef import OpDef
     from cimc.passmanager import Pass
     from cimc.pipeline import Pipeline
 
-__all__ = ["ARRAY_OPS", "LOSSY", "SCALE_45_TO_22NM", "VECTOR_OPS", "Capabilities", "Param", "Spec", "Target",
+__all__ = ["ARRAY_OPS", "GATES_28NM", "LOSSY", "SCALE_45_TO_22NM", "SCALE_AREA_28_TO_22NM", "VECTOR_OPS",
+           "Capabilities", "Param", "Spec", "Target",
            "lossless_adc_bits", "param", "shared_param"]
 
 SCALE_45_TO_22NM = "x 0.29 (45 nm -> 22 nm at 0.8 V, docs/hw-parameters.md §0 scaling table)"
 """How a spec cites an energy scaled from a 45 nm figure to 22 nm."""
+SCALE_AREA_28_TO_22NM = "x (22/28)^2 = 0.617 (28 nm -> 22 nm, area proportional to the feature size squared)"
+"""How a spec cites an area scaled from a 28 nm figure to 22 nm."""
+GATES_28NM = ("from ZigZag-IMC's 28 nm gate primitives (imc_unit.py tech_param: NAND2 0.614 um^2, XOR2 2.4x; "
+              "docs/hw-parameters.md §1.1) [C]: 1-b full adder = 3 NAND2 + 2 XOR2 = 4.789 um^2, 1-b AND multiplier = "
+              "1 NAND2, DFF = 6 NAND2 = 3.684 um^2")
+"""How a spec cites a logic area built from 28 nm gates."""
 
 LOSSY = "cim.lossy"
 """Graph metadata key a lowering sets when its program is not meant to equal the integer reference bit
@@ -108,6 +115,19 @@ _SHARED_PARAMS: dict[str, dict[str, Any]] = {
                                           "element.", unit="pJ",
                        source=f"[D] Horowitz, ISSCC 2014: INT32 multiply 3.1 pJ at 45 nm (docs/hw-parameters.md §1.1) "
                               f"[C2] {SCALE_45_TO_22NM}", ge=0),
+    "fp_mac_pj": dict(default=1.334, doc="Energy of one FP32 multiply-accumulate (the float matmuls between two "
+                                         "activations that the quantizer leaves in float, e.g. attention, and float "
+                                         "recurrent layers).", unit="pJ",
+                      source=f"[D] Horowitz, ISSCC 2014: FP32 mult 3.7 pJ + FP32 add 0.9 pJ = 4.6 pJ at 45 nm "
+                             f"(docs/hw-parameters.md §1.1) [C2] {SCALE_45_TO_22NM}", ge=0),
+    "sram_bit_area_um2": dict(default=0.13552, doc="Area of one bit of on-chip SRAM buffer (cells only, periphery "
+                                                   "not counted).", unit="um^2",
+                              source="[D] NeuroSim V1.4 Param.cpp SRAM cell 10 F x 28 F = 280 F^2 "
+                                     "(docs/hw-parameters.md §2.2) [C] at F = 22 nm", gt=0),
+    "vec_lane_area_um2": dict(default=3634.0, doc="Area of one vector-unit lane: a 32-bit adder, a 32 x 32 array "
+                                                  "multiplier and three 32-bit registers.", unit="um^2",
+                              source=f"[D] 32 full adders + (32 x 32 AND + 32 x 31 full adders) + 96 DFF = 5887 um^2 "
+                                     f"{GATES_28NM} {SCALE_AREA_28_TO_22NM}", gt=0),
     "buffer_pj_per_byte": dict(default=0.997, doc="Energy to read or write one byte of a buffer.", unit="pJ/byte",
                                source="[D] 20 pJ x (64 KiB / 32 KB)^0.46 = 27.5 pJ per 64-bit access "
                                       "(docs/hw-parameters.md §1.2 fit to Horowitz 32 KB / 1 MB, inputs [U]) / 8 bytes "
@@ -118,7 +138,8 @@ _SHARED_PARAMS: dict[str, dict[str, Any]] = {
 
 def shared_param(name: str) -> Any:
     """A parameter every target with a digital vector unit and SRAM buffers declares alike (same default, doc and
-    source): ``vec_op_cycles``, ``vec_op_pj``, ``vec_mul_pj``, ``buffer_pj_per_byte``."""
+    source): ``vec_op_cycles``, ``vec_op_pj``, ``vec_mul_pj``, ``fp_mac_pj``, ``buffer_pj_per_byte``,
+    ``sram_bit_area_um2``, ``vec_lane_area_um2``."""
     kw = dict(_SHARED_PARAMS[name])
     return param(kw.pop("default"), kw.pop("doc"), **kw)
 
@@ -467,6 +488,11 @@ class Target:
 
         for opdef in type(self).ops:
             register_op(opdef)
+
+    def area(self) -> list[AreaPart] | None:
+        """The hardware's area, one :class:`~cimc.cost.AreaPart` per kind of block with the source of its
+        figure; ``None`` (this default): the target has no area model."""
+        return None
 
     def with_spec(self, **overrides: Any) -> Target:
         """A copy of this target with some spec parameters changed."""

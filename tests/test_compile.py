@@ -43,7 +43,9 @@ def test_compile_writes_a_complete_output_dir(tmp_path: Path, target: str, model
     assert report["pipeline"]["run"].startswith("fold-constants")
     assert report["target"]["spec"] == c.target.spec.to_dict()
     if c.cost is not None:
-        assert report["cost"]["total"]["cycles"] > 0 and report["cost"]["layers"]
+        per = report["cost"]["per_inference"]
+        assert per["cycles"] > 0 and per["energy_nj"] > 0 and per["macs"] > 0 and per["layers"]
+        assert report["cost"]["area_mm2"]["total"] > 0 and report["cost"]["one_time"]["energy_nj"] >= 0
     assert "cimc compile report" in (out / "report.txt").read_text()
     assert str(tmp_path) not in "".join(p.read_text(errors="replace") for p in out.iterdir())
     # the program runs, after a round trip through the files too

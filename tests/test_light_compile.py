@@ -28,6 +28,6 @@ def test_squeezenet_compiles(target: str) -> None:
         pytest.skip("onnx light models not installed")
     r = cimc.compile(path, target=target, calibration=_calibration(path), progress=False)
     assert r.program.nodes and not any(n.op.startswith("q.conv") for n in r.program.nodes)
-    assert r.cost is not None and r.cost.total.cycles > 0 and r.cost.total.energy_pj > 0
+    assert r.cost is not None and r.cost.per_inference.cycles > 0 and r.cost.per_inference.energy_pj > 0
     prefix = "sram." if target == "sram-cim" else "npu."
     assert any(n.op.startswith(prefix) for n in r.program.nodes)

@@ -101,13 +101,13 @@ def test_costs_are_positive_and_scale_with_macs():
     loads = [(n, c) for n, c in zip(p.nodes, costs, strict=True) if n.op == "npu.dma_in" and c.unit == "load"]
     assert loads and all(n.attrs["cim.bytes"] > 0 and c.cycles > 0 for n, c in loads)
     report = program_cost(p, NPU)
-    assert report.total.macs == sum(c.macs for c in costs) > 0
-    assert report.total.cycles > 0 and report.total.energy_pj > 0
+    assert report.per_inference.macs == sum(c.macs for c in costs) > 0
+    assert report.per_inference.cycles > 0 and report.per_inference.energy_pj > 0
     # more MACs, more cost: the bigger model costs more, a sparse one less
-    small = program_cost(_lower(_quantized("mlp", 8, False)), NPU).total
-    sparse = program_cost(_lower(_quantized("resnet_tiny", 8, True)), NPU).total
-    assert small.macs < report.total.macs and small.cycles < report.total.cycles
-    assert sparse.macs < report.total.macs and sparse.cycles < report.total.cycles
+    small = program_cost(_lower(_quantized("mlp", 8, False)), NPU).per_inference
+    sparse = program_cost(_lower(_quantized("resnet_tiny", 8, True)), NPU).per_inference
+    assert small.macs < report.per_inference.macs and small.cycles < report.per_inference.cycles
+    assert sparse.macs < report.per_inference.macs and sparse.cycles < report.per_inference.cycles
 
 
 def test_attention_matmul_is_charged_to_the_array_in_fp():
@@ -148,7 +148,8 @@ def test_light_models_compile_for_npu(name):
     ops = g.ops()
     report = program_cost(g, NPU)
     print(f"{name}: {len(g.nodes)} ops ({ops.get('npu.gemm')} npu.gemm) in {seconds:.1f} s, "
-          f"{report.total.cycles:.3g} cycles, {report.total.energy_pj / 1e6:.3g} uJ, {report.total.macs} MACs")
+          f"{report.per_inference.cycles:.3g} cycles, {report.per_inference.energy_pj / 1e6:.3g} uJ, "
+          f"{report.per_inference.macs} MACs")
     assert not {"q.conv", "q.gemm", "q.matmul", "Conv"} & set(ops)
-    assert len(g.nodes) < 20000 and report.total.macs > 0
+    assert len(g.nodes) < 20000 and report.per_inference.macs > 0
     assert seconds < 60

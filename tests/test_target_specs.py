@@ -108,15 +108,37 @@ def test_npu_capabilities():
 
 
 def test_sram_cim_defaults_reproduce_the_calibration():
-    """docs/hw-parameters.md §2.3: 1.8 fJ per 1b x 1b op all-in, split ADC 34 %, array 62 %, other 4 %."""
+    """docs/hw-parameters.md §2.3: 1.8 fJ per 1b x 1b op all-in at the calibration point (4-b ADC, 1-b inputs, 64 rows),
+    split ADC 34 %, DAC and word line 22 %, array 40 %, other 4 % (Wang et al.)."""
     s = get_target("sram-cim").Spec()
-    cells = s.rows_per_op * s.cols
-    assert math.isclose(s.pass_pj / cells, 0.0018, rel_tol=1e-9)
-    assert math.isclose(s.cols * s.adc_pj / s.pass_pj, 0.34, rel_tol=1e-9)
-    assert math.isclose(s.cols * s.shift_add_pj / s.pass_pj, 0.04, rel_tol=1e-9)
-    mac_8x8 = s.pass_pj / cells * 64 * 1000  # fJ per 8b x 8b MAC (8 input bits x 8 weight columns)
+    cells, ref = s.rows_per_op * s.cols, s.adc_ref_bits
+    full = s.pass_pj(ref, 1)
+    assert ref == 4 and math.isclose(full / cells, 0.0018, rel_tol=1e-9)
+    assert math.isclose(s.cols * s.adc_pj / full, 0.34, rel_tol=1e-9)
+    assert math.isclose(s.rows_per_op * s.dac_pj / full, 0.22, rel_tol=1e-9)
+    assert math.isclose(cells * s.mvm_cell_pj / full, 0.40, rel_tol=1e-9)
+    assert math.isclose(s.cols * s.shift_add_pj / full, 0.04, rel_tol=1e-9)
+    mac_8x8 = full / cells * 64 * 1000  # fJ per 8b x 8b MAC (8 input bits x 8 weight columns)
     assert 110 < mac_8x8 < 120 and 16 < 2000 / mac_8x8 < 18  # about 117 fJ, 17 TOPS/W
-    assert (s.adcs, s.pass_cycles) == (16, 9)
+    # a full pass: 1 cycle of word-line drive, then 8 conversions per ADC of 0.8 ns (4 b) or 1.4 ns (7 b)
+    assert s.adcs == 16 and s.pass_cycles(s.cols, ref) == 1 + 7 and s.pass_cycles(s.cols, 7) == 1 + 12
+
+
+def test_sram_cim_converters_follow_the_published_laws():
+    """ZigZag-IMC (docs/hw-parameters.md §2.2): ADC energy (100 B + 0.001 4^B) fF V^2, time B (k3 rows + k4), area
+    10^(-0.0369 B + 1.206) 2^B um^2; DAC energy 50 fF B V^2; DAC area 2^B (ISAAC). At 0.8 V the ADC energies
+    are 0.19 / 0.26 / 0.32 / 0.39 / 0.55 pJ at 3 / 4 / 5 / 6 / 8 b: the spec's figures keep those ratios."""
+    s = get_target("sram-cim").Spec()
+    zz = {3: 0.19, 4: 0.26, 5: 0.32, 6: 0.39, 8: 0.55}
+    for b, pj in zz.items():
+        assert math.isclose(s.adc_pj_at(b) / s.adc_pj_at(4), pj / zz[4], rel_tol=0.03), b
+        assert math.isclose((100 * b + 0.001 * 4**b) * 0.64 / 1000, pj, rel_tol=0.03), b  # the law itself
+    assert math.isclose(s.adc_ns_at(8), 2 * s.adc_ns_at(4)) and math.isclose(s.adc_ns_at(5), 1.0)  # NeuroSim 1 ns
+    area = {4: 183, 5: 336, 8: 2085}  # um^2 at 28 nm
+    for b, um2 in area.items():
+        assert math.isclose(s.adc_area_um2_at(b), um2 * (22 / 28) ** 2, rel_tol=0.01), b
+    assert math.isclose(s.dac_pj_at(4), 4 * s.dac_pj) and math.isclose(s.dac_area_um2_at(3), 4 * s.dac_area_um2)
+    assert math.isclose(s.dac_area_um2, 0.166 * (22 / 32) ** 2, rel_tol=1e-4)
 
 
 def test_npu_defaults_are_the_45nm_numbers_scaled():

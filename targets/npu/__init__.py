@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cimc.cost import Cost
+from cimc.cost import AreaPart, Cost
 from cimc.ir.core import Node
 from cimc.target import Capabilities, Target
 from cimc.targets.npu import cost
@@ -44,3 +44,8 @@ class NpuTarget(Target):
     def op_cost(self, node: Node) -> Cost:
         """Cycles, energy, unit and MACs of one program op (the model: :mod:`cimc.targets.npu.cost`)."""
         return cost.op_cost(node, self.spec)
+
+    def area(self) -> list[AreaPart]:
+        """The MAC array's PEs, the weight, activation and output buffers, and the vector lanes, each from
+        its spec parameter and its source."""
+        return cost.area(self.spec)

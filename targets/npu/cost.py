@@ -1,17 +1,28 @@
 """The npu cost model: ``op_cost`` of every op of a lowered program.
 
-Static shapes only, symbolic dims counted as 1, i.e. per sample):
+Static shapes only, symbolic dims counted as 1, i.e. per sample; energy by component:
   ``npu.gemm``: cycles = passes * (P + R + C - 2) (weight-stationary systolic: each R x C pass
     streams the P positions through, plus fill and drain), passes = ceil(k/R) * ceil(n/C) dense;
-    macs = P * cells; energy = macs * (mac_pj + pe_reg_pj) + buffer bytes * buffer_pj_per_byte,
-    buffer bytes = activation reads P*k*ceil(n/C) + weight reads cells + accumulator read and
-    write 2*4*P*n*ceil(k/R).
-  ``npu.dma_in``/``npu.dma_out``: cycles = bytes / dma_bytes_per_cycle, energy = bytes *
-    (dram_pj_per_byte + buffer_pj_per_byte); weight loads are unit "load" (with ``cim.bytes``).
+    macs = P * cells; energy: arrays macs * (mac_pj + pe_reg_pj), buffers buffer bytes *
+    buffer_pj_per_byte, buffer bytes = activation reads P*k*ceil(n/C) + weight reads cells +
+    accumulator read and write 2*4*P*n*ceil(k/R).
+  ``npu.dma_in``/``npu.dma_out``: cycles = bytes / dma_bytes_per_cycle, energy: buffers bytes *
+    buffer_pj_per_byte plus DRAM bytes * dram_pj_per_byte. Activations stay on chip between layers
+    unless they do not fit: a layer's input (``act``, one sample) beyond ``act_buffer_bytes`` and its
+    int32 result beyond ``out_buffer_bytes`` spill that share to DRAM (kind ``spills``), written once
+    and read back once: ``2 * f * bytes`` DRAM bytes for the spilled fraction ``f``
+    (:func:`cimc.cost.spilled_fraction`) of the bytes a ``dma_in`` chunk reads or a ``dma_out``
+    drains. The model's input and output cross the chip boundary uncharged. Weight loads (``load``,
+    all ``bytes`` from DRAM, kind ``weights``) write ``bytes`` of the weight buffer: at their own
+    offset (``npu.offset``) when the model's weights fit the buffer together (or ``allow_reload =
+    false``), so they stay there and are one-time (loaded once, before inference); otherwise every
+    load writes from offset 0 and the weights stream from DRAM on every inference
+    (:func:`cimc.cost.program_cost`).
   Float ``MatMul``/``Gemm`` (attention: two activations, which the quantizer leaves in float)
-    and ``LSTM`` stay the shared float ops and are charged to the array as fp work: the same
-    systolic cycles with the second operand held stationary, energy macs * fp_mac_pj. They are not
-    rewritten to integers: the program must equal the quantized graph bit for bit.
+    and ``LSTM``/``GRU``/``RNN``, ``Attention`` and ``Einsum`` stay the shared float ops, charged to the array as fp
+    work: their MACs (:func:`cimc.cost.mac_dims`: ``P x K`` by ``K x N``), the systolic cycles of
+    that product, energy macs * fp_mac_pj plus buffer reads and writes of its operands and result.
+    They are not rewritten to integers: the program must equal the quantized graph bit for bit.
   Other ops: the vector unit, ``ceil(elements / vec_lanes) * vec_op_cycles`` cycles and
     ``elements * vec_mul_pj`` (multiplying ops) or ``vec_op_pj`` pJ, as ``cimc.cost.vector_cost``
     counts elements; layout ops are free.
@@ -21,13 +32,13 @@ from __future__ import annotations
 
 import math
 
-from cimc.cost import Cost, num_elements, vector_cost
+from cimc.cost import AreaPart, Cost, Write, mac_dims, num_elements, spilled_fraction, vector_cost
 from cimc.ir.core import Node
 from cimc.targets.npu.spec import NpuSpec
 
-__all__ = ["op_cost"]
+__all__ = ["area", "op_cost"]
 
-FP_ARRAY = ("MatMul", "Gemm", "LSTM")
+FP_ARRAY = ("MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
 """Float ops the MAC array runs in fp mode (attention matmuls, recurrent cells)."""
 _MUL_OPS = frozenset({"q.requant", "q.add", "q.quantize", "q.dequantize", "Mul", "Div", "Softmax",
                       "LayerNormalization", "Erf", "Exp", "Sigmoid", "Tanh", "Pow", "Sqrt", "Reciprocal",
@@ -38,8 +49,13 @@ def _systolic(p: int, k: int, n: int, s: NpuSpec) -> float:
     return math.ceil(k / s.mac_rows) * math.ceil(n / s.mac_cols) * (p + s.mac_rows + s.mac_cols - 2)
 
 
-def _dma(nbytes: float, s: NpuSpec, unit: str) -> Cost:
-    return Cost(nbytes / s.dma_bytes_per_cycle, nbytes * (s.dram_pj_per_byte + s.buffer_pj_per_byte), unit)
+def _dma(nbytes: float, dram: float, s: NpuSpec, unit: str, kind: str, writes: tuple[Write, ...] = ()) -> Cost:
+    """A move of ``nbytes`` through a buffer, ``dram`` of them to or from DRAM."""
+    parts = {"buffers": nbytes * s.buffer_pj_per_byte}
+    if dram:
+        parts["dram"] = dram * s.dram_pj_per_byte
+    return Cost(nbytes / s.dma_bytes_per_cycle, sum(parts.values()), unit, 0, parts, {kind: dram} if dram else {},
+                writes)
 
 
 def op_cost(node: Node, s: NpuSpec) -> Cost:
@@ -54,34 +70,26 @@ def op_cost(node: Node, s: NpuSpec) -> Cost:
         passes, cells = a.get("npu.passes", dense), a.get("npu.cells", k * n)
         macs = p * cells
         buf = p * k * math.ceil(n / s.mac_cols) + cells + 8 * p * n * math.ceil(k / s.mac_rows)
-        return Cost(float(passes * (p + s.mac_rows + s.mac_cols - 2)),
-                    macs * (s.mac_pj + s.pe_reg_pj) + buf * s.buffer_pj_per_byte, "array", macs)
+        parts = {"arrays": macs * (s.mac_pj + s.pe_reg_pj), "buffers": buf * s.buffer_pj_per_byte}
+        return Cost(float(passes * (p + s.mac_rows + s.mac_cols - 2)), sum(parts.values()), "array", macs, parts)
     if op == "npu.dma_in":
-        weight = a.get("buffer", "act") == "weight"
         nbytes = a.get("bytes", 0)
-        if not weight:  # per batch element: times a static batch
-            shape = node.inputs[0].type.shape or ()
-            nbytes *= shape[0] if shape and isinstance(shape[0], int) else 1
-        return _dma(float(nbytes), s, "load" if weight else "dma")
+        if a.get("buffer", "act") == "weight":  # resident weights at their own offset, streamed ones at 0
+            return _dma(float(nbytes), float(nbytes), s, "load", "weights",
+                        (Write(0, int(a.get("npu.offset", 0)), int(nbytes)),))
+        shape = node.inputs[0].type.shape or ()  # activation bytes are per batch element: times a static batch
+        nbytes *= shape[0] if shape and isinstance(shape[0], int) else 1
+        f = spilled_fraction(num_elements(node.inputs[0]), s.act_buffer_bytes)  # of the layer's whole input
+        return _dma(float(nbytes), 2 * f * nbytes, s, "dma", "spills")
     if op == "npu.dma_out":
-        return _dma(4.0 * num_elements(node.outputs[0]), s, "dma")
-    if op in FP_ARRAY:
-        shapes = [v.type.shape if v is not None else None for v in node.inputs]
-        if op == "LSTM" and shapes[1] is not None and shapes[0] is not None:
-            hidden4, inp = shapes[1][1], shapes[1][2]
-            hid = hidden4 // 4 if isinstance(hidden4, int) else 1
-            p = math.prod(d if isinstance(d, int) else 1 for d in shapes[0][:2]) * (shapes[1][0] or 1)
-            k, n = (inp if isinstance(inp, int) else 1) + hid, hidden4 if isinstance(hidden4, int) else 1
-        elif shapes[0] is not None and shapes[1] is not None and len(shapes[1]) >= 2:
-            k = shapes[0][-1] if isinstance(shapes[0][-1], int) else 1
-            rows = math.prod(d if isinstance(d, int) else 1 for d in shapes[0][:-1])
-            n = num_elements(node.outputs[0]) // max(1, rows)
-            p = max(1, num_elements(node.outputs[0]) // max(1, n))
-        else:
-            return _vector(node, s)
+        nbytes = 4.0 * num_elements(node.outputs[0])
+        return _dma(nbytes, 2 * spilled_fraction(nbytes, s.out_buffer_bytes) * nbytes, s, "dma", "spills")
+    dims = mac_dims(node) if op in FP_ARRAY else None
+    if dims is not None:
+        p, k, n = dims
         macs = p * k * n
-        return Cost(_systolic(p, k, n, s), macs * s.fp_mac_pj + (p * k + k * n + 4 * p * n) * s.buffer_pj_per_byte,
-                    "array", macs)
+        parts = {"arrays": macs * s.fp_mac_pj, "buffers": (p * k + k * n + 4 * p * n) * s.buffer_pj_per_byte}
+        return Cost(_systolic(p, k, n, s), sum(parts.values()), "array", macs, parts)
     return _vector(node, s)
 
 
@@ -89,3 +97,18 @@ def _vector(node: Node, s: NpuSpec) -> Cost:
     """The shared vector-unit model, with the multiplier's energy for ops that multiply."""
     pj = s.vec_mul_pj if node.op in _MUL_OPS else s.vec_op_pj
     return vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
+
+
+def area(s: NpuSpec) -> list[AreaPart]:
+    """The chip's blocks (the target's ``area``): the MAC array's PEs, the weight, activation and output
+    buffers and the vector lanes, each citing its spec parameter's source."""
+    src = {p.name: p.source for p in s.params()}
+    return [
+        AreaPart("arrays", f"MAC array PEs ({s.mac_rows} x {s.mac_cols})", s.mac_rows * s.mac_cols, s.pe_area_um2,
+                 src["pe_area_um2"]),
+        *(AreaPart("buffers", f"{what} buffer ({n} B)", 8 * n, s.sram_bit_area_um2, src["sram_bit_area_um2"])
+          for what, n in (("weight", s.weight_buffer_bytes), ("activation", s.act_buffer_bytes),
+                          ("output", s.out_buffer_bytes))),
+        AreaPart("vector_unit", f"vector unit lanes ({s.vec_lanes})", s.vec_lanes, s.vec_lane_area_um2,
+                 src["vec_lane_area_um2"]),
+    ]

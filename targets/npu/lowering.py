@@ -6,8 +6,9 @@ n_len`` with ``k_len`` a multiple of ``mac_rows`` (or all of K) and ``n_len`` a 
 no partial sums). Positions are split into chunks so that a chunk's input rows fit the activation
 buffer and its ``p_len x n_len`` int32 accumulators fit the output buffer. Loop order: chunks,
 then N tiles, then K tiles (partial sums chained through ``acc``, the bias added by the first);
-weight tiles are loaded once per layer when there is one chunk (or ``allow_reload = false``, which
-also requires all weights to fit the weight buffer at once), else once per chunk; an all-zero
+weight tiles are loaded once per layer when there is one chunk or when all the model's weights fit
+the weight buffer at once (they then stay resident, each at its own ``npu.offset``, and their loads
+are one-time; ``allow_reload = false`` requires that), else once per chunk; an all-zero
 tile (pruned by ``sparsify``) is skipped (the first K tile of an N range is kept, for the bias).
 Op count per layer: ``chunks * (1 + 2 * tiles) + 1``, never per position.
 """
@@ -72,6 +73,12 @@ def _weight_matrix(node: Node) -> np.ndarray:
     return mat
 
 
+def _matrix_bytes(node: Node) -> int:
+    """Bytes of :func:`_weight_matrix` (one per weight, block-diagonal zeros included), without building it."""
+    w = node.inputs[1].const
+    return w.size * (int(node.attrs.get("group", 1)) if node.op == "q.conv" else 1)
+
+
 def _tiles(k: int, n: int, s: NpuSpec) -> tuple[int, int]:
     """(k_len, n_len) of a weight tile: full K when a mac_cols-wide strip fits, as wide as fits."""
     r, c, buf = s.mac_rows, s.mac_cols, s.weight_buffer_bytes
@@ -95,7 +102,7 @@ def _passes(tile: np.ndarray, r: int, c: int) -> tuple[int, int]:
 def _check_fits(graph: Graph, s: NpuSpec) -> None:
     """With ``allow_reload = false``: all weights stay in the weight buffer, so they must fit it."""
     layers = [n for n in graph.nodes if n.op in ARRAY_OPS and n.inputs[1].const is not None]
-    need = sum(_weight_matrix(n).size for n in layers)  # one byte per (mac_bits <= 8) weight
+    need = sum(_matrix_bytes(n) for n in layers)  # one byte per (mac_bits <= 8) weight
     if need > s.weight_buffer_bytes:
         raise PassError(f"model {graph.name!r} does not fit the weight buffer with allow_reload = false: its "
                         f"{len(layers)} array layers hold {need} weight bytes, but the npu weight buffer holds "
@@ -118,10 +125,14 @@ class LowerNpuPass(Pass):
         assert isinstance(s, NpuSpec)
         if not s.allow_reload:
             _check_fits(graph, s)
+        layers = [n for n in graph.nodes if n.op in ARRAY_OPS and n.inputs[1].const is not None]
+        # weights that fit the weight buffer together stay in it: each tile loaded once, at its own offset
+        resident = not s.allow_reload or sum(_matrix_bytes(n) for n in layers) <= s.weight_buffer_bytes
+        offset = [0] if resident else None
         changed = False
         for node in list(graph.nodes):
             if node.op in ARRAY_OPS and node.inputs[1].const is not None:
-                self._lower(graph, node, s)
+                self._lower(graph, node, s, offset)
                 changed = True
             elif node.op.startswith("npu."):
                 continue
@@ -132,7 +143,9 @@ class LowerNpuPass(Pass):
         graph.metadata["npu.lowered"] = "1"
         return PassResult(changed)
 
-    def _lower(self, g: Graph, node: Node, s: NpuSpec) -> None:
+    def _lower(self, g: Graph, node: Node, s: NpuSpec, offset: list[int] | None) -> None:
+        """Rewrite one layer; ``offset`` (a one-item list, advanced here) is the next free byte of the weight
+        buffer when the weights stay resident, else ``None``."""
         x, out = node.inputs[0], node.outputs[0]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         wm = _weight_matrix(node)
@@ -190,12 +203,15 @@ class LowerNpuPass(Pass):
                     if (ni, ki) not in consts:
                         continue
                     wc, passes, cells = consts[(ni, ki)]
-                    key = (ni, ki) if len(chunks) == 1 or not s.allow_reload else (ni, ki, chunk)
+                    key = (ni, ki) if len(chunks) == 1 or offset is not None else (ni, ki, chunk)
                     if key not in loads:
                         nbytes = (k1 - k0) * (n1 - n0)
+                        at = {} if offset is None else {"npu.offset": offset[0]}
                         loads[key] = g.add_node("npu.dma_in", [wc], {"buffer": "weight", "bytes": nbytes,
-                                                                     "cim.bytes": nbytes, **ann},
+                                                                     "cim.bytes": nbytes, **at, **ann},
                                                 name=f"{layer}/load_w", before=node).outputs[0]
+                        if offset is not None:
+                            offset[0] += nbytes
                     attrs = {"k_range": (k0, k1), "n_range": (n0, n1), "positions": tuple(chunk or ()),
                              **geom, "npu.passes": passes, "npu.cells": cells, **ann}
                     ops = [xin, loads[key], acc, bias_tiles[ni] if acc is None else None]

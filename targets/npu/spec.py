@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cimc.target import SCALE_45_TO_22NM, Spec, param, shared_param
+from cimc.target import GATES_28NM, SCALE_45_TO_22NM, SCALE_AREA_28_TO_22NM, Spec, param, shared_param
 
 __all__ = ["NpuSpec"]
 
@@ -82,10 +82,13 @@ class NpuSpec(Spec):
     vec_op_pj: float = shared_param("vec_op_pj")
     vec_mul_pj: float = shared_param("vec_mul_pj")
 
-    fp_mac_pj: float = param(1.334, "Energy of one FP32 multiply-accumulate (float matmuls between two activations, "
-                                    "e.g. attention, and float recurrent layers, run on the array in fp mode).",
-                             unit="pJ", source=f"[D] Horowitz, ISSCC 2014: FP32 mult 3.7 pJ + FP32 add 0.9 pJ = 4.6 pJ "
-                                               f"at 45 nm (docs/hw-parameters.md §1.1) [C2] {SCALE_45_TO_22NM}", ge=0)
+    fp_mac_pj: float = shared_param("fp_mac_pj")
+    pe_area_um2: float = param(393.61, "Area of one processing element: an 8 x 8 multiplier, a 32-bit accumulating "
+                                       "adder and its operand and partial-sum registers.", unit="um^2",
+                               source=f"[D] (8 x 8 AND + 8 x 7 full adders) + 32 full adders + 48 DFF = 637.6 um^2 "
+                                      f"{GATES_28NM} {SCALE_AREA_28_TO_22NM}", gt=0)
+    sram_bit_area_um2: float = shared_param("sram_bit_area_um2")
+    vec_lane_area_um2: float = shared_param("vec_lane_area_um2")
 
     def check(self) -> Iterator[str]:
         """The accumulators hold at least one full product."""

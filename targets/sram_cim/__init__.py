@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cimc.cost import Cost
+from cimc.cost import AreaPart, Cost
 from cimc.ir.core import Node
 from cimc.target import VECTOR_OPS, Capabilities, Target
 from cimc.targets.sram_cim import cost
@@ -51,3 +51,9 @@ class SramCimTarget(Target):
     def op_cost(self, node: Node) -> Cost:
         """Cycles and energy of one program op (the model: :mod:`cimc.targets.sram_cim.cost`)."""
         return cost.op_cost(node, self.spec)
+
+    def area(self) -> list[AreaPart]:
+        """Cells, ADCs and shift-adds (one per ``cols_per_adc`` columns), word-line DACs (one per row), the
+        activation and output buffers and the vector lanes, each from its spec parameter and its source;
+        the ADCs at ``adc_bits`` and the DACs at ``dac_bits`` (:mod:`cimc.converters`)."""
+        return cost.area(self.spec)

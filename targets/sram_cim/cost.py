@@ -1,18 +1,33 @@
 """The sram-cim cost model: ``op_cost`` of every op of a lowered program.
 
-Per op, from attributes and static shapes; a symbolic dim counts as 1, i.e. per sample):
-- ``sram.mvm``: per tile, ``P`` positions, ``A`` driven row blocks (``rows_active`` rows), ``J``
-  input chunks, ``C`` columns, ``adcs = ceil(cols / cols_per_adc)`` per macro. A pass drives one
-  block with one chunk across all columns of the tile: ``passes = P*A*J``; ``pass_cycles =
-  mvm_cycles + ceil(C / adcs) * adc_cycles``; the tiles run at once on distinct macros, so
-  ``cycles = max over tiles of passes * pass_cycles / replicas``; ``energy = sum over tiles of
-  P*J*(rows_active*C*mvm_cell_pj + A*C*(adc_pj + shift_add_pj)) + 4*P*channels*buffer_pj_per_byte``
-  plus ``P*rows*(buffer_pj_per_byte + noc_pj_per_byte)`` for reading the distinct input rows of its
-  tiles once (broadcast to the macros that share them); ``macs = sum of
-  P*rows_active*channels``.
+Per op, from attributes and static shapes; a symbolic dim counts as 1, i.e. per sample; energy by
+component; the ADC and DAC figures at the op's ``adc_bits`` and ``dac_bits`` (:class:`SramCimSpec`'s
+``*_at`` methods):
+- ``sram.mvm``: per tile, ``P`` positions, ``A`` driven row blocks (``rows_active`` rows), ``J`` input
+  chunks, ``C`` columns (``ch`` channels), ``adcs = ceil(cols / cols_per_adc)`` per macro. A pass
+  drives one block with one chunk across all columns of the tile: ``passes = P*A*J``; the tiles run at
+  once on distinct macros, so ``cycles = max over tiles of passes * pass_cycles(C) / replicas +
+  shift_add_cycles`` (the shift-adds run behind the conversions; the last one ends the op) plus spill
+  traffic at ``dram_bytes_per_cycle``. Energy, summed over tiles: arrays
+  ``P*J*rows_active*C*mvm_cell_pj``; DACs ``P*J*rows_active*dac_pj_at(dac_bits)``; ADCs
+  ``P*J*A*C*adc_pj_at(adc_bits)``; shift-add ``P*J*A*C*shift_add_pj``; buffers ``4*P*ch`` bytes of
+  accumulators written plus ``P*rows`` bytes of input read (the distinct input rows of its tiles,
+  read once and broadcast to the macros that share them) at ``buffer_pj_per_byte``, the input also
+  crossing the interconnect at ``noc_pj_per_byte``; ``macs = sum of P*rows_active*ch``.
+  Spills (DRAM at ``dram_pj_per_byte``): the layer's input activation (its raw feature map, one byte
+  per element) beyond ``act_buffer_bytes`` lives in DRAM: the first round (no accumulator operand)
+  pays its producer writing that share once, and every round reads the share of the rows it reads;
+  the layer's int32 accumulators (``4*P*channels`` bytes) beyond ``out_buffer_bytes`` spill: that
+  share of every accumulator byte a round writes goes to DRAM and is read back (by the next round or
+  the consumer).
 - ``sram.load``: per tile and replica ``bits = r*c*cell_bits``, ``bytes = ceil(bits/8)``; ``cycles =
-  sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; ``energy = sum of bits*write_bit_pj +
-  bytes*dram_pj_per_byte``.
+  sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; energy: arrays ``bits*write_bit_pj``, DRAM
+  ``bytes*dram_pj_per_byte``; it writes ``r*c`` cells of its macro (one-time unless another load
+  writes that macro: see :func:`cimc.cost.program_cost`).
+- float ``MatMul``/``Gemm``/``LSTM``/``GRU``/``RNN``/``Attention``/``Einsum`` (attention, recurrent
+  cells; what the quantizer leaves in float):
+  their MACs on the vector unit (:func:`cimc.cost.mac_dims`), ``ceil(macs / vec_lanes) *
+  vec_op_cycles`` cycles and ``macs * fp_mac_pj``, plus the elementwise cost of their result.
 - every other op: the vector unit (:func:`cimc.cost.vector_cost`, ``vec_lanes``, ``vec_op_cycles``,
   ``vec_op_pj``, plus ``vec_mul_pj`` for ops that multiply: q.requant, q.add, q.quantize,
   q.dequantize); ``vec.im2col`` adds ``buffer_pj_per_byte`` per byte written.
@@ -24,50 +39,123 @@ import math
 
 import numpy as np
 
-from cimc.cost import Cost, num_elements, vector_cost
+from cimc.converters import ADC_AREA, DAC_AREA
+from cimc.cost import AreaPart, Cost, Write, mac_dims, num_elements, spilled_fraction, vector_cost
 from cimc.ir.core import Node
 from cimc.targets.sram_cim.spec import SramCimSpec
 
-__all__ = ["op_cost"]
+__all__ = ["area", "op_cost"]
 
 _MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize")
+_MAC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
 
 
 def _count(shape) -> int:
     return math.prod(d if isinstance(d, int) else 1 for d in shape) if shape is not None else 1
 
 
+def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
+    a = node.attrs
+    x = node.inputs[0]
+    xs = x.type.shape
+    cols = a.get("layout") == "cols"
+    P = (_count(xs[1:2]) * _count(xs[3:]) if cols else _count(xs[:-1])) if xs else 1
+    J, rpo, R = -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), a["rows_per_op"], a.get("replicas", 1)
+    adc_bits, dac_bits = a["adc_bits"], a.get("dac_bits", 1)
+    S = len(a["significance"])
+    t = np.asarray(a["tiles"], np.int64)
+    k, ch = t[:, 5] - t[:, 4], t[:, 9] - t[:, 8]
+    skip = np.asarray(a.get("skip", np.zeros((0, 2), np.int64)), np.int64).reshape(-1, 2)
+    off_rows = np.minimum(rpo, k[skip[:, 0]] - skip[:, 1] * rpo)  # rows of each skipped block
+    active = -(-k // rpo) - np.bincount(skip[:, 0], minlength=len(t))
+    rows_active = k - np.bincount(skip[:, 0], weights=off_rows, minlength=len(t)).astype(np.int64)
+    C = ch * S
+    passes = P * active * J
+    cycles = float((passes * s.pass_cycles(C, adc_bits)).max() / R) + s.shift_add_cycles
+    converted = int((P * J * active * C).sum())
+    rows_read = sum(k1 - k0 for _, k0, k1 in {(int(g), int(k0), int(k1)) for g, k0, k1 in t[:, [0, 4, 5]]})
+    acc_written = 4 * P * int(ch.sum())
+    parts = {"arrays": float((P * J * rows_active * C).sum()) * s.mvm_cell_pj,
+             "dac": float((P * J * rows_active).sum()) * s.dac_pj_at(dac_bits),
+             "adc": converted * s.adc_pj_at(adc_bits),
+             "shift_add": converted * s.shift_add_pj,
+             "buffers": (acc_written + P * rows_read) * s.buffer_pj_per_byte,
+             "interconnect": P * rows_read * s.noc_pj_per_byte}
+    spill = _spills(node, s, P, rows_read, acc_written)
+    if spill:
+        parts["dram"] = spill * s.dram_pj_per_byte
+    return Cost(cycles + spill / s.dram_bytes_per_cycle, sum(parts.values()), "array",
+                int((P * rows_active * ch).sum()), parts, {"spills": spill} if spill else {})
+
+
+def _spills(node: Node, s: SramCimSpec, P: int, rows_read: int, acc_written: int) -> float:
+    """DRAM bytes of the round's input and accumulator spills (module docstring)."""
+    x, a = node.inputs[0], node.attrs
+    raw = x.producer.inputs[0] if x.producer is not None and x.producer.op == "vec.im2col" else x
+    in_bytes = num_elements(raw)
+    shape = x.type.shape or ()
+    rows_total = _count(shape[:1]) * _count(shape[2:3]) if a.get("layout") == "cols" else _count(shape[-1:])
+    f_in = spilled_fraction(in_bytes, s.act_buffer_bytes)
+    first = len(node.inputs) < 3 or node.inputs[2] is None
+    spill = f_in * in_bytes * (min(1.0, rows_read / max(rows_total, 1)) + (1.0 if first else 0.0))
+    f_out = spilled_fraction(4 * P * a["channels"], s.out_buffer_bytes)
+    return spill + 2 * f_out * acc_written
+
+
+def _load_cost(node: Node, s: SramCimSpec) -> Cost:
+    a = node.attrs
+    t = np.asarray(a["tiles"], np.int64)
+    R, macros = a.get("replicas", 1), a["macros"]
+    r, c = t[:, 5] - t[:, 4], t[:, 7] - t[:, 6]
+    bits = r * c * s.cell_bits * R
+    nbytes = float((-(-(r * c * s.cell_bits) // 8) * R).sum())
+    writes = tuple(Write((arr + rep) % macros, 0, n) for arr, n in zip(t[:, 3].tolist(), (r * c).tolist(), strict=True)
+                   for rep in range(R))
+    parts = {"arrays": float(bits.sum()) * s.write_bit_pj, "dram": nbytes * s.dram_pj_per_byte}
+    return Cost(float((r * R * s.write_row_cycles).sum() + nbytes / s.dram_bytes_per_cycle), sum(parts.values()),
+                "load", 0, parts, {"weights": nbytes}, writes)
+
+
 def op_cost(node: Node, spec: SramCimSpec) -> Cost:
     """Cost of one program op on the sram-cim target (formulas in the module docstring)."""
-    s, a = spec, node.attrs
+    s = spec
     if node.op == "sram.mvm":
-        xs = node.inputs[0].type.shape
-        P = (_count(xs[1:2]) * _count(xs[3:]) if a.get("layout") == "cols" else _count(xs[:-1])) if xs else 1
-        J, rpo, R = -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), a["rows_per_op"], a.get("replicas", 1)
-        S = len(a["significance"])
-        t = np.asarray(a["tiles"], np.int64)
-        k, ch = t[:, 5] - t[:, 4], t[:, 9] - t[:, 8]
-        skip = np.asarray(a.get("skip", np.zeros((0, 2), np.int64)), np.int64).reshape(-1, 2)
-        off_rows = np.minimum(rpo, k[skip[:, 0]] - skip[:, 1] * rpo)  # rows of each skipped block
-        active = -(-k // rpo) - np.bincount(skip[:, 0], minlength=len(t))
-        rows_active = k - np.bincount(skip[:, 0], weights=off_rows, minlength=len(t)).astype(np.int64)
-        C = ch * S
-        cycles = float((P * active * J * (s.mvm_cycles + -(-C // s.adcs) * s.adc_cycles)).max() / R)
-        energy = float((P * J * (rows_active * C * s.mvm_cell_pj + active * C * (s.adc_pj + s.shift_add_pj))
-                        + 4 * P * ch * s.buffer_pj_per_byte).sum())
-        macs = int((P * rows_active * ch).sum())
-        rows_read = int(sum(k1 - k0 for k0, k1 in {(int(a0), int(a1)) for a0, a1 in t[:, 4:6]}))
-        energy += P * rows_read * (s.buffer_pj_per_byte + s.noc_pj_per_byte)
-        return Cost(float(cycles), float(energy), "array", macs)
+        return _mvm_cost(node, s)
     if node.op == "sram.load":
-        t = np.asarray(a["tiles"], np.int64)
-        R = a.get("replicas", 1)
-        rows, bits = (t[:, 5] - t[:, 4]) * R, (t[:, 5] - t[:, 4]) * (t[:, 7] - t[:, 6]) * s.cell_bits * R
-        nbytes = -(-bits // 8)
-        return Cost(float((rows * s.write_row_cycles).sum() + nbytes.sum() / s.dram_bytes_per_cycle),
-                    float(bits.sum() * s.write_bit_pj + nbytes.sum() * s.dram_pj_per_byte), "load")
+        return _load_cost(node, s)
     pj = s.vec_op_pj + (s.vec_mul_pj if node.op in _MUL_OPS else 0.0)
     c = vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
     if node.op == "vec.im2col":
-        c = Cost(c.cycles, c.energy_pj + num_elements(node.outputs[0]) * s.buffer_pj_per_byte, c.unit)
+        extra = num_elements(node.outputs[0]) * s.buffer_pj_per_byte
+        return Cost(c.cycles, c.energy_pj + extra, c.unit, parts={"vector_unit": c.energy_pj, "buffers": extra})
+    dims = mac_dims(node) if node.op in _MAC_OPS else None
+    if dims is not None:
+        macs = math.prod(dims)
+        mac_pj = s.fp_mac_pj if node.inputs[0].type.dtype.is_float else s.vec_mul_pj + s.vec_op_pj
+        return Cost(c.cycles + math.ceil(macs / s.vec_lanes) * s.vec_op_cycles, c.energy_pj + macs * mac_pj,
+                    "vector", macs)
     return c
+
+
+def area(s: SramCimSpec) -> list[AreaPart]:
+    """The chip's blocks (the target's ``area``): cells, ADCs at ``adc_bits``, word-line DACs at ``dac_bits``,
+    shift-adds, buffers and vector lanes, each citing its spec parameter's source (and the law that moved it)."""
+    src = {p.name: p.source for p in s.params()}
+    return [
+        AreaPart("arrays", f"SRAM-CIM cells ({s.macros} macros x {s.rows} x {s.cols})", s.macros * s.rows * s.cols,
+                 s.cell_area_um2, src["cell_area_um2"]),
+        AreaPart("adc", f"{s.adc_bits}-b ADCs ({s.adcs} per macro)", s.macros * s.adcs, s.adc_area_um2_at(s.adc_bits),
+                 f"{src['adc_area_um2']}; at {s.adc_bits} b by the {ADC_AREA.quantity} law {ADC_AREA.formula} "
+                 f"({ADC_AREA.source})"),
+        AreaPart("dac", f"{s.dac_bits}-b word-line DACs (one per row)", s.macros * s.rows,
+                 s.dac_area_um2_at(s.dac_bits), f"{src['dac_area_um2']}; at {s.dac_bits} b by the "
+                 f"{DAC_AREA.quantity} law {DAC_AREA.formula}"),
+        AreaPart("shift_add", "shift-add units (one per ADC)", s.macros * s.adcs, s.shift_add_area_um2,
+                 src["shift_add_area_um2"]),
+        AreaPart("buffers", f"activation buffer ({s.act_buffer_bytes} B)", 8 * s.act_buffer_bytes, s.sram_bit_area_um2,
+                 src["sram_bit_area_um2"]),
+        AreaPart("buffers", f"output buffer ({s.out_buffer_bytes} B)", 8 * s.out_buffer_bytes, s.sram_bit_area_um2,
+                 src["sram_bit_area_um2"]),
+        AreaPart("vector_unit", f"vector unit lanes ({s.vec_lanes})", s.vec_lanes, s.vec_lane_area_um2,
+                 src["vec_lane_area_um2"]),
+    ]

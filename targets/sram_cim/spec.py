@@ -4,17 +4,21 @@ Each macro is one array of ``rows`` x ``cols`` 1-bit cells. A weight of b bits i
 ``ceil(b / cell_bits)`` adjacent columns; inputs are fed bit-serially (``dac_bits`` per pass). One
 *pass* switches on ``rows_per_op`` word lines with one input slice and yields one partial sum per
 column; each ADC converts its ``cols_per_adc`` columns one after another at ``adc_bits`` (lossless
-when ``adc_bits >= lossless_adc_bits(rows_per_op, dac_bits, cell_bits)``, 7 for the defaults, so
-the default 5-b ADC clips and rounds as the published macros do), and the digital periphery
-shifts and adds the converted sums by input-bit and weight-slice significance. Passes over an
-all-zero (pruned) row block are skipped. Requantization, pooling and layout run on the vector unit.
+when ``adc_bits >= lossless_adc_bits(rows_per_op, dac_bits, cell_bits)``, 7 for the defaults; NeuroSim's
+5-b ADC, ``--spec-set adc_bits=5``, clips and rounds as the published macros do), and the digital
+periphery shifts and adds the converted sums by input-bit and weight-slice significance. Passes over
+an all-zero (pruned) row block are skipped. Requantization, pooling and layout run on the vector unit.
 
 Cost model inputs (the defaults: 22 nm, 0.8 V, calibrated to published macros, docs/hw-parameters.md
-§2.3): a pass costs ``mvm_cycles`` plus ``cols_per_adc * adc_cycles`` for its conversions, and
-``active rows * active columns * mvm_cell_pj`` plus one ``adc_pj`` and one ``shift_add_pj`` per
-converted column. With the defaults that is 1.8 fJ per 1b x 1b operation all-in (about 117 fJ per
-8b x 8b MAC, 17 TOPS/W), split as in Wang et al. (VLSI 2022): ADC 34 %, word line and array 62 %,
-other 4 %. Loading weights costs ``write_row_cycles`` per row and ``write_bit_pj`` per bit.
+§2.3): a pass drives its rows with ``dac_pj`` per word line, spends ``mvm_cell_pj`` per cell in the
+driven rows and converted columns, and one ``adc_pj`` and one ``shift_add_pj`` per converted column;
+it takes ``mvm_cycles`` plus the conversions of the busiest ADC (``adc_ns`` each). At the reference
+point (``adc_ref_bits`` = 4, 1-bit inputs) that is 1.8 fJ per 1b x 1b operation all-in (about 117 fJ
+per 8b x 8b MAC, 17 TOPS/W: NeuroSim's SRAM 22 nm macro with a 4-b ADC), split as in Wang et al.
+(VLSI 2022): ADC 34 %, word line and DAC 22 %, array 40 %, shift-add 4 %. ADC energy, conversion
+time and area, and DAC energy and area, move with ``adc_bits`` and ``dac_bits`` along the published
+laws of :mod:`cimc.converters`. Loading weights costs ``write_row_cycles`` per row and ``write_bit_pj``
+per bit. Areas: cells, ADCs, DACs, shift-adds, buffers and vector lanes (the target's ``area``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from cimc.target import SCALE_45_TO_22NM, Spec, param, shared_param
+import numpy as np
+
+from cimc.converters import ADC_AREA, ADC_ENERGY, ADC_TIME, DAC_AREA, DAC_ENERGY, scaled
+from cimc.target import GATES_28NM, SCALE_45_TO_22NM, SCALE_AREA_28_TO_22NM, Spec, param, shared_param
 
 __all__ = ["SramCimSpec"]
 
@@ -84,11 +91,19 @@ class SramCimSpec(Spec):
     mvm_cycles: int = param(1, "Cycles of one pass (word-line drive, bit-line settle), before its conversions.",
                             unit="cycles", source="assumption: one 1-ns cycle; docs/hw-parameters.md §2.3 gives 1 to "
                                                   "6.9 ns per input bit including the ADC", ge=1)
-    adc_cycles: int = param(1, "Cycles of one ADC conversion.", unit="cycles",
-                            source="NeuroSim V1.4 manual §7: about 1 ns for a 5-b flash ADC at 22 nm "
-                                   "(docs/hw-parameters.md §2.2) [C]", ge=1)
+    adc_ref_bits: int = param(4, "Resolution at which adc_pj, adc_ns and adc_area_um2 are given; at adc_bits they "
+                                 "scale by the ADC laws of cimc.converters (ZigZag-IMC).", unit="bits",
+                              source="NeuroSim V1.4 manual Table VII: the SRAM 22 nm 64-row figure (17.13 TOPS/W) the "
+                                     "energies are calibrated to uses a 4-b ADC (docs/hw-parameters.md §6) [C]", ge=1,
+                              le=16)
+    adc_ns: float = param(0.8, "Time of one ADC conversion at adc_ref_bits (conversions of one ADC run one after "
+                               "another).", unit="ns",
+                          source="[D] NeuroSim V1.4 manual §7: about 1 ns for a 5-b flash ADC at 22 nm "
+                                 "(docs/hw-parameters.md §2.2) [C], x 4/5 to 4 b by the ZigZag-IMC time law "
+                                 "(proportional to bits)", gt=0)
     shift_add_cycles: int = param(1, "Cycles of one shift-add of a converted partial sum (one adder per ADC, "
-                                     "pipelined behind the conversions).", unit="cycles",
+                                     "pipelined behind the conversions: only the last one of an sram.mvm adds "
+                                     "to its time).", unit="cycles",
                                   source="assumption: one adder per ADC taking one partial sum per cycle", ge=0)
     write_row_cycles: int = param(1, "Cycles to write one row of weight bits into an array (load or reload).",
                                   unit="cycles", source="assumption: one word line per cycle, as an SRAM write port",
@@ -105,11 +120,17 @@ class SramCimSpec(Spec):
     out_buffer_bytes: int = param(65536, "Output buffer collecting the macros' results.", unit="bytes",
                                   source="SCALE-Sim configs/scale.cfg ofmap SRAM 64 kB (docs/hw-parameters.md §1.1) "
                                          "[C], the npu's size for a like-for-like comparison", ge=1)
-    mvm_cell_pj: float = param(0.001116, "Energy of one cell in one pass: one word line on, one input slice, one "
-                                         "column (word-line drive and array; ADC and shift-add apart).", unit="pJ",
-                               source=f"[D] 62 % (word line/DAC 22 % + array 40 %, Wang et al., VLSI 2022 split [C]) "
-                                      f"{_BITOP}", ge=0)
-    adc_pj: float = param(0.039168, "Energy of one ADC conversion (one column partial sum).", unit="pJ",
+    mvm_cell_pj: float = param(0.00072, "Energy of one cell in one pass: one driven row, one input slice, one "
+                                        "column (bit-line compute; word-line drive, ADC and shift-add apart).",
+                               unit="pJ", source=f"[D] 40 % (array and MAC share, Wang et al., VLSI 2022 split [C]) "
+                                                 f"{_BITOP}", ge=0)
+    dac_pj: float = param(0.050688, "Energy of driving one word line for one pass with a 1-bit input (the input "
+                                    "DAC and the word line across the cols columns); at dac_bits it scales by the "
+                                    "DAC law of cimc.converters (linear in bits).", unit="pJ",
+                          source=f"[D] 22 % (DAC/word-line share, Wang et al., VLSI 2022 split [C]) {_BITOP} x 128 "
+                                 "columns per word line", ge=0)
+    adc_pj: float = param(0.039168, "Energy of one ADC conversion (one column partial sum) at adc_ref_bits; at "
+                                    "adc_bits it scales by the ADC energy law of cimc.converters.", unit="pJ",
                           source=f"[D] 34 % (Wang et al., VLSI 2022 ADC share [C]) {_BITOP} x 64 rows per conversion",
                           ge=0)
     shift_add_pj: float = param(0.004608, "Energy of one shift-add of a converted partial sum.", unit="pJ",
@@ -121,6 +142,7 @@ class SramCimSpec(Spec):
     vec_op_pj: float = shared_param("vec_op_pj")
     vec_mul_pj: float = shared_param("vec_mul_pj")
     buffer_pj_per_byte: float = shared_param("buffer_pj_per_byte")
+    fp_mac_pj: float = shared_param("fp_mac_pj")
     noc_pj_per_byte: float = param(0.174, "Energy to move one byte between a buffer and a macro (on-chip bus).",
                                    unit="pJ/byte",
                                    source="[U] Eyeriss (Chen et al., ISCA 2016) Table IV: NoC about 2x a MAC "
@@ -128,6 +150,24 @@ class SramCimSpec(Spec):
     dram_pj_per_byte: float = param(64.0, "Energy to move one byte from or to DRAM (weight reloads, spills).",
                                     unit="pJ/byte", source="Accelergy CACTI plug-in type2energy: LPDDR4 8 pJ/bit "
                                                            "(docs/hw-parameters.md §1.1, §1.2) [C]", ge=0)
+    cell_area_um2: float = param(0.13552, "Area of one array cell.", unit="um^2",
+                                 source="[D] NeuroSim V1.4 Param.cpp SRAM cell 10 F x 28 F = 280 F^2 "
+                                        "(docs/hw-parameters.md §2.2) [C] at F = 22 nm", gt=0)
+    adc_area_um2: float = param(112.99, "Area of one ADC at adc_ref_bits; at adc_bits it scales by the ADC area law "
+                                        "of cimc.converters.", unit="um^2",
+                                source=f"[D] ZigZag-IMC AimcArrayUnit ADC area 10^(-0.0369 B + 1.206) 2^B um^2 at "
+                                       f"28 nm = 183.0 um^2 at 4 b (docs/hw-parameters.md §2.2) [C] "
+                                       f"{SCALE_AREA_28_TO_22NM}",
+                                gt=0)
+    dac_area_um2: float = param(0.078461, "Area of one word-line input DAC at 1 bit (one per row); at dac_bits it "
+                                          "scales by the DAC area law of cimc.converters (x2 per bit).", unit="um^2",
+                                source="[D] ISAAC 1-b DAC 0.166 um^2 at 32 nm (MNSIM 2.0 MNSIM/Hardware_Model/DAC.py; "
+                                       "docs/hw-parameters.md §4.1) x (22/32)^2", gt=0)
+    shift_add_area_um2: float = param(167.39, "Area of one shift-add unit (one per ADC): a 32-bit accumulator.",
+                                      unit="um^2", source=f"[D] 32 x (1-b full adder + DFF) = 32 x (4.789 + 3.684) "
+                                                          f"um^2 {GATES_28NM} {SCALE_AREA_28_TO_22NM}", gt=0)
+    sram_bit_area_um2: float = shared_param("sram_bit_area_um2")
+    vec_lane_area_um2: float = shared_param("vec_lane_area_um2")
 
     def check(self) -> Iterator[str]:
         """Word lines and ADC columns fit the array, a weight fits in a row, a DAC slice in an input."""
@@ -148,12 +188,36 @@ class SramCimSpec(Spec):
         """ADCs per macro: ``ceil(cols / cols_per_adc)``."""
         return -(-self.cols // self.cols_per_adc)
 
-    @property
-    def pass_cycles(self) -> int:
-        """Cycles of one full pass with its conversions: ``mvm_cycles + cols_per_adc * adc_cycles``."""
-        return self.mvm_cycles + self.cols_per_adc * self.adc_cycles
+    def adc_pj_at(self, bits: int) -> float:
+        """Energy of one conversion at ``bits``: ``adc_pj`` moved from ``adc_ref_bits`` by the ADC energy law."""
+        return scaled(ADC_ENERGY, self.adc_pj, bits, self.adc_ref_bits)
 
-    @property
-    def pass_pj(self) -> float:
-        """Energy of one full pass (``rows_per_op`` rows x ``cols`` columns) with its conversions and shift-adds."""
-        return self.rows_per_op * self.cols * self.mvm_cell_pj + self.cols * (self.adc_pj + self.shift_add_pj)
+    def adc_ns_at(self, bits: int) -> float:
+        """Time of one conversion at ``bits``: ``adc_ns`` moved from ``adc_ref_bits`` by the ADC time law."""
+        return scaled(ADC_TIME, self.adc_ns, bits, self.adc_ref_bits)
+
+    def adc_area_um2_at(self, bits: int) -> float:
+        """Area of one ADC of ``bits``: ``adc_area_um2`` moved from ``adc_ref_bits`` by the ADC area law."""
+        return scaled(ADC_AREA, self.adc_area_um2, bits, self.adc_ref_bits)
+
+    def dac_pj_at(self, bits: int) -> float:
+        """Energy of driving one word line for one pass with a ``bits``-bit input (DAC energy law from 1 bit)."""
+        return scaled(DAC_ENERGY, self.dac_pj, bits, 1)
+
+    def dac_area_um2_at(self, bits: int) -> float:
+        """Area of one ``bits``-bit word-line DAC (DAC area law from 1 bit)."""
+        return scaled(DAC_AREA, self.dac_area_um2, bits, 1)
+
+    def pass_cycles(self, columns: Any, adc_bits: int) -> Any:
+        """Cycles of one pass over ``columns`` columns (an int or an integer array): ``mvm_cycles`` plus the
+        conversions of the busiest ADC, ``ceil(columns / adcs)`` of ``adc_ns_at(adc_bits)`` each, one after
+        another, rounded up to whole cycles."""
+        ns = -(-np.asarray(columns, np.int64) // self.adcs) * self.adc_ns_at(adc_bits)
+        cycles = self.mvm_cycles + np.ceil(ns * self.clock_mhz / 1000 - 1e-9).astype(np.int64)
+        return int(cycles) if cycles.ndim == 0 else cycles
+
+    def pass_pj(self, adc_bits: int, dac_bits: int) -> float:
+        """Energy of one full pass (``rows_per_op`` rows x ``cols`` columns): cells, word-line drive, conversions
+        and shift-adds."""
+        return (self.rows_per_op * (self.cols * self.mvm_cell_pj + self.dac_pj_at(dac_bits))
+                + self.cols * (self.adc_pj_at(adc_bits) + self.shift_add_pj))
