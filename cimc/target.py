@@ -70,16 +70,17 @@ VECTOR_OPS = (
     # integer: requantization and the lowering's shared helpers (every ``vec.*`` op, a namespace)
     "q.requant", "q.add", "q.quantize", "q.dequantize", "vec.",
     # pooling and reductions
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
-    "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp",
-    "ArgMax", "ArgMin", "CumSum", "CumProd", "TopK",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "ReduceMean",
+    "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+    "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum", "CumProd", "TopK",
     # elementwise, integer or float (what the quantizer leaves in float: residual adds, GELU, scaling)
     "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Elu",
     "Selu", "Celu", "ThresholdedRelu", "Softplus", "Softsign", "Mish", "Swish", "Shrink", "Exp", "Log", "Sqrt",
     "Reciprocal", "Neg", "Abs", "Sign", "Ceil", "Floor", "Round", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan",
     "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "IsNaN", "IsInf", "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max",
     "Min", "Sum", "Mean", "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
-    "Xor", "Not", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Cast", "CastLike",
+    "Xor", "Not", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Cast", "CastLike", "BitCast",
+    "SwiGLU", "RotaryEmbedding",
     # normalisation and attention: per-row float work, and the matmuls between two activations that the
     # quantizer leaves in float (constant-weight matmuls become q.matmul, on the arrays)
     "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
