@@ -33,7 +33,7 @@ UNSUPPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "optional": ("optional values are not supported (cimc graphs carry tensors only)",
                  ("Optional", "OptionalGetElement", "OptionalHasElement")),
     "string": ("string processing is not supported",
-               ("RegexFullMatch", "StringConcat", "StringNormalizer", "StringSplit", "TfIdfVectorizer")),
+               ("RegexFullMatch", "StringConcat", "StringNormalizer", "StringSplit")),
     "decoding": ("decoding encoded images is not supported", ("ImageDecoder",)),
     "random": ("random ops are not supported (a compiled program is deterministic)",
                ("Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform",

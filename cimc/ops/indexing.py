@@ -8,14 +8,18 @@ through the ufunc's unbuffered ``at``. TensorScatter writes an update block into
 positions (``linear``, or ``circular`` modulo the cache length). OneHot puts ``values[1]`` at
 ``indices`` (negative ones wrap once) along a new axis; TopK picks the k largest or smallest (ties:
 lower index first); Unique, NonZero and Compress have data-dependent result shapes (``None`` dims).
+TfIdfVectorizer counts the n-grams of a pool (integers or strings) in each row, items ``skip + 1``
+apart, and weights the counts.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from cimc.errors import CimcError, VerifyError
-from cimc.ir.opdef import AttrSpec, InferContext, define_op
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import DType, TensorType
 from cimc.ops._infer import normalize_axis, require
 
@@ -272,3 +276,62 @@ def unique(ctx, x):
         y = np.take(y, order, axis=0 if ax is None else ax)
         first, counts, inverse = first[order], counts[order], rank[inverse]
     return tuple(np.asarray(a, np.int64) if i else a for i, a in enumerate((y, first, inverse, counts)))
+
+
+# ---- TfIdfVectorizer ---------------------------------------------------------------------------
+def _tfidf_grams(attrs) -> tuple[dict[tuple, int], int]:
+    """The pool's n-grams of the counted sizes, each mapped to its output column, and the row width."""
+    pool = list(attrs["pool_int64s"] or attrs["pool_strings"] or ())
+    counts = [*list(attrs["ngram_counts"]), len(pool)]
+    indexes = list(attrs["ngram_indexes"])
+    grams: dict[tuple, int] = {}
+    gram_id = 0
+    for size, (lo, hi) in enumerate(itertools.pairwise(counts), start=1):
+        for start in range(lo, hi - size + 1, size):
+            if attrs["min_gram_length"] <= size <= attrs["max_gram_length"]:
+                grams[tuple(pool[start:start + size])] = indexes[gram_id]
+            gram_id += 1
+    return grams, max(indexes) + 1
+
+
+def _tfidf_type(ctx: InferContext) -> list[TensorType]:
+    x = require(ctx, 0)
+    width = max(ctx.attrs["ngram_indexes"]) + 1
+    if x.shape is not None and len(x.shape) not in (1, 2):
+        raise VerifyError(f"{_where(ctx)}: X must be [C] or [B, C], is {x}")
+    return [TensorType(DType.f32, (width,) if x.shape is None or len(x.shape) == 1 else (x.shape[0], width))]
+
+
+@define_op("TfIdfVectorizer", infer=_tfidf_type, attrs={
+    "max_gram_length": AttrSpec("int", REQUIRED, "longest n-gram counted"),
+    "max_skip_count": AttrSpec("int", REQUIRED, "most items skipped between an n-gram's items"),
+    "min_gram_length": AttrSpec("int", REQUIRED, "shortest n-gram counted"),
+    "mode": AttrSpec("str", REQUIRED, "TF (counts), IDF (weight if present) or TFIDF (weight * count)"),
+    "ngram_counts": AttrSpec("ints", REQUIRED, "where the 1-grams, 2-grams, ... start in the pool"),
+    "ngram_indexes": AttrSpec("ints", REQUIRED, "output column of each pool n-gram"),
+    "pool_int64s": AttrSpec("ints", None, "the n-grams, integer items"),
+    "pool_strings": AttrSpec("strs", None, "the n-grams, string items"),
+    "weights": AttrSpec("floats", None, "per output column (IDF, TFIDF)")})
+def tfidf_vectorizer(ctx, x):
+    """Counts of the pool's n-grams in each row (items ``skip + 1`` apart, for skips up to
+    ``max_skip_count``; 1-grams once), weighted by ``mode``."""
+    a = ctx.attrs
+    grams, width = _tfidf_grams(a)
+    rows = x.reshape(1, -1) if x.ndim < 2 else x
+    vals = rows.tolist()
+    counts = np.zeros((rows.shape[0], width), np.float64)
+    for step in range(1, a["max_skip_count"] + 2):
+        shortest = a["min_gram_length"] if step == 1 else max(a["min_gram_length"], 2)
+        for n in range(shortest, a["max_gram_length"] + 1):
+            for r, row in enumerate(vals):
+                for start in range(len(row) - (n - 1) * step):
+                    col = grams.get(tuple(row[start:start + (n - 1) * step + 1:step]))
+                    if col is not None:
+                        counts[r, col] += 1
+    w = np.asarray(a["weights"], np.float64) if a["weights"] else None
+    if a["mode"] == "IDF":
+        counts = np.where(counts > 0, 1.0 if w is None else w, 0.0)
+    elif a["mode"] == "TFIDF" and w is not None:
+        counts = counts * w
+    out = counts.astype(np.float32)
+    return out[0] if x.ndim < 2 else out
