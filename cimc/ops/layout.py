@@ -145,10 +145,16 @@ def _block_type(ctx: InferContext) -> list[TensorType]:
     return [TensorType(x.dtype, (n, dim(c, -b * b), dim(h, b), dim(w, b)))]
 
 
-@define_op("DepthToSpace", infer=_block_type, attrs={
-    "blocksize": AttrSpec("int", REQUIRED, "side of the spatial block"),
-    "mode": AttrSpec("str", "DCR", "DCR (depth-column-row) or CRD (column-row-depth) channel order")},
-    verify=lambda n: None if n.attrs.get("mode", "DCR") in ("DCR", "CRD") else "mode must be DCR or CRD")
+_BLOCK_ATTRS = {"blocksize": AttrSpec("int", REQUIRED, "side of the spatial block"),
+                "mode": AttrSpec("str", "DCR", "channel order: DCR (depth-column-row) or CRD (column-row-depth); "
+                                               "SpaceToDepth has it since opset 28")}
+
+
+def _verify_mode(node) -> str | None:
+    return None if node.attrs.get("mode", "DCR") in ("DCR", "CRD") else "mode must be DCR or CRD"
+
+
+@define_op("DepthToSpace", infer=_block_type, attrs=_BLOCK_ATTRS, verify=_verify_mode)
 def depth_to_space(ctx, x):
     """Move blocks of channels into b x b spatial blocks."""
     n, c, h, w = x.shape
@@ -160,10 +166,7 @@ def depth_to_space(ctx, x):
     return np.ascontiguousarray(y).reshape(n, c // (b * b), h * b, w * b)
 
 
-@define_op("SpaceToDepth", infer=_block_type, attrs={
-    "blocksize": AttrSpec("int", REQUIRED, "side of the block"),
-    "mode": AttrSpec("str", "DCR", "DCR or CRD channel order, as DepthToSpace (opset 28)")},
-    verify=lambda n: None if n.attrs.get("mode", "DCR") in ("DCR", "CRD") else "mode must be DCR or CRD")
+@define_op("SpaceToDepth", infer=_block_type, attrs=_BLOCK_ATTRS, verify=_verify_mode)
 def space_to_depth(ctx, x):
     """Move each b x b spatial block into channels (the inverse of DepthToSpace of the same mode)."""
     n, c, h, w = x.shape
