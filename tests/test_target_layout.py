@@ -54,7 +54,7 @@ def test_target_class_declares_ops_lowering_and_cost(name):
     assert [type(p) for p in t.lowering().passes] == list(cls.lowering_passes)
 
 
-def test_importing_a_target_defines_no_op():
+def test_importing_a_target_defines_no_op(tmp_path):
     """Its ops are defined by ``register_ops`` (the driver), not as a side effect of an import."""
     import subprocess
     import sys
@@ -62,7 +62,9 @@ def test_importing_a_target_defines_no_op():
     code = ("import cimc.targets.sram_cim, cimc.targets.npu\n"
             "from cimc.ir.opdef import lookup\n"
             "print(lookup('sram.mvm'), lookup('npu.gemm'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # away from the source tree, which ``-c`` would put first on sys.path (CI tests a plain install)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout
     assert out.split() == ["None", "None"]
 
 
