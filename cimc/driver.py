@@ -3,7 +3,8 @@
 :func:`compile` runs, on one graph:
 
 1. import: a path (``.onnx`` or ``.cimir``), ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph``;
-2. the target's :meth:`~cimc.target.Target.default_pipeline` (or the user's ``pipeline``): cleanup,
+2. the target's :meth:`~cimc.target.Target.default_pipeline` (or the user's ``pipeline``, cut before
+   the first of the target's lowering passes it names, :func:`split_lowering`): cleanup,
    quantization, tiling. The graph after it is ``quantized``, the integer reference;
 3. ``target.register_ops()``, then the target's ``lowering_passes``: the result is the ``program``
    (if a target lowers nothing yet, the program is the quantized graph); :func:`check_lowered` then
@@ -54,7 +55,8 @@ if TYPE_CHECKING:
     from cimc.pipeline import Pipeline
     from cimc.target import Spec, Target
 
-__all__ = ["CompiledModel", "ModelSource", "check_supported", "compile", "load_source", "resolve_target"]
+__all__ = ["CompiledModel", "ModelSource", "check_lowered", "check_supported", "compile", "load_source",
+           "resolve_target", "split_lowering"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +255,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     tgt = resolve_target(target, spec)
     front = Pipeline.parse(tgt.default_pipeline()) if pipeline is None else (
         Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline)
-    lowering = tgt.lowering()
+    front, lowering = split_lowering(front, tgt)
     for pass_ in (*front.passes, *lowering.passes):  # before any work: a missing target, options beyond it
         pass_.check(tgt)
     src = load_source(model)
@@ -353,6 +355,21 @@ def _verify_inputs(src: ModelSource, graph: Graph, calibration: dict[str, np.nda
         samples = int(next(iter(sample.values())).shape[0]) if sample else 0
         labels = check_labels(labels, samples)
     return sample, where, labels
+
+
+def split_lowering(pipeline: Pipeline, target: Target) -> tuple[Pipeline, Pipeline]:
+    """``(front, lowering)``: a pipeline that names one of the target's lowering passes (to give it options,
+    ``lower-sram-cim{adc-bits=5}``) is cut before it, so that the quantized graph, the integer reference,
+    is taken before any lowering; the lowering part is the rest of the pipeline plus any of the target's
+    lowering passes it does not name (default options). A pipeline naming none keeps all of it in front."""
+    from cimc.pipeline import Pipeline
+
+    classes = type(target).lowering_passes
+    passes = pipeline.passes
+    cut = next((i for i, p in enumerate(passes) if type(p) in classes), len(passes))
+    rest = passes[cut:]
+    missing = tuple(cls() for cls in classes if not any(type(p) is cls for p in rest))
+    return Pipeline(passes[:cut]), Pipeline((*rest, *missing))
 
 
 def check_lowered(program: Graph, target: Target) -> None:

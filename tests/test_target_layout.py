@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from cimc.cost import Cost
-from cimc.driver import check_lowered
+from cimc.driver import check_lowered, split_lowering
 from cimc.errors import PassError
 from cimc.ir.core import Graph
 from cimc.ir.opdef import OpDef, lookup
 from cimc.ir.types import DType, TensorType
 from cimc.passes import all_passes, get_pass
 from cimc.passmanager import Pass, PassContext, PassManager, PassResult
+from cimc.pipeline import Pipeline
 from cimc.target import Capabilities, Target
 from cimc.targets import BUILTIN, all_targets, get_target
 
@@ -104,3 +105,38 @@ def test_unlowered_array_ops_are_an_error_naming_the_lowering():
     with pytest.raises(PassError, match=r"pass 'tile' needs a target and none is given"):
         PassManager("tile").run(g)
     assert all_targets()  # the registry is untouched by the local classes
+
+
+def test_a_pipeline_naming_the_lowering_is_cut_before_it():
+    """The integer reference is taken before any lowering, also when the pipeline names the lowering to
+    give it options (else --verify would compare the program with itself)."""
+    import cimc
+
+    c = cimc.compile("zoo:mlp", pipeline="fold-constants,quantize,tile,lower-sram-cim{adc-bits=6}")
+    assert c.lowering == "lower-sram-cim{adc-bits=6}" and c.pipeline.endswith(",tile{rows=none cols=none "
+                                                                             "cell-bits=none rows-per-op=none "
+                                                                             "arrays=none encoding=none "
+                                                                             "replicate=1},lower-sram-cim{adc-bits=6}")
+    assert "q.gemm" in c.quantized.ops() and not any(op.startswith("sram.") for op in c.quantized.ops())
+    assert {n.attrs["adc_bits"] for n in c.program.nodes if n.op == "sram.mvm"} == {6}
+    npu = get_target("npu")()
+    front, lowering = split_lowering(Pipeline.parse("fold-constants,quantize"), npu)
+    assert str(front) == str(Pipeline.parse("fold-constants,quantize")) and str(lowering) == "lower-npu"
+
+
+def test_tile_options_may_use_less_of_the_arrays_never_more():
+    from cimc.passes.tile import TilePass
+
+    sram = get_target("sram-cim")()
+    TilePass(rows=64, cols=32, cell_bits=1, rows_per_op=16, arrays=4).check(sram)
+    for option, value, limit in [("rows", 256, 128), ("cols", 129, 128), ("cell_bits", 2, 1), ("arrays", 17, 16),
+                                 ("rows_per_op", 65, 64)]:
+        with pytest.raises(PassError, match=rf"^pass 'tile': option {option.replace('_', '-')}={value} is out of "
+                                            rf"range: expected 1\.\.{limit} \(the target 'sram-cim' has "
+                                            rf"{option} = {limit}"):
+            TilePass(**{option: value}).check(sram)
+    with pytest.raises(PassError, match=r"option rows-per-op=64 is out of range: expected 1\.\.32 \(word lines on "
+                                        r"at once within rows = 32\)"):
+        TilePass(rows=32, rows_per_op=64).check(sram)
+    assert TilePass(rows=32).geometry(sram)["rows_per_op"] == 32  # the block is at most the rows used
+    assert TilePass(cell_bits=2).geometry(sram.with_spec(cell_bits=2))["cell_bits"] == 2
