@@ -312,6 +312,12 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         t0 = time.perf_counter()
         checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where, labels)
         verify_s = time.perf_counter() - t0
+        from cimc.report import verify_failed
+
+        if verify_failed(checks):
+            logger.warning("%s on %s: the program differs from the integer reference where it must equal it (%s)",
+                           src.label, tgt.name, checks["self_check"] or f"first at layer "
+                           f"{(checks['first_difference'] or {}).get('layer', '?')!r}")
 
     result = CompiledModel(program, quantized, tgt, src, str(Pipeline((*front.passes, *lowering.passes))),
                            str(lowering), cost, mapping, checks, f"{calib_from} ({n_calib} samples)", seed)
