@@ -57,6 +57,7 @@ __all__ = [
     "Tally",
     "Write",
     "area_dict",
+    "counts",
     "mac_dims",
     "num_elements",
     "program_cost",
@@ -134,6 +135,13 @@ def num_elements(value: Any) -> int:
     return math.prod(d if isinstance(d, int) else 1 for d in shape)
 
 
+def counts(value: Any) -> tuple[int, ...]:
+    """The shape of one sample of a value as counts: a symbolic or unknown dim is 1; ``()`` if the value is
+    absent or its rank unknown."""
+    shape = getattr(getattr(value, "type", None), "shape", None) if value is not None else None
+    return tuple(d if isinstance(d, int) else 1 for d in shape) if shape is not None else ()
+
+
 def _dim(shape: Any, i: int) -> int:
     """``shape[i]`` as a count: a symbolic or missing dim is 1."""
     try:
@@ -183,11 +191,11 @@ def mac_dims(node: Any) -> tuple[int, int, int] | None:
         return None
     if op == "MatMul":
         a = shapes[0]
-        k, n = _dim(a, -1), _dim(out.type.shape, -1)
+        k, n = _dim(a, -1), _dim(counts(out), -1)
         return num_elements(out) // max(n, 1), k, n
     if op == "Gemm":
         k = _dim(shapes[0], 0 if node.attrs.get("transA", 0) else 1)
-        n = _dim(out.type.shape, -1)
+        n = _dim(counts(out), -1)
         return num_elements(out) // max(n, 1), k, n
     if op == "Conv":
         w = shapes[1] if len(shapes) > 1 else None

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from cimc.cost import AreaPart, Cost, Write, mac_dims, num_elements, spilled_fraction, vector_cost
+from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, spilled_fraction, vector_cost
 from cimc.ir.core import Node
 from cimc.targets.npu.spec import NpuSpec
 
@@ -63,8 +63,8 @@ def op_cost(node: Node, s: NpuSpec) -> Cost:
     a, op = node.attrs, node.op
     if op == "npu.gemm":
         out = node.outputs[0]
-        p = max(1, num_elements(out) // max(1, out.type.shape[-1]))
-        (k0, k1), n = a["k_range"], node.inputs[1].type.shape[1]
+        p = max(1, num_elements(out) // max([1, *counts(out)[-1:]]))
+        (k0, k1), n = a["k_range"], counts(node.inputs[1])[1]
         k = k1 - k0
         dense = math.ceil(k / s.mac_rows) * math.ceil(n / s.mac_cols)
         passes, cells = a.get("npu.passes", dense), a.get("npu.cells", k * n)
@@ -77,8 +77,8 @@ def op_cost(node: Node, s: NpuSpec) -> Cost:
         if a.get("buffer", "act") == "weight":  # resident weights at their own offset, streamed ones at 0
             return _dma(float(nbytes), float(nbytes), s, "load", "weights",
                         (Write(0, int(a.get("npu.offset", 0)), int(nbytes)),))
-        shape = node.inputs[0].type.shape or ()  # activation bytes are per batch element: times a static batch
-        nbytes *= shape[0] if shape and isinstance(shape[0], int) else 1
+        shape = counts(node.inputs[0])  # activation bytes are per batch element: times a static batch
+        nbytes *= shape[0] if shape else 1
         f = spilled_fraction(num_elements(node.inputs[0]), s.act_buffer_bytes)  # of the layer's whole input
         return _dma(float(nbytes), 2 * f * nbytes, s, "dma", "spills")
     if op == "npu.dma_out":

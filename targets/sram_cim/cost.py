@@ -40,7 +40,7 @@ import math
 import numpy as np
 
 from cimc.converters import ADC_AREA, DAC_AREA
-from cimc.cost import AreaPart, Cost, Write, mac_dims, num_elements, spilled_fraction, vector_cost
+from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, spilled_fraction, vector_cost
 from cimc.ir.core import Node
 from cimc.targets.sram_cim.spec import SramCimSpec
 
@@ -56,8 +56,7 @@ def _count(shape) -> int:
 
 def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
     a = node.attrs
-    x = node.inputs[0]
-    xs = x.type.shape
+    xs = counts(node.inputs[0])
     cols = a.get("layout") == "cols"
     P = (_count(xs[1:2]) * _count(xs[3:]) if cols else _count(xs[:-1])) if xs else 1
     J, rpo, R = -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), a["rows_per_op"], a.get("replicas", 1)
@@ -91,9 +90,10 @@ def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
 def _spills(node: Node, s: SramCimSpec, P: int, rows_read: int, acc_written: int) -> float:
     """DRAM bytes of the round's input and accumulator spills (module docstring)."""
     x, a = node.inputs[0], node.attrs
-    raw = x.producer.inputs[0] if x.producer is not None and x.producer.op == "vec.im2col" else x
+    producer = x.producer if x is not None else None
+    raw = producer.inputs[0] if producer is not None and producer.op == "vec.im2col" else x
     in_bytes = num_elements(raw)
-    shape = x.type.shape or ()
+    shape = counts(x)
     rows_total = _count(shape[:1]) * _count(shape[2:3]) if a.get("layout") == "cols" else _count(shape[-1:])
     f_in = spilled_fraction(in_bytes, s.act_buffer_bytes)
     first = len(node.inputs) < 3 or node.inputs[2] is None
@@ -131,7 +131,8 @@ def op_cost(node: Node, spec: SramCimSpec) -> Cost:
     dims = mac_dims(node) if node.op in _MAC_OPS else None
     if dims is not None:
         macs = math.prod(dims)
-        mac_pj = s.fp_mac_pj if node.inputs[0].type.dtype.is_float else s.vec_mul_pj + s.vec_op_pj
+        x = node.inputs[0]
+        mac_pj = s.fp_mac_pj if x is None or x.type.dtype.is_float else s.vec_mul_pj + s.vec_op_pj
         return Cost(c.cycles + math.ceil(macs / s.vec_lanes) * s.vec_op_cycles, c.energy_pj + macs * mac_pj,
                     "vector", macs)
     return c
