@@ -252,3 +252,11 @@ def test_link_check_catches_broken_links(tmp_path, monkeypatch):
                                              ("2.3 Suggested defaults", "23-suggested-defaults")])
 def test_slug_matches_github(heading, anchor):
     assert slug(heading) == anchor
+
+
+def test_glossary_terms_are_in_alphabetical_order():
+    terms = re.findall(r"^### (.+)$", (DOCS / "glossary.md").read_text(encoding="utf-8"), re.M)
+    keys = [re.sub(r"[^a-z0-9 ]", "", t.lower()) for t in terms]
+    assert len(terms) > 40 and len(set(keys)) == len(keys)
+    misplaced = [t for t, k, prev in zip(terms[1:], keys[1:], keys, strict=False) if k < prev]
+    assert not misplaced, f"docs/glossary.md: put these terms in alphabetical order: {misplaced}"
