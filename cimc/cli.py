@@ -34,7 +34,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -313,10 +313,21 @@ def _natural(text: str) -> int:
 
 def _positive(text: str) -> int:
     """An argparse type: an integer >= 1."""
-    value = _natural(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("0 is not allowed; give 1 or more")
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
     return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error on one line, exit status 2, like every other error of cimc."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the error on one line and exit with status 2."""
+        self.exit(2, f"cimc: error: {' '.join(message.split())} (`{self.prog} --help` shows the usage)\n")
 
 
 def _add_target_args(s: argparse.ArgumentParser, default: str | None) -> None:
@@ -344,7 +355,7 @@ def _target(args: argparse.Namespace) -> Target | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cimc``."""
-    p = argparse.ArgumentParser(prog="cimc", description="Compile ONNX models for compute-in-memory hardware.")
+    p = _Parser(prog="cimc", description="Compile ONNX models for compute-in-memory hardware.")
     p.add_argument("--version", action="version", version=f"cimc {cimc.__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
@@ -506,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if args.verbose:
             handler.flush_held()
-        internal = not isinstance(e, CimcError | OSError | SystemExit) and type(e).__name__ != "DecodeError"
+        internal = getattr(e, "internal", False) or (
+            not isinstance(e, CimcError | OSError | SystemExit) and type(e).__name__ != "DecodeError")
         hint = " (an internal error; --debug shows the traceback)" if internal else ""
         sys.stderr.write(f"cimc: error: {describe_exception(e)}{hint}\n")
         return 2

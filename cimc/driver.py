@@ -97,7 +97,7 @@ def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Mode
             from cimc.onnx_io.importer import read_model
 
             proto = read_model(path)
-            return ModelSource(import_model(proto), proto, path.stem, path.name)
+            return ModelSource(import_model(proto, source=str(path)), proto, path.stem, path.name)
         if path.suffix == ".cimir":
             from cimc.text import load_graph
 

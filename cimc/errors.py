@@ -74,4 +74,7 @@ def describe_exception(e: BaseException) -> str:
         msg = str(e)
     else:
         msg = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    return "; ".join(part.strip() for part in msg.splitlines() if part.strip())
+    out = ""
+    for part in filter(None, (p.strip() for p in msg.splitlines())):
+        out += ("" if not out else " " if out.endswith(":") else "; ") + part
+    return out

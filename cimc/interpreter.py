@@ -1,4 +1,11 @@
-"""The reference interpreter: runs any graph in numpy, with each op's registered meaning.
+"""The reference interpreter: runs any well-formed graph in numpy, with each op's registered meaning.
+
+Only verified graphs run: :class:`Interpreter` runs the verifier first (a ``VerifyError`` lists what
+is wrong), so every op implementation sees attributes of its schema's kinds and ranges and operands
+of the types its type rule accepts. No result may pass the tensor size limit (:mod:`cimc.limits`):
+results of static shape are checked when the run is planned, results whose symbolic dims the
+inputs decide before each node runs, so an oversized tensor is an error naming it, not an
+allocation. Ops whose result size depends on operand values check it themselves.
 
 Values are kept in a dict keyed by value identity and freed after their last use (an op that
 sums into an accumulator operand made by the same op may reuse its buffer then). Inputs are
@@ -22,7 +29,9 @@ import numpy as np
 
 from cimc.errors import CimcError, InputError
 from cimc.ir.core import Graph, Value
-from cimc.ir.opdef import OpContext, OpDef, lookup
+from cimc.ir.opdef import InferContext, OpContext, OpDef, lookup
+from cimc.ir.types import TensorType
+from cimc.ir.verifier import verify
 from cimc.limits import check_size
 from cimc.ops.nn import reproducible_floats
 
@@ -32,7 +41,12 @@ logger = logging.getLogger(__name__)
 
 
 class ExecutionError(CimcError):
-    """An op failed while the interpreter ran it."""
+    """An op failed while the interpreter ran it; ``internal`` when the op raised something other than
+    a cimc error (an op of a verified graph should never do that: it is a bug, not bad input)."""
+
+    def __init__(self, message: str, *, internal: bool = False) -> None:
+        super().__init__(message)
+        self.internal = internal
 
 
 def check_inputs(graph: Graph, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -91,10 +105,16 @@ class Interpreter:
     """
 
     def __init__(self, graph: Graph, *, seed: int = 0, reproducible: bool | None = None) -> None:
+        verify(graph)  # only well-formed graphs run: attributes in range, types as their rules give
+        if not graph.outputs:
+            raise InputError(f"graph {graph.name!r} has no outputs: running it would compute nothing")
         self.graph = graph
         self.seed = seed
         self.reproducible = any("." in n.op for n in graph.nodes) if reproducible is None else reproducible
         self._plan = _plan(graph)
+        self._unknown = {n for n in graph.nodes if any(v.type.shape is None or None in v.type.shape
+                                                           for v in n.outputs)}
+        """Nodes with a result of unknown rank or dim: its size is checked from the operands at run time."""
 
     def run(self, inputs: Mapping[str, Any], *,
             observe: Callable[[Value, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
@@ -119,16 +139,25 @@ class Interpreter:
         rng = np.random.default_rng(self.seed)
         state: dict[str, Any] = {}
         keep = {id(v) for v in self.graph.outputs}
+        dims = _bound_dims(self.graph, arrays)
         for node, opdef, attrs, frees, donated in self._plan:
+            for v in node.outputs:  # results whose size the input shapes decide: checked before allocating
+                if v.type.shape is not None and not v.type.is_static:
+                    _check_result(v, node, [dims.get(d) if isinstance(d, str) else d for d in v.type.shape])
             operands = [None if v is None else env[id(v)] for v in node.inputs]
+            if node in self._unknown:
+                _check_unknown(node, opdef, attrs, operands)
             ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated)
             try:
                 result = opdef.impl(ctx, *operands)
             except CimcError as e:
                 raise ExecutionError(f"while executing node {node.name!r} ({node.op}): {e}") from e
+            except MemoryError:
+                raise ExecutionError(f"while executing node {node.name!r} ({node.op}): out of memory (the "
+                                     f"results of its operands {[list(np.shape(o)) for o in operands]})") from None
             except Exception as e:
                 raise ExecutionError(f"while executing node {node.name!r} ({node.op}): "
-                                     f"{type(e).__name__}: {e}") from e
+                                     f"{type(e).__name__}: {e}", internal=True) from e
             results = result if isinstance(result, tuple | list) else (result,)
             if len(results) < len(node.outputs):
                 raise ExecutionError(f"node {node.name!r} ({node.op}) gave {len(results)} results, "
@@ -141,6 +170,55 @@ class Interpreter:
                 if id(v) not in keep:
                     env.pop(id(v), None)
         return {v.name: np.asarray(env[id(v)]) for v in self.graph.outputs}
+
+
+def _bound_dims(graph: Graph, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The sizes the given inputs give the graph's symbolic dims (``N`` -> the batch)."""
+    out: dict[str, int] = {}
+    for v in graph.inputs:
+        for d, n in zip(v.type.shape or (), np.shape(arrays[v.name]), strict=False):
+            if isinstance(d, str):
+                out.setdefault(d, int(n))
+    return out
+
+
+def _check_result(v: Value, node: Any, shape: list[int | None]) -> None:
+    """The tensor size limit (:mod:`cimc.limits`) on result ``v`` of ``node``, where its size is known."""
+    if all(d is not None for d in shape):
+        check_size(f"result %{v.name} of node {node.name!r} ({node.op})", shape,  # type: ignore[arg-type]
+                   v.type.dtype.numpy.itemsize)
+
+
+class _RunInfer(InferContext):
+    """A type rule's view of a node about to run: the operands' actual types, and their values as if
+    they were constants (so a rule that computes a result shape from an operand, as ConstantOfShape's
+    does, computes the actual one)."""
+
+    def __init__(self, node: Any, attrs: Mapping[str, Any], operands: list[Any]) -> None:
+        types = [None if a is None else _actual_type(v, a) for v, a in zip(node.inputs, operands, strict=True)]
+        super().__init__(node, types, attrs, len(node.outputs))
+        self.operands = operands
+
+    def const(self, index: int) -> np.ndarray | None:
+        """The value operand ``index`` has in this run."""
+        return self.operands[index] if index < len(self.operands) else None
+
+
+def _actual_type(v: Value, a: Any) -> TensorType:
+    return v.type.with_shape(tuple(int(d) for d in np.shape(a))) if v.type.quant is None else \
+        TensorType(v.type.dtype, tuple(int(d) for d in np.shape(a)), v.type.quant)
+
+
+def _check_unknown(node: Any, opdef: OpDef, attrs: Mapping[str, Any], operands: list[Any]) -> None:
+    """The size limit on the results of a node whose declared types leave a dim unknown: its type
+    rule, given the operands of this run, gives their shapes; a rule that cannot is left to the op."""
+    try:
+        types = opdef.infer(_RunInfer(node, attrs, operands))
+    except Exception:  # the op's own checks will say what is wrong, when it runs
+        return
+    for v, t in zip(node.outputs, types, strict=False):
+        if t.shape is not None:
+            _check_result(v, node, [d if isinstance(d, int) else None for d in t.shape])
 
 
 def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], bool]]:
@@ -160,6 +238,9 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], b
     outputs = {id(v) for v in graph.outputs}
     plan = []
     for node, free in zip(graph.nodes, frees, strict=True):
+        for v in node.outputs:
+            if v.type.is_static:
+                _check_result(v, node, list(v.type.shape))  # type: ignore[arg-type]
         opdef = lookup(node.op)
         if opdef is None:
             raise ExecutionError(f"node {node.name!r}: op {node.op!r} has no implementation")

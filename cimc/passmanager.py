@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TextIO
 
-from cimc.errors import CimcError, PassError
+from cimc.errors import CimcError, PassError, describe_exception
 from cimc.target import Spec, Target
 
 if TYPE_CHECKING:
@@ -271,10 +271,12 @@ class PassManager:
                 for inst in instruments:
                     if hasattr(inst, "after_pass"):
                         inst.after_pass(pass_, graph, ctx, result)
-            except Exception as e:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # a pass from a plugin may even exit: still the pass's failure
                 ran = [*self.before, *(p.name for p in passes[:i])]
                 done = f"after [{', '.join(ran)}]" if ran else "as the first pass"
-                why = str(e) if isinstance(e, CimcError) else f"{type(e).__name__}: {e}"
+                why = describe_exception(e)
                 where = ""
                 if snapshot is not None:
                     where = f" (reproducer: {self._write_reproducer(snapshot, i)})"

@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from cimc.errors import CimcError, ParseError
+from cimc.errors import CimcError, ParseError, quote
 from cimc.passmanager import Pass
 
 __all__ = ["OptionSpec", "Pipeline", "PipelineError", "format_pass", "format_value", "options_of", "type_name"]
@@ -123,7 +123,7 @@ def _syntax_message(e: Any, text: str) -> tuple[str, int]:
     if token is not None and token.type == "$END":
         found, column = "the end of the pipeline", len(text) + 1
     else:
-        found, column = repr(str(token) if token is not None else text[e.pos_in_stream]), e.column
+        found, column = quote(str(token) if token is not None else text[e.pos_in_stream]), e.column
     want = ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
     return f"syntax error: expected {want or 'something else'}, found {found}", column
 
@@ -146,7 +146,7 @@ def _build_pass(tree: Any) -> Pass:
             close = difflib.get_close_matches(key, list(specs), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             known = ", ".join(specs) or "none"
-            raise PipelineError(f"pass '{cls.name}' has no option '{key}'{hint} "
+            raise PipelineError(f"pass '{cls.name}' has no option {quote(key)}{hint} "
                                 f"(its options: {known})", key_tok.column)
         if spec.field in kwargs:
             raise PipelineError(f"option '{key}' of pass '{cls.name}' is given twice", key_tok.column)

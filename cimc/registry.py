@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from cimc.errors import CimcError
+from cimc.errors import CimcError, quote
 
 __all__ = ["Registry"]
 
@@ -78,7 +78,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, list(self._sources), n=1, cutoff=self.cutoff)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             names = f": {', '.join(sorted(self._sources))}" if self.list_names else ""
-            raise CimcError(f"unknown {self.kind} '{name}'{hint} (`{self.lister}` lists them{names})")
+            raise CimcError(f"unknown {self.kind} {quote(name)}{hint} (`{self.lister}` lists them{names})")
         source = self._sources[name]
         module, _, attr = source.split(" ")[0].partition(":")
         try:

@@ -17,7 +17,8 @@ Algorithm:
 The requantization mode (``fixed``: int32 multiplier and shift; ``float``: float32 multiply,
 round half to even) is recorded in ``graph.metadata["quant.requant"]`` and on each op.
 
-Preconditions: constants folded (weights must be constants); BatchNormalization fused into the
+Preconditions: the graph is not quantized yet (a second ``quantize`` would do nothing, and is an
+error that says so); constants folded (weights must be constants); BatchNormalization fused into the
 convolutions for best accuracy (otherwise it runs in float). Postconditions: the graph verifies,
 graph input and output names and types are unchanged, and it runs in the reference interpreter
 with exact integer semantics (``cimc.ops.quantized``).
@@ -94,6 +95,13 @@ class QuantizePass(Pass):
         from cimc.quant.calibrate import calibrate, check_calibration
         from cimc.quant.lower import Settings, adopt, lower, quantizable
 
+        done = sum(n.op.startswith("q.") for n in graph.nodes)
+        if done and not any(quantizable(n) for n in graph.nodes):
+            raise InputError(f"the graph is already quantized ({done} q.* ops, weight-bits="
+                             f"{graph.metadata.get('quant.weight-bits', '?')} act-bits="
+                             f"{graph.metadata.get('quant.act-bits', '?')}), so this quantize would do nothing and "
+                             f"its options would be ignored; quantize once, with all its options in that one "
+                             f"quantize{{...}}")
         settings = Settings(self.weight_bits, self.act_bits, self.requant, self.per_channel, self._overrides(graph))
         check_calibration(graph, ctx.calibration)
         if not any(quantizable(n) for n in graph.nodes):

@@ -39,6 +39,9 @@ Algorithm:
    on the rows it sees with the earlier layers already pruned, its outputs match the unpruned
    model's. Pruned units stay exactly zero; the sensitivity walk refits each probe alone.
 
+Precondition: float weight layers to prune; a graph already quantized (integer layers only: sparsify
+placed after ``quantize``) is an error saying so, since the pass would do nothing there.
+
 Postconditions, each considered layer: its weight (and refit bias) is a new constant (keeping
 the old name when nothing else reads the old one) and the node carries ``sparsity.granularity``
 (str), ``sparsity.rows_per_op``, ``sparsity.array_rows``, ``sparsity.group_channels`` (int),
@@ -99,6 +102,8 @@ predictions changed): the pruned network no longer computes what the model did."
 GEOMETRY = ("rows_per_op", "array_rows", "group_channels")
 """The block geometry options: each the target's value unless given."""
 _CAPABILITY = {"rows_per_op": "rows_per_op", "array_rows": "rows", "group_channels": "cols"}
+_QUANTIZED_LAYERS = frozenset({"q.conv", "q.conv_transpose", "q.gemm", "q.matmul"})
+"""Integer weight layers: in a graph that has them and no float ones left, sparsify comes too late."""
 """The target capability that bounds each geometry option."""
 
 
@@ -219,6 +224,9 @@ class SparsifyPass(Pass):
                             "(graph input name -> array, batch on axis 0), or use mode=magnitude "
                             "refit=false")
         if not layers:
+            if done := sum(n.op in _QUANTIZED_LAYERS for n in graph.nodes):
+                raise CimcError(f"the graph is already quantized ({done} integer layers), and sparsify prunes float "
+                                f"weights: it would do nothing here; put sparsify before quantize in the pipeline")
             logger.info("sparsify: no layer to prune (%s)", skipped or "no prunable weights")
             return PassResult(False)
         if refitting:

@@ -422,8 +422,8 @@ def test_known_shapes_infer_exactly() -> None:
     ("MatMul", [(2, 3), (4, 5)], {}, "inner dims differ"),
     ("Gemm", [(2, 3), (4, 5)], {}, "inner dims differ"),
     ("MaxPool", [(1, 2, 8, 8)], {"kernel_shape": (3,)}, "one entry per spatial dim"),
-    ("AveragePool", [(1, 2, 8, 8)], {}, "needs attribute kernel_shape"),
-    ("Conv", [(1, 4, 8, 8), (8, 4, 3, 3)], {"auto_pad": "SAME"}, "auto_pad='SAME' is not one of"),
+    ("AveragePool", [(1, 2, 8, 8)], {}, "needs attribute 'kernel_shape'"),
+    ("Conv", [(1, 4, 8, 8), (8, 4, 3, 3)], {"auto_pad": "SAME"}, "attribute 'auto_pad' is 'SAME'; expected one of"),
     ("LSTM", [(5, 2, 3), (1, 24, 3), (1, 24, 6)], {"hidden_size": 5}, "hidden_size 5 needs 5"),
     ("LSTM", [(5, 2, 3), (2, 24, 3), (2, 24, 6)], {}, "direction='forward' needs 1"),
 ])

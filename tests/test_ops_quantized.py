@@ -433,13 +433,13 @@ def test_verify_catches_inconsistent_attributes_and_types():
     bad["multiplier"] = (2**30 + 1,)
     with pytest.raises(VerifyError, match="is not the fixed-point form"):
         _graph("q.requant", [("a", TensorType(I32, (4,)))], bad)
-    with pytest.raises(VerifyError, match=r"bits=9 is outside 2\.\.8"):
+    with pytest.raises(VerifyError, match=r"attribute 'bits' is 9, out of range; expected an integer in 2\.\.8"):
         _graph("q.quantize", [("x", TensorType(F32, (4,)))], {"scale": 0.1, "bits": 9})
     with pytest.raises(VerifyError, match="zero_point=16 is outside"):
         _graph("q.requant", [("a", TensorType(I32, (4,)))], _requant_attrs([0.5], "float", zero_point=16, bits=4))
     with pytest.raises(VerifyError, match="fixed mode needs"):
         _graph("q.requant", [("a", TensorType(I32, (4,)))], {"scale": (0.5,)})
-    with pytest.raises(VerifyError, match="mode='round'"):
+    with pytest.raises(VerifyError, match="attribute 'mode' is 'round'; expected one of 'fixed', 'float'"):
         _graph("q.requant", [("a", TensorType(I32, (4,)))], {"scale": (0.5,), "mode": "round"})
     with pytest.raises(VerifyError, match="operand 1 has element type u8, expected i8"):
         _graph("q.gemm", [("x", TensorType(U8, (2, 3))), np.ones((4, 3), np.uint8)], {"x_zero_point": 0})

@@ -4,8 +4,9 @@ first layer that differs; the unmutated compile must be EXACT with status 0.
 
 A mutant is applied where the bug would live: a lowering mutant wraps the target's lowering pass so
 that the program it emits is corrupted (a corrupted array image, a wrong shift-add significance, a
-wrong requant multiplier, a bias added on every K tile of a layer split over K), and a verifier mutant
-replaces the comparison or the graphs it is given (the reference compared with itself).
+bias added on every K tile of a layer split over K), and a verifier mutant replaces the comparison or
+the graphs it is given (the reference compared with itself). A wrong requant multiplier makes the
+program malformed (its multipliers no longer match its scales): the verifier refuses it before it runs.
 """
 
 from __future__ import annotations
@@ -97,7 +98,6 @@ def bias_on_every_k_tile(program: Graph) -> str:
 LOWERING_MUTANTS = {
     "corrupted-array-image": (LowerSramCimPass, corrupt_array_image, []),
     "wrong-shift-add-significance": (LowerSramCimPass, wrong_significance, []),
-    "wrong-requant-multiplier": (LowerSramCimPass, wrong_requant_multiplier, []),
     "bias-on-every-k-tile": (LowerNpuPass, bias_on_every_k_tile, SPLIT_K),
 }
 
@@ -122,6 +122,18 @@ def test_lowering_mutant_is_reported_different_at_its_layer(tmp_path, capsys, mo
     d = v["first_difference"]
     assert d["layer"] == broken[0] and 0 < d["differing"] <= d["elements"] and d["max_abs_error"] > 0
     assert f"first differs at layer {broken[0]!r}" in text
+
+
+def test_a_wrong_requant_multiplier_is_refused_before_it_runs(tmp_path, capsys, monkeypatch):
+    """A requantization whose fixed-point multipliers do not match its scales is a malformed program: the
+    verifier, which the interpreter runs first, refuses it (exit 2, the node named), so --verify never
+    reports a comparison of a program that is not the one described."""
+    broken = _lowering_emits(monkeypatch, LowerSramCimPass, wrong_requant_multiplier)
+    status = main(["compile", MODEL, "--verify", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert broken and status == 2 and err.count("\n") == 1, err
+    assert f"node {broken[0]!r} (q.requant): channel 0: multiplier" in err and "is not the fixed-point form" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_lossy_adc_differs_as_expected_with_status_0(tmp_path, capsys):

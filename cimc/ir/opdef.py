@@ -49,11 +49,79 @@ ATTR_KINDS = ("int", "float", "str", "ints", "floats", "strs", "tensor", "any")
 
 @dataclass(frozen=True)
 class AttrSpec:
-    """One attribute of an op: its kind (one of ``ATTR_KINDS``), default and meaning."""
+    """One attribute of an op: its kind (one of ``ATTR_KINDS``), default and meaning, and the values
+    it may take: numbers (each element of a list) in ``lo..hi``, or one of ``choices``.
+
+    The verifier checks every attribute a node sets (:meth:`problem`): its kind (``int`` an integer,
+    ``float`` a number, ``str`` a string, ``ints``/``floats``/``strs`` a list of them, ``tensor`` an
+    array; ``any`` anything) and its range. Defaults are the op's own and are not checked."""
 
     kind: str
     default: Any = None
     doc: str = ""
+    lo: float | None = None
+    """Smallest allowed number (``None``: no lower bound)."""
+    hi: float | None = None
+    """Largest allowed number (``None``: no upper bound)."""
+    choices: tuple[Any, ...] | None = None
+    """The allowed values of a ``str`` or ``int`` attribute (each element of a list one)."""
+
+    def allowed(self) -> str:
+        """The allowed values in words (``an integer >= 1``, ``one of 'rows', 'cols'``)."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        what = _KIND_WORDS.get(self.kind, self.kind)
+        if self.lo is not None and self.hi is not None:
+            return f"{what} in {_num(self.lo)}..{_num(self.hi)}"
+        bounds = [f"{op} {_num(b)}" for op, b in ((">=", self.lo), ("<=", self.hi)) if b is not None]
+        return " ".join([what, *bounds])
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` does not fit this attribute, or ``None``."""
+        scalar = self.kind in ("int", "float", "str")
+        items = [value] if scalar else value
+        if self.kind == "any":
+            return None
+        if self.kind == "tensor":
+            return None if isinstance(value, np.ndarray) else f"is {_short(value)}, not a tensor"
+        if not scalar and not isinstance(value, tuple | list):
+            return f"is {_short(value)}, not a list"
+        test = _KIND_TESTS.get(self.kind.rstrip("s") if not scalar else self.kind)
+        if test is None:  # a kind this module does not know (a target's own): its op checks it
+            return None
+        for v in items:
+            if not test(v):
+                return f"is {_short(value)}; expected {self.allowed()}"
+            if self.choices is not None and v not in self.choices:
+                return f"is {_short(value)}; expected {self.allowed()}"
+            if isinstance(v, str) or (self.lo is None and self.hi is None):
+                continue
+            if v != v or (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
+                return f"is {_short(value)}, out of range; expected {self.allowed()}"
+        return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+
+
+_KIND_TESTS: dict[str, Callable[[Any], bool]] = {"int": _is_int, "float": _is_number,
+                                                   "str": lambda v: isinstance(v, str)}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "ints": "integers",
+               "floats": "numbers", "strs": "strings"}
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(tuple(value) if isinstance(value, list) else value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass
@@ -130,14 +198,25 @@ class OpDef:
                 return f"operand {i} is required but absent"
         if n_out < self.min_outputs or (self.max_outputs is not None and n_out > self.max_outputs):
             return f"has {_count(self.min_outputs, self.max_outputs)} results, not {n_out}"
-        for key in node.attrs:
-            if key not in self.attrs and not is_annotation(key):
+        return self.check_attrs(node) or (self.verify(node) if self.verify is not None else None)
+
+    def check_attrs(self, node: Node) -> str | None:
+        """Why ``node``'s attributes break this op's schema (an unknown or missing one, a wrong kind, a
+        value out of range), or ``None``. Type rules run only on nodes that pass it."""
+        for key, value in node.attrs.items():
+            spec = self.attrs.get(key)
+            if spec is None:
+                if is_annotation(key):
+                    continue
                 known = ", ".join(sorted(self.attrs)) or "none"
                 return f"has unknown attribute {key!r} (known: {known})"
+            why = spec.problem(value)
+            if why:
+                return f"attribute {key!r} {why}" + (f" ({spec.doc.rstrip('.')})" if spec.doc else "")
         for key, spec in self.attrs.items():
             if spec.default is REQUIRED and key not in node.attrs:
                 return f"needs attribute {key!r}"
-        return self.verify(node) if self.verify is not None else None
+        return None
 
 
 def _count(lo: int, hi: int | None) -> str:
@@ -214,6 +293,9 @@ def infer_types(node: Node, num_outputs: int) -> list[TensorType]:
     opdef = lookup(node.op)
     if opdef is None:
         raise VerifyError(f"node {node.name!r}: op {node.op!r} is not defined")
+    why = opdef.check_attrs(node)
+    if why:
+        raise VerifyError(f"node {node.name!r} ({node.op}): {why}")
     ctx = InferContext(node, [None if v is None else v.type for v in node.inputs],
                        opdef.attr_values(node.attrs), num_outputs)
     types = list(opdef.infer(ctx))

@@ -1,6 +1,6 @@
 """The verifier: checks that a graph is well formed.
 
-It checks that names are unique, every operand is defined before it is read (inputs and
+It checks that names are unique, no declared dim is negative, every operand is defined before it is read (inputs and
 constants first, then nodes in order), use lists match operands, every node's op is defined and
 its operands, results and attributes fit the op's schema, and re-inferred result types agree
 with the recorded ones (a known dim may not change; unknown and symbolic dims may be refined).
@@ -9,7 +9,7 @@ with the recorded ones (a known dim may not change; unknown and symbolic dims ma
 from __future__ import annotations
 
 from cimc.errors import VerifyError
-from cimc.ir.core import Graph, Node
+from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import infer_types, lookup
 from cimc.ir.types import TensorType
 
@@ -19,12 +19,15 @@ __all__ = ["verify"]
 def verify(graph: Graph, *, check_types: bool = True) -> None:
     """Raise ``VerifyError`` listing every problem found in ``graph``."""
     problems: list[str] = []
-    seen_values: dict[str, object] = {}
+    seen_values: dict[str, Value] = {}
     defined: set[int] = set()
 
-    def define(v: object, name: str, what: str) -> None:
+    def define(v: Value, name: str, what: str) -> None:
         if name in seen_values:
             problems.append(f"value name %{name} is defined twice ({what})")
+        shape = v.type.shape
+        if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
+            problems.append(f"%{name} ({what}) has a negative dim in {v.type}")
         seen_values[name] = v
         defined.add(id(v))
 

@@ -6,6 +6,13 @@ initializers become constants (also when old exporters list them as graph inputs
 symbolic dims keep their names, and each node is brought into the newest form of its op
 (``cimc.onnx_io.upgrade``). Every op the model uses that cimc does not have is reported at once,
 naming the op, its nodes and the opset.
+
+Where checks live: what onnxruntime checks when it loads a model (operand element types against
+each op's type constraints, declared output element types, each op's attribute rules such as Conv
+``strides`` > 0) and the containment of external data are :mod:`cimc.onnx_io.checks`, run here
+before any graph is built; cimc's own rules for an op (attribute kinds and ranges, what its type
+rule needs) are its definition in ``cimc.ops``, checked by the verifier on the imported graph. So an
+op added to ``cimc.ops`` is checked both ways without touching the importer.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from cimc.errors import InputError, UnsupportedOpError, VerifyError
+from cimc.fileio import read_bytes
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import lookup
 from cimc.ir.types import TensorType, dtype_from_onnx_code
+from cimc.ir.verifier import verify
 from cimc.onnx_io import control_flow
+from cimc.onnx_io.checks import check_dims, check_outputs, check_types, load_external_data
 from cimc.onnx_io.coverage import op_status
 from cimc.onnx_io.upgrade import NodeSpec, upgrade
 
@@ -37,11 +47,10 @@ _DOMAINS = ("", "ai.onnx")
 
 
 def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX file (and its external data), with a clear error if it is not one."""
+    """Read an ONNX file (and its external data, :func:`cimc.onnx_io.checks.load_external_data`),
+    with a clear error if it is not one."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    data = path.read_bytes()
+    data = read_bytes(path)
     try:
         model = onnx.ModelProto.FromString(data)
     except Exception as e:  # protobuf raises DecodeError or RuntimeWarning-like errors
@@ -49,26 +58,24 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not model.HasField("graph") or model.ir_version <= 0 or not model.opset_import:
         raise InputError(f"{path}: not an ONNX model (it has no graph, IR version or opset; "
                          "is the file truncated or of another format?)")
-    try:  # before the checker, which would otherwise look for the data files in the cwd
-        onnx.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError, onnx.checker.ValidationError) as e:
-        raise InputError(f"{path}: cannot read its external data (which must sit beside the model, "
-                         f"in {path.parent}): {e}") from None
+    load_external_data(model, path.parent, str(path))  # before the checker, which would look in the cwd
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
-        raise InputError(f"{path}: not a valid ONNX model (truncated or corrupt?): {first}") from None
+        text = " ".join(str(e).split()) or "validation failed"
+        raise InputError(f"{path}: not a valid ONNX model (onnx.checker: "
+                         f"{text if len(text) <= 300 else text[:297] + '...'})") from None
     return model
 
 
 def load_model(path: str | os.PathLike[str]) -> Graph:
     """Read an ONNX file into a Graph."""
-    return import_model(read_model(path))
+    return import_model(read_model(path), source=str(path))
 
 
-def import_model(model: onnx.ModelProto) -> Graph:
-    """Turn an ONNX model into a Graph of cimc ops (newest op forms)."""
+def import_model(model: onnx.ModelProto, *, source: str = "the model") -> Graph:
+    """Turn an ONNX model into a verified Graph of cimc ops (newest op forms); ``source`` names the
+    model in messages."""
     try:
         opset = _default_opset(model)
     except InputError:  # a model of custom-domain ops only: name them first
@@ -80,6 +87,9 @@ def import_model(model: onnx.ModelProto) -> Graph:
     if model.producer_name:
         g.metadata["onnx.producer"] = f"{model.producer_name} {model.producer_version}".strip()
     _check_supported(model.graph.node, opset)
+    if not model.graph.output:
+        raise InputError(f"{source}: the graph has no outputs (ONNX requires at least one)")
+    check_dims(model, source)
 
     env: dict[str, Value] = {}
     for init in model.graph.initializer:
@@ -91,6 +101,7 @@ def import_model(model: onnx.ModelProto) -> Graph:
         if vi.name not in env:
             env[vi.name] = g.add_input(vi.name, _value_type(vi, where=f"graph input {vi.name!r}"))
 
+    known = set(env)
     import_nodes(g, model.graph, env, opset)
     missing = [o.name for o in model.graph.output if o.name not in env]
     if missing:
@@ -103,6 +114,12 @@ def import_model(model: onnx.ModelProto) -> Graph:
             if holder is not None:  # a value the importer made (an upgrade's constant) took the name
                 g.rename_value(holder, f"{o.name}_")
             g.rename_value(v, o.name)
+    check_types(model, source, [n for _, n in _sorted_nodes(model.graph, known)])
+    check_outputs(model, g, source)
+    try:
+        verify(g)
+    except VerifyError as e:
+        raise InputError(f"{source}: {e}") from None
     return g
 
 

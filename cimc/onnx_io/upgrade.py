@@ -146,14 +146,6 @@ def _concat(spec: NodeSpec, g: Graph) -> None:
     spec.attrs.setdefault("axis", 1)
 
 
-@_rule("Cast")
-def _cast(spec: NodeSpec, g: Graph) -> None:
-    if isinstance(spec.attrs.get("to"), str):
-        from onnx import TensorProto
-
-        spec.attrs["to"] = TensorProto.DataType.Value(spec.attrs["to"].upper())
-
-
 @_rule("QuantizeLinear")
 def _quantize_linear(spec: NodeSpec, g: Graph) -> None:
     # int4 zero points look like int8 arrays to the op, so the result type must be spelled out

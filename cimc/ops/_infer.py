@@ -15,6 +15,7 @@ __all__ = [
     "normalize_axis",
     "require",
     "same_as",
+    "same_dtype",
 ]
 
 
@@ -34,6 +35,17 @@ def same_as(index: int = 0) -> Callable[[InferContext], list[TensorType]]:
         return [TensorType(t.dtype, t.shape)]
 
     return rule
+
+
+def same_dtype(ctx: InferContext, *indices: int) -> None:
+    """An error unless the present operands at ``indices`` have one element type (an ONNX type
+    constraint shared by them, as onnxruntime checks it)."""
+    types = [(i, ctx.types[i]) for i in indices if i < len(ctx.types) and ctx.types[i] is not None]
+    for i, t in types[1:]:
+        if t.dtype is not types[0][1].dtype:  # type: ignore[union-attr]
+            raise VerifyError(f"node {ctx.node.name!r} ({ctx.node.op}): operand {i} has element type "
+                              f"{t.dtype.value} but operand {types[0][0]} has {types[0][1].dtype.value}; "  # type: ignore
+                              "insert a Cast so they agree")
 
 
 def broadcast_shapes(*shapes: Shape | None) -> Shape | None:

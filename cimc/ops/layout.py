@@ -145,16 +145,12 @@ def _block_type(ctx: InferContext) -> list[TensorType]:
     return [TensorType(x.dtype, (n, dim(c, -b * b), dim(h, b), dim(w, b)))]
 
 
-_BLOCK_ATTRS = {"blocksize": AttrSpec("int", REQUIRED, "side of the spatial block"),
+_BLOCK_ATTRS = {"blocksize": AttrSpec("int", REQUIRED, "side of the spatial block", lo=1),
                 "mode": AttrSpec("str", "DCR", "channel order: DCR (depth-column-row) or CRD (column-row-depth); "
-                                               "SpaceToDepth has it since opset 28")}
+                                               "SpaceToDepth has it since opset 28", choices=("DCR", "CRD"))}
 
 
-def _verify_mode(node) -> str | None:
-    return None if node.attrs.get("mode", "DCR") in ("DCR", "CRD") else "mode must be DCR or CRD"
-
-
-@define_op("DepthToSpace", infer=_block_type, attrs=_BLOCK_ATTRS, verify=_verify_mode)
+@define_op("DepthToSpace", infer=_block_type, attrs=_BLOCK_ATTRS)
 def depth_to_space(ctx, x):
     """Move blocks of channels into b x b spatial blocks."""
     n, c, h, w = x.shape
@@ -166,7 +162,7 @@ def depth_to_space(ctx, x):
     return np.ascontiguousarray(y).reshape(n, c // (b * b), h * b, w * b)
 
 
-@define_op("SpaceToDepth", infer=_block_type, attrs=_BLOCK_ATTRS, verify=_verify_mode)
+@define_op("SpaceToDepth", infer=_block_type, attrs=_BLOCK_ATTRS)
 def space_to_depth(ctx, x):
     """Move each b x b spatial block into channels (the inverse of DepthToSpace of the same mode)."""
     n, c, h, w = x.shape

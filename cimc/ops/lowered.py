@@ -88,7 +88,7 @@ def _col2im_type(ctx: InferContext) -> list[TensorType]:
 
 
 @define_op("vec.col2im", infer=_col2im_type, attrs={
-    "spatial": AttrSpec("ints", (), "output spatial shape (its product is L)")})
+    "spatial": AttrSpec("ints", (), "output spatial shape (its product is L)", lo=0)})
 def col2im(ctx, y):
     """[N, M, L] to [N, M, *spatial]."""
     return y.reshape(*y.shape[:2], *ctx.attrs["spatial"])

@@ -45,7 +45,7 @@ from numpy.lib.stride_tricks import as_strided
 from cimc.errors import InputError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import Dim, DType, TensorType
-from cimc.ops._infer import broadcast_shapes, normalize_axis, require, same_as
+from cimc.ops._infer import broadcast_shapes, normalize_axis, require, same_as, same_dtype
 
 __all__ = ["compute_dtype", "conv", "exact_matmul", "f32_chunk", "float_compute_dtype", "reproducible_floats",
            "to_dtype", "window_geometry"]
@@ -432,16 +432,23 @@ def _conv_infer(ctx: InferContext) -> list[TensorType]:
 
 
 _CONV_ATTRS = {
-    "auto_pad": AttrSpec("str", "NOTSET", "NOTSET (use pads), SAME_UPPER, SAME_LOWER or VALID"),
-    "dilations": AttrSpec("ints", None, "dilation per spatial dim (default 1)"),
-    "group": AttrSpec("int", 1, "number of groups input and output channels are split into"),
-    "kernel_shape": AttrSpec("ints", None, "kernel spatial shape (default: from W)"),
-    "pads": AttrSpec("ints", None, "begin pads of every spatial dim, then end pads (default 0)"),
-    "strides": AttrSpec("ints", None, "stride per spatial dim (default 1)"),
+    "auto_pad": AttrSpec("str", "NOTSET", "NOTSET (use pads), SAME_UPPER, SAME_LOWER or VALID",
+                         choices=("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")),
+    "dilations": AttrSpec("ints", None, "dilation per spatial dim (default 1)", lo=1),
+    "group": AttrSpec("int", 1, "number of groups input and output channels are split into", lo=1),
+    "kernel_shape": AttrSpec("ints", None, "kernel spatial shape (default: from W)", lo=1),
+    "pads": AttrSpec("ints", None, "begin pads of every spatial dim, then end pads (default 0)", lo=0),
+    "strides": AttrSpec("ints", None, "stride per spatial dim (default 1)", lo=1),
 }
 
 
-@define_op("Conv", inputs=(2, 3), infer=_conv_infer, attrs=_CONV_ATTRS)
+def _float_conv_infer(ctx: InferContext) -> list[TensorType]:
+    """Conv and ConvTranspose: X, W and B of one element type, then the shape rule shared with q.conv."""
+    same_dtype(ctx, 0, 1, 2)
+    return _conv_infer(ctx)
+
+
+@define_op("Conv", inputs=(2, 3), infer=_float_conv_infer, attrs=_CONV_ATTRS)
 def conv_op(ctx, x, w, b=None):
     """N-D convolution (cross-correlation) with groups, dilations, strides and padding."""
     kernel = w.shape[2:]
@@ -491,10 +498,10 @@ def _convt_geometry(spatial, kernel, attrs):
     return out, pb, strides, dils
 
 
-@define_op("ConvTranspose", inputs=(2, 3), infer=_conv_infer, attrs={
+@define_op("ConvTranspose", inputs=(2, 3), infer=_float_conv_infer, attrs={
     **_CONV_ATTRS,
-    "output_padding": AttrSpec("ints", None, "extra size added at the end of each spatial dim"),
-    "output_shape": AttrSpec("ints", None, "spatial output shape; pads are derived from it"),
+    "output_padding": AttrSpec("ints", None, "extra size added at the end of each spatial dim", lo=0),
+    "output_shape": AttrSpec("ints", None, "spatial output shape; pads are derived from it", lo=0),
 })
 def conv_transpose(ctx, x, w, b=None):
     """N-D transposed convolution: matmul to columns, then scatter-add them (col2im)."""
@@ -524,6 +531,7 @@ def conv_transpose(ctx, x, w, b=None):
 # ---- Gemm / MatMul -----------------------------------------------------------------------------
 def _gemm_infer(ctx: InferContext) -> list[TensorType]:
     a, b = require(ctx, 0), require(ctx, 1)
+    same_dtype(ctx, 0, 1, 2)
     for t, what in ((a, "A"), (b, "B")):
         if t.rank is not None and t.rank != 2:
             raise VerifyError(f"Gemm: {what} must be 2-D, is {t}")
@@ -571,6 +579,7 @@ def gemm(ctx, a, b, c=None):
 
 def _matmul_infer(ctx: InferContext) -> list[TensorType]:
     a, b = require(ctx, 0), require(ctx, 1)
+    same_dtype(ctx, 0, 1)
     if a.shape is None or b.shape is None:
         return [TensorType(a.dtype, None)]
     if not a.shape or not b.shape:
@@ -668,7 +677,7 @@ def layer_norm(ctx, x, scale, bias=None):
     "alpha": AttrSpec("float", 1e-4, "scale of the square sum"),
     "beta": AttrSpec("float", 0.75, "exponent"),
     "bias": AttrSpec("float", 1.0, "offset"),
-    "size": AttrSpec("int", REQUIRED, "number of channels summed over"),
+    "size": AttrSpec("int", REQUIRED, "number of channels summed over", lo=1),
 })
 def lrn(ctx, x):
     """Local response normalization across channels: x / (bias + alpha/size * sum x^2)^beta."""
@@ -709,9 +718,9 @@ def _pool_infer(ctx: InferContext) -> list[TensorType]:
 
 _POOL_ATTRS = {
     "auto_pad": _CONV_ATTRS["auto_pad"],
-    "ceil_mode": AttrSpec("int", 0, "1: round the output size up (the last window may overhang)"),
+    "ceil_mode": AttrSpec("int", 0, "1: round the output size up (the last window may overhang)", choices=(0, 1)),
     "dilations": _CONV_ATTRS["dilations"],
-    "kernel_shape": AttrSpec("ints", REQUIRED, "window spatial shape"),
+    "kernel_shape": AttrSpec("ints", REQUIRED, "window spatial shape", lo=1),
     "pads": _CONV_ATTRS["pads"],
     "strides": _CONV_ATTRS["strides"],
 }

@@ -59,7 +59,7 @@ def instance_norm(ctx, x, scale, bias):
 
 @define_op("GroupNormalization", inputs=3, infer=_float_like_x, attrs={
     "epsilon": AttrSpec("float", 1e-5, "added to the variance"),
-    "num_groups": AttrSpec("int", REQUIRED, "number of channel groups (divides C)"),
+    "num_groups": AttrSpec("int", REQUIRED, "number of channel groups (divides C)", lo=1),
     "stash_type": AttrSpec("int", 1, "element type of the computation (1 = float32)")})
 def group_norm(ctx, x, scale, bias):
     """Normalize each group of channels of each image together, then scale and shift per channel."""

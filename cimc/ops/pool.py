@@ -68,9 +68,9 @@ def _unpooled(shape, attrs) -> list:
 
 
 @define_op("MaxUnpool", inputs=(2, 3), infer=_unpool_type, attrs={
-    "kernel_shape": AttrSpec("ints", REQUIRED, "the pool's window"),
-    "pads": AttrSpec("ints", None, "the pool's pads"),
-    "strides": AttrSpec("ints", None, "the pool's strides")})
+    "kernel_shape": AttrSpec("ints", REQUIRED, "the pool's window", lo=1),
+    "pads": AttrSpec("ints", None, "the pool's pads", lo=0),
+    "strides": AttrSpec("ints", None, "the pool's strides", lo=1)})
 def max_unpool(ctx, x, indices, output_shape=None):
     """Zeros with X's values written back where MaxPool found them."""
     inferred = _unpooled(x.shape, ctx.attrs)

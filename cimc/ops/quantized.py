@@ -93,6 +93,7 @@ __all__ = ["MODES"]
 MODES = ("fixed", "float")
 _RTOL = 1e-5  # scales are float32: attributes and types agree to float32 precision
 _LUT_MIN = 1 << 15  # q.add on this many elements or more looks results up in a 64K-entry table
+_TINY, _HUGE = 1e-30, 1e30  # scales and real multipliers: positive, finite, far from float32's ends
 _BYTES = np.arange(256, dtype=np.uint8)
 
 
@@ -156,8 +157,8 @@ def _per_axis(values, axis: int, ndim: int, dtype) -> np.ndarray:
 
 
 _ACT_ATTRS = {
-    "zero_point": AttrSpec("int", 0, "zero point of the result"),
-    "bits": AttrSpec("int", 8, "significant bits of the result (2..8)"),
+    "zero_point": AttrSpec("int", 0, "zero point of the result", lo=-(1 << 31), hi=(1 << 31) - 1),
+    "bits": AttrSpec("int", 8, "significant bits of the result (2..8)", lo=2, hi=8),
     "lo": AttrSpec("int", None, "clamp the result below (default 0; a fused Relu/Clip)"),
     "hi": AttrSpec("int", None, "clamp the result above (default 2**bits - 1)"),
 }
@@ -178,7 +179,7 @@ def _verify_quantize(node: Node) -> str | None:
 
 
 @define_op("q.quantize", infer=_quantize_type, verify=_verify_quantize, attrs={
-    "scale": AttrSpec("float", REQUIRED, "real value of one step"),
+    "scale": AttrSpec("float", REQUIRED, "real value of one step", lo=_TINY, hi=_HUGE),
     "zero_point": _ACT_ATTRS["zero_point"], "bits": _ACT_ATTRS["bits"]})
 def quantize(ctx, x):
     """clip(rint(x / scale) + zero_point, 0, 2**bits - 1) as uint8 (float32 division)."""
@@ -218,7 +219,7 @@ def _verify_dequantize(node: Node) -> str | None:
 
 
 @define_op("q.dequantize", infer=_dequantize_type, verify=_verify_dequantize, attrs={
-    "scale": AttrSpec("floats", REQUIRED, "one scale (per tensor) or one per index of axis"),
+    "scale": AttrSpec("floats", REQUIRED, "one scale (per tensor) or one per index of axis", lo=_TINY, hi=_HUGE),
     "zero_point": AttrSpec("ints", (0,), "one zero point, or one per scale"),
     "axis": AttrSpec("int", 1, "the axis per-axis scales run along"),
 })
@@ -293,8 +294,8 @@ def _conv_transpose_type(ctx: InferContext) -> list[TensorType]:
 
 @define_op("q.conv_transpose", inputs=(2, 3), infer=_conv_transpose_type, verify=_verify_mvm, attrs={
     **_CONV_ATTRS,
-    "output_padding": AttrSpec("ints", None, "extra size added at the end of each spatial dim"),
-    "output_shape": AttrSpec("ints", None, "spatial output shape; pads are derived from it"),
+    "output_padding": AttrSpec("ints", None, "extra size added at the end of each spatial dim", lo=0),
+    "output_shape": AttrSpec("ints", None, "spatial output shape; pads are derived from it", lo=0),
     "x_zero_point": AttrSpec("int", REQUIRED, "zero point of x (subtracted from x; not folded into bias)"),
 })
 def qconv_transpose(ctx, x, w, bias=None):
@@ -390,10 +391,12 @@ def _verify_requant(node: Node) -> str | None:
 
 
 @define_op("q.requant", infer=_requant_type, verify=_verify_requant, attrs={
-    "mode": AttrSpec("str", "fixed", "fixed (integer multiplier and shift) or float (float32, half to even)"),
-    "scale": AttrSpec("floats", REQUIRED, "real multiplier per channel (or one): input scale / output scale"),
-    "multiplier": AttrSpec("ints", None, "fixed mode: int32 M0 per scale, in [2**30, 2**31)"),
-    "shift": AttrSpec("ints", None, "fixed mode: right shift per scale"),
+    "mode": AttrSpec("str", "fixed", "fixed (integer multiplier and shift) or float (float32, half to even)",
+                     choices=("fixed", "float")),
+    "scale": AttrSpec("floats", REQUIRED, "real multiplier per channel (or one): input scale / output scale",
+                      lo=0, hi=_HUGE),
+    "multiplier": AttrSpec("ints", None, "fixed mode: int32 M0 per scale, in [2**30, 2**31)", lo=0, hi=(1 << 31) - 1),
+    "shift": AttrSpec("ints", None, "fixed mode: right shift per scale", lo=-31, hi=63),
     "axis": AttrSpec("int", 1, "the channel axis per-channel multipliers run along"),
     **_ACT_ATTRS,
 })
@@ -442,9 +445,10 @@ def _verify_add(node: Node) -> str | None:
 
 
 @define_op("q.add", inputs=2, infer=_add_type, verify=_verify_add, attrs={
-    "mode": AttrSpec("str", "fixed", "fixed (integer multipliers, one shift) or float (float32)"),
-    "a_scale": AttrSpec("float", REQUIRED, "real multiplier of a: scale of a / scale of the result"),
-    "b_scale": AttrSpec("float", REQUIRED, "real multiplier of b: scale of b / scale of the result"),
+    "mode": AttrSpec("str", "fixed", "fixed (integer multipliers, one shift) or float (float32)",
+                     choices=("fixed", "float")),
+    "a_scale": AttrSpec("float", REQUIRED, "real multiplier of a: scale of a / scale of the result", lo=0, hi=_HUGE),
+    "b_scale": AttrSpec("float", REQUIRED, "real multiplier of b: scale of b / scale of the result", lo=0, hi=_HUGE),
     "a_zero_point": AttrSpec("int", 0, "zero point of a"),
     "b_zero_point": AttrSpec("int", 0, "zero point of b"),
     "a_multiplier": AttrSpec("int", None, "fixed mode: Na"),

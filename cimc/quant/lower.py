@@ -198,7 +198,13 @@ class _Lowering:
         v = self.tie.get(id(v), v)
         if id(v) not in self._params:
             bits = self.bits.get(id(v)) or self.s.act_bits
-            self._params[id(v)] = (*act_params(*self.obs[v.name].range(bits), bits), bits)
+            lo, hi = self.obs[v.name].range(bits)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                by = f" (the result of node {v.producer.name!r}, {v.producer.op})" if v.producer else ""
+                raise CimcError(f"value %{v.name}{by} is not finite on the calibration inputs (its range is "
+                                f"[{lo}, {hi}]), so it has no quantization scale; the model computes NaN or "
+                                f"infinity there")
+            self._params[id(v)] = (*act_params(lo, hi, bits), bits)
         return self._params[id(v)]
 
     def node(self, op: str, inputs: list, attrs: dict, name: str, out: TensorType | None = None,
@@ -266,6 +272,12 @@ class _Lowering:
         return users[0]
 
     def mvm(self, n: Node, w: np.ndarray, axis: int, b: np.ndarray | None) -> None:
+        for what, a in (("weight", w), ("bias", b)):
+            if a is not None and not np.isfinite(a).all():
+                bad = np.argwhere(~np.isfinite(a))
+                raise CimcError(f"{what} of node {n.name!r} ({n.op}) holds {len(bad)} non-finite value(s) (the first, "
+                                f"{a[tuple(bad[0])]}, at index {bad[0].tolist()}); the model's weights must be "
+                                f"finite to be quantized")
         out = n.outputs[0]
         if n.op == "MatMul" and (u := self.only_reader(out, frozenset({"Add"}))) is not None:
             c = u.inputs[1 - u.inputs.index(out)]

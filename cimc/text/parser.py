@@ -168,6 +168,8 @@ class _Builder:
                 dims.append(None)
                 continue
             tok = d.children[0]
+            if tok.type == "INT" and int(tok) < 0:
+                raise self.error(f"dim {tok} is negative; dims are sizes (0 or more), symbolic names or ?", tok)
             dims.append(int(tok) if tok.type == "INT" else _str(tok, self.source)
                         if tok.type == "STRING" else str(tok))
         return tuple(dims)

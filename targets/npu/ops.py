@@ -138,26 +138,26 @@ def _exact_gemm(cols: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 _CONV_GEOM = {
-    "kernel_shape": AttrSpec("ints", (), "convolution window (empty: x is already a matrix)"),
-    "strides": AttrSpec("ints", (1, 1), "convolution strides"),
-    "pads": AttrSpec("ints", (0, 0, 0, 0), "explicit pads, begins then ends"),
-    "dilations": AttrSpec("ints", (1, 1), "convolution dilations"),
-    "out_spatial": AttrSpec("ints", (), "output spatial shape (OH, OW) of the convolution"),
+    "kernel_shape": AttrSpec("ints", (), "convolution window (empty: x is already a matrix)", lo=1),
+    "strides": AttrSpec("ints", (1, 1), "convolution strides", lo=1),
+    "pads": AttrSpec("ints", (0, 0, 0, 0), "explicit pads, begins then ends", lo=0),
+    "dilations": AttrSpec("ints", (1, 1), "convolution dilations", lo=1),
+    "out_spatial": AttrSpec("ints", (), "output spatial shape (OH, OW) of the convolution", lo=0),
     "x_zero_point": AttrSpec("int", 0, "zero point of x: the value padding cells take"),
 }
 
 
 @op_def("npu.dma_in", infer=_dma_in_type, side_effects=True, attrs={
-    "buffer": AttrSpec("str", "act", "destination buffer: weight or act"),
-    "bytes": AttrSpec("int", 0, "bytes moved (activations: per batch element)")})
+    "buffer": AttrSpec("str", "act", "destination buffer: weight or act", choices=("weight", "act")),
+    "bytes": AttrSpec("int", 0, "bytes moved (activations: per batch element)", lo=0)})
 def dma_in(ctx, x):
     """Copy from DRAM into a buffer: identity on the value."""
     return x
 
 @op_def("npu.gemm", inputs=(2, 4), infer=_gemm_type, attrs={
-    "k_range": AttrSpec("ints", (0, 0), "rows k0, k1 of the layer's [K, N] weight matrix this tile holds"),
-    "n_range": AttrSpec("ints", (0, 0), "columns n0, n1 of the layer's weight matrix this tile holds"),
-    "positions": AttrSpec("ints", (), "per-sample output positions p0, p1 (empty: every row)"),
+    "k_range": AttrSpec("ints", (0, 0), "rows k0, k1 of the layer's [K, N] weight matrix this tile holds", lo=0),
+    "n_range": AttrSpec("ints", (0, 0), "columns n0, n1 of the layer's weight matrix this tile holds", lo=0),
+    "positions": AttrSpec("ints", (), "per-sample output positions p0, p1 (empty: every row)", lo=0),
     **_CONV_GEOM})
 def gemm(ctx, x, w, acc=None, bias=None):
     """acc + bias + cols[..., p0:p1, k0:k1] @ w, exact, wrapped to int32."""
@@ -175,11 +175,11 @@ def gemm(ctx, x, w, acc=None, bias=None):
     return to_dtype(y, np.dtype(np.int32))
 
 @op_def("npu.dma_out", inputs=(1, None), infer=_dma_out_type, attrs={
-    "p_ranges": AttrSpec("ints", (), "per operand: its positions (begin, end), flattened; empty for flat"),
-    "n_ranges": AttrSpec("ints", (), "per operand: its channels (begin, end), flattened"),
-    "positions": AttrSpec("int", 0, "positions P per sample"),
-    "channels": AttrSpec("int", 0, "channels N of the result"),
-    "spatial": AttrSpec("ints", (), "convolution: output spatial shape (result NCHW)")})
+    "p_ranges": AttrSpec("ints", (), "per operand: its positions (begin, end), flattened; empty for flat", lo=0),
+    "n_ranges": AttrSpec("ints", (), "per operand: its channels (begin, end), flattened", lo=0),
+    "positions": AttrSpec("int", 0, "positions P per sample", lo=0),
+    "channels": AttrSpec("int", 0, "channels N of the result", lo=0),
+    "spatial": AttrSpec("ints", (), "convolution: output spatial shape (result NCHW)", lo=0)})
 def dma_out(ctx, *tiles):
     """Drain accumulator tiles to DRAM, each at its place in the layer's result."""
     a = ctx.attrs
