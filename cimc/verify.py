@@ -162,7 +162,8 @@ def _changed(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
             b = a.copy()
             flat = b.reshape(-1)
             if b.dtype.kind == "f":
-                flat[0] = np.nextafter(flat[0], -np.inf if flat[0] == np.inf else np.inf)
+                # the direction in the array's own type: numpy 1.x would step in float64, which float32 rounds away
+                flat[0] = np.nextafter(flat[0], b.dtype.type(-np.inf if flat[0] == np.inf else np.inf))
             elif b.dtype.kind == "b":
                 flat[0] = not flat[0]
             else:
