@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from cimc.errors import InputError
-from cimc.ir.opdef import REQUIRED, OpDef, all_ops, lookup
+from cimc.ir.opdef import REQUIRED, AttrSpec, OpDef, all_ops, lookup
 
 if TYPE_CHECKING:
     from cimc.target import Capabilities
@@ -95,6 +95,14 @@ def _default(value: object) -> str:
         return repr(value)
 
 
+def _with_range(spec: AttrSpec) -> str:
+    """The attribute's doc, and the values it may take when its definition bounds them."""
+    doc = " ".join(spec.doc.split())
+    if spec.lo is None and spec.hi is None and spec.choices is None:
+        return doc
+    return f"{doc.rstrip('.')} (allowed: {spec.allowed()})" if doc else f"allowed: {spec.allowed()}"
+
+
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
@@ -104,7 +112,7 @@ def _default_cell(default: str) -> str:
 
 
 def describe_op(opdef: OpDef, fmt: Format = "text", *, level: int = 2) -> str:
-    """One op in full: signature, properties, attributes (kind, default, doc) and docstring."""
+    """One op in full: signature, properties, attributes (kind, default, doc, allowed values) and docstring."""
     props = []
     if any(kind == "variadic" for _, kind in operands(opdef)):
         hi = "or more" if opdef.max_inputs is None else f"to {opdef.max_inputs}"
@@ -116,7 +124,7 @@ def describe_op(opdef: OpDef, fmt: Format = "text", *, level: int = 2) -> str:
         name = acc[opdef.accumulator][0] if opdef.accumulator < len(acc) else f"operand {opdef.accumulator}"
         props.append(f"sums into its accumulator operand `{name}`")
     doc = _doc(opdef)
-    attrs = [(k, a.kind, _default(a.default), a.doc) for k, a in opdef.attrs.items()]
+    attrs = [(k, a.kind, _default(a.default), _with_range(a)) for k, a in opdef.attrs.items()]
     if fmt == "markdown":
         lines = [f"{'#' * level} `{opdef.name}`", "", f"`{signature(opdef)}`", ""]
         lines += [f"- {p}" for p in props] + ([""] if props else [])

@@ -116,7 +116,7 @@ _KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "int
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))  # 1e+30, not 31 digits
 
 
 def _short(value: Any, limit: int = 40) -> str:
