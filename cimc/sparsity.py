@@ -273,21 +273,26 @@ def bias_matrix(node: Node, view: WeightView) -> tuple[np.ndarray, float] | None
 
 def input_rows(node: Node, view: WeightView, x: np.ndarray) -> np.ndarray | None:
     """The rows ``[G, M, K]`` that ``node``'s weight matrices multiply when its first operand is
-    ``x`` (for convolutions im2col, made by running the op itself with identity weights), or
-    ``None`` for a batched MatMul."""
+    ``x`` (for a convolution its im2col columns, ``vec.im2col``; for a transposed one those of the
+    equivalent convolution, made by running the op itself with identity weights), or ``None`` for
+    a batched MatMul."""
     G, K = view.groups, view.rows
     if node.op == "Gemm":
         return (x.T if node.attrs.get("transA", 0) else x).reshape(1, -1, K)
     if node.op == "MatMul":
         return x.reshape(1, -1, K) if G == 1 else None
     kernel = view.shape[2:]
+    attrs = {k: v for k, v in node.attrs.items() if not is_annotation(k)}
+    if node.op == "Conv":  # the im2col columns [G, N, K, L] of the lowered convolution
+        opdef = lookup("vec.im2col")
+        assert opdef is not None
+        cols = opdef.impl(OpContext(opdef.attr_values(attrs | {"kernel_shape": tuple(kernel)})), x)
+        return cols.transpose(0, 1, 3, 2).reshape(G, -1, K)
     eye = np.eye(K, dtype=x.dtype).reshape(K, K // math.prod(kernel), *kernel)
-    if node.op == "ConvTranspose":  # rows of the equivalent convolution: the flipped kernel
-        eye = np.flip(eye, axis=tuple(range(2, eye.ndim))).swapaxes(0, 1)
+    eye = np.flip(eye, axis=tuple(range(2, eye.ndim))).swapaxes(0, 1)  # the equivalent convolution's flipped kernel
     opdef = lookup(node.op)
     assert opdef is not None
-    ctx = OpContext(opdef.attr_values({k: v for k, v in node.attrs.items() if not is_annotation(k)}))
-    y = opdef.impl(ctx, x, np.concatenate([eye] * G))
+    y = opdef.impl(OpContext(opdef.attr_values(attrs)), x, np.concatenate([eye] * G))
     return y.reshape(len(x), G, K, -1).transpose(1, 0, 3, 2).reshape(G, -1, K)
 
 

@@ -27,8 +27,9 @@ with exact integer semantics (``cimc.ops.quantized``).
 from __future__ import annotations
 
 import difflib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from cimc.errors import CimcError, InputError
@@ -81,6 +82,15 @@ class QuantizePass(Pass):
     overrides: str = option("", "Per-layer bits: 'SELECTOR:KEY=VALUE,...', selector a node name or op type, "
                                 "key weight-bits or act-bits; e.g. \"conv1:weight-bits=4,Gemm:act-bits=6\".")
     per_channel: bool = option(True, "One weight scale per output channel (false: one per tensor).")
+    weight_clip: Literal["auto", "max", "mse"] = option(
+        "auto", "Weight scales: max|w| (max), or per channel the clipping with the least squared rounding error "
+                "(mse); auto: mse for layers below 8 weight bits, else max.")
+    weight_rounding: Literal["auto", "nearest", "gptq"] = option(
+        "auto", "Weight rounding: to nearest, or GPTQ error compensation on the calibration inputs (gptq); "
+                "auto: gptq for layers below 8 weight bits, else nearest.")
+    bias_correction: Literal["auto", "on", "off"] = option(
+        "auto", "Add the mean output shift of the weight rounding on the calibration inputs to the bias; "
+                "auto: on for layers below 8 weight bits.")
 
     def __post_init__(self) -> None:
         for key, bits in (("weight-bits", self.weight_bits), ("act-bits", self.act_bits)):
@@ -94,6 +104,8 @@ class QuantizePass(Pass):
         """Calibrate on ``ctx.calibration``, then rewrite ``graph`` into integer ops."""
         from cimc.quant.calibrate import calibrate, check_calibration
         from cimc.quant.lower import Settings, adopt, lower, quantizable
+        from cimc.quant.weights import InputStats, WeightMethod
+        from cimc.sparsity import weight_view
 
         done = sum(n.op.startswith("q.") for n in graph.nodes)
         if done and not any(quantizable(n) for n in graph.nodes):
@@ -104,15 +116,36 @@ class QuantizePass(Pass):
                              f"quantize{{...}}")
         settings = Settings(self.weight_bits, self.act_bits, self.requant, self.per_channel, self._overrides(graph))
         check_calibration(graph, ctx.calibration)
-        if not any(quantizable(n) for n in graph.nodes):
+        layers = [n for n in graph.nodes if quantizable(n)]
+        if not layers:
             logger.info("quantize: no Conv, Gemm or MatMul with constant weights; nothing to do")
             return PassResult(False)
+        methods = {n.name: WeightMethod.choose(settings.bits(n, "weight-bits"), self.weight_clip,
+                                               self.weight_rounding, self.bias_correction) for n in layers}
+        stats = {n.name: InputStats(n, weight_view(n)) for n in layers if methods[n.name].needs_stats}
+        readers: dict[int, list[InputStats]] = {}
+        for n in layers:
+            if n.name in stats:
+                readers.setdefault(id(n.inputs[0]), []).append(stats[n.name])
+
+        def observe(v, a) -> None:
+            for st in readers.get(id(v), ()):
+                st.observe(a)
+
         watch = [v for v in graph.values() if v.const is None and v.type.dtype is DType.f32]
         observers = calibrate(graph, ctx.calibration, watch, self.calibration, percentile=self.percentile,
-                              seed=ctx.seed)
+                              seed=ctx.seed, also=observe if readers else None)
+        settings = replace(settings, methods=methods, stats=stats)
         adopt(graph, lower(graph, observers, settings))
         graph.metadata.update({"quant.requant": self.requant, "quant.weight-bits": str(self.weight_bits),
                                "quant.act-bits": str(self.act_bits), "quant.calibration": self.calibration})
+        used: dict[str, list[str]] = {}
+        for name, m in methods.items():
+            used.setdefault(str(m), []).append(name)
+        if list(used) != [str(WeightMethod())]:  # only when some layer is not max-scaled and rounded to nearest
+            graph.metadata["quant.weight-methods"] = json.dumps(used)
+        for text, names in used.items():
+            logger.info("quantize: weights by %s: %d layer(s)", text, len(names))
         logger.info("quantize: %s", ", ".join(f"{k} x{n}" for k, n in graph.ops().items()))
         return PassResult(True)
 

@@ -17,7 +17,7 @@ deterministic. Exact minimum and maximum are always kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -154,8 +154,10 @@ def check_calibration(graph: Graph, data: Mapping[str, np.ndarray] | None) -> tu
 
 
 def calibrate(graph: Graph, data: Mapping[str, np.ndarray] | None, watch: list[Value], method: str = "minmax",
-              *, percentile: float = 99.99, seed: int = 0) -> dict[str, Observer]:
-    """Run ``graph`` on ``data`` in batches and return an observer per watched value, by name."""
+              *, percentile: float = 99.99, seed: int = 0,
+              also: Callable[[Value, np.ndarray], None] | None = None) -> dict[str, Observer]:
+    """Run ``graph`` on ``data`` in batches and return an observer per watched value, by name;
+    ``also(value, array)``, if given, sees every value of every batch too (in the same runs)."""
     arrays, n = check_calibration(graph, data)
     fixed = [v.type.shape[0] for v in graph.inputs if v.type.shape and isinstance(v.type.shape[0], int)]
     batch = fixed[0] if fixed else BATCH
@@ -169,6 +171,8 @@ def calibrate(graph: Graph, data: Mapping[str, np.ndarray] | None, watch: list[V
         obs = observers.get(id(v))
         if obs is not None:
             obs.observe(a)
+        if also is not None:
+            also(v, a)
 
     interp = Interpreter(graph, seed=seed, reproducible=True)  # scales that do not depend on the CPU
     for start in range(0, stop, batch):

@@ -41,6 +41,8 @@ from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.quant.calibrate import Observer
 from cimc.quant.fixedpoint import quantize_multipliers, shared_multipliers
 from cimc.quant.params import act_params, quantize_weights
+from cimc.quant.weights import InputStats, WeightMethod, quantize_matrix
+from cimc.sparsity import WeightView, weight_view
 
 __all__ = ["MOVES", "Settings", "adopt", "lower", "quantizable"]
 
@@ -60,6 +62,10 @@ class Settings:
     requant: str = "fixed"
     per_channel: bool = True
     overrides: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    methods: Mapping[str, WeightMethod] = field(default_factory=dict)
+    """Weight method by node name (absent: max scales, round to nearest)."""
+    stats: Mapping[str, InputStats] = field(default_factory=dict)
+    """Calibration input statistics by node name, for the methods that need them."""
 
     def bits(self, n: Node, key: str) -> int:
         """``key`` (``weight-bits``/``act-bits``) of node ``n``: by name, else op type, else default."""
@@ -112,6 +118,15 @@ def _quantize_convt_weights(w: np.ndarray, group: int, bits: int, per_channel: b
     by_out = np.moveaxis(w.reshape(group, c // group, mg, *k), 2, 1).reshape(group * mg, c // group, *k)
     wq, sw = quantize_weights(by_out, bits, 0, per_channel)
     return np.ascontiguousarray(np.moveaxis(wq.reshape(group, mg, c // group, *k), 1, 2).reshape(w.shape)), sw
+
+
+def _lowered_view(n: Node, w: np.ndarray) -> WeightView:
+    """The matrix view (:mod:`cimc.sparsity`) of ``n``'s weight as :func:`_weights` gives it (a Gemm's
+    is ``alpha * B'`` ``[N, K]``); its columns are the output channels in the order of the scales."""
+    view = weight_view(n)
+    if isinstance(view, str):
+        raise CimcError(f"node {n.name!r}: {view}")
+    return WeightView("Gemm", 1, w.shape, 1, w.shape[1], w.shape[0], transposed=True) if n.op == "Gemm" else view
 
 
 def _is_add(n: Node) -> bool:
@@ -288,7 +303,15 @@ class _Lowering:
         xq = self.as_quant(n.inputs[0])
         sx, zx = xq.type.quant.scale[0], xq.type.quant.zero_point[0]
         bits = self.s.bits(n, "weight-bits")
-        if n.op == "ConvTranspose":  # [C, M/G, *K] -> [M, C/G, *K]: one scale per output channel
+        method = self.s.methods.get(n.name, WeightMethod())
+        if method != WeightMethod():
+            view = _lowered_view(n, w)
+            q, sw, shift = quantize_matrix(view.to_matrix(w), bits, self.s.per_channel, method,
+                                           self.s.stats.get(n.name))
+            wq = view.from_matrix(q)
+            if shift is not None:
+                b = shift if b is None else b.astype(np.float64) + shift
+        elif n.op == "ConvTranspose":  # [C, M/G, *K] -> [M, C/G, *K]: one scale per output channel
             wq, sw = _quantize_convt_weights(w, n.attrs.get("group", 1), bits, self.s.per_channel)
         else:
             wq, sw = quantize_weights(w, bits, axis, self.s.per_channel)

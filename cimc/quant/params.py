@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["act_params", "quantize_weights", "weight_qmax"]
+__all__ = ["act_params", "max_scales", "quantize_weights", "weight_qmax"]
 
 _BLOCK = 1 << 17
 """Elements of ``w`` quantized per step of :func:`quantize_weights` (a 512 KiB float32 temporary)."""
@@ -37,6 +37,13 @@ def weight_qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
+def max_scales(amax: np.ndarray, bits: int) -> np.ndarray:
+    """float32 scales ``amax / qmax`` of weights whose largest magnitudes are ``amax`` (1 where 0)."""
+    scales = (np.asarray(amax).astype(np.float64) / weight_qmax(bits)).astype(np.float32)
+    scales[scales == 0] = 1.0
+    return scales
+
+
 def quantize_weights(w: np.ndarray, bits: int, axis: int, per_channel: bool = True
                      ) -> tuple[np.ndarray, np.ndarray]:
     """``(wq int8, scales float32)``: ``scales`` has one entry per slice along ``axis`` (per channel)
@@ -45,9 +52,7 @@ def quantize_weights(w: np.ndarray, bits: int, axis: int, per_channel: bool = Tr
     w32 = np.asarray(w, np.float32)
     axis = axis % w32.ndim
     others = tuple(i for i in range(w32.ndim) if i != axis) if per_channel else None
-    amax = np.maximum(w32.max(axis=others), -w32.min(axis=others)).reshape(-1)
-    scales = (amax.astype(np.float64) / qmax).astype(np.float32)
-    scales[scales == 0] = 1.0
+    scales = max_scales(np.maximum(w32.max(axis=others), -w32.min(axis=others)).reshape(-1), bits)
     s = scales.reshape([-1 if i == axis else 1 for i in range(w32.ndim)] if per_channel else [1] * w32.ndim)
     wq = np.empty(w32.shape, np.int8)
     rows = max(1, _BLOCK // max(1, math.prod(w32.shape[1:])))  # axis-0 blocks: the float temporary stays in cache

@@ -1,0 +1,249 @@
+"""Weight quantizers: one layer's integer weights by a published post-training method.
+
+A layer's weight is seen as matrices ``m[g, k, n]`` (the view of :mod:`cimc.sparsity`: ``g`` the
+conv group, ``k`` the reduction row in im2col order, ``n`` the group's output channel, global
+channel ``g*N + n``) and quantized per output channel (or per tensor) to ``b``-bit signed symmetric
+narrow-range integers, ``qmax = 2**(b-1) - 1``, ``m ~= s * q``, in three steps chosen by a
+:class:`WeightMethod`:
+
+1. Scales (``clip``):
+
+   - ``max``: ``s = max|w| / qmax``, as :func:`cimc.quant.params.quantize_weights` (no clipping);
+   - ``mse``: per channel, ``s = a * max|w| / qmax`` with the clipping ratio ``a`` on the grid
+     ``1, 0.99, ..., 0.20`` whose round-to-nearest error ``sum_k (w - s q)^2`` is least (the widest
+     on ties). MSE range setting of weights: Nagel et al., "A White Paper on Neural Network
+     Quantization", arXiv:2106.08295 (2021), sec. 3.4; the same grid search as the reference GPTQ
+     code's quantizer.
+
+2. Rounding (``rounding``):
+
+   - ``nearest``: ``q = clip(round_half_even(w / s), -qmax, qmax)``;
+   - ``gptq``: GPTQ (Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training
+     Quantization for Generative Pre-trained Transformers", ICLR 2023, Algorithm 1), which rounds
+     so that the layer's outputs on its calibration inputs ``x`` move least rather than its weights:
+     with ``H = E[x x^T] + d I`` (``d = GPTQ_DAMP * mean(diag H)``) and ``U`` the upper Cholesky
+     factor of ``H^-1``, rows ``k`` are quantized one at a time, in order of decreasing ``H[k, k]``
+     (the reference code's ``act-order``), and each row's rounding error ``e = (w_k - s q_k) /
+     U[k, k]`` is taken out of the rows not yet quantized, ``w_j -= e U[k, j]`` (in blocks of
+     ``GPTQ_BLOCK`` rows, the later rows updated once per block). Scales are fixed before (step 1).
+     Unlike the reference code, rows that never see a nonzero input keep their rounded weights
+     instead of being zeroed (inputs outside the calibration set may reach them).
+
+3. Bias correction (``bias_correction``): the expected output shift ``E[x] (m - s q)`` over the
+   calibration inputs is added to the float bias, so every output channel keeps the float
+   layer's mean (Nagel, van Baalen, Blankevoort, Welling, "Data-Free Quantization Through Weight
+   Equalization and Bias Correction", ICCV 2019, sec. 4.2, in its empirical form with data).
+
+GPTQ and bias correction need the layer's input statistics ``E[x x^T]`` and ``E[x]``
+(:class:`InputStats`, gathered during calibration from the rows of :func:`cimc.sparsity.input_rows`);
+the float activations of the calibration set are used for every layer. Everything sums in float64
+and is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cimc.errors import CimcError
+from cimc.ir.core import Node
+from cimc.quant.params import max_scales, weight_qmax
+from cimc.sparsity import WeightView, grams
+
+__all__ = ["AUTO_BELOW", "CLIP_GRID", "GPTQ_BLOCK", "GPTQ_DAMP", "InputStats", "WeightMethod", "gptq", "mse_scales",
+           "quantize_matrix"]
+
+CLIP_GRID = np.round(np.arange(100, 19, -1) / 100, 2)
+"""Clipping ratios ``a`` the ``mse`` scale search tries, widest first."""
+AUTO_BELOW = 8
+"""The ``auto`` options of ``quantize`` use mse scales, GPTQ and bias correction for layers with fewer
+weight bits than this (measured better on every zoo model at 2 to 7 bits), and leave 8-bit layers
+as they were."""
+GPTQ_DAMP = 0.01
+"""Damping of GPTQ's Hessian, relative to its mean diagonal (the paper's default)."""
+GPTQ_BLOCK = 64
+"""Rows GPTQ quantizes between two lazy updates of the rest (the paper uses 128; the result is the
+same up to float rounding, the time is least near 64 here)."""
+
+
+@dataclass(frozen=True)
+class WeightMethod:
+    """How one layer's weights become integers: scale choice, rounding, and bias correction."""
+
+    clip: Literal["max", "mse"] = "max"
+    rounding: Literal["nearest", "gptq"] = "nearest"
+    bias_correction: bool = False
+
+    @classmethod
+    def choose(cls, bits: int, clip: str = "auto", rounding: str = "auto", bias_correction: str = "auto"
+               ) -> WeightMethod:
+        """The method for a layer of ``bits``-bit weights given the ``quantize`` options, where ``auto``
+        is ``mse``/``gptq``/``on`` below :data:`AUTO_BELOW` bits and ``max``/``nearest``/``off`` else."""
+        low = bits < AUTO_BELOW
+        return cls("mse" if clip == "auto" and low else "max" if clip == "auto" else clip,  # type: ignore[arg-type]
+                   "gptq" if rounding == "auto" and low else "nearest" if rounding == "auto" else rounding,  # type: ignore[arg-type]
+                   low if bias_correction == "auto" else bias_correction == "on")
+
+    @property
+    def needs_stats(self) -> bool:
+        """Whether the method reads the layer's calibration input statistics."""
+        return self.rounding == "gptq" or self.bias_correction
+
+    def __str__(self) -> str:
+        parts = [f"{self.clip} scales", f"{self.rounding} rounding"] + ["bias correction"] * self.bias_correction
+        return ", ".join(parts)
+
+
+class InputStats:
+    """``E[x x^T]`` and ``E[x]`` over the rows ``x`` a layer's weight matrices multiply, gathered
+    one calibration batch at a time (``gram[g]`` is ``[K + 1, K + 1]``: the rows with a constant 1
+    appended, so its last row holds ``E[x]``)."""
+
+    def __init__(self, node: Node, view: WeightView) -> None:
+        self.node, self.view = node, view
+        self.total: np.ndarray | None = None
+        self.samples = 0
+        self._cached: np.ndarray | None = None
+
+    def observe(self, x: np.ndarray) -> None:
+        """Add one batch of the layer's first operand (its rows are weighted by the batch's samples)."""
+        if x.size == 0:
+            return
+        batch = len(x) if x.ndim else 1
+        gram = grams(self.node, self.view, np.asarray(x, np.float32), ones=True)[0] * batch
+        self.total = gram if self.total is None else self.total + gram
+        self.samples += batch
+        self._cached = None
+
+    @property
+    def gram(self) -> np.ndarray:
+        """``E[x x^T]``, float64 ``[G, K, K]``."""
+        return self._mean()[:, :-1, :-1]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """``E[x]``, float64 ``[G, K]``."""
+        return self._mean()[:, -1, :-1]
+
+    def _mean(self) -> np.ndarray:
+        if self.total is None:
+            raise CimcError(f"node {self.node.name!r}: its input was never observed during calibration")
+        if self._cached is None:
+            self._cached = self.total / self.samples
+        return self._cached
+
+
+def mse_scales(m: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+    """Scales ``[G * N]`` (or ``[1]``) of ``m`` ``[G, K, N]`` with the least round-to-nearest squared
+    error among ``a * max|w| / qmax`` for ``a`` in :data:`CLIP_GRID` (float32, 1 for all-zero channels)."""
+    qmax = weight_qmax(bits)
+    w = np.asarray(m, np.float32).transpose(0, 2, 1).reshape(-1, m.shape[1]) if per_channel \
+        else np.asarray(m, np.float32).reshape(1, -1)
+    w64 = w.astype(np.float64)
+    amax = np.abs(w).max(axis=1).astype(np.float64)
+    best, best_err = None, None
+    t = np.empty(w.shape, np.float32)
+    d = np.empty(w.shape, np.float64)
+    for a in CLIP_GRID:
+        s = max_scales(amax * a, bits)
+        np.divide(w, s[:, None], out=t)
+        np.rint(t, out=t)
+        np.clip(t, -qmax, qmax, out=t)
+        np.multiply(t, s[:, None].astype(np.float64), out=d)
+        np.subtract(w64, d, out=d)
+        err = np.einsum("ij,ij->i", d, d)
+        if best is None:
+            best, best_err = s, err
+        else:
+            better = err < best_err
+            best, best_err = np.where(better, s, best), np.where(better, err, best_err)
+    assert best is not None
+    return best
+
+
+def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
+    """The upper triangular ``U`` with ``h^-1 = U^T U`` for each of the positive definite ``h`` ``[G, K, K]``.
+
+    With ``J`` the exchange matrix and ``J h J = L L^T`` (lower Cholesky factor ``L``), ``h = (J L J)
+    (J L J)^T`` with ``J L J`` upper triangular, so ``U = (J L J)^-1 = J L^-1 J``: one Cholesky
+    factorization and one triangular inverse, no general inverse."""
+    from scipy.linalg.lapack import dtrtri
+
+    try:
+        lower = np.linalg.cholesky(h[:, ::-1, ::-1])
+    except np.linalg.LinAlgError as e:
+        raise CimcError(f"GPTQ: the damped input Hessian is not positive definite ({e})") from e
+    out = np.empty_like(lower)
+    for g in range(len(lower)):
+        inv_t, info = dtrtri(lower[g].T, lower=0)  # L^T is Fortran-ordered upper: LAPACK reads it in place
+        if info:
+            raise CimcError(f"GPTQ: the Cholesky factor of the input Hessian is singular (LAPACK info {info})")
+        out[g] = inv_t.T[::-1, ::-1]
+    return out
+
+
+def gptq(m: np.ndarray, gram: np.ndarray, scales: np.ndarray, bits: int, block: int = GPTQ_BLOCK) -> np.ndarray:
+    """GPTQ's integers ``[G, K, N]`` (int8) for ``m`` ``[G, K, N]`` given ``E[x x^T]`` ``[G, K, K]`` of its
+    input rows and fixed ``scales`` (``[G * N]`` or ``[1]``), ``block`` rows between lazy updates; see the
+    module doc."""
+    G, K, N = m.shape
+    qmax = weight_qmax(bits)
+    s = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (G * N,)).reshape(G, 1, N)
+    h = np.array(gram, np.float64)
+    if not np.isfinite(h).all():
+        raise CimcError("GPTQ: the calibration inputs of the layer are not finite")
+    idx = np.arange(K)
+    diag = h[:, idx, idx]
+    h[:, idx, idx] = np.where(diag > 0, diag, 1.0)  # rows no input reaches: plain rounding, no spread
+    order = np.argsort(-h[:, idx, idx], axis=1, kind="stable")  # act-order: the largest inputs first
+    gsel = np.arange(G)[:, None]
+    w = np.asarray(m, np.float64)[gsel, order]  # [G, K, N]: row k of every group, in its order
+    h = h[gsel[:, :, None], order[:, :, None], order[:, None, :]]
+    h[:, idx, idx] += GPTQ_DAMP * h[:, idx, idx].mean(axis=1, keepdims=True)
+    u = _inverse_cholesky(h)
+    q = np.empty((G, K, N), np.float64)
+    for i1 in range(0, K, block):
+        i2 = min(i1 + block, K)
+        err = np.empty((G, i2 - i1, N))
+        for i in range(i1, i2):
+            row = w[:, i:i + 1]  # [G, 1, N]
+            qi = q[:, i:i + 1]
+            np.clip(np.rint(row / s), -qmax, qmax, out=qi)
+            e = (row - qi * s) / u[:, i, i, None, None]
+            if i + 1 < i2:
+                w[:, i + 1:i2] -= u[:, i, i + 1:i2, None] * e
+            err[:, i - i1] = e[:, 0]
+        if i2 < K:
+            w[:, i2:] -= u[:, i1:i2, i2:].transpose(0, 2, 1) @ err
+    out = np.empty((G, K, N), np.int8)
+    out[gsel, order] = q
+    return out
+
+
+def quantize_matrix(m: np.ndarray, bits: int, per_channel: bool, method: WeightMethod,
+                    stats: InputStats | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(q int8 [G, K, N], scales float32 [G*N] or [1], bias shift float64 [G*N] or None)`` of the
+    weight matrices ``m`` by ``method``; ``stats`` are required when ``method.needs_stats``."""
+    if method.needs_stats and stats is None:
+        raise CimcError(f"weight method '{method}' needs the layer's calibration input statistics")
+    if method.clip == "mse":
+        scales = mse_scales(m, bits, per_channel)
+    else:
+        w = np.abs(np.asarray(m, np.float32))
+        scales = max_scales(w.max(axis=1).reshape(-1) if per_channel else w.max().reshape(1), bits)
+    G, N = m.shape[0], m.shape[2]
+    s = np.broadcast_to(scales.reshape(-1), (G * N,)).reshape(G, 1, N)
+    if method.rounding == "gptq":
+        assert stats is not None
+        q = gptq(m, stats.gram, scales, bits)
+    else:
+        qmax = weight_qmax(bits)
+        q = np.clip(np.rint(np.asarray(m, np.float32) / s), -qmax, qmax).astype(np.int8)
+    shift = None
+    if method.bias_correction:
+        assert stats is not None
+        diff = np.asarray(m, np.float64) - q * s.astype(np.float64)  # [G, K, N]
+        shift = np.einsum("gk,gkn->gn", stats.mean, diff).reshape(-1)
+    return q, scales, shift
