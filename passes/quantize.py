@@ -122,7 +122,8 @@ class QuantizePass(Pass):
             return PassResult(False)
         methods = {n.name: WeightMethod.choose(settings.bits(n, "weight-bits"), self.weight_clip,
                                                self.weight_rounding, self.bias_correction) for n in layers}
-        stats = {n.name: InputStats(n, weight_view(n)) for n in layers if methods[n.name].needs_stats}
+        stats = {n.name: InputStats(n, weight_view(n), second=methods[n.name].rounding == "gptq")
+                 for n in layers if methods[n.name].needs_stats}
         readers: dict[int, list[InputStats]] = {}
         for n in layers:
             if n.name in stats:

@@ -49,3 +49,18 @@ def test_misses_are_marked(report):
 def test_cheap_model_reproduces(report, stored):
     """``mlp`` measured now gives the numbers in the README (the whole computation, one model)."""
     assert report.measure("mlp") == stored[0]["mlp"], f"mlp's accuracies changed; {FIX}"
+
+
+def test_w4a8_table_is_rendered_from_its_data(report):
+    """docs/quantization.md's W4A8 table: every zoo and held-out model, rendered from its numbers, each
+    within 2 points of float with the default methods; mlp's row still reproduces."""
+    from cimc import zoo
+
+    fix = "regenerate it with `python examples/zoo/report.py --w4a8 --write` and review the diff"
+    data, section = report.read_section(report.W4A8_DOC.read_text(encoding="utf-8"), report.W4A8_BEGIN)
+    assert list(data) == [*zoo.NAMES, *report.heldout_models()], f"the W4A8 table's models are stale; {fix}"
+    assert section == report.section(data, report.W4A8_BEGIN), f"the W4A8 table is not what report.py renders; {fix}"
+    assert all(row["default"] >= row["float"] - 2.0 for row in data.values())
+    assert report.measure_w4a8("mlp") == data["mlp"], f"mlp's W4A8 figures changed; {fix}"
+    miss = report.render_w4a8({"m": data["mlp"] | {"default": data["mlp"]["float"] - 2.5}})
+    assert "**MISS**" in miss and "| MISS |" in miss

@@ -50,7 +50,7 @@ import numpy as np
 from cimc.errors import CimcError
 from cimc.ir.core import Node
 from cimc.quant.params import max_scales, weight_qmax
-from cimc.sparsity import WeightView, grams
+from cimc.sparsity import WeightView, grams, input_rows
 
 __all__ = ["AUTO_BELOW", "CLIP_GRID", "GPTQ_BLOCK", "GPTQ_DAMP", "InputStats", "WeightMethod", "gptq", "mse_scales",
            "quantize_matrix"]
@@ -97,41 +97,54 @@ class WeightMethod:
 
 
 class InputStats:
-    """``E[x x^T]`` and ``E[x]`` over the rows ``x`` a layer's weight matrices multiply, gathered
-    one calibration batch at a time (``gram[g]`` is ``[K + 1, K + 1]``: the rows with a constant 1
-    appended, so its last row holds ``E[x]``)."""
+    """``E[x]`` and, when ``second``, ``E[x x^T]`` over the rows ``x`` a layer's weight matrices multiply,
+    gathered one calibration batch at a time (each batch weighted by its samples)."""
 
-    def __init__(self, node: Node, view: WeightView) -> None:
-        self.node, self.view = node, view
-        self.total: np.ndarray | None = None
-        self.samples = 0
+    CHUNK = 1 << 22
+    """Elements of im2col rows made at once for a convolution."""
+
+    def __init__(self, node: Node, view: WeightView, second: bool = True) -> None:
+        self.node, self.view, self.second = node, view, second
+        self.total: np.ndarray | None = None  # [G, K + 1, K + 1] (the rows with a 1 appended), or [G, K]
+        self.count = 0
         self._cached: np.ndarray | None = None
 
     def observe(self, x: np.ndarray) -> None:
-        """Add one batch of the layer's first operand (its rows are weighted by the batch's samples)."""
+        """Add one batch of the layer's first operand."""
         if x.size == 0:
             return
-        batch = len(x) if x.ndim else 1
-        gram = grams(self.node, self.view, np.asarray(x, np.float32), ones=True)[0] * batch
-        self.total = gram if self.total is None else self.total + gram
-        self.samples += batch
+        x = np.asarray(x, np.float32)
+        if self.second:  # the mean over this batch's rows, weighted by its samples (same rows per sample)
+            part, count = grams(self.node, self.view, x, ones=True)[0] * len(x), len(x)
+        else:
+            step = max(1, self.CHUNK // max(1, x[0].size * self.view.rows)) if self.node.op != "MatMul" else len(x)
+            part, count = 0.0, 0
+            for i in range(0, len(x), step):
+                rows = input_rows(self.node, self.view, x[i:i + step])
+                if rows is None:
+                    raise CimcError(f"node {self.node.name!r} ({self.node.op}): no input rows for a batched B")
+                part, count = part + rows.sum(axis=1, dtype=np.float64), count + rows.shape[1]
+        self.total = part if self.total is None else self.total + part
+        self.count += count
         self._cached = None
 
     @property
     def gram(self) -> np.ndarray:
-        """``E[x x^T]``, float64 ``[G, K, K]``."""
+        """``E[x x^T]``, float64 ``[G, K, K]`` (only when gathered with ``second``)."""
+        if not self.second:
+            raise CimcError(f"node {self.node.name!r}: its input's second moments were not gathered")
         return self._mean()[:, :-1, :-1]
 
     @property
     def mean(self) -> np.ndarray:
         """``E[x]``, float64 ``[G, K]``."""
-        return self._mean()[:, -1, :-1]
+        return self._mean()[:, -1, :-1] if self.second else self._mean()
 
     def _mean(self) -> np.ndarray:
         if self.total is None:
             raise CimcError(f"node {self.node.name!r}: its input was never observed during calibration")
         if self._cached is None:
-            self._cached = self.total / self.samples
+            self._cached = self.total / self.count
         return self._cached
 
 

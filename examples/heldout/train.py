@@ -32,8 +32,9 @@ from pathlib import Path
 
 import onnx
 import torch
-from cimc.zoo import train as zoo_train
 from torch import nn
+
+from cimc.zoo import train as zoo_train
 
 HERE = Path(__file__).resolve().parent
 
@@ -86,7 +87,8 @@ class ConvMHA(nn.Module):
 
 
 SPECS = (
-    zoo_train.Spec("row_transformer", RowTransformer, "torchscript,dynamo", seed=11, epochs=60, lr=3e-3, weight_decay=1e-4,
+    zoo_train.Spec("row_transformer", RowTransformer, "torchscript,dynamo", seed=11, epochs=60, lr=3e-3,
+                   weight_decay=1e-4,
                    description="rows as tokens, 2 post-norm nn.TransformerEncoderLayer (4 heads), mean, Linear"),
     zoo_train.Spec("conv_mha", ConvMHA, "torchscript,dynamo", seed=12, epochs=60, lr=3e-3, weight_decay=1e-4,
                    description="conv stem to 16 tokens, pre-norm nn.MultiheadAttention (3 heads), tanh-GELU MLP"),
@@ -121,7 +123,8 @@ def main() -> int:
             (HERE / file).write_bytes(blob)
             ops = Counter(n.op_type for n in proto.graph.node)
             opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-            print(f"  {file:32s} opset {opset}  top1 {top1:.4f}  {len(blob) / 1024:.1f} KiB  ops {dict(sorted(ops.items()))}")
+            print(f"  {file:32s} opset {opset}  top1 {top1:.4f}  {len(blob) / 1024:.1f} KiB  "
+                  f"ops {dict(sorted(ops.items()))}")
             entries.append({"name": f"{spec.name}_{exporter}", "file": file, "model": spec.name,
                             "description": spec.description, "exporter": exporter, "opset": opset,
                             "float_top1": round(top1, 6), "num_params": sum(p.numel() for p in model.parameters()),
