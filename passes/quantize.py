@@ -4,18 +4,25 @@ Algorithm:
 1. Calibrate: run the float graph on ``PassContext.calibration`` with the reference interpreter,
    one run per batch, observing every f32 activation in that run (``cimc.quant.calibrate``;
    observers ``minmax``, ``percentile``, ``mse``).
+   In the same runs, the layers whose weight method needs them gather their input statistics
+   ``E[x]`` and ``E[x x^T]`` (``cimc.quant.weights.InputStats``).
 2. Bits: ``weight-bits``/``act-bits``, overridden per node name or op type by ``overrides``.
    ``act-bits`` of a layer is the width of what it reads; a tensor read by several integer layers
-   gets the largest request.
+   gets the largest request. Weight method per layer (``cimc.quant.weights``): ``weight-clip``
+   (``max``/``mse`` scales), ``weight-rounding`` (``nearest``/``gptq``) and ``bias-correction``;
+   ``auto`` is ``mse``, ``gptq`` and on for layers below 8 weight bits, plain rounding at 8.
 3. Rewrite (``cimc.quant.lower``): Conv/ConvTranspose/Gemm/MatMul with constant weights become
-   ``q.conv``/``q.conv_transpose``/``q.gemm``/``q.matmul`` (int8 weights per output channel, int32
-   bias holding the zero-point term, except ``q.conv_transpose`` which subtracts it from x) giving
+   ``q.conv``/``q.conv_transpose``/``q.gemm``/``q.matmul`` (int8 weights per output channel by the
+   layer's weight method, int32 bias holding the zero-point term, except ``q.conv_transpose``
+   which subtracts it from x) giving
    int32 accumulators; Relu/Clip become the clamp of the ``q.requant`` to uint8;
    Add/Sum of integer values become ``q.add``; moves (MaxPool, Reshape, Concat, ...) run on uint8;
    all else runs in float between ``q.dequantize`` and ``q.quantize``. Graph inputs and outputs
    stay float (an accumulator output is dequantized directly, so logits keep full precision).
 The requantization mode (``fixed``: int32 multiplier and shift; ``float``: float32 multiply,
-round half to even) is recorded in ``graph.metadata["quant.requant"]`` and on each op.
+round half to even) is recorded in ``graph.metadata["quant.requant"]`` and on each op; the weight
+methods used, when any layer is not max-scaled and rounded to nearest, in
+``graph.metadata["quant.weight-methods"]`` (JSON: method -> node names).
 
 Preconditions: the graph is not quantized yet (a second ``quantize`` would do nothing, and is an
 error that says so); constants folded (weights must be constants); BatchNormalization fused into the

@@ -8,7 +8,9 @@ parameters), ``q.requant`` (accumulator to uint8), ``q.dequantize`` (either to f
 - ``Conv``, ``Gemm`` (transA=0, constant B, C absent or a constant vector) and ``MatMul`` (constant
   2-D B; a following ``Add`` of a constant vector becomes its bias) give ``q.conv``/``q.gemm``/
   ``q.matmul`` on the uint8 input with int8 weights per output channel and an int32 bias
-  ``round(b / (sx*sw)) - zx * sum(w)``: an accumulator. ``ConvTranspose`` (constant weight
+  ``round(b / (sx*sw)) - zx * sum(w)``: an accumulator. The weights are max-scaled and rounded to
+  nearest unless ``Settings.methods`` gives the node another method (``cimc.quant.weights``; its
+  bias correction is added to ``b`` first). ``ConvTranspose`` (constant weight
   ``[C, M/G, *K]``, quantized per output channel ``g*M/G + j``) gives ``q.conv_transpose``, whose
   bias is ``round(b / (sx*sw))`` only: it subtracts ``zx`` from x itself (the zero-point term varies
   with the output position there).
