@@ -201,3 +201,29 @@ def test_auto_is_the_methods_below_8_bits_and_nothing_new_at_8():
                                                                                    if n.op == "Gemm"][1:]}
     assert WeightMethod.choose(4, clip="max", bias_correction="off") == WeightMethod("max", "gptq", False)
     assert WeightMethod.choose(8, rounding="gptq") == WeightMethod("max", "gptq", False)
+
+
+def test_input_means_alone_equal_those_beside_the_second_moments():
+    """Bias correction alone gathers only ``E[x]`` (chunked im2col rows); it is the mean GPTQ's statistics hold."""
+    from cimc.quant.weights import InputStats
+    from cimc.sparsity import weight_view
+
+    f = import_model(_model())
+    PassManager("fold-constants").run(f)
+    x = _images(np.random.default_rng(3), 20)
+    acts = {}
+    layers = [n for n in f.nodes if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    saved = list(f.outputs)
+    f.outputs = saved + [n.inputs[0] for n in layers]
+    env = run(f, {"x": x})
+    f.outputs = saved
+    for n in layers:
+        acts[n.name] = env[n.inputs[0].name]
+        both, alone = InputStats(n, weight_view(n)), InputStats(n, weight_view(n), second=False)
+        alone.CHUNK = 64  # several chunks per batch
+        for s in (slice(0, 7), slice(7, 20)):  # two batches of different sizes
+            both.observe(acts[n.name][s])
+            alone.observe(acts[n.name][s])
+        np.testing.assert_allclose(alone.mean, both.mean, rtol=1e-9, atol=1e-12, err_msg=n.name)
+        with pytest.raises(CimcError, match="second moments were not gathered"):
+            alone.gram  # noqa: B018

@@ -42,8 +42,9 @@ and is deterministic.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -82,9 +83,12 @@ class WeightMethod:
         """The method for a layer of ``bits``-bit weights given the ``quantize`` options, where ``auto``
         is ``mse``/``gptq``/``on`` below :data:`AUTO_BELOW` bits and ``max``/``nearest``/``off`` else."""
         low = bits < AUTO_BELOW
-        return cls("mse" if clip == "auto" and low else "max" if clip == "auto" else clip,  # type: ignore[arg-type]
-                   "gptq" if rounding == "auto" and low else "nearest" if rounding == "auto" else rounding,  # type: ignore[arg-type]
-                   low if bias_correction == "auto" else bias_correction == "on")
+
+        def pick(value: str, below: str, at_8: str) -> Any:
+            return (below if low else at_8) if value == "auto" else value
+
+        return cls(pick(clip, "mse", "max"), pick(rounding, "gptq", "nearest"),
+                   pick(bias_correction, "on", "off") == "on")
 
     @property
     def needs_stats(self) -> bool:
@@ -97,16 +101,16 @@ class WeightMethod:
 
 
 class InputStats:
-    """``E[x]`` and, when ``second``, ``E[x x^T]`` over the rows ``x`` a layer's weight matrices multiply,
-    gathered one calibration batch at a time (each batch weighted by its samples)."""
+    """``E[x]`` and, when ``second``, ``E[x x^T]`` over the rows ``x`` a layer's weight matrices multiply
+    (:func:`cimc.sparsity.input_rows`), gathered one calibration batch at a time."""
 
     CHUNK = 1 << 22
-    """Elements of im2col rows made at once for a convolution."""
+    """Input elements whose im2col rows are made at once for a convolution's ``E[x]``."""
 
     def __init__(self, node: Node, view: WeightView, second: bool = True) -> None:
         self.node, self.view, self.second = node, view, second
-        self.total: np.ndarray | None = None  # [G, K + 1, K + 1] (the rows with a 1 appended), or [G, K]
-        self.count = 0
+        self.total: np.ndarray | None = None  # second: [G, K + 1, K + 1] of the rows with a 1 appended; else [G, K]
+        self.count = 0  # second: samples (each batch's mean weighted by its samples); else rows
         self._cached: np.ndarray | None = None
 
     def observe(self, x: np.ndarray) -> None:
@@ -114,10 +118,11 @@ class InputStats:
         if x.size == 0:
             return
         x = np.asarray(x, np.float32)
-        if self.second:  # the mean over this batch's rows, weighted by its samples (same rows per sample)
+        if self.second:
             part, count = grams(self.node, self.view, x, ones=True)[0] * len(x), len(x)
         else:
-            step = max(1, self.CHUNK // max(1, x[0].size * self.view.rows)) if self.node.op != "MatMul" else len(x)
+            conv = self.node.op in ("Conv", "ConvTranspose")
+            step = max(1, self.CHUNK // (x[0].size * math.prod(self.view.shape[2:]))) if conv else len(x)
             part, count = 0.0, 0
             for i in range(0, len(x), step):
                 rows = input_rows(self.node, self.view, x[i:i + step])
@@ -150,10 +155,21 @@ class InputStats:
 
 def mse_scales(m: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
     """Scales ``[G * N]`` (or ``[1]``) of ``m`` ``[G, K, N]`` with the least round-to-nearest squared
-    error among ``a * max|w| / qmax`` for ``a`` in :data:`CLIP_GRID` (float32, 1 for all-zero channels)."""
-    qmax = weight_qmax(bits)
+    error among ``a * max|w| / qmax`` for ``a`` in :data:`CLIP_GRID` (float32, 1 for all-zero channels).
+    Channels are searched a cache-sized block at a time."""
     w = np.asarray(m, np.float32).transpose(0, 2, 1).reshape(-1, m.shape[1]) if per_channel \
         else np.asarray(m, np.float32).reshape(1, -1)
+    rows = max(1, _MSE_BLOCK // w.shape[1])
+    return np.concatenate([_mse_search(w[i:i + rows], bits) for i in range(0, len(w), rows)])
+
+
+_MSE_BLOCK = 1 << 15
+"""Weights per block of :func:`mse_scales` (float32 and float64 temporaries that stay in cache)."""
+
+
+def _mse_search(w: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`mse_scales` of the rows (channels) of ``w``."""
+    qmax = weight_qmax(bits)
     w64 = w.astype(np.float64)
     amax = np.abs(w).max(axis=1).astype(np.float64)
     best, best_err = None, None
