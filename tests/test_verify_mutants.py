@@ -170,3 +170,20 @@ def test_an_unlowered_copy_of_the_reference_is_caught(tmp_path, capsys, monkeypa
                         lambda program, reference, *a, **kw: real(reference.copy(), reference, *a, **kw))
     status, _, v = _compile(tmp_path, capsys)
     assert status == 1 and "the program runs exactly the reference's ops" in v["self_check"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool"])
+@pytest.mark.parametrize("first", [0, 1, -1, 1e30, np.inf])
+def test_the_self_check_changes_one_element_of_every_dtype(dtype, first):
+    """The one-element change the comparison must see is a change in every dtype (numpy 1.x included)."""
+    from cimc.verify import _changed
+
+    a = np.zeros((2, 3), dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        a.flat[0] = np.asarray(first).astype(dtype)
+    before = a.copy()
+    b = _changed({"y": a, "z": a.copy()})
+    assert b is not None and not np.array_equal(b["y"], a) and b["y"].dtype == a.dtype
+    assert np.array_equal(b["y"].ravel()[1:], a.ravel()[1:]) and np.array_equal(b["z"], a)
+    assert np.array_equal(a, before)  # the outputs given are left alone
+    assert _changed({"empty": np.zeros((0, 3), dtype)}) is None
