@@ -2,10 +2,12 @@
 
 Only verified graphs run: :class:`Interpreter` runs the verifier first (a ``VerifyError`` lists what
 is wrong), so every op implementation sees attributes of its schema's kinds and ranges and operands
-of the types its type rule accepts. No result may pass the tensor size limit (:mod:`cimc.limits`):
-results of static shape are checked when the run is planned, results whose symbolic dims the
-inputs decide before each node runs, so an oversized tensor is an error naming it, not an
-allocation. Ops whose result size depends on operand values check it themselves.
+of the types its type rule accepts. A node whose declared types leave dims symbolic or unknown is
+typed again before it runs, by its type rule on the actual operands (their shapes, and the values of
+small integer operands), so a mismatch only the inputs reveal is an error naming the node, not a
+numpy failure inside it. No result may pass the tensor size limit (:mod:`cimc.limits`): results of
+static shape are checked when the run is planned, the others from that typing before the node runs,
+so an oversized tensor is an error naming it, not an allocation.
 
 Values are kept in a dict keyed by value identity and freed after their last use (an op that
 sums into an accumulator operand made by the same op may reuse its buffer then). Inputs are
@@ -112,9 +114,10 @@ class Interpreter:
         self.seed = seed
         self.reproducible = any("." in n.op for n in graph.nodes) if reproducible is None else reproducible
         self._plan = _plan(graph)
-        self._unknown = {n for n in graph.nodes if any(v.type.shape is None or None in v.type.shape
-                                                           for v in n.outputs)}
-        """Nodes with a result of unknown rank or dim: its size is checked from the operands at run time."""
+        self._dynamic = {n for n in graph.nodes if not all(v.type.is_static for v in n.outputs)
+                         or not all(v is None or v.type.is_static for v in n.inputs)}
+        """Nodes whose declared types leave a dim symbolic or unknown: checked again, with the operands of
+        the run, before they run."""
 
     def run(self, inputs: Mapping[str, Any], *,
             observe: Callable[[Value, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
@@ -139,14 +142,10 @@ class Interpreter:
         rng = np.random.default_rng(self.seed)
         state: dict[str, Any] = {}
         keep = {id(v) for v in self.graph.outputs}
-        dims = _bound_dims(self.graph, arrays)
         for node, opdef, attrs, frees, donated in self._plan:
-            for v in node.outputs:  # results whose size the input shapes decide: checked before allocating
-                if v.type.shape is not None and not v.type.is_static:
-                    _check_result(v, node, [dims.get(d) if isinstance(d, str) else d for d in v.type.shape])
             operands = [None if v is None else env[id(v)] for v in node.inputs]
-            if node in self._unknown:
-                _check_unknown(node, opdef, attrs, operands)
+            if node in self._dynamic:
+                _check_run(node, opdef, attrs, operands)
             ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated)
             try:
                 result = opdef.impl(ctx, *operands)
@@ -172,16 +171,6 @@ class Interpreter:
         return {v.name: np.asarray(env[id(v)]) for v in self.graph.outputs}
 
 
-def _bound_dims(graph: Graph, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """The sizes the given inputs give the graph's symbolic dims (``N`` -> the batch)."""
-    out: dict[str, int] = {}
-    for v in graph.inputs:
-        for d, n in zip(v.type.shape or (), np.shape(arrays[v.name]), strict=False):
-            if isinstance(d, str):
-                out.setdefault(d, int(n))
-    return out
-
-
 def _check_result(v: Value, node: Any, shape: list[int | None]) -> None:
     """The tensor size limit (:mod:`cimc.limits`) on result ``v`` of ``node``, where its size is known."""
     if all(d is not None for d in shape):
@@ -190,9 +179,9 @@ def _check_result(v: Value, node: Any, shape: list[int | None]) -> None:
 
 
 class _RunInfer(InferContext):
-    """A type rule's view of a node about to run: the operands' actual types, and their values as if
-    they were constants (so a rule that computes a result shape from an operand, as ConstantOfShape's
-    does, computes the actual one)."""
+    """A type rule's view of a node about to run: the operands' actual types, and the values of small
+    integer operands as if they were constants (so a rule that computes a result shape from an
+    operand, as Reshape's or ConstantOfShape's does, computes the actual one)."""
 
     def __init__(self, node: Any, attrs: Mapping[str, Any], operands: list[Any]) -> None:
         types = [None if a is None else _actual_type(v, a) for v, a in zip(node.inputs, operands, strict=True)]
@@ -200,21 +189,31 @@ class _RunInfer(InferContext):
         self.operands = operands
 
     def const(self, index: int) -> np.ndarray | None:
-        """The value operand ``index`` has in this run."""
-        return self.operands[index] if index < len(self.operands) else None
+        """The value operand ``index`` has in this run, if it is a small integer tensor."""
+        a = self.operands[index] if index < len(self.operands) else None
+        if isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.size <= _SHAPE_LIKE:
+            return a
+        return None
+
+
+_SHAPE_LIKE = 1024
 
 
 def _actual_type(v: Value, a: Any) -> TensorType:
-    return v.type.with_shape(tuple(int(d) for d in np.shape(a))) if v.type.quant is None else \
-        TensorType(v.type.dtype, tuple(int(d) for d in np.shape(a)), v.type.quant)
+    return TensorType(v.type.dtype, tuple(int(d) for d in np.shape(a)), v.type.quant)
 
 
-def _check_unknown(node: Any, opdef: OpDef, attrs: Mapping[str, Any], operands: list[Any]) -> None:
-    """The size limit on the results of a node whose declared types leave a dim unknown: its type
-    rule, given the operands of this run, gives their shapes; a rule that cannot is left to the op."""
+def _check_run(node: Any, opdef: OpDef, attrs: Mapping[str, Any], operands: list[Any]) -> None:
+    """Before a node whose declared types leave dims open runs: its type rule on the actual operands
+    (symbolic dims now sizes; a mismatch the declared types could not show, such as a batch that is
+    not a Gemm's inner dim, is an error saying so), then the size limit on the results it gives."""
     try:
         types = opdef.infer(_RunInfer(node, attrs, operands))
-    except Exception:  # the op's own checks will say what is wrong, when it runs
+    except CimcError as e:
+        raise ExecutionError(f"while executing node {node.name!r} ({node.op}): its operands "
+                             f"{[list(np.shape(a)) if a is not None else None for a in operands]} do not fit: "
+                             f"{e}") from None
+    except Exception:  # a rule that cannot type the actual operands: the op itself will say what is wrong
         return
     for v, t in zip(node.outputs, types, strict=False):
         if t.shape is not None:

@@ -18,6 +18,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -167,6 +168,16 @@ CASES: dict[str, tuple[list[str], str]] = {
     "labels-without-verify": (["compile", "zoo:mlp", "--labels", "labels.npy", "-o", "out"], "verify"),
 }
 
+SUCCESS: dict[str, tuple[list[str], list[str]]] = {
+    # id -> (argv, the files it may write): exit 0 and nothing at all on standard error
+    "onnxruntime-says-nothing": (["run", "unused_init.onnx", "--random", "--compare-onnxruntime"], []),
+    "calibration-big-endian": ([*OPT[:2], "-o", "be.cimir", "-p", "quantize", "--calibration", "be.npz"],
+                               ["be.cimir", "be.npz"]),
+    "graph-without-nodes": (["run", "identity.onnx", "--random"], []),
+    "spec-file-name-with-equals": (["compile", "zoo:mlp", "--spec", "a=b.toml", "-o", "eq.cimc"], ["eq.cimc"]),
+    "force-replaces-a-cimc-output": (["compile", "zoo:mlp", "-o", "npu.cimc", "-t", "npu", "--force"], ["npu.cimc"]),
+}
+
 
 # ---- the files the cases read ----------------------------------------------------------------------------
 
@@ -221,6 +232,8 @@ def make_files(d: Path) -> None:
     np.savez(d / "empty.npz", input=np.zeros((0, 1, 8, 8), np.float32))
     np.savez(d / "f64.npz", input=x.astype(np.float64))
     np.savez(d / "extra.npz", input=x, other=x)
+    np.savez(d / "be.npz", input=x.astype(">f4"))
+    (d / "a=b.toml").write_text('target = "sram-cim"\nadc_bits = 6\n')
     np.savez(d / "wrong_name.npz", image=x)
     np.savez(d / "badshape.npz", input=np.zeros((4, 1, 8, 7), np.float32))
     np.save(d / "single.npy", x)
@@ -323,6 +336,9 @@ def make_files(d: Path) -> None:
           d / "negative_dim.onnx")
     _save(_model([helper.make_node("Relu", ["x"], ["y"])], [x23], []), d / "no_outputs.onnx")
     _save(_model([], [x23], []), d / "empty.onnx")
+    _save(_model([], [x23], [x23]), d / "identity.onnx")
+    _save(_model([helper.make_node("Relu", ["x"], ["y"])], [x23], [_vi("y", [2, 3])],
+                 [numpy_helper.from_array(np.ones(3, np.float32), "unused")]), d / "unused_init.onnx")
     shape = numpy_helper.from_array(np.array([1 << 30], np.int64), "s")
     _save(_model([helper.make_node("ConstantOfShape", ["s"], ["y"])], [x23], [_vi("y", [1 << 30])], [shape]),
           d / "cos4g.onnx")
@@ -400,7 +416,7 @@ def _listing(d: Path) -> dict[str, float]:
     return out
 
 
-def run_cases(d: Path, cases: dict[str, tuple[list[str], str]] = CASES) -> dict[str, dict]:
+def run_cases(d: Path, cases: dict[str, tuple[list[str], Any]]) -> dict[str, dict]:
     """Run each case in the folder ``d`` (made by :func:`make_files`); the report by case id."""
     from cimc.cli import main
 
@@ -436,5 +452,6 @@ def peak_memory_bytes() -> int:
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
     make_files(folder)
-    result = run_cases(folder)
-    json.dump({"cases": result, "peak_memory_bytes": peak_memory_bytes()}, sys.stdout)
+    result = run_cases(folder, CASES)
+    success = run_cases(folder, SUCCESS)
+    json.dump({"cases": result, "success": success, "peak_memory_bytes": peak_memory_bytes()}, sys.stdout)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bad_input_corpus import CASES
+from bad_input_corpus import CASES, SUCCESS
 
 PEAK_MEMORY = 3 << 30
 """The corpus process's peak resident memory must stay below this: cases that would allocate gigabytes
@@ -41,6 +41,15 @@ def test_bad_input_is_one_clean_line(report: dict, case: str) -> None:
     assert fragment in err, (fragment, err)
     assert r["changed"] == [], r["changed"]  # no output, no temporary file or directory, inputs untouched
     assert r["seconds"] < 60, r["seconds"]
+
+
+@pytest.mark.parametrize("case", list(SUCCESS))
+def test_good_input_runs_silently(report: dict, case: str) -> None:
+    """What the corpus refuses has good neighbours that must keep working, and print nothing on
+    standard error (no onnxruntime log, no numpy warning)."""
+    r = report["success"][case]
+    assert r["code"] == 0 and r["stderr"] == "", r
+    assert {c.split("/")[0] for c in r["changed"]} <= set(SUCCESS[case][1]), r["changed"]
 
 
 def test_the_corpus_stays_under_the_memory_limit(report: dict) -> None:

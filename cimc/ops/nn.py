@@ -101,7 +101,10 @@ def compute_dtype(a: np.ndarray, b: np.ndarray, k: int, bias: np.ndarray | None 
 
 
 def _chunk(total: int, most: int) -> int:
-    """The size of the equal chunks ``total`` splits into when no chunk may exceed ``most`` (>= 1)."""
+    """The size of the equal chunks ``total`` splits into when no chunk may exceed ``most`` (>= 1; 1 when
+    there is nothing to split: an empty batch)."""
+    if total <= 0:
+        return 1
     pieces = -(-total // max(1, min(total, most)))
     return -(-total // pieces)
 

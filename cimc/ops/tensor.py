@@ -38,16 +38,26 @@ def _moved(t: TensorType, shape: Shape | None) -> TensorType:
     return TensorType(t.dtype, shape, quant)
 
 
+def _int_operand(ctx: InferContext, index: int) -> None:
+    """An error unless operand ``index`` (a shape, axes or indices), if present, is of an integer type."""
+    t = ctx.types[index] if index < len(ctx.types) else None
+    if t is not None and not t.dtype.is_int:
+        raise VerifyError(f"{_where(ctx)}: operand {index} holds a shape, axes or indices, so it must be of an "
+                          f"integer type (i64), not {t}")
+
+
 def _ints(ctx: InferContext, index: int) -> list[int] | None:
     """A constant integer operand as python ints (``None`` if absent or not constant)."""
     if not ctx.has(index):
         return None
+    _int_operand(ctx, index)
     c = ctx.const(index)
     return None if c is None else [int(v) for v in np.asarray(c).reshape(-1)]
 
 
 def _operand_len(ctx: InferContext, index: int) -> int | None:
-    """The static length of a 1-D operand, if known."""
+    """The static length of a 1-D integer operand, if known."""
+    _int_operand(ctx, index)
     t = ctx.types[index] if index < len(ctx.types) else None
     if t is None or t.shape is None or len(t.shape) != 1 or not isinstance(t.shape[0], int):
         return None
