@@ -26,9 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 N = "batch"  # the zoo models' symbolic batch dim
 
-# ---- the cases: id -> (argv, fragment of the one error line) -------------------------------------------
+# ---- the cases: id -> (argv, fragment of the one error line, or fragments it must all hold) --------------
 OPT = ["opt", "zoo:mlp", "-o", "out.cimir", "-p"]
-CASES: dict[str, tuple[list[str], str]] = {
+CASES: dict[str, tuple[list[str], str | list[str]]] = {
     # silently wrong before: now an error
     "calibration-nan": ([*OPT, "quantize", "--calibration", "nan.npz"], "calibration input 'input' holds"),
     "calibration-inf": (["compile", "zoo:mlp", "--calibration", "inf.npz", "-o", "out"], "non-finite value(s)"),
@@ -163,10 +163,64 @@ CASES: dict[str, tuple[list[str], str]] = {
     "cimir-syntax": (["run", "syntax.cimir", "--random"], "expected ')', 'none' or a value (%name) but found '('"),
     "cimir-unknown-op": (["run", "unknown_op.cimir", "--random"], "unknown op 'Relux'; did you mean 'Relu'"),
     "cimir-undefined-value": (["run", "undefined.cimir", "--random"], "%nope is not defined"),
-    "unsupported-on-target": (["compile", "deconv.onnx", "-t", "sram-cim", "--calibration", "deconv_cal.npz",
+    "unsupported-on-target": (["compile", "deconv.onnx", "-t", "sram-cim", "--calibration", "x.npz",
                                "-o", "out"], "cannot run op q.conv_transpose"),
     "labels-without-verify": (["compile", "zoo:mlp", "--labels", "labels.npy", "-o", "out"], "verify"),
 }
+
+# the cases of the target helpers and the pass options (one error per limit a spec or pass declares)
+OPT_CAL = ["opt", "zoo:mlp", "-o", "out.cimir", "--calibration", "calib.npz", "-p"]
+FRONT = "fold-constants,fuse-batchnorm,quantize"
+TARGET_CASES: dict[str, tuple[list[str], str | list[str]]] = {
+    "spec-unknown-field-in-file": (["compile", "zoo:mlp", "--spec", "unknown.toml"],
+                           ["unknown.toml", "no parameter 'macroz'", "did you mean 'macros'"]),
+    "spec-out-of-range": (["compile", "zoo:mlp", "--spec", "range.toml"],
+                          ["range.toml", "adc_bits = 40 is out of range", "expected an integer in 1..16"]),
+    "sram-too-large": (["compile", "zoo:mlp", "--spec-set", "macros=2", "--spec-set", "allow_reload=false"],
+                       ["allow_reload = false", "37888 cells in 5 tiles", "2 macros (32768 cells",
+                        "--spec-set allow_reload=true", "macros=5"]),
+    "npu-too-large": (["compile", "zoo:mlp", "-t", "npu", "--spec-set", "weight_buffer_bytes=4096",
+                       "--spec-set", "allow_reload=false"],
+                      ["allow_reload = false", "4736 weight bytes", "holds 4096 bytes",
+                       "--spec-set allow_reload=true", "weight_buffer_bytes=4736"]),
+    "unsupported-op": (["compile", "deconv.onnx", "-t", "sram-cim", "--calibration", "x.npz"],
+                       ["target 'sram-cim' cannot run op q.conv_transpose (node 'deconv1')", "q.conv, q.gemm, q.matmul",
+                        "Softmax", "sram.*", "compile for a target that runs it (npu)"]),
+    "program-syntax": (["run", "syntax.cimir", "--random", "-o", "out.npz"],
+                       ["syntax.cimir:10:33:", "expected ')'"]),
+    "program-unknown-op": (["run", "unknown_op.cimir", "--random", "-o", "out.npz"],
+                           ["unknown_op.cimir:11:26:", "unknown op 'Relux'", "did you mean 'Relu'"]),
+    "weight-bits": ([*OPT_CAL, "quantize{weight-bits=9}"], ["weight-bits", "is 9; expected 2..8"]),
+    "empty-calibration": (["opt", "zoo:mlp", "-o", "out.cimir", "--calibration", "empty.npz", "-p", "quantize"],
+                          ["calibration input 'input' is empty", "give at least one sample"]),
+    "calibration-shape": (["opt", "zoo:mlp", "-o", "out.cimir", "--calibration", "shape.npz", "-p", "quantize"],
+                          ["shape [4, 1, 7, 8]", "[batch,1,8,8] was expected"]),
+    "sparsity-ratio-1": ([*OPT_CAL, "sparsify{ratio=1.0}"], ["ratio=1.0 must be in [0, 1)"]),
+    "sparsity-ratio-negative": ([*OPT_CAL, "sparsify{ratio=-0.1}"], ["ratio=-0.1 must be in [0, 1)"]),
+    "quantize-override-no-node": ([*OPT_CAL, 'quantize{overrides="nosuch:weight-bits=4"}'],
+                                  ["'nosuch' is neither a node name nor an op type", "Gemm"]),
+    "sparsify-per-layer-no-node": ([*OPT_CAL, 'sparsify{per-layer="nosuch=0.3"}', "--target", "sram-cim"],
+                                   ["'nosuch' names no prunable node", "node_linear"]),
+    "tile-cell-bits-beyond-the-target": (["compile", "zoo:mlp", "-p", f"{FRONT},tile{{cell-bits=9}}"],
+                                         ["pass 'tile': option cell-bits=9 is out of range: expected 1..1",
+                                          "the target 'sram-cim' has cell_bits = 1"]),
+    "lowering-adc-bits-0": (["compile", "zoo:mlp", "-p", f"{FRONT},tile,lower-sram-cim{{adc-bits=0}}"],
+                            ["pass 'lower-sram-cim': option adc-bits=0 is out of range: expected 1..7",
+                             "the target's ADCs have adc_bits = 7"]),
+    "pipeline-without-tile": (["compile", "zoo:mlp", "-p", FRONT],
+                              ["pass 'lower-sram-cim' failed after [fold-constants, fuse-batchnorm, quantize]",
+                               "q.gemm 'node_linear' has no tile map", "run 'tile' before 'lower-sram-cim'"]),
+    "opt-lowering-without-target": ([*OPT_CAL, "quantize,tile,lower-sram-cim"],
+                                    ["pass 'tile' needs a target and none is given", "--target NAME"]),
+    "opt-lowering-alone-without-target": ([*OPT_CAL, "lower-sram-cim"],
+                                          ["pass 'lower-sram-cim' needs a target and none is given"]),
+    "opt-lowering-for-another-target": ([*OPT_CAL, "lower-npu", "--target", "sram-cim"],
+                                        ["pass 'lower-npu' lowers for target 'npu', but the target is 'sram-cim'"]),
+    "opt-spec-without-target": ([*OPT_CAL, "quantize", "--spec-set", "adc_bits=5"],
+                                ["--spec and --spec-set describe a target's hardware", "--target NAME"]),
+    "sparsify-without-target": ([*OPT_CAL, "sparsify"], ["pass 'sparsify' needs a target to align its blocks to"]),
+}
+CASES.update(TARGET_CASES)
 
 SUCCESS: dict[str, tuple[list[str], list[str]]] = {
     # id -> (argv, the files it may write): exit 0 and nothing at all on standard error
@@ -261,6 +315,9 @@ def make_files(d: Path) -> None:
     (d / "latin1.toml").write_bytes(b'target = "sram-cim"\n# caf\xe9\n')
     (d / "syntax.toml").write_text("adc_bits = = 3\n")
     (d / "unknown.toml").write_text('target = "sram-cim"\nmacroz = 4\n')
+    (d / "range.toml").write_text('target = "sram-cim"\nadc_bits = 40\n')
+    np.savez(d / "calib.npz", input=x)
+    np.savez(d / "shape.npz", input=np.zeros((4, 1, 7, 8), np.float32))
     (d / "model.txt").write_text("x")
     (d / "notes.txt").write_text("keep me")
     (d / "my_src").mkdir()
@@ -372,7 +429,7 @@ def make_files(d: Path) -> None:
     _save(_model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
                   helper.make_node("ConvTranspose", ["c", "wt"], ["y"], pads=[1, 1, 1, 1], name="deconv1")],
                  [_vi("x", ["N", 1, 8, 8])], [_vi("y", ["N", 4, 8, 8])], [w, wt], opset=18), d / "deconv.onnx")
-    np.savez(d / "deconv_cal.npz", x=rng2.standard_normal((4, 1, 8, 8)).astype(np.float32))
+    np.savez(d / "x.npz", x=rng2.standard_normal((4, 1, 8, 8)).astype(np.float32))
 
     # plugins
     (d / "exits.py").write_text("import sys\nsys.exit(3)\n")
