@@ -46,6 +46,7 @@ import numpy as np
 from cimc.errors import InputError
 from cimc.interpreter import random_inputs
 from cimc.passmanager import PassContext, PassInstrument, PassManager
+from cimc.quant.prequant import is_prequantized
 
 if TYPE_CHECKING:
     import onnx
@@ -215,6 +216,8 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
         from cimc.onnx_io.runtime import run_onnxruntime
 
         ref_f, by = run_onnxruntime(src.onnx, inputs), "onnxruntime"
+        if "quant.onnx_values" in quantized.metadata:  # a pre-quantized model: onnxruntime runs it quantized
+            by = "onnxruntime (the quantized model)"
     else:  # no ONNX model to give onnxruntime: the float graph in the reference interpreter
         ref_f, by = run(float_graph, inputs, seed=seed), "interpreter"
     c = compare(ours, ref_f)
@@ -227,6 +230,10 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
         "self_check": check.self_check,
         "float_reference": by, "max_abs_error": c.max_abs_error, "cosine": c.cosine,
         "top1_agreement": c.top1_agreement}
+    if src.onnx is not None and "quant.onnx_values" in quantized.metadata:
+        from cimc.onnx_io.qdq import source_agreement
+
+        out["onnxruntime_agreement"] = source_agreement(src.onnx, quantized, inputs)
     if labels is not None:
         first = next(iter(ref_f))
         logits = np.asarray(ref_f[first])
@@ -273,12 +280,15 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         from cimc import zoo
 
         calib, calib_from = _named(zoo.calibration_set(), graph, "calibration"), "zoo calibration set"
+    elif is_prequantized(graph):  # it keeps its own scales: nothing to calibrate
+        calib, calib_from = {}, "none (the model is pre-quantized)"
     else:
         logger.warning("no calibration inputs given for %s: calibrating on %d seeded random inputs; "
                        "give real samples (calibration=..., --calibration x.npz) for meaningful ranges",
                        src.label, SAMPLES)
         calib, calib_from = random_inputs(graph, seed, SAMPLES), "random (seeded)"
     n_calib = int(next(iter(calib.values())).shape[0]) if calib else 0
+    calib_text = calib_from if not calib else f"{calib_from} ({n_calib} samples)"
 
     total = len(front.passes) + len(lowering.passes)
     show = sys.stderr.isatty() if progress is None else progress
@@ -320,7 +330,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
                            f"{(checks['first_difference'] or {}).get('layer', '?')!r}")
 
     result = CompiledModel(program, quantized, tgt, src, str(Pipeline((*front.passes, *lowering.passes))),
-                           str(lowering), cost, mapping, checks, f"{calib_from} ({n_calib} samples)", seed)
+                           str(lowering), cost, mapping, checks, calib_text, seed)
     result.timings = {"passes": [{"pass": r.name, "seconds": r.seconds, "modified": r.modified} for r in timings],
                       "passes_seconds": sum(r.seconds for r in timings), "verify_seconds": verify_s,
                       "total_seconds": time.perf_counter() - start}

@@ -23,8 +23,9 @@ cell utilisation, or ``null``), ``verify`` (``null`` unless asked: reference_exa
 lossy (why exactness is not expected, or ``null``), quantized_max_abs_error, first_difference (the
 first layer that differs: layer, op, value, program_ops, sample, differing, elements,
 max_abs_error; or ``null``), self_check (``null``, or why the verifier refused its result),
-max_abs_error, cosine, top1_agreement, float_reference, inputs, samples, and top1_program /
-top1_quantized / top1_float for zoo models), ``versions``.
+max_abs_error, cosine, top1_agreement, float_reference, inputs, samples, top1_program /
+top1_quantized / top1_float when labels are known, and for a pre-quantized model
+onnxruntime_agreement: :func:`cimc.onnx_io.qdq.source_agreement` of the quantized graph), ``versions``.
 """
 
 from __future__ import annotations
@@ -169,11 +170,18 @@ def verify_summary(v: dict[str, Any]) -> str:
         out.append(f"  first differs at layer {d['layer']!r} ({d['op']}; program ops {ops}), result %{d['value']}: "
                    f"{d['differing']} of {d['elements']} elements on sample {d['sample']}, max abs error "
                    f"{_fmt(d['max_abs_error'])}")
-    out.append(f"  vs float model ({v['float_reference']}): max abs error {_fmt(v['max_abs_error'])}, "
+    kind = "source" if "onnxruntime_agreement" in v else "float"
+    out.append(f"  vs {kind} model ({v['float_reference']}): max abs error {_fmt(v['max_abs_error'])}, "
                f"cosine {_fmt(v['cosine'])}, top-1 agreement {_pct(v['top1_agreement'])}")
+    if "onnxruntime_agreement" in v:
+        a = v["onnxruntime_agreement"]
+        out.append(f"  vs onnxruntime in integers: {100 * a['equal']:.4f}% of {a['elements']} elements of "
+                   f"{a['values']} quantized values equal, max difference {a['max_lsb']} LSB"
+                   + (f" ({a['worst']})" if a["worst"] else "") + f"; outputs {100 * a['outputs_equal']:.4f}% equal, "
+                   f"max {a['outputs_max_lsb']} LSB")
     if "top1_program" in v:
         out.append(f"  top-1 on labels: program {_pct(v['top1_program'])}, quantized {_pct(v['top1_quantized'])}, "
-                   f"float {_pct(v['top1_float'])}")
+                   f"{'source' if 'onnxruntime_agreement' in v else 'float'} {_pct(v['top1_float'])}")
     return "\n".join(out)
 
 

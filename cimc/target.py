@@ -67,8 +67,9 @@ for bit (a lossy ADC, device noise); the value says why. Without it, ``--verify`
 ARRAY_OPS = ("q.conv", "q.gemm", "q.matmul")
 """The integer matrix ops a target may run on its arrays (weights held in the array)."""
 VECTOR_OPS = (
-    # integer: requantization and the lowering's shared helpers (every ``vec.*`` op, a namespace)
-    "q.requant", "q.add", "q.quantize", "q.dequantize", "vec.",
+    # integer: requantization, the integer elementwise/pool ops of pre-quantized models, and the lowering's
+    # shared helpers (every ``vec.*`` op, a namespace)
+    "q.requant", "q.add", "q.quantize", "q.dequantize", "q.lut", "q.mul", "q.avg_pool", "q.softmax", "vec.",
     # pooling and reductions
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "ReduceMean",
     "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",

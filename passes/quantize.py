@@ -20,9 +20,17 @@ Algorithm:
    all else runs in float between ``q.dequantize`` and ``q.quantize``. Graph inputs and outputs
    stay float (an accumulator output is dequantized directly, so logits keep full precision).
 The requantization mode (``fixed``: int32 multiplier and shift; ``float``: float32 multiply,
-round half to even) is recorded in ``graph.metadata["quant.requant"]`` and on each op; the weight
-methods used, when any layer is not max-scaled and rounded to nearest, in
+round half to even; ``auto``: fixed here) is recorded in ``graph.metadata["quant.requant"]`` and on
+each op; the weight methods used, when any layer is not max-scaled and rounded to nearest, in
 ``graph.metadata["quant.weight-methods"]`` (JSON: method -> node names).
+
+A pre-quantized graph (QDQ or QOperator ONNX ops, ``cimc.quant.prequant.is_prequantized``) is not
+calibrated: it keeps the model's own scales, zero points and bit widths
+(:func:`cimc.quant.prequant.adopt_quantized`; ``requant=auto`` is ``float`` there, onnxruntime's
+arithmetic). ``weight-bits``/``act-bits`` are then limits its widths must respect (an error names
+the layer otherwise), the calibration, weight-method, ``overrides`` and ``per-channel`` options have
+nothing to act on and are an error when not at their defaults, and weight layers the model left in
+float are named in a warning (``graph.metadata["quant.float_layers"]``).
 
 Preconditions: the graph is not quantized yet (a second ``quantize`` would do nothing, and is an
 error that says so); constants folded (weights must be constants); BatchNormalization fused into the
@@ -43,12 +51,14 @@ from cimc.errors import CimcError, InputError
 from cimc.ir.core import Graph
 from cimc.ir.types import DType
 from cimc.passmanager import Pass, PassContext, PassResult, option
+from cimc.pipeline import options_of
 
 __all__ = ["QuantizePass", "parse_overrides"]
 
 logger = logging.getLogger(__name__)
 
 _KEYS = ("weight-bits", "act-bits")
+_MVM_OPS = frozenset({"q.conv", "q.conv_transpose", "q.gemm", "q.matmul"})
 
 
 def parse_overrides(text: str) -> dict[str, dict[str, int]]:
@@ -84,8 +94,9 @@ class QuantizePass(Pass):
     act_bits: int = option(8, "Bits of activations (2..8): unsigned with a zero point.")
     calibration: Literal["minmax", "percentile", "mse"] = option("minmax", "How activation ranges are chosen.")
     percentile: float = option(99.99, "Percentile kept by calibration=percentile (50 < p <= 100).")
-    requant: Literal["fixed", "float"] = option("fixed", "Requantization: fixed-point multiplier and shift, "
-                                                          "or float32 multiply with round half to even.")
+    requant: Literal["auto", "fixed", "float"] = option(
+        "auto", "Requantization: fixed-point multiplier and shift, or float32 multiply with round half to even; "
+                "auto: fixed, except float for a pre-quantized model (what onnxruntime computes).")
     overrides: str = option("", "Per-layer bits: 'SELECTOR:KEY=VALUE,...', selector a node name or op type, "
                                 "key weight-bits or act-bits; e.g. \"conv1:weight-bits=4,Gemm:act-bits=6\".")
     per_channel: bool = option(True, "One weight scale per output channel (false: one per tensor).")
@@ -108,12 +119,16 @@ class QuantizePass(Pass):
         parse_overrides(self.overrides)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        """Calibrate on ``ctx.calibration``, then rewrite ``graph`` into integer ops."""
+        """Calibrate on ``ctx.calibration``, then rewrite ``graph`` into integer ops (or adopt the
+        quantization a pre-quantized graph carries)."""
         from cimc.quant.calibrate import calibrate, check_calibration
         from cimc.quant.lower import Settings, adopt, lower, quantizable
+        from cimc.quant.prequant import is_prequantized
         from cimc.quant.weights import InputStats, WeightMethod
         from cimc.sparsity import weight_view
 
+        if is_prequantized(graph):
+            return self._adopt(graph)
         done = sum(n.op.startswith("q.") for n in graph.nodes)
         if done and not any(quantizable(n) for n in graph.nodes):
             raise InputError(f"the graph is already quantized ({done} q.* ops, weight-bits="
@@ -121,7 +136,8 @@ class QuantizePass(Pass):
                              f"{graph.metadata.get('quant.act-bits', '?')}), so this quantize would do nothing and "
                              f"its options would be ignored; quantize once, with all its options in that one "
                              f"quantize{{...}}")
-        settings = Settings(self.weight_bits, self.act_bits, self.requant, self.per_channel, self._overrides(graph))
+        requant = "fixed" if self.requant == "auto" else self.requant
+        settings = Settings(self.weight_bits, self.act_bits, requant, self.per_channel, self._overrides(graph))
         check_calibration(graph, ctx.calibration)
         layers = [n for n in graph.nodes if quantizable(n)]
         if not layers:
@@ -145,7 +161,7 @@ class QuantizePass(Pass):
                               seed=ctx.seed, also=observe if readers else None)
         settings = replace(settings, methods=methods, stats=stats)
         adopt(graph, lower(graph, observers, settings))
-        graph.metadata.update({"quant.requant": self.requant, "quant.weight-bits": str(self.weight_bits),
+        graph.metadata.update({"quant.requant": requant, "quant.weight-bits": str(self.weight_bits),
                                "quant.act-bits": str(self.act_bits), "quant.calibration": self.calibration})
         used: dict[str, list[str]] = {}
         for name, m in methods.items():
@@ -155,6 +171,39 @@ class QuantizePass(Pass):
         for text, names in used.items():
             logger.info("quantize: weights by %s: %d layer(s)", text, len(names))
         logger.info("quantize: %s", ", ".join(f"{k} x{n}" for k, n in graph.ops().items()))
+        return PassResult(True)
+
+    def _adopt(self, graph: Graph) -> PassResult:
+        """Rewrite a pre-quantized graph into ``q.*`` ops with its own parameters (module doc)."""
+        from cimc.quant.lower import adopt
+        from cimc.quant.prequant import adopt_quantized
+
+        unused = [f"{s.name}={getattr(self, s.field)!r}" for s in options_of(type(self))
+                  if s.name in ("calibration", "percentile", "overrides", "per-channel", "weight-clip",
+                                "weight-rounding", "bias-correction")
+                  and getattr(self, s.field) != s.default]
+        if unused:
+            raise InputError(f"graph {graph.name!r} is already quantized (QDQ or QOperator ops with its own scales "
+                             f"and zero points), so pass 'quantize' keeps them and does not calibrate: options "
+                             f"{', '.join(unused)} have nothing to act on; drop them, or quantize the float model")
+        new = adopt_quantized(graph, requant="float" if self.requant == "auto" else self.requant)
+        for n in new.nodes:
+            for i, key in ((1, "weight-bits"), (0, "act-bits")):
+                q = n.inputs[i].type.quant if n.op.startswith("q.") and len(n.inputs) > i and n.inputs[i] is not None \
+                    else None
+                limit = self.weight_bits if key == "weight-bits" else self.act_bits
+                if q is not None and q.bits <= 8 and q.bits > limit and (key == "act-bits" or n.op in _MVM_OPS):
+                    raise InputError(f"node {n.name!r} ({n.op}) of the pre-quantized graph {graph.name!r} reads "
+                                     f"{q.bits}-bit {'weights' if key == 'weight-bits' else 'activations'}, more than "
+                                     f"{key}={limit} allows (the target's limit, or the pass option); keeping the "
+                                     "model's own scales needs a target that takes them")
+        adopt(graph, new)
+        if new.metadata.get("quant.float_layers"):
+            logger.warning("quantize: the pre-quantized graph %r leaves weight layers in float (they run as float "
+                           "ops, not on the arrays): %s", graph.name, new.metadata["quant.float_layers"])
+        graph.metadata.update(new.metadata)
+        logger.info("quantize: adopted the model's own quantization: %s",
+                    ", ".join(f"{k} x{n}" for k, n in graph.ops().items()))
         return PassResult(True)
 
     def _overrides(self, graph: Graph) -> dict[str, dict[str, int]]:

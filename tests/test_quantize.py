@@ -266,7 +266,7 @@ def test_pipeline_text_and_option_errors():
                       ("quantize{act-bits=1}", "option 'act-bits' of pass 'quantize' is 1; expected 2..8"),
                       ("quantize{calibration=kl}", "expects one of 'minmax', 'percentile', 'mse'"),
                       ("quantize{percentile=20}", "option 'percentile'"),
-                      ("quantize{requant=double}", "expects one of 'fixed', 'float'"),
+                      ("quantize{requant=double}", "expects one of 'auto', 'fixed', 'float'"),
                       ("quantize{weight-rounding=adaround}", "expects one of 'auto', 'nearest', 'gptq'"),
                       ("quantize{bias-correction=true}", "expects one of 'auto', 'on', 'off'"),
                       ('quantize{overrides="conv:w=4"}', "the keys are")]:

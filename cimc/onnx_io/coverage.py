@@ -38,9 +38,6 @@ UNSUPPORTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "random": ("random ops are not supported (a compiled program is deterministic)",
                ("Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform",
                 "RandomUniformLike")),
-    "qoperator": ("pre-quantized operator-form (QOperator) layers are not imported yet; export the model "
-                  "in the QDQ form (QuantizeLinear/DequantizeLinear around float ops)",
-                  ("ConvInteger", "DynamicQuantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul")),
 }
 """Categories of unsupported ops: category -> (reason, ops)."""
 

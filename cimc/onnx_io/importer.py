@@ -4,8 +4,11 @@ It reads a ``ModelProto`` (opsets 7 to the newest the installed onnx knows) into
 initializers become constants (also when old exporters list them as graph inputs too),
 ``Constant`` nodes become constants, external data files are read relative to the model file,
 symbolic dims keep their names, and each node is brought into the newest form of its op
-(``cimc.onnx_io.upgrade``). Every op the model uses that cimc does not have is reported at once,
-naming the op, its nodes and the opset.
+(``cimc.onnx_io.upgrade``). Besides the default domain it reads onnxruntime's quantized
+``com.microsoft`` ops (``MS_OPS``: ``QGemm``, ``QLinearAdd``, ... as written by its quantizer in
+QOperator format; :mod:`cimc.ops.qoperator`) under their own names, and that domain's
+``QuantizeLinear``/``DequantizeLinear`` as the default ones. Every op the model uses that cimc does
+not have is reported at once, naming the op, its nodes and the opset.
 
 Where checks live: what onnxruntime checks when it loads a model (operand element types against
 each op's type constraints, declared output element types, each op's attribute rules such as Conv
@@ -37,13 +40,18 @@ from cimc.onnx_io import control_flow
 from cimc.onnx_io.checks import check_dims, check_outputs, check_types, load_external_data
 from cimc.onnx_io.coverage import op_status
 from cimc.onnx_io.upgrade import NodeSpec, upgrade
+from cimc.ops.qoperator import MS_OPS
 
-__all__ = ["MIN_OPSET", "import_model", "load_model", "read_model"]
+__all__ = ["MIN_OPSET", "MS_DOMAIN", "import_model", "load_model", "read_model"]
 
 MIN_OPSET = 7
 """The oldest default-domain opset cimc reads (convert older models with onnx.version_converter)."""
 
+MS_DOMAIN = "com.microsoft"
+"""onnxruntime's contrib domain, whose quantized ops (``cimc.ops.qoperator.MS_OPS``) cimc reads."""
+
 _DOMAINS = ("", "ai.onnx")
+_MS_AS_DEFAULT = frozenset({"QuantizeLinear", "DequantizeLinear"})  # the contrib forms of these mean the same
 
 
 def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -132,7 +140,12 @@ def import_nodes(g: Graph, graph: onnx.GraphProto, env: dict[str, Value], opset:
         if proto.op_type == "Constant":
             env[proto.output[0]] = _add_constant_node(g, proto, where)
             continue
-        since = _since_version(proto.op_type, opset, where)
+        if proto.domain != MS_DOMAIN:
+            since = _since_version(proto.op_type, opset, where)
+        elif proto.op_type in _MS_AS_DEFAULT:
+            since = _since_version(proto.op_type, max(opset, 13), where)  # the contrib forms take an axis
+        else:
+            since = 1
         try:
             inputs = [env[i] if i else None for i in proto.input]
         except KeyError as e:
@@ -204,7 +217,9 @@ def _all_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterable[onnx.NodeProto]:
 def _check_supported(nodes: Iterable[onnx.NodeProto], opset: int | None) -> None:
     unsupported: dict[tuple[str, str], list[str]] = {}
     for i, n in enumerate(_all_nodes(nodes)):
-        if n.domain not in _DOMAINS or not op_status(n.op_type).supported:
+        ok = (n.domain in _DOMAINS and op_status(n.op_type).supported) or (
+            n.domain == MS_DOMAIN and (n.op_type in MS_OPS or n.op_type in _MS_AS_DEFAULT))
+        if not ok:
             unsupported.setdefault((n.domain, n.op_type), []).append(n.name or f"{n.op_type}_{i}")
     if not unsupported:
         return

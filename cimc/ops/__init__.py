@@ -19,6 +19,8 @@ from cimc.ops import (  # noqa: F401
     nn,
     norm,
     pool,
+    qlinear,
+    qoperator,
     quant,
     quantized,
     reduce,
