@@ -40,7 +40,8 @@ __all__ = ["area", "op_cost"]
 
 FP_ARRAY = ("MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
 """Float ops the MAC array runs in fp mode (attention matmuls, recurrent cells)."""
-_MUL_OPS = frozenset({"q.requant", "q.add", "q.quantize", "q.dequantize", "Mul", "Div", "Softmax",
+_MUL_OPS = frozenset({"q.requant", "q.add", "q.quantize", "q.dequantize", "q.mul", "q.avg_pool", "q.softmax", "Mul",
+                      "Div", "Softmax",
                       "LayerNormalization", "Erf", "Exp", "Sigmoid", "Tanh", "Pow", "Sqrt", "Reciprocal",
                       "ReduceMean", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Gelu"})
 
