@@ -117,14 +117,17 @@ def test_lenet_average_pool_rounds_as_onnxruntime():
     assert b["equal"] < 0.9999 and b["max_lsb"] == 1, b
 
 
-def test_agreement_catches_a_wrong_multiplier_and_a_wrong_table():
-    """The integer comparison with onnxruntime fails on a corrupted requantization or lookup table."""
+def test_agreement_catches_a_wrong_bias_and_a_wrong_table():
+    """The integer comparison with onnxruntime fails on a corrupted bias or lookup table (values the IR
+    verifier cannot judge; a requant multiplier that disagrees with the types it already refuses)."""
     model = ort_quantized("hybrid_vit", "QDQ", True)
     m = zoo.load("hybrid_vit")
     x = {m.input_name: m.x_test[:40]}
     g = adopt_quantized(import_model(model))
-    requant = next(n for n in g.nodes if n.op == "q.requant")
-    requant.attrs["scale"] = tuple(s * 1.01 for s in requant.attrs["scale"])
+    mvm = next(n for n in g.nodes if n.op == "q.conv")
+    bias = mvm.inputs[2].const.copy()
+    bias[0] += 200  # one channel's bias off by 200 steps of its accumulator
+    mvm.inputs[2].const = bias
     assert source_agreement(model, g, x)["equal"] < 0.999
     g = adopt_quantized(import_model(model))
     lut = next(n for n in g.nodes if n.op == "q.lut")

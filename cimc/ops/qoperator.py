@@ -117,7 +117,9 @@ class _View:
 
 def _as(ctx: InferContext, op: str, order: tuple[int | None, ...]) -> InferContext:
     ins = [None if i is None or i >= len(ctx.node.inputs) else ctx.node.inputs[i] for i in order]
-    types = [None if i is None or i >= len(ctx.types) else ctx.types[i] for i in order]
+    # shapes only: the float op's type rule sees float operands (its dtype checks are not the quantized op's)
+    types = [None if i is None or i >= len(ctx.types) or ctx.types[i] is None
+             else TensorType(DType.f32, ctx.types[i].shape) for i in order]
     while ins and ins[-1] is None:
         ins.pop()
         types.pop()
