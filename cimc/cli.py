@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 
 import cimc
-from cimc.errors import CimcError, InputError, describe_exception
+from cimc.errors import CimcError, InputError, describe_exception, shorten
 from cimc.fileio import check_output_directory, check_output_file, write_atomic
 from cimc.npzio import read_npy, read_npz, write_npz
 
@@ -327,7 +327,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print the error on one line and exit with status 2."""
-        self.exit(2, f"cimc: error: {' '.join(message.split())} (`{self.prog} --help` shows the usage)\n")
+        self.exit(2, f"cimc: error: {shorten(' '.join(message.split()))} (`{self.prog} --help` shows the usage)\n")
 
 
 def _add_target_args(s: argparse.ArgumentParser, default: str | None) -> None:
@@ -520,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         internal = getattr(e, "internal", False) or (
             not isinstance(e, CimcError | OSError | SystemExit) and type(e).__name__ != "DecodeError")
         hint = " (an internal error; --debug shows the traceback)" if internal else ""
-        sys.stderr.write(f"cimc: error: {describe_exception(e)}{hint}\n")
+        sys.stderr.write(f"cimc: error: {shorten(describe_exception(e))}{hint}\n")
         return 2
     finally:
         set_max_tensor_bytes(limit)

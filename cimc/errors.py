@@ -7,6 +7,8 @@ and the likely fix.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CimcError",
     "InputError",
@@ -16,6 +18,7 @@ __all__ = [
     "VerifyError",
     "describe_exception",
     "quote",
+    "shorten",
 ]
 
 
@@ -61,6 +64,12 @@ def quote(text: str, limit: int = 60) -> str:
     if len(text) <= limit:
         return repr(text)
     return repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def shorten(text: str, limit: int = 200, keep: int = 80) -> str:
+    """``text`` with every run of more than ``limit`` non-space characters (a user string echoed by a
+    message: a 100,000-character name) cut to its first ``keep`` and a note of its length."""
+    return re.sub(rf"\S{{{limit + 1},}}", lambda m: f"{m.group()[:keep]}... ({len(m.group())} characters)", text)
 
 
 def describe_exception(e: BaseException) -> str:

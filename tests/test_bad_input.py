@@ -42,6 +42,7 @@ def test_bad_input_is_one_clean_line(report: dict, case: str) -> None:
         assert fragment in err, (fragment, err)
     assert r["changed"] == [], r["changed"]  # no output, no temporary file or directory, inputs untouched
     assert r["seconds"] < 60, r["seconds"]
+    assert len(err) < 2000, len(err)  # a long user string is quoted cut short
 
 
 @pytest.mark.parametrize("case", list(SUCCESS))
