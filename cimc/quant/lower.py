@@ -308,8 +308,11 @@ class _Lowering:
         method = self.s.methods.get(n.name, WeightMethod())
         if method != WeightMethod():
             view = _lowered_view(n, w)
-            q, sw, shift = quantize_matrix(view.to_matrix(w), bits, self.s.per_channel, method,
-                                           self.s.stats.get(n.name))
+            try:
+                q, sw, shift = quantize_matrix(view.to_matrix(w), bits, self.s.per_channel, method,
+                                               self.s.stats.get(n.name))
+            except CimcError as e:
+                raise CimcError(f"node {n.name!r} ({n.op}), weights by {method}: {e}") from e
             wq = view.from_matrix(q)
             if shift is not None:
                 b = shift if b is None else b.astype(np.float64) + shift
