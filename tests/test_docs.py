@@ -260,3 +260,12 @@ def test_glossary_terms_are_in_alphabetical_order():
     assert len(terms) > 40 and len(set(keys)) == len(keys)
     misplaced = [t for t, k, prev in zip(terms[1:], keys[1:], keys, strict=False) if k < prev]
     assert not misplaced, f"docs/glossary.md: put these terms in alphabetical order: {misplaced}"
+
+
+def test_architecture_names_every_core_module_and_package():
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    core = ROOT / "cimc"
+    modules = [f"`{p.name}`" for p in core.glob("*.py") if not p.name.startswith("_")]
+    packages = [f"`cimc/{p.name}/`" for p in core.iterdir() if (p / "__init__.py").is_file()]
+    missing = [m for m in modules + packages if m not in text]
+    assert not missing, f"docs/architecture.md (Where the code lives) should say what these hold: {missing}"
