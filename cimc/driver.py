@@ -102,9 +102,7 @@ def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Mode
         if path.suffix == ".cimir":
             from cimc.text import load_graph
 
-            if not path.is_file():
-                raise InputError(f"{path}: no such file")
-            return ModelSource(load_graph(path), None, path.stem, path.name)
+            return ModelSource(load_graph(path), None, path.stem, path.name)  # its reader says what a path is
         raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; expected .onnx or .cimir "
                          f"(or zoo:NAME for a bundled model)")
     if type(model).__name__ == "ModelProto":

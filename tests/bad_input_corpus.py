@@ -112,6 +112,9 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "weights-non-finite": (["compile", "nan_weight.onnx", "-o", "out"], "weight of node 'gemm' (Gemm) holds"),
     "model-is-a-directory": (["run", "dir.onnx", "--random"], "dir.onnx: is a directory, not a file"),
     "model-is-a-fifo": (["run", "fifo.onnx", "--random"], "fifo.onnx: is a FIFO, not a regular file"),
+    "cimir-is-a-fifo": (["run", "fifo.cimir", "--random"], "fifo.cimir: is a FIFO, not a regular file"),
+    "cimir-is-a-directory": (["run", "dir.cimir", "--random"], "dir.cimir: is a directory, not a file"),
+    "cimir-missing": (["run", "missing.cimir", "--random"], "missing.cimir: no such file"),
     "long-pass-name": ([*OPT, "x" * 100_000], "... (100000 characters)"),
     "long-option-name": ([*OPT, "quantize{" + "y" * 100_000 + "=1}"], "... (100000 characters)"),
     "long-zoo-name": (["run", "zoo:" + "z" * 100_000, "--random"], "... (100002 characters) (known models:"),
@@ -327,6 +330,8 @@ def make_files(d: Path) -> None:
     (d / "my_src" / "main.c").write_text("int main(void) { return 0; }\n")
     (d / "dir.onnx").mkdir()
     os.mkfifo(d / "fifo.onnx")
+    os.mkfifo(d / "fifo.cimir")
+    (d / "dir.cimir").mkdir()
 
     # .cimir files: the zoo MLP as text, its compiled npu program, and edits of them
     with open(os.devnull, "w") as null, _redirect(null.fileno(), 1):
