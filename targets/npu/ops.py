@@ -81,7 +81,21 @@ def _gemm_type(ctx: InferContext) -> list[TensorType]:
         shape = (*xs[:-2], pos[1] - pos[0], n)
     else:
         shape = (*xs[:-1], n)
+    acc, bias = (ctx.types[i] if i < len(ctx.types) else None for i in (2, 3))
+    if acc is not None and (acc.dtype is not DType.i32 or _conflict(acc.shape, shape)):
+        raise VerifyError(f"{_where(ctx)}: the accumulator {acc} must be i32 of the result's shape {shape}")
+    if bias is not None and (bias.dtype is not DType.i32 or bias.shape is None or len(bias.shape) != 1
+                             or _conflict(bias.shape, (n,))):
+        raise VerifyError(f"{_where(ctx)}: the bias {bias} must be an i32 vector of the tile's {n} columns")
     return [TensorType(DType.i32, shape)]
+
+
+def _conflict(a: tuple | None, b: tuple | None) -> bool:
+    """Whether two shapes differ in rank or in a dim both know."""
+    if a is None or b is None:
+        return False
+    return len(a) != len(b) or any(isinstance(x, int) and isinstance(y, int) and x != y
+                                   for x, y in zip(a, b, strict=True))
 
 
 def _dma_out_type(ctx: InferContext) -> list[TensorType]:
