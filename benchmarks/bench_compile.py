@@ -154,17 +154,15 @@ class _Timed:
 
 
 def bit_macs(node: Any) -> int:
-    """Bit-level MACs one ``sram.mvm`` simulates: per tile, positions x active rows x columns x input chunks."""
+    """Bit-level MACs one ``sram.mvm`` simulates: per tile, its share of the positions x active rows x columns x
+    input chunks (:func:`cimc.cim.work.work`)."""
+    from cimc.cim.work import work
+
     a, xs = node.attrs, node.inputs[0].type.shape
     P = int(xs[1] * xs[3]) if a["layout"] == "cols" else int(np.prod(xs[:-1]))
-    rpo, J, S = a["rows_per_op"], -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), len(a["significance"])
-    skipped = {(int(t), int(b)) for t, b in np.asarray(a["skip"]).reshape(-1, 2)}
-    total = 0
-    for i, row in enumerate(np.asarray(a["tiles"])):
-        k, ch = int(row[5] - row[4]), int(row[9] - row[8])
-        rows = sum(min(rpo, k - b * rpo) for b in range(-(-k // rpo)) if (i, b) not in skipped)
-        total += P * rows * ch * S * J
-    return total
+    J = -(-a.get("act_bits", 8) // a.get("dac_bits", 1))
+    w = work(a["tiles"], a["skip"], a["rows_per_op"], P, J)
+    return round(float((w.share * P * J * w.rows * w.columns).sum()))
 
 
 def bench_lossy(repeat: int) -> dict[str, Any]:

@@ -33,6 +33,7 @@ writes the output directory atomically (see :mod:`cimc.report`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -192,7 +193,8 @@ class CompiledModel:
         from cimc.interpreter import run
 
         self.target.register_ops()
-        return run(self.program, _named(inputs, self.program, "inputs"), seed=self.seed if seed is None else seed)
+        return run(self.program, _named(inputs, self.program, "inputs"), seed=self.seed if seed is None else seed,
+                   machine=self.target.machine(self.seed))
 
     def save(self, directory: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the output directory atomically (see :func:`cimc.report.write_output`); returns its path."""
@@ -208,7 +210,8 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
     from cimc.verify import check_exact, check_labels, compare, top1_accuracy
 
     target.register_ops()
-    check = check_exact(program, quantized, inputs, seed=seed, lowered=bool(type(target).lowering_passes))
+    check = check_exact(program, quantized, inputs, seed=seed, lowered=bool(type(target).lowering_passes),
+                        machine=target.machine(seed))
     ours, ref_q = check.outputs, check.reference_outputs
     if src.onnx is not None:
         from cimc.onnx_io.runtime import run_onnxruntime
@@ -434,20 +437,20 @@ def check_supported(program: Graph, target: Target) -> None:
 
 
 def _mapping(program: Graph, quantized: Graph, target: Target) -> list[dict[str, Any]] | None:
-    """The weight mapping table: one row per node carrying a ``tile.map`` table (tiles, arrays, cell
-    utilisation: used cells over the cells of the arrays its tiles occupy), or ``None`` if none does."""
-    from cimc.tiling import TILE_COLUMNS
+    """The weight mapping table: one row per node carrying a tile map (tiles, arrays, cell utilisation: used
+    cells over the physical cells of the arrays its tiles occupy, spares included; tiles placed off the
+    identity), or ``None`` if none does."""
+    from cimc.cim.tilemap import TileMap
 
-    caps = target.capabilities()
-    col = {c: i for i, c in enumerate(TILE_COLUMNS)}
     rows = []
     for node in quantized.nodes:
-        table = node.attrs.get("tile.map")
-        if not isinstance(table, np.ndarray) or table.ndim != 2 or table.shape[1] != len(TILE_COLUMNS):
+        tiles = node.attrs.get("tile.map")
+        if not isinstance(tiles, TileMap):
             continue
-        t = table.astype(np.int64)
-        used = int(((t[:, col["k1"]] - t[:, col["k0"]]) * (t[:, col["col1"]] - t[:, col["col0"]])).sum())
+        t = tiles.table
+        used = int(((t[:, 2] - t[:, 1]) * (t[:, 4] - t[:, 3]) * (t[:, 6] - t[:, 5])).sum())
         rows.append({"layer": node.name, "op": node.op, "tiles": len(t),
-                     "arrays": sorted({int(a) for a in t[:, col["array"]]}),
-                     "cells_used": used, "utilization": used / (len(t) * caps.rows * caps.cols) if len(t) else 0.0})
+                     "arrays": sorted({int(a) for a in t[:, 7]}), "cells_used": used,
+                     "utilization": used / (len(t) * math.prod(tiles.physical)) if len(t) else 0.0,
+                     "placed": sum(tiles.row_at[i] is not None or tiles.col_at[i] is not None for i in range(len(t)))})
     return rows or None

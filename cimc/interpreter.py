@@ -104,14 +104,18 @@ class Interpreter:
 
     ``reproducible``: sum float matrix products in float64 (the same bits on every CPU); ``None``
     turns it on for graphs holding cimc's own dotted-namespace ops (``q.*``, target instructions).
+    ``machine``: what every run's machine state starts with, e.g. the device the arrays are
+    (:meth:`cimc.target.Target.machine`; empty: the ideal machine).
     """
 
-    def __init__(self, graph: Graph, *, seed: int = 0, reproducible: bool | None = None) -> None:
+    def __init__(self, graph: Graph, *, seed: int = 0, reproducible: bool | None = None,
+                 machine: Mapping[str, Any] | None = None) -> None:
         verify(graph)  # only well-formed graphs run: attributes in range, types as their rules give
         if not graph.outputs:
             raise InputError(f"graph {graph.name!r} has no outputs: running it would compute nothing")
         self.graph = graph
         self.seed = seed
+        self.machine = dict(machine or {})
         self.reproducible = any("." in n.op for n in graph.nodes) if reproducible is None else reproducible
         self._plan = _plan(graph)
         self._dynamic = {n for n in graph.nodes if not all(v.type.is_static for v in n.outputs)
@@ -140,7 +144,7 @@ class Interpreter:
         for v in self.graph.constants.values():
             env[id(v)] = v.const
         rng = np.random.default_rng(self.seed)
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = dict(self.machine)
         keep = {id(v) for v in self.graph.outputs}
         for node, opdef, attrs, frees, donated in self._plan:
             operands = [None if v is None else env[id(v)] for v in node.inputs]
@@ -251,7 +255,7 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], b
     return plan
 
 
-def run(graph: Graph, inputs: Mapping[str, Any], *, seed: int = 0,
-        reproducible: bool | None = None) -> dict[str, np.ndarray]:
+def run(graph: Graph, inputs: Mapping[str, Any], *, seed: int = 0, reproducible: bool | None = None,
+        machine: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Run ``graph`` once on ``inputs``; see :class:`Interpreter`."""
-    return Interpreter(graph, seed=seed, reproducible=reproducible).run(inputs)
+    return Interpreter(graph, seed=seed, reproducible=reproducible, machine=machine).run(inputs)

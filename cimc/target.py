@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from cimc.cim.adc import lossless_adc_bits
 from cimc.errors import InputError, ParseError
 
 if TYPE_CHECKING:
@@ -371,17 +372,6 @@ def _toml_value(v: Any) -> str:
     return repr(v)  # int, or a float repr (1.0, 1e-05, inf): all valid TOML
 
 
-def lossless_adc_bits(rows_per_op: int, dac_bits: int, cell_bits: int) -> int:
-    """ADC resolution that converts every partial sum exactly: a column with ``rows_per_op`` word
-    lines on, inputs of ``dac_bits`` and cells of ``cell_bits`` (both unsigned slices) sums to at
-    most ``M = rows_per_op * (2**dac_bits - 1) * (2**cell_bits - 1)``, and the ``M + 1`` values
-    ``0..M`` need ``ceil(log2(M + 1))`` bits. E.g. 64 rows, 1-b inputs, 1-b cells: 7 bits."""
-    if min(rows_per_op, dac_bits, cell_bits) < 1:
-        raise InputError(f"lossless_adc_bits needs positive arguments, got rows_per_op={rows_per_op}, "
-                         f"dac_bits={dac_bits}, cell_bits={cell_bits}")
-    return (rows_per_op * ((1 << dac_bits) - 1) * ((1 << cell_bits) - 1)).bit_length()  # == ceil(log2(M+1))
-
-
 @dataclass(frozen=True)
 class Capabilities:
     """What a target offers the compiler: array geometry, bit limits, and where each op runs.
@@ -413,6 +403,10 @@ class Capabilities:
     """Whether the arrays skip the word-line operations of all-zero row blocks (see ``sparsify``)."""
     own_ops: tuple[str, ...] = ()
     """The target's own instruction ops (names or namespaces such as ``"sram."``)."""
+    spare_rows: int = 0
+    """Physical rows of an array beyond ``rows``, for a placement to move rows onto (no weights planned there)."""
+    spare_cols: int = 0
+    """Physical columns of an array beyond ``cols``, likewise."""
 
     def unit_of(self, op: str) -> Literal["array", "vector", "own"] | None:
         """Where ``op`` runs: ``"array"``, ``"vector"``, ``"own"`` (a target instruction), or ``None``
@@ -483,6 +477,17 @@ class Target:
         from cimc.pipeline import Pipeline
 
         return Pipeline(tuple(cls() for cls in type(self).lowering_passes))
+
+    def machine(self, seed: int = 0) -> dict[str, Any]:
+        """The machine state every run of this target's programs starts with (the interpreter's ``machine``),
+        e.g. the device its arrays are (:data:`cimc.cim.machine.DEVICE`); empty: the ideal machine."""
+        return {}
+
+    def chip(self, seed: int = 0) -> Any:
+        """The chip (:class:`cimc.cim.chip.Chip`: stuck cells, per-cell variation) this target's spec describes,
+        from its chip file or sampled from its fault models with ``seed``; ``None`` for a device that cannot
+        fail. Mapping passes read it; :meth:`machine` runs programs on it."""
+        return None
 
     def register_ops(self) -> None:
         """Define this target's instruction ops for the interpreter and verifier (idempotent)."""

@@ -1,58 +1,38 @@
-"""Weight tiling for CIM arrays: matrix views of the integer matrix ops, bit slicing, tile plans.
+"""Weight tiling for CIM arrays: matrix views of the integer matrix ops, tile plans, placements.
 
 Matrix view (:func:`weight_matrix`): the constant weight of ``q.conv`` / ``q.gemm`` / ``q.matmul``
 as ``m[g, k, n]``: ``g`` the conv group, ``k`` the reduction row (a word line; im2col order
 ``(cin, kh, kw)`` within the group, as ``vec.im2col`` builds the rows), ``n`` the group's output
 channel. ``q.gemm`` w ``[N, K]`` is ``m[0] = w.T``; ``q.matmul`` w ``[K, N]`` is ``m[0] = w``.
-
-Bit slicing (:class:`Encoding`): a signed weight of ``bits`` bits becomes ``S`` unsigned cells of
-``cell_bits`` bits, one column each, with a signed significance per slice, and an optional
-``offset``: ``w = sum_s sig[s] * cell[s] - offset``.
-- ``twos-complement`` (default): the ``bits - 1`` low bits of the two's-complement form
-  (``w mod 2**(bits-1)``) in slices of ``cell_bits``, LSB slice first (significance
-  ``2**(s*cell_bits)``), then one 1-bit sign cell of significance ``-2**(bits-1)``; with 1-bit
-  cells this is the plain two's-complement bit slicing whose MSB slice has negative significance.
-  A zero weight is all-zero cells, so an all-zero block is skipped exactly.
-- ``differential``: ``max(w, 0)`` and ``max(-w, 0)`` each in ``bits - 1`` bits, sliced the same
-  way, the negative part's significances negated (a differential column pair). Zeros stay zero.
-- ``offset``: ``w + 2**(bits-1)`` (unsigned, ``bits`` bits) sliced, ``offset = 2**(bits-1)``
-  subtracted digitally as ``offset * sum(x)``. Zeros are not zero cells (nothing to skip).
-
-Packing (:meth:`Encoding.pack`): the cells of one weight, concatenated slice 0 first, each
-``cell_bits`` wide, little-endian, fill ``ceil(slices * cell_bits / 8)`` bytes: the *code* of the
-weight. Program constants hold a layer's cells packed so (``[G, K, N, bytes]``; with 1-bit cells and
-two's complement a weight's code is its own ``bits``-bit two's-complement pattern), eight times
-smaller than one cell per byte; :meth:`Encoding.unpack` gives the cells back.
+Weights become cells by an :class:`cimc.cim.encoding.Encoding` (``S`` slices per weight).
 
 Tiling (:func:`plan`): each group's ``[K, N]`` matrix is cut into row tiles of ``rows`` rows and
-column tiles of ``cols // S`` channels (a channel's ``S`` slices are adjacent columns, channel-major:
-column ``c * S + s``). Tiles are enumerated group, row tile, column tile (the column tiles of one
-row tile are adjacent: macros loaded together cover the same input rows, so a round of tiles reads
-one slice of the input and yields partial sums for many channels, added digitally across row
-tiles) and dealt round-robin onto arrays from ``first_array``, each tile taking ``replicate``
-consecutive arrays. A row *block* is ``rows_per_op`` rows of a tile (the
-word lines on at once); blocks whose cells are all zero are listed for skipping.
+column tiles of ``cols // S`` channels, every tile holding all ``S`` slices of its channels
+(:class:`cimc.cim.tilemap.TileMap`; a channel's slices are adjacent columns, channel-major). Tiles
+are enumerated group, row tile, column tile (the column tiles of one row tile are adjacent: macros
+loaded together cover the same input rows, so a round of tiles reads one slice of the input and
+yields partial sums for many channels, added digitally across row tiles) and dealt round-robin
+onto arrays from ``first_array``; replica ``r`` of a tile goes to the ``r``-th array after it.
+Placement is the identity; :func:`place_randomly` gives each tile random row and column
+permutations inside the array, spares included (a placement any mapping pass may choose).
+
+Skipping (:func:`zero_blocks`): a tile drives the physical row blocks (``rows_per_op`` physical
+rows) that hold some of its rows; a driven block whose weights are all zero (so are its cells,
+except in offset encoding) need not be: its ``(tile, block)`` pair is listed for skipping.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from cimc.cim.encoding import Encoding
+from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError
 from cimc.ir.core import Node
 
-__all__ = ["ENCODINGS", "TILE_COLUMNS", "Encoding", "codes", "decode_cells", "plan", "tile_image", "tile_window",
-           "unpack_cells",
-           "weight_bits", "weight_matrix", "zero_blocks"]
-
-ENCODINGS = ("twos-complement", "differential", "offset")
-TILE_COLUMNS = ("group", "row_tile", "col_tile", "array", "k0", "k1", "col0", "col1", "ch0", "ch1", "slices")
-"""Columns of the ``tile.map`` table: group; row and column tile; first array; row range ``[k0, k1)``
-of the group's K; physical column range ``[col0, col1)`` in the array; channel range ``[ch0, ch1)``
-within the group; slices (columns) per weight."""
+__all__ = ["place_randomly", "plan", "tile_image", "weight_bits", "weight_matrix", "zero_blocks"]
 
 
 def weight_matrix(node: Node) -> np.ndarray:
@@ -79,143 +59,9 @@ def weight_bits(node: Node) -> int:
     return int(q.bits) if q is not None else 8
 
 
-@dataclass(frozen=True)
-class Encoding:
-    """How a signed ``bits``-bit weight is spread over unsigned cells of ``cell_bits`` bits."""
-
-    kind: str
-    bits: int
-    cell_bits: int
-
-    def __post_init__(self) -> None:
-        if self.kind not in ENCODINGS:
-            raise CimcError(f"encoding {self.kind!r} is not one of {', '.join(ENCODINGS)}")
-        if not 2 <= self.bits <= 16 or self.cell_bits < 1:
-            raise CimcError(f"encoding needs 2..16 weight bits and cell_bits >= 1, got {self.bits}, {self.cell_bits}")
-
-    def _low(self, n: int) -> list[int]:
-        """Significances of ``n`` bits sliced LSB first into cells of ``cell_bits``."""
-        return [1 << (s * self.cell_bits) for s in range(-(-n // self.cell_bits))]
-
-    @property
-    def significance(self) -> tuple[int, ...]:
-        """Signed significance of each slice (column) of a weight, in column order."""
-        if self.kind == "twos-complement":
-            return (*self._low(self.bits - 1), -(1 << (self.bits - 1)))
-        if self.kind == "differential":
-            low = self._low(self.bits - 1)
-            return (*low, *(-s for s in low))
-        return tuple(self._low(self.bits))
-
-    @property
-    def slices(self) -> int:
-        """Columns per weight."""
-        return len(self.significance)
-
-    @property
-    def offset(self) -> int:
-        """Constant subtracted from every stored weight (``offset`` encoding only)."""
-        return 1 << (self.bits - 1) if self.kind == "offset" else 0
-
-    def encode(self, w: np.ndarray) -> np.ndarray:
-        """Cells of integer weights ``w``: uint8 array shaped ``w.shape + (slices,)``."""
-        w = np.asarray(w)
-        lim = (1 << (self.bits - 1)) - 1
-        if w.size and (w.min() < -lim - (self.kind == "twos-complement") or w.max() > lim):
-            raise CimcError(f"weights in [{w.min()}, {w.max()}] do not fit {self.bits} signed bits")
-        w = w.astype(np.int16)  # at most 8 significant bits: small temporaries, written slice by slice
-        c, mask = self.cell_bits, (1 << self.cell_bits) - 1
-        out = np.empty((*w.shape, self.slices), np.uint8)
-
-        def put(first: int, u: np.ndarray, n: int) -> int:
-            """Write the ``n``-bit values ``u`` into slices ``first, first + 1, ...``; the next free slice."""
-            for s in range(-(-n // c)):
-                out[..., first + s] = (u >> (s * c)) & mask
-            return first + -(-n // c)
-
-        if self.kind == "twos-complement":
-            out[..., put(0, w & lim, self.bits - 1)] = w < 0
-        elif self.kind == "differential":
-            put(put(0, np.maximum(w, 0), self.bits - 1), np.maximum(-w, 0), self.bits - 1)
-        else:
-            put(0, w + self.offset, self.bits)
-        return out
-
-    def decode(self, cells: np.ndarray) -> np.ndarray:
-        """Integer weights from cells (the inverse of :meth:`encode`)."""
-        return cells.astype(np.int64) @ np.asarray(self.significance, np.int64) - self.offset
-
-    @property
-    def code_bytes(self) -> int:
-        """Bytes of one packed weight: ``ceil(slices * cell_bits / 8)``."""
-        return -(-self.slices * self.cell_bits // 8)
-
-    def pack(self, w: np.ndarray) -> np.ndarray:
-        """Packed cells (codes, module docstring) of integer weights ``w``: uint8 ``w.shape + (code_bytes,)``."""
-        w = np.asarray(w)
-        if self.cell_bits == 1:  # the code is an integer formula of w: no per-slice work
-            lim = (1 << (self.bits - 1)) - 1
-            if w.size and (w.min() < -lim - (self.kind == "twos-complement") or w.max() > lim):
-                raise CimcError(f"weights in [{w.min()}, {w.max()}] do not fit {self.bits} signed bits")
-            wi = w.astype(np.int32)
-            if self.kind == "twos-complement":
-                code = wi & ((1 << self.bits) - 1)
-            elif self.kind == "differential":
-                code = np.maximum(wi, 0) | (np.maximum(-wi, 0) << (self.bits - 1))
-            else:
-                code = wi + self.offset
-        else:
-            cells = self.encode(w)
-            code = np.zeros(w.shape, np.int64)
-            for s in range(self.slices):
-                code |= cells[..., s].astype(np.int64) << (s * self.cell_bits)
-        if self.code_bytes == 1:
-            return np.ascontiguousarray(code.astype(np.uint8)[..., None])
-        le = np.ascontiguousarray(code, "<u8").view(np.uint8).reshape(*w.shape, 8)
-        return np.ascontiguousarray(le[..., :self.code_bytes])
-
-    def unpack(self, packed: np.ndarray) -> np.ndarray:
-        """Cells ``[..., slices]`` (uint8) of packed cells (the inverse of :meth:`pack`)."""
-        return unpack_cells(packed, self.slices, self.cell_bits)
-
-    def decode_packed(self, packed: np.ndarray) -> np.ndarray:
-        """Integer weights (int32) of packed cells: ``decode(unpack(packed))`` without the cells."""
-        return decode_cells(packed, self.significance, self.cell_bits, self.offset)
-
-
-def codes(packed: np.ndarray) -> np.ndarray:
-    """The integer codes (int64) of packed cells ``[..., bytes]`` (little-endian bytes)."""
-    packed = np.asarray(packed, np.uint8)
-    code = packed[..., 0].astype(np.int64)
-    for b in range(1, packed.shape[-1]):
-        code |= packed[..., b].astype(np.int64) << (8 * b)
-    return code
-
-
-def unpack_cells(packed: np.ndarray, slices: int, cell_bits: int) -> np.ndarray:
-    """Cells ``[..., slices]`` (uint8) of packed cells ``[..., bytes]`` holding ``slices`` cells of ``cell_bits``."""
-    code, mask = codes(packed), (1 << cell_bits) - 1
-    out = np.empty((*code.shape, slices), np.uint8)
-    for s in range(slices):
-        out[..., s] = (code >> (s * cell_bits)) & mask
-    return out
-
-
-def decode_cells(packed: np.ndarray, significance, cell_bits: int, offset: int = 0) -> np.ndarray:
-    """Integer weights (int32) ``sum_s significance[s] * cell[s] - offset`` of packed cells, through a table
-    of every code's weight (codes of up to 20 bits; wider ones cell by cell)."""
-    sig = np.asarray(significance, np.int64)
-    width = len(sig) * cell_bits
-    if width > 20:
-        return (unpack_cells(packed, len(sig), cell_bits).astype(np.int64) @ sig - offset).astype(np.int32)
-    table = (unpack_cells(np.arange(1 << width, dtype="<u4").view(np.uint8).reshape(-1, 4)[:, :-(-width // 8)],
-                          len(sig), cell_bits).astype(np.int64) @ sig - offset).astype(np.int32)
-    return table[codes(packed)]
-
-
 def plan(m: np.ndarray, enc: Encoding, rows: int, cols: int, first_array: int, arrays: int,
-         replicate: int = 1) -> np.ndarray:
-    """The tile table (int64 ``[T, len(TILE_COLUMNS)]``) of matrices ``m`` ``[G, K, N]``."""
+         replicate: int = 1, *, layer: str = "", spares: tuple[int, int] = (0, 0)) -> TileMap:
+    """The tile map of matrices ``m`` ``[G, K, N]`` (module docstring), identity placement."""
     G, K, N = m.shape
     S = enc.slices
     per = cols // S
@@ -224,40 +70,56 @@ def plan(m: np.ndarray, enc: Encoding, rows: int, cols: int, first_array: int, a
                         f"cells) but the array has {cols}")
     out, a = [], first_array
     for g in range(G):
-        for rt, k0 in enumerate(range(0, K, rows)):
-            for ct, ch0 in enumerate(range(0, N, per)):
-                ch1 = min(ch0 + per, N)
-                out.append((g, rt, ct, a % arrays, k0, min(k0 + rows, K), 0, (ch1 - ch0) * S, ch0, ch1, S))
+        for k0 in range(0, K, rows):
+            for ch0 in range(0, N, per):
+                for r in range(replicate):
+                    out.append((g, k0, min(k0 + rows, K), ch0, min(ch0 + per, N), 0, S, (a + r) % arrays, r))
                 a += replicate
-    return np.asarray(out, np.int64).reshape(-1, len(TILE_COLUMNS))
+    return TileMap(layer, (G, K, N), S, arrays, (rows, cols), np.asarray(out, np.int64).reshape(-1, 9),
+                   spares=spares)
 
 
-def tile_window(row: np.ndarray) -> tuple[int, int, int, int, int]:
-    """``(group, k0, k1, ch0, ch1)`` of a ``tile.map`` row: the part of the layer's ``[G, K, N]`` it holds."""
-    return int(row[0]), int(row[4]), int(row[5]), int(row[8]), int(row[9])
+def place_randomly(tiles: TileMap, rng: np.random.Generator) -> TileMap:
+    """``tiles`` with each tile's logical rows and columns at random distinct physical rows and columns of
+    its array (spares included): a placement the executor must honour."""
+    R, C = tiles.physical
+    row_at = [rng.permutation(R)[:t.rows] for t in tiles]
+    col_at = [rng.permutation(C)[:t.cols] for t in tiles]
+    return tiles.replace(row_at=row_at, col_at=col_at)
 
 
-def tile_image(cells: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """Cells of one tile (a ``tile.map`` row) cut from a layer's encoded matrices ``cells`` (``enc.encode(m)``,
-    ``[G, K, N, slices]``, encoded once per layer): uint8 ``[k1 - k0, (ch1 - ch0) * slices]``, channel-major."""
-    t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
-    sub = cells[t["group"], t["k0"]:t["k1"], t["ch0"]:t["ch1"]]
+def tile_image(cells: np.ndarray, tiles: TileMap, i: int) -> np.ndarray:
+    """Logical cells of tile ``i`` cut from a layer's encoded matrices ``cells`` (``enc.encode(m)``,
+    ``[G, K, N, S]``): uint8 ``[k1 - k0, (ch1 - ch0) * (s1 - s0)]``, channel-major."""
+    g, k0, k1, c0, c1, s0, s1 = tiles[i].window
+    sub = cells[g, k0:k1, c0:c1, s0:s1]
     return np.ascontiguousarray(sub).reshape(sub.shape[0], -1)
 
 
-def zero_blocks(m: np.ndarray, table: np.ndarray, rows_per_op: int) -> np.ndarray:
-    """``(tile, block)`` pairs (int64 ``[n, 2]``, sorted) of the ``rows_per_op``-row blocks of the tiles of
-    ``table`` (a :func:`plan` of ``m``) whose weights in ``m`` ``[G, K, N]`` are all zero (so are their cells,
-    except in offset encoding): :func:`cimc.sparsity.zero_blocks` on the tile geometry, numbered by tile."""
-    from cimc.sparsity import Geometry
-    from cimc.sparsity import zero_blocks as zero_units
-
-    t = np.asarray(table, np.int64)
+def zero_blocks(m: np.ndarray, tiles: TileMap, rows_per_op: int) -> np.ndarray:
+    """``(tile, physical block)`` pairs (int64 ``[n, 2]``, sorted) of the blocks each tile drives whose weights
+    in ``m`` ``[G, K, N]`` are all zero (module docstring)."""
+    t = tiles.table
     if not len(t) or not m.size:
         return np.zeros((0, 2), np.int64)
-    rows, per = int((t[:, 5] - t[:, 4]).max()), int((t[:, 9] - t[:, 8]).max())
-    geom = Geometry(min(rows_per_op, rows), rows, per)
-    index = {(int(g), int(rt), int(ct)): i for i, (g, rt, ct) in enumerate(t[:, :3])}
-    per_tile = geom.blocks_per_tile
-    out = [(index[(int(g), int(b) // per_tile, int(c))], int(b) % per_tile) for g, b, c in zero_units(m, geom)]
-    return np.asarray(sorted(out), np.int64).reshape(-1, 2)
+    tile, block, _ = tiles.blocks(rows_per_op)
+    live = np.zeros(len(tile), bool)
+    ident = np.asarray([p is None for p in tiles.row_at], bool)
+    by_cols: dict[tuple[int, int, int], list[int]] = {}
+    for i, (g, c0, c1) in enumerate(t[:, [0, 3, 4]].tolist()):
+        by_cols.setdefault((g, c0, c1), []).append(i)
+    for (g, c0, c1), idx in by_cols.items():
+        nz = (m[g, :, c0:c1] != 0).any(axis=1)
+        sel = np.isin(tile, idx)
+        # identity placement: block b of tile i holds its rows k0 + b*rpo .. (a prefix count of nonzero rows)
+        csum = np.concatenate([[0], np.cumsum(nz)])
+        it = sel & ident[tile]
+        k0, k1 = t[tile[it], 1], t[tile[it], 2]
+        start = k0 + block[it] * rows_per_op
+        live[it] = csum[np.minimum(start + rows_per_op, k1)] > csum[start]
+        for i in (i for i in idx if not ident[i]):
+            held = np.flatnonzero(tile == i)
+            rows = tiles.rows_of(i) // rows_per_op
+            nonzero = np.unique(rows[nz[t[i, 1]:t[i, 2]]])
+            live[held] = np.isin(block[held], nonzero)
+    return np.stack([tile[~live], block[~live]], axis=1).astype(np.int64).reshape(-1, 2)

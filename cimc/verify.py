@@ -173,10 +173,11 @@ def _changed(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
 
 
 def check_exact(program: Graph, reference: Graph, inputs: Mapping[str, np.ndarray], *, seed: int = 0,
-                lowered: bool = True) -> ExactCheck:
+                lowered: bool = True, machine: Mapping[str, Any] | None = None) -> ExactCheck:
     """Run ``program`` and ``reference`` on ``inputs`` and say whether they agree exactly, where they first
     differ, and whether the check itself is sound (module docstring). ``lowered``: the program is a target's
-    lowering of the reference, so their op sets must differ. The target's ops must be defined."""
+    lowering of the reference, so their op sets must differ. The target's ops must be defined; the program
+    runs on ``machine`` (:meth:`cimc.target.Target.machine`)."""
     from cimc.interpreter import run
 
     problems = []
@@ -184,21 +185,21 @@ def check_exact(program: Graph, reference: Graph, inputs: Mapping[str, np.ndarra
         problems.append("the program and the reference are one graph object")
     elif lowered and {n.op for n in program.nodes} == {n.op for n in reference.nodes}:
         problems.append("the program runs exactly the reference's ops: it was not lowered, or is the reference")
-    ours = run(program, inputs, seed=seed)
+    ours = run(program, inputs, seed=seed, machine=machine)
     ref = run(reference, inputs, seed=seed)
     c = compare(ours, ref)
     changed = _changed(ours)
     if changed is not None and compare(changed, ours).exact:
         problems.append("compare() calls the program's outputs with one element changed equal to them: it does "
                         "not compare what it is given")
-    first = None if c.exact else first_difference(program, reference, inputs, ours, ref, seed=seed)
+    first = None if c.exact else first_difference(program, reference, inputs, ours, ref, seed=seed, machine=machine)
     self_check = "; ".join(problems) or None
     return ExactCheck(c.exact and self_check is None, c.max_abs_error, first, self_check, ours, ref)
 
 
 def first_difference(program: Graph, reference: Graph, inputs: Mapping[str, np.ndarray],
                      ours: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], *,
-                     seed: int = 0) -> LayerDifference | None:
+                     seed: int = 0, machine: Mapping[str, Any] | None = None) -> LayerDifference | None:
     """The first reference node (in order) whose result differs from the program's value of the same name,
     found by rerunning both graphs on the first sample whose outputs differ (module docstring)."""
     from cimc.interpreter import Interpreter
@@ -223,7 +224,7 @@ def first_difference(program: Graph, reference: Graph, inputs: Mapping[str, np.n
                 seen[which][value.name] = np.array(array)  # a copy: later ops may update arrays in place
         return observe
 
-    Interpreter(program, seed=seed).run(one, observe=watcher("program"))
+    Interpreter(program, seed=seed, machine=machine).run(one, observe=watcher("program"))
     Interpreter(reference, seed=seed).run(one, observe=watcher("reference"))
     for node in reference.nodes:
         for v in node.outputs:

@@ -388,10 +388,12 @@ def test_blocks_are_the_row_blocks_tile_skips():
     for node in g.nodes:
         if "sparsity.blocks" in node.attrs and "tile.skip" in node.attrs:
             a = node.attrs
-            assert a["tile.rows"] == a["sparsity.array_rows"] and a["tile.rows_per_op"] == a["sparsity.rows_per_op"]
-            per_tile = -(-a["tile.rows"] // a["tile.rows_per_op"])
-            tiles = a["tile.map"]  # group, row tile, column tile, ...
-            skipped = {(int(tiles[t, 0]), int(tiles[t, 1]) * per_tile + int(b), int(tiles[t, 2]))
+            tiles = a["tile.map"]  # identity placement: physical blocks are the tile's own row blocks
+            rows = tiles.shape[0]
+            assert rows == a["sparsity.array_rows"] and a["tile.rows_per_op"] == a["sparsity.rows_per_op"]
+            per_tile = -(-rows // a["tile.rows_per_op"])
+            per = int((tiles.column("ch1") - tiles.column("ch0")).max())
+            skipped = {(tiles[t].group, tiles[t].k0 // rows * per_tile + b, tiles[t].ch0 // per)
                        for t, b in a["tile.skip"].tolist()}
             blocks = {tuple(b) for b in a["sparsity.blocks"].tolist()}
             assert blocks <= skipped

@@ -13,7 +13,6 @@ from cimc.ir.verifier import verify
 from cimc.onnx_io import import_model
 from cimc.passmanager import PassContext, PassManager
 from cimc.targets.sram_cim import SramCimTarget
-from cimc.targets.sram_cim.ops import adc
 from cimc.text import parse_graph, print_graph
 
 LOSSLESS = SramCimTarget().with_spec(adc_bits=7)  # 64 rows, 1-b inputs, 1-b cells need 7 bits
@@ -25,13 +24,13 @@ def _sparsify(wb: int) -> str:
 
 
 @functools.cache
-def _compiled(name: str, wb: int, sparse: bool, target=LOSSLESS):
+def _compiled(name: str, wb: int, sparse: bool, target=LOSSLESS, tile: str = "tile"):
     """(quantized graph, lowered program) of zoo model ``name``."""
     m = zoo.load(name)
     g = import_model(m.onnx())
-    ctx = PassContext(target=target, calibration={m.input_name: zoo.calibration_set()})
+    ctx = PassContext(target=target, calibration={m.input_name: zoo.calibration_set()}, seed=7)
     sp = _sparsify(wb) if sparse else ""
-    PassManager(f"fold-constants,fuse-batchnorm,{sp}quantize{{weight-bits={wb} act-bits=8}},tile", ctx).run(g)
+    PassManager(f"fold-constants,fuse-batchnorm,{sp}quantize{{weight-bits={wb} act-bits=8}},{tile}", ctx).run(g)
     q = g.copy()
     PassManager(target.lowering(), ctx).run(g)
     return q, g
@@ -55,6 +54,26 @@ def test_lowered_program_is_exact(name, wb, sparse):
         assert np.array_equal(want[k], got[k]), f"{name} W{wb} sparse={sparse}: output {k} differs"
 
 
+RANDOM = "tile{placement=random spare-rows=5 spare-cols=3}"
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse50"])
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_random_placement_with_spares_is_exact(name, sparse):
+    """Every tile at random physical rows and columns of arrays with spare rows and columns: the program still
+    equals the integer reference bit for bit (the executor reads each cell where the load put it)."""
+    q, prog = _compiled(name, 8, sparse, tile=RANDOM)
+    verify(prog)
+    maps = [n.attrs["tiles"] for n in prog.nodes if n.op == "sram.mvm"]
+    assert all(m.physical == (133, 131) for m in maps)
+    assert all(m.row_at[i] is not None and not np.array_equal(m.rows_of(i), np.arange(len(m.rows_of(i))))
+               for m in maps for i in range(len(m)))
+    x = _x(name)
+    want, got = run(q, x), run(prog, x)
+    for k in want:
+        assert np.array_equal(want[k], got[k]), f"{name}: output {k} differs"
+
+
 def test_program_size_is_O_rounds():
     """A layer is one load and one MVM per round of at most ``macros`` tiles, plus im2col, bias, col2im."""
     q, prog = _compiled("resnet_tiny", 8, False)
@@ -71,10 +90,12 @@ def test_program_size_is_O_rounds():
 
 
 def test_adc_clip_and_step():
+    from cimc.cim import Adc
+
     v = np.asarray([0.0, 1, 2, 3, 5, 6, 10, 64, 200])
-    assert np.array_equal(adc(v, 7, 7), v)  # lossless: unchanged
+    assert np.array_equal(Adc.default(7, 64, 1, 1).convert(v), np.minimum(v, 127))  # lossless within 0..64
     # 5 bits of a 7-bit range: step 4, half to even, codes clipped to 0..31
-    assert adc(v, 5, 7).tolist() == [0, 0, 0, 4, 4, 8, 8, 64, 124]
+    assert Adc.default(5, 64, 1, 1).convert(v).tolist() == [0, 0, 0, 4, 4, 8, 8, 64, 124]
 
 
 def _top1(prog, name):
@@ -173,7 +194,7 @@ def test_weights_that_do_not_fit_are_reloaded():
     xs = {"x": np.random.default_rng(3).integers(0, 256, (4, 256)).astype(np.uint8)}
     q, prog, t = _gemm_program(64, macros=2)  # 2 row tiles x 4 column tiles = 8 tiles on 2 macros
     loads = [n for n in prog.nodes if n.op == "sram.load"]
-    assert len(loads) == 4 and all(sorted(n.attrs["tiles"][:, 3]) == [0, 1] for n in loads)  # 4 rounds of 2
+    assert len(loads) == 4 and all(sorted(n.attrs["tiles"].column("array")) == [0, 1] for n in loads)  # 4 rounds
     assert all(n.attrs["cim.bytes"] == 2 * 128 * 128 // 8 for n in loads)
     rep = _cost(prog, t)
     c = rep.per_inference.by_unit["load"]  # every macro is rewritten on every inference: no one-time loads
@@ -200,26 +221,47 @@ def test_rounds_sum_in_place_only_into_dead_partial_sums():
 
 
 @pytest.mark.parametrize("zero_block", [False, True], ids=["dense", "one-skipped-block"])
-@pytest.mark.parametrize("rows_per_op", [16, 64])
-def test_lossy_program_is_the_sum_of_the_tile_models(rows_per_op, zero_block):
-    """A lossy program equals, tile by tile, the bit-serial crossbar model on the tile images."""
-    from cimc.targets.sram_cim.ops import crossbar
-    from cimc.tiling import TILE_COLUMNS, Encoding, tile_image, weight_matrix
+@pytest.mark.parametrize("rows_per_op", [16, 48, 64])
+def test_lossy_program_equals_the_reference_model(rows_per_op, zero_block):
+    """A lossy program equals, round by round, the independent slow model of the arrays (cim_reference)."""
+    from cim_reference import reference
+
+    from cimc.tiling import weight_matrix
 
     xs = {"x": np.random.default_rng(5).integers(0, 256, (4, 256)).astype(np.uint8)}
-    adc_bits = rows_per_op.bit_length() - 2
-    q, prog, _ = _gemm_program(rows_per_op, macros=3, adc_bits=adc_bits, zero_block=zero_block)
+    need = rows_per_op.bit_length()
+    q, prog, _ = _gemm_program(rows_per_op, macros=3, adc_bits=need - 2, zero_block=zero_block)
     skips = np.concatenate([n.attrs["skip"] for n in prog.nodes if n.op == "sram.mvm"])
     assert len(skips) == zero_block
-    node = q.node("fc")
-    enc = Encoding("twos-complement", 8, 1)
-    cells = enc.encode(weight_matrix(node))
+    m = weight_matrix(q.node("fc")).astype(np.int64)
     want = np.zeros((4, 64), np.int64)
-    for i, row in enumerate(np.concatenate([n.attrs["tiles"] for n in prog.nodes if n.op == "sram.mvm"])):
-        t = dict(zip(TILE_COLUMNS, (int(v) for v in row), strict=True))
-        skip = [0] if zero_block and i == 0 else []
-        want[:, t["ch0"]:t["ch1"]] += crossbar(xs["x"][:, t["k0"]:t["k1"]], tile_image(cells, row),
-                                               significance=enc.significance, rows_per_op=rows_per_op, dac_bits=1,
-                                               act_bits=8, cell_bits=1, adc_bits=adc_bits, skip=skip)
+    for n in (n for n in prog.nodes if n.op == "sram.mvm"):
+        a = n.attrs
+        want += reference(m, "twos-complement", 8, 1, [xs["x"]], a["tiles"], a["tiles"], rows_per_op=rows_per_op,
+                          dac_bits=1, act_bits=8, adc_bits=need - 2, adc_step=4, adc_offset=0, adc_group=0,
+                          rounding="half-even", skip={tuple(p) for p in a["skip"].tolist()})[0]
     got = next(iter(run(prog, xs).values()))
     assert np.array_equal(got, want) and not np.array_equal(got, next(iter(run(q, xs).values())))
+
+
+
+
+def test_a_wrong_permutation_in_a_program_is_a_wrong_result():
+    """Swap two physical rows (or columns) in one sram.mvm's placement, leaving its sram.load as it was: the MVM
+    reads other cells than the load wrote, and the program no longer equals the integer reference."""
+    q, prog = _compiled("lenet_bn", 8, False, tile=RANDOM)
+    x = _x("lenet_bn")
+    want = next(iter(run(q, x).values()))
+    assert np.array_equal(want, next(iter(run(prog, x).values())))
+    for axis in ("row_at", "col_at"):
+        bad = prog.copy()
+        node = next(n for n in bad.nodes if n.op == "sram.mvm")
+        tiles = node.attrs["tiles"]
+        places = list(getattr(tiles, axis))
+        p = places[0].copy()
+        p[[0, 1]] = p[[1, 0]]
+        places[0] = p
+        node.attrs["tiles"] = tiles.replace(**{axis: places})
+        verify(bad)  # still a well-formed program: only its result is wrong
+        got = next(iter(run(bad, x).values()))
+        assert not np.array_equal(want, got), axis

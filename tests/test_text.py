@@ -284,7 +284,7 @@ ERRORS = [
     ("graph @m() {\n  %a: f32[2] = R() {a = 1.0.0}\n  return\n}", 2, 28,
      "unexpected character '.'; expected ',' or '}'"),
     ("graph @m() {\n  %a: f32[2] = R() {a = x}\n  return\n}", 2, 25,
-     "expected '[', 'tensor', a float, a string or an integer but found 'x'"),
+     "expected '[', 'tensor', 'tiles', a float, a string or an integer but found 'x'"),
     ("graph @m() {\n  %a: i8[2]<q scale=[1.0] zero_point=[0.5] bits=8> = R()\n  return\n}", 2, 39,
      "zero points are integers, found '0.5'"),
     ("graph @m() {\n  meta \"k\" = \"a\"\n  meta \"k\" = \"b\"\n  return\n}", 3, 3, "metadata key 'k' is given twice"),

@@ -1,4 +1,4 @@
-"""Tests of cimc.tiling and the tile pass: bit slicing, encodings, tile plans, annotations."""
+"""Tests of cimc.tiling, the encodings and the tile pass: bit slicing, tile plans, placements, annotations."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cimc.cim.encoding import ENCODINGS, Encoding
+from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError
 from cimc.ir.core import Graph
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.passes.tile import TilePass, mapping_table
 from cimc.passmanager import PassContext, PassManager
 from cimc.targets.sram_cim import SramCimTarget
-from cimc.targets.sram_cim.ops import crossbar
-from cimc.tiling import ENCODINGS, TILE_COLUMNS, Encoding, plan, tile_image, weight_matrix, zero_blocks
+from cimc.tiling import place_randomly, plan, tile_image, weight_matrix, zero_blocks
 
 
 def zero_row_blocks(image: np.ndarray, rows_per_op: int) -> list[int]:
@@ -59,17 +60,26 @@ def test_packed_twos_complement_is_the_weight_byte():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 999), rows=st.integers(4, 40), rpo=st.integers(1, 12), groups=st.integers(1, 3))
-def test_zero_blocks_equal_the_all_zero_cell_blocks(seed, rows, rpo, groups):
+@given(seed=st.integers(0, 999), rows=st.integers(4, 40), rpo=st.integers(1, 12), groups=st.integers(1, 3),
+       placed=st.booleans())
+def test_zero_blocks_equal_the_all_zero_cell_blocks(seed, rows, rpo, groups, placed):
+    """The skippable blocks are the driven physical row blocks whose cells (at the tile's placement) are all zero."""
     rng = np.random.default_rng(seed)
     m = rng.integers(-7, 8, (groups, int(rng.integers(1, 90)), int(rng.integers(1, 30)))).astype(np.int8)
     m[rng.random(m.shape) < 0.8] = 0
     enc = Encoding("twos-complement", 4, 1)
     rpo = min(rpo, rows)
-    table = plan(m, enc, rows, 16, 0, 4)
+    tiles = plan(m, enc, rows, 16, 0, 4, spares=(3, 0))
+    if placed:
+        tiles = place_randomly(tiles, rng)
     cells = enc.encode(m)
-    want = [[i, b] for i, row in enumerate(table) for b in zero_row_blocks(tile_image(cells, row), rpo)]
-    assert zero_blocks(m, table, rpo).tolist() == want
+    want = []
+    for i in range(len(tiles)):
+        image = np.zeros((tiles.physical[0], tile_image(cells, tiles, i).shape[1]), np.uint8)
+        image[tiles.rows_of(i)] = tile_image(cells, tiles, i)
+        held = sorted(set((tiles.rows_of(i) // rpo).tolist()))
+        want += [[i, b] for b in zero_row_blocks(image, rpo) if b in held]
+    assert zero_blocks(m, tiles, rpo).tolist() == want
 
 
 def test_twos_complement_msb_slice_is_negative():
@@ -84,23 +94,25 @@ def test_twos_complement_msb_slice_is_negative():
 
 @settings(max_examples=30, deadline=None)
 @given(G=st.integers(1, 3), K=st.integers(1, 300), N=st.integers(1, 40), rows=st.sampled_from([16, 64, 128]),
-       cols=st.sampled_from([8, 32, 128]), kind=st.sampled_from(ENCODINGS))
-def test_plan_covers_every_weight_once(G, K, N, rows, cols, kind):
+       cols=st.sampled_from([8, 32, 128]), kind=st.sampled_from(ENCODINGS), replicate=st.integers(1, 2))
+def test_plan_covers_every_weight_once(G, K, N, rows, cols, kind, replicate):
     m = np.random.default_rng(K * N).integers(-7, 8, (G, K, N))
     enc = Encoding(kind, 4, 1)
     if cols < enc.slices:
         with pytest.raises(CimcError, match="columns"):
             plan(m, enc, rows, cols, 0, 4)
         return
-    table = plan(m, enc, rows, cols, 0, 4)
+    tiles = plan(m, enc, rows, cols, 0, 4, replicate)
+    assert tiles.problems() == [] and tiles.coverage_problems() == []
     back = np.zeros_like(m)
-    for row in table:
-        t = dict(zip(TILE_COLUMNS, row.tolist(), strict=True))
-        img = tile_image(enc.encode(m), row)
-        assert img.shape[0] <= rows and img.shape[1] <= cols and img.shape[1] == t["col1"] - t["col0"]
-        back[t["group"], t["k0"]:t["k1"], t["ch0"]:t["ch1"]] += enc.decode(img.reshape(img.shape[0], -1, enc.slices))
+    for i, t in enumerate(tiles):
+        img = tile_image(enc.encode(m), tiles, i)
+        assert img.shape[0] <= rows and img.shape[1] <= cols and img.shape[1] == t.cols
+        if t.replica == 0:
+            back[t.group, t.k0:t.k1, t.ch0:t.ch1] += enc.decode(img.reshape(img.shape[0], -1, enc.slices))
     assert np.array_equal(back, m)
-    assert set(table[:, 3].tolist()) <= set(range(4))
+    assert set(tiles.column("array").tolist()) <= set(range(4))
+    assert (np.bincount(tiles.column("replica")) == len(tiles) // replicate).all()
 
 
 def test_zero_row_blocks():
@@ -108,22 +120,6 @@ def test_zero_row_blocks():
     img[20, 3] = 1
     assert zero_row_blocks(img, 16) == [0, 2, 3, 4]
     assert zero_row_blocks(img, 64) == [1]
-
-
-@settings(max_examples=25, deadline=None)
-@given(rpo=st.sampled_from([1, 3, 16, 64]), dac=st.integers(1, 4), cell=st.integers(1, 2),
-       kind=st.sampled_from(ENCODINGS), act=st.integers(2, 8), seed=st.integers(0, 9))
-def test_crossbar_lossless_is_exact(rpo, dac, cell, kind, act, seed):
-    rng = np.random.default_rng(seed)
-    K, N, P = 100, 6, 9
-    w = rng.integers(-127, 128, (K, N))
-    x = rng.integers(0, 1 << act, (P, K)).astype(np.uint8)
-    enc = Encoding(kind, 8, cell)
-    img = enc.encode(w).reshape(K, -1)
-    need = (rpo * ((1 << dac) - 1) * ((1 << cell) - 1)).bit_length()
-    y = crossbar(x, img, significance=enc.significance, offset=enc.offset, rows_per_op=rpo, dac_bits=dac,
-                 act_bits=act, cell_bits=cell, adc_bits=need)
-    assert np.array_equal(y, x.astype(np.int64) @ w)
 
 
 def _gemm_graph(K: int = 200, N: int = 20) -> Graph:
@@ -144,15 +140,17 @@ def test_tile_pass_annotations_and_mapping_table():
     PassManager("tile", PassContext(target=SramCimTarget(), verify_each=True)).run(g)
     a = g.node("fc").attrs
     # K=200 -> 2 row tiles of 128; N=20 channels x 8 slices -> 2 column tiles of 16 channels
-    assert a["tile.map"].shape == (4, len(TILE_COLUMNS)) and a["tile.encoding"] == "twos-complement"
+    tiles = a["tile.map"]
+    assert isinstance(tiles, TileMap) and len(tiles) == 4 and a["tile.encoding"] == "twos-complement"
+    assert tiles.layer == "fc" and tiles.matrix == (1, 200, 20) and tiles.physical == (128, 128)
     assert a["tile.cell_bits"] == 1 and a["tile.weight_bits"] == 8 and a["tile.rows_per_op"] == 64
-    assert a["tile.map"][:, 3].tolist() == [0, 1, 2, 3]
+    assert tiles.column("array").tolist() == [0, 1, 2, 3] and not tiles.placed
     # tiles run row tile by row tile: (rows 0-127, ch 0-15), (rows 0-127, ch 16-19), (rows 128-199, ...)
     assert a["tile.skip"].tolist() == [[0, 0], [1, 0]]  # block 0 of the row-0 tiles
     assert np.allclose(a["tile.util"], [1.0, 0.25, 72 / 128, 72 / 128 * 0.25])
     rows = mapping_table(g)
     assert len(rows) == 4 and rows[0]["layer"] == "fc" and rows[2]["rows"] == (128, 200)
-    assert rows[1]["channels"] == (16, 20) and rows[1]["cols"] == (0, 32) and rows[0]["skipped_blocks"] == 1
+    assert rows[1]["channels"] == (16, 20) and rows[1]["slices"] == (0, 8) and rows[0]["skipped_blocks"] == 1
 
 
 def test_tile_options_override_target():
@@ -160,11 +158,26 @@ def test_tile_options_override_target():
     TilePass(rows=64, cols=64, rows_per_op=16, encoding="differential", replicate=2).run(
         g, PassContext(target=SramCimTarget()))
     a = g.node("fc").attrs
-    assert a["tile.encoding"] == "differential" and a["tile.replicas"] == 2 and a["tile.rows_per_op"] == 16
-    assert a["tile.map"][:, 3].tolist()[:3] == [0, 2, 4]  # each tile takes two arrays
+    tiles = a["tile.map"]
+    assert a["tile.encoding"] == "differential" and a["tile.rows_per_op"] == 16
+    assert tiles.column("array").tolist()[:4] == [0, 1, 2, 3] and tiles.column("replica").tolist()[:4] == [0, 1, 0, 1]
     assert str(TilePass(rows=64)) .startswith("tile{")
     with pytest.raises(CimcError, match="encoding"):
         TilePass(encoding="bogus")
+    with pytest.raises(CimcError, match="placement"):
+        TilePass(placement="diagonal")
+
+
+def test_random_placement_is_seeded_and_uses_the_spares():
+    def placed(seed):
+        g = _gemm_graph()
+        PassManager("tile{placement=random spare-rows=4 spare-cols=2}",
+                    PassContext(target=SramCimTarget(), seed=seed, verify_each=True)).run(g)
+        return g.node("fc").attrs["tile.map"]
+    a, b, c = placed(1), placed(1), placed(2)
+    assert a == b and a != c and a.physical == (132, 130) and a.placed
+    assert max(int(a.rows_of(i).max()) for i in range(len(a))) >= 128  # some rows on spares
+    assert all(sorted(a.rows_of(i).tolist()) != list(range(a[i].rows)) for i in range(len(a)))
 
 
 def test_weight_matrix_conv_im2col_order():

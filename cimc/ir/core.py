@@ -19,7 +19,26 @@ import numpy as np
 from cimc.errors import VerifyError
 from cimc.ir.types import TensorType
 
-__all__ = ["Graph", "Node", "Value", "topological_order"]
+__all__ = ["AttrValue", "Graph", "Node", "Value", "topological_order"]
+
+
+class AttrValue:
+    """Base of structured attribute values, beyond ints, floats, strings, lists and arrays (a tile map,
+    :class:`cimc.cim.TileMap`). Such a value is immutable (copies of a graph share it); the verifier
+    asks it for its problems on the node carrying it, and graph equality asks it for its difference
+    from another value. The ``.cimir`` printer and parser know each kind's text form."""
+
+    __slots__ = ()
+    kind: str = ""
+    """The attribute kind (:data:`cimc.ir.opdef.ATTR_KINDS`) an op declares for values of this class."""
+
+    def problems(self, node: Node, key: str) -> list[str]:
+        """What is wrong with this value as attribute ``key`` of ``node`` (empty: nothing)."""
+        return []
+
+    def difference(self, other: object) -> str | None:
+        """Why ``other`` is not an equal value, in a few words, or ``None``."""
+        raise NotImplementedError
 
 
 class Value:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cimc.ir.core import Graph, Value
+from cimc.ir.core import AttrValue, Graph, Value
 from cimc.ir.types import QuantParams, TensorType
 
 __all__ = ["graph_difference", "graphs_equal"]
@@ -83,6 +83,10 @@ def attr_difference(a: Any, b: Any) -> str | None:
             if d is not None:
                 return f"element {i}: {d}"
         return None
+    if isinstance(a, AttrValue) or isinstance(b, AttrValue):
+        if type(a) is not type(b):
+            return f"{type(a).__name__} vs {type(b).__name__}"
+        return a.difference(b)
     if isinstance(a, Graph) or isinstance(b, Graph):
         if not (isinstance(a, Graph) and isinstance(b, Graph)):
             return f"{type(a).__name__} vs {type(b).__name__}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cimc.errors import VerifyError
-from cimc.ir.core import Node
+from cimc.ir.core import AttrValue, Node
 from cimc.ir.types import TensorType
 
 __all__ = [
@@ -44,7 +44,7 @@ class _Required:
 REQUIRED: Any = _Required()
 """Default of an attribute that every node of the op must set."""
 
-ATTR_KINDS = ("int", "float", "str", "ints", "floats", "strs", "tensor", "any")
+ATTR_KINDS = ("int", "float", "str", "ints", "floats", "strs", "tensor", "tiles", "any")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class AttrSpec:
 
     The verifier checks every attribute a node sets (:meth:`problem`): its kind (``int`` an integer,
     ``float`` a number, ``str`` a string, ``ints``/``floats``/``strs`` a list of them, ``tensor`` an
-    array; ``any`` anything) and its range. Defaults are the op's own and are not checked."""
+    array, ``tiles`` a tile map (a structured value, :class:`cimc.ir.core.AttrValue`, of that ``kind``);
+    ``any`` anything) and its range. Defaults are the op's own and are not checked."""
 
     kind: str
     default: Any = None
@@ -84,6 +85,9 @@ class AttrSpec:
             return None
         if self.kind == "tensor":
             return None if isinstance(value, np.ndarray) else f"is {_short(value)}, not a tensor"
+        if isinstance(value, AttrValue) or self.kind in _STRUCTURED:
+            ok = isinstance(value, AttrValue) and value.kind == self.kind
+            return None if ok else f"is {_short(value)}, not {_STRUCTURED.get(self.kind, 'a ' + self.kind)}"
         if not scalar and not isinstance(value, tuple | list):
             return f"is {_short(value)}, not a list"
         test = _KIND_TESTS.get(self.kind.rstrip("s") if not scalar else self.kind)
@@ -111,6 +115,8 @@ def _is_number(v: Any) -> bool:
 
 _KIND_TESTS: dict[str, Callable[[Any], bool]] = {"int": _is_int, "float": _is_number,
                                                    "str": lambda v: isinstance(v, str)}
+_STRUCTURED = {"tiles": "a tile map"}
+"""The kinds of structured attribute values (:class:`cimc.ir.core.AttrValue` subclasses), in words."""
 _KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "ints": "integers",
                "floats": "numbers", "strs": "strings"}
 

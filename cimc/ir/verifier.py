@@ -2,14 +2,15 @@
 
 It checks that names are unique, no declared dim is negative, every operand is defined before it is read (inputs and
 constants first, then nodes in order), use lists match operands, every node's op is defined and
-its operands, results and attributes fit the op's schema, and re-inferred result types agree
-with the recorded ones (a known dim may not change; unknown and symbolic dims may be refined).
+its operands, results and attributes fit the op's schema, re-inferred result types agree with the
+recorded ones (a known dim may not change; unknown and symbolic dims may be refined), and every
+structured attribute value (:class:`cimc.ir.core.AttrValue`, e.g. a tile map) is sound on its node.
 """
 
 from __future__ import annotations
 
 from cimc.errors import VerifyError
-from cimc.ir.core import Graph, Node, Value
+from cimc.ir.core import AttrValue, Graph, Node, Value
 from cimc.ir.opdef import infer_types, lookup
 from cimc.ir.types import TensorType
 
@@ -63,6 +64,9 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
                 problems.append(f"{where}: {why}")
             elif check_types:
                 problems.extend(_check_types(node, where))
+        for key, value in node.attrs.items():
+            if isinstance(value, AttrValue):
+                problems.extend(f"{where}: attribute {key!r}: {p}" for p in value.problems(node, key))
         for i, v in enumerate(node.outputs):
             if v.producer is not node or v.index != i:
                 problems.append(f"{where}: result {i} %{v.name} does not point back to its node")

@@ -20,6 +20,7 @@ import lark
 import numpy as np
 from lark import Token, Tree
 
+from cimc.cim.tilemap import TileMap
 from cimc.errors import ParseError
 from cimc.ir.core import Graph, Value
 from cimc.ir.types import DType, QuantParams, TensorType
@@ -273,6 +274,8 @@ class _Builder:
             return _str(v, self.source) if v.type == "STRING" else _num(v)
         if v.data == "list":
             return tuple(self.attr(x, what) for x in v.children if x is not None)
+        if v.data == "tilemap":
+            return self.tilemap(v, what)
         ttree, lit = v.children
         t = self.type(ttree)
         if t.shape is None or not all(isinstance(d, int) for d in t.shape):
@@ -283,6 +286,65 @@ class _Builder:
         arr = self.literal(lit, t, t.shape, what)
         arr.flags.writeable = False
         return arr
+
+    def fields(self, items: list[Any], what: str, required: tuple[str, ...],
+               optional: tuple[str, ...], at: Tree) -> dict[str, Any]:
+        """``key=value`` fields of a tile map or tile: an int, a span ``(a, b)`` or a list of ints."""
+        out: dict[str, Any] = {}
+        for f in items:
+            if f is None:
+                continue
+            key_tok, val = f.children
+            key = str(key_tok)
+            if key not in required and key not in optional:
+                raise self.error(f"{what}: unknown field {key!r} (fields: {', '.join(required + optional)})", key_tok)
+            if key in out:
+                raise self.error(f"{what}: field {key!r} is given twice", key_tok)
+            if isinstance(val, Token):
+                out[key] = int(val)
+            elif val.data == "span":
+                out[key] = (int(val.children[0]), int(val.children[1]))
+            else:
+                vals: list[int] = []
+                for r in val.children:
+                    if r is None:
+                        continue
+                    vals += [int(r)] if isinstance(r, Token) else list(range(int(r.children[0]), int(r.children[1])))
+                out[key] = vals
+        missing = [k for k in required if k not in out]
+        if missing:
+            raise self.error(f"{what}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}", at)
+        return out
+
+    def tilemap(self, t: Tree, what: str) -> TileMap:
+        """A ``tiles<...> [...]`` attribute value."""
+        layer_tok, *rest = t.children
+        head = [c for c in rest if isinstance(c, Tree) and c.data == "field"]
+        h = self.fields(head, f"{what}: tile map", ("matrix", "slices", "arrays", "shape"), ("spares",), t)
+        kinds = {"matrix": (list, 3), "slices": (int, 0), "arrays": (int, 0), "shape": (list, 2), "spares": (list, 2)}
+        for key, (kind, n) in kinds.items():
+            if key in h and (not isinstance(h[key], kind) or (kind is list and len(h[key]) != n)):
+                raise self.error(f"{what}: tile map field {key} should be "
+                                 + ("an integer" if kind is int else f"a list of {n} integers"), t)
+        table, row_at, col_at = [], [], []
+        for tile in (c for c in rest if isinstance(c, Tree) and c.data == "tile"):
+            where = f"{what}: tile {len(table)}"
+            f = self.fields(tile.children, where, ("group", "rows", "channels", "slices", "array"),
+                            ("replica", "row_at", "col_at"), tile)
+            for key in ("rows", "channels", "slices"):
+                if not isinstance(f[key], tuple):
+                    raise self.error(f"{where}: field {key} should be a range a:b", tile)
+            for key in ("group", "array", "replica"):
+                if key in f and not isinstance(f[key], int):
+                    raise self.error(f"{where}: field {key} should be an integer", tile)
+            for key in ("row_at", "col_at"):
+                if key in f and not isinstance(f[key], list):
+                    raise self.error(f"{where}: field {key} should be a list of rows or columns [a, b:c, ...]", tile)
+            table.append([f["group"], *f["rows"], *f["channels"], *f["slices"], f["array"], f.get("replica", 0)])
+            row_at.append(f.get("row_at"))
+            col_at.append(f.get("col_at"))
+        return TileMap(_str(layer_tok, self.source), h["matrix"], h["slices"], h["arrays"], h["shape"],
+                       np.asarray(table, np.int64).reshape(-1, 9), row_at, col_at, h.get("spares", (0, 0)))
 
     # ---- statements -------------------------------------------------------------------------
     def results(self, t: Tree) -> list[tuple[Token, TensorType]]:

@@ -25,7 +25,8 @@ The format (grammar: ``cimir.lark`` beside this module)::
   an optional ``<q scale=[..] zero_point=[..] bits=8 axis=1>`` (``axis`` left out when ``None``).
 - Attributes: ints ``-3``; floats ``repr(float(x))`` (always with ``.``/``e``, or ``inf``/``-inf``/
   ``nan``); strings as JSON; lists ``[1, 2]``, ``[]`` (read back as tuples); tensors
-  ``tensor<f32[2]: [1.0, 2.0]>`` or ``tensor<f32[300]: hex "...">``.
+  ``tensor<f32[2]: [1.0, 2.0]>`` or ``tensor<f32[300]: hex "...">``; tile maps
+  ``tiles<"layer" ...> [{...}, ...]``, one tile per line (:mod:`cimc.cim.tilemap` has the form).
 - Constants are exact: a flat C-order list when they have at most ``inline_limit`` elements
   (floats as ``repr`` of their float64 value, ints as ints, ``true``/``false``, str as JSON) and
   the list reads back bit-exactly; otherwise ``resource "name"`` when a ``resources`` dict is
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from cimc.cim.tilemap import TileMap, runs
 from cimc.errors import VerifyError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.types import DType, QuantParams, Shape, TensorType
@@ -133,6 +135,30 @@ def _check_dtype(arr: np.ndarray, dtype: DType, what: str) -> None:
                           f"(stored as {dtype.numpy}); cast the array or fix the type")
 
 
+def _ints(values) -> str:
+    return "[" + ", ".join(str(int(v)) for v in values) + "]"
+
+
+def _runs(p: np.ndarray) -> str:
+    return "[" + ", ".join(str(a) if b == a + 1 else f"{a}:{b}" for a, b in runs(p)) + "]"
+
+
+def format_tilemap(m: TileMap) -> str:
+    """A tile map as text (grammar in :mod:`cimc.cim.tilemap`), one tile per line."""
+    head = (f"tiles<{quote(m.layer)} matrix={_ints(m.matrix)} slices={m.slices} arrays={m.arrays} "
+            f"shape={_ints(m.shape)} spares={_ints(m.spares)}> [")
+    tiles = []
+    for i, row in enumerate(m.table.tolist()):
+        g, k0, k1, c0, c1, s0, s1, a, r = row
+        t = f"{{group={g} rows={k0}:{k1} channels={c0}:{c1} slices={s0}:{s1} array={a} replica={r}"
+        if m.row_at[i] is not None:
+            t += f" row_at={_runs(m.row_at[i])}"
+        if m.col_at[i] is not None:
+            t += f" col_at={_runs(m.col_at[i])}"
+        tiles.append(t + "}")
+    return head + ",".join(f"\n      {t}" for t in tiles) + "]"
+
+
 class _Printer:
     def __init__(self, resources: dict[str, np.ndarray] | None, inline_limit: int) -> None:
         self.resources = resources
@@ -157,6 +183,8 @@ class _Printer:
             return quote(v)
         if isinstance(v, (tuple, list)):
             return "[" + ", ".join(self.attr(x, what) for x in v) + "]"
+        if isinstance(v, TileMap):
+            return format_tilemap(v)
         if isinstance(v, np.ndarray):
             try:
                 dtype = DType.from_numpy(v.dtype)

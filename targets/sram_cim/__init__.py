@@ -8,8 +8,12 @@ The target is this package: ``spec`` (:class:`SramCimSpec`, the hardware paramet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from functools import lru_cache
+from typing import Any, ClassVar
 
+from cimc.cim.chip import Chip, chip_for
+from cimc.cim.device import CellDevice
+from cimc.cim.machine import DEVICE
 from cimc.cost import AreaPart, Cost
 from cimc.ir.core import Node
 from cimc.target import VECTOR_OPS, Capabilities, Target
@@ -42,11 +46,21 @@ class SramCimTarget(Target):
         return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
                             act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,
                             rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks,
-                            vector_ops=(*VECTOR_OPS, "LSTM"), own_ops=("sram.",))
+                            vector_ops=(*VECTOR_OPS, "LSTM"), own_ops=("sram.",), spare_rows=s.spare_rows,
+                            spare_cols=s.spare_cols)
 
     def default_pipeline(self) -> str:
         """Cleanup and quantization, then tiling of the weights onto the macros."""
         return super().default_pipeline() + ",tile"
+
+    def chip(self, seed: int = 0) -> Chip | None:
+        """The chip of the spec: its chip file, else one sampled from ``p_sa0``/``p_sa1`` with ``seed`` (``None``
+        when both are 0): every macro's physical cells, spares included."""
+        return _chip(self.spec, seed)
+
+    def machine(self, seed: int = 0) -> dict[str, Any]:
+        """Programs run on the spec's chip, with its read noise (an ideal machine when there is neither)."""
+        return _machine(self.spec, seed)
 
     def op_cost(self, node: Node) -> Cost:
         """Cycles and energy of one program op (the model: :mod:`cimc.targets.sram_cim.cost`)."""
@@ -57,3 +71,19 @@ class SramCimTarget(Target):
         activation and output buffers and the vector lanes, each from its spec parameter and its source;
         the ADCs at ``adc_bits`` and the DACs at ``dac_bits`` (:mod:`cimc.converters`)."""
         return cost.area(self.spec)
+
+
+@lru_cache(maxsize=8)
+def _chip(spec: SramCimSpec, seed: int) -> Chip | None:
+    return chip_for(spec.chip, spec.macros, spec.rows + spec.spare_rows, spec.cols + spec.spare_cols,
+                    p_sa0=spec.p_sa0, p_sa1=spec.p_sa1, seed=seed)
+
+
+@lru_cache(maxsize=8)
+def _machine(spec: SramCimSpec, seed: int) -> dict[str, Any]:
+    chip = _chip(spec, seed)
+    if chip is None and not spec.read_noise:
+        return {}
+    if chip is None:
+        chip = Chip.sample(spec.macros, spec.rows + spec.spare_rows, spec.cols + spec.spare_cols, variation=False)
+    return {DEVICE: CellDevice(chip, 1 << spec.cell_bits, read_noise=spec.read_noise)}

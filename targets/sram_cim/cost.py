@@ -3,27 +3,29 @@
 Per op, from attributes and static shapes; a symbolic dim counts as 1, i.e. per sample; energy by
 component; the ADC and DAC figures at the op's ``adc_bits`` and ``dac_bits`` (:class:`SramCimSpec`'s
 ``*_at`` methods):
-- ``sram.mvm``: per tile, ``P`` positions, ``A`` driven row blocks (``rows_active`` rows), ``J`` input
-  chunks, ``C`` columns (``ch`` channels), ``adcs = ceil(cols / cols_per_adc)`` per macro. A pass
-  drives one block with one chunk across all columns of the tile: ``passes = P*A*J``; the tiles run at
-  once on distinct macros, so ``cycles = max over tiles of passes * pass_cycles(C) / replicas +
-  shift_add_cycles`` (the shift-adds run behind the conversions; the last one ends the op) plus spill
-  traffic at ``dram_bytes_per_cycle``. Energy, summed over tiles: arrays
-  ``P*J*rows_active*C*mvm_cell_pj``; DACs ``P*J*rows_active*dac_pj_at(dac_bits)``; ADCs
-  ``P*J*A*C*adc_pj_at(adc_bits)``; shift-add ``P*J*A*C*shift_add_pj``; buffers ``4*P*ch`` bytes of
-  accumulators written plus ``P*rows`` bytes of input read (the distinct input rows of its tiles,
-  read once and broadcast to the macros that share them) at ``buffer_pj_per_byte``, the input also
-  crossing the interconnect at ``noc_pj_per_byte``; ``macs = sum of P*rows_active*ch``.
+- ``sram.mvm``: per tile (:func:`cimc.cim.work.work`), ``P`` positions of which it takes its ``share``
+  (replicas split them), ``A`` driven row blocks (``rows_active`` rows), ``J`` input chunks, ``C``
+  columns (``ch`` channels), ``adcs = ceil(cols / cols_per_adc)`` per macro. A pass drives one block
+  with one chunk across all columns of the tile: ``passes = share*P*A*J``; the tiles run at once on
+  distinct macros, so ``cycles = max over tiles of passes * pass_cycles(C) + shift_add_cycles`` (the
+  shift-adds run behind the conversions; the last one ends the op) plus spill traffic at
+  ``dram_bytes_per_cycle``. Energy, summed over tiles: arrays ``share*P*J*rows_active*C*mvm_cell_pj``;
+  DACs ``share*P*J*rows_active*dac_pj_at(dac_bits)``; ADCs ``conversions*adc_pj_at(adc_bits)`` with
+  ``conversions = passes*C`` (``C/2`` when differential pairs are sensed together); shift-add
+  ``conversions*shift_add_pj``; buffers ``4*share*P*ch`` bytes of accumulators written plus ``P*rows``
+  bytes of input read (the distinct input rows of its tiles, read once and broadcast to the macros
+  that share them) at ``buffer_pj_per_byte``, the input also crossing the interconnect at
+  ``noc_pj_per_byte``; ``macs = sum of share*P*rows_active*ch`` (whole weights).
   Spills (DRAM at ``dram_pj_per_byte``): the layer's input activation (its raw feature map, one byte
   per element) beyond ``act_buffer_bytes`` lives in DRAM: the first round (no accumulator operand)
   pays its producer writing that share once, and every round reads the share of the rows it reads;
   the layer's int32 accumulators (``4*P*channels`` bytes) beyond ``out_buffer_bytes`` spill: that
   share of every accumulator byte a round writes goes to DRAM and is read back (by the next round or
   the consumer).
-- ``sram.load``: per tile and replica ``bits = r*c*cell_bits``, ``bytes = ceil(bits/8)``; ``cycles =
-  sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; energy: arrays ``bits*write_bit_pj``, DRAM
-  ``bytes*dram_pj_per_byte``; it writes ``r*c`` cells of its macro (one-time unless another load
-  writes that macro: see :func:`cimc.cost.program_cost`).
+- ``sram.load``: per tile (each replica is a tile) ``bits = r*c*cell_bits``, ``bytes = ceil(bits/8)``;
+  ``cycles = sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; energy: arrays
+  ``bits*write_bit_pj``, DRAM ``bytes*dram_pj_per_byte``; it writes ``r*c`` cells of its macro
+  (one-time unless another load writes that macro: see :func:`cimc.cost.program_cost`).
 - float ``MatMul``/``Gemm``/``LSTM``/``GRU``/``RNN``/``Attention``/``Einsum`` (attention, recurrent
   cells; what the quantizer leaves in float):
   their MACs on the vector unit (:func:`cimc.cost.mac_dims`), ``ceil(macs / vec_lanes) *
@@ -39,6 +41,8 @@ import math
 
 import numpy as np
 
+from cimc.cim.tilemap import TileMap
+from cimc.cim.work import work
 from cimc.converters import ADC_AREA, DAC_AREA
 from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, spilled_fraction, vector_cost
 from cimc.ir.core import Node
@@ -59,23 +63,18 @@ def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
     xs = counts(node.inputs[0])
     cols = a.get("layout") == "cols"
     P = (_count(xs[1:2]) * _count(xs[3:]) if cols else _count(xs[:-1])) if xs else 1
-    J, rpo, R = -(-a.get("act_bits", 8) // a.get("dac_bits", 1)), a["rows_per_op"], a.get("replicas", 1)
+    J = -(-a.get("act_bits", 8) // a.get("dac_bits", 1))
     adc_bits, dac_bits = a["adc_bits"], a.get("dac_bits", 1)
-    S = len(a["significance"])
-    t = np.asarray(a["tiles"], np.int64)
-    k, ch = t[:, 5] - t[:, 4], t[:, 9] - t[:, 8]
-    skip = np.asarray(a.get("skip", np.zeros((0, 2), np.int64)), np.int64).reshape(-1, 2)
-    off_rows = np.minimum(rpo, k[skip[:, 0]] - skip[:, 1] * rpo)  # rows of each skipped block
-    active = -(-k // rpo) - np.bincount(skip[:, 0], minlength=len(t))
-    rows_active = k - np.bincount(skip[:, 0], weights=off_rows, minlength=len(t)).astype(np.int64)
-    C = ch * S
-    passes = P * active * J
-    cycles = float((passes * s.pass_cycles(C, adc_bits)).max() / R) + s.shift_add_cycles
-    converted = int((P * J * active * C).sum())
-    rows_read = sum(k1 - k0 for _, k0, k1 in {(int(g), int(k0), int(k1)) for g, k0, k1 in t[:, [0, 4, 5]]})
-    acc_written = 4 * P * int(ch.sum())
-    parts = {"arrays": float((P * J * rows_active * C).sum()) * s.mvm_cell_pj,
-             "dac": float((P * J * rows_active).sum()) * s.dac_pj_at(dac_bits),
+    tiles: TileMap = a["tiles"]
+    w = work(tiles, a.get("skip", np.zeros((0, 2), np.int64)), a["rows_per_op"], P, J, a.get("sense", "columns"))
+    cycles = float((w.passes * s.pass_cycles(w.columns.astype(np.int64), adc_bits)).max()) + s.shift_add_cycles
+    converted = float(w.conversions.sum())
+    spans = np.unique(tiles.table[:, :3], axis=0)
+    rows_read = int((spans[:, 2] - spans[:, 1]).sum())
+    acc_written = 4 * P * float((w.share * w.channels).sum())
+    active = w.share * P * J * w.rows
+    parts = {"arrays": float((active * w.columns).sum()) * s.mvm_cell_pj,
+             "dac": float(active.sum()) * s.dac_pj_at(dac_bits),
              "adc": converted * s.adc_pj_at(adc_bits),
              "shift_add": converted * s.shift_add_pj,
              "buffers": (acc_written + P * rows_read) * s.buffer_pj_per_byte,
@@ -84,7 +83,7 @@ def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
     if spill:
         parts["dram"] = spill * s.dram_pj_per_byte
     return Cost(cycles + spill / s.dram_bytes_per_cycle, sum(parts.values()), "array",
-                int((P * rows_active * ch).sum()), parts, {"spills": spill} if spill else {})
+                round(float(w.macs.sum())), parts, {"spills": spill} if spill else {})
 
 
 def _spills(node: Node, s: SramCimSpec, P: int, rows_read: int, acc_written: int) -> float:
@@ -103,16 +102,13 @@ def _spills(node: Node, s: SramCimSpec, P: int, rows_read: int, acc_written: int
 
 
 def _load_cost(node: Node, s: SramCimSpec) -> Cost:
-    a = node.attrs
-    t = np.asarray(a["tiles"], np.int64)
-    R, macros = a.get("replicas", 1), a["macros"]
-    r, c = t[:, 5] - t[:, 4], t[:, 7] - t[:, 6]
-    bits = r * c * s.cell_bits * R
-    nbytes = float((-(-(r * c * s.cell_bits) // 8) * R).sum())
-    writes = tuple(Write((arr + rep) % macros, 0, n) for arr, n in zip(t[:, 3].tolist(), (r * c).tolist(), strict=True)
-                   for rep in range(R))
+    t = node.attrs["tiles"].table
+    r, c = t[:, 2] - t[:, 1], (t[:, 4] - t[:, 3]) * (t[:, 6] - t[:, 5])
+    bits = r * c * s.cell_bits
+    nbytes = float((-(-bits // 8)).sum())
+    writes = tuple(Write(arr, 0, n) for arr, n in zip(t[:, 7].tolist(), (r * c).tolist(), strict=True))
     parts = {"arrays": float(bits.sum()) * s.write_bit_pj, "dram": nbytes * s.dram_pj_per_byte}
-    return Cost(float((r * R * s.write_row_cycles).sum() + nbytes / s.dram_bytes_per_cycle), sum(parts.values()),
+    return Cost(float((r * s.write_row_cycles).sum() + nbytes / s.dram_bytes_per_cycle), sum(parts.values()),
                 "load", 0, parts, {"weights": nbytes}, writes)
 
 

@@ -1,13 +1,16 @@
 """The sram-cim lowering pass ``lower-sram-cim``: tiled matrix ops to ``sram.load`` / ``sram.mvm`` rounds.
 
-With ``allow_reload = false`` a model whose tiles outnumber the
-macros is rejected, naming its weight cells and the capacity): each node with ``tile.map`` becomes
-``vec.im2col`` (q.conv) -> per *round* of at most ``macros // replicas`` consecutive tiles (they
-occupy distinct macros; tiles are ordered row tile by row tile) one ``sram.load`` and one
-``sram.mvm`` summing into the previous round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv);
-the result takes the node's result type. A model that fits the macros has one round per layer and
-loads every image once; a larger one reloads macros round after round. Digital ops after it
-(``q.requant``, ...) are left as they are. A ResNet-50 is about 1,800 ops.
+With ``allow_reload = false`` a model whose tiles outnumber the macros is rejected, naming its
+weight cells and the capacity. Each node with ``tile.map`` becomes ``vec.im2col`` (q.conv) -> per
+*round* of tiles on distinct macros (consecutive tiles of its map, a tile's replicas in one round;
+tiles are ordered row tile by row tile) one ``sram.load`` and one ``sram.mvm`` summing into the
+previous round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv); the result takes the node's
+result type and name. Both instructions of a round carry the round's part of the tile map, with its
+placement. The ADC of every ``sram.mvm`` is the worst-case range (:meth:`cimc.cim.adc.Adc.default`),
+written as attributes a calibration may change. A model that fits the macros has one round per
+layer and loads every image once; a larger one reloads macros round after round. Digital ops after
+it (``q.requant``, ...) are left as they are. A ResNet-50 is about 1,800 ops. A lossy ADC or a
+device that is not ideal (stuck cells, read noise) is recorded in ``graph.metadata[LOSSY]``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from cimc.cim.adc import Adc
+from cimc.cim.encoding import Encoding
+from cimc.cim.tilemap import TileMap
 from cimc.errors import PassError
 from cimc.ir.core import Graph, Node
 from cimc.ir.opdef import is_annotation
@@ -25,9 +31,9 @@ from cimc.ir.types import DType, TensorType
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import ARRAY_OPS, LOSSY, Spec, Target, lossless_adc_bits
 from cimc.targets.sram_cim.spec import SramCimSpec
-from cimc.tiling import TILE_COLUMNS, Encoding, weight_matrix
+from cimc.tiling import weight_matrix
 
-__all__ = ["LowerSramCimPass"]
+__all__ = ["LowerSramCimPass", "rounds"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,8 @@ class LowerSramCimPass(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Replace every tiled node of ``graph`` by its instruction sequence; an array op with a constant
-        weight but no tile map is an error (``tile`` must run first). A lossy ADC is recorded in
-        ``graph.metadata[LOSSY]``."""
+        weight but no tile map is an error (``tile`` must run first). A lossy ADC, stuck cells or read
+        noise are recorded in ``graph.metadata[LOSSY]``."""
         target = ctx.require_target(self)
         target.register_ops()  # the instructions it emits
         spec = target.spec
@@ -73,24 +79,52 @@ class LowerSramCimPass(Pass):
             if adc_bits < need:
                 lossy.add(f"adc_bits = {adc_bits} < {need}")
             _lower(graph, node, spec, adc_bits)
-        if lossy:
-            graph.metadata[LOSSY] = "sram-cim ADC: " + ", ".join(sorted(lossy)) + " bits (lossless)"
+        notes = ["ADC: " + ", ".join(sorted(lossy)) + " bits (lossless)"] if lossy else []
+        chip = target.chip(ctx.seed)
+        if chip is not None and chip.stuck.any():
+            rates = chip.rates()
+            notes.append(f"stuck cells: {100 * rates['sa0']:.3g} % at 0, {100 * rates['sa1']:.3g} % at 1")
+        if spec.read_noise:
+            notes.append(f"read noise {spec.read_noise} LSB")
+        if notes:
+            graph.metadata[LOSSY] = "sram-cim " + "; ".join(notes)
         graph.remove_dead()
         return PassResult(bool(nodes))
 
 
 def _check_fits(graph: Graph, nodes: list[Node], spec: SramCimSpec) -> None:
     """With ``allow_reload = false``: every tile (and replica) needs a macro of its own, loaded once."""
-    tiles = sum(len(n.attrs["tile.map"]) * int(n.attrs["tile.replicas"]) for n in nodes)
+    maps = [n.attrs["tile.map"] for n in nodes]
+    tiles = sum(len(t) for t in maps)
     if tiles <= spec.macros:
         return
-    col = {c: i for i, c in enumerate(TILE_COLUMNS)}
-    cells = sum(int(((t[:, col["k1"]] - t[:, col["k0"]]) * (t[:, col["col1"]] - t[:, col["col0"]])).sum())
-                * int(n.attrs["tile.replicas"]) for n in nodes for t in [np.asarray(n.attrs["tile.map"], np.int64)])
+    cells = sum(int(((t.table[:, 2] - t.table[:, 1]) * (t.table[:, 4] - t.table[:, 3])
+                     * (t.table[:, 6] - t.table[:, 5])).sum()) for t in maps)
     raise PassError(f"model {graph.name!r} does not fit the arrays with allow_reload = false: its "
                     f"weights take {cells} cells in {tiles} tiles of {spec.rows} x {spec.cols}, but sram-cim has "
                     f"{spec.macros} macros ({spec.macros * spec.rows * spec.cols} cells, one tile each); allow "
                     f"reloads (--spec-set allow_reload=true) or use more macros (--spec-set macros={tiles})")
+
+
+def rounds(tiles: TileMap) -> list[tuple[int, int]]:
+    """Consecutive runs ``[i0, i1)`` of tiles on distinct arrays, each tile's replicas in one run."""
+    out: list[tuple[int, int]] = []
+    rows = tiles.table.tolist()
+    start, used = 0, set()
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j][:7] == rows[i][:7]:
+            j += 1
+        arrays = {r[7] for r in rows[i:j]}
+        if used & arrays:
+            out.append((start, i))
+            start, used = i, set()
+        used |= arrays
+        i = j
+    if start < len(rows):
+        out.append((start, len(rows)))
+    return out
 
 
 def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
@@ -100,8 +134,8 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
     m = weight_matrix(node)
     enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
     act_bits = int(x.type.quant.bits) if x.type.quant is not None else 8
-    table, skip, R = np.asarray(a["tile.map"], np.int64), np.asarray(a["tile.skip"], np.int64), int(a["tile.replicas"])
-    arrays = int(a["tile.arrays"])
+    tiles: TileMap = a["tile.map"]
+    skip = np.asarray(a["tile.skip"], np.int64).reshape(-1, 2)
     add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
     conv = node.op == "q.conv"
     final = node.outputs[0].type
@@ -111,21 +145,24 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
         attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
         attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
         x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
-    per_round = max(1, arrays // R)
-    mvm = {"layout": "cols" if conv else "rows", "channels": channels, "significance": enc.significance,
-           "offset": enc.offset, "rows_per_op": int(a["tile.rows_per_op"]), "dac_bits": spec.dac_bits,
-           "act_bits": act_bits, "cell_bits": enc.cell_bits, "adc_bits": adc_bits, "replicas": R}
+    rpo = int(a["tile.rows_per_op"])
+    adc = Adc.default(adc_bits, rpo, spec.dac_bits, enc.cell_bits)
+    mvm_attrs = {"layout": "cols" if conv else "rows", "channels": channels, "significance": enc.significance,
+                 "offset": enc.offset, "rows_per_op": rpo, "dac_bits": spec.dac_bits, "act_bits": act_bits,
+                 "cell_bits": enc.cell_bits, **adc.attrs()}
     acc = None
-    for r0 in range(0, len(table), per_round):
-        rows = table[r0:r0 + per_round]
-        nbytes = int((((rows[:, 5] - rows[:, 4]) * (rows[:, 7] - rows[:, 6]) * enc.cell_bits + 7) // 8 * R).sum())
-        token = add("sram.load", [cells], {"tiles": rows, "replicas": R, "macros": arrays, "cim.bytes": nbytes})
-        mine = skip[(skip[:, 0] >= r0) & (skip[:, 0] < r0 + len(rows))] - np.asarray([r0, 0], np.int64)
+    out_type = TensorType(DType.i32, (final.shape[0], channels, math.prod(final.shape[2:])) if conv
+                          else (*final.shape[:-1], channels))
+    t = tiles.table
+    for r0, r1 in rounds(tiles):
+        part = tiles.take(slice(r0, r1))
+        nbytes = int((((t[r0:r1, 2] - t[r0:r1, 1]) * (t[r0:r1, 4] - t[r0:r1, 3]) * (t[r0:r1, 6] - t[r0:r1, 5])
+                       * enc.cell_bits + 7) // 8).sum())
+        token = add("sram.load", [cells], {"tiles": part, "cell_bits": enc.cell_bits, "cim.bytes": nbytes})
+        mine = skip[(skip[:, 0] >= r0) & (skip[:, 0] < r1)] - np.asarray([r0, 0], np.int64)
         ys = [x, token] if acc is None else [x, token, acc]
-        out_type = TensorType(DType.i32, (final.shape[0], channels, math.prod(final.shape[2:])) if conv
-                              else (*final.shape[:-1], channels))
-        acc = add("sram.mvm", ys, {**mvm, "tiles": rows, "skip": mine,
-                                   "tile.util": np.asarray(a["tile.util"])[r0:r0 + len(rows)]}, outputs=[out_type])
+        acc = add("sram.mvm", ys, {**mvm_attrs, "tiles": part, "skip": mine,
+                                   "tile.util": np.asarray(a["tile.util"])[r0:r1]}, outputs=[out_type])
     y = acc
     if bias is not None:
         if conv:

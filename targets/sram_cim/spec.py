@@ -85,6 +85,25 @@ class SramCimSpec(Spec):
     skip_zero_blocks: bool = param(True, "Whether passes over all-zero (pruned) row blocks are skipped.",
                                    source="docs/architecture.md, Targets: sram-cim skips pruned row blocks (MARS-like "
                                           "block sparsity)")
+    spare_rows: int = param(0, "Spare physical rows per macro beyond rows, onto which a placement may move a tile's "
+                               "rows (away from faulty cells, say).", unit="rows",
+                            source="assumption: no redundancy (spare rows are a design choice of the macro)", ge=0)
+    spare_cols: int = param(0, "Spare physical columns per macro beyond cols, likewise.", unit="columns",
+                            source="assumption: no redundancy (spare columns are a design choice of the macro)", ge=0)
+    p_sa0: float = param(0.0, "Probability that a cell is stuck at 0 (reads 0 whatever is written), in the chip "
+                              "sampled with the compile seed when no chip file is given.", unit="probability",
+                         source="docs/hw-parameters.md §5.8: digital SRAM-CIM has no device faults (exact); §5.4 gives "
+                                "MNSIM's 0.1 % / 0.1 % stuck-at rates (ReRAM) for sweeps", ge=0, le=1)
+    p_sa1: float = param(0.0, "Probability that a cell is stuck at 1 (reads 1 whatever is written), likewise.",
+                         unit="probability", source="docs/hw-parameters.md §5.8: digital SRAM-CIM has no device faults "
+                                                    "(exact); §5.4 for stuck-at rates to sweep", ge=0, le=1)
+    read_noise: float = param(0.0, "Standard deviation of Gaussian noise on every analog partial sum before the ADC "
+                                   "(in partial-sum LSB: one input LSB times one cell level).", unit="LSB",
+                              source="docs/hw-parameters.md §5.8: noise-free by default; analog SRAM-CIM output noise "
+                                     "0.5 LSB is an assumption, MC2-RAM measured 0.045 LSB [C2]", ge=0)
+    chip: str = param("", "Chip file (.npz: the stuck cells of every macro, spares included; docs/array-model.md) "
+                          "that programs run on and mapping passes read; empty: a chip sampled from p_sa0 and p_sa1 "
+                          "with the compile seed.", source="assumption: no chip file")
     clock_mhz: float = param(1000.0, "Clock of the macros and the digital periphery.", unit="MHz",
                              source="NeuroSim V1.4 Param.cpp clkFreq = 1e9 (docs/hw-parameters.md §2.2) [C]; PUMA "
                                     "1 ns cycle (docs/hw-parameters.md §1.2)", gt=0)
@@ -182,6 +201,8 @@ class SramCimSpec(Spec):
                    f" columns of {self.cell_bits}-bit cells, more than cols = {self.cols}")
         if self.dac_bits > self.act_bits_max:
             yield f"dac_bits = {self.dac_bits} must be <= act_bits_max = {self.act_bits_max} (input bits per pass)"
+        if self.p_sa0 + self.p_sa1 > 1:
+            yield f"p_sa0 + p_sa1 = {self.p_sa0 + self.p_sa1!r} must be <= 1 (a cell is stuck at one level at most)"
 
     @property
     def adcs(self) -> int:

@@ -1,0 +1,129 @@
+"""The crossbar MVM: bit-serial inputs on row blocks of an array, every partial sum through the ADC.
+
+For one array (or several side by side that read the same inputs) with ``R`` physical rows, stored
+cell values ``img[R, C]`` (columns in the tiles' logical order, read at their physical columns),
+inputs ``x[P, R]`` already on their physical rows (unused rows 0), ``rows_per_op`` word lines on
+at once, and a set of driven physical row blocks ``b`` (rows ``b*rows_per_op ..``):
+
+1. input chunks ``xc_j = (x >> j*dac_bits) & (2**dac_bits - 1)``, ``j < J = ceil(act_bits / dac_bits)``;
+2. per driven block ``b`` and chunk ``j`` the analog partial sums
+   ``v[b, j, p, c] = sum_{r in b} xc_j[p, r] * img[r, c]``, perturbed by the device's read hook;
+3. the ADC (:class:`cimc.cim.adc.Adc`) converts each ``v`` of a column with that column's range; a
+   block a column's tile does not drive is not converted for it (``driven``: its value is 0);
+4. shift-add: ``acc[p, c] = sum_{b, j} 2**(j*dac_bits) * value[b, j, p, c]``.
+
+:func:`convert_planes` computes ``acc`` the fast way: the bit planes of a chunk of positions go
+through one batched matmul ``[A, J*n, rpo] @ [A, rpo, C]`` (float32 while every partial sum stays
+below ``2**24``, else float64; exact for integer cells), the ADC in place, one weighted sum over the
+``A*J`` conversions. With an ideal device the cells come divided by each column's step (exact for a
+power of two), so the matmul yields ``v / step`` directly.
+
+The weights of a tile (``w[k, ch] = sum_s sig[s] * cell[k, ch, s] - offset``) then follow by the
+significance of each column's slice (:func:`shift_add`). With an exact ADC and an ideal device the
+bit-serial sum equals ``x @ w``, so the executor computes that instead (one exact GEMM per block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from cimc.cim.adc import Adc
+
+__all__ = ["CHUNK_BYTES", "convert_planes", "physical_rows", "shift_add"]
+
+CHUNK_BYTES = 1 << 20
+"""Bytes of partial sums per chunk of positions (cache sized)."""
+
+
+def physical_rows(x: np.ndarray, row_at: np.ndarray | None, rows: int) -> np.ndarray:
+    """Inputs ``x[P, k]`` (logical rows) on ``rows`` physical rows: ``out[:, row_at[i]] = x[:, i]``, others 0."""
+    if row_at is None and x.shape[1] == rows:
+        return x
+    out = np.zeros((x.shape[0], rows), x.dtype)
+    if row_at is None:
+        out[:, :x.shape[1]] = x
+    else:
+        out[:, row_at] = x
+    return out
+
+
+def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *, rows_per_op: int, dac_bits: int,
+                   act_bits: int, adc: Adc, driven: np.ndarray | None = None, prescaled: bool = True,
+                   read: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                   most: float | None = None, least: float = 0.0, pairs: np.ndarray | None = None) -> np.ndarray:
+    """``acc[P, C]`` of the module docstring (steps 1-4).
+
+    ``x``: u8 ``[P, R]`` on physical rows (``R >= (max(blocks) + 1) * rows_per_op`` or padded here);
+    ``blocks_img``: the driven blocks' cells ``[A, rows_per_op, C]`` (float32 or float64), divided by
+    the columns' steps when ``prescaled``; ``blocks``: their physical block numbers ``[A]``; ``adc``:
+    per-column ranges (or one); ``driven``: bool ``[A, C]`` or ``None`` (every block for every column);
+    ``read(ps, block_numbers)``: the device's read hook on ``ps[A', M, C]`` (then ``prescaled`` must be
+    false); ``most``, ``least``: the largest and least partial sum a conversion can see (noiseless), to skip
+    clips no sum reaches; ``pairs``: ``[C', 2]`` image columns sensed as one signed sum ``v[+] - v[-]`` and
+    converted once (a differential pair; both scaled by the pair's step when ``prescaled``): then ``adc``,
+    ``driven`` and the result have ``C'`` columns.
+    """
+    P = x.shape[0]
+    A, rpo, width = blocks_img.shape
+    C = width if pairs is None else len(pairs)
+    J = -(-act_bits // dac_bits)
+    need_rows = (int(blocks.max(initial=-1)) + 1) * rpo
+    if x.shape[1] < need_rows:
+        x = np.pad(x, ((0, 0), (0, need_rows - x.shape[1])))
+    acc_dtype = blocks_img.dtype
+    if A == 0 or P == 0:
+        return adc.values(np.zeros((P, C), acc_dtype), 0.0)
+    rows = (blocks[:, None] * rpo + np.arange(rpo)[None, :]).reshape(-1)
+    xg = np.ascontiguousarray(x[:, rows].reshape(P, A, rpo).transpose(1, 0, 2))  # u8 [A, P, rpo]
+    shifts = (np.arange(J, dtype=np.uint8) * dac_bits)[None, :, None, None]
+    mask = np.uint8((1 << dac_bits) - 1)
+    step_weights = [float(1 << (j * dac_bits)) for j in range(J)]
+    weight = sum(step_weights)
+    bound = weight * A * adc.top
+    if bound >= 1 << 24:
+        acc_dtype = np.dtype(np.float64)
+    wts = np.tile(np.asarray(step_weights, acc_dtype), A)
+    scale = None if prescaled else adc.scale(blocks_img.dtype)
+    bounds = None if read is not None or most is None else \
+        (least * float(adc.scale(np.float64).max()), most * float(adc.scale(np.float64).max()))
+    mask_d = None if driven is None else driven[:, None, :].astype(blocks_img.dtype)
+    acc = np.empty((P, C), acc_dtype)
+    pc = min(P, max(16, CHUNK_BYTES // max(1, A * J * width * blocks_img.dtype.itemsize)))
+    work8 = np.empty(A * J * pc * rpo, np.uint8)
+    work = np.empty(A * J * pc * rpo, blocks_img.dtype)
+    psum = np.empty(A * J * pc * width, blocks_img.dtype)  # work arrays reused by every chunk: no allocation per chunk
+    sensed = np.empty(A * J * pc * C, blocks_img.dtype) if pairs is not None else None
+    for p0 in range(0, P, pc):
+        xc = xg[:, p0:p0 + pc]
+        n = xc.shape[1]
+        bits = work8[:A * J * n * rpo].reshape(A, J, n, rpo)
+        np.right_shift(xc[:, None], shifts, out=bits)
+        np.bitwise_and(bits, mask, out=bits)
+        planes = work[:bits.size].reshape(A, J * n, rpo)
+        np.copyto(planes, bits.reshape(A, J * n, rpo))
+        ps = np.matmul(planes, blocks_img, out=psum[:A * J * n * width].reshape(A, J * n, width))
+        if read is not None:
+            read(ps, blocks)
+        if pairs is not None:
+            ps = np.subtract(ps[..., pairs[:, 0]], ps[..., pairs[:, 1]],
+                             out=sensed[:A * J * n * C].reshape(A, J * n, C))
+        if scale is not None:
+            ps *= scale
+        adc.quantize(ps, bounds)
+        if mask_d is not None:
+            ps *= mask_d
+        out = acc[p0:p0 + n].reshape(n * C)
+        np.matmul(wts, ps.reshape(A * J, n * C).astype(acc_dtype, copy=False), out=out)
+    per_column = weight * (driven.sum(axis=0) if driven is not None else A)
+    return adc.values(acc, per_column)
+
+
+def shift_add(acc: np.ndarray, significance: np.ndarray) -> np.ndarray:
+    """Weights' products from column sums: ``acc[P, ch * S]`` (channel-major, ``S`` slices each) dotted
+    with the slices' ``significance`` ``[S]``: int64 ``[P, ch]``."""
+    S = len(significance)
+    P, C = acc.shape
+    y = acc.reshape(P, C // S, S).astype(np.float64) @ np.asarray(significance, np.float64)
+    return y.astype(np.int64)

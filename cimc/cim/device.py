@@ -1,0 +1,107 @@
+"""The device hook: how a target's non-idealities perturb what the arrays store and what they read.
+
+The crossbar (:mod:`cimc.cim.crossbar`) asks the run's :class:`Device` two things:
+
+- :meth:`Device.program`: the values the cells of array ``a`` hold after a write of the levels
+  ``L`` (uint8 ``[R, C]``, the array's physical image, unused cells 0). Static effects go here:
+  programming variation, stuck cells, drift to the time of inference. The result is in level units
+  (a cell programmed to level 3 that holds 2.9 reads as 2.9 input-LSB per input LSB).
+- :meth:`Device.read`: the analog partial sums of one batch of conversions, before the ADC, in place
+  (read noise, drawn from the run's generator, so the same seed gives the same bits). ``site`` says
+  which arrays, physical columns and row blocks the sums come from.
+
+The ideal device (:data:`IDEAL`, the default) holds every level exactly and reads without noise;
+``ideal`` lets the executor keep its exact fast path, so the default costs nothing. A device's
+``token`` identifies what it computes (its parameters and chip), so stored values are computed
+once per program and device.
+
+:class:`CellDevice` is the generic non-ideal cell array: stuck cells and per-cell variation from a
+:class:`cimc.cim.chip.Chip`, and Gaussian read noise::
+
+    stored = 0 (SA0) | levels - 1 (SA1) | L * (1 + variation * z)     (z: the chip's draw per cell)
+    read   = v + read_noise * N(0, 1)                                   (per conversion, in partial-sum LSB)
+
+A target with other physics (conductance ranges, drift, IR drop) subclasses :class:`Device`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from cimc.cim.chip import SA0, SA1, Chip
+from cimc.errors import InputError
+
+__all__ = ["IDEAL", "CellDevice", "Device", "ReadSite"]
+
+
+@dataclass(frozen=True)
+class ReadSite:
+    """Where the partial sums of one batch of conversions ``ps[A, M, C]`` come from."""
+
+    arrays: np.ndarray
+    """int64 ``[C]``: the array of each column."""
+    cols: np.ndarray
+    """int64 ``[C]``: the physical column of each column."""
+    blocks: np.ndarray
+    """int64 ``[A]``: the physical row block (``rows_per_op`` rows) of each conversion batch."""
+
+
+class Device:
+    """The ideal device: cells hold their levels exactly, partial sums are read without noise."""
+
+    ideal: bool = True
+    token: bytes = b"ideal"
+
+    def program(self, array: int, levels: np.ndarray) -> np.ndarray:
+        """Values the cells of ``array`` hold after writing ``levels`` (uint8 ``[R, C]``); ideally the levels."""
+        return levels
+
+    def read(self, ps: np.ndarray, site: ReadSite, rng: np.random.Generator) -> None:
+        """Perturb the analog partial sums ``ps`` (``[A, M, C]``) in place; ideally nothing."""
+
+    def check(self, arrays: int, rows: int, cols: int) -> None:
+        """Raise an ``InputError`` if this device cannot hold ``arrays`` arrays of ``rows`` x ``cols`` cells."""
+
+
+IDEAL = Device()
+"""The ideal device (the default of every run)."""
+
+
+class CellDevice(Device):
+    """Stuck cells and relative programming variation from a chip, and Gaussian read noise (module docstring)."""
+
+    def __init__(self, chip: Chip, levels: int, *, variation: float = 0.0, read_noise: float = 0.0) -> None:
+        if levels < 2:
+            raise InputError(f"a cell device needs >= 2 levels, got {levels}")
+        for name, v in (("variation", variation), ("read_noise", read_noise)):
+            if not (np.isfinite(v) and v >= 0):
+                raise InputError(f"{name} = {v!r} must be a finite number >= 0")
+        if variation and chip.variation is None:
+            raise InputError("variation > 0 needs a chip with per-cell variation draws")
+        self.chip, self.levels, self.variation, self.read_noise = chip, int(levels), float(variation), float(read_noise)
+        self.ideal = not (chip.stuck.any() or self.variation or self.read_noise)
+        self.token = hashlib.sha256(repr((levels, self.variation, self.read_noise)).encode() + chip.token).digest()
+
+    def check(self, arrays: int, rows: int, cols: int) -> None:
+        """The chip must hold the program's arrays (same physical shape, at least as many arrays)."""
+        why = self.chip.fits(arrays, rows, cols)
+        if why:
+            raise InputError(f"the device's chip does not match the program: {why}")
+
+    def program(self, array: int, levels: np.ndarray) -> np.ndarray:
+        """``L * (1 + variation * z)`` for working cells, the lowest or highest level for stuck ones."""
+        v = levels.astype(np.float32)
+        if self.variation:
+            v *= 1.0 + np.float32(self.variation) * self.chip.variation[array]
+        stuck = self.chip.stuck[array]
+        v[stuck == SA0] = 0.0
+        v[stuck == SA1] = float(self.levels - 1)
+        return v
+
+    def read(self, ps: np.ndarray, site: ReadSite, rng: np.random.Generator) -> None:
+        """Add ``read_noise * N(0, 1)`` to every partial sum."""
+        if self.read_noise:
+            ps += np.float32(self.read_noise) * rng.standard_normal(ps.shape, np.float32)

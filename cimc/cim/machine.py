@@ -1,0 +1,600 @@
+"""Executing array instructions: what the arrays hold during a run, loads, and the MVM of a round of tiles.
+
+A target's load and MVM instructions (``sram.load``, ``sram.mvm``; a memristor's alike) call
+:func:`load` and :func:`mvm`; their attributes are :data:`MVM_ATTRS`. Machine state of one run:
+``state[ARRAYS]``, an :class:`Arrays` holding, per array, the record of the last write (the layer's
+packed cells, and which tile of which map, with its placement) and the run's :class:`Device`
+(``state[DEVICE]`` when the caller gives one, else the ideal device).
+
+load(cells, tiles): for each tile of the map, array ``array`` now holds that tile's cells at its
+physical placement (every other cell of the array 0), as the device programs them.
+
+mvm(x, acc, tiles, ...): each tile of the instruction's map drives the rows ``k0:k1`` of ``x`` (of
+its group) onto the physical rows ``row_at`` of its array and reads the physical columns
+``col_at``, converting every driven physical row block (a block holding some of its rows that is not
+in ``skip``) with the ADC; the column sums are weighted by the significance of their slices
+(:mod:`cimc.cim.crossbar`), minus ``offset * sum_k x`` on the tile holding slice 0 (offset encoding),
+and added into the layer's channels ``g * channels/G + ch0 .. ch1`` of ``acc`` (zeros if absent),
+int32 wrapping like C. Tiles holding the same part of the matrix (replicas) split the positions:
+replica ``r`` of ``n`` takes positions ``r*P//n .. (r+1)*P//n`` (flattened in ``x``'s order).
+Layout ``rows``: ``x [..., K]``, result ``[..., channels]``; layout ``cols``: ``x [G, N, K, L]``
+(``vec.im2col``), result ``[N, channels, L]``.
+
+How it runs: when the device is ideal, the ADC exact for every partial sum (:meth:`Adc.exact`), each
+tile's read placement is the placement its array was written with (reading back through the same
+map is the identity) and no skipped block holds a nonzero weight, the result is ``x @ W`` for the
+layer's decoded weights: tiles are joined into large exact float32 GEMMs (float64 beyond ``2**24``),
+cached per program. Otherwise each group of tiles reading the same inputs runs as one wide crossbar
+on the cells as the arrays store them, read at their physical rows and columns (a read placement
+that differs from the write, a skipped nonzero block, a stuck cell: each changes the result).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cimc.cim.adc import Adc, max_partial_sum
+from cimc.cim.crossbar import convert_planes, physical_rows, shift_add
+from cimc.cim.device import IDEAL, Device, ReadSite
+from cimc.cim.encoding import decode_cells, unpack_cells
+from cimc.cim.tilemap import TileMap
+from cimc.errors import CimcError, VerifyError
+from cimc.ir.core import Node
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext
+from cimc.ir.types import DType, TensorType
+from cimc.ops.nn import f32_chunk, to_dtype
+
+__all__ = ["ARRAYS", "DEVICE", "LOAD_ATTRS", "MVM_ATTRS", "Arrays", "Written", "load", "load_problem", "load_type",
+           "mvm", "mvm_problem", "mvm_type"]
+
+ARRAYS = "cim.arrays"
+"""Machine-state key of the run's :class:`Arrays`."""
+DEVICE = "cim.device"
+"""Machine-state key of the run's :class:`~cimc.cim.device.Device` (absent: the ideal device)."""
+
+_TILES = AttrSpec("any", REQUIRED, "the tiles this op covers: part of the layer's tile map (cimc.cim.TileMap)")
+LOAD_ATTRS = {"tiles": _TILES, "cell_bits": AttrSpec("int", 1, "bits per cell of the packed cells")}
+"""Attributes of a load instruction."""
+MVM_ATTRS = {
+    "tiles": _TILES,
+    "layout": AttrSpec("str", "rows", "rows: x [..., K] -> [..., channels]; cols: x [G, N, K, L] -> [N, channels, L]"),
+    "channels": AttrSpec("int", REQUIRED, "output channels of the layer (all groups)"),
+    "significance": AttrSpec("ints", REQUIRED, "signed significance of each slice of a weight"),
+    "offset": AttrSpec("int", 0, "offset subtracted per weight (offset encoding): y -= offset * sum(x)"),
+    "rows_per_op": AttrSpec("int", REQUIRED, "word lines on at once (a physical row block)"),
+    "dac_bits": AttrSpec("int", 1, "input bits per pass"),
+    "act_bits": AttrSpec("int", 8, "bits of x"),
+    "cell_bits": AttrSpec("int", 1, "bits per cell"),
+    "adc_bits": AttrSpec("int", REQUIRED, "ADC resolution"),
+    "adc_step": AttrSpec("tensor", None, "ADC step (a power of two) per tile and column group, [] or [T, groups]; "
+                                         "none: the worst-case range (cimc.cim.adc)"),
+    "adc_offset": AttrSpec("tensor", None, "ADC range offset, shaped like adc_step; none: 0"),
+    "adc_group": AttrSpec("int", 0, "physical columns sharing one ADC range (0: the whole array)"),
+    "adc_rounding": AttrSpec("str", "half-even", "ADC rounding: half-even or floor"),
+    "sense": AttrSpec("str", "columns", "columns: each column's partial sum is converted; pairs: a differential "
+                                        "encoding's positive and negative column of each slice are sensed as one "
+                                        "signed partial sum and converted once"),
+    "skip": AttrSpec("tensor", np.zeros((0, 2), np.int64), "(tile, physical row block) pairs not driven"),
+}
+"""Attributes of an MVM instruction (module docstring)."""
+
+
+_LAYOUTS = ("rows", "cols")
+SENSES = ("columns", "pairs")
+
+
+# ---- schema: type rules and checks of the instructions ------------------------------------------------------
+def _tiles_problem(node: Node) -> str | None:
+    tiles = node.attrs.get("tiles")
+    if not isinstance(tiles, TileMap):
+        return f"attribute 'tiles' must be a tile map (tiles<...> [...]), is a {type(tiles).__name__}"
+    if not len(tiles):
+        return "its tile map holds no tiles"
+    arrays = tiles.column("array")
+    if len(np.unique(arrays)) != len(arrays):
+        values, counts = np.unique(arrays, return_counts=True)
+        return f"two of its tiles are on array {int(values[counts > 1][0])} (one tile per array per instruction)"
+    return None
+
+
+def load_problem(node: Node) -> str | None:
+    """What is wrong with a load instruction beyond its types (its tile map's own checks run apart)."""
+    return _tiles_problem(node)
+
+
+def load_type(ctx: InferContext) -> list[TensorType]:
+    """Type rule of a load: packed u8 cells ``[G, K, N, bytes]`` of the map's matrix -> an i32 token."""
+    cells = ctx.types[0]
+    tiles = ctx.attrs.get("tiles")
+    if cells is None or cells.dtype is not DType.u8 or (cells.shape is not None and len(cells.shape) != 4):
+        raise VerifyError(f"{ctx.node.op}: the cells must be packed u8 [G, K, N, bytes], are {cells}")
+    if isinstance(tiles, TileMap) and cells.shape is not None and all(isinstance(d, int) for d in cells.shape[:3]) \
+            and tuple(cells.shape[:3]) != tiles.matrix:
+        raise VerifyError(f"{ctx.node.op}: the cells are {list(cells.shape)}, its tile map is of a "
+                          f"{list(tiles.matrix)} weight matrix")
+    return [TensorType(DType.i32, ())]
+
+
+def mvm_problem(node: Node) -> str | None:
+    """What is wrong with an MVM instruction's attributes (the tiles' skips, the ADC, the slices)."""
+    why = _tiles_problem(node)
+    if why:
+        return why
+    a, tiles = node.attrs, node.attrs["tiles"]
+    if a.get("layout", "rows") not in _LAYOUTS:
+        return f"layout={a['layout']!r} is not one of {', '.join(_LAYOUTS)}"
+    if len(a["significance"]) != tiles.slices:
+        return f"{len(a['significance'])} significances for the {tiles.slices} slices of its tile map"
+    sense = a.get("sense", "columns")
+    if sense not in SENSES:
+        return f"sense={sense!r} is not one of {', '.join(SENSES)}"
+    if sense == "pairs":
+        sig, half = list(a["significance"]), tiles.slices // 2
+        if tiles.slices % 2 or sig[half:] != [-v for v in sig[:half]]:
+            return f"sense=pairs needs a differential encoding (slices s and s + S/2 of opposite significance), " \
+                   f"the significances are {sig}"
+        if (tiles.column("s0") != 0).any() or (tiles.column("s1") != tiles.slices).any():
+            return "sense=pairs needs every tile to hold all slices of its channels (both columns of each pair)"
+    rpo = int(a["rows_per_op"])
+    if not 1 <= rpo <= tiles.physical[0]:
+        return f"rows_per_op={rpo} must be in 1..{tiles.physical[0]} (the physical rows of an array)"
+    skip = np.asarray(a.get("skip", np.zeros((0, 2), np.int64)))
+    if skip.size and (skip.ndim != 2 or skip.shape[1] != 2 or skip.dtype.kind not in "iu"):
+        return f"skip must be integer pairs (tile, physical row block) [n, 2], is {skip.dtype} {list(skip.shape)}"
+    blocks = -(-tiles.physical[0] // rpo)
+    bad = skip[(skip[:, 0] < 0) | (skip[:, 0] >= len(tiles)) | (skip[:, 1] < 0) | (skip[:, 1] >= blocks)] \
+        if skip.size else skip
+    if len(bad):
+        return (f"skip names ({int(bad[0, 0])}, {int(bad[0, 1])}), not one of its {len(tiles)} tiles and "
+                f"{blocks} row blocks")
+    try:
+        adc = Adc.from_attrs({k: a[k] for k in a if k.startswith("adc_")} | {
+            "rows_per_op": rpo, "dac_bits": a.get("dac_bits", 1), "cell_bits": a.get("cell_bits", 1), "sense": sense})
+    except CimcError as e:
+        return str(e)
+    problems = adc.problems(len(tiles), tiles.physical[1])
+    return "ADC: " + "; ".join(problems) if problems else None
+
+
+def mvm_type(ctx: InferContext) -> list[TensorType]:
+    """Type rule of an MVM: u8 ``x`` (layout rows ``[..., K]``, cols ``[G, N, K, L]``) -> i32 ``[..., channels]``
+    or ``[N, channels, L]``, summed into an optional i32 accumulator of that type."""
+    x, a, op = ctx.types[0], ctx.attrs, ctx.node.op
+    if x is None or x.dtype is not DType.u8:
+        raise VerifyError(f"{op}: x must be u8, is {x}")
+    if x.shape is None:
+        return [TensorType(DType.i32, None)]
+    cols = a.get("layout") == "cols"
+    if cols and len(x.shape) != 4:
+        raise VerifyError(f"{op}: layout 'cols' takes x [G, N, K, L] (vec.im2col), is {x}")
+    tiles = a.get("tiles")
+    if isinstance(tiles, TileMap):
+        G, K, N = tiles.matrix
+        k, g = (x.shape[2], x.shape[0]) if cols else (x.shape[-1], 1)
+        if isinstance(k, int) and k != K:
+            raise VerifyError(f"{op}: x {x} has {k} rows (K), its tile map is of a {list(tiles.matrix)} matrix")
+        if isinstance(g, int) and g != G:
+            raise VerifyError(f"{op}: x {x} has {g} groups, its tile map is of a {list(tiles.matrix)} matrix")
+        if a["channels"] != G * N:
+            raise VerifyError(f"{op}: channels={a['channels']}, its tile map has {G} x {N}")
+    out = TensorType(DType.i32, (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"]))
+    if ctx.has(2):
+        acc = ctx.types[2]
+        if acc is not None and (acc.dtype is not DType.i32
+                                or (acc.shape is not None and len(acc.shape) != len(out.shape))):
+            raise VerifyError(f"{op}: the accumulator must be i32 {list(out.shape)}, is {acc}")
+    return [out]
+
+
+# ---- machine state ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False, slots=True)
+class Written:
+    """What one array holds: tile ``index`` of the load's map ``tiles``, cut from the layer's packed ``cells``."""
+
+    cells: np.ndarray
+    cell_bits: int
+    tiles: TileMap
+    index: int
+
+    def same_as(self, tiles: TileMap, i: int) -> bool:
+        """Whether reading tile ``i`` of ``tiles`` reads back exactly what was written (same part of the same
+        matrix, same placement, same array size)."""
+        mine = self.tiles
+        if mine is tiles and self.index == i:
+            return True
+        return ((mine.table[self.index, :7] == tiles.table[i, :7]).all() and mine.physical == tiles.physical
+                and np.array_equal(mine.rows_of(self.index), tiles.rows_of(i))
+                and np.array_equal(mine.cols_of(self.index), tiles.cols_of(i)))
+
+
+class Arrays:
+    """The arrays of one run: the last write of each, and the device that holds them."""
+
+    def __init__(self, device: Device = IDEAL) -> None:
+        self.device = device
+        self.held: dict[int, Written] = {}
+        self._checked: set[tuple[int, int, int]] = set()
+
+    def write(self, cells: np.ndarray, cell_bits: int, tiles: TileMap) -> None:
+        """Each tile of ``tiles`` into its array."""
+        shape = (tiles.arrays, *tiles.physical)
+        if shape not in self._checked:
+            self.device.check(*shape)
+            self._checked.add(shape)
+        for i, a in enumerate(tiles.column("array")):
+            self.held[int(a)] = Written(cells, cell_bits, tiles, i)
+
+    def read(self, tiles: TileMap, i: int) -> Written:
+        """What the array of tile ``i`` holds; an error if nothing was written to it in this run."""
+        a = int(tiles.table[i, 7])
+        w = self.held.get(a)
+        if w is None:
+            raise CimcError(f"array {a} is read for tile {i} of layer {tiles.layer!r} but no load has written it "
+                            f"in this run")
+        return w
+
+
+def arrays_of(state: dict[str, Any]) -> Arrays:
+    """The run's :class:`Arrays` (made on first use with the run's device)."""
+    arrays = state.get(ARRAYS)
+    if arrays is None:
+        arrays = state[ARRAYS] = Arrays(state.get(DEVICE, IDEAL))
+    return arrays
+
+
+def load(state: dict[str, Any], cells: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    """A load instruction: write each tile of ``attrs['tiles']`` into its array; the token is the tile count."""
+    tiles: TileMap = attrs["tiles"]
+    if cells.ndim != 4 or tuple(cells.shape[:3]) != tiles.matrix:
+        raise CimcError(f"load: the cells are {list(cells.shape)}, the tile map is of a {list(tiles.matrix)} matrix")
+    arrays_of(state).write(cells, int(attrs["cell_bits"]), tiles)
+    return np.asarray(len(tiles), np.int32)
+
+
+# ---- caches: derived arrays of program constants, computed once while the constant lives ----------------
+_CACHE: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _cached(owner: Any, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()`` for ``owner`` (a constant array or a tile map) and ``key``, kept while ``owner`` lives."""
+    k = (id(owner), *key)
+    hit = _CACHE.get(k)
+    if hit is not None and hit[0]() is owner:
+        return hit[1]
+    val = make()
+    try:
+        ref = weakref.ref(owner, lambda _r, k=k, cache=_CACHE: cache.pop(k, None))
+    except TypeError:
+        return val
+    _CACHE[k] = (ref, val)
+    return val
+
+
+def levels(w: Written) -> np.ndarray:
+    """The physical image (uint8 ``[R, C]``, unused cells 0) of what ``w`` wrote."""
+    def make() -> np.ndarray:
+        t = w.tiles[w.index]
+        g, k0, k1, c0, c1, s0, s1 = t.window
+        S = w.tiles.slices
+        img = unpack_cells(w.cells[g, k0:k1, c0:c1], S, w.cell_bits)[..., s0:s1].reshape(k1 - k0, -1)
+        out = np.zeros(w.tiles.physical, np.uint8)
+        out[t.row_at[:, None], t.col_at[None, :]] = img
+        return out
+    return _cached(w.cells, ("levels", w.tiles.key, w.index), make)
+
+
+def stored(w: Written, device: Device) -> np.ndarray:
+    """What the array holds after the device programmed ``w``'s levels."""
+    if device.ideal:
+        return levels(w)
+    a = int(w.tiles.table[w.index, 7])
+    return _cached(w.cells, ("stored", w.tiles.key, w.index, device.token), lambda: device.program(a, levels(w)))
+
+
+# ---- the MVM -----------------------------------------------------------------------------------------------
+def mvm(state: dict[str, Any], rng: np.random.Generator | None, x: np.ndarray, acc: np.ndarray | None,
+        attrs: dict[str, Any], donated: bool = False) -> np.ndarray:
+    """An MVM instruction (module docstring): the tiles' products of ``x`` summed into ``acc``."""
+    a = attrs
+    tiles: TileMap = a["tiles"]
+    arrays = arrays_of(state)
+    held = [arrays.read(tiles, i) for i in range(len(tiles))]
+    cols = a["layout"] == "cols"
+    G = x.shape[0] if cols else 1
+    shape = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
+    y = (acc if donated else acc.copy()) if acc is not None else np.zeros(shape, np.int32)
+    if y.shape != shape:
+        raise CimcError(f"mvm: the accumulator is {list(y.shape)}, expected {list(shape)}")
+    if tiles.matrix[0] != G or a["channels"] != G * tiles.matrix[2]:
+        raise CimcError(f"mvm: x has {G} groups and the op {a['channels']} channels, the tile map is of a "
+                        f"{list(tiles.matrix)} matrix")
+    cells = held[0].cells
+    fingerprint = tuple((id(w.cells), id(w.tiles), w.index) for w in held)
+    same = _cached(tiles, ("same", fingerprint),
+                   lambda: all(w.cells is cells and w.same_as(tiles, i) for i, w in enumerate(held)))
+    adc, most, exact = _adc(a)
+    if same and exact and arrays.device.ideal:
+        blocks = _exact_blocks(cells, tiles, a)
+        if blocks is not None:
+            _run_exact(state, x, y, blocks, acc is None, cols)
+            return y
+    _run_crossbar(state, rng, arrays, held, x, y, adc, most, a)
+    return y
+
+
+_ADCS: dict[tuple, tuple[Adc, int, bool]] = {}
+
+
+def _adc(a: dict[str, Any]) -> tuple[Adc, int, bool]:
+    """The instruction's ADC, the largest noiseless partial sum ``M`` and whether the ADC is exact up to it
+    (computed once per distinct set of ADC attributes)."""
+    key = (a["adc_bits"], None if a.get("adc_step") is None else np.asarray(a["adc_step"]).tobytes(),
+           None if a.get("adc_offset") is None else np.asarray(a["adc_offset"]).tobytes(),
+           np.shape(a.get("adc_step")), a.get("adc_group", 0), a.get("adc_rounding", "half-even"), a["rows_per_op"],
+           a["dac_bits"], a["cell_bits"], a.get("sense", "columns"))
+    hit = _ADCS.get(key)
+    if hit is None:
+        if len(_ADCS) > 4096:
+            _ADCS.clear()
+        adc = Adc.from_attrs(a)
+        most = max_partial_sum(a["rows_per_op"], a["dac_bits"], a["cell_bits"])
+        hit = _ADCS[key] = (adc, most, adc.exact(most, -most if a.get("sense") == "pairs" else 0))
+    return hit
+
+
+def _skipped_rows(tiles: TileMap, skip: np.ndarray, rows_per_op: int) -> dict[int, np.ndarray]:
+    """Per tile with skipped blocks, the logical rows that sit in them."""
+    out: dict[int, np.ndarray] = {}
+    for t in np.unique(skip[:, 0]) if len(skip) else ():
+        blocks = skip[skip[:, 0] == t, 1]
+        out[int(t)] = np.flatnonzero(np.isin(tiles.rows_of(int(t)) // rows_per_op, blocks))
+    return out
+
+
+def _exact_blocks(cells: np.ndarray, tiles: TileMap, a: dict[str, Any]) -> list[tuple] | None:
+    """The instruction as exact matmul blocks ``(group, k0, k1, c0, c1, W)`` (cached per program), or ``None``
+    when a skipped block holds a nonzero weight (then the crossbar runs it as the hardware would).
+
+    Replicas hold the same weights: one of each. Tiles of one group, row range and slice range with adjacent
+    channels are joined, then blocks of one channel range with adjacent rows while ``x @ W`` stays exact in
+    float32 (:func:`cimc.ops.nn.f32_chunk`; a block beyond that is float64). ``W`` is the decoded weights
+    ``[k, ch]`` of the slices the tiles hold (layout cols: ``[ch, k]``); ``c0:c1`` the layer's output channels.
+    """
+    sig = np.asarray(a["significance"], np.int64)
+    off, act, per = int(a["offset"]), int(a["act_bits"]), tiles.matrix[2]
+    skip = np.asarray(a["skip"], np.int64).reshape(-1, 2)
+
+    def make() -> list[tuple] | None:
+        zero_rows = _skipped_rows(tiles, skip, int(a["rows_per_op"]))
+        rows: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        seen = set()
+        for i, t in enumerate(tiles.table):
+            g, k0, k1, c0, c1, s0, s1 = (int(v) for v in t[:7])
+            if i in zero_rows and len(zero_rows[i]):
+                w = cells[g, k0 + zero_rows[i]][:, c0:c1]
+                if w.any():
+                    return None
+            if (g, k0, k1, c0, c1, s0, s1) not in seen:
+                seen.add((g, k0, k1, c0, c1, s0, s1))
+                rows.setdefault((g, k0, k1, s0, s1), []).append((c0, c1))
+        spans: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for (g, k0, k1, s0, s1), chs in rows.items():
+            for c0, c1 in _joined(sorted(chs)):
+                spans.setdefault((g, c0, c1, s0, s1), []).append((k0, k1))
+        out = []
+        for (g, c0, c1, s0, s1), ks in spans.items():
+            lo, hi = min(k for k, _ in ks), max(k for _, k in ks)
+            part = np.zeros_like(sig)
+            part[s0:s1] = sig[s0:s1]
+            w = decode_cells(cells[g, lo:hi, c0:c1], part, int(a["cell_bits"]), off if s0 == 0 else 0)
+            most = f32_chunk((1 << act) - 1, int(np.abs(w).max(initial=0)), hi - lo)
+            exact32 = lambda k0, k1, most=most: most is not None and k1 - k0 <= most  # noqa: E731
+            for k0, k1 in _joined(sorted(ks), exact32):
+                blk = w[k0 - lo:k1 - lo].astype(np.float32 if exact32(k0, k1) else np.float64)
+                out.append((g, k0, k1, g * per + c0, g * per + c1,
+                            np.ascontiguousarray(blk.T) if a["layout"] == "cols" else blk))
+        return out
+    key = ("exact", tiles.key, skip.tobytes(), tuple(sig.tolist()), off, act, a["layout"], int(a["cell_bits"]))
+    return _cached(cells, key, make)
+
+
+def _joined(ranges: list[tuple[int, int]], fits: Callable[[int, int], bool] = lambda lo, hi: True) \
+        -> list[tuple[int, int]]:
+    """Sorted ranges with adjacent ones joined while ``fits(lo, hi)`` holds for the joined range."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in ranges:
+        if out and out[-1][1] == lo and fits(out[-1][0], hi):
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _run_exact(state: dict[str, Any], x: np.ndarray, y: np.ndarray, blocks: list[tuple], fresh_all: bool,
+               cols: bool) -> None:
+    """``y += x @ W`` block by block; channels not yet written are written, not added to."""
+    fresh = np.full(y.shape[1] if cols else y.shape[-1], fresh_all)
+    for g, k0, k1, c0, c1, w in blocks:
+        xs = _rows_float32(state, x, g if cols else None, k0, k1)
+        r = np.matmul(w, xs) if cols else np.matmul(xs, w)
+        r = r if r.dtype == np.float32 else to_dtype(r, np.dtype(np.int32))  # float32 sums are exact int32
+        dst = y[:, c0:c1, :] if cols else y[..., c0:c1]
+        if fresh[c0:c1].all():
+            np.copyto(dst, r, casting="unsafe")
+        else:
+            dst += r.astype(np.int32, copy=False)  # wraps like C
+        fresh[c0:c1] = False
+
+
+def _rows_float32(state: dict[str, Any], x: np.ndarray, g: int | None, k0: int, k1: int) -> np.ndarray:
+    """Rows ``k0:k1`` of ``x`` (of group ``g`` in layout cols) in float32, exact for u8; the last slice is
+    kept for the next op (the rounds of one row tile read the same rows)."""
+    hit = state.get("cim.xs")
+    if hit is not None and hit[0] is x and hit[1:4] == (g, k0, k1):
+        return hit[4]
+    xs = (x[g, :, k0:k1, :] if g is not None else x[..., k0:k1]).astype(np.float32)
+    state["cim.xs"] = (x, g, k0, k1, xs)
+    return xs
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Tiles that read the same inputs at the same physical rows, run as one wide crossbar."""
+
+    tiles: tuple[int, ...]
+    group: int
+    k0: int
+    k1: int
+    row_at: np.ndarray
+    part: tuple[int, int]
+    """Replica ``r`` of ``n``: this group takes positions ``r*P//n .. (r+1)*P//n``."""
+    blocks: np.ndarray
+    blocks_img: np.ndarray
+    driven: np.ndarray | None
+    adc: Adc
+    arrays: np.ndarray
+    cols: np.ndarray
+    spans: tuple[tuple[int, int], ...]
+    """Each tile's converted columns (its pairs, when sensed so) among the group's."""
+    pairs: np.ndarray | None
+    """``[C', 2]``: the image columns sensed together as (positive, negative), or ``None`` (each column alone)."""
+
+
+def _groups(held: list[Written], tiles: TileMap, device: Device, adc: Adc, a: dict[str, Any]) -> list[_Group]:
+    """The instruction's tiles grouped into wide crossbars, with their stored cells (cached per program)."""
+    rpo = int(a["rows_per_op"])
+    R = tiles.physical[0]
+    B = -(-R // rpo)
+    prescaled = device.ideal
+    skip = np.asarray(a["skip"], np.int64).reshape(-1, 2)
+    sense = a.get("sense", "columns")
+
+    def make() -> list[_Group]:
+        window = [tuple(int(v) for v in t[:7]) for t in tiles.table]
+        count: dict[tuple, int] = {}
+        rank = []
+        for w in window:
+            rank.append(count.get(w, 0))
+            count[w] = rank[-1] + 1
+        by: dict[tuple, list[int]] = {}
+        for i, w in enumerate(window):
+            by.setdefault((w[0], w[1], w[2], tiles.rows_of(i).tobytes(), rank[i], count[w]), []).append(i)
+        out = []
+        for (g, k0, k1, _, r, n), idx in by.items():
+            row_at = tiles.rows_of(idx[0])
+            has = np.zeros(B, bool)
+            has[np.unique(row_at // rpo)] = True
+            drives = []
+            for i in idx:
+                d = has.copy()
+                d[skip[skip[:, 0] == i, 1]] = False
+                drives.append(d)
+            used = np.flatnonzero(np.any(drives, axis=0))
+            imgs, arrs, pcols, spans, adcs, masks, pairs, at, width = [], [], [], [], [], [], [], 0, 0
+            for i, d in zip(idx, drives, strict=True):
+                pc = tiles.cols_of(i)
+                imgs.append(stored(held[i], device)[:, pc])
+                arrs.append(np.full(len(pc), int(tiles.table[i, 7])))
+                if sense == "pairs":  # logical column c*S + s with s < S/2 is positive, c*S + s + S/2 its negative
+                    S = tiles.slices
+                    j = np.arange(len(pc)).reshape(-1, S)
+                    pos, neg = j[:, :S // 2].reshape(-1), j[:, S // 2:].reshape(-1)
+                    pairs.append(np.stack([pos, neg], axis=1) + width)
+                    pc = pc[pos]
+                pcols.append(pc)
+                adcs.append(adc.columns(i, pc))
+                masks.append(np.repeat(d[used][:, None], len(pc), axis=1))
+                spans.append((at, at + len(pc)))
+                at += len(pc)
+                width += imgs[-1].shape[1]
+            col_adc = Adc.join(adcs)
+            img = np.concatenate(imgs, axis=1)
+            dt = np.float32 if max_partial_sum(rpo, int(a["dac_bits"]), int(a["cell_bits"])) < 1 << 23 else np.float64
+            full = np.zeros((B * rpo, img.shape[1]), dt)
+            full[:R] = img
+            bi = full.reshape(B, rpo, -1)[used]
+            pair = np.concatenate(pairs) if pairs else None
+            if prescaled:
+                scale = col_adc.scale(dt)
+                if pair is not None and scale.ndim:  # both columns of a pair take the pair's step
+                    per_col = np.empty(img.shape[1], dt)
+                    per_col[pair[:, 0]], per_col[pair[:, 1]] = scale, scale
+                    scale = per_col
+                bi = bi * scale
+            mask = np.concatenate(masks, axis=1)
+            out.append(_Group(tuple(idx), g, k0, k1, row_at, (r, n), used, np.ascontiguousarray(bi),
+                              None if mask.all() else mask, col_adc, np.concatenate(arrs), np.concatenate(pcols),
+                              tuple(spans), pair))
+        return out
+    fingerprint = tuple((id(w.cells), id(w.tiles), w.index) for w in held)
+    key = ("groups", fingerprint, device.token, adc.bits, adc.step.tobytes(), adc.offset.tobytes(), adc.group,
+           adc.rounding, skip.tobytes(), rpo, int(a["dac_bits"]), int(a["cell_bits"]), sense)
+    return _cached(tiles, key, make)
+
+
+def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays: Arrays, held: list[Written],
+                  x: np.ndarray, y: np.ndarray, adc: Adc, most: int, a: dict[str, Any]) -> None:
+    """The tiles as wide crossbars on the stored cells (module docstring)."""
+    tiles: TileMap = a["tiles"]
+    device = arrays.device
+    cols = a["layout"] == "cols"
+    per = tiles.matrix[2]
+    sig = np.asarray(a["significance"], np.int64)
+    off = int(a["offset"])
+    R = tiles.physical[0]
+    pairs = a.get("sense") == "pairs"
+    for grp in _groups(held, tiles, device, adc, a):
+        xt = _inputs(x, grp.group, grp.k0, grp.k1, cols)  # u8 [P, k]
+        P = xt.shape[0]
+        r, n = grp.part
+        q0, q1 = r * P // n, (r + 1) * P // n
+        xp = physical_rows(xt[q0:q1], grp.row_at, R)
+        read = None
+        if not device.ideal:
+            if rng is None:
+                raise CimcError("mvm: a noisy device needs the run's random generator")
+            read = _reader(device, grp, rng)
+        accs = convert_planes(xp, grp.blocks_img, grp.blocks, rows_per_op=int(a["rows_per_op"]),
+                              dac_bits=int(a["dac_bits"]), act_bits=int(a["act_bits"]), adc=grp.adc,
+                              driven=grp.driven, prescaled=device.ideal, read=read, most=float(most),
+                              least=-float(most) if pairs else 0.0, pairs=grp.pairs)
+        for i, (c0, c1) in zip(grp.tiles, grp.spans, strict=True):
+            g, _, _, ch0, ch1, s0, s1 = (int(v) for v in tiles.table[i, :7])
+            part = shift_add(accs[:, c0:c1], sig[:len(sig) // 2] if pairs else sig[s0:s1])
+            if off and s0 == 0:
+                part -= off * xt[q0:q1].astype(np.int64).sum(axis=1, keepdims=True)
+            _scatter(y, part, g * per + ch0, g * per + ch1, q0, q1, P, cols, x)
+
+
+def _reader(device: Device, grp: _Group, rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], None]:
+    """The device's read hook on a group's conversions."""
+    def read(ps: np.ndarray, blocks: np.ndarray) -> None:
+        device.read(ps, ReadSite(grp.arrays, grp.cols, blocks), rng)
+    return read
+
+
+def _inputs(x: np.ndarray, g: int, k0: int, k1: int, cols: bool) -> np.ndarray:
+    """Rows ``k0:k1`` of ``x`` (group ``g`` in layout cols) as ``[positions, k]``."""
+    if cols:
+        return np.ascontiguousarray(np.moveaxis(x[g, :, k0:k1, :], -2, -1)).reshape(-1, k1 - k0)
+    return x[..., k0:k1].reshape(-1, k1 - k0)
+
+
+def _scatter(y: np.ndarray, part: np.ndarray, c0: int, c1: int, q0: int, q1: int, P: int, cols: bool,
+             x: np.ndarray) -> None:
+    """Add ``part`` (int64 ``[q1 - q0, c1 - c0]``, positions ``q0:q1`` of ``P``) into channels ``c0:c1`` of ``y``."""
+    v = to_dtype(part, np.dtype(np.int32))
+    if not cols:
+        y.reshape(-1, y.shape[-1])[q0:q1, c0:c1] += v  # wraps like C
+        return
+    N, L = x.shape[1], x.shape[3]
+    if (q0, q1) != (0, P):
+        full = np.zeros((P, c1 - c0), np.int32)
+        full[q0:q1] = v
+        v = full
+    y[:, c0:c1, :] += np.moveaxis(v.reshape(N, L, c1 - c0), -1, 1)
