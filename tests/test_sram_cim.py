@@ -54,7 +54,8 @@ def test_lowered_program_is_exact(name, wb, sparse):
         assert np.array_equal(want[k], got[k]), f"{name} W{wb} sparse={sparse}: output {k} differs"
 
 
-RANDOM = "tile{placement=random spare-rows=5 spare-cols=3}"
+RANDOM = "tile{placement=random}"
+SPARES = LOSSLESS.with_spec(spare_rows=5, spare_cols=3)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse50"])
@@ -62,7 +63,7 @@ RANDOM = "tile{placement=random spare-rows=5 spare-cols=3}"
 def test_random_placement_with_spares_is_exact(name, sparse):
     """Every tile at random physical rows and columns of arrays with spare rows and columns: the program still
     equals the integer reference bit for bit (the executor reads each cell where the load put it)."""
-    q, prog = _compiled(name, 8, sparse, tile=RANDOM)
+    q, prog = _compiled(name, 8, sparse, SPARES, tile=RANDOM)
     verify(prog)
     maps = [n.attrs["tiles"] for n in prog.nodes if n.op == "sram.mvm"]
     assert all(m.physical == (133, 131) for m in maps)
@@ -249,7 +250,7 @@ def test_lossy_program_equals_the_reference_model(rows_per_op, zero_block):
 def test_a_wrong_permutation_in_a_program_is_a_wrong_result():
     """Swap two physical rows (or columns) in one sram.mvm's placement, leaving its sram.load as it was: the MVM
     reads other cells than the load wrote, and the program no longer equals the integer reference."""
-    q, prog = _compiled("lenet_bn", 8, False, tile=RANDOM)
+    q, prog = _compiled("lenet_bn", 8, False, SPARES, tile=RANDOM)
     x = _x("lenet_bn")
     want = next(iter(run(q, x).values()))
     assert np.array_equal(want, next(iter(run(prog, x).values())))

@@ -48,7 +48,7 @@ def _out_of_range(p: Param):
     return p.type(p.ge - 1)
 
 
-@pytest.mark.parametrize("tp", [tp for tp in PARAMS if tp[1].type is not bool], ids=_id)
+@pytest.mark.parametrize("tp", [tp for tp in PARAMS if tp[1].type not in (bool, str)], ids=_id)
 def test_out_of_range_and_wrong_type_name_the_field(tp):
     name, p = tp
     spec_cls = get_target(name).Spec
@@ -68,6 +68,7 @@ def test_out_of_range_and_wrong_type_name_the_field(tp):
      "weight_bits_max = 8 needs 8 columns of 1-bit cells, more than cols = 4"),
     ("sram-cim", {"dac_bits": 4, "act_bits_max": 2}, "dac_bits = 4 must be <= act_bits_max = 2"),
     ("npu", {"acc_bits": 12}, "acc_bits = 12 must be >= 2 * mac_bits = 16"),
+    ("sram-cim", {"p_sa0": 0.6, "p_sa1": 0.5}, "p_sa0 + p_sa1 = 1.1 must be <= 1"),
 ])
 def test_cross_field_rules(name, overrides, message):
     with pytest.raises(InputError) as e:
@@ -146,3 +147,13 @@ def test_npu_defaults_are_the_45nm_numbers_scaled():
     assert math.isclose(s.mac_pj, 0.30 * 0.29) and math.isclose(s.vec_op_pj, 0.1 * 0.29)
     assert math.isclose(s.buffer_pj_per_byte, 20 * 2**0.46 / 8 * 0.29, rel_tol=1e-3)
     assert s.dram_pj_per_byte == 64.0 and s.dram_pj_per_byte > s.buffer_pj_per_byte > s.mac_pj  # Eyeriss order
+
+
+def test_a_chip_file_that_is_not_one_is_one_clear_error(tmp_path):
+    from cimc.targets import load_target
+
+    t = load_target("sram-cim", overrides=[f"chip={tmp_path / 'none.npz'}"])
+    with pytest.raises(InputError, match="none.npz: no such file"):
+        t.machine(0)
+    with pytest.raises(InputError, match="sram-cim spec: chip expects a string, found an integer 3"):
+        get_target("sram-cim").Spec.from_toml("chip = 3")

@@ -103,7 +103,7 @@ class SramCimSpec(Spec):
                                      "0.5 LSB is an assumption, MC2-RAM measured 0.045 LSB [C2]", ge=0)
     chip: str = param("", "Chip file (.npz: the stuck cells of every macro, spares included; docs/array-model.md) "
                           "that programs run on and mapping passes read; empty: a chip sampled from p_sa0 and p_sa1 "
-                          "with the compile seed.", source="assumption: no chip file")
+                          "with the compile seed.", unit="path", source="assumption: no chip file")
     clock_mhz: float = param(1000.0, "Clock of the macros and the digital periphery.", unit="MHz",
                              source="NeuroSim V1.4 Param.cpp clkFreq = 1e9 (docs/hw-parameters.md §2.2) [C]; PUMA "
                                     "1 ns cycle (docs/hw-parameters.md §1.2)", gt=0)
