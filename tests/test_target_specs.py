@@ -153,7 +153,7 @@ def test_a_chip_file_that_is_not_one_is_one_clear_error(tmp_path):
     from cimc.targets import load_target
 
     t = load_target("sram-cim", overrides=[f"chip={tmp_path / 'none.npz'}"])
-    with pytest.raises(InputError, match="none.npz: no such file"):
+    with pytest.raises(InputError, match=r"none\.npz: no such file"):
         t.machine(0)
     with pytest.raises(InputError, match="sram-cim spec: chip expects a string, found an integer 3"):
         get_target("sram-cim").Spec.from_toml("chip = 3")

@@ -57,7 +57,8 @@ ARRAYS = "cim.arrays"
 DEVICE = "cim.device"
 """Machine-state key of the run's :class:`~cimc.cim.device.Device` (absent: the ideal device)."""
 
-_TILES = AttrSpec("tiles", REQUIRED, "the tiles this op covers: part of the layer's tile map (cimc.cim.TileMap), with their placement")
+_TILES = AttrSpec("tiles", REQUIRED, "the tiles this op covers: part of the layer's tile map (cimc.cim.TileMap), "
+                                     "with their placement")
 LOAD_ATTRS = {"tiles": _TILES, "cell_bits": AttrSpec("int", 1, "bits per cell of the packed cells")}
 """Attributes of a load instruction."""
 MVM_ATTRS = {
