@@ -266,3 +266,31 @@ def test_a_wrong_permutation_in_a_program_is_a_wrong_result():
         verify(bad)  # still a well-formed program: only its result is wrong
         got = next(iter(run(bad, x).values()))
         assert not np.array_equal(want, got), axis
+
+
+def test_programs_run_on_the_chip_of_the_spec(tmp_path):
+    """A chip file (--spec-set chip=...) or stuck-at rates: the program runs on that chip. No stuck cell: exact;
+    stuck cells: the compile reports the program lossy, its outputs move, and the same chip gives the same bits."""
+    import cimc
+    from cimc.cim import Chip
+    from cimc.target import LOSSY
+
+    spec = {"spare_rows": 2}
+    healthy = tmp_path / "healthy.npz"
+    Chip.sample(16, 130, 128, seed=1).save(healthy)
+    faulty = tmp_path / "faulty.npz"
+    Chip.sample(16, 130, 128, p_sa0=0.02, p_sa1=0.01, seed=1).save(faulty)
+    x, y = zoo.test_set()
+    x, y = x[:100], y[:100]
+    ok = cimc.compile("zoo:lenet_bn", "sram-cim", spec={**spec, "chip": str(healthy)}, verify=True, inputs=x)
+    assert ok.verify["reference_exact"] and LOSSY not in ok.program.metadata
+    bad = cimc.compile("zoo:lenet_bn", "sram-cim", spec={**spec, "chip": str(faulty)}, verify=True, inputs=x)
+    assert "stuck cells: 2" in bad.program.metadata[LOSSY] and not bad.verify["reference_exact"]
+    a, b = bad.run(x), bad.run(x)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    sampled = cimc.compile("zoo:lenet_bn", "sram-cim", spec={**spec, "p_sa0": 0.02, "p_sa1": 0.01}, seed=1)
+    np.testing.assert_array_equal(sampled.target.chip(1).stuck, Chip.load(faulty).stuck)
+    c = sampled.run(x, seed=1)
+    assert all(np.array_equal(a[k], c[k]) for k in a)  # the chip sampled with the seed is the saved one
+    top1 = float((next(iter(a.values())).argmax(-1) == y).mean())
+    assert 0.1 < top1 < float((next(iter(ok.run(x).values())).argmax(-1) == y).mean())

@@ -20,13 +20,13 @@ replica ``r`` of ``n`` takes positions ``r*P//n .. (r+1)*P//n`` (flattened in ``
 Layout ``rows``: ``x [..., K]``, result ``[..., channels]``; layout ``cols``: ``x [G, N, K, L]``
 (``vec.im2col``), result ``[N, channels, L]``.
 
-How it runs: when the device is ideal, the ADC exact for every partial sum (:meth:`Adc.exact`), each
-tile's read placement is the placement its array was written with (reading back through the same
-map is the identity) and no skipped block holds a nonzero weight, the result is ``x @ W`` for the
-layer's decoded weights: tiles are joined into large exact float32 GEMMs (float64 beyond ``2**24``),
-cached per program. Otherwise each group of tiles reading the same inputs runs as one wide crossbar
-on the cells as the arrays store them, read at their physical rows and columns (a read placement
-that differs from the write, a skipped nonzero block, a stuck cell: each changes the result).
+How it runs: when the device is ideal and the ADC exact for every partial sum (:meth:`Adc.exact`),
+the result is ``x @ W`` for the weights each tile reads from its array (:func:`tile_weights`: the
+cells at the tile's physical rows and columns, the rows of skipped blocks zeroed): tiles are joined
+into large exact float32 GEMMs (float64 beyond ``2**24``), cached per program and what the arrays
+hold. Otherwise each group of tiles reading the same inputs runs as one wide crossbar on the cells
+as the arrays store them, read at their physical rows and columns. Either way a read placement that
+differs from the write, a skipped block that holds nonzero cells or a stuck cell changes the result.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext
 from cimc.ir.types import DType, TensorType
 from cimc.ops.nn import f32_chunk, to_dtype
 
-__all__ = ["ARRAYS", "DEVICE", "LOAD_ATTRS", "MVM_ATTRS", "Arrays", "Written", "load", "load_problem", "load_type",
-           "mvm", "mvm_problem", "mvm_type"]
+__all__ = ["ARRAYS", "DEVICE", "LOAD_ATTRS", "MVM_ATTRS", "Arrays", "Written", "levels", "load", "load_problem",
+           "load_type", "mvm", "mvm_problem", "mvm_type", "tile_weights"]
 
 ARRAYS = "cim.arrays"
 """Machine-state key of the run's :class:`Arrays`."""
@@ -202,16 +202,6 @@ class Written:
     tiles: TileMap
     index: int
 
-    def same_as(self, tiles: TileMap, i: int) -> bool:
-        """Whether reading tile ``i`` of ``tiles`` reads back exactly what was written (same part of the same
-        matrix, same placement, same array size)."""
-        mine = self.tiles
-        if mine is tiles and self.index == i:
-            return True
-        return ((mine.table[self.index, :7] == tiles.table[i, :7]).all() and mine.physical == tiles.physical
-                and np.array_equal(mine.rows_of(self.index), tiles.rows_of(i))
-                and np.array_equal(mine.cols_of(self.index), tiles.cols_of(i)))
-
 
 class Arrays:
     """The arrays of one run: the last write of each, and the device that holds them."""
@@ -314,13 +304,9 @@ def mvm(state: dict[str, Any], rng: np.random.Generator | None, x: np.ndarray, a
     if tiles.matrix[0] != G or a["channels"] != G * tiles.matrix[2]:
         raise CimcError(f"mvm: x has {G} groups and the op {a['channels']} channels, the tile map is of a "
                         f"{list(tiles.matrix)} matrix")
-    cells = held[0].cells
-    fingerprint = tuple((id(w.cells), id(w.tiles), w.index) for w in held)
-    same = _cached(tiles, ("same", fingerprint),
-                   lambda: all(w.cells is cells and w.same_as(tiles, i) for i, w in enumerate(held)))
     adc, most, exact = _adc(a)
-    if same and exact and arrays.device.ideal:
-        blocks = _exact_blocks(cells, tiles, a)
+    if exact and arrays.device.ideal:
+        blocks = _exact_blocks(held, tiles, a)
         if blocks is not None:
             _run_exact(state, x, y, blocks, acc is None, cols)
             return y
@@ -357,14 +343,33 @@ def _skipped_rows(tiles: TileMap, skip: np.ndarray, rows_per_op: int) -> dict[in
     return out
 
 
-def _exact_blocks(cells: np.ndarray, tiles: TileMap, a: dict[str, Any]) -> list[tuple] | None:
-    """The instruction as exact matmul blocks ``(group, k0, k1, c0, c1, W)`` (cached per program), or ``None``
-    when a skipped block holds a nonzero weight (then the crossbar runs it as the hardware would).
+def tile_weights(w: Written, tiles: TileMap, i: int, significance: np.ndarray, offset: int) -> np.ndarray:
+    """The integer weights ``W[k, ch]`` (int64) that tile ``i`` of ``tiles`` reads from what its array holds
+    (``w``): the cells at the tile's physical rows and columns, weighted by its slices' significance, minus
+    ``offset`` on the tile holding slice 0. Reading a tile back where it was written at the identity
+    placement gives the written cells, decoded straight from the packed ones."""
+    g, k0, k1, c0, c1, s0, s1 = (int(v) for v in tiles.table[i, :7])
+    off = offset if s0 == 0 else 0
+    mine = w.tiles
+    if (mine.row_at[w.index] is None and mine.col_at[w.index] is None and tiles.row_at[i] is None
+            and tiles.col_at[i] is None and (mine.table[w.index, :7] == tiles.table[i, :7]).all()):
+        part = np.zeros_like(significance)
+        part[s0:s1] = significance[s0:s1]
+        return decode_cells(w.cells[g, k0:k1, c0:c1], part, w.cell_bits, off).astype(np.int64)
+    cells = levels(w)[np.ix_(tiles.rows_of(i), tiles.cols_of(i))].reshape(k1 - k0, c1 - c0, s1 - s0)
+    return cells.astype(np.int64) @ significance[s0:s1] - off
 
-    Replicas hold the same weights: one of each. Tiles of one group, row range and slice range with adjacent
-    channels are joined, then blocks of one channel range with adjacent rows while ``x @ W`` stays exact in
-    float32 (:func:`cimc.ops.nn.f32_chunk`; a block beyond that is float64). ``W`` is the decoded weights
-    ``[k, ch]`` of the slices the tiles hold (layout cols: ``[ch, k]``); ``c0:c1`` the layer's output channels.
+
+def _exact_blocks(held: list[Written], tiles: TileMap, a: dict[str, Any]) -> list[tuple] | None:
+    """The instruction as exact matmul blocks ``(group, k0, k1, c0, c1, W)`` (cached per program and what the
+    arrays hold), or ``None`` when replicas of one part read different weights (then each takes its
+    positions on the crossbar).
+
+    Each tile's weights are what it reads from its array (:func:`tile_weights`), the cells of the rows in its
+    skipped blocks left out (they are not driven; the offset term stays). Tiles of one group, row range and
+    slice range with adjacent channels are joined, then blocks of one channel range with adjacent rows while
+    ``x @ W`` stays exact in float32 (:func:`cimc.ops.nn.f32_chunk`; a block beyond that is float64). ``W``
+    is ``[k, ch]`` (layout cols: ``[ch, k]``); ``c0:c1`` the layer's output channels.
     """
     sig = np.asarray(a["significance"], np.int64)
     off, act, per = int(a["offset"]), int(a["act_bits"]), tiles.matrix[2]
@@ -372,36 +377,40 @@ def _exact_blocks(cells: np.ndarray, tiles: TileMap, a: dict[str, Any]) -> list[
 
     def make() -> list[tuple] | None:
         zero_rows = _skipped_rows(tiles, skip, int(a["rows_per_op"]))
-        rows: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-        seen = set()
-        for i, t in enumerate(tiles.table):
-            g, k0, k1, c0, c1, s0, s1 = (int(v) for v in t[:7])
-            if i in zero_rows and len(zero_rows[i]):
-                w = cells[g, k0 + zero_rows[i]][:, c0:c1]
-                if w.any():
+        weights: dict[tuple[int, ...], np.ndarray] = {}
+        for i, t in enumerate(tiles.table.tolist()):
+            w = tile_weights(held[i], tiles, i, sig, off)
+            if i in zero_rows:  # not driven: no cells, only the digital offset term is left
+                w[zero_rows[i]] = -off if t[5] == 0 else 0
+            window = tuple(t[:7])
+            if window in weights:
+                if not np.array_equal(weights[window], w):
                     return None
-            if (g, k0, k1, c0, c1, s0, s1) not in seen:
-                seen.add((g, k0, k1, c0, c1, s0, s1))
-                rows.setdefault((g, k0, k1, s0, s1), []).append((c0, c1))
-        spans: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+            else:
+                weights[window] = w
+        rows: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for g, k0, k1, c0, c1, s0, s1 in weights:
+            rows.setdefault((g, k0, k1, s0, s1), []).append((c0, c1))
+        spans: dict[tuple[int, ...], dict[tuple[int, int], np.ndarray]] = {}
         for (g, k0, k1, s0, s1), chs in rows.items():
             for c0, c1 in _joined(sorted(chs)):
-                spans.setdefault((g, c0, c1, s0, s1), []).append((k0, k1))
+                parts = [weights[(g, k0, k1, a0, a1, s0, s1)] for a0, a1 in sorted(chs) if c0 <= a0 and a1 <= c1]
+                spans.setdefault((g, c0, c1, s0, s1), {})[(k0, k1)] = np.concatenate(parts, axis=1)
         out = []
-        for (g, c0, c1, s0, s1), ks in spans.items():
-            lo, hi = min(k for k, _ in ks), max(k for _, k in ks)
-            part = np.zeros_like(sig)
-            part[s0:s1] = sig[s0:s1]
-            w = decode_cells(cells[g, lo:hi, c0:c1], part, int(a["cell_bits"]), off if s0 == 0 else 0)
-            most = f32_chunk((1 << act) - 1, int(np.abs(w).max(initial=0)), hi - lo)
+        for (g, c0, c1, _, _), by_rows in spans.items():
+            ks = sorted(by_rows)
+            amax = max(int(np.abs(w).max(initial=0)) for w in by_rows.values())
+            most = f32_chunk((1 << act) - 1, amax, max(k1 for _, k1 in ks) - min(k0 for k0, _ in ks))
             exact32 = lambda k0, k1, most=most: most is not None and k1 - k0 <= most  # noqa: E731
-            for k0, k1 in _joined(sorted(ks), exact32):
-                blk = w[k0 - lo:k1 - lo].astype(np.float32 if exact32(k0, k1) else np.float64)
+            for k0, k1 in _joined(ks, exact32):
+                blk = np.concatenate([by_rows[r] for r in ks if k0 <= r[0] and r[1] <= k1], axis=0)
+                blk = blk.astype(np.float32 if exact32(k0, k1) else np.float64)
                 out.append((g, k0, k1, g * per + c0, g * per + c1,
                             np.ascontiguousarray(blk.T) if a["layout"] == "cols" else blk))
         return out
-    key = ("exact", tiles.key, skip.tobytes(), tuple(sig.tolist()), off, act, a["layout"], int(a["cell_bits"]))
-    return _cached(cells, key, make)
+    fingerprint = tuple((id(w.cells), id(w.tiles), w.index) for w in held)
+    key = ("exact", fingerprint, skip.tobytes(), tuple(sig.tolist()), off, act, a["layout"], int(a["rows_per_op"]))
+    return _cached(tiles, key, make)
 
 
 def _joined(ranges: list[tuple[int, int]], fits: Callable[[int, int], bool] = lambda lo, hi: True) \
