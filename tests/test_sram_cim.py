@@ -294,3 +294,38 @@ def test_programs_run_on_the_chip_of_the_spec(tmp_path):
     assert all(np.array_equal(a[k], c[k]) for k in a)  # the chip sampled with the seed is the saved one
     top1 = float((next(iter(a.values())).argmax(-1) == y).mean())
     assert 0.1 < top1 < float((next(iter(ok.run(x).values())).argmax(-1) == y).mean())
+
+
+def saturating_gemm(k: int = 126, n: int = 4):
+    """An ONNX Gemm whose quantized weights are -1 (every two's-complement cell at its top level, one weight per
+    channel at the scale's top) and inputs that quantize to 255: every row block's partial sum is the largest one,
+    M, at every input bit."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = np.full((n, k), -1 / 127, np.float32)
+    w[:, 0] = 1.0
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "saturate",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, n])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.ones((2, k), np.float32)
+    x[1, ::5] = 0.5
+    return model, x
+
+
+@pytest.mark.parametrize("rows_per_op", [63, 64, 21])
+def test_a_lossless_adc_at_the_top_code_verifies_exact(rows_per_op):
+    """Row blocks whose every partial sum is the largest one, M (63 rows: M = 63 = the 6-bit ADC's top code):
+    the program at the lossless resolution equals the integer reference (one code off at the top is not)."""
+    import cimc
+
+    model, x = saturating_gemm()
+    need = rows_per_op.bit_length()
+    r = cimc.compile(model, "sram-cim", spec={"rows_per_op": rows_per_op, "adc_bits": need}, calibration=x,
+                     verify=True, inputs=x)
+    assert r.verify["reference_exact"], r.verify
+    q = next(n for n in r.quantized.nodes if n.op == "q.gemm")
+    assert (q.inputs[1].const[:, 1:] == -1).all()
