@@ -43,14 +43,12 @@ def test_chip_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize(("members", "message"), [
     ({"stuck": np.zeros((1, 2, 2), np.int8)}, "not a chip file"),
-    ({"format": np.asarray("cimc-chip"), "version": np.asarray(9), "stuck": np.zeros((1, 2, 2), np.int8)},
-     "version"),
-    ({"format": np.asarray("cimc-chip"), "version": np.asarray(1), "stuck": np.full((1, 2, 2), 3, np.int8)},
-     "integers 0..2"),
-    ({"format": np.asarray("cimc-chip"), "version": np.asarray(1), "stuck": np.zeros((1, 2, 2), np.int8),
+    ({"cimc_chip": np.asarray(9), "stuck": np.zeros((1, 2, 2), np.int8)}, "version"),
+    ({"cimc_chip": np.asarray(1), "stuck": np.full((1, 2, 2), 3, np.int8)}, "integers 0..2"),
+    ({"cimc_chip": np.asarray(1), "stuck": np.zeros((1, 2, 2), np.int8),
       "variation": np.full((1, 2, 2), np.nan, np.float32)}, "finite"),
-    ({"format": np.asarray("cimc-chip"), "version": np.asarray(1), "stuck": np.zeros((1, 2, 2), np.int8),
-      "extra": np.zeros(3)}, "unknown chip file members"),
+    ({"cimc_chip": np.asarray(1), "stuck": np.zeros((1, 2, 2), np.int8), "extra": np.zeros(3)},
+     "unknown chip file members"),
 ])
 def test_bad_chip_files_are_one_clear_error(tmp_path, members, message):
     path = tmp_path / "bad.npz"

@@ -14,10 +14,10 @@ probability ``p_sa0`` and SA1 with ``p_sa1``, from ``numpy.random.default_rng`` 
 ``(seed, index)``, so chip ``index`` of a Monte Carlo run is reproducible from those two numbers.
 
 Chip file (``.npz``, written by :meth:`Chip.save` through :func:`cimc.npzio.write_npz`, read by
-:meth:`Chip.load` through :func:`cimc.npzio.read_npz`, never pickles): members ``format`` (the string
-``cimc-chip``), ``version`` (1), ``stuck`` (int8 ``[A, R, C]``, values 0..2), optional
-``variation`` (float32 ``[A, R, C]``, finite) and optional ``cell.NAME`` (float32 ``[A, R, C]``,
-finite) for each entry of ``cells``.
+:meth:`Chip.load` through :func:`cimc.npzio.read_npz`, never pickles): members ``cimc_chip`` (int64
+scalar, the format version: 1), ``stuck`` (int8 ``[A, R, C]``, values 0..2), optional ``variation``
+(float32 ``[A, R, C]``, finite) and optional ``cell.NAME`` (float32 ``[A, R, C]``, finite) for each
+entry of ``cells``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from cimc.npzio import read_npz, write_npz
 
 __all__ = ["FORMAT", "OK", "SA0", "SA1", "Chip", "chip_for"]
 
-FORMAT, VERSION = "cimc-chip", 1
+FORMAT, VERSION = "cimc_chip", 1
+"""The member that marks a chip file, and the format version it holds."""
 OK, SA0, SA1 = 0, 1, 2
 """Values of :attr:`Chip.stuck`: a working cell, stuck at the lowest level, stuck at the highest level."""
 
@@ -93,16 +94,15 @@ class Chip:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Chip:
         """Read a chip file (module docstring); an ``InputError`` naming what does not fit."""
-        data = read_npz(path)
+        data = read_npz(path, "chip file")
         where = Path(path).name
-        fmt = data.get("format")
-        if fmt is None or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
-            raise InputError(f"{where}: not a chip file (its 'format' member should be {FORMAT!r}); write one with "
+        version = data.get(FORMAT)
+        if version is None:
+            raise InputError(f"{where}: not a chip file (it has no {FORMAT!r} member); write one with "
                              f"cimc.cim.Chip.save")
-        version = data.get("version")
-        if version is None or version.shape != () or int(version) != VERSION:
-            raise InputError(f"{where}: chip file version {version!r}, this cimc reads version {VERSION}")
-        known = {"format", "version", "stuck", "variation"}
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) != VERSION:
+            raise InputError(f"{where}: chip file version {version.tolist()!r}, this cimc reads version {VERSION}")
+        known = {FORMAT, "stuck", "variation"}
         unknown = [k for k in data if k not in known and not k.startswith("cell.")]
         if unknown:
             raise InputError(f"{where}: unknown chip file members {unknown} (known: stuck, variation, cell.NAME)")
@@ -116,7 +116,7 @@ class Chip:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the chip file (module docstring)."""
-        arrays = {"format": np.asarray(FORMAT), "version": np.asarray(VERSION, np.int64), "stuck": self.stuck}
+        arrays = {FORMAT: np.asarray(VERSION, np.int64), "stuck": self.stuck}
         if self.variation is not None:
             arrays["variation"] = self.variation
         arrays.update({f"cell.{k}": v for k, v in sorted(self.cells.items())})
