@@ -34,7 +34,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -193,8 +193,7 @@ def mvm_type(ctx: InferContext) -> list[TensorType]:
 
 
 # ---- machine state ------------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False, slots=True)
-class Written:
+class Written(NamedTuple):
     """What one array holds: tile ``index`` of the load's map ``tiles``, cut from the layer's packed ``cells``."""
 
     cells: np.ndarray
@@ -209,6 +208,8 @@ class Arrays:
     def __init__(self, device: Device = IDEAL) -> None:
         self.device = device
         self.held: dict[int, Written] = {}
+        self.keys: dict[int, tuple[int, int, int]] = {}
+        """Per array, what it holds as ``(id(cells), id(tiles), index)`` (program constants: a cache key)."""
         self._checked: set[tuple[int, int, int]] = set()
 
     def write(self, cells: np.ndarray, cell_bits: int, tiles: TileMap) -> None:
@@ -217,17 +218,20 @@ class Arrays:
         if shape not in self._checked:
             self.device.check(*shape)
             self._checked.add(shape)
-        for i, a in enumerate(tiles.column("array")):
-            self.held[int(a)] = Written(cells, cell_bits, tiles, i)
+        held, keys, c, t = self.held, self.keys, id(cells), id(tiles)
+        for i, a in enumerate(tiles.array_list):
+            held[a] = Written(cells, cell_bits, tiles, i)
+            keys[a] = (c, t, i)
 
-    def read(self, tiles: TileMap, i: int) -> Written:
-        """What the array of tile ``i`` holds; an error if nothing was written to it in this run."""
-        a = int(tiles.table[i, 7])
-        w = self.held.get(a)
-        if w is None:
-            raise CimcError(f"array {a} is read for tile {i} of layer {tiles.layer!r} but no load has written it "
-                            f"in this run")
-        return w
+    def read(self, tiles: TileMap) -> tuple[list[Written], tuple]:
+        """What the arrays of the tiles hold, and a key of that (an error if a load has not written one in
+        this run)."""
+        try:
+            return [self.held[a] for a in tiles.array_list], tuple([self.keys[a] for a in tiles.array_list])
+        except KeyError:
+            i = next(i for i, a in enumerate(tiles.array_list) if a not in self.held)
+            raise CimcError(f"array {tiles.array_list[i]} is read for tile {i} of layer {tiles.layer!r} but no load "
+                            f"has written it in this run") from None
 
 
 def arrays_of(state: dict[str, Any]) -> Arrays:
@@ -294,7 +298,7 @@ def mvm(state: dict[str, Any], rng: np.random.Generator | None, x: np.ndarray, a
     a = attrs
     tiles: TileMap = a["tiles"]
     arrays = arrays_of(state)
-    held = [arrays.read(tiles, i) for i in range(len(tiles))]
+    held, fingerprint = arrays.read(tiles)
     cols = a["layout"] == "cols"
     G = x.shape[0] if cols else 1
     shape = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
@@ -306,11 +310,11 @@ def mvm(state: dict[str, Any], rng: np.random.Generator | None, x: np.ndarray, a
                         f"{list(tiles.matrix)} matrix")
     adc, most, exact = _adc(a)
     if exact and arrays.device.ideal:
-        blocks = _exact_blocks(held, tiles, a)
+        blocks = _exact_blocks(held, fingerprint, tiles, a)
         if blocks is not None:
             _run_exact(state, x, y, blocks, acc is None, cols)
             return y
-    _run_crossbar(state, rng, arrays, held, x, y, adc, most, a)
+    _run_crossbar(state, rng, arrays, held, fingerprint, x, y, adc, most, a)
     return y
 
 
@@ -360,7 +364,7 @@ def tile_weights(w: Written, tiles: TileMap, i: int, significance: np.ndarray, o
     return cells.astype(np.int64) @ significance[s0:s1] - off
 
 
-def _exact_blocks(held: list[Written], tiles: TileMap, a: dict[str, Any]) -> list[tuple] | None:
+def _exact_blocks(held: list[Written], fingerprint: tuple, tiles: TileMap, a: dict[str, Any]) -> list[tuple] | None:
     """The instruction as exact matmul blocks ``(group, k0, k1, c0, c1, W)`` (cached per program and what the
     arrays hold), or ``None`` when replicas of one part read different weights (then each takes its
     positions on the crossbar).
@@ -408,7 +412,6 @@ def _exact_blocks(held: list[Written], tiles: TileMap, a: dict[str, Any]) -> lis
                 out.append((g, k0, k1, g * per + c0, g * per + c1,
                             np.ascontiguousarray(blk.T) if a["layout"] == "cols" else blk))
         return out
-    fingerprint = tuple((id(w.cells), id(w.tiles), w.index) for w in held)
     key = ("exact", fingerprint, skip.tobytes(), tuple(sig.tolist()), off, act, a["layout"], int(a["rows_per_op"]))
     return _cached(tiles, key, make)
 
@@ -475,7 +478,8 @@ class _Group:
     """``[C', 2]``: the image columns sensed together as (positive, negative), or ``None`` (each column alone)."""
 
 
-def _groups(held: list[Written], tiles: TileMap, device: Device, adc: Adc, a: dict[str, Any]) -> list[_Group]:
+def _groups(held: list[Written], fingerprint: tuple, tiles: TileMap, device: Device, adc: Adc,
+            a: dict[str, Any]) -> list[_Group]:
     """The instruction's tiles grouped into wide crossbars, with their stored cells (cached per program)."""
     rpo = int(a["rows_per_op"])
     R = tiles.physical[0]
@@ -541,14 +545,13 @@ def _groups(held: list[Written], tiles: TileMap, device: Device, adc: Adc, a: di
                               None if mask.all() else mask, col_adc, np.concatenate(arrs), np.concatenate(pcols),
                               tuple(spans), pair))
         return out
-    fingerprint = tuple((id(w.cells), id(w.tiles), w.index) for w in held)
     key = ("groups", fingerprint, device.token, adc.bits, adc.step.tobytes(), adc.offset.tobytes(), adc.group,
            adc.rounding, skip.tobytes(), rpo, int(a["dac_bits"]), int(a["cell_bits"]), sense)
     return _cached(tiles, key, make)
 
 
 def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays: Arrays, held: list[Written],
-                  x: np.ndarray, y: np.ndarray, adc: Adc, most: int, a: dict[str, Any]) -> None:
+                  fingerprint: tuple, x: np.ndarray, y: np.ndarray, adc: Adc, most: int, a: dict[str, Any]) -> None:
     """The tiles as wide crossbars on the stored cells (module docstring)."""
     tiles: TileMap = a["tiles"]
     device = arrays.device
@@ -558,7 +561,7 @@ def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays
     off = int(a["offset"])
     R = tiles.physical[0]
     pairs = a.get("sense") == "pairs"
-    for grp in _groups(held, tiles, device, adc, a):
+    for grp in _groups(held, fingerprint, tiles, device, adc, a):
         xt = _inputs(x, grp.group, grp.k0, grp.k1, cols)  # u8 [P, k]
         P = xt.shape[0]
         r, n = grp.part

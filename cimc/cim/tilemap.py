@@ -176,6 +176,11 @@ class TileMap(AttrValue):
         return any(p is not None for p in self.row_at) or any(p is not None for p in self.col_at)
 
     @cached_property
+    def array_list(self) -> list[int]:
+        """The array of each tile, as Python ints."""
+        return [int(a) for a in self.table[:, _A]]
+
+    @cached_property
     def key(self) -> bytes:
         """Bytes identifying the map's geometry and placements (a cache key)."""
         parts = [repr((self.layer, self.matrix, self.slices, self.arrays, self.shape, self.spares)).encode(),
