@@ -102,24 +102,31 @@ def zero_blocks(m: np.ndarray, tiles: TileMap, rows_per_op: int) -> np.ndarray:
     t = tiles.table
     if not len(t) or not m.size:
         return np.zeros((0, 2), np.int64)
-    tile, block, _ = tiles.blocks(rows_per_op)
+    tile, block, count = tiles.blocks(rows_per_op)
     live = np.zeros(len(tile), bool)
     ident = np.asarray([p is None for p in tiles.row_at], bool)
-    by_cols: dict[tuple[int, int, int], list[int]] = {}
-    for i, (g, c0, c1) in enumerate(t[:, [0, 3, 4]].tolist()):
-        by_cols.setdefault((g, c0, c1), []).append(i)
-    for (g, c0, c1), idx in by_cols.items():
-        nz = (m[g, :, c0:c1] != 0).any(axis=1)
-        sel = np.isin(tile, idx)
-        # identity placement: block b of tile i holds its rows k0 + b*rpo .. (a prefix count of nonzero rows)
-        csum = np.concatenate([[0], np.cumsum(nz)])
-        it = sel & ident[tile]
-        k0, k1 = t[tile[it], 1], t[tile[it], 2]
-        start = k0 + block[it] * rows_per_op
-        live[it] = csum[np.minimum(start + rows_per_op, k1)] > csum[start]
-        for i in (i for i in idx if not ident[i]):
-            held = np.flatnonzero(tile == i)
-            rows = tiles.rows_of(i) // rows_per_op
-            nonzero = np.unique(rows[nz[t[i, 1]:t[i, 2]]])
-            live[held] = np.isin(block[held], nonzero)
+    # identity placement: block b of tile i holds rows r0 = k0 + b*rpo .. r1 of the tile's channels c0..c1; the
+    # matrix is cut at every block's rows and every tile's channels, reduced to "any nonzero" per piece (rows
+    # first, as they shrink most), and each block's pieces summed through 2-D prefix counts
+    r0 = t[tile, 1] + block * rows_per_op
+    r1 = r0 + count
+    for g in np.unique(t[:, 0]).tolist():
+        sel = np.flatnonzero(ident[tile] & (t[tile, 0] == g))
+        if not len(sel):
+            continue
+        c0, c1 = t[tile[sel], 3], t[tile[sel], 4]
+        rc = np.unique(np.concatenate([r0[sel], r1[sel]]))
+        cc = np.unique(np.concatenate([c0, c1]))
+        rows = np.logical_or.reduceat(m[g, :rc[-1]] != 0, rc[:-1], axis=0)
+        pieces = np.logical_or.reduceat(rows[:, :cc[-1]], cc[:-1], axis=1).astype(np.int64)  # cuts are distinct
+        prefix = np.zeros((len(rc), len(cc)), np.int64)
+        prefix[1:, 1:] = pieces.cumsum(axis=0).cumsum(axis=1)
+        a, b = np.searchsorted(rc, r0[sel]), np.searchsorted(rc, r1[sel])
+        c, d = np.searchsorted(cc, c0), np.searchsorted(cc, c1)
+        live[sel] = prefix[b, d] - prefix[a, d] - prefix[b, c] + prefix[a, c] > 0
+    for i in np.flatnonzero(~ident).tolist():
+        g, k0, k1, c0, c1 = (int(v) for v in t[i, :5])
+        held = np.flatnonzero(tile == i)
+        nonzero = (m[g, k0:k1, c0:c1] != 0).any(axis=1)
+        live[held] = np.isin(block[held], tiles.row_at[i][nonzero] // rows_per_op)
     return np.stack([tile[~live], block[~live]], axis=1).astype(np.int64).reshape(-1, 2)

@@ -194,7 +194,10 @@ class TileMap(AttrValue):
     # -- building ----------------------------------------------------------------------------------------
     def take(self, index: Sequence[int] | slice | np.ndarray) -> TileMap:
         """The map of some of the tiles (an instruction's share of the layer's map)."""
-        idx = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, np.int64)
+        if isinstance(index, slice):
+            return TileMap(self.layer, self.matrix, self.slices, self.arrays, self.shape, self.table[index],
+                           self.row_at[index], self.col_at[index], self.spares)
+        idx = np.asarray(index, np.int64).tolist()
         return TileMap(self.layer, self.matrix, self.slices, self.arrays, self.shape, self.table[idx],
                        [self.row_at[i] for i in idx], [self.col_at[i] for i in idx], self.spares)
 

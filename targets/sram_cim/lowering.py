@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import ClassVar
 
 import numpy as np
@@ -108,22 +109,19 @@ def _check_fits(graph: Graph, nodes: list[Node], spec: SramCimSpec) -> None:
 
 def rounds(tiles: TileMap) -> list[tuple[int, int]]:
     """Consecutive runs ``[i0, i1)`` of tiles on distinct arrays, each tile's replicas in one run."""
+    t = tiles.table
+    starts = [0, *(np.flatnonzero((t[1:, :7] != t[:-1, :7]).any(axis=1)) + 1).tolist(), len(t)]
+    arrays = tiles.array_list
     out: list[tuple[int, int]] = []
-    rows = tiles.table.tolist()
-    start, used = 0, set()
-    i = 0
-    while i < len(rows):
-        j = i + 1
-        while j < len(rows) and rows[j][:7] == rows[i][:7]:
-            j += 1
-        arrays = {r[7] for r in rows[i:j]}
-        if used & arrays:
-            out.append((start, i))
-            start, used = i, set()
-        used |= arrays
-        i = j
-    if start < len(rows):
-        out.append((start, len(rows)))
+    first, used = 0, set()
+    for i, j in pairwise(starts):  # one part of the matrix and its replicas
+        mine = set(arrays[i:j])
+        if used & mine:
+            out.append((first, i))
+            first, used = i, set()
+        used |= mine
+    if first < len(t):
+        out.append((first, len(t)))
     return out
 
 
