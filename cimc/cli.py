@@ -187,7 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         pm.run(graph)
         if args.timing:
             sys.stderr.write(pm.timing.table() + "\n")
-    outputs = run(graph, inputs, seed=args.seed)
+    outputs = run(graph, inputs, seed=args.seed, machine=target.machine(args.seed) if target is not None else None)
     sys.stdout.write(_summary(outputs) + "\n")
     if labels is not None:
         from cimc.verify import check_labels

@@ -329,3 +329,21 @@ def test_a_lossless_adc_at_the_top_code_verifies_exact(rows_per_op):
     assert r.verify["reference_exact"], r.verify
     q = next(n for n in r.quantized.nodes if n.op == "q.gemm")
     assert (q.inputs[1].const[:, 1:] == -1).all()
+
+
+def test_cimc_run_runs_a_program_on_the_chip_of_the_spec(tmp_path):
+    """`cimc run program.cimir --target sram-cim --spec-set chip=...`: the program runs on that chip."""
+    from cimc.cim import Chip
+    from cimc.cli import main
+    from cimc.npzio import read_npz
+
+    assert main(["compile", "zoo:lenet_bn", "--target", "sram-cim", "--spec-set", "spare_rows=2", "-o",
+                 str(tmp_path / "out")]) == 0
+    Chip.sample(16, 130, 128, p_sa0=0.05, seed=2).save(tmp_path / "chip.npz")
+    np.savez(tmp_path / "x.npz", **_x("lenet_bn"))
+    program = str(tmp_path / "out" / "program.cimir")
+    base = ["run", program, "--inputs", str(tmp_path / "x.npz"), "--target", "sram-cim", "--spec-set", "spare_rows=2"]
+    assert main([*base, "-o", str(tmp_path / "ideal.npz")]) == 0
+    assert main([*base, "--spec-set", f"chip={tmp_path / 'chip.npz'}", "-o", str(tmp_path / "faulty.npz")]) == 0
+    ideal, faulty = read_npz(tmp_path / "ideal.npz"), read_npz(tmp_path / "faulty.npz")
+    assert not np.array_equal(ideal["logits"], faulty["logits"])
