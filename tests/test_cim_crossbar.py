@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cimc.cim import Adc, CellDevice, Chip, Encoding, TileMap
-from cimc.cim.machine import DEVICE, MVM_ATTRS, load, mvm
+from cimc.cim.machine import DEVICE, load, mvm
+from cimc.cim.ops import MVM_ATTRS
 from cimc.errors import CimcError
 from cimc.ir.opdef import REQUIRED
 

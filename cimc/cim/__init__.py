@@ -8,8 +8,10 @@
   the shift-add;
 - :mod:`cimc.cim.device` and :mod:`cimc.cim.chip`: the device hook (stored cell values, read noise)
   and chips, one draw of a device's static effects, as data (``.npz`` chip files);
-- :mod:`cimc.cim.machine`: the executor's side: what the arrays hold during a run, load and MVM
-  instructions (a target defines its instructions with these).
+- :mod:`cimc.cim.ops` and :mod:`cimc.cim.machine`: the load and MVM instructions' schema (attributes,
+  type rules, checks) and their meaning: what the arrays hold during a run, and the MVM (a target
+  defines its instructions with these);
+- :mod:`cimc.cim.work`: what an MVM does, counted per tile, for cost models.
 
 Core code: nothing here imports a target. ``docs/array-model.md`` describes the model for users.
 """

@@ -10,7 +10,7 @@ macro holds, and at which physical rows and columns.
 ``sram.load(cells) -> token: i32 []``  attrs ``tiles``, ``cell_bits``: writes each tile's cells into
     its macro at its placement (machine state, a side effect). The token (the number of tiles written)
     orders the ``sram.mvm`` reading them after the write.
-``sram.mvm(x: u8, token, acc: i32?) -> i32``  attrs :data:`cimc.cim.machine.MVM_ATTRS`: the tiles'
+``sram.mvm(x: u8, token, acc: i32?) -> i32``  attrs :data:`cimc.cim.ops.MVM_ATTRS`: the tiles'
     bit-serial MVMs on the cells their macros hold (inputs ``dac_bits`` at a time, ``rows_per_op``
     physical rows per conversion, every partial sum through the ADC of ``adc_bits`` with its range),
     shifted and added by slice significance, summed into ``acc``. With a lossless ADC and an ideal
@@ -19,7 +19,8 @@ macro holds, and at which physical rows and columns.
 
 from __future__ import annotations
 
-from cimc.cim.machine import LOAD_ATTRS, MVM_ATTRS, load, load_problem, load_type, mvm, mvm_problem, mvm_type
+from cimc.cim.machine import load, mvm
+from cimc.cim.ops import LOAD_ATTRS, MVM_ATTRS, load_problem, load_type, mvm_problem, mvm_type
 from cimc.ir.opdef import op_def
 
 __all__ = ["OPS", "sram_load", "sram_mvm"]
