@@ -347,3 +347,30 @@ def test_cimc_run_runs_a_program_on_the_chip_of_the_spec(tmp_path):
     assert main([*base, "--spec-set", f"chip={tmp_path / 'chip.npz'}", "-o", str(tmp_path / "faulty.npz")]) == 0
     ideal, faulty = read_npz(tmp_path / "ideal.npz"), read_npz(tmp_path / "faulty.npz")
     assert not np.array_equal(ideal["logits"], faulty["logits"])
+
+
+def test_adc_ranges_set_in_a_program_are_checked_and_applied():
+    """A pass (an ADC calibration, say) may set each MVM's ranges per array and column group: the program runs
+    them; a step that is not a power of two, or ranges of the wrong shape, fail the verifier."""
+    from cimc.errors import VerifyError
+
+    _, prog = _compiled("lenet_bn", 8, False, SramCimTarget().with_spec(adc_bits=5))
+    x = _x("lenet_bn")
+    before = next(iter(run(prog, x).values()))
+    tuned = prog.copy()
+    for n in (n for n in tuned.nodes if n.op == "sram.mvm"):
+        T = len(n.attrs["tiles"])
+        n.attrs.update({"adc_step": np.ones((T, 16), np.int64), "adc_offset": np.zeros((T, 16), np.int64),
+                        "adc_group": 8})  # step 1 from 0: a 5-bit ADC that clips at 31, finer than the default 4
+    verify(tuned)
+    after = next(iter(run(tuned, x).values()))
+    assert not np.array_equal(before, after)
+    bad = tuned.copy()
+    node = next(n for n in bad.nodes if n.op == "sram.mvm")
+    node.attrs["adc_step"] = node.attrs["adc_step"] * 3
+    with pytest.raises(VerifyError, match="a step is a power of two"):
+        verify(bad)
+    node.attrs["adc_step"] = np.ones((1, 3), np.int64)
+    node.attrs["adc_offset"] = np.zeros((1, 3), np.int64)
+    with pytest.raises(VerifyError, match=r"need \[1, 16\]|need \[\d+, 16\]"):
+        verify(bad)
