@@ -37,6 +37,7 @@ from functools import cached_property
 
 import numpy as np
 
+from cimc.errors import CimcError
 from cimc.ir.core import AttrValue, Node
 
 __all__ = ["FIELDS", "Tile", "TileMap", "runs"]
@@ -221,7 +222,7 @@ class TileMap(AttrValue):
 
             try:
                 shape = tuple(weight_matrix(node).shape)
-            except Exception as e:  # a node the map cannot sit on: say why
+            except CimcError as e:  # a node the map cannot sit on: say why
                 return [*out, str(e)]
             if shape != self.matrix:
                 out.append(f"the map is of a [{', '.join(map(str, self.matrix))}] weight matrix, the node's is "
