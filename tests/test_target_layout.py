@@ -116,7 +116,9 @@ def test_a_pipeline_naming_the_lowering_is_cut_before_it():
     assert c.lowering == "lower-sram-cim{adc-bits=6}" and c.pipeline.endswith(",tile{rows=none cols=none "
                                                                              "cell-bits=none rows-per-op=none "
                                                                              "arrays=none encoding=none "
-                                                                             "replicate=1},lower-sram-cim{adc-bits=6}")
+                                                                             "replicate=1 spare-rows=none "
+                                                                             "spare-cols=none placement=identity},"
+                                                                             "lower-sram-cim{adc-bits=6}")
     assert "q.gemm" in c.quantized.ops() and not any(op.startswith("sram.") for op in c.quantized.ops())
     assert {n.attrs["adc_bits"] for n in c.program.nodes if n.op == "sram.mvm"} == {6}
     npu = get_target("npu")()
