@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cimc.cim.adc import Adc
+from cimc.cim.adc import ROUNDINGS, Adc
 from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError, VerifyError
 from cimc.ir.core import Node
@@ -23,36 +23,36 @@ from cimc.ir.types import DType, TensorType
 
 __all__ = ["LAYOUTS", "LOAD_ATTRS", "MVM_ATTRS", "SENSES", "load_problem", "load_type", "mvm_problem", "mvm_type"]
 
+LAYOUTS = ("rows", "cols")
+SENSES = ("columns", "pairs")
+
 _TILES = AttrSpec("tiles", REQUIRED, "the tiles this op covers: part of the layer's tile map (cimc.cim.TileMap), "
                                      "with their placement")
-LOAD_ATTRS = {"tiles": _TILES, "cell_bits": AttrSpec("int", 1, "bits per cell of the packed cells")}
+LOAD_ATTRS = {"tiles": _TILES, "cell_bits": AttrSpec("int", 1, "bits per cell of the packed cells", lo=1, hi=8)}
 """Attributes of a load instruction."""
 MVM_ATTRS = {
     "tiles": _TILES,
-    "layout": AttrSpec("str", "rows", "rows: x [..., K] -> [..., channels]; cols: x [G, N, K, L] -> [N, channels, L]"),
-    "channels": AttrSpec("int", REQUIRED, "output channels of the layer (all groups)"),
+    "layout": AttrSpec("str", "rows", "rows: x [..., K] -> [..., channels]; cols: x [G, N, K, L] -> [N, channels, L]",
+                       choices=LAYOUTS),
+    "channels": AttrSpec("int", REQUIRED, "output channels of the layer (all groups)", lo=1),
     "significance": AttrSpec("ints", REQUIRED, "signed significance of each slice of a weight"),
-    "offset": AttrSpec("int", 0, "offset subtracted per weight (offset encoding): y -= offset * sum(x)"),
-    "rows_per_op": AttrSpec("int", REQUIRED, "word lines on at once (a physical row block)"),
-    "dac_bits": AttrSpec("int", 1, "input bits per pass"),
-    "act_bits": AttrSpec("int", 8, "bits of x"),
-    "cell_bits": AttrSpec("int", 1, "bits per cell"),
-    "adc_bits": AttrSpec("int", REQUIRED, "ADC resolution"),
+    "offset": AttrSpec("int", 0, "offset subtracted per weight (offset encoding): y -= offset * sum(x)", lo=0),
+    "rows_per_op": AttrSpec("int", REQUIRED, "word lines on at once (a physical row block)", lo=1),
+    "dac_bits": AttrSpec("int", 1, "input bits per pass", lo=1, hi=8),
+    "act_bits": AttrSpec("int", 8, "bits of x", lo=1, hi=8),
+    "cell_bits": AttrSpec("int", 1, "bits per cell", lo=1, hi=8),
+    "adc_bits": AttrSpec("int", REQUIRED, "ADC resolution", lo=1, hi=24),
     "adc_step": AttrSpec("tensor", None, "ADC step (a power of two) per tile and column group, [] or [T, groups]; "
                                          "none: the worst-case range (cimc.cim.adc)"),
-    "adc_offset": AttrSpec("tensor", None, "ADC range offset, shaped like adc_step; none: 0"),
-    "adc_group": AttrSpec("int", 0, "physical columns sharing one ADC range (0: the whole array)"),
-    "adc_rounding": AttrSpec("str", "half-even", "ADC rounding: half-even or floor"),
+    "adc_offset": AttrSpec("tensor", None, "ADC range offset, shaped like adc_step; none: the worst-case range's"),
+    "adc_group": AttrSpec("int", 0, "physical columns sharing one ADC range (0: the whole array)", lo=0),
+    "adc_rounding": AttrSpec("str", "half-even", "ADC rounding: half-even or floor", choices=ROUNDINGS),
     "sense": AttrSpec("str", "columns", "columns: each column's partial sum is converted; pairs: a differential "
                                         "encoding's positive and negative column of each slice are sensed as one "
-                                        "signed partial sum and converted once"),
+                                        "signed partial sum and converted once", choices=SENSES),
     "skip": AttrSpec("tensor", np.zeros((0, 2), np.int64), "(tile, physical row block) pairs not driven"),
 }
 """Attributes of an MVM instruction (module docstring)."""
-
-
-LAYOUTS = ("rows", "cols")
-SENSES = ("columns", "pairs")
 
 
 def _tiles_problem(node: Node) -> str | None:
