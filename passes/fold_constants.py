@@ -11,9 +11,12 @@ Algorithm: one forward walk over the nodes, in order; for each node
    implementation and its results become graph constants under the same value names;
 4. otherwise small integer vectors that describe shapes are tracked element by element, each
    element a known int or a symbolic dim: ``Shape``/``Size`` of a tensor of known rank start
-   them, ``Gather``/``Slice``/``Concat``/``Squeeze``/``Unsqueeze``/``Cast`` carry them, and a
+   them, ``Gather``/``Slice``/``Concat``/``Squeeze``/``Unsqueeze``/``Cast`` carry them,
+   ``Add``/``Sub``/``Mul``/``Div`` compute them (known where both operands are), and a
    vector whose elements are all known becomes a constant. So ``Gather(Shape(x), 1)`` folds
    when dim 1 of ``x`` is static even if its batch dim ``N`` is symbolic; ``Gather(.., 0)`` stays.
+   A ``Reshape`` to a tracked vector with neither ``-1`` nor a copying ``0`` takes its dims from
+   the vector alone, whatever its input's type knows.
 Finally nodes and constants nothing reads are removed.
 
 Never evaluated: ops with side effects, random ops, ``Dropout`` in training mode, nodes with
@@ -154,6 +157,28 @@ def _ints(v: Value | None) -> list[int] | None:
     return None if c is None or c.dtype.kind not in "iu" else [int(x) for x in c.ravel()]
 
 
+_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def _arithmetic(op: str, x: Vec, y: Vec) -> Vec | None:
+    """Element-wise ``Add``/``Sub``/``Mul``/``Div`` of two tracked vectors (or a vector and a scalar):
+    an element is known where both operands are (``Div`` only of non-negative ints, where ONNX's
+    truncation and Python's floor agree), symbolic (``None``) otherwise."""
+    (xs, xd), (ys, yd) = x, y
+    if len(xd) != len(yd) and not (xs or ys):
+        return None
+    n = max(len(xd), len(yd))
+    out: list[Dim] = []
+    for a, b in zip(xd * n if xs else xd, yd * n if ys else yd, strict=False):
+        if not (isinstance(a, int) and isinstance(b, int)):
+            out.append(None)
+        elif op == "Div":
+            out.append(a // b if a >= 0 and b > 0 else None)
+        else:
+            out.append(a + b if op == "Add" else a - b if op == "Sub" else a * b)
+    return xs and ys, tuple(out)
+
+
 def _track(node: Node, known: dict[int, Vec]) -> Vec | None:
     """The element values of ``node``'s integer-vector result, where the node computes one."""
     op, ins, opdef = node.op, node.inputs, lookup(node.op)
@@ -176,6 +201,8 @@ def _track(node: Node, known: dict[int, Vec]) -> Vec | None:
     scalar, dims = arg[0]
     if op == "Unsqueeze" and scalar and len(ins) > 1 and _ints(ins[1]) in ([0], [-1]):
         return False, dims
+    if op in _ARITHMETIC and len(arg) == 2 and arg[1] is not None:
+        return _arithmetic(op, arg[0], arg[1])
     if scalar:  # the rest take a vector
         return None
     if op == "Squeeze" and len(dims) == 1 and (len(ins) < 2 or _ints(ins[1]) in (None, [0], [-1])):
@@ -206,9 +233,11 @@ def _dims_from_vector(node: Node, known: dict[int, Vec]) -> tuple[Dim, ...] | No
         src = node.inputs[0].type.shape if node.op == "Expand" else ()  # type: ignore[union-attr]
         return None if src is None else broadcast_shapes(src, vec[1])
     src = node.inputs[0].type.shape  # type: ignore[union-attr]
+    zero_copies = not node.attrs.get("allowzero", 0)
+    if -1 not in vec[1] and not (zero_copies and 0 in vec[1]):
+        return vec[1]  # every result dim is given: the source's shape does not matter
     if src is None or None in src:
         return None
-    zero_copies = not node.attrs.get("allowzero", 0)
     dims = [src[i] if d == 0 and zero_copies and i < len(src) else d for i, d in enumerate(vec[1])]
     if dims.count(-1) != 1 or None in dims:
         return tuple(dims) if -1 not in dims else None

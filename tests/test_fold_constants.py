@@ -286,3 +286,37 @@ def test_gather_of_shape_folds_exactly_the_static_dims(dims, data):
     }}""", {"x": np.zeros([d if isinstance(d, int) else 2 for d in dims], np.float32)})
     assert ("d" in g.constants) == isinstance(dims[i], int)
     assert ("t" in g.constants) == all(isinstance(d, int) for d in dims[j:])
+
+
+def test_shape_arithmetic_and_a_reshape_to_given_dims_keep_static_dims():
+    """timm's MobileViT as TorchScript exports it: patches unfolded by Reshape(x, [N*C*nh, ph, nw, pw])
+    with the first element computed by Mul on Shape(x), then folded back by Reshape(y, [N, C, H, W]).
+    The products of static dims fold, a product with N is an unknown dim, and the fold-back's dims
+    come from its shape vector alone although its input's dims are unknown."""
+    g = fold("""graph @main(%x: f32[N,6,4,4]) {
+      %i0: i64[] = const [0]
+      %i1: i64[] = const [1]
+      %two: i64[] = const [2]
+      %ax: i64[1] = const [0]
+      %tail: i64[3] = const [2, 2, 2]
+      %hw: i64[2] = const [4, 4]
+      %s: i64[4] = Shape(%x) loc("shape")
+      %n: i64[] = Gather(%s, %i0) loc("batch")
+      %c: i64[] = Gather(%s, %i1) loc("channels")
+      %nc: i64[] = Mul(%n, %c) loc("nc")
+      %nch: i64[] = Mul(%nc, %two) loc("nch")
+      %half: i64[] = Div(%c, %two) loc("half")
+      %cc: i64[] = Add(%half, %half) loc("cc")
+      %first: i64[1] = Unsqueeze(%nch, %ax) loc("u1")
+      %spec: i64[4] = Concat(%first, %tail) {axis = 0} loc("spec")
+      %p: f32[?,?,?,?] = Reshape(%x, %spec) loc("unfold")
+      %q: f32[?,?,?,?] = Transpose(%p) {perm = [0, 3, 2, 1]} loc("swap")
+      %nu: i64[1] = Unsqueeze(%n, %ax) loc("u2")
+      %ccu: i64[1] = Unsqueeze(%cc, %ax) loc("u3")
+      %back: i64[4] = Concat(%nu, %ccu, %hw) {axis = 0} loc("back_spec")
+      %y: f32[?,?,?,?] = Reshape(%q, %back) loc("fold")
+      return %y
+    }""", {"x": np.arange(2 * 96, dtype=np.float32).reshape(2, 6, 4, 4)})
+    assert g.value("p").type.shape == (None, 2, 2, 2)
+    assert g.value("y").type.shape == ("N", 6, 4, 4)
+    assert "Div" not in g.ops() and "Add" not in g.ops() and g.ops()["Mul"] == 2  # folded where known
