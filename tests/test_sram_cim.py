@@ -245,8 +245,6 @@ def test_lossy_program_equals_the_reference_model(rows_per_op, zero_block):
     assert np.array_equal(got, want) and not np.array_equal(got, next(iter(run(q, xs).values())))
 
 
-
-
 def test_a_wrong_permutation_in_a_program_is_a_wrong_result():
     """Swap two physical rows (or columns) in one sram.mvm's placement, leaving its sram.load as it was: the MVM
     reads other cells than the load wrote, and the program no longer equals the integer reference."""
@@ -374,3 +372,23 @@ def test_adc_ranges_set_in_a_program_are_checked_and_applied():
     node.attrs["adc_offset"] = np.zeros((1, 3), np.int64)
     with pytest.raises(VerifyError, match=r"need \[1, 16\]|need \[\d+, 16\]"):
         verify(bad)
+
+
+def test_a_conv_with_run_time_spatial_dims_is_one_clear_error():
+    """A Conv whose height and width are symbolic cannot be tiled into whole-layer MVMs: the lowering says
+    so and names the layer (it raised a TypeError while multiplying the dims)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import cimc
+    from cimc.errors import PassError
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv1")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H", "W"])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    calib = np.random.default_rng(1).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    with pytest.raises(PassError, match=r"conv1 \(q.conv\) needs a result with static spatial dims"):
+        cimc.compile(model, target="sram-cim", calibration=calib, progress=False)

@@ -137,6 +137,9 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
     add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
     conv = node.op == "q.conv"
     final = node.outputs[0].type
+    if conv and (final.shape is None or not all(isinstance(d, int) for d in final.shape[2:])):
+        raise PassError(f"lower-sram-cim: {node.name} (q.conv) needs a result with static spatial dims, found "
+                        f"{final}: the model computes them at run time (export it with a static input size)")
     channels = m.shape[0] * m.shape[2]
     cells = graph.add_constant(enc.pack(m), f"{node.name}.cells")
     if conv:
