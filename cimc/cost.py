@@ -163,12 +163,13 @@ def vector_cost(node: Any, *, lanes: int, cycles_per_op: float, pj_per_op: float
 
 
 def mac_dims(node: Any) -> tuple[int, int, int] | None:
-    """The multiply-accumulate work of a float matrix or recurrent op as a product ``(p, k, n)``: ``p``
-    independent rows of ``k``-long dot products against ``n`` columns, ``p * k * n`` MACs per sample;
+    """The multiply-accumulate work of a float matrix or recurrent op (or an integer matmul of two
+    activations) as a product ``(p, k, n)``: ``p`` independent rows of ``k``-long dot products against
+    ``n`` columns, ``p * k * n`` MACs per sample;
     ``None`` if the op has none (or its shapes are unknown).
 
-    - ``MatMul`` (any rank, broadcasting): ``n`` = the result's last dim, ``k`` = A's last dim (A's only
-      dim if A is 1-D), ``p`` = result elements / ``n``;
+    - ``MatMul`` and ``q.act_matmul`` (any rank, broadcasting): ``n`` = the result's last dim, ``k`` = A's
+      last dim (A's only dim if A is 1-D), ``p`` = result elements / ``n``;
     - ``Gemm``: the same, ``k`` = A's dim 0 if ``transA`` else dim 1;
     - ``Conv``: ``n`` = output channels, ``k`` = input channels per group * kernel size, ``p`` = result
       elements / ``n``;
@@ -187,9 +188,10 @@ def mac_dims(node: Any) -> tuple[int, int, int] | None:
     op, ins = node.op, node.inputs
     shapes = [getattr(getattr(v, "type", None), "shape", None) if v is not None else None for v in ins]
     out = node.outputs[0] if node.outputs else None
-    if op in ("MatMul", "Gemm", "Conv") and (not shapes or shapes[0] is None or num_elements(out) == 0):
+    if op in ("MatMul", "q.act_matmul", "Gemm", "Conv") and (not shapes or shapes[0] is None
+                                                             or num_elements(out) == 0):
         return None
-    if op == "MatMul":
+    if op in ("MatMul", "q.act_matmul"):
         a = shapes[0]
         k, n = _dim(a, -1), _dim(counts(out), -1)
         return num_elements(out) // max(n, 1), k, n

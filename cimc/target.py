@@ -71,6 +71,9 @@ VECTOR_OPS = (
     # integer: requantization, the integer elementwise/pool ops of pre-quantized models, and the lowering's
     # shared helpers (every ``vec.*`` op, a namespace)
     "q.requant", "q.add", "q.quantize", "q.dequantize", "q.lut", "q.mul", "q.avg_pool", "q.softmax", "vec.",
+    # the integer matmul of two activations (attention), on the vector unit's multipliers where the arrays do
+    # not take it
+    "q.act_matmul",
     # pooling and reductions
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "ReduceMean",
     "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
@@ -407,6 +410,8 @@ class Capabilities:
     """Physical rows of an array beyond ``rows``, for a placement to move rows onto (no weights planned there)."""
     spare_cols: int = 0
     """Physical columns of an array beyond ``cols``, likewise."""
+    array_name: str = "arrays"
+    """What the report calls the target's arrays (``"MAC array"`` for a digital one)."""
 
     def unit_of(self, op: str) -> Literal["array", "vector", "own"] | None:
         """Where ``op`` runs: ``"array"``, ``"vector"``, ``"own"`` (a target instruction), or ``None``

@@ -109,11 +109,18 @@ class QuantizePass(Pass):
     bias_correction: Literal["auto", "on", "off"] = option(
         "auto", "Add the mean output shift of the weight rounding on the calibration inputs to the bias; "
                 "auto: on for layers below 8 weight bits.")
+    vector_bits: int = option(0, "Bits (2..8) of the activations the integer vector-unit ops read (q.add, q.mul, "
+                                 "q.lut, q.softmax: residual adds, gates, nonlinearities); 0: act-bits.")
+    out_bits: int = option(0, "Bits (2..8) of an array op's result where only vector-unit ops read it (the "
+                              "array's output, before the digital ops); 0: what its readers ask.")
 
     def __post_init__(self) -> None:
         for key, bits in (("weight-bits", self.weight_bits), ("act-bits", self.act_bits)):
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise CimcError(f"option '{key}' of pass 'quantize' is {bits!r}; expected 2..8")
+        for key, bits in (("vector-bits", self.vector_bits), ("out-bits", self.out_bits)):
+            if not isinstance(bits, int) or not (bits == 0 or 2 <= bits <= 8):
+                raise CimcError(f"option '{key}' of pass 'quantize' is {bits!r}; expected 2..8, or 0 (unset)")
         if not 50 < self.percentile <= 100:
             raise CimcError(f"option 'percentile' of pass 'quantize' is {self.percentile}; expected 50 < p <= 100")
         parse_overrides(self.overrides)
@@ -122,7 +129,8 @@ class QuantizePass(Pass):
         """Calibrate on ``ctx.calibration``, then rewrite ``graph`` into integer ops (or adopt the
         quantization a pre-quantized graph carries)."""
         from cimc.quant.calibrate import calibrate, check_calibration
-        from cimc.quant.lower import Settings, adopt, lower, quantizable
+        from cimc.quant.lower import Settings, act_matmul, adopt, lower, quantizable
+        from cimc.quant.recurrent import unroll_recurrent
         from cimc.quant.prequant import is_prequantized
         from cimc.quant.weights import InputStats, WeightMethod
         from cimc.sparsity import weight_view
@@ -137,19 +145,29 @@ class QuantizePass(Pass):
                              f"its options would be ignored; quantize once, with all its options in that one "
                              f"quantize{{...}}")
         requant = "fixed" if self.requant == "auto" else self.requant
-        settings = Settings(self.weight_bits, self.act_bits, requant, self.per_channel, self._overrides(graph))
+        settings = Settings(self.weight_bits, self.act_bits, requant, self.per_channel, self._overrides(graph),
+                            vector_bits=self.vector_bits, out_bits=self.out_bits)
         check_calibration(graph, ctx.calibration)
+        left = unroll_recurrent(graph)
+        if left:  # recurrent layers that stay float ops, and why
+            graph.metadata["quant.float_reasons"] = json.dumps(left, sort_keys=True)
         layers = [n for n in graph.nodes if quantizable(n)]
-        if not layers:
+        if not layers and not any(act_matmul(n) for n in graph.nodes):
             logger.info("quantize: no Conv, Gemm or MatMul with constant weights; nothing to do")
             return PassResult(False)
         methods = {n.name: WeightMethod.choose(settings.bits(n, "weight-bits"), self.weight_clip,
                                                self.weight_rounding, self.bias_correction) for n in layers}
-        stats = {n.name: InputStats(n, weight_view(n), second=methods[n.name].rounding == "gptq")
-                 for n in layers if methods[n.name].needs_stats}
+        stats: dict[str, InputStats] = {}
+        shared: dict[tuple, InputStats] = {}  # layers reading one weight (a recurrent layer's steps) pool theirs
+        for n in layers:
+            if methods[n.name].needs_stats:
+                key = (id(n.inputs[1]), str(methods[n.name]))
+                if key not in shared:
+                    shared[key] = InputStats(n, weight_view(n), second=methods[n.name].rounding == "gptq")
+                stats[n.name] = shared[key]
         readers: dict[int, list[InputStats]] = {}
         for n in layers:
-            if n.name in stats:
+            if n.name in stats and stats[n.name] not in readers.get(id(n.inputs[0]), []):
                 readers.setdefault(id(n.inputs[0]), []).append(stats[n.name])
 
         def observe(v, a) -> None:

@@ -46,6 +46,12 @@ accumulator then ``QuantizeLinear`` with the result type's parameters, followed 
     Both carry ``x_zero_point`` (already folded into ``bias`` as for ``q.conv``; kept so the
     node says what it computes). Accumulation is exact (float BLAS within 2**24 / 2**53, else
     int64); results wrap to int32 like C, which needs ``K > 66000`` at 8 bits.
+``q.act_matmul(a: u8 [..., M, K], b: u8 [..., K, N]) -> i32 [..., M, N]``  attrs ``a_zero_point``,
+    ``b_zero_point``: ``acc = (a - a_zero_point) @ (b - b_zero_point)`` exactly (leading dims
+    broadcast as ``MatMul``'s), wrapped to int32; the accumulator's scale is ``sa * sb``. The matmul of
+    two activations (attention's ``Q K^T`` and ``P V``): no operand is a constant, so no term is
+    precomputed into a bias; a target runs it on a MAC array, writes one operand into an array per
+    inference, or runs it on its vector unit.
 ``q.requant(acc: i32) -> u8``  attrs ``mode``, ``scale`` (floats: the real multipliers
     ``M[c] = sx*sw[c] / s_out`` as float32 values), ``multiplier``/``shift`` (ints, fixed mode:
     ``(M0, shift) = quantize_multiplier(scale[c])``, see ``cimc.quant.fixedpoint``), ``axis``
@@ -88,7 +94,7 @@ from cimc.quant.fixedpoint import (
     shared_multipliers,
 )
 
-__all__ = ["MODES"]
+__all__ = ["MODES", "act_matmul_codes"]
 
 MODES = ("fixed", "float")
 _RTOL = 1e-5  # scales are float32: attributes and types agree to float32 precision
@@ -347,6 +353,43 @@ def _matmul_type(ctx: InferContext) -> list[TensorType]:
 def qmatmul(ctx, x, w, bias=None):
     """int32 x @ w + bias for uint8 x [..., K], int8 w [K, N]."""
     return _bias_add(exact_matmul(x, w, np.int64), bias)
+
+
+def _act_matmul_type(ctx: InferContext) -> list[TensorType]:
+    a, b = _dtype(ctx, 0, DType.u8), _dtype(ctx, 1, DType.u8)
+    quant = None
+    if a.quant is not None and b.quant is not None:
+        quant = QuantParams((a.quant.scale[0] * b.quant.scale[0],), (0,), 32)
+    if a.shape is None or b.shape is None:
+        return [TensorType(DType.i32, None, quant)]
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise VerifyError(f"{_where(ctx)}: both operands must have rank >= 2, are {a} and {b}")
+    k, k2 = a.shape[-1], b.shape[-2]
+    if isinstance(k, int) and isinstance(k2, int) and k != k2:
+        raise VerifyError(f"{_where(ctx)}: a {a} has K={k} but b {b} has K={k2}")
+    batch = broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    return [TensorType(DType.i32, (*batch, a.shape[-2], b.shape[-1]), quant)]
+
+
+def _verify_act_matmul(node: Node) -> str | None:
+    for i, key in ((0, "a_zero_point"), (1, "b_zero_point")):
+        q, zp = _in_quant(node, i), node.attrs.get(key)
+        if q is not None and q.zero_point != (zp,):
+            return f"{key}={zp} but operand {i} has type quantization {q}"
+    return None
+
+
+@define_op("q.act_matmul", inputs=2, infer=_act_matmul_type, verify=_verify_act_matmul, attrs={
+    "a_zero_point": AttrSpec("int", REQUIRED, "zero point of a", lo=0, hi=255),
+    "b_zero_point": AttrSpec("int", REQUIRED, "zero point of b", lo=0, hi=255)})
+def qact_matmul(ctx, a, b):
+    """int32 (a - a_zero_point) @ (b - b_zero_point) of two uint8 activations (batched, broadcasting)."""
+    return act_matmul_codes(a, b, ctx.attrs["a_zero_point"], ctx.attrs["b_zero_point"])
+
+
+def act_matmul_codes(a: np.ndarray, b: np.ndarray, za: int, zb: int) -> np.ndarray:
+    """``(a - za) @ (b - zb)`` of uint8 codes, exact, wrapped to int32 (what ``q.act_matmul`` computes)."""
+    return exact_matmul(a.astype(np.int16) - np.int16(za), b.astype(np.int16) - np.int16(zb), np.int32)
 
 
 # ---- q.requant / q.add ------------------------------------------------------------------------------

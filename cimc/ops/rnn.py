@@ -24,7 +24,7 @@ from cimc.ir.types import Dim, TensorType
 from cimc.ops._infer import require
 from cimc.ops.nn import float_compute_dtype
 
-__all__ = ["ACTIVATIONS", "activation"]
+__all__ = ["ACTIVATIONS", "activation", "activation_params"]
 
 Act = Callable[[np.ndarray], np.ndarray]
 
@@ -50,19 +50,25 @@ ACTIVATIONS: dict[str, tuple[bool, bool, float, float, Callable[[float, float], 
 """RNN activation functions by lower-case ONNX name."""
 
 
-def activation(names, alphas, betas) -> list[Act]:
-    """The activation functions named in ``names``; alphas/betas are consumed in order by those that take them."""
+def activation_params(names, alphas, betas) -> list[tuple[str, float, float]]:
+    """``(lower-case name, alpha, beta)`` of each activation named in ``names``: alphas/betas are consumed in
+    order by those that take them, the others get their defaults."""
     alphas, betas = list(alphas or ()), list(betas or ())
     out = []
     for name in names:
         spec = ACTIVATIONS.get(name.lower())
         if spec is None:
             raise InputError(f"unknown RNN activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}")
-        use_a, use_b, da, db, build = spec
+        use_a, use_b, da, db, _ = spec
         a = alphas.pop(0) if use_a and alphas else da
         b = betas.pop(0) if use_b and betas else db
-        out.append(build(a, b))
+        out.append((name.lower(), float(a), float(b)))
     return out
+
+
+def activation(names, alphas, betas) -> list[Act]:
+    """The activation functions named in ``names``; alphas/betas are consumed in order by those that take them."""
+    return [ACTIVATIONS[name][4](a, b) for name, a, b in activation_params(names, alphas, betas)]
 
 
 def _times(d: Dim, k: int) -> Dim:

@@ -41,17 +41,24 @@ from cimc.errors import CimcError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.quant.calibrate import Observer
-from cimc.quant.fixedpoint import quantize_multipliers, shared_multipliers
-from cimc.quant.params import act_params, quantize_weights
+from cimc.quant.fixedpoint import quantize_multiplier, quantize_multipliers, shared_multipliers
+from cimc.quant.params import act_params, lut_table, quantize_weights
 from cimc.quant.weights import InputStats, WeightMethod, quantize_matrix
 from cimc.sparsity import WeightView, weight_view
 
-__all__ = ["MOVES", "Settings", "adopt", "lower", "quantizable"]
+__all__ = ["MOVES", "UNARY", "Settings", "act_matmul", "adopt", "chain_function", "lower", "quantizable",
+           "scalar_operand"]
 
 MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather",
                    "Expand", "Identity", "Concat"})
 """Ops that only move or select elements, so they run on uint8 values unchanged."""
 _ACTS = frozenset({"Relu", "Clip"})
+UNARY = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Log",
+                   "Sqrt", "Reciprocal", "Neg", "Abs", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Mish", "Celu",
+                   "ThresholdedRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Identity", "PRelu", "Add",
+                   "Sub", "Mul", "Div", "Pow", "Max", "Min"})
+"""Elementwise float ops that a ``q.lut`` computes when one operand is an activation and the others are
+constant scalars."""
 _QOPS = {"Conv": "q.conv", "ConvTranspose": "q.conv_transpose", "Gemm": "q.gemm", "MatMul": "q.matmul"}
 
 
@@ -68,6 +75,10 @@ class Settings:
     """Weight method by node name (absent: max scales, round to nearest)."""
     stats: Mapping[str, InputStats] = field(default_factory=dict)
     """Calibration input statistics by node name, for the methods that need them."""
+    vector_bits: int = 0
+    """Bits of the activations the integer vector-unit ops read (q.add, q.mul, q.lut, q.softmax); 0: act_bits."""
+    out_bits: int = 0
+    """Bits of an array op's result that only vector-unit ops read; 0: what its readers ask."""
 
     def bits(self, n: Node, key: str) -> int:
         """``key`` (``weight-bits``/``act-bits``) of node ``n``: by name, else op type, else default."""
@@ -75,6 +86,14 @@ class Settings:
             if key in self.overrides.get(sel, {}):
                 return self.overrides[sel][key]
         return self.weight_bits if key == "weight-bits" else self.act_bits
+
+    def read_bits(self, n: Node, vector: bool) -> int:
+        """Bits of the activations node ``n`` reads: its ``act-bits`` override by name or op type, else
+        ``vector_bits`` (or ``act_bits``) for an integer vector-unit op, ``act_bits`` for an array op."""
+        for sel in (n.name, n.op):
+            if "act-bits" in self.overrides.get(sel, {}):
+                return self.overrides[sel]["act-bits"]
+        return (self.vector_bits or self.act_bits) if vector else self.act_bits
 
 
 def quantizable(n: Node) -> bool:
@@ -136,6 +155,46 @@ def _is_add(n: Node) -> bool:
         v is not None and v.const is None and v.type.dtype is DType.f32 for v in n.inputs)
 
 
+def act_matmul(n: Node) -> bool:
+    """Whether ``n`` is a MatMul of two f32 activations of rank 2 or more (attention's ``Q K^T``, ``P V``)."""
+    return n.op == "MatMul" and len(n.inputs) == 2 and all(
+        v is not None and v.const is None and v.type.dtype is DType.f32 and (v.type.rank or 0) >= 2
+        for v in n.inputs)
+
+
+def _product(n: Node) -> bool:
+    return n.op == "Mul" and len(n.inputs) == 2 and all(
+        v is not None and v.const is None and v.type.dtype is DType.f32 for v in n.inputs)
+
+
+def scalar_operand(n: Node, const=lambda v: v.const, v: Value | None = None) -> tuple[int, list] | None:
+    """``(k, constants)`` when ``n`` is an elementwise op of :data:`UNARY` whose only non-constant operand is
+    number ``k`` (``v`` if given), whose constants (``const(value)``, by operand) are scalars, and whose result
+    has that operand's shape; else ``None``."""
+    acts = [i for i, x in enumerate(n.inputs) if x is not None and const(x) is None]
+    if n.op not in UNARY or len(acts) != 1 or len(n.outputs) != 1 or (v is not None and n.inputs[acts[0]] is not v):
+        return None
+    consts = [None if x is None else const(x) for x in n.inputs]
+    shape, out = n.inputs[acts[0]].type.shape, n.outputs[0].type.shape
+    if any(c is not None and c.size != 1 for c in consts) or shape is None or out is None or tuple(shape) != \
+            tuple(out):
+        return None
+    return acts[0], consts
+
+
+def chain_function(chain: list[Node], steps: list[tuple[int, list]]):
+    """The real function of a chain of :func:`scalar_operand` ops (each reading the one before), as cimc's
+    float ops compute it, on float32 arrays."""
+    from cimc.ops.qoperator import float_op
+
+    def fn(real: np.ndarray) -> np.ndarray:
+        for m, (k, consts) in zip(chain, steps, strict=True):
+            ops = [real if i == k else None if c is None else np.asarray(c).reshape(()) for i, c in enumerate(consts)]
+            real = np.asarray(float_op(m.op, m.attrs, *ops), np.float32)
+        return real
+    return fn
+
+
 def _const_bounds(n: Node) -> tuple[float, float] | None:
     """The real bounds of a Relu, or of a Clip whose bounds are constants; else ``None``."""
     if n.op == "Relu":
@@ -178,16 +237,24 @@ class _Lowering:
         self.acc: dict[int, Value] = {}
         self.skip: set[int] = set()
         self._params: dict[int, tuple[float, int, int]] = {}
+        self.weights: dict[tuple, tuple[Value, np.ndarray, np.ndarray | None]] = {}
         self.taken = {v.name for v in src.values()} | {n.name for n in src.nodes}
         self.bits: dict[int, int] = {}
+        self.array_read: set[int] = set()  # values an array op reads, directly or through moves
         for n in reversed(src.nodes):  # activation bits, from the readers back
+            unary = scalar_operand(n)
             for i, v in enumerate(n.inputs):
                 if v is None or v.const is not None:
                     continue
-                if (i == 0 and quantizable(n)) or _is_add(n):
-                    b = settings.bits(n, "act-bits")
+                if (i == 0 and quantizable(n)) or act_matmul(n):
+                    b = settings.read_bits(n, vector=False)
+                    self.array_read.add(id(v))
+                elif _is_add(n) or _product(n) or (n.op == "Softmax" and i == 0) or (unary and unary[0] == i):
+                    b = settings.read_bits(n, vector=True)
                 elif (n.op in MOVES and (i == 0 or n.op == "Concat")) or (n.op in _ACTS and i == 0):
                     b = max((self.bits.get(id(o), 0) for o in n.outputs), default=0)
+                    if any(id(o) in self.array_read for o in n.outputs):
+                        self.array_read.add(id(v))
                 else:
                     continue
                 if b:
@@ -209,12 +276,15 @@ class _Lowering:
             hint += "_"
         return hint
 
-    def params(self, v: Value) -> tuple[float, int, int]:
+    def params(self, v: Value, array_out: bool = False) -> tuple[float, int, int]:
         """``(scale, zero_point, bits)`` of float value ``v`` from its calibrated range (the range of
-        the Concat result for the inputs of a Concat, so that it runs on integers)."""
+        the Concat result for the inputs of a Concat, so that it runs on integers); ``array_out``: ``v`` is
+        an array op's result, which takes ``out_bits`` when set and no array op reads it."""
         v = self.tie.get(id(v), v)
         if id(v) not in self._params:
             bits = self.bits.get(id(v)) or self.s.act_bits
+            if array_out and self.s.out_bits and id(v) not in self.array_read:
+                bits = self.s.out_bits
             lo, hi = self.obs[v.name].range(bits)
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 by = f" (the result of node {v.producer.name!r}, {v.producer.op})" if v.producer else ""
@@ -267,7 +337,7 @@ class _Lowering:
 
     def requant(self, acc: Value, v: Value, bounds: tuple[float, float] | None) -> Value:
         """``q.requant`` of accumulator ``acc`` to the parameters of ``v``, clamped to ``bounds``."""
-        scale, zp, bits = self.params(v)
+        scale, zp, bits = self.params(v, array_out=True)
         p = acc.type.quant
         if scale == 0.0:
             raise CimcError(f"value %{v.name}: its calibrated range gives scale 0, so no requantization multiplier "
@@ -306,24 +376,31 @@ class _Lowering:
         sx, zx = xq.type.quant.scale[0], xq.type.quant.zero_point[0]
         bits = self.s.bits(n, "weight-bits")
         method = self.s.methods.get(n.name, WeightMethod())
-        if method != WeightMethod():
-            view = _lowered_view(n, w)
-            try:
-                q, sw, shift = quantize_matrix(view.to_matrix(w), bits, self.s.per_channel, method,
-                                               self.s.stats.get(n.name))
-            except CimcError as e:
-                raise CimcError(f"node {n.name!r} ({n.op}), weights by {method}: {e}") from e
-            wq = view.from_matrix(q)
-            if shift is not None:
-                b = shift if b is None else b.astype(np.float64) + shift
-        elif n.op == "ConvTranspose":  # [C, M/G, *K] -> [M, C/G, *K]: one scale per output channel
-            wq, sw = _quantize_convt_weights(w, n.attrs.get("group", 1), bits, self.s.per_channel)
-        else:
-            wq, sw = quantize_weights(w, bits, axis, self.s.per_channel)
+        # layers reading one weight constant (a recurrent layer's steps) share its quantized form
+        key = (id(n.inputs[1]), n.op, n.attrs.get("transB"), n.attrs.get("alpha"), n.attrs.get("group"), bits,
+               str(method))
+        if key not in self.weights:
+            shift = None
+            if method != WeightMethod():
+                view = _lowered_view(n, w)
+                try:
+                    q, sw, shift = quantize_matrix(view.to_matrix(w), bits, self.s.per_channel, method,
+                                                   self.s.stats.get(n.name))
+                except CimcError as e:
+                    raise CimcError(f"node {n.name!r} ({n.op}), weights by {method}: {e}") from e
+                wq = view.from_matrix(q)
+            elif n.op == "ConvTranspose":  # [C, M/G, *K] -> [M, C/G, *K]: one scale per output channel
+                wq, sw = _quantize_convt_weights(w, n.attrs.get("group", 1), bits, self.s.per_channel)
+            else:
+                wq, sw = quantize_weights(w, bits, axis, self.s.per_channel)
+            self.weights[key] = (self.g.add_constant(wq, n.inputs[1].name, TensorType(DType.i8, wq.shape, QuantParams(
+                tuple(sw.tolist()), (0,) * sw.size, bits, None if sw.size == 1 else axis))), sw, shift)
+        wv, sw, shift = self.weights[key]
+        wq = wv.const
+        if shift is not None:
+            b = shift if b is None else b.astype(np.float64) + shift
         ax = None if sw.size == 1 else axis
-        wname = n.inputs[1].name
-        wv = self.g.add_constant(wq, wname, TensorType(DType.i8, wq.shape, QuantParams(
-            tuple(sw.tolist()), (0,) * sw.size, bits, ax)))
+        wname = wv.name
         if n.op == "ConvTranspose":  # x - zx is computed by the op: no zero-point term in the bias
             bias = np.zeros(sw.size if b is None else b.size, np.int64)
         else:
@@ -376,6 +453,62 @@ class _Lowering:
                   for k, d in (("lo", 0), ("hi", (1 << p.bits) - 1)))
         self.q[id(out)] = self.node("Clip", [xq, lo, hi], {}, n.name, self.uint8(out, p), self.fresh(f"{out.name}_q"))
 
+    def integer(self, v: Value | None) -> bool:
+        """Whether ``v`` has an integer form (uint8 or accumulator)."""
+        return v is not None and (id(v) in self.q or id(v) in self.acc)
+
+    def lut(self, x: Value, fn, out: Value, name: str, out_name: str | None = None) -> Value:
+        """``q.lut`` of uint8 ``x``: ``fn`` of its real values, on ``out``'s grid."""
+        scale, zp, bits = self.params(out)
+        p = x.type.quant
+        table = lut_table(p.scale[0], p.zero_point[0], fn, scale, zp, 0, (1 << bits) - 1)
+        return self.node("q.lut", [x], {"table": table, "scale": scale, "zero_point": zp, "bits": bits}, name,
+                         self.uint8(out, QuantParams((scale,), (zp,), bits)), out_name or self.fresh(f"{out.name}_q"))
+
+    def act_matmul(self, n: Node) -> None:
+        a, b = (self.as_quant(v) for v in n.inputs)
+        out = n.outputs[0]
+        self.acc[id(out)] = self.node("q.act_matmul", [a, b], {"a_zero_point": a.type.quant.zero_point[0],
+                                                                 "b_zero_point": b.type.quant.zero_point[0]},
+                                      n.name, out_name=self.fresh(f"{out.name}_acc"))
+
+    def product(self, n: Node) -> None:
+        a, b = (self.as_quant(v) for v in n.inputs)
+        out = n.outputs[0]
+        scale, zp, bits = self.params(out)
+        m = float(np.float32(np.float32(a.type.quant.scale[0] * b.type.quant.scale[0]) / np.float32(scale)))
+        attrs = {"mode": self.s.requant, "mul_scale": m, "scale": scale, "a_zero_point": a.type.quant.zero_point[0],
+                 "b_zero_point": b.type.quant.zero_point[0], "zero_point": zp, "bits": bits}
+        if self.s.requant == "fixed":
+            attrs["multiplier"], attrs["shift"] = quantize_multiplier(m)
+        self.q[id(out)] = self.node("q.mul", [a, b], attrs, n.name, self.uint8(out, QuantParams((scale,), (zp,), bits)),
+                                    self.fresh(f"{out.name}_q"))
+
+    def softmax(self, n: Node) -> None:
+        x, out = self.as_quant(n.inputs[0]), n.outputs[0]
+        scale, zp, bits = self.params(out)
+        attrs = {"axis": n.attrs.get("axis", -1), "flatten": 0, "x_scale": x.type.quant.scale[0], "scale": scale,
+                 "zero_point": zp, "bits": bits}
+        self.q[id(out)] = self.node("q.softmax", [x], attrs, n.name,
+                                    self.uint8(out, QuantParams((scale,), (zp,), bits)), self.fresh(f"{out.name}_q"))
+
+    def unary(self, n: Node, first: tuple[int, list]) -> None:
+        """A chain of elementwise ops of one integer value and constant scalars, each the only reader of
+        the one before: one ``q.lut`` to the last one's grid."""
+        chain, steps = [n], [first]
+        while len(chain) < 8:
+            out = chain[-1].outputs[0]
+            nxt = out.users[0] if len(out.uses) == 1 and not self.src.is_output(out) else None
+            step = None if nxt is None else scalar_operand(nxt, v=out)
+            if step is None:
+                break
+            chain.append(nxt)
+            steps.append(step)
+        self.skip.update(id(m) for m in chain[1:])
+        out = chain[-1].outputs[0]
+        self.q[id(out)] = self.lut(self.as_quant(n.inputs[first[0]]), chain_function(chain, steps), out,
+                                   chain[-1].name)
+
     def move(self, n: Node) -> bool:
         data = n.inputs if n.op == "Concat" else n.inputs[:1]
         if len(n.outputs) != 1:
@@ -383,6 +516,10 @@ class _Lowering:
         for v in data:  # an accumulator that integer layers read later is requantized here already
             if v is not None and id(v) in self.acc and id(v) in self.bits:
                 self.as_quant(v)
+        if n.op == "Concat" and any(id(v) in self.q for v in data) and all(
+                v is not None and v.const is None and v.type.dtype is DType.f32 for v in data):
+            self.concat(n)
+            return True
         quant = {self.q[id(v)].type.quant for v in data if id(v) in self.q}
         if len(quant) != 1 or not all(id(v) in self.q for v in data):
             return False
@@ -391,6 +528,21 @@ class _Lowering:
         self.q[id(out)] = self.node(n.op, ins, dict(n.attrs), n.name, self.uint8(out, quant.pop()),
                                     self.fresh(f"{out.name}_q"))
         return True
+
+    def concat(self, n: Node) -> None:
+        """A Concat of which some inputs are uint8: on the result's grid, the others requantized to it
+        (``q.lut``), quantized (float ones) or requantized (accumulators)."""
+        out = n.outputs[0]
+        scale, zp, bits = self.params(out)
+        want = QuantParams((scale,), (zp,), bits)
+        ins = []
+        for i, v in enumerate(n.inputs):
+            x = self.as_quant(v)
+            if x.type.quant != want:
+                x = self.lut(x, lambda r: r, out, self.fresh(f"{n.name}_{i}_requant"))
+            ins.append(x)
+        self.q[id(out)] = self.node("Concat", ins, dict(n.attrs), n.name, self.uint8(out, want),
+                                    self.fresh(f"{out.name}_q"))
 
     def copy(self, n: Node) -> None:
         ins = [None if v is None else self.as_float(v) for v in n.inputs]
@@ -405,13 +557,23 @@ class _Lowering:
         for n in self.src.nodes:
             if id(n) in self.skip:
                 continue
-            ints = [v for v in n.inputs[:1] if v is not None and (id(v) in self.q or id(v) in self.acc)]
+            ints = [v for v in n.inputs[:1] if self.integer(v)]
+            unary = scalar_operand(n)
             if quantizable(n):
                 self.mvm(n, *_weights(n))
+            elif act_matmul(n):
+                self.act_matmul(n)
             elif n.op in _ACTS and ints and (bounds := _const_bounds(n)) is not None:
                 self.activation(n, bounds)
-            elif _is_add(n) and all(id(v) in self.q or id(v) in self.acc for v in n.inputs):
+            elif _is_add(n) and any(self.integer(v) for v in n.inputs):
                 self.add(n)
+            elif _product(n) and any(self.integer(v) for v in n.inputs):
+                self.product(n)
+            elif n.op == "Softmax" and ints and n.inputs[0].type.dtype is DType.f32:
+                self.softmax(n)
+            elif unary is not None and self.integer(n.inputs[unary[0]]) and n.op not in _ACTS \
+                    and n.outputs[0].type.dtype is DType.f32:
+                self.unary(n, unary)
             elif not (n.op in MOVES and self.move(n)):
                 self.copy(n)
         self.g.outputs = [self.as_float(v) for v in self.src.outputs]

@@ -4,6 +4,10 @@ Activations (unsigned, ``b`` bits, ``qmax = 2**b - 1``): the range is widened to
 zero-padded border is exactly the zero point), then ``scale = float32((hi - lo) / qmax)`` and
 ``zero_point = clip(round_half_even(-lo / scale), 0, qmax)``; an all-zero range gets scale 1.
 
+Lookup tables (``q.lut``): the result code of each of the 256 input codes ``i`` is
+``clip(rint(float32(f(float32(s_in) * float32(i - z_in))) / float32(s_out)) + z_out, lo, hi)`` (NaN and
+-inf give the zero point, +inf the top), ``f`` evaluated on float32 as a float program would.
+
 Weights (signed, symmetric, narrow range, ``b`` bits, ``qmax = 2**(b-1) - 1``): per output channel
 ``c`` (or one for the whole tensor), ``scale[c] = float32(max|w[c]| / qmax)`` (1 for an all-zero
 channel) and ``wq = clip(round_half_even(float32(w) / scale[c]), -qmax, qmax)`` stored as int8,
@@ -16,7 +20,7 @@ import math
 
 import numpy as np
 
-__all__ = ["act_params", "max_scales", "quantize_weights", "weight_qmax"]
+__all__ = ["act_params", "lut_table", "max_scales", "quantize_weights", "weight_qmax"]
 
 _BLOCK = 1 << 17
 """Elements of ``w`` quantized per step of :func:`quantize_weights` (a 512 KiB float32 temporary)."""
@@ -64,3 +68,14 @@ def quantize_weights(w: np.ndarray, bits: int, axis: int, per_channel: bool = Tr
         np.clip(t, -qmax, qmax, out=t)
         wq[i:i + rows] = t
     return wq, scales
+
+
+def lut_table(scale_in: float, zp_in: int, fn, scale_out: float, zp_out: int, lo: int, hi: int) -> tuple[int, ...]:
+    """The 256 entries of a ``q.lut`` computing real function ``fn`` from the input's parameters to the
+    result's, clamped to ``[lo, hi]`` (module doc)."""
+    real = np.float32(scale_in) * (np.arange(256) - zp_in).astype(np.float32)
+    with np.errstate(all="ignore"):
+        y = np.asarray(fn(real), np.float32)
+        v = np.rint(y / np.float32(scale_out))
+    table = np.clip(np.nan_to_num(v, nan=0.0, posinf=hi, neginf=0.0) + zp_out, lo, hi)
+    return tuple(table.astype(np.int64).tolist())

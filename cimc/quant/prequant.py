@@ -58,7 +58,8 @@ from cimc.ir.types import ONNX_CODE_OF_DTYPE, DType, QuantParams, TensorType
 from cimc.ops.qoperator import float_op, pool_mode
 from cimc.quant.expand import QOPERATOR_OPS, to_qdq
 from cimc.quant.fixedpoint import quantize_multiplier, quantize_multipliers, shared_multipliers
-from cimc.quant.lower import MOVES
+from cimc.quant.lower import MOVES, UNARY, chain_function, scalar_operand
+from cimc.quant.params import lut_table
 
 __all__ = ["QUANTIZED_OPS", "adopt_quantized", "is_prequantized"]
 
@@ -71,12 +72,6 @@ QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantiz
 _MVM = {"Conv": "q.conv", "ConvTranspose": "q.conv_transpose", "Gemm": "q.gemm", "MatMul": "q.matmul"}
 _WEIGHTED = frozenset({*_MVM, "LSTM", "GRU", "RNN", "ConvInteger", "MatMulInteger"})
 _RANGES = {DType.u8: (0, 255), DType.i8: (-128, 127), DType.u4: (0, 15), DType.i4: (-8, 7)}
-_UNARY = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Log",
-                    "Sqrt", "Reciprocal", "Neg", "Abs", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Mish", "Celu",
-                    "ThresholdedRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Identity", "PRelu", "Add",
-                    "Sub", "Mul", "Div", "Pow", "Max", "Min"})
-"""Elementwise float ops that a ``q.lut`` computes when one operand is an activation and the others are
-constant scalars."""
 
 
 def is_prequantized(graph: Graph) -> bool:
@@ -261,15 +256,11 @@ class _Adopter:
     def lut(self, u: Value, fn, t: _Target, name: str, out_name: str) -> Value:
         """``q.lut`` of activation ``u``: ``t``'s quantization of ``fn`` of each dequantized code."""
         p = u.type.quant
-        real = np.float32(p.scale[0]) * (np.arange(256) - p.zero_point[0]).astype(np.float32)
-        with np.errstate(all="ignore"):
-            y = np.asarray(fn(real), np.float32)
-            v = np.rint(y / np.float32(t.quant.scale[0]))
         qmax = (1 << t.quant.bits) - 1
         lim = self.clamp_attrs(t)
-        table = np.clip(np.nan_to_num(v, nan=0.0, posinf=qmax, neginf=0) + t.quant.zero_point[0], lim.get("lo", 0),
-                        lim.get("hi", qmax)).astype(np.int64)
-        return self.node("q.lut", [u], {"table": tuple(table.tolist()), "scale": t.quant.scale[0],
+        table = lut_table(p.scale[0], p.zero_point[0], fn, t.quant.scale[0], t.quant.zero_point[0], lim.get("lo", 0),
+                          lim.get("hi", qmax))
+        return self.node("q.lut", [u], {"table": table, "scale": t.quant.scale[0],
                                         "zero_point": t.quant.zero_point[0], "bits": t.quant.bits},
                          name, TensorType(DType.u8, u.type.shape, t.quant), out_name)
 
@@ -522,18 +513,8 @@ class _Adopter:
         return True
 
     def scalar_operands(self, n: Node, v: Value | None = None) -> tuple[int, list] | None:
-        """``(k, constants)`` when ``n`` is an elementwise op whose only non-constant operand is number ``k``
-        (``v`` if given) and whose constants are scalars, keeping its operand's shape; else ``None``."""
-        acts = [i for i, x in enumerate(n.inputs) if x is not None and self.const(x) is None]
-        if n.op not in _UNARY or len(acts) != 1 or len(n.outputs) != 1 or (
-                v is not None and n.inputs[acts[0]] is not v):
-            return None
-        consts = [None if x is None else self.const(x) for x in n.inputs]
-        shape, out = n.inputs[acts[0]].type.shape, n.outputs[0].type.shape
-        if any(c is not None and c.size != 1 for c in consts) or shape is None or out is None or tuple(shape) != \
-                tuple(out):
-            return None
-        return acts[0], consts
+        """:func:`cimc.quant.lower.scalar_operand` with the constants folded here too."""
+        return scalar_operand(n, self.const, v)
 
     def unary(self, n: Node) -> bool:
         """A chain of elementwise ops of one activation and constant scalars, quantized once at its end:
@@ -552,15 +533,8 @@ class _Adopter:
             chain.append(nxt)
             steps.append(step)
 
-        def fn(real: np.ndarray) -> np.ndarray:
-            for m, (k, consts) in zip(chain, steps, strict=True):
-                ops = [real if i == k else None if c is None else np.asarray(c).reshape(())
-                       for i, c in enumerate(consts)]
-                real = np.asarray(float_op(m.op, m.attrs, *ops), np.float32)
-            return real
-
         self.done.update(id(m) for m in chain[1:])
-        self.settle(t, self.lut(x, fn, t, chain[-1].name, f"{t.outs[-1].name}_u8"))
+        self.settle(t, self.lut(x, chain_function(chain, steps), t, chain[-1].name, f"{t.outs[-1].name}_u8"))
         return True
 
     def move(self, n: Node) -> bool:
@@ -600,7 +574,7 @@ class _Adopter:
                 continue
             rule = self._RULES.get(n.op)
             ok = rule is not None and getattr(self, rule)(n)
-            ok = ok or (n.op in _UNARY and self.unary(n)) or self.move(n)
+            ok = ok or (n.op in UNARY and self.unary(n)) or self.move(n)
             if not ok:
                 self.copy(n)
         outs = [self.as_float(v) for v in self.src.outputs]

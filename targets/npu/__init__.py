@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from cimc.cost import AreaPart, Cost
 from cimc.ir.core import Node
-from cimc.target import Capabilities, Target
+from cimc.target import ARRAY_OPS, Capabilities, Target
 from cimc.targets.npu import cost
 from cimc.targets.npu.lowering import LowerNpuPass
 from cimc.targets.npu.ops import OPS
@@ -39,7 +39,8 @@ class NpuTarget(Target):
         s = self.spec
         return Capabilities(rows=s.mac_rows, cols=s.mac_cols, cell_bits=s.mac_bits, weight_bits_max=s.mac_bits,
                             act_bits_max=s.mac_bits, dac_bits=s.mac_bits, adc_bits=None, rows_per_op=s.mac_rows,
-                            arrays=1, dynamic_matmul=True, vector_ops=("*",), own_ops=("npu.",))
+                            arrays=1, array_ops=(*ARRAY_OPS, "q.act_matmul"), dynamic_matmul=True, vector_ops=("*",),
+                            own_ops=("npu.",), array_name="MAC array")
 
     def op_cost(self, node: Node) -> Cost:
         """Cycles, energy, unit and MACs of one program op (the model: :mod:`cimc.targets.npu.cost`)."""

@@ -18,6 +18,12 @@ Static shapes only, symbolic dims counted as 1, i.e. per sample; energy by compo
     false``), so they stay there and are one-time (loaded once, before inference); otherwise every
     load writes from offset 0 and the weights stream from DRAM on every inference
     (:func:`cimc.cost.program_cost`).
+  ``npu.matmul`` (a matmul of two activations, attention's): per matrix of the batch, the systolic
+    passes of ``[M, K] x [K, N]`` with ``b`` held in the PEs, macs = M*K*N, energy as ``npu.gemm``'s
+    (arrays and buffer traffic), plus the zero-point terms on the vector unit (``M*K + K*N + M*N``
+    adds at ``vec_op_pj``, ``ceil(adds / vec_lanes)`` cycles). Its ``b`` arrives by an ``npu.dma_in``
+    into the weight buffer of a computed value: per inference (unit ``dma``), spilling what exceeds
+    ``weight_buffer_bytes``.
   Float ``MatMul``/``Gemm`` (attention: two activations, which the quantizer leaves in float)
     and ``LSTM``/``GRU``/``RNN``, ``Attention`` and ``Einsum`` stay the shared float ops, charged to the array as fp
     work: their MACs (:func:`cimc.cost.mac_dims`: ``P x K`` by ``K x N``), the systolic cycles of
@@ -73,8 +79,15 @@ def op_cost(node: Node, s: NpuSpec) -> Cost:
         buf = p * k * math.ceil(n / s.mac_cols) + cells + 8 * p * n * math.ceil(k / s.mac_rows)
         parts = {"arrays": macs * (s.mac_pj + s.pe_reg_pj), "buffers": buf * s.buffer_pj_per_byte}
         return Cost(float(passes * (p + s.mac_rows + s.mac_cols - 2)), sum(parts.values()), "array", macs, parts)
+    if op == "npu.matmul":
+        return _matmul(node, s)
     if op == "npu.dma_in":
         nbytes = a.get("bytes", 0)
+        x = node.inputs[0]
+        if a.get("buffer", "act") == "weight" and x is not None and x.const is None:  # a computed operand
+            nbytes *= (counts(x) or (1,))[0]
+            return _dma(float(nbytes), 2 * spilled_fraction(nbytes, s.weight_buffer_bytes) * nbytes, s, "dma",
+                        "spills")
         if a.get("buffer", "act") == "weight":  # resident weights at their own offset, streamed ones at 0
             return _dma(float(nbytes), float(nbytes), s, "load", "weights",
                         (Write(0, int(a.get("npu.offset", 0)), int(nbytes)),))
@@ -92,6 +105,26 @@ def op_cost(node: Node, s: NpuSpec) -> Cost:
         parts = {"arrays": macs * s.fp_mac_pj, "buffers": (p * k + k * n + 4 * p * n) * s.buffer_pj_per_byte}
         return Cost(_systolic(p, k, n, s), sum(parts.values()), "array", macs, parts)
     return _vector(node, s)
+
+
+def _matmul(node: Node, s: NpuSpec) -> Cost:
+    """``npu.matmul``: per matrix of the batch, the systolic passes of ``[M, K] x [K, N]`` (b held in the PEs),
+    buffer traffic as ``npu.gemm``'s, and the zero-point terms on the vector unit (a row sum per row of a, a
+    column sum per column of b, one add per result)."""
+    out, a, b = node.outputs[0], counts(node.inputs[0]), counts(node.inputs[1])
+    m, k, n = _count(a[-2:-1]), _count(a[-1:]), _count(b[-1:])
+    mats = num_elements(out) // max(1, m * n)
+    macs = mats * m * k * n
+    corr = mats * (m * k + k * n + m * n)
+    buf = mats * (m * k * math.ceil(n / s.mac_cols) + k * n + 8 * m * n * math.ceil(k / s.mac_rows))
+    parts = {"arrays": macs * (s.mac_pj + s.pe_reg_pj), "buffers": buf * s.buffer_pj_per_byte,
+             "vector_unit": corr * s.vec_op_pj}
+    cycles = mats * _systolic(m, k, n, s) + math.ceil(corr / s.vec_lanes) * s.vec_op_cycles
+    return Cost(float(cycles), sum(parts.values()), "array", macs, parts)
+
+
+def _count(dims) -> int:
+    return math.prod(dims) if dims else 1
 
 
 def _vector(node: Node, s: NpuSpec) -> Cost:

@@ -99,9 +99,21 @@ def _passes(tile: np.ndarray, r: int, c: int) -> tuple[int, int]:
     return passes, cells
 
 
+def _weight_layers(graph: Graph) -> list[Node]:
+    """The array layers with a constant weight, one per weight (layers reading one weight, the steps of a
+    recurrent layer, share its tiles)."""
+    seen: set[int] = set()
+    out = []
+    for n in graph.nodes:
+        if n.op in ARRAY_OPS and n.inputs[1].const is not None and id(n.inputs[1]) not in seen:
+            seen.add(id(n.inputs[1]))
+            out.append(n)
+    return out
+
+
 def _check_fits(graph: Graph, s: NpuSpec) -> None:
     """With ``allow_reload = false``: all weights stay in the weight buffer, so they must fit it."""
-    layers = [n for n in graph.nodes if n.op in ARRAY_OPS and n.inputs[1].const is not None]
+    layers = _weight_layers(graph)
     need = sum(_matrix_bytes(n) for n in layers)  # one byte per (mac_bits <= 8) weight
     if need > s.weight_buffer_bytes:
         raise PassError(f"model {graph.name!r} does not fit the weight buffer with allow_reload = false: its "
@@ -125,14 +137,18 @@ class LowerNpuPass(Pass):
         assert isinstance(s, NpuSpec)
         if not s.allow_reload:
             _check_fits(graph, s)
-        layers = [n for n in graph.nodes if n.op in ARRAY_OPS and n.inputs[1].const is not None]
+        layers = _weight_layers(graph)
         # weights that fit the weight buffer together stay in it: each tile loaded once, at its own offset
         resident = not s.allow_reload or sum(_matrix_bytes(n) for n in layers) <= s.weight_buffer_bytes
         offset = [0] if resident else None
+        shared: dict[int, tuple[dict, dict]] = {}  # resident weight -> its tiles and loads, for every reader
         changed = False
         for node in list(graph.nodes):
             if node.op in ARRAY_OPS and node.inputs[1].const is not None:
-                self._lower(graph, node, s, offset)
+                self._lower(graph, node, s, offset, shared)
+                changed = True
+            elif node.op == "q.act_matmul":
+                _lower_act_matmul(graph, node)
                 changed = True
             elif node.op.startswith("npu."):
                 continue
@@ -143,9 +159,11 @@ class LowerNpuPass(Pass):
         graph.metadata["npu.lowered"] = "1"
         return PassResult(changed)
 
-    def _lower(self, g: Graph, node: Node, s: NpuSpec, offset: list[int] | None) -> None:
+    def _lower(self, g: Graph, node: Node, s: NpuSpec, offset: list[int] | None,
+               shared: dict[int, tuple[dict, dict]]) -> None:
         """Rewrite one layer; ``offset`` (a one-item list, advanced here) is the next free byte of the weight
-        buffer when the weights stay resident, else ``None``."""
+        buffer when the weights stay resident, else ``None``; ``shared`` holds the tiles and loads of the
+        resident weights lowered so far (a layer reading one of them uses its loads)."""
         x, out = node.inputs[0], node.outputs[0]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         wm = _weight_matrix(node)
@@ -178,12 +196,13 @@ class LowerNpuPass(Pass):
         kt = [(k0, min(k0 + k_len, k)) for k0 in range(0, k, k_len)]
         nt = [(n0, min(n0 + n_len, n)) for n0 in range(0, n, n_len)]
         bias_c = bias.const if bias is not None else None
-        consts: dict[tuple, tuple[Value, int, int]] = {}
+        reuse = shared.get(id(node.inputs[1])) if offset is not None else None
+        consts: dict[tuple, tuple[Value, int, int]] = {} if reuse is None else reuse[0]
         for ni, (n0, n1) in enumerate(nt):
             for ki, (k0, k1) in enumerate(kt):
                 tile = np.ascontiguousarray(wm[k0:k1, n0:n1])
-                if ki > 0 and not tile.any():
-                    continue  # pruned: nothing to add
+                if (ki > 0 and not tile.any()) or reuse is not None:
+                    continue  # pruned: nothing to add; or the weight's tiles exist already
                 passes, cells = _passes(tile, s.mac_rows, s.mac_cols)
                 consts[(ni, ki)] = (g.add_constant(tile, f"{layer}/w{n0}_{k0}"), passes, cells)
         bias_tiles = {ni: g.add_constant(np.ascontiguousarray(bias_c[n0:n1]), f"{layer}/b{n0}")
@@ -191,7 +210,9 @@ class LowerNpuPass(Pass):
         if bias is not None and bias_c is None:
             raise PassError(f"lower-npu: {layer}: the bias must be a constant")
         ann = {"cim.layer": layer}
-        loads: dict[tuple, Value] = {}
+        loads: dict[tuple, Value] = {} if reuse is None else reuse[1]
+        if offset is not None and reuse is None:
+            shared[id(node.inputs[1])] = (consts, loads)
         tiles, p_ranges, n_ranges = [], [], []
         for chunk in chunks:
             xin = g.add_node("npu.dma_in", [x], {"buffer": "act", "bytes": reads.bytes(*(chunk or (0, 1))),
@@ -228,3 +249,26 @@ class LowerNpuPass(Pass):
         g.replace_all_uses_with(out, res.outputs[0])
         g.remove_node(node)
         g.rename_value(res.outputs[0], out.name)
+
+
+def _lower_act_matmul(g: Graph, node: Node) -> None:
+    """``q.act_matmul`` -> ``npu.dma_in`` of both operands (``b`` into the weight buffer, on every inference:
+    it is computed) and one ``npu.matmul`` on the MAC array."""
+    a, b = node.inputs
+    out, layer = node.outputs[0], node.name
+    ann = {"cim.layer": layer}
+    ain = g.add_node("npu.dma_in", [a], {"buffer": "act", "bytes": _sample_bytes(a), **ann}, name=f"{layer}/dma_a",
+                     before=node).outputs[0]
+    bin_ = g.add_node("npu.dma_in", [b], {"buffer": "weight", "bytes": _sample_bytes(b), **ann},
+                      name=f"{layer}/load_b", before=node).outputs[0]
+    res = g.add_node("npu.matmul", [ain, bin_], {"a_zero_point": node.attrs["a_zero_point"],
+                                                 "b_zero_point": node.attrs["b_zero_point"], **ann},
+                     outputs=[out.type], name=f"{layer}/matmul", before=node)
+    g.replace_all_uses_with(out, res.outputs[0])
+    g.remove_node(node)
+    g.rename_value(res.outputs[0], out.name)
+
+
+def _sample_bytes(v: Value) -> int:
+    """Bytes of one sample of uint8 value ``v`` (a symbolic dim counts as 1)."""
+    return math.prod(d if isinstance(d, int) else 1 for d in (v.type.shape or ()))

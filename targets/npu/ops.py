@@ -24,6 +24,14 @@ the float ops the quantizer left in float):
     ``[N, p1-p0, n_len]``. Grouped convolutions use the block-diagonal ``[C*kh*kw, M]`` weight
     matrix (the zero blocks contribute nothing). Annotations ``npu.passes`` (R x C array passes with
     a nonzero weight) and ``npu.cells`` (weights in those passes) price it.
+``npu.matmul(a: u8 [..., M, K], b: u8 [..., K, N]) -> i32 [..., M, N]``  attrs ``a_zero_point``,
+    ``b_zero_point``: a matmul of two activations (attention's ``Q K^T`` and ``P V``) on the MAC
+    array: ``b`` (loaded by an ``npu.dma_in`` into the weight buffer on every inference, since it is
+    computed) is held in the PEs one ``R x C`` block at a time and the rows of ``a`` stream through;
+    ``out = (a - a_zero_point) @ (b - b_zero_point)`` in exact integers wrapped to int32 (leading dims
+    broadcast as ``MatMul``'s), equal to ``q.act_matmul``. The array multiplies the codes; the
+    zero-point terms (``za * colsum(b)``, ``zb * rowsum(a)``, ``K * za * zb``) are added by the
+    vector unit, which the cost counts.
 ``npu.dma_out(t0, t1, ...) -> i32``  attrs ``p_ranges``/``n_ranges`` (one (begin, end) pair per
     operand, flattened; ``p_ranges`` empty for flat layers), ``positions`` (P), ``channels`` (N),
     ``spatial`` (conv: the output's spatial shape): drains accumulator tiles from the output buffer
@@ -39,8 +47,9 @@ import numpy as np
 from cimc.errors import VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, op_def
 from cimc.ir.types import DType, TensorType
-from cimc.ops._infer import require
+from cimc.ops._infer import broadcast_shapes, require
 from cimc.ops.nn import exact_matmul, to_dtype
+from cimc.ops.quantized import act_matmul_codes
 
 __all__ = ["OPS", "dma_in", "dma_out", "gemm"]
 
@@ -211,5 +220,25 @@ def dma_out(ctx, *tiles):
     return out
 
 
-OPS = (dma_in, gemm, dma_out)
+def _matmul_type(ctx: InferContext) -> list[TensorType]:
+    a, b = require(ctx, 0), require(ctx, 1)
+    if a.dtype is not DType.u8 or b.dtype is not DType.u8:
+        raise VerifyError(f"{_where(ctx)}: operands are {a} and {b}, expected two u8 activations")
+    if a.shape is None or b.shape is None:
+        return [TensorType(DType.i32, None)]
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise VerifyError(f"{_where(ctx)}: both operands must have rank >= 2, are {a} and {b}")
+    batch = broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    return [TensorType(DType.i32, (*batch, a.shape[-2], b.shape[-1]))]
+
+
+@op_def("npu.matmul", inputs=2, infer=_matmul_type, attrs={
+    "a_zero_point": AttrSpec("int", 0, "zero point of a", lo=0, hi=255),
+    "b_zero_point": AttrSpec("int", 0, "zero point of b (held in the array)", lo=0, hi=255)})
+def matmul(ctx, a, b):
+    """(a - a_zero_point) @ (b - b_zero_point), exact, wrapped to int32: b streamed into the array."""
+    return act_matmul_codes(a, b, ctx.attrs["a_zero_point"], ctx.attrs["b_zero_point"])
+
+
+OPS = (dma_in, gemm, dma_out, matmul)
 """The npu instructions, as the target lists them."""

@@ -51,7 +51,7 @@ from cimc.targets.sram_cim.spec import SramCimSpec
 __all__ = ["area", "op_cost"]
 
 _MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize", "q.mul", "q.avg_pool", "q.softmax")
-_MAC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
+_MAC_OPS = ("MatMul", "q.act_matmul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
 
 
 def _count(shape) -> int:
