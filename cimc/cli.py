@@ -250,7 +250,7 @@ def _cmd_ops(args: argparse.Namespace) -> None:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.driver import compile as compile_model
-    from cimc.report import verify_failed, verify_summary
+    from cimc.report import float_line, verify_failed, verify_summary
 
     target = _target(args)
     assert target is not None
@@ -261,8 +261,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                              calibration=read_npz(args.calibration, "--calibration") if args.calibration else None,
                              inputs=read_npz(args.inputs, "--inputs") if args.inputs else None,
                              labels=read_npy(args.labels, "--labels") if args.labels else None,
-                             verify_each=args.verify_each)
+                             verify_each=args.verify_each, allow_float=args.allow_float)
     out = compiled.save(out, force=args.force)
+    if compiled.float_layers:
+        sys.stdout.write(float_line(compiled.float_layers) + "\n")
     cost = compiled.cost
     line = f"compiled {compiled.source.label} for {target.name}: {len(compiled.program.nodes)} ops"
     if cost is not None:
@@ -423,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", metavar="NPY", help="integer class labels for --verify (.npy, one per verification "
                                                    "input): top-1 of program, quantized and float model")
     s.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    s.add_argument("--allow-float", action="store_true",
+                   help="run weight-carrying layers that are not quantized (Conv, Gemm, MatMul with a constant, "
+                        "LSTM/GRU/RNN) in float on the target instead of failing; the report's first line says so")
     s.add_argument("--seed", type=_natural, default=0, help="seed for random inputs, calibration and noisy ops")
     s.set_defaults(func=_cmd_compile)
 

@@ -171,8 +171,8 @@ def mac_dims(node: Any) -> tuple[int, int, int] | None:
     - ``MatMul`` and ``q.act_matmul`` (any rank, broadcasting): ``n`` = the result's last dim, ``k`` = A's
       last dim (A's only dim if A is 1-D), ``p`` = result elements / ``n``;
     - ``Gemm``: the same, ``k`` = A's dim 0 if ``transA`` else dim 1;
-    - ``Conv``: ``n`` = output channels, ``k`` = input channels per group * kernel size, ``p`` = result
-      elements / ``n``;
+    - ``Conv`` and ``DeformConv``: ``n`` = output channels, ``k`` = input channels per group * kernel size,
+      ``p`` = result elements / ``n``;
     - ``ConvTranspose``: every input element meets ``k`` = output channels per group * kernel size
       weights: ``p`` = input elements, ``n`` = 1;
     - ``LSTM``/``GRU``/``RNN`` (4, 3, 1 gates ``g``): per step, direction and sample, the gate
@@ -188,8 +188,8 @@ def mac_dims(node: Any) -> tuple[int, int, int] | None:
     op, ins = node.op, node.inputs
     shapes = [getattr(getattr(v, "type", None), "shape", None) if v is not None else None for v in ins]
     out = node.outputs[0] if node.outputs else None
-    if op in ("MatMul", "q.act_matmul", "Gemm", "Conv") and (not shapes or shapes[0] is None
-                                                             or num_elements(out) == 0):
+    if op in ("MatMul", "q.act_matmul", "Gemm", "Conv", "DeformConv") and (
+            not shapes or shapes[0] is None or num_elements(out) == 0):
         return None
     if op in ("MatMul", "q.act_matmul"):
         a = shapes[0]
@@ -199,7 +199,7 @@ def mac_dims(node: Any) -> tuple[int, int, int] | None:
         k = _dim(shapes[0], 0 if node.attrs.get("transA", 0) else 1)
         n = _dim(counts(out), -1)
         return num_elements(out) // max(n, 1), k, n
-    if op == "Conv":
+    if op in ("Conv", "DeformConv"):
         w = shapes[1] if len(shapes) > 1 else None
         if w is None:
             return None

@@ -53,17 +53,25 @@ if TYPE_CHECKING:
     import onnx
 
     from cimc.cost import CostReport
-    from cimc.ir.core import Graph
+    from cimc.ir.core import Graph, Node
     from cimc.pipeline import Pipeline
     from cimc.target import Spec, Target
 
-__all__ = ["CompiledModel", "ModelSource", "check_lowered", "check_supported", "compile", "load_source",
-           "resolve_target", "split_lowering"]
+__all__ = ["WEIGHT_MACS", "CompiledModel", "ModelSource", "check_float_macs", "check_lowered", "check_supported",
+           "compile", "float_macs", "load_source", "placement", "resolve_target", "split_lowering"]
 
 logger = logging.getLogger(__name__)
 
 SAMPLES = 8
 """How many random inputs stand in for calibration or verification data when none is given."""
+WEIGHT_MACS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "DeformConv",
+               "CausalConvWithState")
+"""Float ops that are weight-carrying multiply-accumulates when they read a constant weight (operand 1, or any
+operand of MatMul and Einsum): compiling refuses to run them in float unless asked (``allow_float``)."""
+_MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather",
+                    "Expand", "Identity", "Concat", "Split", "Shape", "Size", "ConstantOfShape", "q.quantize",
+                    "q.dequantize"})
+"""Ops that move, reshape or convert values rather than compute: not "left in float" in the placement."""
 
 
 @dataclass
@@ -177,6 +185,11 @@ class CompiledModel:
     lowering: str
     cost: CostReport | None
     mapping: Any = None
+    float_layers: list[dict[str, str]] = field(default_factory=list)
+    """The weight-carrying multiply-accumulates that run in float (``allow_float``): layer, op, reason."""
+    placement: list[dict[str, Any]] = field(default_factory=list)
+    """Per layer of the program: where it runs (the arrays, or the vector unit) and whether it computes
+    in float (:func:`placement`)."""
     verify: dict[str, Any] | None = None
     calibration: str = ""
     """Where the calibration inputs came from, e.g. ``zoo calibration set (64 samples)``."""
@@ -250,10 +263,12 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
             spec: Spec | str | os.PathLike[str] | Mapping[str, Any] | None = None,
             calibration: Mapping[str, np.ndarray] | np.ndarray | None = None, seed: int = 0, verify: bool = False,
             inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, *, labels: np.ndarray | None = None,
-            progress: bool | None = None, verify_each: bool = False) -> CompiledModel:
+            progress: bool | None = None, verify_each: bool = False, allow_float: bool = False) -> CompiledModel:
     """Compile ``model`` for ``target`` (see the module docstring for the steps and defaults).
 
     ``labels``: with ``verify``, one integer class index per verification input, for top-1 on labels.
+    ``allow_float``: run weight-carrying multiply-accumulates that are not quantized (:data:`WEIGHT_MACS`) in
+    float on the target instead of refusing to (:func:`check_float_macs`); the report's first line says so.
     ``progress``: a per-pass status line on standard error (default: when it is a terminal).
     ``verify_each``: run the IR verifier after every pass.
     """
@@ -305,6 +320,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
 
     try:
         run_passes(front)
+        floats = check_float_macs(graph, tgt, allow_float)
         check_supported(graph, tgt)  # before the lowering's work
         quantized = graph.copy()
         tgt.register_ops()
@@ -331,7 +347,8 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
                            f"{(checks['first_difference'] or {}).get('layer', '?')!r}")
 
     result = CompiledModel(program, quantized, tgt, src, str(Pipeline((*front.passes, *lowering.passes))),
-                           str(lowering), cost, mapping, checks, calib_text, seed)
+                           str(lowering), cost, mapping, floats, placement(program, quantized, tgt, cost), checks,
+                           calib_text, seed)
     result.timings = {"passes": [{"pass": r.name, "seconds": r.seconds, "modified": r.modified} for r in timings],
                       "passes_seconds": sum(r.seconds for r in timings), "verify_seconds": verify_s,
                       "total_seconds": time.perf_counter() - start}
@@ -390,15 +407,16 @@ def split_lowering(pipeline: Pipeline, target: Target) -> tuple[Pipeline, Pipeli
 
 
 def check_lowered(program: Graph, target: Target) -> None:
-    """Raise ``PassError`` if the program still holds array ops with a constant weight (``q.conv``,
-    ``q.gemm``, ``q.matmul`` that the target runs on its arrays): its lowering left them, so the
-    program would run them as reference ops and cost them as nothing. The message names the ops and
-    the target's lowering passes."""
+    """Raise ``PassError`` if the program still holds ops the target runs on its arrays (``q.conv``, ``q.gemm``,
+    ``q.matmul`` with a constant weight, and the target's other array ops such as the npu's ``q.act_matmul``):
+    its lowering left them, so the program would run them as reference ops and cost them as nothing. The
+    message names the ops and the target's lowering passes."""
     from cimc.errors import PassError
     from cimc.target import ARRAY_OPS
 
-    left = [n for n in program.nodes if n.op in ARRAY_OPS and target.capabilities().unit_of(n.op) == "array"
-            and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].const is not None]
+    caps = target.capabilities()
+    left = [n for n in program.nodes if caps.unit_of(n.op) == "array" and (
+        n.op not in ARRAY_OPS or (len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].const is not None))]
     if left:
         names = ", ".join(f"{n.op} {n.name!r}" for n in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3
                                                                     else "")
@@ -406,6 +424,81 @@ def check_lowered(program: Graph, target: Target) -> None:
         raise PassError(f"target '{target.name}': {len(left)} array ops were not lowered to its instructions "
                         f"({names}); its lowering passes ({passes}) did not take them: check the pipeline runs "
                         f"what they need first (`{target.default_pipeline()}` is the default)")
+
+
+def float_macs(graph: Graph) -> list[dict[str, str]]:
+    """The weight-carrying multiply-accumulates of ``graph`` (:data:`WEIGHT_MACS` reading a constant weight)
+    that compute in float, in graph order: ``{"layer", "op", "reason"}``, the reason the quantizer gave
+    (or why the ones it takes were not taken)."""
+    import json
+
+    reasons = json.loads(graph.metadata.get("quant.float_reasons", "{}"))
+    quantized = "quant.requant" in graph.metadata
+    out = []
+    for n in graph.nodes:
+        if n.op not in WEIGHT_MACS or not n.outputs or not n.outputs[0].type.dtype.is_float:
+            continue
+        weights = n.inputs if n.op in ("MatMul", "Einsum") else n.inputs[1:2]
+        if not any(v is not None and v.const is not None for v in weights):
+            continue
+        out.append({"layer": n.name, "op": n.op, "reason": reasons.get(n.name) or _float_reason(n, quantized)})
+    return out
+
+
+def _float_reason(n: Node, quantized: bool) -> str:
+    if not quantized:
+        return "the pipeline does not quantize it (no quantize pass ran)"
+    if "quant.source" in (n.graph.metadata if n.graph is not None else {}):
+        return "the pre-quantized model leaves it in float (no quantized weight or input around it)"
+    if n.op == "MatMul" and n.inputs[0] is not None and n.inputs[0].const is not None:
+        return "its constant is the first operand (W @ x); the quantizer takes x @ W"
+    if n.op == "Gemm":
+        return "the quantizer takes Gemm with transA = 0, a constant 2-D B and a constant vector C"
+    return f"the quantizer does not take this {n.op} (its input is not a float activation, or its weight's shape)"
+
+
+def check_float_macs(graph: Graph, target: Target, allow_float: bool) -> list[dict[str, str]]:
+    """:func:`float_macs` of the graph the target is about to lower: an ``InputError`` naming them, unless
+    ``allow_float`` (then they are returned, for the report, and logged)."""
+    floats = float_macs(graph)
+    if not floats:
+        return []
+    names = "; ".join(f"node {f['layer']!r} ({f['op']}): {f['reason']}" for f in floats[:3]) + (
+        f"; and {len(floats) - 3} more" if len(floats) > 3 else "")
+    where = target.capabilities().array_name
+    if not allow_float:
+        raise InputError(f"{len(floats)} weight-carrying multiply-accumulate(s) would run in float on target "
+                         f"'{target.name}', not on its {where}: {names}. Quantize them, or pass --allow-float "
+                         f"(allow_float=True) to run them in float")
+    logger.warning("%d weight-carrying multiply-accumulate(s) run in float on target '%s' (allow_float): %s",
+                   len(floats), target.name, names)
+    return floats
+
+
+def placement(program: Graph, quantized: Graph, target: Target, cost: CostReport | None) -> list[dict[str, Any]]:
+    """Per layer of ``program`` (its ops grouped by their ``cim.layer``, else by their name), in program order:
+    ``{"layer", "op", "runs_on", "float"}``: ``op`` the quantized graph's op of that name (else the first
+    program op), ``runs_on`` the target's arrays (:attr:`~cimc.target.Capabilities.array_name`) if any of its
+    ops spends array time, else ``"vector unit"``; ``float``: whether one of its ops computes on float values
+    (moves and conversions aside). Layers of moves only are left out."""
+    caps = target.capabilities()
+    ops_of = {n.name: n.op for n in quantized.nodes}
+    array_time = {l.name for l in cost.layers if "array" in l.per_inference.by_unit or "array" in l.one_time.by_unit} \
+        if cost is not None else set()
+    groups: dict[str, list[Node]] = {}
+    for n in program.nodes:
+        groups.setdefault(str(n.attrs.get("cim.layer") or n.name), []).append(n)
+    rows = []
+    for layer, nodes in groups.items():
+        compute = [n for n in nodes if n.op not in _MOVES and n.op not in ("npu.dma_in", "npu.dma_out", "sram.load")]
+        if not compute:
+            continue
+        on_array = layer in array_time if cost is not None else any(caps.unit_of(n.op) == "array" for n in nodes)
+        is_float = any(v is not None and v.const is None and v.type.dtype.is_float
+                       for n in compute for v in (*n.inputs, *n.outputs))
+        rows.append({"layer": layer, "op": ops_of.get(layer, compute[0].op),
+                     "runs_on": caps.array_name if on_array else "vector unit", "float": is_float})
+    return rows
 
 
 def check_supported(program: Graph, target: Target) -> None:

@@ -19,7 +19,11 @@ energy_fj_per_mac, tops_per_w, weight_reloads, and the same per layer in ``layer
 (programming the arrays before inference: energy_nj, time_us, cell_writes_by_array, per layer),
 ``area_mm2`` (total, by_component, parts with their sources), ``latency`` (how op latencies combine),
 ``array_busy_fraction`` (array cycles over per-inference cycles), ``mapping`` (per-layer tiles, arrays and
-cell utilisation, or ``null``), ``verify`` (``null`` unless asked: reference_exact, exact_expected,
+cell utilisation, or ``null``), ``float_layers`` (the weight-carrying multiply-accumulates compiled to run in
+float with ``allow_float``: layer, op, reason; empty otherwise; when not empty ``report.txt`` opens with a
+``FLOAT:`` line naming them), ``placement`` (per layer: layer, op, runs_on (the target's arrays or
+``vector unit``), float: whether it computes on float values; :func:`cimc.driver.placement`), ``verify``
+(``null`` unless asked: reference_exact, exact_expected,
 lossy (why exactness is not expected, or ``null``), quantized_max_abs_error, first_difference (the
 first layer that differs: layer, op, value, program_ops, sample, differing, elements,
 max_abs_error; or ``null``), self_check (``null``, or why the verifier refused its result),
@@ -42,8 +46,8 @@ import numpy as np
 if TYPE_CHECKING:
     from cimc.driver import CompiledModel
 
-__all__ = ["REPORT_VERSION", "build_report", "cost_summary", "default_output_dir", "report_text", "verify_failed",
-           "verify_summary", "write_output"]
+__all__ = ["REPORT_VERSION", "build_report", "cost_summary", "default_output_dir", "float_line", "report_text",
+           "verify_failed", "verify_summary", "write_output"]
 
 REPORT_VERSION = 2
 
@@ -81,6 +85,8 @@ def build_report(c: CompiledModel) -> dict[str, Any]:
         "cost": c.cost.to_dict() if c.cost else None,
         "array_busy_fraction": busy,
         "mapping": c.mapping,
+        "float_layers": c.float_layers,
+        "placement": c.placement,
         "verify": c.verify,
         "versions": {"cimc": cimc.__version__, "numpy": np.__version__, "onnx": onnx.__version__,
                      "python": "{}.{}".format(*sys.version_info[:2])},
@@ -94,7 +100,8 @@ def _fmt(x: Any) -> str:
 def report_text(c: CompiledModel) -> str:
     """The readable report: what was compiled how, the cost table, the mapping, the checks."""
     r = c.report
-    lines = [f"cimc compile report: {r['model']['source']} for target {r['target']['name']}",
+    lines = [float_line(c.float_layers)] if c.float_layers else []
+    lines += [f"cimc compile report: {r['model']['source']} for target {r['target']['name']}",
              f"pipeline: {r['pipeline']['run']}", f"calibration: {r['calibration']}; seed {r['seed']}",
              f"program: {r['program']['nodes']} ops ("
              + ", ".join(f"{k} x{v}" for k, v in r["program"]["ops"].items()) + ")", ""]
@@ -104,13 +111,28 @@ def report_text(c: CompiledModel) -> str:
         lines += ["cost: the target has no cost model (op_cost)", ""]
     if c.mapping:
         keys = [k for k in c.mapping[0] if k != "arrays"]
-        rows = [keys, *[[_fmt(m[k]) for k in keys] for m in c.mapping]]
-        w = [max(len(row[i]) for row in rows) for i in range(len(keys))]
-        lines += ["mapping:", *("  ".join(v.ljust(w[i]) for i, v in enumerate(row)).rstrip() for row in rows), ""]
+        lines += ["mapping:", *_columns([keys, *[[_fmt(m[k]) for k in keys] for m in c.mapping]]), ""]
+    if c.placement:
+        rows = [[p["layer"], p["op"], p["runs_on"], "float" if p["float"] else ""] for p in c.placement]
+        lines += ["placement (where each layer runs; float: it computes on float values):",
+                  *_columns([["layer", "op", "runs on", "float"], *rows]), ""]
     if c.verify is not None:
         lines += ["verify:", verify_summary(c.verify), ""]
     lines.append("target spec: " + ", ".join(f"{k}={v}" for k, v in r["target"]["spec"].items()))
     return "\n".join(lines) + "\n"
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as left-aligned text columns."""
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(v.ljust(w[i]) for i, v in enumerate(row)).rstrip() for row in rows]
+
+
+def float_line(floats: list[dict[str, str]]) -> str:
+    """The line that opens the report when weight-carrying multiply-accumulates run in float (``allow_float``)."""
+    names = ", ".join(f"{f['layer']!r} ({f['op']})" for f in floats)
+    return (f"FLOAT: {len(floats)} weight-carrying multiply-accumulate layer(s) run in float, not on the hardware's "
+            f"integer arrays (allow_float): {names}")
 
 
 def cost_summary(cost: dict[str, Any], busy: str = "n/a") -> list[str]:

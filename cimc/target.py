@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from cimc.passmanager import Pass
     from cimc.pipeline import Pipeline
 
-__all__ = ["ARRAY_OPS", "GATES_28NM", "LOSSY", "SCALE_45_TO_22NM", "SCALE_AREA_28_TO_22NM", "VECTOR_OPS",
+__all__ = ["ARRAY_OPS", "GATES_28NM", "LOSSY", "NOT_RUN", "SCALE_45_TO_22NM", "SCALE_AREA_28_TO_22NM", "VECTOR_OPS",
            "Capabilities", "Param", "Spec", "Target",
            "lossless_adc_bits", "param", "shared_param"]
 
@@ -93,13 +93,38 @@ VECTOR_OPS = (
     # data layout and shape arithmetic
     "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "Reshape",
     "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Resize",
-    "Trilu", "Pad", "Identity", "Shape", "Size", "ConstantOfShape", "Range", "Dropout")
+    "Trilu", "Pad", "Identity", "Shape", "Size", "ConstantOfShape", "Range", "Dropout", "CenterCropPad", "Col2Im",
+    "Compress", "EyeLike", "OneHot", "ReverseSequence", "NonZero", "Unique", "TensorScatter", "MaxUnpool",
+    # sampling, detection, signal processing, losses, text features
+    "AffineGrid", "GridSample", "RoiAlign", "MaxRoiPool", "NonMaxSuppression", "DFT", "STFT", "BlackmanWindow",
+    "HammingWindow", "HannWindow", "MelWeightMatrix", "Det", "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss",
+    "TfIdfVectorizer", "Attention", "LinearAttention",
+    # float multiply-accumulates with weights: only with allow_float (cimc.driver.check_float_macs), where the
+    # quantizer could not make them array ops
+    "Conv", "ConvTranspose", "Gemm", "Einsum", "LSTM", "GRU", "RNN", "DeformConv", "CausalConvWithState")
 """The ops a digital vector unit runs: requantization, the shared ``vec.*`` lowering helpers (an entry
 ending in ``.`` is a namespace), pooling, elementwise and normalisation ops (integer or float), the
-float matmuls between two activations (attention) and data layout. Not here, so not run by a target
-that keeps this default: float convolutions and constant-weight float matmuls (``Conv``,
-``ConvTranspose``, ``Gemm``; the quantizer makes the supported ones ``q.*`` array ops), and
-recurrent layers (``LSTM``), which a target adds to its own ``vector_ops`` if its vector unit runs them."""
+matmuls between two activations (attention; integer ``q.act_matmul`` or float), data layout, and the
+other tensor ops cimc imports. Float multiply-accumulates with constant weights (``Conv``, ``Gemm``,
+``LSTM``, ...) are here so that a compile with ``allow_float`` runs them; without it, compiling refuses
+them (:func:`cimc.driver.check_float_macs`). Every op the importer supports is here, an array op, or in
+:data:`NOT_RUN` with the reason: ``tests/test_target_ops.py`` checks it, and each target's instruction page
+lists the ops it does not run."""
+
+NOT_RUN: dict[str, str] = {
+    "QuantizeLinear": "an op of a pre-quantized model: the quantize pass adopts it (q.quantize, q.requant)",
+    "DequantizeLinear": "an op of a pre-quantized model: the quantize pass adopts it (q.dequantize, a weight)",
+    "QLinearConv": "an op of a pre-quantized model: the quantize pass adopts it as q.conv",
+    "QLinearMatMul": "an op of a pre-quantized model: the quantize pass adopts it as q.matmul",
+    "DynamicQuantizeLinear": "dynamic quantization: its scale is computed from each input at run time, and the "
+                             "targets' integer ops need fixed scales",
+    "ConvInteger": "an integer convolution that a pre-quantized model leaves as it is: the arrays take q.conv, "
+                   "which the quantize pass makes of QDQ and QLinearConv models",
+    "MatMulInteger": "an integer matmul that a pre-quantized model leaves as it is: the arrays take q.matmul, "
+                     "which the quantize pass makes of QDQ and QLinearMatMul models",
+}
+"""Ops cimc imports that the shared vector unit does not run, each with the reason (a target whose
+``vector_ops`` is ``("*",)`` runs them anyway)."""
 
 
 def param(default: Any, doc: str, *, unit: str = "", source: str, ge: float | None = None,

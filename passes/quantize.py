@@ -91,7 +91,9 @@ class QuantizePass(Pass):
 
     name: ClassVar[str] = "quantize"
     weight_bits: int = option(8, "Bits of weights (2..8): signed, symmetric, narrow range.")
-    act_bits: int = option(8, "Bits of activations (2..8): unsigned with a zero point.")
+    act_bits: int = option(8, "Bits (2..8) of the activations array ops read (Conv, Gemm, MatMul, the steps of "
+                              "LSTM/GRU/RNN): unsigned with a zero point; one the vector unit reads too is kept at "
+                              "vector-bits and narrowed for them.")
     calibration: Literal["minmax", "percentile", "mse"] = option("minmax", "How activation ranges are chosen.")
     percentile: float = option(99.99, "Percentile kept by calibration=percentile (50 < p <= 100).")
     requant: Literal["auto", "fixed", "float"] = option(
@@ -109,18 +111,18 @@ class QuantizePass(Pass):
     bias_correction: Literal["auto", "on", "off"] = option(
         "auto", "Add the mean output shift of the weight rounding on the calibration inputs to the bias; "
                 "auto: on for layers below 8 weight bits.")
-    vector_bits: int = option(0, "Bits (2..8) of the activations the integer vector-unit ops read (q.add, q.mul, "
-                                 "q.lut, q.softmax: residual adds, gates, nonlinearities); 0: act-bits.")
+    vector_bits: int = option(8, "Bits (2..8) of the activations the integer vector-unit ops read (q.add, q.mul, "
+                                 "q.lut, q.softmax: residual adds, gates, nonlinearities).")
     out_bits: int = option(0, "Bits (2..8) of an array op's result where only vector-unit ops read it (the "
                               "array's output, before the digital ops); 0: what its readers ask.")
 
     def __post_init__(self) -> None:
-        for key, bits in (("weight-bits", self.weight_bits), ("act-bits", self.act_bits)):
+        for key, bits in (("weight-bits", self.weight_bits), ("act-bits", self.act_bits),
+                          ("vector-bits", self.vector_bits)):
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise CimcError(f"option '{key}' of pass 'quantize' is {bits!r}; expected 2..8")
-        for key, bits in (("vector-bits", self.vector_bits), ("out-bits", self.out_bits)):
-            if not isinstance(bits, int) or not (bits == 0 or 2 <= bits <= 8):
-                raise CimcError(f"option '{key}' of pass 'quantize' is {bits!r}; expected 2..8, or 0 (unset)")
+        if not isinstance(self.out_bits, int) or not (self.out_bits == 0 or 2 <= self.out_bits <= 8):
+            raise CimcError(f"option 'out-bits' of pass 'quantize' is {self.out_bits!r}; expected 2..8, or 0 (unset)")
         if not 50 < self.percentile <= 100:
             raise CimcError(f"option 'percentile' of pass 'quantize' is {self.percentile}; expected 50 < p <= 100")
         parse_overrides(self.overrides)
@@ -130,8 +132,8 @@ class QuantizePass(Pass):
         quantization a pre-quantized graph carries)."""
         from cimc.quant.calibrate import calibrate, check_calibration
         from cimc.quant.lower import Settings, act_matmul, adopt, lower, quantizable
-        from cimc.quant.recurrent import unroll_recurrent
         from cimc.quant.prequant import is_prequantized
+        from cimc.quant.recurrent import unroll_recurrent
         from cimc.quant.weights import InputStats, WeightMethod
         from cimc.sparsity import weight_view
 

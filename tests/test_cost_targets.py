@@ -129,8 +129,9 @@ def test_npu_spills_and_streamed_weights_equal_the_hand_computation():
 
 @pytest.mark.parametrize("target", ["npu", "sram-cim"])
 def test_attention_matmuls_are_costed_by_their_macs_with_a_symbolic_batch(target):
-    """softmax(q k^T) v of [batch, 4, 16, 8] activations: 2 x 4 x 16 x 16 x 8 MACs per sample, on the npu's array
-    or on sram-cim's vector unit, at fp_mac_pj each."""
+    """softmax(q k^T) v of [batch, 4, 16, 8] activations, quantized (q.act_matmul): 4 x 16 x 16 x 8 MACs per
+    sample and matmul, on the npu's MAC array (npu.matmul: INT8 MACs, mac_pj + pe_reg_pj each, the second
+    operand loaded per inference) or on sram-cim's vector unit (vec_mul_pj + vec_op_pj each)."""
     qkv = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4, 16, 8]) for n in ("q", "k", "v")]
     g = helper.make_graph([helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
                            helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
@@ -141,13 +142,23 @@ def test_attention_matmuls_are_costed_by_their_macs_with_a_symbolic_batch(target
     rng = np.random.default_rng(0)
     calib = {n: rng.normal(size=(2, 4, 16, 8)).astype(np.float32) for n in ("q", "k", "v")}
     c = compile_model(model, target, calibration=calib, progress=False)
+    spec = c.target.spec
+    assert not {"MatMul", "q.act_matmul" if target == "npu" else "npu.matmul"} & set(c.program.ops())
     layers = {l["name"]: l for l in c.cost.to_dict()["per_inference"]["layers"]}
+    macs = 4 * 16 * 16 * 8
     for name in ("scores", "mix"):
-        assert layers[name]["macs"] == 4 * 16 * 16 * 8
-        assert layers[name]["energy_nj_by_component"]["arrays" if target == "npu" else "vector_unit"] >= \
-            4 * 16 * 16 * 8 * 1.334 / 1e3
+        assert layers[name]["macs"] == macs
+        if target == "npu":
+            assert layers[name]["energy_nj_by_component"]["arrays"] == pytest.approx(
+                macs * (spec.mac_pj + spec.pe_reg_pj) / 1e3, rel=1e-9)
+            assert layers[name]["by_unit"]["dma"]["ops"] == 2  # both operands, per inference
+        else:
+            assert layers[name]["energy_nj_by_component"]["vector_unit"] >= macs * (spec.vec_mul_pj + spec.vec_op_pj) \
+                / 1e3
     if target == "sram-cim":  # MACs at 16 lanes, plus the result's elementwise step
         assert layers["scores"]["cycles"] == 4 * 16 * 16 * 8 / 16 + 4 * 16 * 16 / 16
+    assert [p["runs_on"] for p in c.placement if p["layer"] in ("scores", "mix")] == \
+        ["MAC array" if target == "npu" else "vector unit"] * 2
 
 
 def test_an_adc_sweep_moves_energy_latency_and_area():

@@ -110,11 +110,17 @@ def test_costs_are_positive_and_scale_with_macs():
     assert sparse.macs < report.per_inference.macs and sparse.cycles < report.per_inference.cycles
 
 
-def test_attention_matmul_is_charged_to_the_array_in_fp():
+def test_attention_matmuls_run_on_the_mac_array():
+    """hybrid_vit's two matmuls of activations (2 heads of 16 x 16 by 16 x 16): npu.matmul on the MAC array,
+    their second operand loaded per inference."""
     p = _lower(_quantized("hybrid_vit", 8, False))
-    mm = [n for n in p.nodes if n.op == "MatMul"]
+    assert "MatMul" not in p.ops() and "q.act_matmul" not in p.ops()
+    mm = [n for n in p.nodes if n.op == "npu.matmul"]
     assert len(mm) == 2 and all(NPU.op_cost(n).unit == "array" and NPU.op_cost(n).macs == 2 * 16 * 16 * 16
                                 for n in mm)
+    loads = [n.inputs[1].producer for n in mm]
+    assert all(n.op == "npu.dma_in" and n.attrs["buffer"] == "weight" and NPU.op_cost(n).unit == "dma"
+               for n in loads)
 
 
 def test_register_ops_is_idempotent_and_pass_is_listed():

@@ -144,6 +144,19 @@ def test_add_agrees_with_onnxruntime_within_one_step():
     assert equal / total >= 0.999
 
 
+def test_add_rounds_ties_as_onnxruntime():
+    """QLinearAdd adds the result's zero point before it rounds: with scale ratios of 1/2 every other sum is a
+    tie, which rounding after adding an odd zero point would send the other way (q.add's float formula)."""
+    a = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    b = np.arange(256, dtype=np.uint8)[::-1].reshape(16, 16).copy()
+    for zy in (3, 8, 255 - 7):
+        params = [("as", np.float32(0.5), TensorProto.FLOAT), ("az", 1, TensorProto.UINT8),
+                  ("bs", np.float32(0.25), TensorProto.FLOAT), ("bz", 130, TensorProto.UINT8),
+                  ("ys", np.float32(1.0), TensorProto.FLOAT), ("yz", zy, TensorProto.UINT8)]
+        m = _model("QLinearAdd", {"a": a, "b": b}, params, ["a", "as", "az", "b", "bs", "bz", "ys", "yz"])
+        np.testing.assert_array_equal(*_both(m, {"a": a, "b": b}))
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("signed", [False, True])
 def test_matrix_ops_are_onnxruntimes_bit_for_bit(per_channel, signed):

@@ -350,10 +350,11 @@ def _add_reference(attrs, a, b):
     da, db = a.astype(np.int64) - attrs["a_zero_point"], b.astype(np.int64) - attrs["b_zero_point"]
     if attrs["mode"] == "fixed":
         v = (attrs["a_multiplier"] * da + attrs["b_multiplier"] * db + (1 << (attrs["shift"] - 1))) >> attrs["shift"]
-    else:
-        v = np.rint(da.astype(np.float32) * np.float32(attrs["a_scale"])
-                    + db.astype(np.float32) * np.float32(attrs["b_scale"])).astype(np.int64)
-    return np.clip(v + attrs["zero_point"], attrs.get("lo", 0), attrs.get("hi", 255))
+        v = v + attrs["zero_point"]
+    else:  # the zero point is in the float sum that is rounded
+        v = np.rint(da.astype(np.float32) * np.float32(attrs["a_scale"]) + db.astype(np.float32)
+                    * np.float32(attrs["b_scale"]) + np.float32(attrs["zero_point"])).astype(np.int64)
+    return np.clip(v, attrs.get("lo", 0), attrs.get("hi", 255))
 
 
 @pytest.mark.parametrize("block", [None, 1000])

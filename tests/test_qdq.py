@@ -48,12 +48,21 @@ def test_export_agrees_with_interpreter(name, bits, mode):
     agree = qdq_agreement(g, x)
     last = _u8_values(g)[-1]  # the final activation, what the last layer reads
     frac, lsb = agree[last]
-    # a q.quantize of a float result (ReduceMean of dequantized values) rounds what two float32
-    # computations with different summation orders give: ties at rounding boundaries split a few more
-    bar = 0.995 if g.value(last).producer.op == "q.quantize" else 0.999
-    assert frac >= bar and lsb <= 1, (last, frac, lsb)
+    # a recurrent layer's steps (LSTM, unrolled) feed a value onnxruntime rounds the other way at a tie back
+    # into the next step, where a one-step difference in a gate's input moves the sigmoid or tanh table's
+    # result by several steps: after the first step the codes agree less often, and by more than one step
+    steps = [k for k in agree if "/LSTM/" in k]
+    first = [k for k in steps if "_t0" in k]
+    if steps:
+        assert first and all(agree[k] == (1.0, 0) for k in first), {k: agree[k] for k in first}
+        assert frac >= 0.99, (last, frac, lsb)
+    else:
+        # a q.quantize of a float result (ReduceMean of dequantized values) rounds what two float32
+        # computations with different summation orders give: ties at rounding boundaries split a few more
+        bar = 0.995 if g.value(last).producer.op == "q.quantize" else 0.999
+        assert frac >= bar and lsb <= 1, (last, frac, lsb)
     if mode == "float":  # onnxruntime's fused kernels requantize in float32, half to even: nearly exact
-        assert all(f >= 0.999 for f, _ in agree.values()), agree
+        assert all(f >= (0.99 if k in steps else 0.999) for k, (f, _) in agree.items()), agree
     # logits: onnxruntime's float value in units of the accumulator scale
     ref, got = run(g, x)["logits"], run_onnxruntime(model, x)["logits"]
     scale = np.asarray(g.outputs[0].producer.attrs["scale"], np.float64)

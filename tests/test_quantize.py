@@ -94,7 +94,8 @@ def test_bias_holds_the_zero_point_term():
     """bias = round(b / (sx*sw)) - zx * sum(w); a conv reading a zx != 0 input proves the fold."""
     g = _quantize(_float("hybrid_vit"))
     n = next(n for n in g.nodes if n.op == "q.matmul" and n.attrs["x_zero_point"] != 0)
-    assert g.ops().get("Add", 0) == 4  # the four Linear biases folded into q.matmul, residual/pos adds stay
+    # the four Linear biases folded into q.matmul, the residual adds integer (q.add); the position add stays float
+    assert g.ops().get("Add", 0) == 1 and g.ops().get("q.add", 0) == 2
     x = np.random.default_rng(0).integers(0, 256, (1, 4, n.inputs[1].type.shape[0])).astype(np.uint8)
     gm = Graph()
     xi = gm.add_input("x", n.inputs[0].type.with_shape(x.shape))
@@ -260,10 +261,13 @@ def test_override_selector_must_match_a_node_or_op_type():
 def test_pipeline_text_and_option_errors():
     p = Pipeline.parse("quantize{weight-bits=4 calibration=mse requant=float}")
     assert str(p) == ('quantize{weight-bits=4 act-bits=8 calibration=mse percentile=99.99 requant=float '
-                      'overrides="" per-channel=true weight-clip=auto weight-rounding=auto bias-correction=auto}')
+                      'overrides="" per-channel=true weight-clip=auto weight-rounding=auto bias-correction=auto '
+                      'vector-bits=8 out-bits=0}')
     assert Pipeline.parse(str(p)) == p
     for text, msg in [("quantize{weight-bits=9}", "option 'weight-bits' of pass 'quantize' is 9; expected 2..8"),
                       ("quantize{act-bits=1}", "option 'act-bits' of pass 'quantize' is 1; expected 2..8"),
+                      ("quantize{vector-bits=9}", "option 'vector-bits' of pass 'quantize' is 9; expected 2..8"),
+                      ("quantize{out-bits=1}", r"option 'out-bits' of pass 'quantize' is 1; expected 2..8, or 0"),
                       ("quantize{calibration=kl}", "expects one of 'minmax', 'percentile', 'mse'"),
                       ("quantize{percentile=20}", "option 'percentile'"),
                       ("quantize{requant=double}", "expects one of 'auto', 'fixed', 'float'"),

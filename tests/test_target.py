@@ -220,7 +220,7 @@ def test_capabilities():
     assert c.lossless_adc_bits(rows_per_op=128) == 8 and c.lossless_adc_bits(cell_bits=2) == 8
     assert not Capabilities(**{**c.__dict__, "adc_bits": 6}).adc_lossless
     assert Capabilities(**{**c.__dict__, "adc_bits": None}).adc_lossless
-    assert (c.unit_of("q.conv"), c.unit_of("q.requant"), c.unit_of("LSTM")) == ("array", "vector", None)
+    assert (c.unit_of("q.conv"), c.unit_of("q.requant"), c.unit_of("QLinearConv")) == ("array", "vector", None)
 
 
 # -- Target ----------------------------------------------------------------------------------------------

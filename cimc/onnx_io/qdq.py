@@ -47,7 +47,7 @@ _MVM = {"q.conv": "Conv", "q.conv_transpose": "ConvTranspose", "q.gemm": "Gemm",
 
 
 _EXPORTABLE = frozenset(f"q.{op}" for op in ("quantize", "dequantize", "conv", "conv_transpose", "gemm", "matmul",
-                                             "requant", "add", "mul", "avg_pool", "softmax", "lut"))
+                                             "act_matmul", "requant", "add", "mul", "avg_pool", "softmax", "lut"))
 """The cimc ops ``export_qdq`` writes as QDQ ONNX."""
 
 def export_qdq(graph: Graph, *, opset: int | None = None, expose: Iterable[str] = ()) -> onnx.ModelProto:
@@ -170,6 +170,14 @@ class _Writer:
         a, out = n.attrs, n.outputs[0] if n.outputs else None
         if n.op in _MVM:
             self.env[id(out)] = self.mvm(n)
+            self.accs.add(id(out))
+        elif n.op == "q.act_matmul":  # two activations: MatMul of both dequantized, the accumulator's real value
+            if any(v.type.quant is None for v in n.inputs):
+                raise CimcError(f"node {n.name!r} (q.act_matmul): its operand types need quantization parameters")
+            fa, fb = (self.dq(self.val(v, n), v.type.quant, f"{n.name}_{s}_dequantize")
+                      for v, s in zip(n.inputs, "ab", strict=True))
+            self.env[id(out)] = self.op("MatMul", [fa, fb], {}, n.name, TensorType(DType.f32, out.type.shape),
+                                        out.name)
             self.accs.add(id(out))
         elif n.op == "q.quantize":
             self.env[id(out)] = self.quant(self.val(n.inputs[0], n), a["scale"], a.get("zero_point", 0),

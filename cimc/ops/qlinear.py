@@ -53,7 +53,16 @@ from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.ops._infer import broadcast_shapes, normalize_axis
 from cimc.ops.nn import _POOL_ATTRS, _pad, _pool_infer, _pool_setup, _window_counts
-from cimc.ops.quantized import _ACT_ATTRS, _bounds, _check_act, _check_out_quant, _dtype, _verify_mode, _where
+from cimc.ops.quantized import (
+    _ACT_ATTRS,
+    _bounds,
+    _check_act,
+    _check_operand_zp,
+    _check_out_quant,
+    _dtype,
+    _verify_mode,
+    _where,
+)
 from cimc.quant.fixedpoint import quantize_multiplier, quantize_multipliers, rescale
 
 __all__ = ["POOL_MODES", "avg_pool_codes", "mul_codes", "softmax_codes"]
@@ -114,7 +123,7 @@ def _mul_type(ctx: InferContext) -> list[TensorType]:
 
 def _verify_mul(node: Node) -> str | None:
     a = node.attrs
-    why = (_check_out(node) or _check_act(a, "a_zero_point") or _check_act(a, "b_zero_point")
+    why = (_check_out(node) or _check_operand_zp(a, "a_zero_point") or _check_operand_zp(a, "b_zero_point")
            or _verify_mode(a, ("multiplier", "shift")))
     if why is None and a.get("mode") == "fixed" and quantize_multiplier(a["mul_scale"]) != (a["multiplier"],
                                                                                            a["shift"]):
@@ -169,7 +178,7 @@ def _verify_avg_pool(node: Node) -> str | None:
     if q is not None and (q.zero_point != (a.get("x_zero_point", 0),) or abs(q.scale[0] - a["x_scale"])
                           > 1e-5 * q.scale[0]):
         return f"x_scale={a['x_scale']}, x_zero_point={a.get('x_zero_point', 0)} disagree with the input type {q}"
-    return _check_out(node) or _check_act(a, "x_zero_point")
+    return _check_out(node) or _check_operand_zp(a, "x_zero_point")
 
 
 def avg_pool_codes(x: np.ndarray, at, node_name: str = "") -> np.ndarray:

@@ -65,8 +65,10 @@ accumulator then ``QuantizeLinear`` with the result type's parameters, followed 
     ``zero_point``, ``bits``, ``lo``/``hi``, and in fixed mode ``a_multiplier``, ``b_multiplier``,
     ``shift`` (``shared_multipliers(Ma, Mb)``: one shift):
     fixed: ``v = (Na*(a - za) + Nb*(b - zb) + (1 << (shift - 1))) >> shift`` in int64;
-    float: ``v = rint(float32(a - za) * float32(Ma) + float32(b - zb) * float32(Mb))``, each
-    product and the sum rounded to float32; then ``q = clip(v + zero_point, lo, hi)``.
+    then ``q = clip(v + zero_point, lo, hi)``; float: ``q = clip(rint(float32(a - za) * float32(Ma) +
+    float32(b - zb) * float32(Mb) + zero_point), lo, hi)``, each product and sum rounded to float32:
+    the zero point joins the sum before the rounding, as onnxruntime's ``QLinearAdd`` adds it (with an
+    odd zero point, rounding after adding it sends ties the other way).
 
 Speed, bit for bit: ``q.requant`` runs over cache-sized blocks (fixed mode through
 ``cimc.quant.fixedpoint.requantize``); a large ``q.add`` evaluates its formula once per ``(a, b)``
@@ -132,6 +134,12 @@ def _check_act(attrs, zp_key: str = "zero_point") -> str | None:
     if not 0 <= lo <= hi <= qmax:
         return f"clamp lo={lo}, hi={hi} is not inside [0, {qmax}] with lo <= hi"
     return None
+
+
+def _check_operand_zp(attrs, key: str) -> str | None:
+    """An operand's zero point is a uint8 code (its width is its own type's, which may exceed the result's)."""
+    zp = attrs.get(key, 0)
+    return None if 0 <= zp <= 255 else f"{key}={zp} is outside [0, 255]"
 
 
 def _check_out_quant(node: Node, zp: int, bits: int, scale: float | None = None) -> str | None:
@@ -470,7 +478,7 @@ def _add_type(ctx: InferContext) -> list[TensorType]:
 
 def _verify_add(node: Node) -> str | None:
     a = node.attrs
-    why = (_check_act(a) or _check_act(a, "a_zero_point") or _check_act(a, "b_zero_point")
+    why = (_check_act(a) or _check_operand_zp(a, "a_zero_point") or _check_operand_zp(a, "b_zero_point")
            or _verify_mode(a, ("a_multiplier", "b_multiplier", "shift")))
     if why:
         return why
@@ -530,9 +538,9 @@ def _add_values(at, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         v = np.add(da, db, out=da) if da.shape == np.broadcast_shapes(da.shape, db.shape) else da + db
         v += np.int64(1) << (at["shift"] - 1)
         v >>= at["shift"]
-    else:
-        v = np.rint(da.astype(np.float32) * np.float32(at["a_scale"])
-                    + db.astype(np.float32) * np.float32(at["b_scale"]))
+        v += at["zero_point"]
+    else:  # the zero point joins the float sum before rounding, as onnxruntime's QLinearAdd adds it
+        v = np.rint(da.astype(np.float32) * np.float32(at["a_scale"]) + db.astype(np.float32) * np.float32(at["b_scale"])
+                    + np.float32(at["zero_point"])).astype(np.int64)
     lo, hi = _bounds(at)
-    v += at["zero_point"]
     return np.clip(v, lo, hi, out=v).astype(np.uint8)

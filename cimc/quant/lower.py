@@ -75,8 +75,8 @@ class Settings:
     """Weight method by node name (absent: max scales, round to nearest)."""
     stats: Mapping[str, InputStats] = field(default_factory=dict)
     """Calibration input statistics by node name, for the methods that need them."""
-    vector_bits: int = 0
-    """Bits of the activations the integer vector-unit ops read (q.add, q.mul, q.lut, q.softmax); 0: act_bits."""
+    vector_bits: int = 8
+    """Bits of the activations the integer vector-unit ops read (q.add, q.mul, q.lut, q.softmax)."""
     out_bits: int = 0
     """Bits of an array op's result that only vector-unit ops read; 0: what its readers ask."""
 
@@ -89,11 +89,11 @@ class Settings:
 
     def read_bits(self, n: Node, vector: bool) -> int:
         """Bits of the activations node ``n`` reads: its ``act-bits`` override by name or op type, else
-        ``vector_bits`` (or ``act_bits``) for an integer vector-unit op, ``act_bits`` for an array op."""
+        ``vector_bits`` for an integer vector-unit op, ``act_bits`` for an array op."""
         for sel in (n.name, n.op):
             if "act-bits" in self.overrides.get(sel, {}):
                 return self.overrides[sel]["act-bits"]
-        return (self.vector_bits or self.act_bits) if vector else self.act_bits
+        return self.vector_bits if vector else self.act_bits
 
 
 def quantizable(n: Node) -> bool:
@@ -238,6 +238,7 @@ class _Lowering:
         self.skip: set[int] = set()
         self._params: dict[int, tuple[float, int, int]] = {}
         self.weights: dict[tuple, tuple[Value, np.ndarray, np.ndarray | None]] = {}
+        self.narrowed: dict[tuple[int, int], Value] = {}
         self.taken = {v.name for v in src.values()} | {n.name for n in src.nodes}
         self.bits: dict[int, int] = {}
         self.array_read: set[int] = set()  # values an array op reads, directly or through moves
@@ -372,7 +373,7 @@ class _Lowering:
                     c.const.shape[-1] == w.shape[1] and c.const.ndim <= (out.type.rank or 0):
                 b, out = c.const.reshape(-1), u.outputs[0]
                 self.skip.add(id(u))
-        xq = self.as_quant(n.inputs[0])
+        xq = self.narrow(n.inputs[0], self.s.read_bits(n, vector=False))
         sx, zx = xq.type.quant.scale[0], xq.type.quant.zero_point[0]
         bits = self.s.bits(n, "weight-bits")
         method = self.s.methods.get(n.name, WeightMethod())
@@ -465,8 +466,27 @@ class _Lowering:
         return self.node("q.lut", [x], {"table": table, "scale": scale, "zero_point": zp, "bits": bits}, name,
                          self.uint8(out, QuantParams((scale,), (zp,), bits)), out_name or self.fresh(f"{out.name}_q"))
 
+    def narrow(self, v: Value, bits: int) -> Value:
+        """The uint8 form of ``v`` with at most ``bits`` bits, for an array op that reads ``bits``: when the
+        vector unit reads ``v`` too (wider), a ``q.lut`` puts it on the ``bits``-bit grid of its calibrated
+        range (once per width)."""
+        x = self.as_quant(v)
+        if x.type.quant.bits <= bits:
+            return x
+        key = (id(x), bits)
+        if key not in self.narrowed:
+            root = self.tie.get(id(v), v)
+            scale, zp = act_params(*self.obs[root.name].range(bits), bits)
+            p = x.type.quant
+            table = lut_table(p.scale[0], p.zero_point[0], lambda r: r, scale, zp, 0, (1 << bits) - 1)
+            self.narrowed[key] = self.node("q.lut", [x], {"table": table, "scale": scale, "zero_point": zp,
+                                                         "bits": bits}, self.fresh(f"{v.name}_narrow{bits}"),
+                                           self.uint8(v, QuantParams((scale,), (zp,), bits)),
+                                           self.fresh(f"{v.name}_q{bits}"))
+        return self.narrowed[key]
+
     def act_matmul(self, n: Node) -> None:
-        a, b = (self.as_quant(v) for v in n.inputs)
+        a, b = (self.narrow(v, self.s.read_bits(n, vector=False)) for v in n.inputs)
         out = n.outputs[0]
         self.acc[id(out)] = self.node("q.act_matmul", [a, b], {"a_zero_point": a.type.quant.zero_point[0],
                                                                  "b_zero_point": b.type.quant.zero_point[0]},

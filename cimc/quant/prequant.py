@@ -55,7 +55,7 @@ import numpy as np
 from cimc.errors import CimcError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.types import ONNX_CODE_OF_DTYPE, DType, QuantParams, TensorType
-from cimc.ops.qoperator import float_op, pool_mode
+from cimc.ops.qoperator import pool_mode
 from cimc.quant.expand import QOPERATOR_OPS, to_qdq
 from cimc.quant.fixedpoint import quantize_multiplier, quantize_multipliers, shared_multipliers
 from cimc.quant.lower import MOVES, UNARY, chain_function, scalar_operand

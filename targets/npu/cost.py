@@ -24,10 +24,11 @@ Static shapes only, symbolic dims counted as 1, i.e. per sample; energy by compo
     adds at ``vec_op_pj``, ``ceil(adds / vec_lanes)`` cycles). Its ``b`` arrives by an ``npu.dma_in``
     into the weight buffer of a computed value: per inference (unit ``dma``), spilling what exceeds
     ``weight_buffer_bytes``.
-  Float ``MatMul``/``Gemm`` (attention: two activations, which the quantizer leaves in float)
-    and ``LSTM``/``GRU``/``RNN``, ``Attention`` and ``Einsum`` stay the shared float ops, charged to the array as fp
-    work: their MACs (:func:`cimc.cost.mac_dims`: ``P x K`` by ``K x N``), the systolic cycles of
-    that product, energy macs * fp_mac_pj plus buffer reads and writes of its operands and result.
+  Float ``MatMul``/``Gemm``/``Conv``/``ConvTranspose``/``DeformConv``, ``LSTM``/``GRU``/``RNN``, ``Attention``
+    and ``Einsum`` (what runs in float: the ONNX ``Attention`` op, or weight layers with ``allow_float``) stay
+    the shared float ops, charged to the array as fp work: their MACs (:func:`cimc.cost.mac_dims`: ``P x K``
+    by ``K x N``), the systolic cycles of that product, energy macs * fp_mac_pj plus buffer reads and writes
+    of its operands and result.
     They are not rewritten to integers: the program must equal the quantized graph bit for bit.
   Other ops: the vector unit, ``ceil(elements / vec_lanes) * vec_op_cycles`` cycles and
     ``elements * vec_mul_pj`` (multiplying ops) or ``vec_op_pj`` pJ, as ``cimc.cost.vector_cost``
@@ -44,8 +45,8 @@ from cimc.targets.npu.spec import NpuSpec
 
 __all__ = ["area", "op_cost"]
 
-FP_ARRAY = ("MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
-"""Float ops the MAC array runs in fp mode (attention matmuls, recurrent cells)."""
+FP_ARRAY = ("MatMul", "Gemm", "Conv", "ConvTranspose", "DeformConv", "LSTM", "GRU", "RNN", "Attention", "Einsum")
+"""Float ops the MAC array runs in fp mode (what runs in float with ``allow_float``)."""
 _MUL_OPS = frozenset({"q.requant", "q.add", "q.quantize", "q.dequantize", "q.mul", "q.avg_pool", "q.softmax", "Mul",
                       "Div", "Softmax",
                       "LayerNormalization", "Erf", "Exp", "Sigmoid", "Tanh", "Pow", "Sqrt", "Reciprocal",

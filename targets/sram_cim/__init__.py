@@ -39,14 +39,14 @@ class SramCimTarget(Target):
     spec: SramCimSpec = None  # type: ignore[assignment]
 
     def capabilities(self) -> Capabilities:
-        """Macro geometry and bit limits from the spec; matrix ops on the macros, the rest on the vector unit
-        (the shared ``VECTOR_OPS`` plus float ``LSTM``, which the quantizer leaves in float; not float
-        convolutions or ``Gemm``)."""
+        """Macro geometry and bit limits from the spec; matrix ops with constant weights on the macros, the rest
+        on the vector unit (the shared ``VECTOR_OPS``: the matmuls of two activations of attention run there,
+        on its multipliers, not written into a macro)."""
         s = self.spec
         return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
                             act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,
                             rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks,
-                            vector_ops=(*VECTOR_OPS, "LSTM"), own_ops=("sram.",), spare_rows=s.spare_rows,
+                            vector_ops=VECTOR_OPS, own_ops=("sram.",), spare_rows=s.spare_rows,
                             spare_cols=s.spare_cols)
 
     def default_pipeline(self) -> str:

@@ -26,10 +26,12 @@ component; the ADC and DAC figures at the op's ``adc_bits`` and ``dac_bits`` (:c
   ``cycles = sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; energy: arrays
   ``bits*write_bit_pj``, DRAM ``bytes*dram_pj_per_byte``; it writes ``r*c`` cells of its macro
   (one-time unless another load writes that macro: see :func:`cimc.cost.program_cost`).
-- float ``MatMul``/``Gemm``/``LSTM``/``GRU``/``RNN``/``Attention``/``Einsum`` (attention, recurrent
-  cells; what the quantizer leaves in float):
-  their MACs on the vector unit (:func:`cimc.cost.mac_dims`), ``ceil(macs / vec_lanes) *
-  vec_op_cycles`` cycles and ``macs * fp_mac_pj``, plus the elementwise cost of their result.
+- ``q.act_matmul`` (attention's matmuls of two activations, integer) and the float matrix ops
+  (``MatMul``, ``Gemm``, ``Conv``, ``ConvTranspose``, ``DeformConv``, ``LSTM``/``GRU``/``RNN``,
+  ``Attention``, ``Einsum``: what runs in float with ``allow_float``): their MACs on the vector unit
+  (:func:`cimc.cost.mac_dims`), ``ceil(macs / vec_lanes) * vec_op_cycles`` cycles and ``macs *
+  (vec_mul_pj + vec_op_pj)`` (integer) or ``macs * fp_mac_pj`` (float), plus the elementwise cost of
+  their result.
 - every other op: the vector unit (:func:`cimc.cost.vector_cost`, ``vec_lanes``, ``vec_op_cycles``,
   ``vec_op_pj``, plus ``vec_mul_pj`` for ops that multiply: q.requant, q.add, q.quantize,
   q.dequantize); ``vec.im2col`` adds ``buffer_pj_per_byte`` per byte written.
@@ -51,7 +53,8 @@ from cimc.targets.sram_cim.spec import SramCimSpec
 __all__ = ["area", "op_cost"]
 
 _MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize", "q.mul", "q.avg_pool", "q.softmax")
-_MAC_OPS = ("MatMul", "q.act_matmul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
+_MAC_OPS = ("MatMul", "q.act_matmul", "Gemm", "Conv", "ConvTranspose", "DeformConv", "LSTM", "GRU", "RNN",
+            "Attention", "Einsum")
 
 
 def _count(shape) -> int:
