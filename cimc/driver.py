@@ -506,9 +506,16 @@ def check_supported(program: Graph, target: Target) -> None:
     is neither an array op (and, unless the arrays take two activations, one with a constant weight),
     nor a vector-unit op, nor the target's own instruction (:meth:`cimc.target.Capabilities.unit_of`)."""
     from cimc.errors import UnsupportedOpError
+    from cimc.target import NOT_RUN
     from cimc.targets import all_targets
 
     caps = target.capabilities()
+    for node in program.nodes:  # a weight-carrying integer op no target's arrays take as it is
+        if node.op == "q.conv_transpose":
+            raise UnsupportedOpError(
+                f"target '{target.name}' cannot run q.conv_transpose {node.name!r} on its {caps.array_name}: add "
+                f"'legalize-convs' after 'quantize' in the pipeline (it rewrites it into a q.conv, given static "
+                f"spatial input dims; the target's default pipeline has it: `{target.default_pipeline()}`)")
     units = {op: caps.unit_of(op) for op in {n.op for n in program.nodes}}  # once per op, not per node
     for node in program.nodes:
         unit = units[node.op]
@@ -517,15 +524,17 @@ def check_supported(program: Graph, target: Target) -> None:
         if unit is not None and not dynamic:
             continue
         why = ("its arrays hold constant weights only, and this matmul multiplies two activations" if dynamic
-               else "it is neither an array op nor a vector-unit op nor one of the target's instructions")
-        runs = "every op" if "*" in caps.vector_ops else ", ".join(sorted(caps.vector_ops))
+               else NOT_RUN.get(node.op, "it is neither an array op nor a vector-unit op nor one of the target's "
+                                         "instructions"))
+        runs = "every op" if "*" in caps.vector_ops else (
+            f"{len(caps.vector_ops)} ops (`cimc ops --target {target.name}` lists them)")
         own = ", ".join(o + "*" if o.endswith(".") else o for o in caps.own_ops) or "none"
         others = [name for name, cls in all_targets().items() if name != target.name
                   and cls().capabilities().unit_of(node.op) is not None]
         raise UnsupportedOpError(
             f"target '{target.name}' cannot run op {node.op} (node {node.name!r}): {why}; it runs on its arrays: "
-            f"{', '.join(caps.array_ops)}; on its vector unit: {runs.replace('vec.', 'vec.*')}; its instructions: "
-            f"{own}. Replace {node.op} in the model with ops from these lists"
+            f"{', '.join(caps.array_ops)}; on its vector unit: {runs}; its instructions: "
+            f"{own}. Replace {node.op} in the model with ops these run"
             + (f", or compile for a target that runs it ({', '.join(others)})" if others else ""))
 
 

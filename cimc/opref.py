@@ -180,6 +180,28 @@ def _vector_ops(caps: Capabilities) -> str:
     return ", ".join(f"`{o}*`" if o.endswith(".") else f"`{o}`" for o in caps.vector_ops)
 
 
+def _where_work_runs(caps: Capabilities) -> str:
+    """Where the multiply-accumulates run: the weight layers, attention's matmuls, what is left in float."""
+    act = caps.unit_of("q.act_matmul")
+    attention = (f"on its {caps.array_name}, the second operand loaded on every inference" if act == "array" else
+                 "on its vector unit's multipliers, not written into an array (a computed operand would be "
+                 "written on every inference)" if act == "vector" else "nowhere: the target refuses them")
+    return (f"Weight layers (`q.conv`, `q.gemm`, `q.matmul`; `legalize-convs` makes convolutions of every rank "
+            f"and transposed ones into these) run on its {caps.array_name}. Matmuls of two activations "
+            f"(attention's `q.act_matmul`) run {attention}. Float multiply-accumulates with constant weights "
+            f"(`Conv`, `Gemm`, `LSTM`, ...) that the quantizer could not take run in float only when compiling with "
+            f"`--allow-float`; the report's first line then says so, and its placement table says where each layer "
+            f"runs.")
+
+
+def _not_run(caps: Capabilities) -> list[tuple[str, str]]:
+    """The ops cimc imports that ``caps`` does not run, with the reason (:data:`cimc.target.NOT_RUN`; every
+    other op cimc imports, a target runs: ``tests/test_target_ops.py``)."""
+    from cimc.target import NOT_RUN
+
+    return [(op, why) for op, why in sorted(NOT_RUN.items()) if caps.unit_of(op) is None]
+
+
 def target_reference(name: str, fmt: Format = "text") -> str:
     """The instruction reference of target ``name`` (the page ``docs/instructions/<name>.md`` in Markdown)."""
     from cimc.targets import get_target
@@ -194,6 +216,8 @@ def target_reference(name: str, fmt: Format = "text") -> str:
                f"instructions: {', '.join(d.name for d in ops) or 'none'}", ""]
         out += [describe_op(d) for d in ops]
         out.append(f"its vector unit also runs: {_vector_ops(caps).replace('`', '')}")
+        out += [_where_work_runs(caps).replace("`", "")]
+        out += [f"it does not run {op}: {why}" for op, why in _not_run(caps)]
         return "\n".join(out) + "\n"
     out = [f"# `{name}` instructions", "",
            f"<!-- Generated from the op definitions by `{REGENERATE}`; do not edit. -->", "",
@@ -211,7 +235,11 @@ def target_reference(name: str, fmt: Format = "text") -> str:
     out += [describe_op(d, "markdown", level=3) for d in ops]
     out += ["## Shared ops", "",
             f"A program for `{name}` also holds the shared ops of [shared.md]({SHARED_PAGE}) and the other "
-            f"ops its vector unit runs: {_vector_ops(caps)}.", ""]
+            f"ops its vector unit runs: {_vector_ops(caps)}.", "", "## Where the work runs", "",
+            _where_work_runs(caps), ""]
+    if missing := _not_run(caps):
+        out += ["## Ops it does not run", "", "Ops cimc imports that this target does not run, and why:", "",
+                *(f"- `{op}`: {why}" for op, why in missing), ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -435,6 +435,9 @@ class Capabilities:
     """Physical rows of an array beyond ``rows``, for a placement to move rows onto (no weights planned there)."""
     spare_cols: int = 0
     """Physical columns of an array beyond ``cols``, likewise."""
+    conv_ranks: tuple[int, ...] | None = None
+    """Spatial ranks of ``q.conv`` the arrays window natively (``None``: every rank); ``legalize-convs``
+    rewrites the others into ``q.matmul`` on im2col rows."""
     array_name: str = "arrays"
     """What the report calls the target's arrays (``"MAC array"`` for a digital one)."""
 
@@ -497,10 +500,11 @@ class Target:
         raise NotImplementedError(f"target {type(self).__name__} does not implement op_cost()")
 
     def default_pipeline(self) -> str:
-        """Pipeline text the driver runs before lowering: cleanup, then quantization to the
-        target's bit limits."""
+        """Pipeline text the driver runs before lowering: cleanup, quantization to the target's bit limits,
+        then the integer convolutions rewritten into those its arrays take (``legalize-convs``)."""
         c = self.capabilities()
-        return f"fold-constants,fuse-batchnorm,quantize{{weight-bits={c.weight_bits_max} act-bits={c.act_bits_max}}}"
+        return (f"fold-constants,fuse-batchnorm,quantize{{weight-bits={c.weight_bits_max} act-bits={c.act_bits_max}}},"
+                f"legalize-convs")
 
     def lowering(self) -> Pipeline:
         """The lowering passes as a pipeline, each with its default options."""

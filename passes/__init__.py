@@ -19,6 +19,7 @@ __all__ = ["BUILTIN", "all_passes", "get_pass", "register_pass"]
 BUILTIN: dict[str, str] = {
     "fold-constants": "cimc.passes.fold_constants:FoldConstantsPass",
     "fuse-batchnorm": "cimc.passes.fuse_batchnorm:FuseBatchNormPass",
+    "legalize-convs": "cimc.passes.legalize_convs:LegalizeConvsPass",
     "quantize": "cimc.passes.quantize:QuantizePass",
     "sparsify": "cimc.passes.sparsify:SparsifyPass",
     "tile": "cimc.passes.tile:TilePass",

@@ -170,7 +170,8 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "cimir-unknown-op": (["run", "unknown_op.cimir", "--random"], "unknown op 'Relux'; did you mean 'Relu'"),
     "cimir-undefined-value": (["run", "undefined.cimir", "--random"], "%nope is not defined"),
     "unsupported-on-target": (["compile", "deconv.onnx", "-t", "sram-cim", "--calibration", "x.npz",
-                               "-o", "out"], "cannot run op q.conv_transpose"),
+                               "-p", "fold-constants,quantize", "-o", "out"],
+                              "cannot run q.conv_transpose 'deconv1' on its arrays: add 'legalize-convs'"),
     "labels-without-verify": (["compile", "zoo:mlp", "--labels", "labels.npy", "-o", "out"], "verify"),
 }
 
@@ -189,9 +190,10 @@ TARGET_CASES: dict[str, tuple[list[str], str | list[str]]] = {
                        "--spec-set", "allow_reload=false"],
                       ["allow_reload = false", "4736 weight bytes", "holds 4096 bytes",
                        "--spec-set allow_reload=true", "weight_buffer_bytes=4736"]),
-    "unsupported-op": (["compile", "deconv.onnx", "-t", "sram-cim", "--calibration", "x.npz"],
-                       ["target 'sram-cim' cannot run op q.conv_transpose (node 'deconv1')", "q.conv, q.gemm, q.matmul",
-                        "Softmax", "sram.*", "compile for a target that runs it (npu)"]),
+    "unsupported-op": (["compile", "matmulint.onnx", "-t", "sram-cim", "-p", "fold-constants"],
+                       ["target 'sram-cim' cannot run op MatMulInteger (node 'mmi'): an integer matmul that a "
+                        "pre-quantized model leaves", "q.conv, q.gemm, q.matmul", "`cimc ops --target sram-cim` lists",
+                        "sram.*", "compile for a target that runs it (npu)"]),
     "program-syntax": (["run", "syntax.cimir", "--random", "-o", "out.npz"],
                        ["syntax.cimir:10:33:", "expected ')'"]),
     "program-unknown-op": (["run", "unknown_op.cimir", "--random", "-o", "out.npz"],
@@ -438,6 +440,10 @@ def make_files(d: Path) -> None:
                   helper.make_node("ConvTranspose", ["c", "wt"], ["y"], pads=[1, 1, 1, 1], name="deconv1")],
                  [_vi("x", ["N", 1, 8, 8])], [_vi("y", ["N", 4, 8, 8])], [w, wt], opset=18), d / "deconv.onnx")
     np.savez(d / "x.npz", x=rng2.standard_normal((4, 1, 8, 8)).astype(np.float32))
+    wi = numpy_helper.from_array(rng2.integers(0, 255, (4, 3)).astype(np.uint8), "wi")
+    _save(_model([helper.make_node("MatMulInteger", ["x", "wi"], ["y"], name="mmi")],
+                 [_vi("x", ["N", 4], TensorProto.UINT8)], [_vi("y", ["N", 3], TensorProto.INT32)], [wi]),
+          d / "matmulint.onnx")
 
     # plugins
     (d / "exits.py").write_text("import sys\nsys.exit(3)\n")

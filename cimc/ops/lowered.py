@@ -10,6 +10,12 @@
 ``vec.col2im(y: [N, M, L]) -> [N, M, *spatial]``  attr ``spatial`` (ints, ``prod == L``):
     a lowered convolution's result back to its spatial shape (a reshape: each output position is
     one column, so there is no overlap-add).
+``vec.dilate(x: [N, C, *S]) -> [N, C, *S']``  attrs ``strides`` (one per spatial dim), ``pads``
+    (begins then ends; a negative pad crops), ``pad_value``: ``x``'s cells spread ``strides``
+    apart with ``pad_value`` between them, then padded (or cropped) with ``pad_value``:
+    ``out[n, c, pb + i*s] = x[n, c, i]``, ``S' = (S - 1)*s + 1 + pb + pe``. A transposed convolution
+    is a convolution of this (see the ``legalize-convs`` pass); ``pad_value`` is the zero point, so
+    the inserted cells contribute ``w * (zx - zx) = 0``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cimc.errors import VerifyError
-from cimc.ir.opdef import AttrSpec, InferContext, define_op
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import TensorType
 from cimc.ops._infer import dim_mul, require
 from cimc.ops.nn import _CONV_ATTRS, _auto_pad, _ints, _out_dim, _pads_attr, window_geometry
@@ -92,3 +98,46 @@ def _col2im_type(ctx: InferContext) -> list[TensorType]:
 def col2im(ctx, y):
     """[N, M, L] to [N, M, *spatial]."""
     return y.reshape(*y.shape[:2], *ctx.attrs["spatial"])
+
+
+def _dilate_geometry(spatial, attrs) -> tuple[list[int], list[int], list[int]]:
+    """``(strides, pads_begin, pads_end)`` of ``vec.dilate`` for ``spatial``, checked."""
+    n = len(spatial)
+    strides, pads = [int(v) for v in attrs["strides"]], [int(v) for v in attrs["pads"]]
+    if len(strides) != n or len(pads) != 2 * n:
+        raise VerifyError(f"vec.dilate: strides {strides} and pads {pads} must give 1 and 2 entries per spatial "
+                          f"dim ({n})")
+    return strides, pads[:n], pads[n:]
+
+
+def _dilate_type(ctx: InferContext) -> list[TensorType]:
+    x = require(ctx, 0)
+    if x.shape is None:
+        return [TensorType(x.dtype, None, x.quant)]
+    if len(x.shape) < 3:
+        raise VerifyError(f"vec.dilate: x must be [N, C, spatial...], is {x}")
+    strides, pb, pe = _dilate_geometry(x.shape[2:], ctx.attrs)
+    out = [(d - 1) * s + 1 + b + e if isinstance(d, int) else None
+           for d, s, b, e in zip(x.shape[2:], strides, pb, pe, strict=True)]
+    if any(o is not None and o < 1 for o in out):
+        raise VerifyError(f"vec.dilate: pads {list(ctx.attrs['pads'])} crop {x} to nothing")
+    return [TensorType(x.dtype, (*x.shape[:2], *out), x.quant)]
+
+
+@define_op("vec.dilate", infer=_dilate_type, attrs={
+    "strides": AttrSpec("ints", REQUIRED, "spacing of the input cells per spatial dim", lo=1),
+    "pads": AttrSpec("ints", REQUIRED, "pads after the spacing, begins then ends (negative: crop)"),
+    "pad_value": AttrSpec("int", 0, "value of the inserted and padding cells (the zero point)")})
+def dilate(ctx, x):
+    """x's cells ``strides`` apart, then padded or cropped, every new cell pad_value."""
+    strides, pb, pe = _dilate_geometry(x.shape[2:], ctx.attrs)
+    full = [(d - 1) * s + 1 for d, s in zip(x.shape[2:], strides, strict=True)]
+    out = np.full((*x.shape[:2], *(f + b + e for f, b, e in zip(full, pb, pe, strict=True))),
+                  x.dtype.type(ctx.attrs["pad_value"]), x.dtype)
+    # cells of x, as placed in the uncropped frame, and the part of them the output keeps
+    src = [np.arange(d) * s + b for d, s, b in zip(x.shape[2:], strides, pb, strict=True)]
+    keep = [(i >= 0) & (i < o) for i, o in zip(src, out.shape[2:], strict=True)]
+    sel = np.ix_(*(np.flatnonzero(k) for k in keep))
+    dst = np.ix_(*(i[k] for i, k in zip(src, keep, strict=True)))
+    out[(slice(None), slice(None), *dst)] = x[(slice(None), slice(None), *sel)]
+    return out

@@ -540,7 +540,7 @@ def _add_values(at, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         v >>= at["shift"]
         v += at["zero_point"]
     else:  # the zero point joins the float sum before rounding, as onnxruntime's QLinearAdd adds it
-        v = np.rint(da.astype(np.float32) * np.float32(at["a_scale"]) + db.astype(np.float32) * np.float32(at["b_scale"])
-                    + np.float32(at["zero_point"])).astype(np.int64)
+        v = np.rint(da.astype(np.float32) * np.float32(at["a_scale"])
+                    + db.astype(np.float32) * np.float32(at["b_scale"]) + np.float32(at["zero_point"])).astype(np.int64)
     lo, hi = _bounds(at)
     return np.clip(v, lo, hi, out=v).astype(np.uint8)

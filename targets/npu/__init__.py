@@ -40,7 +40,7 @@ class NpuTarget(Target):
         return Capabilities(rows=s.mac_rows, cols=s.mac_cols, cell_bits=s.mac_bits, weight_bits_max=s.mac_bits,
                             act_bits_max=s.mac_bits, dac_bits=s.mac_bits, adc_bits=None, rows_per_op=s.mac_rows,
                             arrays=1, array_ops=(*ARRAY_OPS, "q.act_matmul"), dynamic_matmul=True, vector_ops=("*",),
-                            own_ops=("npu.",), array_name="MAC array")
+                            own_ops=("npu.",), conv_ranks=(2,), array_name="MAC array")
 
     def op_cost(self, node: Node) -> Cost:
         """Cycles, energy, unit and MACs of one program op (the model: :mod:`cimc.targets.npu.cost`)."""

@@ -174,7 +174,8 @@ class LowerNpuPass(Pass):
         if node.op == "q.conv":
             if xs is None or len(xs) != 4 or not all(isinstance(d, int) for d in xs[1:]):
                 raise PassError(f"lower-npu: {layer} (q.conv) needs a 2-D NCHW input with static C, H, W, "
-                                f"found {x.type}")
+                                f"found {x.type}; 'legalize-convs' before lower-npu rewrites a convolution of "
+                                f"another rank into a q.matmul")
             kern = tuple(node.inputs[1].const.shape[2:])
             o, pb, pe, _, st, dl = window_geometry(xs[2:], kern, node.attrs)
             geom = {"kernel_shape": kern, "strides": tuple(st), "dilations": tuple(dl), "pads": (*pb, *pe),
