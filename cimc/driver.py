@@ -547,7 +547,7 @@ def _mapping(program: Graph, quantized: Graph, target: Target) -> list[dict[str,
     rows = []
     for node in quantized.nodes:
         tiles = node.attrs.get("tile.map")
-        if not isinstance(tiles, TileMap):
+        if not isinstance(tiles, TileMap) or "tile.shared" in node.attrs:  # another layer's tiles, counted there
             continue
         t = tiles.table
         used = int(((t[:, 2] - t[:, 1]) * (t[:, 4] - t[:, 3]) * (t[:, 6] - t[:, 5])).sum())

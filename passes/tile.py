@@ -15,6 +15,10 @@ or arrays, fewer bits per cell, fewer word lines on at once, fewer spares), neve
 checked against the target's value before any pass runs (a different array is a different spec,
 ``--spec-set``). ``encoding`` defaults to two's complement.
 
+Layers that read one weight constant (the steps of an unrolled recurrent layer) share its tiles when all
+the model's weights fit the arrays at once: the later ones carry the first one's annotations and
+``tile.shared`` (its name), and the lowering loads the tiles once; otherwise each is tiled on its own.
+
 Postconditions, per tiled node (annotations only; the graph still runs as before):
 ``tile.map`` (:class:`cimc.cim.tilemap.TileMap`: every tile and replica with its array and
 placement), ``tile.util`` float64 ``[T]`` (logical cells / physical cells of the array),
@@ -37,7 +41,7 @@ import numpy as np
 from cimc.cim.encoding import ENCODINGS, Encoding
 from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError
-from cimc.ir.core import Graph
+from cimc.ir.core import Graph, Node
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import ARRAY_OPS, Target
 from cimc.tiling import place_randomly, plan, weight_bits, weight_matrix, zero_blocks
@@ -114,15 +118,34 @@ class TilePass(Pass):
         geo["rows_per_op"] = min(geo["rows_per_op"], geo["rows"])
         return geo
 
+    def _fits_shared(self, layers: list[Node], geo: dict[str, int], kind: str) -> bool:
+        """Whether the tiles of ``layers`` (one per weight) fit the arrays at once: only then may layers that
+        read one weight share its tiles (no other layer's load overwrites them between their MVMs)."""
+        tiles = 0
+        for n in layers:
+            enc = Encoding(kind, weight_bits(n), geo["cell_bits"])
+            tiles += len(plan(weight_matrix(n), enc, geo["rows"], geo["cols"], 0, geo["arrays"], self.replicate,
+                              layer=n.name, spares=(geo["spare_rows"], geo["spare_cols"])))
+        return tiles <= geo["arrays"]
+
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Annotate every array op of ``graph`` with its tile mapping."""
         geo = self.geometry(ctx.target)
         ops = ctx.require_target(self).capabilities().array_ops
         kind = self.encoding or "twos-complement"
+        layers = [n for n in graph.nodes if n.op in ops and n.op in ARRAY_OPS and n.inputs[1].const is not None]
+        firsts: dict[tuple, Node] = {}  # layers reading one weight (a recurrent layer's steps) share its tiles
+        for n in layers:
+            firsts.setdefault((id(n.inputs[1]), n.op, n.attrs.get("group", 1)), n)
+        share = len(set(firsts.values())) < len(layers) and self._fits_shared(list(firsts.values()), geo, kind)
         rng = np.random.default_rng([ctx.seed, 0x54494C45]) if self.placement == "random" else None
         nxt, count = 0, 0
-        for node in graph.nodes:
-            if node.op not in ops or node.op not in ARRAY_OPS or node.inputs[1].const is None:
+        for node in layers:
+            first = firsts[(id(node.inputs[1]), node.op, node.attrs.get("group", 1))]
+            if share and first is not node:
+                node.attrs.update({k: v for k, v in first.attrs.items() if k.startswith("tile.")}
+                                  | {"tile.shared": first.name})
+                logger.info("tile: %s (%s) reads the tiles of %s", node.name, node.op, first.name)
                 continue
             m, enc = weight_matrix(node), Encoding(kind, weight_bits(node), geo["cell_bits"])
             tiles = plan(m, enc, geo["rows"], geo["cols"], nxt, geo["arrays"], self.replicate, layer=node.name,

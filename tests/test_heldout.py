@@ -64,10 +64,14 @@ def test_w4a8_within_two_points_of_float(name):
     got = run(graph, {"input": np.asarray(x)})["logits"]
     assert 100 * top1_accuracy(got, y) >= 100 * top1_accuracy(ref, y) - 2.0
     # onnxruntime runs the QDQ export of the same W4A8 graph: the same predictions, and every integer tensor
-    # 99% equal; the float islands (LayerNorm, Softmax) sum in another order there, so a value one step off
-    # at a rounding tie can reach two steps in the next encoder layer
+    # 99% equal; the float islands (LayerNorm) sum in another order there, so a value one step off at a
+    # rounding tie can reach two steps in the next encoder layer. The integer vector ops (q.lut tables of
+    # GELU, q.softmax, q.mul) read such a value where their function is steep: a one-step input difference
+    # moves their result by the function's slope in steps, on 1 element in 3000 here
     sample = {"input": np.asarray(x[:200])}
     ort = run_onnxruntime(export_qdq(graph), sample)["logits"]
     assert (ort.argmax(1) == got[:200].argmax(1)).mean() >= 0.99
     agree = qdq_agreement(graph, sample)
-    assert all(frac >= 0.99 and lsb <= 2 for frac, lsb in agree.values()), agree
+    steep = {k for k in agree if graph.value(k).producer.op in ("q.lut", "q.softmax", "q.mul")}
+    assert all(frac >= 0.99 and lsb <= 2 for k, (frac, lsb) in agree.items() if k not in steep), agree
+    assert all(agree[k][0] >= 0.999 and agree[k][1] <= 8 for k in steep), {k: agree[k] for k in steep}

@@ -459,12 +459,13 @@ class _Lowering:
         return v is not None and (id(v) in self.q or id(v) in self.acc)
 
     def lut(self, x: Value, fn, out: Value, name: str, out_name: str | None = None) -> Value:
-        """``q.lut`` of uint8 ``x``: ``fn`` of its real values, on ``out``'s grid."""
+        """``q.lut`` of uint8 ``x``: ``fn`` of its real values, on ``out``'s grid (its shape is ``x``'s: ``out`` may
+        be the Concat that ``x`` is requantized for)."""
         scale, zp, bits = self.params(out)
         p = x.type.quant
         table = lut_table(p.scale[0], p.zero_point[0], fn, scale, zp, 0, (1 << bits) - 1)
         return self.node("q.lut", [x], {"table": table, "scale": scale, "zero_point": zp, "bits": bits}, name,
-                         self.uint8(out, QuantParams((scale,), (zp,), bits)), out_name or self.fresh(f"{out.name}_q"))
+                         self.uint8(x, QuantParams((scale,), (zp,), bits)), out_name or self.fresh(f"{out.name}_q"))
 
     def narrow(self, v: Value, bits: int) -> Value:
         """The uint8 form of ``v`` with at most ``bits`` bits, for an array op that reads ``bits``: when the

@@ -8,7 +8,8 @@ previous round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv); the result t
 result type and name. Both instructions of a round carry the round's part of the tile map, with its
 placement. The ADC of every ``sram.mvm`` is the worst-case range (:meth:`cimc.cim.adc.Adc.default`),
 written as attributes a calibration may change. A model that fits the macros has one round per
-layer and loads every image once; a larger one reloads macros round after round. Digital ops after
+layer and loads every image once (layers sharing a weight's tiles, ``tile.shared``, read the first one's
+loads); a larger one reloads macros round after round. Digital ops after
 it (``q.requant``, ...) are left as they are. A ResNet-50 is about 1,800 ops. A lossy ADC or a
 device that is not ideal (stuck cells, read noise) is recorded in ``graph.metadata[LOSSY]``.
 """
@@ -26,7 +27,7 @@ from cimc.cim.adc import Adc
 from cimc.cim.encoding import Encoding
 from cimc.cim.tilemap import TileMap
 from cimc.errors import PassError
-from cimc.ir.core import Graph, Node
+from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import is_annotation
 from cimc.ir.types import DType, TensorType
 from cimc.passmanager import Pass, PassContext, PassResult, option
@@ -74,12 +75,13 @@ class LowerSramCimPass(Pass):
         if not spec.allow_reload:
             _check_fits(graph, nodes, spec)
         lossy = set()
+        loads: dict[str, list[Value]] = {}  # a layer's round tokens, for the layers sharing its tiles
         for node in nodes:
             a = node.attrs
             need = lossless_adc_bits(int(a["tile.rows_per_op"]), spec.dac_bits, int(a["tile.cell_bits"]))
             if adc_bits < need:
                 lossy.add(f"adc_bits = {adc_bits} < {need}")
-            _lower(graph, node, spec, adc_bits)
+            loads[node.name] = _lower(graph, node, spec, adc_bits, loads.get(str(node.attrs.get("tile.shared"))))
         notes = ["ADC: " + ", ".join(sorted(lossy)) + " bits (lossless)"] if lossy else []
         chip = target.chip(ctx.seed)
         if chip is not None and chip.stuck.any():
@@ -95,7 +97,7 @@ class LowerSramCimPass(Pass):
 
 def _check_fits(graph: Graph, nodes: list[Node], spec: SramCimSpec) -> None:
     """With ``allow_reload = false``: every tile (and replica) needs a macro of its own, loaded once."""
-    maps = [n.attrs["tile.map"] for n in nodes]
+    maps = [n.attrs["tile.map"] for n in nodes if "tile.shared" not in n.attrs]
     tiles = sum(len(t) for t in maps)
     if tiles <= spec.macros:
         return
@@ -125,7 +127,9 @@ def rounds(tiles: TileMap) -> list[tuple[int, int]]:
     return out
 
 
-def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
+def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int, shared: list[Value] | None) -> list[Value]:
+    """Rewrite one tiled node; ``shared``: the round tokens of the layer whose tiles it shares (``tile.shared``),
+    already loaded. Returns its round tokens."""
     a = node.attrs
     x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
     layer = {"cim.layer": node.name}
@@ -141,7 +145,7 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
         raise PassError(f"lower-sram-cim: {node.name} (q.conv) needs a result with static spatial dims, found "
                         f"{final}: the model computes them at run time (export it with a static input size)")
     channels = m.shape[0] * m.shape[2]
-    cells = graph.add_constant(enc.pack(m), f"{node.name}.cells")
+    cells = graph.add_constant(enc.pack(m), f"{node.name}.cells") if shared is None else None
     if conv:
         attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
         attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
@@ -155,11 +159,14 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
     out_type = TensorType(DType.i32, (final.shape[0], channels, math.prod(final.shape[2:])) if conv
                           else (*final.shape[:-1], channels))
     t = tiles.table
-    for r0, r1 in rounds(tiles):
+    tokens = []
+    for i, (r0, r1) in enumerate(rounds(tiles)):
         part = tiles.take(slice(r0, r1))
         nbytes = int((((t[r0:r1, 2] - t[r0:r1, 1]) * (t[r0:r1, 4] - t[r0:r1, 3]) * (t[r0:r1, 6] - t[r0:r1, 5])
                        * enc.cell_bits + 7) // 8).sum())
-        token = add("sram.load", [cells], {"tiles": part, "cell_bits": enc.cell_bits, "cim.bytes": nbytes})
+        token = shared[i] if shared is not None else add("sram.load", [cells], {
+            "tiles": part, "cell_bits": enc.cell_bits, "cim.bytes": nbytes})
+        tokens.append(token)
         mine = skip[(skip[:, 0] >= r0) & (skip[:, 0] < r1)] - np.asarray([r0, 0], np.int64)
         ys = [x, token] if acc is None else [x, token, acc]
         acc = add("sram.mvm", ys, {**mvm_attrs, "tiles": part, "skip": mine,
@@ -180,3 +187,4 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int) -> None:
     graph.replace_all_uses_with(node.outputs[0], y)
     graph.remove_node(node)
     graph.rename_value(y, name)  # the layer's result keeps its name: --verify compares layers by it
+    return tokens
