@@ -46,6 +46,8 @@ CASES = {
     "convt2d_grouped_dilated": ("ConvTranspose", (2, 4, 5, 5), (4, 2, 3, 2),
                                 {"group": 2, "dilations": [2, 1], "strides": [3, 1], "pads": [0, 1, 2, 0]}),
     "convt3d": ("ConvTranspose", (2, 3, 3, 4, 3), (3, 2, 2, 3, 2), {"strides": [2, 1, 2]}),
+    "convt2d_same_upper": ("ConvTranspose", (2, 3, 5, 4), (3, 2, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    "convt1d_output_shape": ("ConvTranspose", (2, 3, 6), (3, 2, 4), {"strides": [3], "output_shape": [20]}),
     "convt2d_crop": ("ConvTranspose", (2, 2, 4, 4), (2, 2, 3, 3), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
 }
 
