@@ -46,14 +46,7 @@ FLOAT_MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", 
 """Float ops that multiply and accumulate: where a program still holds them, that work is not on the
 target's arrays or MAC array (recorded as ``float_macs``, and listed by ``docs/corpus.md``)."""
 
-_NPU_1D_CONV = "(q.conv) needs a 2-D NCHW input with static C, H, W"
-EXPECTED: dict[tuple[str, str], str] = {
-    # the npu lowering takes 2-D convolutions only; these models' audio front ends are 1-D
-    ("wav2vec2_torchscript", "compile:npu"): _NPU_1D_CONV,
-    ("wav2vec2_dynamo", "compile:npu"): _NPU_1D_CONV,
-    ("whisper_torchscript", "compile:npu"): _NPU_1D_CONV,
-    ("whisper_dynamo", "compile:npu"): _NPU_1D_CONV,
-}
+EXPECTED: dict[tuple[str, str], str] = {}
 """``(file name, stage)`` -> a part of the error message the stage is expected to fail with today.
 A stage named ``compile:*`` stands for every target. Each is work that belongs elsewhere (an op or a
 lowering cimc does not have yet); ``docs/corpus.md`` lists them."""

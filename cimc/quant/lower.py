@@ -223,6 +223,11 @@ def adopt(graph: Graph, new: Graph) -> None:
     graph.outputs = [vmap[id(v)] for v in new.outputs]
 
 
+_HUGE = 1e30
+"""Values beyond this magnitude (masks of ``-inf`` or float32's lowest) have no activation scale: a uint8 step
+would exceed the largest scale the q ops accept."""
+
+
 def lower(src: Graph, observers: Mapping[str, Observer], settings: Settings) -> Graph:
     """The quantized form of ``src`` as a new graph (``src`` is not changed)."""
     return _Lowering(src, observers, settings).build()
@@ -454,6 +459,22 @@ class _Lowering:
                   for k, d in (("lo", 0), ("hi", (1 << p.bits) - 1)))
         self.q[id(out)] = self.node("Clip", [xq, lo, hi], {}, n.name, self.uint8(out, p), self.fresh(f"{out.name}_q"))
 
+    def finite(self, n: Node) -> bool:
+        """Whether every operand and result of vector-unit op ``n`` stays within ``+-_HUGE`` on the calibration
+        inputs, so that it can run on integers: an attention mask of ``-inf`` (or of float32's lowest, as
+        the dynamo exporter writes it) keeps its ``Add`` and ``Softmax`` in float, since no scale covers it."""
+        for v in (*n.inputs, *n.outputs):
+            if v is None:
+                continue
+            if v.const is not None:
+                if v.const.dtype.kind == "f" and not (np.abs(v.const) < _HUGE).all():
+                    return False
+                continue
+            o = self.obs.get(self.tie.get(id(v), v).name)
+            if o is not None and o.lo <= o.hi and not (-_HUGE < o.lo and o.hi < _HUGE):
+                return False
+        return True
+
     def integer(self, v: Value | None) -> bool:
         """Whether ``v`` has an integer form (uint8 or accumulator)."""
         return v is not None and (id(v) in self.q or id(v) in self.acc)
@@ -586,14 +607,14 @@ class _Lowering:
                 self.act_matmul(n)
             elif n.op in _ACTS and ints and (bounds := _const_bounds(n)) is not None:
                 self.activation(n, bounds)
-            elif _is_add(n) and any(self.integer(v) for v in n.inputs):
+            elif _is_add(n) and any(self.integer(v) for v in n.inputs) and self.finite(n):
                 self.add(n)
-            elif _product(n) and any(self.integer(v) for v in n.inputs):
+            elif _product(n) and any(self.integer(v) for v in n.inputs) and self.finite(n):
                 self.product(n)
-            elif n.op == "Softmax" and ints and n.inputs[0].type.dtype is DType.f32:
+            elif n.op == "Softmax" and ints and n.inputs[0].type.dtype is DType.f32 and self.finite(n):
                 self.softmax(n)
             elif unary is not None and self.integer(n.inputs[unary[0]]) and n.op not in _ACTS \
-                    and n.outputs[0].type.dtype is DType.f32:
+                    and n.outputs[0].type.dtype is DType.f32 and self.finite(n):
                 self.unary(n, unary)
             elif not (n.op in MOVES and self.move(n)):
                 self.copy(n)
