@@ -232,7 +232,8 @@ def test_target_holds_default_or_given_spec():
     with pytest.raises(InputError, match="target 'toy-target' needs a ToySpec, got a NpuSpec"):
         ToyTarget(get_target("npu").Spec())
     assert ToyTarget.lowering_passes == () and ToyTarget().register_ops() is None
-    assert ToyTarget().default_pipeline() == "fold-constants,fuse-batchnorm,quantize{weight-bits=2 act-bits=2}"
+    assert ToyTarget().default_pipeline() == \
+        "fold-constants,fuse-batchnorm,quantize{weight-bits=2 act-bits=2},legalize-convs"
 
 
 def test_describe_lists_every_parameter():

@@ -96,7 +96,8 @@ def test_sram_cim_capabilities():
     assert c.lossless_adc_bits() == 7 and c.adc_lossless  # the default ADC keeps every partial sum exact
     assert not t.with_spec(adc_bits=5).capabilities().adc_lossless  # NeuroSim's 5-b ADC truncates
     assert c.unit_of("q.conv") == "array" and c.unit_of("q.requant") == "vector"
-    assert t.default_pipeline() == "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8},tile"
+    assert t.default_pipeline() == \
+        "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8},legalize-convs,tile"
     assert [p.name for p in t.lowering_passes] == ["lower-sram-cim"]
 
 
@@ -105,7 +106,7 @@ def test_npu_capabilities():
     c = t.capabilities()
     assert (c.rows, c.cols, c.cell_bits, c.dac_bits, c.adc_bits, c.rows_per_op, c.arrays) == (32, 32, 8, 8, None, 32, 1)
     assert c.adc_lossless and c.dynamic_matmul and c.unit_of("q.matmul") == "array"
-    assert t.default_pipeline() == "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8}"
+    assert t.default_pipeline() == "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8},legalize-convs"
 
 
 def test_sram_cim_defaults_reproduce_the_calibration():
