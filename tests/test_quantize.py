@@ -360,3 +360,53 @@ def test_calibration_costs_about_one_interpreter_run():
     assert t_q <= 3 * t_ref
     verify(q)
     assert q.ops()["q.conv"] == 53 and "Conv" not in q.ops()
+
+
+def _region_model(kind: str) -> onnx.ModelProto:
+    """A Gemm, then SiLU (x * sigmoid(x)) or torch's erf GELU (x * (1 + erf(x / sqrt 2)) / 2), then a Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1, w2 = (numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), n)
+              for s, n in (((8, 16), "w1"), ((16, 4), "w2")))
+    consts = [numpy_helper.from_array(np.float32(v), n) for v, n in ((np.sqrt(2), "c"), (1.0, "one"), (0.5, "half"))]
+    region = {"silu": [helper.make_node("Sigmoid", ["h"], ["s"]), helper.make_node("Mul", ["h", "s"], ["a"])],
+              "gelu": [helper.make_node("Div", ["h", "c"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                       helper.make_node("Add", ["e", "one"], ["p"]), helper.make_node("Mul", ["h", "p"], ["m"]),
+                       helper.make_node("Mul", ["m", "half"], ["a"])]}[kind]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), *region,
+                           helper.make_node("MatMul", ["a", "w2"], ["y"])], kind,
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w1, w2, *consts])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kind", ["silu", "gelu"])
+def test_an_elementwise_function_of_one_value_is_one_table(kind):
+    """SiLU and GELU, products of a value and a function of it, become one q.lut of that value (not a table
+    per operand and a q.mul of two rounded codes). Its table agrees with onnxruntime running the region's
+    float ops on each input code's real value, to the nearest output step (one step at a tie); a table one
+    entry off fails that comparison."""
+    from onnx import TensorProto, helper
+
+    from cimc.onnx_io import import_model
+    from cimc.onnx_io.runtime import run_onnxruntime
+
+    model = _region_model(kind)
+    calib = {"x": np.random.default_rng(6).normal(size=(64, 8)).astype(np.float32)}
+    g = _quantize(import_model(model), calibration=calib)
+    assert "q.mul" not in g.ops() and g.ops()["q.lut"] == 1, g.ops()
+    lut = next(n for n in g.nodes if n.op == "q.lut")
+    pin, pout = lut.inputs[0].type.quant, lut.outputs[0].type.quant
+    real = (np.float32(pin.scale[0]) * (np.arange(256) - pin.zero_point[0]).astype(np.float32)).reshape(16, 16)
+    sub = onnx.helper.make_graph([n for n in model.graph.node if n.output[0] not in ("h", "y")], "region",
+                                 [helper.make_tensor_value_info("h", TensorProto.FLOAT, [16, 16])],
+                                 [helper.make_tensor_value_info("a", TensorProto.FLOAT, [16, 16])],
+                                 [t for t in model.graph.initializer if t.name in ("c", "one", "half")])
+    want = run_onnxruntime(helper.make_model(sub, opset_imports=[helper.make_opsetid("", 17)]), {"h": real})["a"]
+    codes = np.clip(np.rint(want.reshape(-1) / np.float32(pout.scale[0])) + pout.zero_point[0], 0, 255)
+    table = np.asarray(lut.attrs["table"])
+    assert np.abs(table - codes).max() <= 1 and (table == codes).mean() > 0.98
+    broken = table.copy()
+    broken[200] += 2
+    assert np.abs(broken - codes).max() > 1

@@ -537,19 +537,50 @@ class _Lowering:
     def unary(self, n: Node, first: tuple[int, list]) -> None:
         """A chain of elementwise ops of one integer value and constant scalars, each the only reader of
         the one before: one ``q.lut`` to the last one's grid."""
-        chain, steps = [n], [first]
-        while len(chain) < 8:
-            out = chain[-1].outputs[0]
+        self.chain(n, n.inputs[first[0]], chain_function([n], [first]))
+
+    def chain(self, n: Node, root: Value, fn) -> None:
+        """``n``'s result is ``fn`` of ``root`` (an integer value); with the :func:`scalar_operand` ops after it,
+        each the only reader of the one before (up to 8 ops in all), one ``q.lut`` of ``root``."""
+        chain: list[Node] = []
+        steps: list[tuple[int, list]] = []
+        out = n.outputs[0]
+        while len(chain) < 7:
             nxt = out.users[0] if len(out.uses) == 1 and not self.src.is_output(out) else None
             step = None if nxt is None else scalar_operand(nxt, v=out)
             if step is None:
                 break
             chain.append(nxt)
             steps.append(step)
-        self.skip.update(id(m) for m in chain[1:])
-        out = chain[-1].outputs[0]
-        self.q[id(out)] = self.lut(self.as_quant(n.inputs[first[0]]), chain_function(chain, steps), out,
-                                   chain[-1].name)
+            out = nxt.outputs[0]
+        self.skip.update(id(m) for m in chain)
+        after = chain_function(chain, steps)
+        self.q[id(out)] = self.lut(self.as_quant(root), lambda r: after(fn(r)), out, (chain or [n])[-1].name)
+
+    def one_root(self, n: Node):
+        """``(root, fn)`` when both operands of Add/Mul ``n`` are elementwise functions of one integer value
+        ``root`` through :func:`scalar_operand` chains whose values only they read (SiLU ``x * sigmoid(x)``,
+        GELU ``x * (1 + erf(x / c)) / 2``): ``n``'s result is ``fn(root)``, one ``q.lut`` rather than a
+        table per operand and a ``q.mul``/``q.add`` of two rounded codes; else ``None``."""
+        roots, fns = [], []
+        for v in n.inputs:
+            nodes, steps = [], []
+            while v.producer is not None and len(v.uses) == 1 and not self.src.is_output(v) \
+                    and (step := scalar_operand(v.producer)) is not None:
+                nodes.append(v.producer)
+                steps.append(step)
+                v = v.producer.inputs[step[0]]
+            roots.append(v)
+            fns.append(chain_function(nodes[::-1], steps[::-1]))
+        root = roots[0]
+        shape = n.outputs[0].type.shape
+        if roots[1] is not root or not self.integer(root) or shape is None or root.type.shape != shape \
+                or any(v.type.shape != shape for v in n.inputs) or not self.finite(n):
+            return None
+        from cimc.ops.qoperator import float_op
+
+        fa, fb = fns
+        return root, lambda r: np.asarray(float_op(n.op, n.attrs, fa(r), fb(r)), np.float32)
 
     def move(self, n: Node) -> bool:
         data = n.inputs if n.op == "Concat" else n.inputs[:1]
@@ -607,6 +638,8 @@ class _Lowering:
                 self.act_matmul(n)
             elif n.op in _ACTS and ints and (bounds := _const_bounds(n)) is not None:
                 self.activation(n, bounds)
+            elif (_is_add(n) or _product(n)) and (region := self.one_root(n)) is not None:
+                self.chain(n, *region)
             elif _is_add(n) and any(self.integer(v) for v in n.inputs) and self.finite(n):
                 self.add(n)
             elif _product(n) and any(self.integer(v) for v in n.inputs) and self.finite(n):
@@ -619,4 +652,5 @@ class _Lowering:
             elif not (n.op in MOVES and self.move(n)):
                 self.copy(n)
         self.g.outputs = [self.as_float(v) for v in self.src.outputs]
+        self.g.remove_dead()  # the tables of operands that a one-root region (one_root) computes itself
         return self.g
