@@ -211,3 +211,38 @@ def test_the_keyword_spotting_configuration_is_three_quantize_options():
     v = c.verify
     assert v["reference_exact"], v
     assert v["top1_program"] >= v["top1_float"] - 0.03, v
+
+
+def _node_cases() -> dict[str, object]:
+    from test_onnx_conformance import cases
+
+    return {name: case for name, case in cases().items()
+            if {n.op_type for n in case.model.graph.node} & set(GATES)}
+
+
+@pytest.mark.parametrize("name", sorted(_node_cases()))
+def test_onnx_node_cases_hold_for_the_unrolled_graph(name):
+    """ONNX's own node cases for LSTM, GRU and RNN (their expected outputs), run on the unrolled graph; the
+    cases feed the weights as inputs, so each data set's W, R, B, sequence_lens and P become constants."""
+    case = _node_cases()[name]
+    node = next(n for n in case.model.graph.node if n.op_type in GATES)
+    const_slots = {node.input[i] for i in (1, 2, 3, 4, 7) if i < len(node.input) and node.input[i]}
+    names = [i.name for i in case.model.graph.input]
+    for inputs, expected in case.data_sets:
+        arrays = {k: numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
+                  for k, x in zip(names, inputs, strict=True)}
+        model = onnx.ModelProto()
+        model.CopyFrom(case.model)
+        keep = [i for i in model.graph.input if i.name not in const_slots]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.graph.initializer.extend(numpy_helper.from_array(arrays[k], k) for k in sorted(const_slots))
+        graph = import_model(model)
+        left = unroll_recurrent(graph)
+        if left:  # only masked steps stay: a sequence_lens shorter than the sequence somewhere
+            assert all("sequence_lens" in why for why in left.values()), left
+            pytest.skip(f"not unrolled: {left}")
+        assert not set(GATES) & set(graph.ops())
+        got = run(graph, {k: v for k, v in arrays.items() if k not in const_slots})
+        for out, want in zip(case.model.graph.output, expected, strict=True):
+            np.testing.assert_allclose(got[out.name], np.asarray(want), rtol=1e-4, atol=1e-5, err_msg=out.name)
