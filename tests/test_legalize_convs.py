@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from cimc.driver import compile
@@ -131,3 +133,79 @@ def test_without_the_pass_a_transposed_conv_is_refused_naming_it():
     for target in TARGETS:
         with pytest.raises(CimcError, match=r"q.conv_transpose 'layer'.*legalize-convs"):
             compile(_model(op, xs, ws, **attrs), target, pipeline="fold-constants,quantize", progress=False)
+
+
+def _qconv_graph(op: str, x_shape, w, bias, zx: int, attrs: dict):
+    """One integer convolution node on a u8 input (zero point ``zx``), typed as the quantizer types it."""
+    from cimc.ir.core import Graph
+    from cimc.ir.types import DType, QuantParams, TensorType
+
+    g = Graph("conv")
+    m = w.shape[1] * attrs.get("group", 1) if op == "q.conv_transpose" else w.shape[0]
+    x = g.add_input("x", TensorType(DType.u8, x_shape, QuantParams((0.05,), (zx,), 8)))
+    wq = QuantParams(tuple(0.01 * (1 + i % 3) for i in range(m)), (0,) * m, 8, 1 if op == "q.conv_transpose" else 0)
+    wv = g.add_constant(w, "w", TensorType(DType.i8, w.shape, wq))
+    bv = g.add_constant(bias, "b", TensorType(DType.i32, bias.shape, QuantParams(
+        tuple(0.05 * s for s in wq.scale), (0,) * m, 32, 0)))
+    node = g.add_node(op, [x, wv, bv], {**attrs, "x_zero_point": zx}, name="layer")
+    g.outputs = [node.outputs[0]]
+    return g
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_transposed_convolutions_legalize_exactly_for_any_geometry(data):
+    """Random 1-D/2-D transposed convolutions (groups, strides, dilations, pads that crop, output_padding,
+    output_shape): the legalized graph equals q.conv_transpose bit for bit on random codes, for the npu
+    (whose 1-D convs become matmuls too) and sram-cim."""
+    rank = data.draw(st.integers(1, 2))
+    group = data.draw(st.sampled_from([1, 2]))
+    cg, mg = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    kernel = [data.draw(st.integers(1, 4)) for _ in range(rank)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    dils = [data.draw(st.integers(1, 2)) for _ in range(rank)]
+    spatial = [data.draw(st.integers(1, 6)) for _ in range(rank)]
+    pads = [data.draw(st.integers(0, (k - 1) * d + 1)) for k, d in zip(kernel * 2, dils * 2, strict=True)]
+    opad = [data.draw(st.integers(0, max(s, d) - 1)) for s, d in zip(strides, dils, strict=True)]
+    attrs = {"kernel_shape": tuple(kernel), "strides": tuple(strides), "dilations": tuple(dils), "group": group,
+             "pads": tuple(pads), "output_padding": tuple(opad)}
+    full = [(n - 1) * s + o + (k - 1) * d + 1 - b - e for n, s, o, k, d, b, e in
+            zip(spatial, strides, opad, kernel, dils, pads[:rank], pads[rank:], strict=True)]
+    if min(full) < 1:
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    w = rng.integers(-127, 128, (cg * group, mg, *kernel)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, mg * group).astype(np.int32)
+    zx = int(rng.integers(0, 256))
+    g = _qconv_graph("q.conv_transpose", (2, cg * group, *spatial), w, bias, zx, attrs)
+    x = {"x": rng.integers(0, 256, (2, cg * group, *spatial)).astype(np.uint8)}
+    want = run(g, x)
+    for target in TARGETS:
+        after = _legalized(g, target)
+        assert "q.conv_transpose" not in after.ops()
+        np.testing.assert_array_equal(run(after, x)[g.outputs[0].name], want[g.outputs[0].name])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_convolutions_of_other_ranks_become_exact_matmuls(data):
+    """Random 1-D and 3-D convolutions (groups, strides, dilations, pads): on the npu, whose MAC array windows
+    2-D inputs only, the legalized graph (im2col rows by one block-diagonal matmul) equals q.conv bit for bit."""
+    rank = data.draw(st.sampled_from([1, 3]))
+    group = data.draw(st.sampled_from([1, 2, 3]))
+    cg, mg = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(rank)]
+    strides = [data.draw(st.integers(1, 2)) for _ in range(rank)]
+    dils = [data.draw(st.integers(1, 2)) for _ in range(rank)]
+    pads = [data.draw(st.integers(0, 2)) for _ in range(2 * rank)]
+    spatial = [data.draw(st.integers((k - 1) * d + 1, 7)) for k, d in zip(kernel, dils, strict=True)]
+    attrs = {"kernel_shape": tuple(kernel), "strides": tuple(strides), "dilations": tuple(dils), "group": group,
+             "pads": tuple(pads)}
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    w = rng.integers(-127, 128, (mg * group, cg, *kernel)).astype(np.int8)
+    bias = rng.integers(-1000, 1000, mg * group).astype(np.int32)
+    g = _qconv_graph("q.conv", (2, cg * group, *spatial), w, bias, int(rng.integers(0, 256)), attrs)
+    x = {"x": rng.integers(0, 256, (2, cg * group, *spatial)).astype(np.uint8)}
+    after = _legalized(g, "npu")
+    assert "q.conv" not in after.ops() and after.ops()["q.matmul"] == 1
+    np.testing.assert_array_equal(run(after, x)[g.outputs[0].name], run(g, x)[g.outputs[0].name])
