@@ -246,3 +246,29 @@ def test_onnx_node_cases_hold_for_the_unrolled_graph(name):
         got = run(graph, {k: v for k, v in arrays.items() if k not in const_slots})
         for out, want in zip(case.model.graph.output, expected, strict=True):
             np.testing.assert_allclose(got[out.name], np.asarray(want), rtol=1e-4, atol=1e-5, err_msg=out.name)
+
+
+def test_a_layer_reading_tiles_it_does_not_share_is_caught():
+    """The steps of lstm_rows read the gate weights loaded once, and the program is exact; a layer (the
+    classifier) marked as sharing them reads arrays no load wrote, which the run refuses, naming it."""
+    from cimc.interpreter import ExecutionError
+    from cimc.passmanager import PassContext, PassManager
+    from cimc.verify import check_exact
+
+    target = all_targets()["sram-cim"]()
+    m = zoo.load("lstm_rows")
+    ctx = PassContext(target=target, calibration={"input": zoo.calibration_set()})
+    g = import_model(onnx.load(str(zoo.path("lstm_rows"))))
+    PassManager(target.default_pipeline(), ctx).run(g)
+    steps = [n for n in g.nodes if "tile.shared" in n.attrs]
+    assert len(steps) == m.x_test.shape[2] - 1 and {n.attrs["tile.shared"] for n in steps} == {"/lstm/LSTM/gates_t0"}
+    x = {"input": m.x_test[:8]}
+    target.register_ops()
+    program = g.copy()
+    PassManager("lower-sram-cim", ctx).run(program)
+    assert program.ops()["sram.load"] == 2 and check_exact(program, g, x, machine=target.machine(0)).exact
+    program = g.copy()
+    next(n for n in program.nodes if n.op == "q.gemm").attrs["tile.shared"] = "/lstm/LSTM/gates_t0"
+    PassManager("lower-sram-cim", ctx).run(program)
+    with pytest.raises(ExecutionError, match=r"array 8 is read for tile 0 of layer '/fc/Gemm' but no load"):
+        check_exact(program, g, x, machine=target.machine(0))
