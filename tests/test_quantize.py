@@ -410,3 +410,17 @@ def test_an_elementwise_function_of_one_value_is_one_table(kind):
     broken = table.copy()
     broken[200] += 2
     assert np.abs(broken - codes).max() > 1
+
+
+def test_out_bits_that_change_nothing_say_so(caplog):
+    """out-bits narrows an array op's result that only the vector unit reads; where every array result feeds
+    another array op (mlp: Gemm, Relu fused, Gemm) the option does nothing, and the pass says so."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="cimc.quant.lower"):
+        _quantize(_float("mlp"), "out-bits=6")
+    assert "quantize: out-bits=6 changes nothing in graph" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cimc.quant.lower"):
+        _quantize(_float("lstm_rows"), "out-bits=6")
+    assert "out-bits" not in caplog.text

@@ -31,6 +31,7 @@ request among the integer layers reading it, directly or through moves and Relu/
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from cimc.sparsity import WeightView, weight_view
 
 __all__ = ["MOVES", "UNARY", "Settings", "act_matmul", "adopt", "chain_function", "lower", "quantizable",
            "scalar_operand"]
+
+logger = logging.getLogger(__name__)
 
 MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather",
                    "Expand", "Identity", "Concat"})
@@ -229,13 +232,21 @@ would exceed the largest scale the q ops accept."""
 
 
 def lower(src: Graph, observers: Mapping[str, Observer], settings: Settings) -> Graph:
-    """The quantized form of ``src`` as a new graph (``src`` is not changed)."""
-    return _Lowering(src, observers, settings).build()
+    """The quantized form of ``src`` as a new graph (``src`` is not changed). ``out_bits`` that no value takes
+    (no array op's result is read by the vector unit only) is logged as a warning: the option did nothing."""
+    lowering = _Lowering(src, observers, settings)
+    out = lowering.build()
+    if settings.out_bits and not lowering.out_bits_used:
+        logger.warning("quantize: out-bits=%d changes nothing in graph %r: no array op's result is read by the "
+                       "vector unit only (each is read by another array op, or is a graph output)",
+                       settings.out_bits, src.name)
+    return out
 
 
 class _Lowering:
     def __init__(self, src: Graph, observers: Mapping[str, Observer], settings: Settings) -> None:
         self.src, self.obs, self.s = src, observers, settings
+        self.out_bits_used = False
         self.g = Graph(src.name)
         self.f: dict[int, Value] = {}
         self.q: dict[int, Value] = {}
@@ -291,6 +302,7 @@ class _Lowering:
             bits = self.bits.get(id(v)) or self.s.act_bits
             if array_out and self.s.out_bits and id(v) not in self.array_read:
                 bits = self.s.out_bits
+                self.out_bits_used = True
             lo, hi = self.obs[v.name].range(bits)
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 by = f" (the result of node {v.producer.name!r}, {v.producer.op})" if v.producer else ""
