@@ -85,6 +85,9 @@ def test_quantize_static_models_compile_with_their_own_scales(name, fmt, per_cha
         assert not any(op.startswith("QLinear") or op == "QGemm" for op in c.quantized.ops())
         assert {"q.conv", "q.gemm", "q.matmul"} & set(c.quantized.ops())
         assert _weight_layers_in_float(c.program) == (["/lstm/LSTM"] if name == "lstm_rows" else [])
+        # matmuls of two activations (hybrid_vit's attention) are integer too: q.act_matmul of the codes
+        assert "MatMul" not in c.program.ops() and "MatMul" not in c.quantized.ops()
+        assert c.quantized.ops().get("q.act_matmul", 0) == (2 if name == "hybrid_vit" else 0)
         assert v["reference_exact"] and v["float_reference"] == "onnxruntime (the quantized model)"
         _check_agreement(v["onnxruntime_agreement"])
         assert abs(v["top1_program"] - v["top1_float"]) <= 0.01, v

@@ -21,6 +21,7 @@ model is held as uint8: a signed one shifted by its *offset* (128 for int8, ``2*
   tensor or per output channel, with the fewest bits that hold it; the bias is the int32 one
   (``round(b * sb / (sx*sw))``, exact when ``sb = sx*sw`` as quantizers write it) or a float
   bias rounded so, minus ``zx * sum(w)`` (not for ``q.conv_transpose``).
+- ``MatMul`` of two dequantized activations (attention): ``q.act_matmul`` of their codes.
 - A float op between dequantized activations and one ``QuantizeLinear`` (onnxruntime's fusions):
   ``Add`` -> ``q.add``, ``Mul`` -> ``q.mul``, ``AveragePool``/``GlobalAveragePool`` ->
   ``q.avg_pool`` (onnxruntime's own rounding, see :mod:`cimc.ops.qlinear`), ``Softmax`` ->
@@ -343,9 +344,24 @@ class _Adopter:
         shape = [-1 if axis is not None and i == axis % c.ndim else 1 for i in range(c.ndim)]
         return c.astype(np.int64) - z.reshape(shape), s, None if axis is None else axis % c.ndim
 
+    def act_matmul(self, n: Node, a: Value, b: Value) -> bool:
+        """A MatMul of two dequantized activations (attention's): ``q.act_matmul`` of their codes, whose
+        accumulator a following ``QuantizeLinear`` requantizes by ``float32(float32(sa * sb) / sy)``."""
+        if (a.type.rank or 0) < 2 or (b.type.rank or 0) < 2:
+            return False
+        pa, pb = a.type.quant, b.type.quant
+        acc = self.node("q.act_matmul", [a, b], {"a_zero_point": int(pa.zero_point[0]),
+                                                 "b_zero_point": int(pb.zero_point[0])}, n.name, None,
+                        f"{n.outputs[0].name}_acc")
+        self.mults[id(acc)] = (float(np.float32(pa.scale[0]) * np.float32(pb.scale[0])),)
+        self.acc[id(n.outputs[0])] = (acc, None)
+        return True
+
     def mvm(self, n: Node) -> bool:
         ins = list(n.inputs) + [None] * (3 - len(n.inputs))
         xq, wt = self.operand(ins[0]), self.weight(n, ins[1])
+        if n.op == "MatMul" and xq is not None and wt is None and (bq := self.operand(ins[1])) is not None:
+            return self.act_matmul(n, xq, bq)
         if xq is None or wt is None:
             return False
         w, sw, axis = wt
