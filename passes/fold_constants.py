@@ -16,7 +16,8 @@ Algorithm: one forward walk over the nodes, in order; for each node
    vector whose elements are all known becomes a constant. So ``Gather(Shape(x), 1)`` folds
    when dim 1 of ``x`` is static even if its batch dim ``N`` is symbolic; ``Gather(.., 0)`` stays.
    A ``Reshape`` to a tracked vector with neither ``-1`` nor a copying ``0`` takes its dims from
-   the vector alone, whatever its input's type knows.
+   the vector alone, whatever its input's type knows, and so does a ``Resize`` to tracked
+   ``sizes`` for every axis (``F.interpolate(x, size=y.shape[-2:])`` with a symbolic batch).
 Finally nodes and constants nothing reads are removed.
 
 Never evaluated: ops with side effects, random ops, ``Dropout`` in training mode, nodes with
@@ -223,12 +224,19 @@ def _track(node: Node, known: dict[int, Vec]) -> Vec | None:
 
 
 def _dims_from_vector(node: Node, known: dict[int, Vec]) -> tuple[Dim, ...] | None:
-    """Result dims of a ``Reshape``/``ConstantOfShape``/``Expand`` whose shape operand is a
-    tracked vector. Symbolic dims cancel: ``[N,3,4]`` reshaped to ``[N,-1]`` is ``[N,12]``."""
-    index = {"Reshape": 1, "ConstantOfShape": 0, "Expand": 1}.get(node.op)
+    """Result dims of a ``Reshape``/``ConstantOfShape``/``Expand``/``Resize`` whose shape operand
+    (``Resize``'s ``sizes``) is a tracked vector. Symbolic dims cancel: ``[N,3,4]`` reshaped to
+    ``[N,-1]`` is ``[N,12]``."""
+    index = {"Reshape": 1, "ConstantOfShape": 0, "Expand": 1, "Resize": 3}.get(node.op)
     vec = None if index is None or len(node.inputs) <= index else _vec(node.inputs[index], known)
     if vec is None or vec[0]:
         return None
+    if node.op == "Resize":  # sizes for every axis, stretched to them: the sizes are the result's dims
+        opdef = lookup(node.op)
+        a = opdef.attr_values(node.attrs) if opdef is not None else node.attrs
+        stretch = a.get("axes") is None and a.get("keep_aspect_ratio_policy", "stretch") == "stretch"
+        src = node.inputs[0].type.shape  # type: ignore[union-attr]
+        return vec[1] if stretch and src is not None and len(src) == len(vec[1]) else None
     if node.op != "Reshape":
         src = node.inputs[0].type.shape if node.op == "Expand" else ()  # type: ignore[union-attr]
         return None if src is None else broadcast_shapes(src, vec[1])

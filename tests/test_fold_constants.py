@@ -320,3 +320,17 @@ def test_shape_arithmetic_and_a_reshape_to_given_dims_keep_static_dims():
     assert g.value("p").type.shape == (None, 2, 2, 2)
     assert g.value("y").type.shape == ("N", 6, 4, 4)
     assert "Div" not in g.ops() and "Add" not in g.ops() and g.ops()["Mul"] == 2  # folded where known
+
+
+def test_a_resize_to_sizes_taken_from_another_tensor_gets_static_dims():
+    """``F.interpolate(x, size=y.shape[-2:])`` (torchvision's LR-ASPP, FPNs) with a symbolic batch: the
+    sizes are Concat(Shape(x)[:2], Shape(y)[2:]), not constant, and the Resize's result takes its dims
+    from them (the Conv after it was f32[?,5,?,?], which no target lowers)."""
+    g = fold("""graph @main(%x: f32[N,4,2,2], %y: f32[N,3,8,8]) {
+      %nc: i64[2] = Shape(%x) {end = 2} loc("nc")
+      %hw: i64[2] = Shape(%y) {start = 2} loc("hw")
+      %sizes: i64[4] = Concat(%nc, %hw) {axis = 0} loc("sizes")
+      %r: f32[?,?,?,?] = Resize(%x, none, none, %sizes) {mode = "linear"} loc("up")
+      return %r
+    }""", {"x": np.arange(32, dtype=np.float32).reshape(2, 4, 2, 2), "y": np.zeros((2, 3, 8, 8), np.float32)})
+    assert g.value("r").type.shape == ("N", 4, 8, 8)

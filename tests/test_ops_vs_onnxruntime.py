@@ -82,3 +82,34 @@ def test_matches_onnxruntime(op, feeds, consts, attrs, n_out) -> None:
         have = got[f"y{i}"]
         assert have.shape == w.shape and have.dtype == w.dtype
         np.testing.assert_allclose(have, w, rtol=1e-4, atol=1e-5, err_msg=f"{op} output {i}")
+
+
+@pytest.mark.parametrize("attrs, scales, sizes", [
+    ({"mode": "nearest"}, [1, 1, 2, 2], None),  # nn.Upsample(scale_factor=2)
+    ({"mode": "linear"}, [1, 1, 1.5, 0.5], None),
+    ({"mode": "nearest"}, None, [3, 4, 5, 7]),  # sizes for every axis: the batch too
+    ({"mode": "nearest", "axes": [3, 2]}, None, [6, 5]),
+    ({"mode": "nearest", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"}, None, [9, 5]),
+    ({"mode": "nearest", "axes": [0, 3]}, [2, 1.5], None),
+])
+def test_resize_result_dims_with_a_symbolic_batch(attrs, scales, sizes) -> None:
+    """A Resize with constant scales or sizes on an input of symbolic batch: the imported result's dims
+    are those onnxruntime's result has at two batch sizes (a symbolic dim as the batch; an unknown dim
+    only where the batch decides it). They were all unknown, so a Conv after ``nn.Upsample`` could not
+    be lowered."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 4, 6])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    inits = [numpy_helper.from_array(np.asarray(scales, np.float32), "scales")] if scales else \
+        [numpy_helper.from_array(np.asarray(sizes, np.int64), "sizes")]
+    names = ["x", "", "scales"] if scales else ["x", "", "", "sizes"]
+    node = helper.make_node("Resize", names, ["y"], **attrs)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 19)])
+    dims = import_model(model).outputs[0].type.shape
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (2, 3):
+        (got,) = sess.run(None, {"x": _f(n, 4, 4, 6)})
+        assert len(dims) == got.ndim
+        for d, g in zip(dims, got.shape, strict=True):
+            assert d == g if isinstance(d, int) else d in ("N", None) and (d is None or g == n), (dims, got.shape)
+    assert sum(d is None for d in dims) == (1 if scales == [2, 1.5] else 0), dims

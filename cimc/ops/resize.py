@@ -26,7 +26,7 @@ import numpy as np
 
 from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, define_op
-from cimc.ir.types import TensorType
+from cimc.ir.types import Dim, TensorType
 from cimc.ops._infer import normalize_axis, require
 
 _MODES = ("nearest", "linear", "cubic")
@@ -156,20 +156,38 @@ def _resize_axis(x: np.ndarray, axis: int, m: int, s: float, lo: float, hi: floa
 
 
 def _resize_type(ctx: InferContext) -> list[TensorType]:
+    """The result's dims where constant scales or sizes give them: a dim the Resize does not touch (off
+    its axes, or scaled by 1) keeps its value, symbolic or not; a dim it sizes is the size (stretched);
+    a static dim scaled by s is floor(d * s). Other dims are unknown."""
     x = require(ctx, 0)
     if x.shape is None:
         return [TensorType(x.dtype, None)]
     consts = [ctx.const(i) if ctx.has(i) else None for i in range(4)]
-    if all(isinstance(d, int) for d in x.shape) and (consts[2] is not None or consts[3] is not None) and \
-            (ctx.has(2) <= (consts[2] is not None)) and (ctx.has(3) <= (consts[3] is not None)):
-        try:
-            out = _geometry(x.shape, ctx.attrs, None, consts[2], consts[3])[0]  # type: ignore[arg-type]
-        except CimcError as e:
-            raise VerifyError(f"node {ctx.node.name!r} (Resize): {e}") from None
-        return [TensorType(x.dtype, tuple(out))]
     rank = len(x.shape)
     axes = set(range(rank)) if ctx.attrs["axes"] is None else {a % rank for a in ctx.attrs["axes"]}
-    return [TensorType(x.dtype, tuple(None if i in axes else d for i, d in enumerate(x.shape)))]
+    if not ((consts[2] is not None or consts[3] is not None) and (ctx.has(2) <= (consts[2] is not None))
+            and (ctx.has(3) <= (consts[3] is not None))):
+        return [TensorType(x.dtype, tuple(None if i in axes else d for i, d in enumerate(x.shape)))]
+    stand_in = tuple(d if isinstance(d, int) else 1 for d in x.shape)  # symbolic dims are worked out below
+    try:
+        out, scale, _ = _geometry(stand_in, ctx.attrs, None, consts[2], consts[3])  # type: ignore[arg-type]
+    except CimcError as e:
+        raise VerifyError(f"node {ctx.node.name!r} (Resize): {e}") from None
+    sized = consts[3] is not None
+    # sizes with a policy other than stretch scale every axis by one factor, which needs all their dims
+    per_axis = not sized or ctx.attrs["keep_aspect_ratio_policy"] == "stretch" or \
+        all(isinstance(x.shape[a], int) for a in axes)
+    dims: list[Dim] = []
+    for a, d in enumerate(x.shape):
+        if a not in axes:
+            dims.append(d)
+        elif not per_axis:
+            dims.append(None)
+        elif isinstance(d, int) or sized:
+            dims.append(out[a])
+        else:
+            dims.append(d if scale[a] == 1.0 else None)
+    return [TensorType(x.dtype, tuple(dims))]
 
 
 @define_op("Resize", inputs=(1, 4), infer=_resize_type, verify=_verify, attrs={
