@@ -70,6 +70,8 @@ def load(name: str) -> onnx.ModelProto:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
 def _smooth(rng: np.random.Generator, shape: tuple[int, ...], coarse: tuple[int, ...]) -> np.ndarray:
@@ -83,6 +85,25 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, ...], coarse: tuple[int,
     return zoom(grid, factors, order=3, mode="nearest", grid_mode=True)[tuple(slice(0, s) for s in shape)]
 
 
+def _scene(rng: np.random.Generator, b: int, c: int, h: int, w: int) -> np.ndarray:
+    """``b`` smooth random scenes of ``c`` channels (a luminance field and colour fields on a 4x4 grid,
+    interpolated), each with a random contrast and brightness; logits of pixel values."""
+    scene = 0.7 * _smooth(rng, (b, 1, h, w), (4, 4)) + 0.5 * _smooth(rng, (b, c, h, w), (4, 4))
+    return scene * rng.uniform(0.5, 2.0, (b, 1, 1, 1)) + rng.normal(0.0, 0.5, (b, 1, 1, 1))
+
+
+def _pixels(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
+    """Pixel values in [0, 1]: ``scene`` through a sigmoid, plus a little pixel noise."""
+    return np.clip(1 / (1 + np.exp(-scene)) + 0.03 * rng.standard_normal(scene.shape), 0.0, 1.0)
+
+
+def _normalized(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``(pixels - mean) / std`` per channel (axis 1)."""
+    c = pixels.shape[1]
+    shape = (1, c, *(1,) * (pixels.ndim - 2))
+    return (pixels - np.array(mean[:c]).reshape(shape)) / np.array(std[:c]).reshape(shape)
+
+
 def draw_inputs(inputs: list[Mapping[str, Any]], batch: int, seed: int) -> dict[str, np.ndarray]:
     """Seeded inputs of each kind the manifest names, ``batch`` samples each.
 
@@ -92,11 +113,14 @@ def draw_inputs(inputs: list[Mapping[str, Any]], batch: int, seed: int) -> dict[
 
     ``image``: a smooth random scene (a luminance field and colour fields on a 4x4 grid, interpolated),
     with a random contrast and brightness per image, through a sigmoid to [0, 1], a little pixel
-    noise, then ImageNet's mean and std; ``tokens``: ids uniform in ``[0, vocab)``; ``mask``: an
+    noise, then ImageNet's mean and std; ``video`` (channels, frames, height, width): such a scene
+    seen through a window that moves by up to 2 pixels per frame along each axis (a camera pan), then
+    Kinetics' mean and std; ``tokens``: ids uniform in ``[0, vocab)``; ``mask``: an
     attention mask of ones then zeros, at least half ones; ``audio``: three sines of random pitch
     (80 Hz to 4 kHz at 16 kHz) and their amplitudes, with a little noise, in [-1, 1]; ``mel``
     (features x frames) and ``mfcc`` (frames x features): a smooth random spectral envelope plus a
-    smooth random loudness over time plus noise, as log-mel and MFCC frames look.
+    smooth random loudness over time plus noise, as log-mel and MFCC frames look; ``mel_frames``: log-mel
+    frames as ``mel`` draws them, frames x features.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
@@ -105,12 +129,18 @@ def draw_inputs(inputs: list[Mapping[str, Any]], batch: int, seed: int) -> dict[
         kind = i["kind"]
         if kind == "image":
             b, c, h, w = shape
-            scene = 0.7 * _smooth(rng, (b, 1, h, w), (4, 4)) + 0.5 * _smooth(rng, (b, c, h, w), (4, 4))
-            scene = scene * rng.uniform(0.5, 2.0, (b, 1, 1, 1)) + rng.normal(0.0, 0.5, (b, 1, 1, 1))
-            pixels = np.clip(1 / (1 + np.exp(-scene)) + 0.03 * rng.standard_normal(shape), 0.0, 1.0)
-            mean = np.array(IMAGENET_MEAN[:c]).reshape(1, c, 1, 1)
-            std = np.array(IMAGENET_STD[:c]).reshape(1, c, 1, 1)
-            out[i["name"]] = ((pixels - mean) / std).astype(np.float32)
+            pixels = _pixels(rng, _scene(rng, b, c, h, w))
+            out[i["name"]] = _normalized(pixels, IMAGENET_MEAN, IMAGENET_STD).astype(np.float32)
+        elif kind == "video":
+            b, c, t, h, w = shape
+            step = 2  # the most a scene moves between frames, in pixels along each axis
+            scene = _scene(rng, b, c, h + step * (t - 1), w + step * (t - 1))
+            dy, dx = (rng.integers(-step, step + 1, b) for _ in range(2))
+            y0, x0 = ((step * (t - 1) - d * (t - 1)) // 2 for d in (dy, dx))
+            frames = np.stack([np.stack([scene[n, :, y0[n] + dy[n] * k:y0[n] + dy[n] * k + h,
+                                               x0[n] + dx[n] * k:x0[n] + dx[n] * k + w] for k in range(t)], 1)
+                               for n in range(b)])
+            out[i["name"]] = _normalized(_pixels(rng, frames), KINETICS_MEAN, KINETICS_STD).astype(np.float32)
         elif kind == "tokens":
             out[i["name"]] = rng.integers(0, i["vocab"], shape, dtype=np.int64)
         elif kind == "mask":
@@ -122,7 +152,7 @@ def draw_inputs(inputs: list[Mapping[str, Any]], batch: int, seed: int) -> dict[
             a = rng.uniform(0.05, 0.3, (batch, 3, 1))
             wave = (a * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi, (batch, 3, 1)))).sum(1)
             out[i["name"]] = np.clip(wave + 0.02 * rng.standard_normal(shape), -1.0, 1.0).astype(np.float32)
-        elif kind in ("mel", "mfcc"):
+        elif kind in ("mel", "mfcc", "mel_frames"):
             feats, frames = (shape[1], shape[2]) if kind == "mel" else (shape[2], shape[1])
             envelope = _smooth(rng, (batch, feats), (4,))[:, :, None]
             loudness = _smooth(rng, (batch, frames), (max(2, frames // 8),))[:, None, :]

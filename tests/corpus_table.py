@@ -42,6 +42,11 @@ def _cell(outcome: cm.Outcome, stage: str) -> str:
     return f"ok (cos {f['cosine']:.4f}, {f['max_abs_error']:.2g}{'; float: ' + left if left else ''})"
 
 
+def _shortened(error: str, limit: int = 300) -> str:
+    """``error`` cut at a word boundary before ``limit`` characters (a target's error lists every op it runs)."""
+    return error if len(error) <= limit else error[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+
+
 def collect(progress: bool = False) -> dict[str, dict[str, cm.Outcome]]:
     """Every stage of every file: ``{name: {stage: Outcome}}``."""
     results: dict[str, dict[str, cm.Outcome]] = {}
@@ -106,7 +111,7 @@ def render(results: dict[str, dict[str, cm.Outcome]]) -> str:
     if not failures:
         lines.append("None.")
     for name, stage, error in failures:
-        lines.append(f"- `{name}` {stage}: {error}")
+        lines.append(f"- `{name}` {stage}: {_shortened(error)}")
     floats = [(n, s, results[n][s].figures["float_macs"]) for n in results for s in stages[1:]  # type: ignore[index]
               if results[n][s].ok and results[n][s].figures["float_macs"]]  # type: ignore[index]
     lines += ["", "## Multiply-accumulates left in float", "",

@@ -14,9 +14,8 @@ opset 17) and by the dynamo exporter (opset 18), with a symbolic batch axis, as
 ``onnx.checker`` (full check) and run by onnxruntime on seeded inputs, which must agree with torch
 (see :data:`TORCH_TOLERANCE`). ``manifest.json`` records per file the architecture, the library,
 the exporter and opset, the inputs (name, shape, element type and the kind of data they take:
-``image``, ``tokens``, ``mask``, ``audio``, ``mel`` or ``mfcc``, as ``tests/corpus_models.py`` draws
-them),
-the output, the parameter count and the op-type counts.
+``image``, ``video``, ``tokens``, ``mask``, ``audio``, ``mel``, ``mel_frames`` or ``mfcc``, as
+``tests/corpus_models.py`` draws them), the output, the parameter count and the op-type counts.
 
 Usage, from the repository root, in a venv with ``pip install -e '.[corpus]'`` (the ``zoo`` extra plus
 torchvision, timm and transformers)::
@@ -61,6 +60,7 @@ from corpus_models import draw_inputs  # noqa: E402  (the tests' input rule, one
 TORCHSCRIPT_OPSET = 17
 DYNAMO_OPSET = 18
 NUM_CLASSES = 10
+SEGMENT_CLASSES = 5
 TORCH_TOLERANCE = 1e-4
 """onnxruntime's outputs must equal torch's within this, relative to the output's largest magnitude."""
 
@@ -77,8 +77,8 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 @dataclass(frozen=True)
 class Input:
     """One graph input: its name, shape without the batch axis, element type and the kind of data it takes
-    (``image``, ``tokens``, ``mask``, ``audio``, ``mel`` or ``mfcc``; ``tests/corpus_models.py``'s
-    ``draw_inputs`` says how each is drawn)."""
+    (``image``, ``video``, ``tokens``, ``mask``, ``audio``, ``mel``, ``mel_frames`` or ``mfcc``;
+    ``tests/corpus_models.py``'s ``draw_inputs`` says how each is drawn)."""
 
     name: str
     shape: tuple[int, ...]
@@ -132,6 +132,31 @@ class KeywordLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.lstm(x)
         return self.fc(y[:, -1])
+
+
+class KeywordGRU(nn.Module):
+    """Keyword spotting: a 2-layer bidirectional GRU over MFCC-like frames, a Linear on the last step's outputs."""
+
+    def __init__(self, features: int = 10, hidden: int = 16) -> None:
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(2 * hidden, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.gru(x)
+        return self.fc(y[:, -1])
+
+
+class Output(nn.Module):
+    """A model whose forward returns a dict (torchvision's segmentation models), returning only ``key``."""
+
+    def __init__(self, model: nn.Module, key: str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[self.key]
 
 
 def _image(size: int = 32) -> tuple[Input, ...]:
@@ -251,6 +276,73 @@ def mobilevit() -> nn.Module:
     return ByobNet(cfg, num_classes=NUM_CLASSES)
 
 
+def densenet() -> nn.Module:
+    from torchvision.models import DenseNet
+
+    return DenseNet(growth_rate=8, block_config=(2, 2, 2), num_init_features=16, bn_size=2, num_classes=NUM_CLASSES)
+
+
+def nfnet() -> nn.Module:
+    from timm.models.nfnet import NfCfg, NormFreeNet
+
+    cfg = NfCfg(depths=(1, 1), channels=(16, 32), stem_chs=8, stem_type="", group_size=8, bottle_ratio=0.5,
+                extra_conv=False, attn_layer=None, act_layer="gelu", num_features=48, gamma_in_act=False)
+    return NormFreeNet(cfg, num_classes=NUM_CLASSES)
+
+
+def cspdarknet() -> nn.Module:
+    from timm.models.cspnet import CspModelCfg, CspNet, CspStagesCfg, CspStemCfg
+
+    cfg = CspModelCfg(stem=CspStemCfg(out_chs=8, kernel_size=3, stride=1, pool=""),
+                      stages=CspStagesCfg(depth=(1, 1, 1), out_chs=(16, 24, 32), stride=2, expand_ratio=2.0,
+                                          bottle_ratio=0.5, block_ratio=1.0, cross_linear=True, down_growth=True,
+                                          stage_type="dark"),
+                      act_layer="mish")
+    return CspNet(cfg, num_classes=NUM_CLASSES)
+
+
+def levit() -> nn.Module:
+    from timm.models.levit import Levit
+
+    m = Levit(img_size=32, embed_dim=(16, 24), key_dim=8, depth=(1, 1), num_heads=(2, 2), num_classes=NUM_CLASSES)
+    with torch.no_grad():  # timm starts the attention biases at zero, which would leave their gather untested
+        for name, p in m.named_parameters():
+            if name.endswith("attention_biases"):
+                p.copy_(torch.randn(p.shape))
+    return m
+
+
+def lraspp() -> nn.Module:
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.lraspp import LRASPP
+
+    # torchvision's lraspp_mobilenet_v3 layout: low-level features at stride 8, high-level at stride 16
+    backbone = IntermediateLayerGetter(mobilenet_v3_small().features, {"3": "low", "5": "high"})
+    return Output(LRASPP(backbone, low_channels=16, high_channels=16, num_classes=SEGMENT_CLASSES, inter_channels=16),
+                  "out")
+
+
+def r3d() -> nn.Module:
+    from torchvision.models.video.resnet import BasicBlock, Conv3DSimple, VideoResNet
+
+    class SmallR3D(VideoResNet):
+        """torchvision's R3D-18 layout (3-D stem, four stages of 3x3x3 BasicBlocks) at widths 8-24, one block each."""
+
+        def __init__(self) -> None:
+            nn.Module.__init__(self)
+            self.inplanes = 8
+            self.stem = nn.Sequential(nn.Conv3d(3, 8, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
+                                      nn.BatchNorm3d(8), nn.ReLU(inplace=True))
+            self.layer1 = self._make_layer(BasicBlock, Conv3DSimple, 8, 1, stride=1)
+            self.layer2 = self._make_layer(BasicBlock, Conv3DSimple, 12, 1, stride=2)
+            self.layer3 = self._make_layer(BasicBlock, Conv3DSimple, 16, 1, stride=2)
+            self.layer4 = self._make_layer(BasicBlock, Conv3DSimple, 24, 1, stride=2)
+            self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
+            self.fc = nn.Linear(24, NUM_CLASSES)
+
+    return SmallR3D()
+
+
 TEXT_VOCAB, TEXT_LEN = 128, 16
 
 
@@ -278,6 +370,14 @@ def gpt2() -> nn.Module:
     cfg = GPT2Config(vocab_size=TEXT_VOCAB, n_positions=TEXT_LEN, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0,
                      embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
     return MaskedLogits(GPT2LMHeadModel(cfg))
+
+
+def llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=TEXT_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=TEXT_LEN, use_cache=False)
+    return MaskedLogits(LlamaForCausalLM(cfg))
 
 
 AUDIO_SAMPLES = 1600  # 0.1 s at 16 kHz
@@ -308,6 +408,18 @@ def whisper() -> nn.Module:
     return Logits(WhisperForAudioClassification(cfg))
 
 
+VOCODER_MELS, VOCODER_FRAMES = 16, 12
+
+
+def hifigan() -> nn.Module:
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    cfg = SpeechT5HifiGanConfig(model_in_dim=VOCODER_MELS, upsample_initial_channel=32, upsample_rates=[4, 4],
+                                upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3, 5],
+                                resblock_dilation_sizes=[[1, 3], [1, 3]], normalize_before=False)
+    return SpeechT5HifiGan(cfg)
+
+
 @dataclass(frozen=True)
 class Model:
     """One corpus architecture: how to build it, where it comes from, and what it takes."""
@@ -318,6 +430,7 @@ class Model:
     description: str
     inputs: tuple[Input, ...]
     seed: int
+    output: str = "logits"
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -363,6 +476,30 @@ MODELS: tuple[Model, ...] = (
     Model("lstm_kws", KeywordLSTM, "torch",
           "keyword spotting: 2-layer nn.LSTM over 20 MFCC-like frames, Linear on the last step",
           (Input("input", (20, 10), "mfcc"),), 18),
+    Model("densenet", densenet, "torchvision",
+          "DenseNet: 3 dense blocks of 2 bottleneck layers (growth 8), transitions with average pooling", _image(), 19),
+    Model("nfnet", nfnet, "timm",
+          "NF-ResNet: normalizer-free bottlenecks, scaled weight standardization computed in the graph, GELU",
+          _image(), 20),
+    Model("cspdarknet", cspdarknet, "timm", "CSPDarknet: cross-stage partial dark stages, Mish", _image(), 21),
+    Model("levit", levit, "timm",
+          "LeViT: conv stem, attention with learned biases gathered by offset, BatchNorm'd linears, subsample "
+          "attention, hardswish", _image(), 22),
+    Model("lraspp", lraspp, "torchvision",
+          "LR-ASPP segmentation head on MobileNetV3 blocks: squeeze gate, bilinear upsampling, 5-class map at 64x64",
+          _image(64), 23, output="out"),
+    Model("r3d", r3d, "torchvision",
+          "R3D video ResNet: 3-D convolutions over 4 frames of 32x32, one BasicBlock per stage",
+          (Input("input", (3, 4, 32, 32), "video"),), 24),
+    Model("llama", llama, "transformers",
+          "Llama causal LM: 2 layers, RMSNorm, rotary positions, grouped-query attention (4 heads, 2 KV), SwiGLU MLP",
+          _TEXT, 25),
+    Model("hifigan", hifigan, "transformers",
+          "HiFi-GAN vocoder (SpeechT5): transposed 1-D convs upsampling 16x, dilated residual blocks, leaky ReLU",
+          (Input("spectrogram", (VOCODER_FRAMES, VOCODER_MELS), "mel_frames"),), 26, output="waveform"),
+    Model("gru_kws", KeywordGRU, "torch",
+          "keyword spotting: 2-layer bidirectional nn.GRU over 20 MFCC-like frames, Linear on the last step",
+          (Input("input", (20, 10), "mfcc"),), 27),
 )
 MODEL_BY_NAME = {m.name: m for m in MODELS}
 
@@ -377,7 +514,8 @@ def randomize(model: nn.Module, spec: Model) -> nn.Module:
     Linear layers (MobileNetV3, ConvNeXt, BERT, Whisper), zero biases, identity normalisations. A
     network so initialised gives nearly the same output for every input, which would make a
     comparison of outputs vacuous. So every Conv and Linear weight is drawn He-normal (std
-    sqrt(2 / fan_in)), every normalisation scale from U(0.5, 1.5), every other 1-D parameter
+    sqrt(2 / fan_in); a transposed convolution's fan-in is in * kernel / stride), every
+    normalisation scale (BatchNorm, LayerNorm, GroupNorm, RMSNorm) from U(0.5, 1.5), every other 1-D parameter
     (biases, shifts) from N(0, 0.1^2); embeddings, LSTM weights and weight-normed convolutions keep
     their library's initialisation; BatchNorm's running statistics are measured on seeded inputs of
     the model's kind (train mode, no gradient)."""
@@ -386,16 +524,20 @@ def randomize(model: nn.Module, spec: Model) -> nn.Module:
     gen = torch.Generator().manual_seed(spec.seed)
     with torch.no_grad():
         for m in model.modules():
-            transposed = type(m).__name__ == "Conv1D"  # GPT-2's Linear with the weight stored (in, out)
-            if not (isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear) or transposed):
+            stored_in_out = type(m).__name__ == "Conv1D"  # GPT-2's Linear with the weight stored (in, out)
+            if not (isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose1d | nn.Linear) or stored_in_out):
                 continue
             if parametrize.is_parametrized(m):
                 continue
             w = m.weight
-            fan_in = w.shape[0] if transposed else w[0].numel()
+            if isinstance(m, nn.ConvTranspose1d):  # weight (in, out, k): each output sums in * k / stride terms
+                fan_in = w.shape[0] * w.shape[2] // m.stride[0]
+            else:
+                fan_in = w.shape[0] if stored_in_out else w[0].numel()
             w.copy_(torch.randn(w.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-        norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-        scales = {id(m.weight) for m in model.modules() if isinstance(m, norms) and m.weight is not None}
+        norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+        scales = {id(m.weight) for m in model.modules()
+                  if (isinstance(m, norms) or type(m).__name__.endswith("RMSNorm")) and m.weight is not None}
         for p in model.parameters():
             if p.ndim != 1:
                 continue
@@ -427,14 +569,14 @@ def export(model: nn.Module, spec: Model, exporter: str) -> onnx.ModelProto:
         if exporter == "torchscript":
             buf = io.BytesIO()
             torch.onnx.export(model, example, buf, dynamo=False, opset_version=TORCHSCRIPT_OPSET, input_names=names,
-                              output_names=["logits"],
-                              dynamic_axes={**{n: {0: "batch"} for n in names}, "logits": {0: "batch"}},
+                              output_names=[spec.output],
+                              dynamic_axes={**{n: {0: "batch"} for n in names}, spec.output: {0: "batch"}},
                               training=torch.onnx.TrainingMode.EVAL)
             proto = onnx.load_from_string(buf.getvalue())
         else:
             batch = torch.export.Dim("batch", min=1, max=1024)
             program = torch.onnx.export(model, example, dynamo=True, verbose=False, opset_version=DYNAMO_OPSET,
-                                        input_names=names, output_names=["logits"],
+                                        input_names=names, output_names=[spec.output],
                                         dynamic_shapes=tuple({0: batch} for _ in names), external_data=False,
                                         optimize=True, report=False, verify=False)
             assert program is not None
@@ -501,7 +643,7 @@ def build(spec: Model) -> list[dict[str, object]]:
               f"vs torch {err:.1e}")
         entries.append({"name": label, "file": f"{label}.onnx", "model": spec.name, "library": spec.library,
                         "description": spec.description, "exporter": exporter, "opset": opset,
-                        "inputs": [i.manifest() for i in spec.inputs], "output": "logits",
+                        "inputs": [i.manifest() for i in spec.inputs], "output": spec.output,
                         "num_params": sum(p.numel() for p in model.parameters()), "bytes": len(blob),
                         "op_types": dict(sorted(ops.items()))})
     return entries
