@@ -22,9 +22,10 @@ __all__ = ["critical_path", "to_networkx", "value_bytes"]
 def value_bytes(value: Value) -> int | None:
     """Bytes of ``value`` if its shape is static, else ``None``."""
     t = value.type
-    if not t.is_static:
+    shape = t.static_shape
+    if shape is None:
         return None
-    return int(np.prod(t.shape, dtype=np.int64)) * t.dtype.numpy.itemsize  # type: ignore[arg-type]
+    return int(np.prod(shape, dtype=np.int64)) * t.dtype.numpy.itemsize
 
 
 def to_networkx(graph: Graph) -> nx.DiGraph:
@@ -53,7 +54,8 @@ def critical_path(graph: Graph, cost: Callable[[Node], float]) -> tuple[float, l
         top = max(preds, default=(0.0, None))
         best[name] = (top[0] + weights[name], top[1])
     end = max(best, key=lambda k: best[k][0])
-    path, cur = [], end
+    path: list[str] = []
+    cur: str | None = end
     while cur is not None:
         path.append(cur)
         cur = best[cur][1]

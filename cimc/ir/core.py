@@ -70,6 +70,13 @@ class Value:
         """Whether this value is a constant of its graph."""
         return self.const is not None
 
+    @property
+    def array(self) -> np.ndarray:
+        """The array of a value the caller needs to be a constant (a ``VerifyError`` if it is not one)."""
+        if self.const is None:
+            raise VerifyError(f"%{self.name} is not a constant where a constant was expected")
+        return self.const
+
     def __repr__(self) -> str:
         return f"%{self.name}: {self.type}"
 
@@ -97,6 +104,14 @@ class Node:
         self.inputs[index] = value
         if value is not None:
             value._uses.append((self, index))
+
+    def operand(self, index: int) -> Value:
+        """The value of operand ``index``, which the caller needs present (an absent optional operand
+        is a ``VerifyError`` naming the node)."""
+        value = self.inputs[index] if index < len(self.inputs) else None
+        if value is None:
+            raise VerifyError(f"node {self.name!r} ({self.op}) has no operand {index}")
+        return value
 
     @property
     def output(self) -> Value:

@@ -10,6 +10,7 @@ by value. The graph's own name is not compared.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,7 @@ def attr_difference(a: Any, b: Any) -> str | None:
     return None if a == b else f"{a!r} vs {b!r}"
 
 
-def _names(values: list[Value | None]) -> list[str | None]:
+def _names(values: Sequence[Value | None]) -> list[str | None]:
     return [None if v is None else v.name for v in values]
 
 
@@ -124,7 +125,7 @@ def graph_difference(a: Graph, b: Graph) -> str | None:
     if d:
         return d
     for x, y in zip(a.constants.values(), b.constants.values(), strict=True):
-        d = array_difference(x.const, y.const)
+        d = array_difference(x.array, y.array)
         if d:
             return f"constant %{x.name}: {d}"
     if len(a.nodes) != len(b.nodes):

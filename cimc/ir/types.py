@@ -6,12 +6,15 @@ name recurs) or ``None`` (unknown). A shape of ``None`` means the rank is unknow
 
 from __future__ import annotations
 
+import builtins
 import functools
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import numpy as np
+
+from cimc.errors import VerifyError
 
 __all__ = [
     "ONNX_CODE_OF_DTYPE",
@@ -68,13 +71,14 @@ class DType(Enum):
             return DType.bf16
         return _FROM_NUMPY[dt]
 
+    # The members named ``bool`` and ``str`` shadow the builtins inside this class body.
     @property
-    def is_float(self) -> bool:
+    def is_float(self) -> builtins.bool:
         """Whether this is a floating-point type."""
         return self in (DType.f16, DType.bf16, DType.f32, DType.f64)
 
     @property
-    def is_int(self) -> bool:
+    def is_int(self) -> builtins.bool:
         """Whether this is a signed or unsigned integer type."""
         return self.name[0] in "iu"
 
@@ -135,9 +139,24 @@ class TensorType:
         return None if self.shape is None else len(self.shape)
 
     @property
+    def qparams(self) -> QuantParams:
+        """The quantization of a quantized type (a ``VerifyError`` if the type has none)."""
+        if self.quant is None:
+            raise VerifyError(f"type {self} has no quantization where a quantized value was expected")
+        return self.quant
+
+    @property
     def is_static(self) -> bool:
         """Whether every dim is a known integer."""
-        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+        return self.static_shape is not None
+
+    @property
+    def static_shape(self) -> tuple[int, ...] | None:
+        """The shape if every dim is a known integer, else ``None``."""
+        if self.shape is None:
+            return None
+        dims = tuple(d for d in self.shape if isinstance(d, int))
+        return dims if len(dims) == len(self.shape) else None
 
     def with_shape(self, shape: Shape | None) -> TensorType:
         """The same type with another shape."""

@@ -48,13 +48,13 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         node_names.add(node.name)
         if node.graph is not graph:
             problems.append(f"{where}: belongs to another graph")
-        for i, v in enumerate(node.inputs):
-            if v is None:
+        for i, arg in enumerate(node.inputs):
+            if arg is None:
                 continue
-            if id(v) not in defined:
-                problems.append(f"{where}: operand {i} %{v.name} is used before it is defined")
-            if (node, i) not in v._uses:
-                problems.append(f"{where}: operand {i} %{v.name} does not list this use")
+            if id(arg) not in defined:
+                problems.append(f"{where}: operand {i} %{arg.name} is used before it is defined")
+            if (node, i) not in arg._uses:
+                problems.append(f"{where}: operand {i} %{arg.name} does not list this use")
         opdef = lookup(node.op)
         if opdef is None:
             problems.append(f"{where}: op {node.op!r} is not defined")
@@ -74,9 +74,9 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         if before == 0 and problems:
             first = node.name
     for v in seen_values.values():
-        for user, index in v._uses:  # type: ignore[attr-defined]
+        for user, index in v._uses:
             if user.graph is not graph or user.inputs[index] is not v:
-                problems.append(f"%{v.name} lists a use by {user.name!r} that does not read it")  # type: ignore[attr-defined]
+                problems.append(f"%{v.name} lists a use by {user.name!r} that does not read it")
     for v in graph.outputs:
         if id(v) not in defined:
             problems.append(f"graph output %{v.name} is not defined in the graph")

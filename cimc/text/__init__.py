@@ -79,7 +79,7 @@ def load_graph(path: str | os.PathLike[str], *, verify: bool = True) -> Graph:
     text = read_text(path)
     side = sidecar_path(path)
     resources = _Sidecar(read_npz(side, "the .cimir sidecar")) if os.path.lexists(side) else None
-    where: dict[str, tuple[int, int]] = {}
+    where: dict[str, tuple[int | None, int | None]] = {}
     graph = parse_graph(text, resources=resources, source=str(path), locations=where)
     if verify:
         _check_ops(graph, where, str(path))
@@ -94,7 +94,7 @@ def load_graph(path: str | os.PathLike[str], *, verify: bool = True) -> Graph:
     return graph
 
 
-def _check_ops(graph: Graph, where: Mapping[str, tuple[int, int]], source: str) -> None:
+def _check_ops(graph: Graph, where: Mapping[str, tuple[int | None, int | None]], source: str) -> None:
     """A ``ParseError`` at the first node whose op no one defines (every registered target's
     instructions are defined first, so a compiled program loads)."""
     import difflib

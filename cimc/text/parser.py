@@ -23,7 +23,7 @@ from lark import Token, Tree
 from cimc.cim.tilemap import TileMap
 from cimc.errors import ParseError
 from cimc.ir.core import Graph, Value
-from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.ir.types import Dim, DType, QuantParams, Shape, TensorType
 from cimc.text.printer import format_shape
 
 __all__ = ["parse_graph"]
@@ -86,6 +86,28 @@ def _lark_error(e: lark.exceptions.UnexpectedInput, text: str, source: str) -> P
     return ParseError(msg, source=source, line=line, column=column)
 
 
+_Child = Token | Tree[Token] | None  # a child of a parse-tree node (None: an absent optional part)
+
+
+def _token(child: _Child) -> Token:
+    """A child that ``cimir.lark`` makes a token."""
+    if not isinstance(child, Token):
+        raise TypeError(f"the cimir grammar has a token here, not {child!r}")
+    return child
+
+
+def _tree(child: _Child) -> Tree[Token]:
+    """A child that ``cimir.lark`` makes a subtree."""
+    if not isinstance(child, Tree):
+        raise TypeError(f"the cimir grammar has a subtree here, not {child!r}")
+    return child
+
+
+def _optional_tree(child: _Child) -> Tree[Token] | None:
+    """A child that ``cimir.lark`` makes an optional subtree."""
+    return None if child is None else _tree(child)
+
+
 def _str(tok: Token, source: str) -> str:
     try:
         return json.loads(tok)
@@ -106,15 +128,15 @@ class _Builder:
     """One walk over the parse tree, building the graph statement by statement."""
 
     def __init__(self, source: str, resources: Mapping[str, np.ndarray] | None,
-                 locations: dict[str, tuple[int, int]] | None = None) -> None:
+                 locations: dict[str, tuple[int | None, int | None]] | None = None) -> None:
         self.source = source
         self.resources = resources
         self.locations = {} if locations is None else locations
-        self.values: dict[str, tuple[Value, int, int]] = {}
+        self.values: dict[str, tuple[Value, int | None, int | None]] = {}
         self.node_names: set[str] = set()
         self.graph = Graph()
 
-    def error(self, msg: str, at: Token | Tree) -> ParseError:
+    def error(self, msg: str, at: Token | Tree[Token]) -> ParseError:
         if isinstance(at, Tree):
             line, col = (at.meta.line, at.meta.column) if not at.meta.empty else (None, None)
         else:
@@ -124,7 +146,8 @@ class _Builder:
     # ---- names ------------------------------------------------------------------------------
     def name(self, tok: Token) -> str:
         s = tok[1:]
-        return _str(Token(tok.type, s, line=tok.line, column=tok.column + 1), self.source) \
+        return _str(Token(tok.type, s, line=tok.line, column=None if tok.column is None else tok.column + 1),
+                    self.source) \
             if s.startswith('"') else s
 
     def fresh(self, tok: Token) -> str:
@@ -150,48 +173,49 @@ class _Builder:
         return self.values[name][0]
 
     # ---- types ------------------------------------------------------------------------------
-    def type(self, t: Tree) -> TensorType:
+    def type(self, t: Tree[Token]) -> TensorType:
         dtok, shape, quant = t.children
         dtype = _DTYPES.get(str(dtok))
         if dtype is None:
             raise self.error(f"unknown element type {str(dtok)!r}; expected one of "
-                             f"{', '.join(_DTYPES)}", dtok)
-        return TensorType(dtype, self.shape(shape), None if quant is None else self.quant(quant))
+                             f"{', '.join(_DTYPES)}", _token(dtok))
+        return TensorType(dtype, self.shape(_tree(shape)), None if quant is None else self.quant(_tree(quant)))
 
-    def shape(self, t: Tree) -> tuple[Any, ...] | None:
+    def shape(self, t: Tree[Token]) -> Shape | None:
         if t.data == "unranked":
             return None
-        dims: list[Any] = []
-        for d in t.children:
-            if d is None:
+        dims: list[Dim] = []
+        for child in t.children:
+            if child is None:
                 continue
+            d = _tree(child)
             if d.data == "unknown":
                 dims.append(None)
                 continue
-            tok = d.children[0]
+            tok = _token(d.children[0])
             if tok.type == "INT" and int(tok) < 0:
                 raise self.error(f"dim {tok} is negative; dims are sizes (0 or more), symbolic names or ?", tok)
             dims.append(int(tok) if tok.type == "INT" else _str(tok, self.source)
                         if tok.type == "STRING" else str(tok))
         return tuple(dims)
 
-    def quant(self, t: Tree) -> QuantParams:
+    def quant(self, t: Tree[Token]) -> QuantParams:
         scale, zp, bits, axis = t.children
         zps = []
-        for tok in self.numbers(zp):
+        for tok in self.numbers(_tree(zp)):
             if tok.type != "INT":
                 raise self.error(f"zero points are integers, found {_found(tok)}", tok)
             zps.append(int(tok))
-        return QuantParams(tuple(float(x) for x in self.numbers(scale)), tuple(zps), int(bits),
-                           None if axis is None else int(axis))
+        return QuantParams(tuple(float(x) for x in self.numbers(_tree(scale))), tuple(zps), int(_token(bits)),
+                           None if axis is None else int(_token(axis)))
 
     @staticmethod
-    def numbers(t: Tree) -> list[Token]:
-        return [c for c in t.children if c is not None]
+    def numbers(t: Tree[Token]) -> list[Token]:
+        return [_token(c) for c in t.children if c is not None]
 
     # ---- literals ---------------------------------------------------------------------------
-    def literal(self, lit: Tree, t: TensorType, shape: tuple[int, ...], what: str) -> np.ndarray:
-        tok = lit.children[0]
+    def literal(self, lit: Tree[Token], t: TensorType, shape: tuple[int, ...], what: str) -> np.ndarray:
+        tok = _token(lit.children[0])
         dt = t.dtype.numpy
         numel = math.prod(shape)
         if lit.data == "resource":
@@ -264,26 +288,28 @@ class _Builder:
         offset = 1 + sum(len(p) + 1 for p in pieces[:i])
         offset += len(pieces[i]) - len(pieces[i].lstrip())
         before = tok[:offset]
-        line = tok.line + before.count("\n")
-        col = offset - before.rfind("\n") if "\n" in before else tok.column + offset
+        line = None if tok.line is None else tok.line + before.count("\n")
+        col = offset - before.rfind("\n") if "\n" in before else None if tok.column is None else tok.column + offset
         return ParseError(msg, source=self.source, line=line, column=col)
 
     # ---- attributes -------------------------------------------------------------------------
-    def attr(self, v: Token | Tree, what: str) -> Any:
-        if isinstance(v, Token):
-            return _str(v, self.source) if v.type == "STRING" else _num(v)
+    def attr(self, child: _Child, what: str) -> Any:
+        if isinstance(child, Token):
+            return _str(child, self.source) if child.type == "STRING" else _num(child)
+        v = _tree(child)
         if v.data == "list":
             return tuple(self.attr(x, what) for x in v.children if x is not None)
         if v.data == "tilemap":
             return self.tilemap(v, what)
-        ttree, lit = v.children
+        ttree, lit = _tree(v.children[0]), _tree(v.children[1])
         t = self.type(ttree)
-        if t.shape is None or not all(isinstance(d, int) for d in t.shape):
+        shape = t.static_shape
+        if shape is None:
             raise self.error(f"{what}: a tensor attribute needs a static shape, found "
                              f"{_format_t(t, t.shape)}", ttree)
         if lit.data == "resource":
             raise self.error(f"{what}: tensor attributes cannot be resources", lit)
-        arr = self.literal(lit, t, t.shape, what)
+        arr = self.literal(lit, t, shape, what)
         arr.flags.writeable = False
         return arr
 
@@ -347,31 +373,33 @@ class _Builder:
                        np.asarray(table, np.int64).reshape(-1, 9), row_at, col_at, h.get("spares", (0, 0)))
 
     # ---- statements -------------------------------------------------------------------------
-    def results(self, t: Tree) -> list[tuple[Token, TensorType]]:
-        return [(r.children[0], self.type(r.children[1])) for r in t.children]
+    def results(self, t: Tree[Token]) -> list[tuple[Token, TensorType]]:
+        return [(_token(r.children[0]), self.type(_tree(r.children[1]))) for r in map(_tree, t.children)]
 
-    def const(self, st: Tree) -> None:
-        results, shape_clause, lit = st.children
+    def const(self, st: Tree[Token]) -> None:
+        results, shape_clause, lit = _tree(st.children[0]), st.children[1], _tree(st.children[2])
         res = self.results(results)
         if len(res) != 1:
             raise self.error(f"a constant defines one value, not {len(res)}", results)
         tok, t = res[0]
         name = self.fresh(tok)
         what = f"constant %{name}"
-        shape = t.shape if shape_clause is None else self.shape(shape_clause.children[0])
-        if shape is None or not all(isinstance(d, int) for d in shape):
+        shape = t.shape if shape_clause is None else self.shape(_tree(_tree(shape_clause).children[0]))
+        static = t.with_shape(shape).static_shape
+        if static is None:
             raise self.error(f"{what}: the type {_format_t(t, t.shape)} does not give the array's "
                              "shape; add 'shape [..]' after 'const'", tok)
-        arr = self.literal(lit, t, tuple(shape), what)
+        arr = self.literal(lit, t, static, what)
         self.define(tok, self.graph.add_constant(arr, name, t), name)
 
-    def node(self, st: Tree, explicit: set[str]) -> None:
-        results, call = st.children if len(st.children) == 2 else (None, st.children[0])
-        op_tree, *rest = call.children
+    def node(self, st: Tree[Token], explicit: set[str]) -> None:
+        results, call = (_tree(st.children[0]), _tree(st.children[1])) if len(st.children) == 2 \
+            else (None, _tree(st.children[0]))
+        op_tree, *rest = map(_optional_tree, call.children)
         *operands, attrs, loc = rest
-        op_tok = op_tree.children[0]
+        op_tok = _token(_tree(op_tree).children[0])
         op = _str(op_tok, self.source) if op_tok.type == "STRING" else str(op_tok)
-        ins = [None if o.data == "absent" else self.use(o.children[0])
+        ins = [None if o.data == "absent" else self.use(_token(o.children[0]))
                for o in operands if o is not None]
         if loc is None:
             base = op.replace(".", "_").lower()
@@ -380,7 +408,7 @@ class _Builder:
                 i += 1
                 name = f"{base}_{i}"
         else:
-            name = _str(loc.children[0], self.source)
+            name = _str(_token(loc.children[0]), self.source)
             if name in self.node_names:
                 raise self.error(f"node name {name!r} is used twice", loc)
         self.node_names.add(name)
@@ -390,11 +418,11 @@ class _Builder:
         for a in ([] if attrs is None else attrs.children):
             if a is None:
                 continue
-            ktok = a.children[0].children[0]
+            ktok = _token(_tree(_tree(a).children[0]).children[0])
             key = _str(ktok, self.source) if ktok.type == "STRING" else str(ktok)
             if key in attr_map:
                 raise self.error(f"{what}: attribute {key!r} is given twice", ktok)
-            attr_map[key] = self.attr(a.children[1], f"{what} attribute {key!r}")
+            attr_map[key] = self.attr(_tree(a).children[1], f"{what} attribute {key!r}")
         res = [] if results is None else self.results(results)
         names = [self.fresh(tok) for tok, _ in res]
         if len(set(names)) != len(names):
@@ -408,21 +436,21 @@ class _Builder:
         for (tok, _), n, v in zip(res, names, node.outputs, strict=True):
             self.define(tok, v, n)
 
-    def build(self, tree: Tree) -> Graph:
+    def build(self, tree: Tree[Token]) -> Graph:
         kids = tree.children
         g = self.graph
-        g.name = self.name(kids[0])
+        g.name = self.name(_token(kids[0]))
         params = [k for k in kids if isinstance(k, Tree) and k.data == "param"]
         for p in params:
-            tok = p.children[0]
+            tok = _token(p.children[0])
             name = self.fresh(tok)
-            self.define(tok, g.add_input(name, self.type(p.children[1])), name)
+            self.define(tok, g.add_input(name, self.type(_tree(p.children[1]))), name)
         stmts = [k for k in kids if isinstance(k, Tree) and k.data != "param"]
-        locs = [s.children[-1].children[-1] for s in stmts if s.data == "node"]
-        explicit = {_str(loc.children[0], self.source) for loc in locs if loc is not None}
+        locs = [_optional_tree(_tree(s.children[-1]).children[-1]) for s in stmts if s.data == "node"]
+        explicit = {_str(_token(loc.children[0]), self.source) for loc in locs if loc is not None}
         for st in stmts:
             if st.data == "meta":
-                key, val = (_str(t, self.source) for t in st.children)
+                key, val = (_str(_token(t), self.source) for t in st.children)
                 if key in g.metadata:
                     raise self.error(f"metadata key {key!r} is given twice", st)
                 g.metadata[key] = val
@@ -435,7 +463,7 @@ class _Builder:
 
 
 def parse_graph(text: str, *, resources: Mapping[str, np.ndarray] | None = None,
-                source: str = "<text>", locations: dict[str, tuple[int, int]] | None = None) -> Graph:
+                source: str = "<text>", locations: dict[str, tuple[int | None, int | None]] | None = None) -> Graph:
     """Parse ``.cimir`` text into a Graph; ``resources`` supplies arrays for ``const resource "k"``;
     ``locations``, if given, receives the line and column of each node's op by node name.
 

@@ -201,7 +201,7 @@ class _Printer:
                           "float, str, lists of them, or numpy arrays")
 
     def constant(self, v: Value) -> str:
-        arr, t = v.const, v.type
+        arr, t = v.array, v.type
         what = f"constant %{v.name}"
         _check_dtype(arr, t.dtype, what)
         shape = "" if t.shape == arr.shape else f"shape {format_shape(arr.shape)} "
