@@ -46,7 +46,7 @@ import numpy as np
 
 from cimc.errors import InputError
 from cimc.interpreter import random_inputs
-from cimc.passmanager import PassContext, PassInstrument, PassManager
+from cimc.passmanager import PassContext, PassInstrument, PassManager, PassTiming
 from cimc.quant.prequant import is_prequantized
 
 if TYPE_CHECKING:
@@ -311,7 +311,8 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     bar = ProgressInstrument(sys.stderr, total) if show and total else None
     ctx = PassContext(target=tgt, calibration=calib, seed=seed, verify_each=verify_each,
                       instruments=[bar] if bar else [])
-    start, timings = time.perf_counter(), []
+    start = time.perf_counter()
+    timings: list[PassTiming] = []
 
     def run_passes(part: Pipeline) -> None:
         pm = PassManager(part, ctx, before=[t.name for t in timings])

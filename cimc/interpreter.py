@@ -147,7 +147,7 @@ class Interpreter:
         state: dict[str, Any] = dict(self.machine)
         keep = {id(v) for v in self.graph.outputs}
         for node, opdef, attrs, frees, donated in self._plan:
-            operands = [None if v is None else env[id(v)] for v in node.inputs]
+            operands: list[Any] = [None if v is None else env[id(v)] for v in node.inputs]
             if node in self._dynamic:
                 _check_run(node, opdef, attrs, operands)
             ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated)
@@ -247,8 +247,8 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], b
         opdef = lookup(node.op)
         if opdef is None:
             raise ExecutionError(f"node {node.name!r}: op {node.op!r} has no implementation")
-        i = opdef.accumulator
-        acc = node.inputs[i] if i is not None and i < len(node.inputs) else None
+        at = opdef.accumulator
+        acc = node.inputs[at] if at is not None and at < len(node.inputs) else None
         donated = (acc is not None and acc in free and id(acc) not in outputs and acc.producer is not None
                    and acc.producer.op == node.op and sum(v is acc for v in node.inputs) == 1)
         plan.append((node, opdef, opdef.attr_values(node.attrs), free, donated))

@@ -159,7 +159,7 @@ def _read_member(f: IO[bytes], stored: int, where: str, fix: str) -> np.ndarray:
         raise InputError(f"{where}: {why}: its header declares {dtype.str}{list(shape)} ({nbytes} bytes of data), "
                          f"the member holds {got}")
     buf = np.empty(nbytes, np.uint8)
-    view, done = memoryview(buf), 0
+    view, done = buf.data, 0
     while done < nbytes:
         n = f.readinto(view[done:])  # type: ignore[attr-defined]
         if not n:

@@ -55,7 +55,7 @@ def weight_matrix(node: Node) -> np.ndarray:
 
 def weight_bits(node: Node) -> int:
     """Bits of the node's weight: its type's quantization bits, else 8."""
-    q = node.inputs[1].type.quant
+    q = node.operand(1).type.quant
     return int(q.bits) if q is not None else 8
 
 
@@ -124,9 +124,11 @@ def zero_blocks(m: np.ndarray, tiles: TileMap, rows_per_op: int) -> np.ndarray:
         a, b = np.searchsorted(rc, r0[sel]), np.searchsorted(rc, r1[sel])
         c, d = np.searchsorted(cc, c0), np.searchsorted(cc, c1)
         live[sel] = prefix[b, d] - prefix[a, d] - prefix[b, c] + prefix[a, c] > 0
-    for i in np.flatnonzero(~ident).tolist():
+    for i, at in enumerate(tiles.row_at):
+        if at is None:
+            continue
         g, k0, k1, c0, c1 = (int(v) for v in t[i, :5])
         held = np.flatnonzero(tile == i)
         nonzero = (m[g, k0:k1, c0:c1] != 0).any(axis=1)
-        live[held] = np.isin(block[held], tiles.row_at[i][nonzero] // rows_per_op)
+        live[held] = np.isin(block[held], at[nonzero] // rows_per_op)
     return np.stack([tile[~live], block[~live]], axis=1).astype(np.int64).reshape(-1, 2)

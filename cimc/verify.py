@@ -229,13 +229,14 @@ def first_difference(program: Graph, reference: Graph, inputs: Mapping[str, np.n
     Interpreter(reference, seed=seed).run(one, observe=watcher("reference"))
     for node in reference.nodes:
         for v in node.outputs:
-            a, b = seen["program"].get(v.name), seen["reference"].get(v.name)
-            if a is None or b is None or (a.shape == b.shape and np.array_equal(a, b)):
+            got, want = seen["program"].get(v.name), seen["reference"].get(v.name)
+            if got is None or want is None or (got.shape == want.shape and np.array_equal(got, want)):
                 continue
             ops = dict.fromkeys(p.op for p in program.nodes if (p.attrs.get("cim.layer") or p.name) == node.name)
-            if a.shape != b.shape:
-                return LayerDifference(node.name, node.op, v.name, tuple(ops), sample, b.size, b.size, float("inf"))
-            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-            return LayerDifference(node.name, node.op, v.name, tuple(ops), sample, int((a != b).sum()), int(a.size),
-                                   float(np.nanmax(diff)) if diff.size else 0.0)
+            if got.shape != want.shape:
+                return LayerDifference(node.name, node.op, v.name, tuple(ops), sample, want.size, want.size,
+                                       float("inf"))
+            diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+            return LayerDifference(node.name, node.op, v.name, tuple(ops), sample, int((got != want).sum()),
+                                   int(got.size), float(np.nanmax(diff)) if diff.size else 0.0)
     return None

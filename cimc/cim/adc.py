@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from cimc.errors import InputError
 
@@ -158,7 +159,7 @@ class Adc:
         return Adc(first.bits, np.concatenate([p.step for p in parts]), np.concatenate([p.offset for p in parts]),
                    1, first.rounding)
 
-    def scale(self, dtype: type = np.float32) -> np.ndarray:
+    def scale(self, dtype: DTypeLike = np.float32) -> np.ndarray:
         """``1 / step`` per column (or one value), exact in float: multiply the cells or sums by it."""
         return (1.0 / self.step.astype(np.float64)).astype(dtype)
 

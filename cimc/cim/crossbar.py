@@ -106,7 +106,7 @@ def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *,
         ps = np.matmul(planes, blocks_img, out=psum[:A * J * n * width].reshape(A, J * n, width))
         if read is not None:
             read(ps, blocks)
-        if pairs is not None:
+        if pairs is not None and sensed is not None:
             ps = np.subtract(ps[..., pairs[:, 0]], ps[..., pairs[:, 1]],
                              out=sensed[:A * J * n * C].reshape(A, J * n, C))
         if scale is not None:

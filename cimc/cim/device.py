@@ -94,7 +94,7 @@ class CellDevice(Device):
     def program(self, array: int, levels: np.ndarray) -> np.ndarray:
         """``L * (1 + variation * z)`` for working cells, the lowest or highest level for stuck ones."""
         v = levels.astype(np.float32)
-        if self.variation:
+        if self.variation and self.chip.variation is not None:
             v *= 1.0 + np.float32(self.variation) * self.chip.variation[array]
         stuck = self.chip.stuck[array]
         v[stuck == SA0] = 0.0

@@ -32,6 +32,7 @@ differs from the write, a skipped block that holds nonzero cells or a stuck cell
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,12 +57,13 @@ DEVICE = "cim.device"
 
 # ---- machine state ------------------------------------------------------------------------------------------
 class Written(NamedTuple):
-    """What one array holds: tile ``index`` of the load's map ``tiles``, cut from the layer's packed ``cells``."""
+    """What one array holds: tile number ``tile`` of the load's map ``tiles``, cut from the layer's packed
+    ``cells``."""
 
     cells: np.ndarray
     cell_bits: int
     tiles: TileMap
-    index: int
+    tile: int
 
 
 class Arrays:
@@ -125,32 +127,37 @@ def _cached(owner: Any, key: tuple, make: Callable[[], Any]) -> Any:
         return hit[1]
     val = make()
     try:
-        ref = weakref.ref(owner, lambda _r, k=k, cache=_CACHE: cache.pop(k, None))
+        ref = weakref.ref(owner, functools.partial(_forget, k))
     except TypeError:
         return val
     _CACHE[k] = (ref, val)
     return val
 
 
+def _forget(key: tuple, _ref: weakref.ref[Any], cache: dict[tuple, tuple[Any, Any]] = _CACHE) -> None:
+    """Drop ``key``'s entry when its owner dies (``cache`` is bound early: it may outlive module globals)."""
+    cache.pop(key, None)
+
+
 def levels(w: Written) -> np.ndarray:
     """The physical image (uint8 ``[R, C]``, unused cells 0) of what ``w`` wrote."""
     def make() -> np.ndarray:
-        t = w.tiles[w.index]
+        t = w.tiles[w.tile]
         g, k0, k1, c0, c1, s0, s1 = t.window
         S = w.tiles.slices
         img = unpack_cells(w.cells[g, k0:k1, c0:c1], S, w.cell_bits)[..., s0:s1].reshape(k1 - k0, -1)
         out = np.zeros(w.tiles.physical, np.uint8)
         out[t.row_at[:, None], t.col_at[None, :]] = img
         return out
-    return _cached(w.cells, ("levels", w.tiles.key, w.index), make)
+    return _cached(w.cells, ("levels", w.tiles.key, w.tile), make)
 
 
 def stored(w: Written, device: Device) -> np.ndarray:
     """What the array holds after the device programmed ``w``'s levels."""
     if device.ideal:
         return levels(w)
-    a = int(w.tiles.table[w.index, 7])
-    return _cached(w.cells, ("stored", w.tiles.key, w.index, device.token), lambda: device.program(a, levels(w)))
+    a = int(w.tiles.table[w.tile, 7])
+    return _cached(w.cells, ("stored", w.tiles.key, w.tile, device.token), lambda: device.program(a, levels(w)))
 
 
 # ---- the MVM -----------------------------------------------------------------------------------------------
@@ -188,8 +195,8 @@ def _adc(a: dict[str, Any]) -> tuple[Adc, int, bool]:
     (computed once per distinct set of ADC attributes)."""
     key = (a["adc_bits"], None if a.get("adc_step") is None else np.asarray(a["adc_step"]).tobytes(),
            None if a.get("adc_offset") is None else np.asarray(a["adc_offset"]).tobytes(),
-           np.shape(a.get("adc_step")), a.get("adc_group", 0), a.get("adc_rounding", "half-even"), a["rows_per_op"],
-           a["dac_bits"], a["cell_bits"], a.get("sense", "columns"))
+           np.asarray(a.get("adc_step")).shape, a.get("adc_group", 0), a.get("adc_rounding", "half-even"),
+           a["rows_per_op"], a["dac_bits"], a["cell_bits"], a.get("sense", "columns"))
     hit = _ADCS.get(key)
     if hit is None:
         if len(_ADCS) > 4096:
@@ -217,8 +224,8 @@ def tile_weights(w: Written, tiles: TileMap, i: int, significance: np.ndarray, o
     g, k0, k1, c0, c1, s0, s1 = (int(v) for v in tiles.table[i, :7])
     off = offset if s0 == 0 else 0
     mine = w.tiles
-    if (mine.row_at[w.index] is None and mine.col_at[w.index] is None and tiles.row_at[i] is None
-            and tiles.col_at[i] is None and (mine.table[w.index, :7] == tiles.table[i, :7]).all()):
+    if (mine.row_at[w.tile] is None and mine.col_at[w.tile] is None and tiles.row_at[i] is None
+            and tiles.col_at[i] is None and (mine.table[w.tile, :7] == tiles.table[i, :7]).all()):
         part = np.zeros_like(significance)
         part[s0:s1] = significance[s0:s1]
         return decode_cells(w.cells[g, k0:k1, c0:c1], part, w.cell_bits, off).astype(np.int64)

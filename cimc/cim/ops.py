@@ -148,10 +148,11 @@ def mvm_type(ctx: InferContext) -> list[TensorType]:
             raise VerifyError(f"{op}: x {x} has {g} groups, its tile map is of a {list(tiles.matrix)} matrix")
         if a["channels"] != G * N:
             raise VerifyError(f"{op}: channels={a['channels']}, its tile map has {G} x {N}")
-    out = TensorType(DType.i32, (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"]))
+    shape = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
+    out = TensorType(DType.i32, shape)
     if ctx.has(2):
         acc = ctx.types[2]
         if acc is not None and (acc.dtype is not DType.i32
-                                or (acc.shape is not None and len(acc.shape) != len(out.shape))):
-            raise VerifyError(f"{op}: the accumulator must be i32 {list(out.shape)}, is {acc}")
+                                or (acc.shape is not None and len(acc.shape) != len(shape))):
+            raise VerifyError(f"{op}: the accumulator must be i32 {list(shape)}, is {acc}")
     return [out]

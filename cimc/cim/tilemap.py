@@ -102,8 +102,9 @@ class TileMap(AttrValue):
                  "spares", "table")
 
     def __init__(self, layer: str, matrix: Sequence[int], slices: int, arrays: int, shape: Sequence[int],
-                 table: np.ndarray, row_at: Sequence[np.ndarray | None] | None = None,
-                 col_at: Sequence[np.ndarray | None] | None = None, spares: Sequence[int] = (0, 0)) -> None:
+                 table: np.ndarray, row_at: Sequence[Iterable[int] | np.ndarray | None] | None = None,
+                 col_at: Sequence[Iterable[int] | np.ndarray | None] | None = None,
+                 spares: Sequence[int] = (0, 0)) -> None:
         t = np.array(table, np.int64).reshape(-1, len(FIELDS))
         t.flags.writeable = False
         self.layer = str(layer)
@@ -123,8 +124,8 @@ class TileMap(AttrValue):
         return len(self.table)
 
     def __getitem__(self, i: int) -> Tile:
-        r = [int(v) for v in self.table[i]]
-        return Tile(*r, row_at=self.rows_of(i), col_at=self.cols_of(i))
+        group, k0, k1, ch0, ch1, s0, s1, array, replica = (int(v) for v in self.table[i])
+        return Tile(group, k0, k1, ch0, ch1, s0, s1, array, replica, row_at=self.rows_of(i), col_at=self.cols_of(i))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -164,9 +165,10 @@ class TileMap(AttrValue):
         if ident.all():
             return tile, block, count
         parts = [(tile, block, count)]
-        for i in np.flatnonzero(~ident):
-            b, c = np.unique(self.row_at[i] // rows_per_op, return_counts=True)
-            parts.append((np.full(len(b), i), b, c))
+        for i, at in enumerate(self.row_at):
+            if at is not None:
+                b, c = np.unique(at // rows_per_op, return_counts=True)
+                parts.append((np.full(len(b), i), b, c))
         tile, block, count = (np.concatenate(x) for x in zip(*parts, strict=True))
         order = np.lexsort((block, tile))
         return tile[order], block[order], count[order]

@@ -99,15 +99,15 @@ def blocks(x: np.ndarray, out: np.ndarray, axis: int, *per: np.ndarray):
         return ((xf[:, s:s + BLOCK], of[:, s:s + BLOCK], *ones) for s in range(0, x.size, BLOCK))
     axis %= x.ndim
     lead, n, tail = math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1:])
-    per = [np.broadcast_to(p.ravel(), (n,)) for p in per]
+    flat = [np.broadcast_to(p.ravel(), (n,)) for p in per]
     if tail >= 64:  # rows of one channel, one value per row
-        shape, per = (lead * n, tail), [np.tile(p, lead).reshape(-1, 1) for p in per]
+        shape, parts = (lead * n, tail), [np.tile(p, lead).reshape(-1, 1) for p in flat]
     else:  # rows of all channels, the values repeated along the row
-        shape, per = (lead, n * tail), [np.repeat(p, tail).reshape(1, -1) for p in per]
+        shape, parts = (lead, n * tail), [np.repeat(p, tail).reshape(1, -1) for p in flat]
     x2, o2 = x.reshape(shape), out.reshape(shape)
     rows, cols = max(1, BLOCK // max(shape[1], 1)), min(shape[1], BLOCK) or 1
     return ((x2[r:r + rows, c:c + cols], o2[r:r + rows, c:c + cols],
-             *(p[r:r + rows] if tail >= 64 else p[:, c:c + cols] for p in per))
+             *(p[r:r + rows] if tail >= 64 else p[:, c:c + cols] for p in parts))
             for r in range(0, shape[0], rows) for c in range(0, shape[1], cols))
 
 

@@ -123,7 +123,7 @@ class InputStats:
         else:
             conv = self.node.op in ("Conv", "ConvTranspose")
             step = max(1, self.CHUNK // (x[0].size * math.prod(self.view.shape[2:]))) if conv else len(x)
-            part, count = 0.0, 0
+            part, count = np.zeros((), np.float64), 0
             for i in range(0, len(x), step):
                 rows = input_rows(self.node, self.view, x[i:i + step])
                 if rows is None:

@@ -352,7 +352,9 @@ class _Builder:
             if key in h and (not isinstance(h[key], kind) or (kind is list and len(h[key]) != n)):
                 raise self.error(f"{what}: tile map field {key} should be "
                                  + ("an integer" if kind is int else f"a list of {n} integers"), t)
-        table, row_at, col_at = [], [], []
+        table: list[list[int]] = []
+        row_at: list[list[int] | None] = []
+        col_at: list[list[int] | None] = []
         for tile in (c for c in rest if isinstance(c, Tree) and c.data == "tile"):
             where = f"{what}: tile {len(table)}"
             f = self.fields(tile.children, where, ("group", "rows", "channels", "slices", "array"),
@@ -369,7 +371,7 @@ class _Builder:
             table.append([f["group"], *f["rows"], *f["channels"], *f["slices"], f["array"], f.get("replica", 0)])
             row_at.append(f.get("row_at"))
             col_at.append(f.get("col_at"))
-        return TileMap(_str(layer_tok, self.source), h["matrix"], h["slices"], h["arrays"], h["shape"],
+        return TileMap(_str(_token(layer_tok), self.source), h["matrix"], h["slices"], h["arrays"], h["shape"],
                        np.asarray(table, np.int64).reshape(-1, 9), row_at, col_at, h.get("spares", (0, 0)))
 
     # ---- statements -------------------------------------------------------------------------

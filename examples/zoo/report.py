@@ -222,7 +222,7 @@ def measure(name: str) -> dict[str, Any]:
     lossless = cimc.compile(f"zoo:{name}", target="sram-cim")
     caps = lossless.target.capabilities()
     bits = caps.lossless_adc_bits()
-    if caps.adc_bits < bits:
+    if caps.adc_bits is None or caps.adc_bits < bits:
         raise SystemExit(f"sram-cim's default spec is no longer lossless ({caps.adc_bits} < {bits} ADC bits): "
                          "the sram-cim column needs a lossless ADC; pass spec={'adc_bits': lossless} here")
     lossy = cimc.compile(f"zoo:{name}", target="sram-cim", spec={"adc_bits": bits - ADC_DROP})
