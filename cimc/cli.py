@@ -129,9 +129,9 @@ def _cmd_opt(args: argparse.Namespace) -> None:
 
 
 def _summary(outputs: dict[str, np.ndarray]) -> str:
-    rows = [("output", "shape", "dtype", "min", "max", "mean")]
+    rows: list[tuple[str, ...]] = [("output", "shape", "dtype", "min", "max", "mean")]
     for name, a in outputs.items():
-        stats = ("-",) * 3
+        stats: tuple[str, ...] = ("-",) * 3
         if a.size and a.dtype.kind in "biuf":
             x = a.astype(np.float64)
             stats = tuple(f"{s:.6g}" for s in (x.min(), x.max(), x.mean()))
@@ -235,7 +235,7 @@ def _cmd_targets(args: argparse.Namespace) -> None:
 def _cmd_ops(args: argparse.Namespace) -> None:
     from cimc import opref
 
-    fmt = "markdown" if args.markdown else "text"
+    fmt: opref.Format = "markdown" if args.markdown else "text"
     if args.target and args.names:
         raise InputError("give op names or --target, not both (`cimc ops --target T` documents all of T's "
                          "instructions)")

@@ -69,16 +69,23 @@ class OptionSpec:
         return self.default is dataclasses.MISSING
 
 
-@cache
+_OPTIONS: dict[type[Pass], tuple[OptionSpec, ...]] = {}
+
+
 def options_of(cls: type[Pass]) -> tuple[OptionSpec, ...]:
-    """The options of a pass class, in field order, with their types resolved."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        out.append(OptionSpec(f.name.replace("_", "-"), f.name, hints[f.name], default,
-                              f.metadata.get("doc", "")))
-    return tuple(out)
+    """The options of a pass class, in field order, with their types resolved (computed once per class:
+    a dict rather than ``functools.cache``, whose ``Hashable`` argument type rejects a class whose
+    instances are unhashable)."""
+    specs = _OPTIONS.get(cls)
+    if specs is None:
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            out.append(OptionSpec(f.name.replace("_", "-"), f.name, hints[f.name], default,
+                                  f.metadata.get("doc", "")))
+        specs = _OPTIONS[cls] = tuple(out)
+    return specs
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ def _parser() -> Any:
 
 def _syntax_message(e: Any, text: str) -> tuple[str, int]:
     """A readable message and a 1-based column for a lark syntax error."""
-    expected = getattr(e, "accepts", None) or getattr(e, "expected", None) or getattr(e, "allowed", ())
+    expected = getattr(e, "accepts", None) or getattr(e, "expected", None) or getattr(e, "allowed", None) or ()
     words = sorted({_TOKENS.get(t, repr(t)) for t in expected})
     token = getattr(e, "token", None)
     if token is not None and token.type == "$END":
@@ -185,7 +192,7 @@ def _convert(raw: Any, tp: Any) -> Any:
     """Convert a parsed value (token or list tree) to type ``tp``; ``ValueError`` if it does not fit."""
     is_list = hasattr(raw, "children")
     quoted = not is_list and raw.type == "STRING"
-    text = None if is_list else (json.loads(str(raw)) if quoted else str(raw))
+    text: str = "" if is_list else (json.loads(str(raw)) if quoted else str(raw))
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any or tp is object:
         return tuple(_convert(c, Any) for c in raw.children if c is not None) if is_list else text

@@ -41,7 +41,7 @@ from cimc.ir.core import Node
 from cimc.ir.opdef import OpContext, is_annotation, lookup
 
 __all__ = ["Geometry", "WeightView", "bias_matrix", "expand", "grams", "input_rows", "prune",
-           "prune_mask", "refit", "unit_stats", "weight_view", "zero_blocks", "zero_channels",
+           "prune_mask", "refit", "require_view", "unit_stats", "weight_view", "zero_blocks", "zero_channels",
            "zero_count"]
 
 Granularity = Literal["block", "channel"]
@@ -152,6 +152,14 @@ def weight_view(node: Node) -> WeightView | str:
     if w.ndim < 2:
         return "its B is a vector"
     return WeightView("MatMul", 1, w.shape, math.prod(w.shape[:-2]), w.shape[-2], w.shape[-1])
+
+
+def require_view(node: Node) -> WeightView:
+    """:func:`weight_view` of a node that must have one (a ``CimcError`` saying why it has none)."""
+    view = weight_view(node)
+    if isinstance(view, str):
+        raise CimcError(f"node {node.name!r}: {view}")
+    return view
 
 
 def unit_stats(m: np.ndarray, geom: Geometry, granularity: Granularity

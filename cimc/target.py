@@ -35,7 +35,6 @@ import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cimc.cim.adc import lossless_adc_bits
@@ -228,8 +227,15 @@ def _is(value: Any, tp: type) -> bool:
     return isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
 
 
-@cache
+_PARAMS: dict[type[Spec], tuple[Param, ...]] = {}
+
+
 def _params(cls: type[Spec]) -> tuple[Param, ...]:
+    """The parameters of a spec class, computed once per class (a dict rather than ``functools.cache``,
+    whose ``Hashable`` argument type rejects a class whose instances are unhashable)."""
+    known = _PARAMS.get(cls)
+    if known is not None:
+        return known
     types = {"int": int, "float": float, "bool": bool, "str": str}
     out = []
     for f in dataclasses.fields(cls):
@@ -239,7 +245,8 @@ def _params(cls: type[Spec]) -> tuple[Param, ...]:
                             f"declared with param(default, doc, unit=..., source=...), found {f.type!r}")
         m = f.metadata
         out.append(Param(f.name, tp, f.default, m["doc"], m["unit"], m["source"], m["ge"], m["gt"], m["le"]))
-    return tuple(out)
+    _PARAMS[cls] = params = tuple(out)
+    return params
 
 
 @dataclass(frozen=True)
@@ -462,6 +469,11 @@ class Capabilities:
         return self.adc_bits is None or self.adc_bits >= self.lossless_adc_bits()
 
 
+AnySpec = Spec
+"""The spec base class, by a name a target's ``Spec`` class attribute does not hide."""
+
+
+
 @dataclass(frozen=True)
 class Target:
     """Base of every target: a frozen dataclass holding its :class:`Spec` (the defaults if none given).
@@ -482,7 +494,7 @@ class Target:
     lowering_passes: ClassVar[tuple[type[Pass], ...]] = ()
     """The target's lowering pass classes: the driver runs them (default options) after the front
     pipeline, and pipelines name them like any pass (``lower-sram-cim{adc-bits=5}``)."""
-    spec: Spec = None  # type: ignore[assignment]  # None: the Spec class's defaults
+    spec: AnySpec = None  # type: ignore[assignment]  # None (the Spec class's defaults) until __post_init__
 
     def __post_init__(self) -> None:
         cls = type(self)

@@ -133,7 +133,7 @@ def _evaluate(node: Node, max_size: int) -> list[np.ndarray] | str:
     if any(isinstance(a, Graph) for a in node.attrs.values()):
         return "the node has a subgraph"
     for v in node.outputs:
-        if v.type.is_static and math.prod(v.type.shape) > max_size:  # type: ignore[arg-type]
+        if (shape := v.type.static_shape) is not None and math.prod(shape) > max_size:
             return f"result %{v.name} would have more than max-size={max_size} elements"
     ctx = OpContext(opdef.attr_values(node.attrs), len(node.outputs), node.name, None, {})
     try:
@@ -190,13 +190,15 @@ def _track(node: Node, known: dict[int, Vec]) -> Vec | None:
         if shape is None:
             return None
         if op == "Size":
-            n = int(np.prod(shape)) if all(isinstance(d, int) for d in shape) else None
+            known_dims = [d for d in shape if isinstance(d, int)]
+            n = int(np.prod(known_dims)) if len(known_dims) == len(shape) else None
             return True, (n,)
         return False, tuple(shape[a.get("start") or 0:a.get("end")])
     if op == "Cast" and arg and arg[0] and node.outputs[0].type.dtype.is_int:
         return arg[0]
-    if op == "Concat" and arg and all(x and not x[0] for x in arg) and a.get("axis") in (0, -1):
-        return False, tuple(d for x in arg for d in x[1])  # type: ignore[index]
+    vecs = [x for x in arg if x is not None]
+    if op == "Concat" and vecs and len(vecs) == len(arg) and all(not x[0] for x in vecs) and a.get("axis") in (0, -1):
+        return False, tuple(d for x in vecs for d in x[1])
     if not arg or arg[0] is None:
         return None
     scalar, dims = arg[0]
@@ -209,17 +211,18 @@ def _track(node: Node, known: dict[int, Vec]) -> Vec | None:
     if op == "Squeeze" and len(dims) == 1 and (len(ins) < 2 or _ints(ins[1]) in (None, [0], [-1])):
         return True, dims
     if op == "Gather" and a.get("axis", 0) in (0, -1) and (idx := _ints(ins[1])) is not None:
-        if ins[1].const.ndim > 1 or any(not -len(dims) <= i < len(dims) for i in idx):  # type: ignore[union-attr]
+        rank = node.operand(1).array.ndim
+        if rank > 1 or any(not -len(dims) <= i < len(dims) for i in idx):
             return None
-        return ins[1].const.ndim == 0, tuple(dims[i] for i in idx)  # type: ignore[union-attr]
+        return rank == 0, tuple(dims[i] for i in idx)
     if op == "Slice":
         starts, ends = _ints(ins[1]), _ints(ins[2])
         axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else [0]
         steps = _ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1]
-        if any(p is None or len(p) != 1 for p in (starts, ends, axes, steps)) \
-                or axes[0] not in (0, -1) or steps[0] == 0:  # type: ignore[index]
+        if starts is None or ends is None or axes is None or steps is None \
+                or any(len(p) != 1 for p in (starts, ends, axes, steps)) or axes[0] not in (0, -1) or steps[0] == 0:
             return None
-        return False, dims[slice(starts[0], ends[0], steps[0])]  # type: ignore[index]
+        return False, dims[slice(starts[0], ends[0], steps[0])]
     return None
 
 
@@ -238,9 +241,9 @@ def _dims_from_vector(node: Node, known: dict[int, Vec]) -> tuple[Dim, ...] | No
         src = node.inputs[0].type.shape  # type: ignore[union-attr]
         return vec[1] if stretch and src is not None and len(src) == len(vec[1]) else None
     if node.op != "Reshape":
-        src = node.inputs[0].type.shape if node.op == "Expand" else ()  # type: ignore[union-attr]
+        src = node.operand(0).type.shape if node.op == "Expand" else ()
         return None if src is None else broadcast_shapes(src, vec[1])
-    src = node.inputs[0].type.shape  # type: ignore[union-attr]
+    src = node.operand(0).type.shape
     zero_copies = not node.attrs.get("allowzero", 0)
     if -1 not in vec[1] and not (zero_copies and 0 in vec[1]):
         return vec[1]  # every result dim is given: the source's shape does not matter

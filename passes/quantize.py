@@ -135,7 +135,7 @@ class QuantizePass(Pass):
         from cimc.quant.prequant import is_prequantized
         from cimc.quant.recurrent import unroll_recurrent
         from cimc.quant.weights import InputStats, WeightMethod
-        from cimc.sparsity import weight_view
+        from cimc.sparsity import require_view
 
         if is_prequantized(graph):
             return self._adopt(graph)
@@ -165,7 +165,7 @@ class QuantizePass(Pass):
             if methods[n.name].needs_stats:
                 key = (id(n.inputs[1]), str(methods[n.name]))
                 if key not in shared:
-                    shared[key] = InputStats(n, weight_view(n), second=methods[n.name].rounding == "gptq")
+                    shared[key] = InputStats(n, require_view(n), second=methods[n.name].rounding == "gptq")
                 stats[n.name] = shared[key]
         readers: dict[int, list[InputStats]] = {}
         for n in layers:
@@ -209,8 +209,8 @@ class QuantizePass(Pass):
         new = adopt_quantized(graph, requant="float" if self.requant == "auto" else self.requant)
         for n in new.nodes:
             for i, key in ((1, "weight-bits"), (0, "act-bits")):
-                q = n.inputs[i].type.quant if n.op.startswith("q.") and len(n.inputs) > i and n.inputs[i] is not None \
-                    else None
+                v = n.inputs[i] if n.op.startswith("q.") and len(n.inputs) > i else None
+                q = v.type.quant if v is not None else None
                 limit = self.weight_bits if key == "weight-bits" else self.act_bits
                 if q is not None and q.bits <= 8 and q.bits > limit and (key == "act-bits" or n.op in _MVM_OPS):
                     raise InputError(f"node {n.name!r} ({n.op}) of the pre-quantized graph {graph.name!r} reads "

@@ -72,6 +72,7 @@ from cimc.ir.core import Graph, Node
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.sparsity import (
     Geometry,
+    Granularity,
     WeightView,
     bias_matrix,
     expand,
@@ -229,15 +230,16 @@ class SparsifyPass(Pass):
                                 f"weights: it would do nothing here; put sparsify before quantize in the pipeline")
             logger.info("sparsify: no layer to prune (%s)", skipped or "no prunable weights")
             return PassResult(False)
-        if refitting:
-            for ly, act in zip(layers, _capture(graph, layers, calib), strict=True):  # type: ignore[arg-type]
-                _prepare_refit(ly, act)
-        if self.mode == "sensitivity" and self.ratio > 0 and not all(ly.fixed for ly in layers):
-            self._allocate(graph.copy(), layers, calib, geom)  # type: ignore[arg-type]
+        if refitting and calib is not None:  # (calib is never None here: checked above)
+            for ly, operand in zip(layers, _capture(graph, layers, calib), strict=True):
+                _prepare_refit(ly, operand)
+        if self.mode == "sensitivity" and calib is not None and self.ratio > 0 and not all(ly.fixed for ly in layers):
+            self._allocate(graph.copy(), layers, calib, geom)
         pruned, summary = 0, {}
         for i, ly in enumerate(layers):
             # the rows this layer sees once the layers before it are pruned (none changed before i=0)
-            act = _capture(graph, [ly], calib)[0] if ly.gram is not None and i else None  # type: ignore[arg-type]
+            # (a layer has refit data, ly.gram, only when there is calibration)
+            act = _capture(graph, [ly], calib)[0] if ly.gram is not None and i and calib is not None else None
             m, bias = self._pruned(ly, ly.ratio, geom, act)
             count = zero_count(m, geom, gran)
             pruned, summary[ly.node.name] = pruned + count, round(count / ly.view.size, 6)
@@ -268,11 +270,11 @@ class SparsifyPass(Pass):
                 if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
                     logger.debug("sparsify: not pruning %s (%s): %s", node.name, node.op, view)
                 continue
-            prunable.append(_Layer(node, view, view.to_matrix(node.inputs[1].const)))  # type: ignore[union-attr]
+            prunable.append(_Layer(node, view, view.to_matrix(node.operand(1).array)))
         fixed = parse_per_layer(self.per_layer)
         names = {ly.node.name: ly.node.name for ly in prunable}
-        names.update({ly.node.inputs[1].name: ly.node.name for ly in prunable  # type: ignore[union-attr]
-                      if ly.node.inputs[1].name not in names})  # type: ignore[union-attr]
+        names.update({ly.node.operand(1).name: ly.node.name for ly in prunable
+                      if ly.node.operand(1).name not in names})
         for key in list(fixed):
             if key not in names:
                 close = difflib.get_close_matches(key, sorted(names), n=1)
@@ -315,7 +317,7 @@ class SparsifyPass(Pass):
         m, nb = refit(ly.matrix, mask, gram, geom, gran, b, cross)
         if nb is None:
             return m, None
-        old = ly.node.inputs[2].const  # type: ignore[union-attr]
+        old = ly.node.operand(2).array
         return m, (nb * back).reshape(old.shape).astype(old.dtype)
 
     def _allocate(self, work: Graph, layers: list[_Layer], calibration: Mapping[str, np.ndarray],
@@ -344,7 +346,7 @@ class SparsifyPass(Pass):
                 for k, a in zip((1, 2), cache[i, r], strict=True):
                     if a is not None:
                         node.set_input(k, work.add_constant(a, "sparsify_probe",
-                                                            type=originals[i][k].type))  # type: ignore[union-attr]
+                                                            type=node.operand(k).type))
 
         bounds: dict[int, np.ndarray] = {}  # free layer -> its unit prefixes (weights in zero units)
         points: dict[int, np.ndarray] = {}  # free layer -> the walk's points, a subset of bounds
@@ -405,9 +407,9 @@ class SparsifyPass(Pass):
             for i, b in bounds.items():
                 below = b[b < cur[i]]
                 if below.size and total - (cur[i] - int(below[-1])) >= budget:
-                    after = probe(i, int(below[-1]))
-                    if after is not None and (best is None or after < best[0]):
-                        best = (after, i, int(below[-1]))
+                    probed = probe(i, int(below[-1]))
+                    if probed is not None and (best is None or probed < best[0]):
+                        best = (probed, i, int(below[-1]))
             if best is None:
                 break
             loss, i, w = best
@@ -421,10 +423,10 @@ class SparsifyPass(Pass):
             layers[i].ratio = w / layers[i].view.size
 
 
-def _prefixes(m: np.ndarray, geom: Geometry, gran: str) -> np.ndarray:
+def _prefixes(m: np.ndarray, geom: Geometry, gran: Granularity) -> np.ndarray:
     """The weights in all-zero units of every prefix :func:`prune_mask` can give ``m``, ascending:
     the units already all zero, then one more unit at a time in its order."""
-    size, sq, nz = unit_stats(m, geom, gran)  # type: ignore[arg-type]
+    size, sq, nz = unit_stats(m, geom, gran)
     size, zero = size.ravel(), (nz == 0).ravel()
     rest = np.flatnonzero(~zero)
     order = rest[np.argsort((sq.ravel() / size)[rest], kind="stable")]
@@ -471,14 +473,14 @@ def _replace_operand(graph: Graph, node: Node, index: int, array: np.ndarray) ->
 def _capture(graph: Graph, layers: list[_Layer], calibration: Mapping[str, np.ndarray]
              ) -> list[np.ndarray]:
     """The first operand of each layer's node on the calibration inputs (one run of ``graph``)."""
-    values = [graph.node(ly.node.name).inputs[0] for ly in layers]
+    values = [graph.node(ly.node.name).operand(0) for ly in layers]
     saved = list(graph.outputs)
-    graph.outputs = saved + values  # type: ignore[operator]
+    graph.outputs = saved + values
     try:
         env = _run(graph, calibration)
     finally:
         graph.outputs = saved
-    return [np.asarray(env[v.name]) for v in values]  # type: ignore[union-attr]
+    return [np.asarray(env[v.name]) for v in values]
 
 
 def _prepare_refit(ly: _Layer, act: np.ndarray) -> None:

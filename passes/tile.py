@@ -133,7 +133,7 @@ class TilePass(Pass):
         geo = self.geometry(ctx.target)
         ops = ctx.require_target(self).capabilities().array_ops
         kind = self.encoding or "twos-complement"
-        layers = [n for n in graph.nodes if n.op in ops and n.op in ARRAY_OPS and n.inputs[1].const is not None]
+        layers = [n for n in graph.nodes if n.op in ops and n.op in ARRAY_OPS and n.operand(1).const is not None]
         firsts: dict[tuple, Node] = {}  # layers reading one weight (a recurrent layer's steps) share its tiles
         for n in layers:
             firsts.setdefault((id(n.inputs[1]), n.op, n.attrs.get("group", 1)), n)

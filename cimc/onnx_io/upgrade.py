@@ -170,7 +170,9 @@ def _softmax(spec: NodeSpec, g: Graph) -> None:
         return
     axis = spec.attrs.pop("axis", 1)
     x = spec.inputs[0]
-    rank = None if x is None else x.type.rank
+    if x is None:
+        raise UnsupportedOpError(f"node {spec.name!r} ({spec.op}, opset {spec.since}): its input is missing")
+    rank = x.type.rank
     if rank is not None and axis % max(rank, 1) == rank - 1:
         spec.attrs["axis"] = -1
         return

@@ -40,25 +40,26 @@ def same_as(index: int = 0) -> Callable[[InferContext], list[TensorType]]:
 def same_dtype(ctx: InferContext, *indices: int) -> None:
     """An error unless the present operands at ``indices`` have one element type (an ONNX type
     constraint shared by them, as onnxruntime checks it)."""
-    types = [(i, ctx.types[i]) for i in indices if i < len(ctx.types) and ctx.types[i] is not None]
+    types = [(i, t) for i in indices if i < len(ctx.types) and (t := ctx.types[i]) is not None]
     for i, t in types[1:]:
-        if t.dtype is not types[0][1].dtype:  # type: ignore[union-attr]
+        if t.dtype is not types[0][1].dtype:
             raise VerifyError(f"node {ctx.node.name!r} ({ctx.node.op}): operand {i} has element type "
-                              f"{t.dtype.value} but operand {types[0][0]} has {types[0][1].dtype.value}; "  # type: ignore
+                              f"{t.dtype.value} but operand {types[0][0]} has {types[0][1].dtype.value}; "
                               "insert a Cast so they agree")
 
 
 def broadcast_shapes(*shapes: Shape | None) -> Shape | None:
     """Numpy-style multidirectional broadcast of shapes that may hold symbolic dims."""
-    if any(s is None for s in shapes):
+    known = [s for s in shapes if s is not None]
+    if len(known) != len(shapes):
         return None
-    rank = max((len(s) for s in shapes), default=0)  # type: ignore[arg-type]
+    rank = max((len(s) for s in known), default=0)
     out: list[Dim] = []
     for axis in range(rank):
-        dims = [s[len(s) - rank + axis] for s in shapes if len(s) - rank + axis >= 0]  # type: ignore[arg-type]
+        dims = [s[len(s) - rank + axis] for s in known if len(s) - rank + axis >= 0]
         ints = {d for d in dims if isinstance(d, int) and d != 1}
         if len(ints) > 1:
-            raise VerifyError(f"shapes {[list(s) for s in shapes]} do not broadcast")  # type: ignore[arg-type]
+            raise VerifyError(f"shapes {[list(s) for s in known]} do not broadcast")
         if ints:
             out.append(ints.pop())
             continue

@@ -26,7 +26,7 @@ import numpy as np
 
 from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, define_op
-from cimc.ir.types import Dim, TensorType, dtype_from_onnx_code
+from cimc.ir.types import Dim, Shape, TensorType, dtype_from_onnx_code
 from cimc.ops._infer import require
 from cimc.ops.nn import conv, exact_matmul, float_compute_dtype
 
@@ -49,7 +49,7 @@ def _attention_type(ctx: InferContext) -> list[TensorType]:
     past = ctx.types[4] if ctx.has(4) else None
     past_len: Dim = 0 if past is None else (past.shape[2] if past.shape is not None else None)
     if len(q.shape) == 4:
-        y = (*q.shape[:3], v.shape[3])
+        y: Shape = (*q.shape[:3], v.shape[3])
         pk, pv = (*k.shape[:2], _cat(past_len, k.shape[2]), k.shape[3]), \
             (*v.shape[:2], _cat(past_len, v.shape[2]), v.shape[3])
         heads, qlen = q.shape[1], q.shape[2]

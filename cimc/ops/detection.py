@@ -60,7 +60,7 @@ def non_max_suppression(ctx, boxes, scores, max_out=None, iou_threshold=None, sc
     iou_max = _scalar(iou_threshold, 0.0)
     floor = None if score_threshold is None or np.asarray(score_threshold).size == 0 else \
         _scalar(score_threshold, 0.0)
-    rows = []
+    rows: list[tuple[int, int, int]] = []
     for b in range(boxes.shape[0]):
         iou = _iou(_corners(boxes[b], bool(ctx.attrs["center_point_box"])))
         for c in range(scores.shape[1]):

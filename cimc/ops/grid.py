@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def grid_sample(ctx, x, grid):
         return out, inside
 
     if mode == "nearest":
-        taps = [([c.astype(np.int64) for c, _, _ in coords], None)]
+        taps: list[tuple[list[np.ndarray], Any]] = [([c.astype(np.int64) for c, _, _ in coords], None)]
     else:
         base = [np.floor(c).astype(np.int64) for c, _, _ in coords]
         frac = [c - b for (c, _, _), b in zip(coords, base, strict=True)]

@@ -9,6 +9,7 @@ shape; otherwise the affected dims are ``None``. Integer scans wrap like C.
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import numpy as np
 
@@ -23,6 +24,10 @@ def _where(ctx: InferContext) -> str:
     return f"node {ctx.node.name!r} ({ctx.node.op})"
 
 
+@overload
+def _ints(a: np.ndarray) -> list[int]: ...
+@overload
+def _ints(a: np.ndarray | None) -> list[int] | None: ...
 def _ints(a: np.ndarray | None) -> list[int] | None:
     return None if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
 
@@ -52,8 +57,8 @@ def _range_type(ctx: InferContext) -> list[TensorType]:
     types = [require(ctx, i) for i in range(3)]
     if len({t.dtype for t in types}) != 1:
         raise VerifyError(f"{_where(ctx)}: start, limit and delta must have one element type")
-    consts = [ctx.const(i) for i in range(3)]
-    n = None if any(c is None for c in consts) else _range_count(*consts)
+    start, limit, delta = (ctx.const(i) for i in range(3))
+    n = None if start is None or limit is None or delta is None else _range_count(start, limit, delta)
     return [TensorType(types[0].dtype, (n,))]
 
 

@@ -41,6 +41,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from numpy.typing import DTypeLike
 
 from cimc.errors import InputError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
@@ -159,7 +160,7 @@ def to_dtype(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return y.astype(dtype)
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, out_dtype: np.dtype | None = None) -> np.ndarray:
+def exact_matmul(a: np.ndarray, b: np.ndarray, out_dtype: DTypeLike = None) -> np.ndarray:
     """``np.matmul(a, b)`` through BLAS, exact for integer operands, cast to ``out_dtype``."""
     out_dtype = np.dtype(out_dtype if out_dtype is not None else np.result_type(a.dtype, b.dtype))
     k = a.shape[-1] if a.ndim else 1

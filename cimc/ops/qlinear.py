@@ -128,7 +128,7 @@ def _verify_mul(node: Node) -> str | None:
     if why is None and a.get("mode") == "fixed" and quantize_multiplier(a["mul_scale"]) != (a["multiplier"],
                                                                                            a["shift"]):
         why = f"fixed-point multiplier {a['multiplier']} >> {a['shift']} is not the form of mul_scale={a['mul_scale']}"
-    qa, qb, qo = (node.inputs[0].type.quant, node.inputs[1].type.quant,
+    qa, qb, qo = (node.operand(0).type.quant, node.operand(1).type.quant,
                   node.outputs[0].type.quant if node.outputs else None)
     if why is None and qa is not None and qb is not None and qo is not None:
         want = qa.scale[0] * qb.scale[0] / qo.scale[0]
@@ -174,7 +174,8 @@ def _verify_avg_pool(node: Node) -> str | None:
         return f"dilations {list(a['dilations'])} are not supported (only 1)"
     if not a.get("x_scale", 1.0) > 0:
         return f"x_scale={a.get('x_scale')} must be positive"
-    q = node.inputs[0].type.quant if node.inputs else None
+    x = node.inputs[0] if node.inputs else None
+    q = x.type.quant if x is not None else None
     if q is not None and (q.zero_point != (a.get("x_zero_point", 0),) or abs(q.scale[0] - a["x_scale"])
                           > 1e-5 * q.scale[0]):
         return f"x_scale={a['x_scale']}, x_zero_point={a.get('x_zero_point', 0)} disagree with the input type {q}"
@@ -216,6 +217,7 @@ def _ort_avg_pool(x: np.ndarray, at, kernel, out, pb, strides) -> np.ndarray:
     for kpos in np.ndindex(*kernel):  # row-major window order, one float32 add per tap
         t += dp[(slice(None), slice(None), *(slice(k, k + (o - 1) * st + 1, st)
                                              for k, o, st in zip(kpos, out, strides, strict=True)))]
+    n: np.ndarray | np.float32
     if at["count_include_pad"]:
         n = np.float32(math.prod(kernel))
     else:

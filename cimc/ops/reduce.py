@@ -37,10 +37,12 @@ def _reduce_type(ctx: InferContext) -> list[TensorType]:
     count = None if at is None or at.shape is None else at.shape[0]
     axes = ctx.const(1)
     if at is not None and axes is None and count != 0:  # axes computed at run time
-        if t.shape is None or (not keep and not isinstance(count, int)):
+        if t.shape is None:
             return [TensorType(t.dtype, None)]
         if keep:
             return [TensorType(t.dtype, tuple(1 if d == 1 else None for d in t.shape))]
+        if not isinstance(count, int):
+            return [TensorType(t.dtype, None)]
         return [TensorType(t.dtype, (None,) * (len(t.shape) - count))]
     if t.shape is None:
         return [TensorType(t.dtype, None)]

@@ -20,7 +20,7 @@ import numpy as np
 
 from cimc.errors import InputError, VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, define_op
-from cimc.ir.types import Dim, TensorType
+from cimc.ir.types import Dim, Shape, TensorType
 from cimc.ops._infer import require
 from cimc.ops.nn import float_compute_dtype
 
@@ -71,6 +71,11 @@ def activation(names, alphas, betas) -> list[Act]:
     return [ACTIVATIONS[name][4](a, b) for name, a, b in activation_params(names, alphas, betas)]
 
 
+def _clipped(f: Act, clip: float) -> Act:
+    """``f`` of its argument clipped to ``[-clip, clip]`` (a recurrent layer's ``clip`` attribute)."""
+    return lambda x: f(np.clip(x, -clip, clip))
+
+
 def _times(d: Dim, k: int) -> Dim:
     return k * d if isinstance(d, int) else None
 
@@ -102,6 +107,8 @@ def _recurrent_infer(gates: int, outputs: int):
                 raise VerifyError(f"{op}: {what} {t} has {have} in dim {axis}, hidden_size {hidden} needs {want}")
         xs = x.shape if x.shape is not None else (None, None, None)
         seq, batch = (xs[1], xs[0]) if ctx.attrs["layout"] else (xs[0], xs[1])
+        y: Shape
+        yh: Shape
         if ctx.attrs["layout"]:
             y, yh = (batch, seq, ndir, hidden), (batch, ndir, hidden)
         else:
@@ -215,7 +222,7 @@ def _gated(ctx, x, w, r, b, seq_lens, h0, gates: int, defaults: tuple[str, ...],
         reverse = a["direction"] == "reverse" or d == 1
         fs = acts[per * d:per * d + per]
         if clip is not None:
-            fs = [lambda v, f=f: f(np.clip(v, -clip, clip)) for f in fs]
+            fs = [_clipped(f, clip) for f in fs]
         wb, rb = (np.zeros(gates * hid, dt),) * 2 if b is None else \
             (b[d, :gates * hid].astype(dt), b[d, gates * hid:].astype(dt))
         xw = x.astype(dt, copy=False) @ w[d].astype(dt, copy=False).T + wb  # (seq, batch, gates*hid)

@@ -45,7 +45,7 @@ from cimc.quant.calibrate import Observer
 from cimc.quant.fixedpoint import quantize_multiplier, quantize_multipliers, shared_multipliers
 from cimc.quant.params import act_params, lut_table, quantize_weights
 from cimc.quant.weights import InputStats, WeightMethod, quantize_matrix
-from cimc.sparsity import WeightView, weight_view
+from cimc.sparsity import WeightView, require_view
 
 __all__ = ["MOVES", "UNARY", "Settings", "act_matmul", "adopt", "chain_function", "lower", "quantizable",
            "scalar_operand"]
@@ -147,9 +147,7 @@ def _quantize_convt_weights(w: np.ndarray, group: int, bits: int, per_channel: b
 def _lowered_view(n: Node, w: np.ndarray) -> WeightView:
     """The matrix view (:mod:`cimc.sparsity`) of ``n``'s weight as :func:`_weights` gives it (a Gemm's
     is ``alpha * B'`` ``[N, K]``); its columns are the output channels in the order of the scales."""
-    view = weight_view(n)
-    if isinstance(view, str):
-        raise CimcError(f"node {n.name!r}: {view}")
+    view = require_view(n)
     return WeightView("Gemm", 1, w.shape, 1, w.shape[1], w.shape[0], transposed=True) if n.op == "Gemm" else view
 
 

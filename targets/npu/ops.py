@@ -46,7 +46,7 @@ import numpy as np
 
 from cimc.errors import VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, op_def
-from cimc.ir.types import DType, TensorType
+from cimc.ir.types import DType, Shape, TensorType
 from cimc.ops._infer import broadcast_shapes, require
 from cimc.ops.nn import exact_matmul, to_dtype
 from cimc.ops.quantized import act_matmul_codes
@@ -83,7 +83,7 @@ def _gemm_type(ctx: InferContext) -> list[TensorType]:
     if a["kernel_shape"]:
         if not pos:
             raise VerifyError(f"{_where(ctx)}: a convolution tile needs positions (p0, p1)")
-        shape = (xs[0] if xs else None, pos[1] - pos[0], n)
+        shape: Shape | None = (xs[0] if xs else None, pos[1] - pos[0], n)
     elif xs is None:
         shape = None
     elif pos:

@@ -89,7 +89,7 @@ def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
                 round(float(w.macs.sum())), parts, {"spills": spill} if spill else {})
 
 
-def _spills(node: Node, s: SramCimSpec, P: int, rows_read: int, acc_written: int) -> float:
+def _spills(node: Node, s: SramCimSpec, P: int, rows_read: int, acc_written: float) -> float:
     """DRAM bytes of the round's input and accumulator spills (module docstring)."""
     x, a = node.inputs[0], node.attrs
     producer = x.producer if x is not None else None
