@@ -85,8 +85,8 @@ class Pass:
             raise PassError(f"pass '{self.name}' needs a target and none is given: name one with --target NAME "
                             f"(`cimc targets` lists them), or from Python PassContext(target=load_target(NAME)) "
                             f"with cimc.targets.load_target")
-        if self.spec_type is not None and not isinstance(target.spec, self.spec_type):  # type: ignore[union-attr]
-            want, have = self.spec_type.target, target.spec.target  # type: ignore[union-attr]
+        if self.spec_type is not None and target is not None and not isinstance(target.spec, self.spec_type):
+            want, have = self.spec_type.target, target.spec.target
             raise PassError(f"pass '{self.name}' lowers for target '{want}', but the target is '{have}': compile "
                             f"with --target {want}, or leave '{self.name}' out of the pipeline (the driver runs "
                             f"the target's own lowering)")

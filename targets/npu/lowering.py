@@ -55,7 +55,7 @@ class _Reads:
 
 def _weight_matrix(node: Node) -> np.ndarray:
     """The layer's weights as the [K, N] matrix the array holds (block-diagonal for groups)."""
-    w = node.inputs[1].const
+    w = node.operand(1).array
     if node.op == "q.gemm":
         return w.T
     if node.op == "q.matmul":
@@ -75,7 +75,7 @@ def _weight_matrix(node: Node) -> np.ndarray:
 
 def _matrix_bytes(node: Node) -> int:
     """Bytes of :func:`_weight_matrix` (one per weight, block-diagonal zeros included), without building it."""
-    w = node.inputs[1].const
+    w = node.operand(1).array
     return w.size * (int(node.attrs.get("group", 1)) if node.op == "q.conv" else 1)
 
 
@@ -105,7 +105,7 @@ def _weight_layers(graph: Graph) -> list[Node]:
     seen: set[int] = set()
     out = []
     for n in graph.nodes:
-        if n.op in ARRAY_OPS and n.inputs[1].const is not None and id(n.inputs[1]) not in seen:
+        if n.op in ARRAY_OPS and n.operand(1).const is not None and id(n.inputs[1]) not in seen:
             seen.add(id(n.inputs[1]))
             out.append(n)
     return out
@@ -144,7 +144,7 @@ class LowerNpuPass(Pass):
         shared: dict[int, tuple[dict, dict]] = {}  # resident weight -> its tiles and loads, for every reader
         changed = False
         for node in list(graph.nodes):
-            if node.op in ARRAY_OPS and node.inputs[1].const is not None:
+            if node.op in ARRAY_OPS and node.operand(1).const is not None:
                 self._lower(graph, node, s, offset, shared)
                 changed = True
             elif node.op == "q.act_matmul":
@@ -164,7 +164,7 @@ class LowerNpuPass(Pass):
         """Rewrite one layer; ``offset`` (a one-item list, advanced here) is the next free byte of the weight
         buffer when the weights stay resident, else ``None``; ``shared`` holds the tiles and loads of the
         resident weights lowered so far (a layer reading one of them uses its loads)."""
-        x, out = node.inputs[0], node.outputs[0]
+        x, out = node.operand(0), node.outputs[0]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         wm = _weight_matrix(node)
         k, n = wm.shape
@@ -172,21 +172,24 @@ class LowerNpuPass(Pass):
         geom: dict[str, Any] = {}
         xs = x.type.shape
         if node.op == "q.conv":
-            if xs is None or len(xs) != 4 or not all(isinstance(d, int) for d in xs[1:]):
+            chw = [d for d in (xs[1:] if xs is not None and len(xs) == 4 else ()) if isinstance(d, int)]
+            if len(chw) != 3:
                 raise PassError(f"lower-npu: {layer} (q.conv) needs a 2-D NCHW input with static C, H, W, "
                                 f"found {x.type}; 'legalize-convs' before lower-npu rewrites a convolution of "
                                 f"another rank into a q.matmul")
-            kern = tuple(node.inputs[1].const.shape[2:])
-            o, pb, pe, _, st, dl = window_geometry(xs[2:], kern, node.attrs)
+            c_in, h_in, w_in = chw
+            kern = tuple(node.operand(1).array.shape[2:])
+            o, pb, pe, _, st, dl = window_geometry((h_in, w_in), kern, node.attrs)
             geom = {"kernel_shape": kern, "strides": tuple(st), "dilations": tuple(dl), "pads": (*pb, *pe),
                     "out_spatial": tuple(o), "x_zero_point": node.attrs["x_zero_point"]}
             p_total = o[0] * o[1]
-            reads = _Reads(k, conv=(o[1], st[0], pb[0], (kern[0] - 1) * dl[0] + 1, xs[2], xs[1] * xs[3]))
+            reads = _Reads(k, conv=(o[1], st[0], pb[0], (kern[0] - 1) * dl[0] + 1, h_in, c_in * w_in))
         elif xs is not None and len(xs) >= 3 and isinstance(xs[-2], int):
             p_total, reads = xs[-2], _Reads(k, rows=True)
         else:
             p_total, reads = None, _Reads(k)
         k_len, n_len = _tiles(k, n, s)
+        chunks: list[tuple[int, int] | None]
         if p_total is None:
             chunks = [None]
         else:
@@ -214,7 +217,9 @@ class LowerNpuPass(Pass):
         loads: dict[tuple, Value] = {} if reuse is None else reuse[1]
         if offset is not None and reuse is None:
             shared[id(node.inputs[1])] = (consts, loads)
-        tiles, p_ranges, n_ranges = [], [], []
+        tiles: list[Value | None] = []
+        p_ranges: list[int] = []
+        n_ranges: list[int] = []
         for chunk in chunks:
             xin = g.add_node("npu.dma_in", [x], {"buffer": "act", "bytes": reads.bytes(*(chunk or (0, 1))),
                                                                **ann},

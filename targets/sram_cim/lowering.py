@@ -49,11 +49,12 @@ class LowerSramCimPass(Pass):
 
     def check(self, target: Target | None) -> None:
         """An sram-cim target, and an ``adc-bits`` its ADCs can give."""
-        super().check(target)
-        spec = target.spec  # type: ignore[union-attr]
-        self.option_limit("adc_bits", self.adc_bits, 1, spec.adc_bits,
-                          f"the target's ADCs have adc_bits = {spec.adc_bits}; a finer ADC is a different "
-                          f"spec: --spec-set adc_bits=N")
+        super().check(target)  # so the target is an sram-cim one
+        spec = target.spec if target is not None else None
+        if isinstance(spec, SramCimSpec):
+            self.option_limit("adc_bits", self.adc_bits, 1, spec.adc_bits,
+                              f"the target's ADCs have adc_bits = {spec.adc_bits}; a finer ADC is a different "
+                              f"spec: --spec-set adc_bits=N")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Replace every tiled node of ``graph`` by its instruction sequence; an array op with a constant
@@ -115,7 +116,7 @@ def rounds(tiles: TileMap) -> list[tuple[int, int]]:
     starts = [0, *(np.flatnonzero((t[1:, :7] != t[:-1, :7]).any(axis=1)) + 1).tolist(), len(t)]
     arrays = tiles.array_list
     out: list[tuple[int, int]] = []
-    first, used = 0, set()
+    first, used = 0, set[int]()
     for i, j in pairwise(starts):  # one part of the matrix and its replicas
         mine = set(arrays[i:j])
         if used & mine:
@@ -131,7 +132,7 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int, shared: l
     """Rewrite one tiled node; ``shared``: the round tokens of the layer whose tiles it shares (``tile.shared``),
     already loaded. Returns its round tokens."""
     a = node.attrs
-    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+    x, bias = node.operand(0), node.inputs[2] if len(node.inputs) > 2 else None
     layer = {"cim.layer": node.name}
     m = weight_matrix(node)
     enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
@@ -141,14 +142,22 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int, shared: l
     add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
     conv = node.op == "q.conv"
     final = node.outputs[0].type
-    if conv and (final.shape is None or not all(isinstance(d, int) for d in final.shape[2:])):
-        raise PassError(f"lower-sram-cim: {node.name} (q.conv) needs a result with static spatial dims, found "
-                        f"{final}: the model computes them at run time (export it with a static input size)")
+    spatial: tuple[int, ...] = ()
+    if conv:
+        given = final.shape[2:] if final.shape is not None else (None,)
+        dims = tuple(d for d in given if isinstance(d, int))
+        if len(dims) != len(given):
+            raise PassError(f"lower-sram-cim: {node.name} (q.conv) needs a result with static spatial dims, found "
+                            f"{final}: the model computes them at run time (export it with a static input size)")
+        spatial = dims
+    shape = final.shape
+    if shape is None:
+        raise PassError(f"lower-sram-cim: {node.name} ({node.op}) needs a result of known rank, found {final}")
     channels = m.shape[0] * m.shape[2]
     cells = graph.add_constant(enc.pack(m), f"{node.name}.cells") if shared is None else None
     if conv:
         attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
-        attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
+        attrs["kernel_shape"] = tuple(int(s) for s in node.operand(1).array.shape[2:])
         x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
     rpo = int(a["tile.rows_per_op"])
     adc = Adc.default(adc_bits, rpo, spec.dac_bits, enc.cell_bits)
@@ -156,8 +165,7 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int, shared: l
                  "offset": enc.offset, "rows_per_op": rpo, "dac_bits": spec.dac_bits, "act_bits": act_bits,
                  "cell_bits": enc.cell_bits, **adc.attrs()}
     acc = None
-    out_type = TensorType(DType.i32, (final.shape[0], channels, math.prod(final.shape[2:])) if conv
-                          else (*final.shape[:-1], channels))
+    out_type = TensorType(DType.i32, (shape[0], channels, math.prod(spatial)) if conv else (*shape[:-1], channels))
     t = tiles.table
     tokens = []
     for i, (r0, r1) in enumerate(rounds(tiles)):
@@ -171,6 +179,8 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int, shared: l
         ys = [x, token] if acc is None else [x, token, acc]
         acc = add("sram.mvm", ys, {**mvm_attrs, "tiles": part, "skip": mine,
                                    "tile.util": np.asarray(a["tile.util"])[r0:r1]}, outputs=[out_type])
+    if acc is None:
+        raise PassError(f"{node.op} {node.name!r}: its tile map has no tiles")
     y = acc
     if bias is not None:
         if conv:
@@ -180,7 +190,7 @@ def _lower(graph: Graph, node: Node, spec: SramCimSpec, adc_bits: int, shared: l
                 b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
         y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
     if conv:
-        y = add("vec.col2im", [y], {"spatial": tuple(int(s) for s in final.shape[2:])}, outputs=[final])
+        y = add("vec.col2im", [y], {"spatial": spatial}, outputs=[final])
     elif bias is None:
         y = add("Identity", [y], {}, outputs=[final])
     name = node.outputs[0].name
