@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -26,10 +27,17 @@ __all__ = [
     "Shape",
     "TensorType",
     "dtype_from_onnx_code",
+    "static_dims",
 ]
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
+
+
+def static_dims(dims: Sequence[Dim]) -> tuple[int, ...] | None:
+    """``dims`` if every one is a known integer, else ``None``."""
+    ints = tuple(d for d in dims if isinstance(d, int))
+    return ints if len(ints) == len(dims) else None
 
 
 class DType(Enum):
@@ -153,10 +161,7 @@ class TensorType:
     @property
     def static_shape(self) -> tuple[int, ...] | None:
         """The shape if every dim is a known integer, else ``None``."""
-        if self.shape is None:
-            return None
-        dims = tuple(d for d in self.shape if isinstance(d, int))
-        return dims if len(dims) == len(self.shape) else None
+        return None if self.shape is None else static_dims(self.shape)
 
     def with_shape(self, shape: Shape | None) -> TensorType:
         """The same type with another shape."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import overload
 
 from cimc.errors import VerifyError
 from cimc.ir.opdef import InferContext
@@ -48,6 +49,10 @@ def same_dtype(ctx: InferContext, *indices: int) -> None:
                               "insert a Cast so they agree")
 
 
+@overload
+def broadcast_shapes(*shapes: Shape) -> Shape: ...
+@overload
+def broadcast_shapes(*shapes: Shape | None) -> Shape | None: ...
 def broadcast_shapes(*shapes: Shape | None) -> Shape | None:
     """Numpy-style multidirectional broadcast of shapes that may hold symbolic dims."""
     known = [s for s in shapes if s is not None]

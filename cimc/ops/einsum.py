@@ -64,7 +64,7 @@ def _einsum_type(ctx: InferContext) -> list[TensorType]:
     ell = broadcast_shapes(*ellipses) if ellipses else ()
     out: list[Dim] = []
     for c in rhs:
-        out.extend(ell if c == "." else (dims[c],))  # type: ignore[arg-type]
+        out.extend(ell if c == "." else (dims[c],))
     return [TensorType(types[0].dtype, tuple(out))]
 
 

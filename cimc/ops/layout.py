@@ -9,7 +9,6 @@ shape; otherwise the affected dims are ``None``. Integer scans wrap like C.
 from __future__ import annotations
 
 import math
-from typing import overload
 
 import numpy as np
 
@@ -17,25 +16,17 @@ from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
 from cimc.ir.types import DType, TensorType, dtype_from_onnx_code
 from cimc.ops._infer import normalize_axis, require
-from cimc.ops.tensor import _cast
+from cimc.ops.tensor import _cast, _vector
 
 
 def _where(ctx: InferContext) -> str:
     return f"node {ctx.node.name!r} ({ctx.node.op})"
 
 
-@overload
-def _ints(a: np.ndarray) -> list[int]: ...
-@overload
-def _ints(a: np.ndarray | None) -> list[int] | None: ...
-def _ints(a: np.ndarray | None) -> list[int] | None:
-    return None if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
-
-
 # ---- Tile ---------------------------------------------------------------------------------------
 def _tile_type(ctx: InferContext) -> list[TensorType]:
     x = require(ctx, 0)
-    reps = _ints(ctx.const(1))
+    reps = _vector(ctx.const(1))
     if x.shape is None:
         return [TensorType(x.dtype, None)]
     if reps is None:
@@ -49,7 +40,7 @@ def _tile_type(ctx: InferContext) -> list[TensorType]:
 @define_op("Tile", inputs=2, infer=_tile_type)
 def tile(ctx, x, repeats):
     """x repeated ``repeats[i]`` times along each dim i."""
-    return np.tile(x, _ints(repeats))
+    return np.tile(x, _vector(repeats))
 
 
 # ---- Range --------------------------------------------------------------------------------------
@@ -228,7 +219,7 @@ def cast_like(ctx, x, target):
 
 def _crop_pad_type(ctx: InferContext) -> list[TensorType]:
     x = require(ctx, 0)
-    shape = _ints(ctx.const(1))
+    shape = _vector(ctx.const(1))
     if x.shape is None:
         return [TensorType(x.dtype, None)]
     axes = _crop_axes(ctx.attrs["axes"], len(x.shape), _where(ctx))
@@ -248,7 +239,7 @@ def center_crop_pad(ctx, x, shape):
     """x cropped or zero-padded to ``shape`` around its center (the extra odd cell at the end)."""
     axes = _crop_axes(ctx.attrs["axes"], x.ndim, "CenterCropPad")
     out_shape, src, dst = list(x.shape), [slice(None)] * x.ndim, [slice(None)] * x.ndim
-    for a, want in zip(axes, _ints(shape), strict=True):
+    for a, want in zip(axes, _vector(shape), strict=True):
         have = x.shape[a]
         lo = abs(have - want) // 2
         out_shape[a] = want

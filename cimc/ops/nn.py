@@ -38,6 +38,7 @@ import contextvars
 import math
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -45,7 +46,7 @@ from numpy.typing import DTypeLike
 
 from cimc.errors import InputError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
-from cimc.ir.types import Dim, DType, TensorType
+from cimc.ir.types import Dim, DType, TensorType, static_dims
 from cimc.ops._infer import broadcast_shapes, normalize_axis, require, same_as, same_dtype
 
 __all__ = ["compute_dtype", "conv", "exact_matmul", "f32_chunk", "float_compute_dtype", "reproducible_floats",
@@ -160,7 +161,7 @@ def to_dtype(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return y.astype(dtype)
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, out_dtype: DTypeLike = None) -> np.ndarray:
+def exact_matmul(a: np.ndarray, b: np.ndarray, out_dtype: DTypeLike | None = None) -> np.ndarray:
     """``np.matmul(a, b)`` through BLAS, exact for integer operands, cast to ``out_dtype``."""
     out_dtype = np.dtype(out_dtype if out_dtype is not None else np.result_type(a.dtype, b.dtype))
     k = a.shape[-1] if a.ndim else 1
@@ -176,6 +177,7 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, out_dtype: DTypeLike = None) -> n
             acc = np.asarray(p).astype(_acc_dtype(out_dtype))
         else:
             np.add(acc, p, out=acc, dtype=acc.dtype, casting="unsafe")
+    assert acc is not None  # the loop runs at least once
     return to_dtype(acc, out_dtype)
 
 
@@ -217,6 +219,12 @@ def _out_dim(size: Dim, k: int, s: int, d: int, pb: int, pe: int, auto: str, cei
         pb = pe = 0
     if not isinstance(size, int):
         return size if s == 1 and pb + pe == eff - 1 else None
+    return _out_size(size, k, s, d, pb, pe, ceil)
+
+
+def _out_size(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil: bool) -> int:
+    """One output spatial size of a window over a known input size with explicit pads."""
+    eff = (k - 1) * d + 1
     span = size + pb + pe - eff
     if span < 0:
         raise VerifyError(f"window of size {eff} (kernel {k}, dilation {d}) does not fit input dim {size} "
@@ -249,7 +257,7 @@ def window_geometry(spatial: Sequence[int], kernel: Sequence[int], attrs,
             e = total - b
         else:
             b, e = (0, 0) if auto == "VALID" else (pads[i], pads[i + n])
-            o = _out_dim(size, k, s, d, b, e, "NOTSET", ceil)
+            o = _out_size(size, k, s, d, b, e, ceil)
         out.append(o)
         pb.append(b)
         pe.append(e)
@@ -265,7 +273,8 @@ def _pad(x: np.ndarray, begin: Sequence[int], end: Sequence[int], value=0) -> np
     lead = x.ndim - len(begin)
     xp = np.full((*x.shape[:lead], *(s + b + e for s, b, e in zip(x.shape[lead:], begin, end, strict=True))),
                  value, x.dtype)
-    xp[(..., *(slice(b, b + s) for s, b in zip(x.shape[lead:], begin, strict=True)))] = x
+    inner: tuple[Any, ...] = (..., *(slice(b, b + s) for s, b in zip(x.shape[lead:], begin, strict=True)))
+    xp[inner] = x
     return xp
 
 
@@ -418,19 +427,20 @@ def _conv_infer(ctx: InferContext) -> list[TensorType]:
         mout = ws[0]
         if isinstance(mout, int) and mout % group:
             raise VerifyError(f"{name}: {mout} output channels are not divisible by group={group}")
-    if ctx.has(2):
-        bt = ctx.types[2]
+    bt = ctx.types[2] if ctx.has(2) else None
+    if bt is not None:
         if bt.shape is not None and (len(bt.shape) != 1 or (isinstance(bt.shape[0], int) and isinstance(mout, int)
                                                             and bt.shape[0] != mout)):
             raise VerifyError(f"{name}: bias B {bt} must be 1-D with {mout} entries")
-    if kernel is None or any(not isinstance(k, int) for k in kernel):
+    ks = None if kernel is None else static_dims(kernel)
+    if ks is None:
         return [TensorType(x.dtype, (xs[0], mout, *(None,) * nsp))]
     strides, dils = _ints(ctx.attrs, "strides", nsp, 1), _ints(ctx.attrs, "dilations", nsp, 1)
     auto, pads = _auto_pad(ctx.attrs), _pads_attr(ctx.attrs, nsp)
     if transpose:
-        spatial = _convt_out_dims(xs[2:], kernel, strides, dils, pads, auto, ctx.attrs)
+        spatial = _convt_out_dims(xs[2:], ks, strides, dils, pads, auto, ctx.attrs)
     else:
-        spatial = [_out_dim(xs[2 + i], kernel[i], strides[i], dils[i], pads[i], pads[i + nsp], auto, False)
+        spatial = [_out_dim(xs[2 + i], ks[i], strides[i], dils[i], pads[i], pads[i + nsp], auto, False)
                    for i in range(nsp)]
     return [TensorType(x.dtype, (xs[0], mout, *spatial))]
 
@@ -546,8 +556,9 @@ def _gemm_infer(ctx: InferContext) -> list[TensorType]:
     if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
         raise VerifyError(f"Gemm: inner dims differ: A' is {m}x{ka}, B' is {kb}x{n} "
                           f"(check transA={ctx.attrs['transA']}, transB={ctx.attrs['transB']})")
-    if ctx.has(2) and ctx.types[2].shape is not None:
-        cs = ctx.types[2].shape
+    ct = ctx.types[2] if ctx.has(2) else None
+    if ct is not None and ct.shape is not None:
+        cs = ct.shape
         if len(cs) > 2 or broadcast_shapes(cs, (m, n)) is None:
             raise VerifyError(f"Gemm: C {ctx.types[2]} does not broadcast to ({m}, {n})")
         for dc, dy in zip(cs[::-1], (n, m), strict=False):
@@ -748,22 +759,20 @@ def max_pool(ctx, x):
     if ctx.num_outputs < 2:
         return _separable(xp, kernel, dils, strides, out, np.maximum)
     lead = (slice(None), slice(None))
-    y = arg = None
-    for i, kpos in enumerate(np.ndindex(*kernel)):
-        v = xp[lead + _kslices(kpos, dils, strides, out)]
-        if y is None:
-            y, arg = v.copy(), np.zeros(v.shape, np.int64)
-        else:  # strict: the first maximum in window order wins
-            better = v > y
-            y = np.where(better, v, y)
-            arg[better] = i
+    windows = (xp[lead + _kslices(kpos, dils, strides, out)] for kpos in np.ndindex(*kernel))
+    first = next(windows)
+    y, arg = first.copy(), np.zeros(first.shape, np.int64)
+    for i, v in enumerate(windows, start=1):  # strict: the first maximum in window order wins
+        better = v > y
+        y = np.where(better, v, y)
+        arg[better] = i
     kidx = np.unravel_index(arg, kernel)
     spatial = x.shape[2:]
     coords = []
     for dim in range(len(kernel)):
         o = np.arange(out[dim]).reshape((-1,) + (1,) * (len(kernel) - dim - 1))
         coords.append(o * strides[dim] - pb[dim] + kidx[dim] * dils[dim])
-    order = "F" if ctx.attrs["storage_order"] else "C"
+    order: Literal["C", "F"] = "F" if ctx.attrs["storage_order"] else "C"
     flat = np.ravel_multi_index(tuple(np.broadcast_to(c, y.shape) for c in coords), spatial, order=order)
     base = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[0], x.shape[1], *(1,) * len(kernel))
     return y, flat + base * math.prod(spatial)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 
 from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
-from cimc.ir.types import Dim, DType, Shape, TensorType, dtype_from_onnx_code
+from cimc.ir.types import Dim, DType, Shape, TensorType, dtype_from_onnx_code, static_dims
 from cimc.ops._infer import broadcast_shapes, dim_add, normalize_axis, require
 
 INT_MAX = 2**31 - 1
@@ -71,7 +72,8 @@ def _dim_prod(dims: Sequence[Dim]) -> Dim:
     rest = [d for d in dims if d != 1]
     if len(rest) == 1:
         return rest[0]
-    return math.prod(rest) if all(isinstance(d, int) for d in rest) else None
+    ints = static_dims(rest)
+    return math.prod(ints) if ints is not None else None
 
 
 def _merge(a: Dim, b: Dim, what: str) -> Dim:
@@ -90,7 +92,12 @@ def _axes(axes: Sequence[int], rank: int, what: str) -> list[int]:
     return out
 
 
+@overload
+def _vector(a: np.ndarray) -> list[int]: ...
+@overload
+def _vector(a: np.ndarray | None) -> list[int] | None: ...
 def _vector(a: np.ndarray | None) -> list[int] | None:
+    """The integers of an index operand, flattened (``None`` for an absent or unknown one)."""
     return None if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
 
 
@@ -116,8 +123,9 @@ def _concat_type(ctx: InferContext) -> list[TensorType]:
         if i == axis:
             dims = [None if t.shape is None else t.shape[axis] for t in types]
             nonzero = [d for d in dims if d != 0]
+            ints = static_dims(nonzero)
             out.append(0 if not nonzero else nonzero[0] if len(nonzero) == 1 else
-                       sum(nonzero) if all(isinstance(d, int) for d in nonzero) else None)
+                       sum(ints) if ints is not None else None)
         else:
             d: Dim = None
             for s in shapes:
@@ -292,7 +300,7 @@ def _reshape_dims(src: Shape | None, spec: list[int], allowzero: bool) -> Shape:
 
 
 def _factors(dims: Sequence[Dim], positions: Sequence[object]) -> tuple[int, Counter]:
-    coef, names = 1, Counter()
+    coef, names = 1, Counter[tuple[str, object]]()
     for d, pos in zip(dims, positions, strict=True):
         if isinstance(d, int):
             coef *= d
