@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from cimc.errors import VerifyError
-from cimc.ir.core import AttrValue, Node
+from cimc.ir.core import AttrValue, Node, Value
 from cimc.ir.types import TensorType
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "InferContext",
     "OpContext",
     "OpDef",
+    "OpView",
     "all_ops",
     "define_op",
     "infer_types",
@@ -145,11 +146,37 @@ class OpContext:
     sets it when that operand dies at this node and was made by the same op (so nothing aliases it)."""
 
 
+class NodeLike(Protocol):
+    """What a type rule reads of its node: a :class:`~cimc.ir.core.Node`, or an :class:`OpView` of one."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def op(self) -> str: ...
+    @property
+    def inputs(self) -> Sequence[Value | None]: ...
+
+
+@dataclass(frozen=True)
+class OpView:
+    """A node seen as another op, its operands possibly reordered: a quantized op's type rule runs the
+    float op's rule on it."""
+
+    node: NodeLike
+    op: str
+    inputs: Sequence[Value | None]
+
+    @property
+    def name(self) -> str:
+        """The viewed node's name (in the rule's messages)."""
+        return self.node.name
+
+
 @dataclass
 class InferContext:
     """What a type rule sees: operand types, constant operand values, attributes, result count."""
 
-    node: Node
+    node: NodeLike
     types: list[TensorType | None]
     attrs: Mapping[str, Any]
     num_outputs: int

@@ -29,14 +29,11 @@ pools are not supported.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from cimc.errors import InputError, VerifyError
-from cimc.ir.core import Node
-from cimc.ir.opdef import AttrSpec, InferContext, OpContext, define_op, lookup
-from cimc.ir.types import DType, TensorType
+from cimc.ir.opdef import AttrSpec, InferContext, OpContext, OpView, define_op, lookup
+from cimc.ir.types import DType, TensorType, static_dims
 from cimc.ops._infer import broadcast_shapes, require
 from cimc.ops.nn import (
     _CONV_ATTRS,
@@ -96,34 +93,22 @@ def lookup_table(fn, sx, zx, sy, zy, in_dtype: np.dtype, out_dtype: np.dtype) ->
 def _out_dtype(ctx: InferContext, zp_index: int, what: str) -> DType:
     if not ctx.has(zp_index):
         return DType.u8
-    t = ctx.types[zp_index]
+    t = require(ctx, zp_index)
     if t.dtype not in (DType.u8, DType.i8):
         raise VerifyError(f"node {ctx.node.name!r} ({ctx.node.op}): {what} has element type {t.dtype.value}, "
                           "expected u8 or i8")
     return t.dtype
 
 
-@dataclasses.dataclass
-class _View:
-    """A node seen as another op with its operands reordered (for the shared Conv/Gemm/MatMul type rules)."""
-
-    node: Node
-    op: str
-    inputs: list
-
-    def __getattr__(self, key: str):
-        return getattr(self.node, key)
-
-
 def _as(ctx: InferContext, op: str, order: tuple[int | None, ...]) -> InferContext:
     ins = [None if i is None or i >= len(ctx.node.inputs) else ctx.node.inputs[i] for i in order]
     # shapes only: the float op's type rule sees float operands (its dtype checks are not the quantized op's)
-    types = [None if i is None or i >= len(ctx.types) or ctx.types[i] is None
-             else TensorType(DType.f32, ctx.types[i].shape) for i in order]
+    given = [None if i is None or i >= len(ctx.types) else ctx.types[i] for i in order]
+    types = [None if t is None else TensorType(DType.f32, t.shape) for t in given]
     while ins and ins[-1] is None:
         ins.pop()
         types.pop()
-    return InferContext(_View(ctx.node, op, ins), types, ctx.attrs, 1)  # type: ignore[arg-type]
+    return InferContext(OpView(ctx.node, op, ins), types, ctx.attrs, 1)
 
 
 def _shape(rule, ctx: InferContext, op: str, order: tuple[int | None, ...]):
@@ -323,6 +308,8 @@ def _table_op(x, sx, zx, sy, zy, fn) -> np.ndarray:
 def float_op(op: str, attrs, *operands: np.ndarray) -> np.ndarray:
     """The result of cimc's op ``op`` (its reference implementation) on ``operands``."""
     opdef = lookup(op)
+    if opdef is None:
+        raise VerifyError(f"op {op!r} is not defined")
     return np.asarray(opdef.impl(OpContext(opdef.attr_values(attrs)), *operands))
 
 
@@ -353,12 +340,13 @@ def qlinear_softmax(ctx, x, sx, zx, sy, zy=None):
 def _concat_type(ctx: InferContext) -> list[TensorType]:
     ins = [require(ctx, i) for i in range(2, len(ctx.types), 3)]
     axis, rank = ctx.attrs["axis"], ins[0].rank
-    if rank is None or any(t.shape is None for t in ins):
+    shapes = [t.shape for t in ins if t.shape is not None]
+    if rank is None or len(shapes) != len(ins):
         return [TensorType(ins[0].dtype, None)]
     axis = axis % rank
-    dims = [t.shape[axis] for t in ins]
-    total = sum(dims) if all(isinstance(d, int) for d in dims) else None
-    return [TensorType(_out_dtype(ctx, 1, "Y_zero_point"), (*ins[0].shape[:axis], total, *ins[0].shape[axis + 1:]))]
+    dims = static_dims([s[axis] for s in shapes])
+    total = sum(dims) if dims is not None else None
+    return [TensorType(_out_dtype(ctx, 1, "Y_zero_point"), (*shapes[0][:axis], total, *shapes[0][axis + 1:]))]
 
 
 @define_op("QLinearConcat", inputs=(5, None), infer=_concat_type, attrs={

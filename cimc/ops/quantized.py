@@ -83,7 +83,7 @@ import numpy as np
 
 from cimc.errors import VerifyError
 from cimc.ir.core import Node
-from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, OpView, define_op
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.ops._infer import broadcast_shapes, normalize_axis, require
 from cimc.ops.nn import _CONV_ATTRS, _conv_infer, conv, conv_transpose, exact_matmul, to_dtype, window_geometry
@@ -247,7 +247,7 @@ def dequantize(ctx, q):
 # ---- q.conv / q.gemm / q.matmul ------------------------------------------------------------------
 def _acc_type(ctx: InferContext, shape, axis: int) -> list[TensorType]:
     """An int32 accumulator type; its quant is ``sx * sw[c]`` when both operand types carry one."""
-    x, w = ctx.types[0], ctx.types[1]
+    x, w = require(ctx, 0), require(ctx, 1)
     quant = None
     if x.quant is not None and w.quant is not None:
         sx = x.quant.scale[0]
@@ -289,21 +289,10 @@ def qconv(ctx, x, w, bias=None):
                 group=ctx.attrs["group"], out_dtype=np.dtype(np.int32), pad_value=ctx.attrs["x_zero_point"])
 
 
-class _AsConvTranspose:
-    """A node seen as ``ConvTranspose`` by nn's shared Conv/ConvTranspose type rule."""
-
-    op = "ConvTranspose"
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def __getattr__(self, key: str):
-        return getattr(self._node, key)
-
-
 def _conv_transpose_type(ctx: InferContext) -> list[TensorType]:
     _mvm_operands(ctx)
-    return _acc_type(ctx, _conv_infer(dataclasses.replace(ctx, node=_AsConvTranspose(ctx.node)))[0].shape, 1)
+    view = dataclasses.replace(ctx, node=OpView(ctx.node, "ConvTranspose", ctx.node.inputs))
+    return _acc_type(ctx, _conv_infer(view)[0].shape, 1)
 
 
 @define_op("q.conv_transpose", inputs=(2, 3), infer=_conv_transpose_type, verify=_verify_mvm, attrs={
@@ -323,7 +312,7 @@ def qconv_transpose(ctx, x, w, bias=None):
 
 def _gemm_type(ctx: InferContext) -> list[TensorType]:
     _mvm_operands(ctx)
-    x, w = ctx.types[0], ctx.types[1]
+    x, w = require(ctx, 0), require(ctx, 1)
     xs, ws = x.shape or (None, None), w.shape or (None, None)
     if len(xs) != 2 or len(ws) != 2:
         raise VerifyError(f"{_where(ctx)}: x {x} and w {w} must be 2-D ([M,K] and [N,K])")
@@ -344,7 +333,7 @@ def qgemm(ctx, x, w, bias=None):
 
 def _matmul_type(ctx: InferContext) -> list[TensorType]:
     _mvm_operands(ctx)
-    x, w = ctx.types[0], ctx.types[1]
+    x, w = require(ctx, 0), require(ctx, 1)
     if w.shape is not None and len(w.shape) != 2:
         raise VerifyError(f"{_where(ctx)}: w must be 2-D [K,N], is {w}")
     if x.shape is None:
@@ -435,9 +424,9 @@ def _verify_requant(node: Node) -> str | None:
     qin, qout = _in_quant(node, 0), node.outputs[0].type.quant if node.outputs else None
     why = _check_out_quant(node, a.get("zero_point", 0), a.get("bits", 8))
     if why is None and qin is not None and qout is not None:
-        want = [s / qout.scale[0] for s in qin.scale]
-        if len(want) != len(scale) or not all(map(_close, want, scale)):
-            why = f"scale {list(scale)[:4]} is not input scale / output scale {want[:4]}"
+        ratio = [s / qout.scale[0] for s in qin.scale]
+        if len(ratio) != len(scale) or not all(map(_close, ratio, scale)):
+            why = f"scale {list(scale)[:4]} is not input scale / output scale {ratio[:4]}"
     return why
 
 

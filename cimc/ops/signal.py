@@ -14,6 +14,8 @@ computes them (``mel = 2595 log10(1 + f/700)``, edges at ``floor((dft_length + 1
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 
 from cimc.errors import CimcError, VerifyError
@@ -22,8 +24,18 @@ from cimc.ir.types import TensorType, dtype_from_onnx_code
 from cimc.ops._infer import require
 
 
-def _scalar(a: np.ndarray | None) -> int | float | None:
-    return None if a is None else np.asarray(a).reshape(-1)[0].item()
+def _scalar(a: np.ndarray) -> int | float:
+    """The value of a one-element operand, as a Python number."""
+    return np.asarray(a).reshape(-1)[0].item()
+
+
+@overload
+def _int(a: np.ndarray) -> int: ...
+@overload
+def _int(a: np.ndarray | None) -> int | None: ...
+def _int(a: np.ndarray | None) -> int | None:
+    """The value of a one-element integer operand (``None``: absent, or not known before run time)."""
+    return None if a is None else int(_scalar(a))
 
 
 def _complex(x: np.ndarray) -> np.ndarray:
@@ -39,7 +51,7 @@ def _pairs(c: np.ndarray, dtype: np.dtype) -> np.ndarray:
 # ---- windows ------------------------------------------------------------------------------------
 def _window_type(ctx: InferContext) -> list[TensorType]:
     require(ctx, 0)
-    n = _scalar(ctx.const(0))
+    n = _int(ctx.const(0))
     return [TensorType(dtype_from_onnx_code(ctx.attrs["output_datatype"]), (n,))]
 
 
@@ -49,7 +61,7 @@ _WINDOW_ATTRS = {"output_datatype": AttrSpec("int", 1, "ONNX element-type code o
 
 def _window(weights):
     def impl(ctx, size):
-        n = int(_scalar(size))
+        n = _int(size)
         denom = n if ctx.attrs["periodic"] else n - 1
         phase = np.arange(n, dtype=np.float64) * (np.pi / denom if denom else 0.0)
         return weights(phase).astype(dtype_from_onnx_code(ctx.attrs["output_datatype"]).numpy)
@@ -65,6 +77,10 @@ for _name, _fn in (("HannWindow", lambda t: np.sin(t) ** 2),
 
 
 # ---- DFT ----------------------------------------------------------------------------------------
+@overload
+def _dft_length(n_in: int, given: int | None, inverse: bool, onesided: bool) -> int: ...
+@overload
+def _dft_length(n_in: int | None, given: int | None, inverse: bool, onesided: bool) -> int | None: ...
 def _dft_length(n_in: int | None, given: int | None, inverse: bool, onesided: bool) -> int | None:
     if given is not None:
         return given
@@ -78,13 +94,14 @@ def _dft_type(ctx: InferContext) -> list[TensorType]:
     if x.shape is None:
         return [TensorType(x.dtype, None)]
     rank = len(x.shape)
-    axis = _scalar(ctx.const(2)) if ctx.has(2) else -2
+    axis = _int(ctx.const(2)) if ctx.has(2) else -2
     if axis is None:
         return [TensorType(x.dtype, (*(None,) * (rank - 1), 1 if ctx.attrs["inverse"] and ctx.attrs["onesided"]
                                      else 2))]
     axis %= rank
-    n = x.shape[axis] if isinstance(x.shape[axis], int) else None
-    given = _scalar(ctx.const(1)) if ctx.has(1) else None
+    d = x.shape[axis]
+    n = d if isinstance(d, int) else None
+    given = _int(ctx.const(1)) if ctx.has(1) else None
     if ctx.has(1) and given is None:
         length = None
     else:
@@ -101,9 +118,9 @@ def _dft_type(ctx: InferContext) -> list[TensorType]:
     "onesided": AttrSpec("int", 0, "1: only the non-negative frequencies (real signals)")})
 def dft(ctx, x, dft_length=None, axis=None):
     """The discrete Fourier transform of x along ``axis`` (default -2)."""
-    a = (-2 if axis is None else int(_scalar(axis))) % x.ndim
+    a = (-2 if axis is None else _int(axis)) % x.ndim
     inverse, onesided = bool(ctx.attrs["inverse"]), bool(ctx.attrs["onesided"])
-    n = _dft_length(x.shape[a], None if dft_length is None else int(_scalar(dft_length)), inverse, onesided)
+    n = _dft_length(x.shape[a], None if dft_length is None else _int(dft_length), inverse, onesided)
     c = _complex(x)
     if inverse:
         if onesided:
@@ -120,10 +137,11 @@ def _stft_type(ctx: InferContext) -> list[TensorType]:
     x = require(ctx, 0)
     if x.shape is None or len(x.shape) != 3:
         raise VerifyError(f"node {ctx.node.name!r} (STFT): the signal must be [batch, length, 1 or 2], is {x}")
-    step = _scalar(ctx.const(1))
+    step = _int(ctx.const(1))
     win = ctx.types[2] if ctx.has(2) else None
-    length = _scalar(ctx.const(3)) if ctx.has(3) else (win.shape[0] if win is not None and win.shape else None)
-    frames = (1 + (x.shape[1] - length) // step) if all(isinstance(v, int) for v in (x.shape[1], length, step)) \
+    length = _int(ctx.const(3)) if ctx.has(3) else (win.shape[0] if win is not None and win.shape else None)
+    n_in = x.shape[1]
+    frames = 1 + (n_in - length) // step if isinstance(n_in, int) and isinstance(length, int) and step is not None \
         else None
     bins = None if not isinstance(length, int) else (length // 2 + 1 if ctx.attrs["onesided"] else length)
     return [TensorType(x.dtype, (x.shape[0], frames, bins, 2))]
@@ -133,8 +151,8 @@ def _stft_type(ctx: InferContext) -> list[TensorType]:
            attrs={"onesided": AttrSpec("int", 1, "1: only the non-negative frequencies")})
 def stft(ctx, x, frame_step, window=None, frame_length=None):
     """Short-time Fourier transform: windowed frames of the signal, each transformed."""
-    step = int(_scalar(frame_step))
-    length = int(_scalar(frame_length)) if frame_length is not None else (
+    step = _int(frame_step)
+    length = _int(frame_length) if frame_length is not None else (
         window.shape[0] if window is not None else None)
     if length is None:
         raise CimcError("STFT needs a window or a frame_length")
@@ -154,7 +172,7 @@ def stft(ctx, x, frame_step, window=None, frame_length=None):
 
 # ---- MelWeightMatrix ----------------------------------------------------------------------------
 def _mel_type(ctx: InferContext) -> list[TensorType]:
-    mels, length = _scalar(ctx.const(0)), _scalar(ctx.const(1))
+    mels, length = _int(ctx.const(0)), _int(ctx.const(1))
     bins = None if length is None else int(length) // 2 + 1
     return [TensorType(dtype_from_onnx_code(ctx.attrs["output_datatype"]), (bins, mels))]
 
@@ -163,7 +181,7 @@ def _mel_type(ctx: InferContext) -> list[TensorType]:
            attrs={"output_datatype": AttrSpec("int", 1, "ONNX element-type code of the result (default f32)")})
 def mel_weight_matrix(ctx, num_mel_bins, dft_length, sample_rate, lower_hz, upper_hz):
     """[dft_length//2 + 1, num_mel_bins] triangular mel filters (see the module doc)."""
-    mels, n, rate = int(_scalar(num_mel_bins)), int(_scalar(dft_length)), _scalar(sample_rate)
+    mels, n, rate = _int(num_mel_bins), _int(dft_length), _scalar(sample_rate)
     lo, hi = (2595 * np.log10(1 + float(_scalar(v)) / 700) for v in (lower_hz, upper_hz))
     edges_mel = np.arange(mels + 2) * ((hi - lo) / (mels + 2)) + lo
     edges = ((n + 1) * (700 * (10 ** (edges_mel / 2595) - 1)) // rate).astype(np.int64)
