@@ -61,8 +61,7 @@ def static_value(v: Value | None, _memo: dict[int, np.ndarray | None] | None = N
     if node is None or opdef is None or opdef.has_side_effects or node.op in _RANDOM:
         return None
     src = node.inputs[0] if node.inputs else None
-    if node.op in ("Shape", "Size") and src is not None and src.type.is_static:
-        shape = src.type.shape
+    if node.op in ("Shape", "Size") and src is not None and (shape := src.type.static_shape) is not None:
         start, end = node.attrs.get("start", 0), node.attrs.get("end")
         out = np.asarray(shape[slice(start, end)] if node.op == "Shape" else np.prod(shape), np.int64)
     else:
@@ -89,7 +88,7 @@ def expand(g: Graph, proto: onnx.NodeProto, since: int, inputs: Sequence[Value |
         return _loop(g, inputs, outer, body, attrs, name, where)
     if since < 9:
         return _scan8(g, inputs, outer, body, attrs, name, where)
-    return _scan(g, list(inputs), outer, body, attrs, name, where)
+    return _scan(g, inputs, outer, body, attrs, name, where)
 
 
 def _unsupported(where: str, why: str) -> UnsupportedOpError:
@@ -135,7 +134,7 @@ def _loop(g: Graph, inputs, outer, body: Body, attrs: dict[str, Any], name: str,
     if going is None:
         raise _unsupported(where, "its condition is computed at run time")
     count = MAX_ITERATIONS + 1 if trip is None else int(np.asarray(trip).reshape(-1)[0])
-    carried: list[Value] = [v for v in inputs[2:]]  # type: ignore[misc]
+    carried: list[Value] = [v for v in inputs[2:]]
     n_carried = len(carried)
     scans: list[list[Value]] = [[] for _ in range(len(graph.output) - 1 - n_carried)]
     it = 0
@@ -161,12 +160,15 @@ def _loop(g: Graph, inputs, outer, body: Body, attrs: dict[str, Any], name: str,
     return carried + [_stack(g, vs, 0, f"{name}_scan{k}") for k, vs in enumerate(scans)]
 
 
-def _scan(g: Graph, inputs: list[Value | None], outer, body: Body, attrs: dict[str, Any], name: str,
+def _scan(g: Graph, operands: Sequence[Value | None], outer, body: Body, attrs: dict[str, Any], name: str,
           where: str) -> list[Value]:
     graph: onnx.GraphProto = attrs["body"]
+    inputs = [v for v in operands if v is not None]
+    if len(inputs) != len(operands):
+        raise _unsupported(where, "one of its inputs is missing")
     n_scan = attrs["num_scan_inputs"]
     n_state = len(inputs) - n_scan
-    states, scan_ins = list(inputs[:n_state]), list(inputs[n_state:])
+    states, scan_ins = inputs[:n_state], inputs[n_state:]
     in_axes = list(attrs.get("scan_input_axes") or [0] * n_scan)
     in_dirs = list(attrs.get("scan_input_directions") or [0] * n_scan)
     n_out = len(graph.output) - n_state
@@ -201,7 +203,7 @@ def _scan(g: Graph, inputs: list[Value | None], outer, body: Body, attrs: dict[s
         raise _unsupported(where, "its scan inputs are empty, so its scan outputs have nothing to stack")
     stacked = [_stack(g, vs[::-1] if rev else vs, axis, f"{name}_out{k}")
                for k, (vs, axis, rev) in enumerate(zip(outs_per_step, out_axes, out_dirs, strict=True))]
-    return list(states) + stacked  # type: ignore[arg-type]
+    return states + stacked
 
 
 def _scan8(g: Graph, inputs, outer, body: Body, attrs: dict[str, Any], name: str, where: str) -> list[Value]:

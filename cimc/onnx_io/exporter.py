@@ -15,6 +15,7 @@ rejects it (it requires a shape on graph inputs and outputs).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -84,7 +85,7 @@ def save_model(graph: Graph, path: str | os.PathLike[str], *, opset: int | None 
     path = Path(path)
     model = export_model(graph, opset=opset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if sum(v.const.nbytes for v in graph.constants.values()) > _EXTERNAL_DATA_BYTES:
+    if sum(v.array.nbytes for v in graph.constants.values()) > _EXTERNAL_DATA_BYTES:
         chunks = _externalize(model, f"{path.name}.data")
         write_atomic(path.parent / f"{path.name}.data", lambda f: [f.write(c) for c in chunks])
     write_atomic(path, lambda f: f.write(model.SerializeToString()))
@@ -143,6 +144,11 @@ def _node(node: Node, opset: int, outputs: set[int]) -> onnx.NodeProto:
     return proto
 
 
+def _has_attribute(key: str, schema: Any) -> bool:
+    """Whether an op schema declares attribute ``key``."""
+    return key in schema.attributes
+
+
 def _first_opset(op: str, after: int, ok: Callable[[Any], bool]) -> int:
     """The first opset after ``after`` whose schema of ``op`` satisfies ``ok``."""
     for version in range(after + 1, onnx.defs.onnx_opset_version() + 1):
@@ -174,7 +180,7 @@ def _attributes(node: Node, schema: Any, opset: int, where: str) -> list[onnx.At
             default = opdef.attrs[key].default if opdef is not None and key in opdef.attrs else None
             if _same(value, default) or ((node.op, key) in _DROPPABLE and value == len(node.outputs)):
                 continue
-            first = _first_opset(node.op, opset, lambda s, k=key: k in s.attributes)
+            first = _first_opset(node.op, opset, functools.partial(_has_attribute, key))
             raise CimcError(f"{where}: attribute {key}={value!r} does not exist in {node.op} at opset {opset} "
                             f"and is not at its default {default!r}; export with opset >= {first}")
         out.append(_attribute(key, value, spec.type, where))
@@ -219,7 +225,7 @@ def _storage(array: np.ndarray, dtype: DType) -> np.ndarray:
 
 
 def _fill_tensor(t: onnx.TensorProto, v: Value) -> None:
-    array, dtype = v.const, v.type.dtype
+    array, dtype = v.array, v.type.dtype
     if dtype in (DType.str, DType.i4, DType.u4):  # strings and packed nibbles: onnx's own writer
         t.CopyFrom(numpy_helper.from_array(_storage(array, dtype), v.name))
         return
