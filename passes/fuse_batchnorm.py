@@ -146,15 +146,15 @@ def _bn_problem(graph: Graph, bn: Node) -> str | None:
     for v in bn.outputs[1:]:
         if v.uses or graph.is_output(v):
             return f"its running-statistics result %{v.name} is used"
-    for role, v in zip(_BN_PARAMS, bn.inputs[1:], strict=True):
-        if v is None or v.const is None:
-            return f"its {role} operand {'is absent' if v is None else f'%{v.name} is not a constant'}"
+    for role, p in zip(_BN_PARAMS, bn.inputs[1:], strict=True):
+        if p is None or p.const is None:
+            return f"its {role} operand {'is absent' if p is None else f'%{p.name} is not a constant'}"
     return None
 
 
 def _fold(graph: Graph, bn: Node, s: np.ndarray, t: np.ndarray, producers: tuple[str, ...]) -> _Fold | str:
     """The producer of ``bn``'s input with ``bn`` folded in, or why it cannot be."""
-    x = bn.inputs[0]
+    x = bn.operand(0)
     prod = x.producer
     if prod is None:
         return f"its input %{x.name} is a graph {'constant' if x.is_constant else 'input'}, not a node result"
@@ -164,14 +164,14 @@ def _fold(graph: Graph, bn: Node, s: np.ndarray, t: np.ndarray, producers: tuple
     if len(x.uses) != 1 or graph.is_output(x):
         return f"the {prod.op} result %{x.name} is also read elsewhere ({len(x.uses)} uses" \
                f"{', and a graph output' if graph.is_output(x) else ''})"
-    w, b = prod.inputs[1], prod.inputs[2] if len(prod.inputs) > 2 else None
+    w, b = prod.operand(1), prod.inputs[2] if len(prod.inputs) > 2 else None
     if w.const is None:
         return f"the {prod.op} weight %{w.name} is not a constant"
     if not w.type.dtype.is_float:
         return f"the {prod.op} weight %{w.name} is {w.type.dtype.name}, not floating point"
     if b is not None and b.const is None:
         return f"the {prod.op} bias %{b.name} is not a constant"
-    return _RULES[prod.op](prod, w.const, None if b is None else b.const.astype(np.float64), s, t)
+    return _RULES[prod.op](prod, w.const, None if b is None else b.array.astype(np.float64), s, t)
 
 
 def _replace_bn(graph: Graph, bn: Node, new: Value, dead: list[Node]) -> None:
@@ -191,16 +191,18 @@ def _replace_bn(graph: Graph, bn: Node, new: Value, dead: list[Node]) -> None:
 def _apply(graph: Graph, bn: Node, producers: tuple[str, ...], affine: bool) -> Outcome:
     if (why := _bn_problem(graph, bn)) is not None:
         return Outcome(bn.name, "kept", why)
-    params = [v.const for v in bn.inputs[1:]]
+    gamma, beta, mean, var = (bn.operand(i).array for i in range(1, 5))
     with np.errstate(divide="ignore", invalid="ignore"):  # var + eps <= 0 gives inf/nan, as BN itself does
-        s, t = bn_scale_shift(*params, float(bn.attrs.get("epsilon", 1e-5)))
+        s, t = bn_scale_shift(gamma, beta, mean, var, float(bn.attrs.get("epsilon", 1e-5)))
     fold = _fold(graph, bn, s, t, producers)
-    x = bn.inputs[0]
+    x = bn.operand(0)
     if isinstance(fold, _Fold):
-        prod, w = x.producer, x.producer.inputs[1]
+        prod = x.producer
+        assert prod is not None  # a fold is into the producer of x
+        w = prod.operand(1)
         b = prod.inputs[2] if len(prod.inputs) > 2 else None
         wv = graph.add_constant(fold.weight, f"{w.name}_bn")
-        bdt = w.const.dtype if b is None else b.const.dtype
+        bdt = w.array.dtype if b is None else b.array.dtype
         bv = graph.add_constant(fold.bias.astype(bdt), f"{prod.name}_bias" if b is None else f"{b.name}_bn")
         new = graph.add_node(fold.op, [prod.inputs[0], wv, bv], fold.attrs, outputs=[bn.outputs[0].type],
                              name=prod.name, before=bn)
