@@ -77,45 +77,50 @@ class _Expander:
         def get(k: int) -> Value | None:
             return i[k] if k < len(i) else None
 
+        req = n.operand  # an operand the op requires
+
         if n.op == "QLinearConv":
-            w = self.dq(i[3], i[4], i[5], f"{name}_w_dequantize", 0)
+            w = self.dq(req(3), req(4), i[5], f"{name}_w_dequantize", 0)
             b = None
             if get(8) is not None:
-                if i[1].const is None or i[4].const is None:
+                if req(1).const is None or req(4).const is None:
                     return False
-                b = self.dq(i[8], self.bias_scale(i[1], i[4], f"{name}_bias_scale"), None, f"{name}_b_dequantize", 0)
-            y = self.node("Conv", [self.dq(i[0], i[1], i[2], f"{name}_x_dequantize"), w, b], a, name, f"{name}_float")
+                b = self.dq(req(8), self.bias_scale(req(1), req(4), f"{name}_bias_scale"), None,
+                            f"{name}_b_dequantize", 0)
+            x = self.dq(req(0), req(1), i[2], f"{name}_x_dequantize")
+            y = self.node("Conv", [x, w, b], a, name, f"{name}_float")
             self.q(y, i[6], i[7], n)
         elif n.op == "QLinearMatMul":
-            y = self.node("MatMul", [self.dq(i[0], i[1], i[2], f"{name}_a_dequantize"),
-                                     self.dq(i[3], i[4], i[5], f"{name}_b_dequantize", 1)], {}, name, f"{name}_float")
+            y = self.node("MatMul", [self.dq(req(0), req(1), i[2], f"{name}_a_dequantize"),
+                                     self.dq(req(3), req(4), i[5], f"{name}_b_dequantize", 1)], {}, name,
+                          f"{name}_float")
             self.q(y, i[6], i[7], n)
         elif n.op == "QGemm":
             c = None
             if get(6) is not None:
-                if i[1].const is None or i[4].const is None:
+                if req(1).const is None or req(4).const is None:
                     return False
-                c = self.dq(i[6], self.bias_scale(i[1], i[4], f"{name}_c_scale"), None, f"{name}_c_dequantize",
-                            1 if i[6].type.rank == 2 else 0)
-            b = self.dq(i[3], i[4], i[5], f"{name}_b_dequantize", 0 if a.get("transB", 0) else 1)
-            y = self.node("Gemm", [self.dq(i[0], i[1], i[2], f"{name}_a_dequantize"), b, c], a, name,
+                c = self.dq(req(6), self.bias_scale(req(1), req(4), f"{name}_c_scale"), None, f"{name}_c_dequantize",
+                            1 if req(6).type.rank == 2 else 0)
+            b = self.dq(req(3), req(4), i[5], f"{name}_b_dequantize", 0 if a.get("transB", 0) else 1)
+            y = self.node("Gemm", [self.dq(req(0), req(1), i[2], f"{name}_a_dequantize"), b, c], a, name,
                           None if get(7) is not None else n.outputs[0].name)
             if get(7) is not None:
                 self.q(y, i[7], get(8), n)
             else:
                 self.env[id(n.outputs[0])] = y
         elif n.op in ("QLinearAdd", "QLinearMul"):
-            y = self.node(n.op[7:], [self.dq(i[0], i[1], i[2], f"{name}_a_dequantize"),
-                                     self.dq(i[3], i[4], i[5], f"{name}_b_dequantize")], {}, name, f"{name}_float")
+            y = self.node(n.op[7:], [self.dq(req(0), req(1), i[2], f"{name}_a_dequantize"),
+                                     self.dq(req(3), req(4), i[5], f"{name}_b_dequantize")], {}, name, f"{name}_float")
             self.q(y, i[6], get(7), n)
         elif n.op in ("QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu"):
             if a.pop("channels_last", 0):
                 return False
-            y = self.node(n.op[7:], [self.dq(i[0], i[1], i[2], f"{name}_x_dequantize")], a, name, f"{name}_float")
+            y = self.node(n.op[7:], [self.dq(req(0), req(1), i[2], f"{name}_x_dequantize")], a, name, f"{name}_float")
             self.q(y, i[3], get(4), n)
         elif n.op == "QLinearSoftmax":
-            x = self.dq(i[0], i[1], i[2], f"{name}_x_dequantize")
-            rank, axis = i[0].type.rank, a.get("axis", -1)
+            x = self.dq(req(0), req(1), i[2], f"{name}_x_dequantize")
+            rank, axis = req(0).type.rank, a.get("axis", -1)
             if a.get("opset", 13) >= 13 or (rank is not None and axis % rank == rank - 1):
                 y = self.node("Softmax", [x], {"axis": axis}, name, f"{name}_float")
             else:  # before opset 13: softmax over everything from axis on
@@ -125,8 +130,8 @@ class _Expander:
                 y = self.node("Reshape", [sm, shape], {}, f"{name}_reshape", f"{name}_float")
             self.q(y, i[3], get(4), n)
         elif n.op == "QLinearConcat":
-            parts = [self.dq(x, s, z, f"{name}_{k}_dequantize")
-                     for k, (x, s, z) in enumerate(zip(i[2::3], i[3::3], i[4::3], strict=True))]
+            parts = [self.dq(req(j), req(j + 1), get(j + 2), f"{name}_{k}_dequantize")
+                     for k, j in enumerate(range(2, len(i), 3))]
             y = self.node("Concat", parts, a, name, f"{name}_float")
             self.q(y, i[0], i[1], n)
         else:

@@ -117,14 +117,14 @@ def quantizable(n: Node) -> bool:
     if n.op == "MatMul":
         return True
     cols = w.shape[0] if n.attrs.get("transB", 0) else w.shape[1]
-    return not n.attrs.get("transA", 0) and (c is None or c.const.size == 1 or (
-        c.const.size == cols and c.const.shape[-1] == cols))
+    return not n.attrs.get("transA", 0) and (c is None or c.array.size == 1 or (
+        c.array.size == cols and c.array.shape[-1] == cols))
 
 
 def _weights(n: Node) -> tuple[np.ndarray, int, np.ndarray | None]:
     """``(float weight, output channel axis, float bias)`` of a quantizable node; Gemm's weight is
     ``alpha * B'`` shaped ``[N, K]`` and its bias ``beta * C``, MatMul's weight is ``B`` ``[K, N]``."""
-    w, c = n.inputs[1].const, n.inputs[2].const if len(n.inputs) > 2 and n.inputs[2] is not None else None
+    w, c = n.operand(1).array, n.inputs[2].const if len(n.inputs) > 2 and n.inputs[2] is not None else None
     if n.op != "Gemm":
         return w, 1 if n.op in ("MatMul", "ConvTranspose") else 0, c
     a = n.attrs
@@ -203,8 +203,9 @@ def _const_bounds(n: Node) -> tuple[float, float] | None:
     if n.op != "Clip" or any(v is not None and v.const is None for v in n.inputs[1:]):
         return None
     ins = list(n.inputs) + [None] * (3 - len(n.inputs))
-    return tuple(d if v is None else float(v.const.reshape(-1)[0])
-                 for v, d in zip(ins[1:], (-math.inf, math.inf), strict=True))
+    lo, hi = (d if v is None else float(v.array.reshape(-1)[0])
+              for v, d in zip(ins[1:], (-math.inf, math.inf), strict=True))
+    return lo, hi
 
 
 def adopt(graph: Graph, new: Graph) -> None:
@@ -276,7 +277,9 @@ class _Lowering:
                     self.bits[id(v)] = max(self.bits.get(id(v), 0), b)
         self.tie: dict[int, Value] = {}  # value -> the Concat result whose parameters it shares
         for n in reversed(src.nodes):
-            root = self.tie.get(id(n.outputs[0]), n.outputs[0]) if n.outputs else None
+            if not n.outputs:
+                continue
+            root = self.tie.get(id(n.outputs[0]), n.outputs[0])
             if n.op == "Concat" and all(v is not None and v.const is None and v.type.dtype is DType.f32
                                         for v in n.inputs):
                 for v in n.inputs:
@@ -322,7 +325,7 @@ class _Lowering:
                 self.f[id(v)] = self.g.add_constant(v.const, v.name, v.type)
             else:
                 src = self.q.get(id(v)) or self.acc[id(v)]
-                p = src.type.quant
+                p = src.type.qparams
                 self.f[id(v)] = self.node("q.dequantize", [src], {"scale": p.scale, "zero_point": p.zero_point,
                                           "axis": p.axis or 0}, self.fresh(f"{v.name}_dequantize"), out_name=v.name)
         return self.f[id(v)]
@@ -354,7 +357,7 @@ class _Lowering:
     def requant(self, acc: Value, v: Value, bounds: tuple[float, float] | None) -> Value:
         """``q.requant`` of accumulator ``acc`` to the parameters of ``v``, clamped to ``bounds``."""
         scale, zp, bits = self.params(v, array_out=True)
-        p = acc.type.quant
+        p = acc.type.qparams
         if scale == 0.0:
             raise CimcError(f"value %{v.name}: its calibrated range gives scale 0, so no requantization multiplier "
                             "exists; check the calibration inputs")
@@ -388,8 +391,8 @@ class _Lowering:
                     c.const.shape[-1] == w.shape[1] and c.const.ndim <= (out.type.rank or 0):
                 b, out = c.const.reshape(-1), u.outputs[0]
                 self.skip.add(id(u))
-        xq = self.narrow(n.inputs[0], self.s.read_bits(n, vector=False))
-        sx, zx = xq.type.quant.scale[0], xq.type.quant.zero_point[0]
+        xq = self.narrow(n.operand(0), self.s.read_bits(n, vector=False))
+        sx, zx = xq.type.qparams.scale[0], xq.type.qparams.zero_point[0]
         bits = self.s.bits(n, "weight-bits")
         method = self.s.methods.get(n.name, WeightMethod())
         # layers reading one weight constant (a recurrent layer's steps) share its quantized form
@@ -440,14 +443,14 @@ class _Lowering:
         out = n.outputs[0]
         act = self.only_reader(out, _ACTS)
         bounds = None if act is None else _const_bounds(act)
-        if bounds is not None:
+        if act is not None and bounds is not None:
             out = act.outputs[0]
             self.skip.add(id(act))
-        a, b = (self.as_quant(v) for v in n.inputs)
+        a, b = (self.as_quant(n.operand(k)) for k in (0, 1))
         scale, zp, bits = self.params(out)
-        ma, mb = (float(np.float32(x.type.quant.scale[0] / scale)) for x in (a, b))
-        attrs = {"mode": self.s.requant, "a_scale": ma, "b_scale": mb, "a_zero_point": a.type.quant.zero_point[0],
-                 "b_zero_point": b.type.quant.zero_point[0], "zero_point": zp, "bits": bits,
+        ma, mb = (float(np.float32(x.type.qparams.scale[0] / scale)) for x in (a, b))
+        attrs = {"mode": self.s.requant, "a_scale": ma, "b_scale": mb, "a_zero_point": a.type.qparams.zero_point[0],
+                 "b_zero_point": b.type.qparams.zero_point[0], "zero_point": zp, "bits": bits,
                  **self.clamp(bounds, scale, zp, bits)}
         if self.s.requant == "fixed":
             attrs["a_multiplier"], attrs["b_multiplier"], attrs["shift"] = shared_multipliers(ma, mb)
@@ -460,7 +463,7 @@ class _Lowering:
             self.q[id(out)] = self.requant(self.acc[id(x)], out, bounds)
             return
         xq = self.q[id(x)]
-        p = xq.type.quant
+        p = xq.type.qparams
         lim = self.clamp(bounds, p.scale[0], p.zero_point[0], p.bits)
         if not lim:
             self.q[id(out)] = xq
@@ -603,7 +606,7 @@ class _Lowering:
                 v is not None and v.const is None and v.type.dtype is DType.f32 for v in data):
             self.concat(n)
             return True
-        quant = {self.q[id(v)].type.quant for v in data if id(v) in self.q}
+        quant = {self.q[id(v)].type.qparams for v in data if id(v) in self.q}
         if len(quant) != 1 or not all(id(v) in self.q for v in data):
             return False
         ins = [self.q[id(v)] if v in data else None if v is None else self.as_float(v) for v in n.inputs]
