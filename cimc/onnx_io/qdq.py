@@ -30,7 +30,8 @@ run can be compared with cimc's interpreter in the integer domain (:func:`qdq_ag
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import overload
 
 import numpy as np
 import onnx
@@ -79,9 +80,13 @@ class _Writer:
         self.accs: set[int] = set()  # ids of source accumulators (exported as their float value)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def const(self, array: np.ndarray, name: str) -> Value:
+    def const(self, array: np.ndarray | np.generic, name: str) -> Value:
         return self.g.add_constant(np.asarray(array), name)
 
+    @overload
+    def val(self, v: Value, where: Node) -> Value: ...
+    @overload
+    def val(self, v: Value | None, where: Node) -> Value | None: ...
     def val(self, v: Value | None, where: Node) -> Value | None:
         if v is None:
             return None
@@ -94,12 +99,15 @@ class _Writer:
                             "a QDQ export needs it requantized or dequantized first")
         return self.env[id(v)]
 
-    def op(self, op: str, ins: list[Value | None], attrs: Mapping, name: str, out: TensorType, out_name: str) -> Value:
+    def op(self, op: str, ins: Sequence[Value | None], attrs: Mapping, name: str, out: TensorType,
+           out_name: str) -> Value:
         return self.g.add_node(op, ins, dict(attrs), outputs=[out], output_names=[out_name], name=name).outputs[0]
 
     def dq(self, q: Value, p: QuantParams, name: str, axis: int | None = None) -> Value:
         """``DequantizeLinear`` of integer ``q`` with parameters ``p`` (per tensor or along ``axis``)."""
         zdt = q.type.dtype.numpy
+        s: np.ndarray | np.generic
+        z: np.ndarray | np.generic
         if len(p.scale) == 1:
             s, z, attrs = np.float32(p.scale[0]), zdt.type(p.zero_point[0]), {}
         else:
@@ -125,7 +133,7 @@ class _Writer:
 
     # ---- rules -------------------------------------------------------------------------------
     def mvm(self, n: Node) -> Value:
-        x, w = n.inputs[0], n.inputs[1]
+        x, w = n.operand(0), n.operand(1)
         b = n.inputs[2] if len(n.inputs) > 2 else None
         px, pw = x.type.quant, w.type.quant
         if px is None or pw is None or w.const is None:
@@ -145,7 +153,7 @@ class _Writer:
         wf = self.dq(self.val(w, n), pw, f"{n.name}_w_dequantize", axis)
         bias = np.zeros(sw.size, np.int64) if convt else zx * wq.sum(axis=tuple(i for i in range(wq.ndim) if i != axis))
         if b is not None:
-            bias = bias + np.asarray(b.const, np.int64)
+            bias = bias + np.asarray(b.array, np.int64)
         if np.abs(bias).max(initial=0) >= 2**31:
             raise CimcError(f"node {n.name!r} ({n.op}): the exported int32 bias (cimc's plus x_zero_point * sum(w)) "
                             "overflows int32")
@@ -168,7 +176,9 @@ class _Writer:
 
     def node(self, n: Node) -> None:
         a, out = n.attrs, n.outputs[0] if n.outputs else None
-        if n.op in _MVM:
+        if out is None:
+            self.copy(n)
+        elif n.op in _MVM:
             self.env[id(out)] = self.mvm(n)
             self.accs.add(id(out))
         elif n.op == "q.act_matmul":  # two activations: MatMul of both dequantized, the accumulator's real value
@@ -180,16 +190,16 @@ class _Writer:
                                         out.name)
             self.accs.add(id(out))
         elif n.op == "q.quantize":
-            self.env[id(out)] = self.quant(self.val(n.inputs[0], n), a["scale"], a.get("zero_point", 0),
+            self.env[id(out)] = self.quant(self.val(n.operand(0), n), a["scale"], a.get("zero_point", 0),
                                            a.get("bits", 8), None, None, n.name, out.name)
         elif n.op == "q.requant":
             p = out.type.quant
             if p is None:
                 raise CimcError(f"node {n.name!r} (q.requant): its result type has no quantization parameters")
-            self.env[id(out)] = self.quant(self.val(n.inputs[0], n), p.scale[0], a.get("zero_point", 0),
+            self.env[id(out)] = self.quant(self.val(n.operand(0), n), p.scale[0], a.get("zero_point", 0),
                                            a.get("bits", 8), a.get("lo"), a.get("hi"), n.name, out.name)
         elif n.op == "q.dequantize":
-            src = n.inputs[0]
+            src = n.operand(0)
             if id(src) in self.accs:  # the float op's result already is the real value
                 self.env[id(out)] = self.env[id(src)]
             else:
@@ -200,31 +210,37 @@ class _Writer:
         elif n.op in ("q.mul", "q.avg_pool", "q.softmax"):
             self.env[id(out)] = self.float_between(n)
         elif n.op == "q.lut":
-            idx = self.op("Cast", [self.val(n.inputs[0], n)], {"to": 6}, f"{n.name}_index",
+            idx = self.op("Cast", [self.val(n.operand(0), n)], {"to": 6}, f"{n.name}_index",
                           TensorType(DType.i32, out.type.shape), f"{out.name}_index")
             table = self.const(np.asarray(a["table"], np.uint8), f"{n.name}_table")
             self.env[id(out)] = self.op("Gather", [table, idx], {"axis": 0}, n.name, out.type, out.name)
         elif n.op == "q.add":
+            ab = (n.operand(0), n.operand(1))
             fa, fb = (self.dq(self.val(v, n), v.type.quant or QuantParams((1.0,), (a[f"{s}_zero_point"],), 8),
-                              f"{n.name}_{s}_dequantize") for v, s in zip(n.inputs, "ab", strict=True))
+                              f"{n.name}_{s}_dequantize") for v, s in zip(ab, "ab", strict=True))
             p = out.type.quant
-            if p is None or any(v.type.quant is None for v in n.inputs):
+            if p is None or any(v.type.quant is None for v in ab):
                 raise CimcError(f"node {n.name!r} (q.add): operand and result types need quantization parameters")
             y = self.op("Add", [fa, fb], {}, n.name, TensorType(DType.f32, out.type.shape), f"{out.name}_float")
             self.env[id(out)] = self.quant(y, p.scale[0], a.get("zero_point", 0), a.get("bits", 8),
                                            a.get("lo"), a.get("hi"), f"{n.name}_quantize", out.name)
         else:
-            m = self.g.add_node(n.op, [self.val(v, n) for v in n.inputs], dict(n.attrs),
-                                outputs=[v.type for v in n.outputs], output_names=[v.name for v in n.outputs],
-                                name=n.name)
-            self.env.update(zip(map(id, n.outputs), m.outputs, strict=True))
+            self.copy(n)
+
+    def copy(self, n: Node) -> None:
+        """``n`` as it is, on the exported values of its operands."""
+        m = self.g.add_node(n.op, [self.val(v, n) for v in n.inputs], dict(n.attrs),
+                            outputs=[v.type for v in n.outputs], output_names=[v.name for v in n.outputs],
+                            name=n.name)
+        self.env.update(zip(map(id, n.outputs), m.outputs, strict=True))
 
     def float_between(self, n: Node) -> Value:
         """``q.mul``/``q.avg_pool``/``q.softmax``: its float op on dequantized operands, quantized."""
         a, out, p = n.attrs, n.outputs[0], n.outputs[0].type.quant
-        if p is None or any(v.type.quant is None for v in n.inputs):
+        ins = [n.operand(k) for k in range(len(n.inputs))]
+        if p is None or any(v.type.quant is None for v in ins):
             raise CimcError(f"node {n.name!r} ({n.op}): operand and result types need quantization parameters")
-        fs = [self.dq(self.val(v, n), v.type.quant, f"{n.name}_{i}_dequantize") for i, v in enumerate(n.inputs)]
+        fs = [self.dq(self.val(v, n), v.type.qparams, f"{n.name}_{i}_dequantize") for i, v in enumerate(ins)]
         ft = TensorType(DType.f32, out.type.shape)
         if n.op == "q.mul":
             y = self.op("Mul", fs, {}, n.name, ft, f"{out.name}_float")
@@ -236,7 +252,7 @@ class _Writer:
             flat = self.op("Flatten", fs, {"axis": a["axis"]}, f"{n.name}_flatten", TensorType(DType.f32, None),
                            f"{out.name}_flat")
             sm = self.op("Softmax", [flat], {"axis": -1}, n.name, TensorType(DType.f32, None), f"{out.name}_float2d")
-            shape = self.op("Shape", [self.val(n.inputs[0], n)], {}, f"{n.name}_shape", TensorType(DType.i64, None),
+            shape = self.op("Shape", [self.val(n.operand(0), n)], {}, f"{n.name}_shape", TensorType(DType.i64, None),
                             f"{out.name}_shape")
             y = self.op("Reshape", [sm, shape], {}, f"{n.name}_reshape", ft, f"{out.name}_float")
         else:
@@ -251,8 +267,8 @@ class _Writer:
             self.node(n)
         by_name = {v.name: v for v in self.src.values()}
         for name in expose:
-            v = by_name.get(name)
-            if v is None or id(v) not in self.env or v.type.dtype is not DType.u8:
+            e = by_name.get(name)
+            if e is None or id(e) not in self.env or e.type.dtype is not DType.u8:
                 raise CimcError(f"cannot expose {name!r}: it is not a uint8 activation of graph {self.src.name!r}")
         pairs = [(v.name, self.env[id(v)]) for v in [*self.src.outputs, *(by_name[x] for x in expose)]]
         if any(id(v) in self.accs for v in self.src.outputs):
@@ -321,7 +337,7 @@ def source_agreement(model: onnx.ModelProto, graph: Graph, inputs: Mapping[str, 
     copies = {v.name: v for v in g.values()}
     g.outputs = g.outputs + [copies[u] for _, u, _, _ in pairs if not any(o.name == u for o in g.outputs)]
     ref = run(g, inputs)
-    feeds_output = {n.inputs[0].name for n in graph.nodes if n.op == "q.dequantize" and graph.is_output(n.outputs[0])}
+    feeds_output = {n.operand(0).name for n in graph.nodes if n.op == "q.dequantize" and graph.is_output(n.outputs[0])}
     stats = {"all": [0, 0, 0], "outputs": [0, 0, 0]}  # elements, equal, max lsb
     worst = ("", 0)
     for name, u, _, offset in pairs:
