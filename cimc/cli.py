@@ -34,7 +34,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def _cmd_opt(args: argparse.Namespace) -> None:
     target = _target(args)
     for pass_ in pipeline.passes:  # before loading too: a missing target, options beyond it
         pass_.check(target)
-    after: set[str] | str | None = None
+    after: set[str] | Literal["all"] | None = None
     if args.print_ir_after:
         names = {n.strip() for spec in args.print_ir_after for n in spec.split(",") if n.strip()}
         after = "all" if "all" in names else names
@@ -115,7 +115,7 @@ def _cmd_opt(args: argparse.Namespace) -> None:
             get_pass(name)
     source = load(args.input)
     graph = source.graph
-    ctx = PassContext(verify_each=args.verify_each, print_ir_after=after,  # type: ignore[arg-type]
+    ctx = PassContext(verify_each=args.verify_each, print_ir_after=after,
                       print_ir_after_change=args.print_ir_after_change,
                       dump_dir=Path(args.dump_dir) if args.dump_dir else None, seed=args.seed,
                       calibration=_calibration(args, source), target=target)

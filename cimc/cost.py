@@ -500,7 +500,8 @@ def program_cost(program: Any, target: _CostTarget) -> CostReport:
         l.name = name
     spec = getattr(target, "spec", None)
     clock = getattr(spec, "clock_mhz", None)
-    area = target.area() if callable(getattr(target, "area", None)) else None  # type: ignore[attr-defined]
+    area_of = getattr(target, "area", None)
+    area = area_of() if callable(area_of) else None
     return CostReport(getattr(target, "name", type(target).__name__), float(clock) if clock else None,
                       list(layers.values()), per, one, area)
 

@@ -36,7 +36,7 @@ from cimc.errors import InputError, ParseError
 try:
     import fcntl
 except ImportError:  # pragma: no cover  (not POSIX)
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no fcntl on this platform
 
 __all__ = ["MARKER", "check_output_directory", "check_output_file", "read_bytes", "read_text", "regular_file",
            "write_atomic", "write_directory"]

@@ -32,7 +32,7 @@ import numpy as np
 from cimc.errors import CimcError, InputError
 from cimc.ir.core import Graph, Value
 from cimc.ir.opdef import InferContext, OpContext, OpDef, lookup
-from cimc.ir.types import TensorType
+from cimc.ir.types import Shape, TensorType, static_dims
 from cimc.ir.verifier import verify
 from cimc.limits import check_size
 from cimc.ops.nn import reproducible_floats
@@ -175,11 +175,11 @@ class Interpreter:
         return {v.name: np.asarray(env[id(v)]) for v in self.graph.outputs}
 
 
-def _check_result(v: Value, node: Any, shape: list[int | None]) -> None:
+def _check_result(v: Value, node: Any, shape: Shape) -> None:
     """The tensor size limit (:mod:`cimc.limits`) on result ``v`` of ``node``, where its size is known."""
-    if all(d is not None for d in shape):
-        check_size(f"result %{v.name} of node {node.name!r} ({node.op})", shape,  # type: ignore[arg-type]
-                   v.type.dtype.numpy.itemsize)
+    known = static_dims(shape)
+    if known is not None:
+        check_size(f"result %{v.name} of node {node.name!r} ({node.op})", known, v.type.dtype.numpy.itemsize)
 
 
 class _RunInfer(InferContext):
@@ -221,7 +221,7 @@ def _check_run(node: Any, opdef: OpDef, attrs: Mapping[str, Any], operands: list
         return
     for v, t in zip(node.outputs, types, strict=False):
         if t.shape is not None:
-            _check_result(v, node, [d if isinstance(d, int) else None for d in t.shape])
+            _check_result(v, node, t.shape)
 
 
 def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], bool]]:
@@ -242,8 +242,8 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], b
     plan = []
     for node, free in zip(graph.nodes, frees, strict=True):
         for v in node.outputs:
-            if v.type.is_static:
-                _check_result(v, node, list(v.type.shape))  # type: ignore[arg-type]
+            if v.type.shape is not None:
+                _check_result(v, node, v.type.shape)
         opdef = lookup(node.op)
         if opdef is None:
             raise ExecutionError(f"node {node.name!r}: op {node.op!r} has no implementation")

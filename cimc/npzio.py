@@ -161,7 +161,7 @@ def _read_member(f: IO[bytes], stored: int, where: str, fix: str) -> np.ndarray:
     buf = np.empty(nbytes, np.uint8)
     view, done = buf.data, 0
     while done < nbytes:
-        n = f.readinto(view[done:])  # type: ignore[attr-defined]
+        n = f.readinto(view[done:])  # type: ignore[attr-defined]  # a zip member has it; typing.IO does not say so
         if not n:
             raise InputError(f"{where}: truncated: {done} of {nbytes} bytes of data")
         done += n

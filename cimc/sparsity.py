@@ -326,4 +326,4 @@ def grams(node: Node, view: WeightView, act: np.ndarray, ref: np.ndarray | None 
         if ref is not None:
             cross = cross + x.transpose(0, 2, 1) @ rows(ref[s:s + step] if conv else ref)
     n = max(count, 1)
-    return gram / n, None if ref is None else cross / n  # type: ignore[return-value]
+    return gram / n, None if ref is None else cross / n  # type: ignore[return-value]  # arrays once the loop ran

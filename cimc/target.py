@@ -451,9 +451,11 @@ class Capabilities:
     def unit_of(self, op: str) -> Literal["array", "vector", "own"] | None:
         """Where ``op`` runs: ``"array"``, ``"vector"``, ``"own"`` (a target instruction), or ``None``
         if this target does not run it."""
-        for unit, ops in (("array", self.array_ops), ("own", self.own_ops), ("vector", self.vector_ops)):
+        units: tuple[tuple[Literal["array", "vector", "own"], tuple[str, ...]], ...] = (
+            ("array", self.array_ops), ("own", self.own_ops), ("vector", self.vector_ops))
+        for unit, ops in units:
             if op in ops or any(o.endswith(".") and op.startswith(o) for o in ops) or (unit == "vector" and "*" in ops):
-                return unit  # type: ignore[return-value]
+                return unit
         return None
 
     def lossless_adc_bits(self, rows_per_op: int | None = None, dac_bits: int | None = None,
@@ -494,7 +496,7 @@ class Target:
     lowering_passes: ClassVar[tuple[type[Pass], ...]] = ()
     """The target's lowering pass classes: the driver runs them (default options) after the front
     pipeline, and pipelines name them like any pass (``lower-sram-cim{adc-bits=5}``)."""
-    spec: AnySpec = None  # type: ignore[assignment]  # None (the Spec class's defaults) until __post_init__
+    spec: AnySpec = None  # type: ignore[assignment]  # None until __post_init__ sets the Spec class's defaults
 
     def __post_init__(self) -> None:
         cls = type(self)

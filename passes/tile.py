@@ -100,11 +100,12 @@ class TilePass(Pass):
         """A target, and geometry options within its capabilities (``1..`` its value; rows-per-op also up
         to rows; spares ``0..`` its value)."""
         super().check(target)
-        caps = target.capabilities()  # type: ignore[union-attr]
+        assert target is not None  # the pass needs a target: the base check has raised otherwise
+        caps = target.capabilities()
         for key in GEOMETRY + SPARES:
             have = getattr(caps, key)
             self.option_limit(key, getattr(self, key), 0 if key in SPARES else 1, have,
-                              f"the target '{target.name}' has {key} = {have}; to map onto other "  # type: ignore[union-attr]
+                              f"the target '{target.name}' has {key} = {have}; to map onto other "
                               f"arrays, change the target's spec (--spec, --spec-set)")
         rows = caps.rows if self.rows is None else self.rows
         self.option_limit("rows_per_op", self.rows_per_op, 1, rows, f"word lines on at once within rows = {rows}")
@@ -113,7 +114,8 @@ class TilePass(Pass):
         """rows, cols, cell_bits, rows_per_op, arrays, spare_rows, spare_cols: the target's capabilities,
         lowered by the options."""
         self.check(target)
-        caps = target.capabilities()  # type: ignore[union-attr]
+        assert target is not None  # the pass needs a target: check has raised otherwise
+        caps = target.capabilities()
         geo = {k: getattr(caps, k) if getattr(self, k) is None else getattr(self, k) for k in GEOMETRY + SPARES}
         geo["rows_per_op"] = min(geo["rows_per_op"], geo["rows"])
         return geo

@@ -335,7 +335,7 @@ class TileMap(AttrValue):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TileMap) and self.difference(other) is None
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # __eq__ compares content: unhashable
 
     def __repr__(self) -> str:
         return (f"TileMap({self.layer!r}, matrix={list(self.matrix)}, {len(self)} tiles on {self.arrays} arrays of "

@@ -150,7 +150,8 @@ class Graph:
         if hint not in taken:
             taken.add(hint)
             return hint
-        stem = _NAME_SUFFIX.match(hint).group(1) or hint  # type: ignore[union-attr]
+        m = _NAME_SUFFIX.match(hint)  # matches every string
+        stem = (m.group(1) if m else None) or hint
         while True:
             candidate = f"{stem}_{next(self._counter)}"
             if candidate not in taken:

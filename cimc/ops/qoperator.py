@@ -305,7 +305,7 @@ def _table_op(x, sx, zx, sy, zy, fn) -> np.ndarray:
     return table[x.view(np.uint8)]
 
 
-def float_op(op: str, attrs, *operands: np.ndarray) -> np.ndarray:
+def float_op(op: str, attrs, *operands: np.ndarray | None) -> np.ndarray:
     """The result of cimc's op ``op`` (its reference implementation) on ``operands``."""
     opdef = lookup(op)
     if opdef is None:

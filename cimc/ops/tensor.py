@@ -293,9 +293,9 @@ def _reshape_dims(src: Shape | None, spec: list[int], allowzero: bool) -> Shape:
     if -1 in spec:
         at = spec.index(-1)
         out[at] = None if src is None else _infer_minus_one(src, out, at, copied)
-    elif src is not None and all(isinstance(d, int) for d in src + tuple(out)):
-        if math.prod(src) != math.prod(out):  # type: ignore[arg-type]
-            raise VerifyError(f"cannot reshape {list(src)} ({math.prod(src)} elements) to {out}")  # type: ignore[arg-type]
+    elif src is not None and (n_src := static_dims(src)) is not None and (n_out := static_dims(out)) is not None:
+        if math.prod(n_src) != math.prod(n_out):
+            raise VerifyError(f"cannot reshape {list(src)} ({math.prod(n_src)} elements) to {out}")
     return tuple(out)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cimc.errors import CimcError
 
@@ -48,10 +49,10 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     return m0, shift
 
 
-def quantize_multipliers(ms: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """:func:`quantize_multiplier` of each of ``ms`` as ``(M0s, shifts)`` tuples of ints, vectorized (the
+def quantize_multipliers(multipliers: ArrayLike) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """:func:`quantize_multiplier` of each of ``multipliers`` as ``(M0s, shifts)`` tuples of ints, vectorized (the
     same bits: frexp and scaling by powers of two are exact, ``rint`` rounds half to even like ``round``)."""
-    ms = np.asarray(ms, np.float64)
+    ms = np.asarray(multipliers, np.float64)
     if ms.size == 0:
         return (), ()
     if not (ms.min() >= 0.0 and ms.max() < 2.0**30):  # NaN fails too: raise quantize_multiplier's error

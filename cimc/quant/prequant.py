@@ -161,6 +161,20 @@ class _Adopter:
     def qp(self, n: Node) -> tuple[np.ndarray, np.ndarray, int | None] | None:
         return _qparams(n, self.const)
 
+    def known_qp(self, n: Node) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """:meth:`qp` of a Q/DQ node already seen to have constant parameters."""
+        pr = self.qp(n)
+        if pr is None:
+            raise CimcError(f"node {n.name!r} ({n.op}): its quantization parameters are not constants")
+        return pr
+
+    def known_const(self, v: Value | None) -> np.ndarray:
+        """:meth:`const` of an operand already seen to be a constant."""
+        c = self.const(v)
+        if c is None:
+            raise CimcError(f"{'an absent operand' if v is None else f'%{v.name}'} is not a constant")
+        return c
+
     def as_float(self, v: Value) -> Value:
         if id(v) in self.f:
             return self.f[id(v)]
@@ -169,15 +183,15 @@ class _Adopter:
             self.f[id(v)] = self.g.add_constant(c, v.name, v.type if v.const is not None else None)
         elif id(v) in self.wdq:  # a dequantized constant: fold it
             n = self.wdq[id(v)]
-            s, z, axis = self.qp(n)
-            c = self.const(n.inputs[0])
+            s, z, axis = self.known_qp(n)
+            c = self.known_const(n.inputs[0])
             shape = [-1 if axis is not None and i == axis % c.ndim else 1 for i in range(c.ndim)]
             arr = ((c.astype(np.int64) - z.reshape(shape)).astype(np.float32) * s.reshape(shape)) if c.ndim else \
                 np.float32((int(c) - int(z[0])) * s[0])
             self.f[id(v)] = self.g.add_constant(np.asarray(arr, np.float32), v.name)
         elif id(v) in self.acc:
             acc, bounds = self.acc[id(v)]
-            p = acc.type.quant
+            p = acc.type.qparams
             y = self.node("q.dequantize", [acc], {"scale": p.scale, "zero_point": p.zero_point, "axis": p.axis or 0},
                           f"{v.name}_dequantize", None, v.name if bounds is None else f"{v.name}_unclamped")
             if bounds is not None:
@@ -187,7 +201,7 @@ class _Adopter:
             self.f[id(v)] = y
         else:
             q = self.q[id(v)]
-            p = q.type.quant
+            p = q.type.qparams
             self.f[id(v)] = self.node("q.dequantize", [q], {"scale": p.scale, "zero_point": p.zero_point, "axis": 0},
                                       f"{v.name}_dequantize", None, v.name)
         return self.f[id(v)]
@@ -256,7 +270,7 @@ class _Adopter:
 
     def lut(self, u: Value, fn, t: _Target, name: str, out_name: str) -> Value:
         """``q.lut`` of activation ``u``: ``t``'s quantization of ``fn`` of each dequantized code."""
-        p = u.type.quant
+        p = u.type.qparams
         qmax = (1 << t.quant.bits) - 1
         lim = self.clamp_attrs(t)
         table = lut_table(p.scale[0], p.zero_point[0], fn, t.quant.scale[0], t.quant.zero_point[0], lim.get("lo", 0),
@@ -295,7 +309,7 @@ class _Adopter:
         u = self.q.get(id(x))
         if u is None or pr[2] is not None:
             return False
-        p, off = u.type.quant, self.offset.get(id(u), 0)
+        p, off = u.type.qparams, self.offset.get(id(u), 0)
         if p.scale[0] == float(pr[0][0]) and p.zero_point[0] == int(pr[1][0]) + off:
             self.q[id(out)] = u
         else:  # parameters other than the activation's: its real value under them, in float
@@ -304,7 +318,7 @@ class _Adopter:
         return True
 
     def quantize_linear(self, n: Node) -> bool:
-        x, out = n.inputs[0], n.outputs[0]
+        x, out = n.operand(0), n.outputs[0]
         t = self.target(n)
         if t is None:
             return False
@@ -312,7 +326,7 @@ class _Adopter:
         if id(x) in self.acc:
             acc, bounds = self.acc[id(x)]
             ms = tuple(float(np.float32(np.float32(m) / np.float32(scale))) for m in self.mults[id(acc)])
-            attrs = {"mode": self.mode, "scale": ms, "axis": acc.type.quant.axis or 0, "zero_point": zp, "bits": bits,
+            attrs = {"mode": self.mode, "scale": ms, "axis": acc.type.qparams.axis or 0, "zero_point": zp, "bits": bits,
                      **self.clamp_attrs(t, bounds)}
             if self.mode == "fixed":
                 attrs["multiplier"], attrs["shift"] = quantize_multipliers(ms)
@@ -337,8 +351,8 @@ class _Adopter:
         dq = None if v is None else self.wdq.get(id(v))
         if dq is None:
             return None
-        s, z, axis = self.qp(dq)
-        c = self.const(dq.inputs[0])
+        s, z, axis = self.known_qp(dq)
+        c = self.known_const(dq.inputs[0])
         if c.dtype.kind not in "iu":
             return None
         shape = [-1 if axis is not None and i == axis % c.ndim else 1 for i in range(c.ndim)]
@@ -372,7 +386,7 @@ class _Adopter:
                 return False
             if not a.get("transB", 0):
                 w, axis = w.T, None if axis is None else 1 - axis
-        elif n.op == "MatMul" and (w.ndim != 2 or (ins[0].type.rank or 0) < 2):
+        elif n.op == "MatMul" and (w.ndim != 2 or (n.operand(0).type.rank or 0) < 2):
             return False
         elif n.op in ("Conv", "ConvTranspose") and w.ndim < 3:
             return False
@@ -389,7 +403,7 @@ class _Adopter:
             return False
         sw = np.broadcast_to(sw, (cout,)) if sw.size > 1 else sw
         bits = max(2, _bits(int(w.min(initial=0)), int(w.max(initial=0)), True) or 8)
-        sx, zx = np.float32(xq.type.quant.scale[0]), int(xq.type.quant.zero_point[0])
+        sx, zx = np.float32(xq.type.qparams.scale[0]), int(xq.type.qparams.zero_point[0])
         sxw = (sx * np.asarray(sw, np.float32)).astype(np.float32)  # onnxruntime's float32 sx * sw[c]
         bias = np.zeros(sw.size if op != "q.conv_transpose" else cout, np.int64)
         if op != "q.conv_transpose":
@@ -412,7 +426,7 @@ class _Adopter:
             return False
         bias = np.broadcast_to(bias, (cout,))
         ax = None if sw.size == 1 else ch
-        wname = self.wdq[id(ins[1])].inputs[0].name
+        wname = self.wdq[id(ins[1])].operand(0).name
         wv = self.g.add_constant(w.astype(np.int8), wname, TensorType(DType.i8, w.shape, QuantParams(
             tuple(map(float, np.asarray(sw).reshape(-1))), (0,) * sw.size, bits, ax)))
         acc_scale = tuple(float(sx) * float(s) for s in np.asarray(sw).reshape(-1))
@@ -438,8 +452,9 @@ class _Adopter:
             cs = [self.const(v) for v in ins[1:]]
             if any(v is not None and c is None for v, c in zip(ins[1:], cs, strict=True)):
                 return False
-            bounds = tuple(d if c is None else float(np.asarray(c).reshape(-1)[0])
-                           for c, d in zip(cs, (-np.inf, np.inf), strict=True))
+            lo, hi = (d if c is None else float(np.asarray(c).reshape(-1)[0])
+                      for c, d in zip(cs, (-np.inf, np.inf), strict=True))
+            bounds = (lo, hi)
         self.acc[id(n.outputs[0])] = (self.acc[id(x)][0], bounds)
         return True
 
@@ -447,9 +462,11 @@ class _Adopter:
         """A per-tensor dequantized constant as a uint8 constant activation (its codes, shifted like an
         activation), so that it can take part in ``q.add``/``q.mul`` as onnxruntime's fusions let it."""
         dq = None if v is None else self.wdq.get(id(v))
-        pr = None if dq is None else self.qp(dq)
-        c = None if dq is None else self.const(dq.inputs[0])
-        if pr is None or pr[2] is not None or c.dtype not in (np.uint8, np.int8) or not float(pr[0][0]) > 0:
+        if v is None or dq is None:
+            return None
+        pr, c = self.qp(dq), self.const(dq.inputs[0])
+        if pr is None or c is None or pr[2] is not None or c.dtype not in (np.dtype(np.uint8), np.dtype(np.int8)) \
+                or not float(pr[0][0]) > 0:
             return None
         off = 128 if c.dtype == np.int8 else 0
         value = self.g.add_constant((c.astype(np.int64) + off).astype(np.uint8), f"{v.name}_u8", TensorType(
@@ -463,11 +480,13 @@ class _Adopter:
         a, b = (self.operand(v) for v in n.inputs[:2]) if len(n.inputs) == 2 else (None, None)
         if len(n.inputs) == 2 and (a is None) != (b is None):
             a, b = (a or self.const_act(n.inputs[0]), b or self.const_act(n.inputs[1]))
-        t = None if a is None or b is None else self.requant_target(n.outputs[0])
+        if a is None or b is None:
+            return False
+        t = self.requant_target(n.outputs[0])
         if t is None:
             return False
-        sa, sb, sc = (np.float32(s) for s in (a.type.quant.scale[0], b.type.quant.scale[0], t.quant.scale[0]))
-        za, zb = a.type.quant.zero_point[0], b.type.quant.zero_point[0]
+        sa, sb, sc = (np.float32(s) for s in (a.type.qparams.scale[0], b.type.qparams.scale[0], t.quant.scale[0]))
+        za, zb = a.type.qparams.zero_point[0], b.type.qparams.zero_point[0]
         base = {"mode": self.mode, "a_zero_point": za, "b_zero_point": zb, "zero_point": t.quant.zero_point[0],
                 "bits": t.quant.bits, **self.clamp_attrs(t)}
         if n.op == "Add":
@@ -488,8 +507,10 @@ class _Adopter:
 
     def pool(self, n: Node) -> bool:
         x, out = self.operand(n.inputs[0]), n.outputs[0]
-        t = None if x is None else self.requant_target(out)
-        shape = n.inputs[0].type.shape
+        if x is None:
+            return False
+        t = self.requant_target(out)
+        shape = n.operand(0).type.shape
         if t is None or shape is None or not all(isinstance(d, int) for d in shape[2:]):
             return False
         a = dict(n.attrs)
@@ -498,7 +519,7 @@ class _Adopter:
         if any(d != 1 for d in a.get("dilations") or ()):
             return False
         mode = "fixed" if self.mode == "fixed" else pool_mode(shape[2:], a)
-        p = x.type.quant
+        p = x.type.qparams
         attrs = {**a, "x_scale": p.scale[0], "x_zero_point": p.zero_point[0], "mode": mode,
                  "scale": t.quant.scale[0], "zero_point": t.quant.zero_point[0], "bits": t.quant.bits,
                  "offset": t.offset, **self.clamp_attrs(t)}
@@ -508,18 +529,21 @@ class _Adopter:
 
     def softmax(self, n: Node) -> bool:
         x, out = self.operand(n.inputs[0]), n.outputs[0]
-        t = None if x is None else self.requant_target(out)
+        if x is None:
+            return False
+        t = self.requant_target(out)
         if t is None:
             return False
-        attrs = {"axis": n.attrs.get("axis", -1), "flatten": 0, "x_scale": x.type.quant.scale[0],
+        attrs = {"axis": n.attrs.get("axis", -1), "flatten": 0, "x_scale": x.type.qparams.scale[0],
                  "scale": t.quant.scale[0], "zero_point": t.quant.zero_point[0], "bits": t.quant.bits,
                  **self.clamp_attrs(t)}
         self.settle(t, self.node("q.softmax", [x], attrs, n.name, self.act_type(out, t), f"{t.outs[-1].name}_u8"))
         return True
 
     def concat(self, n: Node) -> bool:
-        parts = [self.operand(v) for v in n.inputs]
-        t = None if any(p is None for p in parts) else self.requant_target(n.outputs[0])
+        found = [self.operand(v) for v in n.inputs]
+        parts = [p for p in found if p is not None]
+        t = None if len(parts) != len(found) else self.requant_target(n.outputs[0])
         if t is None:
             return False
         ins = [p if self.same(p, t) else self.lut(p, lambda r: r, t, f"{n.name}_{i}_requant", f"{n.name}_{i}_u8")
@@ -536,14 +560,18 @@ class _Adopter:
         """A chain of elementwise ops of one activation and constant scalars, quantized once at its end:
         one ``q.lut`` (each code's value computed through the chain, as a float program computes it)."""
         first = self.scalar_operands(n)
-        x = None if first is None else self.operand(n.inputs[first[0]])
+        if first is None:
+            return False
+        x = self.operand(n.inputs[first[0]])
         if x is None:
             return False
         chain, steps = [n], [first]
         while (t := self.requant_target(chain[-1].outputs[0])) is None:
             out = chain[-1].outputs[0]
             nxt = out.users[0] if len(out.uses) == 1 and not self.src.is_output(out) else None
-            step = None if nxt is None or len(chain) >= 8 else self.scalar_operands(nxt, out)
+            if nxt is None or len(chain) >= 8:
+                return False
+            step = self.scalar_operands(nxt, out)
             if step is None:
                 return False
             chain.append(nxt)
@@ -557,8 +585,9 @@ class _Adopter:
         if n.op not in MOVES or len(n.outputs) != 1:
             return False
         data = n.inputs if n.op == "Concat" else n.inputs[:1]
-        qs = [self.q.get(id(v)) for v in data]
-        if any(q is None for q in qs) or len({(q.type.quant, self.offset.get(id(q), 0)) for q in qs}) != 1:
+        found = [self.q.get(id(v)) for v in data]
+        qs = [q for q in found if q is not None]
+        if len(qs) != len(found) or len({(q.type.quant, self.offset.get(id(q), 0)) for q in qs}) != 1:
             return False
         ins = [qs[data.index(v)] if v in data else None if v is None else self.as_float(v) for v in n.inputs]
         out = n.outputs[0]

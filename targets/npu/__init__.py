@@ -31,7 +31,7 @@ class NpuTarget(Target):
                                   "buffers, DMA and a vector unit; runs every op exactly, attention matmuls included.")
     ops = OPS
     lowering_passes = (LowerNpuPass,)
-    spec: NpuSpec = None  # type: ignore[assignment]
+    spec: NpuSpec = None  # type: ignore[assignment]  # None until __post_init__ sets the defaults
 
     def capabilities(self) -> Capabilities:
         """The MAC array as a digital array: whole words per PE and per cycle, no ADC; it runs every op

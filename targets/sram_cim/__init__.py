@@ -36,7 +36,7 @@ class SramCimTarget(Target):
                                   "group, pruned row blocks skipped, a digital vector unit.")
     ops = OPS
     lowering_passes = (LowerSramCimPass,)
-    spec: SramCimSpec = None  # type: ignore[assignment]
+    spec: SramCimSpec = None  # type: ignore[assignment]  # None until __post_init__ sets the defaults
 
     def capabilities(self) -> Capabilities:
         """Macro geometry and bit limits from the spec; matrix ops with constant weights on the macros, the rest
