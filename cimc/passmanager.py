@@ -200,7 +200,7 @@ class PrintIRInstrument(PassInstrument):
 
     def after_pass(self, pass_: Pass, graph: Graph, ctx: PassContext, result: PassResult) -> None:
         """Print ``graph`` if ``pass_`` is one of the chosen passes (and changed it, if asked)."""
-        chosen = self.after in (None, "all") or pass_.name in self.after
+        chosen = self.after is None or self.after == "all" or pass_.name in self.after
         if not chosen or (self.only_changed and not result.modified):
             return
         from cimc.text import print_graph
