@@ -40,7 +40,7 @@ import numpy as np
 
 from cimc.errors import PassError
 from cimc.ir.core import Graph, Node, Value
-from cimc.ir.types import DType, QuantParams, TensorType
+from cimc.ir.types import DType, QuantParams, Shape, TensorType, static_dims
 from cimc.ops.nn import _convt_geometry
 from cimc.passmanager import Pass, PassContext, PassResult
 
@@ -60,11 +60,11 @@ class LegalizeConvsPass(Pass):
         ranks = ctx.target.capabilities().conv_ranks if ctx.target is not None else None
         changed = False
         for node in list(graph.nodes):
-            if node.op == "q.conv_transpose" and _static(node.inputs[0]):
+            if node.op == "q.conv_transpose" and _static(node.operand(0)):
                 node = _transpose_to_conv(graph, node)
                 changed = True
-            if node.op == "q.conv" and ranks is not None and _static(node.inputs[0]) \
-                    and len(node.inputs[0].type.shape) - 2 not in ranks:
+            if node.op == "q.conv" and ranks is not None and _static(node.operand(0)) \
+                    and len(node.operand(0).type.shape or ()) - 2 not in ranks:
                 _conv_to_matmul(graph, node)
                 changed = True
         return PassResult(changed)
@@ -73,6 +73,23 @@ class LegalizeConvsPass(Pass):
 def _static(x: Value) -> bool:
     shape = x.type.shape
     return shape is not None and len(shape) >= 3 and all(isinstance(d, int) for d in shape[1:])
+
+
+def _shape(v: Value, node: Node) -> Shape:
+    """The shape of ``v``, which rewriting ``node`` needs known."""
+    if v.type.shape is None:
+        raise PassError(f"legalize-convs: {node.name} ({node.op}): %{v.name} has no known shape")
+    return v.type.shape
+
+
+def _spatial(v: Value, node: Node) -> tuple[int, ...]:
+    """The dims after the first two (a convolution's spatial dims) of ``v``, which rewriting ``node`` needs
+    static."""
+    dims = static_dims(_shape(v, node)[2:])
+    if dims is None:
+        raise PassError(f"legalize-convs: {node.name} ({node.op}): %{v.name} {v.type} has dims not known before "
+                        f"run time")
+    return dims
 
 
 def _with_axis(q: QuantParams | None, axis: int) -> QuantParams | None:
@@ -104,13 +121,13 @@ def _replace(g: Graph, node: Node, new: Node) -> Node:
 
 
 def _transpose_to_conv(g: Graph, node: Node) -> Node:
-    x, w = node.inputs[0], node.inputs[1]
+    x, w = node.operand(0), node.operand(1)
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     if w.const is None or (bias is not None and bias.const is None):
         raise PassError(f"legalize-convs: {node.name} (q.conv_transpose) needs a constant weight and bias")
     a, wt = node.attrs, w.const
     group, zx = int(a.get("group", 1)), int(a["x_zero_point"])
-    spatial, kernel = x.type.shape[2:], wt.shape[2:]
+    spatial, kernel = _spatial(x, node), wt.shape[2:]
     out, pb, strides, dils = _convt_geometry(spatial, kernel, a)
     cg, mg = wt.shape[0] // group, wt.shape[1]
     flip = (slice(None), slice(None), *(slice(None, None, -1) for _ in kernel))
@@ -122,7 +139,7 @@ def _transpose_to_conv(g: Graph, node: Node) -> Node:
     u = g.add_node("vec.dilate", [x], {"strides": tuple(strides), "pads": (*p0, *pe), "pad_value": zx},
                    name=f"{node.name}/dilate", before=node).outputs[0]
     wv = g.add_constant(wc, f"{w.name}_conv", TensorType(DType.i8, wc.shape, _with_axis(w.type.quant, 0)))
-    b = np.zeros(wc.shape[0], np.int64) if bias is None else bias.const.astype(np.int64)
+    b = np.zeros(wc.shape[0], np.int64) if bias is None else bias.array.astype(np.int64)
     b = b - zx * wc.reshape(wc.shape[0], -1).sum(axis=1, dtype=np.int64)
     bv = _bias_constant(g, b, bias, x, wv, node.name) if bias is not None or zx else None
     attrs = {"kernel_shape": tuple(kernel), "strides": (1,) * len(kernel), "dilations": tuple(dils),
@@ -143,7 +160,7 @@ def _block_diagonal(w: np.ndarray, group: int) -> np.ndarray:
 
 
 def _conv_to_matmul(g: Graph, node: Node) -> None:
-    x, w = node.inputs[0], node.inputs[1]
+    x, w = node.operand(0), node.operand(1)
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     if w.const is None:
         raise PassError(f"legalize-convs: {node.name} (q.conv) needs a constant weight")
@@ -154,7 +171,7 @@ def _conv_to_matmul(g: Graph, node: Node) -> None:
     conv_attrs = {k: v for k, v in a.items() if k in ("auto_pad", "dilations", "group", "pads", "strides")}
     cols = add("vec.im2col", [x], {**conv_attrs, "kernel_shape": kernel, "pad_value": int(a["x_zero_point"])},
                "im2col")
-    _, _, kg, length = cols.type.shape
+    kg, length = _spatial(cols, node)
     rows = add("Transpose", [cols], {"perm": (1, 3, 0, 2)}, "rows")
     rows = add("Reshape", [rows, g.add_constant(np.asarray([0, length, group * kg], np.int64),
                                                 f"{node.name}_rows_shape")], {}, "rows_flat")
@@ -162,9 +179,9 @@ def _conv_to_matmul(g: Graph, node: Node) -> None:
     wv = g.add_constant(mat, f"{w.name}_matrix", TensorType(DType.i8, mat.shape, _with_axis(w.type.quant, 1)))
     acc_q = _with_axis(final.quant, 2)
     acc = add("q.matmul", [rows, wv, bias], {"x_zero_point": int(a["x_zero_point"])}, "matmul",
-              outputs=[TensorType(DType.i32, (final.shape[0], length, mat.shape[1]), acc_q)])
+              outputs=[TensorType(DType.i32, (_shape(node.outputs[0], node)[0], length, mat.shape[1]), acc_q)])
     acc = add("Transpose", [acc], {"perm": (0, 2, 1)}, "channels")
-    y = g.add_node("vec.col2im", [acc], {"spatial": tuple(final.shape[2:])}, outputs=[final], name=node.name,
+    y = g.add_node("vec.col2im", [acc], {"spatial": _spatial(node.outputs[0], node)}, outputs=[final], name=node.name,
                    before=node)
     logger.info("legalize-convs: %s (q.conv, %d-D) -> vec.im2col + q.matmul", node.name, len(kernel))
     _replace(g, node, y)

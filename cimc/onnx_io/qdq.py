@@ -182,10 +182,11 @@ class _Writer:
             self.env[id(out)] = self.mvm(n)
             self.accs.add(id(out))
         elif n.op == "q.act_matmul":  # two activations: MatMul of both dequantized, the accumulator's real value
-            if any(v.type.quant is None for v in n.inputs):
+            ab = (n.operand(0), n.operand(1))
+            if any(v.type.quant is None for v in ab):
                 raise CimcError(f"node {n.name!r} (q.act_matmul): its operand types need quantization parameters")
-            fa, fb = (self.dq(self.val(v, n), v.type.quant, f"{n.name}_{s}_dequantize")
-                      for v, s in zip(n.inputs, "ab", strict=True))
+            fa, fb = (self.dq(self.val(v, n), v.type.qparams, f"{n.name}_{s}_dequantize")
+                      for v, s in zip(ab, "ab", strict=True))
             self.env[id(out)] = self.op("MatMul", [fa, fb], {}, n.name, TensorType(DType.f32, out.type.shape),
                                         out.name)
             self.accs.add(id(out))

@@ -176,7 +176,7 @@ def scalar_operand(n: Node, const=lambda v: v.const, v: Value | None = None) -> 
     if n.op not in UNARY or len(acts) != 1 or len(n.outputs) != 1 or (v is not None and n.inputs[acts[0]] is not v):
         return None
     consts = [None if x is None else const(x) for x in n.inputs]
-    shape, out = n.inputs[acts[0]].type.shape, n.outputs[0].type.shape
+    shape, out = n.operand(acts[0]).type.shape, n.outputs[0].type.shape
     if any(c is not None and c.size != 1 for c in consts) or shape is None or out is None or tuple(shape) != \
             tuple(out):
         return None
@@ -412,10 +412,10 @@ class _Lowering:
                 wq, sw = _quantize_convt_weights(w, n.attrs.get("group", 1), bits, self.s.per_channel)
             else:
                 wq, sw = quantize_weights(w, bits, axis, self.s.per_channel)
-            self.weights[key] = (self.g.add_constant(wq, n.inputs[1].name, TensorType(DType.i8, wq.shape, QuantParams(
+            self.weights[key] = (self.g.add_constant(wq, n.operand(1).name, TensorType(DType.i8, wq.shape, QuantParams(
                 tuple(sw.tolist()), (0,) * sw.size, bits, None if sw.size == 1 else axis))), sw, shift)
         wv, sw, shift = self.weights[key]
-        wq = wv.const
+        wq = wv.array
         if shift is not None:
             b = shift if b is None else b.astype(np.float64) + shift
         ax = None if sw.size == 1 else axis
@@ -496,7 +496,7 @@ class _Lowering:
         """``q.lut`` of uint8 ``x``: ``fn`` of its real values, on ``out``'s grid (its shape is ``x``'s: ``out`` may
         be the Concat that ``x`` is requantized for)."""
         scale, zp, bits = self.params(out)
-        p = x.type.quant
+        p = x.type.qparams
         table = lut_table(p.scale[0], p.zero_point[0], fn, scale, zp, 0, (1 << bits) - 1)
         return self.node("q.lut", [x], {"table": table, "scale": scale, "zero_point": zp, "bits": bits}, name,
                          self.uint8(x, QuantParams((scale,), (zp,), bits)), out_name or self.fresh(f"{out.name}_q"))
@@ -506,13 +506,13 @@ class _Lowering:
         vector unit reads ``v`` too (wider), a ``q.lut`` puts it on the ``bits``-bit grid of its calibrated
         range (once per width)."""
         x = self.as_quant(v)
-        if x.type.quant.bits <= bits:
+        if x.type.qparams.bits <= bits:
             return x
         key = (id(x), bits)
         if key not in self.narrowed:
             root = self.tie.get(id(v), v)
             scale, zp = act_params(*self.obs[root.name].range(bits), bits)
-            p = x.type.quant
+            p = x.type.qparams
             table = lut_table(p.scale[0], p.zero_point[0], lambda r: r, scale, zp, 0, (1 << bits) - 1)
             self.narrowed[key] = self.node("q.lut", [x], {"table": table, "scale": scale, "zero_point": zp,
                                                          "bits": bits}, self.fresh(f"{v.name}_narrow{bits}"),
@@ -521,28 +521,28 @@ class _Lowering:
         return self.narrowed[key]
 
     def act_matmul(self, n: Node) -> None:
-        a, b = (self.narrow(v, self.s.read_bits(n, vector=False)) for v in n.inputs)
+        a, b = (self.narrow(n.operand(k), self.s.read_bits(n, vector=False)) for k in (0, 1))
         out = n.outputs[0]
-        self.acc[id(out)] = self.node("q.act_matmul", [a, b], {"a_zero_point": a.type.quant.zero_point[0],
-                                                                 "b_zero_point": b.type.quant.zero_point[0]},
+        self.acc[id(out)] = self.node("q.act_matmul", [a, b], {"a_zero_point": a.type.qparams.zero_point[0],
+                                                                 "b_zero_point": b.type.qparams.zero_point[0]},
                                       n.name, out_name=self.fresh(f"{out.name}_acc"))
 
     def product(self, n: Node) -> None:
-        a, b = (self.as_quant(v) for v in n.inputs)
+        a, b = (self.as_quant(n.operand(k)) for k in (0, 1))
         out = n.outputs[0]
         scale, zp, bits = self.params(out)
-        m = float(np.float32(np.float32(a.type.quant.scale[0] * b.type.quant.scale[0]) / np.float32(scale)))
-        attrs = {"mode": self.s.requant, "mul_scale": m, "scale": scale, "a_zero_point": a.type.quant.zero_point[0],
-                 "b_zero_point": b.type.quant.zero_point[0], "zero_point": zp, "bits": bits}
+        m = float(np.float32(np.float32(a.type.qparams.scale[0] * b.type.qparams.scale[0]) / np.float32(scale)))
+        attrs = {"mode": self.s.requant, "mul_scale": m, "scale": scale, "a_zero_point": a.type.qparams.zero_point[0],
+                 "b_zero_point": b.type.qparams.zero_point[0], "zero_point": zp, "bits": bits}
         if self.s.requant == "fixed":
             attrs["multiplier"], attrs["shift"] = quantize_multiplier(m)
         self.q[id(out)] = self.node("q.mul", [a, b], attrs, n.name, self.uint8(out, QuantParams((scale,), (zp,), bits)),
                                     self.fresh(f"{out.name}_q"))
 
     def softmax(self, n: Node) -> None:
-        x, out = self.as_quant(n.inputs[0]), n.outputs[0]
+        x, out = self.as_quant(n.operand(0)), n.outputs[0]
         scale, zp, bits = self.params(out)
-        attrs = {"axis": n.attrs.get("axis", -1), "flatten": 0, "x_scale": x.type.quant.scale[0], "scale": scale,
+        attrs = {"axis": n.attrs.get("axis", -1), "flatten": 0, "x_scale": x.type.qparams.scale[0], "scale": scale,
                  "zero_point": zp, "bits": bits}
         self.q[id(out)] = self.node("q.softmax", [x], attrs, n.name,
                                     self.uint8(out, QuantParams((scale,), (zp,), bits)), self.fresh(f"{out.name}_q"))
@@ -550,7 +550,7 @@ class _Lowering:
     def unary(self, n: Node, first: tuple[int, list]) -> None:
         """A chain of elementwise ops of one integer value and constant scalars, each the only reader of
         the one before: one ``q.lut`` to the last one's grid."""
-        self.chain(n, n.inputs[first[0]], chain_function([n], [first]))
+        self.chain(n, n.operand(first[0]), chain_function([n], [first]))
 
     def chain(self, n: Node, root: Value, fn) -> None:
         """``n``'s result is ``fn`` of ``root`` (an integer value); with the :func:`scalar_operand` ops after it,
@@ -560,7 +560,9 @@ class _Lowering:
         out = n.outputs[0]
         while len(chain) < 7:
             nxt = out.users[0] if len(out.uses) == 1 and not self.src.is_output(out) else None
-            step = None if nxt is None else scalar_operand(nxt, v=out)
+            if nxt is None:
+                break
+            step = scalar_operand(nxt, v=out)
             if step is None:
                 break
             chain.append(nxt)
@@ -622,8 +624,8 @@ class _Lowering:
         scale, zp, bits = self.params(out)
         want = QuantParams((scale,), (zp,), bits)
         ins = []
-        for i, v in enumerate(n.inputs):
-            x = self.as_quant(v)
+        for i in range(len(n.inputs)):
+            x = self.as_quant(n.operand(i))
             if x.type.quant != want:
                 x = self.lut(x, lambda r: r, out, self.fresh(f"{n.name}_{i}_requant"))
             ins.append(x)
@@ -657,7 +659,7 @@ class _Lowering:
                 self.add(n)
             elif _product(n) and any(self.integer(v) for v in n.inputs) and self.finite(n):
                 self.product(n)
-            elif n.op == "Softmax" and ints and n.inputs[0].type.dtype is DType.f32 and self.finite(n):
+            elif n.op == "Softmax" and ints and n.operand(0).type.dtype is DType.f32 and self.finite(n):
                 self.softmax(n)
             elif unary is not None and self.integer(n.inputs[unary[0]]) and n.op not in _ACTS \
                     and n.outputs[0].type.dtype is DType.f32 and self.finite(n):

@@ -75,7 +75,7 @@ def _why_not(node: Node) -> str | None:
         return f"its sequence length is not static (input {x.type if x is not None else None})"
     const_slots = {"W": 1, "R": 2, "B": 3} | ({"P": 7} if node.op == "LSTM" else {})
     for what, i in const_slots.items():
-        if ins[i] is not None and ins[i].const is None:
+        if (v := ins[i]) is not None and v.const is None:
             return f"its {what} is computed at run time, not a constant"
     lens = ins[4]
     if lens is not None and (lens.const is None or not np.all(lens.const == shape[seq_axis])):
@@ -101,7 +101,7 @@ class _Unroller:
     def add(self, op: str, ins: list, attrs: dict | None = None, hint: str = "") -> Value:
         return self.g.add_node(op, ins, attrs or {}, name=f"{self.name}/{hint or op.lower()}", before=self.n).outputs[0]
 
-    def const(self, array: np.ndarray, hint: str) -> Value:
+    def const(self, array: np.ndarray | np.generic, hint: str) -> Value:
         a = np.asarray(array)
         key = (hint, a.dtype.str, a.shape, a.tobytes())
         if key not in self.consts:
@@ -148,10 +148,12 @@ class _Unroller:
     def run(self) -> None:
         n, a = self.n, self.a
         ins = list(n.inputs) + [None] * (8 - len(n.inputs))
-        x, w, r, b, _, h0, c0, p = ins
+        _, _, _, b, _, h0, c0, p = ins
+        x, w, r = n.operand(0), n.operand(1).array, n.operand(2).array
         layout = int(a.get("layout", 0))
-        seq = int(x.type.shape[1 if layout else 0])
-        ndir, hid = w.const.shape[0], r.const.shape[2]
+        seq = (x.type.shape or ())[1 if layout else 0]
+        assert isinstance(seq, int)  # a static sequence length: checked before unrolling
+        ndir, hid = w.shape[0], r.shape[2]
         gates = _GATES[n.op]
         names = a.get("activations") or _DEFAULTS[n.op] * ndir
         acts = activation_params(names, a.get("activation_alpha"), a.get("activation_beta"))
@@ -159,11 +161,11 @@ class _Unroller:
         ys, hs, cs = [], [], []
         for d in range(ndir):
             reverse = a.get("direction", "forward") == "reverse" or d == 1
-            wd, rd = w.const[d].astype(np.float64), r.const[d].astype(np.float64)
-            bd = np.zeros(2 * gates * hid) if b is None else b.const[d].astype(np.float64)
+            wd, rd = w[d].astype(np.float64), r[d].astype(np.float64)
+            bd = np.zeros(2 * gates * hid) if b is None else b.array[d].astype(np.float64)
             h = self.state(h0, d, layout, x, hid, f"initial_h{d}")
             c = self.state(c0, d, layout, x, hid, f"initial_c{d}") if n.op == "LSTM" else None
-            pd = None if p is None else p.const[d].astype(np.float64)
+            pd = None if p is None else p.array[d].astype(np.float64)
             step = {"LSTM": self.lstm_step, "GRU": self.gru_step, "RNN": self.rnn_step}[n.op]
             out: list[Value | None] = [None] * seq
             for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
@@ -171,7 +173,7 @@ class _Unroller:
                 xt = self.add("Gather", [x, self.const(np.int64(t), f"t{t}")], {"axis": layout}, hint=f"x{k}")
                 h, c = step(xt, h, c, wd, rd, bd, pd, acts[per * d:per * d + per], k)
                 out[t] = h
-            ys.append(out)
+            ys.append([v for v in out if v is not None])  # (every step has set its slot)
             hs.append(h)
             cs.append(c)
         self.finish(ys, hs, cs, layout)
@@ -265,9 +267,9 @@ class _Unroller:
             y = stack([stack(per_step, 0, f"y{d}") for d, per_step in enumerate(ys)], 1, "y")
             new[0] = self.add("Transpose", [y], {"perm": (2, 0, 1, 3)}, hint="y_layout") if layout else y
         for i, last in ((1, hs), (2, cs)):
-            if used(i):
-                v = stack(last, 0, "yh" if i == 1 else "yc")
-                new[i] = self.add("Transpose", [v], {"perm": (1, 0, 2)}, hint=f"{v.name}_layout") if layout else v
+            if used(i):  # (Y_c is used only for an LSTM, whose cell states are all set)
+                s = stack([v for v in last if v is not None], 0, "yh" if i == 1 else "yc")
+                new[i] = self.add("Transpose", [s], {"perm": (1, 0, 2)}, hint=f"{s.name}_layout") if layout else s
         for old, v in zip(outs, new, strict=True):
             if v is not None:
                 self.g.replace_all_uses_with(old, v)

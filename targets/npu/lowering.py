@@ -260,7 +260,7 @@ class LowerNpuPass(Pass):
 def _lower_act_matmul(g: Graph, node: Node) -> None:
     """``q.act_matmul`` -> ``npu.dma_in`` of both operands (``b`` into the weight buffer, on every inference:
     it is computed) and one ``npu.matmul`` on the MAC array."""
-    a, b = node.inputs
+    a, b = node.operand(0), node.operand(1)
     out, layer = node.outputs[0], node.name
     ann = {"cim.layer": layer}
     ain = g.add_node("npu.dma_in", [a], {"buffer": "act", "bytes": _sample_bytes(a), **ann}, name=f"{layer}/dma_a",
