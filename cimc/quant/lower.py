@@ -578,19 +578,21 @@ class _Lowering:
         GELU ``x * (1 + erf(x / c)) / 2``): ``n``'s result is ``fn(root)``, one ``q.lut`` rather than a
         table per operand and a ``q.mul``/``q.add`` of two rounded codes; else ``None``."""
         roots, fns = [], []
-        for v in n.inputs:
-            nodes, steps = [], []
-            while v.producer is not None and len(v.uses) == 1 and not self.src.is_output(v) \
-                    and (step := scalar_operand(v.producer)) is not None:
-                nodes.append(v.producer)
+        operands = [n.operand(k) for k in range(len(n.inputs))]
+        for v in operands:
+            nodes: list[Node] = []
+            steps: list[tuple[int, list]] = []
+            while (p := v.producer) is not None and len(v.uses) == 1 and not self.src.is_output(v) \
+                    and (step := scalar_operand(p)) is not None:
+                nodes.append(p)
                 steps.append(step)
-                v = v.producer.inputs[step[0]]
+                v = p.operand(step[0])
             roots.append(v)
             fns.append(chain_function(nodes[::-1], steps[::-1]))
         root = roots[0]
         shape = n.outputs[0].type.shape
         if roots[1] is not root or not self.integer(root) or shape is None or root.type.shape != shape \
-                or any(v.type.shape != shape for v in n.inputs) or not self.finite(n):
+                or any(v.type.shape != shape for v in operands) or not self.finite(n):
             return None
         from cimc.ops.qoperator import float_op
 
