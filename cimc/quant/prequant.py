@@ -363,7 +363,7 @@ class _Adopter:
         accumulator a following ``QuantizeLinear`` requantizes by ``float32(float32(sa * sb) / sy)``."""
         if (a.type.rank or 0) < 2 or (b.type.rank or 0) < 2:
             return False
-        pa, pb = a.type.quant, b.type.quant
+        pa, pb = a.type.qparams, b.type.qparams
         acc = self.node("q.act_matmul", [a, b], {"a_zero_point": int(pa.zero_point[0]),
                                                  "b_zero_point": int(pb.zero_point[0])}, n.name, None,
                         f"{n.outputs[0].name}_acc")
@@ -374,8 +374,8 @@ class _Adopter:
     def mvm(self, n: Node) -> bool:
         ins = list(n.inputs) + [None] * (3 - len(n.inputs))
         xq, wt = self.operand(ins[0]), self.weight(n, ins[1])
-        if n.op == "MatMul" and xq is not None and wt is None and (bq := self.operand(ins[1])) is not None:
-            return self.act_matmul(n, xq, bq)
+        if n.op == "MatMul" and xq is not None and wt is None and (bv := self.operand(ins[1])) is not None:
+            return self.act_matmul(n, xq, bv)
         if xq is None or wt is None:
             return False
         w, sw, axis = wt
