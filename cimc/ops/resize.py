@@ -170,7 +170,7 @@ def _resize_type(ctx: InferContext) -> list[TensorType]:
         return [TensorType(x.dtype, tuple(None if i in axes else d for i, d in enumerate(x.shape)))]
     stand_in = tuple(d if isinstance(d, int) else 1 for d in x.shape)  # symbolic dims are worked out below
     try:
-        out, scale, _ = _geometry(stand_in, ctx.attrs, None, consts[2], consts[3])  # type: ignore[arg-type]
+        out, scale, _ = _geometry(stand_in, ctx.attrs, None, consts[2], consts[3])
     except CimcError as e:
         raise VerifyError(f"node {ctx.node.name!r} (Resize): {e}") from None
     sized = consts[3] is not None
