@@ -372,6 +372,16 @@ def gpt2() -> nn.Module:
     return MaskedLogits(GPT2LMHeadModel(cfg))
 
 
+def albert() -> nn.Module:
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    cfg = AlbertConfig(vocab_size=TEXT_VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=TEXT_LEN,
+                       num_labels=NUM_CLASSES, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                       classifier_dropout_prob=0.0)
+    return MaskedLogits(AlbertForSequenceClassification(cfg))
+
+
 def llama() -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -497,6 +507,9 @@ MODELS: tuple[Model, ...] = (
     Model("hifigan", hifigan, "transformers",
           "HiFi-GAN vocoder (SpeechT5): transposed 1-D convs upsampling 16x, dilated residual blocks, leaky ReLU",
           (Input("spectrogram", (VOCODER_FRAMES, VOCODER_MELS), "mel_frames"),), 26, output="waveform"),
+    Model("albert", albert, "transformers",
+          "ALBERT for sequence classification: factorized embeddings (16 -> 32), one layer's weights shared by "
+          "all 3 layers", _TEXT, 28),
     Model("gru_kws", KeywordGRU, "torch",
           "keyword spotting: 2-layer bidirectional nn.GRU over 20 MFCC-like frames, Linear on the last step",
           (Input("input", (20, 10), "mfcc"),), 27),
