@@ -6,7 +6,8 @@
 2. the target's :meth:`~cimc.target.Target.default_pipeline` (or the user's ``pipeline``, cut before
    the first of the target's lowering passes it names, :func:`split_lowering`): cleanup,
    quantization, tiling. The graph after it is ``quantized``, the integer reference;
-3. ``target.register_ops()``, then the target's ``lowering_passes``: the result is the ``program``
+3. ``target.register_ops()``, then the target's ``lowering_passes`` and ``program_passes`` (ADC
+   calibration): the result is the ``program``
    (if a target lowers nothing yet, the program is the quantized graph); :func:`check_lowered` then
    rejects array ops the lowering left, and :func:`check_supported` any op the target's
    capabilities do not run (every pass's :meth:`~cimc.passmanager.Pass.check` runs first, before
@@ -396,14 +397,16 @@ def split_lowering(pipeline: Pipeline, target: Target) -> tuple[Pipeline, Pipeli
     """``(front, lowering)``: a pipeline that names one of the target's lowering passes (to give it options,
     ``lower-sram-cim{adc-bits=5}``) is cut before it, so that the quantized graph, the integer reference,
     is taken before any lowering; the lowering part is the rest of the pipeline plus any of the target's
-    lowering passes it does not name (default options). A pipeline naming none keeps all of it in front."""
+    lowering passes it does not name (default options), then any of its program passes (``calibrate-adc``) it
+    does not name after the cut. A pipeline naming none keeps all of it in front."""
     from cimc.pipeline import Pipeline
 
     classes = type(target).lowering_passes
     passes = pipeline.passes
     cut = next((i for i, p in enumerate(passes) if type(p) in classes), len(passes))
     rest = passes[cut:]
-    missing = tuple(cls() for cls in classes if not any(type(p) is cls for p in rest))
+    missing = tuple(cls() for cls in (*classes, *type(target).program_passes)
+                    if not any(type(p) is cls for p in rest))
     return Pipeline(passes[:cut]), Pipeline((*rest, *missing))
 
 

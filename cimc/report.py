@@ -21,7 +21,9 @@ energy_fj_per_mac, tops_per_w, weight_reloads, and the same per layer in ``layer
 ``array_busy_fraction`` (array cycles over per-inference cycles), ``mapping`` (per-layer tiles, arrays and
 cell utilisation, or ``null``), ``float_layers`` (the weight-carrying multiply-accumulates compiled to run in
 float with ``allow_float``: layer, op, reason; empty otherwise; when not empty ``report.txt`` opens with a
-``FLOAT:`` line naming them), ``placement`` (per layer: layer, op, runs_on (the target's arrays or
+``FLOAT:`` line naming them), ``passes`` (what passes reported, by name: ``adc-calibration``, the
+per-layer ADC error before and after ``calibrate-adc``; ``map-errors``, the per-layer expected error before and
+after error-aware placement), ``placement`` (per layer: layer, op, runs_on (the target's arrays or
 ``vector unit``), float: whether it computes on float values; :func:`cimc.driver.placement`), ``verify``
 (``null`` unless asked: reference_exact, exact_expected,
 lossy (why exactness is not expected, or ``null``), quantized_max_abs_error, first_difference (the
@@ -46,8 +48,8 @@ import numpy as np
 if TYPE_CHECKING:
     from cimc.driver import CompiledModel
 
-__all__ = ["REPORT_VERSION", "build_report", "cost_summary", "default_output_dir", "float_line", "report_text",
-           "verify_failed", "verify_summary", "write_output"]
+__all__ = ["PASS_REPORT", "REPORT_VERSION", "build_report", "cost_summary", "default_output_dir", "float_line",
+           "pass_reports", "report_text", "verify_failed", "verify_summary", "write_output"]
 
 REPORT_VERSION = 2
 
@@ -88,9 +90,29 @@ def build_report(c: CompiledModel) -> dict[str, Any]:
         "float_layers": c.float_layers,
         "placement": c.placement,
         "verify": c.verify,
+        "passes": pass_reports(c.program),
         "versions": {"cimc": cimc.__version__, "numpy": np.__version__, "onnx": onnx.__version__,
                      "python": "{}.{}".format(*sys.version_info[:2])},
     })
+
+
+PASS_REPORT = "report."
+"""Prefix of the graph metadata keys under which passes leave a report (JSON) for ``report.json``'s ``passes``."""
+
+
+def pass_reports(graph: Any) -> dict[str, Any]:
+    """What passes reported on the program (``graph.metadata["report.NAME"]``, JSON), by ``NAME``."""
+    return {k[len(PASS_REPORT):]: json.loads(v) for k, v in sorted(graph.metadata.items())
+            if k.startswith(PASS_REPORT)}
+
+
+def pass_report_lines(rep: dict[str, Any]) -> list[str]:
+    """A pass's report as lines: its scalar entries on one line, then one line per layer (``layers``)."""
+    head = ", ".join(f"{k} {_fmt(v)}" for k, v in rep.items() if not isinstance(v, dict | list))
+    lines = [f"  {head}"] if head else []
+    for layer, row in rep.get("layers", {}).items():
+        lines.append(f"  {layer}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in row.items()))
+    return lines
 
 
 def _fmt(x: Any) -> str:
@@ -116,6 +138,8 @@ def report_text(c: CompiledModel) -> str:
         rows = [[p["layer"], p["op"], p["runs_on"], "float" if p["float"] else ""] for p in c.placement]
         lines += ["placement (where each layer runs; float: it computes on float values):",
                   *_columns([["layer", "op", "runs on", "float"], *rows]), ""]
+    for name, rep in r.get("passes", {}).items():
+        lines += [f"{name}:", *pass_report_lines(rep), ""]
     if c.verify is not None:
         lines += ["verify:", verify_summary(c.verify), ""]
     lines.append("target spec: " + ", ".join(f"{k}={v}" for k, v in r["target"]["spec"].items()))

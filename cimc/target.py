@@ -447,6 +447,8 @@ class Capabilities:
     rewrites the others into ``q.matmul`` on im2col rows."""
     array_name: str = "arrays"
     """What the report calls the target's arrays (``"MAC array"`` for a digital one)."""
+    cols_per_adc: int = 1
+    """Physical columns that share one ADC (an ADC calibration fits one range per ADC by default)."""
 
     def unit_of(self, op: str) -> Literal["array", "vector", "own"] | None:
         """Where ``op`` runs: ``"array"``, ``"vector"``, ``"own"`` (a target instruction), or ``None``
@@ -484,7 +486,8 @@ class Target:
     and this class in ``__init__.py``) and declares everything the driver needs, on the class:
     ``name`` (kebab-case, registered in :mod:`cimc.targets`), ``Spec`` (its spec class),
     ``description``, ``ops`` (its instruction ops, each with its executor implementation),
-    ``lowering_passes`` (its lowering pass classes, run in order after the front pipeline), and
+    ``lowering_passes`` (its lowering pass classes, run in order after the front pipeline),
+    ``program_passes`` (passes run on the lowered program after them), and
     the methods :meth:`capabilities` and :meth:`op_cost`.
     """
 
@@ -496,6 +499,10 @@ class Target:
     lowering_passes: ClassVar[tuple[type[Pass], ...]] = ()
     """The target's lowering pass classes: the driver runs them (default options) after the front
     pipeline, and pipelines name them like any pass (``lower-sram-cim{adc-bits=5}``)."""
+    program_passes: ClassVar[tuple[type[Pass], ...]] = ()
+    """Passes the driver runs on the lowered program after the lowering passes (default options, unless the
+    pipeline names them after the lowering): generic passes that tune the instructions, such as
+    ``calibrate-adc``."""
     spec: AnySpec = None  # type: ignore[assignment]  # None until __post_init__ sets the Spec class's defaults
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from cimc.registry import Registry
 __all__ = ["BUILTIN", "all_passes", "get_pass", "register_pass"]
 
 BUILTIN: dict[str, str] = {
+    "calibrate-adc": "cimc.passes.calibrate_adc:CalibrateAdcPass",
     "fold-constants": "cimc.passes.fold_constants:FoldConstantsPass",
     "fuse-batchnorm": "cimc.passes.fuse_batchnorm:FuseBatchNormPass",
     "legalize-convs": "cimc.passes.legalize_convs:LegalizeConvsPass",

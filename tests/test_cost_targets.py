@@ -57,10 +57,16 @@ def test_sram_cim_cost_of_one_layer_equals_the_hand_computation():
     adc_ns = 0.8 * 5 / 4  # 0.8 ns at 4 b, proportional to bits
     pass_cycles = 1 + int(np.ceil(conversions_per_adc * adc_ns))  # at 1 GHz
     mvm_cycles = passes * pass_cycles + 1  # and the last shift-add (shift_add_cycles)
+    # calibrate-adc gave each ADC (8 columns) a range; a range with an offset costs one add per position and
+    # column (the offset times the column's conversions, added once): the tile's 80 columns are groups 0..9
+    (mvm_node,) = [n for n in c.program.nodes if n.op == "sram.mvm"]
+    assert mvm_node.attrs["adc_step"].shape == (1, 16) and mvm_node.attrs["adc_group"] == 8
+    offset_adds = 1 * 8 * int((mvm_node.attrs["adc_offset"][0, :10] != 0).sum())
+    assert offset_adds > 0
     mvm = {"arrays": 4 * 64 * 80 * 0.00072,  # P*J*rows_active*C*mvm_cell_pj
            "dac": 4 * 64 * 0.050688 * 2,  # P*J*rows_active*dac_pj*(2 bits / 1 bit)
            "adc": 4 * 1 * 80 * _adc_pj(5),  # P*J*A*C conversions
-           "shift_add": 4 * 1 * 80 * 0.004608,
+           "shift_add": (4 * 1 * 80 + offset_adds) * 0.004608,
            "buffers": (4 * 1 * 10 + 1 * 100) * 0.997,  # int32 results written + input rows read
            "interconnect": 100 * 0.174}
     bias_add = {"vector_unit": 10 * 0.029}  # Add of 10 int32 channels: one 16-lane step

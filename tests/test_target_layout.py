@@ -113,12 +113,10 @@ def test_a_pipeline_naming_the_lowering_is_cut_before_it():
     import cimc
 
     c = cimc.compile("zoo:mlp", pipeline="fold-constants,quantize,tile,lower-sram-cim{adc-bits=6}")
-    assert c.lowering == "lower-sram-cim{adc-bits=6}" and c.pipeline.endswith(",tile{rows=none cols=none "
-                                                                             "cell-bits=none rows-per-op=none "
-                                                                             "arrays=none encoding=none "
-                                                                             "replicate=1 spare-rows=none "
-                                                                             "spare-cols=none placement=identity},"
-                                                                             "lower-sram-cim{adc-bits=6}")
+    calibrate = str(Pipeline.parse("calibrate-adc"))  # the target's program pass, after the lowering
+    assert c.lowering == f"lower-sram-cim{{adc-bits=6}},{calibrate}"
+    assert c.pipeline.endswith(",tile{rows=none cols=none cell-bits=none rows-per-op=none arrays=none encoding=none "
+                               f"replicate=1 spare-rows=none spare-cols=none placement=identity}},{c.lowering}")
     assert "q.gemm" in c.quantized.ops() and not any(op.startswith("sram.") for op in c.quantized.ops())
     assert {n.attrs["adc_bits"] for n in c.program.nodes if n.op == "sram.mvm"} == {6}
     npu = get_target("npu")()

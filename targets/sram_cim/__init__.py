@@ -16,6 +16,7 @@ from cimc.cim.device import CellDevice
 from cimc.cim.machine import DEVICE
 from cimc.cost import AreaPart, Cost
 from cimc.ir.core import Node
+from cimc.passes.calibrate_adc import CalibrateAdcPass
 from cimc.target import VECTOR_OPS, Capabilities, Target
 from cimc.targets.sram_cim import cost
 from cimc.targets.sram_cim.lowering import LowerSramCimPass
@@ -36,6 +37,7 @@ class SramCimTarget(Target):
                                   "group, pruned row blocks skipped, a digital vector unit.")
     ops = OPS
     lowering_passes = (LowerSramCimPass,)
+    program_passes = (CalibrateAdcPass,)
     spec: SramCimSpec = None  # type: ignore[assignment]  # None until __post_init__ sets the defaults
 
     def capabilities(self) -> Capabilities:
@@ -47,7 +49,7 @@ class SramCimTarget(Target):
                             act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=s.adc_bits,
                             rows_per_op=s.rows_per_op, arrays=s.macros, skips_zero_blocks=s.skip_zero_blocks,
                             vector_ops=VECTOR_OPS, own_ops=("sram.",), spare_rows=s.spare_rows,
-                            spare_cols=s.spare_cols)
+                            spare_cols=s.spare_cols, cols_per_adc=s.cols_per_adc)
 
     def default_pipeline(self) -> str:
         """Cleanup and quantization, then tiling of the weights onto the macros."""

@@ -12,10 +12,12 @@ component; the ADC and DAC figures at the op's ``adc_bits`` and ``dac_bits`` (:c
   ``dram_bytes_per_cycle``. Energy, summed over tiles: arrays ``share*P*J*rows_active*C*mvm_cell_pj``;
   DACs ``share*P*J*rows_active*dac_pj_at(dac_bits)``; ADCs ``conversions*adc_pj_at(adc_bits)`` with
   ``conversions = passes*C`` (``C/2`` when differential pairs are sensed together); shift-add
-  ``conversions*shift_add_pj``; buffers ``4*share*P*ch`` bytes of accumulators written plus ``P*rows``
-  bytes of input read (the distinct input rows of its tiles, read once and broadcast to the macros
-  that share them) at ``buffer_pj_per_byte``, the input also crossing the interconnect at
-  ``noc_pj_per_byte``; ``macs = sum of share*P*rows_active*ch`` (whole weights).
+  ``conversions*shift_add_pj``, plus one add per position and converted column whose ADC range has
+  an offset (a calibrated range, :mod:`cimc.cim.adc`: the offset times the column's conversion count
+  is added once to its shift-add sum) at ``shift_add_pj``; buffers ``4*share*P*ch`` bytes of
+  accumulators written plus ``P*rows`` bytes of input read (the distinct input rows of its tiles, read
+  once and broadcast to the macros that share them) at ``buffer_pj_per_byte``, the input also crossing
+  the interconnect at ``noc_pj_per_byte``; ``macs = sum of share*P*rows_active*ch`` (whole weights).
   Spills (DRAM at ``dram_pj_per_byte``): the layer's input activation (its raw feature map, one byte
   per element) beyond ``act_buffer_bytes`` lives in DRAM: the first round (no accumulator operand)
   pays its producer writing that share once, and every round reads the share of the rows it reads;
@@ -43,6 +45,7 @@ import math
 
 import numpy as np
 
+from cimc.cim.adc import Adc
 from cimc.cim.tilemap import TileMap
 from cimc.cim.work import work
 from cimc.converters import ADC_AREA, DAC_AREA
@@ -79,7 +82,7 @@ def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
     parts = {"arrays": float((active * w.columns).sum()) * s.mvm_cell_pj,
              "dac": float(active.sum()) * s.dac_pj_at(dac_bits),
              "adc": converted * s.adc_pj_at(adc_bits),
-             "shift_add": converted * s.shift_add_pj,
+             "shift_add": (converted + _offset_adds(a, tiles, w.share, P)) * s.shift_add_pj,
              "buffers": (acc_written + P * rows_read) * s.buffer_pj_per_byte,
              "interconnect": P * rows_read * s.noc_pj_per_byte}
     spill = _spills(node, s, P, rows_read, acc_written)
@@ -87,6 +90,21 @@ def _mvm_cost(node: Node, s: SramCimSpec) -> Cost:
         parts["dram"] = spill * s.dram_pj_per_byte
     return Cost(cycles + spill / s.dram_bytes_per_cycle, sum(parts.values()), "array",
                 round(float(w.macs.sum())), parts, {"spills": spill} if spill else {})
+
+
+def _offset_adds(a: dict, tiles: TileMap, share: np.ndarray, P: int) -> float:
+    """Adds of ADC offsets: per tile, its share of the positions times its converted columns with an offset."""
+    adc = Adc.from_attrs(a)
+    if not adc.offset.any():
+        return 0.0
+    pairs = a.get("sense") == "pairs"
+    out = 0.0
+    for i in range(len(tiles)):
+        cols = tiles.cols_of(i)
+        if pairs:  # a pair converts once, at its positive column (the first half of each channel's slices)
+            cols = cols.reshape(-1, tiles.slices)[:, :tiles.slices // 2].reshape(-1)
+        out += float(share[i]) * P * int(np.count_nonzero(np.broadcast_to(adc.columns(i, cols).offset, cols.shape)))
+    return out
 
 
 def _spills(node: Node, s: SramCimSpec, P: int, rows_read: int, acc_written: float) -> float:
