@@ -21,6 +21,7 @@ BUILTIN: dict[str, str] = {
     "fold-constants": "cimc.passes.fold_constants:FoldConstantsPass",
     "fuse-batchnorm": "cimc.passes.fuse_batchnorm:FuseBatchNormPass",
     "legalize-convs": "cimc.passes.legalize_convs:LegalizeConvsPass",
+    "map-errors": "cimc.passes.map_errors:MapErrorsPass",
     "quantize": "cimc.passes.quantize:QuantizePass",
     "sparsify": "cimc.passes.sparsify:SparsifyPass",
     "tile": "cimc.passes.tile:TilePass",

@@ -52,8 +52,10 @@ class SramCimTarget(Target):
                             spare_cols=s.spare_cols, cols_per_adc=s.cols_per_adc)
 
     def default_pipeline(self) -> str:
-        """Cleanup and quantization, then tiling of the weights onto the macros."""
-        return super().default_pipeline() + ",tile"
+        """Cleanup and quantization, then tiling of the weights onto the macros; on a chip with stuck cells
+        (``p_sa0``, ``p_sa1`` or a chip file), then error-aware placement (``map-errors``)."""
+        s = self.spec
+        return super().default_pipeline() + ",tile" + (",map-errors" if s.p_sa0 or s.p_sa1 or s.chip else "")
 
     def chip(self, seed: int = 0) -> Chip | None:
         """The chip of the spec: its chip file, else one sampled from ``p_sa0``/``p_sa1`` with ``seed`` (``None``

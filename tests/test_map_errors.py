@@ -1,0 +1,144 @@
+"""map-errors: its cost against slow loops and brute force, exactness of any placement it picks, the error it
+removes on real models with stuck cells, determinism, the chip-file round trip and bad input."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+import cimc
+from cimc import zoo
+from cimc.cim.chip import Chip
+from cimc.cim.device import CellDevice
+from cimc.cli import main
+from cimc.interpreter import run
+from cimc.passes.map_errors import MapErrorsPass, _Tile, error_maps
+from cimc.targets.sram_cim import SramCimTarget
+from cimc.text import print_graph
+
+
+def _faulty(p: float, **spec) -> SramCimTarget:
+    return SramCimTarget().with_spec(p_sa0=p * 5 / 6, p_sa1=p / 6, spare_rows=2, **spec)
+
+
+def test_error_maps_are_what_the_device_stores():
+    chip = Chip.sample(2, 6, 5, p_sa0=0.2, p_sa1=0.2, seed=4)
+    E = error_maps(CellDevice(chip, 2), 1, 2, (6, 5))
+    stuck = chip.stuck[1]
+    assert np.array_equal(E[0], np.where(stuck == 2, 1.0, 0.0))  # writing 0: an SA1 cell reads 1
+    assert np.array_equal(E[1], np.where(stuck == 1, -1.0, 0.0))  # writing 1: an SA0 cell reads 0
+
+
+def _random_tile(rng, k=4, C=3, R=6, P=5, levels=2):
+    img = rng.integers(0, levels, (k, C))
+    sig2 = rng.uniform(1, 10, C)
+    w = np.stack([(img == lv) * sig2[None, :] for lv in range(levels)]).astype(np.float64)
+    E2 = rng.uniform(0, 1, (levels, R, P)) * (rng.random((levels, R, P)) < 0.4)
+    return _Tile(None, 0, w, rng.uniform(0.5, 2, k)), img, sig2, E2
+
+
+def test_cost_is_the_slow_sum_and_row_assignment_is_the_best_permutation():
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        t, img, sig2, E2 = _random_tile(rng)
+        rows, cols = rng.permutation(6)[:4], rng.permutation(5)[:3]
+        slow = sum(t.m2[i] * sig2[c] * E2[img[i, c], rows[i], cols[c]] for i in range(4) for c in range(3))
+        assert t.cost(E2, rows, cols) == pytest.approx(slow)
+        # rows by assignment given the columns: no injective choice of 4 of the 6 rows is better
+        best = min(t.cost(E2, np.asarray(p), cols) for p in itertools.permutations(range(6), 4))
+        placed = MapErrorsPass(iterations=0)._place(t, E2, rows, cols)
+        assert placed[2] == pytest.approx(min(best, t.cost(E2, rows, cols)))
+        # and the alternation never ends worse than it began
+        assert MapErrorsPass(iterations=3)._place(t, E2, rows, cols)[2] <= placed[2] + 1e-12
+
+
+@functools.cache
+def _compiled(name: str, p: float, mapped: bool, seed: int = 1):
+    t = _faulty(p)
+    pipe = t.default_pipeline() if mapped else t.default_pipeline().replace(",map-errors", "")
+    x, y = zoo.test_set()
+    return cimc.compile(f"zoo:{name}", target=t, pipeline=pipe, verify=True, inputs=np.array(x[:200]),
+                        labels=np.array(y[:200]), progress=False, seed=seed)
+
+
+def test_faulty_chip_puts_map_errors_in_the_default_pipeline():
+    assert SramCimTarget().default_pipeline().endswith(",tile")
+    assert _faulty(0.05).default_pipeline().endswith(",tile,map-errors")
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny", "mlp"])
+def test_map_errors_recovers_top1_and_lowers_the_error(name):
+    naive, mapped = _compiled(name, 0.1, False), _compiled(name, 0.1, True)
+    q = naive.verify["top1_quantized"]
+    lost = q - naive.verify["top1_program"]
+    assert lost > 0.02, "10 % stuck cells should cost top-1 without error-aware placement"
+    assert q - mapped.verify["top1_program"] <= 0.25 * lost
+    assert mapped.verify["quantized_max_abs_error"] < naive.verify["quantized_max_abs_error"]
+    rep = mapped.report["passes"]["map-errors"]["layers"]
+    assert all(r["expected_sq_error_after"] <= r["expected_sq_error_before"] for r in rep.values())
+    assert sum(r["expected_sq_error_after"] for r in rep.values()) < \
+        0.1 * sum(r["expected_sq_error_before"] for r in rep.values())
+
+
+def test_any_placement_it_picks_is_exact_on_an_ideal_chip():
+    c = _compiled("resnet_tiny", 0.1, True)
+    assert any(n.attrs["tiles"].placed for n in c.program.nodes if n.op == "sram.mvm")
+    x = {zoo.load("resnet_tiny").input_name: zoo.test_set()[0][:16]}
+    want, got = run(c.quantized, x), run(c.program, x, machine={})  # the same program on a chip with no faults
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
+def test_a_placement_that_seeks_faults_is_caught():
+    """The check above fails for a broken pass: one that maximises the error (the negated cost)."""
+    t = _faulty(0.1)
+    original = _Tile.row_cost
+    try:
+        _Tile.row_cost = lambda self, E2, col_at: -original(self, E2, col_at)  # type: ignore[method-assign]
+        x = zoo.test_set()[0]
+        broken = cimc.compile("zoo:mlp", target=t, pipeline=t.default_pipeline() + "{iterations=0 arrays=false}",
+                              verify=True, inputs=np.array(x[:200]), progress=False, seed=1)
+    finally:
+        _Tile.row_cost = original  # type: ignore[method-assign]
+    naive = _compiled("mlp", 0.1, False)
+    assert broken.verify["quantized_max_abs_error"] >= naive.verify["quantized_max_abs_error"]
+
+
+def test_strategy_none_and_no_faults_keep_the_placement():
+    t = _faulty(0.05)
+    c = cimc.compile("zoo:mlp", target=t, pipeline=t.default_pipeline() + "{strategy=none}", progress=False)
+    assert not any(n.attrs["tiles"].placed for n in c.program.nodes if n.op == "sram.mvm")
+    assert c.report["passes"]["map-errors"]["status"].startswith("strategy=none")
+    ideal = SramCimTarget()
+    c = cimc.compile("zoo:mlp", target=ideal, pipeline=ideal.default_pipeline() + ",map-errors", progress=False)
+    assert "no faults" in c.report["passes"]["map-errors"]["status"]
+
+
+def test_deterministic_and_chip_file_round_trip(tmp_path):
+    t = _faulty(0.05)
+    a, b = (cimc.compile("zoo:mlp", target=t, progress=False, seed=3) for _ in range(2))
+    assert print_graph(a.program) == print_graph(b.program)
+    path = tmp_path / "chip.npz"
+    a.target.chip(3).save(path)
+    t = SramCimTarget().with_spec(chip=str(path), spare_rows=2)
+    c = cimc.compile("zoo:mlp", target=t, progress=False, seed=3)
+    assert "map-errors" in c.pipeline
+    assert print_graph(c.program) == print_graph(a.program)
+    assert json.dumps(c.report["passes"]) == json.dumps(a.report["passes"])
+
+
+def test_bad_chip_and_rates_are_one_clear_line(tmp_path, capsys):
+    path = tmp_path / "small.npz"
+    Chip.sample(16, 64, 64, p_sa0=0.1, seed=0).save(path)  # a chip for another array size
+    out = tmp_path / "out"
+    assert main(["compile", "zoo:mlp", "--target", "sram-cim", "--spec-set", f"chip={path}", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "64 x 64" in err and "128" in err, err
+    assert not out.exists()
+    for bad in ("p_sa0=1.5", "p_sa1=-0.1"):
+        assert main(["compile", "zoo:mlp", "--target", "sram-cim", "--spec-set", bad, "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "out of range" in err
