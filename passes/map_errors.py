@@ -14,8 +14,9 @@ logical row ``i`` on the calibration inputs (1 without them). That is the cost m
 
 1. arrays: the tiles of all layers keep their arrays' roles (which tiles share an array, so rounds and reloads
    are unchanged), but which physical array plays each role is a permutation chosen by
-   ``scipy.optimize.linear_sum_assignment`` on the cost of every role's tiles on every array at the identity
-   placement: the most significant slices go to the most reliable arrays;
+   ``scipy.optimize.linear_sum_assignment`` on the cost of every role's tiles on every array (per level, the
+   tiles' summed weight ``m2 * sig^2`` of the cells at that level times the array's mean squared error at
+   that level): the most significant slices go to the most reliable arrays;
 2. rows, then columns, then rows again (``iterations``): each an assignment (``linear_sum_assignment``) of the
    tile's logical rows to the array's physical rows (spare rows included) given its columns, and of its logical
    columns to the physical columns (spare columns included) given its rows; each step is optimal given the
@@ -127,43 +128,42 @@ class MapErrorsPass(Pass):
         levels = 1 << int(nodes[0].attrs["tile.cell_bits"])
         E2 = np.stack([error_maps(device, a, levels, shape) ** 2 for a in range(A)])  # [A, levels, R, C]
         m2 = _input_moments(graph, nodes, ctx.calibration, self.inputs, ctx.seed)
-        tiles = {id(n): [_tile(n, i, m2.get(id(n))) for i in range(len(n.attrs["tile.map"]))] for n in nodes}
-        perm = self._array_permutation(nodes, tiles, E2) if self.arrays else np.arange(A)
+        perm = self._array_permutation(nodes, m2, E2) if self.arrays else np.arange(A)
         report = {}
         for node in nodes:
             tm: TileMap = node.attrs["tile.map"]
-            before = sum(t.cost(E2[tm.array_list[t.index]], tm.rows_of(t.index), tm.cols_of(t.index))
-                         for t in tiles[id(node)])
             table = tm.table.copy()
             table[:, 7] = perm[table[:, 7]]
-            row_at, col_at, after = [], [], 0.0
-            for t in tiles[id(node)]:
-                r, c, cost = self._place(t, E2[table[t.index, 7]], tm.rows_of(t.index), tm.cols_of(t.index))
+            row_at, col_at, before, after = [], [], 0.0, 0.0
+            for i in range(len(tm)):  # one tile at a time: a tile's cost terms are large
+                t = _tile(node, i, m2.get(id(node)))
+                before += t.cost(E2[tm.array_list[i]], tm.rows_of(i), tm.cols_of(i))
+                r, c, cost = self._place(t, E2[table[i, 7]], tm.rows_of(i), tm.cols_of(i))
                 row_at.append(r)
                 col_at.append(c)
                 after += cost
             placed = tm.replace(table=table, row_at=row_at, col_at=col_at)
             node.attrs["tile.map"] = placed
-            m = weight_matrix(node)
             if Encoding(node.attrs["tile.encoding"], int(node.attrs["tile.weight_bits"]),
                         int(node.attrs["tile.cell_bits"])).offset == 0:
-                node.attrs["tile.skip"] = zero_blocks(m, placed, int(node.attrs["tile.rows_per_op"]))
+                node.attrs["tile.skip"] = zero_blocks(weight_matrix(node), placed, int(node.attrs["tile.rows_per_op"]))
             report[node.name] = {"expected_sq_error_before": before, "expected_sq_error_after": after}
         graph.metadata[REPORT] = json.dumps({"strategy": self.strategy, "arrays_permuted": bool(self.arrays),
                                              "layers": report}, sort_keys=True)
         return PassResult(True)
 
-    def _array_permutation(self, nodes: list[Node], tiles: dict[int, list[_Tile]], E2: np.ndarray) -> np.ndarray:
-        """``perm[a]``: the physical array that plays array ``a``'s role (module docstring, step 1)."""
-        A = E2.shape[0]
-        cost = np.zeros((A, A))
+    def _array_permutation(self, nodes: list[Node], m2: dict[int, np.ndarray], E2: np.ndarray) -> np.ndarray:
+        """``perm[a]``: the physical array that plays array ``a``'s role (module docstring, step 1), by the cost of
+        each role's tiles on each array: per level, the tiles' weight of that level times the array's mean
+        squared error at that level."""
+        A, levels = E2.shape[:2]
+        weight = np.zeros((A, levels))
         for node in nodes:
             tm: TileMap = node.attrs["tile.map"]
-            for t in tiles[id(node)]:
-                rows, cols = tm.rows_of(t.index), tm.cols_of(t.index)
-                for b in range(A):
-                    cost[tm.array_list[t.index], b] += t.cost(E2[b], rows, cols)
-        slot, phys = linear_sum_assignment(cost)
+            for i in range(len(tm)):
+                t = _tile(node, i, m2.get(id(node)))
+                weight[tm.array_list[i]] += (t.w * t.m2[None, :, None]).sum(axis=(1, 2))
+        slot, phys = linear_sum_assignment(weight @ E2.mean(axis=(2, 3)).T)
         perm = np.empty(A, np.int64)
         perm[slot] = phys
         return perm
