@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             rec = (mapped.mean() - naive.mean()) / lost if lost > 0 else float("nan")
             print(f"| {model} | {100 * rate:g}% | {args.chips} | {100 * q:.2f}% | {100 * naive.mean():.2f}% "
                   f"({100 * naive.min():.2f}%) | {100 * mapped.mean():.2f}% ({100 * mapped.min():.2f}%) | "
-                  f"{100 * rec:.1f}% | {en:.4f} | {em:.4f} | {en / max(em, 1e-12):.1f}x |", flush=True)
+                  f"{100 * rec:.1f}% | {en:.4f} | {em:.4f} | {f'{en / em:.1f}x' if em > 0 else 'exact'} |", flush=True)
 
 
 if __name__ == "__main__":
