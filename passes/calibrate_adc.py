@@ -165,8 +165,10 @@ class CalibrateAdcPass(Pass):
                      ) -> list[tuple[Histogram, np.ndarray]]:
         a = node.attrs
         tiles: TileMap = a["tiles"]
-        load = node.inputs[1].producer
-        if load is None or not isinstance(load.attrs.get("tiles"), TileMap) or load.inputs[0].const is None:
+        token = node.inputs[1]
+        load = token.producer if token is not None else None
+        cells = load.inputs[0] if load is not None and load.inputs else None
+        if load is None or not isinstance(load.attrs.get("tiles"), TileMap) or cells is None or cells.const is None:
             raise PassError(f"calibrate-adc: the token of {node.op} {node.name!r} does not come from a load of "
                             f"constant cells")
         held: TileMap = load.attrs["tiles"]
@@ -180,7 +182,7 @@ class CalibrateAdcPass(Pass):
         rank = [window[:i].count(w) for i, w in enumerate(window)]
         out = []
         for i, t in enumerate(tiles):
-            w = Written(load.inputs[0].const, int(load.attrs["cell_bits"]), held, at[t.array])
+            w = Written(cells.const, int(load.attrs["cell_bits"]), held, at[t.array])
             xt = _inputs(x, t.group, t.k0, t.k1, cols)
             P, n = xt.shape[0], copies[window[i]]
             q0, q1 = rank[i] * P // n, (rank[i] + 1) * P // n

@@ -142,20 +142,20 @@ def fit(counts: np.ndarray, weighted: np.ndarray, centres: np.ndarray, *, bits: 
     v, wt = centres[live], weighted[live]
     if not wt.any():
         wt = counts[live]
-    lo, hi = float(v.min()), float(v.max())
+    least, most = float(v.min()), float(v.max())
     best = (np.inf, fallback)
     for e in range(0, max(0, need - bits) + 1):
         step = 1 << e
         span = step * top
         default_offset = fallback[1] if step == fallback[0] else (-step << (bits - 1) if signed else 0)
         coarse = np.unique(np.concatenate([
-            np.floor(np.linspace(lo - span, hi, _GRID)),
+            np.floor(np.linspace(least - span, most, _GRID)),
             [np.floor(_quantile(cum, centres, q)) for q in _LOW_Q],
             [np.ceil(_quantile(cum, centres, 1 - q)) - span for q in _LOW_Q],
             [default_offset]]))
         err = _errors(v, wt, step, coarse, top, rounding)
         at = float(coarse[int(np.argmin(err))])
-        stride = max(1.0, float(np.ceil((hi - lo + span) / _GRID)))
+        stride = max(1.0, float(np.ceil((most - least + span) / _GRID)))
         fine = np.unique(np.concatenate([coarse, np.arange(at - stride, at + stride + 1)]))
         err = _errors(v, wt, step, fine, top, rounding)
         k = int(np.argmin(err))
