@@ -424,3 +424,31 @@ def test_out_bits_that_change_nothing_say_so(caplog):
     with caplog.at_level(logging.WARNING, logger="cimc.quant.lower"):
         _quantize(_float("lstm_rows"), "out-bits=6")
     assert "out-bits" not in caplog.text
+
+
+@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid", "Sigmoid"])
+def test_a_table_input_is_not_spent_where_its_function_is_flat(op):
+    """HardSwish is 0 below -3, HardSigmoid (alpha 0.2) 0 below -2.5 and 1 above 2.5: the grid of the value
+    their table reads covers only the part that varies (its end codes within a step of the bounds), so the
+    codes are finer there; Sigmoid varies everywhere, and its input keeps the calibrated range."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cimc.onnx_io import import_model
+
+    rng = np.random.default_rng(7)
+    w = numpy_helper.from_array(rng.normal(0, 2.0, (8, 16)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node(op, ["h"], ["y"])], op,
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])], [w])
+    calib = {"x": rng.normal(size=(64, 8)).astype(np.float32)}
+    q = _quantize(import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])),
+                  calibration=calib)
+    p = next(n for n in q.nodes if n.op == "q.lut").inputs[0].type.quant
+    step, lo, hi = p.scale[0], -p.zero_point[0] * p.scale[0], (255 - p.zero_point[0]) * p.scale[0]
+    h = calib["x"] @ numpy_helper.to_array(w)
+    assert h.min() < -4 and h.max() > 4  # the calibrated range reaches into the flat parts
+    if op == "Sigmoid":
+        assert lo <= h.min() + step and hi >= h.max() - step
+    else:
+        bound = 3.0 if op == "HardSwish" else 2.5
+        assert abs(lo + bound) <= step and (op == "HardSwish" or abs(hi - bound) <= step), (lo, hi, step)

@@ -56,6 +56,8 @@ MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Uns
                    "Expand", "Identity", "Concat"})
 """Ops that only move or select elements, so they run on uint8 values unchanged."""
 _ACTS = frozenset({"Relu", "Clip"})
+_FLAT = frozenset({"HardSwish", "HardSigmoid"})
+"""Table functions constant beyond a bound, whose input grid :meth:`_Lowering.flat_trimmed` trims."""
 UNARY = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Log",
                    "Sqrt", "Reciprocal", "Neg", "Abs", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Mish", "Celu",
                    "ThresholdedRelu", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "Identity", "PRelu", "Add",
@@ -304,7 +306,7 @@ class _Lowering:
             if array_out and self.s.out_bits and id(v) not in self.array_read:
                 bits = self.s.out_bits
                 self.out_bits_used = True
-            lo, hi = self.obs[v.name].range(bits)
+            lo, hi = self.flat_trimmed(v, *self.obs[v.name].range(bits))
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 by = f" (the result of node {v.producer.name!r}, {v.producer.op})" if v.producer else ""
                 raise CimcError(f"value %{v.name}{by} is not finite on the calibration inputs (its range is "
@@ -312,6 +314,29 @@ class _Lowering:
                                 f"infinity there")
             self._params[id(v)] = (*act_params(lo, hi, bits), bits)
         return self._params[id(v)]
+
+    def flat_trimmed(self, v: Value, lo: float, hi: float) -> tuple[float, float]:
+        """``[lo, hi]`` less the ends where every reader of ``v`` is a table of a function that is constant
+        there (``HardSwish`` below -3, ``HardSigmoid`` beyond ``(+-0.5 - beta) / alpha``): codes there would
+        all read the same entry, so the grid spends them on the part that varies. A value beyond the trimmed
+        range saturates to its end, whose entry is the constant one (to within half an input step)."""
+        readers = [u for u, _ in v.uses]
+        if not readers or self.src.is_output(v) or not all(u.op in _FLAT and scalar_operand(u, v=v) is not None
+                                                           for u in readers):
+            return lo, hi
+        from cimc.ops.qoperator import float_op
+
+        grid = np.linspace(lo, hi, 4097, dtype=np.float32)
+        first, last = grid.size - 1, 0
+        for u in readers:
+            k, consts = scalar_operand(u, v=v)
+            y = np.asarray(float_op(u.op, u.attrs, *(grid if i == k else None if c is None else
+                                                     np.asarray(c).reshape(()) for i, c in enumerate(consts))))
+            changes_lo, changes_hi = np.flatnonzero(y != y[0]), np.flatnonzero(y != y[-1])
+            if changes_lo.size == 0:  # constant over the whole range: nothing to trim by
+                return lo, hi
+            first, last = min(first, changes_lo[0] - 1), max(last, changes_hi[-1] + 1)
+        return float(grid[max(first, 0)]), float(grid[min(last, grid.size - 1)])
 
     def node(self, op: str, inputs: list, attrs: dict, name: str, out: TensorType | None = None,
              out_name: str | None = None) -> Value:
