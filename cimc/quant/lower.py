@@ -320,16 +320,16 @@ class _Lowering:
         there (``HardSwish`` below -3, ``HardSigmoid`` beyond ``(+-0.5 - beta) / alpha``): codes there would
         all read the same entry, so the grid spends them on the part that varies. A value beyond the trimmed
         range saturates to its end, whose entry is the constant one (to within half an input step)."""
-        readers = [u for u, _ in v.uses]
-        if not readers or self.src.is_output(v) or not all(u.op in _FLAT and scalar_operand(u, v=v) is not None
-                                                           for u in readers):
+        readers = [(u, scalar_operand(u, v=v)) for u, _ in v.uses]
+        if not readers or self.src.is_output(v) or not all(u.op in _FLAT and step is not None for u, step in readers):
             return lo, hi
         from cimc.ops.qoperator import float_op
 
         grid = np.linspace(lo, hi, 4097, dtype=np.float32)
         first, last = grid.size - 1, 0
-        for u in readers:
-            k, consts = scalar_operand(u, v=v)
+        for u, step in readers:
+            assert step is not None
+            k, consts = step
             y = np.asarray(float_op(u.op, u.attrs, *(grid if i == k else None if c is None else
                                                      np.asarray(c).reshape(()) for i, c in enumerate(consts))))
             changes_lo, changes_hi = np.flatnonzero(y != y[0]), np.flatnonzero(y != y[-1])
