@@ -238,7 +238,7 @@ def _dims_from_vector(node: Node, known: dict[int, Vec]) -> tuple[Dim, ...] | No
         opdef = lookup(node.op)
         a = opdef.attr_values(node.attrs) if opdef is not None else node.attrs
         stretch = a.get("axes") is None and a.get("keep_aspect_ratio_policy", "stretch") == "stretch"
-        src = node.inputs[0].type.shape  # type: ignore[union-attr]
+        src = node.operand(0).type.shape
         return vec[1] if stretch and src is not None and len(src) == len(vec[1]) else None
     if node.op != "Reshape":
         src = node.operand(0).type.shape if node.op == "Expand" else ()
