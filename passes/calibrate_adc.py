@@ -153,15 +153,29 @@ class CalibrateAdcPass(Pass):
         device = machine.get(DEVICE, IDEAL)
         out: dict[int, list[tuple[Histogram, np.ndarray]]] = {}
 
-        def observe(v: Value, array: np.ndarray) -> None:
-            for i, n in watch.get(id(v), ()):
-                out[i] = self._instruction(n, array, device, np.random.default_rng([seed, i, 0x41444331]))
+        from cimc.quant.calibrate import batches
 
+        n = int(next(iter(calib.values())).shape[0])
+        runs = batches(run, calib, n)
+        per_run = -(-self.positions // max(1, len(runs)))
+
+        def observe(v: Value, array: np.ndarray) -> None:
+            for i, node in watch.get(id(v), ()):
+                rng = np.random.default_rng([seed, i, len(done.get(i, ())), 0x41444331])
+                done.setdefault(i, []).append(self._instruction(node, array, device, rng, per_run))
+
+        done: dict[int, list[list[tuple[Histogram, np.ndarray]]]] = {}
         target.register_ops()
-        Interpreter(run, seed=seed, machine=machine).run(calib, observe=observe)
+        interp = Interpreter(run, seed=seed, machine=machine)
+        for inputs in runs:
+            interp.run(inputs, observe=observe)
+        for i, parts in done.items():  # each tile's histograms summed over the runs
+            out[i] = [(Histogram(sum(p[t][0].counts for p in parts), sum(p[t][0].weighted for p in parts),
+                                 parts[0][t][0].least, parts[0][t][0].width), parts[0][t][1])
+                      for t in range(len(parts[0]))]
         return out
 
-    def _instruction(self, node: Node, x: np.ndarray, device: Any, rng: np.random.Generator
+    def _instruction(self, node: Node, x: np.ndarray, device: Any, rng: np.random.Generator, positions: int
                      ) -> list[tuple[Histogram, np.ndarray]]:
         a = node.attrs
         tiles: TileMap = a["tiles"]
@@ -186,8 +200,8 @@ class CalibrateAdcPass(Pass):
             xt = _inputs(x, t.group, t.k0, t.k1, cols)
             P, n = xt.shape[0], copies[window[i]]
             q0, q1 = rank[i] * P // n, (rank[i] + 1) * P // n
-            pick = np.sort(rng.choice(q1 - q0, size=min(self.positions, q1 - q0), replace=False)) + q0 \
-                if q1 - q0 > self.positions else np.arange(q0, q1)
+            pick = np.sort(rng.choice(q1 - q0, size=min(positions, q1 - q0), replace=False)) + q0 \
+                if q1 - q0 > positions else np.arange(q0, q1)
             blocks = np.unique(t.row_at // rpo)
             blocks = blocks[~np.isin(blocks, skip[skip[:, 0] == i, 1])]
             S = t.s1 - t.s0

@@ -217,21 +217,28 @@ def _input_moments(graph: Graph, nodes: list[Node], calibration: Any, inputs: in
     if not calibration or inputs == 0:
         return {}
     from cimc.interpreter import Interpreter
+    from cimc.quant.calibrate import batches, check_calibration
 
     watch: dict[int, list[Node]] = {}
     for n in nodes:
         watch.setdefault(id(n.inputs[0]), []).append(n)
-    out: dict[int, np.ndarray] = {}
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, float] = {}
 
     def observe(v: Value, x: np.ndarray) -> None:
         for n in watch.get(id(v), ()):
             G, K, _ = n.attrs["tile.map"].matrix
             sq = np.asarray(x, np.float64) ** 2
             if n.op == "q.conv":
-                per_channel = sq.mean(axis=tuple(i for i in range(sq.ndim) if i != 1))  # [C]
-                out[id(n)] = np.repeat(per_channel, K // (len(per_channel) // G)).reshape(G, K)
+                per_channel = sq.sum(axis=tuple(i for i in range(sq.ndim) if i != 1))  # [C]
+                total, count = np.repeat(per_channel, K // (len(per_channel) // G)).reshape(G, K), sq.size / sq.shape[1]
             else:
-                out[id(n)] = sq.reshape(-1, sq.shape[-1]).mean(axis=0).reshape(G, K)
+                total, count = sq.reshape(-1, sq.shape[-1]).sum(axis=0).reshape(G, K), sq.size / sq.shape[-1]
+            sums[id(n)] = sums.get(id(n), 0.0) + total
+            counts[id(n)] = counts.get(id(n), 0.0) + count
 
-    Interpreter(graph, seed=seed).run({k: np.asarray(v)[:inputs] for k, v in calibration.items()}, observe=observe)
-    return out
+    arrays, count = check_calibration(graph, calibration)
+    interp = Interpreter(graph, seed=seed)
+    for run in batches(graph, {k: a[:inputs] for k, a in arrays.items()}, min(count, inputs)):
+        interp.run(run, observe=observe)
+    return {k: sums[k] / max(counts[k], 1.0) for k in sums}

@@ -159,13 +159,9 @@ def calibrate(graph: Graph, data: Mapping[str, np.ndarray] | None, watch: list[V
     """Run ``graph`` on ``data`` in batches and return an observer per watched value, by name;
     ``also(value, array)``, if given, sees every value of every batch too (in the same runs)."""
     arrays, n = check_calibration(graph, data)
-    fixed = [v.type.shape[0] for v in graph.inputs if v.type.shape and isinstance(v.type.shape[0], int)]
-    batch = fixed[0] if fixed else BATCH
-    stop = n - n % batch if fixed else n
-    if stop < n:
-        logger.warning("calibration: dropping the last %d samples (the graph's batch is fixed at %d)", n - stop, batch)
+    runs = batches(graph, arrays, n)
     rng = np.random.default_rng(seed)
-    observers = {id(v): make_observer(method, rng, percentile, -(-stop // batch)) for v in watch}
+    observers = {id(v): make_observer(method, rng, percentile, len(runs)) for v in watch}
 
     def observe(v: Value, a: np.ndarray) -> None:
         obs = observers.get(id(v))
@@ -175,6 +171,17 @@ def calibrate(graph: Graph, data: Mapping[str, np.ndarray] | None, watch: list[V
             also(v, a)
 
     interp = Interpreter(graph, seed=seed, reproducible=True)  # scales that do not depend on the CPU
-    for start in range(0, stop, batch):
-        interp.run({k: a[start:start + batch] for k, a in arrays.items()}, observe=observe)
+    for run in runs:
+        interp.run(run, observe=observe)
     return {v.name: observers[id(v)] for v in watch}
+
+
+def batches(graph: Graph, arrays: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    """The ``n`` samples of ``arrays`` cut into the interpreter runs that calibrate ``graph``: batches of the graph's
+    fixed batch size (the last samples that do not fill one are dropped, with a warning), else of ``BATCH``."""
+    fixed = [v.type.shape[0] for v in graph.inputs if v.type.shape and isinstance(v.type.shape[0], int)]
+    batch = fixed[0] if fixed else BATCH
+    stop = n - n % batch if fixed else n
+    if stop < n:
+        logger.warning("calibration: dropping the last %d samples (the graph's batch is fixed at %d)", n - stop, batch)
+    return [{k: a[start:start + batch] for k, a in arrays.items()} for start in range(0, stop, batch)]
