@@ -155,8 +155,7 @@ class CalibrateAdcPass(Pass):
 
         from cimc.quant.calibrate import batches
 
-        n = int(next(iter(calib.values())).shape[0])
-        runs = batches(run, calib, n)
+        runs = batches(run, calib, int(next(iter(calib.values())).shape[0]))
         per_run = -(-self.positions // max(1, len(runs)))
 
         def observe(v: Value, array: np.ndarray) -> None:
@@ -170,7 +169,8 @@ class CalibrateAdcPass(Pass):
         for inputs in runs:
             interp.run(inputs, observe=observe)
         for i, parts in done.items():  # each tile's histograms summed over the runs
-            out[i] = [(Histogram(sum(p[t][0].counts for p in parts), sum(p[t][0].weighted for p in parts),
+            out[i] = [(Histogram(np.sum([p[t][0].counts for p in parts], axis=0),
+                                 np.sum([p[t][0].weighted for p in parts], axis=0),
                                  parts[0][t][0].least, parts[0][t][0].width), parts[0][t][1])
                       for t in range(len(parts[0]))]
         return out
