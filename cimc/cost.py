@@ -5,8 +5,9 @@ and its operand/result types (static shapes) only, never by running it, so costi
 fast as walking it. A :class:`Cost` gives the op's ``cycles``, its ``energy_pj`` split by hardware
 component (``parts``: arrays, ADCs, DACs, shift-add, buffers, interconnect, vector unit, DRAM, or a
 target's own), the unit that spends the time (``array``, ``vector``, ``dma``, ``load``), its MACs,
-the DRAM bytes it moves by kind (``weights``, ``spills``) and, for an op that
-programs arrays, the cell regions it writes (:class:`Write`).
+the DRAM bytes it moves by kind (``weights``, ``spills``), counts of the target's own hardware events
+(``events``: racetrack shifts, ...) and, for an op that programs arrays, the cell regions it writes
+(:class:`Write`).
 
 :func:`program_cost` adds the costs up into a :class:`CostReport`:
 
@@ -23,6 +24,9 @@ programs arrays, the cell regions it writes (:class:`Write`).
   unit, DMA) overlapped perfectly: the busiest unit's cycles.
 - **Area** is the target's :meth:`area` (a list of :class:`AreaPart`, each citing its source), summed
   per component; ``None`` if the target has no area model.
+- **Events** (``Cost.events``) add up like energy; each kind is a key of ``per_inference`` and
+  ``one_time`` (and of each layer), e.g. ``shifts``. **Notes** are the target's ``cost_notes()``: what its
+  op costs assume beyond this module's model (what overlaps inside an op), printed with the latency.
 
 Shared pieces targets build op costs from: :func:`vector_cost` (the digital vector unit: an op
 processes ``elements`` element operations, ``lanes`` per step, each step ``cycles_per_op`` cycles and
@@ -48,6 +52,7 @@ __all__ = [
     "DRAM_KINDS",
     "LATENCY_MODEL",
     "LAYOUT_OPS",
+    "REPORT_KEYS",
     "UNITS",
     "ZERO",
     "AreaPart",
@@ -65,6 +70,10 @@ __all__ = [
     "vector_cost",
 ]
 
+REPORT_KEYS = frozenset({"cycles", "latency_us", "time_us", "energy_nj", "macs", "ops", "by_unit",
+                         "energy_nj_by_component", "dram_bytes", "energy_fj_per_mac", "tops_per_w", "weight_reloads",
+                         "layers", "cell_writes_by_array", "cell_writes_total", "name"})
+"""Keys of the report's per-inference and one-time sections; an event kind may not be one of them."""
 UNITS = ("array", "vector", "dma", "load")
 """Where an op spends its time: the arrays, the digital vector unit, data movement, array programming
 (weight loads and reloads)."""
@@ -105,7 +114,9 @@ class Cost:
     ``cycles`` of the target clock; ``energy_pj`` (picojoules); the ``unit`` that spends the time
     ("array" | "vector" | "dma" | "load"); ``macs`` done; ``parts``: the energy by component (they sum to
     ``energy_pj``; empty: all of it in the unit's default component); ``dram``: bytes moved to or from
-    DRAM by kind (:data:`DRAM_KINDS`); ``writes``: the cell regions an op of unit "load" programs.
+    DRAM by kind (:data:`DRAM_KINDS`); ``writes``: the cell regions an op of unit "load" programs;
+    ``events``: counts of the target's own hardware events by kind (racetrack ``shifts``), a name the
+    report does not already use (:data:`REPORT_KEYS`).
     """
 
     cycles: float
@@ -115,6 +126,7 @@ class Cost:
     parts: Mapping[str, float] = field(default_factory=dict)
     dram: Mapping[str, float] = field(default_factory=dict)
     writes: tuple[Write, ...] = ()
+    events: Mapping[str, float] = field(default_factory=dict)
 
     def components(self) -> dict[str, float]:
         """The energy by component: ``parts``, or all of it in the unit's default component."""
@@ -315,6 +327,7 @@ class Tally:
     by_component: dict[str, float] = field(default_factory=dict)
     dram_bytes: dict[str, float] = field(default_factory=dict)
     cell_writes: dict[int, int] = field(default_factory=dict)
+    events: dict[str, float] = field(default_factory=dict)
 
     def add(self, cost: Cost) -> None:
         """Account one op's cost."""
@@ -332,6 +345,8 @@ class Tally:
             self.dram_bytes[k] = self.dram_bytes.get(k, 0.0) + v
         for w in cost.writes:
             self.cell_writes[w.array] = self.cell_writes.get(w.array, 0) + w.cells
+        for k, v in cost.events.items():
+            self.events[k] = self.events.get(k, 0.0) + v
 
     def to_dict(self, clock_mhz: float | None, time_key: str = "latency_us") -> dict[str, Any]:
         """JSON-ready sums (energies in nJ, times in microseconds when the clock is known)."""
@@ -342,7 +357,8 @@ class Tally:
                             for k, u in sorted(self.by_unit.items())},
                 "energy_nj_by_component": {k: v / 1e3 for k, v in sorted(self.by_component.items())},
                 "dram_bytes": {k: self.dram_bytes.get(k, 0.0) for k in DRAM_KINDS}
-                | {k: v for k, v in sorted(self.dram_bytes.items()) if k not in DRAM_KINDS}}
+                | {k: v for k, v in sorted(self.dram_bytes.items()) if k not in DRAM_KINDS},
+                **dict(sorted(self.events.items()))}
 
 
 @dataclass
@@ -365,6 +381,8 @@ class CostReport:
     per_inference: Tally
     one_time: Tally
     area: list[AreaPart] | None = None
+    notes: list[str] = field(default_factory=list)
+    """The target's ``cost_notes()``: what its op costs assume beyond the shared model."""
 
     @property
     def latency_us(self) -> float | None:
@@ -401,7 +419,7 @@ class CostReport:
         busiest = max((u["cycles"] for u in self.per_inference.by_unit.values()), default=0.0)
         return {"target": self.target, "clock_mhz": clock,
                 "latency": {"combine": LATENCY_MODEL, "latency_us": self.latency_us,
-                            "units_overlapped_lower_bound_us": _us(busiest, clock)},
+                            "units_overlapped_lower_bound_us": _us(busiest, clock), "target_notes": self.notes},
                 "per_inference": per, "one_time": one,
                 "area_mm2": area_dict(self.area) if self.area is not None else None}
 
@@ -417,8 +435,10 @@ class CostReport:
         units = ", ".join(f"{u} {d['cycles']:.0f} cycles / {d['energy_pj'] / 1e3:.3f} nJ"
                           for u, d in sorted(self.per_inference.by_unit.items()))
         comps = ", ".join(f"{k} {v / 1e3:.3f}" for k, v in sorted(self.per_inference.by_component.items()))
+        events = ", ".join(f"{k} {v:.0f}" for k, v in sorted(self.per_inference.events.items()))
         return "\n".join([*lines, f"per inference by unit: {units}",
-                          f"per inference energy by component (nJ): {comps}"])
+                          f"per inference energy by component (nJ): {comps}",
+                          *([f"per inference events: {events}"] if events else [])])
 
     def _row(self, name: str, t: Tally, one: Tally) -> tuple[str, ...]:
         lat = _us(t.cycles, self.clock_mhz)
@@ -439,6 +459,10 @@ def _checked(target: _CostTarget, node: Any) -> Cost:
     if cost.unit not in UNITS:
         raise TypeError(f"{type(target).__name__}.op_cost({node.op} '{node.name}'): unit {cost.unit!r} is not one "
                         f"of {', '.join(UNITS)}")
+    clash = REPORT_KEYS.intersection(cost.events)
+    if clash:
+        raise TypeError(f"{type(target).__name__}.op_cost({node.op} '{node.name}'): event kind {sorted(clash)[0]!r} "
+                        f"is a key the cost report already uses")
     parts = sum(cost.parts.values())
     if cost.parts and not math.isclose(parts, cost.energy_pj, rel_tol=1e-9, abs_tol=1e-9):
         raise TypeError(f"{type(target).__name__}.op_cost({node.op} '{node.name}'): its energy parts sum to "
@@ -502,8 +526,10 @@ def program_cost(program: Any, target: _CostTarget) -> CostReport:
     clock = getattr(spec, "clock_mhz", None)
     area_of = getattr(target, "area", None)
     area = area_of() if callable(area_of) else None
+    notes_of = getattr(target, "cost_notes", None)
+    notes = notes_of() if callable(notes_of) else []
     return CostReport(getattr(target, "name", type(target).__name__), float(clock) if clock else None,
-                      list(layers.values()), per, one, area)
+                      list(layers.values()), per, one, area, list(notes))
 
 
 summarize = program_cost

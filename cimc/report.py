@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cimc.cost import REPORT_KEYS
+
 if TYPE_CHECKING:
     from cimc.driver import CompiledModel
 
@@ -173,7 +175,11 @@ def cost_summary(cost: dict[str, Any], busy: str = "n/a") -> list[str]:
              "  DRAM bytes: " + ", ".join(f"{k} {v:.0f}" for k, v in per["dram_bytes"].items()),
              f"  weight reloads: {per['weight_reloads']['note']}"
              + (f" ({per['weight_reloads']['energy_nj']:.3f} nJ)" if per["weight_reloads"]["ops"] else ""),
-             f"  latency: {cost['latency']['combine']}"]
+             f"  latency: {cost['latency']['combine']}",
+             *(f"  {note}" for note in cost["latency"].get("target_notes", []))]
+    events = {k: v for k, v in per.items() if k not in REPORT_KEYS}
+    if events:
+        lines.insert(1, "  events: " + ", ".join(f"{k} {v:.0f}" for k, v in events.items()))
     if one["ops"]:
         t = one["time_us"]
         lines.append(f"one-time programming (before inference): {one['energy_nj']:.3f} nJ, {one['cycles']:.0f} cycles"

@@ -556,6 +556,11 @@ class Target:
         figure; ``None`` (this default): the target has no area model."""
         return None
 
+    def cost_notes(self) -> list[str]:
+        """Sentences on what this target's op costs assume beyond the shared cost model (for example what
+        overlaps inside one op); the cost report prints them with its latency. Default: none."""
+        return []
+
     def with_spec(self, **overrides: Any) -> Target:
         """A copy of this target with some spec parameters changed."""
         return dataclasses.replace(self, spec=self.spec.replace(**overrides))

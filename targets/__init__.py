@@ -30,6 +30,7 @@ __all__ = ["BUILTIN", "all_targets", "describe_target", "describe_targets", "dum
 
 BUILTIN: dict[str, str] = {
     "npu": "cimc.targets.npu:NpuTarget",
+    "racetrack": "cimc.targets.racetrack:RacetrackTarget",
     "sram-cim": "cimc.targets.sram_cim:SramCimTarget",
 }
 """Built-in target name -> ``module:ClassName``."""

@@ -1,0 +1,184 @@
+"""The racetrack cost model: ``op_cost`` of every op of a lowered program, and the chip's area.
+
+Per op, from attributes, static shapes and the constant pieces table; a symbolic dim counts as 1, so
+every figure is per inference (a static batch of ``S`` is ``S`` inferences). ``shifts`` (an event of the
+report) counts one-domain shift steps summed over tracks: a step of an MU of ``T`` tracks is ``T``.
+
+- ``rt.mac`` over ``M`` MUs, per sample: ``L`` positions in ``nb = ceil(L / block)`` blocks; ``W`` words
+  read per block (the pieces' weights its ports pass over, :func:`~cimc.targets.racetrack.ops.swept`);
+  ``steps`` one-domain steps (:func:`~cimc.targets.racetrack.ops.sweep_steps`). Energy: shifts
+  ``steps * T * M * shift_pj``; port reads ``nb * W * weight_bits * read_pj_per_bit``; MAC cells ``W * L *
+  act_bits * add_pj`` (a bit-serial multiply is one add per activation bit); buffers: each state reads the
+  distinct activation rows its ports need once for all lanes (``A`` rows summed over states, one byte
+  each, for every position: ``A * L`` bytes) and each accumulator run of a column in a port segment is
+  read, added to and written back once per position (``8 * runs * L`` bytes), at ``buffer_pj_per_byte``.
+  Time per block of ``n`` positions: ``states`` reads, and between states the larger of the shift
+  (``|step| * shift_ns``) and the MACs on the word just read (``n * act_bits * add_cycles`` cycles), the
+  last state's MACs overlapping the turn (``|turn| * shift_ns``): shifting hides behind computing
+  whenever the MACs take longer. Guard checks (``ceil(steps / guard)`` per MU) each read one domain of
+  every track and take a read time, not overlapped.
+- ``rt.shift``: ``|distance|`` steps per inference (times its ``samples``): ``|distance| * shift_ns``,
+  ``|distance| * T * M * shift_pj``, plus guard checks.
+- ``rt.write``: ``bits = words * weight_bits`` written at ``write_pj_per_bit``, fetched from DRAM
+  (``ceil(bits / 8)`` bytes at ``dram_pj_per_byte``); each MU brings every domain under port 0 (``2 * (D -
+  1)`` steps, its shifts counted) and writes its lanes in parallel, MUs at once: ``max(DRAM time, D *
+  write_ns + 2 * (D - 1) * shift_ns)``; it writes the MUs it covers (one-time unless another write
+  rewrites them).
+- float ``MatMul``/``Gemm``/``LSTM``/... and every other op: the vector unit, as on sram-cim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, vector_cost
+from cimc.ir.core import Node
+from cimc.targets.racetrack.ops import swept, sweep_steps
+from cimc.targets.racetrack.spec import RacetrackSpec
+
+__all__ = ["area", "op_cost"]
+
+_MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize")
+_MAC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
+
+
+def _cycles(ns: float, s: RacetrackSpec) -> float:
+    return ns * s.clock_mhz / 1000.0
+
+
+def _guard(steps: int, mus: int, a, s: RacetrackSpec) -> tuple[int, float, float]:
+    """Guard checks per MU, their energy and time."""
+    g = int(a.get("guard", 0))
+    checks = -(-steps // g) if g > 0 and steps > 0 else 0
+    return checks, checks * mus * int(a["tracks"]) * s.read_pj_per_bit, checks * s.read_ns
+
+
+def _positions(node: Node) -> tuple[int, int]:
+    """(samples, positions per sample) of an ``rt.mac``'s input."""
+    shape = counts(node.inputs[0])
+    if node.attrs.get("layout") == "cols":
+        return (shape[1], shape[3]) if len(shape) == 4 else (1, 1)
+    if len(shape) < 2:
+        return 1, 1
+    return shape[0], math.prod(shape[1:-1])
+
+
+def _mac_cost(node: Node, s: RacetrackSpec) -> Cost:
+    a = node.attrs
+    m0, m1 = (int(v) for v in a["mus"])
+    M, T = m1 - m0, int(a["tracks"])
+    samples, L = _positions(node)
+    B, S, step = int(a["block"]), int(a["states"]), int(a.get("step", 1))
+    nb = -(-L // B)
+    _, _, steps, _ = sweep_steps(S, step, int(a.get("turn", 0)), int(a.get("alternate", 0)), nb)
+    reads = swept(node.inputs[2].const, a)
+    W = len(reads.flat)
+    G, K, N = (int(v) for v in a["matrix"])
+    bits, act = int(a.get("weight_bits", 8)), int(a.get("act_bits", 8))
+    g, k, n = np.unravel_index(reads.flat, (G, K, N))
+    rows = len(np.unique(reads.t * (G * K) + g * K + k))  # distinct (state, activation row)
+    port = (reads.d - int(a.get("start", 0)) - reads.t * step) // int(a["segment"])
+    runs = len(np.unique(((reads.mu * int(a["lanes"]) + reads.lane) * int(a["ports"]) + port) * (G * N) + g * N + n))
+    checks, guard_pj, guard_ns = _guard(steps, M, a, s)
+    shifts = steps * T * M
+    parts = {"shift": shifts * s.shift_pj, "port_reads": nb * W * bits * s.read_pj_per_bit,
+             "mac_cells": W * L * act * s.add_pj, "buffers": (rows + 8 * runs) * L * s.buffer_pj_per_byte}
+    if guard_pj:
+        parts["guard"] = guard_pj
+    parts = {k: v * samples for k, v in parts.items()}
+    mac_ns = act * s.add_cycles * 1000.0 / s.clock_mhz  # one multiply, in ns
+    last = L - (nb - 1) * B
+    turn_ns = abs(int(a.get("turn", 0))) * s.shift_ns
+    shift_ns = abs(step) * s.shift_ns
+
+    def block_ns(n: int) -> float:
+        return S * s.read_ns + (S - 1) * max(shift_ns, n * mac_ns) + max(n * mac_ns, turn_ns)
+
+    ns = (nb - 1) * block_ns(B) + block_ns(last) + guard_ns
+    events = {"shifts": shifts * samples}
+    if checks:
+        events["guard_checks"] = checks * M * samples
+    return Cost(_cycles(ns, s) * samples, sum(parts.values()), "array", W * L * samples, parts, {}, (), events)
+
+
+def _shift_cost(node: Node, s: RacetrackSpec) -> Cost:
+    a = node.attrs
+    m0, m1 = (int(v) for v in a["mus"])
+    steps, samples = abs(int(a["distance"])), int(a.get("samples", 1))
+    shifts = steps * int(a["tracks"]) * (m1 - m0)
+    checks, guard_pj, guard_ns = _guard(steps, m1 - m0, a, s)
+    parts = {"shift": shifts * s.shift_pj * samples}
+    if guard_pj:
+        parts["guard"] = guard_pj * samples
+    events = {"shifts": shifts * samples}
+    if checks:
+        events["guard_checks"] = checks * (m1 - m0) * samples
+    return Cost(_cycles(steps * s.shift_ns + checks * guard_ns, s) * samples, sum(parts.values()), "array", 0, parts,
+                {}, (), events)
+
+
+def _write_cost(node: Node, s: RacetrackSpec) -> Cost:
+    a = node.attrs
+    p = np.asarray(node.inputs[1].const, np.int64)
+    m0, m1 = (int(v) for v in a["mus"])
+    D, T, bits = int(a["domains"]), int(a["tracks"]), int(a.get("weight_bits", 8))
+    per_mu = np.bincount(p[:, 3] - m0, weights=p[:, 2], minlength=m1 - m0).astype(np.int64) * bits
+    total = int(per_mu.sum())
+    nbytes = float(-(-total // 8))
+    steps = 2 * (D - 1)
+    shifts = steps * T * (m1 - m0)
+    parts = {"port_writes": total * s.write_pj_per_bit, "shift": shifts * s.shift_pj,
+             "dram": nbytes * s.dram_pj_per_byte}
+    cycles = max(nbytes / s.dram_bytes_per_cycle, _cycles(D * s.write_ns + steps * s.shift_ns, s))
+    writes = tuple(Write(m0 + i, 0, int(n)) for i, n in enumerate(per_mu.tolist()) if n)
+    return Cost(cycles, sum(parts.values()), "load", 0, parts, {"weights": nbytes}, writes, {"shifts": shifts})
+
+
+def op_cost(node: Node, spec: RacetrackSpec) -> Cost:
+    """Cost of one program op on the racetrack target (formulas in the module docstring)."""
+    s = spec
+    if node.op == "rt.mac":
+        return _mac_cost(node, s)
+    if node.op == "rt.shift":
+        return _shift_cost(node, s)
+    if node.op == "rt.write":
+        return _write_cost(node, s)
+    pj = s.vec_op_pj + (s.vec_mul_pj if node.op in _MUL_OPS else 0.0)
+    c = vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
+    if node.op == "vec.im2col":
+        extra = num_elements(node.outputs[0]) * s.buffer_pj_per_byte
+        return Cost(c.cycles, c.energy_pj + extra, c.unit, parts={"vector_unit": c.energy_pj, "buffers": extra})
+    dims = mac_dims(node) if node.op in _MAC_OPS else None
+    if dims is not None:
+        macs = math.prod(dims)
+        x = node.inputs[0]
+        mac_pj = s.fp_mac_pj if x is None or x.type.dtype.is_float else s.vec_mul_pj + s.vec_op_pj
+        return Cost(c.cycles + math.ceil(macs / s.vec_lanes) * s.vec_op_cycles, c.energy_pj + macs * mac_pj,
+                    "vector", macs)
+    return c
+
+
+def area(s: RacetrackSpec) -> list[AreaPart]:
+    """The chip's blocks (the target's ``area``): track domains (data and overflow), ports, MAC cells (one per
+    port for every two tracks: a lane of the narrowest, 2-bit, words) with their accumulator registers, the
+    buffers and the vector lanes, each citing its spec parameter's source."""
+    src = {p.name: p.source for p in s.params()}
+    D = s.domains_per_track
+    cells = s.mus * (s.tracks_per_mu // 2) * s.ports_per_track
+    return [
+        AreaPart("tracks", f"track domains ({s.mus} MUs x {s.tracks_per_mu} tracks x ({D} data + {D - 1} overflow))",
+                 s.mus * s.tracks_per_mu * (2 * D - 1), s.domain_area_um2, src["domain_area_um2"]),
+        AreaPart("ports", f"access ports ({s.ports_per_track} per track)", s.mus * s.tracks_per_mu * s.ports_per_track,
+                 s.port_area_um2, src["port_area_um2"]),
+        AreaPart("mac_cells", f"MAC cells ({cells})", cells, s.mac_cell_area_um2, src["mac_cell_area_um2"]),
+        AreaPart("mac_cells", f"accumulator registers ({s.acc_regs} x 32 bits per MAC cell)",
+                 cells * s.acc_regs * 32, s.sram_bit_area_um2, src["sram_bit_area_um2"]),
+        AreaPart("buffers", f"activation buffer ({s.act_buffer_bytes} B)", 8 * s.act_buffer_bytes, s.sram_bit_area_um2,
+                 src["sram_bit_area_um2"]),
+        AreaPart("buffers", f"output buffer ({s.out_buffer_bytes} B)", 8 * s.out_buffer_bytes, s.sram_bit_area_um2,
+                 src["sram_bit_area_um2"]),
+        AreaPart("vector_unit", f"vector unit lanes ({s.vec_lanes})", s.vec_lanes, s.vec_lane_area_um2,
+                 src["vec_lane_area_um2"]),
+    ]

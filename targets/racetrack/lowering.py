@@ -1,0 +1,314 @@
+"""The racetrack lowering pass ``lower-racetrack``: placement of weights along tracks, and the sweeps that read them.
+
+Each array op with a constant weight (its ``[G, K, N]`` matrix, :func:`cimc.tiling.weight_matrix`; ``C =
+G * N`` columns of ``K`` rows; ``L`` output positions per sample) becomes ``vec.im2col`` (q.conv) ->
+per *round* one ``rt.write`` of its MUs and one ``rt.mac`` per *sweep group* (MUs with the same sweep
+length, shifting together) summing into the previous result -> an ``rt.shift`` back to offset 0 after a
+sweep that ends elsewhere -> ``Add`` bias -> ``vec.col2im`` (q.conv). An MU holds ``lanes = tracks //
+bits`` lanes of ``D`` domains read by ``P`` ports ``E = D / P`` domains apart. The spec field
+``placement`` chooses (``docs/racetrack.md`` has figures and a hand count):
+
+- ``naive``: the weight tensor in its row-major (ONNX) order, lane after lane, MU after MU; only port 0
+  reads; for every output position a block sweeps the lanes' ``S`` used domains (``S - 1`` shifts) and
+  rewinds them (``S - 1`` more);
+- ``serpentine``: the same placement, but consecutive positions sweep in alternate directions (no
+  rewind), as the polyhedral racetrack compiler schedules loops;
+- ``optimized``: every port, and every port of every lane the same share. Rows are cut into row tiles
+  of ``P * E`` rows: port ``j`` holds rows ``j*E .. (j+1)*E - 1`` of its tile; the lanes of an MU hold
+  ``lanes`` consecutive columns of one row tile at the same domains, so one activation read feeds every
+  lane (channels reuse what is under the ports). A last partial row tile of ``r`` rows is balanced over
+  the ports (``h = ceil(r / P)`` rows each, the irregular shapes: depthwise and small convolutions, the
+  tail of a long column) and its MUs sweep ``h`` states, apart from the full ones. Positions are taken
+  in blocks of ``acc_regs`` (one accumulator register each), one sweep per block, in alternate
+  directions. When the model needs more MUs than the memory has, partial row tiles of several
+  columns are stacked along the lanes (``seg // h`` per lane) before any weight is reloaded.
+
+MUs are handed out layer after layer from MU 0; a layer that does not fit the MUs left starts again at
+0 (rewriting them: those writes count per inference), and a layer larger than the memory is written
+round by round. With ``allow_reload = false`` a model needing more MUs than ``mus`` is rejected.
+Postcondition: every ``rt.mac`` starts where its MUs are and every MU ends the inference at offset 0
+(:func:`cimc.targets.racetrack.ops.commanded_offsets`); a fault rate above 0 is recorded as
+``graph.metadata[LOSSY]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from cimc.errors import PassError
+from cimc.ir.core import Graph, Node
+from cimc.ir.opdef import is_annotation
+from cimc.ir.types import DType, TensorType
+from cimc.passmanager import Pass, PassContext, PassResult
+from cimc.target import ARRAY_OPS, LOSSY, Spec
+from cimc.targets.racetrack.ops import PIECE_COLUMNS, commanded_offsets, sweep_steps
+from cimc.targets.racetrack.spec import RacetrackSpec
+from cimc.tiling import weight_bits, weight_matrix
+
+__all__ = ["Layer", "Layout", "LowerRacetrackPass", "Sweep", "layout"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """What the placement needs of an array layer: its matrix ``[G, K, N]``, weight bits, output positions
+    per sample ``L``, and whether its weight tensor is stored row by row (``q.matmul``, ``[K, N]``) or
+    column by column (``q.conv``, ``q.gemm``: one output channel's ``K`` weights after another)."""
+
+    G: int
+    K: int
+    N: int
+    bits: int
+    L: int
+    by_rows: bool = False
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep group: MUs ``m0 .. m1 - 1`` of a layout (relative), read by ``ports`` ports over ``states``
+    states per block of ``block`` positions; ``turn`` and ``alternate`` as ``rt.mac`` takes them."""
+
+    m0: int
+    m1: int
+    states: int
+    ports: int
+    block: int
+    turn: int
+    alternate: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A layer's weights on ``mus`` MUs (numbered from 0): the pieces table (``PIECE_COLUMNS``) and its sweep
+    groups, which cover the MUs in order."""
+
+    pieces: np.ndarray
+    mus: int
+    sweeps: tuple[Sweep, ...]
+
+
+def layout(layer: Layer, spec: RacetrackSpec, placement: str | None = None, stack: int = 1) -> Layout:
+    """The layer's layout under ``placement`` (default: the spec's); ``stack`` partial row tiles per lane
+    (optimized only)."""
+    placement = placement or spec.placement
+    if placement == "optimized":
+        return _optimized(layer, spec, stack)
+    return _row_major(layer, spec, placement == "serpentine")
+
+
+def _row_major(layer: Layer, spec: RacetrackSpec, serpentine: bool) -> Layout:
+    """naive / serpentine (module docstring): the tensor's row-major order cut into lanes of ``D`` domains."""
+    D, lanes = spec.domains_per_track, spec.lanes(layer.bits)
+    G, K, N = layer.G, layer.K, layer.N
+    if layer.by_rows:  # w[K, N]: outer k, inner n, flat = k*N + n
+        outer, inner, stride = np.arange(K, dtype=np.int64) * N, N, 1
+    else:  # w[G*N, K]: outer column c = (g, n), inner k, flat = (g*K + k)*N + n
+        c = np.arange(G * N, dtype=np.int64)
+        outer, inner, stride = c // N * K * N + c % N, K, N
+    total = G * K * N
+    starts = np.union1d(np.arange(0, total, D, dtype=np.int64), np.arange(0, total, inner, dtype=np.int64))
+    lens = np.diff(np.append(starts, total))
+    lane = starts // D
+    pieces = np.stack([outer[starts // inner] + starts % inner * stride, np.full_like(starts, stride), lens,
+                       lane // lanes, lane % lanes, starts % D], axis=1)
+    mus = -(-total // (D * lanes))
+    fill = np.minimum(D, total - np.arange(mus, dtype=np.int64) * D * lanes)  # the first lane of an MU is its fullest
+    sweeps = tuple(Sweep(m0, m1, s, 1, 1, 0 if serpentine else -(s - 1), int(serpentine))
+                   for m0, m1, s in _runs(fill))
+    return Layout(pieces, mus, sweeps)
+
+
+def _optimized(layer: Layer, spec: RacetrackSpec, stack: int) -> Layout:
+    """optimized (module docstring): full row tiles, then the balanced partial one, ``stack`` per lane."""
+    P, E, lanes = spec.ports_per_track, spec.segment, spec.lanes(layer.bits)
+    G, K, N = layer.G, layer.K, layer.N
+    C, tile = G * N, P * E
+    c = np.arange(C, dtype=np.int64)
+    base = c // N * K * N + c % N  # flat index of row 0 of column c
+    full, rem = divmod(K, tile)
+    groups = -(-C // lanes)
+    block = min(layer.L, spec.acc_regs)
+    parts, sweeps, mu = [], [], 0
+    if full:  # MU (r, cg) = row tile r, columns cg*lanes ..; lane l, port j: rows r*tile + j*E .. + E
+        r, col, j = (a.reshape(-1) for a in np.meshgrid(np.arange(full), c, np.arange(P), indexing="ij"))
+        rows = r * tile + j * E
+        parts.append(np.stack([base[col] + rows * N, np.full_like(col, N), np.full_like(col, E),
+                               r * groups + col // lanes, col % lanes, j * E], axis=1))
+        mu = full * groups
+        sweeps.append(Sweep(0, mu, E, P, block, 0, 1))
+    if rem:
+        h = -(-rem // P)
+        stack = max(1, min(stack, E // h))
+        per_mu = lanes * stack
+        col, j = (a.reshape(-1) for a in np.meshgrid(c, np.arange(P), indexing="ij"))
+        n = np.minimum(h, rem - j * h)
+        keep = n > 0
+        col, j, n = col[keep], j[keep], n[keep]
+        z = col % per_mu // lanes  # the column's place in its lane's stack
+        parts.append(np.stack([base[col] + (full * tile + j * h) * N, np.full_like(col, N), n,
+                               mu + col // per_mu, col % lanes, j * E + z * h], axis=1))
+        extra = -(-C // per_mu)
+        sweeps.append(Sweep(mu, mu + extra, -(-min(C, per_mu) // lanes) * h, P, block, 0, 1))
+        mu += extra
+    return Layout(np.concatenate(parts).astype(np.int64), mu, tuple(sweeps))
+
+
+def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(start, end, value)`` of the runs of equal values."""
+    out: list[tuple[int, int, int]] = []
+    for i, v in enumerate(values.tolist()):
+        if out and out[-1][2] == v:
+            out[-1] = (out[-1][0], i + 1, v)
+        else:
+            out.append((i, i + 1, int(v)))
+    return out
+
+
+def layer_of(node: Node) -> Layer:
+    """The placement's view of an array node (its positions per sample from its static shapes)."""
+    m = weight_matrix(node)
+    G, K, N = m.shape
+    x = node.inputs[0].type.shape
+    out = node.outputs[0].type.shape
+    if node.op == "q.conv":
+        dims = out[2:] if out is not None else None
+    else:
+        dims = x[1:-1] if x is not None and len(x) > 1 else ()
+    if dims is None or any(not isinstance(d, int) for d in dims):
+        raise PassError(f"{node.op} {node.name!r}: racetrack sweeps need the output positions per sample known "
+                        f"when compiling, but its shape {list(out) if node.op == 'q.conv' else list(x or [])} "
+                        f"leaves them open (only the batch, dim 0, may be symbolic)")
+    return Layer(G, K, N, weight_bits(node), math.prod(dims), by_rows=node.op == "q.matmul")
+
+
+@dataclass(frozen=True)
+class LowerRacetrackPass(Pass):
+    """Lower q.conv/q.gemm/q.matmul to rt.write / rt.mac / rt.shift on the spec's placement, plus vec ops."""
+
+    name: ClassVar[str] = "lower-racetrack"
+    spec_type: ClassVar[type[Spec]] = RacetrackSpec
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Place every array layer with a constant weight and replace it by its instructions."""
+        target = ctx.require_target(self)
+        target.register_ops()
+        spec = target.spec
+        assert isinstance(spec, RacetrackSpec)
+        nodes = [n for n in graph.nodes if n.op in ARRAY_OPS and len(n.inputs) > 1 and n.inputs[1] is not None
+                 and n.inputs[1].const is not None]
+        layers = [layer_of(n) for n in nodes]
+        layouts = _fit(layers, spec, graph.name)
+        first = 0
+        for node, lay in zip(nodes, layouts, strict=True):
+            first = _lower(graph, node, lay, spec, first)
+        offsets, problems = commanded_offsets(graph)
+        stray = {m: o for m, o in offsets.items() if o}
+        if problems or stray:  # the placement's own invariant: a bug here, not a user error
+            raise PassError(f"lower-racetrack built an inconsistent program: {problems[:3]}, MUs left away from "
+                            f"offset 0: {dict(list(stray.items())[:3])}")
+        if spec.shift_fault_rate > 0:
+            graph.metadata[LOSSY] = (f"racetrack shift faults: {spec.shift_fault_rate:g} per step"
+                                     + (f", guard every {spec.guard_interval} steps" if spec.guard_interval else ""))
+        graph.remove_dead()
+        return PassResult(bool(nodes))
+
+
+def _fit(layers: list[Layer], spec: RacetrackSpec, model: str) -> list[Layout]:
+    """Every layer's layout; under the optimized placement, partial row tiles are stacked (largest saving of
+    MUs first) while the model needs more MUs than the memory has."""
+    outs = [layout(lay, spec) for lay in layers]
+    need = sum(o.mus for o in outs)
+    if spec.placement == "optimized" and need > spec.mus:
+        stacked = [layout(lay, spec, stack=spec.segment) for lay in layers]
+        for i in sorted(range(len(layers)), key=lambda i: stacked[i].mus - outs[i].mus):
+            if need <= spec.mus:
+                break
+            need += stacked[i].mus - outs[i].mus
+            outs[i] = stacked[i]
+    if not spec.allow_reload and need > spec.mus:
+        raise PassError(f"model {model!r} does not fit the racetrack memory with allow_reload = false: its weights "
+                        f"take {need} MUs of {spec.tracks_per_mu} tracks x {spec.domains_per_track} domains, the "
+                        f"memory has mus = {spec.mus}; allow reloads (--spec-set allow_reload=true) or use more MUs "
+                        f"(--spec-set mus={need})")
+    return outs
+
+
+def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: int) -> int:
+    """Replace ``node`` by its instructions on MUs from ``first`` on; returns the next free MU."""
+    a = node.attrs
+    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+    layer = {"cim.layer": node.name}
+    add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
+    m = np.ascontiguousarray(weight_matrix(node))
+    G, K, N = m.shape
+    conv = node.op == "q.conv"
+    final = node.outputs[0].type
+    bits = weight_bits(node)
+    act_bits = int(x.type.quant.bits) if x.type.quant is not None else 8
+    words = graph.add_constant(m.astype(np.int8), f"{node.name}.words")
+    if conv:
+        attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
+        attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
+        x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
+    geometry = {"lanes": spec.lanes(bits), "domains": spec.domains_per_track, "tracks": spec.tracks_per_mu}
+    faults = {"fault_rate": spec.shift_fault_rate, "guard": spec.guard_interval}
+    L = layer_of(node).L
+    out_type = TensorType(DType.i32, (final.shape[0], G * N, math.prod(final.shape[2:])) if conv
+                          else (*final.shape[:-1], G * N))
+    acc = None
+    for r0, r1, base in _rounds(lay.mus, spec.mus, first):
+        rows = lay.pieces[(lay.pieces[:, 3] >= r0) & (lay.pieces[:, 3] < r1)].copy()
+        rows[:, 3] += base - r0
+        pieces = graph.add_constant(rows, f"{node.name}.pieces")
+        mus = [base, base + r1 - r0]
+        token = add("rt.write", [words, pieces], {"mus": mus, **geometry, "matrix": [G, K, N], "weight_bits": bits})
+        for sw in lay.sweeps:
+            s0, s1 = max(sw.m0, r0), min(sw.m1, r1)
+            if s0 >= s1:
+                continue
+            group = [base + s0 - r0, base + s1 - r0]
+            mac = {"mus": group, **geometry, **faults, "start": 0, "states": sw.states, "step": 1, "ports": sw.ports,
+                   "segment": spec.segment, "block": sw.block, "turn": sw.turn, "alternate": sw.alternate,
+                   "layout": "cols" if conv else "rows", "channels": G * N, "matrix": [G, K, N],
+                   "act_bits": act_bits, "weight_bits": bits}
+            acc = add("rt.mac", [x, token, pieces] + ([] if acc is None else [acc]), mac, outputs=[out_type])
+            net = sweep_steps(sw.states, 1, sw.turn, sw.alternate, -(-L // sw.block))[3]
+            if net:
+                token = add("rt.shift", [token], {"mus": group, "distance": -net, "tracks": spec.tracks_per_mu,
+                                                  **faults})
+    first = _next_free(lay.mus, spec.mus, first)
+    y = acc
+    if bias is not None:
+        if conv:
+            if bias.const is not None:
+                b = graph.add_constant(bias.const.reshape(-1, 1), f"{node.name}.bias")
+            else:
+                b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
+        y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
+    if conv:
+        y = add("vec.col2im", [y], {"spatial": tuple(int(s) for s in final.shape[2:])}, outputs=[final])
+    elif bias is None:
+        y = add("Identity", [y], {}, outputs=[final])
+    name = node.outputs[0].name
+    graph.replace_all_uses_with(node.outputs[0], y)
+    graph.remove_node(node)
+    graph.rename_value(y, name)  # the layer's result keeps its name: --verify compares layers by it
+    return first
+
+
+def _rounds(need: int, mus: int, first: int) -> list[tuple[int, int, int]]:
+    """``(r0, r1, base)``: the layout's MUs ``r0 .. r1 - 1`` go to machine MUs from ``base``: from ``first`` if
+    the layer fits the MUs left, else from 0, in rounds of at most ``mus``."""
+    if need <= mus - first:
+        return [(0, need, first)]
+    return [(r0, min(need, r0 + mus), 0) for r0 in range(0, need, mus)]
+
+
+def _next_free(need: int, mus: int, first: int) -> int:
+    """The MU after the layer's last one (see :func:`_rounds`)."""
+    if need <= mus - first:
+        return first + need
+    return need % mus if need % mus else mus

@@ -1,0 +1,565 @@
+"""racetrack instructions: ``rt.write``, ``rt.shift`` and ``rt.mac``, their definitions and executor.
+
+Machine (``docs/racetrack.md``): macro units (MUs) of tracks that shift together; an MU holds ``lanes``
+lanes of weight words, each lane ``domains`` domains long, read by ``ports`` ports spaced ``segment``
+domains apart. An MU shifted by ``offset`` has port ``j`` over domain ``j * segment + offset`` of each of
+its lanes; a domain outside ``0 .. domains - 1`` (an overflow domain) holds no weight and reads as 0.
+The executor keeps, per MU, the words of its lanes, its *commanded* offset (the sum of the shifts the
+program issued) and, per sample, the misalignment shift faults added (``err``); the ports read the
+domains at ``offset + err``. Every sample of a batch is one inference that starts with the tracks as
+the writes and the previous instructions of that inference left them.
+
+A layer's weights are its ``[G, K, N]`` matrix (:func:`cimc.tiling.weight_matrix`) as an int8 constant,
+and where they sit is a *pieces* table (int64 ``[n, 6]``, columns ``PIECE_COLUMNS``): piece ``(flat,
+stride, len, mu, lane, d0)`` holds the weights of flat indices ``flat + i * stride`` (``i < len``) of the
+row-major matrix at domains ``d0 + i`` of lane ``lane`` of MU ``mu``.
+
+``rt.write(words: i8 [G, K, N], pieces) -> token``  attrs ``mus`` ``[m0, m1)``, ``lanes``, ``domains``:
+    clears the MUs' lanes and writes each piece's words into its domains (a word lands ``offset``
+    domains further when its MU is not at offset 0, as a write addresses domains relative to the
+    ports); resets the MUs' fault misalignment (writes are verified). The token orders later ops.
+``rt.shift(token) -> token``  attrs ``mus``, ``distance``, ``fault_rate``, ``guard``: shifts the MUs by
+    ``distance`` domains, one step at a time (each step may fault, below).
+``rt.mac(x: u8, token, pieces, acc: i32?) -> i32``  attrs ``mus``, ``start``, ``states``, ``step``,
+    ``ports``, ``block``, ``turn``, ``layout``, ``channels``, ``matrix``, ``lanes``, ``domains``,
+    ``segment``, ``act_bits``, ``fault_rate``, ``guard``: MACs at the ports over a sweep.
+    Positions: layout ``rows``, ``x [S, ..., K]`` (``S`` samples, ``L`` positions each, result
+    ``[S, ..., channels]``); layout ``cols``, ``x [G, S, K, L]`` (``vec.im2col``, result ``[S, channels,
+    L]``). Each sample's positions are cut into blocks of ``block`` consecutive positions; each block
+    is one *sweep* of ``states`` states: at state ``t`` the program expects port ``j`` (``j < ports``)
+    over domain ``d(t) = j * segment + start + t * step`` and streams, for every position ``p`` of the
+    block, the activation ``x[p, g, k]`` of the weight the pieces put at ``(mu, lane, d(t))`` to the
+    MAC cell, which adds ``word * x`` into output ``(p, g * N + n)``; the word is whatever sits under
+    the port: at domain ``d(t) + (offset - expected offset) + err``. A block visits its states in
+    order, shifting the MUs by ``step`` from one to the next (with ``alternate = 1`` every other block
+    visits them last to first, shifting by ``-step``: a serpentine), then shifts them by ``turn``
+    (``-(states - 1) * step`` rewinds a forward block to where it started; 0 with ``alternate``).
+    The result is ``acc`` (zeros if absent) plus the sums, int32 wrapping like C. With no faults and
+    every MU where the program expects it, holding what its pieces say, the result is the exact
+    integer product of ``x`` with the swept weights, which the executor computes as float32 (or
+    float64) GEMMs; otherwise it follows the reads above, state by state, with the same bits.
+
+Shift faults (``fault_rate > 0``): each one-domain step of each MU, for each sample, over- or
+under-shifts by one domain with probability ``fault_rate / 2`` each, drawn from the run's seeded
+generator in program order; the misalignment persists (and adds up) until a guard check: with
+``guard = k > 0``, after every ``k``-th step of an instruction and at its end the MU is realigned to
+its commanded offset (misalignment 0). Misalignment never corrects a wrong commanded offset.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cimc.errors import CimcError, VerifyError
+from cimc.ir.core import Graph
+from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, op_def
+from cimc.ir.types import DType, TensorType
+from cimc.ops._infer import require
+from cimc.ops.nn import to_dtype
+
+__all__ = ["OPS", "PIECE_COLUMNS", "STATE", "Tracks", "commanded_offsets", "rt_mac", "rt_shift", "rt_write",
+           "sweep_steps", "swept"]
+
+STATE = "rt.tracks"
+"""Key of the machine (:class:`Tracks`) in the interpreter's machine state."""
+PIECE_COLUMNS = ("flat", "stride", "len", "mu", "lane", "d0")
+"""Columns of a pieces table (module docstring)."""
+_WORK = 1 << 22
+"""Elements of the fault path's per-chunk work arrays (samples are taken in chunks of about this size)."""
+
+
+# ---- the machine ------------------------------------------------------------------------------------
+@dataclass
+class Tracks:
+    """What the MUs hold during a run: words ``[mus, lanes, domains]``, commanded offsets ``[mus]``, the
+    misalignment of each sample ``err [samples, mus]`` (``None`` until a fault), and per MU the
+    ``(words, pieces)`` constants that wrote it at offset 0 (``None``: written elsewhere, or not at all)."""
+
+    domains: int
+    words: np.ndarray = field(init=False)
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    err: np.ndarray | None = None
+    writer: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.words = np.zeros((0, 0, self.domains), np.int16)
+
+    def grow(self, mus: int, lanes: int) -> None:
+        """Make room for MUs ``0 .. mus - 1`` with ``lanes`` lanes (new ones empty and at offset 0)."""
+        m0, l0 = self.words.shape[:2]
+        if mus > m0 or lanes > l0:
+            words = np.zeros((max(mus, m0), max(lanes, l0), self.domains), np.int16)
+            words[:m0, :l0] = self.words
+            self.words = words
+            self.offset = np.concatenate([self.offset, np.zeros(max(0, mus - m0), np.int64)])
+            self.writer += [None] * max(0, mus - m0)
+            if self.err is not None:
+                self.err = np.concatenate([self.err, np.zeros((len(self.err), max(0, mus - m0)), np.int64)], 1)
+
+    def misalignment(self, samples: int) -> np.ndarray:
+        """``err`` for ``samples`` samples (zeros before any fault)."""
+        if self.err is None:
+            return np.zeros((samples, len(self.offset)), np.int64)
+        if len(self.err) == samples:
+            return self.err
+        if len(self.err) == 1:
+            return np.repeat(self.err, samples, 0)
+        raise CimcError(f"the tracks hold misalignments of {len(self.err)} samples, this instruction has {samples}")
+
+
+def _tracks(ctx, domains: int, mus: tuple[int, int], lanes: int) -> Tracks:
+    t = ctx.state.get(STATE)
+    if t is None:
+        t = ctx.state[STATE] = Tracks(domains)
+    if t.domains != domains:
+        raise CimcError(f"this instruction's tracks have {domains} domains, earlier ones {t.domains}")
+    t.grow(mus[1], lanes)
+    return t
+
+
+def sweep_steps(states: int, step: int, turn: int, alternate: int, blocks: int,
+                ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The schedule of an ``rt.mac`` of ``blocks`` blocks: the one-domain steps taken before each state
+    (int64 ``[blocks, states]``, state ``t`` as the pieces number it), the commanded offset minus the one
+    the program expects at each block (int64 ``[blocks]``: 0 for a consistent program), the total steps
+    and the net change of the offset."""
+    s = abs(step)
+    per_block = (states - 1) * s + abs(turn)
+    t = np.arange(states, dtype=np.int64)
+    b = np.arange(blocks, dtype=np.int64)
+    back = (b % 2 == 1) & bool(alternate)  # blocks that visit the states last to first
+    order = np.where(back[:, None], states - 1 - t, t)
+    drift = b * turn + np.where(bool(alternate), 0, b * (states - 1) * step)
+    net = blocks * turn + ((blocks % 2) if alternate else blocks) * (states - 1) * step
+    return b[:, None] * per_block + order * s, drift, blocks * per_block, int(net)
+
+
+def _faults(ctx, samples: int, steps: int, mus: int, rate: float, guard: int, start: np.ndarray,
+            ) -> np.ndarray:
+    """Misalignment ``[samples, steps + 1, mus]`` after each of ``steps`` one-domain steps (index 0: before
+    the first), from ``start [samples, mus]``: seeded faults of ``rate`` per step, guard checks every
+    ``guard`` steps (0: none)."""
+    u = ctx.rng.random((samples, steps, mus))
+    f = (u > 1 - rate / 2).astype(np.int64) - (u < rate / 2)
+    c = np.zeros((samples, steps + 1, mus), np.int64)
+    np.cumsum(f, axis=1, out=c[:, 1:])
+    if guard <= 0:
+        return c + start[:, None, :]
+    checked = np.arange(steps + 1) // guard * guard  # the last check at or before each step
+    e = c - c[:, checked, :]
+    e[:, :guard] += start[:, None, :]
+    return e
+
+
+def _shift_faults(ctx, t: Tracks, mus: tuple[int, int], steps: int, rate: float, guard: int,
+                  samples: int) -> np.ndarray | None:
+    """Per-step misalignment of MUs ``mus`` over ``steps`` steps (``[samples, steps + 1, M]``), its end
+    state stored in ``t.err`` (realigned when guarded); ``None`` without faults."""
+    if rate <= 0 or steps <= 0:
+        return None
+    m0, m1 = mus
+    err = t.misalignment(samples).copy()
+    e = _faults(ctx, samples, steps, m1 - m0, rate, guard, err[:, m0:m1])
+    err[:, m0:m1] = 0 if guard > 0 else e[:, -1]
+    t.err = err
+    return e
+
+
+# ---- definitions ------------------------------------------------------------------------------------
+def _range_attr(doc: str) -> AttrSpec:
+    return AttrSpec("ints", REQUIRED, doc, lo=0)
+
+
+_GEOMETRY = {
+    "mus": _range_attr("the MUs [m0, m1) the instruction drives (they shift together)"),
+    "lanes": AttrSpec("int", REQUIRED, "lanes of weight words per MU (tracks // weight bits)", lo=1),
+    "domains": AttrSpec("int", REQUIRED, "data domains per track", lo=1),
+    "tracks": AttrSpec("int", REQUIRED, "tracks per MU (cost: shifts are counted per track)", lo=1),
+}
+_FAULTS = {
+    "fault_rate": AttrSpec("float", 0.0, "probability of an over- or under-shift per one-domain step", lo=0, hi=1),
+    "guard": AttrSpec("int", 0, "realign after every this many steps and at the end (0: no guard)", lo=0),
+}
+
+
+def _mus(attrs) -> tuple[int, int]:
+    m = tuple(int(v) for v in attrs["mus"])
+    if len(m) != 2 or m[0] >= m[1]:
+        raise VerifyError(f"mus = {list(m)} should be a non-empty range [m0, m1)")
+    return m  # type: ignore[return-value]
+
+
+def _check_pieces(ctx: InferContext, index: int, op: str) -> np.ndarray | None:
+    """The pieces operand's type (and, when constant, its values) checked against the attributes."""
+    t = require(ctx, index)
+    if t.dtype is not DType.i64 or (t.shape is not None and (len(t.shape) != 2 or t.shape[1] != len(PIECE_COLUMNS))):
+        raise VerifyError(f"{op}: the pieces must be i64 [n, {len(PIECE_COLUMNS)}] ({', '.join(PIECE_COLUMNS)}), "
+                          f"are {t}")
+    p = ctx.const(index)
+    if p is None:
+        return None
+    a = ctx.attrs
+    m0, m1 = _mus(a)
+    G, K, N = (int(v) for v in a["matrix"])
+    flat, stride, n, mu, lane, d0 = (p[:, i] for i in range(len(PIECE_COLUMNS)))
+    inside = (n >= 1) & (lane >= 0) & (lane < a["lanes"]) & (d0 >= 0) & (d0 + n <= a["domains"])
+    inside &= (flat >= 0) & (flat + (n - 1) * stride < G * K * N) & (flat + (n - 1) * stride >= 0)
+    if op == "rt.write":
+        inside &= (mu >= m0) & (mu < m1)
+    if not inside.all():
+        i = int(np.argmin(inside))
+        raise VerifyError(f"{op}: piece {i} {p[i].tolist()} is outside the MUs {[m0, m1]}, {a['lanes']} lanes, "
+                          f"{a['domains']} domains or the {G}x{K}x{N} weight matrix")
+    return p
+
+
+def _write_type(ctx: InferContext) -> list[TensorType]:
+    w = require(ctx, 0)
+    a = ctx.attrs
+    if w.dtype is not DType.i8 or (w.shape is not None and tuple(w.shape) != tuple(int(v) for v in a["matrix"])):
+        raise VerifyError(f"rt.write: the words must be i8 {list(a['matrix'])} (the matrix attribute), are {w}")
+    p = _check_pieces(ctx, 1, "rt.write")
+    if p is not None:
+        mu, lane, d, _ = _expand(p)
+        cell = (mu * a["lanes"] + lane) * a["domains"] + d
+        if len(np.unique(cell)) != len(cell):
+            raise VerifyError("rt.write: two pieces write the same domain")
+    return [TensorType(DType.i32, ())]
+
+
+def _shift_type(ctx: InferContext) -> list[TensorType]:
+    _mus(ctx.attrs)
+    return [TensorType(DType.i32, ())]
+
+
+def _mac_type(ctx: InferContext) -> list[TensorType]:
+    x, a = require(ctx, 0), ctx.attrs
+    _mus(a)
+    if x.dtype is not DType.u8:
+        raise VerifyError(f"rt.mac: x must be u8, is {x}")
+    G, K, N = (int(v) for v in a["matrix"])
+    if a["channels"] != G * N:
+        raise VerifyError(f"rt.mac: channels = {a['channels']} but the matrix {list(a['matrix'])} has {G * N}")
+    if a["ports"] * a["segment"] > a["domains"]:
+        raise VerifyError(f"rt.mac: {a['ports']} ports {a['segment']} domains apart do not fit {a['domains']} domains")
+    _check_pieces(ctx, 2, "rt.mac")
+    if x.shape is None:
+        return [TensorType(DType.i32, None)]
+    cols = a["layout"] == "cols"
+    if cols and len(x.shape) != 4:
+        raise VerifyError(f"rt.mac: layout 'cols' takes x [G, S, K, L] (vec.im2col), is {x}")
+    k = x.shape[2] if cols else x.shape[-1]
+    g = x.shape[0] if cols else 1
+    if (isinstance(k, int) and k != K) or (isinstance(g, int) and g != G):
+        raise VerifyError(f"rt.mac: x {x} does not fit the {G}x{K}x{N} weight matrix")
+    out = TensorType(DType.i32, (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"]))
+    if ctx.has(3):
+        acc = ctx.types[3]
+        if acc is not None and (acc.dtype is not DType.i32
+                                or (acc.shape is not None and len(acc.shape) != len(out.shape))):
+            raise VerifyError(f"rt.mac: the accumulator must be i32 {list(out.shape)}, is {acc}")
+    return [out]
+
+
+_MAC_ATTRS = {
+    **_GEOMETRY, **_FAULTS,
+    "start": AttrSpec("int", 0, "the offset the program expects its MUs at when the instruction starts"),
+    "states": AttrSpec("int", REQUIRED, "states of one sweep (port positions read per block)", lo=1),
+    "step": AttrSpec("int", 1, "domains shifted between consecutive states of a sweep"),
+    "ports": AttrSpec("int", REQUIRED, "ports used, from port 0", lo=1),
+    "segment": AttrSpec("int", REQUIRED, "domains between consecutive ports", lo=1),
+    "block": AttrSpec("int", REQUIRED, "positions of a sample per sweep (one accumulator register each)", lo=1),
+    "turn": AttrSpec("int", 0, "domains shifted after each block (a rewind: -(states - 1) * step)"),
+    "alternate": AttrSpec("int", 0, "1: every other block visits the states last to first (serpentine)",
+                          choices=(0, 1)),
+    "layout": AttrSpec("str", "rows", "rows: x [..., K] -> [..., channels]; cols: x [G, S, K, L] -> [S, channels, L]",
+                       choices=("rows", "cols")),
+    "channels": AttrSpec("int", REQUIRED, "output channels of the layer (all groups)", lo=1),
+    "matrix": AttrSpec("ints", REQUIRED, "[G, K, N] of the layer's weight matrix", lo=1),
+    "act_bits": AttrSpec("int", 8, "bits of x (adds per multiply)", lo=1, hi=8),
+    "weight_bits": AttrSpec("int", 8, "bits of a weight word (tracks per lane)", lo=2, hi=8),
+}
+
+
+@op_def("rt.write", inputs=2, infer=_write_type, side_effects=True, attrs={
+    **_GEOMETRY, "matrix": _MAC_ATTRS["matrix"], "weight_bits": _MAC_ATTRS["weight_bits"]})
+def rt_write(ctx, words, pieces):
+    """Write the pieces' weight words into their MUs' domains; the result is a token (words written)."""
+    a = ctx.attrs
+    mus = _mus(a)
+    t = _tracks(ctx, a["domains"], mus, a["lanes"])
+    m0, m1 = mus
+    mu, lane, d, flat = _expand(pieces)
+    shift = t.offset[mu]
+    d = d + shift
+    ok = (d >= 0) & (d < t.domains)
+    t.words[m0:m1] = 0
+    t.words[mu[ok], lane[ok], d[ok]] = words.reshape(-1)[flat[ok]]
+    home = t.offset[m0:m1] == 0
+    for m in range(m0, m1):
+        t.writer[m] = (words, pieces) if home[m - m0] else None
+    if t.err is not None:
+        t.err[:, m0:m1] = 0
+    return np.asarray(len(flat), np.int32)
+
+
+@op_def("rt.shift", infer=_shift_type, side_effects=True, attrs={
+    "mus": _GEOMETRY["mus"], "tracks": _GEOMETRY["tracks"], **_FAULTS,
+    "distance": AttrSpec("int", REQUIRED, "domains to shift (signed)"),
+    "samples": AttrSpec("int", 1, "inferences of a static batch, each shifting once (cost only)", lo=1)})
+def rt_shift(ctx, token):
+    """Shift the MUs by ``distance`` domains, step by step (each step may fault)."""
+    a = ctx.attrs
+    m0, m1 = _mus(a)
+    t = ctx.state.get(STATE)
+    if t is None:
+        raise CimcError("rt.shift before any rt.write: no tracks are set up")
+    t.grow(m1, 1)
+    t.offset[m0:m1] += a["distance"]
+    samples = len(t.err) if t.err is not None else int(ctx.state.get("rt.samples", 1))
+    _shift_faults(ctx, t, (m0, m1), abs(a["distance"]), a["fault_rate"], a["guard"], samples)
+    return np.asarray(a["distance"], np.int32)
+
+
+@op_def("rt.mac", inputs=(3, 4), infer=_mac_type, attrs=_MAC_ATTRS, side_effects=True, accumulator=3)
+def rt_mac(ctx, x, token, pieces, acc=None):
+    """MACs at the ports over the sweeps of every position block (module docstring)."""
+    a = ctx.attrs
+    mus = _mus(a)
+    t = _tracks(ctx, a["domains"], mus, a["lanes"])
+    cols = a["layout"] == "cols"
+    G, K, N = (int(v) for v in a["matrix"])
+    samples = x.shape[1] if cols else (x.shape[0] if x.ndim > 1 else 1)
+    L = x.shape[3] if cols else max(1, math.prod(x.shape[1:-1]))
+    ctx.state["rt.samples"] = samples
+    shape = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
+    y = (acc if ctx.donated else acc.copy()) if acc is not None else np.zeros(shape, np.int32)
+    if y.shape != shape:
+        raise CimcError(f"rt.mac: the accumulator is {list(y.shape)}, expected {list(shape)}")
+    m0, m1 = mus
+    blocks = -(-L // a["block"])
+    before, drift, steps, net = sweep_steps(a["states"], a["step"], a["turn"], a["alternate"], blocks)
+    slots = swept(pieces, a)
+    mismatch = t.offset[m0:m1] - a["start"]
+    faults = _shift_faults(ctx, t, mus, steps, a["fault_rate"], a["guard"], samples)
+    t.offset[m0:m1] += net
+    if faults is None and t.err is not None and t.err[:, m0:m1].any():
+        faults = np.broadcast_to(t.err[:, None, m0:m1], (len(t.err), steps + 1, m1 - m0))
+    if faults is None and drift.any():
+        faults = np.zeros((1, steps + 1, m1 - m0), np.int64)
+    written = all(t.writer[m] is not None and t.writer[m][1] is pieces for m in range(m0, m1))
+    if faults is None and written and not mismatch.any():
+        _exact(ctx, x, y, t.writer[m0][0], pieces, slots, a)
+        return y
+    if faults is None:  # the same misalignment at every state: one effective matrix
+        w = _effective(t, slots, mismatch[slots.mu - m0], G * K * N).reshape(G, K, N)
+        _add(y, _product(x, w, cols, G, samples, L))
+        return y
+    _faulty(x, y, t, slots, mismatch, drift, faults, before, a, samples, L)
+    return y
+
+
+# ---- execution ----------------------------------------------------------------------------------------
+_CACHE: dict[tuple, tuple[Any, Any]] = {}
+"""Per pieces table (while it lives): its expansion, an instruction's slots, its exact GEMM blocks."""
+
+
+def _cached(owners: tuple[np.ndarray, ...], key: tuple, make):
+    """``make()`` for the constants ``owners`` and ``key``, computed once while they all live."""
+    k = (*(id(o) for o in owners), *key)
+    hit = _CACHE.get(k)
+    if hit is not None and all(r() is o for r, o in zip(hit[0], owners, strict=True)):
+        return hit[1]
+    val = make()
+    try:
+        refs = tuple(weakref.ref(o, lambda _r, k=k, cache=_CACHE: cache.pop(k, None)) for o in owners)
+    except TypeError:
+        return val
+    _CACHE[k] = (refs, val)
+    return val
+
+
+def _expand(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every placed weight of a pieces table: its ``(mu, lane, domain, flat index)``, int64 each."""
+    def make():
+        p = np.asarray(pieces, np.int64).reshape(-1, len(PIECE_COLUMNS))
+        n = p[:, 2]
+        first = np.repeat(np.cumsum(n) - n, n)
+        i = np.arange(int(n.sum()), dtype=np.int64) - first
+        row = np.repeat(np.arange(len(p)), n)
+        return p[row, 3], p[row, 4], p[row, 5] + i, p[row, 0] + i * p[row, 1]
+    return _cached((pieces,), ("expand",), make)
+
+
+@dataclass(frozen=True)
+class Reads:
+    """The reads of an ``rt.mac``: for each placed weight its port swept over at some state, the MU, lane,
+    the domain the program expects (``d``), the state ``t`` and the weight's flat index."""
+
+    mu: np.ndarray
+    lane: np.ndarray
+    d: np.ndarray
+    t: np.ndarray
+    flat: np.ndarray
+
+
+def swept(pieces: np.ndarray, a) -> Reads:
+    """The weights an ``rt.mac`` with attributes ``a`` reads (cached per pieces table): the pieces' weights
+    on its MUs that a port it uses passes over at one of its states."""
+    m0, m1 = _mus(a)
+    key = ("slots", m0, m1, a["start"], a["states"], a["step"], a["ports"], a["segment"], a["lanes"], a["domains"])
+
+    def make():
+        mu, lane, d, flat = _expand(pieces)
+        keep = (mu >= m0) & (mu < m1)
+        mu, lane, d, flat = mu[keep], lane[keep], d[keep], flat[keep]
+        rel = d - a["start"]  # d = j * segment + t * step for some port j < ports, state t < states
+        t = np.full(len(d), -1, np.int64)
+        for j in range(a["ports"]):
+            q, r = np.divmod(rel - j * a["segment"], a["step"])
+            hit = (r == 0) & (q >= 0) & (q < a["states"]) & (t < 0)
+            t[hit] = q[hit]
+        read = t >= 0
+        return Reads(mu[read], lane[read], d[read], t[read], flat[read])
+    return _cached((pieces,), key, make)
+
+
+def _effective(t: Tracks, s: Reads, e: np.ndarray, size: int) -> np.ndarray:
+    """The weights the reads meet with misalignment ``e`` per slot, summed at each slot's flat index
+    (float64 ``[size]``): the matrix the MAC cells effectively multiply by."""
+    d = s.d + e
+    ok = (d >= 0) & (d < t.domains)
+    w = np.zeros(len(d), np.float64)
+    w[ok] = t.words[s.mu[ok], s.lane[ok], d[ok]]
+    return np.bincount(s.flat, weights=w, minlength=size)
+
+
+def _product(x: np.ndarray, w: np.ndarray, cols: bool, G: int, samples: int, L: int) -> np.ndarray:
+    """``x`` times the ``[G, K, N]`` matrix ``w`` (float64, exact), in the result layout."""
+    if cols:  # x [G, S, K, L]: per group w[g].T @ x[g]
+        y = np.matmul(w.transpose(0, 2, 1)[:, None], x.astype(np.float64))  # [G, S, N, L]
+        return y.transpose(1, 0, 2, 3).reshape(samples, -1, L)
+    return np.matmul(x.astype(np.float64), w[0])
+
+
+def _add(y: np.ndarray, r: np.ndarray) -> None:
+    y += to_dtype(r, np.dtype(np.int32))  # wraps like C
+
+
+def _exact(ctx, x: np.ndarray, y: np.ndarray, words: np.ndarray, pieces: np.ndarray, s: Reads, a) -> None:
+    """The aligned, fault-free sweep: ``x`` times the swept weights, as exact float GEMMs over the bounding
+    box of the slots' groups, rows and channels."""
+    G, K, N = (int(v) for v in a["matrix"])
+    cols = a["layout"] == "cols"
+    key = ("exact", *(int(v) for v in a["mus"]), a["start"], a["states"], a["step"], a["ports"],
+           a["segment"], a["act_bits"])
+
+    def make():
+        if not len(s.flat):
+            return None
+        g, k, n = np.unravel_index(s.flat, (G, K, N))
+        box = (int(g.min()), int(g.max()) + 1, int(k.min()), int(k.max()) + 1, int(n.min()), int(n.max()) + 1)
+        w = np.zeros((box[1] - box[0], box[3] - box[2], box[5] - box[4]), np.float64)
+        w[g - box[0], k - box[2], n - box[4]] = words.reshape(-1)[s.flat]
+        bound = ((1 << a["act_bits"]) - 1) * float(np.abs(w).sum(axis=1).max(initial=0))
+        dt = np.float32 if bound < 1 << 24 else np.float64
+        w = np.ascontiguousarray(w.transpose(0, 2, 1) if cols else w).astype(dt)
+        return box, w
+    hit = _cached((pieces, words), key, make)
+    if hit is None:
+        return
+    (g0, g1, k0, k1, n0, n1), w = hit
+    xs = _rows(ctx.state, x, cols, g0, g1, k0, k1, w.dtype)
+    if cols:  # xs [Gb, S, Kb, L], w [Gb, Nb, Kb]
+        r = to_dtype(np.matmul(w[:, None], xs), np.dtype(np.int32))  # [Gb, S, Nb, L]
+        if (n0, n1) == (0, N):  # whole groups: one contiguous channel range
+            y[:, g0 * N:g1 * N, :] += r.transpose(1, 0, 2, 3).reshape(y.shape[0], -1, y.shape[2])
+        else:
+            for i, g in enumerate(range(g0, g1)):
+                y[:, g * N + n0:g * N + n1, :] += r[i]
+    else:
+        r = np.matmul(xs, w[0])
+        y[..., n0:n1] += to_dtype(r, np.dtype(np.int32))
+
+
+def _rows(state: dict, x: np.ndarray, cols: bool, g0: int, g1: int, k0: int, k1: int, dt) -> np.ndarray:
+    """Rows ``k0:k1`` of groups ``g0:g1`` of ``x`` in float type ``dt`` (exact for u8); the last conversion is
+    kept for the next instruction (the rounds of a layer read the same rows)."""
+    key = (g0, g1, k0, k1, np.dtype(dt).str)
+    hit = state.get("rt.xs")
+    if hit is not None and hit[0] is x and hit[1] == key:
+        return hit[2]
+    xs = (x[g0:g1, :, k0:k1, :] if cols else x[..., k0:k1]).astype(dt)
+    state["rt.xs"] = (x, key, xs)
+    return xs
+
+
+def _faulty(x: np.ndarray, y: np.ndarray, t: Tracks, s: Reads, mismatch: np.ndarray, drift: np.ndarray,
+            faults: np.ndarray, before: np.ndarray, a, samples: int, L: int) -> None:
+    """Each sample's blocks with their own misalignments (``mismatch [M]`` at the start, ``drift [blocks]``
+    from the program's turns, ``faults [samples or 1, steps + 1, M]`` from faults): per (sample, block) the
+    effective matrix of its reads, times the block's positions."""
+    G, K, N = (int(v) for v in a["matrix"])
+    cols, B, m0 = a["layout"] == "cols", a["block"], int(a["mus"][0])
+    blocks = len(before)
+    size = G * K * N
+    xc = x.transpose(1, 3, 0, 2) if cols else x.reshape(samples, L, 1, K)  # [S, L, G, K]
+    pad = blocks * B - L
+    rel = s.mu - m0
+    out = np.zeros((samples, blocks * B, G, N), np.float64)
+    per = max(1, _WORK // max(1, blocks * max(size, len(s.flat))))
+    for n0 in range(0, samples, per):
+        n1 = min(samples, n0 + per)
+        f = faults[n0:n1] if len(faults) > 1 else faults
+        e = f[:, before[:, s.t], rel] + mismatch[rel] + drift[:, None]  # [n or 1, blocks, slots]
+        e = np.broadcast_to(e, (n1 - n0, *e.shape[1:]))
+        d = s.d + e
+        ok = (d >= 0) & (d < t.domains)
+        words = np.where(ok, t.words[s.mu, s.lane, np.clip(d, 0, t.domains - 1)], 0).astype(np.float64)
+        pair = np.arange((n1 - n0) * blocks, dtype=np.int64).reshape(n1 - n0, blocks, 1) * size
+        w = np.bincount((pair + s.flat).reshape(-1), weights=words.reshape(-1), minlength=(n1 - n0) * blocks * size)
+        w = w.reshape(n1 - n0, blocks, G, K, N)
+        xb = np.pad(xc[n0:n1], ((0, 0), (0, pad), (0, 0), (0, 0))).astype(np.float64)
+        xb = xb.reshape(n1 - n0, blocks, B, G, K).transpose(0, 1, 3, 2, 4)  # [n, blocks, G, B, K]
+        out[n0:n1] = np.matmul(xb, w).transpose(0, 1, 3, 2, 4).reshape(n1 - n0, blocks * B, G, N)
+    r = out[:, :L].reshape(samples, L, G * N)
+    r = r.transpose(0, 2, 1) if cols else r.reshape(*x.shape[:-1], G * N)
+    _add(y, r)
+
+
+def commanded_offsets(graph: Graph) -> tuple[dict[int, int], list[str]]:
+    """Walk a program's ``rt.*`` instructions without running them: the commanded offset of every MU at the
+    end of one inference, and each ``rt.mac`` that starts where its MUs are not (by its node name). A
+    lowering's program leaves every MU at 0 and has no such ``rt.mac``."""
+    offset: dict[int, int] = {}
+    problems = []
+    for node in graph.nodes:
+        if not node.op.startswith("rt."):
+            continue
+        a = node.attrs
+        m0, m1 = (int(v) for v in a["mus"])
+        if node.op == "rt.shift":
+            for m in range(m0, m1):
+                offset[m] = offset.get(m, 0) + int(a["distance"])
+        elif node.op == "rt.mac":
+            if any(offset.get(m, 0) != int(a.get("start", 0)) for m in range(m0, m1)):
+                problems.append(f"{node.name}: starts at offset {a.get('start', 0)}, its MUs are at "
+                                f"{sorted({offset.get(m, 0) for m in range(m0, m1)})}")
+            x = node.inputs[0].type.shape
+            cols = a.get("layout", "rows") == "cols"
+            dims = (x[3:4] if cols else x[1:-1]) if x is not None else ()
+            L = math.prod(d if isinstance(d, int) else 1 for d in dims)
+            _, _, _, net = sweep_steps(int(a["states"]), int(a.get("step", 1)), int(a.get("turn", 0)),
+                                       int(a.get("alternate", 0)), -(-L // int(a["block"])))
+            for m in range(m0, m1):
+                offset[m] = offset.get(m, 0) + net
+    return offset, problems
+
+
+OPS = (rt_write, rt_shift, rt_mac)
+"""The racetrack instructions, as the target lists them."""
