@@ -35,7 +35,7 @@ import numpy as np
 
 from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, vector_cost
 from cimc.ir.core import Node
-from cimc.targets.racetrack.ops import swept, sweep_steps
+from cimc.targets.racetrack.ops import Reads, sweep_steps, swept
 from cimc.targets.racetrack.spec import RacetrackSpec
 
 __all__ = ["area", "op_cost"]
@@ -65,6 +65,43 @@ def _positions(node: Node) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:-1])
 
 
+def _rows_and_runs(reads: Reads, G: int, K: int, N: int) -> tuple[int, int]:
+    """Activation rows the buffer sends per position (distinct ``(state, group, row)`` of the reads) and
+    accumulator runs (stretches of one port's consecutive reads feeding one output column). A run down a
+    column reads rows ``k, k+1, ...`` at states ``t, t+1, ...``: it shares its rows with every run on the
+    same diagonal ``(g, k - t)``; a run along a row reads one row at consecutive states; other reads (step
+    above 1) count one row each. A row that a run down a column and one along a row both need at one
+    state counts twice."""
+    g, k, _ = np.unravel_index(reads.flat, (G, K, N))
+    down = (reads.n == 1) | ((reads.fstride == N) & (reads.tdir == 1))
+    along = ~down & (reads.fstride == 1)
+    other = ~down & ~along
+    t_lo = np.where(reads.tdir > 0, reads.t0, reads.t0 - reads.n + 1)
+    key = np.where(down, (g * (K + _T) + k - reads.t0) * 2, (g * K + k) * 2 + 1)
+    pick = down | along
+    rows = _union_length(key[pick], t_lo[pick], t_lo[pick] + reads.n[pick]) + int(reads.n[other].sum())
+    runs = int(down.sum()) + int(reads.n[~down].sum())
+    return rows, runs
+
+
+_T = 1 << 20
+"""Larger than any state index (keeps the diagonals of one group apart)."""
+
+
+def _union_length(key: np.ndarray, start: np.ndarray, end: np.ndarray) -> int:
+    """Total length of the union of intervals ``[start, end)`` on each line ``key``."""
+    if not len(key):
+        return 0
+    rank = np.unique(key, return_inverse=True)[1].astype(np.int64)
+    big = int(end.max() - start.min()) + 1
+    s0, e0 = rank * big + start - start.min(), rank * big + end - start.min()  # lines apart, in one order
+    order = np.argsort(s0, kind="stable")
+    s0, e0 = s0[order], e0[order]
+    covered = np.maximum.accumulate(e0)
+    before = np.concatenate([[s0[0]], covered[:-1]])
+    return int(np.maximum(0, e0 - np.maximum(s0, before)).sum())
+
+
 def _mac_cost(node: Node, s: RacetrackSpec) -> Cost:
     a = node.attrs
     m0, m1 = (int(v) for v in a["mus"])
@@ -74,13 +111,10 @@ def _mac_cost(node: Node, s: RacetrackSpec) -> Cost:
     nb = -(-L // B)
     _, _, steps, _ = sweep_steps(S, step, int(a.get("turn", 0)), int(a.get("alternate", 0)), nb)
     reads = swept(node.inputs[2].const, a)
-    W = len(reads.flat)
+    W = reads.words
     G, K, N = (int(v) for v in a["matrix"])
     bits, act = int(a.get("weight_bits", 8)), int(a.get("act_bits", 8))
-    g, k, n = np.unravel_index(reads.flat, (G, K, N))
-    rows = len(np.unique(reads.t * (G * K) + g * K + k))  # distinct (state, activation row)
-    port = (reads.d - int(a.get("start", 0)) - reads.t * step) // int(a["segment"])
-    runs = len(np.unique(((reads.mu * int(a["lanes"]) + reads.lane) * int(a["ports"]) + port) * (G * N) + g * N + n))
+    rows, runs = _rows_and_runs(reads, G, K, N)
     checks, guard_pj, guard_ns = _guard(steps, M, a, s)
     shifts = steps * T * M
     parts = {"shift": shifts * s.shift_pj, "port_reads": nb * W * bits * s.read_pj_per_bit,
@@ -132,7 +166,8 @@ def _write_cost(node: Node, s: RacetrackSpec) -> Cost:
     parts = {"port_writes": total * s.write_pj_per_bit, "shift": shifts * s.shift_pj,
              "dram": nbytes * s.dram_pj_per_byte}
     cycles = max(nbytes / s.dram_bytes_per_cycle, _cycles(D * s.write_ns + steps * s.shift_ns, s))
-    writes = tuple(Write(m0 + i, 0, int(n)) for i, n in enumerate(per_mu.tolist()) if n)
+    used = np.nonzero(per_mu)[0]
+    writes = tuple(map(Write, (used + m0).tolist(), [0] * len(used), per_mu[used].tolist()))
     return Cost(cycles, sum(parts.values()), "load", 0, parts, {"weights": nbytes}, writes, {"shifts": shifts})
 
 

@@ -45,7 +45,7 @@ from cimc.ir.opdef import is_annotation
 from cimc.ir.types import DType, TensorType
 from cimc.passmanager import Pass, PassContext, PassResult
 from cimc.target import ARRAY_OPS, LOSSY, Spec
-from cimc.targets.racetrack.ops import PIECE_COLUMNS, commanded_offsets, sweep_steps
+from cimc.targets.racetrack.ops import commanded_offsets, sweep_steps
 from cimc.targets.racetrack.spec import RacetrackSpec
 from cimc.tiling import weight_bits, weight_matrix
 

@@ -76,30 +76,61 @@ _WORK = 1 << 22
 # ---- the machine ------------------------------------------------------------------------------------
 @dataclass
 class Tracks:
-    """What the MUs hold during a run: words ``[mus, lanes, domains]``, commanded offsets ``[mus]``, the
-    misalignment of each sample ``err [samples, mus]`` (``None`` until a fault), and per MU the
-    ``(words, pieces)`` constants that wrote it at offset 0 (``None``: written elsewhere, or not at all)."""
+    """What the MUs hold during a run: per MU the ``(words, pieces, shift)`` of its last write (``shift``: its
+    offset then), its commanded offset, and per sample the misalignment faults left (``err [samples, mus]``,
+    ``None`` until a fault). The words as domains (:meth:`domain_words`) are built from the writes when an
+    instruction needs them; an aligned, fault-free ``rt.mac`` reads its writes' constants directly."""
 
     domains: int
-    words: np.ndarray = field(init=False)
+    holds: list[Any] = field(default_factory=list)
     offset: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     err: np.ndarray | None = None
-    writer: list[Any] = field(default_factory=list)
+    _words: np.ndarray = field(init=False)
+    _fresh: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
-        self.words = np.zeros((0, 0, self.domains), np.int16)
+        self._words = np.zeros((0, 0, self.domains), np.int16)
 
     def grow(self, mus: int, lanes: int) -> None:
         """Make room for MUs ``0 .. mus - 1`` with ``lanes`` lanes (new ones empty and at offset 0)."""
-        m0, l0 = self.words.shape[:2]
+        m0, l0 = self._words.shape[:2]
         if mus > m0 or lanes > l0:
             words = np.zeros((max(mus, m0), max(lanes, l0), self.domains), np.int16)
-            words[:m0, :l0] = self.words
-            self.words = words
-            self.offset = np.concatenate([self.offset, np.zeros(max(0, mus - m0), np.int64)])
-            self.writer += [None] * max(0, mus - m0)
+            words[:m0, :l0] = self._words
+            self._words = words
+            more = max(0, mus - m0)
+            self.offset = np.concatenate([self.offset, np.zeros(more, np.int64)])
+            self._fresh = np.concatenate([self._fresh, np.ones(more, bool)])
+            self.holds += [None] * more
             if self.err is not None:
-                self.err = np.concatenate([self.err, np.zeros((len(self.err), max(0, mus - m0)), np.int64)], 1)
+                self.err = np.concatenate([self.err, np.zeros((len(self.err), more), np.int64)], 1)
+
+    def write(self, m0: int, m1: int, words: np.ndarray, pieces: np.ndarray) -> None:
+        """Record a write of MUs ``m0 .. m1 - 1`` (module docstring: ``rt.write``)."""
+        for m in range(m0, m1):
+            self.holds[m] = (words, pieces, int(self.offset[m]))
+        self._fresh[m0:m1] = False
+        if self.err is not None:
+            self.err[:, m0:m1] = 0
+
+    def domain_words(self, m0: int, m1: int) -> np.ndarray:
+        """The words in the domains of MUs ``m0 .. m1 - 1`` (int16 ``[m1 - m0, lanes, domains]``)."""
+        stale = [m for m in range(m0, m1) if not self._fresh[m]]
+        by_write: dict[int, list[int]] = {}
+        for m in stale:
+            self._words[m] = 0
+            if self.holds[m] is not None:
+                by_write.setdefault(id(self.holds[m][1]), []).append(m)
+        for ms in by_write.values():
+            words, pieces, _ = self.holds[ms[0]]
+            mu, lane, d, flat = _expand(pieces)
+            pick = np.isin(mu, ms)
+            mu, lane, flat = mu[pick], lane[pick], flat[pick]
+            d = d[pick] + np.asarray([self.holds[m][2] for m in range(len(self.holds))], np.int64)[mu]
+            ok = (d >= 0) & (d < self.domains)
+            self._words[mu[ok], lane[ok], d[ok]] = words.reshape(-1)[flat[ok]]
+        self._fresh[m0:m1] = True
+        return self._words[m0:m1]
 
     def misalignment(self, samples: int) -> np.ndarray:
         """``err`` for ``samples`` samples (zeros before any fault)."""
@@ -170,6 +201,113 @@ def _shift_faults(ctx, t: Tracks, mus: tuple[int, int], steps: int, rate: float,
     return e
 
 
+# ---- pieces and reads ---------------------------------------------------------------------------------
+_CACHE: dict[tuple, tuple[Any, Any]] = {}
+"""Per pieces table (while it lives): its expansion and checks, an instruction's reads, its GEMM blocks."""
+
+
+def _cached(owners: tuple[np.ndarray, ...], key: tuple, make):
+    """``make()`` for the constants ``owners`` and ``key``, computed once while they all live."""
+    k = (*(id(o) for o in owners), *key)
+    hit = _CACHE.get(k)
+    if hit is not None and all(r() is o for r, o in zip(hit[0], owners, strict=True)):
+        return hit[1]
+    val = make()
+    try:
+        refs = tuple(weakref.ref(o, lambda _r, k=k, cache=_CACHE: cache.pop(k, None)) for o in owners)
+    except TypeError:
+        return val
+    _CACHE[k] = (refs, val)
+    return val
+
+
+def _expand(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every placed weight of a pieces table: its ``(mu, lane, domain, flat index)``, int64 each."""
+    def make():
+        return _runs(*(pieces[:, i] for i in range(6)), np.ones(len(pieces), np.int64))[:4]
+    return _cached((pieces,), ("expand",), make)
+
+
+def _runs(flat, fstride, n, mu, lane, d, dstride, t0=None, tdir=None):
+    """Elements of runs (``i < n``): ``(mu, lane, d + i*dstride, flat + i*fstride, t0 + i*tdir)``."""
+    n = np.asarray(n, np.int64)
+    row = np.repeat(np.arange(len(n)), n)
+    i = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+    t = None if t0 is None else t0[row] + i * tdir[row]
+    return mu[row], lane[row], d[row] + i * dstride[row], flat[row] + i * fstride[row], t
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What an ``rt.mac`` reads, as runs: run ``r`` is ``n[r]`` weights, the ``i``-th of flat index ``flat +
+    i*fstride`` at domain ``d + i*dstride`` of ``(mu, lane)``, passed by port ``port`` at state ``t0 + i*tdir``
+    (a weight two ports pass is read twice)."""
+
+    flat: np.ndarray
+    fstride: np.ndarray
+    n: np.ndarray
+    mu: np.ndarray
+    lane: np.ndarray
+    d: np.ndarray
+    dstride: np.ndarray
+    port: np.ndarray
+    t0: np.ndarray
+    tdir: np.ndarray
+
+    @property
+    def words(self) -> int:
+        """Weights read per block."""
+        return int(self.n.sum())
+
+    def elements(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every read, one by one: ``(mu, lane, domain, flat, state)`` int64 (cached)."""
+        return _cached((self.flat,), ("elements",), lambda: _runs(
+            self.flat, self.fstride, self.n, self.mu, self.lane, self.d, self.dstride, self.t0, self.tdir))
+
+
+def swept(pieces: np.ndarray, a) -> Reads:
+    """The weights an ``rt.mac`` with attributes ``a`` reads (cached per pieces table): the pieces' weights
+    on its MUs that a port it uses passes over at one of its states, run by run."""
+    m0, m1 = _mus(a)
+    S, step = int(a["states"]), int(a.get("step", 1))
+    key = ("reads", m0, m1, a.get("start", 0), S, step, a["ports"], a["segment"])
+
+    def make():
+        p = pieces[(pieces[:, 3] >= m0) & (pieces[:, 3] < m1)]
+        flat, stride, n, mu, lane, d0 = (p[:, i] for i in range(6))
+        m = abs(step) if step else 1
+        out = []
+        for j in range(int(a["ports"])):
+            b = j * int(a["segment"]) + int(a.get("start", 0))
+            lo, hi = (b, b + (S - 1) * step) if step > 0 else (b - (S - 1) * m, b)  # the domains port j passes
+            first = np.maximum(d0, lo)
+            first = first + (lo - first) % m
+            last = np.minimum(d0 + n - 1, hi)
+            count = np.where(last >= first, (last - first) // m + 1, 0) if step else np.where(
+                (d0 <= b) & (b < d0 + n), 1, 0)
+            if not step:
+                first = np.full_like(d0, b)
+            keep = count > 0
+            t0 = (first - b) // m if step >= 0 else (b - first) // m
+            out.append(np.stack([flat + (first - d0) * stride, stride * m, count, mu, lane, first,
+                                 np.full_like(d0, m), np.full_like(d0, j), t0,
+                                 np.full_like(d0, 1 if step >= 0 else -1)], axis=1)[keep])
+        r = np.concatenate(out) if out else np.zeros((0, 10), np.int64)
+        return Reads(*(np.ascontiguousarray(r[:, i]) for i in range(10)))
+    return _cached((pieces,), key, make)
+
+
+def _overlap(pieces: np.ndarray, lanes: int, domains: int) -> int | None:
+    """The index of a piece that shares a domain with another, or ``None`` (cached)."""
+    def make():
+        cell = (pieces[:, 3] * lanes + pieces[:, 4]) * domains + pieces[:, 5]
+        order = np.argsort(cell, kind="stable")
+        end = (cell + pieces[:, 2])[order]
+        bad = np.nonzero(cell[order][1:] < end[:-1])[0]
+        return int(order[bad[0] + 1]) if len(bad) else None
+    return _cached((pieces,), ("overlap", lanes, domains), make)
+
+
 # ---- definitions ------------------------------------------------------------------------------------
 def _range_attr(doc: str) -> AttrSpec:
     return AttrSpec("ints", REQUIRED, doc, lo=0)
@@ -224,11 +362,8 @@ def _write_type(ctx: InferContext) -> list[TensorType]:
     if w.dtype is not DType.i8 or (w.shape is not None and tuple(w.shape) != tuple(int(v) for v in a["matrix"])):
         raise VerifyError(f"rt.write: the words must be i8 {list(a['matrix'])} (the matrix attribute), are {w}")
     p = _check_pieces(ctx, 1, "rt.write")
-    if p is not None:
-        mu, lane, d, _ = _expand(p)
-        cell = (mu * a["lanes"] + lane) * a["domains"] + d
-        if len(np.unique(cell)) != len(cell):
-            raise VerifyError("rt.write: two pieces write the same domain")
+    if p is not None and (i := _overlap(p, a["lanes"], a["domains"])) is not None:
+        raise VerifyError(f"rt.write: piece {i} {p[i].tolist()} writes a domain another piece writes")
     return [TensorType(DType.i32, ())]
 
 
@@ -289,23 +424,11 @@ _MAC_ATTRS = {
 @op_def("rt.write", inputs=2, infer=_write_type, side_effects=True, attrs={
     **_GEOMETRY, "matrix": _MAC_ATTRS["matrix"], "weight_bits": _MAC_ATTRS["weight_bits"]})
 def rt_write(ctx, words, pieces):
-    """Write the pieces' weight words into their MUs' domains; the result is a token (words written)."""
+    """Write the pieces' weight words into their MUs' domains; the result is a token (pieces written)."""
     a = ctx.attrs
-    mus = _mus(a)
-    t = _tracks(ctx, a["domains"], mus, a["lanes"])
-    m0, m1 = mus
-    mu, lane, d, flat = _expand(pieces)
-    shift = t.offset[mu]
-    d = d + shift
-    ok = (d >= 0) & (d < t.domains)
-    t.words[m0:m1] = 0
-    t.words[mu[ok], lane[ok], d[ok]] = words.reshape(-1)[flat[ok]]
-    home = t.offset[m0:m1] == 0
-    for m in range(m0, m1):
-        t.writer[m] = (words, pieces) if home[m - m0] else None
-    if t.err is not None:
-        t.err[:, m0:m1] = 0
-    return np.asarray(len(flat), np.int32)
+    m0, m1 = _mus(a)
+    _tracks(ctx, a["domains"], (m0, m1), a["lanes"]).write(m0, m1, words, pieces)
+    return np.asarray(len(pieces), np.int32)
 
 
 @op_def("rt.shift", infer=_shift_type, side_effects=True, attrs={
@@ -330,8 +453,8 @@ def rt_shift(ctx, token):
 def rt_mac(ctx, x, token, pieces, acc=None):
     """MACs at the ports over the sweeps of every position block (module docstring)."""
     a = ctx.attrs
-    mus = _mus(a)
-    t = _tracks(ctx, a["domains"], mus, a["lanes"])
+    m0, m1 = _mus(a)
+    t = _tracks(ctx, a["domains"], (m0, m1), a["lanes"])
     cols = a["layout"] == "cols"
     G, K, N = (int(v) for v in a["matrix"])
     samples = x.shape[1] if cols else (x.shape[0] if x.ndim > 1 else 1)
@@ -341,105 +464,41 @@ def rt_mac(ctx, x, token, pieces, acc=None):
     y = (acc if ctx.donated else acc.copy()) if acc is not None else np.zeros(shape, np.int32)
     if y.shape != shape:
         raise CimcError(f"rt.mac: the accumulator is {list(y.shape)}, expected {list(shape)}")
-    m0, m1 = mus
-    blocks = -(-L // a["block"])
-    before, drift, steps, net = sweep_steps(a["states"], a["step"], a["turn"], a["alternate"], blocks)
-    slots = swept(pieces, a)
+    before, drift, steps, net = sweep_steps(a["states"], a["step"], a["turn"], a["alternate"], -(-L // a["block"]))
+    reads = swept(pieces, a)
     mismatch = t.offset[m0:m1] - a["start"]
-    faults = _shift_faults(ctx, t, mus, steps, a["fault_rate"], a["guard"], samples)
+    faults = _shift_faults(ctx, t, (m0, m1), steps, a["fault_rate"], a["guard"], samples)
     t.offset[m0:m1] += net
     if faults is None and t.err is not None and t.err[:, m0:m1].any():
         faults = np.broadcast_to(t.err[:, None, m0:m1], (len(t.err), steps + 1, m1 - m0))
     if faults is None and drift.any():
         faults = np.zeros((1, steps + 1, m1 - m0), np.int64)
-    written = all(t.writer[m] is not None and t.writer[m][1] is pieces for m in range(m0, m1))
-    if faults is None and written and not mismatch.any():
-        _exact(ctx, x, y, t.writer[m0][0], pieces, slots, a)
+    if faults is None and not mismatch.any() and all(
+            t.holds[m] is not None and t.holds[m][1] is pieces and t.holds[m][2] == 0 for m in range(m0, m1)):
+        _exact(ctx, x, y, t.holds[m0][0], pieces, reads, a)
         return y
+    mu, lane, d, flat, st = reads.elements()
+    words = t.domain_words(m0, m1)
     if faults is None:  # the same misalignment at every state: one effective matrix
-        w = _effective(t, slots, mismatch[slots.mu - m0], G * K * N).reshape(G, K, N)
-        _add(y, _product(x, w, cols, G, samples, L))
+        w = _effective(words, mu - m0, lane, d + mismatch[mu - m0], flat, G * K * N).reshape(G, K, N)
+        y += to_dtype(_product(x, w, cols, samples, L), np.dtype(np.int32))  # wraps like C
         return y
-    _faulty(x, y, t, slots, mismatch, drift, faults, before, a, samples, L)
+    _faulty(x, y, words, (mu - m0, lane, d, flat, st), mismatch, drift, faults, before, a, samples, L)
     return y
 
 
 # ---- execution ----------------------------------------------------------------------------------------
-_CACHE: dict[tuple, tuple[Any, Any]] = {}
-"""Per pieces table (while it lives): its expansion, an instruction's slots, its exact GEMM blocks."""
-
-
-def _cached(owners: tuple[np.ndarray, ...], key: tuple, make):
-    """``make()`` for the constants ``owners`` and ``key``, computed once while they all live."""
-    k = (*(id(o) for o in owners), *key)
-    hit = _CACHE.get(k)
-    if hit is not None and all(r() is o for r, o in zip(hit[0], owners, strict=True)):
-        return hit[1]
-    val = make()
-    try:
-        refs = tuple(weakref.ref(o, lambda _r, k=k, cache=_CACHE: cache.pop(k, None)) for o in owners)
-    except TypeError:
-        return val
-    _CACHE[k] = (refs, val)
-    return val
-
-
-def _expand(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every placed weight of a pieces table: its ``(mu, lane, domain, flat index)``, int64 each."""
-    def make():
-        p = np.asarray(pieces, np.int64).reshape(-1, len(PIECE_COLUMNS))
-        n = p[:, 2]
-        first = np.repeat(np.cumsum(n) - n, n)
-        i = np.arange(int(n.sum()), dtype=np.int64) - first
-        row = np.repeat(np.arange(len(p)), n)
-        return p[row, 3], p[row, 4], p[row, 5] + i, p[row, 0] + i * p[row, 1]
-    return _cached((pieces,), ("expand",), make)
-
-
-@dataclass(frozen=True)
-class Reads:
-    """The reads of an ``rt.mac``: for each placed weight its port swept over at some state, the MU, lane,
-    the domain the program expects (``d``), the state ``t`` and the weight's flat index."""
-
-    mu: np.ndarray
-    lane: np.ndarray
-    d: np.ndarray
-    t: np.ndarray
-    flat: np.ndarray
-
-
-def swept(pieces: np.ndarray, a) -> Reads:
-    """The weights an ``rt.mac`` with attributes ``a`` reads (cached per pieces table): the pieces' weights
-    on its MUs that a port it uses passes over at one of its states."""
-    m0, m1 = _mus(a)
-    key = ("slots", m0, m1, a["start"], a["states"], a["step"], a["ports"], a["segment"], a["lanes"], a["domains"])
-
-    def make():
-        mu, lane, d, flat = _expand(pieces)
-        keep = (mu >= m0) & (mu < m1)
-        mu, lane, d, flat = mu[keep], lane[keep], d[keep], flat[keep]
-        rel = d - a["start"]  # d = j * segment + t * step for some port j < ports, state t < states
-        t = np.full(len(d), -1, np.int64)
-        for j in range(a["ports"]):
-            q, r = np.divmod(rel - j * a["segment"], a["step"])
-            hit = (r == 0) & (q >= 0) & (q < a["states"]) & (t < 0)
-            t[hit] = q[hit]
-        read = t >= 0
-        return Reads(mu[read], lane[read], d[read], t[read], flat[read])
-    return _cached((pieces,), key, make)
-
-
-def _effective(t: Tracks, s: Reads, e: np.ndarray, size: int) -> np.ndarray:
-    """The weights the reads meet with misalignment ``e`` per slot, summed at each slot's flat index
-    (float64 ``[size]``): the matrix the MAC cells effectively multiply by."""
-    d = s.d + e
-    ok = (d >= 0) & (d < t.domains)
+def _effective(words: np.ndarray, mu: np.ndarray, lane: np.ndarray, d: np.ndarray, flat: np.ndarray,
+               size: int) -> np.ndarray:
+    """The words the reads ``(mu, lane, domain)`` meet, summed at each read's flat index (float64 ``[size]``):
+    the matrix the MAC cells effectively multiply by (a domain outside the track reads 0)."""
+    ok = (d >= 0) & (d < words.shape[-1])
     w = np.zeros(len(d), np.float64)
-    w[ok] = t.words[s.mu[ok], s.lane[ok], d[ok]]
-    return np.bincount(s.flat, weights=w, minlength=size)
+    w[ok] = words[mu[ok], lane[ok], d[ok]]
+    return np.bincount(flat, weights=w, minlength=size)
 
 
-def _product(x: np.ndarray, w: np.ndarray, cols: bool, G: int, samples: int, L: int) -> np.ndarray:
+def _product(x: np.ndarray, w: np.ndarray, cols: bool, samples: int, L: int) -> np.ndarray:
     """``x`` times the ``[G, K, N]`` matrix ``w`` (float64, exact), in the result layout."""
     if cols:  # x [G, S, K, L]: per group w[g].T @ x[g]
         y = np.matmul(w.transpose(0, 2, 1)[:, None], x.astype(np.float64))  # [G, S, N, L]
@@ -447,44 +506,65 @@ def _product(x: np.ndarray, w: np.ndarray, cols: bool, G: int, samples: int, L: 
     return np.matmul(x.astype(np.float64), w[0])
 
 
-def _add(y: np.ndarray, r: np.ndarray) -> None:
-    y += to_dtype(r, np.dtype(np.int32))  # wraps like C
+def _box(reads: Reads, words: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+    """The reads' bounding box ``(g0, g1, k0, k1, n0, n1)`` of the ``[G, K, N]`` matrix and the weights they
+    read in it (a weight read twice counts twice). When the reads are runs down columns (or along rows)
+    that cover the box exactly once, that is a slice of ``words``; else it is summed read by read."""
+    G, K, N = words.shape
+    g, k, n = np.unravel_index(reads.flat, (G, K, N))
+    one = reads.n == 1
+    for down in (True, False):  # runs down columns (line (g, n), from row k), or along rows (line (g, k), from n)
+        along = (one | (reads.fstride == (N if down else 1))) & ((k if down else n) + reads.n <= (K if down else N))
+        if not along.all():
+            continue
+        line, pos = (g * N + n, k) if down else (g * K + k, n)
+        end = pos + reads.n
+        k1, n1 = (k + reads.n, n + 1) if down else (k + 1, n + reads.n)
+        box = (int(g.min()), int(g.max()) + 1, int(k.min()), int(k1.max()), int(n.min()), int(n1.max()))
+        volume = (box[1] - box[0]) * (box[3] - box[2]) * (box[5] - box[4])
+        order = np.lexsort((pos, line))
+        twice = (line[order][1:] == line[order][:-1]) & (pos[order][1:] < end[order][:-1])
+        if reads.words == volume and not twice.any():  # every weight of the box read once
+            return box, words[box[0]:box[1], box[2]:box[3], box[4]:box[5]]
+    _, _, _, flat, _ = reads.elements()
+    g, k, n = np.unravel_index(flat, (G, K, N))
+    box = (int(g.min()), int(g.max()) + 1, int(k.min()), int(k.max()) + 1, int(n.min()), int(n.max()) + 1)
+    w = np.bincount(flat, weights=words.reshape(-1)[flat].astype(np.float64), minlength=G * K * N)
+    return box, w.reshape(G, K, N)[box[0]:box[1], box[2]:box[3], box[4]:box[5]]
 
 
-def _exact(ctx, x: np.ndarray, y: np.ndarray, words: np.ndarray, pieces: np.ndarray, s: Reads, a) -> None:
+def _exact(ctx, x: np.ndarray, y: np.ndarray, words: np.ndarray, pieces: np.ndarray, reads: Reads, a) -> None:
     """The aligned, fault-free sweep: ``x`` times the swept weights, as exact float GEMMs over the bounding
-    box of the slots' groups, rows and channels."""
-    G, K, N = (int(v) for v in a["matrix"])
+    box of the reads' groups, rows and channels (float32 when every sum stays below 2**24)."""
+    N = int(a["matrix"][2])
     cols = a["layout"] == "cols"
-    key = ("exact", *(int(v) for v in a["mus"]), a["start"], a["states"], a["step"], a["ports"],
-           a["segment"], a["act_bits"])
+    key = ("exact", *(int(v) for v in a["mus"]), a["start"], a["states"], a["step"], a["ports"], a["segment"],
+           a["act_bits"], cols)
 
     def make():
-        if not len(s.flat):
+        if not reads.words:
             return None
-        g, k, n = np.unravel_index(s.flat, (G, K, N))
-        box = (int(g.min()), int(g.max()) + 1, int(k.min()), int(k.max()) + 1, int(n.min()), int(n.max()) + 1)
-        w = np.zeros((box[1] - box[0], box[3] - box[2], box[5] - box[4]), np.float64)
-        w[g - box[0], k - box[2], n - box[4]] = words.reshape(-1)[s.flat]
-        bound = ((1 << a["act_bits"]) - 1) * float(np.abs(w).sum(axis=1).max(initial=0))
+        box, w = _box(reads, words)
+        bound = ((1 << a["act_bits"]) - 1) * float(np.abs(w).sum(axis=1, dtype=np.float64).max(initial=0))
         dt = np.float32 if bound < 1 << 24 else np.float64
-        w = np.ascontiguousarray(w.transpose(0, 2, 1) if cols else w).astype(dt)
-        return box, w
+        return box, np.ascontiguousarray(w.transpose(0, 2, 1) if cols else w, dtype=dt)
     hit = _cached((pieces, words), key, make)
     if hit is None:
         return
     (g0, g1, k0, k1, n0, n1), w = hit
     xs = _rows(ctx.state, x, cols, g0, g1, k0, k1, w.dtype)
-    if cols:  # xs [Gb, S, Kb, L], w [Gb, Nb, Kb]
-        r = to_dtype(np.matmul(w[:, None], xs), np.dtype(np.int32))  # [Gb, S, Nb, L]
-        if (n0, n1) == (0, N):  # whole groups: one contiguous channel range
-            y[:, g0 * N:g1 * N, :] += r.transpose(1, 0, 2, 3).reshape(y.shape[0], -1, y.shape[2])
-        else:
-            for i, g in enumerate(range(g0, g1)):
-                y[:, g * N + n0:g * N + n1, :] += r[i]
+    r = np.matmul(w[:, None], xs) if cols else np.matmul(xs, w[0])  # cols: [Gb, S, Nb, L]
+    if w.dtype == np.float32:  # every sum is an exact integer below 2**24: add it as it is
+        r = r.astype(np.int32)
     else:
-        r = np.matmul(xs, w[0])
-        y[..., n0:n1] += to_dtype(r, np.dtype(np.int32))
+        r = to_dtype(r, np.dtype(np.int32))  # wraps like C
+    if not cols:
+        y[..., n0:n1] += r
+    elif (n0, n1) == (0, N):  # whole groups: one contiguous channel range
+        y[:, g0 * N:g1 * N, :] += r.transpose(1, 0, 2, 3).reshape(y.shape[0], -1, y.shape[2])
+    else:
+        for i, g in enumerate(range(g0, g1)):
+            y[:, g * N + n0:g * N + n1, :] += r[i]
 
 
 def _rows(state: dict, x: np.ndarray, cols: bool, g0: int, g1: int, k0: int, k1: int, dt) -> np.ndarray:
@@ -499,37 +579,37 @@ def _rows(state: dict, x: np.ndarray, cols: bool, g0: int, g1: int, k0: int, k1:
     return xs
 
 
-def _faulty(x: np.ndarray, y: np.ndarray, t: Tracks, s: Reads, mismatch: np.ndarray, drift: np.ndarray,
-            faults: np.ndarray, before: np.ndarray, a, samples: int, L: int) -> None:
+def _faulty(x: np.ndarray, y: np.ndarray, words: np.ndarray, reads: tuple, mismatch: np.ndarray,
+            drift: np.ndarray, faults: np.ndarray, before: np.ndarray, a, samples: int, L: int) -> None:
     """Each sample's blocks with their own misalignments (``mismatch [M]`` at the start, ``drift [blocks]``
     from the program's turns, ``faults [samples or 1, steps + 1, M]`` from faults): per (sample, block) the
-    effective matrix of its reads, times the block's positions."""
+    effective matrix of its reads (``(mu - m0, lane, domain, flat, state)``), times the block's positions."""
     G, K, N = (int(v) for v in a["matrix"])
-    cols, B, m0 = a["layout"] == "cols", a["block"], int(a["mus"][0])
+    cols, B = a["layout"] == "cols", a["block"]
+    rel, lane, d, flat, st = reads
     blocks = len(before)
     size = G * K * N
     xc = x.transpose(1, 3, 0, 2) if cols else x.reshape(samples, L, 1, K)  # [S, L, G, K]
     pad = blocks * B - L
-    rel = s.mu - m0
     out = np.zeros((samples, blocks * B, G, N), np.float64)
-    per = max(1, _WORK // max(1, blocks * max(size, len(s.flat))))
+    per = max(1, _WORK // max(1, blocks * max(size, len(flat))))
     for n0 in range(0, samples, per):
         n1 = min(samples, n0 + per)
         f = faults[n0:n1] if len(faults) > 1 else faults
-        e = f[:, before[:, s.t], rel] + mismatch[rel] + drift[:, None]  # [n or 1, blocks, slots]
+        e = f[:, before[:, st], rel] + mismatch[rel] + drift[:, None]  # [n or 1, blocks, reads]
         e = np.broadcast_to(e, (n1 - n0, *e.shape[1:]))
-        d = s.d + e
-        ok = (d >= 0) & (d < t.domains)
-        words = np.where(ok, t.words[s.mu, s.lane, np.clip(d, 0, t.domains - 1)], 0).astype(np.float64)
+        at = d + e
+        ok = (at >= 0) & (at < words.shape[-1])
+        w = np.where(ok, words[rel, lane, np.clip(at, 0, words.shape[-1] - 1)], 0).astype(np.float64)
         pair = np.arange((n1 - n0) * blocks, dtype=np.int64).reshape(n1 - n0, blocks, 1) * size
-        w = np.bincount((pair + s.flat).reshape(-1), weights=words.reshape(-1), minlength=(n1 - n0) * blocks * size)
+        w = np.bincount((pair + flat).reshape(-1), weights=w.reshape(-1), minlength=(n1 - n0) * blocks * size)
         w = w.reshape(n1 - n0, blocks, G, K, N)
         xb = np.pad(xc[n0:n1], ((0, 0), (0, pad), (0, 0), (0, 0))).astype(np.float64)
         xb = xb.reshape(n1 - n0, blocks, B, G, K).transpose(0, 1, 3, 2, 4)  # [n, blocks, G, B, K]
         out[n0:n1] = np.matmul(xb, w).transpose(0, 1, 3, 2, 4).reshape(n1 - n0, blocks * B, G, N)
     r = out[:, :L].reshape(samples, L, G * N)
     r = r.transpose(0, 2, 1) if cols else r.reshape(*x.shape[:-1], G * N)
-    _add(y, r)
+    y += to_dtype(r, np.dtype(np.int32))  # wraps like C
 
 
 def commanded_offsets(graph: Graph) -> tuple[dict[int, int], list[str]]:
