@@ -90,13 +90,24 @@ class Layout:
     sweeps: tuple[Sweep, ...]
 
 
-def layout(layer: Layer, spec: RacetrackSpec, placement: str | None = None, stack: int = 1) -> Layout:
-    """The layer's layout under ``placement`` (default: the spec's); ``stack`` partial row tiles per lane
-    (optimized only)."""
+def layout(layer: Layer, spec: RacetrackSpec, placement: str | None = None, stack: int = 1,
+           depth: int | None = None) -> Layout:
+    """The layer's layout under ``placement`` (default: the spec's); for the optimized placement, ``depth`` rows
+    per port in a row tile (default: the whole segment) and ``stack`` partial row tiles per lane."""
     placement = placement or spec.placement
     if placement == "optimized":
-        return _optimized(layer, spec, stack)
+        return _optimized(layer, spec, stack, depth)
     return _row_major(layer, spec, placement == "serpentine")
+
+
+def shifts(lay: Layout, layer: Layer, tracks: int) -> int:
+    """One-domain shift steps summed over tracks for one inference of ``lay`` (its sweeps and the shifts
+    that bring their MUs home)."""
+    total = 0
+    for sw in lay.sweeps:
+        _, _, steps, net = sweep_steps(sw.states, 1, sw.turn, sw.alternate, -(-layer.L // sw.block))
+        total += (sw.m1 - sw.m0) * tracks * (steps + abs(net))
+    return total
 
 
 def _row_major(layer: Layer, spec: RacetrackSpec, serpentine: bool) -> Layout:
@@ -121,24 +132,26 @@ def _row_major(layer: Layer, spec: RacetrackSpec, serpentine: bool) -> Layout:
     return Layout(pieces, mus, sweeps)
 
 
-def _optimized(layer: Layer, spec: RacetrackSpec, stack: int) -> Layout:
-    """optimized (module docstring): full row tiles, then the balanced partial one, ``stack`` per lane."""
+def _optimized(layer: Layer, spec: RacetrackSpec, stack: int = 1, depth: int | None = None) -> Layout:
+    """optimized (module docstring): full row tiles of ``depth`` rows per port (default: the segment), then the
+    balanced partial one, ``stack`` of them per lane."""
     P, E, lanes = spec.ports_per_track, spec.segment, spec.lanes(layer.bits)
     G, K, N = layer.G, layer.K, layer.N
-    C, tile = G * N, P * E
+    h_full = E if depth is None else max(1, min(depth, E))
+    C, tile = G * N, P * h_full
     c = np.arange(C, dtype=np.int64)
     base = c // N * K * N + c % N  # flat index of row 0 of column c
     full, rem = divmod(K, tile)
     groups = -(-C // lanes)
     block = min(layer.L, spec.acc_regs)
     parts, sweeps, mu = [], [], 0
-    if full:  # MU (r, cg) = row tile r, columns cg*lanes ..; lane l, port j: rows r*tile + j*E .. + E
+    if full:  # MU (r, cg) = row tile r, columns cg*lanes ..; lane l, port j: rows r*tile + j*h_full .. + h_full
         r, col, j = (a.reshape(-1) for a in np.meshgrid(np.arange(full), c, np.arange(P), indexing="ij"))
-        rows = r * tile + j * E
-        parts.append(np.stack([base[col] + rows * N, np.full_like(col, N), np.full_like(col, E),
+        rows = r * tile + j * h_full
+        parts.append(np.stack([base[col] + rows * N, np.full_like(col, N), np.full_like(col, h_full),
                                r * groups + col // lanes, col % lanes, j * E], axis=1))
         mu = full * groups
-        sweeps.append(Sweep(0, mu, E, P, block, 0, 1))
+        sweeps.append(Sweep(0, mu, h_full, P, block, 0, 1))
     if rem:
         h = -(-rem // P)
         stack = max(1, min(stack, E // h))
@@ -217,8 +230,10 @@ class LowerRacetrackPass(Pass):
 
 
 def _fit(layers: list[Layer], spec: RacetrackSpec, model: str) -> list[Layout]:
-    """Every layer's layout; under the optimized placement, partial row tiles are stacked (largest saving of
-    MUs first) while the model needs more MUs than the memory has."""
+    """Every layer's layout. Under the optimized placement, a model that needs more MUs than the memory has
+    stacks partial row tiles (largest saving of MUs first) while it does not fit; a model that leaves MUs
+    free spreads layers over them (shallower sweeps), taking at each step the move that saves the most
+    shifts per MU it adds."""
     outs = [layout(lay, spec) for lay in layers]
     need = sum(o.mus for o in outs)
     if spec.placement == "optimized" and need > spec.mus:
@@ -228,12 +243,44 @@ def _fit(layers: list[Layer], spec: RacetrackSpec, model: str) -> list[Layout]:
                 break
             need += stacked[i].mus - outs[i].mus
             outs[i] = stacked[i]
+    elif spec.placement == "optimized" and need < spec.mus:
+        outs = _spread(layers, outs, spec, spec.mus - need)
+        need = sum(o.mus for o in outs)
     if not spec.allow_reload and need > spec.mus:
         raise PassError(f"model {model!r} does not fit the racetrack memory with allow_reload = false: its weights "
                         f"take {need} MUs of {spec.tracks_per_mu} tracks x {spec.domains_per_track} domains, the "
                         f"memory has mus = {spec.mus}; allow reloads (--spec-set allow_reload=true) or use more MUs "
                         f"(--spec-set mus={need})")
     return outs
+
+
+def _spread(layers: list[Layer], outs: list[Layout], spec: RacetrackSpec, spare: int) -> list[Layout]:
+    """Shallower row tiles for the layers that gain the most shifts per added MU, within ``spare`` MUs: each
+    layer's candidates are every depth below the segment (MUs and shifts of each known before choosing)."""
+    T = spec.tracks_per_mu
+    tables = []
+    for lay, out in zip(layers, outs, strict=True):
+        rows = {spec.segment: (out.mus, shifts(out, lay, T))}
+        for d in range(1, spec.segment):
+            o = _optimized(lay, spec, depth=d)
+            rows[d] = (o.mus, shifts(o, lay, T))
+        tables.append(rows)
+    depth = [spec.segment] * len(layers)
+    while True:
+        best = None
+        for i, rows in enumerate(tables):
+            mus, sh = rows[depth[i]]
+            for d, (m, s) in rows.items():
+                if d < depth[i] and sh > s and 0 < m - mus <= spare:
+                    gain = (sh - s) / (m - mus)
+                    if best is None or gain > best[0]:
+                        best = (gain, i, d, m - mus)
+        if best is None:
+            break
+        _, i, d, added = best
+        depth[i], spare = d, spare - added
+    return [out if d == spec.segment else _optimized(lay, spec, depth=d)
+            for lay, out, d in zip(layers, outs, depth, strict=True)]
 
 
 def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: int) -> int:
@@ -277,8 +324,8 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
             acc = add("rt.mac", [x, token, pieces] + ([] if acc is None else [acc]), mac, outputs=[out_type])
             net = sweep_steps(sw.states, 1, sw.turn, sw.alternate, -(-L // sw.block))[3]
             if net:
-                token = add("rt.shift", [token], {"mus": group, "distance": -net, "tracks": spec.tracks_per_mu,
-                                                  **faults})
+                token = add("rt.shift", [token], {"mus": group, "distance": -net, "domains": spec.domains_per_track,
+                                                  "tracks": spec.tracks_per_mu, **faults})
     first = _next_free(lay.mus, spec.mus, first)
     y = acc
     if bias is not None:

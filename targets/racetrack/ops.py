@@ -1,9 +1,12 @@
 """racetrack instructions: ``rt.write``, ``rt.shift`` and ``rt.mac``, their definitions and executor.
 
 Machine (``docs/racetrack.md``): macro units (MUs) of tracks that shift together; an MU holds ``lanes``
-lanes of weight words, each lane ``domains`` domains long, read by ``ports`` ports spaced ``segment``
-domains apart. An MU shifted by ``offset`` has port ``j`` over domain ``j * segment + offset`` of each of
-its lanes; a domain outside ``0 .. domains - 1`` (an overflow domain) holds no weight and reads as 0.
+lanes of weight words, each lane ``D = domains`` domains long, read by ``ports`` ports spaced ``segment``
+domains apart. An MU shifted by ``offset`` has port ``j`` over position ``j * segment + offset`` of each of
+its lanes, where the data domains are positions ``0 .. D - 1`` when the MU was written at offset 0; the
+positions around them (``-D .. -1`` and ``D .. 2D - 1``) are overflow domains, empty unless a write at
+another offset put words there (words beyond them fall off the track), and a port over a position
+holding no word reads 0.
 The executor keeps, per MU, the words of its lanes, its *commanded* offset (the sum of the shifts the
 program issued) and, per sample, the misalignment shift faults added (``err``); the ports read the
 domains at ``offset + err``. Every sample of a batch is one inference that starts with the tracks as
@@ -18,7 +21,7 @@ row-major matrix at domains ``d0 + i`` of lane ``lane`` of MU ``mu``.
     clears the MUs' lanes and writes each piece's words into its domains (a word lands ``offset``
     domains further when its MU is not at offset 0, as a write addresses domains relative to the
     ports); resets the MUs' fault misalignment (writes are verified). The token orders later ops.
-``rt.shift(token) -> token``  attrs ``mus``, ``distance``, ``fault_rate``, ``guard``: shifts the MUs by
+``rt.shift(token) -> token``  attrs ``mus``, ``domains``, ``distance``, ``fault_rate``, ``guard``: shifts the MUs by
     ``distance`` domains, one step at a time (each step may fault, below).
 ``rt.mac(x: u8, token, pieces, acc: i32?) -> i32``  attrs ``mus``, ``start``, ``states``, ``step``,
     ``ports``, ``block``, ``turn``, ``layout``, ``channels``, ``matrix``, ``lanes``, ``domains``,
@@ -41,7 +44,10 @@ row-major matrix at domains ``d0 + i`` of lane ``lane`` of MU ``mu``.
 
 Shift faults (``fault_rate > 0``): each one-domain step of each MU, for each sample, over- or
 under-shifts by one domain with probability ``fault_rate / 2`` each, drawn from the run's seeded
-generator in program order; the misalignment persists (and adds up) until a guard check: with
+generator in program order: an instruction that shifts draws ``u = rng.random((samples, steps, MUs))``
+(its steps in the order it takes them), and step ``s`` of MU ``m`` in sample ``n`` adds one domain to the
+MU's misalignment when ``u[n, s, m] > 1 - fault_rate / 2`` and takes one away when ``u[n, s, m] <
+fault_rate / 2``. The misalignment persists (and adds up) until a guard check: with
 ``guard = k > 0``, after every ``k``-th step of an instruction and at its end the MU is realigned to
 its commanded offset (misalignment 0). Misalignment never corrects a wrong commanded offset.
 """
@@ -89,13 +95,13 @@ class Tracks:
     _fresh: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
-        self._words = np.zeros((0, 0, self.domains), np.int16)
+        self._words = np.zeros((0, 0, 3 * self.domains), np.int16)  # positions -D .. 2D - 1
 
     def grow(self, mus: int, lanes: int) -> None:
         """Make room for MUs ``0 .. mus - 1`` with ``lanes`` lanes (new ones empty and at offset 0)."""
         m0, l0 = self._words.shape[:2]
         if mus > m0 or lanes > l0:
-            words = np.zeros((max(mus, m0), max(lanes, l0), self.domains), np.int16)
+            words = np.zeros((max(mus, m0), max(lanes, l0), 3 * self.domains), np.int16)
             words[:m0, :l0] = self._words
             self._words = words
             more = max(0, mus - m0)
@@ -114,7 +120,8 @@ class Tracks:
             self.err[:, m0:m1] = 0
 
     def domain_words(self, m0: int, m1: int) -> np.ndarray:
-        """The words in the domains of MUs ``m0 .. m1 - 1`` (int16 ``[m1 - m0, lanes, domains]``)."""
+        """The words at the positions ``-D .. 2D - 1`` of MUs ``m0 .. m1 - 1`` (int16 ``[m1 - m0, lanes, 3D]``, position
+        ``p`` at index ``p + D``)."""
         stale = [m for m in range(m0, m1) if not self._fresh[m]]
         by_write: dict[int, list[int]] = {}
         for m in stale:
@@ -127,8 +134,8 @@ class Tracks:
             pick = np.isin(mu, ms)
             mu, lane, flat = mu[pick], lane[pick], flat[pick]
             d = d[pick] + np.asarray([self.holds[m][2] for m in range(len(self.holds))], np.int64)[mu]
-            ok = (d >= 0) & (d < self.domains)
-            self._words[mu[ok], lane[ok], d[ok]] = words.reshape(-1)[flat[ok]]
+            ok = (d >= -self.domains) & (d < 2 * self.domains)
+            self._words[mu[ok], lane[ok], d[ok] + self.domains] = words.reshape(-1)[flat[ok]]
         self._fresh[m0:m1] = True
         return self._words[m0:m1]
 
@@ -432,17 +439,14 @@ def rt_write(ctx, words, pieces):
 
 
 @op_def("rt.shift", infer=_shift_type, side_effects=True, attrs={
-    "mus": _GEOMETRY["mus"], "tracks": _GEOMETRY["tracks"], **_FAULTS,
+    "mus": _GEOMETRY["mus"], "domains": _GEOMETRY["domains"], "tracks": _GEOMETRY["tracks"], **_FAULTS,
     "distance": AttrSpec("int", REQUIRED, "domains to shift (signed)"),
     "samples": AttrSpec("int", 1, "inferences of a static batch, each shifting once (cost only)", lo=1)})
 def rt_shift(ctx, token):
     """Shift the MUs by ``distance`` domains, step by step (each step may fault)."""
     a = ctx.attrs
     m0, m1 = _mus(a)
-    t = ctx.state.get(STATE)
-    if t is None:
-        raise CimcError("rt.shift before any rt.write: no tracks are set up")
-    t.grow(m1, 1)
+    t = _tracks(ctx, a["domains"], (m0, m1), 1)
     t.offset[m0:m1] += a["distance"]
     samples = len(t.err) if t.err is not None else int(ctx.state.get("rt.samples", 1))
     _shift_faults(ctx, t, (m0, m1), abs(a["distance"]), a["fault_rate"], a["guard"], samples)
@@ -490,11 +494,12 @@ def rt_mac(ctx, x, token, pieces, acc=None):
 # ---- execution ----------------------------------------------------------------------------------------
 def _effective(words: np.ndarray, mu: np.ndarray, lane: np.ndarray, d: np.ndarray, flat: np.ndarray,
                size: int) -> np.ndarray:
-    """The words the reads ``(mu, lane, domain)`` meet, summed at each read's flat index (float64 ``[size]``):
-    the matrix the MAC cells effectively multiply by (a domain outside the track reads 0)."""
-    ok = (d >= 0) & (d < words.shape[-1])
+    """The words the reads ``(mu, lane, position)`` meet in ``words`` (:meth:`Tracks.domain_words`), summed at each
+    read's flat index (float64 ``[size]``): the matrix the MAC cells effectively multiply by."""
+    D = words.shape[-1] // 3
+    ok = (d >= -D) & (d < 2 * D)
     w = np.zeros(len(d), np.float64)
-    w[ok] = words[mu[ok], lane[ok], d[ok]]
+    w[ok] = words[mu[ok], lane[ok], d[ok] + D]
     return np.bincount(flat, weights=w, minlength=size)
 
 
@@ -598,7 +603,7 @@ def _faulty(x: np.ndarray, y: np.ndarray, words: np.ndarray, reads: tuple, misma
         f = faults[n0:n1] if len(faults) > 1 else faults
         e = f[:, before[:, st], rel] + mismatch[rel] + drift[:, None]  # [n or 1, blocks, reads]
         e = np.broadcast_to(e, (n1 - n0, *e.shape[1:]))
-        at = d + e
+        at = d + e + words.shape[-1] // 3  # index of the position read
         ok = (at >= 0) & (at < words.shape[-1])
         w = np.where(ok, words[rel, lane, np.clip(at, 0, words.shape[-1] - 1)], 0).astype(np.float64)
         pair = np.arange((n1 - n0) * blocks, dtype=np.int64).reshape(n1 - n0, blocks, 1) * size

@@ -1,0 +1,250 @@
+"""The racetrack target: programs equal the integer reference, the executor equals a slow reference read by
+read (faults and corrupted programs included), shift counts equal a hand count, a wrong shift is a wrong
+result, faults are seeded, and bad specs are one clear error."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import racetrack_reference
+from onnx import TensorProto, helper, numpy_helper
+
+import cimc
+from cimc import zoo
+from cimc.errors import InputError, PassError
+from cimc.interpreter import Interpreter
+from cimc.ir.core import Graph
+from cimc.target import LOSSY
+from cimc.targets.racetrack.ops import commanded_offsets
+
+PLACEMENTS = ("naive", "serpentine", "optimized")
+
+
+def _quantized(bits: int) -> str:
+    return f"fold-constants,fuse-batchnorm,quantize{{weight-bits={bits} act-bits=8}}"
+
+
+@functools.cache
+def _compiled(name: str, bits: int = 8, **spec) -> cimc.CompiledModel:
+    return cimc.compile(f"zoo:{name}", target="racetrack", pipeline=_quantized(bits), spec=spec or None,
+                        progress=False)
+
+
+def _images(n: int) -> np.ndarray:
+    return np.array(zoo.test_set()[0][:n])
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_programs_equal_the_integer_reference(name, bits, placement):
+    """Every zoo model, W8A8 and W4A8, every placement: the program gives the quantized graph's outputs bit for
+    bit on the digits test split, and leaves every track where the next inference expects it."""
+    c = _compiled(name, bits, placement=placement)
+    feed = {c.program.inputs[0].name: _images(120)}
+    ours, ref = c.run(feed), Interpreter(c.quantized).run(feed)
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert ours[k].dtype == ref[k].dtype and np.array_equal(ours[k], ref[k]), k
+    offsets, problems = commanded_offsets(c.program)
+    assert not problems and not any(offsets.values())
+    assert LOSSY not in c.program.metadata
+
+
+@pytest.mark.parametrize("extra", [{}, {"shift_fault_rate": 0.02}, {"shift_fault_rate": 0.05, "guard_interval": 5}],
+                         ids=["ideal", "faults", "faults+guard"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("name", ["lenet_bn", "mobilenet_tiny", "hybrid_vit"])
+def test_executor_equals_the_slow_reference(name, placement, extra):
+    """The executor and a reference written read by read from the instructions' definition agree bit for bit,
+    with and without seeded shift faults and the guard."""
+    c = _compiled(name, 8, placement=placement, **extra)
+    feed = {c.program.inputs[0].name: _images(2)}
+    ours = Interpreter(c.program, seed=5).run(feed)
+    ref = racetrack_reference.run(c.program, feed, seed=5)
+    assert all(np.array_equal(ours[k], ref[k]) for k in ref)
+
+
+def _mutated(c: cimc.CompiledModel, pick, change) -> Graph:
+    """A copy of the program with ``change(attrs)`` applied to the first node ``pick(node)`` selects."""
+    g = c.program.copy()
+    node = next(n for n in g.nodes if pick(n))
+    change(node.attrs)
+    return g
+
+
+def _blocks(n) -> int:
+    L = n.inputs[0].type.shape[3] if n.attrs.get("layout") == "cols" else 1
+    return -(-L // n.attrs["block"])
+
+
+@pytest.mark.parametrize(("placement", "what", "change"), [
+    ("optimized", "turn", lambda a: a.update(turn=1)),  # the serpentine's turn shifts one domain too far
+    ("naive", "rewind", lambda a: a.update(turn=a["turn"] + 1)),  # the rewind stops one domain short
+    ("optimized", "step", lambda a: a.update(step=2)),  # the sweep shifts two domains between states
+    ("serpentine", "start", lambda a: a.update(start=1)),  # the program expects the tracks one domain further
+])
+def test_a_wrong_shift_is_a_wrong_result(placement, what, change):
+    """One shift distance of a compiled program changed: the executor reads the weights the ports are over
+    then (the slow reference agrees), so the outputs change. A sweep of step 2 (every other domain, an even
+    number of times) still ends home: only the outputs show it; the other changes leave the tracks where the
+    static check of offsets sees them."""
+    c = _compiled("lenet_bn", 8, placement=placement, mus=13)  # as many MUs as the layers need: sweeps of 5 to 64 states
+    bad = _mutated(c, lambda n: n.op == "rt.mac" and _blocks(n) > 1 and n.attrs["states"] > 1, change)
+    feed = {c.program.inputs[0].name: _images(3)}
+    good, ours = Interpreter(c.program).run(feed), Interpreter(bad).run(feed)
+    assert any(not np.array_equal(good[k], ours[k]) for k in good), what
+    ref = racetrack_reference.run(bad, feed)
+    assert all(np.array_equal(ours[k], ref[k]) for k in ref)
+    offsets, problems = commanded_offsets(bad)
+    assert bool(problems or any(offsets.values())) == (what != "step")
+
+
+def test_a_wrong_home_shift_is_seen_by_the_offset_check():
+    """The shift that brings a fully connected layer's tracks home after its one sweep: changed, this inference's
+    outputs stay (nothing reads those tracks again), and the static check names the MUs left away from home."""
+    c = _compiled("mlp", 8)
+    shifts = [n for n in c.program.nodes if n.op == "rt.shift"]
+    assert shifts and all(n.attrs["distance"] < 0 for n in shifts)
+    bad = _mutated(c, lambda n: n.op == "rt.shift", lambda a: a.update(distance=a["distance"] + 1))
+    offsets, problems = commanded_offsets(bad)
+    assert not problems and sorted(set(offsets.values())) == [0, 1]
+
+
+def test_a_write_at_another_offset_is_read_where_it_landed():
+    """A write addresses domains relative to where the tracks are: shifted before the write and back after the
+    sweep, a consistent program computes the same result (through the executor's general path)."""
+    c = _compiled("lenet_bn", 8, mus=13)
+    g = c.program.copy()
+    write = next(n for n in g.nodes if n.op == "rt.write")
+    mac = next(n for n in g.nodes if n.op == "rt.mac" and n.inputs[1] is write.outputs[0])
+    a = {k: write.attrs[k] for k in ("mus", "domains", "tracks")}
+    g.add_node("rt.shift", [g.add_constant(np.asarray(0, np.int32), "token")], {**a, "distance": 3}, before=write)
+    g.add_node("rt.shift", [write.outputs[0]], {**a, "distance": -3}, after=mac)
+    feed = {g.inputs[0].name: _images(3)}
+    want = Interpreter(c.program).run(feed)
+    got = Interpreter(g).run(feed)
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+    ref = racetrack_reference.run(g, feed)
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+# ---- shift counts against a hand count ---------------------------------------------------------------------
+def _conv_model() -> onnx.ModelProto:
+    """One 3x3 convolution, 2 -> 3 channels, padding 1, on a 5x5 image: K = 18 rows, N = 3 columns, L = 25."""
+    w = np.random.default_rng(0).normal(size=(3, 2, 3, 3)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "conv",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 5, 5])],
+                          [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _gemm_model() -> onnx.ModelProto:
+    """One fully connected layer: K = 40 inputs, N = 6 outputs, one position per sample."""
+    w = np.random.default_rng(1).normal(size=(6, 40)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)], "fc",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 40])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])],
+                          [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _small(model: onnx.ModelProto, shape: tuple[int, ...], placement: str, mus: int) -> cimc.CompiledModel:
+    calib = np.random.default_rng(2).normal(size=(8, *shape)).astype(np.float32)
+    return cimc.compile(model, target="racetrack", spec={"placement": placement, "mus": mus}, calibration=calib,
+                        verify=True, progress=False)
+
+
+# Default spec: MUs of 32 tracks, 64 domains, 2 ports 32 domains apart; 8-bit words: 4 lanes; 16 registers.
+# Conv (K = 18, N = 3, L = 25 positions), row-major: 54 weights, all in lane 0 of one MU (54 domains).
+#   naive: per position 53 steps out, 53 back:              25 * 106 = 2650 steps
+#   serpentine: per position 53 steps, directions alternate: 25 * 53 = 1325, and 53 home after an odd count
+#   optimized: rows balanced over the 2 ports (9 each), 3 columns in 3 lanes of one MU: 9 states;
+#              blocks of 16 positions: 2 blocks (16 + 9), 8 steps each, an even count ends home: 16 steps
+# Gemm (K = 40, N = 6, L = 1): row-major 240 weights in lanes of 64: 4 lanes of one MU, the first full.
+#   naive: 63 out, 63 back = 126; serpentine: 63, then 63 home = 126
+#   optimized: 20 rows per port, 6 columns over 4 lanes: 2 MUs of 20 states: 19 out, 19 home = 38 per MU
+#   optimized with 4 MUs (2 spare): rows 10 per port in 2 row tiles of 20, 2 x 2 MUs of 10 states: 9 + 9 each
+# Shifts count steps times the 32 tracks of each MU that moves. The memory has as many MUs as the dense layouts
+# need (1 for the convolution, 2 for the gemm) unless a case says otherwise.
+HAND = {("conv", "naive", 1): 2650 * 32, ("conv", "serpentine", 1): (1325 + 53) * 32, ("conv", "optimized", 1): 16 * 32,
+        ("fc", "naive", 2): 126 * 32, ("fc", "serpentine", 2): 126 * 32, ("fc", "optimized", 2): 2 * 38 * 32,
+        ("fc", "optimized", 4): 4 * 18 * 32}
+
+
+@pytest.mark.parametrize(("layer", "placement", "mus"), list(HAND))
+def test_shift_counts_equal_the_hand_count(layer, placement, mus):
+    c = (_small(_conv_model(), (2, 5, 5), placement, mus) if layer == "conv"
+         else _small(_gemm_model(), (40,), placement, mus))
+    assert c.verify["reference_exact"]
+    assert c.report["cost"]["per_inference"]["shifts"] == HAND[(layer, placement, mus)]
+    macs = [n for n in c.program.nodes if n.op == "rt.mac"]
+    if layer == "conv" and placement == "optimized":
+        assert [(n.attrs["states"], n.attrs["ports"], n.attrs["block"]) for n in macs] == [(9, 2, 16)]
+    if layer == "conv" and placement == "naive":
+        assert [(n.attrs["states"], n.attrs["ports"], n.attrs["block"], n.attrs["turn"]) for n in macs] == \
+            [(54, 1, 1, -53)]
+
+
+def test_optimized_needs_far_fewer_shifts_on_every_zoo_model():
+    """The goal of the placement, per model: optimized at most 40% of naive and 80% of serpentine."""
+    for name in zoo.NAMES:
+        shifts = {p: _compiled(name, 8, placement=p).cost.per_inference.events["shifts"] for p in PLACEMENTS}
+        assert shifts["optimized"] <= 0.4 * shifts["naive"] and shifts["optimized"] <= 0.8 * shifts["serpentine"], \
+            (name, shifts)
+
+
+# ---- faults ------------------------------------------------------------------------------------------
+def test_faults_are_seeded_and_marked_lossy():
+    c = _compiled("resnet_tiny", 8, shift_fault_rate=0.01)
+    assert c.program.metadata[LOSSY].startswith("racetrack shift faults: 0.01 per step")
+    feed = {c.program.inputs[0].name: _images(40)}
+    a, b, other = c.run(feed, seed=1), c.run(feed, seed=1), c.run(feed, seed=2)
+    ideal = _compiled("resnet_tiny", 8).run(feed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], other[k]) for k in a)
+    assert any(not np.array_equal(a[k], ideal[k]) for k in a)
+
+
+def test_the_guard_costs_checks_and_a_zero_rate_is_exact():
+    plain, guarded = _compiled("resnet_tiny", 8), _compiled("resnet_tiny", 8, guard_interval=4)
+    p, g = plain.cost.per_inference, guarded.cost.per_inference
+    assert "guard_checks" not in p.events and g.events["guard_checks"] > 0
+    assert g.energy_pj > p.energy_pj and g.cycles > p.cycles
+    assert g.events["shifts"] == p.events["shifts"]
+    feed = {plain.program.inputs[0].name: _images(20)}
+    assert all(np.array_equal(v, plain.run(feed)[k]) for k, v in guarded.run(feed, seed=3).items())
+
+
+# ---- machine size, bad input -------------------------------------------------------------------------------
+def test_a_model_larger_than_the_memory_is_rewritten_every_inference():
+    c = _compiled("resnet_tiny", 8, mus=8)
+    feed = {c.program.inputs[0].name: _images(20)}
+    assert all(np.array_equal(v, Interpreter(c.quantized).run(feed)[k]) for k, v in c.run(feed).items())
+    assert c.cost.reloads and c.report["cost"]["per_inference"]["weight_reloads"]["ops"] > 0
+    with pytest.raises(PassError, match=r"does not fit the racetrack memory with allow_reload = false: its weights "
+                                        r"take \d+ MUs .* the memory has mus = 8"):
+        cimc.compile("zoo:resnet_tiny", target="racetrack", spec={"mus": 8, "allow_reload": False}, progress=False)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("domains_per_track=1", "racetrack spec: domains_per_track = 1 must be a multiple of ports_per_track = 2 (each "
+                            "port reads an equal segment of at least one domain)"),
+    ("shift_fault_rate=1.5", "racetrack spec: shift_fault_rate = 1.5 is out of range: expected a number in 0..1"),
+    ("placement=optimised", "racetrack spec: placement = 'optimised' is not one of naive, serpentine, optimized; "
+                            "did you mean 'optimized'?"),
+    ("tracks_per_mu=4", "racetrack spec: tracks_per_mu = 4 must be >= weight_bits_max = 8"),
+])
+def test_bad_specs_are_one_clear_line_and_exit_2(override, message, tmp_path):
+    with pytest.raises(InputError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        cimc.targets.load_target("racetrack", overrides=[override])
+    r = subprocess.run([sys.executable, "-m", "cimc.cli", "compile", "zoo:mlp", "--target", "racetrack", "--spec-set",
+                        override, "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
