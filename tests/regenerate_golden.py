@@ -5,7 +5,9 @@ For each model in ``cimc.zoo.NAMES`` and the first ``N_INPUTS`` digits test imag
 - the reference interpreter's outputs of the quantized graph after each pipeline in ``PIPELINES``
   (``fold-constants,fuse-batchnorm,quantize{weight-bits=W act-bits=8}``, W = 8 and 4), and
 - the compiled program's outputs for each target in ``TARGETS`` (``cimc.compile("zoo:NAME",
-  target=T)``, default spec: a lossless ADC on sram-cim), run by the interpreter with the target's ops.
+  target=T)``, default spec: a lossless ADC on sram-cim, no shift faults on racetrack), run by the
+  interpreter with the target's ops, and for each configuration in ``LOSSY`` (a target with spec
+  overrides that make its program differ from the integer reference on purpose), run with seed 0.
 
 Next to each float output ``<config>/<output>`` it stores the integer tensors that determine it,
 ``<config>/<output>.int<i>``: the integer operands of the node producing that output (for the zoo,
@@ -45,7 +47,9 @@ PIPELINES = {
     "w8a8": "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8}",
     "w4a8": "fold-constants,fuse-batchnorm,quantize{weight-bits=4 act-bits=8}",
 }
-TARGETS = ("npu", "sram-cim")
+TARGETS = ("npu", "sram-cim", "racetrack")
+LOSSY = {"racetrack-faults": ("racetrack", {"shift_fault_rate": 0.01})}
+"""Golden configurations whose programs are not exact on purpose: name -> (target, spec overrides)."""
 
 
 def golden_inputs() -> np.ndarray:
@@ -89,10 +93,10 @@ def compute(name: str) -> dict[str, np.ndarray]:
         graph = import_model(m.onnx())
         PassManager(text, PassContext(calibration={m.input_name: zoo.calibration_set()})).run(graph)
         arrays |= run_with_integers(graph, inputs, config)
-    for target in TARGETS:
-        c = cimc.compile(f"zoo:{name}", target=target)
+    for config, (target, spec) in {**{t: (t, None) for t in TARGETS}, **LOSSY}.items():
+        c = cimc.compile(f"zoo:{name}", target=target, spec=spec)
         c.target.register_ops()
-        arrays |= run_with_integers(c.program, inputs, target)
+        arrays |= run_with_integers(c.program, inputs, config)
     return dict(sorted(arrays.items()))
 
 

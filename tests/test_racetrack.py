@@ -56,6 +56,17 @@ def test_programs_equal_the_integer_reference(name, bits, placement):
     assert LOSSY not in c.program.metadata
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_pruned_programs_equal_the_integer_reference(name, bits):
+    """50% structured sparsity: the pruned (zero) weights are placed like any other, and the result is exact."""
+    c = cimc.compile(f"zoo:{name}", target="racetrack", progress=False,
+                     pipeline=f"fold-constants,fuse-batchnorm,sparsify{{ratio=0.5}},quantize{{weight-bits={bits}}}")
+    feed = {c.program.inputs[0].name: _images(60)}
+    ours, ref = c.run(feed), Interpreter(c.quantized).run(feed)
+    assert all(np.array_equal(ours[k], ref[k]) for k in ref)
+
+
 @pytest.mark.parametrize("extra", [{}, {"shift_fault_rate": 0.02}, {"shift_fault_rate": 0.05, "guard_interval": 5}],
                          ids=["ideal", "faults", "faults+guard"])
 @pytest.mark.parametrize("placement", PLACEMENTS)
@@ -94,7 +105,7 @@ def test_a_wrong_shift_is_a_wrong_result(placement, what, change):
     then (the slow reference agrees), so the outputs change. A sweep of step 2 (every other domain, an even
     number of times) still ends home: only the outputs show it; the other changes leave the tracks where the
     static check of offsets sees them."""
-    c = _compiled("lenet_bn", 8, placement=placement, mus=13)  # as many MUs as the layers need: sweeps of 5 to 64 states
+    c = _compiled("lenet_bn", 8, placement=placement, mus=13)  # the MUs the layers need: sweeps of 5 to 64 states
     bad = _mutated(c, lambda n: n.op == "rt.mac" and _blocks(n) > 1 and n.attrs["states"] > 1, change)
     feed = {c.program.inputs[0].name: _images(3)}
     good, ours = Interpreter(c.program).run(feed), Interpreter(bad).run(feed)
