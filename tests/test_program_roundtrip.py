@@ -14,7 +14,7 @@ from cimc.driver import CompiledModel, compile
 from cimc.interpreter import run
 from cimc.text import load_graph, parse_graph, print_graph, save_graph
 
-TARGETS = ("sram-cim", "npu")
+TARGETS = ("sram-cim", "npu", "racetrack")
 IMAGES = 64
 
 

@@ -259,3 +259,25 @@ def test_bad_specs_are_one_clear_line_and_exit_2(override, message, tmp_path):
                         override, "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_cost_of_one_layer_equals_the_hand_computation():
+    """The 3x3 convolution of the hand count (optimized, one MU), its rt.write and rt.mac priced by hand from the
+    default spec's numbers: a change of a formula or a figure fails here."""
+    c = _small(_conv_model(), (2, 5, 5), "optimized", 1)
+    by_op = {n.op: c.target.op_cost(n) for n in c.program.nodes if n.op.startswith("rt.")}
+    assert sorted(by_op) == ["rt.mac", "rt.write"]  # 2 blocks: the sweep ends home, no rt.shift
+    w = by_op["rt.write"]  # 54 words of 8 bits; port 0 passes all 64 domains and back: 2 * 63 steps of 32 tracks
+    assert w.unit == "load" and w.dram == {"weights": 54.0} and w.events == {"shifts": 126 * 32}
+    assert w.parts == pytest.approx({"port_writes": 432 * 3.406, "shift": 126 * 32 * 0.609375, "dram": 54 * 64.0})
+    assert w.cycles == pytest.approx(64 * 4.84522 + 126 * 2.14192)  # the DRAM fetch (54 / 16 cycles) is shorter
+    m = c.program.nodes[[n.op for n in c.program.nodes].index("rt.mac")]
+    mac = by_op["rt.mac"]
+    # 2 blocks (16 and 9 positions) of 9 states, 8 steps each; 54 words read per block; 25 x 54 MACs of 8 adds;
+    # per state the 3 lanes need rows t and 9 + t: 18 rows in all; 3 columns x 2 ports = 6 accumulator runs
+    assert mac.events == {"shifts": 16 * 32} and mac.macs == 25 * 54
+    assert mac.parts == pytest.approx({"shift": 512 * 0.609375, "port_reads": 2 * 54 * 8 * 2.503,
+                                       "mac_cells": 25 * 54 * 8 * 0.7676, "buffers": (18 + 8 * 6) * 25 * 0.997})
+    block = lambda n: 9 * 1.61338 + 8 * max(2.14192, n * 8 * 451) + n * 8 * 451  # noqa: E731  (ns at 1 GHz)
+    assert mac.cycles == pytest.approx(block(16) + block(9))
+    assert m.attrs["states"] == 9 and c.cost.one_time.ops == 1 and c.cost.per_inference.events["shifts"] == 512
