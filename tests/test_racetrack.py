@@ -281,3 +281,55 @@ def test_cost_of_one_layer_equals_the_hand_computation():
     block = lambda n: 9 * 1.61338 + 8 * max(2.14192, n * 8 * 451) + n * 8 * 451  # noqa: E731  (ns at 1 GHz)
     assert mac.cycles == pytest.approx(block(16) + block(9))
     assert m.attrs["states"] == 9 and c.cost.one_time.ops == 1 and c.cost.per_inference.events["shifts"] == 512
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda p: p.__setitem__((1, 5), p[0, 5] + 1),
+     r"rt.write: piece 1 \[.*\] writes a domain another piece writes"),  # two pieces overlap on one lane
+    (lambda p: p.__setitem__((0, 5), 64 - p[0, 2] + 1),
+     r"rt.write: piece 0 \[.*\] is outside the MUs \[0, 1\], 4 lanes, 64 domains or the 1x18x3 weight matrix"),
+])
+def test_the_verifier_refuses_a_bad_placement(change, message):
+    """A pieces table whose pieces overlap, or leave the track, is a malformed program: refused before it runs."""
+    from cimc.errors import VerifyError
+    from cimc.ir.verifier import verify
+
+    c = _small(_conv_model(), (2, 5, 5), "naive", 1)
+    g = c.program.copy()
+    write = next(n for n in g.nodes if n.op == "rt.write")
+    p = np.array(write.inputs[1].const)
+    if len(p) < 2:  # one piece per column here: give the test two pieces on one lane
+        p = np.concatenate([p, p])
+    change(p)
+    bad = g.add_constant(p, "pieces.bad")
+    write.set_input(1, bad)
+    with pytest.raises(VerifyError, match=message):
+        verify(g)
+
+
+def test_long_columns_sum_exactly():
+    """A fully connected layer of 1201 inputs whose weights and activations sit at their largest codes (one weight
+    of each output one code lower, so the sum of the 1152 rows of full row tiles is odd): the sums pass 2**25,
+    where float32 holds only multiples of 4, so the executor splits the rows into chunks that float32 adds
+    exactly; the program equals the integer reference."""
+    from cimc.targets.racetrack.ops import _chunks
+
+    K = 1201
+    w = np.repeat(np.asarray([[1.0], [-1.0], [1.0], [0.5]], np.float32), K, axis=1)  # one sign per output
+    w[:, 0] *= 126 / 127
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)], "long",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    calib = np.random.default_rng(4).random((8, K)).astype(np.float32)
+    # the MUs the dense layout needs (18 row tiles of 64 rows, then 49 rows): no spreading
+    c = cimc.compile(model, target="racetrack", spec={"mus": 19}, calibration=calib, progress=False)
+    x = np.ones((3, K), np.float32)  # the calibrated maximum: every activation code 255
+    accs: list[dict] = [{}, {}]  # the int32 accumulators (the float outputs would round a difference of 1 away)
+    for graph, seen in zip((c.program, c.quantized), accs, strict=True):
+        Interpreter(graph).run({"x": x}, observe=lambda v, a, seen=seen: seen.__setitem__(v.name, np.array(a)))
+    assert np.array_equal(accs[0]["y_acc"], accs[1]["y_acc"])
+    assert accs[1]["y_acc"][0, 0] == 255 * (126 + 127 * 1200)
+    words = next(n for n in c.program.nodes if n.op == "rt.write").inputs[0].const
+    assert len(_chunks(words.astype(np.float64), 0, 255)) > 1  # the split is exercised

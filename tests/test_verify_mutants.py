@@ -22,11 +22,13 @@ import cimc.verify
 from cimc.cli import main
 from cimc.ir.core import Graph, Node
 from cimc.targets.npu.lowering import LowerNpuPass
+from cimc.targets.racetrack.lowering import LowerRacetrackPass
 from cimc.targets.sram_cim.lowering import LowerSramCimPass
 
 MODEL = "zoo:lenet_bn"
 SPLIT_K = ["--target", "npu", "--spec-set", "weight_buffer_bytes=256"]
 """An npu whose weight buffer is so small that lenet_bn's second convolution and its Gemm split over K."""
+RACETRACK = ["--target", "racetrack"]
 
 
 def _compile(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, dict]:
@@ -95,14 +97,35 @@ def bias_on_every_k_tile(program: Graph) -> str:
     return layer
 
 
+def negated_word(program: Graph) -> str:
+    """Write one weight word of the first racetrack layer with the opposite sign."""
+    write = next(n for n in program.nodes if n.op == "rt.write")
+    words = write.inputs[0]
+    bad = np.array(words.const)
+    i = int(np.flatnonzero(bad)[0])
+    bad.reshape(-1)[i] = -bad.reshape(-1)[i]
+    write.set_input(0, program.add_constant(bad, words.name + ".corrupt"))
+    return write.attrs["cim.layer"]
+
+
+def turn_one_domain_too_far(program: Graph) -> str:
+    """The first sweep over several blocks of positions shifts its MUs one domain further after each block."""
+    mac = next(n for n in program.nodes if n.op == "rt.mac" and n.attrs["layout"] == "cols"
+               and n.inputs[0].type.shape[3] > n.attrs["block"])
+    mac.attrs["turn"] = mac.attrs["turn"] + 1
+    return mac.attrs["cim.layer"]
+
+
 LOWERING_MUTANTS = {
     "corrupted-array-image": (LowerSramCimPass, corrupt_array_image, []),
     "wrong-shift-add-significance": (LowerSramCimPass, wrong_significance, []),
     "bias-on-every-k-tile": (LowerNpuPass, bias_on_every_k_tile, SPLIT_K),
+    "racetrack-negated-word": (LowerRacetrackPass, negated_word, RACETRACK),
+    "racetrack-turn-too-far": (LowerRacetrackPass, turn_one_domain_too_far, RACETRACK),
 }
 
 
-@pytest.mark.parametrize("args", [[], SPLIT_K], ids=["sram-cim", "npu-split-k"])
+@pytest.mark.parametrize("args", [[], SPLIT_K, RACETRACK], ids=["sram-cim", "npu-split-k", "racetrack"])
 def test_unmutated_compile_is_exact_with_status_0(tmp_path, capsys, args):
     status, text, v = _compile(tmp_path, capsys, *args)
     assert (status, v["reference_exact"], v["exact_expected"], v["self_check"], v["first_difference"]) == (

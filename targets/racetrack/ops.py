@@ -539,8 +539,9 @@ def _box(reads: Reads, words: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 def _exact(ctx, x: np.ndarray, y: np.ndarray, words: np.ndarray, pieces: np.ndarray, reads: Reads, a) -> None:
-    """The aligned, fault-free sweep: ``x`` times the swept weights, as exact float GEMMs over the bounding
-    box of the reads' groups, rows and channels (float32 when every sum stays below 2**24)."""
+    """The aligned, fault-free sweep: ``x`` times the swept weights, as exact float32 GEMMs over the bounding box
+    of the reads' groups, rows and channels, its rows cut into chunks whose sums stay below 2**24 (a chunk of
+    one row that cannot is float64)."""
     N = int(a["matrix"][2])
     cols = a["layout"] == "cols"
     key = ("exact", *(int(v) for v in a["mus"]), a["start"], a["states"], a["step"], a["ports"], a["segment"],
@@ -550,26 +551,38 @@ def _exact(ctx, x: np.ndarray, y: np.ndarray, words: np.ndarray, pieces: np.ndar
         if not reads.words:
             return None
         box, w = _box(reads, words)
-        bound = ((1 << a["act_bits"]) - 1) * float(np.abs(w).sum(axis=1, dtype=np.float64).max(initial=0))
-        dt = np.float32 if bound < 1 << 24 else np.float64
-        return box, np.ascontiguousarray(w.transpose(0, 2, 1) if cols else w, dtype=dt)
+        return box, [(k0, k1, np.ascontiguousarray(c.transpose(0, 2, 1) if cols else c, dtype=dt))
+                     for k0, k1, c, dt in _chunks(w, box[2], (1 << a["act_bits"]) - 1)]
     hit = _cached((pieces, words), key, make)
     if hit is None:
         return
-    (g0, g1, k0, k1, n0, n1), w = hit
-    xs = _rows(ctx.state, x, cols, g0, g1, k0, k1, w.dtype)
-    r = np.matmul(w[:, None], xs) if cols else np.matmul(xs, w[0])  # cols: [Gb, S, Nb, L]
-    if w.dtype == np.float32:  # every sum is an exact integer below 2**24: add it as it is
-        r = r.astype(np.int32)
-    else:
-        r = to_dtype(r, np.dtype(np.int32))  # wraps like C
-    if not cols:
-        y[..., n0:n1] += r
-    elif (n0, n1) == (0, N):  # whole groups: one contiguous channel range
-        y[:, g0 * N:g1 * N, :] += r.transpose(1, 0, 2, 3).reshape(y.shape[0], -1, y.shape[2])
-    else:
-        for i, g in enumerate(range(g0, g1)):
-            y[:, g * N + n0:g * N + n1, :] += r[i]
+    (g0, g1, _, _, n0, n1), chunks = hit
+    for k0, k1, w in chunks:
+        xs = _rows(ctx.state, x, cols, g0, g1, k0, k1, w.dtype)
+        r = np.matmul(w[:, None], xs) if cols else np.matmul(xs, w[0])  # cols: [Gb, S, Nb, L]
+        r = r.astype(np.int32) if w.dtype == np.float32 else to_dtype(r, np.dtype(np.int32))  # exact; wraps like C
+        if not cols:
+            y[..., n0:n1] += r
+        elif (n0, n1) == (0, N):  # whole groups: one contiguous channel range
+            y[:, g0 * N:g1 * N, :] += r.transpose(1, 0, 2, 3).reshape(y.shape[0], -1, y.shape[2])
+        else:
+            for i, g in enumerate(range(g0, g1)):
+                y[:, g * N + n0:g * N + n1, :] += r[i]
+
+
+def _chunks(w: np.ndarray, k_first: int, xmax: int) -> list[tuple[int, int, np.ndarray, Any]]:
+    """Rows of ``w [G, K, N]`` (row 0 is row ``k_first`` of the layer) in consecutive chunks ``(k0, k1, w, dtype)``
+    whose products with inputs up to ``xmax`` sum exactly in float32 (every partial sum below 2**24)."""
+    cum = np.concatenate([np.zeros((w.shape[0], 1, w.shape[2])), np.cumsum(np.abs(w), axis=1, dtype=np.float64)], 1)
+    out, k, K = [], 0, w.shape[1]
+    while k < K:
+        fits = ((cum[:, k + 1:, :] - cum[:, k:k + 1, :]).max(axis=(0, 2)) * xmax) < (1 << 24)
+        n = int(np.argmin(fits)) if not fits.all() else K - k  # rows from k that fit
+        dt = np.float32 if n else np.float64
+        n = max(n, 1)
+        out.append((k_first + k, k_first + k + n, w[:, k:k + n], dt))
+        k += n
+    return out
 
 
 def _rows(state: dict, x: np.ndarray, cols: bool, g0: int, g1: int, k0: int, k1: int, dt) -> np.ndarray:
