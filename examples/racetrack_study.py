@@ -3,7 +3,7 @@
 Usage::
 
     python examples/racetrack_study.py shifts [--models lenet_bn ... light_resnet50 ...] [--no-check]
-    python examples/racetrack_study.py faults [--models resnet_tiny mobilenet_tiny] [--rates 1e-6 ... 1e-2]
+    python examples/racetrack_study.py faults [--models resnet_tiny ...] [--rates 1e-6 ... 1e-2]
                                              [--seeds 5] [--guard 8]
 
 ``shifts``: every model (default: the zoo and the onnx ``light_*`` models) compiled for racetrack with each
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         models = args.models or [*zoo.NAMES, *sorted(p.stem for p in LIGHT.glob("light_*.onnx"))]
         lines = shifts_table(models, not args.no_check)
     else:
-        lines = faults_table(args.models or ["resnet_tiny", "mobilenet_tiny", "hybrid_vit"], args.rates, args.seeds,
-                             args.guard)
+        models = args.models or ["resnet_tiny", "mobilenet_tiny", "hybrid_vit", "mlp", "lenet_bn"]
+        lines = faults_table(models, args.rates, args.seeds, args.guard)
     print("\n".join(["", *lines]))
 
 
