@@ -333,3 +333,24 @@ def test_long_columns_sum_exactly():
     assert accs[1]["y_acc"][0, 0] == 255 * (126 + 127 * 1200)
     words = next(n for n in c.program.nodes if n.op == "rt.write").inputs[0].const
     assert len(_chunks(words.astype(np.float64), 0, 255)) > 1  # the split is exercised
+
+
+def test_moved_mus_and_a_wrong_turn_agree_with_the_reference():
+    """The program moved to MUs 5.. (MUs 0..4 never written) with one sweep's turn off by a domain: executor and
+    slow reference read the same words."""
+    c = _compiled("lenet_bn", 8, mus=13)
+    g = c.program.copy()
+    for n in g.nodes:
+        if n.op.startswith("rt."):
+            n.attrs["mus"] = [m + 5 for m in n.attrs["mus"]]
+    for v in [v for v in g.constants.values() if v.name.endswith(".pieces")]:
+        p = np.array(v.const)
+        p[:, 3] += 5
+        moved = g.add_constant(p, v.name + ".moved")
+        for node, i in list(v.uses):
+            node.set_input(i, moved)
+    mac = next(n for n in g.nodes if n.op == "rt.mac" and _blocks(n) > 1 and n.attrs["states"] > 1)
+    mac.attrs["turn"] += 1
+    feed = {g.inputs[0].name: _images(2)}
+    ours, ref = Interpreter(g).run(feed), racetrack_reference.run(g, feed)
+    assert all(np.array_equal(ours[k], ref[k]) for k in ref)

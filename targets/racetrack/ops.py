@@ -122,18 +122,20 @@ class Tracks:
     def domain_words(self, m0: int, m1: int) -> np.ndarray:
         """The words at the positions ``-D .. 2D - 1`` of MUs ``m0 .. m1 - 1`` (int16 ``[m1 - m0, lanes, 3D]``, position
         ``p`` at index ``p + D``)."""
-        stale = [m for m in range(m0, m1) if not self._fresh[m]]
-        by_write: dict[int, list[int]] = {}
-        for m in stale:
-            self._words[m] = 0
-            if self.holds[m] is not None:
-                by_write.setdefault(id(self.holds[m][1]), []).append(m)
+        by_write: dict[tuple[int, int], list[int]] = {}
+        for m in range(m0, m1):
+            if not self._fresh[m]:
+                self._words[m] = 0
+                if self.holds[m] is not None:
+                    by_write.setdefault((id(self.holds[m][0]), id(self.holds[m][1])), []).append(m)
         for ms in by_write.values():
             words, pieces, _ = self.holds[ms[0]]
             mu, lane, d, flat = _expand(pieces)
             pick = np.isin(mu, ms)
             mu, lane, flat = mu[pick], lane[pick], flat[pick]
-            d = d[pick] + np.asarray([self.holds[m][2] for m in range(len(self.holds))], np.int64)[mu]
+            shift = np.zeros(max(ms) + 1, np.int64)
+            shift[ms] = [self.holds[m][2] for m in ms]
+            d = d[pick] + shift[mu]
             ok = (d >= -self.domains) & (d < 2 * self.domains)
             self._words[mu[ok], lane[ok], d[ok] + self.domains] = words.reshape(-1)[flat[ok]]
         self._fresh[m0:m1] = True
