@@ -20,8 +20,11 @@ bits`` lanes of ``D`` domains read by ``P`` ports ``E = D / P`` domains apart. T
   the ports (``h = ceil(r / P)`` rows each, the irregular shapes: depthwise and small convolutions, the
   tail of a long column) and its MUs sweep ``h`` states, apart from the full ones. Positions are taken
   in blocks of ``acc_regs`` (one accumulator register each), one sweep per block, in alternate
-  directions. When the model needs more MUs than the memory has, partial row tiles of several
-  columns are stacked along the lanes (``seg // h`` per lane) before any weight is reloaded.
+  directions. When the model leaves MUs idle, layers spread over them: row tiles of ``d < E`` rows per
+  port (shorter sweeps, more MUs), chosen greedily, each step the layer and depth that save the most
+  shifts per added MU (:func:`shifts` counts them). When the model needs more MUs than the memory has,
+  partial row tiles of several columns are stacked along the lanes (``E // h`` per lane) before any
+  weight is rewritten.
 
 MUs are handed out layer after layer from MU 0; a layer that does not fit the MUs left starts again at
 0 (rewriting them: those writes count per inference), and a layer larger than the memory is written
