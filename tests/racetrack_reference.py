@@ -77,6 +77,8 @@ def _write(mc: _Machine, a, words: np.ndarray, pieces: np.ndarray) -> None:
 def _mac(mc: _Machine, a, x: np.ndarray, pieces: np.ndarray, rng, samples: int) -> np.ndarray:
     G, K, N = a["matrix"]
     cols = a.get("layout", "rows") == "cols"
+    ax = 0 if cols or x.ndim < 2 else a.get("sample_axis", 0)
+    x = np.moveaxis(x, ax, 0)  # rows: the samples first
     L = x.shape[3] if cols else max(1, math.prod(x.shape[1:-1]))
     xs = x.transpose(1, 3, 0, 2) if cols else x.reshape(samples, L, 1, K)  # [S, L, G, K]
     y = np.zeros((samples, L, G * N), np.int64)
@@ -122,7 +124,7 @@ def _mac(mc: _Machine, a, x: np.ndarray, pieces: np.ndarray, rng, samples: int) 
     for m in mus:
         mc.offset[m] = offset[m]
     y = y.transpose(0, 2, 1) if cols else y.reshape(*x.shape[:-1], G * N)
-    return y
+    return np.moveaxis(y, 0, ax)
 
 
 def run(graph: Graph, inputs: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:

@@ -354,3 +354,66 @@ def test_moved_mus_and_a_wrong_turn_agree_with_the_reference():
     feed = {g.inputs[0].name: _images(2)}
     ours, ref = Interpreter(g).run(feed), racetrack_reference.run(g, feed)
     assert all(np.array_equal(ours[k], ref[k]) for k in ref)
+
+
+def _tokens_model(batch_axis: int) -> onnx.ModelProto:
+    """x [batch, 6, 16] times a [16, 24] weight, with the batch moved to ``batch_axis`` before the MatMul (as a
+    sequence-first transformer has it) and back after."""
+    w = np.random.default_rng(4).normal(size=(16, 24)).astype(np.float32)
+    perm = [1, 0, 2] if batch_axis == 1 else [0, 1, 2]
+    g = helper.make_graph([helper.make_node("Transpose", ["x"], ["xt"], perm=perm),
+                           helper.make_node("MatMul", ["xt", "w"], ["h"], name="proj"),
+                           helper.make_node("Relu", ["h"], ["r"]),
+                           helper.make_node("Transpose", ["r"], ["y"], perm=perm)], "tokens",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 24])],
+                          [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_samples_on_another_axis_are_inferences(placement):
+    """A MatMul whose input has the batch on axis 1 ([6, batch, 16]): its rt.mac takes the samples from that
+    axis, so each sample is one inference of 6 positions. The program is exact, costs the shifts of the same
+    layer with the batch first, and with shift faults the executor equals the slow reference (which reads
+    sample by sample along that axis)."""
+    calib = np.random.default_rng(5).normal(size=(4, 6, 16)).astype(np.float32)
+    x = np.random.default_rng(6).normal(size=(3, 6, 16)).astype(np.float32)
+    got = {}
+    for axis in (0, 1):
+        c = cimc.compile(_tokens_model(axis), target="racetrack", calibration=calib, progress=False,
+                         spec={"placement": placement, "mus": 2})
+        macs = [n for n in c.program.nodes if n.op == "rt.mac"]
+        assert macs and all(n.attrs["sample_axis"] == axis for n in macs)
+        assert all(np.array_equal(v, Interpreter(c.quantized).run({"x": x})[k]) for k, v in c.run({"x": x}).items())
+        got[axis] = c.cost.per_inference.events["shifts"]
+    assert got[0] == got[1] > 0
+    c = cimc.compile(_tokens_model(1), target="racetrack", calibration=calib, progress=False,
+                     spec={"placement": placement, "mus": 2, "shift_fault_rate": 0.05})
+    ours = Interpreter(c.program, seed=3).run({"x": x})
+    ref = racetrack_reference.run(c.program, {"x": x}, seed=3)
+    assert all(np.array_equal(ours[k], ref[k]) for k in ref)
+    bad = _mutated(c, lambda n: n.op == "rt.mac", lambda a: a.update(sample_axis=0))  # 6 "samples" of 3 positions
+    assert any(not np.array_equal(ours[k], v) for k, v in Interpreter(bad, seed=3).run({"x": x}).items())
+
+
+def test_layers_reading_one_weight_share_its_mus():
+    """The unrolled LSTM's steps read one gate weight: written once into MUs the steps all sweep (one-time, no
+    reloads), exact, and with shift faults equal to the slow reference. With a memory too small to keep the
+    shared weights while other layers are written, each step writes its own copy (reloads), still exact."""
+    c = _compiled("lstm_rows", 8)
+    weights = {id(n.inputs[1]) for n in c.quantized.nodes if n.op in ("q.matmul", "q.gemm", "q.conv")}
+    writes = [n for n in c.program.nodes if n.op == "rt.write"]
+    macs = [n for n in c.program.nodes if n.op == "rt.mac"]
+    assert len(writes) == len(weights) < len({n.attrs["cim.layer"] for n in macs})
+    assert not c.cost.reloads
+    feed = {c.program.inputs[0].name: _images(20)}
+    ref = Interpreter(c.quantized).run(feed)
+    assert all(np.array_equal(v, ref[k]) for k, v in c.run(feed).items())
+    tight = _compiled("lstm_rows", 8, mus=4)
+    assert tight.cost.reloads and len([n for n in tight.program.nodes if n.op == "rt.write"]) > len(writes)
+    assert all(np.array_equal(v, ref[k]) for k, v in tight.run(feed).items())
+    faulty = _compiled("lstm_rows", 8, shift_fault_rate=0.02)
+    feed = {c.program.inputs[0].name: _images(2)}
+    ours = Interpreter(faulty.program, seed=2).run(feed)
+    assert all(np.array_equal(v, racetrack_reference.run(faulty.program, feed, seed=2)[k]) for k, v in ours.items())

@@ -35,7 +35,7 @@ import numpy as np
 
 from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, vector_cost
 from cimc.ir.core import Node
-from cimc.targets.racetrack.ops import Reads, sweep_steps, swept
+from cimc.targets.racetrack.ops import Reads, positions, sweep_steps, swept
 from cimc.targets.racetrack.spec import RacetrackSpec
 
 __all__ = ["area", "op_cost"]
@@ -57,12 +57,7 @@ def _guard(steps: int, mus: int, a, s: RacetrackSpec) -> tuple[int, float, float
 
 def _positions(node: Node) -> tuple[int, int]:
     """(samples, positions per sample) of an ``rt.mac``'s input."""
-    shape = counts(node.inputs[0])
-    if node.attrs.get("layout") == "cols":
-        return (shape[1], shape[3]) if len(shape) == 4 else (1, 1)
-    if len(shape) < 2:
-        return 1, 1
-    return shape[0], math.prod(shape[1:-1])
+    return positions(tuple(counts(node.inputs[0])), node.attrs)
 
 
 def _rows_and_runs(reads: Reads, G: int, K: int, N: int) -> tuple[int, int]:

@@ -43,7 +43,7 @@ from typing import ClassVar
 import numpy as np
 
 from cimc.errors import PassError
-from cimc.ir.core import Graph, Node
+from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import is_annotation
 from cimc.ir.types import DType, TensorType
 from cimc.passmanager import Pass, PassContext, PassResult
@@ -58,8 +58,9 @@ __all__ = ["Layer", "Layout", "LowerRacetrackPass", "Sweep", "layout"]
 @dataclass(frozen=True)
 class Layer:
     """What the placement needs of an array layer: its matrix ``[G, K, N]``, weight bits, output positions
-    per sample ``L``, and whether its weight tensor is stored row by row (``q.matmul``, ``[K, N]``) or
-    column by column (``q.conv``, ``q.gemm``: one output channel's ``K`` weights after another)."""
+    per sample ``L``, whether its weight tensor is stored row by row (``q.matmul``, ``[K, N]``) or column
+    by column (``q.conv``, ``q.gemm``: one output channel's ``K`` weights after another), and the axis of its
+    input that holds the samples (``rt.mac``'s ``sample_axis``)."""
 
     G: int
     K: int
@@ -67,6 +68,7 @@ class Layer:
     bits: int
     L: int
     by_rows: bool = False
+    sample_axis: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,15 +191,20 @@ def layer_of(node: Node) -> Layer:
     G, K, N = m.shape
     x = node.inputs[0].type.shape
     out = node.outputs[0].type.shape
+    axis = 0
     if node.op == "q.conv":
         dims = out[2:] if out is not None else None
-    else:
-        dims = x[1:-1] if x is not None and len(x) > 1 else ()
+    elif x is None or len(x) < 2:
+        dims = () if x is not None else None
+    else:  # the samples are the one symbolic axis (the batch, not always first), else axis 0
+        open_axes = [i for i, d in enumerate(x[:-1]) if not isinstance(d, int)]
+        axis = open_axes[0] if len(open_axes) == 1 else 0
+        dims = [d for i, d in enumerate(x[:-1]) if i != axis]
     if dims is None or any(not isinstance(d, int) for d in dims):
         raise PassError(f"{node.op} {node.name!r}: racetrack sweeps need the output positions per sample known "
                         f"when compiling, but its shape {list(out) if node.op == 'q.conv' else list(x or [])} "
-                        f"leaves them open (only the batch, dim 0, may be symbolic)")
-    return Layer(G, K, N, weight_bits(node), math.prod(dims), by_rows=node.op == "q.matmul")
+                        f"leaves them open (only one axis, the batch, may be symbolic)")
+    return Layer(G, K, N, weight_bits(node), math.prod(dims), by_rows=node.op == "q.matmul", sample_axis=axis)
 
 
 @dataclass(frozen=True)
@@ -216,10 +223,17 @@ class LowerRacetrackPass(Pass):
         nodes = [n for n in graph.nodes if n.op in ARRAY_OPS and len(n.inputs) > 1 and n.inputs[1] is not None
                  and n.inputs[1].const is not None]
         layers = [layer_of(n) for n in nodes]
-        layouts = _fit(layers, spec, graph.name)
-        first = 0
-        for node, lay in zip(nodes, layouts, strict=True):
-            first = _lower(graph, node, lay, spec, first)
+        owner = _owners(nodes, layers)
+        uniq = sorted(set(owner))
+        layouts = _fit([layers[i] for i in uniq], spec, graph.name, [owner.count(i) for i in uniq])
+        if len(uniq) < len(nodes) and sum(lay.mus for lay in layouts) <= spec.mus:
+            layouts = [layouts[uniq.index(i)] for i in owner]
+        else:  # shared weights would be overwritten between their layers: each layer writes its own copy
+            owner = list(range(len(nodes)))
+            layouts = layouts if len(uniq) == len(nodes) else _fit(layers, spec, graph.name)
+        first, written = 0, {}
+        for i, (node, lay) in enumerate(zip(nodes, layouts, strict=True)):
+            first, written[owner[i]] = _lower(graph, node, lay, spec, first, written.get(owner[i]))
         offsets, problems = commanded_offsets(graph)
         stray = {m: o for m, o in offsets.items() if o}
         if problems or stray:  # the placement's own invariant: a bug here, not a user error
@@ -232,11 +246,19 @@ class LowerRacetrackPass(Pass):
         return PassResult(bool(nodes))
 
 
-def _fit(layers: list[Layer], spec: RacetrackSpec, model: str) -> list[Layout]:
-    """Every layer's layout. Under the optimized placement, a model that needs more MUs than the memory has
-    stacks partial row tiles (largest saving of MUs first) while it does not fit; a model that leaves MUs
-    free spreads layers over them (shallower sweeps), taking at each step the move that saves the most
-    shifts per MU it adds."""
+def _owners(nodes: list[Node], layers: list[Layer]) -> list[int]:
+    """Per layer, the first layer that reads the same weight constant the same way (the steps of an unrolled
+    recurrent layer): those may share its MUs."""
+    first: dict[tuple, int] = {}
+    return [first.setdefault((id(n.inputs[1]), n.op, n.attrs.get("group", 1), lay), i)
+            for i, (n, lay) in enumerate(zip(nodes, layers, strict=True))]
+
+
+def _fit(layers: list[Layer], spec: RacetrackSpec, model: str, uses: list[int] | None = None) -> list[Layout]:
+    """Every layer's layout (``uses``: how many layers read each one's MUs, 1 each by default). Under the optimized
+    placement, a model that needs more MUs than the memory has stacks partial row tiles (largest saving of MUs
+    first) while it does not fit; a model that leaves MUs free spreads layers over them (shallower sweeps), taking
+    at each step the move that saves the most shifts per MU it adds."""
     outs = [layout(lay, spec) for lay in layers]
     need = sum(o.mus for o in outs)
     if spec.placement == "optimized" and need > spec.mus:
@@ -247,7 +269,7 @@ def _fit(layers: list[Layer], spec: RacetrackSpec, model: str) -> list[Layout]:
             need += stacked[i].mus - outs[i].mus
             outs[i] = stacked[i]
     elif spec.placement == "optimized" and need < spec.mus:
-        outs = _spread(layers, outs, spec, spec.mus - need)
+        outs = _spread(layers, outs, spec, spec.mus - need, uses or [1] * len(layers))
         need = sum(o.mus for o in outs)
     if not spec.allow_reload and need > spec.mus:
         raise PassError(f"model {model!r} does not fit the racetrack memory with allow_reload = false: its weights "
@@ -257,16 +279,18 @@ def _fit(layers: list[Layer], spec: RacetrackSpec, model: str) -> list[Layout]:
     return outs
 
 
-def _spread(layers: list[Layer], outs: list[Layout], spec: RacetrackSpec, spare: int) -> list[Layout]:
+def _spread(layers: list[Layer], outs: list[Layout], spec: RacetrackSpec, spare: int, uses: list[int],
+            ) -> list[Layout]:
     """Shallower row tiles for the layers that gain the most shifts per added MU, within ``spare`` MUs: each
-    layer's candidates are every depth below the segment (MUs and shifts of each known before choosing)."""
+    layer's candidates are every depth below the segment (MUs and shifts of each known before choosing; a
+    layout ``uses`` layers read counts its shifts that many times)."""
     T = spec.tracks_per_mu
     tables = []
-    for lay, out in zip(layers, outs, strict=True):
-        rows = {spec.segment: (out.mus, shifts(out, lay, T))}
+    for lay, out, u in zip(layers, outs, uses, strict=True):
+        rows = {spec.segment: (out.mus, u * shifts(out, lay, T))}
         for d in range(1, spec.segment):
             o = _optimized(lay, spec, depth=d)
-            rows[d] = (o.mus, shifts(o, lay, T))
+            rows[d] = (o.mus, u * shifts(o, lay, T))
         tables.append(rows)
     depth = [spec.segment] * len(layers)
     while True:
@@ -286,8 +310,12 @@ def _spread(layers: list[Layer], outs: list[Layout], spec: RacetrackSpec, spare:
             for lay, out, d in zip(layers, outs, depth, strict=True)]
 
 
-def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: int) -> int:
-    """Replace ``node`` by its instructions on MUs from ``first`` on; returns the next free MU."""
+def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: int,
+           shared: tuple[Value, Value, int] | None) -> tuple[int, tuple[Value, Value, int] | None]:
+    """Replace ``node`` by its instructions on MUs from ``first`` on, or, with ``shared`` (the pieces, the last
+    token and the first MU of an earlier layer that wrote the same layout and whose MUs hold it still), by
+    sweeps of those MUs without a write. Returns the next free MU and what a later layer sharing this one's
+    MUs needs (``None`` when the layer is written in several rounds)."""
     a = node.attrs
     x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
     layer = {"cim.layer": node.name}
@@ -298,23 +326,27 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     final = node.outputs[0].type
     bits = weight_bits(node)
     act_bits = int(x.type.quant.bits) if x.type.quant is not None else 8
-    words = graph.add_constant(m.astype(np.int8), f"{node.name}.words")
     if conv:
         attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
         attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
         x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
     geometry = {"lanes": spec.lanes(bits), "domains": spec.domains_per_track, "tracks": spec.tracks_per_mu}
     faults = {"fault_rate": spec.shift_fault_rate, "guard": spec.guard_interval}
-    L = layer_of(node).L
+    L, axis = layer_of(node).L, layer_of(node).sample_axis
     out_type = TensorType(DType.i32, (final.shape[0], G * N, math.prod(final.shape[2:])) if conv
                           else (*final.shape[:-1], G * N))
     acc = None
-    for r0, r1, base in _rounds(lay.mus, spec.mus, first):
-        rows = lay.pieces[(lay.pieces[:, 3] >= r0) & (lay.pieces[:, 3] < r1)].copy()
-        rows[:, 3] += base - r0
-        pieces = graph.add_constant(rows, f"{node.name}.pieces")
-        mus = [base, base + r1 - r0]
-        token = add("rt.write", [words, pieces], {"mus": mus, **geometry, "matrix": [G, K, N], "weight_bits": bits})
+    rounds = _rounds(lay.mus, spec.mus, first) if shared is None else [(0, lay.mus, shared[2])]
+    for r0, r1, base in rounds:
+        if shared is None:
+            rows = lay.pieces[(lay.pieces[:, 3] >= r0) & (lay.pieces[:, 3] < r1)].copy()
+            rows[:, 3] += base - r0
+            pieces = graph.add_constant(rows, f"{node.name}.pieces")
+            words = graph.add_constant(m.astype(np.int8), f"{node.name}.words")
+            token = add("rt.write", [words, pieces], {"mus": [base, base + r1 - r0], **geometry, "matrix": [G, K, N],
+                                                      "weight_bits": bits})
+        else:
+            pieces, token = shared[0], shared[1]
         for sw in lay.sweeps:
             s0, s1 = max(sw.m0, r0), min(sw.m1, r1)
             if s0 >= s1:
@@ -322,14 +354,15 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
             group = [base + s0 - r0, base + s1 - r0]
             mac = {"mus": group, **geometry, **faults, "start": 0, "states": sw.states, "step": 1, "ports": sw.ports,
                    "segment": spec.segment, "block": sw.block, "turn": sw.turn, "alternate": sw.alternate,
-                   "layout": "cols" if conv else "rows", "channels": G * N, "matrix": [G, K, N],
+                   "layout": "cols" if conv else "rows", "sample_axis": axis, "channels": G * N, "matrix": [G, K, N],
                    "act_bits": act_bits, "weight_bits": bits}
             acc = add("rt.mac", [x, token, pieces] + ([] if acc is None else [acc]), mac, outputs=[out_type])
             net = sweep_steps(sw.states, 1, sw.turn, sw.alternate, -(-L // sw.block))[3]
             if net:
                 token = add("rt.shift", [token], {"mus": group, "distance": -net, "domains": spec.domains_per_track,
                                                   "tracks": spec.tracks_per_mu, **faults})
-    first = _next_free(lay.mus, spec.mus, first)
+    if shared is None:
+        first = _next_free(lay.mus, spec.mus, first)
     y = acc
     if bias is not None:
         if conv:
@@ -346,7 +379,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     graph.replace_all_uses_with(node.outputs[0], y)
     graph.remove_node(node)
     graph.rename_value(y, name)  # the layer's result keeps its name: --verify compares layers by it
-    return first
+    return first, (pieces, token, rounds[0][2]) if len(rounds) == 1 else None
 
 
 def _rounds(need: int, mus: int, first: int) -> list[tuple[int, int, int]]:

@@ -25,12 +25,13 @@ row-major matrix at domains ``d0 + i`` of lane ``lane`` of MU ``mu``.
     ``distance`` domains, one step at a time (each step may fault, below).
 ``rt.mac(x: u8, token, pieces, acc: i32?) -> i32``  attrs ``mus``, ``start``, ``states``, ``step``,
     ``ports``, ``block``, ``turn``, ``layout``, ``channels``, ``matrix``, ``lanes``, ``domains``,
-    ``segment``, ``act_bits``, ``fault_rate``, ``guard``: MACs at the ports over a sweep.
-    Positions: layout ``rows``, ``x [S, ..., K]`` (``S`` samples, ``L`` positions each, result
-    ``[S, ..., channels]``); layout ``cols``, ``x [G, S, K, L]`` (``vec.im2col``, result ``[S, channels,
-    L]``). Each sample's positions are cut into blocks of ``block`` consecutive positions; each block
-    is one *sweep* of ``states`` states: at state ``t`` the program expects port ``j`` (``j < ports``)
-    over domain ``d(t) = j * segment + start + t * step`` and streams, for every position ``p`` of the
+    ``segment``, ``act_bits``, ``fault_rate``, ``guard``, ``sample_axis``: MACs at the ports over a sweep.
+    Positions: layout ``rows``, ``x [..., K]`` with the samples on axis ``sample_axis`` (``S`` samples;
+    the other axes but the last are each sample's ``L`` positions; result ``[..., channels]``); layout
+    ``cols``, ``x [G, S, K, L]`` (``vec.im2col``, result ``[S, channels, L]``). Each sample's positions
+    are cut into blocks of ``block`` consecutive positions; each block is one *sweep* of ``states``
+    states: at state ``t`` the program expects port ``j`` (``j < ports``) over domain ``d(t) = j *
+    segment + start + t * step`` and streams, for every position ``p`` of the
     block, the activation ``x[p, g, k]`` of the weight the pieces put at ``(mu, lane, d(t))`` to the
     MAC cell, which adds ``word * x`` into output ``(p, g * N + n)``; the word is whatever sits under
     the port: at domain ``d(t) + (offset - expected offset) + err``. A block visits its states in
@@ -68,8 +69,8 @@ from cimc.ir.types import DType, TensorType
 from cimc.ops._infer import require
 from cimc.ops.nn import to_dtype
 
-__all__ = ["OPS", "PIECE_COLUMNS", "STATE", "Tracks", "commanded_offsets", "rt_mac", "rt_shift", "rt_write",
-           "sweep_steps", "swept"]
+__all__ = ["OPS", "PIECE_COLUMNS", "STATE", "Tracks", "commanded_offsets", "positions", "rt_mac", "rt_shift",
+           "rt_write", "sweep_steps", "swept"]
 
 STATE = "rt.tracks"
 """Key of the machine (:class:`Tracks`) in the interpreter's machine state."""
@@ -395,6 +396,9 @@ def _mac_type(ctx: InferContext) -> list[TensorType]:
     if x.shape is None:
         return [TensorType(DType.i32, None)]
     cols = a["layout"] == "cols"
+    if not cols and len(x.shape) > 1 and a["sample_axis"] >= len(x.shape) - 1:
+        raise VerifyError(f"rt.mac: sample_axis = {a['sample_axis']} is not an axis of x {x} but its last (the "
+                          f"reduction)")
     if cols and len(x.shape) != 4:
         raise VerifyError(f"rt.mac: layout 'cols' takes x [G, S, K, L] (vec.im2col), is {x}")
     k = x.shape[2] if cols else x.shape[-1]
@@ -423,6 +427,8 @@ _MAC_ATTRS = {
                           choices=(0, 1)),
     "layout": AttrSpec("str", "rows", "rows: x [..., K] -> [..., channels]; cols: x [G, S, K, L] -> [S, channels, L]",
                        choices=("rows", "cols")),
+    "sample_axis": AttrSpec("int", 0, "layout rows: the axis of x whose entries are separate inferences (samples); "
+                                      "the other axes but the last are a sample's positions", lo=0),
     "channels": AttrSpec("int", REQUIRED, "output channels of the layer (all groups)", lo=1),
     "matrix": AttrSpec("ints", REQUIRED, "[G, K, N] of the layer's weight matrix", lo=1),
     "act_bits": AttrSpec("int", 8, "bits of x (adds per multiply)", lo=1, hi=8),
@@ -463,8 +469,8 @@ def rt_mac(ctx, x, token, pieces, acc=None):
     t = _tracks(ctx, a["domains"], (m0, m1), a["lanes"])
     cols = a["layout"] == "cols"
     G, K, N = (int(v) for v in a["matrix"])
-    samples = x.shape[1] if cols else (x.shape[0] if x.ndim > 1 else 1)
-    L = x.shape[3] if cols else max(1, math.prod(x.shape[1:-1]))
+    samples, L = positions(x.shape, a)
+    L = max(1, L)
     ctx.state["rt.samples"] = samples
     shape = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
     y = (acc if ctx.donated else acc.copy()) if acc is not None else np.zeros(shape, np.int32)
@@ -489,8 +495,22 @@ def rt_mac(ctx, x, token, pieces, acc=None):
         w = _effective(words, mu - m0, lane, d + mismatch[mu - m0], flat, G * K * N).reshape(G, K, N)
         y += to_dtype(_product(x, w, cols, samples, L), np.dtype(np.int32))  # wraps like C
         return y
-    _faulty(x, y, words, (mu - m0, lane, d, flat, st), mismatch, drift, faults, before, a, samples, L)
+    ax = 0 if cols or x.ndim < 2 else int(a["sample_axis"])  # _faulty takes the samples first
+    _faulty(np.moveaxis(x, ax, 0), np.moveaxis(y, ax, 0), words, (mu - m0, lane, d, flat, st), mismatch, drift,
+            faults, before, a, samples, L)
     return y
+
+
+def positions(shape: tuple, a) -> tuple[Any, Any]:
+    """``(samples, positions per sample)`` of an ``rt.mac`` with attributes ``a`` on an input of ``shape``
+    (module docstring; a symbolic dim stays symbolic, a product with one is ``None``)."""
+    if a.get("layout", "rows") == "cols":
+        return (shape[1], shape[3]) if len(shape) == 4 else (1, 1)
+    if len(shape) < 2:
+        return 1, 1
+    ax = int(a.get("sample_axis", 0))
+    rest = [d for i, d in enumerate(shape[:-1]) if i != ax]
+    return shape[ax], (math.prod(rest) if all(isinstance(d, int) for d in rest) else None)
 
 
 # ---- execution ----------------------------------------------------------------------------------------
@@ -601,9 +621,10 @@ def _rows(state: dict, x: np.ndarray, cols: bool, g0: int, g1: int, k0: int, k1:
 
 def _faulty(x: np.ndarray, y: np.ndarray, words: np.ndarray, reads: tuple, mismatch: np.ndarray,
             drift: np.ndarray, faults: np.ndarray, before: np.ndarray, a, samples: int, L: int) -> None:
-    """Each sample's blocks with their own misalignments (``mismatch [M]`` at the start, ``drift [blocks]``
-    from the program's turns, ``faults [samples or 1, steps + 1, M]`` from faults): per (sample, block) the
-    effective matrix of its reads (``(mu - m0, lane, domain, flat, state)``), times the block's positions."""
+    """Each sample's blocks (``x`` and ``y`` with the samples first) with their own misalignments
+    (``mismatch [M]`` at the start, ``drift [blocks]`` from the program's turns, ``faults [samples or 1,
+    steps + 1, M]`` from faults): per (sample, block) the effective matrix of its reads (``(mu - m0, lane,
+    domain, flat, state)``), times the block's positions."""
     G, K, N = (int(v) for v in a["matrix"])
     cols, B = a["layout"] == "cols", a["block"]
     rel, lane, d, flat, st = reads
@@ -651,9 +672,7 @@ def commanded_offsets(graph: Graph) -> tuple[dict[int, int], list[str]]:
                 problems.append(f"{node.name}: starts at offset {a.get('start', 0)}, its MUs are at "
                                 f"{sorted({offset.get(m, 0) for m in range(m0, m1)})}")
             x = node.inputs[0].type.shape
-            cols = a.get("layout", "rows") == "cols"
-            dims = (x[3:4] if cols else x[1:-1]) if x is not None else ()
-            L = math.prod(d if isinstance(d, int) else 1 for d in dims)
+            L = (positions(tuple(x), a)[1] or 1) if x is not None else 1
             _, _, _, net = sweep_steps(int(a["states"]), int(a.get("step", 1)), int(a.get("turn", 0)),
                                        int(a.get("alternate", 0)), -(-L // int(a["block"])))
             for m in range(m0, m1):
