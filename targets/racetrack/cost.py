@@ -105,7 +105,7 @@ def _mac_cost(node: Node, s: RacetrackSpec) -> Cost:
     B, S, step = int(a["block"]), int(a["states"]), int(a.get("step", 1))
     nb = -(-L // B)
     _, _, steps, _ = sweep_steps(S, step, int(a.get("turn", 0)), int(a.get("alternate", 0)), nb)
-    reads = swept(node.inputs[2].const, a)
+    reads = swept(node.operand(2).array, a)
     W = reads.words
     G, K, N = (int(v) for v in a["matrix"])
     bits, act = int(a.get("weight_bits", 8)), int(a.get("act_bits", 8))
@@ -150,7 +150,7 @@ def _shift_cost(node: Node, s: RacetrackSpec) -> Cost:
 
 def _write_cost(node: Node, s: RacetrackSpec) -> Cost:
     a = node.attrs
-    p = np.asarray(node.inputs[1].const, np.int64)
+    p = np.asarray(node.operand(1).array, np.int64)
     m0, m1 = (int(v) for v in a["mus"])
     D, T, bits = int(a["domains"]), int(a["tracks"]), int(a.get("weight_bits", 8))
     per_mu = np.bincount(p[:, 3] - m0, weights=p[:, 2], minlength=m1 - m0).astype(np.int64) * bits

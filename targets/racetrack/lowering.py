@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -189,22 +189,25 @@ def layer_of(node: Node) -> Layer:
     """The placement's view of an array node (its positions per sample from its static shapes)."""
     m = weight_matrix(node)
     G, K, N = m.shape
-    x = node.inputs[0].type.shape
+    x = node.operand(0).type.shape
     out = node.outputs[0].type.shape
     axis = 0
+    dims: list[Any] | None
     if node.op == "q.conv":
-        dims = out[2:] if out is not None else None
+        dims = list(out[2:]) if out is not None else None
     elif x is None or len(x) < 2:
-        dims = () if x is not None else None
+        dims = [] if x is not None else None
     else:  # the samples are the one symbolic axis (the batch, not always first), else axis 0
         open_axes = [i for i, d in enumerate(x[:-1]) if not isinstance(d, int)]
         axis = open_axes[0] if len(open_axes) == 1 else 0
         dims = [d for i, d in enumerate(x[:-1]) if i != axis]
     if dims is None or any(not isinstance(d, int) for d in dims):
+        shape = out if node.op == "q.conv" else x
         raise PassError(f"{node.op} {node.name!r}: racetrack sweeps need the output positions per sample known "
-                        f"when compiling, but its shape {list(out) if node.op == 'q.conv' else list(x or [])} "
-                        f"leaves them open (only one axis, the batch, may be symbolic)")
-    return Layer(G, K, N, weight_bits(node), math.prod(dims), by_rows=node.op == "q.matmul", sample_axis=axis)
+                        f"when compiling, but its shape {list(shape or [])} leaves them open (only one axis, the "
+                        f"batch, may be symbolic)")
+    return Layer(G, K, N, weight_bits(node), math.prod(int(d) for d in dims), by_rows=node.op == "q.matmul",
+                 sample_axis=axis)
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,7 @@ class LowerRacetrackPass(Pass):
         else:  # shared weights would be overwritten between their layers: each layer writes its own copy
             owner = list(range(len(nodes)))
             layouts = layouts if len(uniq) == len(nodes) else _fit(layers, spec, graph.name)
-        first, written = 0, {}
+        first, written = 0, dict[int, tuple[Value, Value, int] | None]()
         for i, (node, lay) in enumerate(zip(nodes, layouts, strict=True)):
             first, written[owner[i]] = _lower(graph, node, lay, spec, first, written.get(owner[i]))
         offsets, problems = commanded_offsets(graph)
@@ -317,24 +320,24 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     sweeps of those MUs without a write. Returns the next free MU and what a later layer sharing this one's
     MUs needs (``None`` when the layer is written in several rounds)."""
     a = node.attrs
-    x, bias = node.inputs[0], node.inputs[2] if len(node.inputs) > 2 else None
+    x, bias = node.operand(0), node.inputs[2] if len(node.inputs) > 2 else None
     layer = {"cim.layer": node.name}
     add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
     m = np.ascontiguousarray(weight_matrix(node))
     G, K, N = m.shape
     conv = node.op == "q.conv"
     final = node.outputs[0].type
+    fshape = final.shape if final.shape is not None else ()
     bits = weight_bits(node)
     act_bits = int(x.type.quant.bits) if x.type.quant is not None else 8
     if conv:
         attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
-        attrs["kernel_shape"] = tuple(int(s) for s in node.inputs[1].const.shape[2:])
+        attrs["kernel_shape"] = tuple(int(s) for s in node.operand(1).array.shape[2:])
         x = add("vec.im2col", [x], {**attrs, "pad_value": int(a["x_zero_point"])})
     geometry = {"lanes": spec.lanes(bits), "domains": spec.domains_per_track, "tracks": spec.tracks_per_mu}
     faults = {"fault_rate": spec.shift_fault_rate, "guard": spec.guard_interval}
     L, axis = layer_of(node).L, layer_of(node).sample_axis
-    out_type = TensorType(DType.i32, (final.shape[0], G * N, math.prod(final.shape[2:])) if conv
-                          else (*final.shape[:-1], G * N))
+    out_type = TensorType(DType.i32, (fshape[0], G * N, L) if conv else (*fshape[:-1], G * N))
     acc = None
     rounds = _rounds(lay.mus, spec.mus, first) if shared is None else [(0, lay.mus, shared[2])]
     for r0, r1, base in rounds:
@@ -363,6 +366,8 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
                                                   "tracks": spec.tracks_per_mu, **faults})
     if shared is None:
         first = _next_free(lay.mus, spec.mus, first)
+    if acc is None:  # the placement's own invariant: every layout has a sweep
+        raise PassError(f"lower-racetrack placed {node.op} {node.name!r} without a sweep")
     y = acc
     if bias is not None:
         if conv:
@@ -372,7 +377,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
                 b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
         y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
     if conv:
-        y = add("vec.col2im", [y], {"spatial": tuple(int(s) for s in final.shape[2:])}, outputs=[final])
+        y = add("vec.col2im", [y], {"spatial": tuple(d for d in fshape[2:] if isinstance(d, int))}, outputs=[final])
     elif bias is None:
         y = add("Identity", [y], {}, outputs=[final])
     name = node.outputs[0].name

@@ -55,6 +55,7 @@ its commanded offset (misalignment 0). Misalignment never corrects a wrong comma
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -224,21 +225,28 @@ def _cached(owners: tuple[np.ndarray, ...], key: tuple, make):
         return hit[1]
     val = make()
     try:
-        refs = tuple(weakref.ref(o, lambda _r, k=k, cache=_CACHE: cache.pop(k, None)) for o in owners)
+        refs = tuple(weakref.ref(o, functools.partial(_forget, k)) for o in owners)
     except TypeError:
         return val
     _CACHE[k] = (refs, val)
     return val
 
 
+def _forget(key: tuple, _ref: object) -> None:
+    """Drop a cache entry whose constant is gone."""
+    _CACHE.pop(key, None)
+
+
 def _expand(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every placed weight of a pieces table: its ``(mu, lane, domain, flat index)``, int64 each."""
     def make():
-        return _runs(*(pieces[:, i] for i in range(6)), np.ones(len(pieces), np.int64))[:4]
+        flat, stride, n, mu, lane, d0 = (pieces[:, i] for i in range(6))
+        return _runs(flat, stride, n, mu, lane, d0, np.ones(len(pieces), np.int64))[:4]
     return _cached((pieces,), ("expand",), make)
 
 
-def _runs(flat, fstride, n, mu, lane, d, dstride, t0=None, tdir=None):
+def _runs(flat: Any, fstride: Any, n: Any, mu: Any, lane: Any, d: Any, dstride: Any, t0: Any = None,
+          tdir: Any = None) -> tuple[Any, Any, Any, Any, Any]:
     """Elements of runs (``i < n``): ``(mu, lane, d + i*dstride, flat + i*fstride, t0 + i*tdir)``."""
     n = np.asarray(n, np.int64)
     row = np.repeat(np.arange(len(n)), n)
@@ -336,10 +344,10 @@ _FAULTS = {
 
 
 def _mus(attrs) -> tuple[int, int]:
-    m = tuple(int(v) for v in attrs["mus"])
+    m = [int(v) for v in attrs["mus"]]
     if len(m) != 2 or m[0] >= m[1]:
-        raise VerifyError(f"mus = {list(m)} should be a non-empty range [m0, m1)")
-    return m  # type: ignore[return-value]
+        raise VerifyError(f"mus = {m} should be a non-empty range [m0, m1)")
+    return m[0], m[1]
 
 
 def _check_pieces(ctx: InferContext, index: int, op: str) -> np.ndarray | None:
@@ -405,12 +413,13 @@ def _mac_type(ctx: InferContext) -> list[TensorType]:
     g = x.shape[0] if cols else 1
     if (isinstance(k, int) and k != K) or (isinstance(g, int) and g != G):
         raise VerifyError(f"rt.mac: x {x} does not fit the {G}x{K}x{N} weight matrix")
-    out = TensorType(DType.i32, (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"]))
+    dims = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
+    out = TensorType(DType.i32, dims)
     if ctx.has(3):
         acc = ctx.types[3]
         if acc is not None and (acc.dtype is not DType.i32
-                                or (acc.shape is not None and len(acc.shape) != len(out.shape))):
-            raise VerifyError(f"rt.mac: the accumulator must be i32 {list(out.shape)}, is {acc}")
+                                or (acc.shape is not None and len(acc.shape) != len(dims))):
+            raise VerifyError(f"rt.mac: the accumulator must be i32 {list(dims)}, is {acc}")
     return [out]
 
 
@@ -641,9 +650,9 @@ def _faulty(x: np.ndarray, y: np.ndarray, words: np.ndarray, reads: tuple, misma
         e = np.broadcast_to(e, (n1 - n0, *e.shape[1:]))
         at = d + e + words.shape[-1] // 3  # index of the position read
         ok = (at >= 0) & (at < words.shape[-1])
-        w = np.where(ok, words[rel, lane, np.clip(at, 0, words.shape[-1] - 1)], 0).astype(np.float64)
+        read = np.where(ok, words[rel, lane, np.clip(at, 0, words.shape[-1] - 1)], 0).astype(np.float64)
         pair = np.arange((n1 - n0) * blocks, dtype=np.int64).reshape(n1 - n0, blocks, 1) * size
-        w = np.bincount((pair + flat).reshape(-1), weights=w.reshape(-1), minlength=(n1 - n0) * blocks * size)
+        w = np.bincount((pair + flat).reshape(-1), weights=read.reshape(-1), minlength=(n1 - n0) * blocks * size)
         w = w.reshape(n1 - n0, blocks, G, K, N)
         xb = np.pad(xc[n0:n1], ((0, 0), (0, pad), (0, 0), (0, 0))).astype(np.float64)
         xb = xb.reshape(n1 - n0, blocks, B, G, K).transpose(0, 1, 3, 2, 4)  # [n, blocks, G, B, K]
@@ -671,7 +680,7 @@ def commanded_offsets(graph: Graph) -> tuple[dict[int, int], list[str]]:
             if any(offset.get(m, 0) != int(a.get("start", 0)) for m in range(m0, m1)):
                 problems.append(f"{node.name}: starts at offset {a.get('start', 0)}, its MUs are at "
                                 f"{sorted({offset.get(m, 0) for m in range(m0, m1)})}")
-            x = node.inputs[0].type.shape
+            x = node.operand(0).type.shape
             L = (positions(tuple(x), a)[1] or 1) if x is not None else 1
             _, _, _, net = sweep_steps(int(a["states"]), int(a.get("step", 1)), int(a.get("turn", 0)),
                                        int(a.get("alternate", 0)), -(-L // int(a["block"])))
