@@ -51,7 +51,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     # racetrack sweeps need each layer's positions per sample when compiling: these MatMuls' shapes are
     # unknown after the TorchScript export's shape ops (the dynamo exports of the same models compile)
     **{(name, "compile:racetrack"): _RT_POSITIONS for name in (
-        "swin_torchscript", "mobilevit_torchscript", "bert_torchscript", "distilbert_torchscript")},
+        "swin_torchscript", "mobilevit_torchscript", "bert_torchscript", "distilbert_torchscript",
+        "llama_torchscript", "albert_torchscript")},
 }
 """``(file name, stage)`` -> a part of the error message the stage is expected to fail with today.
 A stage named ``compile:*`` stands for every target. Each is work that belongs elsewhere (an op or a
