@@ -225,16 +225,17 @@ def _cached(owners: tuple[np.ndarray, ...], key: tuple, make):
         return hit[1]
     val = make()
     try:
-        refs = tuple(weakref.ref(o, functools.partial(_forget, k)) for o in owners)
+        refs = tuple(weakref.ref(o, functools.partial(_forget, _CACHE, k)) for o in owners)
     except TypeError:
         return val
     _CACHE[k] = (refs, val)
     return val
 
 
-def _forget(key: tuple, _ref: object) -> None:
-    """Drop a cache entry whose constant is gone."""
-    _CACHE.pop(key, None)
+def _forget(cache: dict, key: tuple, _ref: object) -> None:
+    """Drop a cache entry whose constant is gone (``cache`` bound when the entry is made: the module's globals
+    may be gone when a constant dies at interpreter exit)."""
+    cache.pop(key, None)
 
 
 def _expand(pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
