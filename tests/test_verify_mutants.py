@@ -7,6 +7,9 @@ that the program it emits is corrupted (a corrupted array image, a wrong shift-a
 bias added on every K tile of a layer split over K), and a verifier mutant replaces the comparison or
 the graphs it is given (the reference compared with itself). A wrong requant multiplier makes the
 program malformed (its multipliers no longer match its scales): the verifier refuses it before it runs.
+Two mutants of the array model: an MVM reading its tiles at a wrong row permutation (random placements
+with spares), and an ADC whose top code is one too low at 63 rows per op (not a power of two), where a
+lossless ADC's top code is the largest partial sum.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ MODEL = "zoo:lenet_bn"
 SPLIT_K = ["--target", "npu", "--spec-set", "weight_buffer_bytes=256"]
 """An npu whose weight buffer is so small that lenet_bn's second convolution and its Gemm split over K."""
 RACETRACK = ["--target", "racetrack"]
+PLACED = ["-p", "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8},tile{placement=random}",
+          "--spec-set", "spare_rows=5", "--spec-set", "spare_cols=3"]
+"""sram-cim arrays with spare rows and columns, every tile at a random physical placement."""
 
 
 def _compile(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, dict]:
@@ -79,6 +85,18 @@ def wrong_requant_multiplier(program: Graph) -> str:
     return req.name
 
 
+def wrong_row_permutation(program: Graph) -> str:
+    """Swap two physical rows in the placement the first MVM reads (its load wrote the cells at the right ones)."""
+    mvm = next(n for n in program.nodes if n.op == "sram.mvm")
+    tiles = mvm.attrs["tiles"]
+    assert tiles.row_at[0] is not None, "the tile is not placed: the mutant would test nothing"
+    rows = list(tiles.row_at)
+    rows[0] = rows[0].copy()
+    rows[0][[0, 1]] = rows[0][[1, 0]]
+    mvm.attrs["tiles"] = tiles.replace(row_at=rows)
+    return mvm.attrs["cim.layer"]
+
+
 def bias_on_every_k_tile(program: Graph) -> str:
     """Give every K tile of a layer split over K the bias that only the first K tile may add."""
     layer = None
@@ -122,10 +140,12 @@ LOWERING_MUTANTS = {
     "bias-on-every-k-tile": (LowerNpuPass, bias_on_every_k_tile, SPLIT_K),
     "racetrack-negated-word": (LowerRacetrackPass, negated_word, RACETRACK),
     "racetrack-turn-too-far": (LowerRacetrackPass, turn_one_domain_too_far, RACETRACK),
+    "wrong-row-permutation": (LowerSramCimPass, wrong_row_permutation, PLACED),
 }
 
 
-@pytest.mark.parametrize("args", [[], SPLIT_K, RACETRACK], ids=["sram-cim", "npu-split-k", "racetrack"])
+@pytest.mark.parametrize("args", [[], SPLIT_K, RACETRACK, PLACED],
+                         ids=["sram-cim", "npu-split-k", "racetrack", "sram-cim-placed"])
 def test_unmutated_compile_is_exact_with_status_0(tmp_path, capsys, args):
     status, text, v = _compile(tmp_path, capsys, *args)
     assert (status, v["reference_exact"], v["exact_expected"], v["self_check"], v["first_difference"]) == (
@@ -166,6 +186,30 @@ def test_a_lossy_adc_differs_as_expected_with_status_0(tmp_path, capsys):
     assert v["lossy"] == why
     assert f"DIFFERENT, as expected ({why})" in text
     assert v["first_difference"]["op"] == "q.conv"  # the first array layer, where the ADC first rounds
+
+
+def test_an_adc_top_code_off_by_one_is_reported_different(tmp_path, capsys, monkeypatch):
+    """63 rows per op of 1-bit inputs and cells: the largest partial sum is 63, the top code of the lossless
+    6-bit ADC. A Gemm whose every row block reaches it verifies EXACT; with the ADC's top code one too low
+    (the clip, and the exactness test that chooses the exact path, both read it) --verify says DIFFERENT."""
+    import onnx
+    from test_sram_cim import saturating_gemm
+
+    from cimc.cim import machine
+    from cimc.cim.adc import Adc
+
+    model, x = saturating_gemm()
+    onnx.save(model, tmp_path / "sat.onnx")
+    np.savez(tmp_path / "x.npz", x=x)
+    argv = ["compile", str(tmp_path / "sat.onnx"), "--spec-set", "rows_per_op=63", "--spec-set", "adc_bits=6",
+            "--calibration", str(tmp_path / "x.npz"), "--inputs", str(tmp_path / "x.npz"), "--verify", "--force"]
+    assert main([*argv, "-o", str(tmp_path / "ok")]) == 0
+    assert "vs quantized graph (interpreter): EXACT" in capsys.readouterr().out
+    monkeypatch.setattr(machine, "_ADCS", {})  # ADCs are cached per attribute set: forget the sound one
+    monkeypatch.setattr(Adc, "top", property(lambda self: (1 << self.bits) - 2))
+    assert main([*argv, "-o", str(tmp_path / "bad")]) == 1
+    text = capsys.readouterr().out
+    assert "DIFFERENT, where it must be exact (no lossy step)" in text and "first differs at layer 'Gemm_0'" in text
 
 
 # ---- the verifier compares the reference with itself --------------------------------------------------
