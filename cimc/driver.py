@@ -89,11 +89,15 @@ class ModelSource:
 
 
 def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> ModelSource:
-    """Import ``model``: a ``.onnx``/``.cimir`` path, ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph`` (copied)."""
+    """Import ``model``: a ``.onnx``/``.cimir`` path, ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph`` (verified,
+    then copied)."""
     from cimc.ir.core import Graph
     from cimc.onnx_io import import_model
 
     if isinstance(model, Graph):
+        from cimc.ir.verifier import verify
+
+        verify(model)  # a graph built in Python comes in unchecked, like a file
         return ModelSource(model.copy(), None, model.name or "model", f"<Graph {model.name}>")
     if isinstance(model, str | os.PathLike):
         text = os.fspath(model)
