@@ -16,7 +16,7 @@ Output directories carry a marker file (``MARKER``). An existing destination is 
 ``force``, and only if it is a cimc output (it holds the marker) or an empty directory; two runs
 into one path without ``force`` cannot both succeed (the second finds the first's output under the
 parent lock). Errors name the destination, never the temporary path. Locks are POSIX ``flock``;
-where ``fcntl`` is missing they are skipped (no concurrency guarantee there).
+where ``fcntl`` is missing there are no locks, no concurrency guarantee and no sweep of leftovers.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover  (not POSIX)
     fcntl = None  # type: ignore[assignment]  # no fcntl on this platform
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 __all__ = ["MARKER", "check_output_directory", "check_output_file", "read_bytes", "read_text", "regular_file",
            "write_atomic", "write_directory"]
@@ -111,6 +113,9 @@ def _try_lock(fd: int, *, block: bool = False) -> bool:
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (other cimc runs writing beside it wait)."""
+    if fcntl is None:
+        yield
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         _try_lock(fd, block=True)
@@ -122,6 +127,8 @@ def _locked(directory: Path) -> Iterator[None]:
 def _sweep(parent: Path, name: str) -> None:
     """Remove the temporaries of ``parent / name`` that killed runs left (their lock is free). A stale
     directory is removed only if it is empty or holds the marker; caller holds the parent lock."""
+    if fcntl is None:  # no locks: a live temporary could not be told from a stale one
+        return
     pattern = re.compile(_TEMP.format(name=re.escape(name)))
     try:
         entries = [e for e in os.scandir(parent) if pattern.fullmatch(e.name)]
@@ -135,7 +142,7 @@ def _sweep(parent: Path, name: str) -> None:
             if is_dir and not os.listdir(entry.path):
                 os.rmdir(entry.path)
                 continue
-            fd = os.open(os.path.join(entry.path, MARKER) if is_dir else entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(os.path.join(entry.path, MARKER) if is_dir else entry.path, os.O_RDONLY | _NOFOLLOW)
         except OSError:  # gone, or a directory without the marker: not ours
             continue
         try:

@@ -94,7 +94,7 @@ def load_external_data(model: onnx.ModelProto, folder: str | os.PathLike[str], s
             if length != math.prod(tensor.dims) * itemsize:
                 raise InputError(f"{pre}: {length} bytes in {location!r}, but dims {list(tensor.dims)} need "
                                  f"{math.prod(tensor.dims) * itemsize}")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link swapped in since: refused
         with os.fdopen(fd, "rb") as f:
             f.seek(offset)
             data = f.read(length)
