@@ -246,8 +246,14 @@ def dequantize(ctx, q):
 
 # ---- q.conv / q.gemm / q.matmul ------------------------------------------------------------------
 def _acc_type(ctx: InferContext, shape, axis: int) -> list[TensorType]:
-    """An int32 accumulator type; its quant is ``sx * sw[c]`` when both operand types carry one."""
+    """An int32 accumulator type; its quant is ``sx * sw[c]`` when both operand types carry one. A bias
+    must have one entry per channel (dim ``axis`` of the result)."""
     x, w = require(ctx, 0), require(ctx, 1)
+    b = ctx.types[2] if ctx.has(2) else None
+    if b is not None and b.shape and shape is not None and -len(shape) <= axis < len(shape):
+        n, c = b.shape[0], shape[axis]
+        if isinstance(n, int) and isinstance(c, int) and n != c:
+            raise VerifyError(f"{_where(ctx)}: the bias has {n} entries but the result has {c} channels")
     quant = None
     if x.quant is not None and w.quant is not None:
         sx = x.quant.scale[0]
