@@ -40,6 +40,10 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "cimir-instruction-attr-choice": (["run", "npu_buffer.cimir", "--random"],
                                       "attribute 'buffer' is 'cache'; expected one of 'weight', 'act'"),
     "cimir-attr-kind": (["run", "attr_kind.cimir", "--random"], "attribute 'axis' is 1.5; expected an integer"),
+    "cimir-instruction-tile-width": (["run", "npu_dma_out.cimir", "--random"],
+                                     "tile 0 i32[batch,10] does not fill channels 0..12 of 12"),
+    "onnx-string-attribute-not-utf8": (["run", "latin1_attr.onnx", "--random"],
+                                       "attribute 'auto_pad': the string b'\\xe9' is not UTF-8"),
     "second-quantize": ([*OPT, "quantize,quantize{weight-bits=4}"], "already quantized"),
     "sparsify-after-quantize": ([*OPT, "quantize,sparsify{ratio=0.5}", "-t", "npu"], "put sparsify before quantize"),
     "compile-empty-output": (["compile", "zoo:mlp", "-o", ""], "the output path is empty"),
@@ -353,6 +357,8 @@ def make_files(d: Path) -> None:
         "bad_multiplier": (quant, "multiplier = [11", "multiplier = [10"),
         "npu_bytes": (prog, "bytes = 64,", "bytes = -64,"),
         "npu_buffer": (prog, 'buffer = "act"', 'buffer = "cache"'),
+        "npu_dma_out": (prog, "n_ranges = [0, 10], positions = 0, channels = 10",
+                        "n_ranges = [0, 12], positions = 0, channels = 12"),
     }
     for stem, (text, old, new) in edits.items():
         (d / f"{stem}.cimir").write_text(_replace(text, old, new))
@@ -399,6 +405,7 @@ def make_files(d: Path) -> None:
     _save(_conv_model(strides=[0, 0]), d / "conv_strides.onnx")
     _save(_conv_model(pads=[-1, -1, -1, -1]), d / "conv_pads.onnx")
     _save(_conv_model(group=0), d / "conv_group.onnx")
+    _save(_conv_model(auto_pad=b"\xe9"), d / "latin1_attr.onnx")
     _save(_model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [-2, 3])], [_vi("y", [None, 3])]),
           d / "negative_dim.onnx")
     _save(_model([helper.make_node("Relu", ["x"], ["y"])], [x23], []), d / "no_outputs.onnx")

@@ -333,9 +333,17 @@ def _add_constant_node(g: Graph, node: onnx.NodeProto, where: str) -> Value:
         return g.add_constant(np.asarray(value, dtype=np.int64), name)
     if attr.name in ("value_string", "value_strings"):
         if isinstance(value, list):
-            return g.add_constant(np.asarray([v.decode() for v in value], dtype=object), name)
-        return g.add_constant(np.asarray(value.decode(), dtype=object), name)
+            return g.add_constant(np.asarray([_text(v, where) for v in value], dtype=object), name)
+        return g.add_constant(np.asarray(_text(value, where), dtype=object), name)
     raise UnsupportedOpError(f"{where}: attribute {attr.name!r} is not supported")
+
+
+def _text(data: bytes, where: str) -> str:
+    """An ONNX string (UTF-8 bytes) as text; an ``InputError`` at ``where`` if it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: the string {data[:40]!r} is not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def _attributes(node: onnx.NodeProto, where: str) -> dict[str, Any]:
@@ -349,9 +357,9 @@ def _attributes(node: onnx.NodeProto, where: str) -> dict[str, Any]:
         elif attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             raise UnsupportedOpError(f"{where}: subgraph attribute {attr.name!r} (control flow) is not supported")
         elif isinstance(value, bytes):
-            value = value.decode()
+            value = _text(value, f"{where}, attribute {attr.name!r}")
         elif isinstance(value, list):
-            value = tuple(v.decode() if isinstance(v, bytes) else v for v in value)
+            value = tuple(_text(v, f"{where}, attribute {attr.name!r}") if isinstance(v, bytes) else v for v in value)
         elif attr.type not in (onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT, onnx.AttributeProto.STRING):
             raise UnsupportedOpError(f"{where}: attribute {attr.name!r} has an unsupported kind")
         if isinstance(value, float):

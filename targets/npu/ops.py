@@ -110,8 +110,17 @@ def _conflict(a: tuple | None, b: tuple | None) -> bool:
 def _dma_out_type(ctx: InferContext) -> list[TensorType]:
     a, t = ctx.attrs, require(ctx, 0)
     n = a["channels"]
-    if len(_pairs(a["n_ranges"])) != len(ctx.types):
-        raise VerifyError(f"{_where(ctx)}: {len(ctx.types)} tiles but {len(_pairs(a['n_ranges']))} n_ranges")
+    ns, ps = _pairs(a["n_ranges"]), _pairs(a["p_ranges"])
+    if len(ns) != len(ctx.types) or (ps and len(ps) != len(ctx.types)):
+        raise VerifyError(f"{_where(ctx)}: {len(ctx.types)} tiles but {len(ns)} n_ranges and {len(ps)} p_ranges")
+    for i, (tile, (n0, n1)) in enumerate(zip(ctx.types, ns, strict=True)):
+        dims = tile.shape if tile is not None else None
+        if not 0 <= n0 <= n1 <= n or (dims and isinstance(dims[-1], int) and dims[-1] != n1 - n0):
+            raise VerifyError(f"{_where(ctx)}: tile {i} {tile} does not fill channels {n0}..{n1} of {n}")
+        if ps and (not 0 <= ps[i][0] <= ps[i][1] <= a["positions"] or (
+                dims and len(dims) > 1 and isinstance(dims[-2], int) and dims[-2] != ps[i][1] - ps[i][0])):
+            raise VerifyError(f"{_where(ctx)}: tile {i} {tile} does not fill positions {ps[i][0]}..{ps[i][1]} of "
+                              f"{a['positions']}")
     if t.shape is None:
         return [TensorType(DType.i32, None)]
     if a["spatial"]:
