@@ -171,7 +171,8 @@ def _destination(path: str | os.PathLike[str]) -> Path:
     if p.name in ("", ".", ".."):
         raise InputError(f"{path}: names no file or directory to write (give a name, e.g. {Path(path) / 'out'})")
     if not p.parent.is_dir():
-        raise InputError(f"{p}: cannot write it, directory {p.parent} does not exist")
+        why = f"{p.parent} is not a directory" if os.path.lexists(p.parent) else f"directory {p.parent} does not exist"
+        raise InputError(f"{p}: cannot write it, {why}")
     return p
 
 

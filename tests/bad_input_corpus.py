@@ -37,6 +37,8 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "cimir-requant-multiplier": (["run", "bad_multiplier.cimir", "--random"], "is not the fixed-point form"),
     "cimir-unknown-attribute": (["run", "unknown_attr.cimir", "--random"], "has unknown attribute 'bogus'"),
     "cimir-instruction-attr-range": (["run", "npu_bytes.cimir", "--random"], "attribute 'bytes' is -64, out of range"),
+    "cimir-array-adc-bits-0": (["run", "sram_adc0.cimir", "--random"],
+                               "attribute 'adc_bits' is 0, out of range; expected an integer in 1..24"),
     "cimir-instruction-attr-choice": (["run", "npu_buffer.cimir", "--random"],
                                       "attribute 'buffer' is 'cache'; expected one of 'weight', 'act'"),
     "cimir-attr-kind": (["run", "attr_kind.cimir", "--random"], "attribute 'axis' is 1.5; expected an integer"),
@@ -64,6 +66,7 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "existing-output": (["compile", "zoo:mlp", "-o", "my_src"], "my_src already exists"),
     "output-is-a-directory": (["run", "zoo:mlp", "--random", "-o", "my_src"], "is a directory; give a file name"),
     "output-dir-missing": (["import", "zoo:mlp", "-o", "no/such/m.cimir"], "directory no/such does not exist"),
+    "output-parent-is-a-file": (["compile", "zoo:mlp", "-o", "notes.txt/out"], "notes.txt is not a directory"),
     # internal errors before: now a message
     "npz-truncated": (["run", "zoo:mlp", "--inputs", "trunc.npz"], "not an .npz archive of arrays"),
     "npz-bad-crc": (["run", "zoo:mlp", "--inputs", "crc.npz"], "array 'input': corrupt or truncated (Bad CRC-32"),
@@ -92,6 +95,7 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "onnx-negative-dim": (["run", "negative_dim.onnx", "--random"], "declares shape [-2, 3] with a negative dim"),
     "cimir-negative-dim": (["run", "negative_dim.cimir", "--random"], "dim -64 is negative"),
     "batch-negative": (["run", "zoo:mlp", "--random", "--batch", "-1"], "argument --batch: -1 is not allowed"),
+    "batch-not-an-integer": (["run", "zoo:mlp", "--random", "--batch", "1e7"], "argument --batch: '1e7' is not an"),
     "batch-zero": (["run", "zoo:mlp", "--random", "--batch", "0"], "argument --batch: 0 is not allowed"),
     "seed-negative": (["run", "zoo:mlp", "--random", "--seed", "-1"], "argument --seed: -1 is negative"),
     "onnx-no-outputs": (["run", "no_outputs.onnx", "--random"], "the graph has no outputs"),
@@ -237,6 +241,7 @@ CASES.update(TARGET_CASES)
 SUCCESS: dict[str, tuple[list[str], list[str]]] = {
     # id -> (argv, the files it may write): exit 0 and nothing at all on standard error
     "onnxruntime-says-nothing": (["run", "unused_init.onnx", "--random", "--compare-onnxruntime"], []),
+    "inputs-big-endian": (["run", "zoo:mlp", "--inputs", "be.npz"], []),
     "calibration-big-endian": ([*OPT[:2], "-o", "be.cimir", "-p", "quantize", "--calibration", "be.npz"],
                                ["be.cimir", "be.npz"]),
     "graph-without-nodes": (["run", "identity.onnx", "--random"], []),
@@ -339,31 +344,31 @@ def make_files(d: Path) -> None:
     os.mkfifo(d / "fifo.cimir")
     (d / "dir.cimir").mkdir()
 
-    # .cimir files: the zoo MLP as text, its compiled npu program, and edits of them
+    # .cimir files: the zoo MLP as text, its compiled npu and sram-cim programs, and edits of them
     with open(os.devnull, "w") as null, _redirect(null.fileno(), 1):
         assert main(["import", "zoo:mlp", "-o", str(d / "mlp.cimir")]) == 0
         assert main(["compile", "zoo:mlp", "-t", "npu", "-o", str(d / "npu.cimc")]) == 0
-    mlp = (d / "mlp.cimir").read_text()
-    prog = (d / "npu.cimc" / "program.cimir").read_text()
-    quant = (d / "npu.cimc" / "quantized.cimir").read_text()
-    edits = {
-        "wrong_dtype": (mlp, "%view: f32[batch,64] = Reshape", "%view: f64[batch,64] = Reshape"),
-        "wrong_shape": (mlp, "%view: f32[batch,64] = Reshape", "%view: f32[batch,65] = Reshape"),
-        "negative_dim": (mlp, "%view: f32[batch,64] = Reshape", "%view: f32[batch,-64] = Reshape"),
-        "unknown_attr": (mlp, "{allowzero = 1", "{bogus = 1, allowzero = 1"),
-        "unknown_op": (mlp, "= Relu(", "= Relux("),
-        "undefined": (mlp, "= Relu(%", "= Relu(%nope, %"),
-        "syntax": (mlp, "= Gemm(%view", "= Gemm((%view"),
-        "bad_multiplier": (quant, "multiplier = [11", "multiplier = [10"),
-        "npu_bytes": (prog, "bytes = 64,", "bytes = -64,"),
-        "npu_buffer": (prog, 'buffer = "act"', 'buffer = "cache"'),
-        "npu_dma_out": (prog, "n_ranges = [0, 10], positions = 0, channels = 10",
+        assert main(["compile", "zoo:mlp", "-t", "sram-cim", "-o", str(d / "sram.cimc")]) == 0
+    sources = {name: ((d / f"{stem}.cimir").read_text(), d / f"{stem}.npz") for name, stem in (
+        ("mlp", "mlp"), ("prog", "npu.cimc/program"), ("quant", "npu.cimc/quantized"), ("sram", "sram.cimc/program"))}
+    edits = {  # stem -> (source, old, new)
+        "wrong_dtype": ("mlp", "%view: f32[batch,64] = Reshape", "%view: f64[batch,64] = Reshape"),
+        "wrong_shape": ("mlp", "%view: f32[batch,64] = Reshape", "%view: f32[batch,65] = Reshape"),
+        "negative_dim": ("mlp", "%view: f32[batch,64] = Reshape", "%view: f32[batch,-64] = Reshape"),
+        "unknown_attr": ("mlp", "{allowzero = 1", "{bogus = 1, allowzero = 1"),
+        "unknown_op": ("mlp", "= Relu(", "= Relux("),
+        "undefined": ("mlp", "= Relu(%", "= Relu(%nope, %"),
+        "syntax": ("mlp", "= Gemm(%view", "= Gemm((%view"),
+        "bad_multiplier": ("quant", "multiplier = [11", "multiplier = [10"),
+        "npu_bytes": ("prog", "bytes = 64,", "bytes = -64,"),
+        "npu_buffer": ("prog", 'buffer = "act"', 'buffer = "cache"'),
+        "npu_dma_out": ("prog", "n_ranges = [0, 10], positions = 0, channels = 10",
                         "n_ranges = [0, 12], positions = 0, channels = 12"),
+        "sram_adc0": ("sram", "adc_bits = 7", "adc_bits = 0"),
     }
-    for stem, (text, old, new) in edits.items():
+    for stem, (source, old, new) in edits.items():
+        text, side = sources[source]
         (d / f"{stem}.cimir").write_text(_replace(text, old, new))
-        side = (d / ("npu.cimc/program.npz" if text is prog else "npu.cimc/quantized.npz" if text is quant
-                     else "mlp.npz"))
         (d / f"{stem}.npz").write_bytes(side.read_bytes())
     (d / "attr_kind.cimir").write_text(
         "graph @main(%x: f32[2,3]) {\n  %y: f32[2,3] = Softmax(%x) {axis = 1.5}\n  return %y\n}\n")
@@ -385,7 +390,7 @@ def make_files(d: Path) -> None:
         + "]\n  %y: f32[1,2,?,?] = Conv(%x, %w) {strides = [0, 0]}\n  return %y\n}\n")
     for stem, sidecar in (("side_empty", b""), ("side_trunc", (d / "mlp.npz").read_bytes()[:500]),
                           ("side_text", b"not a zip"), ("side_missing", None)):
-        (d / f"{stem}.cimir").write_text(mlp)
+        (d / f"{stem}.cimir").write_text(sources["mlp"][0])
         if sidecar is None:
             np.savez(d / f"{stem}.npz", other=np.zeros(1))
         else:
