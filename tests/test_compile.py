@@ -13,7 +13,8 @@ import cimc
 from cimc import zoo
 from cimc.cli import main
 from cimc.driver import CompiledModel, compile
-from cimc.errors import InputError
+from cimc.errors import InputError, VerifyError
+from cimc.ir.types import DType, TensorType
 from cimc.onnx_io import import_model
 from cimc.targets import all_targets
 
@@ -101,6 +102,16 @@ def test_api_inputs_graph_model_random_calibration_and_spec_dict(caplog: pytest.
     spec_field = all_targets()[target].Spec.params()[0]
     c2 = _compile("zoo:mlp", target, spec={spec_field.name: spec_field.default})
     assert c2.target.spec == all_targets()[target]().spec
+
+
+def test_api_verifies_a_graph_it_is_given() -> None:
+    """A Graph built or edited in Python is checked like a file: a result declared f64 where its Gemm
+    gives f32 is refused before any pass runs, not re-typed on the way."""
+    g = import_model(zoo.load("mlp").onnx())
+    gemm = next(n for n in g.nodes if n.op == "Gemm")
+    gemm.output.type = TensorType(DType.f64, gemm.output.type.shape)
+    with pytest.raises(VerifyError, match=r"result %\S+ is typed f64\[batch,64\] but the op gives f32"):
+        _compile(g, TARGETS[0])
 
 
 def test_failing_compile_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -444,6 +444,14 @@ def test_verify_catches_inconsistent_attributes_and_types():
         _graph("q.requant", [("a", TensorType(I32, (4,)))], {"scale": (0.5,), "mode": "round"})
     with pytest.raises(VerifyError, match="operand 1 has element type u8, expected i8"):
         _graph("q.gemm", [("x", TensorType(U8, (2, 3))), np.ones((4, 3), np.uint8)], {"x_zero_point": 0})
+    with pytest.raises(VerifyError, match="the bias has 5 entries but the result has 4 channels"):
+        _graph("q.gemm", [("x", TensorType(U8, (2, 3))), np.ones((4, 3), np.int8), np.zeros(5, np.int32)],
+               {"x_zero_point": 0})
+    with pytest.raises(VerifyError, match=r"bias B i32\[2\] must be 1-D with 3 entries"):
+        _graph("q.conv", [("x", xq), w, np.zeros(2, np.int32)], {"x_zero_point": 5})
+    with pytest.raises(VerifyError, match="the bias has 3 entries but the result has 4 channels"):
+        _graph("q.matmul", [("x", TensorType(U8, (2, 3))), np.ones((3, 4), np.int8), np.zeros(3, np.int32)],
+               {"x_zero_point": 0})
     with pytest.raises(VerifyError, match="3 multipliers but axis 1"):
         _graph("q.requant", [("a", TensorType(I32, (1, 4)))], _requant_attrs([0.5, 0.25, 0.125], "fixed"))
     out = TensorType(U8, (4,), QuantParams((1.0,), (0,), 8))
