@@ -286,6 +286,7 @@ class PassManager:
 
     def _write_reproducer(self, graph: Graph, index: int) -> Path | str:
         """Write the failing pass's input IR and the pipeline from it on; return the .cimir path."""
+        from cimc.fileio import write_atomic
         from cimc.pipeline import Pipeline
         from cimc.text import save_graph
 
@@ -298,8 +299,9 @@ class PassManager:
             header = (f"# cimc reproducer: the input of pass '{self.pipeline.passes[index].name}'\n"
                       f"# full pipeline: {self.pipeline}\n"
                       f"# reproduce with: cimc opt {path.name} --pipeline '{rest}'\n")
-            path.write_text(header + path.read_text())
-            path.with_suffix(".pipeline").write_text(rest + "\n")
+            text = header + path.read_text(encoding="utf-8")
+            write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+            write_atomic(path.with_suffix(".pipeline"), lambda f: f.write(f"{rest}\n".encode()))
         except Exception as e:  # the pass's failure is the news; a failed dump must not hide it
             logger.warning("could not write the reproducer to %s: %s", path, e)
             return f"not written: {e}"

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cimc.errors import InputError
+from cimc.fileio import write_atomic
 from cimc.npzio import read_npz, write_npz
 
 __all__ = ["FORMAT", "OK", "SA0", "SA1", "Chip", "chip_for"]
@@ -120,8 +121,7 @@ class Chip:
         if self.variation is not None:
             arrays["variation"] = self.variation
         arrays.update({f"cell.{k}": v for k, v in sorted(self.cells.items())})
-        with open(path, "wb") as f:
-            write_npz(f, arrays)
+        write_atomic(path, lambda f: write_npz(f, arrays))
 
     def fits(self, arrays: int, rows: int, cols: int) -> str | None:
         """Why this chip cannot serve ``arrays`` arrays of ``rows`` x ``cols`` physical cells, or ``None``."""
