@@ -9,7 +9,8 @@ and classifies the outcome; :func:`check` asserts the contract every mutant must
 - a mutant that ran is one the verifier accepts (checked independently of the run).
 
 :data:`COUNTS` tallies outcomes (ran, refused, and the failures, which must stay 0) across a run;
-``CIMC_FUZZ_REPORT=path`` makes the fuzz tests write them there as JSON.
+``CIMC_FUZZ_REPORT=path`` makes the fuzz tests write them there as JSON; ``CIMC_FUZZ_FAILURES=folder``
+keeps failing mutants there instead of failing (for a long run by hand).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
+import json
+import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,11 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+FAILURES = os.environ.get("CIMC_FUZZ_FAILURES")
+"""For a long run by hand: a folder where each failing mutant is kept (its files and ``failures.jsonl``)
+instead of failing the test, so that one run finds them all; :data:`COUNTS` counts them."""
+
+
 def check(kind: str, argv: list[str], verified: Any, detail: Any = lambda: "") -> None:
     """Run a mutant and assert the contract (see the module docstring); ``verified()`` raises if the
     verifier rejects the mutant (called only when it ran); ``detail()`` says how the mutant differs from
@@ -54,7 +63,27 @@ def check(kind: str, argv: list[str], verified: Any, detail: Any = lambda: "") -
     try:
         _check(kind, argv, verified)
     except AssertionError as e:
-        raise AssertionError(f"{e}\n--- the mutant, against its seed:\n{detail()}") from None
+        message = f"{e}\n--- the mutant, against its seed:\n{detail()}"
+        if not FAILURES:
+            raise AssertionError(message) from None
+        _keep(kind, argv, message)
+
+
+def _keep(kind: str, argv: list[str], message: str) -> None:
+    """Keep a failing mutant in :data:`FAILURES`: its files as ``N.NAME`` and a line of ``failures.jsonl``."""
+    folder = Path(str(FAILURES))
+    folder.mkdir(parents=True, exist_ok=True)
+    COUNTS[f"{kind} failures"] += 1
+    n = COUNTS[f"{kind} failures"]
+    kept = []
+    for arg in argv:
+        path = Path(arg)
+        for p in (path, path.with_suffix(".npz")) if path.suffix in (".cimir", ".onnx") else ():
+            if p.is_file():
+                shutil.copyfile(p, folder / f"{kind}{n}.{p.name}")
+                kept.append(f"{kind}{n}.{p.name}")
+    with open(folder / "failures.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": kind, "files": kept, "message": message}) + "\n")
 
 
 def diff(seed: str, mutant: str) -> str:

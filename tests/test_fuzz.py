@@ -3,8 +3,10 @@ mutant may end in an internal error or a traceback, a refused one is one line wi
 a mutant that runs is one the verifier accepts.
 
 CI runs a bounded number of mutants (``CIMC_FUZZ_EXAMPLES`` and ``CIMC_FUZZ_ONNX_EXAMPLES`` raise it for
-a long run by hand; ``CIMC_FUZZ_REPORT=path`` writes the tallies there as JSON). Examples are drawn
-deterministically (hypothesis ``derandomize``), so CI runs the same mutants every time.
+a long run by hand; ``CIMC_FUZZ_REPORT=path`` writes the tallies there as JSON, every 500 mutants and at
+the end; ``CIMC_FUZZ_FAILURES=folder`` keeps failing mutants there instead of failing). Examples are drawn
+deterministically (hypothesis ``derandomize``), so CI runs the same mutants every time; a long run split
+over processes gives each its own ``CIMC_FUZZ_SEED=N``, so each draws other mutants.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import onnx
 import pytest
 from fuzz_mutants import COUNTS, LIMIT, check, cimir_mutant, cimir_seeds, diff, onnx_mutant, onnx_seeds, onnx_text
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from cimc.ir.verifier import verify
@@ -26,7 +28,8 @@ from cimc.text import load_graph
 
 CIMIR_EXAMPLES = int(os.environ.get("CIMC_FUZZ_EXAMPLES", "300"))
 ONNX_EXAMPLES = int(os.environ.get("CIMC_FUZZ_ONNX_EXAMPLES", "200"))
-_SETTINGS = dict(deadline=None, derandomize=True, database=None,
+SEED = os.environ.get("CIMC_FUZZ_SEED")
+_SETTINGS = dict(deadline=None, derandomize=SEED is None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 
@@ -45,13 +48,23 @@ def seeds(folder: Path) -> dict[str, tuple[str, bytes | None]]:
 @pytest.fixture(scope="module", autouse=True)
 def report():
     yield
+    write_report()
+
+
+def write_report() -> None:
     if path := os.environ.get("CIMC_FUZZ_REPORT"):
         Path(path).write_text(json.dumps(dict(sorted(COUNTS.items())), indent=2) + "\n")
+
+
+def _seeded(test):
+    """``test`` with the hypothesis seed ``CIMC_FUZZ_SEED`` when one is given."""
+    return test if SEED is None else seed(int(SEED))(test)
 
 
 def test_cimir_mutants(folder: Path, seeds: dict[str, tuple[str, bytes | None]]) -> None:
     names = sorted(seeds)
 
+    @_seeded
     @settings(max_examples=CIMIR_EXAMPLES, **_SETTINGS)
     @given(st.data())
     def one(data: st.DataObject) -> None:
@@ -68,6 +81,8 @@ def test_cimir_mutants(folder: Path, seeds: dict[str, tuple[str, bytes | None]])
             verify(load_graph(path, verify=False))
 
         check("cimir", [*LIMIT, "run", str(path), "--random"], verified, lambda: diff(text, mutant))
+        if COUNTS["cimir mutants"] % 500 == 0:
+            write_report()
 
     one()
 
@@ -77,6 +92,7 @@ def test_onnx_mutants(folder: Path) -> None:
     names = sorted(seeds)
     path = folder / "mutant.onnx"
 
+    @_seeded
     @settings(max_examples=ONNX_EXAMPLES, **_SETTINGS)
     @given(st.data())
     def one(data: st.DataObject) -> None:
@@ -89,6 +105,8 @@ def test_onnx_mutants(folder: Path) -> None:
 
         check("onnx", [*LIMIT, "run", str(path), "--random"], verified,
               lambda: diff(onnx_text(seeds[name]), onnx_text(mutant)))
+        if COUNTS["onnx mutants"] % 500 == 0:
+            write_report()
 
     one()
     shutil.rmtree(folder, ignore_errors=True)
