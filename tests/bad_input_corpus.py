@@ -39,6 +39,8 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "cimir-instruction-attr-range": (["run", "npu_bytes.cimir", "--random"], "attribute 'bytes' is -64, out of range"),
     "cimir-array-adc-bits-0": (["run", "sram_adc0.cimir", "--random"],
                                "attribute 'adc_bits' is 0, out of range; expected an integer in 1..24"),
+    "cimir-attr-beyond-64-bits": (["run", "sram_significance.cimir", "--random"],
+                                  "99999999999999999999 does not fit 64 bits"),
     "cimir-instruction-attr-choice": (["run", "npu_buffer.cimir", "--random"],
                                       "attribute 'buffer' is 'cache'; expected one of 'weight', 'act'"),
     "cimir-attr-kind": (["run", "attr_kind.cimir", "--random"], "attribute 'axis' is 1.5; expected an integer"),
@@ -365,6 +367,7 @@ def make_files(d: Path) -> None:
         "npu_dma_out": ("prog", "n_ranges = [0, 10], positions = 0, channels = 10",
                         "n_ranges = [0, 12], positions = 0, channels = 12"),
         "sram_adc0": ("sram", "adc_bits = 7", "adc_bits = 0"),
+        "sram_significance": ("sram", "significance = [1, 2,", "significance = [1, 99999999999999999999,"),
     }
     for stem, (source, old, new) in edits.items():
         text, side = sources[source]

@@ -56,7 +56,8 @@ class AttrSpec:
     The verifier checks every attribute a node sets (:meth:`problem`): its kind (``int`` an integer,
     ``float`` a number, ``str`` a string, ``ints``/``floats``/``strs`` a list of them, ``tensor`` an
     array, ``tiles`` a tile map (a structured value, :class:`cimc.ir.core.AttrValue`, of that ``kind``);
-    ``any`` anything) and its range. Defaults are the op's own and are not checked."""
+    ``any`` anything) and its range; an integer always fits 64 bits. Defaults are the op's own and are not
+    checked."""
 
     kind: str
     default: Any = None
@@ -97,6 +98,8 @@ class AttrSpec:
         for v in items:
             if not test(v):
                 return f"is {_short(value)}; expected {self.allowed()}"
+            if _is_int(v) and not -(1 << 63) <= v < 1 << 63:  # what ONNX and numpy attributes hold
+                return f"is {_short(value)}, out of range; {v} does not fit 64 bits"
             if self.choices is not None and v not in self.choices:
                 return f"is {_short(value)}; expected {self.allowed()}"
             if isinstance(v, str) or (self.lo is None and self.hi is None):
