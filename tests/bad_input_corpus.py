@@ -41,6 +41,10 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
                                "attribute 'adc_bits' is 0, out of range; expected an integer in 1..24"),
     "cimir-attr-beyond-64-bits": (["run", "sram_significance.cimir", "--random"],
                                   "99999999999999999999 does not fit 64 bits"),
+    "cimir-tile-field-beyond-64-bits": (["run", "sram_tile_channels.cimir", "--random"],
+                                        "tile 0: 99999999999999999999 does not fit 64 bits"),
+    "cimir-tile-rows-huge-range": (["run", "sram_tile_rows.cimir", "--random"],
+                                   "tile 0: field row_at lists more than 1048576 entries"),
     "cimir-instruction-attr-choice": (["run", "npu_buffer.cimir", "--random"],
                                       "attribute 'buffer' is 'cache'; expected one of 'weight', 'act'"),
     "cimir-attr-kind": (["run", "attr_kind.cimir", "--random"], "attribute 'axis' is 1.5; expected an integer"),
@@ -368,6 +372,9 @@ def make_files(d: Path) -> None:
                         "n_ranges = [0, 12], positions = 0, channels = 12"),
         "sram_adc0": ("sram", "adc_bits = 7", "adc_bits = 0"),
         "sram_significance": ("sram", "significance = [1, 2,", "significance = [1, 99999999999999999999,"),
+        "sram_tile_channels": ("sram", "channels=0:16 slices", "channels=0:99999999999999999999 slices"),
+        "sram_tile_rows": ("sram", "channels=0:16 slices=0:8 array=0 replica=0}",
+                           "channels=0:16 slices=0:8 array=0 replica=0 row_at=[0:9999999999999]}"),
     }
     for stem, (source, old, new) in edits.items():
         text, side = sources[source]

@@ -30,6 +30,8 @@ __all__ = ["parse_graph"]
 
 _DTYPES = {d.value: d for d in DType}
 _BOOLS = {"true": True, "false": False}
+_MAX_FIELD_LIST = 1 << 20
+"""Most entries a tile map field's list may expand to (its ranges included): rows or columns of one tile."""
 _TERMINALS = {
     "VALUE": "a value (%name)", "GRAPH": "a graph name (@name)", "OPNAME": "an op name",
     "IDENT": "a name", "STRING": "a string", "INT": "an integer", "FLOAT": "a float",
@@ -327,20 +329,33 @@ class _Builder:
             if key in out:
                 raise self.error(f"{what}: field {key!r} is given twice", key_tok)
             if isinstance(val, Token):
-                out[key] = int(val)
+                out[key] = self.field_int(val, what)
             elif val.data == "span":
-                out[key] = (int(val.children[0]), int(val.children[1]))
+                out[key] = (self.field_int(val.children[0], what), self.field_int(val.children[1], what))
             else:
                 vals: list[int] = []
                 for r in val.children:
                     if r is None:
                         continue
-                    vals += [int(r)] if isinstance(r, Token) else list(range(int(r.children[0]), int(r.children[1])))
+                    if isinstance(r, Token):
+                        vals.append(self.field_int(r, what))
+                        continue
+                    a, b = (self.field_int(c, what) for c in r.children)
+                    if b - a > _MAX_FIELD_LIST - len(vals):
+                        raise self.error(f"{what}: field {key} lists more than {_MAX_FIELD_LIST} entries", r)
+                    vals += range(a, b)
                 out[key] = vals
         missing = [k for k in required if k not in out]
         if missing:
             raise self.error(f"{what}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}", at)
         return out
+
+    def field_int(self, tok: Token, what: str) -> int:
+        """The integer ``tok`` of a tile map field; an error if it does not fit 64 bits."""
+        v = int(tok)
+        if not -(1 << 63) <= v < 1 << 63:
+            raise self.error(f"{what}: {tok} does not fit 64 bits", tok)
+        return v
 
     def tilemap(self, t: Tree, what: str) -> TileMap:
         """A ``tiles<...> [...]`` attribute value."""
