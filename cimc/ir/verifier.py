@@ -3,11 +3,14 @@
 It checks that names are unique, no declared dim is negative, every operand is defined before it is read (inputs and
 constants first, then nodes in order), use lists match operands, every node's op is defined and
 its operands, results and attributes fit the op's schema, re-inferred result types agree with the
-recorded ones (a known dim may not change; unknown and symbolic dims may be refined), and every
-structured attribute value (:class:`cimc.ir.core.AttrValue`, e.g. a tile map) is sound on its node.
+recorded ones (a known dim may not change; unknown and symbolic dims may be refined), quantization
+scales are positive and finite (before the op's checks, which divide by them), and every structured
+attribute value (:class:`cimc.ir.core.AttrValue`, e.g. a tile map) is sound on its node.
 """
 
 from __future__ import annotations
+
+import math
 
 from cimc.errors import VerifyError
 from cimc.ir.core import AttrValue, Graph, Node, Value
@@ -29,6 +32,8 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         shape = v.type.shape
         if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
             problems.append(f"%{name} ({what}) has a negative dim in {v.type}")
+        if why := _quant_problem(v.type):
+            problems.append(f"%{name} ({what}): {why}")
         seen_values[name] = v
         defined.add(id(v))
 
@@ -58,6 +63,8 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         opdef = lookup(node.op)
         if opdef is None:
             problems.append(f"{where}: op {node.op!r} is not defined")
+        elif any(_quant_problem(v.type) for v in [*node.inputs, *node.outputs] if v is not None):
+            pass  # the op's checks divide by scales: the value's own problem is reported
         else:
             why = opdef.check_node(node)
             if why:
@@ -83,6 +90,14 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
     if problems:
         head = f"graph {graph.name!r} is malformed ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
         raise VerifyError("\n  ".join([head, *problems[:50]]), node=first)
+
+
+def _quant_problem(t: TensorType) -> str | None:
+    """Why ``t``'s quantization cannot map codes to real numbers (a scale that is 0, negative or not
+    finite), or ``None``."""
+    q = t.quant
+    bad = [] if q is None else [s for s in q.scale if not (math.isfinite(s) and s > 0)]
+    return f"its quantization scale {bad[0]} is not a positive finite number" if bad else None
 
 
 def _check_types(node: Node, where: str) -> list[str]:
