@@ -28,7 +28,9 @@ the DRAM bytes it moves by kind (``weights``, ``spills``), counts of the target'
   ``one_time`` (and of each layer), e.g. ``shifts``. **Notes** are the target's ``cost_notes()``: what its
   op costs assume beyond this module's model (what overlaps inside an op), printed with the latency.
 
-Shared pieces targets build op costs from: :func:`vector_cost` (the digital vector unit: an op
+Shared pieces targets build op costs from: :func:`vector_unit_cost` (the digital vector unit every target
+prices its non-array ops on, one op table for all: :data:`VECTOR_MUL_OPS` multiply, :data:`VECTOR_MAC_OPS`
+count their multiply-accumulates), built on :func:`vector_cost` (an op
 processes ``elements`` element operations, ``lanes`` per step, each step ``cycles_per_op`` cycles and
 each element operation ``pj_per_op``; elements counted: the size of the largest result, except for
 reductions and pooling, which read more than they write, counted by the largest operand; pure layout
@@ -54,12 +56,15 @@ __all__ = [
     "LAYOUT_OPS",
     "REPORT_KEYS",
     "UNITS",
+    "VECTOR_MAC_OPS",
+    "VECTOR_MUL_OPS",
     "ZERO",
     "AreaPart",
     "Cost",
     "CostReport",
     "LayerCost",
     "Tally",
+    "VectorUnitSpec",
     "Write",
     "area_dict",
     "counts",
@@ -68,6 +73,7 @@ __all__ = [
     "program_cost",
     "spilled_fraction",
     "vector_cost",
+    "vector_unit_cost",
 ]
 
 REPORT_KEYS = frozenset({"cycles", "latency_us", "time_us", "energy_nj", "macs", "ops", "by_unit",
@@ -88,6 +94,25 @@ LATENCY_MODEL = ("sum: ops run one at a time in program order, so latency is the
 LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 """Ops that only change a tensor's descriptor: free on every target."""
 _READ_COUNTED = ("Reduce", "Pool", "ArgMax", "ArgMin")  # op-name fragments counted by operand size
+VECTOR_MUL_OPS = frozenset({
+    # integer: a rescaling multiplier per element (requantization, an add of two scales, (de)quantization), a
+    # product, an average's reciprocal, softmax's exponent and normalisation
+    "q.requant", "q.add", "q.quantize", "q.dequantize", "q.mul", "q.avg_pool", "q.softmax",
+    # float: products, quotients, averages and the functions a vector unit evaluates by multiplying (polynomials,
+    # Newton steps): exponentials, logarithms, roots, trigonometric and hyperbolic functions, normalisations
+    "Mul", "Div", "Pow", "Mod", "Mean", "Reciprocal", "Sqrt", "Exp", "Log", "Erf", "Gelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Swish", "Elu", "Selu", "Celu", "LeakyRelu", "PRelu",
+    "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "SwiGLU",
+    "RotaryEmbedding", "AveragePool", "GlobalAveragePool", "LpPool", "GlobalLpPool", "ReduceMean", "ReduceProd",
+    "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "CumProd", "Softmax", "LogSoftmax",
+    "LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization", "RMSNormalization",
+    "MeanVarianceNormalization", "LpNormalization", "LRN"})
+"""Vector-unit ops whose element operation multiplies: each element costs ``vec_mul_pj`` on top of the
+``vec_op_pj`` of every element (:func:`vector_unit_cost`)."""
+VECTOR_MAC_OPS = frozenset({"MatMul", "q.act_matmul", "Gemm", "Conv", "ConvTranspose", "DeformConv", "LSTM", "GRU",
+                            "RNN", "Attention", "Einsum"})
+"""Vector-unit ops with multiply-accumulate work (:func:`mac_dims`): attention's integer matmul of two
+activations, and the float matrix and recurrent ops that run in float (``allow_float``)."""
 _DEFAULT_COMPONENT = {"array": "arrays", "vector": "vector_unit", "dma": "dram", "load": "arrays"}
 
 
@@ -172,6 +197,54 @@ def vector_cost(node: Any, *, lanes: int, cycles_per_op: float, pj_per_op: float
     values = node.inputs if any(k in node.op for k in _READ_COUNTED) else node.outputs
     elements = max((num_elements(v) for v in values), default=0)
     return Cost(math.ceil(elements / max(lanes, 1)) * cycles_per_op, elements * pj_per_op, "vector")
+
+
+class VectorUnitSpec(Protocol):
+    """The figures of a target's spec :func:`vector_unit_cost` reads (the shared parameters of
+    :func:`cimc.target.shared_param`, and the target's ``vec_lanes``)."""
+
+    @property
+    def vec_lanes(self) -> int: ...
+
+    @property
+    def vec_op_cycles(self) -> int: ...
+
+    @property
+    def vec_op_pj(self) -> float: ...
+
+    @property
+    def vec_mul_pj(self) -> float: ...
+
+    @property
+    def fp_mac_pj(self) -> float: ...
+
+    @property
+    def buffer_pj_per_byte(self) -> float: ...
+
+
+def vector_unit_cost(node: Any, spec: VectorUnitSpec) -> Cost:
+    """Cost of ``node`` on the digital vector unit of ``spec``, the one model every target prices its vector-unit
+    ops with.
+
+    Elementwise (:func:`vector_cost`): ``ceil(elements / vec_lanes) * vec_op_cycles`` cycles and ``vec_op_pj``
+    per element, plus ``vec_mul_pj`` for the ops that multiply (:data:`VECTOR_MUL_OPS`); layout ops are free.
+    ``vec.im2col`` also writes its result into the buffer (``buffer_pj_per_byte`` per element, component
+    ``buffers``). An op with multiply-accumulate work (:data:`VECTOR_MAC_OPS`, :func:`mac_dims`) adds its MACs,
+    ``vec_lanes`` per ``vec_op_cycles``, at ``vec_mul_pj + vec_op_pj`` each (integer operands) or ``fp_mac_pj``
+    (float), on top of the elementwise cost of its result."""
+    pj = spec.vec_op_pj + (spec.vec_mul_pj if node.op in VECTOR_MUL_OPS else 0.0)
+    c = vector_cost(node, lanes=spec.vec_lanes, cycles_per_op=spec.vec_op_cycles, pj_per_op=pj)
+    if node.op == "vec.im2col":
+        extra = num_elements(node.outputs[0]) * spec.buffer_pj_per_byte
+        return Cost(c.cycles, c.energy_pj + extra, c.unit, parts={"vector_unit": c.energy_pj, "buffers": extra})
+    dims = mac_dims(node) if node.op in VECTOR_MAC_OPS else None
+    if dims is None:
+        return c
+    macs = math.prod(dims)
+    x = node.inputs[0]
+    mac_pj = spec.fp_mac_pj if x is None or x.type.dtype.is_float else spec.vec_mul_pj + spec.vec_op_pj
+    return Cost(c.cycles + math.ceil(macs / max(spec.vec_lanes, 1)) * spec.vec_op_cycles,
+                c.energy_pj + macs * mac_pj, "vector", macs)
 
 
 def mac_dims(node: Any) -> tuple[int, int, int] | None:

@@ -22,6 +22,7 @@ from cimc.cost import (
     program_cost,
     spilled_fraction,
     vector_cost,
+    vector_unit_cost,
 )
 from cimc.ir import DType, Graph, TensorType
 
@@ -218,6 +219,62 @@ def test_a_symbolic_batch_counts_as_one_sample() -> None:
     x = g.add_input("x", TensorType(DType.f32, ("N", 4, 8)))
     g.outputs = [g.add_node("Relu", [x], name="r").outputs[0]]
     assert vector_cost(g.nodes[0], lanes=8, cycles_per_op=1, pj_per_op=1.0) == Cost(4.0, 32.0, "vector")
+
+
+def _vector_unit_program() -> Graph:
+    """Vector-unit ops on one sample: q.requant of 640 int32, a float Mul, a Relu, attention's q.act_matmul of
+    [N, 4, 16, 8] by [N, 4, 8, 16] (int8), a float MatMul of [N, 10, 12] by [12, 6]."""
+    g = Graph()
+    acc = g.add_input("acc", TensorType(DType.i32, ("N", 640)))
+    f = g.add_input("f", TensorType(DType.f32, ("N", 640)))
+    a = g.add_input("a", TensorType(DType.i8, ("N", 4, 16, 8)))
+    b = g.add_input("b", TensorType(DType.i8, ("N", 4, 8, 16)))
+    m = g.add_input("m", TensorType(DType.f32, ("N", 10, 12)))
+    w = g.add_constant(np.ones((12, 6), np.float32), "w")
+    g.add_node("q.requant", [acc], outputs=[TensorType(DType.i8, ("N", 640))], name="requant")
+    g.add_node("Mul", [f, f], name="mul")
+    g.add_node("Relu", [f], name="relu")
+    g.add_node("q.act_matmul", [a, b], outputs=[TensorType(DType.i32, ("N", 4, 16, 16))], name="attn")
+    g.add_node("MatMul", [m, w], name="fmm")
+    return g
+
+
+def test_every_target_prices_its_vector_unit_ops_by_one_table_equal_to_the_hand_computation() -> None:
+    """Each target's ``op_cost`` of a vector-unit op is :func:`vector_unit_cost` of its spec, and that equals
+    the hand count from the shared figures (vec_op_pj 0.029, vec_mul_pj 0.899, fp_mac_pj 1.334 pJ, one cycle
+    per step): a multiplying op pays the multiply on top of the add-class op, attention's integer matmul and a
+    float matmul their MACs, on every target alike."""
+    from cimc.targets import all_targets, load_target
+
+    lanes = {"npu": 32, "sram-cim": 16, "racetrack": 16}
+    nodes = {n.name: n for n in _vector_unit_program().nodes}
+    for name in all_targets():
+        t = load_target(name)
+        if name not in lanes:  # a target added later: its own op_cost must still be the shared model
+            for n in nodes.values():
+                if n.op != "MatMul":
+                    assert t.op_cost(n) == vector_unit_cost(n, t.spec), (name, n.op)
+            continue
+        L = lanes[name]
+        macs = 4 * 16 * 8 * 16
+        want = {"requant": Cost(-(-640 // L), 640 * (0.029 + 0.899), "vector"),
+                "mul": Cost(-(-640 // L), 640 * (0.029 + 0.899), "vector"),
+                "relu": Cost(-(-640 // L), 640 * 0.029, "vector"),
+                "attn": Cost(-(-1024 // L) + -(-macs // L), 1024 * 0.029 + macs * (0.899 + 0.029), "vector", macs)}
+        if name != "npu":  # the npu runs a float MatMul on its MAC array, the others on the vector unit
+            want["fmm"] = Cost(-(-60 // L) + -(-720 // L), 60 * 0.029 + 720 * 1.334, "vector", 720)
+        for key, cost in want.items():
+            got = t.op_cost(nodes[key])
+            assert got == vector_unit_cost(nodes[key], t.spec), (name, key)
+            assert (got.cycles, got.unit, got.macs) == (cost.cycles, cost.unit, cost.macs), (name, key)
+            assert got.energy_pj == pytest.approx(cost.energy_pj, rel=1e-12), (name, key)
+
+
+def test_the_vector_unit_tables_name_vector_unit_ops() -> None:
+    from cimc.cost import VECTOR_MAC_OPS, VECTOR_MUL_OPS
+    from cimc.target import VECTOR_OPS
+
+    assert VECTOR_MUL_OPS <= set(VECTOR_OPS) and VECTOR_MAC_OPS <= set(VECTOR_OPS)
 
 
 def test_spilled_fraction_and_area_dict() -> None:

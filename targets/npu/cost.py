@@ -30,16 +30,16 @@ Static shapes only, symbolic dims counted as 1, i.e. per sample; energy by compo
     by ``K x N``), the systolic cycles of that product, energy macs * fp_mac_pj plus buffer reads and writes
     of its operands and result.
     They are not rewritten to integers: the program must equal the quantized graph bit for bit.
-  Other ops: the vector unit, ``ceil(elements / vec_lanes) * vec_op_cycles`` cycles and
-    ``elements * vec_mul_pj`` (multiplying ops) or ``vec_op_pj`` pJ, as ``cimc.cost.vector_cost``
-    counts elements; layout ops are free.
+  Other ops: the vector unit every target shares (:func:`cimc.cost.vector_unit_cost`: ``ceil(elements /
+    vec_lanes) * vec_op_cycles`` cycles, ``vec_op_pj`` per element plus ``vec_mul_pj`` for the ops that
+    multiply); layout ops are free.
 """
 
 from __future__ import annotations
 
 import math
 
-from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, spilled_fraction, vector_cost
+from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, spilled_fraction, vector_unit_cost
 from cimc.ir.core import Node
 from cimc.targets.npu.spec import NpuSpec
 
@@ -47,10 +47,6 @@ __all__ = ["area", "op_cost"]
 
 FP_ARRAY = ("MatMul", "Gemm", "Conv", "ConvTranspose", "DeformConv", "LSTM", "GRU", "RNN", "Attention", "Einsum")
 """Float ops the MAC array runs in fp mode (what runs in float with ``allow_float``)."""
-_MUL_OPS = frozenset({"q.requant", "q.add", "q.quantize", "q.dequantize", "q.mul", "q.avg_pool", "q.softmax", "Mul",
-                      "Div", "Softmax",
-                      "LayerNormalization", "Erf", "Exp", "Sigmoid", "Tanh", "Pow", "Sqrt", "Reciprocal",
-                      "ReduceMean", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Gelu"})
 
 
 def _systolic(p: int, k: int, n: int, s: NpuSpec) -> float:
@@ -105,7 +101,7 @@ def op_cost(node: Node, s: NpuSpec) -> Cost:
         macs = p * k * n
         parts = {"arrays": macs * s.fp_mac_pj, "buffers": (p * k + k * n + 4 * p * n) * s.buffer_pj_per_byte}
         return Cost(_systolic(p, k, n, s), sum(parts.values()), "array", macs, parts)
-    return _vector(node, s)
+    return vector_unit_cost(node, s)
 
 
 def _matmul(node: Node, s: NpuSpec) -> Cost:
@@ -126,12 +122,6 @@ def _matmul(node: Node, s: NpuSpec) -> Cost:
 
 def _count(dims) -> int:
     return math.prod(dims) if dims else 1
-
-
-def _vector(node: Node, s: NpuSpec) -> Cost:
-    """The shared vector-unit model, with the multiplier's energy for ops that multiply."""
-    pj = s.vec_mul_pj if node.op in _MUL_OPS else s.vec_op_pj
-    return vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
 
 
 def area(s: NpuSpec) -> list[AreaPart]:

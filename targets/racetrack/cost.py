@@ -24,25 +24,20 @@ report) counts one-domain shift steps summed over tracks: a step of an MU of ``T
   1)`` steps, its shifts counted) and writes its lanes in parallel, MUs at once: ``max(DRAM time, D *
   write_ns + 2 * (D - 1) * shift_ns)``; it writes the MUs it covers (one-time unless another write
   rewrites them).
-- float ``MatMul``/``Gemm``/``LSTM``/... and every other op: the vector unit, as on sram-cim.
+- every other op (requantization, ``vec.*`` helpers, attention's ``q.act_matmul``, float ops with
+  ``allow_float``): the vector unit every target shares (:func:`cimc.cost.vector_unit_cost`).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, vector_cost
+from cimc.cost import AreaPart, Cost, Write, counts, vector_unit_cost
 from cimc.ir.core import Node
 from cimc.targets.racetrack.ops import Reads, positions, sweep_steps, swept
 from cimc.targets.racetrack.spec import RacetrackSpec
 
 __all__ = ["area", "op_cost"]
-
-_MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize")
-_MAC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
-
 
 def _cycles(ns: float, s: RacetrackSpec) -> float:
     return ns * s.clock_mhz / 1000.0
@@ -175,19 +170,7 @@ def op_cost(node: Node, spec: RacetrackSpec) -> Cost:
         return _shift_cost(node, s)
     if node.op == "rt.write":
         return _write_cost(node, s)
-    pj = s.vec_op_pj + (s.vec_mul_pj if node.op in _MUL_OPS else 0.0)
-    c = vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
-    if node.op == "vec.im2col":
-        extra = num_elements(node.outputs[0]) * s.buffer_pj_per_byte
-        return Cost(c.cycles, c.energy_pj + extra, c.unit, parts={"vector_unit": c.energy_pj, "buffers": extra})
-    dims = mac_dims(node) if node.op in _MAC_OPS else None
-    if dims is not None:
-        macs = math.prod(dims)
-        x = node.inputs[0]
-        mac_pj = s.fp_mac_pj if x is None or x.type.dtype.is_float else s.vec_mul_pj + s.vec_op_pj
-        return Cost(c.cycles + math.ceil(macs / s.vec_lanes) * s.vec_op_cycles, c.energy_pj + macs * mac_pj,
-                    "vector", macs)
-    return c
+    return vector_unit_cost(node, s)
 
 
 def area(s: RacetrackSpec) -> list[AreaPart]:

@@ -28,15 +28,9 @@ component; the ADC and DAC figures at the op's ``adc_bits`` and ``dac_bits`` (:c
   ``cycles = sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; energy: arrays
   ``bits*write_bit_pj``, DRAM ``bytes*dram_pj_per_byte``; it writes ``r*c`` cells of its macro
   (one-time unless another load writes that macro: see :func:`cimc.cost.program_cost`).
-- ``q.act_matmul`` (attention's matmuls of two activations, integer) and the float matrix ops
-  (``MatMul``, ``Gemm``, ``Conv``, ``ConvTranspose``, ``DeformConv``, ``LSTM``/``GRU``/``RNN``,
-  ``Attention``, ``Einsum``: what runs in float with ``allow_float``): their MACs on the vector unit
-  (:func:`cimc.cost.mac_dims`), ``ceil(macs / vec_lanes) * vec_op_cycles`` cycles and ``macs *
-  (vec_mul_pj + vec_op_pj)`` (integer) or ``macs * fp_mac_pj`` (float), plus the elementwise cost of
-  their result.
-- every other op: the vector unit (:func:`cimc.cost.vector_cost`, ``vec_lanes``, ``vec_op_cycles``,
-  ``vec_op_pj``, plus ``vec_mul_pj`` for ops that multiply: q.requant, q.add, q.quantize,
-  q.dequantize); ``vec.im2col`` adds ``buffer_pj_per_byte`` per byte written.
+- every other op (requantization, ``vec.*`` helpers, attention's ``q.act_matmul`` and the float matrix ops
+  that run with ``allow_float``, by their MACs): the vector unit every target shares
+  (:func:`cimc.cost.vector_unit_cost`).
 """
 
 from __future__ import annotations
@@ -49,16 +43,11 @@ from cimc.cim.adc import Adc
 from cimc.cim.tilemap import TileMap
 from cimc.cim.work import work
 from cimc.converters import ADC_AREA, DAC_AREA
-from cimc.cost import AreaPart, Cost, Write, counts, mac_dims, num_elements, spilled_fraction, vector_cost
+from cimc.cost import AreaPart, Cost, Write, counts, num_elements, spilled_fraction, vector_unit_cost
 from cimc.ir.core import Node
 from cimc.targets.sram_cim.spec import SramCimSpec
 
 __all__ = ["area", "op_cost"]
-
-_MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize", "q.mul", "q.avg_pool", "q.softmax")
-_MAC_OPS = ("MatMul", "q.act_matmul", "Gemm", "Conv", "ConvTranspose", "DeformConv", "LSTM", "GRU", "RNN",
-            "Attention", "Einsum")
-
 
 def _count(shape) -> int:
     return math.prod(d if isinstance(d, int) else 1 for d in shape) if shape is not None else 1
@@ -140,19 +129,7 @@ def op_cost(node: Node, spec: SramCimSpec) -> Cost:
         return _mvm_cost(node, s)
     if node.op == "sram.load":
         return _load_cost(node, s)
-    pj = s.vec_op_pj + (s.vec_mul_pj if node.op in _MUL_OPS else 0.0)
-    c = vector_cost(node, lanes=s.vec_lanes, cycles_per_op=s.vec_op_cycles, pj_per_op=pj)
-    if node.op == "vec.im2col":
-        extra = num_elements(node.outputs[0]) * s.buffer_pj_per_byte
-        return Cost(c.cycles, c.energy_pj + extra, c.unit, parts={"vector_unit": c.energy_pj, "buffers": extra})
-    dims = mac_dims(node) if node.op in _MAC_OPS else None
-    if dims is not None:
-        macs = math.prod(dims)
-        x = node.inputs[0]
-        mac_pj = s.fp_mac_pj if x is None or x.type.dtype.is_float else s.vec_mul_pj + s.vec_op_pj
-        return Cost(c.cycles + math.ceil(macs / s.vec_lanes) * s.vec_op_cycles, c.energy_pj + macs * mac_pj,
-                    "vector", macs)
-    return c
+    return vector_unit_cost(node, s)
 
 
 def area(s: SramCimSpec) -> list[AreaPart]:

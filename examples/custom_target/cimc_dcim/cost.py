@@ -4,22 +4,18 @@
   ``T`` tiles on ``macros`` macros, so ``rounds = ceil(T / macros)``; each macro takes one input bit
   of one position per cycle: ``cycles = rounds * P * act_bits``; ``macs = P * K * N`` (all groups),
   ``energy = macs * act_bits * weight_bits * bitop_pj`` (every 1b x 1b product in the adder trees).
-- every other op: the vector unit (:func:`cimc.cost.vector_cost`, ``vec_lanes``, ``vec_op_cycles``,
-  ``vec_op_pj``, plus ``vec_mul_pj`` for the requantization ops).
+- every other op: the vector unit every target shares (:func:`cimc.cost.vector_unit_cost`).
 """
 
 from __future__ import annotations
 
 import math
 
-from cimc.cost import Cost, num_elements, vector_cost
+from cimc.cost import Cost, num_elements, vector_unit_cost
 from cimc.ir.core import Node
 from cimc_dcim.spec import DcimSpec
 
 __all__ = ["op_cost"]
-
-_MUL_OPS = ("q.requant", "q.add", "q.quantize", "q.dequantize")
-
 
 def op_cost(node: Node, spec: DcimSpec) -> Cost:
     """Cost of one program op on dcim macros of ``spec`` (formulas in the module docstring)."""
@@ -31,5 +27,4 @@ def op_cost(node: Node, spec: DcimSpec) -> Cost:
         bits = node.attrs["act_bits"]
         cycles = math.ceil(node.attrs["tiles"] / spec.macros) * positions * bits
         return Cost(float(cycles), macs * bits * wbits * spec.bitop_pj, "array", macs)
-    pj = spec.vec_op_pj + (spec.vec_mul_pj if node.op in _MUL_OPS else 0.0)
-    return vector_cost(node, lanes=spec.vec_lanes, cycles_per_op=spec.vec_op_cycles, pj_per_op=pj)
+    return vector_unit_cost(node, spec)

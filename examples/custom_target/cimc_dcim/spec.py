@@ -43,6 +43,8 @@ class DcimSpec(Spec):
     vec_op_cycles: int = shared_param("vec_op_cycles")
     vec_op_pj: float = shared_param("vec_op_pj")
     vec_mul_pj: float = shared_param("vec_mul_pj")
+    fp_mac_pj: float = shared_param("fp_mac_pj")
+    buffer_pj_per_byte: float = shared_param("buffer_pj_per_byte")
 
     def check(self) -> Iterator[str]:
         """A weight fits in a row of cells."""
