@@ -319,23 +319,140 @@ def _edit_model(draw: st.DrawFn, model: onnx.ModelProto) -> bool:
 
 # ---- seeds ----------------------------------------------------------------------------------------------
 
+def _model(nodes: list, inputs: list, outputs: list, inits: dict[str, np.ndarray]) -> onnx.ModelProto:
+    from onnx import helper, numpy_helper
+
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def convs_model() -> onnx.ModelProto:
+    """A small convolution net of the kinds legalize-convs and the targets' lowerings rewrite: a 2-D
+    convolution, a grouped one with a residual add, a transposed convolution (strided, output padding), an
+    average pool, and a 1-D convolution (the npu's arrays window 2-D inputs only)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+
+    def w(*shape: int) -> np.ndarray:
+        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+
+    n = helper.make_node
+    return _model(
+        [n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv"), n("Relu", ["c1"], ["r1"], name="relu"),
+         n("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=2, name="dwconv"),
+         n("Add", ["c2", "r1"], ["a"], name="residual"),
+         n("ConvTranspose", ["a", "wt", "bt"], ["up"], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1],
+           name="up"),
+         n("Relu", ["up"], ["ur"], name="relu2"),
+         n("AveragePool", ["ur"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+         n("Reshape", ["p", "s3"], ["rows"], name="rows"),
+         n("Conv", ["rows", "w3", "b3"], ["c3"], pads=[1, 1], name="conv1d"),
+         n("Flatten", ["c3"], ["y"], axis=1, name="flat")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 48])],
+        {"w1": w(2, 2, 3, 3), "b1": w(2), "w2": w(2, 1, 3, 3), "b2": w(2), "wt": w(2, 3, 3, 3), "bt": w(3),
+         "s3": np.array([0, 3, 16], np.int64), "w3": w(3, 3, 3), "b3": w(3)})
+
+
+def attention_model() -> onnx.ModelProto:
+    """A small attention block: projections, scores and their weighted sum (matmuls of two activations), a
+    softmax, a sigmoid gate multiplied in, a residual add and an erf (lookup tables)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(2)
+
+    def w(*shape: int) -> np.ndarray:
+        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+
+    n = helper.make_node
+    return _model(
+        [n("MatMul", ["x", "wq"], ["q"], name="q"), n("MatMul", ["x", "wk"], ["k"], name="k"),
+         n("MatMul", ["x", "wv"], ["v"], name="v"), n("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="kt"),
+         n("MatMul", ["q", "kt"], ["s"], name="scores"), n("Softmax", ["s"], ["a"], axis=-1, name="softmax"),
+         n("MatMul", ["a", "v"], ["o"], name="mix"), n("Sigmoid", ["v"], ["g"], name="gate"),
+         n("Mul", ["o", "g"], ["m"], name="gated"), n("Add", ["m", "x"], ["r"], name="residual"),
+         n("Erf", ["r"], ["e"], name="erf"), n("MatMul", ["e", "wo"], ["y"], name="out")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])],
+        {"wq": w(6, 6), "wk": w(6, 6), "wv": w(6, 6), "wo": w(6, 3)})
+
+
+def ort_quantized(model: onnx.ModelProto, fmt: str) -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime's ``quantize_static`` (``fmt`` QDQ or QOperator) on 16 seeded random
+    inputs: the pre-quantized models cimc adopts (QLinearConv, QLinearAveragePool, ...)."""
+    import logging
+    import tempfile
+
+    from onnxruntime import quantization as q
+
+    shape = [1 if isinstance(d, str) or not d else d
+             for d in (x.dim_param or x.dim_value for x in model.graph.input[0].type.tensor_type.shape.dim)]
+    rng = np.random.default_rng(3)
+    batches = iter([{model.graph.input[0].name: rng.standard_normal(shape).astype(np.float32)} for _ in range(16)])
+
+    class Reader(q.CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice on pre-processing
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(model, f"{tmp}/m.onnx")
+            q.quantize_static(f"{tmp}/m.onnx", f"{tmp}/q.onnx", Reader(), quant_format=getattr(q.QuantFormat, fmt))
+            return onnx.load(f"{tmp}/q.onnx")
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+SEED_COMPILES: dict[str, tuple[str, str, list[str]]] = {
+    "lossy-adc": ("convs", "sram-cim", ["--spec-set", "adc_bits=4"]),
+    "placed": ("mlp", "sram-cim", ["-p", "fold-constants,quantize,tile{placement=random encoding=differential}",
+                                   "--spec-set", "spare_rows=5", "--spec-set", "spare_cols=3"]),
+    "shift-faults": ("mlp", "racetrack", ["--spec-set", "shift_fault_rate=0.001", "--spec-set", "guard_interval=16",
+                                          "--spec-set", "placement=serpentine"]),
+    "split-k": ("mlp", "npu", ["--spec-set", "weight_buffer_bytes=256"]),
+    "prequantized": ("qdq", "sram-cim", []),
+}
+"""Compiles beyond every model on every target's default, by name: (model, target, options) for the
+attributes a default compile leaves out (calibrated ADC ranges, random placements on spares, differential
+cells, shift faults with a guard, weights split over K) and a model quantized by onnxruntime."""
+
+
 def cimir_seeds(d: Path) -> dict[str, tuple[str, bytes | None]]:
-    """Printed .cimir seeds (text, sidecar bytes): the zoo MLP as imported, quantized, and compiled for
-    every built-in target, and a small float convolution net."""
+    """Printed .cimir seeds (text, sidecar bytes): the zoo MLP as imported; the zoo MLP, :func:`convs_model`
+    and :func:`attention_model` compiled for every built-in target (their programs and quantized graphs);
+    the compiles of :data:`SEED_COMPILES`; the convolutions quantized but not legalized; and a small float
+    convolution net. A target other than npu, sram-cim and racetrack that refuses a hand-made model (status
+    2) goes without it (the zoo MLP it must compile; ``test_fuzz`` checks its instructions are reached)."""
     from cimc.targets import all_targets
 
     seeds: dict[str, tuple[str, bytes | None]] = {}
     code, err = run_cli(["import", "zoo:mlp", "-o", str(d / "mlp.cimir")])
     assert code == 0, err
     seeds["mlp"] = ((d / "mlp.cimir").read_text(), (d / "mlp.npz").read_bytes())
-    for target in all_targets():
-        out = d / f"{target}.cimc"
-        code, err = run_cli(["compile", "zoo:mlp", "-t", target, "-o", str(out)])
-        assert code == 0, err
+    models = {"mlp": "zoo:mlp"}
+    for name, model in (("convs", convs_model()), ("attention", attention_model()),
+                        ("qdq", ort_quantized(convs_model(), "QDQ"))):
+        onnx.save(model, d / f"{name}.onnx")
+        models[name] = str(d / f"{name}.onnx")
+    compiles = {f"{m}/{t}": (m, t, []) for m in ("mlp", "convs", "attention") for t in all_targets()}
+    for name, (model, target, options) in {**compiles, **SEED_COMPILES}.items():
+        out = d / f"{name.replace('/', '.')}.cimc"
+        code, err = run_cli(["compile", models[model], "-t", target, "-o", str(out), *options])
+        if code == 2 and model != "mlp" and target not in ("npu", "sram-cim", "racetrack"):
+            continue
+        assert code == 0, (name, err)
         for stem in ("program", "quantized"):
             side = out / f"{stem}.npz"
-            seeds[f"{target}/{stem}"] = ((out / f"{stem}.cimir").read_text(),
-                                         side.read_bytes() if side.exists() else None)
+            seeds[f"{name}/{stem}"] = ((out / f"{stem}.cimir").read_text(),
+                                       side.read_bytes() if side.exists() else None)
+    np.savez(d / "calibration.npz", x=np.random.default_rng(4).standard_normal((8, 2, 4, 4)).astype(np.float32))
+    code, err = run_cli(["opt", models["convs"], "-p", "fold-constants,quantize", "--calibration",
+                         str(d / "calibration.npz"), "-o", str(d / "convs_q.cimir")])
+    assert code == 0, err
+    seeds["convs/quantized-only"] = ((d / "convs_q.cimir").read_text(), (d / "convs_q.npz").read_bytes())
     rng = np.random.default_rng(0)
     w = ", ".join(f"{v:.3f}" for v in rng.standard_normal(2 * 1 * 3 * 3))
     seeds["conv"] = ("graph @main(%x: f32[N,1,6,6]) {\n"
@@ -352,35 +469,38 @@ def cimir_seeds(d: Path) -> dict[str, tuple[str, bytes | None]]:
 
 
 def onnx_seeds() -> dict[str, bytes]:
-    """Serialized ONNX seeds: the zoo's MLP and LeNet, and small hand-made models of the common ops."""
-    from onnx import TensorProto, helper, numpy_helper
+    """Serialized ONNX seeds: the zoo's MLP, LeNet and LSTM, :func:`convs_model` and :func:`attention_model`
+    (float, and the convolutions quantized by onnxruntime as QDQ and as QOperator), and small hand-made
+    models of the common ops."""
+    from onnx import TensorProto, helper
 
     from cimc import zoo
 
-    seeds = {name: zoo.load(name).onnx().SerializeToString() for name in ("mlp", "lenet_bn")}
+    seeds = {name: zoo.load(name).onnx().SerializeToString() for name in ("mlp", "lenet_bn", "lstm_rows")}
+    seeds["convs"] = convs_model().SerializeToString()
+    seeds["attention"] = attention_model().SerializeToString()
+    for fmt in ("QDQ", "QOperator"):
+        seeds[f"convs-{fmt}"] = ort_quantized(convs_model(), fmt).SerializeToString()
     rng = np.random.default_rng(0)
-
-    def model(nodes: list, inputs: list, outputs: list, inits: dict[str, np.ndarray]) -> bytes:
-        g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    seeds["convnet"] = model(
+    seeds["convnet"] = _model(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[1, 1], name="conv"),
          helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
          helper.make_node("Flatten", ["p"], ["f"], axis=1),
          helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1, name="fc")],
         [x], [y], {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "b": np.zeros(4, np.float32),
-                   "fc": rng.standard_normal((4, 4)).astype(np.float32), "fb": np.ones(4, np.float32)})
+                   "fc": rng.standard_normal((4, 4)).astype(np.float32), "fb": np.ones(4, np.float32)}
+    ).SerializeToString()
     v = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
-    seeds["tensor_ops"] = model(
+    seeds["tensor_ops"] = _model(
         [helper.make_node("Reshape", ["x", "s"], ["a"]), helper.make_node("Transpose", ["a"], ["t"], perm=[1, 0, 2]),
          helper.make_node("Slice", ["t", "st", "en", "ax"], ["sl"]),
          helper.make_node("Concat", ["sl", "sl"], ["cc"], axis=2),
          helper.make_node("Gather", ["cc", "ix"], ["g"], axis=2),
          helper.make_node("ReduceSum", ["g", "rx"], ["y"], keepdims=0)],
-        [v], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [v], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
         {"s": np.array([2, 2, 3], np.int64), "st": np.array([0], np.int64), "en": np.array([2], np.int64),
-         "ax": np.array([2], np.int64), "ix": np.array([0, 3, 1], np.int64), "rx": np.array([1], np.int64)})
+         "ax": np.array([2], np.int64), "ix": np.array([0, 3, 1], np.int64), "rx": np.array([1], np.int64)}
+    ).SerializeToString()
     return seeds

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from fuzz_mutants import COUNTS, LIMIT, check, cimir_mutant, cimir_seeds, diff, 
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from cimc.ir.opdef import all_ops
 from cimc.ir.verifier import verify
 from cimc.onnx_io import import_model
+from cimc.targets import all_targets
 from cimc.text import load_graph
 
 CIMIR_EXAMPLES = int(os.environ.get("CIMC_FUZZ_EXAMPLES", "300"))
@@ -59,6 +62,21 @@ def write_report() -> None:
 def _seeded(test):
     """``test`` with the hypothesis seed ``CIMC_FUZZ_SEED`` when one is given."""
     return test if SEED is None else seed(int(SEED))(test)
+
+
+def test_the_seeds_reach_every_integer_and_target_op(seeds: dict[str, tuple[str, bytes | None]]) -> None:
+    """Every integer op (``q.*``), vector-unit op (``vec.*``) and built-in target's instruction is in some seed
+    program, so that mutants reach its type rule, attribute checks and executor."""
+    from cimc.targets import load_target
+
+    used = {op for text, _ in seeds.values() for op in re.findall(r"= ([A-Za-z_][\w.]*)\(", text)}
+    spaces = ["q.", "vec."]
+    for name in all_targets():
+        target = load_target(name)
+        target.register_ops()
+        spaces += target.capabilities().own_ops
+    want = {op for op in all_ops() if any(op == s or (s.endswith(".") and op.startswith(s)) for s in spaces)}
+    assert len(want) > 20 and want <= used, sorted(want - used)
 
 
 def test_cimir_mutants(folder: Path, seeds: dict[str, tuple[str, bytes | None]]) -> None:
