@@ -68,8 +68,18 @@ def _need(a: dict[str, Any]) -> int:
 
 
 def _exact(a: dict[str, Any]) -> bool:
+    """Whether the instruction's ADC converts every partial sum exactly, from the arithmetic of its attributes
+    alone: step 1, and the codes ``offset .. offset + 2**adc_bits - 1`` cover the sums ``least .. most``; with
+    the default range (no ``adc_step``/``adc_offset``) that is ``adc_bits >= need``. Deliberately not
+    :meth:`Adc.exact`: the conversion this pass would leave alone must not be judged by the code it runs, or a
+    wrong ADC there (a top code off by one) would be taken for a lossy one, calibrated and excused as lossy."""
+    bits = int(a["adc_bits"])
+    if a.get("adc_step") is None and a.get("adc_offset") is None:
+        return bits >= _need(a)
     most = max_partial_sum(int(a["rows_per_op"]), int(a.get("dac_bits", 1)), int(a.get("cell_bits", 1)))
-    return Adc.from_attrs(a).exact(most, -most if _signed(a) else 0)
+    adc = Adc.from_attrs(a)  # the range's arrays (one given, the other default)
+    return bool((adc.step == 1).all() and (adc.offset <= (-most if _signed(a) else 0)).all()
+                and (adc.offset + (1 << bits) - 1 >= most).all())
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,30 @@ def _zoo(name: str, bits: int, calibrate: str = ""):
     return cimc.compile(f"zoo:{name}", target=target, pipeline=pipe, verify=True, progress=False)
 
 
+@pytest.mark.parametrize("sense", ["columns", "pairs"])
+def test_exactness_is_judged_as_every_partial_sum_converts(sense):
+    """The pass's exactness test (arithmetic on the attributes, not Adc.exact) says lossless exactly when every
+    partial sum ``least..most`` converts to itself, for default ranges and given ones."""
+    from cimc.cim.adc import max_partial_sum
+    from cimc.passes.calibrate_adc import _exact
+
+    seen = set()
+    for rpo, dac, cell, bits in itertools.product([1, 3, 21, 63, 64, 65], [1, 2], [1, 2], range(1, 10)):
+        a = {"rows_per_op": rpo, "dac_bits": dac, "cell_bits": cell, "adc_bits": bits, "sense": sense}
+        most = max_partial_sum(rpo, dac, cell)
+        v = np.arange(-most if sense == "pairs" else 0, most + 1)
+        ranges = [{}, {"adc_step": np.int64(1), "adc_offset": np.int64(v[0])},
+                  {"adc_step": np.int64(1), "adc_offset": np.int64(v[0] + 1)},
+                  {"adc_step": np.ones((2, 3), np.int64), "adc_offset": np.full((2, 3), v[0] - 1, np.int64)},
+                  {"adc_step": np.full((2, 3), 2, np.int64), "adc_offset": np.zeros((2, 3), np.int64)}]
+        for r in ranges:
+            adc = Adc.from_attrs({**a, **r})
+            want = all((Adc(bits, s, o).convert(v) == v).all() for s, o in zip(adc.step.flat, adc.offset.flat))
+            assert _exact({**a, **r}) == want, (a, r)
+            seen.add(want)
+    assert seen == {True, False}
+
+
 def test_five_bit_adc_recovers_lossless_top1():
     lossless = _zoo("lenet_bn", 7)
     naive = _zoo("lenet_bn", 5, "method=none")
