@@ -45,6 +45,10 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
                                         "tile 0: 99999999999999999999 does not fit 64 bits"),
     "cimir-tile-rows-huge-range": (["run", "sram_tile_rows.cimir", "--random"],
                                    "tile 0: field row_at lists more than 1048576 entries"),
+    "cimir-load-mvm-array-shape": (["run", "sram_spares.cimir", "--random"],
+                                   "as 128 x 128 physical rows x columns, but its load wrote it as 383 x 128"),
+    "cimir-npu-conv-window": (["run", "npu_dilation.cimir", "--random"],
+                              "does not fit input dim 4 padded by (0, 0)"),
     "cimir-quant-scale-negative": (["run", "scale_negative.cimir", "--random"],
                                    ["%relu_q (node 'relu_requant' (q.requant)): its quantization scale -0.0",
                                     "is not a positive finite number"]),
@@ -55,6 +59,8 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
                                      "tile 0 i32[batch,10] does not fill channels 0..12 of 12"),
     "onnx-string-attribute-not-utf8": (["run", "latin1_attr.onnx", "--random"],
                                        "attribute 'auto_pad': the string b'\\xe9' is not UTF-8"),
+    "onnx-op-type-not-utf8": (["run", "latin1_op.onnx", "--random"],
+                              "model.graph.node[0].op_type is not UTF-8 text (b'Re\\xefu'"),
     "second-quantize": ([*OPT, "quantize,quantize{weight-bits=4}"], "already quantized"),
     "sparsify-after-quantize": ([*OPT, "quantize,sparsify{ratio=0.5}", "-t", "npu"], "put sparsify before quantize"),
     "compile-empty-output": (["compile", "zoo:mlp", "-o", ""], "the output path is empty"),
@@ -379,6 +385,7 @@ def make_files(d: Path) -> None:
         "sram_tile_channels": ("sram", "channels=0:16 slices", "channels=0:99999999999999999999 slices"),
         "sram_tile_rows": ("sram", "channels=0:16 slices=0:8 array=0 replica=0}",
                            "channels=0:16 slices=0:8 array=0 replica=0 row_at=[0:9999999999999]}"),
+        "sram_spares": ("sram", "spares=[0, 0]>", "spares=[255, 0]>"),  # the first load's map, not its MVM's
     }
     for stem, (source, old, new) in edits.items():
         text, side = sources[source]
@@ -386,6 +393,10 @@ def make_files(d: Path) -> None:
         (d / f"{stem}.npz").write_bytes(side.read_bytes())
     (d / "attr_kind.cimir").write_text(
         "graph @main(%x: f32[2,3]) {\n  %y: f32[2,3] = Softmax(%x) {axis = 1.5}\n  return %y\n}\n")
+    (d / "npu_dilation.cimir").write_text(
+        "graph @main(%x: u8[1,1,4,4]) {\n  %w: i8[9,1] = const shape [9,1] [" + ", ".join(["1"] * 9) + "]\n"
+        "  %y: i32[1,4,1] = npu.gemm(%x, %w) {k_range = [0, 9], n_range = [0, 1], positions = [0, 4], "
+        "kernel_shape = [3, 3], dilations = [1, 2147483647], out_spatial = [2, 2]}\n  return %y\n}\n")
     (d / "no_outputs.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %y: f32[2,3] = Relu(%x)\n  return\n}\n")
     (d / "gemm_f64.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %b: f64[3,4] = const shape [3,4] ["
                                       + ", ".join(["1.0"] * 12) + "]\n  %y: f32[2,4] = Gemm(%x, %b)\n  return %y\n}\n")
@@ -425,6 +436,8 @@ def make_files(d: Path) -> None:
     _save(_conv_model(pads=[-1, -1, -1, -1]), d / "conv_pads.onnx")
     _save(_conv_model(group=0), d / "conv_group.onnx")
     _save(_conv_model(auto_pad=b"\xe9"), d / "latin1_attr.onnx")
+    (d / "latin1_op.onnx").write_bytes(_model([helper.make_node("Relu", ["x"], ["y"], name="n")], [x23],
+                                              [_vi("y", [2, 3])]).SerializeToString().replace(b"Relu", b"Re\xefu"))
     _save(_model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [-2, 3])], [_vi("y", [None, 3])]),
           d / "negative_dim.onnx")
     _save(_model([helper.make_node("Relu", ["x"], ["y"])], [x23], []), d / "no_outputs.onnx")

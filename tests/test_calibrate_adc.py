@@ -130,7 +130,8 @@ def test_exactness_is_judged_as_every_partial_sum_converts(sense):
                   {"adc_step": np.full((2, 3), 2, np.int64), "adc_offset": np.zeros((2, 3), np.int64)}]
         for r in ranges:
             adc = Adc.from_attrs({**a, **r})
-            want = all((Adc(bits, s, o).convert(v) == v).all() for s, o in zip(adc.step.flat, adc.offset.flat))
+            pairs = zip(adc.step.flat, adc.offset.flat, strict=True)
+            want = all((Adc(bits, s, o).convert(v) == v).all() for s, o in pairs)
             assert _exact({**a, **r}) == want, (a, r)
             seen.add(want)
     assert seen == {True, False}

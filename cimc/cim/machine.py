@@ -91,11 +91,18 @@ class Arrays:
         """What the arrays of the tiles hold, and a key of that (an error if a load has not written one in
         this run)."""
         try:
-            return [self.held[a] for a in tiles.array_list], tuple([self.keys[a] for a in tiles.array_list])
+            held = [self.held[a] for a in tiles.array_list]
         except KeyError:
             i = next(i for i, a in enumerate(tiles.array_list) if a not in self.held)
             raise CimcError(f"array {tiles.array_list[i]} is read for tile {i} of layer {tiles.layer!r} but no load "
                             f"has written it in this run") from None
+        for i, w in enumerate(held):
+            if w.tiles.physical != tiles.physical:
+                raise CimcError(f"array {tiles.array_list[i]} is read for tile {i} of layer {tiles.layer!r} as "
+                                f"{' x '.join(map(str, tiles.physical))} physical rows x columns, but its load wrote "
+                                f"it as {' x '.join(map(str, w.tiles.physical))} (the tile maps' shape and spares "
+                                f"differ)")
+        return held, tuple([self.keys[a] for a in tiles.array_list])
 
 
 def arrays_of(state: dict[str, Any]) -> Arrays:

@@ -12,6 +12,9 @@ and that external data stays inside the model's folder.
   by float64 fails). Large initializers are given to it as typed inputs (their shapes and types,
   not their bytes). Strict shape inference is not used: it rejects valid models (function ops
   such as MeanVarianceNormalization) that onnxruntime runs.
+- :func:`check_text`: every string field of the model (names, op types, domains, ...) is UTF-8, as
+  protobuf requires (a Python parse leaves one that is not as bytes, and onnx's checker fails on it
+  with an internal error).
 - :func:`check_dims`: every dim a value declares is >= 0.
 - :func:`check_outputs`: a graph output must not declare an element type other than the one the
   graph computes (onnxruntime refuses such a model).
@@ -28,6 +31,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -37,7 +41,7 @@ from cimc.ir.core import Graph
 from cimc.ir.types import ONNX_DTYPE_CODES
 from cimc.limits import check_size
 
-__all__ = ["check_dims", "check_outputs", "check_types", "load_external_data"]
+__all__ = ["check_dims", "check_outputs", "check_text", "check_types", "load_external_data"]
 
 _INLINE_BYTES = 1024
 """Initializers up to this size stay initializers for inference (shape tensors and the like)."""
@@ -145,6 +149,31 @@ def _itemsize(code: int) -> int:
     if code in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return 0  # packed two to a byte
     return dt.itemsize
+
+
+def check_text(model: onnx.ModelProto, source: str) -> None:
+    """Every string field of ``model`` is UTF-8 text (else an ``InputError`` naming the field); bytes fields
+    (tensor data, ONNX strings) are not read."""
+    stack: list[tuple[Any, str]] = [(model, "model")]
+    while stack:
+        msg, path = stack.pop()
+        for field in msg.DESCRIPTOR.fields:
+            if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+                continue
+            value = getattr(msg, field.name)
+            repeated = not isinstance(value, str | bytes) and not hasattr(value, "DESCRIPTOR")
+            items = list(enumerate(value)) if repeated else [(None, value)]
+            for i, item in items:
+                where = f"{path}.{field.name}" + ("" if i is None else f"[{i}]")
+                if field.type == field.TYPE_MESSAGE:
+                    if repeated or msg.HasField(field.name):
+                        stack.append((item, where))
+                elif isinstance(item, bytes):
+                    try:
+                        item.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise InputError(f"{source}: {where} is not UTF-8 text ({item[:40]!r}: {e.reason} at byte "
+                                         f"{e.start})") from None
 
 
 def check_dims(model: onnx.ModelProto, source: str) -> None:

@@ -37,7 +37,7 @@ from cimc.ir.opdef import lookup
 from cimc.ir.types import TensorType, dtype_from_onnx_code
 from cimc.ir.verifier import verify
 from cimc.onnx_io import control_flow
-from cimc.onnx_io.checks import check_dims, check_outputs, check_types, load_external_data
+from cimc.onnx_io.checks import check_dims, check_outputs, check_text, check_types, load_external_data
 from cimc.onnx_io.coverage import op_status
 from cimc.onnx_io.upgrade import NodeSpec, upgrade
 from cimc.ops.qoperator import MS_OPS
@@ -66,6 +66,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not model.HasField("graph") or model.ir_version <= 0 or not model.opset_import:
         raise InputError(f"{path}: not an ONNX model (it has no graph, IR version or opset; "
                          "is the file truncated or of another format?)")
+    check_text(model, str(path))  # before the checker, which fails on text that is not UTF-8
     load_external_data(model, path.parent, str(path))  # before the checker, which would look in the cwd
     try:
         onnx.checker.check_model(model)

@@ -48,7 +48,7 @@ from cimc.errors import VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, op_def
 from cimc.ir.types import DType, Shape, TensorType
 from cimc.ops._infer import broadcast_shapes, require
-from cimc.ops.nn import exact_matmul, to_dtype
+from cimc.ops.nn import exact_matmul, to_dtype, window_geometry
 from cimc.ops.quantized import act_matmul_codes
 
 __all__ = ["OPS", "dma_in", "dma_out", "gemm"]
@@ -75,14 +75,13 @@ def _gemm_type(ctx: InferContext) -> list[TensorType]:
         raise VerifyError(f"{_where(ctx)}: operands are {x} and {w}, expected u8 activations and an i8 tile")
     if w.shape is None or len(w.shape) != 2:
         raise VerifyError(f"{_where(ctx)}: the weight tile {w} must be 2-D [k_len, n_len]")
+    _check_ranges(ctx, x.shape)
     (k0, k1), n = tuple(a["k_range"]), w.shape[1]
     if isinstance(w.shape[0], int) and w.shape[0] != k1 - k0:
         raise VerifyError(f"{_where(ctx)}: k_range {k0}..{k1} has {k1 - k0} rows but the tile is {w}")
     pos = tuple(a["positions"])
     xs = x.shape
     if a["kernel_shape"]:
-        if not pos:
-            raise VerifyError(f"{_where(ctx)}: a convolution tile needs positions (p0, p1)")
         shape: Shape | None = (xs[0] if xs else None, pos[1] - pos[0], n)
     elif xs is None:
         shape = None
@@ -97,6 +96,51 @@ def _gemm_type(ctx: InferContext) -> list[TensorType]:
                              or _conflict(bias.shape, (n,))):
         raise VerifyError(f"{_where(ctx)}: the bias {bias} must be an i32 vector of the tile's {n} columns")
     return [TensorType(DType.i32, shape)]
+
+
+def _check_ranges(ctx: InferContext, xs: Shape | None) -> None:
+    """A gemm tile's ranges are pairs (begin <= end) inside ``x`` (of shape ``xs``; dims that are not sizes are
+    not checked): ``k_range`` within its K (a convolution's ``C * kh * kw``), ``positions`` within its rows (a
+    convolution's ``OH * OW``), and a convolution's window geometry gives ``out_spatial`` on ``x``'s H, W."""
+    a, where = ctx.attrs, _where(ctx)
+    for key in ("k_range", "n_range", "positions"):
+        v = tuple(a[key])
+        if (len(v) != 2 and (key != "positions" or v)) or (v and v[0] > v[1]):
+            raise VerifyError(f"{where}: {key}={list(v)} must be a pair (begin, end) with begin <= end"
+                              + (", or empty" if key == "positions" else ""))
+    (_, k1), pos = tuple(a["k_range"]), tuple(a["positions"])
+    if a["kernel_shape"]:
+        kern, out = tuple(a["kernel_shape"]), tuple(a["out_spatial"])
+        if len(kern) != 2 or len(out) != 2:
+            raise VerifyError(f"{where}: a convolution tile has a 2-D kernel_shape and out_spatial, has "
+                              f"{list(kern)} and {list(out)}")
+        if not pos:
+            raise VerifyError(f"{where}: a convolution tile needs positions (p0, p1)")
+        if xs is None:
+            return
+        if len(xs) != 4:
+            raise VerifyError(f"{where}: a convolution tile takes an NCHW x, is of shape {list(xs)}")
+        c, h, w = xs[1:]
+        if isinstance(h, int) and isinstance(w, int):
+            got = tuple(window_geometry((h, w), kern, a)[0])
+            if got != out:
+                raise VerifyError(f"{where}: its window (kernel_shape {list(kern)}, strides {list(a['strides'])}, "
+                                  f"dilations {list(a['dilations'])}, pads {list(a['pads'])}) on x's {h} x {w} gives "
+                                  f"{list(got)} outputs, not out_spatial {list(out)}")
+        if isinstance(c, int) and k1 > c * kern[0] * kern[1]:
+            raise VerifyError(f"{where}: k_range ends at {k1}, beyond x's {c} channels x {kern[0] * kern[1]} "
+                              f"kernel cells")
+        if pos[1] > out[0] * out[1]:
+            raise VerifyError(f"{where}: positions end at {pos[1]}, beyond the {out[0] * out[1]} output positions")
+        return
+    if xs is None:
+        return
+    if not xs or (pos and len(xs) < 2):
+        raise VerifyError(f"{where}: x of shape {list(xs)} has no {'rows and ' if pos else ''}columns to multiply")
+    if isinstance(xs[-1], int) and k1 > xs[-1]:
+        raise VerifyError(f"{where}: k_range ends at {k1}, beyond x's {xs[-1]} columns")
+    if pos and isinstance(xs[-2], int) and pos[1] > xs[-2]:
+        raise VerifyError(f"{where}: positions end at {pos[1]}, beyond x's {xs[-2]} rows")
 
 
 def _conflict(a: tuple | None, b: tuple | None) -> bool:
