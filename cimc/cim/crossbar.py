@@ -7,7 +7,9 @@ at once, and a set of driven physical row blocks ``b`` (rows ``b*rows_per_op ..`
 
 1. input chunks ``xc_j = (x >> j*dac_bits) & (2**dac_bits - 1)``, ``j < J = ceil(act_bits / dac_bits)``;
 2. per driven block ``b`` and chunk ``j`` the analog partial sums
-   ``v[b, j, p, c] = sum_{r in b} xc_j[p, r] * img[r, c]``, perturbed by the device's read hook;
+   ``v[b, j, p, c] = sum_{r in b} xc_j[p, r] * img[r, c]``, plus the cells' read noise
+   ``sqrt(sum_{r in b} xc_j[p, r]**2) * sigma[c] * N(0, 1)`` (independent reads of ``sigma`` each, summed),
+   then perturbed by the device's read hook;
 3. the ADC (:class:`cimc.cim.adc.Adc`) converts each ``v`` of a column with that column's range; a
    block a column's tile does not drive is not converted for it (``driven``: its value is 0);
 4. shift-add: ``acc[p, c] = sum_{b, j} 2**(j*dac_bits) * value[b, j, p, c]``.
@@ -52,22 +54,22 @@ def physical_rows(x: np.ndarray, row_at: np.ndarray | None, rows: int) -> np.nda
 def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *, rows_per_op: int, dac_bits: int,
                    act_bits: int, adc: Adc, driven: np.ndarray | None = None, prescaled: bool = True,
                    read: Callable[[np.ndarray, np.ndarray], None] | None = None,
-                   most: float | None = None, least: float = 0.0, pairs: np.ndarray | None = None) -> np.ndarray:
+                   most: float | None = None, least: float = 0.0, sigma: np.ndarray | None = None,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
     """``acc[P, C]`` of the module docstring (steps 1-4).
 
     ``x``: u8 ``[P, R]`` on physical rows (``R >= (max(blocks) + 1) * rows_per_op`` or padded here);
-    ``blocks_img``: the driven blocks' cells ``[A, rows_per_op, C]`` (float32 or float64), divided by
-    the columns' steps when ``prescaled``; ``blocks``: their physical block numbers ``[A]``; ``adc``:
-    per-column ranges (or one); ``driven``: bool ``[A, C]`` or ``None`` (every block for every column);
-    ``read(ps, block_numbers)``: the device's read hook on ``ps[A', M, C]`` (then ``prescaled`` must be
-    false); ``most``, ``least``: the largest and least partial sum a conversion can see (noiseless), to skip
-    clips no sum reaches; ``pairs``: ``[C', 2]`` image columns sensed as one signed sum ``v[+] - v[-]`` and
-    converted once (a differential pair; both scaled by the pair's step when ``prescaled``): then ``adc``,
-    ``driven`` and the result have ``C'`` columns.
+    ``blocks_img``: the driven blocks' cells ``[A, rows_per_op, C]`` (float32 or float64; a differential pair
+    sensed as one signed sum is one column holding the difference of its two cells), divided by the columns'
+    steps when ``prescaled``; ``blocks``: their physical block numbers ``[A]``; ``adc``: per-column ranges (or
+    one); ``driven``: bool ``[A, C]`` or ``None`` (every block for every column); ``sigma``: ``[C]`` the noise of
+    one cell read per column: each partial sum gets ``sqrt(sum_r chunk_r**2) * sigma * N(0, 1)`` drawn from
+    ``rng`` (the sum of its rows' independent reads); ``read(ps, block_numbers)``: the device's read hook on
+    ``ps[A', M, C]`` after that (with either, ``prescaled`` must be false); ``most``, ``least``: the largest and
+    least partial sum a conversion can see (noiseless), to skip clips no sum reaches.
     """
     P = x.shape[0]
-    A, rpo, width = blocks_img.shape
-    C = width if pairs is None else len(pairs)
+    A, rpo, C = blocks_img.shape
     J = -(-act_bits // dac_bits)
     need_rows = (int(blocks.max(initial=-1)) + 1) * rpo
     if x.shape[1] < need_rows:
@@ -75,6 +77,9 @@ def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *,
     acc_dtype = blocks_img.dtype
     if A == 0 or P == 0:
         return adc.values(np.zeros((P, C), acc_dtype), 0.0)
+    noisy = sigma is not None or read is not None
+    if noisy and rng is None and sigma is not None:
+        raise ValueError("convert_planes: read noise (sigma) needs the run's generator")
     rows = (blocks[:, None] * rpo + np.arange(rpo)[None, :]).reshape(-1)
     xg = np.ascontiguousarray(x[:, rows].reshape(P, A, rpo).transpose(1, 0, 2))  # u8 [A, P, rpo]
     shifts = (np.arange(J, dtype=np.uint8) * dac_bits)[None, :, None, None]
@@ -86,15 +91,16 @@ def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *,
         acc_dtype = np.dtype(np.float64)
     wts = np.tile(np.asarray(step_weights, acc_dtype), A)
     scale = None if prescaled else adc.scale(blocks_img.dtype)
-    bounds = None if read is not None or most is None else \
+    bounds = None if noisy or most is None else \
         (least * float(adc.scale(np.float64).max()), most * float(adc.scale(np.float64).max()))
     mask_d = None if driven is None else driven[:, None, :].astype(blocks_img.dtype)
+    sig = None if sigma is None else np.asarray(sigma, blocks_img.dtype)
     acc = np.empty((P, C), acc_dtype)
-    pc = min(P, max(16, CHUNK_BYTES // max(1, A * J * width * blocks_img.dtype.itemsize)))
+    pc = min(P, max(16, CHUNK_BYTES // max(1, A * J * C * blocks_img.dtype.itemsize)))
     work8 = np.empty(A * J * pc * rpo, np.uint8)
     work = np.empty(A * J * pc * rpo, blocks_img.dtype)
-    psum = np.empty(A * J * pc * width, blocks_img.dtype)  # work arrays reused by every chunk: no allocation per chunk
-    sensed = np.empty(A * J * pc * C, blocks_img.dtype) if pairs is not None else None
+    psum = np.empty(A * J * pc * C, blocks_img.dtype)  # work arrays reused by every chunk: no allocation per chunk
+    draws = np.empty(A * J * pc * C, blocks_img.dtype) if sig is not None else None
     for p0 in range(0, P, pc):
         xc = xg[:, p0:p0 + pc]
         n = xc.shape[1]
@@ -103,12 +109,16 @@ def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *,
         np.bitwise_and(bits, mask, out=bits)
         planes = work[:bits.size].reshape(A, J * n, rpo)
         np.copyto(planes, bits.reshape(A, J * n, rpo))
-        ps = np.matmul(planes, blocks_img, out=psum[:A * J * n * width].reshape(A, J * n, width))
+        ps = np.matmul(planes, blocks_img, out=psum[:A * J * n * C].reshape(A, J * n, C))
+        if sig is not None:
+            norm = np.sqrt(planes.sum(axis=2) if dac_bits == 1 else np.einsum("amr,amr->am", planes, planes))
+            z = draws[:ps.size].reshape(ps.shape)
+            rng.standard_normal(out=z, dtype=z.dtype)  # type: ignore[union-attr]
+            z *= norm[:, :, None]
+            z *= sig
+            ps += z
         if read is not None:
             read(ps, blocks)
-        if pairs is not None and sensed is not None:
-            ps = np.subtract(ps[..., pairs[:, 0]], ps[..., pairs[:, 1]],
-                             out=sensed[:A * J * n * C].reshape(A, J * n, C))
         if scale is not None:
             ps *= scale
         adc.quantize(ps, bounds)

@@ -1,14 +1,21 @@
 """The device hook: how a target's non-idealities perturb what the arrays store and what they read.
 
-The crossbar (:mod:`cimc.cim.crossbar`) asks the run's :class:`Device` two things:
+The crossbar (:mod:`cimc.cim.crossbar`) asks the run's :class:`Device` three things:
 
 - :meth:`Device.program`: the values the cells of array ``a`` hold after a write of the levels
-  ``L`` (uint8 ``[R, C]``, the array's physical image, unused cells 0). Static effects go here:
-  programming variation, stuck cells, drift to the time of inference. The result is in level units
-  (a cell programmed to level 3 that holds 2.9 reads as 2.9 input-LSB per input LSB).
+  ``L`` (uint8 ``[R, C]``, the array's physical image, unused cells 0), given each physical column's
+  full-scale level ``F`` (the level the device's top state stands for: see the load's ``full_scale`` in
+  docs/array-model.md). Static effects go here: programming variation, stuck cells, drift to the time of
+  inference, IR drop. The result is in level units (a cell programmed to level 3 that holds 2.9 reads as
+  2.9 input-LSB per input LSB).
+- :meth:`Device.read_sigma`: the standard deviation (level units) of the noise one cell read adds, per
+  physical column of array ``a``; the crossbar adds ``sqrt(sum_r x_r**2) * sigma`` times a standard normal
+  from the run's generator to each partial sum of inputs ``x_r`` (the sum of independent cell reads);
+  ``None``: no cell read noise.
 - :meth:`Device.read`: the analog partial sums of one batch of conversions, before the ADC, in place
-  (read noise, drawn from the run's generator, so the same seed gives the same bits). ``site`` says
-  which arrays, physical columns and row blocks the sums come from.
+  (noise per conversion, drawn from the run's generator, so the same seed gives the same bits). ``site``
+  says which arrays, physical columns and row blocks the sums come from; a differential pair sensed as one
+  signed sum is one conversion.
 
 The ideal device (:data:`IDEAL`, the default) holds every level exactly and reads without noise;
 ``ideal`` lets the executor keep its exact fast path, so the default costs nothing. A device's
@@ -21,7 +28,10 @@ once per program and device.
     stored = 0 (SA0) | levels - 1 (SA1) | L * (1 + variation * z)     (z: the chip's draw per cell)
     read   = v + read_noise * N(0, 1)                                   (per conversion, in partial-sum LSB)
 
-A target with other physics (conductance ranges, drift, IR drop) subclasses :class:`Device`.
+A target with other physics subclasses :class:`Device`: :class:`cimc.cim.analog.AnalogDevice` is the
+memristive array (conductances, programming variation, drift, IR drop, read noise per cell). A non-ideal
+device keeps what the executor derives from it (stored cells, prepared crossbars) in its ``memo``, so it is
+freed with the device (one chip of a Monte Carlo run at a time).
 """
 
 from __future__ import annotations
@@ -55,9 +65,18 @@ class Device:
     ideal: bool = True
     token: bytes = b"ideal"
 
-    def program(self, array: int, levels: np.ndarray) -> np.ndarray:
-        """Values the cells of ``array`` hold after writing ``levels`` (uint8 ``[R, C]``); ideally the levels."""
+    def __init__(self) -> None:
+        self.memo: dict = {}
+        """What the executor derives from this device, kept while the device lives."""
+
+    def program(self, array: int, levels: np.ndarray, full: np.ndarray | None = None) -> np.ndarray:
+        """Values the cells of ``array`` hold after writing ``levels`` (uint8 ``[R, C]``) in columns of full-scale
+        levels ``full`` (float32 ``[C]``; ``None``: the cell's top level); ideally the levels."""
         return levels
+
+    def read_sigma(self, array: int, full: np.ndarray) -> np.ndarray | None:
+        """Standard deviation of one cell read per physical column of ``array`` (level units), or ``None``."""
+        return None
 
     def read(self, ps: np.ndarray, site: ReadSite, rng: np.random.Generator) -> None:
         """Perturb the analog partial sums ``ps`` (``[A, M, C]``) in place; ideally nothing."""
@@ -81,6 +100,7 @@ class CellDevice(Device):
                 raise InputError(f"{name} = {v!r} must be a finite number >= 0")
         if variation and chip.variation is None:
             raise InputError("variation > 0 needs a chip with per-cell variation draws")
+        super().__init__()
         self.chip, self.levels, self.variation, self.read_noise = chip, int(levels), float(variation), float(read_noise)
         self.ideal = not (chip.stuck.any() or self.variation or self.read_noise)
         self.token = hashlib.sha256(repr((levels, self.variation, self.read_noise)).encode() + chip.token).digest()
@@ -91,7 +111,7 @@ class CellDevice(Device):
         if why:
             raise InputError(f"the device's chip does not match the program: {why}")
 
-    def program(self, array: int, levels: np.ndarray) -> np.ndarray:
+    def program(self, array: int, levels: np.ndarray, full: np.ndarray | None = None) -> np.ndarray:
         """``L * (1 + variation * z)`` for working cells, the lowest or highest level for stuck ones."""
         v = levels.astype(np.float32)
         if self.variation and self.chip.variation is not None:

@@ -6,8 +6,9 @@ A target's load and MVM instructions (``sram.load``, ``sram.mvm``; a memristor's
 packed cells, and which tile of which map, with its placement) and the run's :class:`Device`
 (``state[DEVICE]`` when the caller gives one, else the ideal device).
 
-load(cells, tiles): for each tile of the map, array ``array`` now holds that tile's cells at its
-physical placement (every other cell of the array 0), as the device programs them.
+load(cells, tiles, full_scale): for each tile of the map, array ``array`` now holds that tile's cells at
+its physical placement (every other cell of the array 0), as the device programs them, each physical column
+with its full-scale level (:func:`full_scales`: the level the device's top state stands for).
 
 mvm(x, acc, tiles, ...): each tile of the instruction's map drives the rows ``k0:k1`` of ``x`` (of
 its group) onto the physical rows ``row_at`` of its array and reads the physical columns
@@ -26,8 +27,11 @@ the result is ``x @ W`` for the weights each tile reads from its array (:func:`t
 cells at the tile's physical rows and columns, those of skipped blocks left out): tiles are joined
 into large exact float32 GEMMs (float64 beyond ``2**24``), cached per program and what the arrays
 hold. Otherwise each group of tiles reading the same inputs runs as one wide crossbar on the cells
-as the arrays store them, read at their physical rows and columns. Either way a read placement that
-differs from the write, a skipped block that holds nonzero cells or a stuck cell changes the result.
+as the arrays store them, read at their physical rows and columns (a differential pair sensed as one signed
+sum as the difference of its two columns' cells, one column of the crossbar), with the device's read noise
+per cell (:meth:`~cimc.cim.device.Device.read_sigma`) and per conversion. Either way a read placement that
+differs from the write, a skipped block that holds nonzero cells or a stuck cell changes the result. What a
+non-ideal device's cells and crossbars derive to is kept in the device's ``memo`` (freed with the device).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError
 from cimc.ops.nn import f32_chunk, to_dtype
 
-__all__ = ["ARRAYS", "DEVICE", "Arrays", "Written", "levels", "load", "mvm", "tile_weights"]
+__all__ = ["ARRAYS", "DEVICE", "Arrays", "Written", "full_scales", "levels", "load", "mvm", "stored", "tile_weights"]
 
 ARRAYS = "cim.arrays"
 """Machine-state key of the run's :class:`Arrays`."""
@@ -57,13 +61,14 @@ DEVICE = "cim.device"
 
 # ---- machine state ------------------------------------------------------------------------------------------
 class Written(NamedTuple):
-    """What one array holds: tile number ``tile`` of the load's map ``tiles``, cut from the layer's packed
-    ``cells``."""
+    """What one array holds: tile number ``tile`` of the load's map ``tiles``, cut from the layer's packed ``cells``,
+    with the load's ``full_scale`` (:func:`full_scales`)."""
 
     cells: np.ndarray
     cell_bits: int
     tiles: TileMap
     tile: int
+    full_scale: str = "cell"
 
 
 class Arrays:
@@ -72,11 +77,12 @@ class Arrays:
     def __init__(self, device: Device = IDEAL) -> None:
         self.device = device
         self.held: dict[int, Written] = {}
-        self.keys: dict[int, tuple[int, int, int]] = {}
-        """Per array, what it holds as ``(id(cells), id(tiles), index)`` (program constants: a cache key)."""
+        self.keys: dict[int, tuple[int, int, int, str]] = {}
+        """Per array, what it holds as ``(id(cells), id(tiles), index, full_scale)`` (program constants: a cache
+        key)."""
         self._checked: set[tuple[int, int, int]] = set()
 
-    def write(self, cells: np.ndarray, cell_bits: int, tiles: TileMap) -> None:
+    def write(self, cells: np.ndarray, cell_bits: int, tiles: TileMap, full_scale: str = "cell") -> None:
         """Each tile of ``tiles`` into its array."""
         shape = (tiles.arrays, *tiles.physical)
         if shape not in self._checked:
@@ -84,8 +90,8 @@ class Arrays:
             self._checked.add(shape)
         held, keys, c, t = self.held, self.keys, id(cells), id(tiles)
         for i, a in enumerate(tiles.array_list):
-            held[a] = Written(cells, cell_bits, tiles, i)
-            keys[a] = (c, t, i)
+            held[a] = Written(cells, cell_bits, tiles, i, full_scale)
+            keys[a] = (c, t, i, full_scale)
 
     def read(self, tiles: TileMap) -> tuple[list[Written], tuple]:
         """What the arrays of the tiles hold, and a key of that (an error if a load has not written one in
@@ -118,7 +124,7 @@ def load(state: dict[str, Any], cells: np.ndarray, attrs: dict[str, Any]) -> np.
     tiles: TileMap = attrs["tiles"]
     if cells.ndim != 4 or tuple(cells.shape[:3]) != tiles.matrix:
         raise CimcError(f"load: the cells are {list(cells.shape)}, the tile map is of a {list(tiles.matrix)} matrix")
-    arrays_of(state).write(cells, int(attrs["cell_bits"]), tiles)
+    arrays_of(state).write(cells, int(attrs["cell_bits"]), tiles, str(attrs.get("full_scale", "cell")))
     return np.asarray(len(tiles), np.int32)
 
 
@@ -126,23 +132,26 @@ def load(state: dict[str, Any], cells: np.ndarray, attrs: dict[str, Any]) -> np.
 _CACHE: dict[tuple, tuple[Any, Any]] = {}
 
 
-def _cached(owner: Any, key: tuple, make: Callable[[], Any]) -> Any:
-    """``make()`` for ``owner`` (a constant array or a tile map) and ``key``, kept while ``owner`` lives."""
+def _cached(owner: Any, key: tuple, make: Callable[[], Any], device: Device | None = None) -> Any:
+    """``make()`` for ``owner`` (a constant array or a tile map) and ``key``, kept while ``owner`` lives (and,
+    for a non-ideal ``device``, in its memo: while the device lives too)."""
+    cache = _CACHE if device is None or device.ideal else device.memo
     k = (id(owner), *key)
-    hit = _CACHE.get(k)
+    hit = cache.get(k)
     if hit is not None and hit[0]() is owner:
         return hit[1]
     val = make()
     try:
-        ref = weakref.ref(owner, functools.partial(_forget, k))
+        ref = weakref.ref(owner, functools.partial(_forget, k, cache))
     except TypeError:
         return val
-    _CACHE[k] = (ref, val)
+    cache[k] = (ref, val)
     return val
 
 
-def _forget(key: tuple, _ref: weakref.ref[Any], cache: dict[tuple, tuple[Any, Any]] = _CACHE) -> None:
-    """Drop ``key``'s entry when its owner dies (``cache`` is bound early: it may outlive module globals)."""
+def _forget(key: tuple, cache: dict[tuple, tuple[Any, Any]], _ref: weakref.ref[Any]) -> None:
+    """Drop ``key``'s entry from ``cache`` when its owner dies (``cache`` is bound early: it may outlive module
+    globals)."""
     cache.pop(key, None)
 
 
@@ -159,12 +168,32 @@ def levels(w: Written) -> np.ndarray:
     return _cached(w.cells, ("levels", w.tiles.key, w.tile), make)
 
 
+def full_scales(w: Written) -> np.ndarray:
+    """The full-scale level (float32, at least 1) of each physical column of the array ``w`` wrote: the level the
+    device's top state stands for, by the load's ``full_scale``: ``cell``, the cell's top level ``2**cell_bits -
+    1``; ``layer``, the largest level of the column's slice over the whole layer; ``column``, the largest level
+    in the column. Columns the tile does not use: the cell's top level."""
+    t = w.tiles[w.tile]
+    top = float((1 << w.cell_bits) - 1)
+    out = np.full(w.tiles.physical[1], top, np.float32)
+    if w.full_scale == "cell":
+        return out
+    if w.full_scale == "column":
+        out[t.col_at] = levels(w)[:, t.col_at].max(axis=0, initial=0)
+    else:
+        S = w.tiles.slices
+        per_slice = _cached(w.cells, ("slice_max", S, w.cell_bits), lambda: unpack_cells(
+            w.cells, S, w.cell_bits).reshape(-1, S).max(axis=0, initial=0).astype(np.float32))
+        out[t.col_at] = np.tile(per_slice[t.s0:t.s1], t.ch1 - t.ch0)
+    return np.maximum(out, 1, out=out)
+
+
 def stored(w: Written, device: Device) -> np.ndarray:
-    """What the array holds after the device programmed ``w``'s levels."""
+    """What the array holds after the device programmed ``w``'s levels (computed when asked: the prepared
+    crossbars that read it are what is kept)."""
     if device.ideal:
         return levels(w)
-    a = int(w.tiles.table[w.tile, 7])
-    return _cached(w.cells, ("stored", w.tiles.key, w.tile, device.token), lambda: device.program(a, levels(w)))
+    return device.program(int(w.tiles.table[w.tile, 7]), levels(w), full_scales(w))
 
 
 # ---- the MVM -----------------------------------------------------------------------------------------------
@@ -344,25 +373,29 @@ class _Group:
     """Replica ``r`` of ``n``: this group takes positions ``r*P//n .. (r+1)*P//n``."""
     blocks: np.ndarray
     blocks_img: np.ndarray
+    """``[A, rows_per_op, C]``: the driven blocks' cells of every converted column (a pair sensed as one signed
+    sum: the difference of its two columns), divided by the columns' ADC steps when the device is ideal."""
     driven: np.ndarray | None
     adc: Adc
     arrays: np.ndarray
     cols: np.ndarray
     spans: tuple[tuple[int, int], ...]
     """Each tile's converted columns (its pairs, when sensed so) among the group's."""
-    pairs: np.ndarray | None
-    """``[C', 2]``: the image columns sensed together as (positive, negative), or ``None`` (each column alone)."""
+    sigma: np.ndarray | None
+    """``[C]``: the read noise of one cell read per converted column (a pair: of its two cells), or ``None``."""
 
 
 def _groups(held: list[Written], fingerprint: tuple, tiles: TileMap, device: Device, adc: Adc,
             a: dict[str, Any]) -> list[_Group]:
-    """The instruction's tiles grouped into wide crossbars, with their stored cells (cached per program)."""
+    """The instruction's tiles grouped into wide crossbars, with their stored cells (cached per program, and
+    for a non-ideal device in its memo)."""
     rpo = int(a["rows_per_op"])
     R = tiles.physical[0]
     B = -(-R // rpo)
     prescaled = device.ideal
     skip = np.asarray(a["skip"], np.int64).reshape(-1, 2)
     sense = a.get("sense", "columns")
+    dt = np.float32 if max_partial_sum(rpo, int(a["dac_bits"]), int(a["cell_bits"])) < 1 << 23 else np.float64
 
     def make() -> list[_Group]:
         window = [tuple(int(v) for v in t[:7]) for t in tiles.table]
@@ -385,45 +418,47 @@ def _groups(held: list[Written], fingerprint: tuple, tiles: TileMap, device: Dev
                 d[skip[skip[:, 0] == i, 1]] = False
                 drives.append(d)
             used = np.flatnonzero(np.any(drives, axis=0))
-            imgs, arrs, pcols, spans, adcs, masks, pairs, at, width = [], [], [], [], [], [], [], 0, 0
+            imgs, arrs, pcols, spans, adcs, masks, sigmas, at = [], [], [], [], [], [], [], 0
             for i, d in zip(idx, drives, strict=True):
                 pc = tiles.cols_of(i)
-                imgs.append(stored(held[i], device)[:, pc])
-                arrs.append(np.full(len(pc), int(tiles.table[i, 7])))
+                arr = int(tiles.table[i, 7])
+                img = stored(held[i], device)[:, pc].astype(dt)
+                sig = device.read_sigma(arr, full_scales(held[i])) if not device.ideal else None
+                sig = None if sig is None else np.asarray(sig, dt)[pc]
                 if sense == "pairs":  # logical column c*S + s with s < S/2 is positive, c*S + s + S/2 its negative
                     S = tiles.slices
                     j = np.arange(len(pc)).reshape(-1, S)
                     pos, neg = j[:, :S // 2].reshape(-1), j[:, S // 2:].reshape(-1)
-                    pairs.append(np.stack([pos, neg], axis=1) + width)
+                    img = img[:, pos] - img[:, neg]  # one signed sum: the difference of the pair's currents
+                    sig = None if sig is None else np.sqrt(sig[pos] ** 2 + sig[neg] ** 2)
                     pc = pc[pos]
+                imgs.append(img)
+                sigmas.append(sig)
+                arrs.append(np.full(len(pc), arr))
                 pcols.append(pc)
                 adcs.append(adc.columns(i, pc))
                 masks.append(np.repeat(d[used][:, None], len(pc), axis=1))
                 spans.append((at, at + len(pc)))
                 at += len(pc)
-                width += imgs[-1].shape[1]
             col_adc = Adc.join(adcs)
             img = np.concatenate(imgs, axis=1)
-            dt = np.float32 if max_partial_sum(rpo, int(a["dac_bits"]), int(a["cell_bits"])) < 1 << 23 else np.float64
             full = np.zeros((B * rpo, img.shape[1]), dt)
             full[:R] = img
             bi = full.reshape(B, rpo, -1)[used]
-            pair = np.concatenate(pairs) if pairs else None
             if prescaled:
-                scale = col_adc.scale(dt)
-                if pair is not None and scale.ndim:  # both columns of a pair take the pair's step
-                    per_col = np.empty(img.shape[1], dt)
-                    per_col[pair[:, 0]], per_col[pair[:, 1]] = scale, scale
-                    scale = per_col
-                bi = bi * scale
+                bi = bi * col_adc.scale(dt)
+            sigma = None
+            if any(sg is not None for sg in sigmas):
+                sigma = np.concatenate([np.zeros(len(c), dt) if sg is None else sg
+                                        for sg, c in zip(sigmas, pcols, strict=True)])
             mask = np.concatenate(masks, axis=1)
             out.append(_Group(tuple(idx), g, k0, k1, row_at, (r, n), used, np.ascontiguousarray(bi),
                               None if mask.all() else mask, col_adc, np.concatenate(arrs), np.concatenate(pcols),
-                              tuple(spans), pair))
+                              tuple(spans), sigma))
         return out
     key = ("groups", fingerprint, device.token, adc.bits, adc.step.tobytes(), adc.offset.tobytes(), adc.group,
            adc.rounding, skip.tobytes(), rpo, int(a["dac_bits"]), int(a["cell_bits"]), sense)
-    return _cached(tiles, key, make)
+    return _cached(tiles, key, make, device)
 
 
 def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays: Arrays, held: list[Written],
@@ -451,7 +486,7 @@ def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays
         accs = convert_planes(xp, grp.blocks_img, grp.blocks, rows_per_op=int(a["rows_per_op"]),
                               dac_bits=int(a["dac_bits"]), act_bits=int(a["act_bits"]), adc=grp.adc,
                               driven=grp.driven, prescaled=device.ideal, read=read, most=float(most),
-                              least=-float(most) if pairs else 0.0, pairs=grp.pairs)
+                              least=-float(most) if pairs else 0.0, sigma=grp.sigma, rng=rng)
         for i, (c0, c1) in zip(grp.tiles, grp.spans, strict=True):
             g, _, _, ch0, ch1, s0, s1 = (int(v) for v in tiles.table[i, :7])
             part = shift_add(accs[:, c0:c1], sig[:len(sig) // 2] if pairs else sig[s0:s1])

@@ -21,14 +21,19 @@ from cimc.ir.core import Node
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext
 from cimc.ir.types import DType, TensorType
 
-__all__ = ["LAYOUTS", "LOAD_ATTRS", "MVM_ATTRS", "SENSES", "load_problem", "load_type", "mvm_problem", "mvm_type"]
+__all__ = ["FULL_SCALES", "LAYOUTS", "LOAD_ATTRS", "MVM_ATTRS", "SENSES", "load_problem", "load_type", "mvm_problem", "mvm_type"]
 
 LAYOUTS = ("rows", "cols")
 SENSES = ("columns", "pairs")
+FULL_SCALES = ("cell", "layer", "column")
 
 _TILES = AttrSpec("tiles", REQUIRED, "the tiles this op covers: part of the layer's tile map (cimc.cim.TileMap), "
                                      "with their placement")
-LOAD_ATTRS = {"tiles": _TILES, "cell_bits": AttrSpec("int", 1, "bits per cell of the packed cells", lo=1, hi=8)}
+LOAD_ATTRS = {"tiles": _TILES, "cell_bits": AttrSpec("int", 1, "bits per cell of the packed cells", lo=1, hi=8),
+              "full_scale": AttrSpec("str", "cell", "the level a column's top device state stands for (an analog "
+                                                    "device's conductance mapping): cell (2^cell_bits - 1), layer "
+                                                    "(the layer's largest level of the column's slice) or column "
+                                                    "(the column's largest level)", choices=FULL_SCALES)}
 """Attributes of a load instruction."""
 MVM_ATTRS = {
     "tiles": _TILES,
