@@ -21,7 +21,8 @@ from cimc.ir.core import Node
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext
 from cimc.ir.types import DType, TensorType
 
-__all__ = ["FULL_SCALES", "LAYOUTS", "LOAD_ATTRS", "MVM_ATTRS", "SENSES", "load_problem", "load_type", "mvm_problem", "mvm_type"]
+__all__ = ["FULL_SCALES", "LAYOUTS", "LOAD_ATTRS", "MVM_ATTRS", "SENSES", "load_problem", "load_type", "mvm_problem",
+           "mvm_type"]
 
 LAYOUTS = ("rows", "cols")
 SENSES = ("columns", "pairs")
