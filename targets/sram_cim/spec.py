@@ -23,14 +23,11 @@ per bit. Areas: cells, ADCs, DACs, shift-adds, buffers and vector lanes (the tar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
-
-from cimc.converters import ADC_AREA, ADC_ENERGY, ADC_TIME, DAC_AREA, DAC_ENERGY, scaled
+from cimc.cim.cost import ArrayFigures
 from cimc.target import GATES_28NM, SCALE_45_TO_22NM, SCALE_AREA_28_TO_22NM, Spec, param, shared_param
 
 __all__ = ["SramCimSpec"]
@@ -39,7 +36,7 @@ _BITOP = "of 1.8 fJ per 1b x 1b op (NeuroSim SRAM 22 nm, 64 rows, 17.13 TOPS/W; 
 
 
 @dataclass(frozen=True)
-class SramCimSpec(Spec):
+class SramCimSpec(ArrayFigures, Spec):
     """Hardware parameters of the sram-cim target (energies at 22 nm, 0.8 V)."""
 
     target: ClassVar[str] = "sram-cim"
@@ -191,54 +188,4 @@ class SramCimSpec(Spec):
     def check(self) -> Iterator[str]:
         """Word lines and ADC columns fit the array, a weight fits in a row, a DAC slice in an input."""
         yield from super().check()
-        if self.rows_per_op > self.rows:
-            yield (f"rows_per_op = {self.rows_per_op} must be <= rows = {self.rows} (word lines on at once "
-                   f"within one array)")
-        if self.cols_per_adc > self.cols:
-            yield f"cols_per_adc = {self.cols_per_adc} must be <= cols = {self.cols} (columns sharing one ADC)"
-        if math.ceil(self.weight_bits_max / self.cell_bits) > self.cols:
-            yield (f"weight_bits_max = {self.weight_bits_max} needs {math.ceil(self.weight_bits_max / self.cell_bits)}"
-                   f" columns of {self.cell_bits}-bit cells, more than cols = {self.cols}")
-        if self.dac_bits > self.act_bits_max:
-            yield f"dac_bits = {self.dac_bits} must be <= act_bits_max = {self.act_bits_max} (input bits per pass)"
-        if self.p_sa0 + self.p_sa1 > 1:
-            yield f"p_sa0 + p_sa1 = {self.p_sa0 + self.p_sa1!r} must be <= 1 (a cell is stuck at one level at most)"
-
-    @property
-    def adcs(self) -> int:
-        """ADCs per macro: ``ceil(cols / cols_per_adc)``."""
-        return -(-self.cols // self.cols_per_adc)
-
-    def adc_pj_at(self, bits: int) -> float:
-        """Energy of one conversion at ``bits``: ``adc_pj`` moved from ``adc_ref_bits`` by the ADC energy law."""
-        return scaled(ADC_ENERGY, self.adc_pj, bits, self.adc_ref_bits)
-
-    def adc_ns_at(self, bits: int) -> float:
-        """Time of one conversion at ``bits``: ``adc_ns`` moved from ``adc_ref_bits`` by the ADC time law."""
-        return scaled(ADC_TIME, self.adc_ns, bits, self.adc_ref_bits)
-
-    def adc_area_um2_at(self, bits: int) -> float:
-        """Area of one ADC of ``bits``: ``adc_area_um2`` moved from ``adc_ref_bits`` by the ADC area law."""
-        return scaled(ADC_AREA, self.adc_area_um2, bits, self.adc_ref_bits)
-
-    def dac_pj_at(self, bits: int) -> float:
-        """Energy of driving one word line for one pass with a ``bits``-bit input (DAC energy law from 1 bit)."""
-        return scaled(DAC_ENERGY, self.dac_pj, bits, 1)
-
-    def dac_area_um2_at(self, bits: int) -> float:
-        """Area of one ``bits``-bit word-line DAC (DAC area law from 1 bit)."""
-        return scaled(DAC_AREA, self.dac_area_um2, bits, 1)
-
-    def pass_cycles(self, columns: Any, adc_bits: int) -> Any:
-        """Cycles of one pass over ``columns`` columns (an int or an integer array): ``mvm_cycles`` plus the
-        conversions of the busiest ADC, ``ceil(columns / adcs)`` of ``adc_ns_at(adc_bits)`` each, one after
-        another, rounded up to whole cycles."""
-        ns = -(-np.asarray(columns, np.int64) // self.adcs) * self.adc_ns_at(adc_bits)
-        cycles = self.mvm_cycles + np.ceil(ns * self.clock_mhz / 1000 - 1e-9).astype(np.int64)
-        return int(cycles) if cycles.ndim == 0 else cycles
-
-    def pass_pj(self, adc_bits: int, dac_bits: int) -> float:
-        """Energy of one full pass (``rows_per_op`` rows x ``cols`` columns): cells, word-line drive, conversions
-        and shift-adds."""
-        return (self.rows_per_op * (self.cols * self.mvm_cell_pj + self.dac_pj_at(dac_bits))
-                + self.cols * (self.adc_pj_at(adc_bits) + self.shift_add_pj))
+        yield from self.array_problems()
