@@ -46,10 +46,10 @@ from cimc.cim.adc import Adc
 from cimc.cim.tilemap import TileMap
 from cimc.cim.work import work
 from cimc.converters import ADC_AREA, ADC_ENERGY, ADC_TIME, DAC_AREA, DAC_ENERGY, scaled
-from cimc.cost import Cost, Write, counts, num_elements, spilled_fraction
+from cimc.cost import AreaPart, Cost, Write, counts, num_elements, spilled_fraction
 from cimc.ir.core import Node
 
-__all__ = ["ArrayCostSpec", "ArrayFigures", "load_cost", "mvm_cost"]
+__all__ = ["ArrayCostSpec", "ArrayFigures", "array_area", "load_cost", "mvm_cost"]
 
 
 class ArrayCostSpec(Protocol):
@@ -238,3 +238,29 @@ def load_cost(node: Node, s: ArrayCostSpec, write_pj: float, per_bit: bool = Fal
     parts = {"arrays": written * write_pj, "dram": nbytes * s.dram_pj_per_byte}
     return Cost(float((r * s.write_row_cycles).sum() + nbytes / s.dram_bytes_per_cycle), sum(parts.values()),
                 "load", 0, parts, {"weights": nbytes}, writes)
+
+
+def array_area(s: Any, arrays: int, cells: str, unit: str, adc_bits: int) -> list[AreaPart]:
+    """The blocks of an array target's chip (its ``area``): ``arrays`` arrays of ``cells`` (``unit``: what one is
+    called), ADCs at ``adc_bits`` (one per ``cols_per_adc`` columns), word-line DACs at ``dac_bits`` (one per row),
+    shift-adds (one per ADC), the activation and output buffers and the vector lanes, each citing its spec
+    parameter's source (and the law that moved it). ``s``: the spec (:class:`ArrayFigures` and its parameters)."""
+    src = {p.name: p.source for p in s.params()}
+    return [
+        AreaPart("arrays", f"{cells} ({arrays} {unit}s x {s.rows} x {s.cols})", arrays * s.rows * s.cols,
+                 s.cell_area_um2, src["cell_area_um2"]),
+        AreaPart("adc", f"{adc_bits}-b ADCs ({s.adcs} per {unit})", arrays * s.adcs, s.adc_area_um2_at(adc_bits),
+                 f"{src['adc_area_um2']}; at {adc_bits} b by the {ADC_AREA.quantity} law {ADC_AREA.formula} "
+                 f"({ADC_AREA.source})"),
+        AreaPart("dac", f"{s.dac_bits}-b word-line DACs (one per row)", arrays * s.rows,
+                 s.dac_area_um2_at(s.dac_bits), f"{src['dac_area_um2']}; at {s.dac_bits} b by the "
+                 f"{DAC_AREA.quantity} law {DAC_AREA.formula}"),
+        AreaPart("shift_add", "shift-add units (one per ADC)", arrays * s.adcs, s.shift_add_area_um2,
+                 src["shift_add_area_um2"]),
+        AreaPart("buffers", f"activation buffer ({s.act_buffer_bytes} B)", 8 * s.act_buffer_bytes, s.sram_bit_area_um2,
+                 src["sram_bit_area_um2"]),
+        AreaPart("buffers", f"output buffer ({s.out_buffer_bytes} B)", 8 * s.out_buffer_bytes, s.sram_bit_area_um2,
+                 src["sram_bit_area_um2"]),
+        AreaPart("vector_unit", f"vector unit lanes ({s.vec_lanes})", s.vec_lanes, s.vec_lane_area_um2,
+                 src["vec_lane_area_um2"]),
+    ]
