@@ -127,11 +127,12 @@ NOT_RUN: dict[str, str] = {
 
 
 def param(default: Any, doc: str, *, unit: str = "", source: str, ge: float | None = None,
-          gt: float | None = None, le: float | None = None) -> Any:
+          gt: float | None = None, le: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """Declare a spec parameter: a dataclass field whose metadata holds its doc, unit, the source of
-    the default, and the bounds :meth:`Spec.validate` checks (``ge``: >=, ``gt``: >, ``le``: <=)."""
+    the default, and the bounds :meth:`Spec.validate` checks (``ge``: >=, ``gt``: >, ``le``: <=; ``choices``: the
+    values a string may take)."""
     return field(default=default, metadata={"doc": doc, "unit": unit, "source": source, "ge": ge, "gt": gt,
-                                            "le": le})
+                                            "le": le, "choices": choices})
 
 
 _SHARED_PARAMS: dict[str, dict[str, Any]] = {
@@ -187,6 +188,7 @@ class Param:
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
+    choices: tuple[str, ...] | None = None
 
     @property
     def kind(self) -> str:
@@ -194,7 +196,9 @@ class Param:
         return _KIND[self.type]
 
     def allowed(self) -> str:
-        """The allowed values in words, e.g. ``an integer in 1..16`` or ``a number > 0``."""
+        """The allowed values in words, e.g. ``an integer in 1..16``, ``a number > 0`` or ``one of a, b``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
         if self.ge is not None and self.le is not None:
             return f"{self.kind} in {_num(self.ge)}..{_num(self.le)}"
         bounds = [f"{op} {_num(b)}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le)) if b is not None]
@@ -209,6 +213,8 @@ class Param:
         if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
                 or (self.le is not None and value > self.le)):
             return f"{self.name} = {value!r} is out of range: expected {self.allowed()} ({self.doc.rstrip('.')})"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} = {value!r} is not {self.allowed()}"
         return None
 
 
@@ -244,7 +250,8 @@ def _params(cls: type[Spec]) -> tuple[Param, ...]:
             raise TypeError(f"{cls.__qualname__}.{f.name}: a spec parameter is an int, float, bool or str "
                             f"declared with param(default, doc, unit=..., source=...), found {f.type!r}")
         m = f.metadata
-        out.append(Param(f.name, tp, f.default, m["doc"], m["unit"], m["source"], m["ge"], m["gt"], m["le"]))
+        out.append(Param(f.name, tp, f.default, m["doc"], m["unit"], m["source"], m["ge"], m["gt"], m["le"],
+                         m.get("choices")))
     _PARAMS[cls] = params = tuple(out)
     return params
 
@@ -533,15 +540,16 @@ class Target:
 
         return Pipeline(tuple(cls() for cls in type(self).lowering_passes))
 
-    def machine(self, seed: int = 0) -> dict[str, Any]:
+    def machine(self, seed: int = 0, chip: int = 0) -> dict[str, Any]:
         """The machine state every run of this target's programs starts with (the interpreter's ``machine``),
-        e.g. the device its arrays are (:data:`cimc.cim.machine.DEVICE`); empty: the ideal machine."""
+        e.g. the device its arrays are (:data:`cimc.cim.machine.DEVICE`) on chip ``chip`` of ``seed`` (a Monte
+        Carlo run's chip index: chip ``i`` is reproducible from ``(seed, i)`` alone); empty: the ideal machine."""
         return {}
 
-    def chip(self, seed: int = 0) -> Any:
+    def chip(self, seed: int = 0, chip: int = 0) -> Any:
         """The chip (:class:`cimc.cim.chip.Chip`: stuck cells, per-cell variation) this target's spec describes,
-        from its chip file or sampled from its fault models with ``seed``; ``None`` for a device that cannot
-        fail. Mapping passes read it; :meth:`machine` runs programs on it."""
+        from its chip file or sampled from its fault models with ``seed`` (chip index ``chip``); ``None`` for a
+        device that cannot fail. Mapping passes read it; :meth:`machine` runs programs on it."""
         return None
 
     def register_ops(self) -> None:

@@ -35,8 +35,10 @@ def test_toml_round_trip(name):
     for p in spec_cls.params():  # each parameter: doc and unit, then its source, then the key
         unit = f" [{p.unit}]" if p.unit else ""
         assert f"# {p.doc}{unit}\n# source: {p.source}\n{p.name} = " in text
-    changed = spec_cls().replace(**{p.name: (not p.default if p.type is bool else p.default * 2)
-                                    for p in spec_cls.params() if p.le is None and p.type is not str})
+    changed = spec_cls().replace(**{p.name: (not p.default if p.type is bool else p.default * 2 if p.choices is None
+                                             else next(c for c in p.choices if c != p.default))
+                                    for p in spec_cls.params()
+                                    if p.le is None and (p.type is not str or p.choices is not None)})
     assert changed != spec_cls() and spec_cls.from_toml(changed.to_toml()) == changed
 
 
