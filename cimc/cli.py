@@ -261,7 +261,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                              calibration=read_npz(args.calibration, "--calibration") if args.calibration else None,
                              inputs=read_npz(args.inputs, "--inputs") if args.inputs else None,
                              labels=read_npy(args.labels, "--labels") if args.labels else None,
-                             verify_each=args.verify_each, allow_float=args.allow_float)
+                             verify_each=args.verify_each, allow_float=args.allow_float, mc=args.mc,
+                             workers=args.workers)
     out = compiled.save(out, force=args.force)
     if compiled.float_layers:
         sys.stdout.write(float_line(compiled.float_layers) + "\n")
@@ -429,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run weight-carrying layers that are not quantized (Conv, Gemm, MatMul with a constant, "
                         "LSTM/GRU/RNN) in float on the target instead of failing; the report's first line says so")
     s.add_argument("--seed", type=_natural, default=0, help="seed for random inputs, calibration and noisy ops")
+    s.add_argument("--mc", type=_positive, metavar="N", help="with --verify: run the program on N chips of the "
+                   "target (chip i drawn from the seed and i) and report the spread of top-1 and output error")
+    s.add_argument("--workers", type=_positive, metavar="W", help="processes for --mc (default min(2, cores))")
     s.set_defaults(func=_cmd_compile)
 
     s = sub.add_parser("passes", help="list the passes with their options")

@@ -222,7 +222,8 @@ class CompiledModel:
 
 
 def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSource, target: Target,
-            inputs: dict[str, np.ndarray], seed: int, where: str, labels: np.ndarray | None) -> dict[str, Any]:
+            inputs: dict[str, np.ndarray], seed: int, where: str, labels: np.ndarray | None,
+            mc: int | None = None, workers: int | None = None) -> dict[str, Any]:
     from cimc.interpreter import run
     from cimc.target import LOSSY
     from cimc.verify import check_exact, check_labels, compare, top1_accuracy
@@ -253,6 +254,7 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
         from cimc.onnx_io.qdq import source_agreement
 
         out["onnxruntime_agreement"] = source_agreement(src.onnx, quantized, inputs)
+    y = None
     if labels is not None:
         first = next(iter(ref_f))
         logits = np.asarray(ref_f[first])
@@ -260,6 +262,11 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
         out["top1_program"] = top1_accuracy(ours[first], y)
         out["top1_quantized"] = top1_accuracy(ref_q[first], y)
         out["top1_float"] = top1_accuracy(logits, y)
+    if mc is not None:
+        from cimc.montecarlo import LocalPool, monte_carlo
+
+        out["mc"] = monte_carlo(program, target, inputs, n=mc, seed=seed, exact=ref_q, reference=ref_f, labels=y,
+                                backend=LocalPool(workers))
     return out
 
 
@@ -268,12 +275,15 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
             spec: Spec | str | os.PathLike[str] | Mapping[str, Any] | None = None,
             calibration: Mapping[str, np.ndarray] | np.ndarray | None = None, seed: int = 0, verify: bool = False,
             inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, *, labels: np.ndarray | None = None,
-            progress: bool | None = None, verify_each: bool = False, allow_float: bool = False) -> CompiledModel:
+            progress: bool | None = None, verify_each: bool = False, allow_float: bool = False,
+            mc: int | None = None, workers: int | None = None) -> CompiledModel:
     """Compile ``model`` for ``target`` (see the module docstring for the steps and defaults).
 
     ``labels``: with ``verify``, one integer class index per verification input, for top-1 on labels.
     ``allow_float``: run weight-carrying multiply-accumulates that are not quantized (:data:`WEIGHT_MACS`) in
     float on the target instead of refusing to (:func:`check_float_macs`); the report's first line says so.
+    ``mc``: with ``verify``, also run the program on ``mc`` chips of the target (chip ``i`` from ``(seed, i)``) and
+    report their spread (:mod:`cimc.montecarlo`) under ``verify["mc"]``; ``workers``: its local processes.
     ``progress``: a per-pass status line on standard error (default: when it is a terminal).
     ``verify_each``: run the IR verifier after every pass.
     """
@@ -293,6 +303,12 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     given = None if calibration is None else _named(calibration, graph, "calibration")
     if labels is not None and not verify:
         raise InputError("labels are for verification; pass verify=True (--verify) with them")
+    if mc is not None and not verify:
+        raise InputError("Monte Carlo runs verify the program on many chips; pass verify=True (--verify) with mc")
+    if mc is not None and mc < 1:
+        raise InputError(f"mc = {mc}: the number of Monte Carlo chips must be at least 1")
+    if workers is not None and workers < 1:
+        raise InputError(f"workers = {workers}: need at least 1 worker process")
     sample, where, labels = _verify_inputs(src, graph, given, inputs, labels, seed) if verify \
         else (None, "", None)
     if given is not None:
@@ -343,7 +359,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     checks, verify_s = None, None
     if sample is not None:
         t0 = time.perf_counter()
-        checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where, labels)
+        checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where, labels, mc, workers)
         verify_s = time.perf_counter() - t0
         from cimc.report import verify_failed
 

@@ -30,8 +30,9 @@ lossy (why exactness is not expected, or ``null``), quantized_max_abs_error, fir
 first layer that differs: layer, op, value, program_ops, sample, differing, elements,
 max_abs_error; or ``null``), self_check (``null``, or why the verifier refused its result),
 max_abs_error, cosine, top1_agreement, float_reference, inputs, samples, top1_program /
-top1_quantized / top1_float when labels are known, and for a pre-quantized model
-onnxruntime_agreement: :func:`cimc.onnx_io.qdq.source_agreement` of the quantized graph), ``versions``.
+top1_quantized / top1_float when labels are known, for a pre-quantized model
+onnxruntime_agreement: :func:`cimc.onnx_io.qdq.source_agreement` of the quantized graph, and with ``--mc``
+``mc``: :func:`cimc.montecarlo.summarise` over the chips), ``versions``.
 """
 
 from __future__ import annotations
@@ -234,6 +235,10 @@ def verify_summary(v: dict[str, Any]) -> str:
     if "top1_program" in v:
         out.append(f"  top-1 on labels: program {_pct(v['top1_program'])}, quantized {_pct(v['top1_quantized'])}, "
                    f"{'source' if 'onnxruntime_agreement' in v else 'float'} {_pct(v['top1_float'])}")
+    if (mc := v.get("mc")) is not None:
+        out.append(f"  Monte Carlo over {mc['n']} chips: top-1 (vs {mc['top1_of']}) {_pct(mc['top1_mean'])} +- "
+                   f"{_pct(mc['top1_std'])} (p5 {_pct(mc['top1_p5'])}, p95 {_pct(mc['top1_p95'])}); relative output "
+                   f"error vs the quantized graph {_fmt(mc['rel_error_mean'])} +- {_fmt(mc['rel_error_std'])}")
     return "\n".join(out)
 
 

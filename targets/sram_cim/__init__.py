@@ -57,14 +57,14 @@ class SramCimTarget(Target):
         s = self.spec
         return super().default_pipeline() + ",tile" + (",map-errors" if s.p_sa0 or s.p_sa1 or s.chip else "")
 
-    def chip(self, seed: int = 0) -> Chip | None:
-        """The chip of the spec: its chip file, else one sampled from ``p_sa0``/``p_sa1`` with ``seed`` (``None``
-        when both are 0): every macro's physical cells, spares included."""
-        return _chip(self.spec, seed)
+    def chip(self, seed: int = 0, chip: int = 0) -> Chip | None:
+        """The chip of the spec: its chip file, else one sampled from ``p_sa0``/``p_sa1`` with ``seed`` (chip 0),
+        or ``(seed, chip)`` (``None`` when both rates are 0): every macro's physical cells, spares included."""
+        return _chip(self.spec, seed, chip)
 
-    def machine(self, seed: int = 0) -> dict[str, Any]:
-        """Programs run on the spec's chip, with its read noise (an ideal machine when there is neither)."""
-        return _machine(self.spec, seed)
+    def machine(self, seed: int = 0, chip: int = 0) -> dict[str, Any]:
+        """Programs run on the spec's chip ``chip``, with its read noise (an ideal machine when there is neither)."""
+        return _machine(self.spec, seed, chip)
 
     def op_cost(self, node: Node) -> Cost:
         """Cycles and energy of one program op (the model: :mod:`cimc.targets.sram_cim.cost`)."""
@@ -78,14 +78,14 @@ class SramCimTarget(Target):
 
 
 @lru_cache(maxsize=8)
-def _chip(spec: SramCimSpec, seed: int) -> Chip | None:
+def _chip(spec: SramCimSpec, seed: int, index: int = 0) -> Chip | None:
     return chip_for(spec.chip, spec.macros, spec.rows + spec.spare_rows, spec.cols + spec.spare_cols,
-                    p_sa0=spec.p_sa0, p_sa1=spec.p_sa1, seed=seed)
+                    p_sa0=spec.p_sa0, p_sa1=spec.p_sa1, seed=(seed, index) if index else seed)
 
 
 @lru_cache(maxsize=8)
-def _machine(spec: SramCimSpec, seed: int) -> dict[str, Any]:
-    chip = _chip(spec, seed)
+def _machine(spec: SramCimSpec, seed: int, index: int = 0) -> dict[str, Any]:
+    chip = _chip(spec, seed, index)
     if chip is None and not spec.read_noise:
         return {}
     if chip is None:
