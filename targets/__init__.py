@@ -29,6 +29,7 @@ __all__ = ["BUILTIN", "all_targets", "describe_target", "describe_targets", "dum
            "register_target"]
 
 BUILTIN: dict[str, str] = {
+    "memristor": "cimc.targets.memristor:MemristorTarget",
     "npu": "cimc.targets.npu:NpuTarget",
     "racetrack": "cimc.targets.racetrack:RacetrackTarget",
     "sram-cim": "cimc.targets.sram_cim:SramCimTarget",

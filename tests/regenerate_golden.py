@@ -4,10 +4,14 @@ For each model in ``cimc.zoo.NAMES`` and the first ``N_INPUTS`` digits test imag
 
 - the reference interpreter's outputs of the quantized graph after each pipeline in ``PIPELINES``
   (``fold-constants,fuse-batchnorm,quantize{weight-bits=W act-bits=8}``, W = 8 and 4), and
-- the compiled program's outputs for each target in ``TARGETS`` (``cimc.compile("zoo:NAME",
-  target=T)``, default spec: a lossless ADC on sram-cim, no shift faults on racetrack), run by the
-  interpreter with the target's ops, and for each configuration in ``LOSSY`` (a target with spec
-  overrides that make its program differ from the integer reference on purpose), run with seed 0.
+- the compiled program's outputs for each configuration in ``TARGETS`` (``cimc.compile("zoo:NAME",
+  target=T, spec=S)``: default specs (a lossless ADC on sram-cim, no shift faults on racetrack), and the ideal
+  memristor crossbar), run by the interpreter with the target's ops: each equals the W8A8 reference;
+- for each configuration in ``LOSSY`` (a target with spec overrides that make its program differ from the integer
+  reference on purpose), the outputs run with seed 0;
+- the compiled program's outputs for each configuration in ``NOISY`` (the memristor with its default noise and
+  stuck-cell rates of 1 % SA0 and 0.2 % SA1, compile seed ``NOISY_SEED``), run on the target's machine for that
+  seed (its chip 0 and read noise): seeded, so bit for bit reproducible, but not the reference's.
 
 Next to each float output ``<config>/<output>`` it stores the integer tensors that determine it,
 ``<config>/<output>.int<i>``: the integer operands of the node producing that output (for the zoo,
@@ -47,9 +51,17 @@ PIPELINES = {
     "w8a8": "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8}",
     "w4a8": "fold-constants,fuse-batchnorm,quantize{weight-bits=4 act-bits=8}",
 }
-TARGETS = ("npu", "sram-cim", "racetrack")
-LOSSY = {"racetrack-faults": ("racetrack", {"shift_fault_rate": 0.01})}
-"""Golden configurations whose programs are not exact on purpose: name -> (target, spec overrides)."""
+TARGETS: dict[str, tuple[str, dict]] = {
+    "npu": ("npu", {}), "sram-cim": ("sram-cim", {}), "racetrack": ("racetrack", {}),
+    "memristor-ideal": ("memristor", {"ideal": True}),
+}
+"""Lossless configurations: key prefix -> (target, spec overrides)."""
+LOSSY: dict[str, tuple[str, dict]] = {"racetrack-faults": ("racetrack", {"shift_fault_rate": 0.01})}
+"""Golden configurations whose programs are not exact on purpose, run with seed 0: name -> (target, spec overrides)."""
+NOISY: dict[str, tuple[str, dict]] = {"memristor-noisy": ("memristor", {"p_sa0": 0.01, "p_sa1": 0.002})}
+"""Seeded noisy configurations, compiled and run with ``NOISY_SEED`` on the target's machine for it: key prefix ->
+(target, spec overrides)."""
+NOISY_SEED = 1
 
 
 def golden_inputs() -> np.ndarray:
@@ -65,9 +77,11 @@ def encode_inputs(x: np.ndarray) -> np.ndarray:
     return q.astype(np.uint8)
 
 
-def run_with_integers(graph: Graph, inputs: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+def run_with_integers(graph: Graph, inputs: dict[str, np.ndarray], prefix: str, *, seed: int = 0,
+                      machine: dict | None = None) -> dict[str, np.ndarray]:
     """Outputs ``<prefix>/<name>`` of ``graph`` on ``inputs`` and, as ``<prefix>/<name>.int<i>``, the
-    integer operands (non-constant) of each output's producer: the integers the float output is made of."""
+    integer operands (non-constant) of each output's producer: the integers the float output is made of (run with
+    ``seed`` on ``machine``)."""
     want = {}
     for out in graph.outputs:
         node = out.producer
@@ -80,7 +94,7 @@ def run_with_integers(graph: Graph, inputs: dict[str, np.ndarray], prefix: str) 
         if id(value) in want:
             seen[want[id(value)]] = np.array(array)
 
-    outs = Interpreter(graph).run(inputs, observe=observe)
+    outs = Interpreter(graph, seed=seed, machine=machine).run(inputs, observe=observe)
     return {**{f"{prefix}/{k}": np.array(v) for k, v in outs.items()}, **seen}
 
 
@@ -93,10 +107,14 @@ def compute(name: str) -> dict[str, np.ndarray]:
         graph = import_model(m.onnx())
         PassManager(text, PassContext(calibration={m.input_name: zoo.calibration_set()})).run(graph)
         arrays |= run_with_integers(graph, inputs, config)
-    for config, (target, spec) in {**{t: (t, None) for t in TARGETS}, **LOSSY}.items():
+    for key, (target, spec) in {**TARGETS, **LOSSY}.items():
         c = cimc.compile(f"zoo:{name}", target=target, spec=spec)
         c.target.register_ops()
-        arrays |= run_with_integers(c.program, inputs, config)
+        arrays |= run_with_integers(c.program, inputs, key)
+    for key, (target, spec) in NOISY.items():
+        c = cimc.compile(f"zoo:{name}", target=target, spec=spec, seed=NOISY_SEED)
+        c.target.register_ops()
+        arrays |= run_with_integers(c.program, inputs, key, seed=NOISY_SEED, machine=c.target.machine(NOISY_SEED))
     return dict(sorted(arrays.items()))
 
 

@@ -1,5 +1,6 @@
-"""Golden-output tests: every zoo model, quantized (W8A8, W4A8) and compiled (npu, sram-cim, racetrack, and
-racetrack with seeded shift faults), must reproduce the stored outputs in ``tests/golden/`` exactly.
+"""Golden-output tests: every zoo model, quantized (W8A8, W4A8) and compiled (npu, sram-cim, racetrack, the ideal
+memristor crossbar; racetrack with seeded shift faults, a seeded noisy memristor with faults), must reproduce the
+stored outputs in ``tests/golden/`` exactly.
 
 Integer tensors compare exactly; float outputs compare bit for bit too (``float32`` equality, no
 tolerance), because each is a fixed dequantize of integers that compare exactly. See
@@ -67,7 +68,7 @@ def test_golden(name: str):
 
 @pytest.mark.parametrize("name", zoo.NAMES)
 def test_lossless_executors_match_reference(name: str):
-    """With the default (lossless) specs the targets' programs, compiled and run now, give the W8A8
+    """With the lossless configurations every target's program, compiled and run now, gives the W8A8
     reference, quantized and run now, exactly (outputs and the integers they are made of)."""
     g = recomputed(name)
     keys = [k for k in g if k.startswith("w8a8/")]

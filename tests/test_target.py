@@ -337,6 +337,7 @@ def test_load_target_with_spec_and_overrides(tmp_path):
 
 def test_describe_and_dump():
     text = describe_targets()
-    assert text.startswith("npu: Digital NPU") and "\n\nsram-cim: SRAM compute-in-memory" in text
+    assert text.startswith("memristor: ReRAM/PCM crossbars") and "\n\nnpu: Digital NPU" in text
+    assert "\n\nsram-cim: SRAM compute-in-memory" in text
     assert describe_target("sram-cim") in text
     assert get_target("sram-cim").Spec.from_toml(dump_spec("sram-cim")) == get_target("sram-cim").Spec()
