@@ -68,7 +68,7 @@ class LowerMemristorPass(Pass):
         if not spec.allow_reload:
             check_fits(graph, nodes, "memristor", spec.crossbars, spec.rows, spec.cols, "crossbars")
         isa = Instructions("xbar.load", "xbar.mvm", spec.dac_bits, "pairs" if pairs else "columns",
-                           {"full_scale": spec.full_scale})
+                           {"full_scale": spec.full_scale}, self.name)
         lossy = set()
         for node in nodes:
             a = node.attrs
