@@ -17,9 +17,9 @@ file, or arrays drawn from a seed: :mod:`cimc.cim.chip`). Writing levels ``L`` t
 2. programming variation: ``G1 = max(0, G + prog_scale * sigma(G) * z)``, ``z`` the chip's ``variation``;
 3. stuck cells: SA0 holds ``g_min``, SA1 ``g_max`` (no variation, no drift);
 4. drift to ``t_inference``: ``G2 = G1 * ((t0 + t_inference) / t0)**-nu`` for working cells, ``nu`` from
-   the target conductance and the chip's ``drift`` draw; with global compensation, every level of the array
-   is scaled by the ratio of the array's level sums before and after drift (a reference read of every
-   column, :func:`cimc.cim.noise.drift_compensation`);
+   the target conductance and the chip's ``drift`` draw; with global compensation, every conductance of the
+   array (stuck cells included) is scaled by the ratio of the array's conductance sums before and after drift (a
+   reference read of every column, :func:`cimc.cim.noise.drift_compensation`);
 5. IR drop (first order): ``G3 = G2 / (1 + G2 * r_wire * (R - i + j + 1))``;
 6. stored levels ``L' = (G3 - g_min) * F / (g_max - g_min)``, computed as ``L`` plus the change each step
    made, so that a step that changes nothing leaves the level exact (a stuck cell reads exactly 0 or ``F``
@@ -38,7 +38,7 @@ from dataclasses import astuple, dataclass
 import numpy as np
 
 from cimc.cim import noise
-from cimc.cim.chip import SA0, SA1, ChipSource
+from cimc.cim.chip import SA0, SA1, ArrayState, ChipSource
 from cimc.cim.device import Device
 from cimc.errors import InputError
 
@@ -135,6 +135,8 @@ class AnalogDevice(Device):
             raise InputError(f"an analog device needs cells of >= 2 levels, got {cell_levels}")
         self.model, self.chip, self.cell_levels = model, chip, int(cell_levels)
         self.mapping = Conductance(model.g_min, model.g_max)
+        self.states: dict[int, ArrayState] = {}
+        """The chip's arrays drawn so far (a program reloads arrays: each is drawn once per device)."""
         self.ideal = False
         self.token = hashlib.sha256(repr(("analog", astuple(model), self.cell_levels)).encode() + chip.token).digest()
 
@@ -148,7 +150,9 @@ class AnalogDevice(Device):
         """Stored levels of array ``array`` after writing ``levels`` (steps 1-6 of the module docstring)."""
         m, mapping = self.model, self.mapping
         F = np.full(levels.shape[1], self.cell_levels - 1, np.float32) if full is None else np.asarray(full, np.float32)
-        state = self.chip.array(array)
+        state = self.states.get(array)
+        if state is None:
+            state = self.states[array] = self.chip.array(array)
         L = levels.astype(np.float32)
         gain = mapping.gain(F)[None, :]
         g = mapping.conductance(L, F[None, :])
@@ -165,10 +169,14 @@ class AnalogDevice(Device):
                 raise InputError(f"drift needs a chip with a per-cell {DRIFT_CELL!r} draw (cell.{DRIFT_CELL} in a "
                                  f"chip file)")
             nu = noise.drift_exponent(m.drift, g, m.g_max, z, m.nu_mean, m.nu_std)
-            drifted = _stuck(L + (g1 * noise.drift_factor(nu, m.t_inference, m.t0) - g) * gain, state.stuck, F)
+            nu[state.stuck != 0] = 0  # a stuck cell does not drift
+            held = mapping.conductance(out, F[None, :])  # what programming left, stuck cells included
+            drifted = held * noise.drift_factor(nu, m.t_inference, m.t0)
             if m.compensate:
-                drifted *= np.float32(noise.drift_compensation(out, drifted))
-            out = drifted
+                drifted *= np.float32(noise.drift_compensation(held, drifted))
+                out = L + (drifted - g) * gain
+            else:
+                out = _stuck(L + (drifted - g) * gain, state.stuck, F)
         if m.r_wire > 0:
             held = mapping.conductance(out, F[None, :])
             out = out + (noise.ir_drop(held, m.r_wire) - held) * gain

@@ -24,8 +24,9 @@ one exponent per cell ``nu = |mu + sigma * z|`` from the chip's draw ``z``:
 - ``none``: no drift (ReRAM's default, hw-parameters.md §5.8).
 
 Global drift compensation (aihwkit ``GlobalDriftCompensation``, hw-parameters.md §5.3): the periphery reads
-a reference after programming and again at inference and scales every read by the ratio of the two
-(:func:`drift_compensation`: one factor per array, from the sums of what its cells read above ``g_min``).
+a reference (every input on) after programming and again at inference and scales every read by the ratio of the
+two (:func:`drift_compensation`: one factor per array, from the sums of its cells' conductances, stuck ones
+included; the whole column current is scaled, so a differential pair's difference scales alike).
 
 IR drop, first order (:func:`ir_drop`, MNSIM's accuracy model, hw-parameters.md §5.6): the cell at physical
 row ``i`` and column ``j`` of an array of ``R`` rows is in series with ``R - i + j + 1`` wire segments of
@@ -119,9 +120,8 @@ def drift_factor(nu: np.ndarray, t_inference: float, t0: float) -> np.ndarray:
 
 
 def drift_compensation(before: np.ndarray, after: np.ndarray) -> float:
-    """The global drift compensation factor of one array: the sum of what its cells read (in levels above
-    ``g_min``, a reference read of every column) after programming over the same sum at inference (1 when
-    either is not positive)."""
+    """The global drift compensation factor of one array: the sum of its cells' conductances after programming over
+    the same sum at inference (module docstring; 1 when either is not positive)."""
     a, b = float(np.sum(before, dtype=np.float64)), float(np.sum(after, dtype=np.float64))
     return a / b if a > 0 and b > 0 else 1.0
 
