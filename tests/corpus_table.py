@@ -86,7 +86,8 @@ def render(results: dict[str, dict[str, cm.Outcome]]) -> str:
         f"inputs of the model's kind within rtol {cm.RTOL:g}, atol {cm.ATOL:g} (element-wise); the cell gives the "
         f"largest absolute difference. The outputs must vary between samples by at least {cm.MIN_SPREAD:g}, or "
         f"the comparison would be vacuous.",
-        f"- **compile** for each target (default pipeline, W8A8, calibrated on {cm.CALIB_BATCH} seeded inputs): "
+        f"- **compile** for each target (default pipeline and spec, the memristor's ideal crossbar "
+        f"(`ideal = true`), W8A8, calibrated on {cm.CALIB_BATCH} seeded inputs): "
         f"`--verify` on {cm.VERIFY_BATCH} other inputs finds the program equal to the integer reference (the "
         f"quantized graph) bit for bit. The cell gives the program's cosine similarity and largest absolute "
         f"difference against onnxruntime on the float model: what 8-bit quantization calibrated on "

@@ -24,6 +24,8 @@ TARGETS = sorted(all_targets())
 
 def _lossless(name: str):
     t = all_targets()[name]()
+    if "ideal" in {p.name for p in t.spec.params()}:  # a device model: its ideal device
+        t = t.with_spec(ideal=True)
     caps = t.capabilities()
     return t if caps.adc_lossless else t.with_spec(adc_bits=caps.lossless_adc_bits())
 
