@@ -307,6 +307,8 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         raise InputError("Monte Carlo runs verify the program on many chips; pass verify=True (--verify) with mc")
     if mc is not None and mc < 1:
         raise InputError(f"mc = {mc}: the number of Monte Carlo chips must be at least 1")
+    if workers is not None and mc is None:
+        raise InputError("workers are the processes of a Monte Carlo run; pass mc (--mc N) with them")
     if workers is not None and workers < 1:
         raise InputError(f"workers = {workers}: need at least 1 worker process")
     sample, where, labels = _verify_inputs(src, graph, given, inputs, labels, seed) if verify \

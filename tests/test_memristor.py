@@ -200,6 +200,9 @@ def test_programming_is_a_one_time_cost_with_cell_writes():
     (["--mc", "2"], "--verify"),
     (["--verify", "--mc", "2", "--spec-set", "ideal=true"], "no device that varies"),
     (["--spec-set", "prog_model=lognormal"], "prog_model"),
+    (["--verify", "--workers", "2"], "--mc"),
+    (["--spec-set", "ideal=true", "-p", "quantize,tile{encoding=differential},lower-memristor{adc-bits=5}"],
+     "ideal = true"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     from cimc.cli import main

@@ -50,7 +50,10 @@ class LowerMemristorPass(Pass):
         target = ctx.require_target(self)
         spec = target.spec
         assert isinstance(spec, MemristorSpec)
-        adc_bits = resolved_adc_bits(spec) if self.adc_bits is None or spec.ideal else self.adc_bits
+        if self.adc_bits is not None and spec.ideal:
+            raise PassError(f"{self.name}{{adc-bits={self.adc_bits}}} with ideal = true: the ideal crossbar's ADC is "
+                            f"lossless; drop the option or set --spec-set ideal=false")
+        adc_bits = resolved_adc_bits(spec) if self.adc_bits is None else self.adc_bits
         pairs = spec.signed == "differential"
         nodes = tiled_nodes(graph, self.name, "crossbars")
         for n in nodes:
