@@ -26,6 +26,7 @@ from cimc.quant.prequant import adopt_quantized
 from cimc.targets import all_targets
 
 TARGETS = sorted(all_targets())
+SPECS = {"memristor": {"ideal": True}}  # a device model's ideal device: the program must equal the reference
 N = 120  # test images per check
 _FLOAT_MACS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
@@ -77,7 +78,8 @@ def test_quantize_static_models_compile_with_their_own_scales(name, fmt, per_cha
         if name == "lstm_rows":
             with pytest.raises(InputError, match=r"node '/lstm/LSTM' \(LSTM\): the pre-quantized model leaves it"):
                 compile(model, target)
-        c = compile(model, target, verify=True, inputs=x, labels=y, allow_float=name == "lstm_rows")
+        c = compile(model, target, spec=SPECS.get(target), verify=True, inputs=x, labels=y,
+                    allow_float=name == "lstm_rows")
         assert [f["layer"] for f in c.float_layers] == (["/lstm/LSTM"] if name == "lstm_rows" else [])
         v = c.report["verify"]
         assert c.quantized.metadata["quant.source"] == fmt.lower() and c.calibration.startswith("none")
@@ -249,7 +251,7 @@ def test_exporter_layouts_keep_their_bits_and_scales(style):
     assert a["equal"] >= 0.999 and a["max_lsb"] <= 1, a
     logits = run_onnxruntime(model, {"input": x})["logits"]
     for target in TARGETS:
-        c = compile(model, target, verify=True, inputs=x, labels=m.y_test[:N])
+        c = compile(model, target, spec=SPECS.get(target), verify=True, inputs=x, labels=m.y_test[:N])
         v = c.report["verify"]
         assert v["reference_exact"] and v["top1_agreement"] >= 0.99 and v["max_abs_error"] < 0.05 * np.abs(
             logits).max(), v

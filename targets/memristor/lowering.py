@@ -33,14 +33,13 @@ class LowerMemristorPass(Pass):
     """Lower every tiled matrix op to crossbar load/MVM rounds (module docstring)."""
 
     name: ClassVar[str] = "lower-memristor"
-    requires_target: ClassVar[bool] = True
-    adc_bits: int | None = option(None, "ADC resolution of every xbar.mvm; none = the spec's (lossless when 0).")
+    spec_type: ClassVar[type[Spec]] = MemristorSpec
+    adc_bits: int | None = option(None, "ADC resolution of every xbar.mvm, 1 to 24; none = the spec's (lossless when "
+                                        "0).")
 
     def check(self, target: Target | None) -> None:
-        """The target must be memristor; ``adc-bits`` 1 to 24."""
+        """A memristor target, and ``adc-bits`` 1 to 24."""
         super().check(target)
-        if target is not None and not isinstance(target.spec, MemristorSpec):
-            raise PassError(f"pass '{self.name}' lowers onto the memristor target, not {target.name!r}")
         self.option_limit("adc_bits", self.adc_bits, 1, 24, "ADC resolution")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
@@ -48,6 +47,7 @@ class LowerMemristorPass(Pass):
         from cimc.targets.memristor import resolved_adc_bits
 
         target = ctx.require_target(self)
+        target.register_ops()  # the instructions it emits
         spec = target.spec
         assert isinstance(spec, MemristorSpec)
         if self.adc_bits is not None and spec.ideal:
