@@ -45,13 +45,13 @@ class MemristorTarget(Target):
     spec: MemristorSpec = None  # type: ignore[assignment]
 
     def capabilities(self) -> Capabilities:
-        """Crossbar geometry and bit limits from the spec; matrix ops on the crossbars, the rest on the vector unit
-        (the shared ``VECTOR_OPS`` plus float ``LSTM``, which the quantizer leaves in float)."""
+        """Crossbar geometry and bit limits from the spec; matrix ops with constant weights on the crossbars, the rest
+        on the vector unit (the shared ``VECTOR_OPS``: attention's matmuls of two activations run there)."""
         s = self.spec
         return Capabilities(rows=s.rows, cols=s.cols, cell_bits=s.cell_bits, weight_bits_max=s.weight_bits_max,
                             act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=resolved_adc_bits(s),
                             rows_per_op=s.rows_per_op, arrays=s.crossbars, skips_zero_blocks=True,
-                            vector_ops=(*VECTOR_OPS, "LSTM"), own_ops=("xbar.",), spare_rows=s.spare_rows,
+                            vector_ops=VECTOR_OPS, own_ops=("xbar.",), spare_rows=s.spare_rows,
                             spare_cols=s.spare_cols)
 
     def default_pipeline(self) -> str:

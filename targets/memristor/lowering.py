@@ -3,7 +3,8 @@
 The rounds are the shared array lowering's (:mod:`cimc.cim.lowering`): each node with ``tile.map`` becomes
 ``vec.im2col`` (q.conv) -> per round of tiles on distinct crossbars one ``xbar.load`` (with the spec's
 ``full_scale``: which level a column's ``g_max`` stands for) and one ``xbar.mvm`` summing into the previous
-round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv). Signed weights are the spec's choice: ``differential``
+round's result -> ``Add`` bias -> ``vec.col2im`` (q.conv); layers sharing a weight's tiles (``tile.shared``)
+read the first one's loads. Signed weights are the spec's choice: ``differential``
 tiles (each tile all slices of its channels) are sensed as pairs, one signed conversion per pair; ``offset``
 tiles are read column by column. A tile map in another encoding is an error naming the fix. The ADC of every
 ``xbar.mvm`` is the worst-case range at the resolved ``adc_bits`` (lossless when 0 or ideal). With
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cimc.cim.lowering import Instructions, check_fits, lower_node, tiled_nodes
+from cimc.cim.lowering import Instructions, check_fits, lower_nodes, tiled_nodes
 from cimc.cim.machine import DEVICE
 from cimc.errors import PassError
 from cimc.ir.core import Graph
@@ -78,7 +79,7 @@ class LowerMemristorPass(Pass):
             need = lossless_adc_bits(int(a["tile.rows_per_op"]), spec.dac_bits, int(a["tile.cell_bits"])) + pairs
             if adc_bits < need:
                 lossy.add(f"adc_bits = {adc_bits} < {need}")
-            lower_node(graph, node, isa, adc_bits)
+        lower_nodes(graph, nodes, isa, adc_bits)
         notes = ["ADC: " + ", ".join(sorted(lossy)) + " bits (lossless)"] if lossy else []
         device = target.machine(ctx.seed).get(DEVICE)
         if device is not None and nodes:
