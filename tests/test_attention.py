@@ -19,6 +19,7 @@ from cimc.errors import InputError
 from cimc.targets import all_targets
 
 TARGETS = sorted(all_targets())
+SPECS = {"memristor": {"ideal": True}}  # a device model's ideal device: its programs must equal the reference
 HELDOUT = Path(__file__).resolve().parent.parent / "examples" / "heldout"
 
 
@@ -29,7 +30,7 @@ def test_hybrid_vit_runs_its_activation_matmuls_quantized(target):
     digits test images and top-1 stays within a point of float."""
     m = zoo.load("hybrid_vit")
     x, y = m.x_test[:300], m.y_test[:300]
-    c = compile("zoo:hybrid_vit", target, verify=True, inputs=x, labels=y, progress=False)
+    c = compile("zoo:hybrid_vit", target, spec=SPECS.get(target), verify=True, inputs=x, labels=y, progress=False)
     assert c.quantized.ops()["q.act_matmul"] == 2
     assert not any(n.op == "MatMul" for g in (c.quantized, c.program) for n in g.nodes)
     program = c.program.ops()
@@ -55,7 +56,8 @@ def test_a_held_out_attention_model_compiles_with_every_matmul_integer(target):
     entry = next(e for e in manifest["models"] if e["name"] == "conv_mha_dynamo")
     model = onnx.load(str(HELDOUT / entry["file"]))
     x = {"input": np.asarray(zoo.test_set()[0][:64])}
-    c = compile(model, target, calibration={"input": zoo.calibration_set()}, inputs=x, verify=True, progress=False)
+    c = compile(model, target, spec=SPECS.get(target), calibration={"input": zoo.calibration_set()}, inputs=x,
+                verify=True, progress=False)
     assert c.quantized.ops().get("q.act_matmul", 0) >= 2 and "MatMul" not in c.quantized.ops()
     assert c.verify["reference_exact"] and c.verify["top1_agreement"] >= 0.95, c.verify
 
