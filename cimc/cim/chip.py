@@ -224,7 +224,8 @@ class ChipDraw:
         stuck = np.stack([p.stuck for p in parts]) if parts else np.zeros(shape, np.int8)
         z = None
         if self.variation:
-            z = np.stack([p.variation for p in parts]) if parts else np.zeros(shape, np.float32)
+            z = np.stack([p.variation for p in parts if p.variation is not None]) if parts else \
+                np.zeros(shape, np.float32)
         cells = {k: np.stack([p.cells[k] for p in parts]) if parts else np.zeros(shape, np.float32)
                  for k in self.cells}
         return Chip(stuck, z, cells)

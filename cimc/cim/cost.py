@@ -55,22 +55,54 @@ __all__ = ["ArrayCostSpec", "ArrayFigures", "array_area", "load_cost", "mvm_cost
 class ArrayCostSpec(Protocol):
     """The figures of an array target's spec this cost model reads (module docstring)."""
 
-    cell_bits: int
-    shift_add_cycles: int
-    write_row_cycles: int
-    mvm_cell_pj: float
-    shift_add_pj: float
-    buffer_pj_per_byte: float
-    noc_pj_per_byte: float
-    dram_pj_per_byte: float
-    dram_bytes_per_cycle: float
-    act_buffer_bytes: int
-    out_buffer_bytes: int
-    vec_lanes: int
-    vec_op_cycles: int
-    vec_op_pj: float
-    vec_mul_pj: float
-    fp_mac_pj: float
+    @property
+    def cell_bits(self) -> int: ...
+
+    @property
+    def shift_add_cycles(self) -> int: ...
+
+    @property
+    def write_row_cycles(self) -> int: ...
+
+    @property
+    def mvm_cell_pj(self) -> float: ...
+
+    @property
+    def shift_add_pj(self) -> float: ...
+
+    @property
+    def buffer_pj_per_byte(self) -> float: ...
+
+    @property
+    def noc_pj_per_byte(self) -> float: ...
+
+    @property
+    def dram_pj_per_byte(self) -> float: ...
+
+    @property
+    def dram_bytes_per_cycle(self) -> float: ...
+
+    @property
+    def act_buffer_bytes(self) -> int: ...
+
+    @property
+    def out_buffer_bytes(self) -> int: ...
+
+    @property
+    def vec_lanes(self) -> int: ...
+
+    @property
+    def vec_op_cycles(self) -> int: ...
+
+    @property
+    def vec_op_pj(self) -> float: ...
+
+    @property
+    def vec_mul_pj(self) -> float: ...
+
+    @property
+    def fp_mac_pj(self) -> float: ...
+
 
     def pass_cycles(self, columns: Any, adc_bits: int) -> Any: ...
 

@@ -110,10 +110,10 @@ def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *,
         planes = work[:bits.size].reshape(A, J * n, rpo)
         np.copyto(planes, bits.reshape(A, J * n, rpo))
         ps = np.matmul(planes, blocks_img, out=psum[:A * J * n * C].reshape(A, J * n, C))
-        if sig is not None:
+        if sig is not None and draws is not None and rng is not None:
             norm = np.sqrt(planes.sum(axis=2) if dac_bits == 1 else np.einsum("amr,amr->am", planes, planes))
             z = draws[:ps.size].reshape(ps.shape)
-            rng.standard_normal(out=z, dtype=z.dtype)  # type: ignore[union-attr]
+            rng.standard_normal(out=z, dtype=z.dtype)
             z *= norm[:, :, None]
             z *= sig
             ps += z

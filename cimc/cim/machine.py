@@ -429,7 +429,7 @@ def _groups(held: list[Written], fingerprint: tuple, tiles: TileMap, device: Dev
                     S = tiles.slices
                     j = np.arange(len(pc)).reshape(-1, S)
                     pos, neg = j[:, :S // 2].reshape(-1), j[:, S // 2:].reshape(-1)
-                    img = img[:, pos] - img[:, neg]  # one signed sum: the difference of the pair's currents
+                    img = np.subtract(img[:, pos], img[:, neg])  # one signed sum: the pair's currents' difference
                     sig = None if sig is None else np.sqrt(sig[pos] ** 2 + sig[neg] ** 2)
                     pc = pc[pos]
                 imgs.append(img)
