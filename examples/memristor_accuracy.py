@@ -44,7 +44,7 @@ CONFIGS: dict[str, dict] = {
 def row(model: str, config: str, spec: dict, n: int, seed: int, workers: int | None) -> str:
     """One table row: the compile, verified on the test split, over ``n`` chips (one run when ideal)."""
     r = cimc.compile(f"zoo:{model}", "memristor", spec=spec, verify=True, seed=seed, progress=False,
-                     mc=None if spec.get("ideal") else n, workers=workers)
+                     mc=None if spec.get("ideal") else n, workers=None if spec.get("ideal") else workers)
     v = r.verify
     if "mc" not in v:
         return f"| {model} | {config} | {100 * v['top1_program']:.2f} (1 run) | - | 0 |"
