@@ -4,14 +4,14 @@ The shared array cost model (:mod:`cimc.cim.cost`) with this target's figures: `
 of one row block and one input chunk: ``mvm_cycles`` of read pulse plus the busiest ADC's conversions; cells read
 at ``mvm_cell_pj``, word lines at ``dac_pj``, conversions at ``adc_pj``, one per differential pair), ``xbar.load``
 as programming ``write_cell_pj`` per cell and ``write_row_cycles`` per row (its writes are recorded per crossbar,
-so reloads show as cell writes for endurance), every other op on the digital vector unit; the ADC and DAC
-figures at the op's ``adc_bits`` and ``dac_bits``.
+so reloads show as cell writes for endurance), every other op on the digital vector unit every target shares
+(:func:`cimc.cost.vector_unit_cost`); the ADC and DAC figures at the op's ``adc_bits`` and ``dac_bits``.
 """
 
 from __future__ import annotations
 
-from cimc.cim.cost import array_area, digital_cost, load_cost, mvm_cost
-from cimc.cost import AreaPart, Cost
+from cimc.cim.cost import array_area, load_cost, mvm_cost
+from cimc.cost import AreaPart, Cost, vector_unit_cost
 from cimc.ir.core import Node
 from cimc.targets.memristor.spec import MemristorSpec
 
@@ -24,7 +24,7 @@ def op_cost(node: Node, spec: MemristorSpec) -> Cost:
         return mvm_cost(node, spec)
     if node.op == "xbar.load":
         return load_cost(node, spec, spec.write_cell_pj)
-    return digital_cost(node, spec)
+    return vector_unit_cost(node, spec)
 
 
 def area(s: MemristorSpec) -> list[AreaPart]:
