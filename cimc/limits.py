@@ -79,6 +79,8 @@ def check_size(what: str, shape: Iterable[int], itemsize: int) -> None:
     dims = [int(d) for d in shape]
     if any(d < 0 for d in dims):
         raise InputError(f"{what}: shape {dims} has a negative dim")
+    if math.prod(d for d in dims if d) * int(itemsize) >= 1 << 63:  # numpy refuses such a shape, even empty
+        raise InputError(f"{what}: shape {dims} cannot be an array (its nonzero dims multiply beyond 2**63 bytes)")
     size = math.prod(dims) * int(itemsize)
     limit = max_tensor_bytes()
     if size > limit:

@@ -49,6 +49,10 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
                                    "as 128 x 128 physical rows x columns, but its load wrote it as 383 x 128"),
     "cimir-npu-conv-window": (["run", "npu_dilation.cimir", "--random"],
                               "does not fit input dim 4 padded by (0, 0)"),
+    "cimir-quant-no-scale": (["run", "no_scale.cimir", "--random"],
+                             "%x (graph input): its quantization has no scale (one, or one per channel)"),
+    "cimir-empty-tensor-huge-dim": (["run", "huge_empty.cimir", "--random"],
+                                    "constant %c: shape [0, 9223372036854775807] cannot be an array"),
     "cimir-quant-scale-negative": (["run", "scale_negative.cimir", "--random"],
                                    ["%relu_q (node 'relu_requant' (q.requant)): its quantization scale -0.0",
                                     "is not a positive finite number"]),
@@ -397,6 +401,9 @@ def make_files(d: Path) -> None:
         "graph @main(%x: u8[1,1,4,4]) {\n  %w: i8[9,1] = const shape [9,1] [" + ", ".join(["1"] * 9) + "]\n"
         "  %y: i32[1,4,1] = npu.gemm(%x, %w) {k_range = [0, 9], n_range = [0, 1], positions = [0, 4], "
         "kernel_shape = [3, 3], dilations = [1, 2147483647], out_spatial = [2, 2]}\n  return %y\n}\n")
+    (d / "no_scale.cimir").write_text("graph @main(%x: u8[2]<q scale=[] zero_point=[0] bits=8>) {\n  return %x\n}\n")
+    (d / "huge_empty.cimir").write_text("graph @main() {\n  %c: i64[0,9223372036854775807] = const []\n"
+                                        "  return %c\n}\n")
     (d / "no_outputs.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %y: f32[2,3] = Relu(%x)\n  return\n}\n")
     (d / "gemm_f64.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %b: f64[3,4] = const shape [3,4] ["
                                       + ", ".join(["1.0"] * 12) + "]\n  %y: f32[2,4] = Gemm(%x, %b)\n  return %y\n}\n")

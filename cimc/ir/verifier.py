@@ -93,9 +93,11 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
 
 
 def _quant_problem(t: TensorType) -> str | None:
-    """Why ``t``'s quantization cannot map codes to real numbers (a scale that is 0, negative or not
-    finite), or ``None``."""
+    """Why ``t``'s quantization cannot map codes to real numbers (no scale or zero point, a scale that is
+    0, negative or not finite), or ``None``."""
     q = t.quant
+    if q is not None and (not q.scale or not q.zero_point):
+        return f"its quantization has no {'scale' if not q.scale else 'zero point'} (one, or one per channel)"
     bad = [] if q is None else [s for s in q.scale if not (math.isfinite(s) and s > 0)]
     return f"its quantization scale {bad[0]} is not a positive finite number" if bad else None
 

@@ -21,9 +21,10 @@ import numpy as np
 from lark import Token, Tree
 
 from cimc.cim.tilemap import TileMap
-from cimc.errors import ParseError
+from cimc.errors import CimcError, ParseError
 from cimc.ir.core import Graph, Value
 from cimc.ir.types import Dim, DType, QuantParams, Shape, TensorType
+from cimc.limits import check_size
 from cimc.text.printer import format_shape
 
 __all__ = ["parse_graph"]
@@ -219,6 +220,10 @@ class _Builder:
     def literal(self, lit: Tree[Token], t: TensorType, shape: tuple[int, ...], what: str) -> np.ndarray:
         tok = _token(lit.children[0])
         dt = t.dtype.numpy
+        try:
+            check_size(what, shape, dt.itemsize)
+        except CimcError as e:
+            raise self.error(str(e), tok) from None
         numel = math.prod(shape)
         if lit.data == "resource":
             key = _str(tok, self.source)
