@@ -53,6 +53,11 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
                              "%x (graph input): its quantization has no scale (one, or one per channel)"),
     "cimir-empty-tensor-huge-dim": (["run", "huge_empty.cimir", "--random"],
                                     "constant %c: shape [0, 9223372036854775807] cannot be an array"),
+    "cimir-racetrack-sweep-states": (["run", "rt_states.cimir", "--random"],
+                                     "a sweep of 2147483647 states 1 domains apart does not stay on tracks of 64"),
+    "cimir-racetrack-shift-faults-huge": (["run", "rt_distance.cimir", "--random"],
+                                          ["the shift faults of an instruction: shape [1, 2147483648,",
+                                           "limit on one tensor"]),
     "cimir-quant-scale-negative": (["run", "scale_negative.cimir", "--random"],
                                    ["%relu_q (node 'relu_requant' (q.requant)): its quantization scale -0.0",
                                     "is not a positive finite number"]),
@@ -368,8 +373,11 @@ def make_files(d: Path) -> None:
         assert main(["import", "zoo:mlp", "-o", str(d / "mlp.cimir")]) == 0
         assert main(["compile", "zoo:mlp", "-t", "npu", "-o", str(d / "npu.cimc")]) == 0
         assert main(["compile", "zoo:mlp", "-t", "sram-cim", "-o", str(d / "sram.cimc")]) == 0
+        assert main(["compile", "zoo:mlp", "-t", "racetrack", "--spec-set", "shift_fault_rate=0.001", "-o",
+                     str(d / "rt.cimc")]) == 0
     sources = {name: ((d / f"{stem}.cimir").read_text(), d / f"{stem}.npz") for name, stem in (
-        ("mlp", "mlp"), ("prog", "npu.cimc/program"), ("quant", "npu.cimc/quantized"), ("sram", "sram.cimc/program"))}
+        ("mlp", "mlp"), ("prog", "npu.cimc/program"), ("quant", "npu.cimc/quantized"), ("sram", "sram.cimc/program"),
+        ("rt", "rt.cimc/program"))}
     edits = {  # stem -> (source, old, new)
         "wrong_dtype": ("mlp", "%view: f32[batch,64] = Reshape", "%view: f64[batch,64] = Reshape"),
         "wrong_shape": ("mlp", "%view: f32[batch,64] = Reshape", "%view: f32[batch,65] = Reshape"),
@@ -390,6 +398,8 @@ def make_files(d: Path) -> None:
         "sram_tile_rows": ("sram", "channels=0:16 slices=0:8 array=0 replica=0}",
                            "channels=0:16 slices=0:8 array=0 replica=0 row_at=[0:9999999999999]}"),
         "sram_spares": ("sram", "spares=[0, 0]>", "spares=[255, 0]>"),  # the first load's map, not its MVM's
+        "rt_states": ("rt", "start = 0, states = 3,", "start = 0, states = 2147483647,"),
+        "rt_distance": ("rt", "distance = -2,", "distance = -2147483647,"),
     }
     for stem, (source, old, new) in edits.items():
         text, side = sources[source]

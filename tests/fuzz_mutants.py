@@ -5,7 +5,10 @@ A mutant is a seed (a real program or model) with one to three random edits, dra
 and classifies the outcome; :func:`check` asserts the contract every mutant must keep:
 
 - exit status 0 (it ran) or 2 (refused), never anything else;
-- a refusal is exactly one line ``cimc: error: ...``, not an internal error, no traceback;
+- a refusal is exactly one line ``cimc: error: ...``, not an internal error, no traceback, and not an
+  out-of-memory (mutants run under a small tensor size limit, :data:`LIMIT`: what would allocate more
+  must be refused by it; a long run by hand goes under ``ulimit -v`` so that such a mutant is a
+  ``MemoryError`` there, not the machine's out-of-memory killer);
 - a mutant that ran is one the verifier accepts (checked independently of the run).
 
 :data:`COUNTS` tallies outcomes (ran, refused, and the failures, which must stay 0) across a run;
@@ -117,9 +120,12 @@ def _check(kind: str, argv: list[str], verified: Any) -> None:
         COUNTS[f"{kind} internal errors"] += 1
     if "Traceback" in err:
         COUNTS[f"{kind} tracebacks"] += 1
+    if "out of memory" in err:
+        COUNTS[f"{kind} out of memory"] += 1
     assert code == 2, (code, err)
     assert err.startswith("cimc: error: ") and err.count("\n") == 1 and err.endswith("\n"), err
     assert "internal error" not in err and "Traceback" not in err, err
+    assert "out of memory" not in err, f"the size limit {LIMIT[1]} let the mutant run out of memory: {err}"
 
 
 # ---- .cimir mutations -----------------------------------------------------------------------------------

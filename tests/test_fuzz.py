@@ -6,7 +6,8 @@ CI runs a bounded number of mutants (``CIMC_FUZZ_EXAMPLES`` and ``CIMC_FUZZ_ONNX
 a long run by hand; ``CIMC_FUZZ_REPORT=path`` writes the tallies there as JSON, every 500 mutants and at
 the end; ``CIMC_FUZZ_FAILURES=folder`` keeps failing mutants there instead of failing). Examples are drawn
 deterministically (hypothesis ``derandomize``), so CI runs the same mutants every time; a long run split
-over processes gives each its own ``CIMC_FUZZ_SEED=N``, so each draws other mutants.
+over processes gives each its own ``CIMC_FUZZ_SEED=N``, so each draws other mutants, and runs under
+``ulimit -v`` (a mutant that allocates gigabytes past the size limit then fails as out of memory).
 """
 
 from __future__ import annotations

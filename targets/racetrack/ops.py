@@ -67,6 +67,7 @@ from cimc.errors import CimcError, VerifyError
 from cimc.ir.core import Graph
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, op_def
 from cimc.ir.types import DType, TensorType
+from cimc.limits import check_size
 from cimc.ops._infer import require
 from cimc.ops.nn import to_dtype
 
@@ -103,6 +104,7 @@ class Tracks:
         """Make room for MUs ``0 .. mus - 1`` with ``lanes`` lanes (new ones empty and at offset 0)."""
         m0, l0 = self._words.shape[:2]
         if mus > m0 or lanes > l0:
+            check_size("the racetrack's tracks", (max(mus, m0), max(lanes, l0), 3 * self.domains), 2)
             words = np.zeros((max(mus, m0), max(lanes, l0), 3 * self.domains), np.int16)
             words[:m0, :l0] = self._words
             self._words = words
@@ -170,6 +172,7 @@ def sweep_steps(states: int, step: int, turn: int, alternate: int, blocks: int,
     (int64 ``[blocks, states]``, state ``t`` as the pieces number it), the commanded offset minus the one
     the program expects at each block (int64 ``[blocks]``: 0 for a consistent program), the total steps
     and the net change of the offset."""
+    check_size("a sweep's schedule", (blocks, states), 8)
     s = abs(step)
     per_block = (states - 1) * s + abs(turn)
     t = np.arange(states, dtype=np.int64)
@@ -186,6 +189,7 @@ def _faults(ctx, samples: int, steps: int, mus: int, rate: float, guard: int, st
     """Misalignment ``[samples, steps + 1, mus]`` after each of ``steps`` one-domain steps (index 0: before
     the first), from ``start [samples, mus]``: seeded faults of ``rate`` per step, guard checks every
     ``guard`` steps (0: none)."""
+    check_size("the shift faults of an instruction", (samples, steps + 1, mus), 8)
     u = ctx.rng.random((samples, steps, mus))
     f = (u > 1 - rate / 2).astype(np.int64) - (u < rate / 2)
     c = np.zeros((samples, steps + 1, mus), np.int64)
@@ -401,6 +405,10 @@ def _mac_type(ctx: InferContext) -> list[TensorType]:
         raise VerifyError(f"rt.mac: channels = {a['channels']} but the matrix {list(a['matrix'])} has {G * N}")
     if a["ports"] * a["segment"] > a["domains"]:
         raise VerifyError(f"rt.mac: {a['ports']} ports {a['segment']} domains apart do not fit {a['domains']} domains")
+    if a["states"] > a["domains"] or (a["states"] - 1) * abs(a["step"]) > 2 * (a["domains"] - 1):
+        raise VerifyError(f"rt.mac: a sweep of {a['states']} states {a['step']} domains apart does not stay on "
+                          f"tracks of {a['domains']} data domains (at most one state per domain, within the "
+                          f"{2 * a['domains'] - 1} domains a track shifts over)")
     _check_pieces(ctx, 2, "rt.mac")
     if x.shape is None:
         return [TensorType(DType.i32, None)]
