@@ -44,6 +44,9 @@ def weight_matrix(node: Node) -> np.ndarray:
                         f"run fold-constants before tile")
     if node.op == "q.conv":
         g = int(node.attrs.get("group", 1))
+        if w.ndim < 2 or g < 1 or w.shape[0] % g:
+            raise CimcError(f"node {node.name!r} ({node.op}): group = {g} does not divide the weight's "
+                            f"{w.shape[0] if w.ndim else 0} output channels")
         n, k = w.shape[0] // g, math.prod(w.shape[1:])
         return w.reshape(g, n, k).transpose(0, 2, 1)
     if node.op == "q.gemm":

@@ -58,6 +58,9 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "cimir-racetrack-shift-faults-huge": (["run", "rt_distance.cimir", "--random"],
                                           ["the shift faults of an instruction: shape [1, 2147483648,",
                                            "limit on one tensor"]),
+    "cimir-tile-map-group": (["run", "tile_map_group.cimir", "--random"],
+                             "attribute 'tile.map': node 'q_conv' (q.conv): group = 2 does not divide the weight's "
+                             "3 output channels"),
     "cimir-quant-scale-negative": (["run", "scale_negative.cimir", "--random"],
                                    ["%relu_q (node 'relu_requant' (q.requant)): its quantization scale -0.0",
                                     "is not a positive finite number"]),
@@ -414,6 +417,13 @@ def make_files(d: Path) -> None:
     (d / "no_scale.cimir").write_text("graph @main(%x: u8[2]<q scale=[] zero_point=[0] bits=8>) {\n  return %x\n}\n")
     (d / "huge_empty.cimir").write_text("graph @main() {\n  %c: i64[0,9223372036854775807] = const []\n"
                                         "  return %c\n}\n")
+    (d / "tile_map_group.cimir").write_text(
+        "graph @main(%x: u8[1,2,4,4]<q scale=[0.1] zero_point=[0] bits=8>) {\n"
+        "  %w: i8[3,2,3,3]<q scale=[0.01] zero_point=[0] bits=8> = const shape [3,2,3,3] [" + ", ".join(["1"] * 54)
+        + "]\n  %y: i32[1,3,2,2]<q scale=[0.001] zero_point=[0] bits=32> = q.conv(%x, %w) {group = 2, "
+        "x_zero_point = 0, "
+        '"tile.map" = tiles<"c" matrix=[1, 18, 3] slices=8 arrays=16 shape=[128, 128] spares=[0, 0]> '
+        "[{group=0 rows=0:18 channels=0:3 slices=0:8 array=0 replica=0}]}\n  return %y\n}\n")
     (d / "no_outputs.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %y: f32[2,3] = Relu(%x)\n  return\n}\n")
     (d / "gemm_f64.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %b: f64[3,4] = const shape [3,4] ["
                                       + ", ".join(["1.0"] * 12) + "]\n  %y: f32[2,4] = Gemm(%x, %b)\n  return %y\n}\n")
