@@ -9,7 +9,11 @@ Usage: ``python benchmarks/bench_racetrack.py [--repeat N] [--compile-repeat N] 
   ``InferenceSession.run`` of the float batch-8 model. Goal: ratio <= 5.
 
 Times are medians of ``--repeat`` runs after a warm-up (compile: ``--compile-repeat``). The load average
-is printed beside the figures: other work on the two cores inflates them.
+is printed beside the figures: other work on the two cores inflates them. Both runtimes get the same threads:
+onnxruntime as many intra-op threads as ``OPENBLAS_NUM_THREADS`` gives numpy's BLAS (unset: each its
+default, one per core). On a busy machine, ``OPENBLAS_NUM_THREADS=1`` gives both one thread: a BLAS call
+waiting for a second thread that another process holds then no longer stalls, and the ratio stays a
+comparison of the two runtimes rather than of their thread pools under contention.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import cimc
 from cimc.interpreter import Interpreter
 
 GOALS = {"compile_ratio": 10.0, "run_ratio": 5.0}
+THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS") or 0)
+"""onnxruntime's intra-op threads: numpy's BLAS threads when set (0: onnxruntime's default)."""
 
 
 def _compile(proto_or_path: Any, proto: onnx.ModelProto, n_calib: int) -> cimc.CompiledModel:
@@ -46,7 +52,7 @@ def bench_compile(repeat: int, compile_repeat: int) -> dict[str, Any]:
     """Compile light_resnet50 for racetrack vs onnxruntime session creation."""
     path = light_path("resnet50")
     proto = onnx.load(path)
-    session(light_path("squeezenet"))  # warm-up: lazy initialisation is not counted
+    session(light_path("squeezenet"), THREADS)  # warm-up: lazy initialisation is not counted
     _compile(light_path("squeezenet"), onnx.load(light_path("squeezenet")), 2)
     ts = []
     for _ in range(compile_repeat):
@@ -54,7 +60,7 @@ def bench_compile(repeat: int, compile_repeat: int) -> dict[str, Any]:
         t = time.perf_counter()
         c = _compile(path, proto, 2)
         ts.append(time.perf_counter() - t)
-    ort_s = median_times([partial(session, path)], repeat)[0]
+    ort_s = median_times([partial(session, path, THREADS)], repeat)[0]
     s = statistics.median(ts)
     return {"compile_s": s, "ort_session_s": ort_s, "compile_ratio": s / ort_s, "ops": len(c.program.nodes),
             "lowering_s": next(p["seconds"] for p in c.timings["passes"] if p["pass"] == "lower-racetrack")}
@@ -63,7 +69,7 @@ def bench_compile(repeat: int, compile_repeat: int) -> dict[str, Any]:
 def bench_run(repeat: int) -> dict[str, Any]:
     """The batch-8 program in the interpreter vs onnxruntime on the float model."""
     proto = with_batch(onnx.load(light_path("resnet50")), 8)
-    sess = session(proto.SerializeToString())
+    sess = session(proto.SerializeToString(), THREADS)
     x = samples(proto, 8, seed=1)
     c = _compile(proto, proto, 8)
     c.target.register_ops()
@@ -97,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run light_resnet50 batch 8: racetrack program {r['run_s']:.3f} s vs onnxruntime {r['ort_run_s']:.3f} s: "
           f"ratio {goal('run_ratio', r['run_ratio'])}")
     print(f"load average (1 min) at start {load_start:.2f}, at end {load_end:.2f}, on {os.cpu_count()} cores: "
-          f"anything well above 0 means other work shared the cores and the times are inflated")
+          f"anything well above 0 means other work shared the cores and the times are inflated; threads: "
+          f"{THREADS or 'default'} (BLAS and onnxruntime)")
     if args.json:
         args.json.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                                         "machine": machine(), "goals": GOALS, "load_average": [load_start, load_end],
+                                         "machine": machine(), "goals": GOALS, "threads": THREADS,
+                                         "load_average": [load_start, load_end],
                                          **res}, indent=2) + "\n")
     return 0
 

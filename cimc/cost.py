@@ -43,11 +43,12 @@ every cost is per inference (one sample).
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 __all__ = [
     "COMPONENTS",
@@ -546,33 +547,28 @@ def _checked(target: _CostTarget, node: Any) -> Cost:
 def _one_time(costs: list[Cost]) -> set[int]:
     """Indices of the load ops none of whose written regions another op's region overlaps.
 
-    Per array, spans sorted by start; span ``(s, e)`` of op ``i`` overlaps another op's span iff among the
-    spans starting before ``e`` one of another op ends after ``s``: the two furthest ends of distinct ops
-    over each prefix answer that in O(1), so the check is O(n log n) for n spans."""
-    by_array: dict[int, list[tuple[int, int, int]]] = {}
-    for i, c in enumerate(costs):
-        if c.unit == "load":
-            for w in c.writes:
-                if w.cells > 0:
-                    by_array.setdefault(w.array, []).append((w.start, w.start + w.cells, i))
+    Spans ``[s, e)`` (``e > s``) of one array overlap iff each starts before the other ends. With the starts and
+    the ends of a group of spans each sorted, span ``j`` overlaps ``#(starts < e_j) - #(ends <= s_j)`` spans of
+    the group, itself included (a span ending at or before ``s_j`` also starts before ``e_j``). Counted once
+    among the spans of its array and once among those of its array written by its own op, the counts differ
+    iff another op writes one of its cells. Groups are kept apart in one sorted key ``group * width +
+    coordinate``, the coordinates replaced by their ranks (order kept, below ``width``): O(n log n) for n
+    spans, in numpy."""
+    spans = [(w.array, w.start, w.start + w.cells, i) for i, c in enumerate(costs) if c.unit == "load"
+             for w in c.writes if w.cells > 0]
     clash: set[int] = set()
-    for spans in by_array.values():
-        spans.sort()
-        starts = [s for s, _, _ in spans]
-        tops: list[tuple[tuple[int, int], tuple[int, int]]] = []  # per prefix: (end, op) of the top two ops
-        best, second = (-1, -1), (-1, -1)
-        for _, e, i in spans:
-            if i == best[1]:
-                best = max(best, (e, i))
-            elif (e, i) > best:
-                best, second = (e, i), best
-            elif (e, i) > second:
-                second = (e, i)
-            tops.append((best, second))
-        for s, e, i in spans:
-            (e1, o1), (e2, _) = tops[bisect.bisect_left(starts, e) - 1]
-            if (o1 != i and e1 > s) or (o1 == i and e2 > s):
-                clash.add(i)
+    if spans:
+        array, start, end, op = np.array(spans, np.int64).T
+        coords, rank = np.unique(np.concatenate([start, end]), return_inverse=True)
+        s, e, width = rank[:len(start)], rank[len(start):], len(coords)
+
+        def overlaps(group: np.ndarray) -> np.ndarray:
+            g = np.unique(group, return_inverse=True)[1].reshape(-1) * width
+            return (np.searchsorted(np.sort(g + s), g + e) - np.searchsorted(np.sort(g + e), g + s, side="right"))
+
+        array = np.unique(array, return_inverse=True)[1].reshape(-1)  # arrays 0 .. n - 1
+        others = overlaps(array) != overlaps(array * len(costs) + op)
+        clash = set(np.unique(op[others]).tolist())
     return {i for i, c in enumerate(costs) if c.unit == "load" and c.writes and i not in clash}
 
 

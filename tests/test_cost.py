@@ -155,6 +155,17 @@ def test_one_time_split_equals_a_cell_by_cell_count(ops) -> None:
     assert _one_time(costs) == _brute_one_time(costs)
 
 
+def test_one_time_at_the_edges() -> None:
+    """Spans that touch do not overlap; one shared cell does; an op overlapping its own writes stays one-time."""
+    def loads(*writes: tuple[Write, ...]) -> list[Cost]:
+        return [Cost(1.0, 1.0, "load", writes=w) for w in writes]
+
+    assert _one_time(loads((Write(0, 0, 10),), (Write(0, 10, 5),))) == {0, 1}
+    assert _one_time(loads((Write(0, 0, 10),), (Write(0, 9, 5),))) == set()
+    assert _one_time(loads((Write(0, 0, 10), Write(0, 5, 10)), (Write(1, 0, 10),))) == {0, 1}
+    assert _one_time(loads((Write(0, 0, 10), Write(2, 3, 1)), (Write(1, 0, 10), Write(2, 0, 4)))) == set()
+
+
 def test_write_overlap() -> None:
     assert Write(0, 0, 10).overlaps(Write(0, 9, 1)) and not Write(0, 0, 10).overlaps(Write(0, 10, 5))
     assert not Write(0, 0, 10).overlaps(Write(1, 0, 10))

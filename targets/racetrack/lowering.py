@@ -340,12 +340,12 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     out_type = TensorType(DType.i32, (fshape[0], G * N, L) if conv else (*fshape[:-1], G * N))
     acc = None
     rounds = _rounds(lay.mus, spec.mus, first) if shared is None else [(0, lay.mus, shared[2])]
+    words = graph.add_constant(m.astype(np.int8), f"{node.name}.words") if shared is None else None
     for r0, r1, base in rounds:
-        if shared is None:
+        if shared is None:  # every round writes its MUs' pieces of the one weight matrix
             rows = lay.pieces[(lay.pieces[:, 3] >= r0) & (lay.pieces[:, 3] < r1)].copy()
             rows[:, 3] += base - r0
             pieces = graph.add_constant(rows, f"{node.name}.pieces")
-            words = graph.add_constant(m.astype(np.int8), f"{node.name}.words")
             token = add("rt.write", [words, pieces], {"mus": [base, base + r1 - r0], **geometry, "matrix": [G, K, N],
                                                       "weight_bits": bits})
         else:

@@ -675,27 +675,29 @@ def commanded_offsets(graph: Graph) -> tuple[dict[int, int], list[str]]:
     """Walk a program's ``rt.*`` instructions without running them: the commanded offset of every MU at the
     end of one inference, and each ``rt.mac`` that starts where its MUs are not (by its node name). A
     lowering's program leaves every MU at 0 and has no such ``rt.mac``."""
-    offset: dict[int, int] = {}
+    offset, seen = np.zeros(0, np.int64), np.zeros(0, bool)
     problems = []
     for node in graph.nodes:
         if not node.op.startswith("rt."):
             continue
         a = node.attrs
         m0, m1 = (int(v) for v in a["mus"])
+        if m1 > len(offset):
+            offset = np.concatenate([offset, np.zeros(m1 - len(offset), np.int64)])
+            seen = np.concatenate([seen, np.zeros(m1 - len(seen), bool)])
+        seen[m0:m1] = True
         if node.op == "rt.shift":
-            for m in range(m0, m1):
-                offset[m] = offset.get(m, 0) + int(a["distance"])
+            offset[m0:m1] += int(a["distance"])
         elif node.op == "rt.mac":
-            if any(offset.get(m, 0) != int(a.get("start", 0)) for m in range(m0, m1)):
+            if (offset[m0:m1] != int(a.get("start", 0))).any():
                 problems.append(f"{node.name}: starts at offset {a.get('start', 0)}, its MUs are at "
-                                f"{sorted({offset.get(m, 0) for m in range(m0, m1)})}")
+                                f"{np.unique(offset[m0:m1]).tolist()}")
             x = node.operand(0).type.shape
             L = (positions(tuple(x), a)[1] or 1) if x is not None else 1
             _, _, _, net = sweep_steps(int(a["states"]), int(a.get("step", 1)), int(a.get("turn", 0)),
                                        int(a.get("alternate", 0)), -(-L // int(a["block"])))
-            for m in range(m0, m1):
-                offset[m] = offset.get(m, 0) + net
-    return offset, problems
+            offset[m0:m1] += net
+    return {m: int(offset[m]) for m in np.nonzero(seen)[0].tolist()}, problems
 
 
 OPS = (rt_write, rt_shift, rt_mac)
