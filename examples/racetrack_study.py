@@ -3,7 +3,8 @@
 Usage::
 
     python examples/racetrack_study.py shifts [--models lenet_bn ... light_resnet50 ...] [--no-check]
-                                             [--weight-bits 4] [--placements optimized ...]
+                                             [--weight-bits 4] [--quantize-options "weight-rounding=nearest"]
+                                             [--placements optimized ...]
     python examples/racetrack_study.py faults [--models resnet_tiny ...] [--rates 1e-6 ... 1e-2]
                                              [--seeds 5] [--guard 8]
 
@@ -15,7 +16,10 @@ seeded random input for a light model). Then per model the ratios optimized / na
 serpentine, and their mean over the models (the goal: at most 0.4 and 0.8). Zoo models are calibrated on
 the zoo's calibration set; light models (random weights, see ``tests/light_models.py``) on 2 seeded
 random inputs, and their fixed batch is 1. ``--weight-bits`` quantizes the weights to that many bits (W4A8
-with 4); ``--placements`` restricts the placements (the ratios need all three).
+with 4); ``--quantize-options`` adds options of the quantize pass (``weight-rounding=nearest`` skips GPTQ,
+which takes minutes per large layer below 8 bits: the placement, and so the shifts, depend on the layers'
+shapes and bits, not on the weights' values); ``--placements`` restricts the placements (the ratios need all
+three).
 
 ``faults``: each model compiled with ``shift_fault_rate`` = each rate, without and with the guard
 (``guard_interval``), run on the digits test split with ``--seeds`` seeds (Monte Carlo: each seed draws
@@ -53,9 +57,10 @@ def _input(model, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *shape[1:]), dtype=np.float32)
 
 
-def compile_model(name: str, weight_bits: int = 8, **spec) -> cimc.CompiledModel:
-    """``name`` (a zoo model or ``light_*``) compiled for racetrack with spec overrides ``spec``."""
-    pipeline = f"fold-constants,fuse-batchnorm,quantize{{weight-bits={weight_bits} act-bits=8}}"
+def compile_model(name: str, weight_bits: int = 8, quantize_options: str = "", **spec) -> cimc.CompiledModel:
+    """``name`` (a zoo model or ``light_*``) compiled for racetrack with spec overrides ``spec`` (and more options
+    of the quantize pass, ``"weight-rounding=nearest"``)."""
+    pipeline = f"fold-constants,fuse-batchnorm,quantize{{weight-bits={weight_bits} act-bits=8 {quantize_options}}}"
     if name.startswith("light_"):
         m = _light(name)
         return cimc.compile(m, target="racetrack", pipeline=pipeline, spec=spec or None, calibration=_input(m, 2, 0),
@@ -71,14 +76,15 @@ def exact(c: cimc.CompiledModel, name: str) -> bool:
     return all(np.array_equal(ours[k], ref[k]) for k in ref)
 
 
-def shifts_table(models: list[str], check: bool, weight_bits: int = 8, placements=PLACEMENTS) -> list[str]:
+def shifts_table(models: list[str], check: bool, weight_bits: int = 8, placements=PLACEMENTS,
+                 quantize_options: str = "") -> list[str]:
     """The shifts / energy / latency table and the ratios (markdown lines)."""
     lines = ["| model | placement | shifts | energy uJ | latency us | exact |", "|---|---|---|---|---|---|"]
     ratios = []
     for name in models:
         got = {}
         for p in placements:
-            c = compile_model(name, weight_bits, placement=p)
+            c = compile_model(name, weight_bits, quantize_options, placement=p)
             per = c.cost.per_inference
             got[p] = per.events.get("shifts", 0.0)
             ok = ("yes" if exact(c, name) else "NO") if check else "-"
@@ -133,13 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--guard", type=int, default=8)
     ap.add_argument("--no-check", action="store_true", help="shifts: skip the exactness check")
     ap.add_argument("--weight-bits", type=int, default=8, help="shifts: weight bits of the quantization")
+    ap.add_argument("--quantize-options", default="", help="shifts: more options of the quantize pass")
     ap.add_argument("--placements", nargs="*", default=list(PLACEMENTS), choices=PLACEMENTS)
     args = ap.parse_args(argv)
     if args.part == "shifts":
         from light_models import LIGHT
 
         models = args.models or [*zoo.NAMES, *sorted(p.stem for p in LIGHT.glob("light_*.onnx"))]
-        lines = shifts_table(models, not args.no_check, args.weight_bits, tuple(args.placements))
+        lines = shifts_table(models, not args.no_check, args.weight_bits, tuple(args.placements),
+                             args.quantize_options)
     else:
         models = args.models or ["resnet_tiny", "mobilenet_tiny", "hybrid_vit", "mlp", "lenet_bn"]
         lines = faults_table(models, args.rates, args.seeds, args.guard)
