@@ -683,6 +683,7 @@ def commanded_offsets(graph: Graph) -> tuple[dict[int, int], list[str]]:
         a = node.attrs
         m0, m1 = (int(v) for v in a["mus"])
         if m1 > len(offset):
+            check_size("the MUs' offsets", (m1,), 9)
             offset = np.concatenate([offset, np.zeros(m1 - len(offset), np.int64)])
             seen = np.concatenate([seen, np.zeros(m1 - len(seen), bool)])
         seen[m0:m1] = True
