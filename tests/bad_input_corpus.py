@@ -61,6 +61,8 @@ CASES: dict[str, tuple[list[str], str | list[str]]] = {
     "cimir-tile-map-group": (["run", "tile_map_group.cimir", "--random"],
                              "attribute 'tile.map': node 'q_conv' (q.conv): group = 2 does not divide the weight's "
                              "3 output channels"),
+    "cimir-npu-dma-out-positions": (["run", "npu_dma_positions.cimir", "--random"],
+                                    "needs p_ranges and positions = 4, has positions = 44"),
     "cimir-quant-scale-negative": (["run", "scale_negative.cimir", "--random"],
                                    ["%relu_q (node 'relu_requant' (q.requant)): its quantization scale -0.0",
                                     "is not a positive finite number"]),
@@ -424,6 +426,9 @@ def make_files(d: Path) -> None:
         "x_zero_point = 0, "
         '"tile.map" = tiles<"c" matrix=[1, 18, 3] slices=8 arrays=16 shape=[128, 128] spares=[0, 0]> '
         "[{group=0 rows=0:18 channels=0:3 slices=0:8 array=0 replica=0}]}\n  return %y\n}\n")
+    (d / "npu_dma_positions.cimir").write_text(
+        "graph @main(%t: i32[1,4,2]) {\n  %y: i32[1,2,2,2] = npu.dma_out(%t) {p_ranges = [0, 4], n_ranges = [0, 2], "
+        "positions = 44, channels = 2, spatial = [2, 2]}\n  return %y\n}\n")
     (d / "no_outputs.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %y: f32[2,3] = Relu(%x)\n  return\n}\n")
     (d / "gemm_f64.cimir").write_text("graph @main(%x: f32[2,3]) {\n  %b: f64[3,4] = const shape [3,4] ["
                                       + ", ".join(["1.0"] * 12) + "]\n  %y: f32[2,4] = Gemm(%x, %b)\n  return %y\n}\n")

@@ -42,6 +42,8 @@ the float ops the quantizer left in float):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from cimc.errors import VerifyError
@@ -155,6 +157,9 @@ def _dma_out_type(ctx: InferContext) -> list[TensorType]:
     a, t = ctx.attrs, require(ctx, 0)
     n = a["channels"]
     ns, ps = _pairs(a["n_ranges"]), _pairs(a["p_ranges"])
+    if a["spatial"] and (not a["p_ranges"] or a["positions"] != math.prod(a["spatial"])):
+        raise VerifyError(f"{_where(ctx)}: a convolution's result (spatial {list(a['spatial'])}) needs p_ranges and "
+                          f"positions = {math.prod(a['spatial'])}, has positions = {a['positions']}")
     if len(ns) != len(ctx.types) or (ps and len(ps) != len(ctx.types)):
         raise VerifyError(f"{_where(ctx)}: {len(ctx.types)} tiles but {len(ns)} n_ranges and {len(ps)} p_ranges")
     for i, (tile, (n0, n1)) in enumerate(zip(ctx.types, ns, strict=True)):
