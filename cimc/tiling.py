@@ -16,6 +16,9 @@ onto arrays from ``first_array``; replica ``r`` of a tile goes to the ``r``-th a
 Placement is the identity; :func:`place_randomly` gives each tile random row and column
 permutations inside the array, spares included (a placement any mapping pass may choose).
 
+Recoding (:func:`written_matrix`): a mapping pass may write some weights as other values (``tile.recode``:
+closest-value mapping onto stuck cells); the lowering packs those.
+
 Skipping (:func:`zero_blocks`): a tile drives the physical row blocks (``rows_per_op`` physical
 rows) that hold some of its rows; a driven block whose weights are all zero (so are its cells,
 except in offset encoding) need not be: its ``(tile, block)`` pair is listed for skipping.
@@ -32,7 +35,7 @@ from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError
 from cimc.ir.core import Node
 
-__all__ = ["place_randomly", "plan", "tile_image", "weight_bits", "weight_matrix", "zero_blocks"]
+__all__ = ["place_randomly", "plan", "tile_image", "weight_bits", "weight_matrix", "written_matrix", "zero_blocks"]
 
 
 def weight_matrix(node: Node) -> np.ndarray:
@@ -54,6 +57,25 @@ def weight_matrix(node: Node) -> np.ndarray:
     if node.op == "q.matmul":
         return w[None]
     raise CimcError(f"node {node.name!r}: {node.op} is not an array op (q.conv, q.gemm, q.matmul)")
+
+
+def written_matrix(node: Node) -> np.ndarray:
+    """The weights the arrays are written with, ``[G, K, N]``: :func:`weight_matrix`, except where the node's
+    ``tile.recode`` (int64 ``[n, 4]``, rows ``(group, row, channel, value)``; closest-value mapping onto stuck
+    cells, chosen by ``map-errors``) writes a weight as another value. Without it, the weights themselves."""
+    m = weight_matrix(node)
+    recode = node.attrs.get("tile.recode")
+    if recode is None or not np.size(recode):
+        return m
+    r = np.asarray(recode, np.int64).reshape(-1, 4)
+    info = np.iinfo(m.dtype)
+    if ((r[:, :3] < 0) | (r[:, :3] >= np.asarray(m.shape))).any() or (r[:, 3] < info.min).any() \
+            or (r[:, 3] > info.max).any():
+        raise CimcError(f"node {node.name!r}: tile.recode has an entry outside its [{', '.join(map(str, m.shape))}] "
+                        f"weight matrix or its {m.dtype} values")
+    out = m.copy()
+    out[r[:, 0], r[:, 1], r[:, 2]] = r[:, 3]
+    return out
 
 
 def weight_bits(node: Node) -> int:

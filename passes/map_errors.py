@@ -22,11 +22,26 @@ logical row ``i`` on the calibration inputs (1 without them). That is the cost m
    columns to the physical columns (spare columns included) given its rows; each step is optimal given the
    other, so the cost never grows.
 
+3. closest-value mapping (``closest``): a cell is stuck when what it holds does not depend on the level written
+   (``E[a, l, r, p] + l`` the same for every ``l``). A weight ``w`` with cells on stuck cells (in any of its
+   replicas; cells of skipped blocks are not read and do not count) is written as the value ``v`` whose
+   encoding, with those cells stuck, holds the value closest to ``w`` (squared distance summed over the
+   replicas, which share one image); ``w`` itself when nothing is closer. Candidates are the encodings of every
+   value of the weight's bits (all codes in two's complement; the canonical ones in differential and offset
+   encodings). Weights of one stuck pattern are solved together (one table per pattern and value).
+
 The result is a placement in the typed tile map (``row_at``, ``col_at``, arrays), which the executor honours:
-with an ideal device and a lossless ADC any placement computes the same bits. ``tile.skip`` is recomputed for
-the new rows. ``graph.metadata["report.map-errors"]`` gives per layer the expected squared error before (the
-identity placement on the arrays ``tile`` chose) and after. ``strategy=none`` keeps the placement (and says
-so); a chip with no faults or variation keeps it too (the report says there was nothing to avoid).
+with an ideal device and a lossless ADC any placement computes the same bits; and ``tile.recode`` (int64
+``[n, 4]``: ``(group, row, channel, value)`` of each weight written as another value, packed by the lowering
+through :func:`cimc.tiling.written_matrix`), which on an ideal device computes those values instead: the program
+is for its chip. ``tile.skip`` is recomputed for the new rows (from the weights: a recoded weight is never in a
+skipped block). Layers reading one weight's tiles (``tile.shared``) take their first layer's placement, the
+input moments of all of them summed. ``graph.metadata["report.map-errors"]`` gives per layer the expected
+squared error of the result, ``sum_i m2[i] sum_ch (sum_s sig[s] E[...])^2`` over each tile's driven rows (the
+errors of one weight's slices in a tile add before squaring), before (the identity placement on the arrays
+``tile`` chose, the weights as they are) and after, and how many weights were recoded. ``strategy=none``
+keeps the placement (and says so); a chip with no faults or variation keeps it too (the report says there was
+nothing to avoid).
 """
 
 from __future__ import annotations
@@ -46,7 +61,7 @@ from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError, PassError
 from cimc.ir.core import Graph, Node, Value
 from cimc.passmanager import Pass, PassContext, PassResult, option
-from cimc.tiling import tile_image, weight_matrix, zero_blocks
+from cimc.tiling import tile_image, weight_matrix, written_matrix, zero_blocks
 
 __all__ = ["MapErrorsPass", "error_maps"]
 
@@ -75,6 +90,12 @@ class _Tile:
     """``[levels, k, C]``: ``sig[c]^2`` where logical cell ``(i, c)`` holds that level, else 0."""
     m2: np.ndarray
     """``[k]``: mean square input of each logical row."""
+    img: np.ndarray
+    """``[k, C]``: the level of each logical cell."""
+    sig: np.ndarray
+    """``[C]``: the significance of each logical column's slice."""
+    slices: int
+    """Slices of a channel in the tile (``s1 - s0``)."""
 
     def row_cost(self, E2: np.ndarray, col_at: np.ndarray) -> np.ndarray:
         """``[k, R]``: cost of logical row ``i`` on physical row ``r`` with the columns at ``col_at``."""
@@ -90,6 +111,18 @@ class _Tile:
         return float(sum((self.m2[:, None] * self.w[lv] * E2[lv][np.ix_(row_at, col_at)]).sum()
                          for lv in range(len(self.w))))
 
+    def error(self, E: np.ndarray, row_at: np.ndarray, col_at: np.ndarray, driven: np.ndarray,
+              img: np.ndarray | None = None, moved: np.ndarray | None = None) -> float:
+        """Expected squared error of the tile's result (module docstring, the report) at this placement, with
+        its cells at levels ``img`` (default: its own) that encode its weights plus ``moved`` (``[k, channels]``,
+        a recoding), over the ``driven`` rows (bool ``[k]``)."""
+        img = self.img if img is None else img
+        e = E[img, row_at[:, None], col_at[None, :]].astype(np.float64) * self.sig  # [k, C]
+        per = e.reshape(len(img), -1, self.slices).sum(axis=2)  # [k, channels]: one weight's slices add
+        if moved is not None:
+            per += moved
+        return float(self.m2[driven] @ (per[driven] ** 2).sum(axis=1))
+
 
 @dataclass(frozen=True)
 class MapErrorsPass(Pass):
@@ -104,6 +137,8 @@ class MapErrorsPass(Pass):
     arrays: bool = option(True, "Also permute which physical array holds each array's tiles (most significant "
                                 "slices on the most reliable arrays).")
     inputs: int = option(8, "Calibration inputs run to measure each row's input (the first ones).")
+    closest: bool = option(True, "Closest-value mapping: a weight with cells on stuck cells is written as the value "
+                                 "whose encoding, with those cells stuck, holds the value closest to it.")
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.inputs < 0:
@@ -126,31 +161,60 @@ class MapErrorsPass(Pass):
         first: TileMap = nodes[0].attrs["tile.map"]
         A, shape = first.arrays, first.physical
         levels = 1 << int(nodes[0].attrs["tile.cell_bits"])
-        E2 = np.stack([error_maps(device, a, levels, shape) ** 2 for a in range(A)])  # [A, levels, R, C]
-        m2 = _input_moments(graph, nodes, ctx.calibration, self.inputs, ctx.seed)
-        perm = self._array_permutation(nodes, m2, E2) if self.arrays else np.arange(A)
+        E = np.stack([error_maps(device, a, levels, shape).astype(np.float32) for a in range(A)])  # [A, levels, R, C]
+        E2 = E.astype(np.float64) ** 2
+        stuck = _stuck(E) if self.closest else None
+        owners = [n for n in nodes if "tile.shared" not in n.attrs]
+        m2 = _shared_moments(nodes, _input_moments(graph, nodes, ctx.calibration, self.inputs, ctx.seed))
+        perm = self._array_permutation(owners, m2, E2) if self.arrays else np.arange(A)
         report = {}
-        for node in nodes:
-            tm: TileMap = node.attrs["tile.map"]
-            table = tm.table.copy()
-            table[:, 7] = perm[table[:, 7]]
-            row_at, col_at, before, after = [], [], 0.0, 0.0
-            for i in range(len(tm)):  # one tile at a time: a tile's cost terms are large
-                t = _tile(node, i, m2.get(id(node)))
-                before += t.cost(E2[tm.array_list[i]], tm.rows_of(i), tm.cols_of(i))
-                r, c, cost = self._place(t, E2[table[i, 7]], tm.rows_of(i), tm.cols_of(i))
-                row_at.append(r)
-                col_at.append(c)
-                after += cost
-            placed = tm.replace(table=table, row_at=row_at, col_at=col_at)
-            node.attrs["tile.map"] = placed
-            if Encoding(node.attrs["tile.encoding"], int(node.attrs["tile.weight_bits"]),
-                        int(node.attrs["tile.cell_bits"])).offset == 0:
-                node.attrs["tile.skip"] = zero_blocks(weight_matrix(node), placed, int(node.attrs["tile.rows_per_op"]))
-            report[node.name] = {"expected_sq_error_before": before, "expected_sq_error_after": after}
+        for node in owners:
+            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2, perm, stuck)
+        for node in nodes:  # layers reading another layer's tiles take its placement and recoding
+            if node not in owners:
+                src = next(n for n in owners if n.name == node.attrs["tile.shared"])
+                node.attrs.update({k: v for k, v in src.attrs.items() if k in ("tile.map", "tile.skip", "tile.recode")})
         graph.metadata[REPORT] = json.dumps({"strategy": self.strategy, "arrays_permuted": bool(self.arrays),
-                                             "layers": report}, sort_keys=True)
+                                             "closest_value": bool(self.closest), "layers": report}, sort_keys=True)
         return PassResult(True)
+
+    def _place_layer(self, node: Node, m2: np.ndarray | None, E: np.ndarray, E2: np.ndarray, perm: np.ndarray,
+                     stuck: np.ndarray | None) -> dict[str, float | int]:
+        """Place one layer's tiles (steps 2 and 3 of the module docstring); its report entry."""
+        a = node.attrs
+        tm: TileMap = a["tile.map"]
+        enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
+        rpo = int(a["tile.rows_per_op"])
+        skip0 = np.asarray(a["tile.skip"], np.int64).reshape(-1, 2)
+        table = tm.table.copy()
+        table[:, 7] = perm[table[:, 7]]
+        row_at, col_at, before = [], [], 0.0
+        for i in range(len(tm)):  # one tile at a time: a tile's cost terms are large
+            t = _tile(node, i, m2)
+            before += t.error(E[tm.array_list[i]], tm.rows_of(i), tm.cols_of(i), _driven(skip0, i, tm.rows_of(i), rpo))
+            r, c, _ = self._place(t, E2[table[i, 7]], tm.rows_of(i), tm.cols_of(i))
+            row_at.append(r)
+            col_at.append(c)
+        placed = tm.replace(table=table, row_at=row_at, col_at=col_at)
+        a["tile.map"] = placed
+        m = weight_matrix(node)
+        skip = zero_blocks(m, placed, rpo) if enc.offset == 0 else skip0
+        a["tile.skip"] = skip
+        recode = np.zeros((0, 4), np.int64) if stuck is None else _recode(m, enc, placed, stuck, skip, rpo)
+        if len(recode):
+            a["tile.recode"] = recode
+        else:
+            a.pop("tile.recode", None)
+        written = written_matrix(node)
+        cells = _cells(node, enc) if not len(recode) else enc.encode(written)
+        moved = written.astype(np.int64) - m
+        after = 0.0
+        for i in range(len(placed)):
+            p = placed[i]  # a weight's move counts once: on its tile holding slice 0
+            shift = moved[p.group, p.k0:p.k1, p.ch0:p.ch1] if len(recode) and p.s0 == 0 else None
+            after += _tile(node, i, m2).error(E[p.array], p.row_at, p.col_at, _driven(skip, i, p.row_at, rpo),
+                                              tile_image(cells, placed, i), shift)
+        return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode)}
 
     def _array_permutation(self, nodes: list[Node], m2: dict[int, np.ndarray], E2: np.ndarray) -> np.ndarray:
         """``perm[a]``: the physical array that plays array ``a``'s role (module docstring, step 1), by the cost of
@@ -195,7 +259,75 @@ def _tile(node: Node, i: int, m2: np.ndarray | None) -> _Tile:
     levels = 1 << enc.cell_bits
     w = np.stack([(img == lv) * sig2[None, :] for lv in range(levels)])
     rows = np.ones(t.rows) if m2 is None else m2[t.group, t.k0:t.k1]
-    return _Tile(node, i, w, rows)
+    sig = np.asarray(enc.significance, np.float64)[t.s0 + np.arange(t.cols) % (t.s1 - t.s0)]
+    return _Tile(node, i, w, rows, img, sig, t.s1 - t.s0)
+
+
+def _driven(skip: np.ndarray, i: int, row_at: np.ndarray, rows_per_op: int) -> np.ndarray:
+    """bool ``[k]``: which logical rows of tile ``i`` are driven (not in one of its skipped blocks)."""
+    blocks = skip[skip[:, 0] == i, 1]
+    return ~np.isin(row_at // rows_per_op, blocks) if len(blocks) else np.ones(len(row_at), bool)
+
+
+def _stuck(E: np.ndarray) -> np.ndarray:
+    """int16 ``[A, R, C]``: the level a stuck cell holds (what it holds whatever is written, rounded to a level),
+    -1 for a cell that holds what is written (maybe with variation)."""
+    top = E.shape[1] - 1
+    lo, hi = E[:, 0], E[:, top] + top  # what each cell holds after writing level 0 and the top level
+    held = np.clip(np.rint(lo), 0, top).astype(np.int16)
+    return np.where(np.abs(hi - lo) <= 1e-6, held, np.int16(-1))
+
+
+def _recode(m: np.ndarray, enc: Encoding, tm: TileMap, stuck: np.ndarray, skip: np.ndarray, rows_per_op: int
+            ) -> np.ndarray:
+    """Closest-value mapping (module docstring, step 3): ``[n, 4]`` rows ``(group, row, channel, value)`` of the
+    weights of ``m`` written as another value with the placement ``tm`` on cells ``stuck`` (:func:`_stuck`)."""
+    G, K, N = m.shape
+    S = enc.slices
+    reps = int(tm.table[:, 8].max()) + 1
+    pat = np.full((reps, G, K, N, S), -1, np.int16)  # per replica and cell: the level it is stuck at, or -1
+    for i in range(len(tm)):
+        t = tm[i]
+        sub = stuck[t.array][np.ix_(t.row_at, t.col_at)]
+        sub = np.where(_driven(skip, i, t.row_at, rows_per_op)[:, None], sub, np.int16(-1))
+        pat[t.replica, t.group, t.k0:t.k1, t.ch0:t.ch1, t.s0:t.s1] = sub.reshape(t.rows, t.ch1 - t.ch0, t.s1 - t.s0)
+    g, k, n = np.nonzero((pat >= 0).any(axis=(0, 4)))
+    if not len(g):
+        return np.zeros((0, 4), np.int64)
+    keys, inv = np.unique(pat[:, g, k, n].transpose(1, 0, 2).reshape(len(g), reps * S), axis=0,
+                          return_inverse=True)
+    inv = inv.reshape(-1)
+    lo = -(1 << (enc.bits - 1)) + (enc.kind != "twos-complement")
+    values = np.arange(lo, 1 << (enc.bits - 1))
+    cand = enc.encode(values).astype(np.int16)  # [V, S]: the encoding of every value
+    sig = np.asarray(enc.significance, np.int64)
+    w = m[g, k, n].astype(np.int64)
+    pairs, back = np.unique(inv * len(values) + (w - lo), return_inverse=True)  # (pattern, weight) solved once each
+    pu, pw = pairs // len(values), pairs % len(values)
+    best = np.empty(len(pairs), np.int64)
+    step = max(1, (1 << 22) // (reps * len(values) * S))
+    for c0 in range(0, len(pairs), step):
+        u, wv = pu[c0:c0 + step], pw[c0:c0 + step]
+        forced = keys[u].reshape(-1, reps, 1, S)
+        held = (np.where(forced >= 0, forced, cand[None, None]) @ sig) - enc.offset  # [n, reps, V]: value held
+        err = ((held - values[wv][:, None, None]).astype(np.float64) ** 2).sum(axis=1)  # [n, V]
+        pick = err.argmin(axis=1)
+        keep = err[np.arange(len(wv)), wv] <= err[np.arange(len(wv)), pick]  # the weight itself unless beaten
+        best[c0:c0 + step] = np.where(keep, wv, pick)
+    chosen = values[best[back.reshape(-1)]]
+    moved = chosen != w
+    return np.stack([g[moved], k[moved], n[moved], chosen[moved]], axis=1).astype(np.int64)
+
+
+def _shared_moments(nodes: list[Node], m2: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """``m2`` with each layer that reads another's tiles (``tile.shared``) summed into that layer's."""
+    owner = {n.name: n for n in nodes if "tile.shared" not in n.attrs}
+    out = dict(m2)
+    for n in nodes:
+        src = owner.get(str(n.attrs.get("tile.shared")))
+        if src is not None and id(n) in m2:
+            out[id(src)] = out[id(src)] + m2[id(n)] if id(src) in out else m2[id(n)]
+    return out
 
 
 _CELLS: dict[int, tuple[Any, np.ndarray]] = {}

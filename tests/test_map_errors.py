@@ -14,11 +14,13 @@ import cimc
 from cimc import zoo
 from cimc.cim.chip import Chip
 from cimc.cim.device import CellDevice
+from cimc.cim.encoding import Encoding, decode_cells
 from cimc.cli import main
 from cimc.interpreter import run
-from cimc.passes.map_errors import MapErrorsPass, _Tile, error_maps
+from cimc.passes.map_errors import MapErrorsPass, _recode, _Tile, error_maps
 from cimc.targets.sram_cim import SramCimTarget
 from cimc.text import print_graph
+from cimc.tiling import place_randomly, plan, weight_matrix
 
 
 def _faulty(p: float, **spec) -> SramCimTarget:
@@ -38,7 +40,7 @@ def _random_tile(rng, k=4, C=3, R=6, P=5, levels=2):
     sig2 = rng.uniform(1, 10, C)
     w = np.stack([(img == lv) * sig2[None, :] for lv in range(levels)]).astype(np.float64)
     E2 = rng.uniform(0, 1, (levels, R, P)) * (rng.random((levels, R, P)) < 0.4)
-    return _Tile(None, 0, w, rng.uniform(0.5, 2, k)), img, sig2, E2
+    return _Tile(None, 0, w, rng.uniform(0.5, 2, k), img, np.sqrt(sig2), 1), img, sig2, E2
 
 
 def test_cost_is_the_slow_sum_and_row_assignment_is_the_best_permutation():
@@ -57,9 +59,10 @@ def test_cost_is_the_slow_sum_and_row_assignment_is_the_best_permutation():
 
 
 @functools.cache
-def _compiled(name: str, p: float, mapped: bool, seed: int = 1):
+def _compiled(name: str, p: float, mapped: bool, seed: int = 1, closest: bool = True):
     t = _faulty(p)
     pipe = t.default_pipeline() if mapped else t.default_pipeline().replace(",map-errors", "")
+    pipe += "" if closest or not mapped else "{closest=false}"
     x, y = zoo.test_set()
     return cimc.compile(f"zoo:{name}", target=t, pipeline=pipe, verify=True, inputs=np.array(x[:200]),
                         labels=np.array(y[:200]), progress=False, seed=seed)
@@ -85,11 +88,135 @@ def test_map_errors_recovers_top1_and_lowers_the_error(name):
 
 
 def test_any_placement_it_picks_is_exact_on_an_ideal_chip():
-    c = _compiled("resnet_tiny", 0.1, True)
+    c = _compiled("resnet_tiny", 0.1, True, closest=False)
     assert any(n.attrs["tiles"].placed for n in c.program.nodes if n.op == "sram.mvm")
     x = {zoo.load("resnet_tiny").input_name: zoo.test_set()[0][:16]}
     want, got = run(c.quantized, x), run(c.program, x, machine={})  # the same program on a chip with no faults
     assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
+def _with_weights(graph, layers: dict[str, np.ndarray]):
+    """A copy of the quantized ``graph`` whose array layers hold the weights ``[G, K, N]`` given by name."""
+    g = graph.copy()
+    for n in g.nodes:
+        if n.name in layers:
+            m, w = layers[n.name], n.inputs[1].const
+            full = (m.transpose(0, 2, 1).reshape(w.shape) if n.op == "q.conv" else m[0].T if n.op == "q.gemm"
+                    else m[0])
+            n.set_input(1, g.add_constant(np.ascontiguousarray(full.astype(w.dtype)), n.name + ".written"))
+    return g
+
+
+def _written(program) -> dict[str, np.ndarray]:
+    """Per layer, the weights ``[G, K, N]`` the program's loads write (its packed cells, decoded)."""
+    mvm = {n.attrs["cim.layer"]: n.attrs for n in program.nodes if n.op == "sram.mvm"}
+    out = {}
+    for n in program.nodes:
+        if n.op == "sram.load":
+            a = mvm[n.attrs["cim.layer"]]
+            out[n.attrs["cim.layer"]] = decode_cells(n.inputs[0].const, a["significance"], a["cell_bits"], a["offset"])
+    return out
+
+
+def test_closest_value_writes_exactly_its_recoded_weights():
+    """On a chip with no faults, a program with closest-value mapping computes what the quantized graph (the
+    integer reference, no arrays) computes with the weights its loads write in place; those differ from the
+    model's in as many weights as the report says were recoded, so the program is not the model's on that chip."""
+    c = _compiled("resnet_tiny", 0.1, True)
+    rep = c.report["passes"]["map-errors"]["layers"]
+    written = _written(c.program)
+    moved = {n.name: int((written[n.name] != weight_matrix(n)).sum()) for n in c.quantized.nodes if n.name in written}
+    assert moved == {k: r["recoded"] for k, r in rep.items()} and sum(moved.values()) > 0
+    x = {zoo.load("resnet_tiny").input_name: zoo.test_set()[0][:16]}
+    want, got = run(_with_weights(c.quantized, written), x), run(c.program, x, machine={})
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+    plain = run(c.quantized, x)
+    assert not all(np.array_equal(plain[k], got[k]) for k in plain)
+
+
+def test_closest_value_lowers_the_error_beyond_placement():
+    placed, closest = _compiled("resnet_tiny", 0.1, True, closest=False), _compiled("resnet_tiny", 0.1, True)
+    assert closest.verify["quantized_max_abs_error"] < placed.verify["quantized_max_abs_error"]
+    after = lambda c: sum(r["expected_sq_error_after"] for r in c.report["passes"]["map-errors"]["layers"].values())  # noqa: E731
+    assert after(closest) < 0.9 * after(placed)
+
+
+def _slow_recode_check(m, enc, pat, chosen):
+    """Brute force: each weight's written value holds, with its cells stuck (``pat[r, g, k, n, s]`` >= 0), a value
+    at least as close to it (summed over replicas) as every other value's encoding; the weight itself when it ties."""
+    sig = np.asarray(enc.significance)
+    lo = -(1 << (enc.bits - 1)) + (enc.kind != "twos-complement")
+    values = list(range(lo, 1 << (enc.bits - 1)))
+
+    def err(v, where):
+        cells = enc.encode(np.asarray([v]))[0].astype(np.int64)
+        total = 0
+        for p in pat[(slice(None), *where)]:
+            held = np.where(p >= 0, p, cells) @ sig - enc.offset
+            total += (held - m[where]) ** 2
+        return total
+
+    for where in np.ndindex(m.shape):
+        best = min(err(v, where) for v in values)
+        assert err(chosen[where], where) == best, (where, chosen[where], best)
+        if err(m[where], where) == best:
+            assert chosen[where] == m[where]
+
+
+@pytest.mark.parametrize("kind,bits,cell_bits,reps", [("twos-complement", 4, 1, 1), ("twos-complement", 5, 2, 2),
+                                                     ("differential", 4, 1, 1), ("offset", 4, 2, 2)])
+def test_recode_is_the_closest_value_by_brute_force(kind, bits, cell_bits, reps):
+    rng = np.random.default_rng(bits * 10 + reps)
+    enc = Encoding(kind, bits, cell_bits)
+    lim = (1 << (bits - 1)) - 1
+    m = rng.integers(-lim - (kind == "twos-complement"), lim + 1, (1, 6, 3))
+    tm = plan(m, enc, 8, 8 * enc.slices, 0, 2 * reps, reps, spares=(0, 0))
+    tm = place_randomly(tm, rng)
+    stuck = np.where(rng.random((2 * reps, 8, 8 * enc.slices)) < 0.3,
+                     rng.integers(0, 1 << cell_bits, (2 * reps, 8, 8 * enc.slices)), -1).astype(np.int16)
+    r = _recode(m, enc, tm, stuck, np.zeros((0, 2), np.int64), 8)
+    chosen = m.copy()
+    chosen[r[:, 0], r[:, 1], r[:, 2]] = r[:, 3]
+    assert len(r) and (chosen[r[:, 0], r[:, 1], r[:, 2]] != m[r[:, 0], r[:, 1], r[:, 2]]).all()
+    pat = np.full((reps, *m.shape, enc.slices), -1)
+    for t in tm:
+        sub = stuck[t.array][np.ix_(t.row_at, t.col_at)]
+        pat[t.replica, t.group, t.k0:t.k1, t.ch0:t.ch1, t.s0:t.s1] = sub.reshape(t.rows, t.ch1 - t.ch0, -1)
+    _slow_recode_check(m, enc, pat, chosen)
+
+
+def test_a_recode_that_is_not_the_closest_is_caught():
+    """The brute-force check above fails for a broken recode: one that takes the farthest value."""
+    rng = np.random.default_rng(0)
+    enc = Encoding("twos-complement", 4, 1)
+    m = rng.integers(-8, 8, (1, 6, 3))
+    tm = plan(m, enc, 8, 32, 0, 1)
+    stuck = np.where(rng.random((1, 8, 32)) < 0.3, rng.integers(0, 2, (1, 8, 32)), -1).astype(np.int16)
+    r = _recode(m, enc, tm, stuck, np.zeros((0, 2), np.int64), 8)
+    broken = m.copy()
+    broken[r[:, 0], r[:, 1], r[:, 2]] = -r[:, 3] - 1  # another value where it recoded
+    pat = np.full((1, *m.shape, enc.slices), -1)
+    pat[0, 0, :, :, :] = stuck[0][:6, :12].reshape(6, 3, 4)
+    with pytest.raises(AssertionError):
+        _slow_recode_check(m, enc, pat, broken)
+
+
+def test_error_is_the_slow_sum_per_weight():
+    rng = np.random.default_rng(3)
+    k, ch, S, R, P = 4, 3, 2, 6, 7
+    img = rng.integers(0, 2, (k, ch * S))
+    sig = np.tile([1.0, -2.0], ch)
+    E = rng.normal(size=(2, R, P)) * (rng.random((2, R, P)) < 0.5)
+    m2 = rng.uniform(0.5, 2, k)
+    t = _Tile(None, 0, np.zeros((2, k, ch * S)), m2, img, sig, S)
+    rows, cols = rng.permutation(R)[:k], rng.permutation(P)[:ch * S]
+    driven = np.array([True, False, True, True])
+    moved = rng.integers(-2, 3, (k, ch))
+    for shift in (None, moved):
+        slow = sum(m2[i] * (sum(sig[c * S + s] * E[img[i, c * S + s], rows[i], cols[c * S + s]] for s in range(S))
+                            + (0 if shift is None else shift[i, c])) ** 2
+                   for i in range(k) if driven[i] for c in range(ch))
+        assert t.error(E, rows, cols, driven, moved=shift) == pytest.approx(slow)
 
 
 def test_a_placement_that_seeks_faults_is_caught():
@@ -99,11 +226,12 @@ def test_a_placement_that_seeks_faults_is_caught():
     try:
         _Tile.row_cost = lambda self, E2, col_at: -original(self, E2, col_at)  # type: ignore[method-assign]
         x = zoo.test_set()[0]
-        broken = cimc.compile("zoo:mlp", target=t, pipeline=t.default_pipeline() + "{iterations=0 arrays=false}",
+        broken = cimc.compile("zoo:mlp", target=t,
+                              pipeline=t.default_pipeline() + "{iterations=0 arrays=false closest=false}",
                               verify=True, inputs=np.array(x[:200]), progress=False, seed=1)
     finally:
         _Tile.row_cost = original  # type: ignore[method-assign]
-    naive = _compiled("mlp", 0.1, False)
+    naive = _compiled("mlp", 0.1, False)  # map-errors{closest=false} beats it (test above): placement alone
     assert broken.verify["quantized_max_abs_error"] >= naive.verify["quantized_max_abs_error"]
 
 

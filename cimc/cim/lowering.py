@@ -4,7 +4,9 @@ Each node with ``tile.map`` becomes ``vec.im2col`` (q.conv) -> per *round* of ti
 (consecutive tiles of its map, a tile's replicas in one round; tiles are ordered row tile by row tile,
 :func:`rounds`) one load and one MVM summing into the previous round's result -> ``Add`` bias ->
 ``vec.col2im`` (q.conv); the result takes the node's result type and name. Both instructions of a round carry
-the round's part of the tile map, with its placement. The ADC of every MVM is the worst-case range
+the round's part of the tile map, with its placement; the load writes the layer's weights packed into cells,
+as written (a mapping pass may write some as other values, ``tile.recode``: :func:`cimc.tiling.written_matrix`).
+The ADC of every MVM is the worst-case range
 (:meth:`cimc.cim.adc.Adc.default`, signed for differential pairs sensed as one sum), written as attributes a
 calibration may change. A model that fits the arrays has one round per layer and loads every image once
 (layers sharing a weight's tiles, ``tile.shared``, read the first one's loads); a larger one reloads arrays
@@ -30,7 +32,7 @@ from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import is_annotation
 from cimc.ir.types import DType, TensorType
 from cimc.target import ARRAY_OPS
-from cimc.tiling import weight_matrix
+from cimc.tiling import weight_matrix, written_matrix
 
 __all__ = ["Instructions", "check_fits", "lower_node", "lower_nodes", "rounds", "tiled_nodes"]
 
@@ -131,7 +133,7 @@ def lower_node(graph: Graph, node: Node, isa: Instructions, adc_bits: int,
     if shape is None:
         raise PassError(f"{isa.pass_name}: {node.name} ({node.op}) needs a result of known rank, found {final}")
     channels = m.shape[0] * m.shape[2]
-    cells = graph.add_constant(enc.pack(m), f"{node.name}.cells") if shared is None else None
+    cells = graph.add_constant(enc.pack(written_matrix(node)), f"{node.name}.cells") if shared is None else None
     if conv:
         attrs = {k: v for k, v in a.items() if not is_annotation(k) and k != "x_zero_point"}
         attrs["kernel_shape"] = tuple(int(s) for s in node.operand(1).array.shape[2:])
