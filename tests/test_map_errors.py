@@ -95,6 +95,19 @@ def test_any_placement_it_picks_is_exact_on_an_ideal_chip():
     assert all(np.array_equal(want[k], got[k]) for k in want)
 
 
+def test_layers_sharing_tiles_read_them_where_they_were_written():
+    """The steps of an unrolled LSTM read one weight's tiles (tile.shared): they take its placement, so the program
+    is exact on a chip with no faults (placed one by one, a step read cells where another placement wrote them)."""
+    t = _faulty(0.05)
+    c = cimc.compile("zoo:lstm_rows", target=t, pipeline=t.default_pipeline() + "{closest=false}", progress=False,
+                     seed=1)
+    maps = [n.attrs["tiles"] for n in c.program.nodes if n.op == "sram.mvm" and "gates" in n.attrs["tiles"].layer]
+    assert len(maps) > 1 and maps[0].placed and all(m == maps[0] for m in maps)
+    x = {zoo.load("lstm_rows").input_name: zoo.test_set()[0][:16]}
+    want, got = run(c.quantized, x), run(c.program, x, machine={})
+    assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
 def _with_weights(graph, layers: dict[str, np.ndarray]):
     """A copy of the quantized ``graph`` whose array layers hold the weights ``[G, K, N]`` given by name."""
     g = graph.copy()
