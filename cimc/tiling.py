@@ -14,7 +14,8 @@ loaded together cover the same input rows, so a round of tiles reads one slice o
 yields partial sums for many channels, added digitally across row tiles) and dealt round-robin
 onto arrays from ``first_array``; replica ``r`` of a tile goes to the ``r``-th array after it.
 Placement is the identity; :func:`place_randomly` gives each tile random row and column
-permutations inside the array, spares included (a placement any mapping pass may choose).
+permutations inside the array, spares included, and complements random channels' columns (a placement any
+mapping pass may choose).
 
 Recoding (:func:`written_matrix`): a mapping pass may write some weights as other values (``tile.recode``:
 closest-value mapping onto stuck cells); the lowering packs those.
@@ -106,11 +107,13 @@ def plan(m: np.ndarray, enc: Encoding, rows: int, cols: int, first_array: int, a
 
 def place_randomly(tiles: TileMap, rng: np.random.Generator) -> TileMap:
     """``tiles`` with each tile's logical rows and columns at random distinct physical rows and columns of
-    its array (spares included): a placement the executor must honour."""
+    its array (spares included), and the columns of about half its channels complemented (all of a channel's
+    slices, so a differential pair's two columns together): a placement the executor must honour."""
     R, C = tiles.physical
     row_at = [rng.permutation(R)[:t.rows] for t in tiles]
     col_at = [rng.permutation(C)[:t.cols] for t in tiles]
-    return tiles.replace(row_at=row_at, col_at=col_at)
+    flip = [np.flatnonzero(np.repeat(rng.random(t.ch1 - t.ch0) < 0.5, t.s1 - t.s0)) for t in tiles]
+    return tiles.replace(row_at=row_at, col_at=col_at, flip=flip)
 
 
 def tile_image(cells: np.ndarray, tiles: TileMap, i: int) -> np.ndarray:

@@ -96,15 +96,28 @@ class _Tile:
     """``[C]``: the significance of each logical column's slice."""
     slices: int
     """Slices of a channel in the tile (``s1 - s0``)."""
+    base: np.ndarray | None = None
+    """``w`` with no column complemented (``w`` itself until :meth:`set_flip`)."""
+    flip: np.ndarray | None = None
+    """bool ``[C]``: the logical columns written complemented (``w`` holds them at level ``top - l``)."""
+
+    def set_flip(self, flip: np.ndarray) -> None:
+        """Complement the columns ``flip`` (bool ``[C]``): their one-hot weights move to the level ``top - l``."""
+        if self.base is None:
+            self.base = self.w
+        self.flip = flip
+        self.w = np.where(flip[None, None, :], self.base[::-1], self.base) if flip.any() else self.base
 
     def row_cost(self, E2: np.ndarray, col_at: np.ndarray) -> np.ndarray:
         """``[k, R]``: cost of logical row ``i`` on physical row ``r`` with the columns at ``col_at``."""
         c = sum(self.w[lv] @ E2[lv][:, col_at].T for lv in range(len(self.w)))
         return self.m2[:, None] * c
 
-    def col_cost(self, E2: np.ndarray, row_at: np.ndarray) -> np.ndarray:
-        """``[C, P]``: cost of logical column ``c`` on physical column ``p`` with the rows at ``row_at``."""
-        return sum((self.w[lv] * self.m2[:, None]).T @ E2[lv][row_at] for lv in range(len(self.w)))
+    def col_cost(self, E2: np.ndarray, row_at: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+        """``[C, P]``: cost of logical column ``c`` on physical column ``p`` with the rows at ``row_at`` (with the
+        one-hot weights ``w``, default the tile's)."""
+        w = self.w if w is None else w
+        return sum((w[lv] * self.m2[:, None]).T @ E2[lv][row_at] for lv in range(len(w)))
 
     def cost(self, E2: np.ndarray, row_at: np.ndarray, col_at: np.ndarray) -> float:
         """Expected squared error of the tile at this placement."""
@@ -112,12 +125,19 @@ class _Tile:
                          for lv in range(len(self.w))))
 
     def error(self, E: np.ndarray, row_at: np.ndarray, col_at: np.ndarray, driven: np.ndarray,
-              img: np.ndarray | None = None, moved: np.ndarray | None = None) -> float:
+              img: np.ndarray | None = None, moved: np.ndarray | None = None, flip: np.ndarray | None = None
+              ) -> float:
         """Expected squared error of the tile's result (module docstring, the report) at this placement, with
         its cells at levels ``img`` (default: its own) that encode its weights plus ``moved`` (``[k, channels]``,
-        a recoding), over the ``driven`` rows (bool ``[k]``)."""
+        a recoding), the columns ``flip`` complemented, over the ``driven`` rows (bool ``[k]``)."""
         img = self.img if img is None else img
-        e = E[img, row_at[:, None], col_at[None, :]].astype(np.float64) * self.sig  # [k, C]
+        sig = self.sig
+        if flip is not None and len(flip):  # stored at top - l: the error read back is minus the stored one's
+            img = img.copy()
+            img[:, flip] = (len(E) - 1) - img[:, flip]
+            sig = sig.copy()
+            sig[flip] *= -1
+        e = E[img, row_at[:, None], col_at[None, :]].astype(np.float64) * sig  # [k, C]
         per = e.reshape(len(img), -1, self.slices).sum(axis=2)  # [k, channels]: one weight's slices add
         if moved is not None:
             per += moved
@@ -137,6 +157,8 @@ class MapErrorsPass(Pass):
     arrays: bool = option(True, "Also permute which physical array holds each array's tiles (most significant "
                                 "slices on the most reliable arrays).")
     inputs: int = option(8, "Calibration inputs run to measure each row's input (the first ones).")
+    flips: bool = option(True, "Column sign flips: a column whose cells' stuck values match its complement better is "
+                               "written complemented (top - level) and read back as top * sum(x) less its sum.")
     closest: bool = option(True, "Closest-value mapping: a weight with cells on stuck cells is written as the value "
                                  "whose encoding, with those cells stuck, holds the value closest to it.")
 
@@ -189,13 +211,18 @@ class MapErrorsPass(Pass):
         table = tm.table.copy()
         table[:, 7] = perm[table[:, 7]]
         row_at, col_at, before = [], [], 0.0
+        flips: list[np.ndarray | None] = []
+        pairs = enc.kind == "differential"  # a pair's columns are complemented together (they may be sensed so)
         for i in range(len(tm)):  # one tile at a time: a tile's cost terms are large
             t = _tile(node, i, m2)
             before += t.error(E[tm.array_list[i]], tm.rows_of(i), tm.cols_of(i), _driven(skip0, i, tm.rows_of(i), rpo))
-            r, c, _ = self._place(t, E2[table[i, 7]], tm.rows_of(i), tm.cols_of(i))
+            whole = tm[i].s1 - tm[i].s0 == enc.slices
+            r, c, f, _ = self._place(t, E2[table[i, 7]], tm.rows_of(i), tm.cols_of(i),
+                                     (enc.slices if pairs else 0) if whole or not pairs else -1)
             row_at.append(r)
             col_at.append(c)
-        placed = tm.replace(table=table, row_at=row_at, col_at=col_at)
+            flips.append(np.flatnonzero(f) if f.any() else None)
+        placed = tm.replace(table=table, row_at=row_at, col_at=col_at, flip=flips)
         a["tile.map"] = placed
         m = weight_matrix(node)
         skip = zero_blocks(m, placed, rpo) if enc.offset == 0 else skip0
@@ -213,8 +240,9 @@ class MapErrorsPass(Pass):
             p = placed[i]  # a weight's move counts once: on its tile holding slice 0
             shift = moved[p.group, p.k0:p.k1, p.ch0:p.ch1] if len(recode) and p.s0 == 0 else None
             after += _tile(node, i, m2).error(E[p.array], p.row_at, p.col_at, _driven(skip, i, p.row_at, rpo),
-                                              tile_image(cells, placed, i), shift)
-        return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode)}
+                                              tile_image(cells, placed, i), shift, p.flip)
+        return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode),
+                "flipped_columns": sum(len(placed.flips_of(i)) for i in range(len(placed)))}
 
     def _array_permutation(self, nodes: list[Node], m2: dict[int, np.ndarray], E2: np.ndarray) -> np.ndarray:
         """``perm[a]``: the physical array that plays array ``a``'s role (module docstring, step 1), by the cost of
@@ -232,20 +260,36 @@ class MapErrorsPass(Pass):
         perm[slot] = phys
         return perm
 
-    def _place(self, t: _Tile, E2: np.ndarray, row_at: np.ndarray, col_at: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Rows, then (columns, rows) ``iterations`` times, each by linear assignment; the best placement seen."""
-        best = (t.cost(E2, row_at, col_at), row_at, col_at)
+    def _place(self, t: _Tile, E2: np.ndarray, row_at: np.ndarray, col_at: np.ndarray, pairs: int = 0
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Rows, then (columns, rows) ``iterations`` times, each by linear assignment; the best placement seen:
+        rows, columns, the complemented columns (bool) and its cost. With ``flips``, each column step assigns
+        every column at the better of written and complemented, then complements those it gains on (``pairs``
+        slices per channel: a differential pair's two columns together, by their summed gain; -1: none)."""
+        C = len(col_at)
+        t.set_flip(np.zeros(C, bool))
+        best = (t.cost(E2, row_at, col_at), row_at, col_at, np.zeros(C, bool))
         rows, cols = row_at, col_at
         for step in range(1 + 2 * self.iterations):
             if step % 2 == 0:
                 _, rows = linear_sum_assignment(t.row_cost(E2, cols))
+            elif self.flips and pairs >= 0:
+                base = t.w if t.base is None else t.base
+                keep, inv = t.col_cost(E2, rows, base), t.col_cost(E2, rows, base[::-1])
+                _, cols = linear_sum_assignment(np.minimum(keep, inv))
+                gain = keep[np.arange(C), cols] - inv[np.arange(C), cols]
+                if pairs:
+                    g = gain.reshape(-1, 2, pairs // 2).sum(axis=1) > 0  # [channels, S/2]: a pair's summed gain
+                    t.set_flip(np.repeat(g[:, None, :], 2, axis=1).reshape(-1))
+                else:
+                    t.set_flip(gain > 0)
             else:
                 _, cols = linear_sum_assignment(t.col_cost(E2, rows))
             cost = t.cost(E2, rows, cols)
             if cost < best[0] - 1e-9 * max(1.0, best[0]):
-                best = (cost, rows.astype(np.int64), cols.astype(np.int64))
-        return best[1], best[2], best[0]
+                assert t.flip is not None
+                best = (cost, rows.astype(np.int64), cols.astype(np.int64), t.flip.copy())
+        return best[1], best[2], best[3], best[0]
 
 
 def _tile(node: Node, i: int, m2: np.ndarray | None) -> _Tile:
@@ -286,9 +330,11 @@ def _recode(m: np.ndarray, enc: Encoding, tm: TileMap, stuck: np.ndarray, skip: 
     S = enc.slices
     reps = int(tm.table[:, 8].max()) + 1
     pat = np.full((reps, G, K, N, S), -1, np.int16)  # per replica and cell: the level it is stuck at, or -1
+    top = np.int16((1 << enc.cell_bits) - 1)
     for i in range(len(tm)):
         t = tm[i]
         sub = stuck[t.array][np.ix_(t.row_at, t.col_at)]
+        sub[:, t.flip] = np.where(sub[:, t.flip] >= 0, top - sub[:, t.flip], np.int16(-1))  # as the weight sees it
         sub = np.where(_driven(skip, i, t.row_at, rows_per_op)[:, None], sub, np.int16(-1))
         pat[t.replica, t.group, t.k0:t.k1, t.ch0:t.ch1, t.s0:t.s1] = sub.reshape(t.rows, t.ch1 - t.ch0, t.s1 - t.s0)
     g, k, n = np.nonzero((pat >= 0).any(axis=(0, 4)))

@@ -6,8 +6,9 @@ the encoding and cut into ``rows`` x ``cols`` tiles (:func:`cimc.tiling.plan`); 
 the arrays round-robin in graph order across all layers (so layers that fit together get distinct
 arrays, and a model larger than all arrays reuses them: the lowering then emits weight reloads).
 Each tile sits in its array at the identity placement, or (``placement=random``) at random distinct
-physical rows and columns, spares included (:func:`cimc.tiling.place_randomly`, seeded with the
-pipeline seed): any placement computes the same with an ideal device and a lossless ADC.
+physical rows and columns, spares included, with random channels' columns complemented
+(:func:`cimc.tiling.place_randomly`, seeded with the pipeline seed): any placement computes the same with an
+ideal device and a lossless ADC.
 
 Geometry: ``ctx.target.capabilities()`` (rows, cols, cell_bits, rows_per_op, arrays, spare rows and
 columns); the pass needs a target. An option may use less of the hardware than it has (fewer rows

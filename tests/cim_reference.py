@@ -42,7 +42,9 @@ def reference(m, kind, bits, cell_bits, x_pos, load_map: TileMap, read_map: Tile
               act_bits, adc_bits, adc_step, adc_offset, adc_group, rounding, skip, stuck=None, pairs=False):
     """``y[g][p, n]``: each tile of ``read_map`` on the array ``load_map`` wrote, per position, bit plane and
     physical row group (``x_pos[g]``: ``[P, K]`` inputs of group ``g``). ``pairs``: each slice's positive and
-    negative column (differential encoding) sensed as one signed sum, converted once."""
+    negative column (differential encoding) sensed as one signed sum, converted once. A tile's complemented
+    columns (``flip``) are written at ``levels - 1 - cell`` and read as ``(levels - 1) * sum(x)`` over the rows
+    converted for the tile less the converted sum (a pair: its signed sum negated)."""
     G, _, N = m.shape
     R, C = load_map.physical
     levels = 2 ** cell_bits
@@ -52,11 +54,13 @@ def reference(m, kind, bits, cell_bits, x_pos, load_map: TileMap, read_map: Tile
         g, k0, k1, c0, c1, s0, s1, arr, _ = (int(v) for v in load_map.table[i])
         img = np.zeros((R, C))
         rows, cols = load_map.rows_of(i), load_map.cols_of(i)
+        flipped = set(load_map.flips_of(i).tolist())
         for kk in range(k1 - k0):
             for cc in range(c1 - c0):
                 cells = ref_slices(int(m[g, k0 + kk, c0 + cc]), kind, bits, cell_bits)[0]
                 for ss in range(s1 - s0):
-                    img[rows[kk], cols[cc * (s1 - s0) + ss]] = cells[s0 + ss]
+                    col = cc * (s1 - s0) + ss
+                    img[rows[kk], cols[col]] = levels - 1 - cells[s0 + ss] if col in flipped else cells[s0 + ss]
         if stuck is not None:
             img[stuck[arr] == SA0] = 0
             img[stuck[arr] == SA1] = levels - 1
@@ -76,6 +80,8 @@ def reference(m, kind, bits, cell_bits, x_pos, load_map: TileMap, read_map: Tile
         # the columns converted: each one alone, or (positive, negative) pairs of the same channel and slice
         sensed = [(col, None) for col in range(len(cols))] if not pairs else \
             [(cc * ns + ss, cc * ns + ss + ns // 2) for cc in range(c1 - c0) for ss in range(ns // 2)]
+        flipped = set(read_map.flips_of(i).tolist())
+        converted = [kk for kk in range(k1 - k0) if (i, int(rows[kk]) // rows_per_op) not in skip]
         for p in range(r * P // n, (r + 1) * P // n):
             acc = np.zeros(len(sensed))
             for j in range(J):
@@ -92,6 +98,10 @@ def reference(m, kind, bits, cell_bits, x_pos, load_map: TileMap, read_map: Tile
                         step = int(adc_step) if np.ndim(adc_step) == 0 else int(adc_step[i][gi])
                         off = int(adc_offset) if np.ndim(adc_offset) == 0 else int(adc_offset[i][gi])
                         acc[col] += 2 ** (j * dac_bits) * ref_adc(v, adc_bits, step, off, rounding)
+            for col, (plus, minus) in enumerate(sensed):
+                if plus in flipped:
+                    acc[col] = -acc[col] if minus is not None else \
+                        (levels - 1) * sum(int(x_pos[g][p, k0 + kk]) for kk in converted) - acc[col]
             for cc in range(c1 - c0):
                 per = ns // 2 if pairs else ns
                 y[g][p, c0 + cc] += int(sum(sig[s0 + ss] * acc[cc * per + ss] for ss in range(per)))

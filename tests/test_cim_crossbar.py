@@ -39,8 +39,16 @@ def cuts(rng: np.random.Generator, n: int, most: int) -> list[tuple[int, int]]:
     return out
 
 
+def _flips(rng, cols, S, pairs):
+    mask = rng.random(cols) < rng.random()
+    if pairs:
+        j = np.arange(cols).reshape(-1, S)
+        mask[j[:, S // 2:]] = mask[j[:, :S // 2]]
+    return np.flatnonzero(mask)
+
+
 def random_case(rng, kind, bits, cell_bits, dac_bits, act_bits, rows_per_op, layout, placed, spares, split,
-                replicas):
+                replicas, flips=""):
     G = 1 if layout == "rows" else int(rng.integers(1, 3))
     K, N = int(rng.integers(1, 40)), int(rng.integers(1, 7))
     lim = 2 ** (bits - 1) - 1
@@ -72,6 +80,9 @@ def random_case(rng, kind, bits, cell_bits, dac_bits, act_bits, rows_per_op, lay
         R, C = tiles.physical
         tiles = tiles.replace(row_at=[rng.permutation(R)[:t.rows] if rng.random() < 0.8 else None for t in tiles],
                               col_at=[rng.permutation(C)[:t.cols] if rng.random() < 0.8 else None for t in tiles])
+        if flips:  # complemented columns; with sense=pairs both columns of a pair or neither
+            tiles = tiles.replace(flip=[_flips(rng, t.cols, t.s1 - t.s0, flips == "pairs") if rng.random() < 0.5
+                                        else None for t in tiles])
     return m, enc, tiles
 
 
@@ -107,7 +118,8 @@ def run(m, enc, load_map, read_map, x, layout, attrs, device=None, rng=None):
     return mvm(state, rng or np.random.default_rng(0), x, None, a)
 
 
-CASES = {"n": 0, "lossy": 0, "placed": 0, "spares": 0, "skips": 0, "calibrated": 0, "npot_rpo": 0, "pairs": 0}
+CASES = {"n": 0, "lossy": 0, "placed": 0, "spares": 0, "skips": 0, "calibrated": 0, "npot_rpo": 0, "pairs": 0,
+         "flipped": 0}
 
 
 @settings(max_examples=520, deadline=None, derandomize=True)
@@ -124,7 +136,7 @@ def test_executor_equals_the_reference(kind, bits, cell_bits, dac_bits, act_bits
     split = split and not pairs
     rng = np.random.default_rng(seed)
     m, enc, tiles = random_case(rng, kind, bits, cell_bits, dac_bits, act_bits, rows_per_op, layout, placed, spares,
-                                split, replicas)
+                                split, replicas, "pairs" if pairs else "columns")
     G, K, N = m.shape
     most = rows_per_op * (2 ** dac_bits - 1) * (2 ** cell_bits - 1)
     need = math.ceil(math.log2(most + 1)) + pairs  # a pair's sum is signed: -most..most
@@ -164,6 +176,7 @@ def test_executor_equals_the_reference(kind, bits, cell_bits, dac_bits, act_bits
     CASES["calibrated"] += ranges != "default"
     CASES["npot_rpo"] += rows_per_op & (rows_per_op - 1) != 0
     CASES["pairs"] += pairs
+    CASES["flipped"] += any(f is not None for f in tiles.flip)
 
 
 def test_the_property_covered_the_ranges():
@@ -217,7 +230,7 @@ def test_a_read_placement_other_than_the_written_one_is_a_wrong_result():
 def test_stuck_cells_equal_the_reference(kind, cell_bits, adc_delta, rate, seed):
     """A chip's stuck cells hold the lowest or highest level wherever the tiles sit."""
     rng = np.random.default_rng(seed)
-    m, enc, tiles = random_case(rng, kind, 6, cell_bits, 2, 6, 9, "rows", True, (1, 2), False, 1)
+    m, enc, tiles = random_case(rng, kind, 6, cell_bits, 2, 6, 9, "rows", True, (1, 2), False, 1, "columns")
     chip = Chip.sample(tiles.arrays, *tiles.physical, p_sa0=rate / 2, p_sa1=rate / 2, seed=seed, variation=False)
     most = 9 * 3 * (2 ** cell_bits - 1)
     adc_bits = max(1, math.ceil(math.log2(most + 1)) + adc_delta)
@@ -341,3 +354,25 @@ def test_differential_pairs_sensed_as_one_signed_sum():
         assert not np.array_equal(y, exact)
     assert Adc(need, np.asarray(1), np.asarray(-most // 2)).exact(most) \
         and not Adc(need, np.asarray(1), np.asarray(-most // 2)).exact(most, -most)
+
+
+def test_complemented_columns_read_back_exactly_and_split_pairs_are_refused():
+    """Columns written complemented (flip) give the exact product through a lossless ADC; with sense=pairs a flip
+    that takes one column of a pair is refused by the instruction's check, and one that takes both is exact."""
+    from types import SimpleNamespace
+
+    from cimc.cim.ops import mvm_problem
+
+    m, enc, tiles = _simple("differential", cell_bits=2, K=40)
+    x = np.random.default_rng(7).integers(0, 256, (6, 40)).astype(np.uint8)
+    S = enc.slices
+    base = {"rows_per_op": 7, "dac_bits": 1, "act_bits": 8, "cell_bits": 2, "sense": "pairs",
+            "adc_bits": (7 * 3).bit_length() + 1}
+    whole = tiles.replace(flip=[np.r_[0:S, 2 * S + 1, 2 * S + 1 + S // 2], None])
+    np.testing.assert_array_equal(run(m, enc, whole, whole, x, "rows", base), x.astype(np.int64) @ m[0])
+    node = SimpleNamespace(attrs={**{k: s.default for k, s in MVM_ATTRS.items() if s.default is not REQUIRED},
+                                  **base, "tiles": whole, "layout": "rows", "channels": 6,
+                                  "significance": enc.significance, "offset": 0})
+    assert mvm_problem(node) is None
+    node.attrs["tiles"] = tiles.replace(flip=[[1], None])
+    assert f"complements column 1 but not its differential partner {1 + S // 2}" in mvm_problem(node)

@@ -53,9 +53,10 @@ def test_text_round_trip(seed, replicate, placed):
 
 def test_text_form_is_readable():
     tiles = plan(np.ones((1, 20, 3), np.int8), Encoding("twos-complement", 4, 1), 16, 8, 2, 4, layer="fc")
-    tiles = tiles.replace(row_at=[np.r_[3, 0:3, 4:16], None, None, None])
+    tiles = tiles.replace(row_at=[np.r_[3, 0:3, 4:16], None, None, None], flip=[None, [0, 1, 3], None, None])
     g = _gemm(20, 3, tiles)
     text = print_graph(g)
+    assert "{group=0 rows=0:16 channels=2:3 slices=0:4 array=3 replica=0 flip=[0:2, 3]}" in text
     assert 'tiles<"fc" matrix=[1, 20, 3] slices=4 arrays=4 shape=[16, 8] spares=[0, 0]> [' in text
     assert "{group=0 rows=0:16 channels=0:2 slices=0:4 array=2 replica=0 row_at=[3, 0:3, 4:16]}" in text
     assert "{group=0 rows=16:20 channels=0:2 slices=0:4 array=0 replica=0}" in text
@@ -84,6 +85,9 @@ def test_verifier_checks_the_map_against_weights_arrays_and_permutations():
         _gemm(tiles=base.replace(col_at=[np.r_[1:12, 13]] + [None] * (len(base) - 1))))
     assert "row_at has 3 entries for 16 logical rows" in _problems(
         _gemm(tiles=base.replace(row_at=[np.arange(3)] + [None] * (len(base) - 1))))
+    for bad in ([3, 12], [5, 5], [4, 2]):  # outside the tile's 12 columns, twice, not increasing
+        assert "must be increasing logical columns 0..11 of the tile" in _problems(
+            _gemm(tiles=base.replace(flip=[bad] + [None] * (len(base) - 1))))
     assert "held by 0 tiles, not 1" in _problems(_gemm(tiles=base.take([0, 1, 2])))
     assert "held by 2 tiles, not 1" in _problems(_gemm(tiles=base.take([0, 1, 2, 3, 3])))
     other = plan(np.ones((1, 30, 6), np.int8), Encoding("twos-complement", 4, 1), 16, 12, 0, 4, layer="fc")

@@ -85,6 +85,17 @@ def test_sram_cim_cost_of_one_layer_equals_the_hand_computation():
     assert d["per_inference"]["weight_reloads"]["ops"] == 0 and "load" not in d["per_inference"]["by_unit"]
 
 
+def test_sram_cim_prices_the_adds_of_complemented_columns():
+    """Complemented columns (flip, chosen by map-errors) cost, per position, the sum of the tile's driven inputs
+    (64 rows) and one subtraction per column, at shift_add_pj."""
+    c, _, _, _ = _compile("sram-cim", adc_bits=5, dac_bits=2)
+    (node,) = [n for n in c.program.nodes if n.op == "sram.mvm"]
+    plain = c.target.op_cost(node).parts["shift_add"]
+    node.attrs["tiles"] = node.attrs["tiles"].replace(flip=[np.arange(5)])
+    flipped = c.target.op_cost(node).parts["shift_add"]
+    assert flipped - plain == pytest.approx(1 * (64 + 5) * 0.004608, rel=1e-9)
+
+
 def test_sram_cim_spills_beyond_the_buffers_equal_the_hand_computation():
     _, _, small, _ = _compile("sram-cim", adc_bits=5, dac_bits=2, act_buffer_bytes=50, out_buffer_bytes=20)
     _, _, big, _ = _compile("sram-cim", adc_bits=5, dac_bits=2)

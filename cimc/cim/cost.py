@@ -15,7 +15,8 @@ i.e. per sample:
   ``conversions*adc_pj_at(adc_bits)`` with ``conversions = passes*C`` (``C/2`` when differential pairs are sensed
   together); shift-add ``conversions*shift_add_pj``, plus one add per position and converted column whose ADC
   range has an offset (a calibrated range: the offset times the column's conversion count is added once to its
-  shift-add sum) at ``shift_add_pj``; buffers ``4*share*P*ch`` bytes of accumulators written plus
+  shift-add sum) and the adds of complemented columns (``corrections`` of :mod:`cimc.cim.work`: the input sum
+  and one subtraction per position and column) at ``shift_add_pj``; buffers ``4*share*P*ch`` bytes of accumulators written plus
   ``P*rows`` bytes of input read (the distinct input rows of its tiles, read once and broadcast to the arrays
   that share them) at ``buffer_pj_per_byte``, the input also crossing the interconnect at ``noc_pj_per_byte``;
   ``macs = sum of share*P*rows_active*ch`` (whole weights). Spills (DRAM at ``dram_pj_per_byte``): the layer's
@@ -218,7 +219,8 @@ def mvm_cost(node: Node, s: ArrayCostSpec) -> Cost:
     parts = {"arrays": float((active * w.columns).sum()) * s.mvm_cell_pj,
              "dac": float(active.sum()) * s.dac_pj_at(dac_bits),
              "adc": converted * s.adc_pj_at(adc_bits),
-             "shift_add": (converted + _offset_adds(a, tiles, w.share, P)) * s.shift_add_pj,
+             "shift_add": (converted + _offset_adds(a, tiles, w.share, P) + float(w.corrections.sum()))
+             * s.shift_add_pj,
              "buffers": (acc_written + P * rows_read) * s.buffer_pj_per_byte,
              "interconnect": P * rows_read * s.noc_pj_per_byte}
     spill = _spills(node, s, P, rows_read, acc_written)

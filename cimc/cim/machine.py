@@ -7,15 +7,18 @@ packed cells, and which tile of which map, with its placement) and the run's :cl
 (``state[DEVICE]`` when the caller gives one, else the ideal device).
 
 load(cells, tiles, full_scale): for each tile of the map, array ``array`` now holds that tile's cells at
-its physical placement (every other cell of the array 0), as the device programs them, each physical column
-with its full-scale level (:func:`full_scales`: the level the device's top state stands for).
+its physical placement (every other cell of the array 0; a complemented column, ``flip``, at ``top - L``), as
+the device programs them, each physical column with its full-scale level (:func:`full_scales`: the level the
+device's top state stands for).
 
 mvm(x, acc, tiles, ...): each tile of the instruction's map drives the rows ``k0:k1`` of ``x`` (of
 its group) onto the physical rows ``row_at`` of its array and reads the physical columns
 ``col_at``, converting every driven physical row block (a block holding some of its rows that is not
 in ``skip``) with the ADC (each column alone, or a differential pair's two columns as one signed sum
 with ``sense = pairs``); the column sums are weighted by the significance of their slices
-(:mod:`cimc.cim.crossbar`), minus ``offset * sum_k x`` on the tile holding slice 0 (offset encoding),
+(:mod:`cimc.cim.crossbar`), a complemented column's sum ``v'`` read as ``top * sum_k x - v'`` over its driven
+rows (a differential pair's signed sum negated), minus ``offset * sum_k x`` on the tile holding slice 0
+(offset encoding),
 and added into the layer's channels ``g * channels/G + ch0 .. ch1`` of ``acc`` (zeros if absent),
 int32 wrapping like C. Tiles holding the same part of the matrix (replicas) split the positions:
 replica ``r`` of ``n`` takes positions ``r*P//n .. (r+1)*P//n`` (flattened in ``x``'s order).
@@ -162,6 +165,8 @@ def levels(w: Written) -> np.ndarray:
         g, k0, k1, c0, c1, s0, s1 = t.window
         S = w.tiles.slices
         img = unpack_cells(w.cells[g, k0:k1, c0:c1], S, w.cell_bits)[..., s0:s1].reshape(k1 - k0, -1)
+        if len(t.flip):
+            img[:, t.flip] = np.uint8((1 << w.cell_bits) - 1) - img[:, t.flip]
         out = np.zeros(w.tiles.physical, np.uint8)
         out[t.row_at[:, None], t.col_at[None, :]] = img
         return out
@@ -255,18 +260,22 @@ def _skipped_rows(tiles: TileMap, skip: np.ndarray, rows_per_op: int) -> dict[in
 def tile_weights(w: Written, tiles: TileMap, i: int, significance: np.ndarray, offset: int) -> np.ndarray:
     """The integer weights ``W[k, ch]`` (int64) that tile ``i`` of ``tiles`` reads from what its array holds
     (``w``): the cells at the tile's physical rows and columns, weighted by its slices' significance, minus
-    ``offset`` on the tile holding slice 0. Reading a tile back where it was written at the identity
-    placement gives the written cells, decoded straight from the packed ones."""
+    ``offset`` on the tile holding slice 0; its complemented columns (``flip``) read back as ``top - cell``.
+    Reading a tile back where it was written at the identity placement gives the written cells, decoded
+    straight from the packed ones."""
     g, k0, k1, c0, c1, s0, s1 = (int(v) for v in tiles.table[i, :7])
     off = offset if s0 == 0 else 0
     mine = w.tiles
     if (mine.row_at[w.tile] is None and mine.col_at[w.tile] is None and tiles.row_at[i] is None
-            and tiles.col_at[i] is None and (mine.table[w.tile, :7] == tiles.table[i, :7]).all()):
+            and tiles.col_at[i] is None and mine.flip[w.tile] is None and tiles.flip[i] is None
+            and (mine.table[w.tile, :7] == tiles.table[i, :7]).all()):
         part = np.zeros_like(significance)
         part[s0:s1] = significance[s0:s1]
         return decode_cells(w.cells[g, k0:k1, c0:c1], part, w.cell_bits, off).astype(np.int64)
-    cells = levels(w)[np.ix_(tiles.rows_of(i), tiles.cols_of(i))].reshape(k1 - k0, c1 - c0, s1 - s0)
-    return cells.astype(np.int64) @ significance[s0:s1] - off
+    cells = levels(w)[np.ix_(tiles.rows_of(i), tiles.cols_of(i))].astype(np.int64)
+    flip = tiles.flips_of(i)
+    cells[:, flip] = ((1 << w.cell_bits) - 1) - cells[:, flip]
+    return cells.reshape(k1 - k0, c1 - c0, s1 - s0) @ significance[s0:s1] - off
 
 
 def _exact_blocks(held: list[Written], fingerprint: tuple, tiles: TileMap, a: dict[str, Any]) -> list[tuple] | None:
@@ -472,6 +481,8 @@ def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays
     off = int(a["offset"])
     R = tiles.physical[0]
     pairs = a.get("sense") == "pairs"
+    undriven = _skipped_rows(tiles, np.asarray(a["skip"], np.int64).reshape(-1, 2), int(a["rows_per_op"])) \
+        if any(f is not None for f in tiles.flip) else {}
     for grp in _groups(held, fingerprint, tiles, device, adc, a):
         xt = _inputs(x, grp.group, grp.k0, grp.k1, cols)  # u8 [P, k]
         P = xt.shape[0]
@@ -489,7 +500,20 @@ def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays
                               least=-float(most) if pairs else 0.0, sigma=grp.sigma, rng=rng)
         for i, (c0, c1) in zip(grp.tiles, grp.spans, strict=True):
             g, _, _, ch0, ch1, s0, s1 = (int(v) for v in tiles.table[i, :7])
-            part = shift_add(accs[:, c0:c1], sig[:len(sig) // 2] if pairs else sig[s0:s1])
+            sums = accs[:, c0:c1]
+            flip = tiles.flips_of(i)
+            if len(flip):  # complemented columns: top * sum(x) over the driven rows less what was read
+                sums = sums.astype(np.float64)
+                if pairs:  # a pair's signed sum, negated (read at its positive column: slices s < S/2)
+                    S = tiles.slices
+                    pos = np.arange(c1 - c0) // (S // 2) * S + np.arange(c1 - c0) % (S // 2)
+                    sums[:, np.isin(pos, flip)] *= -1
+                else:
+                    rows = np.ones(xt.shape[1], bool)
+                    rows[undriven.get(i, [])] = False
+                    sx = xt[q0:q1][:, rows].astype(np.int64).sum(axis=1, keepdims=True)
+                    sums[:, flip] = float((1 << int(a["cell_bits"])) - 1) * sx - sums[:, flip]
+            part = shift_add(sums, sig[:len(sig) // 2] if pairs else sig[s0:s1])
             if off and s0 == 0:
                 part -= off * xt[q0:q1].astype(np.int64).sum(axis=1, keepdims=True)
             _scatter(y, part, g * per + ch0, g * per + ch1, q0, q1, P, cols, x)

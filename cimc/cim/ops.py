@@ -6,7 +6,8 @@ A load takes the layer's packed cells ``u8 [G, K, N, bytes]`` and yields an i32 
 token and an optional i32 accumulator, and yields i32 ``[..., channels]`` or ``[N, channels, L]``.
 Beyond types, the checks: the ``tiles`` attribute is a tile map with one tile per array; an MVM's
 significances match the map's slices, ``rows_per_op`` fits the physical rows, every ``skip`` pair
-names one of its tiles and blocks, ``sense = pairs`` has a differential encoding with whole tiles,
+names one of its tiles and blocks, ``sense = pairs`` has a differential encoding with whole tiles (a pair's
+columns complemented together),
 and the ADC attributes are a valid :class:`cimc.cim.adc.Adc` for its tiles and columns.
 """
 
@@ -113,6 +114,13 @@ def mvm_problem(node: Node) -> str | None:
                    f"the significances are {sig}"
         if (tiles.column("s0") != 0).any() or (tiles.column("s1") != tiles.slices).any():
             return "sense=pairs needs every tile to hold all slices of its channels (both columns of each pair)"
+        for i, f in enumerate(tiles.flip):
+            if f is not None:
+                partner = np.where(f % tiles.slices < half, f + half, f - half)
+                if not np.isin(partner, f).all():
+                    c, d = (int(v[~np.isin(partner, f)][0]) for v in (f, partner))
+                    return (f"tile {i} complements column {c} but not its differential partner {d} (sense=pairs "
+                            f"reads them as one sum)")
     rpo = int(a["rows_per_op"])
     if not 1 <= rpo <= tiles.physical[0]:
         return f"rows_per_op={rpo} must be in 1..{tiles.physical[0]} (the physical rows of an array)"

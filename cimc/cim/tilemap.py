@@ -15,18 +15,27 @@ of logical column ``j``: injective maps into the array (a permutation of its row
 the tile uses the first ``k1 - k0`` entries; unused physical rows and columns, spares included, hold
 zero cells). ``None`` is the identity (row ``i`` at physical row ``i``).
 
+Complemented columns: ``flip`` lists the tile's logical columns written complemented, each cell at level
+``top - L`` instead of ``L`` (``top = 2**cell_bits - 1``; a column sign flip, so that the cells' stuck
+values match): the MVM reads such a column's sum ``v'`` and takes ``top * sum(x) - v'`` over the rows it
+drives (both columns of a differential pair sensed together are flipped or neither: their signed sum is then
+negated). ``None`` (or empty) is no column complemented. With an ideal device it computes the same bits.
+
 Invariants (:meth:`TileMap.problems`): ranges inside the matrix and the slices, tiles inside the
 array's logical size, arrays inside ``arrays``, placements injective and inside the physical array,
-and every (weight, slice) of the matrix held by exactly one tile of each replica (checked on the
+``flip`` increasing logical columns of the tile, and every (weight, slice) of the matrix held by exactly one
+tile of each replica (checked on the
 layer's whole map; an instruction carries part of it).
 
 Text (``.cimir``; printed and parsed by :mod:`cimc.text`)::
 
     tiles<"conv1" matrix=[1, 27, 16] slices=8 arrays=16 shape=[128, 128] spares=[2, 0]> [
       {group=0 rows=0:27 channels=0:16 slices=0:8 array=0 replica=0},
-      {group=0 rows=0:27 channels=0:16 slices=0:8 array=1 replica=1 row_at=[5, 0:5, 6:27] col_at=[0:128]}]
+      {group=0 rows=0:27 channels=0:16 slices=0:8 array=1 replica=1 row_at=[5, 0:5, 6:27] col_at=[0:128]
+       flip=[7, 15]}]
 
-where ``a:b`` is the run ``a, a+1, ..., b-1`` and an omitted ``row_at``/``col_at`` is the identity.
+where ``a:b`` is the run ``a, a+1, ..., b-1``, an omitted ``row_at``/``col_at`` is the identity and an
+omitted ``flip`` none.
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ class Tile:
     replica: int
     row_at: np.ndarray
     col_at: np.ndarray
+    flip: np.ndarray
+    """Logical columns written complemented (module docstring); empty for none."""
 
     @property
     def window(self) -> tuple[int, int, int, int, int, int, int]:
@@ -98,13 +109,14 @@ class TileMap(AttrValue):
 
     kind = "tiles"
 
-    __slots__ = ("__dict__", "__weakref__", "arrays", "col_at", "layer", "matrix", "row_at", "shape", "slices",
-                 "spares", "table")
+    __slots__ = ("__dict__", "__weakref__", "arrays", "col_at", "flip", "layer", "matrix", "row_at", "shape",
+                 "slices", "spares", "table")
 
     def __init__(self, layer: str, matrix: Sequence[int], slices: int, arrays: int, shape: Sequence[int],
                  table: np.ndarray, row_at: Sequence[Iterable[int] | np.ndarray | None] | None = None,
                  col_at: Sequence[Iterable[int] | np.ndarray | None] | None = None,
-                 spares: Sequence[int] = (0, 0)) -> None:
+                 spares: Sequence[int] = (0, 0), flip: Sequence[Iterable[int] | np.ndarray | None] | None = None
+                 ) -> None:
         t = np.array(table, np.int64).reshape(-1, len(FIELDS))
         t.flags.writeable = False
         self.layer = str(layer)
@@ -115,9 +127,10 @@ class TileMap(AttrValue):
         self.table = t
         self.row_at = _placements(row_at, len(t))
         self.col_at = _placements(col_at, len(t))
-        if len(self.row_at) != len(t) or len(self.col_at) != len(t):
+        self.flip = tuple(None if p is None or not len(p) else p for p in _placements(flip, len(t)))
+        if len(self.row_at) != len(t) or len(self.col_at) != len(t) or len(self.flip) != len(t):
             raise ValueError(f"TileMap: {len(t)} tiles but {len(self.row_at)} row and {len(self.col_at)} column "
-                             f"placements (give one per tile, None for the identity)")
+                             f"placements and {len(self.flip)} flips (give one per tile, None for the identity)")
 
     # -- access ------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -125,7 +138,8 @@ class TileMap(AttrValue):
 
     def __getitem__(self, i: int) -> Tile:
         group, k0, k1, ch0, ch1, s0, s1, array, replica = (int(v) for v in self.table[i])
-        return Tile(group, k0, k1, ch0, ch1, s0, s1, array, replica, row_at=self.rows_of(i), col_at=self.cols_of(i))
+        return Tile(group, k0, k1, ch0, ch1, s0, s1, array, replica, row_at=self.rows_of(i), col_at=self.cols_of(i),
+                    flip=self.flips_of(i))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -145,6 +159,11 @@ class TileMap(AttrValue):
         p = self.col_at[i]
         t = self.table[i]
         return p if p is not None else np.arange(int((t[_C1] - t[_C0]) * (t[_S1] - t[_S0])))
+
+    def flips_of(self, i: int) -> np.ndarray:
+        """Logical columns of tile ``i`` written complemented (int64, maybe empty)."""
+        p = self.flip[i]
+        return p if p is not None else np.zeros(0, np.int64)
 
     def column(self, name: str) -> np.ndarray:
         """One column of :attr:`table` by its :data:`FIELDS` name."""
@@ -176,7 +195,7 @@ class TileMap(AttrValue):
     @property
     def placed(self) -> bool:
         """Whether some tile has a placement other than the identity."""
-        return any(p is not None for p in self.row_at) or any(p is not None for p in self.col_at)
+        return any(p is not None for p in (*self.row_at, *self.col_at, *self.flip))
 
     @cached_property
     def array_list(self) -> list[int]:
@@ -188,10 +207,10 @@ class TileMap(AttrValue):
         """Bytes identifying the map's geometry and placements (a cache key)."""
         parts = [repr((self.layer, self.matrix, self.slices, self.arrays, self.shape, self.spares)).encode(),
                  self.table.tobytes()]
-        for i, (r, c) in enumerate(zip(self.row_at, self.col_at, strict=True)):
-            if r is not None or c is not None:
+        for i, (r, c, f) in enumerate(zip(self.row_at, self.col_at, self.flip, strict=True)):
+            if r is not None or c is not None or f is not None:
                 parts += [str(i).encode(), b"r", b"" if r is None else r.tobytes(), b"c",
-                          b"" if c is None else c.tobytes()]
+                          b"" if c is None else c.tobytes(), b"f", b"" if f is None else f.tobytes()]
         return b"|".join(parts)
 
     # -- building ----------------------------------------------------------------------------------------
@@ -199,17 +218,20 @@ class TileMap(AttrValue):
         """The map of some of the tiles (an instruction's share of the layer's map)."""
         if isinstance(index, slice):
             return TileMap(self.layer, self.matrix, self.slices, self.arrays, self.shape, self.table[index],
-                           self.row_at[index], self.col_at[index], self.spares)
+                           self.row_at[index], self.col_at[index], self.spares, self.flip[index])
         idx = np.asarray(index, np.int64).tolist()
         return TileMap(self.layer, self.matrix, self.slices, self.arrays, self.shape, self.table[idx],
-                       [self.row_at[i] for i in idx], [self.col_at[i] for i in idx], self.spares)
+                       [self.row_at[i] for i in idx], [self.col_at[i] for i in idx], self.spares,
+                       [self.flip[i] for i in idx])
 
     def replace(self, *, table: np.ndarray | None = None, row_at: Sequence[np.ndarray | None] | None = None,
-                col_at: Sequence[np.ndarray | None] | None = None, spares: Sequence[int] | None = None) -> TileMap:
+                col_at: Sequence[np.ndarray | None] | None = None, spares: Sequence[int] | None = None,
+                flip: Sequence[np.ndarray | None] | None = None) -> TileMap:
         """A copy with some fields changed (a placement pass moves tiles so)."""
         return TileMap(self.layer, self.matrix, self.slices, self.arrays, self.shape,
                        self.table if table is None else table, self.row_at if row_at is None else row_at,
-                       self.col_at if col_at is None else col_at, self.spares if spares is None else spares)
+                       self.col_at if col_at is None else col_at, self.spares if spares is None else spares,
+                       self.flip if flip is None else flip)
 
     # -- checks --------------------------------------------------------------------------------------------
     def problems(self, node: Node | None = None, key: str = "") -> list[str]:
@@ -282,6 +304,13 @@ class TileMap(AttrValue):
                                f"holds two logical {unit}s")
                 if len(out) >= 3:
                     return out
+        cols = (t[:, _C1] - t[:, _C0]) * (t[:, _S1] - t[:, _S0])
+        for i, f in enumerate(self.flip):
+            if f is not None and (f.min() < 0 or f.max() >= cols[i] or (np.diff(f) <= 0).any()):
+                out.append(f"tile {i}: flip={[int(v) for v in f[:8]]}{'...' if len(f) > 8 else ''} must be "
+                           f"increasing logical columns 0..{int(cols[i]) - 1} of the tile")
+                if len(out) >= 3:
+                    return out
         return out
 
     def coverage_problems(self) -> list[str]:
@@ -330,6 +359,8 @@ class TileMap(AttrValue):
             if not np.array_equal(self.rows_of(i), other.rows_of(i)) or not np.array_equal(self.cols_of(i),
                                                                                          other.cols_of(i)):
                 return f"tile {i}: placement differs"
+            if not np.array_equal(self.flips_of(i), other.flips_of(i)):
+                return f"tile {i}: complemented columns differ"
         return None
 
     def __eq__(self, other: object) -> bool:

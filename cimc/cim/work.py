@@ -11,7 +11,11 @@ input chunks and ``rows_per_op`` word lines per physical row block:
 - ``conversions[t] = passes * columns`` ADC conversions (``columns / 2`` with differential pairs sensed as
   one column, ``sense = pairs``);
 - ``macs[t] = share * P * rows * channels * (s1 - s0) / S``: multiply-accumulates of whole weights it
-  performs (a tile holding some of the ``S`` slices does that share of each).
+  performs (a tile holding some of the ``S`` slices does that share of each);
+- ``corrections[t] = share * P * (flipped + rows)`` digital adds of its complemented columns (``flipped`` of
+  them, ``flip``; a pair sensed together counts once and needs no input sum): per position, the sum of its
+  driven inputs (``rows`` adds, once for all its complemented columns) and one subtraction per column; 0
+  without complemented columns.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Work:
     passes: np.ndarray
     conversions: np.ndarray
     macs: np.ndarray
+    corrections: np.ndarray
 
 
 def work(tiles: TileMap, skip: np.ndarray, rows_per_op: int, positions: int, chunks: int,
@@ -62,5 +67,8 @@ def work(tiles: TileMap, skip: np.ndarray, rows_per_op: int, positions: int, chu
     channels = (t[:, 4] - t[:, 3]).astype(np.float64)
     passes = share * positions * chunks * blocks
     part = (t[:, 6] - t[:, 5]) / tiles.slices
-    return Work(blocks, rows, columns, channels, share, passes, passes * columns / (2 if sense == "pairs" else 1),
-                share * positions * rows * channels * part)
+    pairs = sense == "pairs"
+    flipped = np.asarray([len(tiles.flips_of(i)) for i in range(T)], np.float64) / (2 if pairs else 1)
+    corrections = share * positions * (flipped + np.where(flipped > 0, 0.0 if pairs else rows, 0.0))
+    return Work(blocks, rows, columns, channels, share, passes, passes * columns / (2 if pairs else 1),
+                share * positions * rows * channels * part, corrections)

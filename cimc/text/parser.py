@@ -375,24 +375,26 @@ class _Builder:
         table: list[list[int]] = []
         row_at: list[list[int] | None] = []
         col_at: list[list[int] | None] = []
+        flip: list[list[int] | None] = []
         for tile in (c for c in rest if isinstance(c, Tree) and c.data == "tile"):
             where = f"{what}: tile {len(table)}"
             f = self.fields(tile.children, where, ("group", "rows", "channels", "slices", "array"),
-                            ("replica", "row_at", "col_at"), tile)
+                            ("replica", "row_at", "col_at", "flip"), tile)
             for key in ("rows", "channels", "slices"):
                 if not isinstance(f[key], tuple):
                     raise self.error(f"{where}: field {key} should be a range a:b", tile)
             for key in ("group", "array", "replica"):
                 if key in f and not isinstance(f[key], int):
                     raise self.error(f"{where}: field {key} should be an integer", tile)
-            for key in ("row_at", "col_at"):
+            for key in ("row_at", "col_at", "flip"):
                 if key in f and not isinstance(f[key], list):
                     raise self.error(f"{where}: field {key} should be a list of rows or columns [a, b:c, ...]", tile)
             table.append([f["group"], *f["rows"], *f["channels"], *f["slices"], f["array"], f.get("replica", 0)])
             row_at.append(f.get("row_at"))
             col_at.append(f.get("col_at"))
+            flip.append(f.get("flip"))
         return TileMap(_str(_token(layer_tok), self.source), h["matrix"], h["slices"], h["arrays"], h["shape"],
-                       np.asarray(table, np.int64).reshape(-1, 9), row_at, col_at, h.get("spares", (0, 0)))
+                       np.asarray(table, np.int64).reshape(-1, 9), row_at, col_at, h.get("spares", (0, 0)), flip)
 
     # ---- statements -------------------------------------------------------------------------
     def results(self, t: Tree[Token]) -> list[tuple[Token, TensorType]]:

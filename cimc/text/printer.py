@@ -148,13 +148,15 @@ def format_tilemap(m: TileMap) -> str:
     head = (f"tiles<{quote(m.layer)} matrix={_ints(m.matrix)} slices={m.slices} arrays={m.arrays} "
             f"shape={_ints(m.shape)} spares={_ints(m.spares)}> [")
     tiles = []
-    for row, row_at, col_at in zip(m.table.tolist(), m.row_at, m.col_at, strict=True):
+    for row, row_at, col_at, flip in zip(m.table.tolist(), m.row_at, m.col_at, m.flip, strict=True):
         g, k0, k1, c0, c1, s0, s1, a, r = row
         t = f"{{group={g} rows={k0}:{k1} channels={c0}:{c1} slices={s0}:{s1} array={a} replica={r}"
         if row_at is not None:
             t += f" row_at={_runs(row_at)}"
         if col_at is not None:
             t += f" col_at={_runs(col_at)}"
+        if flip is not None:
+            t += f" flip={_runs(flip)}"
         tiles.append(t + "}")
     return head + ",".join(f"\n      {t}" for t in tiles) + "]"
 
