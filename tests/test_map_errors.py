@@ -198,7 +198,9 @@ def test_recode_is_the_closest_value_by_brute_force(kind, bits, cell_bits, reps)
     assert len(r) and (chosen[r[:, 0], r[:, 1], r[:, 2]] != m[r[:, 0], r[:, 1], r[:, 2]]).all()
     pat = np.full((reps, *m.shape, enc.slices), -1)
     for t in tm:
-        sub = stuck[t.array][np.ix_(t.row_at, t.col_at)]
+        sub = stuck[t.array][np.ix_(t.row_at, t.col_at)].astype(np.int64)
+        top = (1 << cell_bits) - 1  # a complemented column's cell stuck at v holds, for the weight, top - v
+        sub[:, t.flip] = np.where(sub[:, t.flip] >= 0, top - sub[:, t.flip], -1)
         pat[t.replica, t.group, t.k0:t.k1, t.ch0:t.ch1, t.s0:t.s1] = sub.reshape(t.rows, t.ch1 - t.ch0, -1)
     _slow_recode_check(m, enc, pat, chosen)
 
