@@ -5,26 +5,25 @@ and shift-add at the op's ``adc_bits`` and ``dac_bits``, buffers, interconnect, 
 module dispatches its own op names here. Per op, from attributes and static shapes; a symbolic dim counts as 1,
 i.e. per sample:
 
-- an MVM (:func:`mvm_cost`): per tile (:func:`cimc.cim.work.work`), ``P`` positions of which it takes its
-  ``share`` (replicas split them), ``A`` driven row blocks (``rows_active`` rows), ``J`` input chunks, ``C``
-  columns (``ch`` channels). A pass drives one block with one chunk across all columns of the tile: ``passes =
-  share*P*A*J``; the tiles run at once on distinct arrays, so ``cycles = max over tiles of passes *
-  pass_cycles(C) + shift_add_cycles`` (the shift-adds run behind the conversions; the last one ends the op) plus
-  spill traffic at ``dram_bytes_per_cycle``. Energy, summed over tiles: arrays
-  ``share*P*J*rows_active*C*mvm_cell_pj``; DACs ``share*P*J*rows_active*dac_pj_at(dac_bits)``; ADCs
-  ``conversions*adc_pj_at(adc_bits)`` with ``conversions = passes*C`` (``C/2`` when differential pairs are sensed
-  together); shift-add ``conversions*shift_add_pj``, plus one add per position and converted column whose ADC
-  range has an offset (a calibrated range: the offset times the column's conversion count is added once to its
-  shift-add sum) and the adds of complemented columns (``corrections`` of :mod:`cimc.cim.work`: the input sum
-  and one subtraction per position and column) at ``shift_add_pj``; buffers ``4*share*P*ch`` bytes of accumulators written plus
-  ``P*rows`` bytes of input read (the distinct input rows of its tiles, read once and broadcast to the arrays
-  that share them) at ``buffer_pj_per_byte``, the input also crossing the interconnect at ``noc_pj_per_byte``;
-  ``macs = sum of share*P*rows_active*ch`` (whole weights). Spills (DRAM at ``dram_pj_per_byte``): the layer's
-  input activation (its raw feature map, one byte per element) beyond ``act_buffer_bytes`` lives in DRAM: the
-  first round (no accumulator operand) pays its producer writing that share once, and every round reads the
-  share of the rows it reads; the layer's int32 accumulators (``4*P*channels`` bytes) beyond
-  ``out_buffer_bytes`` spill: that share of every accumulator byte a round writes goes to DRAM and is read back
-  (by the next round or the consumer).
+- an MVM (:func:`mvm_cost`): per tile (:func:`cimc.cim.work.work`), ``P`` positions of which it takes its ``share``
+  (replicas split them), ``A`` driven row blocks (``rows_active`` rows), ``J`` input chunks, ``C`` columns (``ch``
+  channels). A pass drives one block with one chunk across all columns of the tile: ``passes = share*P*A*J``; the
+  tiles run at once on distinct arrays, so ``cycles = max over tiles of passes * pass_cycles(C) + shift_add_cycles``
+  (the shift-adds run behind the conversions; the last one ends the op) plus spill traffic at
+  ``dram_bytes_per_cycle``. Energy, summed over tiles: arrays ``share*P*J*rows_active*C*mvm_cell_pj``; DACs
+  ``share*P*J*rows_active*dac_pj_at(dac_bits)``; ADCs ``conversions*adc_pj_at(adc_bits)`` with ``conversions =
+  passes*C`` (``C/2`` when differential pairs are sensed together); shift-add ``conversions*shift_add_pj``, plus one
+  add per position and converted column whose ADC range has an offset (a calibrated range: the offset times the
+  column's conversion count is added once to its shift-add sum) and the adds of complemented columns
+  (``corrections`` of :mod:`cimc.cim.work`: the input sum and one subtraction per position and column) at
+  ``shift_add_pj``; buffers ``4*share*P*ch`` bytes of accumulators written plus ``P*rows`` bytes of input read (the
+  distinct input rows of its tiles, read once and broadcast to the arrays that share them) at
+  ``buffer_pj_per_byte``, the input also crossing the interconnect at ``noc_pj_per_byte``; ``macs = sum of
+  share*P*rows_active*ch`` (whole weights). Spills (DRAM at ``dram_pj_per_byte``): the layer's input activation (its
+  raw feature map, one byte per element) beyond ``act_buffer_bytes`` lives in DRAM: the first round (no accumulator
+  operand) pays its producer writing that share once, and every round reads the share of the rows it reads; the
+  layer's int32 accumulators (``4*P*channels`` bytes) beyond ``out_buffer_bytes`` spill: that share of every
+  accumulator byte a round writes goes to DRAM and is read back (by the next round or the consumer).
 - a load (:func:`load_cost`): per tile (each replica is a tile) ``r*c`` cells of ``cell_bits``, ``bytes =
   ceil(r*c*cell_bits/8)``; ``cycles = sum of r*write_row_cycles + bytes/dram_bytes_per_cycle``; energy: arrays
   ``cells*write_pj`` (the target's energy per cell written; or per bit, ``cells*cell_bits*write_pj``), DRAM
