@@ -39,7 +39,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -47,7 +47,7 @@ import numpy as np
 
 from cimc.errors import InputError
 from cimc.interpreter import random_inputs
-from cimc.passmanager import PassContext, PassInstrument, PassManager, PassTiming
+from cimc.passmanager import Pass, PassContext, PassInstrument, PassManager, PassTiming
 from cimc.quant.prequant import is_prequantized
 
 if TYPE_CHECKING:
@@ -221,9 +221,32 @@ class CompiledModel:
         return write_output(self, Path(directory), force=force)
 
 
+def _chip_programs(before: Graph, rest: tuple[Pass, ...], ctx: PassContext, program: Graph, n: int
+                   ) -> dict[str, list[Graph]]:
+    """Each of ``n`` chips' program, compiled from ``before`` (the graph before the first pass that reads the
+    chip) by the passes ``rest`` with ``PassContext.chip`` that chip (chip 0's is ``program``): ``mapped``; and,
+    when a pass of ``rest`` uses the chip to place or write weights (:meth:`Pass.chip_blind` differs), the same
+    with those passes blind to it: ``naive``, each chip's program as it would be without error-aware mapping."""
+    from cimc.pipeline import Pipeline
+
+    blind = tuple(p.chip_blind() for p in rest)
+    out: dict[str, list[Graph]] = {"mapped": [program]}
+    kinds = [("mapped", rest, range(1, n))]
+    if blind != rest:
+        out["naive"] = []
+        kinds.append(("naive", blind, range(n)))
+    for kind, passes, chips in kinds:
+        for i in chips:
+            g = before.copy()
+            PassManager(Pipeline(passes), replace(ctx, chip=i, instruments=[])).run(g)
+            out[kind].append(g)
+    return out
+
+
 def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSource, target: Target,
             inputs: dict[str, np.ndarray], seed: int, where: str, labels: np.ndarray | None,
-            mc: int | None = None, workers: int | None = None) -> dict[str, Any]:
+            mc: int | None = None, workers: int | None = None, per_chip: dict[str, list[Graph]] | None = None
+            ) -> dict[str, Any]:
     from cimc.interpreter import run
     from cimc.target import LOSSY
     from cimc.verify import check_exact, check_labels, compare, top1_accuracy
@@ -265,8 +288,13 @@ def _verify(program: Graph, quantized: Graph, float_graph: Graph, src: ModelSour
     if mc is not None:
         from cimc.montecarlo import LocalPool, monte_carlo
 
-        out["mc"] = monte_carlo(program, target, inputs, n=mc, seed=seed, exact=ref_q, reference=ref_f, labels=y,
-                                backend=LocalPool(workers))
+        programs = per_chip or {"mapped": [program]}
+        out["mc"] = monte_carlo(programs["mapped"], target, inputs, n=mc, seed=seed, exact=ref_q, reference=ref_f,
+                                labels=y, backend=LocalPool(workers))
+        out["mc"]["compiled_per_chip"] = per_chip is not None
+        if "naive" in programs:
+            out["mc_naive"] = monte_carlo(programs["naive"], target, inputs, n=mc, seed=seed, exact=ref_q,
+                                          reference=ref_f, labels=y, backend=LocalPool(workers))
     return out
 
 
@@ -276,14 +304,19 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
             calibration: Mapping[str, np.ndarray] | np.ndarray | None = None, seed: int = 0, verify: bool = False,
             inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, *, labels: np.ndarray | None = None,
             progress: bool | None = None, verify_each: bool = False, allow_float: bool = False,
-            mc: int | None = None, workers: int | None = None) -> CompiledModel:
+            mc: int | None = None, workers: int | None = None, chip: int = 0) -> CompiledModel:
     """Compile ``model`` for ``target`` (see the module docstring for the steps and defaults).
 
     ``labels``: with ``verify``, one integer class index per verification input, for top-1 on labels.
     ``allow_float``: run weight-carrying multiply-accumulates that are not quantized (:data:`WEIGHT_MACS`) in
     float on the target instead of refusing to (:func:`check_float_macs`); the report's first line says so.
     ``mc``: with ``verify``, also run the program on ``mc`` chips of the target (chip ``i`` from ``(seed, i)``) and
-    report their spread (:mod:`cimc.montecarlo`) under ``verify["mc"]``; ``workers``: its local processes.
+    report their spread (:mod:`cimc.montecarlo`) under ``verify["mc"]``; ``workers``: its local processes. When a
+    pass reads the chip (``Pass.per_chip``: ``map-errors``, ``calibrate-adc``), chip ``i`` runs its own program,
+    compiled for it from that pass on, as a deployment flow would; with error-aware mapping in the pipeline, also
+    each chip's program compiled without it (``verify["mc_naive"]``), side by side.
+    ``chip``: compile for chip ``chip`` of ``seed`` (what the passes that read the chip see; chip 0 by default,
+    the chip ``--mc`` runs first).
     ``progress``: a per-pass status line on standard error (default: when it is a terminal).
     ``verify_each``: run the IR verifier after every pass.
     """
@@ -307,6 +340,9 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         raise InputError("Monte Carlo runs verify the program on many chips; pass verify=True (--verify) with mc")
     if mc is not None and mc < 1:
         raise InputError(f"mc = {mc}: the number of Monte Carlo chips must be at least 1")
+    if chip < 0 or (chip and mc is not None):
+        raise InputError(f"chip = {chip}: " + ("a chip index is >= 0" if chip < 0 else "a Monte Carlo run compiles for "
+                                               "chips 0 .. mc-1 itself; give mc or chip, not both"))
     if workers is not None and mc is None:
         raise InputError("workers are the processes of a Monte Carlo run; pass mc (--mc N) with them")
     if workers is not None and workers < 1:
@@ -332,7 +368,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     total = len(front.passes) + len(lowering.passes)
     show = sys.stderr.isatty() if progress is None else progress
     bar = ProgressInstrument(sys.stderr, total) if show and total else None
-    ctx = PassContext(target=tgt, calibration=calib, seed=seed, verify_each=verify_each,
+    ctx = PassContext(target=tgt, calibration=calib, seed=seed, chip=chip, verify_each=verify_each,
                       instruments=[bar] if bar else [])
     start = time.perf_counter()
     timings: list[PassTiming] = []
@@ -342,26 +378,43 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         pm.run(graph)
         timings.extend(pm.timings)
 
+    # a Monte Carlo run compiles every chip's program from the first pass that reads the chip (per_chip) on
+    every = (*front.passes, *lowering.passes)
+    cut = next((i for i, p in enumerate(every) if p.per_chip), None) if mc is not None else None
+    before_chip: Graph | None = None
+
+    def run_part(part: tuple[Pass, ...], offset: int) -> None:
+        nonlocal before_chip
+        if cut is not None and offset <= cut < offset + len(part):
+            run_passes(Pipeline(part[:cut - offset]))
+            before_chip = graph.copy()
+            part = part[cut - offset:]
+        run_passes(Pipeline(part))
+
     try:
-        run_passes(front)
+        run_part(front.passes, 0)
         floats = check_float_macs(graph, tgt, allow_float)
         check_supported(graph, tgt)  # before the lowering's work
         quantized = graph.copy()
         tgt.register_ops()
-        run_passes(lowering)
+        run_part(lowering.passes, len(front.passes))
         check_lowered(graph, tgt)
         check_supported(graph, tgt)
     finally:
         if bar:
             bar.done()
     program = graph
+    per_chip = None
+    if mc is not None and before_chip is not None and cut is not None and sample is not None:
+        per_chip = _chip_programs(before_chip, every[cut:], ctx, program, mc)
     cost = program_cost(program, tgt)
     mapping = _mapping(program, quantized, tgt)
 
     checks, verify_s = None, None
     if sample is not None:
         t0 = time.perf_counter()
-        checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where, labels, mc, workers)
+        checks = _verify(program, quantized, float_graph, src, tgt, sample, seed, where, labels, mc, workers,
+                         per_chip)
         verify_s = time.perf_counter() - t0
         from cimc.report import verify_failed
 

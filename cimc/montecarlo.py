@@ -1,9 +1,11 @@
-"""Monte Carlo verification over chips: run one program on ``N`` chips of a target and summarise the spread.
+"""Monte Carlo verification over chips: run a program on ``N`` chips of a target and summarise the spread.
 
 Chip ``i`` of a run with seed ``S`` is the target's machine ``target.machine(S, chip=i)`` (its static effects:
 programming variation, stuck cells, drift factors, drawn from ``(S, i)``), and the program runs on it with the
 interpreter seeded by :func:`run_seed` ``(S, i)`` (the per-MVM read noise): chip ``i``'s outputs depend on ``(S,
-i)`` alone, whichever process computes them and however many there are. A :class:`Backend` maps chip indices to
+i)`` alone, whichever process computes them and however many there are. The program is one for every chip, or
+one per chip (each compiled for its chip, as a deployment flow would: :func:`cimc.driver.compile` with ``mc``
+when a pass reads the chip). A :class:`Backend` maps chip indices to
 outputs; :class:`LocalPool` (the default) runs them in a local process pool (``workers`` processes, default
 ``min(2, cores)``; 1: in this process). A distributed backend implements :meth:`Backend.map` the same way.
 
@@ -43,9 +45,10 @@ def run_seed(seed: int, chip: int) -> int:
 
 @dataclass(frozen=True)
 class ChipJob:
-    """What every chip runs: the program, its target, the inputs, the seed, and which output to keep."""
+    """What every chip runs: the program (one for every chip, or a tuple: chip ``i``'s at ``i``), its target, the
+    inputs, the seed, and which output to keep."""
 
-    program: Graph
+    program: Graph | tuple[Graph, ...]
     target: Target
     inputs: Mapping[str, np.ndarray]
     seed: int
@@ -57,7 +60,8 @@ def run_chip(job: ChipJob, chip: int) -> np.ndarray:
     from cimc.interpreter import run
 
     job.target.register_ops()
-    out = run(job.program, dict(job.inputs), seed=run_seed(job.seed, chip), machine=job.target.machine(job.seed, chip))
+    program = job.program if isinstance(job.program, Graph) else job.program[chip]
+    out = run(program, dict(job.inputs), seed=run_seed(job.seed, chip), machine=job.target.machine(job.seed, chip))
     return np.asarray(out[job.output])
 
 
@@ -126,11 +130,15 @@ def summarise(outputs: Sequence[np.ndarray], exact: np.ndarray, truth: np.ndarra
                       for i, (t, e) in enumerate(zip(top1, rel, strict=True))]}
 
 
-def monte_carlo(program: Graph, target: Target, inputs: Mapping[str, np.ndarray], *, n: int, seed: int,
-                exact: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], labels: np.ndarray | None,
-                backend: Backend | None = None) -> dict[str, Any]:
-    """Run ``program`` on chips ``0 .. n-1`` of ``seed`` and summarise (module docstring): ``exact`` are the
-    quantized graph's outputs, ``reference`` the float model's (its arg-max is the truth without ``labels``)."""
+def monte_carlo(program: Graph | Sequence[Graph], target: Target, inputs: Mapping[str, np.ndarray], *, n: int,
+                seed: int, exact: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+                labels: np.ndarray | None, backend: Backend | None = None) -> dict[str, Any]:
+    """Run ``program`` (one for every chip, or a list: chip ``i``'s program at ``i``) on chips ``0 .. n-1`` of
+    ``seed`` and summarise (module docstring): ``exact`` are the quantized graph's outputs, ``reference`` the
+    float model's (its arg-max is the truth without ``labels``)."""
+    programs = (program,) if isinstance(program, Graph) else tuple(program)
+    if len(programs) not in (1, n):
+        raise InputError(f"--mc {n}: {len(programs)} programs given, need one or one per chip")
     if n < 1:
         raise InputError(f"--mc {n}: the number of Monte Carlo chips must be at least 1")
     if not target.machine(seed, 0) and not target.machine(seed, 1):
@@ -139,5 +147,6 @@ def monte_carlo(program: Graph, target: Target, inputs: Mapping[str, np.ndarray]
                          f"--mc")
     name = next(iter(exact))
     truth = np.asarray(labels) if labels is not None else np.asarray(reference[name]).argmax(-1)
-    outs = (backend or LocalPool()).map(ChipJob(program, target, inputs, seed, name), list(range(n)))
+    job = ChipJob(programs[0] if len(programs) == 1 else programs, target, inputs, seed, name)
+    outs = (backend or LocalPool()).map(job, list(range(n)))
     return summarise(outs, np.asarray(exact[name]), truth, "labels" if labels is not None else "float reference")

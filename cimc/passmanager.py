@@ -72,6 +72,14 @@ class Pass:
     spec_type: ClassVar[type[Spec] | None] = None
     """The kind of target the pass runs for only, by its spec class (a target's lowering), or ``None``;
     setting it implies ``needs_target``."""
+    per_chip: ClassVar[bool] = False
+    """Whether the pass reads the chip compiled for (``PassContext.chip``: its faults, its cells' draws): a Monte
+    Carlo run (``--mc N``) then compiles each chip's program from this pass on, for that chip."""
+
+    def chip_blind(self) -> Pass:
+        """This pass as it runs without using what it knows of the chip to place or write weights (a Monte Carlo
+        run compiles each chip's program both ways, naive and mapped, to compare): by default the pass itself."""
+        return self
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Rewrite ``graph`` in place; say whether anything changed."""
@@ -132,6 +140,9 @@ class PassContext:
     """The target compiled for, whose capabilities and spec passes may read (see :meth:`require_target`)."""
     calibration: Mapping[str, Any] | None = None
     """Sample inputs by graph input name (batch on axis 0), for passes that calibrate or measure."""
+    chip: int = 0
+    """Which chip of ``seed`` the program is for (``target.machine(seed, chip)``): a Monte Carlo run compiles chip
+    ``i``'s program with ``chip = i`` (passes with ``per_chip``)."""
     instruments: list[Any] = field(default_factory=list)
     """Extra instruments, called after the built-in ones."""
     ir_stream: TextIO | None = None

@@ -32,7 +32,9 @@ max_abs_error; or ``null``), self_check (``null``, or why the verifier refused i
 max_abs_error, cosine, top1_agreement, float_reference, inputs, samples, top1_program /
 top1_quantized / top1_float when labels are known, for a pre-quantized model
 onnxruntime_agreement: :func:`cimc.onnx_io.qdq.source_agreement` of the quantized graph, and with ``--mc``
-``mc``: :func:`cimc.montecarlo.summarise` over the chips), ``versions``.
+``mc``: :func:`cimc.montecarlo.summarise` over the chips, ``compiled_per_chip`` when each chip's program was
+compiled for it; and ``mc_naive``, the same for each chip's program compiled without error-aware mapping, when
+the pipeline has it), ``versions``.
 """
 
 from __future__ import annotations
@@ -235,10 +237,16 @@ def verify_summary(v: dict[str, Any]) -> str:
     if "top1_program" in v:
         out.append(f"  top-1 on labels: program {_pct(v['top1_program'])}, quantized {_pct(v['top1_quantized'])}, "
                    f"{'source' if 'onnxruntime_agreement' in v else 'float'} {_pct(v['top1_float'])}")
-    if (mc := v.get("mc")) is not None:
-        out.append(f"  Monte Carlo over {mc['n']} chips: top-1 (vs {mc['top1_of']}) {_pct(mc['top1_mean'])} +- "
-                   f"{_pct(mc['top1_std'])} (p5 {_pct(mc['top1_p5'])}, p95 {_pct(mc['top1_p95'])}); relative output "
-                   f"error vs the quantized graph {_fmt(mc['rel_error_mean'])} +- {_fmt(mc['rel_error_std'])}")
+    for key, what in (("mc_naive", "naive (no error-aware mapping)"), ("mc", "as compiled")):
+        if (mc := v.get(key)) is None:
+            continue
+        how = (", each chip's program compiled for it" if mc.get("compiled_per_chip") else "") if key == "mc" else \
+            ", each compiled for its chip without error-aware mapping"
+        label = f" {what}" if "mc_naive" in v else ""
+        out.append(f"  Monte Carlo over {mc['n']} chips{label}{how}: top-1 (vs {mc['top1_of']}) "
+                   f"{_pct(mc['top1_mean'])} +- {_pct(mc['top1_std'])} (p5 {_pct(mc['top1_p5'])}, p95 "
+                   f"{_pct(mc['top1_p95'])}); relative output error vs the quantized graph "
+                   f"{_fmt(mc['rel_error_mean'])} +- {_fmt(mc['rel_error_std'])}")
     return "\n".join(out)
 
 

@@ -8,7 +8,7 @@ chooses ``adc_step`` and ``adc_offset`` (:mod:`cimc.cim.adc`) from the partial s
 inputs:
 
 1. run a copy of the program on the calibration inputs (the first ``inputs`` of them) with every ADC
-   lossless, on the target's machine (its chip, with the compile seed), watching each MVM's input;
+   lossless, on the target's machine (chip ``ctx.chip`` of the compile seed), watching each MVM's input;
 2. per MVM instruction, sample ``positions`` input positions (seeded) and histogram the partial sums every
    converted column sees as the crossbar makes them from the cells its array holds
    (:func:`cimc.cim.calibration.column_histograms`);
@@ -88,6 +88,7 @@ class CalibrateAdcPass(Pass):
 
     name: ClassVar[str] = "calibrate-adc"
     needs_target: ClassVar[bool] = True
+    per_chip: ClassVar[bool] = True
     method: Literal["mse", "percentile", "none"] = option(
         "mse", "How a range is chosen: mse (least squared error of the result), percentile (the central "
                "share of the sums), or none (keep the worst-case ranges).")
@@ -134,7 +135,7 @@ class CalibrateAdcPass(Pass):
             _note(graph, "ADC ranges worst-case (no calibration inputs)")
             return PassResult(False)
         hists = self._histograms(graph, lossy, target, {k: np.asarray(v)[:self.inputs] for k, v in calib.items()},
-                                 ctx.seed)
+                                 ctx.seed, ctx.chip)
         report = self._apply(graph, hists, target)
         graph.metadata[REPORT] = json.dumps({"method": self.method, "granularity": self.granularity,
                                              "layers": report}, sort_keys=True)
@@ -143,7 +144,7 @@ class CalibrateAdcPass(Pass):
 
     # -- statistics ---------------------------------------------------------------------------------------
     def _histograms(self, graph: Graph, lossy: list[Node], target: Target, calib: dict[str, np.ndarray],
-                    seed: int) -> dict[int, list[tuple[Histogram, np.ndarray]]]:
+                    seed: int, chip: int = 0) -> dict[int, list[tuple[Histogram, np.ndarray]]]:
         """Per lossy instruction (by position in ``graph.nodes``), per tile: its histograms and the physical
         column of each converted column."""
         from cimc.interpreter import Interpreter
@@ -159,7 +160,7 @@ class CalibrateAdcPass(Pass):
                                            int(a.get("cell_bits", 1)), _signed(a)).attrs())
                 if i in want:
                     watch.setdefault(id(n.inputs[0]), []).append((i, n))
-        machine = target.machine(seed)
+        machine = target.machine(seed, chip)
         device = machine.get(DEVICE, IDEAL)
         out: dict[int, list[tuple[Histogram, np.ndarray]]] = {}
 
@@ -206,7 +207,8 @@ class CalibrateAdcPass(Pass):
         rank = [window[:i].count(w) for i, w in enumerate(window)]
         out = []
         for i, t in enumerate(tiles):
-            w = Written(cells.const, int(load.attrs["cell_bits"]), held, at[t.array])
+            w = Written(cells.const, int(load.attrs["cell_bits"]), held, at[t.array],
+                        str(load.attrs.get("full_scale", "cell")))
             xt = _inputs(x, t.group, t.k0, t.k1, cols)
             P, n = xt.shape[0], copies[window[i]]
             q0, q1 = rank[i] * P // n, (rank[i] + 1) * P // n

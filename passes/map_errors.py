@@ -1,8 +1,9 @@
 """map-errors: place each tile on a chip where its faults cost least (row and column permutations, spares, arrays).
 
 Runs after ``tile`` on the tiled graph (its ``tile.map`` annotations), for a target whose chip is known
-(:meth:`cimc.target.Target.chip`: its chip file, or sampled from its fault models with the compile seed) and
-whose device (:meth:`cimc.target.Target.machine`) says what each cell holds after a write.
+(:meth:`cimc.target.Target.chip`: its chip file, or drawn from its fault models with the compile seed; chip
+``ctx.chip`` of it, so a Monte Carlo run places every chip's program for that chip) and whose device
+(:meth:`cimc.target.Target.machine`) says what each cell holds after a write.
 
 Error model: for array ``a``, level ``l`` and physical cell ``(r, p)``, ``E[a, l, r, p] = stored - l``, what the
 device holds when ``l`` is written there (a stuck cell: ``0 - l`` or ``top - l``; programming variation:
@@ -48,7 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -150,6 +151,7 @@ class MapErrorsPass(Pass):
 
     name: ClassVar[str] = "map-errors"
     needs_target: ClassVar[bool] = True
+    per_chip: ClassVar[bool] = True
     strategy: Literal["assign", "none"] = option(
         "assign", "assign: arrays, rows and columns by linear assignment on the expected error; none: keep the "
                   "placement tile gave.")
@@ -167,6 +169,10 @@ class MapErrorsPass(Pass):
             raise CimcError(f"options iterations={self.iterations} and inputs={self.inputs} of pass 'map-errors' "
                             f"must be >= 0")
 
+    def chip_blind(self) -> MapErrorsPass:
+        """``strategy=none``: the placement ``tile`` gives, the weights as they are."""
+        return replace(self, strategy="none")
+
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Place every tiled layer of ``graph`` (module docstring)."""
         target = ctx.require_target(self)
@@ -176,7 +182,7 @@ class MapErrorsPass(Pass):
         if self.strategy == "none":
             graph.metadata[REPORT] = json.dumps({"status": "strategy=none: the placement of 'tile' is kept"})
             return PassResult(False)
-        device = target.machine(ctx.seed).get(DEVICE, IDEAL)
+        device = target.machine(ctx.seed, ctx.chip).get(DEVICE, IDEAL)
         if device.ideal:
             graph.metadata[REPORT] = json.dumps({"status": "the chip has no faults or variation: placement kept"})
             return PassResult(False)

@@ -17,7 +17,11 @@ from cimc.cim.device import CellDevice
 from cimc.cim.encoding import Encoding, decode_cells
 from cimc.cli import main
 from cimc.interpreter import run
+from cimc.montecarlo import run_seed
+from cimc.passes.calibrate_adc import CalibrateAdcPass
 from cimc.passes.map_errors import MapErrorsPass, _recode, _Tile, error_maps
+from cimc.report import report_text
+from cimc.targets import get_target
 from cimc.targets.sram_cim import SramCimTarget
 from cimc.text import print_graph
 from cimc.tiling import place_randomly, plan, weight_matrix
@@ -290,3 +294,41 @@ def test_bad_chip_and_rates_are_one_clear_line(tmp_path, capsys):
         assert main(["compile", "zoo:mlp", "--target", "sram-cim", "--spec-set", bad, "-o", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "out of range" in err
+
+
+def test_memristor_runs_map_errors_and_calibrate_adc_where_they_apply():
+    """memristor: map-errors in the default pipeline when its chip's cells are fixed before it runs (stuck cells,
+    programming variation, drift), not on the ideal crossbar nor for read noise alone; calibrate-adc after the
+    lowering; one ADC per cols_per_adc columns."""
+    m = get_target("memristor")
+    assert m.program_passes == (CalibrateAdcPass,)
+    assert m().with_spec(cols_per_adc=8).capabilities().cols_per_adc == 8
+    quiet = {"noise": False, "p_sa0": 0.0, "p_sa1": 0.0}
+    assert "map-errors" in m().default_pipeline()  # the default device: variation and stuck cells
+    for spec, mapped in (({"ideal": True}, False), (quiet, False), ({**quiet, "p_sa0": 0.01}, True),
+                         ({"p_sa0": 0.0, "p_sa1": 0.0, "read_noise": 0.0}, True),  # programming variation
+                         ({"p_sa0": 0.0, "p_sa1": 0.0, "prog_scale": 0.0}, False)):  # read noise alone
+        assert ("map-errors" in m().with_spec(**spec).default_pipeline()) == mapped, spec
+
+
+def test_monte_carlo_compiles_each_chip_and_compares_naive_and_mapped():
+    """--mc with map-errors: chip i runs the program compiled for chip i (the same as compiling with chip=i), and
+    the report has each chip's program without map-errors beside it; map-errors recovers what stuck cells cost."""
+    t = get_target("memristor")().with_spec(noise=False, p_sa0=0.05 * 5 / 6, p_sa1=0.05 / 6, spare_rows=2)
+    x, y = zoo.test_set()
+    c = cimc.compile("zoo:mlp", target=t, verify=True, inputs=x[:200], labels=y[:200], mc=3, workers=1, seed=2,
+                     progress=False)
+    mc, naive = c.verify["mc"], c.verify["mc_naive"]
+    assert mc["compiled_per_chip"] and naive["n"] == mc["n"] == 3
+    q = c.verify["top1_quantized"]
+    assert q - mc["top1_mean"] <= 0.1 * (q - naive["top1_mean"]) and q - naive["top1_mean"] > 0.02
+    assert mc["rel_error_mean"] < 0.1 * naive["rel_error_mean"]
+    for i in (0, 1):  # chip i's figures are those of the program compiled for chip i alone, run on chip i
+        own = cimc.compile("zoo:mlp", target=t, seed=2, chip=i, progress=False)
+        out = next(iter(run(own.program, {own.program.inputs[0].name: x[:200]}, seed=run_seed(2, i),
+                            machine=t.machine(2, i)).values()))
+        assert float((out.argmax(-1) == y[:200]).mean()) == mc["chips"][i]["top1"]
+    text = report_text(c)
+    assert "naive (no error-aware mapping)" in text and "each chip's program compiled for it" in text
+    with pytest.raises(cimc.errors.InputError, match="give mc or chip, not both"):
+        cimc.compile("zoo:mlp", target=t, verify=True, mc=2, chip=1, progress=False)

@@ -145,8 +145,10 @@ def test_monte_carlo_is_reproducible_per_chip_and_with_any_workers():
     assert mc["n"] == 4 and mc["top1_of"] == "labels" and len(mc["chips"]) == 4
     assert 0 < mc["rel_error_mean"] < 1 and mc["top1_p5"] <= mc["top1_mean"] <= mc["top1_p95"]
     assert len({c["rel_error"] for c in mc["chips"]}) == 4  # each chip is another draw
-    job = ChipJob(one.program, one.target, {"input": x} if "input" in one.program.inputs else
-                  {one.program.inputs[0].name: x}, 5, next(iter(one.run(x))))
+    assert mc["compiled_per_chip"] and one.verify["mc_naive"]["n"] == 4  # map-errors: each chip's own program
+    own = cimc.compile("zoo:lenet_bn", "memristor", spec=spec, seed=5, chip=2).program  # chip 2's, compiled alone
+    job = ChipJob(own, one.target, {"input": x} if "input" in own.inputs else {own.inputs[0].name: x}, 5,
+                  next(iter(one.run(x))))
     chip2 = run_chip(job, 2)  # chip 2 alone, from (seed, 2)
     ref = run(one.quantized, job.inputs)[job.output]
     alone = summarise([chip2], ref, y, "labels")

@@ -176,8 +176,8 @@ def levels(w: Written) -> np.ndarray:
 def full_scales(w: Written) -> np.ndarray:
     """The full-scale level (float32, at least 1) of each physical column of the array ``w`` wrote: the level the
     device's top state stands for, by the load's ``full_scale``: ``cell``, the cell's top level ``2**cell_bits -
-    1``; ``layer``, the largest level of the column's slice over the whole layer; ``column``, the largest level
-    in the column. Columns the tile does not use: the cell's top level."""
+    1``; ``layer``, the largest level of the column's slice over the whole layer (a complemented column: the top
+    level); ``column``, the largest level in the column. Columns the tile does not use: the cell's top level."""
     t = w.tiles[w.tile]
     top = float((1 << w.cell_bits) - 1)
     out = np.full(w.tiles.physical[1], top, np.float32)
@@ -190,6 +190,7 @@ def full_scales(w: Written) -> np.ndarray:
         per_slice = _cached(w.cells, ("slice_max", S, w.cell_bits), lambda: unpack_cells(
             w.cells, S, w.cell_bits).reshape(-1, S).max(axis=0, initial=0).astype(np.float32))
         out[t.col_at] = np.tile(per_slice[t.s0:t.s1], t.ch1 - t.ch0)
+        out[t.col_at[t.flip]] = top  # a complemented column holds top - L: up to the top level
     return np.maximum(out, 1, out=out)
 
 

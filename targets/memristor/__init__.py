@@ -21,6 +21,7 @@ from cimc.cim.machine import DEVICE
 from cimc.cost import AreaPart, Cost
 from cimc.errors import InputError
 from cimc.ir.core import Node
+from cimc.passes.calibrate_adc import CalibrateAdcPass
 from cimc.target import VECTOR_OPS, Capabilities, Target
 from cimc.targets.memristor import cost
 from cimc.targets.memristor.lowering import LowerMemristorPass
@@ -42,6 +43,7 @@ class MemristorTarget(Target):
                                   "digital vector unit.")
     ops = OPS
     lowering_passes = (LowerMemristorPass,)
+    program_passes = (CalibrateAdcPass,)
     spec: MemristorSpec = None  # type: ignore[assignment]
 
     def capabilities(self) -> Capabilities:
@@ -52,11 +54,16 @@ class MemristorTarget(Target):
                             act_bits_max=s.act_bits_max, dac_bits=s.dac_bits, adc_bits=resolved_adc_bits(s),
                             rows_per_op=s.rows_per_op, arrays=s.crossbars, skips_zero_blocks=True,
                             vector_ops=VECTOR_OPS, own_ops=("xbar.",), spare_rows=s.spare_rows,
-                            spare_cols=s.spare_cols)
+                            spare_cols=s.spare_cols, cols_per_adc=s.cols_per_adc)
 
     def default_pipeline(self) -> str:
-        """Cleanup and quantization, then tiling of the weights onto the crossbars in the spec's signed encoding."""
-        return super().default_pipeline() + f",tile{{encoding={self.spec.signed}}}"
+        """Cleanup and quantization, then tiling of the weights onto the crossbars in the spec's signed encoding; on
+        a chip whose cells are fixed before it runs (stuck cells, programming variation or drift: what each chip's
+        draws hold), then error-aware placement (``map-errors``). Read noise is drawn per read: no placement
+        avoids it."""
+        s, m = self.spec, analog_model(self.spec)
+        fixed = _faulty(s) or (m is not None and (m.varies or m.drifts))
+        return super().default_pipeline() + f",tile{{encoding={s.signed}}}" + (",map-errors" if fixed else "")
 
     def chip(self, seed: int = 0, chip: int = 0) -> Chip | None:
         """Chip ``chip`` of ``seed`` as data (every crossbar's stuck cells, variation and drift draws, spares
