@@ -1,71 +1,82 @@
-"""Stuck cells over many chips: top-1 and output error with the placement ``tile`` gives vs ``map-errors``.
+"""Imperfect chips, many of them: top-1 and output error without and with error-aware mapping (``map-errors``).
 
-Usage: ``python examples/fault_mapping.py [--models lenet_bn resnet_tiny] [--rates 0.01 0.05 0.1] [--chips 20]
-[--spares 2] [--images 450] [--target sram-cim]``.
+Usage: ``python examples/fault_mapping.py [--target sram-cim|memristor] [--models lenet_bn resnet_tiny]
+[--stuck 0.01 0.05 0.1] [--variation 1 2 4] [--chips 20] [--spares 2] [--images 450] [--seed 0] [--workers 2]``.
 
-For each model, stuck-at rate ``p`` (SA0 : SA1 = 5 : 1, docs/hw-parameters.md §5.4) and chip ``i < chips``, the
-model is compiled for a chip of that target with ``p_sa0``, ``p_sa1`` and ``spare_rows`` spare rows per array
-(2 of 128: 1.6 % extra cells) drawn with seed ``i``, once without error-aware placement (the target's pipeline
-without ``map-errors``) and once with it (the default pipeline on a faulty chip), and each program is run on that
-chip on the zoo's test images. Per (model, rate): the quantized graph's top-1 (no faults), the mean and the worst
-top-1 of each over the chips, the share of the lost top-1 that ``map-errors`` recovers (``(mapped - naive) /
-(quantized - naive)``, from the means), and the mean relative output error ``||y - y_q|| / ||y_q||`` of each
-against the quantized graph's outputs, with its reduction factor. No retraining: the same weights throughout.
+Each configuration is one Monte Carlo run, ``cimc.compile(f"zoo:{model}", target, verify=True, mc=chips)`` on the
+zoo's first ``images`` test images with their labels: chip ``i`` is drawn from ``(seed, i)``, and each chip runs
+its own program, compiled for it (``map-errors`` places and writes the weights for that chip), beside the same
+chip's program compiled without ``map-errors`` (``naive``: the placement ``tile`` gives). Configurations:
+
+- ``stuck p``: stuck cells at rate ``p`` (SA0 : SA1 = 5 : 1, docs/hw-parameters.md §5.4) and nothing else (on
+  memristor, ``noise = false``: no programming variation, read noise or drift);
+- ``variation k`` (memristor): programming variation alone at ``k`` times the default (``prog_scale = k``; no
+  stuck cells, no read noise, which is drawn per read and no placement avoids).
+
+Every array has ``spares`` spare rows (2 of 128: 1.6 % extra cells). Per configuration: the quantized graph's
+top-1 (no faults), the naive and the mapped top-1 over the chips as mean (worst chip), the share of the lost
+top-1 that ``map-errors`` recovers (``(mapped - naive) / (quantized - naive)``, from the means), and the mean
+relative output error ``||y - y_q|| / ||y_q||`` against the quantized graph of each, with its reduction. No
+retraining: the same weights throughout. Deterministic: the same arguments print the same table.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 
 import numpy as np
 
 import cimc
 from cimc import zoo
-from cimc.interpreter import run
 from cimc.targets import get_target
 
 
-def measure(model: str, target: str, rate: float, seed: int, spares: int, images: int, mapped: bool
-            ) -> tuple[float, float, float]:
-    """``(top-1 of the program, top-1 of the quantized graph, relative output error)`` on chip ``seed``."""
-    t = get_target(target)().with_spec(p_sa0=rate * 5 / 6, p_sa1=rate / 6, spare_rows=spares)
-    pipe = t.default_pipeline()
-    if not mapped:
-        pipe = pipe.replace(",map-errors", "")
-    c = cimc.compile(f"zoo:{model}", target=t, pipeline=pipe, seed=seed, progress=False)
-    x, y = zoo.test_set()
-    inputs = {zoo.load(model).input_name: np.array(x[:images])}
-    out = next(iter(c.run(inputs).values()))
-    ref = next(iter(run(c.quantized, inputs).values()))
-    err = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
-    return float((out.argmax(-1) == y[:images]).mean()), float((ref.argmax(-1) == y[:images]).mean()), err
+def configurations(target: str, stuck: list[float], variation: list[float]) -> list[tuple[str, dict]]:
+    """``(name, spec overrides)`` of each configuration (module docstring)."""
+    quiet = {"noise": False} if target == "memristor" else {}
+    out = [(f"stuck {100 * p:g}%", {**quiet, "p_sa0": p * 5 / 6, "p_sa1": p / 6}) for p in stuck]
+    if target == "memristor":
+        out += [(f"variation {k:g}x", {"p_sa0": 0.0, "p_sa1": 0.0, "read_noise": 0.0, "prog_scale": k})
+                for k in variation]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """Print the table (module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", default="sram-cim")
     ap.add_argument("--models", nargs="*", default=["lenet_bn", "resnet_tiny"])
-    ap.add_argument("--rates", nargs="*", type=float, default=[0.01, 0.05, 0.1])
+    ap.add_argument("--stuck", nargs="*", type=float, default=[0.01, 0.05, 0.1])
+    ap.add_argument("--variation", nargs="*", type=float, default=[1.0, 2.0, 4.0])
     ap.add_argument("--chips", type=int, default=20)
     ap.add_argument("--spares", type=int, default=2)
     ap.add_argument("--images", type=int, default=450)
-    ap.add_argument("--target", default="sram-cim")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args(argv)
-    print("| model | stuck | chips | quantized top-1 | naive top-1 mean (worst) | map-errors top-1 mean (worst) | "
-          "recovered | naive rel. error | map-errors rel. error | error reduction |")
+    logging.getLogger("cimc").setLevel(logging.ERROR)
+    x, y = zoo.test_set()
+    x, y = np.asarray(x[:args.images]), np.asarray(y[:args.images])
+    print(f"| model | {args.target} | chips | quantized top-1 | naive top-1 mean (worst) | map-errors top-1 mean "
+          f"(worst) | recovered | naive rel. error | map-errors rel. error | error reduction |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models:
-        for rate in args.rates:
-            rows = {m: [measure(model, args.target, rate, i, args.spares, args.images, m) for i in range(args.chips)]
-                    for m in (False, True)}
-            q = rows[False][0][1]
-            naive, mapped = (np.asarray([r[0] for r in rows[m]]) for m in (False, True))
-            en, em = (np.mean([r[2] for r in rows[m]]) for m in (False, True))
-            lost = q - naive.mean()
-            rec = (mapped.mean() - naive.mean()) / lost if lost > 0 else float("nan")
-            print(f"| {model} | {100 * rate:g}% | {args.chips} | {100 * q:.2f}% | {100 * naive.mean():.2f}% "
-                  f"({100 * naive.min():.2f}%) | {100 * mapped.mean():.2f}% ({100 * mapped.min():.2f}%) | "
-                  f"{100 * rec:.1f}% | {en:.4f} | {em:.4f} | {f'{en / em:.1f}x' if em > 0 else 'exact'} |", flush=True)
+        for name, spec in configurations(args.target, args.stuck, args.variation):
+            t = get_target(args.target)().with_spec(spare_rows=args.spares, **spec)
+            c = cimc.compile(f"zoo:{model}", target=t, verify=True, inputs=x, labels=y, mc=args.chips,
+                             workers=args.workers, seed=args.seed, progress=False)
+            v = c.verify
+            mapped, naive = v["mc"], v.get("mc_naive", v["mc"])
+            q = v["top1_quantized"]
+            worst = {k: min(ch["top1"] for ch in m["chips"]) for k, m in (("naive", naive), ("mapped", mapped))}
+            lost = q - naive["top1_mean"]
+            rec = (mapped["top1_mean"] - naive["top1_mean"]) / lost if lost > 0 else float("nan")
+            en, em = naive["rel_error_mean"], mapped["rel_error_mean"]
+            print(f"| {model} | {name} | {args.chips} | {100 * q:.2f}% | {100 * naive['top1_mean']:.2f}% "
+                  f"({100 * worst['naive']:.2f}%) | {100 * mapped['top1_mean']:.2f}% ({100 * worst['mapped']:.2f}%) | "
+                  f"{100 * rec:.1f}% | {en:.4f} | {em:.4f} | {f'{en / em:.1f}x' if em > 0 else 'exact'} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
