@@ -62,6 +62,7 @@ from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError, PassError
 from cimc.ir.core import Graph, Node, Value
 from cimc.passmanager import Pass, PassContext, PassResult, option
+from cimc.target import ARRAY_OPS
 from cimc.tiling import tile_image, weight_matrix, written_matrix, zero_blocks
 
 __all__ = ["MapErrorsPass", "error_maps"]
@@ -178,7 +179,13 @@ class MapErrorsPass(Pass):
         target = ctx.require_target(self)
         nodes = [n for n in graph.nodes if isinstance(n.attrs.get("tile.map"), TileMap)]
         if not nodes:
-            raise PassError("map-errors found no tiled layers: run 'tile' before it")
+            untiled = [n for n in graph.nodes if n.op in ARRAY_OPS and len(n.inputs) > 1 and n.inputs[1] is not None
+                       and n.inputs[1].const is not None]
+            if untiled:
+                raise PassError(f"map-errors found no tiled layers ({untiled[0].op} {untiled[0].name!r} has no tile "
+                                f"map): run 'tile' before it")
+            graph.metadata[REPORT] = json.dumps({"status": "no layer on the arrays: nothing to place"})
+            return PassResult(False)
         if self.strategy == "none":
             graph.metadata[REPORT] = json.dumps({"status": "strategy=none: the placement of 'tile' is kept"})
             return PassResult(False)

@@ -17,9 +17,12 @@ from cimc.cim.device import CellDevice
 from cimc.cim.encoding import Encoding, decode_cells
 from cimc.cli import main
 from cimc.interpreter import run
+from cimc.ir.core import Graph
+from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.montecarlo import run_seed
 from cimc.passes.calibrate_adc import CalibrateAdcPass
 from cimc.passes.map_errors import MapErrorsPass, _recode, _Tile, error_maps
+from cimc.passmanager import PassContext, PassManager
 from cimc.report import report_text
 from cimc.targets import get_target
 from cimc.targets.sram_cim import SramCimTarget
@@ -332,3 +335,18 @@ def test_monte_carlo_compiles_each_chip_and_compares_naive_and_mapped():
     assert "naive (no error-aware mapping)" in text and "each chip's program compiled for it" in text
     with pytest.raises(cimc.errors.InputError, match="give mc or chip, not both"):
         cimc.compile("zoo:mlp", target=t, verify=True, mc=2, chip=1, progress=False)
+
+
+def test_no_layer_on_the_arrays_is_nothing_to_place_and_an_untiled_one_an_error():
+    t = _faulty(0.05)
+    q = Graph("gemm")
+    x = q.add_input("x", TensorType(DType.u8, ("n", 8), QuantParams((0.1,), (3,), 8)))
+    w = q.add_constant(np.ones((4, 8), np.int8), "w")
+    q.outputs.append(q.add_node("q.gemm", [x, w], {"x_zero_point": 3}, name="fc").outputs[0])
+    with pytest.raises(cimc.errors.PassError, match=r"q.gemm 'fc' has no tile map\): run 'tile' before it"):
+        PassManager("map-errors", PassContext(target=t)).run(q)
+    g = Graph("empty")
+    x = g.add_input("x", TensorType(DType.f32, (1, 4)))
+    g.outputs.append(g.add_node("Relu", [x], {}).outputs[0])
+    assert not PassManager("map-errors", PassContext(target=t)).run(g).modified
+    assert "nothing to place" in g.metadata["report.map-errors"]
