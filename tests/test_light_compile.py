@@ -21,7 +21,7 @@ def _calibration(path: Path) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((2, *shape[1:]), dtype=np.float32)
 
 
-@pytest.mark.parametrize("target", ["sram-cim", "npu", "racetrack"])
+@pytest.mark.parametrize("target", ["sram-cim", "npu", "racetrack", "memristor"])
 def test_squeezenet_compiles(target: str) -> None:
     path = LIGHT / "light_squeezenet.onnx"
     if not path.is_file():
@@ -29,5 +29,5 @@ def test_squeezenet_compiles(target: str) -> None:
     r = cimc.compile(path, target=target, calibration=_calibration(path), progress=False)
     assert r.program.nodes and not any(n.op.startswith("q.conv") for n in r.program.nodes)
     assert r.cost is not None and r.cost.per_inference.cycles > 0 and r.cost.per_inference.energy_pj > 0
-    prefix = {"sram-cim": "sram.", "npu": "npu.", "racetrack": "rt."}[target]
+    prefix = {"sram-cim": "sram.", "npu": "npu.", "racetrack": "rt.", "memristor": "xbar."}[target]
     assert any(n.op.startswith(prefix) for n in r.program.nodes)
