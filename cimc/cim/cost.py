@@ -46,14 +46,15 @@ from cimc.cim.adc import Adc
 from cimc.cim.tilemap import TileMap
 from cimc.cim.work import work
 from cimc.converters import ADC_AREA, ADC_ENERGY, ADC_TIME, DAC_AREA, DAC_ENERGY, scaled
-from cimc.cost import AreaPart, Cost, Write, counts, num_elements, spilled_fraction
+from cimc.cost import AreaPart, Cost, VectorUnitSpec, Write, counts, num_elements, spilled_fraction
 from cimc.ir.core import Node
 
 __all__ = ["ArrayCostSpec", "ArrayFigures", "array_area", "load_cost", "mvm_cost"]
 
 
-class ArrayCostSpec(Protocol):
-    """The figures of an array target's spec this cost model reads (module docstring)."""
+class ArrayCostSpec(VectorUnitSpec, Protocol):
+    """The figures of an array target's spec this cost model reads (module docstring), the vector
+    unit's among them."""
 
     @property
     def cell_bits(self) -> int: ...
@@ -71,9 +72,6 @@ class ArrayCostSpec(Protocol):
     def shift_add_pj(self) -> float: ...
 
     @property
-    def buffer_pj_per_byte(self) -> float: ...
-
-    @property
     def noc_pj_per_byte(self) -> float: ...
 
     @property
@@ -87,22 +85,6 @@ class ArrayCostSpec(Protocol):
 
     @property
     def out_buffer_bytes(self) -> int: ...
-
-    @property
-    def vec_lanes(self) -> int: ...
-
-    @property
-    def vec_op_cycles(self) -> int: ...
-
-    @property
-    def vec_op_pj(self) -> float: ...
-
-    @property
-    def vec_mul_pj(self) -> float: ...
-
-    @property
-    def fp_mac_pj(self) -> float: ...
-
 
     def pass_cycles(self, columns: Any, adc_bits: int) -> Any: ...
 
