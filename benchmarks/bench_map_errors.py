@@ -6,7 +6,8 @@ stuck-at rate ``--rate`` (SA0 : SA1 = 5 : 1) and ``--spares`` spare rows per arr
 (``map-errors`` after ``tile``) and once with ``map-errors{strategy=none}``, each once (a full compile of a
 ResNet-50 takes minutes), calibrated on 2 seeded random inputs. Goal: ratio <= 10 (PIMCOMP-NN's genetic
 mapping takes about 19 minutes on average). Prints both times, the ratio and the load average (other processes
-on the cores slow both compiles alike, not necessarily the ratio).
+on the cores slow both compiles alike, not necessarily the ratio), and the expected squared error of all layers
+before and after the placement (the pass's report: what the time buys).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def bench(model: str, target: str, rate: float, spares: int) -> dict[str, Any]:
         c = cimc.compile(path, target=t, pipeline=pipe, calibration=x, progress=False)
         out[key] = time.perf_counter() - start
         out[key.replace("_s", "_pass_s")] = sum(r["seconds"] for r in c.timings["passes"] if r["pass"] == "map-errors")
+        layers = c.report["passes"]["map-errors"].get("layers", {})
+        if layers:  # the expected squared error the placement leaves, summed over layers
+            out["expected_sq_error_before"] = sum(r["expected_sq_error_before"] for r in layers.values())
+            out["expected_sq_error_after"] = sum(r["expected_sq_error_after"] for r in layers.values())
     out["ratio"] = out["map_errors_s"] / out["none_s"]
     return out
 
@@ -60,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} on {args.target}, {100 * args.rate:g}% stuck: compile {r['none_s']:.1f} s with "
           f"map-errors{{strategy=none}}, {r['map_errors_s']:.1f} s with map-errors (the pass "
           f"{r['map_errors_pass_s']:.1f} s): ratio {r['ratio']:.2f} (goal <= {GOAL:g}) "
-          f"{'met' if r['ratio'] <= GOAL else 'MISSED'}; load average "
+          f"{'met' if r['ratio'] <= GOAL else 'MISSED'}; expected squared error {r['expected_sq_error_before']:.4g} "
+          f"before, {r['expected_sq_error_after']:.4g} after; load average "
           f"{load:.2f} -> {r['load_average']['end']:.2f} on {os.cpu_count()} cores")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2, sort_keys=True) + "\n")

@@ -89,7 +89,8 @@ class _Tile:
     node: Node
     index: int
     w: np.ndarray
-    """``[levels, k, C]``: ``sig[c]^2`` where logical cell ``(i, c)`` holds that level, else 0."""
+    """``[levels, k, C]``: ``sig[c]^2`` where logical cell ``(i, c)`` holds that level, else 0 (as written: a
+    complemented column holds ``top - l`` where this says ``l``)."""
     m2: np.ndarray
     """``[k]``: mean square input of each logical row."""
     img: np.ndarray
@@ -98,33 +99,57 @@ class _Tile:
     """``[C]``: the significance of each logical column's slice."""
     slices: int
     """Slices of a channel in the tile (``s1 - s0``)."""
-    base: np.ndarray | None = None
-    """``w`` with no column complemented (``w`` itself until :meth:`set_flip`)."""
     flip: np.ndarray | None = None
-    """bool ``[C]``: the logical columns written complemented (``w`` holds them at level ``top - l``)."""
+    """bool ``[C]``: the logical columns written complemented (their cells hold level ``top - l``)."""
+    _rows: np.ndarray | None = None
+    _cols: np.ndarray | None = None
 
     def set_flip(self, flip: np.ndarray) -> None:
-        """Complement the columns ``flip`` (bool ``[C]``): their one-hot weights move to the level ``top - l``."""
-        if self.base is None:
-            self.base = self.w
+        """Complement the columns ``flip`` (bool ``[C]``)."""
         self.flip = flip
-        self.w = np.where(flip[None, None, :], self.base[::-1], self.base) if flip.any() else self.base
+
+    def _by_row(self) -> np.ndarray:
+        """``[k, levels * C]``: the one-hot weights, row by row (levels, then columns)."""
+        if self._rows is None:
+            self._rows = self.w.transpose(1, 0, 2).reshape(self.w.shape[1], -1)
+        return self._rows
+
+    def _by_col(self) -> np.ndarray:
+        """``[C, levels * k]``: the one-hot weights times the rows' input moments, column by column."""
+        if self._cols is None:
+            cols = (self.w * self.m2[:, None]).astype(self.w.dtype)
+            self._cols = cols.transpose(2, 0, 1).reshape(self.w.shape[2], -1)
+        return self._cols
+
+    def _read(self, at: np.ndarray, axis: int) -> np.ndarray:
+        """Error maps ``at`` (levels first) as the tile's columns see them, the columns along ``axis``: a
+        complemented column holding level ``l`` is written ``top - l``, so it reads the maps in reverse order."""
+        if self.flip is None or not self.flip.any():
+            return at
+        shape = [1] * at.ndim
+        shape[axis] = len(self.flip)
+        return np.where(self.flip.reshape(shape), at[::-1], at)
 
     def row_cost(self, E2: np.ndarray, col_at: np.ndarray) -> np.ndarray:
-        """``[k, R]``: cost of logical row ``i`` on physical row ``r`` with the columns at ``col_at``."""
-        c = sum(self.w[lv] @ E2[lv][:, col_at].T for lv in range(len(self.w)))
-        return self.m2[:, None] * c
+        """``[k, R]``: cost of logical row ``i`` on physical row ``r`` with the columns at ``col_at`` (one product
+        over levels and columns together)."""
+        at = self._read(E2[:, :, col_at].transpose(0, 2, 1), 1)  # [levels, C, R]
+        return self.m2[:, None] * (self._by_row() @ at.reshape(-1, at.shape[2]))
 
-    def col_cost(self, E2: np.ndarray, row_at: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-        """``[C, P]``: cost of logical column ``c`` on physical column ``p`` with the rows at ``row_at`` (with the
-        one-hot weights ``w``, default the tile's)."""
-        w = self.w if w is None else w
-        return sum((w[lv] * self.m2[:, None]).T @ E2[lv][row_at] for lv in range(len(w)))
+    def col_cost(self, E2: np.ndarray, row_at: np.ndarray, both: bool = False) -> np.ndarray:
+        """``[C, P]``: cost of logical column ``c`` on physical column ``p`` with the rows at ``row_at``, the columns
+        written as they are; with ``both``, ``[2, C, P]``: as they are and complemented (one product)."""
+        at = E2[:, row_at]  # [levels, k, P]
+        P = at.shape[2]
+        if both:
+            at = np.concatenate([at, at[::-1]], axis=2)
+        out = self._by_col() @ at.reshape(-1, at.shape[2])
+        return np.stack([out[:, :P], out[:, P:]]) if both else out
 
     def cost(self, E2: np.ndarray, row_at: np.ndarray, col_at: np.ndarray) -> float:
         """Expected squared error of the tile at this placement."""
-        return float(sum((self.m2[:, None] * self.w[lv] * E2[lv][np.ix_(row_at, col_at)]).sum()
-                         for lv in range(len(self.w))))
+        at = self._read(E2[:, row_at[:, None], col_at[None, :]], 2)  # [levels, k, C]
+        return float((self.w * at).sum(axis=(0, 2)) @ self.m2)
 
     def error(self, E: np.ndarray, row_at: np.ndarray, col_at: np.ndarray, driven: np.ndarray,
               img: np.ndarray | None = None, moved: np.ndarray | None = None, flip: np.ndarray | None = None
@@ -203,8 +228,9 @@ class MapErrorsPass(Pass):
         m2 = _shared_moments(nodes, _input_moments(graph, nodes, ctx.calibration, self.inputs, ctx.seed))
         perm = self._array_permutation(owners, m2, E2) if self.arrays else np.arange(A)
         report = {}
+        E2c = E2.astype(_COSTS)
         for node in owners:
-            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2, perm, stuck)
+            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck)
         for node in nodes:  # layers reading another layer's tiles take its placement and recoding
             if node not in owners:
                 src = next(n for n in owners if n.name == node.attrs["tile.shared"])
@@ -225,16 +251,20 @@ class MapErrorsPass(Pass):
         table[:, 7] = perm[table[:, 7]]
         row_at, col_at, before = [], [], 0.0
         flips: list[np.ndarray | None] = []
+        tiles: list[_Tile] = []
         pairs = enc.kind == "differential"  # a pair's columns are complemented together (they may be sensed so)
+        blocks0 = _skipped(skip0, len(tm))
         for i in range(len(tm)):  # one tile at a time: a tile's cost terms are large
             t = _tile(node, i, m2)
-            before += t.error(E[tm.array_list[i]], tm.rows_of(i), tm.cols_of(i), _driven(skip0, i, tm.rows_of(i), rpo))
+            before += t.error(E[tm.array_list[i]], tm.rows_of(i), tm.cols_of(i),
+                              _driven(blocks0[i], tm.rows_of(i), rpo))
             whole = tm[i].s1 - tm[i].s0 == enc.slices
             r, c, f, _ = self._place(t, E2[table[i, 7]], tm.rows_of(i), tm.cols_of(i),
                                      (enc.slices if pairs else 0) if whole or not pairs else -1)
             row_at.append(r)
             col_at.append(c)
             flips.append(np.flatnonzero(f) if f.any() else None)
+            tiles.append(replace(t, w=_NO_WEIGHTS, flip=None, _rows=None, _cols=None))  # error() needs no weights
         placed = tm.replace(table=table, row_at=row_at, col_at=col_at, flip=flips)
         a["tile.map"] = placed
         m = weight_matrix(node)
@@ -249,11 +279,12 @@ class MapErrorsPass(Pass):
         cells = _cells(node, enc) if not len(recode) else enc.encode(written)
         moved = written.astype(np.int64) - m
         after = 0.0
+        blocks = _skipped(skip, len(placed))
         for i in range(len(placed)):
             p = placed[i]  # a weight's move counts once: on its tile holding slice 0
             shift = moved[p.group, p.k0:p.k1, p.ch0:p.ch1] if len(recode) and p.s0 == 0 else None
-            after += _tile(node, i, m2).error(E[p.array], p.row_at, p.col_at, _driven(skip, i, p.row_at, rpo),
-                                              tile_image(cells, placed, i), shift, p.flip)
+            after += tiles[i].error(E[p.array], p.row_at, p.col_at, _driven(blocks[i], p.row_at, rpo),
+                                    tile_image(cells, placed, i), shift, p.flip)
         return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode),
                 "flipped_columns": sum(len(placed.flips_of(i)) for i in range(len(placed)))}
 
@@ -266,8 +297,10 @@ class MapErrorsPass(Pass):
         for node in nodes:
             tm: TileMap = node.attrs["tile.map"]
             for i in range(len(tm)):
-                t = _tile(node, i, m2.get(id(node)))
-                weight[tm.array_list[i]] += (t.w * t.m2[None, :, None]).sum(axis=(1, 2))
+                t = _tile(node, i, m2.get(id(node)), weights=False)
+                sig2 = t.sig ** 2
+                weight[tm.array_list[i]] += np.bincount(t.img.reshape(-1), (t.m2[:, None] * sig2[None, :]).reshape(-1),
+                                                        minlength=levels)
         slot, phys = linear_sum_assignment(weight @ E2.mean(axis=(2, 3)).T)
         perm = np.empty(A, np.int64)
         perm[slot] = phys
@@ -281,48 +314,91 @@ class MapErrorsPass(Pass):
         slices per channel: a differential pair's two columns together, by their summed gain; -1: none)."""
         C = len(col_at)
         t.set_flip(np.zeros(C, bool))
-        best = (t.cost(E2, row_at, col_at), row_at, col_at, np.zeros(C, bool))
+        first = t.row_cost(E2, col_at)  # step 0's costs, which also give the placement's own
+        best = (float(first[np.arange(len(row_at)), row_at].sum()), row_at, col_at, np.zeros(C, bool))
         rows, cols = row_at, col_at
         for step in range(1 + 2 * self.iterations):
             if step % 2 == 0:
-                _, rows = linear_sum_assignment(t.row_cost(E2, cols))
+                c = first if step == 0 else t.row_cost(E2, cols)
+                rows = _assign(c)
+                cost = float(c[np.arange(len(rows)), rows].sum())
             elif self.flips and pairs >= 0:
-                base = t.w if t.base is None else t.base
-                keep, inv = t.col_cost(E2, rows, base), t.col_cost(E2, rows, base[::-1])
-                _, cols = linear_sum_assignment(np.minimum(keep, inv))
+                keep, inv = t.col_cost(E2, rows, both=True)
+                cols = _assign(np.minimum(keep, inv))
                 gain = keep[np.arange(C), cols] - inv[np.arange(C), cols]
                 if pairs:
                     g = gain.reshape(-1, 2, pairs // 2).sum(axis=1) > 0  # [channels, S/2]: a pair's summed gain
                     t.set_flip(np.repeat(g[:, None, :], 2, axis=1).reshape(-1))
                 else:
                     t.set_flip(gain > 0)
+                assert t.flip is not None
+                cost = float(np.where(t.flip[:, None], inv, keep)[np.arange(C), cols].sum())
             else:
-                _, cols = linear_sum_assignment(t.col_cost(E2, rows))
-            cost = t.cost(E2, rows, cols)
+                c = t.col_cost(E2, rows)
+                cols = _assign(c)
+                cost = float(c[np.arange(C), cols].sum())
             if cost < best[0] - 1e-9 * max(1.0, best[0]):
                 assert t.flip is not None
                 best = (cost, rows.astype(np.int64), cols.astype(np.int64), t.flip.copy())
         return best[1], best[2], best[3], best[0]
 
 
-def _tile(node: Node, i: int, m2: np.ndarray | None) -> _Tile:
+def _assign(cost: np.ndarray) -> np.ndarray:
+    """The column of each row in a least-cost assignment of the rows of ``cost`` ``[k, n]`` (``k <= n``) to distinct
+    columns (``linear_sum_assignment``). Within a few rows of square, the problem is solved square (zero rows added)
+    with each column's least cost over the rows subtracted: every assignment of the square problem changes by the
+    same sum, so its optima are the same, and the solver, which starts from zero potentials, reaches them in far
+    fewer steps on the costs of a tile (rows or columns alike but for a scale: the slices' significance, the rows'
+    inputs), where it otherwise walks long augmenting paths."""
+    k, n = cost.shape
+    if n - k > _SQUARE_WITHIN:
+        return linear_sum_assignment(cost)[1]
+    full = np.zeros((n, n))
+    full[:k] = cost
+    full -= cost.min(axis=0)
+    return linear_sum_assignment(full)[1][:k]
+
+
+_SQUARE_WITHIN = 8
+"""Rows short of square up to which :func:`_assign` solves the square problem."""
+
+
+_NO_WEIGHTS = np.zeros((0, 0, 0))
+
+_COSTS = np.float32
+"""The type of the one-hot weights and squared error maps whose products score placements: single precision
+halves the products' time; the scores' rounding (about 1e-7 of a score) is far below their differences."""
+
+
+def _tile(node: Node, i: int, m2: np.ndarray | None, weights: bool = True) -> _Tile:
+    """Tile ``i`` of ``node`` (without its one-hot weights unless ``weights``)."""
     a = node.attrs
     tm: TileMap = a["tile.map"]
     enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
     cells = _cells(node, enc)
     img = tile_image(cells, tm, i)  # uint8 [k, C] logical levels
     t = tm[i]
-    sig2 = np.asarray(enc.significance, np.float64)[t.s0 + np.arange(t.cols) % (t.s1 - t.s0)] ** 2
-    levels = 1 << enc.cell_bits
-    w = np.stack([(img == lv) * sig2[None, :] for lv in range(levels)])
-    rows = np.ones(t.rows) if m2 is None else m2[t.group, t.k0:t.k1]
     sig = np.asarray(enc.significance, np.float64)[t.s0 + np.arange(t.cols) % (t.s1 - t.s0)]
-    return _Tile(node, i, w, rows, img, sig, t.s1 - t.s0)
+    w: np.ndarray = _NO_WEIGHTS
+    by_row: np.ndarray | None = None
+    if weights:  # built row by row ([k, levels, C]), the layout of the row step's product; w is a view of it
+        k, C = img.shape
+        levels = 1 << enc.cell_bits
+        one_hot = np.zeros((k, levels, C), _COSTS)
+        one_hot[np.arange(k)[:, None], img, np.arange(C)[None, :]] = sig ** 2
+        w, by_row = one_hot.transpose(1, 0, 2), one_hot.reshape(k, levels * C)
+    rows = np.ones(t.rows) if m2 is None else m2[t.group, t.k0:t.k1]
+    return _Tile(node, i, w, rows, img, sig, t.s1 - t.s0, _rows=by_row)
 
 
-def _driven(skip: np.ndarray, i: int, row_at: np.ndarray, rows_per_op: int) -> np.ndarray:
-    """bool ``[k]``: which logical rows of tile ``i`` are driven (not in one of its skipped blocks)."""
-    blocks = skip[skip[:, 0] == i, 1]
+def _skipped(skip: np.ndarray, n: int) -> list[np.ndarray]:
+    """Per tile of ``n``, its skipped blocks (from ``skip`` ``[m, 2]``: ``(tile, block)``)."""
+    order = np.argsort(skip[:, 0], kind="stable")
+    return np.split(skip[order, 1], np.searchsorted(skip[order, 0], np.arange(1, n)))
+
+
+def _driven(blocks: np.ndarray, row_at: np.ndarray, rows_per_op: int) -> np.ndarray:
+    """bool ``[k]``: which logical rows of a tile are driven (not in one of its skipped ``blocks``)."""
     return ~np.isin(row_at // rows_per_op, blocks) if len(blocks) else np.ones(len(row_at), bool)
 
 
@@ -344,17 +420,24 @@ def _recode(m: np.ndarray, enc: Encoding, tm: TileMap, stuck: np.ndarray, skip: 
     reps = int(tm.table[:, 8].max()) + 1
     pat = np.full((reps, G, K, N, S), -1, np.int16)  # per replica and cell: the level it is stuck at, or -1
     top = np.int16((1 << enc.cell_bits) - 1)
+    blocks = _skipped(skip, len(tm))
     for i in range(len(tm)):
         t = tm[i]
         sub = stuck[t.array][np.ix_(t.row_at, t.col_at)]
         sub[:, t.flip] = np.where(sub[:, t.flip] >= 0, top - sub[:, t.flip], np.int16(-1))  # as the weight sees it
-        sub = np.where(_driven(skip, i, t.row_at, rows_per_op)[:, None], sub, np.int16(-1))
+        sub = np.where(_driven(blocks[i], t.row_at, rows_per_op)[:, None], sub, np.int16(-1))
         pat[t.replica, t.group, t.k0:t.k1, t.ch0:t.ch1, t.s0:t.s1] = sub.reshape(t.rows, t.ch1 - t.ch0, t.s1 - t.s0)
     g, k, n = np.nonzero((pat >= 0).any(axis=(0, 4)))
     if not len(g):
         return np.zeros((0, 4), np.int64)
-    keys, inv = np.unique(pat[:, g, k, n].transpose(1, 0, 2).reshape(len(g), reps * S), axis=0,
-                          return_inverse=True)
+    rows = pat[:, g, k, n].transpose(1, 0, 2).reshape(len(g), reps * S)
+    base = int(top) + 2  # each cell -1..top as one digit: a pattern as one integer, ordered as the rows are
+    if base ** (reps * S) < 1 << 62:
+        code = (rows.astype(np.int64) + 1) @ (base ** np.arange(reps * S - 1, -1, -1, dtype=np.int64))
+        _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+        keys = rows[first]
+    else:
+        keys, inv = np.unique(rows, axis=0, return_inverse=True)
     inv = inv.reshape(-1)
     lo = -(1 << (enc.bits - 1)) + (enc.kind != "twos-complement")
     values = np.arange(lo, 1 << (enc.bits - 1))
