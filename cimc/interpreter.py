@@ -10,7 +10,9 @@ static shape are checked when the run is planned, the others from that typing be
 so an oversized tensor is an error naming it, not an allocation.
 
 Values are kept in a dict keyed by value identity and freed after their last use (an op that
-sums into an accumulator operand made by the same op may reuse its buffer then). Inputs are
+sums into an accumulator operand made by the same op may reuse its buffer then; one that makes
+partial sums, ``OpDef.partial_sums``, may hand the next node of its chain a partial sum instead of
+an array, when that node alone reads it and the run observes no results). Inputs are
 checked against the graph's input types first (name, element type, shape). An error inside an
 op is re-raised naming the node and op. Ops that model noise draw from one generator seeded
 per run, so the same seed gives the same bits.
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cimc.errors import CimcError, InputError
-from cimc.ir.core import Graph, Value
+from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import InferContext, OpContext, OpDef, lookup
 from cimc.ir.types import Shape, TensorType, static_dims
 from cimc.ir.verifier import verify
@@ -118,8 +120,7 @@ class Interpreter:
         self.machine = dict(machine or {})
         self.reproducible = any("." in n.op for n in graph.nodes) if reproducible is None else reproducible
         self._plan = _plan(graph)
-        self._dynamic = {n for n in graph.nodes if not all(v.type.is_static for v in n.outputs)
-                         or not all(v is None or v.type.is_static for v in n.inputs)}
+        self._dynamic = {n for n in graph.nodes if _dynamic(n)}
         """Nodes whose declared types leave a dim symbolic or unknown: checked again, with the operands of
         the run, before they run."""
 
@@ -146,11 +147,12 @@ class Interpreter:
         rng = np.random.default_rng(self.seed)
         state: dict[str, Any] = dict(self.machine)
         keep = {id(v) for v in self.graph.outputs}
-        for node, opdef, attrs, frees, donated in self._plan:
+        watched = observe is not None
+        for node, opdef, attrs, frees, donated, partial in self._plan:
             operands: list[Any] = [None if v is None else env[id(v)] for v in node.inputs]
             if node in self._dynamic:
                 _check_run(node, opdef, attrs, operands)
-            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated)
+            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated, partial and not watched)
             try:
                 result = opdef.impl(ctx, *operands)
             except CimcError as e:
@@ -224,7 +226,26 @@ def _check_run(node: Any, opdef: OpDef, attrs: Mapping[str, Any], operands: list
             _check_result(v, node, t.shape)
 
 
-def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], bool]]:
+def _dynamic(node: Node) -> bool:
+    """Whether ``node``'s declared types leave a dim symbolic or unknown (it is typed again before it runs)."""
+    return not all(v.type.is_static for v in node.outputs) or not all(v is None or v.type.is_static
+                                                                        for v in node.inputs)
+
+
+def _partial(node: Node, opdef: OpDef, outputs: set[int]) -> bool:
+    """Whether ``node`` may hand a partial sum on (``OpContext.partial``): its op makes them, and its one result,
+    not a graph output, is read only by the next node of the same op, once, as its accumulator operand."""
+    at = opdef.accumulator
+    if not opdef.partial_sums or at is None or len(node.outputs) != 1 or id(node.outputs[0]) in outputs:
+        return False
+    uses = node.outputs[0].uses
+    if len(uses) != 1:
+        return False
+    reader, index = uses[0]
+    return reader.op == node.op and index == at
+
+
+def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], bool, bool]]:
     last_use: dict[int, int] = {}
     for i, node in enumerate(graph.nodes):
         for v in node.inputs:
@@ -251,7 +272,7 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], b
         acc = node.inputs[at] if at is not None and at < len(node.inputs) else None
         donated = (acc is not None and acc in free and id(acc) not in outputs and acc.producer is not None
                    and acc.producer.op == node.op and sum(v is acc for v in node.inputs) == 1)
-        plan.append((node, opdef, opdef.attr_values(node.attrs), free, donated))
+        plan.append((node, opdef, opdef.attr_values(node.attrs), free, donated, _partial(node, opdef, outputs)))
     return plan
 
 

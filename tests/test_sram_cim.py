@@ -214,10 +214,14 @@ def test_rounds_sum_in_place_only_into_dead_partial_sums():
 
     xs = {"x": np.random.default_rng(4).integers(0, 256, (4, 256)).astype(np.uint8)}
     q, prog, _ = _gemm_program(64, macros=2)  # 8 tiles, rounds of 2: a chain of 4 sram.mvm
-    assert [d for n, *_, d in Interpreter(prog)._plan if n.op == "sram.mvm"] == [False, True, True, True]
+    donated = lambda g: [e[4] for e in Interpreter(g)._plan if e[0].op == "sram.mvm"]  # noqa: E731
+    partial = lambda g: [e[5] for e in Interpreter(g)._plan if e[0].op == "sram.mvm"]  # noqa: E731
+    assert donated(prog) == [False, True, True, True]
+    assert partial(prog) == [True, True, True, False]  # the last round's sums are read by the bias Add
     first = next(n for n in prog.nodes if n.op == "sram.mvm")
     prog.outputs.append(first.outputs[0])  # someone else reads round 0's partial sums: no reuse
-    assert [d for n, *_, d in Interpreter(prog)._plan if n.op == "sram.mvm"] == [False, False, True, True]
+    assert donated(prog) == [False, False, True, True]
+    assert partial(prog) == [False, True, True, False]  # an output is an array
     out = run(prog, xs)
     w = q.node("fc").inputs[1].const.astype(np.int64)  # [64, 256]; round 0 = rows 0-127 x channels 0-31
     want = np.zeros((4, 64), np.int64)
@@ -402,3 +406,110 @@ def test_a_conv_with_run_time_spatial_dims_is_one_clear_error():
     calib = np.random.default_rng(1).standard_normal((2, 1, 6, 6)).astype(np.float32)
     with pytest.raises(PassError, match=r"conv1 \(q.conv\) needs a result with static spatial dims"):
         cimc.compile(model, target="sram-cim", calibration=calib, progress=False)
+
+
+FEW_MACROS = LOSSLESS.with_spec(macros=2, rows=32, cols=32, rows_per_op=32, adc_bits=6)
+"""Two small macros: most layers take several rounds, a chain of sram.mvm summing into one another."""
+
+
+def _counting(monkeypatch):
+    """Count the exact products (one per layer and input) and the bit-serial crossbar calls of the runs that
+    follow."""
+    import cimc.cim.machine as machine
+    from cimc.cim.exact import Joined
+
+    calls = {"products": 0, "crossbar": 0}
+    product, crossbar = Joined.add_product, machine.convert_planes
+
+    def counted_product(self, *a, **k):
+        calls["products"] += 1
+        return product(self, *a, **k)
+
+    def counted_crossbar(*a, **k):
+        calls["crossbar"] += 1
+        return crossbar(*a, **k)
+
+    monkeypatch.setattr(Joined, "add_product", counted_product)
+    monkeypatch.setattr(machine, "convert_planes", counted_crossbar)
+    return calls
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_the_exact_path_gives_the_bits_of_the_bit_level_model(name, monkeypatch):
+    """With a lossless ADC the executor sums a layer's rounds as one exact product (the rounds' weights joined,
+    the sum handed along the chain of sram.mvm): the same bits as the bit-serial crossbar model
+    (``BIT_LEVEL``) and as the integer reference, on two small macros (layers of several rounds)."""
+    from cimc.cim.machine import BIT_LEVEL
+    from cimc.interpreter import Interpreter
+
+    q, prog = _compiled(name, 8, False, FEW_MACROS)
+    mvms = sum(n.op == "sram.mvm" for n in prog.nodes)
+    chained = sum(e[5] for e in Interpreter(prog)._plan if e[0].op == "sram.mvm")
+    assert chained > 0, "no sram.mvm hands its sums on: the test would not see a chain"
+    x = {k: v[:16] for k, v in _x(name).items()}
+    calls = _counting(monkeypatch)
+    fast = Interpreter(prog).run(x)
+    assert calls == {"products": mvms - chained, "crossbar": 0}  # one product per chain, nothing bit-serial
+    slow = Interpreter(prog, machine={BIT_LEVEL: True}).run(x)
+    assert calls["products"] == mvms - chained and calls["crossbar"] >= mvms
+    watched = Interpreter(prog).run(x, observe=lambda v, a: None)  # every result an array: no sums handed on
+    assert calls["products"] == 2 * mvms - chained
+    want = run(q, x)
+    for k in want:
+        assert np.array_equal(fast[k], slow[k]) and np.array_equal(fast[k], want[k]), f"{name}: output {k} differs"
+        assert np.array_equal(watched[k], want[k]), f"{name}: output {k} differs when observed"
+
+
+def test_the_exact_product_keeps_float32_within_its_proven_bound(monkeypatch):
+    """Large positive weights over 2048 rows of large inputs sum past 2**25, beyond what float32 holds exactly:
+    the exact path splits K where the bound ``max(x) * ||W[:, c]||_1`` says, and gives the int64 product and the
+    bit-level model's bits. One float32 product over all of K (the bound ignored) cannot: some of the sums are
+    not float32 numbers."""
+    from cimc.cim.exact import Joined
+    from cimc.cim.machine import BIT_LEVEL
+    from cimc.interpreter import Interpreter
+    from cimc.ir.core import Graph
+    from cimc.ir.types import DType, QuantParams, TensorType
+
+    K, rng = 2048, np.random.default_rng(6)
+    g = Graph("gemm")
+    x = g.add_input("x", TensorType(DType.u8, (3, K), QuantParams((0.1,), (0,), 8)))
+    w = rng.integers(-128, 128, (64, K)).astype(np.int8)
+    w[:32] = rng.integers(100, 128, (32, K))
+    y = g.add_node("q.gemm", [x, g.add_constant(w, "w")], {"x_zero_point": 0}, name="fc").outputs[0]
+    g.outputs.append(y)
+    PassManager("tile,lower-sram-cim", PassContext(target=LOSSLESS, verify_each=True)).run(g)
+    assert sum(n.op == "sram.mvm" for n in g.nodes) == 4  # 64 tiles on 16 macros: a chain of four rounds
+    xs = {"x": np.full((3, K), 255, np.uint8)}
+    xs["x"][1:] = rng.integers(128, 256, (2, K))
+    want = xs["x"].astype(np.int64) @ w.T.astype(np.int64)
+    assert (want.astype(np.float32).astype(np.int64) != want).any()  # sums that float32 cannot hold
+    calls = _counting(monkeypatch)
+    got = next(iter(Interpreter(g).run(xs).values()))
+    slow = next(iter(Interpreter(g, machine={BIT_LEVEL: True}).run(xs).values()))
+    assert calls["products"] == 1 and np.array_equal(got, want) and np.array_equal(slow, want)
+    monkeypatch.setattr(Joined, "plan", lambda self, xmax: ("f32", [(0, self.K)]))  # the bound ignored
+    assert not np.array_equal(next(iter(Interpreter(g).run(xs).values())), want)
+
+
+def test_inputs_beyond_act_bits_run_as_the_bit_level_model_does():
+    """The bit-serial inputs are ``act_bits`` wide: an input value beyond them loses its high bits on the arrays.
+    The exact path does not take such inputs, so the program still gives the bit-level model's bits."""
+    from cimc.cim.machine import BIT_LEVEL
+    from cimc.interpreter import Interpreter
+    from cimc.ir.core import Graph
+    from cimc.ir.types import DType, QuantParams, TensorType
+
+    g = Graph("gemm")
+    x = g.add_input("x", TensorType(DType.u8, (4, 200), QuantParams((0.1,), (0,), 4)))
+    w = np.random.default_rng(8).integers(-128, 128, (40, 200)).astype(np.int8)
+    y = g.add_node("q.gemm", [x, g.add_constant(w, "w")], {"x_zero_point": 0}, name="fc").outputs[0]
+    g.outputs.append(y)
+    PassManager("tile,lower-sram-cim", PassContext(target=LOSSLESS, verify_each=True)).run(g)
+    assert {n.attrs["act_bits"] for n in g.nodes if n.op == "sram.mvm"} == {4}
+    low = np.random.default_rng(9).integers(0, 16, (4, 200)).astype(np.uint8)
+    for xv, exact in ((low, True), (low | 0x30, False)):  # high bits set: the arrays drop them
+        fast = next(iter(Interpreter(g).run({"x": xv}).values()))
+        slow = next(iter(Interpreter(g, machine={BIT_LEVEL: True}).run({"x": xv}).values()))
+        assert np.array_equal(fast, slow)
+        assert np.array_equal(fast, xv.astype(np.int64) @ w.T.astype(np.int64)) == exact

@@ -4,7 +4,8 @@ first layer that differs; the unmutated compile must be EXACT with status 0.
 
 A mutant is applied where the bug would live: a lowering mutant wraps the target's lowering pass so
 that the program it emits is corrupted (a corrupted array image, a wrong shift-add significance, a
-bias added on every K tile of a layer split over K), and a verifier mutant replaces the comparison or
+bias added on every K tile of a layer split over K; one weight of a later round of a layer of several rounds,
+which the executor sums as one exact product), and a verifier mutant replaces the comparison or
 the graphs it is given (the reference compared with itself). A wrong requant multiplier makes the
 program malformed (its multipliers no longer match its scales): the verifier refuses it before it runs.
 Two mutants of the array model: an MVM reading its tiles at a wrong row permutation (random placements
@@ -32,6 +33,9 @@ MODEL = "zoo:lenet_bn"
 SPLIT_K = ["--target", "npu", "--spec-set", "weight_buffer_bytes=256"]
 """An npu whose weight buffer is so small that lenet_bn's second convolution and its Gemm split over K."""
 RACETRACK = ["--target", "racetrack"]
+ROUNDS = ["--spec-set", "macros=2", "--spec-set", "rows=32", "--spec-set", "cols=32", "--spec-set", "rows_per_op=32",
+          "--spec-set", "adc_bits=6"]
+"""sram-cim with two small macros: layers take several rounds, which the exact path sums as one product."""
 PLACED = ["-p", "fold-constants,fuse-batchnorm,quantize{weight-bits=8 act-bits=8},tile{placement=random}",
           "--spec-set", "spare_rows=5", "--spec-set", "spare_cols=3"]
 """sram-cim arrays with spare rows and columns, every tile at a random physical placement."""
@@ -66,6 +70,20 @@ def corrupt_array_image(program: Graph) -> str:
     cells = load.inputs[0]
     bad = np.array(cells.const)
     bad[0, bad.shape[1] // 2, 0] ^= 0xFF
+    program.replace_all_uses_with(cells, program.add_constant(bad, cells.name + ".corrupt"))
+    return load.attrs["cim.layer"]
+
+
+def corrupt_a_later_round(program: Graph) -> str:
+    """Flip every bit of one weight that the last round of a layer of several rounds reads (the exact path sums
+    the layer's rounds as one product)."""
+    mvms = [n for n in program.nodes if n.op == "sram.mvm"]
+    last = next(n for n in reversed(mvms) if sum(m.attrs["cim.layer"] == n.attrs["cim.layer"] for m in mvms) > 1)
+    load = last.inputs[1].producer
+    cells = load.inputs[0]
+    g, k0, k1, c0 = (int(v) for v in load.attrs["tiles"].table[0, :4])
+    bad = np.array(cells.const)
+    bad[g, (k0 + k1) // 2, c0] ^= 0xFF
     program.replace_all_uses_with(cells, program.add_constant(bad, cells.name + ".corrupt"))
     return load.attrs["cim.layer"]
 
@@ -136,6 +154,7 @@ def turn_one_domain_too_far(program: Graph) -> str:
 
 LOWERING_MUTANTS = {
     "corrupted-array-image": (LowerSramCimPass, corrupt_array_image, []),
+    "corrupted-later-round": (LowerSramCimPass, corrupt_a_later_round, ROUNDS),
     "wrong-shift-add-significance": (LowerSramCimPass, wrong_significance, []),
     "bias-on-every-k-tile": (LowerNpuPass, bias_on_every_k_tile, SPLIT_K),
     "racetrack-negated-word": (LowerRacetrackPass, negated_word, RACETRACK),
@@ -144,8 +163,8 @@ LOWERING_MUTANTS = {
 }
 
 
-@pytest.mark.parametrize("args", [[], SPLIT_K, RACETRACK, PLACED],
-                         ids=["sram-cim", "npu-split-k", "racetrack", "sram-cim-placed"])
+@pytest.mark.parametrize("args", [[], SPLIT_K, RACETRACK, PLACED, ROUNDS],
+                         ids=["sram-cim", "npu-split-k", "racetrack", "sram-cim-placed", "sram-cim-rounds"])
 def test_unmutated_compile_is_exact_with_status_0(tmp_path, capsys, args):
     status, text, v = _compile(tmp_path, capsys, *args)
     assert (status, v["reference_exact"], v["exact_expected"], v["self_check"], v["first_difference"]) == (

@@ -22,7 +22,7 @@ power of two), so the matmul yields ``v / step`` directly.
 
 The weights of a tile (``w[k, ch] = sum_s sig[s] * cell[k, ch, s] - offset``) then follow by the
 significance of each column's slice (:func:`shift_add`). With an exact ADC and an ideal device the
-bit-serial sum equals ``x @ w``, so the executor computes that instead (one exact GEMM per block).
+bit-serial sum equals ``x @ w``, so the executor computes that instead (:mod:`cimc.cim.exact`).
 """
 
 from __future__ import annotations

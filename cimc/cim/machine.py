@@ -27,9 +27,11 @@ Layout ``rows``: ``x [..., K]``, result ``[..., channels]``; layout ``cols``: ``
 
 How it runs: when the device is ideal and the ADC exact for every partial sum (:meth:`Adc.exact`),
 the result is ``x @ W`` for the weights each tile reads from its array (:func:`tile_weights`: the
-cells at the tile's physical rows and columns, those of skipped blocks left out): tiles are joined
-into large exact float32 GEMMs (float64 beyond ``2**24``), cached per program and what the arrays
-hold. Otherwise each group of tiles reading the same inputs runs as one wide crossbar on the cells
+cells at the tile's physical rows and columns, those of skipped blocks left out): the MVM is a round
+of an exact sum (:mod:`cimc.cim.exact`) that a chain of MVMs hands on, and the last of the chain
+computes as one exact product per layer and group (the rounds' weights joined, cached per program and
+what the arrays hold; float32 within a bound proven for the run). ``state[BIT_LEVEL]`` turns that path
+off. Otherwise each group of tiles reading the same inputs runs as one wide crossbar on the cells
 as the arrays store them, read at their physical rows and columns (a differential pair sensed as one signed
 sum as the difference of its two columns' cells, one column of the crossbar), with the device's read noise
 per cell (:meth:`~cimc.cim.device.Device.read_sigma`) and per conversion. Either way a read placement that
@@ -51,16 +53,21 @@ from cimc.cim.adc import Adc, max_partial_sum
 from cimc.cim.crossbar import convert_planes, physical_rows, shift_add
 from cimc.cim.device import IDEAL, Device, ReadSite
 from cimc.cim.encoding import decode_cells, unpack_cells
+from cimc.cim.exact import ExactSum, Joined, Round, Window, join
 from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError
-from cimc.ops.nn import f32_chunk, to_dtype
+from cimc.ops.nn import to_dtype
 
-__all__ = ["ARRAYS", "DEVICE", "Arrays", "Written", "full_scales", "levels", "load", "mvm", "stored", "tile_weights"]
+__all__ = ["ARRAYS", "BIT_LEVEL", "DEVICE", "Arrays", "Written", "full_scales", "levels", "load", "mvm", "stored",
+           "tile_weights"]
 
 ARRAYS = "cim.arrays"
 """Machine-state key of the run's :class:`Arrays`."""
 DEVICE = "cim.device"
 """Machine-state key of the run's :class:`~cimc.cim.device.Device` (absent: the ideal device)."""
+BIT_LEVEL = "cim.bit_level"
+"""Machine-state key: when true, every MVM runs the bit-serial model on the crossbar, even where the exact path
+gives the same bits (to check the one against the other)."""
 
 # ---- machine state ------------------------------------------------------------------------------------------
 class Written(NamedTuple):
@@ -203,9 +210,11 @@ def stored(w: Written, device: Device) -> np.ndarray:
 
 
 # ---- the MVM -----------------------------------------------------------------------------------------------
-def mvm(state: dict[str, Any], rng: np.random.Generator | None, x: np.ndarray, acc: np.ndarray | None,
-        attrs: dict[str, Any], donated: bool = False) -> np.ndarray:
-    """An MVM instruction (module docstring): the tiles' products of ``x`` summed into ``acc``."""
+def mvm(state: dict[str, Any], rng: np.random.Generator | None, x: np.ndarray, acc: np.ndarray | ExactSum | None,
+        attrs: dict[str, Any], donated: bool = False, partial: bool = False) -> np.ndarray | ExactSum:
+    """An MVM instruction (module docstring): the tiles' products of ``x`` summed into ``acc``. ``partial``: the
+    result is read only as the accumulator of the next MVM of the chain, so an exact sum
+    (:class:`~cimc.cim.exact.ExactSum`) may be handed on instead of the array; ``acc`` may be one."""
     a = attrs
     tiles: TileMap = a["tiles"]
     arrays = arrays_of(state)
@@ -213,18 +222,25 @@ def mvm(state: dict[str, Any], rng: np.random.Generator | None, x: np.ndarray, a
     cols = a["layout"] == "cols"
     G = x.shape[0] if cols else 1
     shape = (x.shape[1], a["channels"], x.shape[3]) if cols else (*x.shape[:-1], a["channels"])
-    y = (acc if donated else acc.copy()) if acc is not None else np.zeros(shape, np.int32)
-    if y.shape != shape:
-        raise CimcError(f"mvm: the accumulator is {list(y.shape)}, expected {list(shape)}")
+    if acc is not None and acc.shape != shape:
+        raise CimcError(f"mvm: the accumulator is {list(acc.shape)}, expected {list(shape)}")
     if tiles.matrix[0] != G or a["channels"] != G * tiles.matrix[2]:
         raise CimcError(f"mvm: x has {G} groups and the op {a['channels']} channels, the tile map is of a "
                         f"{list(tiles.matrix)} matrix")
     adc, most, exact = _adc(a)
-    if exact and arrays.device.ideal:
-        blocks = _exact_blocks(held, fingerprint, tiles, a)
-        if blocks is not None:
-            _run_exact(state, x, y, blocks, acc is None, cols)
-            return y
+    pending = acc if isinstance(acc, ExactSum) else None
+    if exact and arrays.device.ideal and not state.get(BIT_LEVEL):
+        r = _exact_round(held, fingerprint, tiles, a, x)
+        if r is not None:
+            s = pending if pending is not None else ExactSum(
+                shape, acc if isinstance(acc, np.ndarray) else None, donated,
+                lambda rounds: _joined(rounds, G, int(a["channels"])))
+            s.add(r)
+            return s if partial else s.value()
+    if pending is not None:
+        acc, donated = pending.value(), True
+    assert acc is None or isinstance(acc, np.ndarray)
+    y = (acc if donated else acc.copy()) if acc is not None else np.zeros(shape, np.int32)
     _run_crossbar(state, rng, arrays, held, fingerprint, x, y, adc, most, a)
     return y
 
@@ -279,95 +295,52 @@ def tile_weights(w: Written, tiles: TileMap, i: int, significance: np.ndarray, o
     return cells.reshape(k1 - k0, c1 - c0, s1 - s0) @ significance[s0:s1] - off
 
 
-def _exact_blocks(held: list[Written], fingerprint: tuple, tiles: TileMap, a: dict[str, Any]) -> list[tuple] | None:
-    """The instruction as exact matmul blocks ``(group, k0, k1, c0, c1, W)`` (cached per program and what the
-    arrays hold), or ``None`` when replicas of one part read different weights (then each takes its
+def _round_weights(held: list[Written], tiles: TileMap, a: dict[str, Any]) -> dict[Window, np.ndarray] | None:
+    """The weight windows an exact MVM's tiles read, each once: ``{(group, k0, k1, c0, c1, s0, s1): W}`` (int64
+    ``[k1 - k0, c1 - c0]``), or ``None`` when replicas of one part read different weights (then each takes its
     positions on the crossbar).
 
     Each tile's weights are what it reads from its array (:func:`tile_weights`), the cells of the rows in its
-    skipped blocks left out (they are not driven; the offset term stays). Tiles of one group, row range and
-    slice range with adjacent channels are joined, then blocks of one channel range with adjacent rows while
-    ``x @ W`` stays exact in float32 (:func:`cimc.ops.nn.f32_chunk`; a block beyond that is float64). ``W``
-    is ``[k, ch]`` (layout cols: ``[ch, k]``); ``c0:c1`` the layer's output channels.
-    """
+    skipped blocks left out (they are not driven; the offset term stays)."""
     sig = np.asarray(a["significance"], np.int64)
-    off, act, per = int(a["offset"]), int(a["act_bits"]), tiles.matrix[2]
+    off = int(a["offset"])
+    zero_rows = _skipped_rows(tiles, np.asarray(a["skip"], np.int64).reshape(-1, 2), int(a["rows_per_op"]))
+    weights: dict[Window, np.ndarray] = {}
+    for i, t in enumerate(tiles.table.tolist()):
+        w = tile_weights(held[i], tiles, i, sig, off)
+        if i in zero_rows:  # not driven: no cells, only the digital offset term is left
+            w[zero_rows[i]] = -off if t[5] == 0 else 0
+        window: Window = tuple(t[:7])  # type: ignore[assignment]
+        if window in weights:
+            if not np.array_equal(weights[window], w):
+                return None
+        else:
+            weights[window] = w
+    return weights
+
+
+def _exact_round(held: list[Written], fingerprint: tuple, tiles: TileMap, a: dict[str, Any],
+                 x: np.ndarray) -> Round | None:
+    """The instruction as a :class:`~cimc.cim.exact.Round` of an exact sum, or ``None`` when it must run on the
+    crossbar: replicas of one part read different weights, or ``x`` holds bits beyond ``act_bits`` (the
+    bit-serial inputs drop them)."""
+    act = int(a["act_bits"])
+    if act < 8 and x.size and int(x.max()) >> act:
+        return None
     skip = np.asarray(a["skip"], np.int64).reshape(-1, 2)
-
-    def make() -> list[tuple] | None:
-        zero_rows = _skipped_rows(tiles, skip, int(a["rows_per_op"]))
-        weights: dict[tuple[int, ...], np.ndarray] = {}
-        for i, t in enumerate(tiles.table.tolist()):
-            w = tile_weights(held[i], tiles, i, sig, off)
-            if i in zero_rows:  # not driven: no cells, only the digital offset term is left
-                w[zero_rows[i]] = -off if t[5] == 0 else 0
-            window = tuple(t[:7])
-            if window in weights:
-                if not np.array_equal(weights[window], w):
-                    return None
-            else:
-                weights[window] = w
-        rows: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-        for g, k0, k1, c0, c1, s0, s1 in weights:
-            rows.setdefault((g, k0, k1, s0, s1), []).append((c0, c1))
-        spans: dict[tuple[int, ...], dict[tuple[int, int], np.ndarray]] = {}
-        for (g, k0, k1, s0, s1), chs in rows.items():
-            for c0, c1 in _joined(sorted(chs)):
-                parts = [weights[(g, k0, k1, a0, a1, s0, s1)] for a0, a1 in sorted(chs) if c0 <= a0 and a1 <= c1]
-                spans.setdefault((g, c0, c1, s0, s1), {})[(k0, k1)] = np.concatenate(parts, axis=1)
-        out = []
-        for (g, c0, c1, _, _), by_rows in spans.items():
-            ks = sorted(by_rows)
-            amax = max(int(np.abs(w).max(initial=0)) for w in by_rows.values())
-            most = f32_chunk((1 << act) - 1, amax, max(k1 for _, k1 in ks) - min(k0 for k0, _ in ks))
-            exact32 = lambda k0, k1, most=most: most is not None and k1 - k0 <= most  # noqa: E731
-            for k0, k1 in _joined(ks, exact32):
-                blk = np.concatenate([by_rows[r] for r in ks if k0 <= r[0] and r[1] <= k1], axis=0)
-                blk = blk.astype(np.float32 if exact32(k0, k1) else np.float64)
-                out.append((g, k0, k1, g * per + c0, g * per + c1,
-                            np.ascontiguousarray(blk.T) if a["layout"] == "cols" else blk))
-        return out
-    key = ("exact", fingerprint, skip.tobytes(), tuple(sig.tolist()), off, act, a["layout"], int(a["rows_per_op"]))
-    return _cached(tiles, key, make)
+    key = ("exact", fingerprint, skip.tobytes(), tuple(a["significance"]), int(a["offset"]), a["layout"],
+           int(a["rows_per_op"]))
+    if not _cached(tiles, key, lambda: _round_weights(held, tiles, a) is not None):
+        return None
+    return Round(x, a["layout"] == "cols", (id(tiles), *key), (tiles, held),
+                 lambda: _round_weights(held, tiles, a) or {})
 
 
-def _joined(ranges: list[tuple[int, int]], fits: Callable[[int, int], bool] = lambda lo, hi: True) \
-        -> list[tuple[int, int]]:
-    """Sorted ranges with adjacent ones joined while ``fits(lo, hi)`` holds for the joined range."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in ranges:
-        if out and out[-1][1] == lo and fits(out[-1][0], hi):
-            out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _run_exact(state: dict[str, Any], x: np.ndarray, y: np.ndarray, blocks: list[tuple], fresh_all: bool,
-               cols: bool) -> None:
-    """``y += x @ W`` block by block; channels not yet written are written, not added to."""
-    fresh = np.full(y.shape[1] if cols else y.shape[-1], fresh_all)
-    for g, k0, k1, c0, c1, w in blocks:
-        xs = _rows_float32(state, x, g if cols else None, k0, k1)
-        r = np.matmul(w, xs) if cols else np.matmul(xs, w)
-        r = r if r.dtype == np.float32 else to_dtype(r, np.dtype(np.int32))  # float32 sums are exact int32
-        dst = y[:, c0:c1, :] if cols else y[..., c0:c1]
-        if fresh[c0:c1].all():
-            np.copyto(dst, r, casting="unsafe")
-        else:
-            dst += r.astype(np.int32, copy=False)  # wraps like C
-        fresh[c0:c1] = False
-
-
-def _rows_float32(state: dict[str, Any], x: np.ndarray, g: int | None, k0: int, k1: int) -> np.ndarray:
-    """Rows ``k0:k1`` of ``x`` (of group ``g`` in layout cols) in float32, exact for u8; the last slice is
-    kept for the next op (the rounds of one row tile read the same rows)."""
-    hit = state.get("cim.xs")
-    if hit is not None and hit[0] is x and hit[1:4] == (g, k0, k1):
-        return hit[4]
-    xs = (x[g, :, k0:k1, :] if g is not None else x[..., k0:k1]).astype(np.float32)
-    state["cim.xs"] = (x, g, k0, k1, xs)
-    return xs
+def _joined(rounds: list[Round], groups: int, channels: int) -> Joined:
+    """The rounds' weights joined (:func:`cimc.cim.exact.join`), cached while the first round's tile map lives
+    (the join holds every object the key names)."""
+    key = ("joined", groups, channels, *(r.key for r in rounds))
+    return _cached(rounds[0].refs[0], key, lambda: join(rounds, groups, channels))
 
 
 @dataclass(frozen=True)

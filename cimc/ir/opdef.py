@@ -147,6 +147,11 @@ class OpContext:
     donated: bool = False
     """Whether the op may overwrite its accumulator operand (``OpDef.accumulator``): the interpreter
     sets it when that operand dies at this node and was made by the same op (so nothing aliases it)."""
+    partial: bool = False
+    """Whether the op may return a partial sum instead of its result (an op with ``OpDef.partial_sums``):
+    the interpreter sets it when the result's one reader is the next node of the same op, as its
+    accumulator, and the run observes no results; that node then gets the partial sum as its accumulator.
+    A partial sum has the result's ``shape`` (a node of symbolic dims is typed on it before it runs)."""
 
 
 class NodeLike(Protocol):
@@ -217,6 +222,9 @@ class OpDef:
     verify: Callable[[Node], str | None] | None = None
     accumulator: int | None = None
     """Operand holding a running sum that the result extends (chains of the same op), or ``None``."""
+    partial_sums: bool = False
+    """Whether the impl takes ``ctx.partial`` (:class:`OpContext`): within a chain it may hand the next node a
+    partial sum of its own making instead of an array, and it accepts one as its accumulator."""
 
     def attr_values(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """The node's attributes with the defaults of unset ones filled in."""
@@ -273,19 +281,21 @@ _REGISTRY: dict[str, OpDef] = {}
 def op_def(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
            outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
            doc: str = "", side_effects: bool = False, verify: Callable[[Node], str | None] | None = None,
-           accumulator: int | None = None) -> Callable[[Impl], OpDef]:
+           accumulator: int | None = None, partial_sums: bool = False) -> Callable[[Impl], OpDef]:
     """Decorator making ``impl(ctx, *operands) -> array | tuple of arrays`` the :class:`OpDef` of op
     ``name``, without defining it yet: a target lists its instruction ops and the driver defines them
     (:func:`register_op`, through ``Target.register_ops``).
 
     ``accumulator``: index of an operand that a chain of such ops sums into; the interpreter lets the
-    impl add into it in place (``ctx.donated``) when it is safe."""
+    impl add into it in place (``ctx.donated``) when it is safe. ``partial_sums``: the impl may pass a
+    partial sum along the chain (``ctx.partial``) and must accept one as its accumulator."""
     lo_in, hi_in = (inputs, inputs) if isinstance(inputs, int) else inputs
     lo_out, hi_out = (outputs, outputs) if isinstance(outputs, int) else outputs
 
     def make(impl: Impl) -> OpDef:
         return OpDef(name, impl, infer, dict(attrs or {}), lo_in, hi_in, lo_out, hi_out,
-                     doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify, accumulator)
+                     doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify, accumulator,
+                     partial_sums)
 
     return make
 
@@ -304,11 +314,12 @@ def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] =
               outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
               doc: str = "", side_effects: bool = False,
               verify: Callable[[Node], str | None] | None = None, accumulator: int | None = None,
-              replace: bool = False) -> Callable[[Impl], Impl]:
+              partial_sums: bool = False, replace: bool = False) -> Callable[[Impl], Impl]:
     """Decorator defining ``impl`` as op ``name`` now (:func:`op_def` then :func:`register_op`); returns ``impl``."""
     def register(impl: Impl) -> Impl:
         register_op(op_def(name, infer=infer, inputs=inputs, outputs=outputs, attrs=attrs, doc=doc,
-                           side_effects=side_effects, verify=verify, accumulator=accumulator)(impl), replace=replace)
+                           side_effects=side_effects, verify=verify, accumulator=accumulator,
+                           partial_sums=partial_sums)(impl), replace=replace)
         return impl
 
     return register

@@ -32,10 +32,11 @@ def sram_load(ctx, cells):
     return load(ctx.state, cells, ctx.attrs)
 
 
-@op_def("sram.mvm", inputs=(2, 3), infer=mvm_type, attrs=MVM_ATTRS, accumulator=2, verify=mvm_problem)
+@op_def("sram.mvm", inputs=(2, 3), infer=mvm_type, attrs=MVM_ATTRS, accumulator=2, verify=mvm_problem,
+        partial_sums=True)
 def sram_mvm(ctx, x, token, acc=None):
     """The tiles' bit-serial MVMs of x on the cells their macros hold, ADC, shift-add, summed into acc."""
-    return mvm(ctx.state, ctx.rng, x, acc, ctx.attrs, ctx.donated)
+    return mvm(ctx.state, ctx.rng, x, acc, ctx.attrs, ctx.donated, ctx.partial)
 
 
 OPS = (sram_load, sram_mvm)

@@ -1,0 +1,217 @@
+"""The lossless MVM path: exact rounds kept as terms of a sum, one matrix product per layer.
+
+When an MVM's ADC converts every noiseless partial sum exactly (:meth:`cimc.cim.adc.Adc.exact`) and the
+device is ideal, the bit-serial model (:mod:`cimc.cim.crossbar`) sums to ``x @ W`` for the integer weights
+``W`` each tile reads from its array (:func:`cimc.cim.machine.tile_weights`), bit for bit. The executor
+then keeps such an MVM as one :class:`Round` of an :class:`ExactSum`: its input and the weight windows its
+tiles read. Within a chain of MVMs (a layer's rounds, each summing into the previous one's result) the sum
+is handed on (``OpContext.partial``); the last MVM of the chain, or the first that must run the bit-serial
+model, evaluates it: the rounds reading one input are joined into one weight matrix per group
+(:class:`Joined`, overlapping windows summed), multiplied once, and added to the chain's starting
+accumulator in int32, wrapping like C.
+
+The product is exact by a bound proven for the run, not by the data's luck: every partial sum of
+``x @ W[:, c]``, in any order BLAS adds, is at most ``max(x) * ||W[:, c]||_1`` in magnitude. One float32
+product while that is at most ``2**24`` for every column (float32 holds every integer up to it); else float32
+products over K chunks that each keep within it, summed in int32; one float64 product (exact to ``2**53``)
+when those chunks would be short; int64 beyond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cimc.ops.nn import _scratch, to_dtype
+
+__all__ = ["CHUNK_BYTES", "ExactSum", "Joined", "Round", "join"]
+
+CHUNK_BYTES = 8 << 20
+"""Bytes of float inputs, and of products, of the positions multiplied at once."""
+
+_F32 = 1 << 24
+"""float32 holds every integer of at most this magnitude."""
+_F64 = 1 << 53
+"""float64 holds every integer of at most this magnitude."""
+_MIN_CHUNK = 128
+"""float32 K chunks shorter than this (on average) lose to one float64 product."""
+
+Window = tuple[int, int, int, int, int, int, int]
+"""A tile's part of the weight matrix: ``(group, k0, k1, c0, c1, s0, s1)`` (channels within the group)."""
+
+
+@dataclass(frozen=True)
+class Round:
+    """One exact MVM: its input ``x`` (layout ``rows`` ``[..., K]`` or ``cols`` ``[G, N, K, L]``) and its
+    tiles' weights. ``key`` names the weights (the same key, the same weights) and ``refs`` keeps alive every
+    object whose identity the key holds; ``windows()`` gives them, each window of the matrix once (replicas
+    read the same weights) with its integer weights ``[k1 - k0, c1 - c0]``."""
+
+    x: np.ndarray
+    cols: bool
+    key: tuple
+    refs: tuple
+    windows: Callable[[], dict[Window, np.ndarray]]
+
+
+@dataclass
+class Joined:
+    """The rounds of one input joined: the weight matrix of each group, ``[G, per, K]`` (layout cols) or
+    ``[K, C]`` (rows), float32 (float64 if a weight passes ``2**24``), and each output column's L1 norm."""
+
+    cols: bool
+    w: np.ndarray
+    l1: np.ndarray
+    """``[C]``: ``sum_k |W[k, c]|`` per output channel (group-major)."""
+    refs: tuple = ()
+    _plans: dict[int, tuple[str, list[tuple[int, int]]]] = field(default_factory=dict)
+
+    @property
+    def K(self) -> int:
+        """Rows of the matrix (inputs per position)."""
+        return int(self.w.shape[-1] if self.cols else self.w.shape[0])
+
+    def plan(self, xmax: int) -> tuple[str, list[tuple[int, int]]]:
+        """How to multiply inputs of at most ``xmax`` exactly: ``('f32', chunks)`` (float32 products over the K
+        ranges ``chunks``, each partial sum within ``2**24``), ``('f64', [(0, K)])`` or ``('i64', [(0, K)])``."""
+        hit = self._plans.get(xmax)
+        if hit is not None:
+            return hit
+        K, whole = self.K, [(0, self.K)]
+        bound = xmax * int(self.l1.max(initial=0))
+        if self.w.dtype != np.float32 or bound > _F32:
+            chunks = _chunks(self._abs_cumsum(), _F32 // xmax) if self.w.dtype == np.float32 else None
+            if chunks is not None and K / len(chunks) >= _MIN_CHUNK:
+                out = ("f32", chunks)
+            else:
+                out = ("f64" if bound <= _F64 else "i64", whole)
+        else:
+            out = ("f32", whole)
+        self._plans[xmax] = out
+        return out
+
+    def _abs_cumsum(self) -> np.ndarray:
+        """``S[c, k] = sum_{j <= k} |W[j, c]|`` (float64: exact for these sums), ``[C, K]``."""
+        a = np.abs(self.w.reshape(-1, self.K) if self.cols else self.w.T).astype(np.float64)
+        return np.cumsum(a, axis=1)
+
+    def add_product(self, x: np.ndarray, y: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        """``y + x @ W`` (``y`` int32 of ``shape``, updated in place; ``None``: zeros), exact (module docstring).
+        Positions go through in chunks whose float inputs and products take at most ``CHUNK_BYTES`` each, in
+        work arrays kept between calls (a fresh large array costs a page fault per page on first touch)."""
+        xmax = int(x.max()) if x.size else 0
+        kind, chunks = self.plan(xmax) if xmax else ("f32", [(0, self.K)])
+        dt = np.dtype({"f32": np.float32, "f64": np.float64, "i64": np.int64}[kind])
+        w = self.w.astype(dt, copy=False)
+        fresh = y is None
+        out = np.empty(shape, np.int32) if y is None else y
+        C, K = self.l1.size, self.K
+        step = max(1, CHUNK_BYTES // (max(K, C) * dt.itemsize))  # positions per chunk
+        if self.cols:
+            G, N, _, L = x.shape
+            nb, lc = (max(1, min(N, step // L)), L) if step >= L else (1, step)
+            for n0 in range(0, N, nb):
+                for l0 in range(0, L, lc):
+                    xb = x[:, n0:n0 + nb, :, l0:l0 + lc]
+                    m, n = xb.shape[1], xb.shape[3]
+                    xs = _scratch((G, K, m * n), dt, "cim.x")
+                    np.copyto(xs.reshape(G, K, m, n), xb.transpose(0, 2, 1, 3))
+                    self._into(out[n0:n0 + m, :, l0:l0 + n], xs, w, kind, chunks, fresh, (C, m, n))
+        else:
+            xr, yr = x.reshape(-1, K), out.reshape(-1, C)
+            for p0 in range(0, xr.shape[0], step):
+                xs = _scratch((min(step, xr.shape[0] - p0), K), dt, "cim.x")
+                np.copyto(xs, xr[p0:p0 + step])
+                self._into(yr[p0:p0 + step], xs, w, kind, chunks, fresh, None)
+        return out
+
+    def _into(self, dst: np.ndarray, xs: np.ndarray, w: np.ndarray, kind: str, chunks: list[tuple[int, int]],
+              fresh: bool, cmn: tuple[int, int, int] | None) -> None:
+        """``dst (+)= xs @ W`` over the K ``chunks`` (``fresh``: ``dst`` holds nothing yet); layout cols: the product
+        ``[channels, m images * n positions]`` goes to ``dst [m, channels, n]`` (``cmn``)."""
+        for i, (k0, k1) in enumerate(chunks):
+            if self.cols:
+                r = _scratch((w.shape[0], w.shape[1], xs.shape[2]), xs.dtype, "cim.r")
+                np.matmul(w[..., k0:k1], xs[:, k0:k1], out=r)
+            else:
+                r = _scratch((xs.shape[0], w.shape[1]), xs.dtype, "cim.r")
+                np.matmul(xs[:, k0:k1], w[k0:k1], out=r)
+            v = r if cmn is None else r.reshape(cmn).transpose(1, 0, 2)
+            if kind != "f32":  # float64 or int64 sums: to int32, wrapping like C
+                v = to_dtype(v, np.dtype(np.int32))
+            if fresh and i == 0:
+                np.copyto(dst, v, casting="unsafe")  # float32 sums within 2**24: exact integers
+            else:
+                t = _scratch(dst.shape, np.dtype(np.int32), "cim.t")
+                np.copyto(t, v, casting="unsafe")
+                dst += t  # wraps like C
+
+
+def _chunks(cum: np.ndarray, limit: int) -> list[tuple[int, int]] | None:
+    """K ranges, each as long as it can be while every column's sum of ``|W|`` over it stays within ``limit``
+    (``cum``: :meth:`Joined._abs_cumsum`); ``None`` if a single row passes it."""
+    C, K = cum.shape
+    out: list[tuple[int, int]] = []
+    a = 0
+    while a < K:
+        base = cum[:, a - 1] if a else np.zeros(C)
+        if (cum[:, a] - base).max(initial=0) > limit:
+            return None
+        lo, hi = a + 1, K  # the largest b with max_c (cum[c, b - 1] - base[c]) <= limit: lo always fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if (cum[:, mid - 1] - base).max(initial=0) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append((a, lo))
+        a = lo
+    return out
+
+
+def join(rounds: Sequence[Round], groups: int, channels: int) -> Joined:
+    """The rounds' weights summed into one matrix per group (the sum of their products is its product)."""
+    cols = rounds[0].cols
+    per = channels // groups
+    K = int(rounds[0].x.shape[2] if cols else rounds[0].x.shape[-1])
+    acc = np.zeros((groups, per, K) if cols else (K, channels), np.int64)
+    for r in rounds:
+        for (g, k0, k1, c0, c1, _, _), wt in r.windows().items():
+            if cols:
+                acc[g, c0:c1, k0:k1] += wt.T
+            else:
+                acc[k0:k1, g * per + c0:g * per + c1] += wt
+    l1 = np.abs(acc).sum(axis=2).reshape(-1) if cols else np.abs(acc).sum(axis=0)
+    big = int(np.abs(acc).max(initial=0)) > _F32
+    w = np.ascontiguousarray(acc.astype(np.float64 if big else np.float32))
+    return Joined(cols, w, l1, tuple(r.refs for r in rounds))
+
+
+class ExactSum:
+    """A partial sum of a chain of MVMs: the chain's starting accumulator (int32, or none) plus exact rounds
+    (:class:`Round`), evaluated by :meth:`value` (``joined(rounds)``: the rounds of one input joined, cached by
+    the caller)."""
+
+    def __init__(self, shape: tuple[int, ...], base: np.ndarray | None, donated: bool,
+                 joined: Callable[[list[Round]], Joined]) -> None:
+        self.shape = shape
+        self.base, self.donated = base, donated
+        self.rounds: list[Round] = []
+        self._joined = joined
+
+    def add(self, r: Round) -> None:
+        """One more exact round."""
+        self.rounds.append(r)
+
+    def value(self) -> np.ndarray:
+        """The sum, int32 of :attr:`shape`: the starting accumulator plus every round's product."""
+        y = None if self.base is None else (self.base if self.donated else self.base.copy())
+        by_input: dict[int, list[Round]] = {}
+        for r in self.rounds:
+            by_input.setdefault(id(r.x), []).append(r)
+        for rounds in by_input.values():
+            y = self._joined(rounds).add_product(rounds[0].x, y, self.shape)
+        return y if y is not None else np.zeros(self.shape, np.int32)
+
