@@ -1,6 +1,6 @@
 """Speed of memristor programs with their device model, against onnxruntime and BLAS measured in the same run.
 
-Usage: ``python benchmarks/bench_memristor.py [--parts aihwkit,bitlevel,mc] [--model resnet50] [--repeat N]
+Usage: ``python benchmarks/bench_memristor.py [--parts aihwkit,bitlevel,mc,layer] [--model resnet50] [--repeat N]
 [--json out.json]``. On the onnx light model (static batch 8, the batch surgery of ``bench_core``; 8 seeded
 calibration inputs):
 
@@ -18,6 +18,11 @@ calibration inputs):
 - mc: one more Monte Carlo chip of the aihwkit-like program (:func:`cimc.montecarlo.run_chip` on a fresh chip
   index: drawing and programming the chip, then the noisy run) vs one noise-free run of the same program (the
   ideal device, on a warm interpreter). Goal: ratio <= 1.5.
+
+A quicker diagnostic, not a goal (``--parts layer``): one ``xbar.mvm`` of a ResNet-50-sized layer (1152 inputs, 128
+channels, 6272 positions: a 3x3 convolution of 128 channels at 28x28, batch 8) in the aihwkit-like configuration on
+a programmed chip (8-bit cells and inputs, pairs sensed as one, 1 % read noise, ReRAM variation, stuck cells) vs
+the float32 matmul of the same product, no compile needed.
 
 Times are medians of ``--repeat`` runs after a warm-up; onnxruntime and numpy's BLAS keep their default threads.
 The load average is printed beside the figures: other work on the cores inflates the times.
@@ -123,6 +128,42 @@ def bench_mc(r: Any, feeds: dict[str, np.ndarray], repeat: int) -> dict[str, Any
     return {"chip_s": chip_s, "noise_free_s": ideal_s, "mc_chip_ratio": chip_s / ideal_s}
 
 
+def bench_layer(repeat: int) -> dict[str, Any]:
+    """One aihwkit-like xbar.mvm of a ResNet-50-sized layer vs the float32 matmul of its product (module docstring)."""
+    from cimc.cim import Encoding, TileMap
+    from cimc.cim.adc import lossless_adc_bits
+    from cimc.cim.analog import AnalogDevice, AnalogModel
+    from cimc.cim.chip import ChipDraw
+    from cimc.cim.machine import DEVICE, load, mvm
+    from cimc.cim.ops import MVM_ATTRS
+    from cimc.ir.opdef import REQUIRED
+
+    K, N, P, R = 1152, 128, 6272, 128
+    rng = np.random.default_rng(0)
+    m = rng.integers(-127, 128, (1, K, N))
+    enc = Encoding("differential", 8, 8)
+    per = R // enc.slices  # weights per crossbar
+    table = [[0, k0, min(k0 + R, K), c0, min(c0 + per, N), 0, enc.slices, 0, 0]
+             for k0 in range(0, K, R) for c0 in range(0, N, per)]
+    for i, t in enumerate(table):
+        t[7] = i
+    tiles = TileMap("layer", (1, K, N), enc.slices, len(table), (R, R), np.asarray(table))
+    x = rng.integers(0, 256, (P, K)).astype(np.uint8)
+    dev = AnalogDevice(AnalogModel(read_noise=0.01), ChipDraw(R, R, p_sa0=0.001, p_sa1=0.001, seed=(1, 0)), 256)
+    state: dict[str, Any] = {DEVICE: dev}
+    load(state, enc.pack(m), {"tiles": tiles, "cell_bits": 8})
+    bits = lossless_adc_bits(R, 8, 8) + 1
+    attrs = {**{k: v.default for k, v in MVM_ATTRS.items() if v.default is not REQUIRED}, "tiles": tiles,
+             "layout": "rows", "channels": N, "significance": enc.significance, "offset": enc.offset,
+             "rows_per_op": R, "dac_bits": 8, "act_bits": 8, "cell_bits": 8, "sense": "pairs", "adc_bits": bits,
+             "adc_step": np.asarray(1), "adc_offset": np.asarray(-(1 << (bits - 1)))}
+    gen = np.random.default_rng(1)
+    mvm(state, gen, x, None, attrs)  # programs the chip
+    xf, wf = x.astype(np.float32), m[0].astype(np.float32)
+    mvm_s, mm_s = median_times([partial(mvm, state, gen, x, None, attrs), partial(np.matmul, xf, wf)], repeat)
+    return {"mvm_s": mvm_s, "matmul_s": mm_s, "layer_ratio": mvm_s / mm_s}
+
+
 def report(res: dict[str, Any]) -> str:
     """The figures with their goals."""
     def goal(key: str, v: float, le: bool = True) -> str:
@@ -130,6 +171,10 @@ def report(res: dict[str, Any]) -> str:
         return f"{v:.2f} (goal {'<=' if le else '>='} {GOALS[key]}: {'met' if ok else 'MISSED'})"
 
     lines, m = [], res["model"]
+    if "layer" in res:
+        r = res["layer"]
+        lines.append(f"aihwkit-like xbar.mvm of a 1152 x 128 layer at 6272 positions (programmed chip): "
+                     f"{r['mvm_s']:.4f} s vs float32 matmul {r['matmul_s']:.4f} s: {r['layer_ratio']:.2f}x (no goal)")
     if "aihwkit" in res:
         r = res["aihwkit"]
         lines.append(f"aihwkit-like light_{m} batch 8 with the default device: program on a programmed chip "
@@ -150,16 +195,16 @@ def report(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the parts asked for, print the figures (and write JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="aihwkit,bitlevel,mc", help="comma-separated: aihwkit, bitlevel, mc")
+    ap.add_argument("--parts", default="aihwkit,bitlevel,mc", help="comma-separated: aihwkit, bitlevel, mc, layer")
     ap.add_argument("--model", default="resnet50", help="the light model (default resnet50)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median reported)")
     ap.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(parts) - {"aihwkit", "bitlevel", "mc"}
+    unknown = set(parts) - {"aihwkit", "bitlevel", "mc", "layer"}
     if unknown:
-        ap.error(f"unknown parts {sorted(unknown)}; choose from aihwkit, bitlevel, mc")
+        ap.error(f"unknown parts {sorted(unknown)}; choose from aihwkit, bitlevel, mc, layer")
     name, repeat = args.model.removeprefix("light_"), max(1, args.repeat)
     res: dict[str, Any] = {"model": name}
     load_start = os.getloadavg()[0]
@@ -173,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             res["mc"] = bench_mc(r, feeds, repeat)
         del r
         gc.collect()
+    if "layer" in parts:
+        print("benchmarking layer ...", file=sys.stderr, flush=True)
+        res["layer"] = bench_layer(repeat)
     if "bitlevel" in parts:
         print("benchmarking bitlevel ...", file=sys.stderr, flush=True)
         res["bitlevel"] = bench_bitlevel(name, repeat)

@@ -376,3 +376,33 @@ def test_complemented_columns_read_back_exactly_and_split_pairs_are_refused():
     assert mvm_problem(node) is None
     node.attrs["tiles"] = tiles.replace(flip=[[1], None])
     assert f"complements column 1 but not its differential partner {1 + S // 2}" in mvm_problem(node)
+
+
+@pytest.mark.parametrize("device", ["analog", "cells"])
+def test_noisy_reads_do_not_depend_on_the_chunking(monkeypatch, device):
+    """The read noise of a conversion is fixed by the seed and which conversion it is: the same outputs whether the
+    crossbar converts 16, 37 or all 400 positions per chunk, prepared ahead on its helper thread or in line
+    (bit-serial inputs, two row blocks of two tiles: A * J = 16 conversion batches per chunk). Integer cells, so the
+    matmuls are exact whatever their shapes."""
+    from cimc.cim import crossbar
+    from cimc.cim.analog import AnalogDevice, AnalogModel
+    from cimc.cim.chip import ChipDraw
+
+    m, enc, tiles = _simple(kind="differential", cell_bits=2)
+    x = np.random.default_rng(8).integers(0, 256, (400, 50)).astype(np.uint8)
+    attrs = {"rows_per_op": 16, "dac_bits": 1, "act_bits": 8, "cell_bits": 2, "adc_bits": 5}
+    if device == "analog":
+        dev = AnalogDevice(AnalogModel(prog_scale=0.0, read_noise=0.02), ChipDraw(*tiles.physical, seed=3), 4)
+    else:
+        dev = CellDevice(Chip.sample(4, *tiles.physical, seed=1), 4, read_noise=0.7)
+    outs = []
+    for chunk_bytes, ahead in ((1, True), (1, False), (37 * 16 * 12 * 4, True), (1 << 30, False)):
+        monkeypatch.setattr(crossbar, "CHUNK_BYTES", chunk_bytes)  # 16, 37 and 400 positions per chunk
+        monkeypatch.setattr(crossbar, "AHEAD", ahead)  # chunks prepared on the helper thread or in line
+        outs.append(run(m, enc, tiles, tiles, x, "rows", attrs, dev, np.random.default_rng(5)))
+    exact = run(m, enc, tiles, tiles, x, "rows", attrs)
+    assert not np.array_equal(outs[0], exact)  # the noise is there
+    for y in outs[1:]:
+        np.testing.assert_array_equal(y, outs[0])
+    other = run(m, enc, tiles, tiles, x, "rows", attrs, dev, np.random.default_rng(6))
+    assert not np.array_equal(other, outs[0])  # and the seed draws it

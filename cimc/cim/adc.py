@@ -24,8 +24,10 @@ pair sensed as one column (``sense = pairs``) sums to ``-M..M``: its default ran
 The conversion is computed as the crossbar runs it (:mod:`cimc.cim.crossbar`): the partial sums are
 made already divided by the step (the cells of each column scaled by ``1/step``, exact for a power of
 two), then :meth:`Adc.quantize` subtracts ``offset/step``, rounds and clips in place, and the codes
-summed by significance become values through :meth:`Adc.values`. :meth:`Adc.convert` is the same
-sequence on given partial sums.
+summed by significance become values through :meth:`Adc.values`; when ``offset/step`` is an integer (even, for
+half-even rounding) the codes carry it instead (:meth:`Adc.folded`: round, then clip to ``[offset/step,
+offset/step + 2**bits - 1]``), which saves the subtraction and the addition of the offset. :meth:`Adc.convert`
+is the same sequence on given partial sums.
 """
 
 from __future__ import annotations
@@ -163,10 +165,26 @@ class Adc:
         """``1 / step`` per column (or one value), exact in float: multiply the cells or sums by it."""
         return (1.0 / self.step.astype(np.float64)).astype(dtype)
 
-    def quantize(self, u: np.ndarray, bounds: tuple[float, float] | None = None) -> np.ndarray:
+    def folded(self) -> np.ndarray | None:
+        """``offset / step`` (int64) when the codes can carry it: when it is an integer (and even, for half-even
+        rounding, whose ties go to the even neighbour), ``round(u - s) + s == round(u)``, so :meth:`quantize` with
+        ``folded`` yields each code plus ``s`` without subtracting, and :meth:`values` adds no offset. ``None``
+        otherwise, or with no offset."""
+        if not self.offset.any():
+            return None
+        q, r = np.divmod(self.offset, self.step)
+        if r.any() or (self.rounding == "half-even" and (q % 2).any()):
+            return None
+        return q
+
+    def quantize(self, u: np.ndarray, bounds: tuple[float, float] | None = None,
+                 folded: np.ndarray | None = None) -> np.ndarray:
         """Codes of partial sums already divided by the step (``u = v / step``, columns last), in place:
-        ``clip(round(u - offset / step), 0, 2**bits - 1)``. ``bounds``: the least and largest ``u`` can
-        be, if known (a clip that no value reaches is skipped: same codes, less work)."""
+        ``clip(round(u - offset / step), 0, 2**bits - 1)``, or with ``folded`` (:meth:`folded`) those codes plus
+        it, ``clip(round(u), s, s + 2**bits - 1)``. ``bounds``: the least and largest ``u`` can be, if known (a
+        clip that no value reaches is skipped: same codes, less work)."""
+        if folded is not None:
+            return self._quantize_folded(u, bounds, folded)
         sub = self.offset / self.step
         if self.offset.any():
             u -= sub.astype(u.dtype)
@@ -182,12 +200,27 @@ class Adc:
             np.minimum(u, self.top, out=u)
         return u
 
-    def values(self, code_sum: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
+    def _quantize_folded(self, u: np.ndarray, bounds: tuple[float, float] | None, s: np.ndarray) -> np.ndarray:
+        if self.rounding == "half-even":
+            np.rint(u, out=u)
+        else:
+            np.floor(u, out=u)
+        lo, hi = s.astype(u.dtype), (s + self.top).astype(u.dtype)
+        if bounds is None:
+            return np.clip(u, lo, hi, out=u)
+        if bounds[0] < float(np.max(s)):
+            np.maximum(u, lo, out=u)
+        if math.floor(bounds[1] + 0.5) > float(np.min(s)) + self.top:
+            np.minimum(u, hi, out=u)
+        return u
+
+    def values(self, code_sum: np.ndarray, weight: float | np.ndarray, folded: bool = False) -> np.ndarray:
         """Values of codes summed with significances whose total is ``weight`` (one number, or one per
-        column): ``sum_i w_i * code_i`` becomes ``sum_i w_i * (offset + step * code_i)``, columns last, in place."""
+        column): ``sum_i w_i * code_i`` becomes ``sum_i w_i * (offset + step * code_i)``, columns last, in place
+        (``folded``: the codes carry ``offset / step`` already, :meth:`folded`)."""
         if not (self.step == 1).all():
             code_sum *= self.step.astype(code_sum.dtype)
-        if self.offset.any():
+        if self.offset.any() and not folded:
             code_sum += (self.offset * weight).astype(code_sum.dtype)
         return code_sum
 

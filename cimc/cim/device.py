@@ -13,9 +13,10 @@ The crossbar (:mod:`cimc.cim.crossbar`) asks the run's :class:`Device` three thi
   from the run's generator to each partial sum of inputs ``x_r`` (the sum of independent cell reads);
   ``None``: no cell read noise.
 - :meth:`Device.read`: the analog partial sums of one batch of conversions, before the ADC, in place
-  (noise per conversion, drawn from the run's generator, so the same seed gives the same bits). ``site``
-  says which arrays, physical columns and row blocks the sums come from; a differential pair sensed as one
-  signed sum is one conversion.
+  (noise per conversion: :meth:`ReadSite.normals` gives one standard normal per conversion, fixed by the
+  crossbar call's key, drawn from the run's generator, and by which conversion it is, so the same seed gives the
+  same bits however the crossbar batches its conversions). ``site`` says which arrays, physical columns, row
+  blocks and positions the sums come from; a differential pair sensed as one signed sum is one conversion.
 
 The ideal device (:data:`IDEAL`, the default) holds every level exactly and reads without noise;
 ``ideal`` lets the executor keep its exact fast path, so the default costs nothing. A device's
@@ -42,9 +43,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from cimc.cim.chip import SA0, SA1, Chip
+from cimc.cim.gauss import normals
 from cimc.errors import InputError
 
-__all__ = ["IDEAL", "CellDevice", "Device", "ReadSite"]
+__all__ = ["IDEAL", "READ_STREAMS", "CellDevice", "Device", "ReadSite"]
+
+READ_STREAMS = 1 << 32
+"""The first stream number of a device's read hook (:meth:`ReadSite.normals`); the crossbar's cell read noise
+uses streams below it."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,27 @@ class ReadSite:
     """int64 ``[C]``: the physical column of each column."""
     blocks: np.ndarray
     """int64 ``[A]``: the physical row block (``rows_per_op`` rows) of each conversion batch."""
+    first: int = 0
+    """The position of the batch's first conversions: row ``j * n + p`` of ``ps`` is position ``first + p`` of input
+    chunk ``j`` (``n = M / chunks``)."""
+    chunks: int = 1
+    """The input chunks ``J`` in ``ps``'s rows."""
+    key: tuple[int, int] | None = None
+    """The crossbar call's key of indexed draws (:mod:`cimc.cim.gauss`), or ``None`` (no generator)."""
+
+    def normals(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Standard normals shaped like ``ps`` (float32 ``[A, M, C]``), one per conversion, fixed by the key and the
+        conversion (block ``a``, chunk ``j``, position, column) whatever the batch: draw ``position * C + c`` of
+        stream ``READ_STREAMS + a * J + j``."""
+        if self.key is None:
+            raise ValueError("ReadSite.normals: this read has no generator key")
+        A, M, C = shape
+        J = self.chunks
+        out = np.empty((A, J, M // J * C), np.float32)
+        for a in range(A):
+            for j in range(J):
+                normals(self.key, READ_STREAMS + a * J + j, self.first * C, out[a, j])
+        return out.reshape(shape)
 
 
 class Device:
@@ -124,4 +151,6 @@ class CellDevice(Device):
     def read(self, ps: np.ndarray, site: ReadSite, rng: np.random.Generator) -> None:
         """Add ``read_noise * N(0, 1)`` to every partial sum."""
         if self.read_noise:
-            ps += np.float32(self.read_noise) * rng.standard_normal(ps.shape, np.float32)
+            z = site.normals(ps.shape)
+            z *= np.float32(self.read_noise)
+            ps += z

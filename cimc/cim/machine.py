@@ -493,10 +493,10 @@ def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays
             _scatter(y, part, g * per + ch0, g * per + ch1, q0, q1, P, cols, x)
 
 
-def _reader(device: Device, grp: _Group, rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], None]:
+def _reader(device: Device, grp: _Group, rng: np.random.Generator) -> Callable[..., None]:
     """The device's read hook on a group's conversions."""
-    def read(ps: np.ndarray, blocks: np.ndarray) -> None:
-        device.read(ps, ReadSite(grp.arrays, grp.cols, blocks), rng)
+    def read(ps: np.ndarray, blocks: np.ndarray, first: int, chunks: int, key: tuple[int, int] | None) -> None:
+        device.read(ps, ReadSite(grp.arrays, grp.cols, blocks, first, chunks, key), rng)
     return read
 
 
