@@ -365,9 +365,11 @@ _SQUARE_WITHIN = 8
 
 _NO_WEIGHTS = np.zeros((0, 0, 0))
 
-_COSTS = np.float32
-"""The type of the one-hot weights and squared error maps whose products score placements: single precision
-halves the products' time; the scores' rounding (about 1e-7 of a score) is far below their differences."""
+_COSTS = np.float64
+"""The type of the one-hot weights and squared error maps whose products score placements. Double: OpenBLAS's
+single-precision products of these shapes round differently with one thread and with two, and a score that
+moves in its last bit can change which of two equal assignments is taken, so the program would depend on the
+BLAS thread count; the double ones agree bit for bit."""
 
 
 def _tile(node: Node, i: int, m2: np.ndarray | None, weights: bool = True) -> _Tile:
