@@ -406,3 +406,32 @@ def test_noisy_reads_do_not_depend_on_the_chunking(monkeypatch, device):
         np.testing.assert_array_equal(y, outs[0])
     other = run(m, enc, tiles, tiles, x, "rows", attrs, dev, np.random.default_rng(6))
     assert not np.array_equal(other, outs[0])  # and the seed draws it
+
+
+def test_no_helper_thread_is_running_when_the_process_forks():
+    """The crossbar's helper thread is stopped before a fork, so no thread runs while the process forks (the child,
+    such as a Monte Carlo worker, converts noisy reads with its own helper, to the same bits)."""
+    import os
+    import threading
+
+    from cimc.cim.analog import AnalogDevice, AnalogModel
+    from cimc.cim.chip import ChipDraw
+
+    m, enc, tiles = _simple(kind="differential", cell_bits=2)
+    x = np.random.default_rng(8).integers(0, 256, (3000, 50)).astype(np.uint8)  # several chunks: the helper runs
+    attrs = {"rows_per_op": 16, "dac_bits": 1, "act_bits": 8, "cell_bits": 2, "adc_bits": 5}
+    dev = AnalogDevice(AnalogModel(prog_scale=0.0, read_noise=0.02), ChipDraw(*tiles.physical, seed=3), 4)
+    want = run(m, enc, tiles, tiles, x, "rows", attrs, dev, np.random.default_rng(5))
+    assert any(t.name.startswith("cimc-crossbar") for t in threading.enumerate())
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, and the same noisy result
+        ok = np.array_equal(
+            run(m, enc, tiles, tiles, x, "rows", attrs, dev, np.random.default_rng(5)), want)
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(w)
+    helpers = [t for t in threading.enumerate() if t.name.startswith("cimc-crossbar") and t.is_alive()]
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert helpers == [] and got == b"1", (helpers, got)

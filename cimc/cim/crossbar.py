@@ -60,15 +60,26 @@ def physical_rows(x: np.ndarray, row_at: np.ndarray | None, rows: int) -> np.nda
     return out
 
 
-_HELPER: tuple[int, ThreadPoolExecutor] | None = None
+_HELPER: ThreadPoolExecutor | None = None
 
 
 def _helper() -> ThreadPoolExecutor:
-    """This process's helper thread (one worker; made again in a forked child)."""
+    """The helper thread (one worker, started on first use)."""
     global _HELPER
-    if _HELPER is None or _HELPER[0] != os.getpid():
-        _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="cimc-crossbar"))
-    return _HELPER[1]
+    if _HELPER is None:
+        _HELPER = ThreadPoolExecutor(1, thread_name_prefix="cimc-crossbar")
+    return _HELPER
+
+
+def _stop_helper() -> None:
+    """Stop the helper thread (it starts again when next needed)."""
+    global _HELPER
+    if _HELPER is not None:
+        _HELPER.shutdown(wait=True)
+        _HELPER = None
+
+
+os.register_at_fork(before=_stop_helper)  # a forked process (a Monte Carlo worker) starts with one thread
 
 
 def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *, rows_per_op: int, dac_bits: int,
