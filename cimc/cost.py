@@ -44,7 +44,7 @@ every cost is per inference (one sample).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,6 +67,7 @@ __all__ = [
     "Tally",
     "VectorUnitSpec",
     "Write",
+    "Writes",
     "area_dict",
     "counts",
     "mac_dims",
@@ -75,6 +76,7 @@ __all__ = [
     "spilled_fraction",
     "vector_cost",
     "vector_unit_cost",
+    "write_columns",
 ]
 
 REPORT_KEYS = frozenset({"cycles", "latency_us", "time_us", "energy_nj", "macs", "ops", "by_unit",
@@ -133,6 +135,54 @@ class Write:
                 and other.start < self.start + self.cells)
 
 
+class Writes(Sequence[Write]):
+    """Many :class:`Write` regions as three int64 arrays (``array``, ``start``, ``cells``): how an op that
+    programs hundreds of arrays at once reports them without a Python object per region. It is a sequence of
+    :class:`Write` (equal to the tuple of the same writes); the cost report reads its arrays directly."""
+
+    __slots__ = ("array", "cells", "start")
+
+    def __init__(self, array: Any, start: Any, cells: Any) -> None:
+        cols = [np.array(c, np.int64).reshape(-1) for c in (array, start, cells)]
+        n = len(cols[0])
+        cols = [np.broadcast_to(c, (n,)).copy() if c.size == 1 and n != 1 else c for c in cols]
+        if any(len(c) != n for c in cols):
+            raise ValueError(f"writes: array, start and cells have {[len(c) for c in cols]} entries; they must agree")
+        for c in cols:
+            c.flags.writeable = False
+        self.array, self.start, self.cells = cols
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return Writes(self.array[i], self.start[i], self.cells[i])
+        return Write(int(self.array[i]), int(self.start[i]), int(self.cells[i]))
+
+    def __iter__(self) -> Iterator[Write]:
+        return map(Write, self.array.tolist(), self.start.tolist(), self.cells.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Writes({list(self)!r})"
+
+
+def write_columns(writes: Sequence[Write]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(array, start, cells)`` of ``writes`` as int64 arrays."""
+    if isinstance(writes, Writes):
+        return writes.array, writes.start, writes.cells
+    if not writes:
+        return tuple(np.zeros(0, np.int64) for _ in range(3))  # type: ignore[return-value]
+    a = np.array([(w.array, w.start, w.cells) for w in writes], np.int64)
+    return a[:, 0], a[:, 1], a[:, 2]
+
+
 @dataclass(frozen=True)
 class Cost:
     """Cost of one program op.
@@ -140,7 +190,8 @@ class Cost:
     ``cycles`` of the target clock; ``energy_pj`` (picojoules); the ``unit`` that spends the time
     ("array" | "vector" | "dma" | "load"); ``macs`` done; ``parts``: the energy by component (they sum to
     ``energy_pj``; empty: all of it in the unit's default component); ``dram``: bytes moved to or from
-    DRAM by kind (:data:`DRAM_KINDS`); ``writes``: the cell regions an op of unit "load" programs;
+    DRAM by kind (:data:`DRAM_KINDS`); ``writes``: the cell regions an op of unit "load" programs (a tuple
+    of :class:`Write`, or :class:`Writes` for many);
     ``events``: counts of the target's own hardware events by kind (racetrack ``shifts``), a name the
     report does not already use (:data:`REPORT_KEYS`).
     """
@@ -151,7 +202,7 @@ class Cost:
     macs: int = 0
     parts: Mapping[str, float] = field(default_factory=dict)
     dram: Mapping[str, float] = field(default_factory=dict)
-    writes: tuple[Write, ...] = ()
+    writes: Sequence[Write] = ()
     events: Mapping[str, float] = field(default_factory=dict)
 
     def components(self) -> dict[str, float]:
@@ -417,8 +468,12 @@ class Tally:
             self.by_component[k] = self.by_component.get(k, 0.0) + v
         for k, v in cost.dram.items():
             self.dram_bytes[k] = self.dram_bytes.get(k, 0.0) + v
-        for w in cost.writes:
-            self.cell_writes[w.array] = self.cell_writes.get(w.array, 0) + w.cells
+        if isinstance(cost.writes, Writes):
+            pairs: Iterable[tuple[int, int]] = zip(cost.writes.array.tolist(), cost.writes.cells.tolist(), strict=True)
+        else:
+            pairs = ((w.array, w.cells) for w in cost.writes)
+        for a, n in pairs:
+            self.cell_writes[a] = self.cell_writes.get(a, 0) + n
         for k, v in cost.events.items():
             self.events[k] = self.events.get(k, 0.0) + v
 
@@ -554,11 +609,14 @@ def _one_time(costs: list[Cost]) -> set[int]:
     iff another op writes one of its cells. Groups are kept apart in one sorted key ``group * width +
     coordinate``, the coordinates replaced by their ranks (order kept, below ``width``): O(n log n) for n
     spans, in numpy."""
-    spans = [(w.array, w.start, w.start + w.cells, i) for i, c in enumerate(costs) if c.unit == "load"
-             for w in c.writes if w.cells > 0]
+    loads = [(i, write_columns(c.writes)) for i, c in enumerate(costs) if c.unit == "load" and len(c.writes)]
     clash: set[int] = set()
-    if spans:
-        array, start, end, op = np.array(spans, np.int64).T
+    if loads:
+        array, start, cells = (np.concatenate([w[k] for _, w in loads]) for k in range(3))
+        op = np.repeat(np.array([i for i, _ in loads], np.int64), [len(w[0]) for _, w in loads])
+        keep = cells > 0
+        array, start, end, op = array[keep], start[keep], (start + cells)[keep], op[keep]
+    if loads and len(op):
         coords, rank = np.unique(np.concatenate([start, end]), return_inverse=True)
         s, e, width = rank[:len(start)], rank[len(start):], len(coords)
 
@@ -569,7 +627,7 @@ def _one_time(costs: list[Cost]) -> set[int]:
         array = np.unique(array, return_inverse=True)[1].reshape(-1)  # arrays 0 .. n - 1
         others = overlaps(array) != overlaps(array * len(costs) + op)
         clash = set(np.unique(op[others]).tolist())
-    return {i for i, c in enumerate(costs) if c.unit == "load" and c.writes and i not in clash}
+    return {i for i, c in enumerate(costs) if c.unit == "load" and len(c.writes) and i not in clash}
 
 
 def program_cost(program: Any, target: _CostTarget) -> CostReport:

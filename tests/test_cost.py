@@ -15,7 +15,9 @@ from cimc.cost import (
     AreaPart,
     Cost,
     CostReport,
+    Tally,
     Write,
+    Writes,
     _one_time,
     area_dict,
     mac_dims,
@@ -23,6 +25,7 @@ from cimc.cost import (
     spilled_fraction,
     vector_cost,
     vector_unit_cost,
+    write_columns,
 )
 from cimc.ir import DType, Graph, TensorType
 
@@ -145,14 +148,39 @@ def _brute_one_time(costs: list[Cost]) -> set[int]:
             and all(cells[(w.array, cell)] == {i} for w in c.writes for cell in range(w.start, w.start + w.cells))}
 
 
-_writes = st.lists(st.builds(Write, st.integers(0, 3), st.integers(0, 40), st.integers(1, 12)), max_size=4)
+_writes = st.lists(st.builds(Write, st.integers(0, 3), st.integers(0, 40), st.integers(0, 12)), max_size=4)
+
+
+def _as_arrays(writes: list[Write]) -> Writes:
+    return Writes([w.array for w in writes], [w.start for w in writes], [w.cells for w in writes])
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["load", "array"]), _writes), max_size=8))
+@given(st.lists(st.tuples(st.sampled_from(["load", "array"]), _writes, st.booleans()), max_size=8))
 def test_one_time_split_equals_a_cell_by_cell_count(ops) -> None:
-    costs = [Cost(1.0, 1.0, unit, writes=tuple(w) if unit == "load" else ()) for unit, w in ops]
+    """The split and the cells written per array, whether an op gives its writes as a tuple or as arrays."""
+    costs = [Cost(1.0, 1.0, unit, writes=(_as_arrays(w) if arrays else tuple(w)) if unit == "load" else ())
+             for unit, w, arrays in ops]
     assert _one_time(costs) == _brute_one_time(costs)
+    tally, cells = Tally(), {}
+    for c in costs:
+        tally.add(c)
+        for w in c.writes:
+            cells[w.array] = cells.get(w.array, 0) + w.cells
+    assert tally.cell_writes == cells
+
+
+def test_writes_are_a_sequence_of_write() -> None:
+    w = Writes([3, 5], 0, [10, 7])
+    assert w == (Write(3, 0, 10), Write(5, 0, 7)) and list(w[1:]) == [Write(5, 0, 7)] and w[-1] == Write(5, 0, 7)
+    assert len(w) == 2 and w != (Write(3, 0, 10),) and hash(w) == hash(tuple(w))
+    assert [c.tolist() for c in write_columns(w)] == [[3, 5], [0, 0], [10, 7]]
+    assert [c.tolist() for c in write_columns((Write(1, 2, 3),))] == [[1], [2], [3]]
+    assert Cost(1.0, 1.0, "load", writes=w) == Cost(1.0, 1.0, "load", writes=tuple(w))
+    with pytest.raises(ValueError, match="must agree"):
+        Writes([1, 2, 3], 0, [4, 5])
+    with pytest.raises(ValueError):
+        w.cells[0] = 1  # read-only: a Cost is frozen
 
 
 def test_one_time_at_the_edges() -> None:

@@ -46,7 +46,7 @@ from cimc.cim.adc import Adc
 from cimc.cim.tilemap import TileMap
 from cimc.cim.work import work
 from cimc.converters import ADC_AREA, ADC_ENERGY, ADC_TIME, DAC_AREA, DAC_ENERGY, scaled
-from cimc.cost import AreaPart, Cost, VectorUnitSpec, Write, counts, num_elements, spilled_fraction
+from cimc.cost import AreaPart, Cost, VectorUnitSpec, Writes, counts, num_elements, spilled_fraction
 from cimc.ir.core import Node
 
 __all__ = ["ArrayCostSpec", "ArrayFigures", "array_area", "load_cost", "mvm_cost"]
@@ -248,7 +248,7 @@ def load_cost(node: Node, s: ArrayCostSpec, write_pj: float, per_bit: bool = Fal
     r, c = t[:, 2] - t[:, 1], (t[:, 4] - t[:, 3]) * (t[:, 6] - t[:, 5])
     cells = r * c
     nbytes = float((-(-(cells * s.cell_bits) // 8)).sum())
-    writes = tuple(Write(arr, 0, n) for arr, n in zip(t[:, 7].tolist(), cells.tolist(), strict=True))
+    writes = Writes(t[:, 7], 0, cells)
     written = float((cells * s.cell_bits if per_bit else cells).sum())
     parts = {"arrays": written * write_pj, "dram": nbytes * s.dram_pj_per_byte}
     return Cost(float((r * s.write_row_cycles).sum() + nbytes / s.dram_bytes_per_cycle), sum(parts.values()),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cimc.cost import AreaPart, Cost, Write, counts, vector_unit_cost
+from cimc.cost import AreaPart, Cost, Writes, counts, vector_unit_cost
 from cimc.ir.core import Node
 from cimc.targets.racetrack.ops import Reads, positions, sweep_steps, swept
 from cimc.targets.racetrack.spec import RacetrackSpec
@@ -157,7 +157,7 @@ def _write_cost(node: Node, s: RacetrackSpec) -> Cost:
              "dram": nbytes * s.dram_pj_per_byte}
     cycles = max(nbytes / s.dram_bytes_per_cycle, _cycles(D * s.write_ns + steps * s.shift_ns, s))
     used = np.nonzero(per_mu)[0]
-    writes = tuple(map(Write, (used + m0).tolist(), [0] * len(used), per_mu[used].tolist()))
+    writes = Writes(used + m0, 0, per_mu[used])
     return Cost(cycles, sum(parts.values()), "load", 0, parts, {"weights": nbytes}, writes, {"shifts": shifts})
 
 

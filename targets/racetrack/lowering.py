@@ -36,8 +36,10 @@ Postcondition: every ``rt.mac`` starts where its MUs are and every MU ends the i
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -87,12 +89,18 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Layout:
-    """A layer's weights on ``mus`` MUs (numbered from 0): the pieces table (``PIECE_COLUMNS``) and its sweep
+    """A layer's weights on ``mus`` MUs (numbered from 0): the pieces table (``PIECE_COLUMNS``, built by ``make``
+    when first read: the placement weighs candidate layouts by their MUs and shifts and keeps few) and its sweep
     groups, which cover the MUs in order."""
 
-    pieces: np.ndarray
+    make: Callable[[], np.ndarray] = field(repr=False, compare=False)
     mus: int
     sweeps: tuple[Sweep, ...]
+
+    @functools.cached_property
+    def pieces(self) -> np.ndarray:
+        """The pieces table, int64 ``[n, len(PIECE_COLUMNS)]``."""
+        return self.make()
 
 
 def layout(layer: Layer, spec: RacetrackSpec, placement: str | None = None, stack: int = 1,
@@ -134,7 +142,7 @@ def _row_major(layer: Layer, spec: RacetrackSpec, serpentine: bool) -> Layout:
     fill = np.minimum(D, total - np.arange(mus, dtype=np.int64) * D * lanes)  # the first lane of an MU is its fullest
     sweeps = tuple(Sweep(m0, m1, s, 1, 1, 0 if serpentine else -(s - 1), int(serpentine))
                    for m0, m1, s in _runs(fill))
-    return Layout(pieces, mus, sweeps)
+    return Layout(lambda: pieces, mus, sweeps)
 
 
 def _optimized(layer: Layer, spec: RacetrackSpec, stack: int = 1, depth: int | None = None) -> Layout:
@@ -144,34 +152,40 @@ def _optimized(layer: Layer, spec: RacetrackSpec, stack: int = 1, depth: int | N
     G, K, N = layer.G, layer.K, layer.N
     h_full = E if depth is None else max(1, min(depth, E))
     C, tile = G * N, P * h_full
-    c = np.arange(C, dtype=np.int64)
-    base = c // N * K * N + c % N  # flat index of row 0 of column c
     full, rem = divmod(K, tile)
     groups = -(-C // lanes)
     block = min(layer.L, spec.acc_regs)
-    parts, sweeps, mu = [], [], 0
+    sweeps, mu = [], 0
     if full:  # MU (r, cg) = row tile r, columns cg*lanes ..; lane l, port j: rows r*tile + j*h_full .. + h_full
-        r, col, j = (a.reshape(-1) for a in np.meshgrid(np.arange(full), c, np.arange(P), indexing="ij"))
-        rows = r * tile + j * h_full
-        parts.append(np.stack([base[col] + rows * N, np.full_like(col, N), np.full_like(col, h_full),
-                               r * groups + col // lanes, col % lanes, j * E], axis=1))
         mu = full * groups
         sweeps.append(Sweep(0, mu, h_full, P, block, 0, 1))
+    h = -(-rem // P) if rem else 0
+    stack = max(1, min(stack, E // h)) if rem else stack
+    per_mu = lanes * stack
+    extra = -(-C // per_mu) if rem else 0
     if rem:
-        h = -(-rem // P)
-        stack = max(1, min(stack, E // h))
-        per_mu = lanes * stack
-        col, j = (a.reshape(-1) for a in np.meshgrid(c, np.arange(P), indexing="ij"))
-        n = np.minimum(h, rem - j * h)
-        keep = n > 0
-        col, j, n = col[keep], j[keep], n[keep]
-        z = col % per_mu // lanes  # the column's place in its lane's stack
-        parts.append(np.stack([base[col] + (full * tile + j * h) * N, np.full_like(col, N), n,
-                               mu + col // per_mu, col % lanes, j * E + z * h], axis=1))
-        extra = -(-C // per_mu)
         sweeps.append(Sweep(mu, mu + extra, -(-min(C, per_mu) // lanes) * h, P, block, 0, 1))
-        mu += extra
-    return Layout(np.concatenate(parts).astype(np.int64), mu, tuple(sweeps))
+
+    def make() -> np.ndarray:
+        c = np.arange(C, dtype=np.int64)
+        base = c // N * K * N + c % N  # flat index of row 0 of column c
+        parts = []
+        if full:
+            r, col, j = (a.reshape(-1) for a in np.meshgrid(np.arange(full), c, np.arange(P), indexing="ij"))
+            rows = r * tile + j * h_full
+            parts.append(np.stack([base[col] + rows * N, np.full_like(col, N), np.full_like(col, h_full),
+                                   r * groups + col // lanes, col % lanes, j * E], axis=1))
+        if rem:
+            col, j = (a.reshape(-1) for a in np.meshgrid(c, np.arange(P), indexing="ij"))
+            n = np.minimum(h, rem - j * h)
+            keep = n > 0
+            col, j, n = col[keep], j[keep], n[keep]
+            z = col % per_mu // lanes  # the column's place in its lane's stack
+            parts.append(np.stack([base[col] + (full * tile + j * h) * N, np.full_like(col, N), n,
+                                   full * groups + col // per_mu, col % lanes, j * E + z * h], axis=1))
+        return np.concatenate(parts).astype(np.int64)
+
+    return Layout(make, mu + extra, tuple(sweeps))
 
 
 def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
@@ -341,9 +355,14 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     acc = None
     rounds = _rounds(lay.mus, spec.mus, first) if shared is None else [(0, lay.mus, shared[2])]
     words = graph.add_constant(m.astype(np.int8), f"{node.name}.words") if shared is None else None
-    for r0, r1, base in rounds:
+    if shared is None:  # each round's pieces, in their layout order: one stable sort by round, not a scan per round
+        of_round = np.searchsorted(np.array([r1 for _, r1, _ in rounds]), lay.pieces[:, 3], side="right")
+        order = np.argsort(of_round, kind="stable")
+        by_round = lay.pieces[order]
+        cuts = np.searchsorted(of_round[order], np.arange(len(rounds) + 1))
+    for i, (r0, r1, base) in enumerate(rounds):
         if shared is None:  # every round writes its MUs' pieces of the one weight matrix
-            rows = lay.pieces[(lay.pieces[:, 3] >= r0) & (lay.pieces[:, 3] < r1)].copy()
+            rows = by_round[cuts[i]:cuts[i + 1]].copy()
             rows[:, 3] += base - r0
             pieces = graph.add_constant(rows, f"{node.name}.pieces")
             token = add("rt.write", [words, pieces], {"mus": [base, base + r1 - r0], **geometry, "matrix": [G, K, N],
