@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import pytest
 import racetrack_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import cimc
@@ -20,7 +22,7 @@ from cimc.errors import InputError, PassError
 from cimc.interpreter import Interpreter
 from cimc.ir.core import Graph
 from cimc.target import LOSSY
-from cimc.targets.racetrack.ops import commanded_offsets
+from cimc.targets.racetrack.ops import commanded_offsets, sweep_steps, sweep_totals
 
 PLACEMENTS = ("naive", "serpentine", "optimized")
 
@@ -417,3 +419,22 @@ def test_layers_reading_one_weight_share_its_mus():
     feed = {c.program.inputs[0].name: _images(2)}
     ours = Interpreter(faulty.program, seed=2).run(feed)
     assert all(np.array_equal(v, racetrack_reference.run(faulty.program, feed, seed=2)[k]) for k, v in ours.items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 9), st.integers(-3, 3), st.integers(-12, 12), st.integers(0, 1), st.integers(0, 7))
+def test_sweep_totals_are_the_steps_and_drift_of_the_sweep_walked_state_by_state(states, step, turn, alternate,
+                                                                                 blocks):
+    """``sweep_totals`` (what the lowering, the cost and the offset check read) against the sweep as ``rt.mac``
+    describes it: every block visits its states ``step`` apart (every other one backwards with ``alternate``),
+    then turns by ``turn``; and ``sweep_steps`` agrees with it."""
+    offset = total = 0
+    for b in range(blocks):
+        direction = -1 if alternate and b % 2 else 1
+        for _ in range(states - 1):
+            offset += direction * step
+            total += abs(step)
+        offset += turn
+        total += abs(turn)
+    assert sweep_totals(states, step, turn, alternate, blocks) == (total, offset)
+    assert sweep_steps(states, step, turn, alternate, blocks)[2:] == (total, offset)

@@ -34,7 +34,7 @@ import numpy as np
 
 from cimc.cost import AreaPart, Cost, Writes, counts, vector_unit_cost
 from cimc.ir.core import Node
-from cimc.targets.racetrack.ops import Reads, positions, sweep_steps, swept
+from cimc.targets.racetrack.ops import Reads, positions, sweep_totals, swept
 from cimc.targets.racetrack.spec import RacetrackSpec
 
 __all__ = ["area", "op_cost"]
@@ -99,7 +99,7 @@ def _mac_cost(node: Node, s: RacetrackSpec) -> Cost:
     samples, L = _positions(node)
     B, S, step = int(a["block"]), int(a["states"]), int(a.get("step", 1))
     nb = -(-L // B)
-    _, _, steps, _ = sweep_steps(S, step, int(a.get("turn", 0)), int(a.get("alternate", 0)), nb)
+    steps, _ = sweep_totals(S, step, int(a.get("turn", 0)), int(a.get("alternate", 0)), nb)
     reads = swept(node.operand(2).array, a)
     W = reads.words
     G, K, N = (int(v) for v in a["matrix"])

@@ -50,7 +50,7 @@ from cimc.ir.opdef import is_annotation
 from cimc.ir.types import DType, TensorType
 from cimc.passmanager import Pass, PassContext, PassResult
 from cimc.target import ARRAY_OPS, LOSSY, Spec
-from cimc.targets.racetrack.ops import commanded_offsets, sweep_steps
+from cimc.targets.racetrack.ops import commanded_offsets, sweep_totals
 from cimc.targets.racetrack.spec import RacetrackSpec
 from cimc.tiling import weight_bits, weight_matrix
 
@@ -118,7 +118,7 @@ def shifts(lay: Layout, layer: Layer, tracks: int) -> int:
     that bring their MUs home)."""
     total = 0
     for sw in lay.sweeps:
-        _, _, steps, net = sweep_steps(sw.states, 1, sw.turn, sw.alternate, -(-layer.L // sw.block))
+        steps, net = sweep_totals(sw.states, 1, sw.turn, sw.alternate, -(-layer.L // sw.block))
         total += (sw.m1 - sw.m0) * tracks * (steps + abs(net))
     return total
 
@@ -183,7 +183,7 @@ def _optimized(layer: Layer, spec: RacetrackSpec, stack: int = 1, depth: int | N
             z = col % per_mu // lanes  # the column's place in its lane's stack
             parts.append(np.stack([base[col] + (full * tile + j * h) * N, np.full_like(col, N), n,
                                    full * groups + col // per_mu, col % lanes, j * E + z * h], axis=1))
-        return np.concatenate(parts).astype(np.int64)
+        return np.concatenate(parts).astype(np.int64, copy=False)
 
     return Layout(make, mu + extra, tuple(sweeps))
 
@@ -354,7 +354,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     out_type = TensorType(DType.i32, (fshape[0], G * N, L) if conv else (*fshape[:-1], G * N))
     acc = None
     rounds = _rounds(lay.mus, spec.mus, first) if shared is None else [(0, lay.mus, shared[2])]
-    words = graph.add_constant(m.astype(np.int8), f"{node.name}.words") if shared is None else None
+    words = graph.add_constant(m.astype(np.int8, copy=False), f"{node.name}.words") if shared is None else None
     if shared is None:  # each round's pieces, in their layout order: one stable sort by round, not a scan per round
         of_round = np.searchsorted(np.array([r1 for _, r1, _ in rounds]), lay.pieces[:, 3], side="right")
         order = np.argsort(of_round, kind="stable")
@@ -379,7 +379,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
                    "layout": "cols" if conv else "rows", "sample_axis": axis, "channels": G * N, "matrix": [G, K, N],
                    "act_bits": act_bits, "weight_bits": bits}
             acc = add("rt.mac", [x, token, pieces] + ([] if acc is None else [acc]), mac, outputs=[out_type])
-            net = sweep_steps(sw.states, 1, sw.turn, sw.alternate, -(-L // sw.block))[3]
+            net = sweep_totals(sw.states, 1, sw.turn, sw.alternate, -(-L // sw.block))[1]
             if net:
                 token = add("rt.shift", [token], {"mus": group, "distance": -net, "domains": spec.domains_per_track,
                                                   "tracks": spec.tracks_per_mu, **faults})

@@ -72,7 +72,7 @@ from cimc.ops._infer import require
 from cimc.ops.nn import to_dtype
 
 __all__ = ["OPS", "PIECE_COLUMNS", "STATE", "Tracks", "commanded_offsets", "positions", "rt_mac", "rt_shift",
-           "rt_write", "sweep_steps", "swept"]
+           "rt_write", "sweep_steps", "sweep_totals", "swept"]
 
 STATE = "rt.tracks"
 """Key of the machine (:class:`Tracks`) in the interpreter's machine state."""
@@ -180,8 +180,15 @@ def sweep_steps(states: int, step: int, turn: int, alternate: int, blocks: int,
     back = (b % 2 == 1) & bool(alternate)  # blocks that visit the states last to first
     order = np.where(back[:, None], states - 1 - t, t)
     drift = b * turn + np.where(bool(alternate), 0, b * (states - 1) * step)
-    net = blocks * turn + ((blocks % 2) if alternate else blocks) * (states - 1) * step
-    return b[:, None] * per_block + order * s, drift, blocks * per_block, int(net)
+    return (b[:, None] * per_block + order * s, drift, *sweep_totals(states, step, turn, alternate, blocks))
+
+
+def sweep_totals(states: int, step: int, turn: int, alternate: int, blocks: int) -> tuple[int, int]:
+    """The total one-domain steps and the net change of the offset of an ``rt.mac`` of ``blocks`` blocks (the
+    last two results of :func:`sweep_steps`, without its schedule)."""
+    states, step, turn, blocks = int(states), int(step), int(turn), int(blocks)
+    per_block = (states - 1) * abs(step) + abs(turn)
+    return blocks * per_block, blocks * turn + ((blocks % 2) if alternate else blocks) * (states - 1) * step
 
 
 def _faults(ctx, samples: int, steps: int, mus: int, rate: float, guard: int, start: np.ndarray,
@@ -299,7 +306,7 @@ def swept(pieces: np.ndarray, a) -> Reads:
         p = pieces[(pieces[:, 3] >= m0) & (pieces[:, 3] < m1)]
         flat, stride, n, mu, lane, d0 = (p[:, i] for i in range(6))
         m = abs(step) if step else 1
-        out = []
+        out = []  # per port, the Reads columns of the pieces it passes
         for j in range(int(a["ports"])):
             b = j * int(a["segment"]) + int(a.get("start", 0))
             lo, hi = (b, b + (S - 1) * step) if step > 0 else (b - (S - 1) * m, b)  # the domains port j passes
@@ -310,13 +317,15 @@ def swept(pieces: np.ndarray, a) -> Reads:
                 (d0 <= b) & (b < d0 + n), 1, 0)
             if not step:
                 first = np.full_like(d0, b)
-            keep = count > 0
+            keep = np.nonzero(count > 0)[0]
+            first, k = first[keep], len(keep)
             t0 = (first - b) // m if step >= 0 else (b - first) // m
-            out.append(np.stack([flat + (first - d0) * stride, stride * m, count, mu, lane, first,
-                                 np.full_like(d0, m), np.full_like(d0, j), t0,
-                                 np.full_like(d0, 1 if step >= 0 else -1)], axis=1)[keep])
-        r = np.concatenate(out) if out else np.zeros((0, 10), np.int64)
-        return Reads(*(np.ascontiguousarray(r[:, i]) for i in range(10)))
+            out.append((flat[keep] + (first - d0[keep]) * stride[keep], stride[keep] * m, count[keep], mu[keep],
+                        lane[keep], first, np.full(k, m, np.int64), np.full(k, j, np.int64), t0,
+                        np.full(k, 1 if step >= 0 else -1, np.int64)))
+        if not out:
+            return Reads(*(np.zeros(0, np.int64) for _ in range(10)))
+        return Reads(*(np.concatenate(c).astype(np.int64, copy=False) for c in zip(*out, strict=True)))
     return _cached((pieces,), key, make)
 
 
@@ -695,8 +704,8 @@ def commanded_offsets(graph: Graph) -> tuple[dict[int, int], list[str]]:
                                 f"{np.unique(offset[m0:m1]).tolist()}")
             x = node.operand(0).type.shape
             L = (positions(tuple(x), a)[1] or 1) if x is not None else 1
-            _, _, _, net = sweep_steps(int(a["states"]), int(a.get("step", 1)), int(a.get("turn", 0)),
-                                       int(a.get("alternate", 0)), -(-L // int(a["block"])))
+            _, net = sweep_totals(int(a["states"]), int(a.get("step", 1)), int(a.get("turn", 0)),
+                                  int(a.get("alternate", 0)), -(-L // int(a["block"])))
             offset[m0:m1] += net
     return {m: int(offset[m]) for m in np.nonzero(seen)[0].tolist()}, problems
 
