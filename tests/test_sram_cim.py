@@ -513,3 +513,23 @@ def test_inputs_beyond_act_bits_run_as_the_bit_level_model_does():
         slow = next(iter(Interpreter(g, machine={BIT_LEVEL: True}).run({"x": xv}).values()))
         assert np.array_equal(fast, slow)
         assert np.array_equal(fast, xv.astype(np.int64) @ w.T.astype(np.int64)) == exact
+
+
+def test_an_mvm_reads_each_distinct_input_row_span_once():
+    """The input rows of an MVM cross the interconnect once per position, however many of its tiles (column
+    ranges of one row span) read them: ``P * rows`` bytes at ``noc_pj_per_byte``, ``rows`` summed over the
+    distinct ``(group, k0, k1)`` spans of its tiles."""
+    import cimc
+
+    c = cimc.compile("zoo:resnet_tiny", target="sram-cim", progress=False)
+    s, shared = c.target.spec, 0
+    for n in c.program.nodes:
+        if n.op != "sram.mvm" or n.attrs.get("layout") != "cols":
+            continue
+        tiles = list(n.attrs["tiles"])
+        spans = {(t.group, t.k0, t.k1) for t in tiles}
+        shared += len(spans) < len(tiles)
+        positions = n.outputs[0].type.shape[-1]
+        want = positions * sum(k1 - k0 for _, k0, k1 in spans) * s.noc_pj_per_byte
+        assert c.target.op_cost(n).parts["interconnect"] == pytest.approx(want, rel=1e-12)
+    assert shared  # some ops hold several tiles of one row span: the case this checks

@@ -193,8 +193,7 @@ def mvm_cost(node: Node, s: ArrayCostSpec) -> Cost:
     w = work(tiles, a.get("skip", np.zeros((0, 2), np.int64)), a["rows_per_op"], P, J, a.get("sense", "columns"))
     cycles = float((w.passes * s.pass_cycles(w.columns.astype(np.int64), adc_bits)).max()) + s.shift_add_cycles
     converted = float(w.conversions.sum())
-    spans = np.unique(tiles.table[:, :3], axis=0)
-    rows_read = int((spans[:, 2] - spans[:, 1]).sum())
+    rows_read = sum(r1 - r0 for _, r0, r1 in set(map(tuple, tiles.table[:, :3].tolist())))  # distinct row spans
     acc_written = 4 * P * float((w.share * w.channels).sum())
     active = w.share * P * J * w.rows
     parts = {"arrays": float((active * w.columns).sum()) * s.mvm_cell_pj,
