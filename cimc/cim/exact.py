@@ -37,6 +37,8 @@ _F64 = 1 << 53
 """float64 holds every integer of at most this magnitude."""
 _MIN_CHUNK = 128
 """float32 K chunks shorter than this (on average) lose to one float64 product."""
+_WIDE = 256
+"""Positions per image from which a layer of layout cols is multiplied image by image."""
 
 Window = tuple[int, int, int, int, int, int, int]
 """A tile's part of the weight matrix: ``(group, k0, k1, c0, c1, s0, s1)`` (channels within the group)."""
@@ -109,40 +111,51 @@ class Joined:
         out = np.empty(shape, np.int32) if y is None else y
         C, K = self.l1.size, self.K
         step = max(1, CHUNK_BYTES // (max(K, C) * dt.itemsize))  # positions per chunk
+        wide = xmax * int(self.l1.max(initial=0)) >= 1 << 31  # the product's sums may pass int32
         if self.cols:
             G, N, _, L = x.shape
-            nb, lc = (max(1, min(N, step // L)), L) if step >= L else (1, step)
-            for n0 in range(0, N, nb):
-                for l0 in range(0, L, lc):
-                    xb = x[:, n0:n0 + nb, :, l0:l0 + lc]
-                    m, n = xb.shape[1], xb.shape[3]
-                    xs = _scratch((G, K, m * n), dt, "cim.x")
-                    np.copyto(xs.reshape(G, K, m, n), xb.transpose(0, 2, 1, 3))
-                    self._into(out[n0:n0 + m, :, l0:l0 + n], xs, w, kind, chunks, fresh, (C, m, n))
+            if L >= min(step, _WIDE):  # image by image: the product is already [channels, positions]
+                for n0 in range(N):
+                    for l0 in range(0, L, step):
+                        xb = x[:, n0, :, l0:l0 + step]
+                        xs = _scratch(xb.shape, dt, "cim.x")
+                        np.copyto(xs, xb)
+                        self._into(out[n0, :, l0:l0 + xb.shape[2]], xs, w, kind, chunks, fresh, wide, None)
+            else:  # images side by side: [G, K, images * positions]
+                nb = max(1, min(N, step // L))
+                for n0 in range(0, N, nb):
+                    xb = x[:, n0:n0 + nb]
+                    m = xb.shape[1]
+                    xs = _scratch((G, K, m * L), dt, "cim.x")
+                    np.copyto(xs.reshape(G, K, m, L), xb.transpose(0, 2, 1, 3))
+                    self._into(out[n0:n0 + m], xs, w, kind, chunks, fresh, wide, (C, m, L))
         else:
             xr, yr = x.reshape(-1, K), out.reshape(-1, C)
             for p0 in range(0, xr.shape[0], step):
                 xs = _scratch((min(step, xr.shape[0] - p0), K), dt, "cim.x")
                 np.copyto(xs, xr[p0:p0 + step])
-                self._into(yr[p0:p0 + step], xs, w, kind, chunks, fresh, None)
+                self._into(yr[p0:p0 + step], xs, w, kind, chunks, fresh, wide, None)
         return out
 
     def _into(self, dst: np.ndarray, xs: np.ndarray, w: np.ndarray, kind: str, chunks: list[tuple[int, int]],
-              fresh: bool, cmn: tuple[int, int, int] | None) -> None:
-        """``dst (+)= xs @ W`` over the K ``chunks`` (``fresh``: ``dst`` holds nothing yet); layout cols: the product
-        ``[channels, m images * n positions]`` goes to ``dst [m, channels, n]`` (``cmn``)."""
+              fresh: bool, wide: bool, cmn: tuple[int, int, int] | None) -> None:
+        """``dst (+)= xs @ W`` over the K ``chunks`` (``fresh``: ``dst`` holds nothing yet; ``wide``: its sums may
+        pass int32 and wrap); layout cols: the product ``[channels, m images * n positions]`` goes to ``dst [m,
+        channels, n]`` (``cmn``), or ``dst`` is ``[channels, n]`` of one image (``cmn`` is ``None``)."""
         for i, (k0, k1) in enumerate(chunks):
             if self.cols:
                 r = _scratch((w.shape[0], w.shape[1], xs.shape[2]), xs.dtype, "cim.r")
                 np.matmul(w[..., k0:k1], xs[:, k0:k1], out=r)
+                v = r.reshape(dst.shape) if cmn is None else r.reshape(cmn).transpose(1, 0, 2)
             else:
-                r = _scratch((xs.shape[0], w.shape[1]), xs.dtype, "cim.r")
-                np.matmul(xs[:, k0:k1], w[k0:k1], out=r)
-            v = r if cmn is None else r.reshape(cmn).transpose(1, 0, 2)
+                v = _scratch((xs.shape[0], w.shape[1]), xs.dtype, "cim.r")
+                np.matmul(xs[:, k0:k1], w[k0:k1], out=v)
             if kind != "f32":  # float64 or int64 sums: to int32, wrapping like C
                 v = to_dtype(v, np.dtype(np.int32))
             if fresh and i == 0:
                 np.copyto(dst, v, casting="unsafe")  # float32 sums within 2**24: exact integers
+            elif fresh and not wide:  # this product alone: int32 + float32 summed in float64, within int32
+                np.add(dst, v, out=dst, casting="unsafe")
             else:
                 t = _scratch(dst.shape, np.dtype(np.int32), "cim.t")
                 np.copyto(t, v, casting="unsafe")
