@@ -533,3 +533,37 @@ def test_an_mvm_reads_each_distinct_input_row_span_once():
         want = positions * sum(k1 - k0 for _, k0, k1 in spans) * s.noc_pj_per_byte
         assert c.target.op_cost(n).parts["interconnect"] == pytest.approx(want, rel=1e-12)
     assert shared  # some ops hold several tiles of one row span: the case this checks
+
+
+@pytest.mark.parametrize("L", [7, 300], ids=["images-side-by-side", "image-by-image"])
+def test_an_exact_sum_in_layout_cols_is_the_int32_sum(L, monkeypatch):
+    """Two rounds of grouped weights over K chunks (sums past 2**25), added to a starting accumulator whose sums
+    wrap int32: the exact sum is int64 arithmetic wrapped like C, the accumulator given is left as it was, and
+    the same sum without one is the product alone. One float32 product over all of K is not."""
+    from cimc.cim.exact import ExactSum, Joined, Round, join
+
+    rng = np.random.default_rng(10)
+    G, N, K, per = 2, 3, 1500, 5
+    x = rng.integers(0, 256, (G, N, K, L)).astype(np.uint8)
+    x[:, 0] = 255
+    w = rng.integers(100, 128, (G, K, per)).astype(np.int64)
+    rounds = [Round(x, True, (k0,), (), lambda k0=k0, k1=k1: {(g, k0, k1, 0, per, 0, 8): w[g, k0:k1]
+                                                               for g in range(G)}) for k0, k1 in ((0, 700), (700, K))]
+    product = np.einsum("gnkl,gkc->ngcl", x.astype(np.int64), w).reshape(N, G * per, L)
+    assert (product.astype(np.float32).astype(np.int64) != product).any()  # sums that float32 cannot hold
+    assert len(join(rounds, G, G * per).plan(255)[1]) > 1
+    base = rng.integers(-2**31, 2**31, (N, G * per, L)).astype(np.int32)
+    kept = base.copy()
+
+    def total(start):
+        s = ExactSum((N, G * per, L), start, False, lambda rs: join(rs, G, G * per))
+        for r in rounds:
+            s.add(r)
+        return s.value()
+
+    wrapped = ((base.astype(np.int64) + product + 2**31) % 2**32 - 2**31).astype(np.int32)
+    assert (base.astype(np.int64) + product > 2**31 - 1).any()
+    assert np.array_equal(total(base), wrapped) and np.array_equal(base, kept)
+    assert np.array_equal(total(None), product.astype(np.int32))
+    monkeypatch.setattr(Joined, "plan", lambda self, xmax: ("f32", [(0, self.K)]))  # the bound ignored
+    assert not np.array_equal(total(None), product.astype(np.int32))
