@@ -234,7 +234,8 @@ def _dynamic(node: Node) -> bool:
 
 def _partial(node: Node, opdef: OpDef, outputs: set[int]) -> bool:
     """Whether ``node`` may hand a partial sum on (``OpContext.partial``): its op makes them, and its one result,
-    not a graph output, is read only by the next node of the same op, once, as its accumulator operand."""
+    not a graph output, is read once, by a later node of the same op (not necessarily the next node), as that
+    node's accumulator operand."""
     at = opdef.accumulator
     if not opdef.partial_sums or at is None or len(node.outputs) != 1 or id(node.outputs[0]) in outputs:
         return False

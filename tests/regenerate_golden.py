@@ -27,24 +27,25 @@ Regenerate (the one documented command)::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
+# The installed package, never the checkout's cimc/ folder: that folder alone lacks cimc.passes, cimc.targets
+# and cimc.zoo (pyproject maps them from passes/, targets/ and examples/zoo/).
+try:
+    import cimc
+except ModuleNotFoundError:
+    raise ModuleNotFoundError("cimc is not installed: run `pip install -e '.[test]'` in the checkout first") from None
+from cimc import zoo
+from cimc.interpreter import Interpreter
+from cimc.ir.core import Graph
+from cimc.npzio import write_npz
+from cimc.onnx_io import import_model
+from cimc.passmanager import PassContext, PassManager
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import cimc  # noqa: E402
-from cimc import zoo  # noqa: E402
-from cimc.interpreter import Interpreter  # noqa: E402
-from cimc.ir.core import Graph  # noqa: E402
-from cimc.npzio import write_npz  # noqa: E402
-from cimc.onnx_io import import_model  # noqa: E402
-from cimc.passmanager import PassContext, PassManager  # noqa: E402
-
-GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+GOLDEN_DIR = ROOT / "tests" / "golden"
 COMMAND = "python tests/regenerate_golden.py"
 N_INPUTS = 32
 PIPELINES = {
