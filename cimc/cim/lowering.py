@@ -111,7 +111,7 @@ def lower_node(graph: Graph, node: Node, isa: Instructions, adc_bits: int,
     ``shared``: the round tokens of the layer whose tiles it shares (``tile.shared``), already loaded. Returns its
     round tokens."""
     a = node.attrs
-    x, bias = node.operand(0), node.inputs[2] if len(node.inputs) > 2 else None
+    x = node.operand(0)
     layer = {"cim.layer": node.name}
     m = weight_matrix(node)
     enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
@@ -162,20 +162,33 @@ def lower_node(graph: Graph, node: Node, isa: Instructions, adc_bits: int,
                                 "tile.util": np.asarray(a["tile.util"])[r0:r1]}, outputs=[out_type])
     if acc is None:
         raise PassError(f"{node.op} {node.name!r}: its tile map has no tiles")
+    finish_layer(graph, node, acc, spatial if conv else None)
+    return tokens
+
+
+def finish_layer(graph: Graph, node: Node, acc: Value, spatial: tuple[int, ...] | None) -> None:
+    """Replace the tiled ``node`` by ``acc``, the i32 sums its array instructions leave: the bias added (a column per
+    channel for a convolution), a convolution's columns folded back to ``spatial`` (``None``: not a convolution),
+    the result keeping the layer's name, since ``--verify`` compares layers by it."""
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    final = node.outputs[0].type
+    add = lambda op, ins, attrs, **kw: graph.add_node(  # noqa: E731
+        op, ins, {**attrs, "cim.layer": node.name}, before=node, **kw).outputs[0]
+    conv = spatial is not None
     y = acc
     if bias is not None:
+        b = bias
         if conv:
             if bias.const is not None:
                 b = graph.add_constant(bias.const.reshape(-1, 1), f"{node.name}.bias")
             else:
                 b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
-        y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
-    if conv:
+        y = add("Add", [y, b], {}, outputs=None if conv else [final])
+    if spatial is not None:
         y = add("vec.col2im", [y], {"spatial": spatial}, outputs=[final])
     elif bias is None:
         y = add("Identity", [y], {}, outputs=[final])
     name = node.outputs[0].name
     graph.replace_all_uses_with(node.outputs[0], y)
     graph.remove_node(node)
-    graph.rename_value(y, name)  # the layer's result keeps its name: --verify compares layers by it
-    return tokens
+    graph.rename_value(y, name)

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from cimc.cim.lowering import finish_layer
 from cimc.errors import PassError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import is_annotation
@@ -334,7 +335,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     sweeps of those MUs without a write. Returns the next free MU and what a later layer sharing this one's
     MUs needs (``None`` when the layer is written in several rounds)."""
     a = node.attrs
-    x, bias = node.operand(0), node.inputs[2] if len(node.inputs) > 2 else None
+    x = node.operand(0)
     layer = {"cim.layer": node.name}
     add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
     m = np.ascontiguousarray(weight_matrix(node))
@@ -387,22 +388,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
         first = _next_free(lay.mus, spec.mus, first)
     if acc is None:  # the placement's own invariant: every layout has a sweep
         raise PassError(f"lower-racetrack placed {node.op} {node.name!r} without a sweep")
-    y = acc
-    if bias is not None:
-        if conv:
-            if bias.const is not None:
-                b = graph.add_constant(bias.const.reshape(-1, 1), f"{node.name}.bias")
-            else:
-                b = add("Reshape", [bias, graph.add_constant(np.asarray([-1, 1], np.int64), f"{node.name}.col")], {})
-        y = add("Add", [y, b if conv else bias], {}, outputs=None if conv else [final])
-    if conv:
-        y = add("vec.col2im", [y], {"spatial": tuple(d for d in fshape[2:] if isinstance(d, int))}, outputs=[final])
-    elif bias is None:
-        y = add("Identity", [y], {}, outputs=[final])
-    name = node.outputs[0].name
-    graph.replace_all_uses_with(node.outputs[0], y)
-    graph.remove_node(node)
-    graph.rename_value(y, name)  # the layer's result keeps its name: --verify compares layers by it
+    finish_layer(graph, node, acc, tuple(d for d in fshape[2:] if isinstance(d, int)) if conv else None)
     return first, (pieces, token, rounds[0][2]) if len(rounds) == 1 else None
 
 
