@@ -460,22 +460,33 @@ class Tally:
         self.energy_pj += cost.energy_pj
         self.macs += cost.macs
         self.ops += 1
-        u = self.by_unit.setdefault(cost.unit, {"cycles": 0.0, "energy_pj": 0.0, "ops": 0})
+        u = self.by_unit.get(cost.unit)
+        if u is None:
+            u = self.by_unit[cost.unit] = {"cycles": 0.0, "energy_pj": 0.0, "ops": 0}
         u["cycles"] += cost.cycles
         u["energy_pj"] += cost.energy_pj
         u["ops"] += 1
-        for k, v in cost.components().items():
-            self.by_component[k] = self.by_component.get(k, 0.0) + v
-        for k, v in cost.dram.items():
-            self.dram_bytes[k] = self.dram_bytes.get(k, 0.0) + v
-        if isinstance(cost.writes, Writes):
-            pairs: Iterable[tuple[int, int]] = zip(cost.writes.array.tolist(), cost.writes.cells.tolist(), strict=True)
+        comp = self.by_component
+        if cost.parts:
+            for k, v in cost.parts.items():
+                comp[k] = comp.get(k, 0.0) + v
         else:
-            pairs = ((w.array, w.cells) for w in cost.writes)
-        for a, n in pairs:
-            self.cell_writes[a] = self.cell_writes.get(a, 0) + n
-        for k, v in cost.events.items():
-            self.events[k] = self.events.get(k, 0.0) + v
+            k = _DEFAULT_COMPONENT.get(cost.unit, cost.unit)
+            comp[k] = comp.get(k, 0.0) + cost.energy_pj
+        if cost.dram:
+            for k, v in cost.dram.items():
+                self.dram_bytes[k] = self.dram_bytes.get(k, 0.0) + v
+        writes = cost.writes
+        if isinstance(writes, Writes):
+            cells = self.cell_writes
+            for a, n in zip(writes.array.tolist(), writes.cells.tolist(), strict=True):
+                cells[a] = cells.get(a, 0) + n
+        elif writes:
+            for w in writes:
+                self.cell_writes[w.array] = self.cell_writes.get(w.array, 0) + w.cells
+        if cost.events:
+            for k, v in cost.events.items():
+                self.events[k] = self.events.get(k, 0.0) + v
 
     def to_dict(self, clock_mhz: float | None, time_key: str = "latency_us") -> dict[str, Any]:
         """JSON-ready sums (energies in nJ, times in microseconds when the clock is known)."""

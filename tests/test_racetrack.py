@@ -438,3 +438,20 @@ def test_sweep_totals_are_the_steps_and_drift_of_the_sweep_walked_state_by_state
         total += abs(turn)
     assert sweep_totals(states, step, turn, alternate, blocks) == (total, offset)
     assert sweep_steps(states, step, turn, alternate, blocks)[2:] == (total, offset)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), far=st.booleans())
+def test_union_length_is_the_covered_length_line_by_line(seed, far):
+    """The cost's union of read intervals on each line equals a count of the covered cells, also when the line
+    numbers are too far apart to number the lines by themselves (``far``: lines ``2**58`` apart)."""
+    from cimc.targets.racetrack.cost import _union_length
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    key = rng.integers(-4, 4, n) * ((1 << 58) if far else 1)
+    start = rng.integers(-20, 40, n)
+    end = start + rng.integers(0, 12, n)
+    want = sum(len(set().union(*(range(s, e) for k2, s, e in zip(key, start, end, strict=True) if k2 == k)))
+               for k in set(key.tolist()))
+    assert _union_length(key, start, end) == want

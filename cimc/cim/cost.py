@@ -212,6 +212,9 @@ def mvm_cost(node: Node, s: ArrayCostSpec) -> Cost:
 
 def _offset_adds(a: dict, tiles: TileMap, share: np.ndarray, P: int) -> float:
     """Adds of ADC offsets: per tile, its share of the positions times its converted columns with an offset."""
+    offset = a.get("adc_offset")
+    if (not np.any(offset)) if offset is not None else a.get("sense", "columns") != "pairs":
+        return 0.0  # no offset given, and the default range of columns sensed one by one starts at 0
     adc = Adc.from_attrs(a)
     if not adc.offset.any():
         return 0.0

@@ -111,7 +111,12 @@ class Encoding:
             lim = (1 << (self.bits - 1)) - 1
             if w.size and (w.min() < -lim - (self.kind == "twos-complement") or w.max() > lim):
                 raise CimcError(f"weights in [{w.min()}, {w.max()}] do not fit {self.bits} signed bits")
-            wi = w.astype(np.int32)
+            narrow = w.dtype == np.int8 and self.code_bytes == 1
+            if narrow:  # bytes in, bytes out: the one reordering copy (of a transposed view) is of the bytes
+                wb = np.ascontiguousarray(w)
+                if self.kind == "twos-complement":
+                    return (wb.view(np.uint8) & np.uint8((1 << self.bits) - 1))[..., None]
+            wi = wb.astype(np.int16) if narrow else w.astype(np.int32)
             if self.kind == "twos-complement":
                 code = wi & ((1 << self.bits) - 1)
             elif self.kind == "differential":

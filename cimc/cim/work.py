@@ -20,6 +20,7 @@ input chunks and ``rows_per_op`` word lines per physical row block:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,17 +59,15 @@ def work(tiles: TileMap, skip: np.ndarray, rows_per_op: int, positions: int, chu
     blocks = np.bincount(tile, weights=driven, minlength=T)
     rows = np.bincount(tile, weights=count * driven, minlength=T)
     t = tiles.table
-    window: dict[tuple, int] = {}
-    keys = [tuple(r) for r in t[:, :7].tolist()]
-    for w in keys:
-        window[w] = window.get(w, 0) + 1
-    share = np.asarray([1.0 / window[w] for w in keys])
+    keys = list(map(tuple, t[:, :7].tolist()))
+    window = Counter(keys)
+    share = np.ones(T) if len(window) == T else np.asarray([1.0 / window[w] for w in keys])
     columns = ((t[:, 4] - t[:, 3]) * (t[:, 6] - t[:, 5])).astype(np.float64)
     channels = (t[:, 4] - t[:, 3]).astype(np.float64)
     passes = share * positions * chunks * blocks
     part = (t[:, 6] - t[:, 5]) / tiles.slices
     pairs = sense == "pairs"
-    flipped = np.asarray([len(tiles.flips_of(i)) for i in range(T)], np.float64) / (2 if pairs else 1)
+    flipped = np.asarray([0 if f is None else len(f) for f in tiles.flip], np.float64) / (2 if pairs else 1)
     corrections = share * positions * (flipped + np.where(flipped > 0, 0.0 if pairs else rows, 0.0))
     return Work(blocks, rows, columns, channels, share, passes, passes * columns / (2 if pairs else 1),
                 share * positions * rows * channels * part, corrections)

@@ -62,15 +62,19 @@ def _rows_and_runs(reads: Reads, G: int, K: int, N: int) -> tuple[int, int]:
     same diagonal ``(g, k - t)``; a run along a row reads one row at consecutive states; other reads (step
     above 1) count one row each. A row that a run down a column and one along a row both need at one
     state counts twice."""
-    g, k, _ = np.unravel_index(reads.flat, (G, K, N))
-    down = (reads.n == 1) | ((reads.fstride == N) & (reads.tdir == 1))
+    n, t0 = reads.n, reads.t0
+    gk = reads.flat // N  # g * K + k
+    down = (n == 1) | ((reads.fstride == N) & (reads.tdir == 1))
     along = ~down & (reads.fstride == 1)
-    other = ~down & ~along
-    t_lo = np.where(reads.tdir > 0, reads.t0, reads.t0 - reads.n + 1)
-    key = np.where(down, (g * (K + _T) + k - reads.t0) * 2, (g * K + k) * 2 + 1)
-    pick = down | along
-    rows = _union_length(key[pick], t_lo[pick], t_lo[pick] + reads.n[pick]) + int(reads.n[other].sum())
-    runs = int(down.sum()) + int(reads.n[~down].sum())
+    pick = np.nonzero(down | along)[0]
+    n_pick, t_pick = n[pick], t0[pick]
+    t_lo = np.where(reads.tdir[pick] > 0, t_pick, t_pick - n_pick + 1)
+    gk_pick = gk[pick]
+    key = np.where(down[pick], (gk_pick + gk_pick // K * _T - t_pick) * 2, gk_pick * 2 + 1)
+    rest = int(n.sum())
+    n_down = int(n[down].sum())
+    rows = _union_length(key, t_lo, t_lo + n_pick) + rest - int(n_pick.sum())
+    runs = int(np.count_nonzero(down)) + rest - n_down
     return rows, runs
 
 
@@ -82,8 +86,12 @@ def _union_length(key: np.ndarray, start: np.ndarray, end: np.ndarray) -> int:
     """Total length of the union of intervals ``[start, end)`` on each line ``key``."""
     if not len(key):
         return 0
-    rank = np.unique(key, return_inverse=True)[1].astype(np.int64)
     big = int(end.max() - start.min()) + 1
+    lo, hi = int(key.min()), int(key.max())
+    if (hi - lo + 1) * big < 1 << 62:  # the lines' own numbers keep them apart
+        rank = key - lo
+    else:
+        rank = np.unique(key, return_inverse=True)[1].astype(np.int64).reshape(-1)
     s0, e0 = rank * big + start - start.min(), rank * big + end - start.min()  # lines apart, in one order
     order = np.argsort(s0, kind="stable")
     s0, e0 = s0[order], e0[order]

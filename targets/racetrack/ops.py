@@ -303,29 +303,27 @@ def swept(pieces: np.ndarray, a) -> Reads:
     key = ("reads", m0, m1, a.get("start", 0), S, step, a["ports"], a["segment"])
 
     def make():
-        p = pieces[(pieces[:, 3] >= m0) & (pieces[:, 3] < m1)]
-        flat, stride, n, mu, lane, d0 = (p[:, i] for i in range(6))
-        m = abs(step) if step else 1
-        out = []  # per port, the Reads columns of the pieces it passes
-        for j in range(int(a["ports"])):
-            b = j * int(a["segment"]) + int(a.get("start", 0))
-            lo, hi = (b, b + (S - 1) * step) if step > 0 else (b - (S - 1) * m, b)  # the domains port j passes
-            first = np.maximum(d0, lo)
-            first = first + (lo - first) % m
-            last = np.minimum(d0 + n - 1, hi)
-            count = np.where(last >= first, (last - first) // m + 1, 0) if step else np.where(
-                (d0 <= b) & (b < d0 + n), 1, 0)
-            if not step:
-                first = np.full_like(d0, b)
-            keep = np.nonzero(count > 0)[0]
-            first, k = first[keep], len(keep)
-            t0 = (first - b) // m if step >= 0 else (b - first) // m
-            out.append((flat[keep] + (first - d0[keep]) * stride[keep], stride[keep] * m, count[keep], mu[keep],
-                        lane[keep], first, np.full(k, m, np.int64), np.full(k, j, np.int64), t0,
-                        np.full(k, 1 if step >= 0 else -1, np.int64)))
-        if not out:
+        flat, stride, n, mu, lane, d0 = (pieces[:, i] for i in range(6))
+        ports, m = int(a["ports"]), abs(step) if step else 1
+        if not ports:
             return Reads(*(np.zeros(0, np.int64) for _ in range(10)))
-        return Reads(*(np.concatenate(c).astype(np.int64, copy=False) for c in zip(*out, strict=True)))
+        b = np.arange(ports, dtype=np.int64)[:, None] * int(a["segment"]) + int(a.get("start", 0))  # [port, 1]
+        lo, hi = (b, b + (S - 1) * step) if step > 0 else (b - (S - 1) * m, b)  # the domains port j passes
+        if step:
+            first = np.maximum(d0, lo)
+            first += (lo - first) % m
+            last = np.minimum(d0 + n - 1, hi)
+            count = np.where(last >= first, (last - first) // m + 1, 0)
+        else:
+            count = ((d0 <= b) & (b < d0 + n)).astype(np.int64)
+        # the reads of port 0, then of port 1, ...: the pieces on the MUs, in table order, by port
+        port, i = np.nonzero((count > 0) & (mu >= m0) & (mu < m1))
+        first = b[port, 0] if not step else first[port, i]
+        k = len(i)
+        t0 = (first - b[port, 0]) // m if step >= 0 else (b[port, 0] - first) // m
+        cols = (flat[i] + (first - d0[i]) * stride[i], stride[i] * m, count[port, i], mu[i], lane[i], first,
+                np.full(k, m, np.int64), port, t0, np.full(k, 1 if step >= 0 else -1, np.int64))
+        return Reads(*(c.astype(np.int64, copy=False) for c in cols))
     return _cached((pieces,), key, make)
 
 
