@@ -157,23 +157,25 @@ def check_text(model: onnx.ModelProto, source: str) -> None:
     stack: list[tuple[Any, str]] = [(model, "model")]
     while stack:
         msg, path = stack.pop()
-        for field in msg.DESCRIPTOR.fields:
-            if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
-                continue
-            value = getattr(msg, field.name)
-            repeated = not isinstance(value, str | bytes) and not hasattr(value, "DESCRIPTOR")
-            items = list(enumerate(value)) if repeated else [(None, value)]
-            for i, item in items:
-                where = f"{path}.{field.name}" + ("" if i is None else f"[{i}]")
-                if field.type == field.TYPE_MESSAGE:
-                    if repeated or msg.HasField(field.name):
-                        stack.append((item, where))
-                elif isinstance(item, bytes):
-                    try:
-                        item.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        raise InputError(f"{source}: {where} is not UTF-8 text ({item[:40]!r}: {e.reason} at byte "
-                                         f"{e.start})") from None
+        present = msg.ListFields()  # the fields set (repeated ones: non-empty), in the order of their numbers
+        if len(present) > 1:
+            present.sort(key=lambda fv: fv[0].index)  # in the order the descriptor declares them
+        for field, value in present:
+            if field.type == field.TYPE_MESSAGE:
+                if hasattr(value, "DESCRIPTOR"):
+                    stack.append((value, f"{path}.{field.name}"))
+                else:
+                    stack.extend((item, f"{path}.{field.name}[{i}]") for i, item in enumerate(value))
+            elif field.type == field.TYPE_STRING:
+                repeated = not isinstance(value, str | bytes)
+                for i, item in enumerate(value) if repeated else ((None, value),):
+                    if isinstance(item, bytes):
+                        try:
+                            item.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            where = f"{path}.{field.name}" + ("" if i is None else f"[{i}]")
+                            raise InputError(f"{source}: {where} is not UTF-8 text ({item[:40]!r}: {e.reason} at "
+                                             f"byte {e.start})") from None
 
 
 def check_dims(model: onnx.ModelProto, source: str) -> None:

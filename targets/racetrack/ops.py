@@ -375,6 +375,14 @@ def _check_pieces(ctx: InferContext, index: int, op: str) -> np.ndarray | None:
     m0, m1 = _mus(a)
     G, K, N = (int(v) for v in a["matrix"])
     flat, stride, n, mu, lane, d0 = (p[:, i] for i in range(len(PIECE_COLUMNS)))
+    if not len(p):
+        return p
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    last = flat + (n - 1) * stride
+    if (lo[2] >= 1 and lo[4] >= 0 and hi[4] < a["lanes"] and lo[5] >= 0 and (d0 + n).max() <= a["domains"]
+            and lo[0] >= 0 and last.max() < G * K * N and last.min() >= 0
+            and (op != "rt.write" or (lo[3] >= m0 and hi[3] < m1))):
+        return p  # every piece inside: the columns' extremes say so
     inside = (n >= 1) & (lane >= 0) & (lane < a["lanes"]) & (d0 >= 0) & (d0 + n <= a["domains"])
     inside &= (flat >= 0) & (flat + (n - 1) * stride < G * K * N) & (flat + (n - 1) * stride >= 0)
     if op == "rt.write":
