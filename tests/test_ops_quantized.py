@@ -323,6 +323,43 @@ def test_requant_blocks_are_exact_at_ties_clamp_edges_and_extremes(monkeypatch, 
         np.testing.assert_array_equal(_one(g, a=acc), want.astype(np.uint8))
 
 
+def _requant_exact(acc, m0, sh, zp, lo, hi):
+    """The fixed-point requantization in Python integers: ``clip(((a*M0 + 2**(s-1)) >> s) + zp, lo, hi)``."""
+    a, m, s = (np.asarray(v).astype(object) for v in (acc, m0, sh))
+    return np.clip((a * m + (1 << (s - 1))) // (2 ** s) + zp, lo, hi).astype(np.int64)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from(["int32", "uint8", "int16", "uint16"]), st.booleans(), st.booleans())
+def test_requantize_narrow_clamps_first_and_shares_one_shift(seed, dtype, per_channel, clamp):
+    """requantize on accumulators of at most 32 bits clamps them to the range whose results are not all clamped,
+    then runs every channel at the largest shift: the same bits as the formula in Python integers, per tensor
+    and per channel, with mixed shifts, multipliers from 2**-40 to above 1 (result steps of more than one:
+    the final clamp stays), zero multipliers, ties and the clamp edges."""
+    from cimc.quant.fixedpoint import requantize
+
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    C = 5 if per_channel else 1
+    exps = rng.choice([-40.0, -20.0, -13.0, -8.0, -1.0, 0.0, 1.5], C)
+    scales = [0.0 if rng.random() < 0.1 else float(np.float32(rng.uniform(0.5, 1.0) * 2.0**e)) for e in exps]
+    if rng.random() < 0.3:  # powers of two: exact ties
+        scales = [2.0 ** float(e) for e in exps]
+    m0, sh = (np.array(t, np.int64) for t in zip(*map(quantize_multiplier, scales), strict=True))
+    zp = int(rng.integers(0, 256))
+    lo, hi = (int(rng.integers(0, zp + 1)), int(rng.integers(zp, 256))) if clamp else (0, 255)
+    step = np.maximum((1 << np.minimum(sh, 40)) // np.maximum(m0, 1), 1)  # inputs a few output steps apart
+    acc = rng.integers(-300, 300, (3, C, 40)) * step.reshape(1, C, 1) + rng.integers(-2, 3, (3, C, 40))
+    ties = (2 * rng.integers(-300, 300, (3, C, 40)) + 1) << np.maximum(np.minimum(sh - 31, 20), 0).reshape(1, C, 1)
+    acc = np.where(rng.random(acc.shape) < 0.3, ties, acc)
+    acc = np.clip(acc, info.min, info.max)
+    acc.reshape(-1)[:2] = [info.min, info.max]
+    acc = acc.astype(dtype)
+    got = requantize(acc, m0 if per_channel else m0[0], sh if per_channel else sh[0], zp, lo, hi, axis=1)
+    want = _requant_exact(acc, m0.reshape(1, C, 1), sh.reshape(1, C, 1), zp, lo, hi)
+    np.testing.assert_array_equal(got.astype(np.int64), want)
+
+
 # ---- q.add --------------------------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**31), st.sampled_from(["fixed", "float"]))

@@ -116,11 +116,15 @@ def requantize(acc: np.ndarray, m0, shift, zero_point: int, lo: int, hi: int, ax
     """``clip(rescale(acc, m0, shift) + zero_point, lo, hi)`` as uint8, bit for bit, with ``m0`` and
     ``shift`` one value or one per index of ``axis``; computed block by block in cache.
 
-    For ``|acc| <= 2**31`` and ``0 <= M0 < 2**31`` the zero point joins the rounding term,
-    ``(acc*M0 + 2**(s-1) + zero_point*2**s) >> s``: the same bits while that term stays within
-    ``2**62`` (no sum leaves int64).
+    An integer accumulator of at most 32 bits (what every quantized op makes) runs :func:`_requantize_narrow`;
+    wider ones, or ones that fail its bound, the formula as written, with the zero point joining the rounding
+    term ``(acc*M0 + 2**(s-1) + zero_point*2**s) >> s`` while that term stays within ``2**62``.
     """
     m0, shift = np.broadcast_arrays(np.asarray(m0, np.int64), np.asarray(shift, np.int64))
+    if acc.dtype.kind in "iu" and acc.dtype.itemsize <= 4 and m0.size and int(m0.min()) >= 0:
+        out = _requantize_narrow(np.ascontiguousarray(acc), m0, shift, zero_point, lo, hi, axis)
+        if out is not None:
+            return out
     acc = np.ascontiguousarray(acc if acc.dtype.kind in "iu" and acc.dtype.itemsize <= 4 else acc.astype(np.int64))
     out = np.empty(acc.shape, np.uint8)
     info = np.iinfo(acc.dtype)
@@ -137,4 +141,67 @@ def requantize(acc: np.ndarray, m0, shift, zero_point: int, lo: int, hi: int, ax
         if not fold:
             v += zero_point
         np.copyto(ob, np.clip(v, lo, hi, out=v), casting="unsafe")
+    return out
+
+
+def _first_at_least(m0: int, shift: int, zero_point: int, level: int) -> int:
+    """The least integer ``a`` with ``((a*m0 + 2**(shift-1)) >> shift) + zero_point >= level`` (``m0 > 0``)."""
+    need = ((level - zero_point) << shift) - (1 << (shift - 1))  # a*m0 >= need
+    return -(-need // m0)
+
+
+def _requantize_narrow(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, zero_point: int, lo: int, hi: int,
+                       axis: int) -> np.ndarray | None:
+    """:func:`requantize` of an integer ``acc`` of at most 32 bits (C-contiguous; ``m0 >= 0``), the same bits in
+    fewer and cheaper passes, or ``None`` when its int64 bound fails.
+
+    Each channel's result ``q_c(a) = ((a*M0 + 2**(s-1)) >> s) + zero_point`` rises with ``a``: every ``a`` at or
+    below ``B1_c``, the greatest with ``q_c(a) <= lo``, clamps to ``lo``, and every ``a`` at or above ``B2_c``, the
+    least with ``q_c(a) >= hi``, to ``hi``. So ``acc`` is first clamped to ``[min_c B1_c, max_c B2_c]``, which
+    changes no result and bounds ``|a|`` by the data's worst case; then every channel takes the largest shift
+    ``S`` (``M0 << (S - s)``: the same quotient), so the rounding term and the shift are scalars; one multiplier
+    when all are equal. The final clamp is left out when no channel's result can leave ``[lo, hi]`` on the
+    clamped range (steps of at most 1). All of it while ``|a| * M0 + |rounding term|`` stays below ``2**63``.
+    """
+    info = np.iinfo(acc.dtype)
+    pairs = set(zip(m0.reshape(-1).tolist(), shift.reshape(-1).tolist(), strict=True))
+    S = max(s for _, s in pairs)
+    if min(s for _, s in pairs) < 1:
+        return None
+    b1: list[int] = []
+    b2: list[int] = []
+    for M, s in pairs:
+        if M == 0:  # a constant result: no bound on a from this channel
+            c = ((1 << (s - 1)) >> s) + zero_point
+            b1.append(info.max if c <= lo else info.min)
+            b2.append(info.min if c >= hi else info.max)
+        else:
+            b1.append(_first_at_least(M, s, zero_point, lo + 1) - 1)
+            b2.append(_first_at_least(M, s, zero_point, hi))
+    a1, a2 = max(min(b1), info.min), min(max(b2), info.max)
+    if a1 > a2:  # lo >= hi: the results clamp alike whatever a is; keep the formula as written
+        return None
+    rnd = (1 << (S - 1)) + (zero_point << S)
+    if max(abs(a1), abs(a2)) * max(M << (S - s) for M, s in pairs) + abs(rnd) >= 1 << 63:
+        return None
+
+    def q(a: int, M: int, s: int) -> int:
+        return ((a * M + (1 << (s - 1))) >> s) + zero_point
+
+    inside = all(lo <= q(a1, M, s) and q(a2, M, s) <= hi for M, s in pairs)
+    if len({M << (S - s) for M, s in pairs}) == 1:
+        M, s = next(iter(pairs))
+        per = np.asarray(M << (S - s), np.int64)
+    else:
+        per = m0 << (S - shift)
+    lo1, hi1, rnd1, S1 = acc.dtype.type(a1), acc.dtype.type(a2), np.int64(rnd), np.int64(S)
+    out = np.empty(acc.shape, np.uint8)
+    g = np.empty(min(acc.size, BLOCK), np.int64)
+    for xb, ob, mb in blocks(acc, out, axis, per):
+        v = g[:xb.size].reshape(xb.shape)
+        np.clip(xb, lo1, hi1, out=v)
+        v *= mb
+        v += rnd1
+        v >>= S1
+        np.copyto(ob, v if inside else np.clip(v, lo, hi, out=v), casting="unsafe")
     return out
