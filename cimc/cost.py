@@ -619,7 +619,9 @@ def _one_time(costs: list[Cost]) -> set[int]:
     among the spans of its array and once among those of its array written by its own op, the counts differ
     iff another op writes one of its cells. Groups are kept apart in one sorted key ``group * width +
     coordinate``, the coordinates replaced by their ranks (order kept, below ``width``): O(n log n) for n
-    spans, in numpy."""
+    spans, in numpy. When every span starts at cell 0 (loads that write arrays from their first cell on), spans
+    overlap iff they share an array: an op clashes iff another op writes one of its arrays (one sort of the
+    ``(array, op)`` pairs)."""
     loads = [(i, write_columns(c.writes)) for i, c in enumerate(costs) if c.unit == "load" and len(c.writes)]
     clash: set[int] = set()
     if loads:
@@ -627,7 +629,18 @@ def _one_time(costs: list[Cost]) -> set[int]:
         op = np.repeat(np.array([i for i, _ in loads], np.int64), [len(w[0]) for _, w in loads])
         keep = cells > 0
         array, start, end, op = array[keep], start[keep], (start + cells)[keep], op[keep]
-    if loads and len(op):
+    if loads and len(op) and not start.any():  # every span holds cell 0 of its array: they overlap iff arrays agree
+        lo = int(array.min())
+        if (int(array.max()) - lo + 1) * len(costs) < 1 << 62:  # (array, op) pairs as one int64, arrays apart
+            pair = np.sort((array - lo) * len(costs) + op)
+        else:
+            pair = np.sort(np.unique(array, return_inverse=True)[1].reshape(-1) * len(costs) + op)
+        pair = pair[np.concatenate([[True], pair[1:] != pair[:-1]])]  # each (array, op) once
+        pair_array = pair // len(costs)
+        same = pair_array[1:] == pair_array[:-1]  # consecutive pairs of one array: two ops write it
+        shared = np.concatenate([[False], same]) | np.concatenate([same, [False]])
+        clash = set((pair[shared] % len(costs)).tolist())
+    elif loads and len(op):
         coords, rank = np.unique(np.concatenate([start, end]), return_inverse=True)
         s, e, width = rank[:len(start)], rank[len(start):], len(coords)
 
@@ -637,7 +650,7 @@ def _one_time(costs: list[Cost]) -> set[int]:
 
         array = np.unique(array, return_inverse=True)[1].reshape(-1)  # arrays 0 .. n - 1
         others = overlaps(array) != overlaps(array * len(costs) + op)
-        clash = set(np.unique(op[others]).tolist())
+        clash = set(op[others].tolist())
     return {i for i, c in enumerate(costs) if c.unit == "load" and len(c.writes) and i not in clash}
 
 

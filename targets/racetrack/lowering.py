@@ -358,9 +358,12 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     words = graph.add_constant(m.astype(np.int8, copy=False), f"{node.name}.words") if shared is None else None
     if shared is None:  # each round's pieces, in their layout order: one stable sort by round, not a scan per round
         of_round = np.searchsorted(np.array([r1 for _, r1, _ in rounds]), lay.pieces[:, 3], side="right")
-        order = np.argsort(of_round, kind="stable")
-        by_round = lay.pieces[order]
-        cuts = np.searchsorted(of_round[order], np.arange(len(rounds) + 1))
+        if len(of_round) > 1 and (of_round[1:] < of_round[:-1]).any():
+            order = np.argsort(of_round, kind="stable")
+            by_round, of_round = lay.pieces[order], of_round[order]
+        else:  # the layouts list their pieces MU by MU: already in round order
+            by_round = lay.pieces
+        cuts = np.searchsorted(of_round, np.arange(len(rounds) + 1))
     for i, (r0, r1, base) in enumerate(rounds):
         if shared is None:  # every round writes its MUs' pieces of the one weight matrix
             rows = by_round[cuts[i]:cuts[i + 1]].copy()

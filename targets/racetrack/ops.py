@@ -331,10 +331,15 @@ def _overlap(pieces: np.ndarray, lanes: int, domains: int) -> int | None:
     """The index of a piece that shares a domain with another, or ``None`` (cached)."""
     def make():
         cell = (pieces[:, 3] * lanes + pieces[:, 4]) * domains + pieces[:, 5]
-        order = np.argsort(cell, kind="stable")
-        end = (cell + pieces[:, 2])[order]
-        bad = np.nonzero(cell[order][1:] < end[:-1])[0]
-        return int(order[bad[0] + 1]) if len(bad) else None
+        end = cell + pieces[:, 2]
+        order = None  # the layouts list their pieces in the order of their cells: no sort then
+        if len(cell) > 1 and (cell[1:] < cell[:-1]).any():
+            order = np.argsort(cell, kind="stable")
+            cell, end = cell[order], end[order]
+        bad = np.flatnonzero(cell[1:] < end[:-1])
+        if not len(bad):
+            return None
+        return int(bad[0] + 1 if order is None else order[bad[0] + 1])
     return _cached((pieces,), ("overlap", lanes, domains), make)
 
 
@@ -374,10 +379,11 @@ def _check_pieces(ctx: InferContext, index: int, op: str) -> np.ndarray | None:
     a = ctx.attrs
     m0, m1 = _mus(a)
     G, K, N = (int(v) for v in a["matrix"])
-    flat, stride, n, mu, lane, d0 = (p[:, i] for i in range(len(PIECE_COLUMNS)))
     if not len(p):
         return p
-    lo, hi = p.min(axis=0), p.max(axis=0)
+    cols = p.T.copy()  # the columns contiguous: their extremes in a few passes
+    flat, stride, n, mu, lane, d0 = cols
+    lo, hi = cols.min(axis=1), cols.max(axis=1)
     last = flat + (n - 1) * stride
     if (lo[2] >= 1 and lo[4] >= 0 and hi[4] < a["lanes"] and lo[5] >= 0 and (d0 + n).max() <= a["domains"]
             and lo[0] >= 0 and last.max() < G * K * N and last.min() >= 0
