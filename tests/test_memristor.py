@@ -74,6 +74,23 @@ def test_ideal_crossbar_is_exact_in_every_configuration(spec):
     assert all(np.array_equal(want[k], got[k]) for k in want)
 
 
+def test_layers_over_many_crossbar_rounds_are_one_product_with_the_bit_level_bits():
+    """Two small crossbars: every layer takes several rounds, a chain of xbar.mvm handing its exact sum on (one
+    product per chain), with the bits of the bit-serial model and of the integer reference, also when every
+    result is observed (each round then a product of its own box of the weights)."""
+    from cimc.cim.machine import BIT_LEVEL
+    from cimc.interpreter import Interpreter
+
+    q, prog = _compiled("resnet_tiny", 8, False, IDEAL.with_spec(crossbars=2, rows=32, cols=32, rows_per_op=32))
+    plan = [e for e in Interpreter(prog)._plan if e[0].op == "xbar.mvm"]
+    assert sum(e[5] for e in plan) > len(plan) // 2, "the xbar.mvm chains do not hand their sums on"
+    x = _x("resnet_tiny", 16)
+    want = run(q, x)
+    for got in (Interpreter(prog).run(x), Interpreter(prog, machine={BIT_LEVEL: True}).run(x),
+                Interpreter(prog).run(x, observe=lambda v, a: None)):
+        assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
 def test_the_device_moves_outputs_reproducibly():
     """Default noise: not exact, recorded as lossy; same seed, same bits; another seed, other bits; and the
     outputs stay meaningful (top-1 well above chance, below the exact program's)."""

@@ -535,6 +535,34 @@ def test_an_mvm_reads_each_distinct_input_row_span_once():
     assert shared  # some ops hold several tiles of one row span: the case this checks
 
 
+@pytest.mark.parametrize("cols", [False, True], ids=["rows", "cols"])
+def test_a_round_joins_only_the_box_its_windows_cover(cols):
+    """A round holding a part of a large matrix joins a matrix of that part alone (a layer spread over many
+    rounds would otherwise keep the whole matrix per round), and its exact sum is the product of the part: zeros
+    in the other channels without an accumulator, the accumulator unchanged there with one."""
+    from cimc.cim.exact import ExactSum, Round, join
+
+    rng = np.random.default_rng(11)
+    K, C, N, L = 900, 70, 2, 5
+    x = rng.integers(0, 256, (1, N, K, L) if cols else (N, K)).astype(np.uint8)
+    w = rng.integers(-128, 128, (K, C)).astype(np.int64)
+    parts = {(0, 300, 428, 20, 36, 0, 8): w[300:428, 20:36], (0, 428, 460, 20, 30, 0, 8): w[428:460, 20:30]}
+    r = Round(x, cols, ("box",), (), lambda: parts)
+    joined = join([r], 1, C)
+    assert joined.w.shape == ((1, 16, 160) if cols else (160, 16)) and (joined.k0, joined.c0) == (300, 20)
+    part = np.zeros_like(w)
+    for (_, k0, k1, c0, c1, _, _), wt in parts.items():
+        part[k0:k1, c0:c1] += wt
+    product = (np.einsum("nkl,kc->ncl", x[0].astype(np.int64), part) if cols
+               else x.astype(np.int64) @ part).astype(np.int32)
+    shape = (N, C, L) if cols else (N, C)
+    base = rng.integers(-1000, 1000, shape).astype(np.int32)
+    for start, want in ((None, product), (base, base + product)):
+        s = ExactSum(shape, start, False, lambda rs: join(rs, 1, C))
+        s.add(r)
+        assert np.array_equal(s.value(), want)
+
+
 @pytest.mark.parametrize("L", [7, 300], ids=["images-side-by-side", "image-by-image"])
 def test_an_exact_sum_in_layout_cols_is_the_int32_sum(L, monkeypatch):
     """Two rounds of grouped weights over K chunks (sums past 2**25), added to a starting accumulator whose sums

@@ -22,6 +22,7 @@ smaller than one cell per byte; :meth:`Encoding.unpack` gives the cells back.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,9 +165,17 @@ def decode_cells(packed: np.ndarray, significance, cell_bits: int, offset: int =
     """Integer weights (int32) ``sum_s significance[s] * cell[s] - offset`` of packed cells, through a table
     of every code's weight (codes of up to 20 bits; wider ones cell by cell)."""
     sig = np.asarray(significance, np.int64)
-    width = len(sig) * cell_bits
-    if width > 20:
+    if len(sig) * cell_bits > 20:
         return (unpack_cells(packed, len(sig), cell_bits).astype(np.int64) @ sig - offset).astype(np.int32)
-    table = (unpack_cells(np.arange(1 << width, dtype="<u4").view(np.uint8).reshape(-1, 4)[:, :-(-width // 8)],
-                          len(sig), cell_bits).astype(np.int64) @ sig - offset).astype(np.int32)
-    return table[codes(packed)]
+    return _code_table(tuple(sig.tolist()), cell_bits, offset)[codes(packed)]
+
+
+@functools.lru_cache(maxsize=256)
+def _code_table(significance: tuple[int, ...], cell_bits: int, offset: int) -> np.ndarray:
+    """The weight (int32) of every code of ``len(significance)`` cells of ``cell_bits`` (read-only: it is shared)."""
+    width = len(significance) * cell_bits
+    every = np.arange(1 << width, dtype="<u4").view(np.uint8).reshape(-1, 4)[:, :-(-width // 8)]
+    table = (unpack_cells(every, len(significance), cell_bits).astype(np.int64) @ np.asarray(significance, np.int64)
+             - offset).astype(np.int32)
+    table.flags.writeable = False
+    return table

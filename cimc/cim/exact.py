@@ -61,13 +61,17 @@ class Round:
 @dataclass
 class Joined:
     """The rounds of one input joined: the weight matrix of each group, ``[G, per, K]`` (layout cols) or
-    ``[K, C]`` (rows), float32 (float64 if a weight passes ``2**24``), and each output column's L1 norm."""
+    ``[K, C]`` (rows), float32 (float64 if a weight passes ``2**24``), and each output column's L1 norm.
+    The matrix is the box of rows ``k0 ..`` and channels ``c0 ..`` (within each group) that the rounds' windows
+    cover, not the layer's whole matrix: a round of a layer spread over many rounds holds only its part."""
 
     cols: bool
     w: np.ndarray
     l1: np.ndarray
-    """``[C]``: ``sum_k |W[k, c]|`` per output channel (group-major)."""
+    """``[C]``: ``sum_k |W[k, c]|`` per output channel of the box (group-major)."""
     refs: tuple = ()
+    k0: int = 0
+    c0: int = 0
     _plans: dict[int, tuple[str, list[tuple[int, int]]]] = field(default_factory=dict)
 
     @property
@@ -107,12 +111,15 @@ class Joined:
         kind, chunks = self.plan(xmax) if xmax else ("f32", [(0, self.K)])
         dt = np.dtype({"f32": np.float32, "f64": np.float64, "i64": np.int64}[kind])
         w = self.w.astype(dt, copy=False)
-        fresh = y is None
-        out = np.empty(shape, np.int32) if y is None else y
         C, K = self.l1.size, self.K
+        k0, c0 = self.k0, self.c0
+        full = shape[1] if self.cols else shape[-1]
+        fresh = y is None
+        out = (np.empty if C == full else np.zeros)(shape, np.int32) if y is None else y
         step = max(1, CHUNK_BYTES // (max(K, C) * dt.itemsize))  # positions per chunk
         wide = xmax * int(self.l1.max(initial=0)) >= 1 << 31  # the product's sums may pass int32
         if self.cols:
+            x, box = x[:, :, k0:k0 + K], out[:, c0:c0 + C]
             G, N, _, L = x.shape
             if L >= min(step, _WIDE):  # image by image: the product is already [channels, positions]
                 for n0 in range(N):
@@ -120,7 +127,7 @@ class Joined:
                         xb = x[:, n0, :, l0:l0 + step]
                         xs = _scratch(xb.shape, dt, "cim.x")
                         np.copyto(xs, xb)
-                        self._into(out[n0, :, l0:l0 + xb.shape[2]], xs, w, kind, chunks, fresh, wide, None)
+                        self._into(box[n0, :, l0:l0 + xb.shape[2]], xs, w, kind, chunks, fresh, wide, None)
             else:  # images side by side: [G, K, images * positions]
                 nb = max(1, min(N, step // L))
                 for n0 in range(0, N, nb):
@@ -128,9 +135,10 @@ class Joined:
                     m = xb.shape[1]
                     xs = _scratch((G, K, m * L), dt, "cim.x")
                     np.copyto(xs.reshape(G, K, m, L), xb.transpose(0, 2, 1, 3))
-                    self._into(out[n0:n0 + m], xs, w, kind, chunks, fresh, wide, (C, m, L))
+                    self._into(box[n0:n0 + m], xs, w, kind, chunks, fresh, wide, (C, m, L))
         else:
-            xr, yr = x.reshape(-1, K), out.reshape(-1, C)
+            xr = x.reshape(-1, x.shape[-1])[:, k0:k0 + K]
+            yr = out.reshape(-1, full)[:, c0:c0 + C]  # a view: ``out`` is contiguous
             for p0 in range(0, xr.shape[0], step):
                 xs = _scratch((min(step, xr.shape[0] - p0), K), dt, "cim.x")
                 np.copyto(xs, xr[p0:p0 + step])
@@ -185,21 +193,27 @@ def _chunks(cum: np.ndarray, limit: int) -> list[tuple[int, int]] | None:
 
 
 def join(rounds: Sequence[Round], groups: int, channels: int) -> Joined:
-    """The rounds' weights summed into one matrix per group (the sum of their products is its product)."""
+    """The rounds' weights summed into one matrix per group (the sum of their products is its product), over the
+    box of rows and channels their windows cover (all channels of a grouped matrix)."""
     cols = rounds[0].cols
     per = channels // groups
-    K = int(rounds[0].x.shape[2] if cols else rounds[0].x.shape[-1])
-    acc = np.zeros((groups, per, K) if cols else (K, channels), np.int64)
-    for r in rounds:
-        for (g, k0, k1, c0, c1, _, _), wt in r.windows().items():
-            if cols:
-                acc[g, c0:c1, k0:k1] += wt.T
-            else:
-                acc[k0:k1, g * per + c0:g * per + c1] += wt
-    l1 = np.abs(acc).sum(axis=2).reshape(-1) if cols else np.abs(acc).sum(axis=0)
-    big = int(np.abs(acc).max(initial=0)) > _F32
+    windows = [(w, wt) for r in rounds for w, wt in r.windows().items()]
+    if not windows:
+        return Joined(cols, np.zeros((groups, per, 0) if cols else (0, channels), np.float32),
+                      np.zeros(channels), tuple(r.refs for r in rounds))
+    k0, k1 = min(w[1] for w, _ in windows), max(w[2] for w, _ in windows)
+    c0, c1 = (min(w[3] for w, _ in windows), max(w[4] for w, _ in windows)) if groups == 1 else (0, per)
+    acc = np.zeros((groups, c1 - c0, k1 - k0) if cols else (k1 - k0, groups * (c1 - c0)), np.int64)
+    for (g, a0, a1, b0, b1, _, _), wt in windows:
+        if cols:
+            acc[g, b0 - c0:b1 - c0, a0 - k0:a1 - k0] += wt.T
+        else:
+            acc[a0 - k0:a1 - k0, g * per + b0 - c0:g * per + b1 - c0] += wt
+    mag = np.abs(acc)
+    l1 = mag.sum(axis=2).reshape(-1) if cols else mag.sum(axis=0)
+    big = int(mag.max(initial=0)) > _F32
     w = np.ascontiguousarray(acc.astype(np.float64 if big else np.float32))
-    return Joined(cols, w, l1, tuple(r.refs for r in rounds))
+    return Joined(cols, w, l1, tuple(r.refs for r in rounds), k0, c0)
 
 
 class ExactSum:
@@ -220,7 +234,8 @@ class ExactSum:
 
     def value(self) -> np.ndarray:
         """The sum, int32 of :attr:`shape`: the starting accumulator plus every round's product."""
-        y = None if self.base is None else (self.base if self.donated else self.base.copy())
+        y = None if self.base is None else (self.base if self.donated and self.base.flags.c_contiguous
+                                            else self.base.copy())
         by_input: dict[int, list[Round]] = {}
         for r in self.rounds:
             by_input.setdefault(id(r.x), []).append(r)

@@ -31,10 +31,11 @@ def xbar_load(ctx, cells):
     return load(ctx.state, cells, ctx.attrs)
 
 
-@op_def("xbar.mvm", inputs=(2, 3), infer=mvm_type, attrs=MVM_ATTRS, accumulator=2, verify=mvm_problem)
+@op_def("xbar.mvm", inputs=(2, 3), infer=mvm_type, attrs=MVM_ATTRS, accumulator=2, verify=mvm_problem,
+        partial_sums=True)
 def xbar_mvm(ctx, x, token, acc=None):
     """The tiles' analog MVMs of x on the cells their crossbars hold, ADC, shift-add, summed into acc."""
-    return mvm(ctx.state, ctx.rng, x, acc, ctx.attrs, ctx.donated)
+    return mvm(ctx.state, ctx.rng, x, acc, ctx.attrs, ctx.donated, ctx.partial)
 
 
 OPS = (xbar_load, xbar_mvm)
