@@ -12,7 +12,8 @@ so an oversized tensor is an error naming it, not an allocation.
 Values are kept in a dict keyed by value identity and freed after their last use (an op that
 sums into an accumulator operand made by the same op may reuse its buffer then; one that makes
 partial sums, ``OpDef.partial_sums``, may hand the next node of its chain a partial sum instead of
-an array, when that node alone reads it and the run observes no results). Inputs are
+an array, when that node alone reads it and the run observes no results; any op may overwrite the
+operands ``OpContext.spare`` lists, which die at it and whose arrays nothing else holds or views). Inputs are
 checked against the graph's input types first (name, element type, shape). An error inside an
 op is re-raised naming the node and op. Ops that model noise draw from one generator seeded
 per run, so the same seed gives the same bits.
@@ -26,6 +27,7 @@ the same on every CPU.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -148,11 +150,12 @@ class Interpreter:
         state: dict[str, Any] = dict(self.machine)
         keep = {id(v) for v in self.graph.outputs}
         watched = observe is not None
-        for node, opdef, attrs, frees, donated, partial in self._plan:
+        for node, opdef, attrs, frees, donated, partial, dying in self._plan:
             operands: list[Any] = [None if v is None else env[id(v)] for v in node.inputs]
             if node in self._dynamic:
                 _check_run(node, opdef, attrs, operands)
-            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated, partial and not watched)
+            spare = _spare(operands, dying) if dying and not watched else ()
+            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated, partial and not watched, spare)
             try:
                 result = opdef.impl(ctx, *operands)
             except CimcError as e:
@@ -174,6 +177,8 @@ class Interpreter:
             for v in frees:
                 if id(v) not in keep:
                     env.pop(id(v), None)
+            del result, results, operands  # no reference of this node's outlives it (see _spare)
+            r = None
         return {v.name: np.asarray(env[id(v)]) for v in self.graph.outputs}
 
 
@@ -246,7 +251,38 @@ def _partial(node: Node, opdef: OpDef, outputs: set[int]) -> bool:
     return reader.op == node.op and index == at
 
 
-def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], bool, bool]]:
+def _refs(operands: list[Any], i: int) -> int:
+    """CPython's reference count of operand ``i``'s array, as :func:`_spare` reads it."""
+    return sys.getrefcount(operands[i])
+
+
+def _baseline() -> int:
+    """What :func:`_refs` reads of an array that only a value table and an operand list hold (as in a run)."""
+    env, operands = {0: np.empty(1)}, []
+    operands.append(env[0])
+    return _refs(operands, 0)
+
+
+_SPARE_REFS = _baseline()
+
+
+def _spare(operands: list[Any], dying: tuple[int, ...]) -> tuple[int, ...]:
+    """The operands of ``dying`` (they die at this node, made by a node, no graph output) whose arrays nothing else
+    can read: each owns its memory (no view of another array), is writeable, and has no reference besides the
+    run's value table and operand list (a view of it, or any other holder, adds one: CPython counts them)."""
+    return tuple(i for i in dying if type(operands[i]) is np.ndarray and operands[i].base is None
+                 and operands[i].flags.writeable and _refs(operands, i) <= _SPARE_REFS)
+
+
+def _dying(node: Node, free: list[Value], outputs: set[int]) -> tuple[int, ...]:
+    """Indices of ``node``'s operands that die at it, were made by a node and are no graph output, each read once
+    by ``node``."""
+    return tuple(i for i, v in enumerate(node.inputs)
+                 if v is not None and v in free and v.producer is not None and id(v) not in outputs
+                 and sum(u is v for u in node.inputs) == 1)
+
+
+def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], bool, bool, tuple[int, ...]]]:
     last_use: dict[int, int] = {}
     for i, node in enumerate(graph.nodes):
         for v in node.inputs:
@@ -273,7 +309,8 @@ def _plan(graph: Graph) -> list[tuple[Any, OpDef, dict[str, Any], list[Value], b
         acc = node.inputs[at] if at is not None and at < len(node.inputs) else None
         donated = (acc is not None and acc in free and id(acc) not in outputs and acc.producer is not None
                    and acc.producer.op == node.op and sum(v is acc for v in node.inputs) == 1)
-        plan.append((node, opdef, opdef.attr_values(node.attrs), free, donated, _partial(node, opdef, outputs)))
+        plan.append((node, opdef, opdef.attr_values(node.attrs), free, donated, _partial(node, opdef, outputs),
+                     _dying(node, free, outputs)))
     return plan
 
 

@@ -152,6 +152,10 @@ class OpContext:
     the interpreter sets it when the result's one reader is the next node of the same op, as its
     accumulator, and the run observes no results; that node then gets the partial sum as its accumulator.
     A partial sum has the result's ``shape`` (a node of symbolic dims is typed on it before it runs)."""
+    spare: tuple[int, ...] = ()
+    """Operands whose arrays the op may overwrite, or hand back as its result: the interpreter lists an operand
+    when it dies at this node, was made by a node of the run (not a graph input or constant), is no graph output,
+    and no other reference to its array, or view of it, exists; never while the run observes results."""
 
 
 class NodeLike(Protocol):

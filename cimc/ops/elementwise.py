@@ -68,10 +68,24 @@ def _c(value: float, like: np.ndarray) -> np.ndarray:
 # ---- arithmetic ----------------------------------------------------------------------------
 
 
+def spare_out(ctx, *operands: np.ndarray, dtype=None) -> np.ndarray | None:
+    """An operand the op may overwrite (``ctx.spare``) that can hold its elementwise result: C-contiguous, of the
+    operands' broadcast shape and of ``dtype`` (default: numpy's result type of the operands); else ``None``."""
+    if not ctx.spare:
+        return None
+    shape = np.broadcast_shapes(*(x.shape for x in operands))
+    want = np.result_type(*operands) if dtype is None else np.dtype(dtype)
+    for i in ctx.spare:
+        x = operands[i]
+        if x.shape == shape and x.dtype == want and x.flags.c_contiguous:
+            return x
+    return None
+
+
 @define_op("Add", inputs=2, infer=_broadcast)
 def add(ctx, a, b):
-    """a + b with broadcasting."""
-    return np.asarray(np.add(a, b))
+    """a + b with broadcasting (into an operand that dies here, when the interpreter offers one)."""
+    return np.asarray(np.add(a, b, out=spare_out(ctx, a, b)))
 
 
 @define_op("Sub", inputs=2, infer=_broadcast)

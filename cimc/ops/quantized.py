@@ -86,6 +86,7 @@ from cimc.ir.core import Node
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, OpView, define_op
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.ops._infer import broadcast_shapes, normalize_axis, require
+from cimc.ops.elementwise import spare_out
 from cimc.ops.nn import _CONV_ATTRS, _conv_infer, conv, conv_transpose, exact_matmul, to_dtype, window_geometry
 from cimc.quant.fixedpoint import (
     BLOCK,
@@ -511,7 +512,8 @@ def qadd(ctx, a, b):
     if a.shape != b.shape:
         idx = np.left_shift(a, 8, dtype=np.uint16)
         return table.take(np.bitwise_or(idx, b, out=np.empty(np.broadcast_shapes(a.shape, b.shape), np.uint16)))
-    out, shape = np.empty(a.size, np.uint8), a.shape
+    spare = spare_out(ctx, a, b, dtype=np.uint8)  # each block is read before its result is written
+    out, shape = np.empty(a.size, np.uint8) if spare is None else spare.reshape(-1), a.shape
     a, b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
     idx = np.empty(min(a.size, BLOCK), np.uint16)
     for s in range(0, a.size, BLOCK):
