@@ -326,4 +326,7 @@ def grams(node: Node, view: WeightView, act: np.ndarray, ref: np.ndarray | None 
         if ref is not None:
             cross = cross + x.transpose(0, 2, 1) @ rows(ref[s:s + step] if conv else ref)
     n = max(count, 1)
-    return gram / n, None if ref is None else cross / n  # type: ignore[return-value]  # arrays once the loop ran
+    gram /= n  # in place: at K of thousands each copy of [G, K, K] is hundreds of MB
+    if ref is not None:
+        cross /= n
+    return gram, None if ref is None else cross  # type: ignore[return-value]  # arrays once the loop ran

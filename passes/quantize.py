@@ -10,7 +10,9 @@ Algorithm:
    ``act-bits`` of a layer is the width of what it reads; a tensor read by several integer layers
    gets the largest request. Weight method per layer (``cimc.quant.weights``): ``weight-clip``
    (``max``/``mse`` scales), ``weight-rounding`` (``nearest``/``gptq``) and ``bias-correction``;
-   ``auto`` is ``mse``, ``gptq`` and on for layers below 8 weight bits, plain rounding at 8.
+   ``auto`` is ``mse``, ``gptq`` and on for layers below 8 weight bits, plain rounding at 8; a layer of more
+   input rows than ``gptq-max-rows`` is rounded to nearest under ``auto`` (GPTQ's memory), said in a warning
+   and in the pass report.
 3. Rewrite (``cimc.quant.lower``): Conv/ConvTranspose/Gemm/MatMul with constant weights become
    ``q.conv``/``q.conv_transpose``/``q.gemm``/``q.matmul`` (int8 weights per output channel by the
    layer's weight method, int32 bias holding the zero-point term, except ``q.conv_transpose``
@@ -45,13 +47,17 @@ import difflib
 import json
 import logging
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from cimc.errors import CimcError, InputError
-from cimc.ir.core import Graph
+from cimc.ir.core import Graph, Node
 from cimc.ir.types import DType
+from cimc.limits import format_bytes
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.pipeline import options_of
+
+if TYPE_CHECKING:
+    from cimc.quant.weights import WeightMethod
 
 __all__ = ["QuantizePass", "parse_overrides"]
 
@@ -108,6 +114,9 @@ class QuantizePass(Pass):
     weight_rounding: Literal["auto", "nearest", "gptq"] = option(
         "auto", "Weight rounding: to nearest, or GPTQ error compensation on the calibration inputs (gptq); "
                 "auto: gptq for layers below 8 weight bits, else nearest.")
+    gptq_max_rows: int = option(
+        8192, "Most input rows per group GPTQ takes (it holds about six float64 matrices of rows + 1 squared: 8192 "
+              "rows, 3 GiB); weight-rounding=auto rounds a larger layer to nearest and says so, gptq fails.")
     bias_correction: Literal["auto", "on", "off"] = option(
         "auto", "Add the mean output shift of the weight rounding on the calibration inputs to the bias; "
                 "auto: on for layers below 8 weight bits.")
@@ -126,6 +135,8 @@ class QuantizePass(Pass):
         if not 50 < self.percentile <= 100:
             raise CimcError(f"option 'percentile' of pass 'quantize' is {self.percentile}; expected 50 < p <= 100")
         parse_overrides(self.overrides)
+        if not isinstance(self.gptq_max_rows, int) or self.gptq_max_rows < 1:
+            raise CimcError(f"option 'gptq-max-rows' of pass 'quantize' is {self.gptq_max_rows!r}; expected >= 1")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Calibrate on ``ctx.calibration``, then rewrite ``graph`` into integer ops (or adopt the
@@ -159,6 +170,7 @@ class QuantizePass(Pass):
             return PassResult(False)
         methods = {n.name: WeightMethod.choose(settings.bits(n, "weight-bits"), self.weight_clip,
                                                self.weight_rounding, self.bias_correction) for n in layers}
+        self._gptq_within_memory(graph, layers, methods)
         stats: dict[str, InputStats] = {}
         shared: dict[tuple, InputStats] = {}  # layers reading one weight (a recurrent layer's steps) pool theirs
         for n in layers:
@@ -192,6 +204,34 @@ class QuantizePass(Pass):
             logger.info("quantize: weights by %s: %d layer(s)", text, len(names))
         logger.info("quantize: %s", ", ".join(f"{k} x{n}" for k, n in graph.ops().items()))
         return PassResult(True)
+
+    def _gptq_within_memory(self, graph: Graph, layers: list[Node], methods: dict[str, WeightMethod]) -> None:
+        """GPTQ holds about six float64 ``(K + 1) x (K + 1)`` matrices per group of a layer of ``K`` input rows at
+        once (the input statistics, the Hessian, its factors): a layer of more than ``gptq-max-rows`` rows fails
+        when ``weight-rounding=gptq`` was asked for, and is rounded to nearest under ``auto``, named in a warning
+        and in the report (``report.quantize``). A fixed option, not the machine's memory, so that the same
+        options give the same program on every machine."""
+        from cimc.report import PASS_REPORT
+        from cimc.sparsity import require_view
+
+        skipped: dict[str, dict[str, str]] = {}
+        for n in layers:
+            m = methods[n.name]
+            rows = require_view(n).rows
+            if m.rounding != "gptq" or rows <= self.gptq_max_rows:
+                continue
+            why = (f"its {rows} input rows are more than gptq-max-rows={self.gptq_max_rows} (GPTQ would hold "
+                   f"about {format_bytes(6 * 8 * (rows + 1) ** 2)} of {rows + 1} x {rows + 1} matrices)")
+            if self.weight_rounding == "gptq":
+                raise InputError(f"quantize: {n.op} {n.name!r}: {why}; raise gptq-max-rows or use "
+                                 f"weight-rounding=nearest (auto rounds such layers to nearest)")
+            methods[n.name] = replace(m, rounding="nearest")
+            skipped[n.name] = {"rounding": "nearest, not gptq", "why": why}
+            logger.warning("quantize: %s %r rounded to nearest, not GPTQ: %s", n.op, n.name, why)
+        if skipped:
+            graph.metadata[PASS_REPORT + "quantize"] = json.dumps(
+                {"note": f"{len(skipped)} layer(s) rounded to nearest instead of GPTQ (gptq-max-rows)",
+                 "layers": skipped}, sort_keys=True)
 
     def _adopt(self, graph: Graph) -> PassResult:
         """Rewrite a pre-quantized graph into ``q.*`` ops with its own parameters (module doc)."""

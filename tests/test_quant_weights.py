@@ -5,6 +5,7 @@ force, bias correction on a real graph, every weight-carrying op, and the ``auto
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cimc import zoo
-from cimc.errors import CimcError
+from cimc.errors import CimcError, PassError
 from cimc.interpreter import run
 from cimc.ir.core import Graph
 from cimc.ir.equality import graph_difference
@@ -201,6 +202,40 @@ def test_auto_is_the_methods_below_8_bits_and_nothing_new_at_8():
                                                                                    if n.op == "Gemm"][1:]}
     assert WeightMethod.choose(4, clip="max", bias_correction="off") == WeightMethod("max", "gptq", False)
     assert WeightMethod.choose(8, rounding="gptq") == WeightMethod("max", "gptq", False)
+
+
+def test_layers_beyond_gptq_max_rows_are_rounded_to_nearest_and_named(caplog):
+    """Under ``auto`` a layer of more input rows than ``gptq-max-rows`` gets the weights of
+    ``weight-rounding=nearest`` (the rest keep GPTQ's), a warning and a line in the pass report naming it;
+    asking for ``gptq`` there is an error that names the layer."""
+    f, m = load_model(zoo.path("lenet_bn")), zoo.load("lenet_bn")
+    PassManager("fold-constants,fuse-batchnorm").run(f)
+    calib = {m.input_name: zoo.calibration_set()}
+    rows = {}  # input rows per group: a convolution's C_in / group * kernel, a Gemm's K
+    for n in f.nodes:
+        w = n.inputs[1].const if n.op in ("Conv", "Gemm") else None
+        if w is not None:
+            rows[n.name] = int(np.prod(w.shape[1:]) if n.op == "Conv" else w.shape[1 if n.attrs.get("transB") else 0])
+    limit = sorted(set(rows.values()))[-2]
+    big = sorted(k for k, r in rows.items() if r > limit)
+    assert big and len(big) < len(rows), rows
+
+    def weights(g: Graph) -> dict[str, np.ndarray]:
+        return {n.name: n.inputs[1].const for n in g.nodes if n.op in ("q.conv", "q.gemm")}
+
+    gptq_w, nearest_w = (weights(_quantize(f, f"weight-bits=4 {o}", calib)) for o in ("", "weight-rounding=nearest"))
+    with caplog.at_level("WARNING"):
+        capped = _quantize(f, f"weight-bits=4 gptq-max-rows={limit}", calib)
+    got = weights(capped)
+    assert any(not np.array_equal(gptq_w[k], nearest_w[k]) for k in big)  # else the test could not fail
+    for k, w in got.items():
+        want = nearest_w[k] if rows[k] > limit else gptq_w[k]
+        assert np.array_equal(w, want), k
+    assert sorted(json.loads(capped.metadata["report.quantize"])["layers"]) == big
+    assert all(any(k in r.message and "gptq-max-rows" in r.message for r in caplog.records) for k in big)
+    named = rf"'{re.escape(big[0])}': its {rows[big[0]]} input rows .* raise gptq-max-rows"
+    with pytest.raises(PassError, match=named):
+        _quantize(f, f"weight-bits=4 weight-rounding=gptq gptq-max-rows={limit}", calib)
 
 
 def test_input_means_alone_equal_those_beside_the_second_moments():

@@ -260,8 +260,8 @@ def test_override_selector_must_match_a_node_or_op_type():
 def test_pipeline_text_and_option_errors():
     p = Pipeline.parse("quantize{weight-bits=4 calibration=mse requant=float}")
     assert str(p) == ('quantize{weight-bits=4 act-bits=8 calibration=mse percentile=99.99 requant=float '
-                      'overrides="" per-channel=true weight-clip=auto weight-rounding=auto bias-correction=auto '
-                      'vector-bits=8 out-bits=0}')
+                      'overrides="" per-channel=true weight-clip=auto weight-rounding=auto gptq-max-rows=8192 '
+                      'bias-correction=auto vector-bits=8 out-bits=0}')
     assert Pipeline.parse(str(p)) == p
     for text, msg in [("quantize{weight-bits=9}", "option 'weight-bits' of pass 'quantize' is 9; expected 2..8"),
                       ("quantize{act-bits=1}", "option 'act-bits' of pass 'quantize' is 1; expected 2..8"),

@@ -119,7 +119,8 @@ class InputStats:
             return
         x = np.asarray(x, np.float32)
         if self.second:
-            part, count = grams(self.node, self.view, x, ones=True)[0] * len(x), len(x)
+            part, count = grams(self.node, self.view, x, ones=True)[0], len(x)
+            part *= count  # in place, like the sum below: a layer of K rows holds [G, K + 1, K + 1] of these
         else:
             conv = self.node.op in ("Conv", "ConvTranspose")
             step = max(1, self.CHUNK // (x[0].size * math.prod(self.view.shape[2:]))) if conv else len(x)
@@ -129,7 +130,10 @@ class InputStats:
                 if rows is None:
                     raise CimcError(f"node {self.node.name!r} ({self.node.op}): no input rows for a batched B")
                 part, count = part + rows.sum(axis=1, dtype=np.float64), count + rows.shape[1]
-        self.total = part if self.total is None else self.total + part
+        if self.total is None:
+            self.total = part
+        else:
+            self.total += part
         self.count += count
         self._cached = None
 
