@@ -1,6 +1,7 @@
 """Indexed standard-normal draws (``cimc.cim.gauss``): any range of a stream is the same values, streams and keys
 differ, and the values are standard normal (moments and tail frequencies on 2 * 10^6 draws, within limits that a
-draw off by 2 % in scale, or a Box-Muller pair whose angle is not spread over the whole circle, fails)."""
+draw off by 2 % in scale, or a Box-Muller pair whose angle is not spread over the whole circle, fails); and
+``cimc.cim.fmath``'s logarithm and exponential are within a few float32 units of the true values."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from cimc.cim import fmath
 from cimc.cim.gauss import PAGE, draw_key, normals
 
 
@@ -69,3 +71,15 @@ def test_the_draws_are_standard_normal():
 def test_a_shaped_output_is_filled_in_order(start):
     out = normals((1, 2), 9, start, np.empty((3, 2, 5), np.float32))
     np.testing.assert_array_equal(out.reshape(-1), draws(30, key=(1, 2), stream=9, start=start))
+
+
+def test_fmath_ln_and_exp_are_within_a_few_float32_units():
+    x = np.concatenate([np.random.default_rng(0).random(200_000, np.float32) * 50 + np.float32(1e-7),
+                        np.float32([2.0 ** -126, 1e-7, 0.5, 1.0, 1.0 + 2.0 ** -23, 2.0, 40.0])])
+    want = np.log(x.astype(np.float64))
+    err = np.abs(fmath.ln(x).astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert err.max() <= 4 and fmath.ln(np.float32(1))[0] == 0
+    y = np.concatenate([np.random.default_rng(1).random(200_000, np.float32) * 60 - 40, np.float32([-87, 0, 1, 88])])
+    want = np.exp(y.astype(np.float64))
+    assert (np.abs(fmath.exp(y).astype(np.float64) / want - 1) < 3e-7).all() and fmath.exp(np.float32(0))[0] == 1
+    assert fmath.exp(np.float32([[0.5, -1]])).shape == (1, 2)

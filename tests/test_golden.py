@@ -3,11 +3,7 @@ memristor crossbar; racetrack with seeded shift faults, a seeded noisy memristor
 stored outputs in ``tests/golden/`` exactly.
 
 Integer tensors compare exactly; float outputs compare bit for bit too (``float32`` equality, no
-tolerance), because each is a fixed dequantize of integers that compare exactly. One exception, the seeded noisy
-memristor (keys in ``NOISY_KEYS``): its analog sums are float32 BLAS products of real-valued conductances, whose
-last bits depend on the BLAS build (numpy 1.26's OpenBLAS moved one of lenet_bn's 320 logits by one ADC step), so
-there at most 1 % of the elements may differ, each by at most 1e-3 of the array's largest magnitude; a change to
-the noise model or the program moves far more than that. See
+tolerance), because each is a fixed dequantize of integers that compare exactly. See
 ``tests/golden/README.md``; regenerate with ``python tests/regenerate_golden.py``.
 """
 
@@ -53,19 +49,6 @@ def test_inputs_are_the_zoo_test_images():
         f"the zoo's digits test split changed, so every golden output is stale. {HOW}")
 
 
-NOISY_KEYS = ("memristor-noisy/",)
-"""Prefixes of the keys whose outputs rest on float32 BLAS sums of real values (module docstring)."""
-
-
-def within_blas_rounding(key: str, want: np.ndarray, got: np.ndarray) -> bool:
-    """Whether a noisy key's recomputed array differs from the stored one only as a BLAS build's rounding can: in at
-    most 1 % of the elements, each by at most 1e-3 of the largest stored magnitude."""
-    if not key.startswith(NOISY_KEYS) or want.shape != got.shape or want.size == 0:
-        return False
-    diff = np.abs(want.astype(np.float64) - got.astype(np.float64))
-    return bool((diff > 0).mean() <= 0.01 and diff.max() <= 1e-3 * np.abs(want.astype(np.float64)).max())
-
-
 @functools.cache
 def recomputed(name: str) -> dict[str, np.ndarray]:
     """The golden arrays of ``name`` computed now (quantized graphs and compiled programs run afresh)."""
@@ -79,8 +62,7 @@ def test_golden(name: str):
     problems = [f"{k}: stored but no longer produced" for k in sorted(want.keys() - got.keys())]
     problems += [f"{k}: produced but not stored" for k in sorted(got.keys() - want.keys())]
     problems += [describe(k, want[k], got[k]) for k in sorted(want.keys() & got.keys())
-                 if want[k].dtype != got[k].dtype or not (np.array_equal(want[k], got[k]) or within_blas_rounding(
-                     k, want[k], got[k]))]
+                 if want[k].dtype != got[k].dtype or not np.array_equal(want[k], got[k])]
     assert not problems, f"golden outputs of zoo model {name!r} changed:\n  " + "\n  ".join(problems) + f"\n{HOW}"
 
 

@@ -23,7 +23,12 @@ file, or arrays drawn from a seed: :mod:`cimc.cim.chip`). Writing levels ``L`` t
 5. IR drop (first order): ``G3 = G2 / (1 + G2 * r_wire * (R - i + j + 1))``;
 6. stored levels ``L' = (G3 - g_min) * F / (g_max - g_min)``, computed as ``L`` plus the change each step
    made, so that a step that changes nothing leaves the level exact (a stuck cell reads exactly 0 or ``F``
-   without IR drop).
+   without IR drop);
+7. when any of steps 2, 4 or 5 is on, ``L'`` rounded to the nearest multiple of ``2**-q`` levels, ``q = 16 - b``
+   with ``b`` the bits of ``F`` (:func:`cimc.cim.device.fine_grid`): a conductance grid of at most ``2**-15 (g_max -
+   g_min)`` (1.1 nS at the defaults, 2.7e-5 of ``g_max``, 370 times finer than one cell's 1 % read noise). Whole
+   levels stay whole, and every analog column sum the crossbar computes is then a sum of multiples of ``2**-q``
+   that it proves exact in float32 or float64, the same bits whatever the BLAS (docs/memristor.md).
 
 Reading: each cell read adds Gaussian noise of ``read_noise * g_max`` (µS), i.e. ``read_noise * g_max * F /
 (g_max - g_min)`` level units per cell (:meth:`AnalogDevice.read_sigma`); the crossbar draws the sum over a
@@ -39,7 +44,7 @@ import numpy as np
 
 from cimc.cim import noise
 from cimc.cim.chip import SA0, SA1, ArrayState, ChipSource
-from cimc.cim.device import Device
+from cimc.cim.device import Device, fine_grid, on_grid
 from cimc.errors import InputError
 
 __all__ = ["DRIFT_CELL", "AnalogDevice", "AnalogModel", "Conductance"]
@@ -180,7 +185,19 @@ class AnalogDevice(Device):
         if m.r_wire > 0:
             held = mapping.conductance(out, F[None, :])
             out = out + (noise.ir_drop(held, m.r_wire) - held) * gain
-        return np.ascontiguousarray(out, np.float32)
+        if self.exact_levels:
+            return np.ascontiguousarray(out, np.float32)
+        return on_grid(np.asarray(out, np.float32), fine_grid(F))
+
+    @property
+    def exact_levels(self) -> bool:
+        """Whether every stored value is a whole level (stuck cells at most: no variation, drift or IR drop)."""
+        m = self.model
+        return not (m.varies or m.drifts or m.r_wire > 0)
+
+    def grid(self, full: np.ndarray) -> np.ndarray:
+        """Whole levels when :attr:`exact_levels`, else :func:`cimc.cim.device.fine_grid` (module docstring, step 7)."""
+        return super().grid(full) if self.exact_levels else fine_grid(full)
 
     def read_sigma(self, array: int, full: np.ndarray) -> np.ndarray | None:
         """Read noise of one cell read per physical column, in level units: ``read_noise * g_max * gain``."""

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from cimc.cim.adc import Adc
-from cimc.cim.gauss import draw_key, normals
+from cimc.cim.gauss import SCRATCH, draw_key, normals
 
 __all__ = ["CHUNK_BYTES", "convert_planes", "physical_rows", "shift_add"]
 
@@ -148,6 +148,7 @@ def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *,
     draws = [np.empty(A * J * pc * C, np.float32) for _ in range(slots)] if sig is not None else []
     scratch = np.empty(0, np.float32)
     key = draw_key(rng) if sig is not None and rng is not None else None
+    sq_dtype = None if rpo * int(mask) ** 2 < 1 << 24 else np.float64  # sums of squared inputs, exact
     read_key = draw_key(rng) if read is not None and rng is not None else None
 
     def prepare(p0: int, slot: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -166,10 +167,11 @@ def convert_planes(x: np.ndarray, blocks_img: np.ndarray, blocks: np.ndarray, *,
             np.copyto(planes, bits.reshape(A, J * n, rpo))
         if sig is None or key is None:
             return planes, None
-        norm = np.sqrt(planes.sum(axis=2) if dac_bits == 1 else np.einsum("amr,amr->am", planes, planes))
+        norm = np.sqrt(planes.sum(axis=2) if dac_bits == 1 else
+                       np.einsum("amr,amr->am", planes, planes, dtype=sq_dtype))
         z = draws[slot][:A * J * n * C].reshape(A, J, n * C)
         if scratch.size == 0:
-            scratch = np.empty(1 << 16, np.float32)
+            scratch = np.empty(SCRATCH, np.float32)
         for a in range(A):  # conversion (a, j, p, c) is draw p * C + c of stream a * J + j
             for j in range(J):
                 normals(key, a * J + j, p0 * C, z[a, j], scratch)

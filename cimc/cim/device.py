@@ -43,10 +43,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cimc.cim.chip import SA0, SA1, Chip
-from cimc.cim.gauss import normals
+from cimc.cim.gauss import SCRATCH, normals
 from cimc.errors import InputError
 
-__all__ = ["IDEAL", "READ_STREAMS", "CellDevice", "Device", "ReadSite"]
+__all__ = ["GRID_BITS", "IDEAL", "READ_STREAMS", "CellDevice", "Device", "ReadSite", "fine_grid", "on_grid"]
 
 READ_STREAMS = 1 << 32
 """The first stream number of a device's read hook (:meth:`ReadSite.normals`); the crossbar's cell read noise
@@ -80,9 +80,10 @@ class ReadSite:
         A, M, C = shape
         J = self.chunks
         out = np.empty((A, J, M // J * C), np.float32)
+        scratch = np.empty(SCRATCH, np.float32)
         for a in range(A):
             for j in range(J):
-                normals(self.key, READ_STREAMS + a * J + j, self.first * C, out[a, j])
+                normals(self.key, READ_STREAMS + a * J + j, self.first * C, out[a, j], scratch)
         return out.reshape(shape)
 
 
@@ -104,6 +105,11 @@ class Device:
     def read_sigma(self, array: int, full: np.ndarray) -> np.ndarray | None:
         """Standard deviation of one cell read per physical column of ``array`` (level units), or ``None``."""
         return None
+
+    def grid(self, full: np.ndarray) -> np.ndarray:
+        """int64 ``q`` per physical column of full-scale ``full``: every value :meth:`program` stores in the column
+        is a multiple of ``2**-q`` levels (0: whole levels), so the crossbar can prove its analog sums exact."""
+        return np.zeros(np.shape(full), np.int64)
 
     def read(self, ps: np.ndarray, site: ReadSite, rng: np.random.Generator) -> None:
         """Perturb the analog partial sums ``ps`` (``[A, M, C]``) in place; ideally nothing."""
@@ -139,14 +145,22 @@ class CellDevice(Device):
             raise InputError(f"the device's chip does not match the program: {why}")
 
     def program(self, array: int, levels: np.ndarray, full: np.ndarray | None = None) -> np.ndarray:
-        """``L * (1 + variation * z)`` for working cells, the lowest or highest level for stuck ones."""
+        """``L * (1 + variation * z)`` for working cells (on :func:`fine_grid`'s grid of the cell's top level),
+        the lowest or highest level for stuck ones."""
         v = levels.astype(np.float32)
         if self.variation and self.chip.variation is not None:
             v *= 1.0 + np.float32(self.variation) * self.chip.variation[array]
+            v = on_grid(v, self.grid(np.full(v.shape[1], self.levels - 1, np.float32)))
         stuck = self.chip.stuck[array]
         v[stuck == SA0] = 0.0
         v[stuck == SA1] = float(self.levels - 1)
         return v
+
+    def grid(self, full: np.ndarray) -> np.ndarray:
+        """Whole levels without variation, else :func:`fine_grid` of the cell's top level."""
+        if not self.variation:
+            return super().grid(full)
+        return fine_grid(np.full(np.shape(full), self.levels - 1, np.float32))
 
     def read(self, ps: np.ndarray, site: ReadSite, rng: np.random.Generator) -> None:
         """Add ``read_noise * N(0, 1)`` to every partial sum."""
@@ -154,3 +168,25 @@ class CellDevice(Device):
             z = site.normals(ps.shape)
             z *= np.float32(self.read_noise)
             ps += z
+
+
+GRID_BITS = 16
+"""A non-ideal device's stored values are multiples of ``2**-(GRID_BITS - b)`` levels in a column whose full-scale
+level ``F`` has ``b`` bits (:func:`fine_grid`): between ``2**-GRID_BITS`` and ``2**-(GRID_BITS - 1)`` of the
+column's range from level 0 to ``F``."""
+
+
+def fine_grid(full: np.ndarray) -> np.ndarray:
+    """int64 ``GRID_BITS - b`` per column, ``b`` the bits of its full-scale level ``F >= 1`` (``2**(b-1) <= F <
+    2**b``)."""
+    return GRID_BITS - np.frexp(np.maximum(np.asarray(full, np.float32), 1))[1].astype(np.int64)
+
+
+def on_grid(v: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """float32 ``v`` ``[R, C]`` rounded to the nearest multiple of ``2**-q[c]`` in each column (half to even; exact
+    steps: a power-of-two scaling, a rounding, the inverse scaling)."""
+    scale = np.ldexp(np.float32(1), np.asarray(q, np.int32)).astype(np.float32)
+    out = np.multiply(v, scale, dtype=np.float32)
+    np.rint(out, out=out)
+    out /= scale
+    return out

@@ -401,21 +401,24 @@ def _groups(held: list[Written], fingerprint: tuple, tiles: TileMap, device: Dev
                 d[skip[skip[:, 0] == i, 1]] = False
                 drives.append(d)
             used = np.flatnonzero(np.any(drives, axis=0))
-            imgs, arrs, pcols, spans, adcs, masks, sigmas, at = [], [], [], [], [], [], [], 0
+            imgs, arrs, pcols, spans, adcs, masks, sigmas, grids, at = [], [], [], [], [], [], [], [], 0
             for i, d in zip(idx, drives, strict=True):
                 pc = tiles.cols_of(i)
                 arr = int(tiles.table[i, 7])
                 img = stored(held[i], device)[:, pc].astype(dt)
                 sig = device.read_sigma(arr, full_scales(held[i])) if not device.ideal else None
                 sig = None if sig is None else np.asarray(sig, dt)[pc]
+                q = device.grid(full_scales(held[i]))[pc]
                 if sense == "pairs":  # logical column c*S + s with s < S/2 is positive, c*S + s + S/2 its negative
                     S = tiles.slices
                     j = np.arange(len(pc)).reshape(-1, S)
                     pos, neg = j[:, :S // 2].reshape(-1), j[:, S // 2:].reshape(-1)
                     img = np.subtract(img[:, pos], img[:, neg])  # one signed sum: the pair's currents' difference
                     sig = None if sig is None else np.sqrt(sig[pos] ** 2 + sig[neg] ** 2)
+                    q = np.maximum(q[pos], q[neg])
                     pc = pc[pos]
                 imgs.append(img)
+                grids.append(q)
                 sigmas.append(sig)
                 arrs.append(np.full(len(pc), arr))
                 pcols.append(pc)
@@ -430,10 +433,13 @@ def _groups(held: list[Written], fingerprint: tuple, tiles: TileMap, device: Dev
             bi = full.reshape(B, rpo, -1)[used]
             if prescaled:
                 bi = bi * col_adc.scale(dt)
+            grid = np.concatenate(grids)
+            if grid.any():  # cells off whole levels: the analog sums in the dtype that keeps them exact
+                bi = bi.astype(exact_sum_dtype(bi, grid, (1 << min(int(a["dac_bits"]), 8)) - 1))
             sigma = None
             if any(sg is not None for sg in sigmas):
                 sigma = np.concatenate([np.zeros(len(c), dt) if sg is None else sg
-                                        for sg, c in zip(sigmas, pcols, strict=True)])
+                                        for sg, c in zip(sigmas, pcols, strict=True)]).astype(bi.dtype)
             mask = np.concatenate(masks, axis=1)
             out.append(_Group(tuple(idx), g, k0, k1, row_at, (r, n), used, np.ascontiguousarray(bi),
                               None if mask.all() else mask, col_adc, np.concatenate(arrs), np.concatenate(pcols),
@@ -442,6 +448,25 @@ def _groups(held: list[Written], fingerprint: tuple, tiles: TileMap, device: Dev
     key = ("groups", fingerprint, device.token, adc.bits, adc.step.tobytes(), adc.offset.tobytes(), adc.group,
            adc.rounding, skip.tobytes(), rpo, int(a["dac_bits"]), int(a["cell_bits"]), sense)
     return _cached(tiles, key, make, device)
+
+
+def exact_sum_dtype(cells: np.ndarray, grid: np.ndarray, most_input: int) -> np.dtype:
+    """float32 when every analog sum ``sum_r x_r * cells[a, r, c]`` of inputs ``0 <= x_r <= most_input`` is exact
+    in float32 whatever the order of its additions, else float64 (the same bound at ``2**53``); an error when not even
+    float64 is. ``cells``: ``[A, rows, C]``, column ``c`` holding multiples of ``2**-grid[c]`` (the device's
+    :meth:`~cimc.cim.device.Device.grid`). Every partial sum of such products is a multiple of ``2**-grid[c]``
+    no larger in magnitude than ``most_input * sum_r |cells[a, r, c]|``; below ``2**(24 - grid[c])`` float32
+    represents it exactly, so each addition (and a fused multiply-add) is exact: the BLAS kernel, its blocking
+    and its threads cannot change a bit."""
+    units = cells.astype(np.float64) * np.ldexp(1.0, grid.astype(np.int32))  # whole numbers, exactly
+    if not np.array_equal(units, np.rint(units)):
+        raise CimcError("the device stored cell values off the grid it declares")
+    most = float(most_input) * float(np.abs(units).sum(axis=1).max(initial=0.0))
+    if most < 1 << 24:
+        return np.dtype(np.float32)
+    if most < 1 << 53:
+        return np.dtype(np.float64)
+    raise CimcError(f"an analog column sum of up to {most:.3g} grid units is not exact even in float64")
 
 
 def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays: Arrays, held: list[Written],

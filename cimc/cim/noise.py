@@ -39,12 +39,17 @@ Read noise (:func:`read_sigma`): each cell read adds independent Gaussian noise 
 deviation ``sqrt(sum_r x_r**2) * read_noise * g_max``, which the crossbar draws per conversion.
 
 Stuck-at faults (MNSIM ``Device_SAF``, hw-parameters.md §5.4) are the chip's: SA0 holds ``g_min``, SA1 ``g_max``.
+
+The logarithms and powers above are :mod:`cimc.cim.fmath`'s, not numpy's ``log`` and ``power``, whose loops give
+other last bits on other CPUs (AVX-512, AVX2, baseline kernels) and numpy releases: a chip's conductances are the
+same bits on every machine.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cimc.cim import fmath
 from cimc.errors import InputError
 
 __all__ = ["DRIFT_MODELS", "PROG_MODELS", "drift_compensation", "drift_exponent", "drift_factor", "ir_drop",
@@ -101,7 +106,7 @@ def drift_exponent(model: str, g: np.ndarray, g_max: float, z: np.ndarray, nu_me
     if model == "constant":
         mu, sd = np.float32(nu_mean), np.float32(nu_std)
     elif model == "pcm-aihwkit":
-        lx = np.log(np.maximum(np.abs(g) / np.float32(g_max), np.float32(1e-7)))
+        lx = fmath.ln(np.maximum(np.abs(g) / np.float32(g_max), np.float32(1e-7)))
         mu = np.clip(np.float32(-0.0155) * lx + np.float32(0.0244), 0.049, 0.1)
         sd = np.clip(np.float32(-0.0125) * lx - np.float32(0.0059), 0.008, 0.045)
     elif model == "none":
@@ -116,7 +121,8 @@ def drift_factor(nu: np.ndarray, t_inference: float, t0: float) -> np.ndarray:
     seconds (module docstring)."""
     if t_inference <= 0:
         return np.ones_like(np.asarray(nu, np.float32))
-    return np.power(np.float32((t0 + t_inference) / t0), -np.asarray(nu, np.float32))
+    nu = np.asarray(nu, np.float32)
+    return fmath.exp(nu * -fmath.ln(np.float32((t0 + t_inference) / t0))).reshape(nu.shape)
 
 
 def drift_compensation(before: np.ndarray, after: np.ndarray) -> float:
