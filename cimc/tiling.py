@@ -152,11 +152,24 @@ def zero_blocks(m: np.ndarray, tiles: TileMap, rows_per_op: int) -> np.ndarray:
         a, b = np.searchsorted(rc, r0[sel]), np.searchsorted(rc, r1[sel])
         c, d = np.searchsorted(cc, c0), np.searchsorted(cc, c1)
         live[sel] = prefix[b, d] - prefix[a, d] - prefix[b, c] + prefix[a, c] > 0
-    for i, at in enumerate(tiles.row_at):
-        if at is None:
-            continue
-        g, k0, k1, c0, c1 = (int(v) for v in t[i, :5])
-        held = np.flatnonzero(tile == i)
-        nonzero = (m[g, k0:k1, c0:c1] != 0).any(axis=1)
-        live[held] = np.isin(block[held], at[nonzero] // rows_per_op)
+    placed = np.flatnonzero(~ident)
+    if len(placed):
+        # a placed tile's block is live when one of the rows it holds has a nonzero weight in the tile's channels:
+        # the rows reduced to "any nonzero" per piece between the tiles' channel cuts, told apart by prefix counts
+        k = t[placed, 2] - t[placed, 1]
+        which = np.repeat(placed, k)
+        row = t[which, 1] + np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+        nonzero = np.zeros(len(which), bool)
+        for g in np.unique(t[placed, 0]).tolist():
+            on = np.flatnonzero(t[which, 0] == g)
+            c0, c1 = t[which[on], 3], t[which[on], 4]
+            cc = np.unique(np.concatenate([c0, c1]))
+            pieces = np.logical_or.reduceat(m[g, :, :cc[-1]] != 0, cc[:-1], axis=1).astype(np.int64)
+            prefix = np.zeros((len(pieces), len(cc)), np.int64)
+            prefix[:, 1:] = pieces.cumsum(axis=1)
+            nonzero[on] = prefix[row[on], np.searchsorted(cc, c1)] > prefix[row[on], np.searchsorted(cc, c0)]
+        at = np.concatenate([tiles.row_at[i] for i in placed.tolist()]) // rows_per_op
+        nb = int(max(at.max(), block.max())) + 1
+        held = np.flatnonzero(~ident[tile])
+        live[held] = np.isin(tile[held] * nb + block[held], which[nonzero] * nb + at[nonzero])
     return np.stack([tile[~live], block[~live]], axis=1).astype(np.int64).reshape(-1, 2)

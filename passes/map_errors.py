@@ -21,7 +21,10 @@ logical row ``i`` on the calibration inputs (1 without them). That is the cost m
 2. rows, then columns, then rows again (``iterations``): each an assignment (``linear_sum_assignment``) of the
    tile's logical rows to the array's physical rows (spare rows included) given its columns, and of its logical
    columns to the physical columns (spare columns included) given its rows; each step is optimal given the
-   other, so the cost never grows.
+   other, so the cost never grows. A step's result depends on the step before alone, so the alternation stops
+   once a step gives what the step two before gave (the rest would repeat) or the cost is zero; and tiles alike
+   (the same levels, significance, input moments, array and starting placement) are placed once, their
+   placement (and expected error) shared: the same result as placing each.
 
 3. closest-value mapping (``closest``): a cell is stuck when what it holds does not depend on the level written
    (``E[a, l, r, p] + l`` the same for every ``l``). A weight ``w`` with cells on stuck cells (in any of its
@@ -63,7 +66,7 @@ from cimc.errors import CimcError, PassError
 from cimc.ir.core import Graph, Node, Value
 from cimc.passmanager import Pass, PassContext, PassResult, option
 from cimc.target import ARRAY_OPS
-from cimc.tiling import tile_image, weight_matrix, written_matrix, zero_blocks
+from cimc.tiling import weight_matrix, written_matrix, zero_blocks
 
 __all__ = ["MapErrorsPass", "error_maps"]
 
@@ -86,7 +89,7 @@ def error_maps(device: Device, array: int, levels: int, shape: tuple[int, int]) 
 class _Tile:
     """One tile's part of the cost: its levels as one-hot weights per level, and its rows' input moments."""
 
-    node: Node
+    node: Node | None
     index: int
     w: np.ndarray
     """``[levels, k, C]``: ``sig[c]^2`` where logical cell ``(i, c)`` holds that level, else 0 (as written: a
@@ -224,13 +227,15 @@ class MapErrorsPass(Pass):
         E = np.stack([error_maps(device, a, levels, shape).astype(np.float32) for a in range(A)])  # [A, levels, R, C]
         E2 = E.astype(np.float64) ** 2
         stuck = _stuck(E) if self.closest else None
+        errs = _Errs.of(E)
         owners = [n for n in nodes if "tile.shared" not in n.attrs]
         m2 = _shared_moments(nodes, _input_moments(graph, nodes, ctx.calibration, self.inputs, ctx.seed))
         perm = self._array_permutation(owners, m2, E2) if self.arrays else np.arange(A)
         report = {}
         E2c = E2.astype(_COSTS)
+        solved: dict[tuple[Any, ...], Any] = {}  # placements and errors of tiles placed so far
         for node in owners:
-            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck)
+            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck, solved, errs)
         for node in nodes:  # layers reading another layer's tiles take its placement and recoding
             if node not in owners:
                 src = next(n for n in owners if n.name == node.attrs["tile.shared"])
@@ -240,8 +245,11 @@ class MapErrorsPass(Pass):
         return PassResult(True)
 
     def _place_layer(self, node: Node, m2: np.ndarray | None, E: np.ndarray, E2: np.ndarray, perm: np.ndarray,
-                     stuck: np.ndarray | None) -> dict[str, float | int]:
-        """Place one layer's tiles (steps 2 and 3 of the module docstring); its report entry."""
+                     stuck: np.ndarray | None, solved: dict[tuple[Any, ...], Any], errs: _Errs | None
+                     ) -> dict[str, float | int]:
+        """Place one layer's tiles (steps 2 and 3 of the module docstring); its report entry. ``solved``: the
+        placements and errors of tiles placed so far, by everything that computes them; ``errs``: the cells that err
+        when the error maps are whole numbers (:class:`_Errs`), else ``None``."""
         a = node.attrs
         tm: TileMap = a["tile.map"]
         enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
@@ -251,20 +259,35 @@ class MapErrorsPass(Pass):
         table[:, 7] = perm[table[:, 7]]
         row_at, col_at, before = [], [], 0.0
         flips: list[np.ndarray | None] = []
-        tiles: list[_Tile] = []
         pairs = enc.kind == "differential"  # a pair's columns are complemented together (they may be sensed so)
         blocks0 = _skipped(skip0, len(tm))
-        for i in range(len(tm)):  # one tile at a time: a tile's cost terms are large
-            t = _tile(node, i, m2)
-            before += t.error(E[tm.array_list[i]], tm.rows_of(i), tm.cols_of(i),
-                              _driven(blocks0[i], tm.rows_of(i), rpo))
-            whole = tm[i].s1 - tm[i].s0 == enc.slices
-            r, c, f, _ = self._place(t, E2[table[i, 7]], tm.rows_of(i), tm.cols_of(i),
-                                     (enc.slices if pairs else 0) if whole or not pairs else -1)
+        cells = _cells(node, enc)
+        sig_all = np.asarray(enc.significance, np.float64)
+        sigs: dict[tuple[int, int, int], np.ndarray] = {}
+        parts: list[tuple[np.ndarray, np.ndarray, int]] = []
+        for i, (g, k0, k1, c0, c1, s0, s1, arr, _) in enumerate(tm.table.tolist()):
+            img = np.ascontiguousarray(cells[g, k0:k1, c0:c1, s0:s1]).reshape(k1 - k0, -1)  # tile_image's
+            C = img.shape[1]
+            sig = sigs.get((s0, s1, C))
+            if sig is None:
+                sig = sigs[s0, s1, C] = sig_all[s0 + np.arange(C) % (s1 - s0)]
+            rows2 = np.ones(k1 - k0) if m2 is None else m2[g, k0:k1]
+            parts.append((sig, rows2, s1 - s0))
+            rows, cols = tm.rows_of(i), tm.cols_of(i)
+            before += _error(E, errs, arr, img, sig, s1 - s0, rows2, rows, cols, _driven(blocks0[i], rows, rpo),
+                             memo=solved)
+            arg = (enc.slices if pairs else 0) if s1 - s0 == enc.slices or not pairs else -1
+            # _place is a function of these alone (its options are the pass's): tiles alike share one result
+            key = (int(table[i, 7]), arg, img.shape, img.tobytes(), sig.tobytes(), rows2.tobytes(), rows.tobytes(),
+                   cols.tobytes())
+            hit = solved.get(key)
+            if hit is None:
+                t = _with_weights(_Tile(node, i, _NO_WEIGHTS, rows2, img, sig, s1 - s0), enc.cell_bits)
+                hit = solved[key] = self._place(t, E2[table[i, 7]], rows, cols, arg)
+            r, c, f, _ = hit
             row_at.append(r)
             col_at.append(c)
             flips.append(np.flatnonzero(f) if f.any() else None)
-            tiles.append(replace(t, w=_NO_WEIGHTS, flip=None, _rows=None, _cols=None))  # error() needs no weights
         placed = tm.replace(table=table, row_at=row_at, col_at=col_at, flip=flips)
         a["tile.map"] = placed
         m = weight_matrix(node)
@@ -280,11 +303,13 @@ class MapErrorsPass(Pass):
         moved = written.astype(np.int64) - m
         after = 0.0
         blocks = _skipped(skip, len(placed))
-        for i in range(len(placed)):
-            p = placed[i]  # a weight's move counts once: on its tile holding slice 0
-            shift = moved[p.group, p.k0:p.k1, p.ch0:p.ch1] if len(recode) and p.s0 == 0 else None
-            after += tiles[i].error(E[p.array], p.row_at, p.col_at, _driven(blocks[i], p.row_at, rpo),
-                                    tile_image(cells, placed, i), shift, p.flip)
+        for i, (g, k0, k1, c0, c1, s0, s1, arr, _) in enumerate(table.tolist()):
+            sig, rows2, S = parts[i]
+            rows = placed.rows_of(i)
+            shift = moved[g, k0:k1, c0:c1] if len(recode) and s0 == 0 else None  # a weight's move counts once
+            img = np.ascontiguousarray(cells[g, k0:k1, c0:c1, s0:s1]).reshape(k1 - k0, -1)
+            after += _error(E, errs, arr, img, sig, S, rows2, rows, placed.cols_of(i), _driven(blocks[i], rows, rpo),
+                            shift, placed.flips_of(i), memo=solved)
         return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode),
                 "flipped_columns": sum(len(placed.flips_of(i)) for i in range(len(placed)))}
 
@@ -294,13 +319,23 @@ class MapErrorsPass(Pass):
         squared error at that level."""
         A, levels = E2.shape[:2]
         weight = np.zeros((A, levels))
+        sums: dict[tuple[Any, ...], np.ndarray] = {}
         for node in nodes:
-            tm: TileMap = node.attrs["tile.map"]
-            for i in range(len(tm)):
-                t = _tile(node, i, m2.get(id(node)), weights=False)
-                sig2 = t.sig ** 2
-                weight[tm.array_list[i]] += np.bincount(t.img.reshape(-1), (t.m2[:, None] * sig2[None, :]).reshape(-1),
-                                                        minlength=levels)
+            a = node.attrs
+            tm: TileMap = a["tile.map"]
+            enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
+            cells = _cells(node, enc)
+            sig2 = np.asarray(enc.significance, np.float64) ** 2
+            rows = m2.get(id(node))
+            for g, k0, k1, c0, c1, s0, s1, arr, _ in tm.table.tolist():  # per tile, summed as its cells come
+                m = np.ones(k1 - k0) if rows is None else rows[g, k0:k1]
+                img = np.ascontiguousarray(cells[g, k0:k1, c0:c1, s0:s1])
+                key = (img.shape, s0, img.tobytes(), m.tobytes())
+                hit = sums.get(key)  # tiles alike (the same levels, inputs and slices) have the same sums
+                if hit is None:
+                    w = np.broadcast_to(m[:, None, None] * sig2[None, None, s0:s1], img.shape)
+                    hit = sums[key] = np.bincount(img.reshape(-1), w.reshape(-1), minlength=levels)
+                weight[arr] += hit
         slot, phys = linear_sum_assignment(weight @ E2.mean(axis=(2, 3)).T)
         perm = np.empty(A, np.int64)
         perm[slot] = phys
@@ -317,11 +352,18 @@ class MapErrorsPass(Pass):
         first = t.row_cost(E2, col_at)  # step 0's costs, which also give the placement's own
         best = (float(first[np.arange(len(row_at)), row_at].sum()), row_at, col_at, np.zeros(C, bool))
         rows, cols = row_at, col_at
+        # a step's result is a function of the previous step's alone, so once a step gives what the step two
+        # before gave, the steps after repeat the last two (their costs too, none lower than the best); and
+        # no step beats a best whose margin below is negative (the costs are sums of squares times weights)
+        seen: list[tuple[np.ndarray, ...]] = [(col_at, np.zeros(C, bool))]
         for step in range(1 + 2 * self.iterations):
+            if 0 <= best[0] < 1e-9 * max(1.0, best[0]):
+                break
             if step % 2 == 0:
                 c = first if step == 0 else t.row_cost(E2, cols)
                 rows = _assign(c)
                 cost = float(c[np.arange(len(rows)), rows].sum())
+                seen.append((rows,))
             elif self.flips and pairs >= 0:
                 keep, inv = t.col_cost(E2, rows, both=True)
                 cols = _assign(np.minimum(keep, inv))
@@ -333,13 +375,17 @@ class MapErrorsPass(Pass):
                     t.set_flip(gain > 0)
                 assert t.flip is not None
                 cost = float(np.where(t.flip[:, None], inv, keep)[np.arange(C), cols].sum())
+                seen.append((cols, t.flip))
             else:
                 c = t.col_cost(E2, rows)
                 cols = _assign(c)
                 cost = float(c[np.arange(C), cols].sum())
+                seen.append((cols, np.zeros(C, bool)))
             if cost < best[0] - 1e-9 * max(1.0, best[0]):
                 assert t.flip is not None
                 best = (cost, rows.astype(np.int64), cols.astype(np.int64), t.flip.copy())
+            if len(seen) > 2 and all(np.array_equal(x, y) for x, y in zip(seen[-1], seen[-3], strict=True)):
+                break
         return best[1], best[2], best[3], best[0]
 
 
@@ -372,25 +418,71 @@ moves in its last bit can change which of two equal assignments is taken, so the
 BLAS thread count; the double ones agree bit for bit."""
 
 
-def _tile(node: Node, i: int, m2: np.ndarray | None, weights: bool = True) -> _Tile:
-    """Tile ``i`` of ``node`` (without its one-hot weights unless ``weights``)."""
-    a = node.attrs
-    tm: TileMap = a["tile.map"]
-    enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
-    cells = _cells(node, enc)
-    img = tile_image(cells, tm, i)  # uint8 [k, C] logical levels
-    t = tm[i]
-    sig = np.asarray(enc.significance, np.float64)[t.s0 + np.arange(t.cols) % (t.s1 - t.s0)]
-    w: np.ndarray = _NO_WEIGHTS
-    by_row: np.ndarray | None = None
-    if weights:  # built row by row ([k, levels, C]), the layout of the row step's product; w is a view of it
-        k, C = img.shape
-        levels = 1 << enc.cell_bits
-        one_hot = np.zeros((k, levels, C), _COSTS)
-        one_hot[np.arange(k)[:, None], img, np.arange(C)[None, :]] = sig ** 2
-        w, by_row = one_hot.transpose(1, 0, 2), one_hot.reshape(k, levels * C)
-    rows = np.ones(t.rows) if m2 is None else m2[t.group, t.k0:t.k1]
-    return _Tile(node, i, w, rows, img, sig, t.s1 - t.s0, _rows=by_row)
+@dataclass(frozen=True)
+class _Errs:
+    """The cells that err (``E[a, l, r, p] != 0`` for some level) of error maps that are whole numbers: a tile's
+    error is then a sum over those cells alone, with the same bits as over all (every partial sum is an integer
+    well below 2**53, so exact in any order)."""
+
+    at: list[tuple[np.ndarray, ...]]
+    """Per array, the erring cells' physical rows and columns."""
+
+    @staticmethod
+    def of(E: np.ndarray) -> _Errs | None:
+        """Those of ``E`` ``[A, levels, R, C]``, or ``None`` when some error is not a whole number (or too large)."""
+        if not (np.isfinite(E).all() and np.array_equal(E, np.rint(E))) or np.abs(E).max(initial=0) > 1 << 20:
+            return None
+        return _Errs([np.nonzero(e) for e in (E != 0).any(axis=1)])
+
+
+def _error(E: np.ndarray, errs: _Errs | None, a: int, img: np.ndarray, sig: np.ndarray, slices: int, m2: np.ndarray,
+           row_at: np.ndarray, col_at: np.ndarray, driven: np.ndarray, moved: np.ndarray | None = None,
+           flip: np.ndarray | None = None, memo: dict[tuple[Any, ...], Any] | None = None) -> float:
+    """:meth:`_Tile.error` of a tile (levels ``img``, significance ``sig``, rows' input moments ``m2``) on array ``a``,
+    from its erring cells alone when ``errs`` has them (the same bits). ``memo``: the errors of tiles alike (every
+    argument the same) computed before, and this one's when it is new."""
+    if memo is not None:
+        key = ("error", a, slices, *((x.shape, x.dtype.str, x.tobytes()) if x is not None else None
+                                     for x in (img, sig, m2, row_at, col_at, driven, moved, flip)))
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = _error(E, errs, a, img, sig, slices, m2, row_at, col_at, driven, moved, flip)
+        return float(hit)
+    if errs is None:
+        return _Tile(None, 0, _NO_WEIGHTS, m2, img, sig, slices).error(E[a], row_at, col_at, driven, None, moved,
+                                                                        flip)
+    fr, fp = errs.at[a]
+    R, P = E.shape[2:]
+    k, C = img.shape
+    inv_r = np.full(R, -1, np.int64)
+    inv_r[row_at] = np.arange(k)
+    inv_c = np.full(P, -1, np.int64)
+    inv_c[col_at] = np.arange(C)
+    li, lc = inv_r[fr], inv_c[fp]
+    on = (li >= 0) & (lc >= 0)
+    li, lc, r, p = li[on], lc[on], fr[on], fp[on]
+    lev, sg = img[li, lc], sig[lc]
+    if flip is not None and len(flip):  # stored at top - l: the error read back is minus the stored one's
+        f = np.zeros(C, bool)
+        f[flip] = True
+        lev = np.where(f[lc], (E.shape[1] - 1) - lev, lev)
+        sg = np.where(f[lc], -sg, sg)
+    ch = C // slices
+    e = E[a, lev, r, p].astype(np.float64) * sg
+    per = np.bincount(li * ch + lc // slices, e, minlength=k * ch).reshape(k, ch)
+    if moved is not None:
+        per += moved
+    return float(m2[driven] @ (per[driven] ** 2).sum(axis=1))
+
+
+def _with_weights(t: _Tile, cell_bits: int) -> _Tile:
+    """``t`` with its one-hot weights (:class:`_Tile`), built row by row (``[k, levels, C]``, the layout of the row
+    step's product; ``w`` is a view of it)."""
+    k, C = t.img.shape
+    levels = 1 << cell_bits
+    one_hot = np.zeros((k, levels, C), _COSTS)
+    one_hot[np.arange(k)[:, None], t.img, np.arange(C)[None, :]] = t.sig ** 2
+    return replace(t, w=one_hot.transpose(1, 0, 2), _rows=one_hot.reshape(k, levels * C))
 
 
 def _skipped(skip: np.ndarray, n: int) -> list[np.ndarray]:
@@ -417,36 +509,66 @@ def _recode(m: np.ndarray, enc: Encoding, tm: TileMap, stuck: np.ndarray, skip: 
             ) -> np.ndarray:
     """Closest-value mapping (module docstring, step 3): ``[n, 4]`` rows ``(group, row, channel, value)`` of the
     weights of ``m`` written as another value with the placement ``tm`` on cells ``stuck`` (:func:`_stuck`)."""
-    G, K, N = m.shape
+    _, K, N = m.shape
     S = enc.slices
     reps = int(tm.table[:, 8].max()) + 1
-    pat = np.full((reps, G, K, N, S), -1, np.int16)  # per replica and cell: the level it is stuck at, or -1
     top = np.int16((1 << enc.cell_bits) - 1)
-    blocks = _skipped(skip, len(tm))
-    for i in range(len(tm)):
-        t = tm[i]
-        sub = stuck[t.array][np.ix_(t.row_at, t.col_at)]
-        sub[:, t.flip] = np.where(sub[:, t.flip] >= 0, top - sub[:, t.flip], np.int16(-1))  # as the weight sees it
-        sub = np.where(_driven(blocks[i], t.row_at, rows_per_op)[:, None], sub, np.int16(-1))
-        pat[t.replica, t.group, t.k0:t.k1, t.ch0:t.ch1, t.s0:t.s1] = sub.reshape(t.rows, t.ch1 - t.ch0, t.s1 - t.s0)
-    g, k, n = np.nonzero((pat >= 0).any(axis=(0, 4)))
-    if not len(g):
+    R, P = stuck.shape[1:]
+    t = tm.table
+    at = [np.nonzero(s >= 0) for s in stuck]  # per array, its stuck cells
+    first = np.cumsum([0] + [len(r) for r, _ in at])
+    sr, sp = (np.concatenate([c[j] for c in at]) for j in (0, 1))
+    nb = -(-R // rows_per_op)
+    skipped = skip[:, 0] * nb + skip[:, 1]
+    where: list[list[np.ndarray]] = [[] for _ in range(6)]  # (replica, group, row, channel, slice, level) of each
+    step = 512
+    for c0 in range(0, len(tm), step):  # the stuck cells of every tile's array, as the tile holds them
+        tiles = np.arange(c0, min(c0 + step, len(tm)))
+        inv_r, inv_c = np.full((len(tiles), R), -1, np.int64), np.full((len(tiles), P), -1, np.int64)
+        flipped = np.zeros((len(tiles), P), bool)
+        for x, i in enumerate(tiles.tolist()):
+            inv_r[x, tm.rows_of(i)] = np.arange(t[i, 2] - t[i, 1])
+            col_at = tm.cols_of(i)
+            inv_c[x, col_at] = np.arange(len(col_at))
+            flipped[x, tm.flips_of(i)] = True
+        n = first[t[tiles, 7] + 1] - first[t[tiles, 7]]
+        j = np.repeat(np.arange(len(tiles)), n)
+        cell = np.repeat(first[t[tiles, 7]], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        r, p = sr[cell], sp[cell]
+        li, lc = inv_r[j, r], inv_c[j, p]
+        on = (li >= 0) & (lc >= 0)
+        j, li, lc, r, p = j[on], li[on], lc[on], r[on], p[on]
+        on = ~np.isin(tiles[j] * nb + r // rows_per_op, skipped)  # cells of skipped blocks are not read
+        j, li, lc, r, p = j[on], li[on], lc[on], r[on], p[on]
+        lev = stuck[t[tiles[j], 7], r, p]
+        lev = np.where(flipped[j, lc], top - lev, lev)  # as the weight sees it
+        row = t[tiles[j]]
+        S_t = row[:, 6] - row[:, 5]
+        for w, v in zip(where, (row[:, 8], row[:, 0], row[:, 1] + li, row[:, 3] + lc // S_t, row[:, 5] + lc % S_t,
+                                lev), strict=True):
+            w.append(v)
+    rep, gg, kk, nn, ss, lev = (np.concatenate(w) for w in where)
+    if not len(rep):
         return np.zeros((0, 4), np.int64)
-    rows = pat[:, g, k, n].transpose(1, 0, 2).reshape(len(g), reps * S)
+    # per weight with a stuck cell (in the order of the weights), each replica's slices: the level stuck or -1
+    flat, inv = _unique_ints((gg * K + kk) * N + nn, len(m.reshape(-1)))
+    g, k, n = flat // (K * N), flat // N % K, flat % N
+    rows = np.full((len(flat), reps * S), -1, np.int16)
+    rows[inv, rep * S + ss] = lev
     base = int(top) + 2  # each cell -1..top as one digit: a pattern as one integer, ordered as the rows are
     if base ** (reps * S) < 1 << 62:
-        code = (rows.astype(np.int64) + 1) @ (base ** np.arange(reps * S - 1, -1, -1, dtype=np.int64))
-        _, first, inv = np.unique(code, return_index=True, return_inverse=True)
-        keys = rows[first]
+        digit = base ** np.arange(reps * S - 1, -1, -1, dtype=np.int64)
+        codes, inv = _unique_ints((rows.astype(np.int64) + 1) @ digit, base ** (reps * S))
+        keys = (codes[:, None] // digit % base - 1).astype(np.int16)
     else:
         keys, inv = np.unique(rows, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
+        inv = inv.reshape(-1)
     lo = -(1 << (enc.bits - 1)) + (enc.kind != "twos-complement")
     values = np.arange(lo, 1 << (enc.bits - 1))
     cand = enc.encode(values).astype(np.int16)  # [V, S]: the encoding of every value
     sig = np.asarray(enc.significance, np.int64)
     w = m[g, k, n].astype(np.int64)
-    pairs, back = np.unique(inv * len(values) + (w - lo), return_inverse=True)  # (pattern, weight) solved once each
+    pairs, back = _unique_ints(inv * len(values) + (w - lo), len(keys) * len(values))  # each (pattern, weight) once
     pu, pw = pairs // len(values), pairs % len(values)
     best = np.empty(len(pairs), np.int64)
     step = max(1, (1 << 22) // (reps * len(values) * S))
@@ -458,9 +580,23 @@ def _recode(m: np.ndarray, enc: Encoding, tm: TileMap, stuck: np.ndarray, skip: 
         pick = err.argmin(axis=1)
         keep = err[np.arange(len(wv)), wv] <= err[np.arange(len(wv)), pick]  # the weight itself unless beaten
         best[c0:c0 + step] = np.where(keep, wv, pick)
-    chosen = values[best[back.reshape(-1)]]
+    chosen = values[best[back]]
     moved = chosen != w
     return np.stack([g[moved], k[moved], n[moved], chosen[moved]], axis=1).astype(np.int64)
+
+
+def _unique_ints(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(x, return_inverse=True)`` of integers ``0 <= x < size``, by marks in a table of ``size`` when that
+    is small (no sort)."""
+    if size > 1 << 24:
+        u, inv = np.unique(x, return_inverse=True)
+        return u, inv.reshape(-1)
+    mark = np.zeros(size, bool)
+    mark[x] = True
+    u = np.flatnonzero(mark)
+    pos = np.zeros(size, np.int64)
+    pos[u] = np.arange(len(u))
+    return u, pos[x]
 
 
 def _shared_moments(nodes: list[Node], m2: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

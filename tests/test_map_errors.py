@@ -23,8 +23,9 @@ from cimc.interpreter import run
 from cimc.ir.core import Graph
 from cimc.ir.types import DType, QuantParams, TensorType
 from cimc.montecarlo import run_seed
+from cimc.passes import map_errors
 from cimc.passes.calibrate_adc import CalibrateAdcPass
-from cimc.passes.map_errors import MapErrorsPass, _recode, _Tile, error_maps
+from cimc.passes.map_errors import MapErrorsPass, _error, _Errs, _recode, _Tile, _unique_ints, error_maps
 from cimc.passmanager import PassContext, PassManager
 from cimc.report import report_text
 from cimc.targets import get_target
@@ -379,3 +380,131 @@ def test_no_layer_on_the_arrays_is_nothing_to_place_and_an_untiled_one_an_error(
     g.outputs.append(g.add_node("Relu", [x], {}).outputs[0])
     assert not PassManager("map-errors", PassContext(target=t)).run(g).modified
     assert "nothing to place" in g.metadata["report.map-errors"]
+
+
+def test_error_from_the_erring_cells_alone_is_the_same_bits():
+    """With whole-number error maps a tile's error is summed over the cells that err alone: the same float as over
+    all of them, with complemented columns, a recoding's moves and undriven rows."""
+    rng = np.random.default_rng(5)
+    A, levels, R, P, k, ch, S = 3, 4, 12, 11, 9, 4, 2
+    E = (rng.integers(-3, 4, (A, levels, R, P)) * (rng.random((A, 1, R, P)) < 0.3)).astype(np.float32)
+    errs = _Errs.of(E)
+    assert errs is not None and _Errs.of(E + np.float32(0.25)) is None
+    for _ in range(30):
+        a = int(rng.integers(A))
+        img = rng.integers(0, levels, (k, ch * S)).astype(np.uint8)
+        sig = np.tile([1.0, 4.0], ch) * rng.choice([-1.0, 1.0], ch * S)
+        m2 = rng.uniform(0.1, 3, k)
+        rows, cols = rng.permutation(R)[:k], rng.permutation(P)[:ch * S]
+        driven = rng.random(k) < 0.8
+        moved = rng.integers(-2, 3, (k, ch)) * (rng.random((k, ch)) < 0.2) if rng.random() < 0.5 else None
+        flip = np.flatnonzero(rng.random(ch * S) < 0.3)
+        want = _Tile(None, 0, np.zeros(0), m2, img, sig, S).error(E[a], rows, cols, driven, None, moved, flip)
+        assert _error(E, errs, a, img, sig, S, m2, rows, cols, driven, moved, flip) == want
+        assert _error(E, None, a, img, sig, S, m2, rows, cols, driven, moved, flip) == want
+        memo: dict = {}
+        assert _error(E, errs, a, img, sig, S, m2, rows, cols, driven, moved, flip, memo=memo) == want
+        assert _error(E, errs, a, img, sig, S, m2, rows, cols, driven, moved, flip, memo=memo) == want and memo
+
+
+def test_unique_ints_is_np_unique():
+    rng = np.random.default_rng(0)
+    for size in (1, 50, 1 << 25):
+        x = rng.integers(0, size, 200)
+        u, inv = np.unique(x, return_inverse=True)
+        got = _unique_ints(x, size)
+        assert np.array_equal(got[0], u) and np.array_equal(got[1], inv.reshape(-1))
+
+
+def _place_every_step(p: MapErrorsPass, t, E2, row_at, col_at, pairs=0):
+    """The alternation of :meth:`MapErrorsPass._place` with every step taken (no stop when steps repeat)."""
+    C = len(col_at)
+    t.set_flip(np.zeros(C, bool))
+    first = t.row_cost(E2, col_at)
+    best = (float(first[np.arange(len(row_at)), row_at].sum()), row_at, col_at, np.zeros(C, bool))
+    rows, cols = row_at, col_at
+    for step in range(1 + 2 * p.iterations):
+        if step % 2 == 0:
+            c = first if step == 0 else t.row_cost(E2, cols)
+            rows = map_errors._assign(c)
+            cost = float(c[np.arange(len(rows)), rows].sum())
+        else:
+            keep, inv = t.col_cost(E2, rows, both=True)
+            cols = map_errors._assign(np.minimum(keep, inv))
+            gain = keep[np.arange(C), cols] - inv[np.arange(C), cols]
+            if pairs:
+                g = gain.reshape(-1, 2, pairs // 2).sum(axis=1) > 0
+                t.set_flip(np.repeat(g[:, None, :], 2, axis=1).reshape(-1))
+            else:
+                t.set_flip(gain > 0)
+            cost = float(np.where(t.flip[:, None], inv, keep)[np.arange(C), cols].sum())
+        if cost < best[0] - 1e-9 * max(1.0, best[0]):
+            best = (cost, rows.astype(np.int64), cols.astype(np.int64), t.flip.copy())
+    return best[1], best[2], best[3], best[0]
+
+
+def test_placement_stops_only_where_the_steps_would_repeat(monkeypatch):
+    """The alternation stops once a step gives what the step two before gave (or nothing can be gained): the same
+    placement as taking every step, on tiles with many equal costs (rows alike) and on random ones."""
+    rng = np.random.default_rng(2)
+    stopped = 0
+    calls: list[int] = []
+    original = map_errors._assign
+    monkeypatch.setattr(map_errors, "_assign", lambda c: calls.append(1) or original(c))
+    for trial in range(40):
+        levels, k, C, R, P = 4, 10, 8, 12, 8
+        img = np.broadcast_to(rng.integers(0, levels, C), (k, C)).copy() if trial % 2 else \
+            rng.integers(0, levels, (k, C)).astype(np.uint8)
+        sig = np.tile([1.0, 4.0, -1.0, -4.0], C // 4)
+        m2 = np.repeat(rng.uniform(0.5, 2, k // 2), 2)
+        E2 = (rng.integers(0, 4, (levels, R, P)) * (rng.random((levels, R, P)) < 0.3)).astype(np.float64) ** 2
+        if trial % 4 == 3:
+            E2 *= 0  # nothing to avoid
+        t = map_errors._with_weights(_Tile(None, 0, np.zeros(0), m2, img, sig, 4), 2)
+        u = map_errors._with_weights(_Tile(None, 0, np.zeros(0), m2, img, sig, 4), 2)
+        p = MapErrorsPass(iterations=int(rng.integers(1, 6)))
+        calls.clear()
+        got = p._place(t, E2, np.arange(k), np.arange(C), 4)
+        n = len(calls)
+        want = _place_every_step(p, u, E2, np.arange(k), np.arange(C), 4)
+        stopped += n < len(calls) - n
+        assert all(np.array_equal(x, y) for x, y in zip(got[:3], want[:3], strict=True)) and got[3] == want[3]
+    assert stopped >= 10
+
+
+def _constant_matmul(path) -> None:
+    """A MatMul whose weights are all alike (300 x 64): its tiles' levels are alike, their rows' inputs are not."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((300, 64), 0.05, np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "alike",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 300])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_tiles_alike_are_placed_once_with_the_same_result(tmp_path, monkeypatch):
+    """Tiles alike (the same levels, inputs, array and starting placement) share one placement and one error: the
+    program is the one that placing each tile on its own gives, in fewer placements."""
+    path = tmp_path / "alike.onnx"
+    _constant_matmul(path)
+    t = get_target("memristor")().with_spec(p_sa0=0.1 * 5 / 6, p_sa1=0.1 / 6, spare_rows=2, crossbars=2)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 300)).astype(np.float32)
+    x[:, 150:] *= 3  # the second row tile's inputs are larger: its placements are its own
+
+    class Forgetful(dict):
+        def get(self, key, default=None):
+            return default
+
+    calls = []
+    place = MapErrorsPass._place
+    monkeypatch.setattr(MapErrorsPass, "_place", lambda self, *a: calls.append(1) or place(self, *a))
+    shared = cimc.compile(path, target=t, calibration=x, progress=False, seed=1)
+    n_shared = len(calls)
+    layer = MapErrorsPass._place_layer
+    monkeypatch.setattr(MapErrorsPass, "_place_layer", lambda self, node, m2, E, E2, perm, stuck, solved, errs:
+                        layer(self, node, m2, E, E2, perm, stuck, Forgetful(), errs))
+    alone = cimc.compile(path, target=t, calibration=x, progress=False, seed=1)
+    assert n_shared < len(calls) - n_shared  # 12 tiles (3 row tiles x 4 channel tiles) on 2 crossbars
+    assert print_graph(shared.program) == print_graph(alone.program)

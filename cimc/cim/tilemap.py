@@ -183,12 +183,11 @@ class TileMap(AttrValue):
         count = np.minimum(rows_per_op, np.repeat(k, n) - block * rows_per_op)
         if ident.all():
             return tile, block, count
-        parts = [(tile, block, count)]
-        for i, at in enumerate(self.row_at):
-            if at is not None:
-                b, c = np.unique(at // rows_per_op, return_counts=True)
-                parts.append((np.full(len(b), i), b, c))
-        tile, block, count = (np.concatenate(x) for x in zip(*parts, strict=True))
+        placed = np.flatnonzero(~ident)
+        at = np.concatenate([self.row_at[i] for i in placed.tolist()]) // rows_per_op
+        nb = int(at.max()) + 1
+        pairs, c = np.unique(np.repeat(placed, k[placed]) * nb + at, return_counts=True)  # per tile, by block
+        tile, block, count = (np.concatenate(x) for x in ((tile, pairs // nb), (block, pairs % nb), (count, c)))
         order = np.lexsort((block, tile))
         return tile[order], block[order], count[order]
 
