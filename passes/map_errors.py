@@ -233,9 +233,10 @@ class MapErrorsPass(Pass):
         perm = self._array_permutation(owners, m2, E2) if self.arrays else np.arange(A)
         report = {}
         E2c = E2.astype(_COSTS)
-        solved: dict[tuple[Any, ...], Any] = {}  # placements and errors of tiles placed so far
+        solved: dict[tuple[Any, ...], Any] = {}  # placements of tiles placed so far
+        errors: dict[tuple[Any, ...], Any] = {}  # and expected errors
         for node in owners:
-            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck, solved, errs)
+            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck, (solved, errors), errs)
         for node in nodes:  # layers reading another layer's tiles take its placement and recoding
             if node not in owners:
                 src = next(n for n in owners if n.name == node.attrs["tile.shared"])
@@ -245,11 +246,12 @@ class MapErrorsPass(Pass):
         return PassResult(True)
 
     def _place_layer(self, node: Node, m2: np.ndarray | None, E: np.ndarray, E2: np.ndarray, perm: np.ndarray,
-                     stuck: np.ndarray | None, solved: dict[tuple[Any, ...], Any], errs: _Errs | None
-                     ) -> dict[str, float | int]:
-        """Place one layer's tiles (steps 2 and 3 of the module docstring); its report entry. ``solved``: the
-        placements and errors of tiles placed so far, by everything that computes them; ``errs``: the cells that err
-        when the error maps are whole numbers (:class:`_Errs`), else ``None``."""
+                     stuck: np.ndarray | None, memos: tuple[dict[tuple[Any, ...], Any], dict[tuple[Any, ...], Any]],
+                     errs: _Errs | None) -> dict[str, float | int]:
+        """Place one layer's tiles (steps 2 and 3 of the module docstring); its report entry. ``memos``: the
+        placements and the errors of tiles placed so far, by everything that computes them (tiles alike share
+        them); ``errs``: the cells that err when the error maps are whole numbers (:class:`_Errs`), else ``None``."""
+        solved, errors = memos
         a = node.attrs
         tm: TileMap = a["tile.map"]
         enc = Encoding(a["tile.encoding"], int(a["tile.weight_bits"]), int(a["tile.cell_bits"]))
@@ -262,6 +264,7 @@ class MapErrorsPass(Pass):
         pairs = enc.kind == "differential"  # a pair's columns are complemented together (they may be sensed so)
         blocks0 = _skipped(skip0, len(tm))
         cells = _cells(node, enc)
+        hot: dict[tuple[Any, ...], _Tile] = {}  # one-hot weights [k, levels, C] float64: 16 at most
         sig_all = np.asarray(enc.significance, np.float64)
         sigs: dict[tuple[int, int, int], np.ndarray] = {}
         parts: list[tuple[np.ndarray, np.ndarray, int]] = []
@@ -275,15 +278,18 @@ class MapErrorsPass(Pass):
             parts.append((sig, rows2, s1 - s0))
             rows, cols = tm.rows_of(i), tm.cols_of(i)
             before += _error(E, errs, arr, img, sig, s1 - s0, rows2, rows, cols, _driven(blocks0[i], rows, rpo),
-                             memo=solved)
+                             memo=errors)
             arg = (enc.slices if pairs else 0) if s1 - s0 == enc.slices or not pairs else -1
             # _place is a function of these alone (its options are the pass's): tiles alike share one result
             key = (int(table[i, 7]), arg, img.shape, img.tobytes(), sig.tobytes(), rows2.tobytes(), rows.tobytes(),
                    cols.tobytes())
             hit = solved.get(key)
-            if hit is None:
-                t = _with_weights(_Tile(node, i, _NO_WEIGHTS, rows2, img, sig, s1 - s0), enc.cell_bits)
-                hit = solved[key] = self._place(t, E2[table[i, 7]], rows, cols, arg)
+            if hit is None:  # tiles of the same levels share their one-hot weights
+                t = _Tile(node, i, _NO_WEIGHTS, rows2, img, sig, s1 - s0)
+                w = hot.get(key[2:5])
+                if w is None:
+                    w = _put(hot, key[2:5], _with_weights(t, enc.cell_bits), 16)
+                hit = _put(solved, key, self._place(replace(t, w=w.w, _rows=w._rows), E2[table[i, 7]], rows, cols, arg))
             r, c, f, _ = hit
             row_at.append(r)
             col_at.append(c)
@@ -299,7 +305,10 @@ class MapErrorsPass(Pass):
         else:
             a.pop("tile.recode", None)
         written = written_matrix(node)
-        cells = _cells(node, enc) if not len(recode) else enc.encode(written)
+        cells = _cells(node, enc)
+        if len(recode):  # the written weights' cells: those of the recoded weights encoded again
+            cells = cells.copy()
+            cells[recode[:, 0], recode[:, 1], recode[:, 2]] = enc.encode(recode[:, 3])
         moved = written.astype(np.int64) - m
         after = 0.0
         blocks = _skipped(skip, len(placed))
@@ -309,7 +318,7 @@ class MapErrorsPass(Pass):
             shift = moved[g, k0:k1, c0:c1] if len(recode) and s0 == 0 else None  # a weight's move counts once
             img = np.ascontiguousarray(cells[g, k0:k1, c0:c1, s0:s1]).reshape(k1 - k0, -1)
             after += _error(E, errs, arr, img, sig, S, rows2, rows, placed.cols_of(i), _driven(blocks[i], rows, rpo),
-                            shift, placed.flips_of(i), memo=solved)
+                            shift, placed.flips_of(i), memo=errors)
         return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode),
                 "flipped_columns": sum(len(placed.flips_of(i)) for i in range(len(placed)))}
 
@@ -334,7 +343,7 @@ class MapErrorsPass(Pass):
                 hit = sums.get(key)  # tiles alike (the same levels, inputs and slices) have the same sums
                 if hit is None:
                     w = np.broadcast_to(m[:, None, None] * sig2[None, None, s0:s1], img.shape)
-                    hit = sums[key] = np.bincount(img.reshape(-1), w.reshape(-1), minlength=levels)
+                    hit = _put(sums, key, np.bincount(img.reshape(-1), w.reshape(-1), minlength=levels))
                 weight[arr] += hit
         slot, phys = linear_sum_assignment(weight @ E2.mean(axis=(2, 3)).T)
         perm = np.empty(A, np.int64)
@@ -446,7 +455,7 @@ def _error(E: np.ndarray, errs: _Errs | None, a: int, img: np.ndarray, sig: np.n
                                      for x in (img, sig, m2, row_at, col_at, driven, moved, flip)))
         hit = memo.get(key)
         if hit is None:
-            hit = memo[key] = _error(E, errs, a, img, sig, slices, m2, row_at, col_at, driven, moved, flip)
+            hit = _put(memo, key, _error(E, errs, a, img, sig, slices, m2, row_at, col_at, driven, moved, flip))
         return float(hit)
     if errs is None:
         return _Tile(None, 0, _NO_WEIGHTS, m2, img, sig, slices).error(E[a], row_at, col_at, driven, None, moved,
@@ -473,6 +482,18 @@ def _error(E: np.ndarray, errs: _Errs | None, a: int, img: np.ndarray, sig: np.n
     if moved is not None:
         per += moved
     return float(m2[driven] @ (per[driven] ** 2).sum(axis=1))
+
+
+_MEMO = 4096
+"""Entries a memo of placements or errors holds before it is emptied (each holds a tile's levels: memory)."""
+
+
+def _put(memo: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any, limit: int = _MEMO) -> Any:
+    """``memo[key] = value`` (the memo emptied first when it holds ``limit`` entries); ``value``."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _with_weights(t: _Tile, cell_bits: int) -> _Tile:

@@ -503,8 +503,8 @@ def test_tiles_alike_are_placed_once_with_the_same_result(tmp_path, monkeypatch)
     shared = cimc.compile(path, target=t, calibration=x, progress=False, seed=1)
     n_shared = len(calls)
     layer = MapErrorsPass._place_layer
-    monkeypatch.setattr(MapErrorsPass, "_place_layer", lambda self, node, m2, E, E2, perm, stuck, solved, errs:
-                        layer(self, node, m2, E, E2, perm, stuck, Forgetful(), errs))
+    monkeypatch.setattr(MapErrorsPass, "_place_layer", lambda self, node, m2, E, E2, perm, stuck, memos, errs:
+                        layer(self, node, m2, E, E2, perm, stuck, (Forgetful(), Forgetful()), errs))
     alone = cimc.compile(path, target=t, calibration=x, progress=False, seed=1)
     assert n_shared < len(calls) - n_shared  # 12 tiles (3 row tiles x 4 channel tiles) on 2 crossbars
     assert print_graph(shared.program) == print_graph(alone.program)
