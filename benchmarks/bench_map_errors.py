@@ -1,7 +1,9 @@
 """Compile time with error-aware placement (``map-errors``) against the same compile without it.
 
 Usage: ``python benchmarks/bench_map_errors.py [--model resnet50] [--target memristor] [--rate 0.05] [--spares 2]
-[--json out.json]``. The light model is compiled (``cimc.compile``, no verification) for a chip of the target with
+[--weights light|random] [--json out.json]``. ``--weights random`` replaces the light model's weights (each one
+constant, so its tiles repeat and the pass places each distinct tile once) by seeded random ones, as a trained
+model's are. The light model is compiled (``cimc.compile``, no verification) for a chip of the target with
 stuck-at rate ``--rate`` (SA0 : SA1 = 5 : 1) and ``--spares`` spare rows per array, once with the default pipeline
 (``map-errors`` after ``tile``) and once with ``map-errors{strategy=none}``, each once (a full compile of a
 ResNet-50 takes minutes), calibrated on 2 seeded random inputs. Goal: ratio <= 10 (PIMCOMP-NN's genetic
@@ -23,7 +25,7 @@ from typing import Any
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import light_path, samples
+from _models import light_path, samples, with_random_weights
 
 import cimc
 from cimc.targets import get_target
@@ -31,12 +33,14 @@ from cimc.targets import get_target
 GOAL = 10.0
 
 
-def bench(model: str, target: str, rate: float, spares: int) -> dict[str, Any]:
+def bench(model: str, target: str, rate: float, spares: int, weights: str = "light") -> dict[str, Any]:
     """Seconds of the two compiles and their ratio."""
-    path = light_path(model)
+    path: Any = light_path(model)
     x = samples(onnx.load(path), 2)
+    if weights == "random":
+        path = with_random_weights(onnx.load(path))
     t = get_target(target)().with_spec(p_sa0=rate * 5 / 6, p_sa1=rate / 6, spare_rows=spares)
-    out: dict[str, Any] = {"model": model, "target": target, "rate": rate, "spare_rows": spares}
+    out: dict[str, Any] = {"model": model, "target": target, "rate": rate, "spare_rows": spares, "weights": weights}
     for key, pipe in (("none_s", t.default_pipeline() + "{strategy=none}"), ("map_errors_s", t.default_pipeline())):
         start = time.perf_counter()
         c = cimc.compile(path, target=t, pipeline=pipe, calibration=x, progress=False)
@@ -57,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", default="memristor")
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--spares", type=int, default=2)
+    ap.add_argument("--weights", choices=("light", "random"), default="light")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     load = os.getloadavg()[0]
-    r = bench(args.model, args.target, args.rate, args.spares)
+    r = bench(args.model, args.target, args.rate, args.spares, args.weights)
     r["load_average"] = {"start": load, "end": os.getloadavg()[0], "cores": os.cpu_count()}
-    print(f"{args.model} on {args.target}, {100 * args.rate:g}% stuck: compile {r['none_s']:.1f} s with "
+    print(f"{args.model} ({args.weights} weights) on {args.target}, {100 * args.rate:g}% stuck: compile "
+          f"{r['none_s']:.1f} s with "
           f"map-errors{{strategy=none}}, {r['map_errors_s']:.1f} s with map-errors (the pass "
           f"{r['map_errors_pass_s']:.1f} s): ratio {r['ratio']:.2f} (goal <= {GOAL:g}) "
           f"{'met' if r['ratio'] <= GOAL else 'MISSED'}; expected squared error {r['expected_sq_error_before']:.4g} "
