@@ -77,9 +77,13 @@ def _exact(a: dict[str, Any]) -> bool:
     if a.get("adc_step") is None and a.get("adc_offset") is None:
         return bits >= _need(a)
     most = max_partial_sum(int(a["rows_per_op"]), int(a.get("dac_bits", 1)), int(a.get("cell_bits", 1)))
-    adc = Adc.from_attrs(a)  # the range's arrays (one given, the other default)
-    return bool((adc.step == 1).all() and (adc.offset <= (-most if _signed(a) else 0)).all()
-                and (adc.offset + (1 << bits) - 1 >= most).all())
+    step, offset = a.get("adc_step"), a.get("adc_offset")
+    if step is None or offset is None:  # the range's arrays (one given, the other default)
+        adc = Adc.from_attrs(a)
+        step, offset = adc.step, adc.offset
+    step, offset = np.asarray(step, np.int64), np.asarray(offset, np.int64)
+    return bool((step == 1).all() and (offset <= (-most if _signed(a) else 0)).all()
+                and (offset + (1 << bits) - 1 >= most).all())
 
 
 @dataclass(frozen=True)

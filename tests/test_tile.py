@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cimc.cim.encoding import ENCODINGS, Encoding
+from cimc.cim.encoding import ENCODINGS, Encoding, contiguous
 from cimc.cim.tilemap import TileMap
 from cimc.errors import CimcError
 from cimc.ir.core import Graph
@@ -51,6 +51,16 @@ def test_packed_cells_round_trip(kind, bits, cell_bits, seed):
     assert packed.dtype == np.uint8 and packed.shape == (9, 6, enc.code_bytes) and packed.flags.c_contiguous
     assert np.array_equal(enc.unpack(packed), enc.encode(w.T))
     assert np.array_equal(enc.decode_packed(packed), w.T)
+
+
+@pytest.mark.parametrize("shape", [(1, 300, 520), (2, 128, 129), (3, 257, 128), (1, 130, 40), (6, 200, 200)])
+def test_contiguous_copies_a_transposed_weight_matrix_exactly(shape):
+    """The block-by-block copy of the [G, K, N] view of [G, N, K] weights (and the plain copy it falls back on)
+    holds every value, in C order."""
+    w = np.random.default_rng(0).integers(-128, 128, shape, dtype=np.int8)
+    view = w.transpose(0, 2, 1)
+    c = contiguous(view)
+    assert c.flags.c_contiguous and c.dtype == np.int8 and np.array_equal(c, view)
 
 
 def test_packed_twos_complement_is_the_weight_byte():

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from cimc.cim.encoding import contiguous
 from cimc.cim.lowering import finish_layer
 from cimc.errors import PassError
 from cimc.ir.core import Graph, Node, Value
@@ -338,7 +339,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     x = node.operand(0)
     layer = {"cim.layer": node.name}
     add = lambda op, ins, attrs, **kw: graph.add_node(op, ins, {**attrs, **layer}, before=node, **kw).outputs[0]  # noqa: E731
-    m = np.ascontiguousarray(weight_matrix(node))
+    m = contiguous(weight_matrix(node))
     G, K, N = m.shape
     conv = node.op == "q.conv"
     final = node.outputs[0].type
