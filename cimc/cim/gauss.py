@@ -76,6 +76,17 @@ def _bits(key: tuple[int, int], stream: int, page: int) -> np.random.PCG64DXSM:
     return bits
 
 
+def _odd_series(x: np.ndarray, x2: np.ndarray, coeffs, lead: np.float32, out: np.ndarray) -> None:
+    """``out = x * (lead + x2 * (c0 + x2 * (c1 + ...)))`` in place, always in this order of float32 operations
+    (Horner from the last coefficient), so its bits are the same on every machine; ``x2`` is ``x * x``."""
+    np.multiply(x2, coeffs[-1], out=out)
+    for c in coeffs[-2::-1]:
+        out += c
+        out *= x2
+    out += lead
+    out *= x
+
+
 def _pages(bits: np.random.PCG64DXSM, pages: int, out: np.ndarray, work: np.ndarray) -> None:
     """The next ``pages`` pages of ``bits`` into ``out`` (float32 ``[pages * PAGE]``); ``work`` float32 of at least
     ``_WORK * pages * PAGE / 2`` values (module docstring)."""
@@ -96,13 +107,7 @@ def _pages(bits: np.random.PCG64DXSM, pages: int, out: np.ndarray, work: np.ndar
     np.add(r, _F(1), out=y)
     np.divide(s, y, out=s)  # s = (z - 1) / (z + 1)
     np.multiply(s, s, out=y)
-    np.multiply(y, LN_POLY[2], out=r)
-    r += LN_POLY[1]
-    r *= y
-    r += LN_POLY[0]
-    r *= y
-    r += _F(2)
-    r *= s  # ln z
+    _odd_series(s, y, LN_POLY, _F(2), r)  # ln z
     z *= _MINUS_LN2
     np.subtract(z, r, out=r)  # -ln v
     np.sqrt(r, out=r)  # r / sqrt(2)
@@ -112,13 +117,7 @@ def _pages(bits: np.random.PCG64DXSM, pages: int, out: np.ndarray, work: np.ndar
     t *= _HALF_PI
     t -= _THREE_QUARTER_PI  # psi = pi / 2 * u_b - pi / 4
     np.multiply(t, t, out=y)
-    np.multiply(y, SIN_POLY[2], out=s)
-    s += SIN_POLY[1]
-    s *= y
-    s += SIN_POLY[0]
-    s *= y
-    s += _F(1)
-    s *= t  # sin(psi)
+    _odd_series(t, y, SIN_POLY, _F(1), s)  # sin(psi)
     np.multiply(s, s, out=y)
     np.subtract(_F(1), y, out=y)
     np.sqrt(y, out=y)  # cos(psi)
