@@ -358,10 +358,9 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     elif is_prequantized(graph):  # it keeps its own scales: nothing to calibrate
         calib, calib_from = {}, "none (the model is pre-quantized)"
     else:
-        logger.warning("no calibration inputs given for %s: calibrating on %d seeded random inputs; "
-                       "give real samples (calibration=..., --calibration x.npz) for meaningful ranges",
-                       src.label, SAMPLES)
         calib, calib_from = random_inputs(graph, seed, SAMPLES), "random (seeded)"
+        logger.warning("no calibration inputs given for %s: calibrating on %s; give real samples "
+                       "(calibration=..., --calibration x.npz) for meaningful ranges", src.label, _random_count(calib))
     n_calib = int(next(iter(calib.values())).shape[0]) if calib else 0
     calib_text = calib_from if not calib else f"{calib_from} ({n_calib} samples)"
 
@@ -435,6 +434,15 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     return result
 
 
+def _random_count(arrays: Mapping[str, np.ndarray]) -> str:
+    """How many seeded random samples ``arrays`` hold, for the warnings: fewer than asked for when the graph
+    fixes its batch dimension."""
+    n = int(next(iter(arrays.values())).shape[0]) if arrays and next(iter(arrays.values())).ndim else 1
+    if n == SAMPLES:
+        return f"{n} seeded random inputs"
+    return f"{n} seeded random input{'s' if n != 1 else ''} (the graph fixes its batch at {n})"
+
+
 def _verify_inputs(src: ModelSource, graph: Graph, calibration: dict[str, np.ndarray] | None,
                    inputs: Mapping[str, np.ndarray] | np.ndarray | None, labels: np.ndarray | None, seed: int
                    ) -> tuple[dict[str, np.ndarray], str, np.ndarray | None]:
@@ -455,9 +463,9 @@ def _verify_inputs(src: ModelSource, graph: Graph, calibration: dict[str, np.nda
         raise InputError("labels need the inputs they belong to: give the verification inputs (inputs=..., "
                          "--inputs x.npz) or calibration inputs")
     else:
-        logger.warning("no verification inputs given for %s: verifying on %d seeded random inputs; give real "
-                       "samples (inputs=..., --inputs x.npz) for meaningful figures", src.label, SAMPLES)
         sample, where = random_inputs(graph, seed + 1, SAMPLES), "random (seeded)"
+        logger.warning("no verification inputs given for %s: verifying on %s; give real samples (inputs=..., "
+                       "--inputs x.npz) for meaningful figures", src.label, _random_count(sample))
     for name, a in sample.items():
         if a.ndim == 0 or a.shape[0] == 0:
             raise InputError(f"verification inputs ({where}): input {name!r} has no samples (shape "

@@ -218,7 +218,7 @@ def verify_summary(v: dict[str, Any]) -> str:
         verdict = "DIFFERENT, where it must be exact (no lossy step)"
     else:
         verdict = f"DIFFERENT, as expected ({v['lossy']})"
-    out = [f"  on {v['samples']} inputs ({v['inputs']})",
+    out = [f"  on {v['samples']} input{'s' if v['samples'] != 1 else ''} ({v['inputs']})",
            f"  vs quantized graph (interpreter): {verdict} (max abs error {_fmt(v['quantized_max_abs_error'])})"]
     if (d := v.get("first_difference")) is not None:
         ops = ", ".join(d["program_ops"]) or "none"

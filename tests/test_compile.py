@@ -106,6 +106,19 @@ def test_api_inputs_graph_model_random_calibration_and_spec_dict(caplog: pytest.
     assert c2.target.spec == all_targets()[target]().spec
 
 
+def test_random_inputs_are_counted_as_drawn_for_a_fixed_batch(caplog: pytest.LogCaptureFixture) -> None:
+    """A graph whose batch dimension is fixed gets that many random samples, and the warnings and the
+    report say that many, not the default count."""
+    proto = zoo.load("mlp").onnx()
+    for vi in (*proto.graph.input, *proto.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 3
+    with caplog.at_level("WARNING"):
+        c = _compile(proto, _lossless(TARGETS[0]), verify=True)
+    assert "verifying on 3 seeded random inputs (the graph fixes its batch at 3)" in caplog.text
+    assert "calibrating on 3 seeded random inputs (the graph fixes its batch at 3)" in caplog.text
+    assert c.report["verify"]["samples"] == 3
+
+
 def test_api_verifies_a_graph_it_is_given() -> None:
     """A Graph built or edited in Python is checked like a file: a result declared f64 where its Gemm
     gives f32 is refused before any pass runs, not re-typed on the way."""
