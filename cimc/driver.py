@@ -362,7 +362,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         logger.warning("no calibration inputs given for %s: calibrating on %s; give real samples "
                        "(calibration=..., --calibration x.npz) for meaningful ranges", src.label, _random_count(calib))
     n_calib = int(next(iter(calib.values())).shape[0]) if calib else 0
-    calib_text = calib_from if not calib else f"{calib_from} ({n_calib} samples)"
+    calib_text = calib_from if not calib else f"{calib_from} ({n_calib} sample{'s' if n_calib != 1 else ''})"
 
     total = len(front.passes) + len(lowering.passes)
     show = sys.stderr.isatty() if progress is None else progress

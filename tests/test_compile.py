@@ -116,7 +116,7 @@ def test_random_inputs_are_counted_as_drawn_for_a_fixed_batch(caplog: pytest.Log
         c = _compile(proto, _lossless(TARGETS[0]), verify=True)
     assert "verifying on 3 seeded random inputs (the graph fixes its batch at 3)" in caplog.text
     assert "calibrating on 3 seeded random inputs (the graph fixes its batch at 3)" in caplog.text
-    assert c.report["verify"]["samples"] == 3
+    assert c.report["verify"]["samples"] == 3 and c.report["calibration"] == "random (seeded) (3 samples)"
 
 
 def test_api_verifies_a_graph_it_is_given() -> None:
