@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     load, start = os.getloadavg()[0], time.perf_counter()
     print(f"Top-1 (%) on the digits test split, {args.mc} chips per row (seed {args.seed}); relative error: "
           f"||y - exact|| / ||exact|| of the logits' integers.\n")
-    print("| model | configuration | top-1 mean +- std | p5 .. p95 | rel. error | unmapped top-1 | unmapped rel. error |")
+    print("| model | configuration | top-1 mean +- std | p5 .. p95 | rel. error | unmapped top-1 | "
+          "unmapped rel. error |")
     print("|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
         for config in configs:
