@@ -37,7 +37,10 @@ Algorithm:
 4. Refit (``refit``; by default when calibration inputs are given): in graph order, each layer's
    kept weights (and float bias) are refit by least squares (:func:`cimc.sparsity.refit`) so that,
    on the rows it sees with the earlier layers already pruned, its outputs match the unpruned
-   model's. Pruned units stay exactly zero; the sensitivity walk refits each probe alone.
+   model's. Pruned units stay exactly zero; the sensitivity walk refits each probe alone. A layer of
+   more input rows than ``refit-max-rows`` (refit's memory and time grow with their square and cube)
+   is pruned without refit under the default, said in a warning and in the pass report; with
+   ``refit=true`` it is an error.
 
 Precondition: float weight layers to prune; a graph already quantized (integer layers only: sparsify
 placed after ``quantize``) is an error saying so, since the pass would do nothing there.
@@ -166,6 +169,10 @@ class SparsifyPass(Pass):
                                       "calibration inputs; none = when they are given.")
     max_layer_ratio: float = option(0.9, "mode=sensitivity: the most of any one layer's weights the "
                                          "walk may zero, 0 < max-layer-ratio < 1.")
+    refit_max_rows: int = option(
+        8192, "Most input rows per group a layer may have to be refit (refit holds about four float64 matrices "
+              "of rows + 1 squared: 8192 rows, 2 GiB); by default a larger layer is pruned without refit and "
+              "the report says so; refit=true fails.")
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
@@ -176,6 +183,8 @@ class SparsifyPass(Pass):
                             "largest fraction of one layer mode=sensitivity may zero, e.g. 0.9")
         if self.min_params < 0:
             raise CimcError(f"option min-params={self.min_params} must be >= 0")
+        if not isinstance(self.refit_max_rows, int) or self.refit_max_rows < 1:
+            raise CimcError(f"option refit-max-rows={self.refit_max_rows!r} must be >= 1")
         for key in ("rows_per_op", "array_rows", "group_channels"):  # the rest once the target is known
             if (v := getattr(self, key)) is not None and v < 1:
                 raise CimcError(f"option {key.replace('_', '-')}={v} must be >= 1")
@@ -231,7 +240,8 @@ class SparsifyPass(Pass):
             logger.info("sparsify: no layer to prune (%s)", skipped or "no prunable weights")
             return PassResult(False)
         if refitting and calib is not None:  # (calib is never None here: checked above)
-            for ly, operand in zip(layers, _capture(graph, layers, calib), strict=True):
+            fit = self._refit_within_memory(graph, layers)
+            for ly, operand in zip(fit, _capture(graph, fit, calib) if fit else [], strict=True):
                 _prepare_refit(ly, operand)
         if self.mode == "sensitivity" and calib is not None and self.ratio > 0 and not all(ly.fixed for ly in layers):
             self._allocate(graph.copy(), layers, calib, geom)
@@ -259,6 +269,35 @@ class SparsifyPass(Pass):
             "array_rows": geom.array_rows, "group_channels": geom.group_channels,
             "refit": refitting, "layers": summary, "skipped": skipped})
         return PassResult(True)
+
+    def _refit_within_memory(self, graph: Graph, layers: list[_Layer]) -> list[_Layer]:
+        """The layers refit may take: one of ``K`` input rows holds about four float64 ``(K + 1) x (K + 1)``
+        matrices per group (its Gram and cross matrices, a kept-rows system and its solver's copy), and solves
+        one such system per pruning pattern of its columns. A larger layer than ``refit-max-rows`` fails when
+        ``refit=true`` was asked for, and is pruned without refit otherwise, named in a warning and in the
+        report (``report.sparsify``). A fixed option, not the machine's memory, so that the same options give
+        the same program on every machine."""
+        from cimc.limits import format_bytes
+        from cimc.report import PASS_REPORT
+
+        kept, skipped = [], {}
+        for ly in layers:
+            rows = ly.view.rows
+            if rows <= self.refit_max_rows:
+                kept.append(ly)
+                continue
+            why = (f"its {rows} input rows are more than refit-max-rows={self.refit_max_rows} (refit would hold "
+                   f"about {format_bytes(4 * 8 * (rows + 1) ** 2)} of {rows + 1} x {rows + 1} matrices)")
+            if self.refit:
+                raise CimcError(f"sparsify: {ly.node.op} {ly.node.name!r}: {why}; raise refit-max-rows or "
+                                f"use refit=false (by default such layers are pruned without refit)")
+            skipped[ly.node.name] = why
+            logger.warning("sparsify: %s %r pruned without refit: %s", ly.node.op, ly.node.name, why)
+        if skipped:
+            graph.metadata[PASS_REPORT + "sparsify"] = json.dumps(
+                {"note": f"{len(skipped)} layer(s) pruned without refit (refit-max-rows)", "layers": skipped},
+                sort_keys=True)
+        return kept
 
     def _select(self, graph: Graph, geom: Geometry) -> tuple[list[_Layer], dict[str, str]]:
         """The layers to prune, in graph order, with their ratios (``ratio`` for the free ones),

@@ -351,6 +351,30 @@ def test_refit_with_calibration_keeps_zeros_and_improves_outputs():
     assert np.mean((outs[True] - ref) ** 2) < 0.5 * np.mean((outs[False] - ref) ** 2)
 
 
+def test_refit_max_rows_prunes_larger_layers_without_refit_and_says_so(caplog: pytest.LogCaptureFixture):
+    """A layer of more input rows than refit-max-rows gets the magnitude-pruned weights (refit=false's), the
+    others their refit ones; the warning and the pass report name it; refit=true with such a layer fails."""
+    calib, geom = {"x": X}, {"rows_per_op": 8, "array_rows": 32, "group_channels": 16}
+    runs = {}
+    for key, kw in (("none", {"refit": False}), ("all", {"refit": True}), ("capped", {"refit_max_rows": 100})):
+        g = two_layers()
+        with caplog.at_level("WARNING"):
+            SparsifyPass(ratio=0.5, **geom, **kw).run(g, PassContext(calibration=calib))
+        runs[key] = g
+    weight = {k: {n: g.node(n).inputs[1].const for n in ("conv", "fc")} for k, g in runs.items()}
+    assert np.array_equal(weight["capped"]["fc"], weight["none"]["fc"])  # fc: 1440 rows > 100
+    assert not np.array_equal(weight["capped"]["fc"], weight["all"]["fc"])
+    assert np.array_equal(weight["capped"]["conv"], weight["all"]["conv"])  # conv: 36 rows, refit
+    assert not np.array_equal(weight["capped"]["conv"], weight["none"]["conv"])
+    note = json.loads(runs["capped"].metadata["report.sparsify"])
+    assert list(note["layers"]) == ["fc"] and "1440 input rows" in note["layers"]["fc"]
+    assert "'fc' pruned without refit" in caplog.text and "'conv'" not in caplog.text
+    assert "report.sparsify" not in runs["all"].metadata
+    with pytest.raises(CimcError, match=r"Gemm 'fc': its 1440 input rows are more than refit-max-rows=100"):
+        SparsifyPass(ratio=0.5, **geom, refit=True, refit_max_rows=100).run(two_layers(),
+                                                                            PassContext(calibration=calib))
+
+
 def test_sensitivity_respects_per_layer_and_spends_the_rest():
     g = two_layers()
     SparsifyPass(ratio=0.5, mode="sensitivity", per_layer="conv=0.2", rows_per_op=8, array_rows=32,
