@@ -280,7 +280,8 @@ class SparsifyPass(Pass):
         from cimc.limits import format_bytes
         from cimc.report import PASS_REPORT
 
-        kept, skipped = [], {}
+        kept: list[_Layer] = []
+        skipped: dict[str, dict[str, str]] = {}
         for ly in layers:
             rows = ly.view.rows
             if rows <= self.refit_max_rows:
@@ -291,7 +292,7 @@ class SparsifyPass(Pass):
             if self.refit:
                 raise CimcError(f"sparsify: {ly.node.op} {ly.node.name!r}: {why}; raise refit-max-rows or "
                                 f"use refit=false (by default such layers are pruned without refit)")
-            skipped[ly.node.name] = why
+            skipped[ly.node.name] = {"refit": "none, pruned by magnitude only", "why": why}
             logger.warning("sparsify: %s %r pruned without refit: %s", ly.node.op, ly.node.name, why)
         if skipped:
             graph.metadata[PASS_REPORT + "sparsify"] = json.dumps(

@@ -24,6 +24,7 @@ from cimc.passes import get_pass
 from cimc.passes.sparsify import SparsifyPass, parse_per_layer
 from cimc.passmanager import PassContext, PassManager
 from cimc.pipeline import Pipeline, PipelineError
+from cimc.report import pass_report_lines, pass_reports
 from cimc.sparsity import (
     Geometry,
     input_rows,
@@ -367,12 +368,25 @@ def test_refit_max_rows_prunes_larger_layers_without_refit_and_says_so(caplog: p
     assert np.array_equal(weight["capped"]["conv"], weight["all"]["conv"])  # conv: 36 rows, refit
     assert not np.array_equal(weight["capped"]["conv"], weight["none"]["conv"])
     note = json.loads(runs["capped"].metadata["report.sparsify"])
-    assert list(note["layers"]) == ["fc"] and "1440 input rows" in note["layers"]["fc"]
+    assert list(note["layers"]) == ["fc"] and "1440 input rows" in note["layers"]["fc"]["why"]
+    lines = pass_report_lines(pass_reports(runs["capped"])["sparsify"])  # as report.txt shows it
+    assert "1 layer(s) pruned without refit" in lines[0] and lines[1].startswith("  fc: refit none")
     assert "'fc' pruned without refit" in caplog.text and "'conv'" not in caplog.text
     assert "report.sparsify" not in runs["all"].metadata
     with pytest.raises(CimcError, match=r"Gemm 'fc': its 1440 input rows are more than refit-max-rows=100"):
         SparsifyPass(ratio=0.5, **geom, refit=True, refit_max_rows=100).run(two_layers(),
                                                                             PassContext(calibration=calib))
+
+
+def test_refit_max_rows_reaches_the_compile_report():
+    """The capped layers are in report.json's passes and report.txt of a whole compile."""
+    from cimc.driver import compile as compile_model
+    from cimc.report import report_text
+
+    c = compile_model("zoo:mlp", "sram-cim", pipeline="fold-constants,fuse-batchnorm,sparsify{ratio=0.5 "
+                      "refit-max-rows=32},quantize,legalize-convs,tile")
+    assert "pruned without refit" in c.report["passes"]["sparsify"]["note"]
+    assert "pruned without refit (refit-max-rows)" in report_text(c)
 
 
 def test_sensitivity_respects_per_layer_and_spends_the_rest():
