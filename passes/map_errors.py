@@ -235,8 +235,12 @@ class MapErrorsPass(Pass):
         E2c = E2.astype(_COSTS)
         solved: dict[tuple[Any, ...], Any] = {}  # placements of tiles placed so far
         errors: dict[tuple[Any, ...], Any] = {}  # and expected errors
-        for node in owners:
-            report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck, (solved, errors), errs)
+        try:
+            for node in owners:
+                report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck, (solved, errors),
+                                                      errs)
+        finally:
+            _CELLS.clear()  # the encoded cells of the last layer placed: not kept alive past the pass
         for node in nodes:  # layers reading another layer's tiles take its placement and recoding
             if node not in owners:
                 src = next(n for n in owners if n.name == node.attrs["tile.shared"])
@@ -259,7 +263,8 @@ class MapErrorsPass(Pass):
         skip0 = np.asarray(a["tile.skip"], np.int64).reshape(-1, 2)
         table = tm.table.copy()
         table[:, 7] = perm[table[:, 7]]
-        row_at, col_at, before = [], [], 0.0
+        row_at, col_at = [], []
+        jobs: list[tuple[Any, ...]] = []
         flips: list[np.ndarray | None] = []
         pairs = enc.kind == "differential"  # a pair's columns are complemented together (they may be sensed so)
         blocks0 = _skipped(skip0, len(tm))
@@ -277,8 +282,7 @@ class MapErrorsPass(Pass):
             rows2 = np.ones(k1 - k0) if m2 is None else m2[g, k0:k1]
             parts.append((sig, rows2, s1 - s0))
             rows, cols = tm.rows_of(i), tm.cols_of(i)
-            before += _error(E, errs, arr, img, sig, s1 - s0, rows2, rows, cols, _driven(blocks0[i], rows, rpo),
-                             memo=errors)
+            jobs.append((arr, img, sig, s1 - s0, rows2, rows, cols, _driven(blocks0[i], rows, rpo), None, None))
             arg = (enc.slices if pairs else 0) if s1 - s0 == enc.slices or not pairs else -1
             # _place is a function of these alone (its options are the pass's): tiles alike share one result
             key = (int(table[i, 7]), arg, img.shape, img.tobytes(), sig.tobytes(), rows2.tobytes(), rows.tobytes(),
@@ -294,6 +298,9 @@ class MapErrorsPass(Pass):
             row_at.append(r)
             col_at.append(c)
             flips.append(np.flatnonzero(f) if f.any() else None)
+        before = 0.0
+        for x in _errors(E, errs, jobs, errors):  # summed in the order of the tiles
+            before += x
         placed = tm.replace(table=table, row_at=row_at, col_at=col_at, flip=flips)
         a["tile.map"] = placed
         m = weight_matrix(node)
@@ -310,15 +317,18 @@ class MapErrorsPass(Pass):
             cells = cells.copy()
             cells[recode[:, 0], recode[:, 1], recode[:, 2]] = enc.encode(recode[:, 3])
         moved = written.astype(np.int64) - m
-        after = 0.0
         blocks = _skipped(skip, len(placed))
+        jobs = []
         for i, (g, k0, k1, c0, c1, s0, s1, arr, _) in enumerate(table.tolist()):
             sig, rows2, S = parts[i]
             rows = placed.rows_of(i)
             shift = moved[g, k0:k1, c0:c1] if len(recode) and s0 == 0 else None  # a weight's move counts once
             img = np.ascontiguousarray(cells[g, k0:k1, c0:c1, s0:s1]).reshape(k1 - k0, -1)
-            after += _error(E, errs, arr, img, sig, S, rows2, rows, placed.cols_of(i), _driven(blocks[i], rows, rpo),
-                            shift, placed.flips_of(i), memo=errors)
+            jobs.append((arr, img, sig, S, rows2, rows, placed.cols_of(i), _driven(blocks[i], rows, rpo), shift,
+                         placed.flips_of(i)))
+        after = 0.0
+        for x in _errors(E, errs, jobs, errors):
+            after += x
         return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode),
                 "flipped_columns": sum(len(placed.flips_of(i)) for i in range(len(placed)))}
 
@@ -484,6 +494,76 @@ def _error(E: np.ndarray, errs: _Errs | None, a: int, img: np.ndarray, sig: np.n
     return float(m2[driven] @ (per[driven] ** 2).sum(axis=1))
 
 
+def _errors(E: np.ndarray, errs: _Errs | None, jobs: list[tuple[Any, ...]], memo: dict[tuple[Any, ...], Any]
+            ) -> list[float]:
+    """:func:`_error` of each job (its arguments after ``errs``, in order, ``moved`` and ``flip`` included): the same
+    floats. Without ``errs`` (error maps that are not whole numbers, every cell erring a little), the tiles of one
+    shape and array that ``memo`` does not hold are computed together, each tile's error with the operations of
+    :meth:`_Tile.error` on its own rows (one gather of the cells of many tiles from one array's maps, then per tile
+    the dot product that ends it)."""
+    if errs is not None:
+        return [_error(E, errs, a, img, sig, S, m2, rows, cols, driven, moved, flip, memo)
+                for a, img, sig, S, m2, rows, cols, driven, moved, flip in jobs]
+    out: list[float | None] = [None] * len(jobs)
+    keys: list[tuple[Any, ...]] = []
+    todo: dict[tuple[int, int, int, int], list[int]] = {}
+    for j, job in enumerate(jobs):
+        a, img, sig, slices = job[:4]
+        key = ("error", a, slices, *((x.shape, x.dtype.str, x.tobytes()) if x is not None else None
+                                     for x in (img, sig, *job[4:])))
+        keys.append(key)
+        hit = memo.get(key)
+        if hit is None:
+            todo.setdefault((int(a), *img.shape, slices), []).append(j)
+        else:
+            out[j] = float(hit)
+    levels, P = E.shape[1], E.shape[3]
+    top = levels - 1
+    by_cell: dict[int, np.ndarray] = {}
+    for (a, k, C, S), idx in todo.items():
+        maps = by_cell.get(a)
+        if maps is None:  # [R, P, levels]: a cell's levels side by side
+            maps = by_cell[a] = np.ascontiguousarray(E[a].transpose(1, 2, 0)).reshape(-1)
+        for c0 in range(0, len(idx), _BATCH):
+            part = idx[c0:c0 + _BATCH]
+            img = np.stack([jobs[j][1] for j in part])  # [n, k, C]
+            sig = np.stack([jobs[j][2] for j in part]).astype(np.float64)  # [n, C]
+            flip = np.zeros((len(part), C), bool)
+            for x, j in enumerate(part):
+                f = jobs[j][9]
+                if f is not None and len(f):
+                    flip[x, f] = True
+            if flip.any():  # stored at top - l: the error read back is minus the stored one's
+                img = np.where(flip[:, None, :], top - img, img)
+                sig = np.where(flip, -sig, sig)
+            rows = np.stack([jobs[j][5] for j in part])
+            cols = np.stack([jobs[j][6] for j in part])
+            at = (rows[:, :, None] * (P * levels) + cols[:, None, :] * levels) + img
+            e = maps.take(at).astype(np.float64) * sig[:, None, :]  # [n, k, C]
+            per = _slice_sums(e.reshape(len(part), k, -1, S))  # [n, k, channels]: one weight's slices add
+            for x, j in enumerate(part):
+                moved = jobs[j][8]
+                if moved is not None:
+                    per[x] += moved
+            sq = (per ** 2).sum(axis=2)  # [n, k]
+            for x, j in enumerate(part):
+                m2, driven = jobs[j][4], jobs[j][7]
+                out[j] = float(_put(memo, keys[j], float(m2[driven] @ sq[x][driven])))
+    return [float(x) for x in out]  # type: ignore[arg-type]
+
+
+def _slice_sums(x: np.ndarray) -> np.ndarray:
+    """``x.sum(axis=-1)`` with the same bits, faster for 8 slices: numpy sums 8 contiguous values as a tree of
+    pairs, ``((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))``, added here the same way slice by slice."""
+    if x.shape[-1] != 8:
+        return x.sum(axis=-1)
+    return ((x[..., 0] + x[..., 1]) + (x[..., 2] + x[..., 3])) + ((x[..., 4] + x[..., 5]) + (x[..., 6] + x[..., 7]))
+
+
+_BATCH = 64
+"""Tiles whose errors :func:`_errors` computes together (their cells gathered at once: 8 MB for 128 x 128)."""
+
+
 _MEMO = 4096
 """Entries a memo of placements or errors holds before it is emptied (each holds a tile's levels: memory)."""
 
@@ -502,7 +582,8 @@ def _with_weights(t: _Tile, cell_bits: int) -> _Tile:
     k, C = t.img.shape
     levels = 1 << cell_bits
     one_hot = np.zeros((k, levels, C), _COSTS)
-    one_hot[np.arange(k)[:, None], t.img, np.arange(C)[None, :]] = t.sig ** 2
+    at = (np.arange(0, k * levels * C, levels * C)[:, None] + np.arange(C)[None, :]) + t.img.astype(np.int64) * C
+    one_hot.reshape(-1)[at] = np.broadcast_to(t.sig ** 2, at.shape)
     return replace(t, w=one_hot.transpose(1, 0, 2), _rows=one_hot.reshape(k, levels * C))
 
 
@@ -592,12 +673,20 @@ def _recode(m: np.ndarray, enc: Encoding, tm: TileMap, stuck: np.ndarray, skip: 
     pairs, back = _unique_ints(inv * len(values) + (w - lo), len(keys) * len(values))  # each (pattern, weight) once
     pu, pw = pairs // len(values), pairs % len(values)
     best = np.empty(len(pairs), np.int64)
-    step = max(1, (1 << 22) // (reps * len(values) * S))
+    # value held = the encoding's value plus, on each stuck cell, (stuck level - the encoding's level) * significance:
+    # per pattern and replica, a constant less a product with the candidates' cells (small whole numbers, so the
+    # double products are exact)
+    sig_f = sig.astype(np.float64)
+    cand_sig = (cand * sig_f).T  # [S, V]
+    held0 = (cand @ sig_f) - enc.offset  # [V]: the value each candidate holds on cells that are not stuck
+    stuck_at = keys >= 0  # [patterns, reps * S]
+    on_stuck = (np.where(stuck_at, keys, 0).reshape(-1, reps, S) @ sig_f).reshape(len(keys), reps)  # [patterns, reps]
+    step = max(1, (1 << 20) // (reps * len(values)))
     for c0 in range(0, len(pairs), step):
         u, wv = pu[c0:c0 + step], pw[c0:c0 + step]
-        forced = keys[u].reshape(-1, reps, 1, S)
-        held = (np.where(forced >= 0, forced, cand[None, None]) @ sig) - enc.offset  # [n, reps, V]: value held
-        err = ((held - values[wv][:, None, None]).astype(np.float64) ** 2).sum(axis=1)  # [n, V]
+        mask = stuck_at[u].reshape(-1, S).astype(np.float64)  # [n * reps, S]
+        held = (on_stuck[u].reshape(-1, 1) - mask @ cand_sig + held0).reshape(-1, reps, len(values))  # [n, reps, V]
+        err = ((held - values[wv][:, None, None]) ** 2).sum(axis=1)  # [n, V]
         pick = err.argmin(axis=1)
         keep = err[np.arange(len(wv)), wv] <= err[np.arange(len(wv)), pick]  # the weight itself unless beaten
         best[c0:c0 + step] = np.where(keep, wv, pick)

@@ -407,6 +407,35 @@ def test_error_from_the_erring_cells_alone_is_the_same_bits():
         assert _error(E, errs, a, img, sig, S, m2, rows, cols, driven, moved, flip, memo=memo) == want and memo
 
 
+def test_errors_of_many_tiles_are_each_tiles_error_to_the_bit():
+    """The report's errors computed a batch of tiles at a time (error maps that are not whole numbers, as with
+    programming variation) are :func:`_error`'s of each tile, bit for bit: tiles of several arrays, shapes and slice
+    counts, with complemented columns, a recoding's moves and undriven rows, some of them alike (the memo)."""
+    rng = np.random.default_rng(7)
+    A, levels, R, P = 3, 4, 12, 20
+    E = (rng.normal(size=(A, levels, R, P)) * rng.uniform(0.01, 3, (A, 1, R, P))).astype(np.float32)
+    assert _Errs.of(E) is None
+    jobs = []
+    for _ in range(150):
+        k, ch, S = int(rng.integers(3, 10)), int(rng.integers(1, 3)), int(rng.choice([1, 2, 4, 8]))
+        S = min(S, P // ch)
+        a = int(rng.integers(A))
+        img = rng.integers(0, levels, (k, ch * S)).astype(np.uint8)
+        sig = np.tile(2.0 ** np.arange(S), ch) * rng.choice([-1.0, 1.0], ch * S)
+        m2 = rng.uniform(0.1, 3, k)
+        rows, cols = rng.permutation(R)[:k], rng.permutation(P)[:ch * S]
+        driven = rng.random(k) < 0.8
+        moved = rng.integers(-2, 3, (k, ch)) if rng.random() < 0.5 else None
+        flip = np.flatnonzero(rng.random(ch * S) < 0.3) if rng.random() < 0.7 else None
+        jobs.append((a, img, sig, S, m2, rows, cols, driven, moved, flip))
+    jobs += jobs[:20]  # tiles alike
+    want = [_error(E, None, *job) for job in jobs]
+    memo: dict = {}
+    got = map_errors._errors(E, None, jobs, memo)
+    assert [float(x).hex() for x in got] == [float(x).hex() for x in want]
+    assert memo and map_errors._errors(E, None, jobs, memo) == got
+
+
 def test_unique_ints_is_np_unique():
     rng = np.random.default_rng(0)
     for size in (1, 50, 1 << 25):
