@@ -460,11 +460,37 @@ def test_the_exact_path_gives_the_bits_of_the_bit_level_model(name, monkeypatch)
         assert np.array_equal(watched[k], want[k]), f"{name}: output {k} differs when observed"
 
 
-def test_the_exact_product_keeps_float32_within_its_proven_bound(monkeypatch):
+def _float_products(monkeypatch):
+    """The exact products of the runs that follow in float (:mod:`cimc.cim.exact`'s own path), as on a machine
+    without an exact integer kernel."""
+    from cimc.cim import igemm
+
+    monkeypatch.setattr(igemm, "kernel", lambda: None)
+
+
+def _integer_calls(monkeypatch) -> list[int]:
+    """Count the integer kernel's products in the runs that follow (skip where this machine has no exact one)."""
+    from cimc.cim import igemm
+
+    k = igemm.kernel()
+    if k is None:
+        pytest.skip("onnxruntime gives no exact u8 x s8 product on this machine")
+    calls = [0]
+
+    def counted():
+        calls[0] += 1
+        return k
+
+    monkeypatch.setattr(igemm, "kernel", counted)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["float", "integer"])
+def test_the_exact_product_keeps_float32_within_its_proven_bound(path, monkeypatch):
     """Large positive weights over 2048 rows of large inputs sum past 2**25, beyond what float32 holds exactly:
     the exact path splits K where the bound ``max(x) * ||W[:, c]||_1`` says, and gives the int64 product and the
     bit-level model's bits. One float32 product over all of K (the bound ignored) cannot: some of the sums are
-    not float32 numbers."""
+    not float32 numbers. The integer kernel, where the machine has one, needs no bound and gives the same bits."""
     from cimc.cim.exact import Joined
     from cimc.cim.machine import BIT_LEVEL
     from cimc.interpreter import Interpreter
@@ -484,10 +510,14 @@ def test_the_exact_product_keeps_float32_within_its_proven_bound(monkeypatch):
     xs["x"][1:] = rng.integers(128, 256, (2, K))
     want = xs["x"].astype(np.int64) @ w.T.astype(np.int64)
     assert (want.astype(np.float32).astype(np.int64) != want).any()  # sums that float32 cannot hold
+    integer = _integer_calls(monkeypatch) if path == "integer" else _float_products(monkeypatch)
     calls = _counting(monkeypatch)
     got = next(iter(Interpreter(g).run(xs).values()))
     slow = next(iter(Interpreter(g, machine={BIT_LEVEL: True}).run(xs).values()))
     assert calls["products"] == 1 and np.array_equal(got, want) and np.array_equal(slow, want)
+    if integer is not None:
+        assert integer[0] == 1
+        return
     monkeypatch.setattr(Joined, "plan", lambda self, xmax: ("f32", [(0, self.K)]))  # the bound ignored
     assert not np.array_equal(next(iter(Interpreter(g).run(xs).values())), want)
 
@@ -561,6 +591,74 @@ def test_a_round_joins_only_the_box_its_windows_cover(cols):
         s = ExactSum(shape, start, False, lambda rs: join(rs, 1, C))
         s.add(r)
         assert np.array_equal(s.value(), want)
+
+
+@pytest.mark.parametrize("cols", [False, True], ids=["rows", "cols"])
+def test_the_integer_kernel_gives_the_int32_sum(cols, monkeypatch):
+    """The integer kernel's product (u8 inputs, int8 weights; layout cols through the inputs' bytes flipped to
+    int8 and both zero points) at the extremes of both ranges and at random, over the box of a round, alone and
+    added to an accumulator whose sums wrap int32: int64 arithmetic wrapped like C. A weight of 128 (windows
+    that overlap summed past int8) takes the float path, with the same bits."""
+    from cimc.cim.exact import ExactSum, Round, join
+
+    rng = np.random.default_rng(12)
+    K, C, N, L = 700, 40, 3, 9
+    x = rng.integers(0, 256, (1, N, K, L) if cols else (N * L, K)).astype(np.uint8)
+    x[(0, 0) if cols else slice(0, 2)] = 255  # positions of all 255 inputs
+    w = rng.integers(-128, 128, (K, C)).astype(np.int64)
+    w[:, :3], w[:, 3:6] = -128, 127
+    base = rng.integers(-2**31, 2**31, (N, C, L) if cols else (N * L, C)).astype(np.int32)
+    for top in (127, 128):
+        w[60, 7] = top
+        parts = {(0, 50, K, 2, C, 0, 8): w[50:, 2:]}
+        r = Round(x, cols, ("int", top), (), lambda parts=parts: parts)
+        part = np.zeros_like(w)
+        part[50:, 2:] = w[50:, 2:]
+        product = (np.einsum("nkl,kc->ncl", x[0].astype(np.int64), part) if cols
+                   else x.astype(np.int64) @ part)
+        assert np.abs(product).max() > 2**24  # beyond float32's integers: no luck of small sums
+        calls = _integer_calls(monkeypatch)
+        for start in (None, base):
+            want = product if start is None else start.astype(np.int64) + product
+            s = ExactSum(base.shape, start, False, lambda rs: join(rs, 1, C))
+            s.add(r)
+            kept = None if start is None else start.copy()
+            got = s.value()
+            assert np.array_equal(got, ((want + 2**31) % 2**32 - 2**31).astype(np.int32)), (top, start is None)
+            assert kept is None or np.array_equal(start, kept)
+        assert calls[0] == (2 if top == 127 else 0)
+
+
+def test_the_integer_kernel_is_checked_before_use():
+    """:func:`cimc.cim.igemm.exact` passes this machine's kernel and fails one that adds two u8 x s8 products in
+    a saturating int16 (x86's ``vpmaddubsw``, onnxruntime's U8S8 kernels without VNNI), one whose pairs saturate
+    only at the corners of the ranges (random operands do not find it), and one that clips its sums to int32
+    instead of wrapping: the exact path does not use such a kernel."""
+    from cimc.cim import igemm
+
+    k = igemm.kernel()
+    if k is not None:
+        assert igemm.exact(k)
+
+    def paired(a, b, a0, b0, out=None, top=2**15 - 1):
+        a, b = a.astype(np.int64), b.astype(np.int64)
+        K = a.shape[-1]
+        if K % 2:
+            a = np.concatenate([a, np.zeros((*a.shape[:-1], 1), np.int64)], -1)
+            b = np.concatenate([b, np.zeros((*b.shape[:-2], 1, b.shape[-1]), np.int64)], -2)
+        ab = np.zeros((*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1]), np.int64)
+        for j in range(0, a.shape[-1], 2):
+            pair = a[..., :, j, None] * b[..., None, j, :] + a[..., :, j + 1, None] * b[..., None, j + 1, :]
+            ab += np.clip(pair, -top - 1, top)
+        full = ab - a0 * b.sum(-2)[..., None, :] - b0 * a.sum(-1)[..., :, None] + K * a0 * b0
+        return ((full + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+    def clipping(a, b, a0, b0, out=None):
+        full = np.matmul(a.astype(np.int64) - a0, b.astype(np.int64) - b0)
+        return np.clip(full, -2**31, 2**31 - 1).astype(np.int32)
+
+    assert not igemm.exact(paired) and not igemm.exact(clipping)
+    assert not igemm.exact(functools.partial(paired, top=65_000))  # 255 * 128 * 2 = 65,280 only at a corner
 
 
 @pytest.mark.parametrize("L", [7, 300], ids=["images-side-by-side", "image-by-image"])

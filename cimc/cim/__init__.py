@@ -11,6 +11,8 @@
 - :mod:`cimc.cim.ops` and :mod:`cimc.cim.machine`: the load and MVM instructions' schema (attributes,
   type rules, checks) and their meaning: what the arrays hold during a run, and the MVM (a target
   defines its instructions with these);
+- :mod:`cimc.cim.exact` and :mod:`cimc.cim.igemm`: the lossless MVM path, a layer's rounds as one exact
+  product (an integer one where this machine's onnxruntime multiplies u8 by int8 exactly);
 - :mod:`cimc.cim.work`: what an MVM does, counted per tile, for cost models;
 - :mod:`cimc.cim.calibration`: the partial sums an MVM's ADCs see (histograms) and the ADC range that fits
   them (the ``calibrate-adc`` pass).

@@ -14,7 +14,8 @@ The product is exact by a bound proven for the run, not by the data's luck: ever
 ``x @ W[:, c]``, in any order BLAS adds, is at most ``max(x) * ||W[:, c]||_1`` in magnitude. One float32
 product while that is at most ``2**24`` for every column (float32 holds every integer up to it); else float32
 products over K chunks that each keep within it, summed in int32; one float64 product (exact to ``2**53``)
-when those chunks would be short; int64 beyond.
+when those chunks would be short; int64 beyond. Inputs (u8) and a matrix within int8 need no bound where
+this machine multiplies them exactly in integers (:mod:`cimc.cim.igemm`): one int32 product, wrapping like C.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cimc.cim import igemm
 from cimc.ops.nn import _scratch, to_dtype
 
 __all__ = ["CHUNK_BYTES", "ExactSum", "Joined", "Round", "join"]
@@ -73,6 +75,8 @@ class Joined:
     k0: int = 0
     c0: int = 0
     _plans: dict[int, tuple[str, list[tuple[int, int]]]] = field(default_factory=dict)
+    _int: np.ndarray | None = None
+    _int_done: bool = False
 
     @property
     def K(self) -> int:
@@ -103,10 +107,28 @@ class Joined:
         a = np.abs(self.w.reshape(-1, self.K) if self.cols else self.w.T).astype(np.float64)
         return np.cumsum(a, axis=1)
 
+    def int8(self) -> np.ndarray | None:
+        """The matrix as the integer kernel (:mod:`cimc.cim.igemm`) takes it, or ``None`` when a weight leaves
+        int8 or a grouped matrix has more than one group: layout cols ``W + 128`` u8 ``[C, K]`` (the left operand,
+        zero point 128), rows ``W`` s8 ``[K, C]``."""
+        if not self._int_done:
+            w = self.w
+            fits = w.size == 0 or (-128 <= float(w.min()) and float(w.max()) <= 127)
+            if fits and not (self.cols and w.shape[0] != 1):
+                self._int = (w[0] + 128).astype(np.uint8) if self.cols else w.astype(np.int8)
+            self._int_done = True
+        return self._int
+
     def add_product(self, x: np.ndarray, y: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
         """``y + x @ W`` (``y`` int32 of ``shape``, updated in place; ``None``: zeros), exact (module docstring).
-        Positions go through in chunks whose float inputs and products take at most ``CHUNK_BYTES`` each, in
-        work arrays kept between calls (a fresh large array costs a page fault per page on first touch)."""
+        u8 inputs and int8 weights go through the integer kernel (:mod:`cimc.cim.igemm`) where this machine has
+        an exact one. Else positions go through in chunks whose float inputs and products take at most
+        ``CHUNK_BYTES`` each, in work arrays kept between calls (a fresh large array costs a page fault per page
+        on first touch)."""
+        if x.dtype == np.uint8 and x.size and self.l1.size and self.K and self.int8() is not None:
+            k = igemm.kernel()
+            if k is not None:
+                return self._int_product(k, x, y, shape)
         xmax = int(x.max()) if x.size else 0
         kind, chunks = self.plan(xmax) if xmax else ("f32", [(0, self.K)])
         dt = np.dtype({"f32": np.float32, "f64": np.float64, "i64": np.int64}[kind])
@@ -143,6 +165,35 @@ class Joined:
                 xs = _scratch((min(step, xr.shape[0] - p0), K), dt, "cim.x")
                 np.copyto(xs, xr[p0:p0 + step])
                 self._into(yr[p0:p0 + step], xs, w, kind, chunks, fresh, wide, None)
+        return out
+
+    def _int_product(self, k: igemm.Kernel, x: np.ndarray, y: np.ndarray | None,
+                     shape: tuple[int, ...]) -> np.ndarray:
+        """:meth:`add_product` by the integer kernel: layout cols ``(W + 128 - 128) @ ((x ^ 128) + 128)``, the
+        input's bytes flipped to int8 (``x - 128``, one pass) and both zero points given to the kernel; rows
+        ``x @ W``. int32 sums wrap like C, as the float path's do."""
+        w8 = self.int8()
+        assert w8 is not None
+        C, K, k0, c0 = self.l1.size, self.K, self.k0, self.c0
+        full = shape[1] if self.cols else shape[-1]
+        if self.cols:
+            xb = x[0, :, k0:k0 + K]  # [N, K, L]
+            b = _scratch(xb.shape, np.dtype(np.int8), "cim.x")
+            np.bitwise_xor(xb, np.uint8(128), out=b.view(np.uint8))
+            a, a0, b0 = w8, 128, -128
+            part: tuple[int, ...] = (xb.shape[0], C, xb.shape[2])
+        else:
+            a = x.reshape(-1, x.shape[-1])[:, k0:k0 + K]
+            b, a0, b0 = w8, 0, 0
+            part = (a.shape[0], C)
+        if y is None and C == full:
+            out = np.empty(shape, np.int32)
+            k(a, b, a0, b0, out.reshape(part))
+            return out
+        t = k(a, b, a0, b0, _scratch(part, np.dtype(np.int32), "cim.t"))
+        out = np.zeros(shape, np.int32) if y is None else y
+        box = out[:, c0:c0 + C] if self.cols else out.reshape(-1, full)[:, c0:c0 + C]
+        box += t.reshape(box.shape)  # wraps like C
         return out
 
     def _into(self, dst: np.ndarray, xs: np.ndarray, w: np.ndarray, kind: str, chunks: list[tuple[int, int]],

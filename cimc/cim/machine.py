@@ -30,7 +30,8 @@ the result is ``x @ W`` for the weights each tile reads from its array (:func:`t
 cells at the tile's physical rows and columns, those of skipped blocks left out): the MVM is a round
 of an exact sum (:mod:`cimc.cim.exact`) that a chain of MVMs hands on, and the last of the chain
 computes as one exact product per layer and group (the rounds' weights joined, cached per program and
-what the arrays hold; float32 within a bound proven for the run). ``state[BIT_LEVEL]`` turns that path
+what the arrays hold; u8 by int8 in int32 where this machine's integer kernel is exact, else float32
+within a bound proven for the run). ``state[BIT_LEVEL]`` turns that path
 off. Otherwise each group of tiles reading the same inputs runs as one wide crossbar on the cells
 as the arrays store them, read at their physical rows and columns (a differential pair sensed as one signed
 sum as the difference of its two columns' cells, one column of the crossbar), with the device's read noise

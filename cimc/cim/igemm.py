@@ -1,0 +1,127 @@
+"""Integer matrix products ``(A - a0) @ (B - b0)`` of ``u8 A`` and ``s8 B``, exact in int32 wrapping like C.
+
+onnxruntime's ``MatMulInteger`` (its MLAS kernels: VNNI dot products where the CPU has them) multiplies
+uint8 by int8 operands into int32 sums, several times faster than a float32 BLAS product of the same
+shape (``benchmarks/README.md``). Integer sums are exact whatever the order of the additions, except in a
+kernel that holds a partial sum in a narrower saturating register: x86's ``vpmaddubsw`` adds two ``u8 x s8``
+products into int16 and saturates past 32767, which onnxruntime's documentation names as the U8S8 kernels'
+failing on CPUs without VNNI. So :func:`kernel` gives the product only after it checked, on this machine,
+that no sum saturates: every corner of the operand ranges (each ``A`` all 0 or all 255, each ``B`` all -128 or
+all 127, the zero points 0 and 128/-128) on shapes of every kernel path (vector by matrix, matrix by vector,
+odd sizes, a batch), where any partial sum of like products is as large as it can be, and a sum past int32
+that must wrap; else it is ``None`` and the caller multiplies in float.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Kernel", "kernel"]
+
+_PROBES = ((1, 300, 1), (1, 64, 37), (37, 64, 1), (67, 257, 131), (5, 70, 19, 3), (16, 1024, 200))
+"""Shapes ``(M, K, N[, batch])`` the kernel is checked on."""
+_WRAP = 70_000
+"""K of the probe whose sums pass int32: 70,000 x 255 x 128 > 2**31."""
+
+
+class Kernel:
+    """``MatMulInteger`` in one onnxruntime session (its thread count: ``OPENBLAS_NUM_THREADS`` or
+    ``OMP_NUM_THREADS`` when set, as numpy's BLAS has, else onnxruntime's default; its threads do not spin
+    between products, leaving the cores to the rest of the run)."""
+
+    def __init__(self) -> None:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        g = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b", "a0", "b0"], ["y"])], "igemm",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, None),
+             helper.make_tensor_value_info("b", TensorProto.INT8, None),
+             helper.make_tensor_value_info("a0", TensorProto.UINT8, []),
+             helper.make_tensor_value_info("b0", TensorProto.INT8, [])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, None)])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 10)])
+        model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = _threads()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(model.SerializeToString(), options,
+                                             providers=["CPUExecutionProvider"])
+        self._zeros = {(int(v), np.dtype(t)): np.array(v, t) for v in (0, 128, -128) for t in (np.uint8, np.int8)
+                       if np.iinfo(t).min <= v <= np.iinfo(t).max}
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, a0: int, b0: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``(a - a0) @ (b - b0)`` (``a`` u8, ``b`` s8, numpy's matmul broadcasting; ``a0`` 0 or 128, ``b0`` 0 or
+        -128) in int32 wrapping like C, written into ``out`` (C-contiguous int32 of the product's shape) if given."""
+        io = self._session.io_binding()
+        io.bind_cpu_input("a", np.ascontiguousarray(a, np.uint8))
+        io.bind_cpu_input("b", np.ascontiguousarray(b, np.int8))
+        io.bind_cpu_input("a0", self._zeros[a0, np.dtype(np.uint8)])
+        io.bind_cpu_input("b0", self._zeros[b0, np.dtype(np.int8)])
+        if out is None:
+            io.bind_output("y", "cpu")
+            self._session.run_with_iobinding(io)
+            return np.asarray(io.copy_outputs_to_cpu()[0])
+        assert out.dtype == np.int32 and out.flags.c_contiguous
+        io.bind_output("y", "cpu", 0, np.int32, out.shape, out.ctypes.data)
+        self._session.run_with_iobinding(io)
+        return out
+
+
+def _threads() -> int:
+    """Threads of the kernel: ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` when set (numpy's BLAS reads them
+    too), else 0 (onnxruntime's default: one per core)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return 0
+
+
+def exact(k: Any) -> bool:
+    """Whether kernel ``k`` gives every probe's product exactly (module docstring)."""
+    rng = np.random.default_rng(0)
+    for shape in _PROBES:
+        M, K, N = shape[:3]
+        lead = shape[3:]
+        for a0, b0 in ((0, 0), (128, -128)):
+            for av in (0, 255):
+                for bv in (-128, 127):
+                    a = np.full((M, K), av, np.uint8)
+                    b = np.full((*lead, K, N), bv, np.int8)
+                    want = np.full((*lead, M, N), (av - a0) * (bv - b0) * K, np.int64)
+                    if not np.array_equal(k(a, b, a0, b0), want):
+                        return False
+            a = rng.integers(0, 256, (M, K), dtype=np.uint8)
+            b = rng.integers(-128, 128, (*lead, K, N), dtype=np.int8)
+            want = np.matmul(a.astype(np.int64) - a0, b.astype(np.int64) - b0)
+            if not np.array_equal(k(a, b, a0, b0), want):
+                return False
+    a, b = np.full((1, _WRAP), 255, np.uint8), np.full((_WRAP, 1), -128, np.int8)
+    wrapped = (255 * -128 * _WRAP + (1 << 31)) % (1 << 32) - (1 << 31)
+    return bool(k(a, b, 0, 0)[0, 0] == wrapped)
+
+
+_LOCK = threading.Lock()
+_KERNEL: list[Kernel | None] = []
+
+
+def kernel() -> Kernel | None:
+    """The process's :class:`Kernel`, built and checked (:func:`exact`) on first use; ``None`` where onnxruntime
+    cannot build it or a probe's product is not exact."""
+    if not _KERNEL:
+        with _LOCK:
+            if not _KERNEL:
+                try:
+                    k: Kernel | None = Kernel()
+                except Exception:  # no usable onnxruntime here: the float products stand in
+                    k = None
+                _KERNEL.append(k if k is not None and exact(k) else None)
+    return _KERNEL[0]
