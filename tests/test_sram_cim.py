@@ -661,6 +661,36 @@ def test_the_integer_kernel_is_checked_before_use():
     assert not igemm.exact(functools.partial(paired, top=65_000))  # 255 * 128 * 2 = 65,280 only at a corner
 
 
+def _forked_kernel(parent: int) -> tuple[bool, bool, bool]:
+    """(In a forked child.) Whether the child starts without a kernel, builds one that is not the parent's
+    (``parent``: its id), and that one multiplies exactly."""
+    from cimc.cim import igemm
+
+    fresh = not igemm._KERNEL
+    k = igemm.kernel()
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    b = np.arange(-4, 4, dtype=np.int8).reshape(4, 2)
+    return fresh, id(k) != parent, k is not None and np.array_equal(k(a, b, 0, 0), a.astype(np.int64) @ b)
+
+
+def test_a_forked_child_builds_its_own_integer_kernel():
+    """Monte Carlo workers start by fork: a child does not use the onnxruntime session its parent built (its
+    threads stayed in the parent) but builds its own, which multiplies exactly."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cimc.cim import igemm
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    k = igemm.kernel()
+    if k is None:
+        pytest.skip("onnxruntime gives no exact u8 x s8 product on this machine")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        assert pool.submit(_forked_kernel, id(k)).result(timeout=120) == (True, True, True)
+    assert igemm.kernel() is k
+
+
 @pytest.mark.parametrize("L", [7, 300], ids=["images-side-by-side", "image-by-image"])
 def test_an_exact_sum_in_layout_cols_is_the_int32_sum(L, monkeypatch):
     """Two rounds of grouped weights over K chunks (sums past 2**25), added to a starting accumulator whose sums

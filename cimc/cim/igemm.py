@@ -14,6 +14,7 @@ that must wrap; else it is ``None`` and the caller multiplies in float.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from typing import Any
@@ -111,6 +112,22 @@ def exact(k: Any) -> bool:
 
 _LOCK = threading.Lock()
 _KERNEL: list[Kernel | None] = []
+
+
+def _after_fork() -> None:
+    """In a forked child: onnxruntime's sessions are not usable across a fork (their threads stayed in the
+    parent) and destroying one there can crash joining them, so the child keeps the parent's session alive and
+    unused (a reference it never drops) and builds its own on first use."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    if _KERNEL:
+        k = _KERNEL.pop()
+        if k is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(k))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def kernel() -> Kernel | None:
