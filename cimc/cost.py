@@ -451,8 +451,27 @@ class Tally:
     by_unit: dict[str, dict[str, float]] = field(default_factory=dict)
     by_component: dict[str, float] = field(default_factory=dict)
     dram_bytes: dict[str, float] = field(default_factory=dict)
-    cell_writes: dict[int, int] = field(default_factory=dict)
     events: dict[str, float] = field(default_factory=dict)
+    _cell_writes: dict[int, int] = field(default_factory=dict, repr=False)
+    _pending: list[Writes] = field(default_factory=list, repr=False, compare=False)
+    """Regions added as :class:`Writes` and not yet summed into ``_cell_writes`` (summed in numpy when read)."""
+
+    @property
+    def cell_writes(self) -> dict[int, int]:
+        """Cells written per array, over every op added (keys in the order the arrays were first written)."""
+        if self._pending:
+            array = np.concatenate([w.array for w in self._pending])
+            cells = np.concatenate([w.cells for w in self._pending])
+            self._pending.clear()
+            order = np.argsort(array, kind="stable")
+            array = array[order]
+            starts = np.flatnonzero(np.concatenate([[True], array[1:] != array[:-1]]))
+            sums = np.add.reduceat(cells[order], starts)
+            out = self._cell_writes
+            for i in np.argsort(order[starts], kind="stable").tolist():  # by each array's first write
+                a = int(array[starts[i]])
+                out[a] = out.get(a, 0) + int(sums[i])
+        return self._cell_writes
 
     def add(self, cost: Cost) -> None:
         """Account one op's cost."""
@@ -478,12 +497,12 @@ class Tally:
                 self.dram_bytes[k] = self.dram_bytes.get(k, 0.0) + v
         writes = cost.writes
         if isinstance(writes, Writes):
-            cells = self.cell_writes
-            for a, n in zip(writes.array.tolist(), writes.cells.tolist(), strict=True):
-                cells[a] = cells.get(a, 0) + n
+            if len(writes):
+                self._pending.append(writes)
         elif writes:
+            cells = self.cell_writes  # the pending ones first: arrays keep the order of their first writes
             for w in writes:
-                self.cell_writes[w.array] = self.cell_writes.get(w.array, 0) + w.cells
+                cells[w.array] = cells.get(w.array, 0) + w.cells
         if cost.events:
             for k, v in cost.events.items():
                 self.events[k] = self.events.get(k, 0.0) + v

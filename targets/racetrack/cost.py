@@ -65,6 +65,8 @@ def _rows_and_runs(reads: Reads, G: int, K: int, N: int) -> tuple[int, int]:
     n, t0 = reads.n, reads.t0
     gk = reads.flat // N  # g * K + k
     down = (n == 1) | ((reads.fstride == N) & (reads.tdir == 1))
+    if down.all():  # every run down a column (as "cols" layouts read): each run starts its rows at its t0
+        return _union_length((gk + gk // K * _T - t0) * 2, t0, t0 + n), len(n)
     along = ~down & (reads.fstride == 1)
     pick = np.nonzero(down | along)[0]
     n_pick, t_pick = n[pick], t0[pick]
