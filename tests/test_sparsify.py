@@ -215,7 +215,8 @@ def test_pass_annotations_are_exactly_the_zero_units(layer, rpo, rows, gc, ratio
     assert a["sparsity.channels"].tolist() == [i for i in range(view.groups * view.cols)
                                                if not m[i // view.cols, :, i % view.cols].any()]
     size, _, _ = unit_stats(m, geom, gran)
-    assert ratio <= a["sparsity.ratio"] < ratio + size.max() / view.size + 1e-12
+    # prune_mask reaches ceil(ratio * size) less a 1e-9 relative allowance for float noise in ratio
+    assert ratio - 1e-9 <= a["sparsity.ratio"] < ratio + size.max() / view.size + 1e-12
     assert a["sparsity.ratio"] == zero_count(m, geom, gran) / view.size
 
 
