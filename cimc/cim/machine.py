@@ -476,16 +476,14 @@ def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays
     tiles: TileMap = a["tiles"]
     device = arrays.device
     cols = a["layout"] == "cols"
-    per = tiles.matrix[2]
-    sig = np.asarray(a["significance"], np.int64)
-    off = int(a["offset"])
     R = tiles.physical[0]
     pairs = a.get("sense") == "pairs"
-    undriven = _skipped_rows(tiles, np.asarray(a["skip"], np.int64).reshape(-1, 2), int(a["rows_per_op"])) \
-        if any(f is not None for f in tiles.flip) else {}
-    for grp in _groups(held, fingerprint, tiles, device, adc, a):
+    groups = _groups(held, fingerprint, tiles, device, adc, a)
+    plans = _epilogues(tiles, groups, adc, a)
+    P = x.shape[1] * x.shape[3] if cols else int(np.prod(x.shape[:-1]))
+    total = None if all(p is None for p in plans) else np.zeros((P, y.shape[-2] if cols else y.shape[-1]), np.float64)
+    for grp, plan in zip(groups, plans, strict=True):
         xt = _inputs(x, grp.group, grp.k0, grp.k1, cols)  # u8 [P, k]
-        P = xt.shape[0]
         r, n = grp.part
         q0, q1 = r * P // n, (r + 1) * P // n
         xp = physical_rows(xt[q0:q1], grp.row_at, R)
@@ -498,25 +496,134 @@ def _run_crossbar(state: dict[str, Any], rng: np.random.Generator | None, arrays
                               dac_bits=int(a["dac_bits"]), act_bits=int(a["act_bits"]), adc=grp.adc,
                               driven=grp.driven, prescaled=device.ideal, read=read, most=float(most),
                               least=-float(most) if pairs else 0.0, sigma=grp.sigma, rng=rng)
-        for i, (c0, c1) in zip(grp.tiles, grp.spans, strict=True):
-            g, _, _, ch0, ch1, s0, s1 = (int(v) for v in tiles.table[i, :7])
-            sums = accs[:, c0:c1]
-            flip = tiles.flips_of(i)
-            if len(flip):  # complemented columns: top * sum(x) over the driven rows less what was read
-                sums = sums.astype(np.float64)
-                if pairs:  # a pair's signed sum, negated (read at its positive column: slices s < S/2)
-                    S = tiles.slices
-                    pos = np.arange(c1 - c0) // (S // 2) * S + np.arange(c1 - c0) % (S // 2)
-                    sums[:, np.isin(pos, flip)] *= -1
+        if plan is None:
+            _tile_by_tile(tiles, grp, a, accs, xt, y, q0, q1, P, cols, x)
+            continue
+        assert total is not None
+        out = total[q0:q1]
+        red = accs if plan.weights is None else np.multiply(accs, plan.weights, dtype=np.float64)
+        if plan.slices > 1:
+            red = red.reshape(red.shape[0], red.shape[1] // plan.slices, plan.slices).sum(axis=2)
+        for c0, c1, ch0, ch1 in plan.spans:
+            out[:, ch0:ch1] += red[:, c0:c1]
+        if plan.offset_spans:
+            sx = xt[q0:q1].sum(axis=1, dtype=np.float64)[:, None] * float(a["offset"])
+            for ch0, ch1 in plan.offset_spans:
+                out[:, ch0:ch1] -= sx
+    if total is not None:
+        v = to_dtype(total, np.dtype(np.int32))
+        if cols:
+            N, L = x.shape[1], x.shape[3]
+            y += np.moveaxis(v.reshape(N, L, -1), -1, 1)  # wraps like C
+        else:
+            flat = y.reshape(-1, y.shape[-1])
+            np.add(flat, v, out=flat)  # wraps like C
+
+
+@dataclass(frozen=True)
+class _Epilogue:
+    """How a wide crossbar's column sums become the layer's channels in one pass: each column times its slice's
+    significance (negated where a pair was written complemented), the ``slices`` columns of a channel summed,
+    spans of the result added into the channels (an MVM's exact float64 total), the offset term subtracted from
+    the channels of tiles holding slice 0."""
+
+    weights: np.ndarray | None
+    """float64 ``[C]`` per converted column, or ``None`` when every one is 1."""
+    slices: int
+    spans: tuple[tuple[int, int, int, int], ...]
+    """``(c0, c1, ch0, ch1)``: reduced columns ``c0:c1`` add into channels ``ch0:ch1`` (adjacent tiles merged)."""
+    offset_spans: tuple[tuple[int, int], ...]
+
+
+def _epilogues(tiles: TileMap, groups: list[_Group], adc: Adc, a: dict[str, Any]) -> list[_Epilogue | None]:
+    """Each group's :class:`_Epilogue`, or ``None`` for a group whose tiles must add one by one (tiles of one group
+    with different slice counts or overlapping channels, complemented single columns, or sums that could leave
+    float64's integers); cached per tile map and attributes."""
+    sig = np.asarray(a["significance"], np.int64)
+    off = int(a["offset"])
+    pairs = a.get("sense") == "pairs"
+    key = ("epilogue", sig.tobytes(), off, pairs, a["layout"], np.asarray(a["skip"], np.int64).tobytes(),
+           int(a["rows_per_op"]), int(a["dac_bits"]), int(a["act_bits"]), adc.bits, adc.step.tobytes(),
+           adc.offset.tobytes())
+
+    def make() -> list[_Epilogue | None]:
+        per = tiles.matrix[2]
+        lo, hi = adc.offset.astype(np.float64), (adc.offset + adc.step * adc.top).astype(np.float64)
+        most_code = float(np.maximum(np.abs(lo), np.abs(hi)).max(initial=0.0))
+        J = -(-int(a["act_bits"]) // int(a["dac_bits"]))
+        weight = float(sum(1 << (j * int(a["dac_bits"])) for j in range(J)))
+        out: list[_Epilogue | None] = []
+        bound = 0.0
+        for grp in groups:
+            counts = {len(sig) // 2 if pairs else int(tiles.table[i, 6] - tiles.table[i, 5]) for i in grp.tiles}
+            if len(counts) != 1 or (not pairs and any(len(tiles.flips_of(i)) for i in grp.tiles)):
+                out.append(None)
+                continue
+            S1 = counts.pop()
+            w = np.empty(grp.spans[-1][1] if grp.spans else 0, np.float64)
+            spans: list[list[int]] = []
+            offs: list[list[int]] = []
+            for i, (c0, c1) in zip(grp.tiles, grp.spans, strict=True):
+                g, _, _, ch0, ch1, s0, s1 = (int(v) for v in tiles.table[i, :7])
+                part = sig[:S1] if pairs else sig[s0:s1]
+                w[c0:c1] = np.tile(part.astype(np.float64), (c1 - c0) // S1)
+                flip = tiles.flips_of(i)
+                if len(flip):  # a complemented pair: its signed sum negated (slices s < S/2 are the positive columns)
+                    half = tiles.slices // 2
+                    pos = np.arange(c1 - c0) // half * tiles.slices + np.arange(c1 - c0) % half
+                    w[c0:c1][np.isin(pos, flip)] *= -1
+                span = [c0 // S1, c1 // S1, g * per + ch0, g * per + ch1]
+                if spans and spans[-1][1] == span[0] and spans[-1][3] == span[2]:
+                    spans[-1][1], spans[-1][3] = span[1], span[3]
                 else:
-                    rows = np.ones(xt.shape[1], bool)
-                    rows[undriven.get(i, [])] = False
-                    sx = xt[q0:q1][:, rows].astype(np.int64).sum(axis=1, keepdims=True)
-                    sums[:, flip] = float((1 << int(a["cell_bits"])) - 1) * sx - sums[:, flip]
-            part = shift_add(sums, sig[:len(sig) // 2] if pairs else sig[s0:s1])
-            if off and s0 == 0:
-                part -= off * xt[q0:q1].astype(np.int64).sum(axis=1, keepdims=True)
-            _scatter(y, part, g * per + ch0, g * per + ch1, q0, q1, P, cols, x)
+                    spans.append(span)
+                if off and s0 == 0:
+                    if offs and offs[-1][1] == span[2]:
+                        offs[-1][1] = span[3]
+                    else:
+                        offs.append(span[2:])
+            chans = np.concatenate([np.arange(s[2], s[3]) for s in spans]) if spans else np.zeros(0, np.int64)
+            if len(np.unique(chans)) != len(chans):
+                out.append(None)
+                continue
+            bound += most_code * weight * len(grp.blocks) * float(np.abs(w).max(initial=0.0)) * S1 \
+                + abs(off) * 255.0 * (grp.k1 - grp.k0)
+            out.append(_Epilogue(None if (w == 1).all() else w, S1, tuple(map(tuple, spans)),  # type: ignore[arg-type]
+                                 tuple(map(tuple, offs))))  # type: ignore[arg-type]
+        if bound >= 1 << 53:  # a channel's total would not be exact in float64
+            return [None] * len(groups)
+        return out
+    return _cached(tiles, key, make)
+
+
+def _tile_by_tile(tiles: TileMap, grp: _Group, a: dict[str, Any], accs: np.ndarray, xt: np.ndarray, y: np.ndarray,
+                  q0: int, q1: int, P: int, cols: bool, x: np.ndarray) -> None:
+    """A group's column sums added into ``y`` tile by tile (the general case of :func:`_epilogues`)."""
+    per = tiles.matrix[2]
+    sig = np.asarray(a["significance"], np.int64)
+    off = int(a["offset"])
+    pairs = a.get("sense") == "pairs"
+    undriven = _skipped_rows(tiles, np.asarray(a["skip"], np.int64).reshape(-1, 2), int(a["rows_per_op"])) \
+        if any(f is not None for f in tiles.flip) else {}
+    for i, (c0, c1) in zip(grp.tiles, grp.spans, strict=True):
+        g, _, _, ch0, ch1, s0, s1 = (int(v) for v in tiles.table[i, :7])
+        sums = accs[:, c0:c1]
+        flip = tiles.flips_of(i)
+        if len(flip):  # complemented columns: top * sum(x) over the driven rows less what was read
+            sums = sums.astype(np.float64)
+            if pairs:  # a pair's signed sum, negated (read at its positive column: slices s < S/2)
+                S = tiles.slices
+                pos = np.arange(c1 - c0) // (S // 2) * S + np.arange(c1 - c0) % (S // 2)
+                sums[:, np.isin(pos, flip)] *= -1
+            else:
+                rows = np.ones(xt.shape[1], bool)
+                rows[undriven.get(i, [])] = False
+                sx = xt[q0:q1][:, rows].astype(np.int64).sum(axis=1, keepdims=True)
+                sums[:, flip] = float((1 << int(a["cell_bits"])) - 1) * sx - sums[:, flip]
+        part = shift_add(sums, sig[:len(sig) // 2] if pairs else sig[s0:s1])
+        if off and s0 == 0:
+            part -= off * xt[q0:q1].astype(np.int64).sum(axis=1, keepdims=True)
+        _scatter(y, part, g * per + ch0, g * per + ch1, q0, q1, P, cols, x)
 
 
 def _reader(device: Device, grp: _Group, rng: np.random.Generator) -> Callable[..., None]:
