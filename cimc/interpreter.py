@@ -26,6 +26,7 @@ the same on every CPU.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -125,6 +126,13 @@ class Interpreter:
         self._dynamic = {n for n in graph.nodes if _dynamic(n)}
         """Nodes whose declared types leave a dim symbolic or unknown: checked again, with the operands of
         the run, before they run."""
+
+    def rebound(self, *, seed: int, machine: Mapping[str, Any] | None = None) -> Interpreter:
+        """This interpreter with another seed and machine, its graph's verification and plan shared (not redone):
+        what a Monte Carlo run's chips each run with."""
+        other = copy.copy(self)
+        other.seed, other.machine = seed, dict(machine or {})
+        return other
 
     def run(self, inputs: Mapping[str, Any], *,
             observe: Callable[[Value, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:

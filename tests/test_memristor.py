@@ -15,7 +15,7 @@ import cimc
 from cimc import zoo
 from cimc.interpreter import run
 from cimc.ir.verifier import verify
-from cimc.montecarlo import ChipJob, LocalPool, run_chip, summarise
+from cimc.montecarlo import ChipJob, LocalPool, run_chip, run_seed, summarise
 from cimc.onnx_io import import_model
 from cimc.passmanager import PassContext, PassManager
 from cimc.target import LOSSY
@@ -171,6 +171,19 @@ def test_monte_carlo_is_reproducible_per_chip_and_with_any_workers():
     alone = summarise([chip2], ref, y, "labels")
     assert alone["rel_error_mean"] == mc["chips"][2]["rel_error"]
     assert np.array_equal(LocalPool(2).map(job, [2])[0], chip2)
+
+
+def test_chips_of_one_job_reuse_its_verified_program_and_each_runs_alone():
+    m = zoo.load("lenet_bn")
+    c = cimc.compile("zoo:lenet_bn", "memristor", spec={"p_sa0": 0.02, "p_sa1": 0.004}, seed=3)
+    c.target.register_ops()
+    job = ChipJob(c.program, c.target, _x("lenet_bn", 16), 3, c.program.outputs[0].name)
+    got = [run_chip(job, i) for i in (0, 1, 0)]  # one interpreter, rebound per chip
+    want = [run(c.program, job.inputs, seed=run_seed(3, i), machine=c.target.machine(3, i))[job.output]
+            for i in (0, 1)]
+    assert m.input_name in job.inputs and not np.array_equal(want[0], want[1])
+    for g, w in zip(got, [want[0], want[1], want[0]], strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_monte_carlo_summary_is_the_formula():
