@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -144,42 +144,8 @@ class Interpreter:
         with reproducible_floats(self.reproducible):
             return self._run(inputs, observe)
 
-    def run_lockstep(self, inputs: Sequence[Mapping[str, Any]], *,
-                     observe: Callable[[Value, np.ndarray], None] | None = None) -> list[dict[str, np.ndarray]]:
-        """Run on each of ``inputs`` in lockstep: every node runs for each input in turn before the next node runs.
-
-        Each run's outputs, machine state and generator are those of :meth:`run` on its input alone; a node's op
-        may reuse work between its runs (``OpContext.memo``: a float weight converted once). ``observe`` sees each
-        value's arrays in the order of ``inputs``, but the values of the runs interleaved: an observer that draws
-        from a generator shared with other values' observers sees another order than in separate runs. All runs'
-        live values are held at once.
-        """
-        with reproducible_floats(self.reproducible):
-            memo: dict[Any, Any] = {}
-            runs = [self._steps(i, observe, memo) for i in inputs]
-            out: list[dict[str, np.ndarray] | None] = [None] * len(runs)
-            while any(o is None for o in out):
-                for i, run in enumerate(runs):
-                    if out[i] is None:
-                        try:
-                            next(run)
-                        except StopIteration as done:
-                            out[i] = done.value
-                memo.clear()
-            return [o for o in out if o is not None]
-
     def _run(self, inputs: Mapping[str, Any],
              observe: Callable[[Value, np.ndarray], None] | None) -> dict[str, np.ndarray]:
-        steps = self._steps(inputs, observe, None)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
-
-    def _steps(self, inputs: Mapping[str, Any], observe: Callable[[Value, np.ndarray], None] | None,
-               memo: dict[Any, Any] | None) -> Generator[None, None, dict[str, np.ndarray]]:
-        """One run, node by node: it pauses after each node; its return value is the outputs by name."""
         arrays = check_inputs(self.graph, inputs)
         env: dict[int, np.ndarray | None] = {}
         for v in self.graph.inputs:
@@ -197,8 +163,7 @@ class Interpreter:
             if node in self._dynamic:
                 _check_run(node, opdef, attrs, operands)
             spare = _spare(operands, dying) if dying and not watched else ()
-            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated, partial and not watched, spare,
-                            memo)
+            ctx = OpContext(attrs, len(node.outputs), node.name, rng, state, donated, partial and not watched, spare)
             try:
                 result = opdef.impl(ctx, *operands)
             except CimcError as e:
@@ -222,7 +187,6 @@ class Interpreter:
                     env.pop(id(v), None)
             del result, results, operands  # no reference of this node's outlives it (see _spare)
             r = None
-            yield
         return {v.name: np.asarray(env[id(v)]) for v in self.graph.outputs}
 
 

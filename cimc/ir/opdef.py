@@ -156,10 +156,6 @@ class OpContext:
     """Operands whose arrays the op may overwrite, or hand back as its result: the interpreter lists an operand
     when it dies at this node, was made by a node of the run (not a graph input or constant), is no graph output,
     and no other reference to its array, or view of it, exists; never while the run observes results."""
-    memo: dict[Any, Any] | None = None
-    """Work the op may keep for the same node's call in the next run of a lockstep (``Interpreter.run_lockstep``:
-    each node runs for every input before the next node runs), such as its float weight in the precision of the
-    product; the runs' results must be those of separate runs. ``None`` outside a lockstep."""
 
 
 class NodeLike(Protocol):

@@ -305,30 +305,15 @@ def _scratch(shape: Sequence[int], dtype: np.dtype, slot: str = "buf") -> np.nda
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-def _converted(w: np.ndarray, dt: np.dtype, memo: dict[Any, Any] | None) -> np.ndarray:
-    """``w`` as ``dt``; with ``memo``, a read-only ``w``'s conversion made by an earlier call for the same array
-    (a constant weight: the same object in every run, and nothing writes it)."""
-    if memo is None or w.dtype == dt or w.flags.writeable:
-        return w.astype(dt, copy=False)
-    hit = memo.get("weight")
-    if hit is not None and hit[0] is w and hit[1].dtype == dt:
-        return hit[1]
-    wd = w.astype(dt)
-    memo["weight"] = (w, wd)
-    return wd
-
-
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides: Sequence[int],
          dilations: Sequence[int], pads_begin: Sequence[int], pads_end: Sequence[int], out: Sequence[int],
-         group: int = 1, out_dtype: np.dtype | None = None, pad_value: int | float = 0,
-         memo: dict[Any, Any] | None = None) -> np.ndarray:
+         group: int = 1, out_dtype: np.dtype | None = None, pad_value: int | float = 0) -> np.ndarray:
     """N-D grouped convolution of ``x`` (N, C, *S) with ``w`` (M, C/group, *K), exact for integers.
 
     Pad cells hold ``pad_value``. The im2col columns are built for a chunk of images (or of one
     image's first output dim) at a time, so the workspace stays within ``max(_COL_BUDGET, (input +
     output bytes) / _COL_FRACTION)``; integer columns stay within ``_INT_COL_BUDGET`` (cache) and
-    are multiplied image by image, in exact float32 K-chunks summed in int32 or int64. ``memo``
-    (``OpContext.memo``) keeps a read-only ``w`` converted to the product's precision for the next call."""
+    are multiplied image by image, in exact float32 K-chunks summed in int32 or int64."""
     n = x.shape[0]
     m, cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
     ksize, osize, mg = math.prod(kernel), math.prod(out), m // group
@@ -341,7 +326,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides: 
     if kc is None and pad_value != 0 and padding:  # compute_dtype must see the pad value
         x, pads_begin, pads_end = _pad(x, pads_begin, pads_end, pad_value), (0,) * len(out), (0,) * len(out)
     dt = np.dtype(np.float32) if kc is not None else compute_dtype(x, w, cg * ksize, b)
-    wd = _converted(w, dt, memo)
+    wd = w.astype(dt, copy=False)
     padded = tuple(s + p + e for s, p, e in zip(x.shape[2:], pads_begin, pads_end, strict=True))
     if kc is None and cg == 1 and group > 1:  # depthwise: accumulate over kernel positions
         xp = _pad(x.astype(dt, copy=False), pads_begin, pads_end)
@@ -483,7 +468,7 @@ def conv_op(ctx, x, w, b=None):
     kernel = w.shape[2:]
     out, pb, pe, _, strides, dils = window_geometry(x.shape[2:], kernel, ctx.attrs)
     return conv(x, w, b, strides=strides, dilations=dils, pads_begin=pb, pads_end=pe, out=out,
-                group=ctx.attrs["group"], memo=ctx.memo)
+                group=ctx.attrs["group"])
 
 
 # ---- ConvTranspose ------------------------------------------------------------------------------

@@ -33,8 +33,6 @@ METHODS = ("minmax", "percentile", "mse")
 SAMPLE = 1 << 17
 BATCH = 32
 """Calibration images per interpreter run (when the graph's batch dim is not fixed)."""
-LOCKSTEP, LOCKSTEP_BYTES = 4, 4 << 20
-"""At most this many runs in lockstep, of at most this many input bytes together (their values are alive at once)."""
 
 
 class Observer:
@@ -173,15 +171,8 @@ def calibrate(graph: Graph, data: Mapping[str, np.ndarray] | None, watch: list[V
             also(v, a)
 
     interp = Interpreter(graph, seed=seed, reproducible=True)  # scales that do not depend on the CPU
-    if runs and also is None and not any(o.sampled for o in observers.values()):
-        # minimum and maximum do not depend on the order the runs' values come in: run a few batches in lockstep,
-        # so that each float weight is converted to float64 once for them (Interpreter.run_lockstep)
-        group = max(1, min(LOCKSTEP, LOCKSTEP_BYTES // max(1, sum(a.nbytes for a in runs[0].values()))))
-        for start in range(0, len(runs), group):
-            interp.run_lockstep(runs[start:start + group], observe=observe)
-    else:
-        for run in runs:
-            interp.run(run, observe=observe)
+    for run in runs:
+        interp.run(run, observe=observe)
     return {v.name: observers[id(v)] for v in watch}
 
 
