@@ -44,15 +44,37 @@ print(" ".join(out))
 """
 
 
-def cpu_features() -> tuple[list[str], list[str]]:
-    """numpy's dispatched SIMD features this CPU has, and those of them at the AVX-512 level (names as the installed
-    numpy spells them)."""
+def cpu_features() -> tuple[list[str], list[str], set[str]]:
+    """numpy's dispatched SIMD features this CPU has, those of them at the AVX-512 level (names as the installed
+    numpy spells them), and every CPU feature numpy found (``AVX2``, ``FMA3``, ``AVX512F``, ...)."""
     try:
         from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
     except ImportError:  # numpy 1.x
         from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
     found = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
-    return found, [f for f in found if f.startswith("AVX512") or f == "X86_V4"]
+    avx512 = [f for f in found if f.startswith("AVX512") or f == "X86_V4"]
+    return found, avx512, {k for k, v in __cpu_features__.items() if v}
+
+
+def openblas_kernels(cpu: set[str]) -> dict[str, dict[str, str]]:
+    """OpenBLAS kernel sets to force (``OPENBLAS_CORETYPE``), with thread counts: Prescott (SSE3) always, and
+    Sandybridge (AVX), Haswell (AVX2, FMA) and SkylakeX (AVX-512) where the CPU has what they need; a kernel set the
+    CPU lacks dies of an illegal instruction."""
+    configs = {"OpenBLAS Prescott, 2 threads": {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "2"}}
+    for core, needs, threads in (("Sandybridge", {"AVX"}, "1"), ("Haswell", {"AVX2", "FMA3"}, "1"),
+                                 ("SkylakeX", {"AVX512F", "AVX512BW", "AVX512DQ", "AVX512VL", "AVX512CD"}, "2")):
+        if needs <= cpu:
+            configs[f"OpenBLAS {core}, {threads} thread(s)"] = {"OPENBLAS_CORETYPE": core,
+                                                                "OPENBLAS_NUM_THREADS": threads}
+    return configs
+
+
+def test_openblas_kernels_are_those_the_cpu_can_run():
+    assert list(openblas_kernels({"SSE3"})) == ["OpenBLAS Prescott, 2 threads"]
+    avx2 = openblas_kernels({"AVX", "AVX2", "FMA3"})
+    assert [c["OPENBLAS_CORETYPE"] for c in avx2.values()] == ["Prescott", "Sandybridge", "Haswell"]
+    assert "SkylakeX" in str(openblas_kernels({"AVX", "AVX2", "FMA3", "AVX512F", "AVX512BW", "AVX512DQ", "AVX512VL",
+                                               "AVX512CD"}))
 
 
 def child(tmp_path, **env: str) -> str:
@@ -63,10 +85,8 @@ def child(tmp_path, **env: str) -> str:
 
 
 def test_noisy_runs_are_the_same_bits_on_any_blas_and_simd_kernel(tmp_path):
-    found, avx512 = cpu_features()
-    configs = {"OpenBLAS Haswell, 1 thread": {"OPENBLAS_CORETYPE": "Haswell"},
-               "OpenBLAS SkylakeX, 2 threads": {"OPENBLAS_CORETYPE": "SkylakeX", "OPENBLAS_NUM_THREADS": "2"},
-               "OpenBLAS Prescott, 2 threads": {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "2"}}
+    found, avx512, cpu = cpu_features()
+    configs = openblas_kernels(cpu)
     if avx512:
         configs["numpy without AVX-512"] = {"NPY_DISABLE_CPU_FEATURES": " ".join(avx512)}
     if found:
