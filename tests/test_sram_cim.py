@@ -468,13 +468,16 @@ def _float_products(monkeypatch):
     monkeypatch.setattr(igemm, "kernel", lambda: None)
 
 
-def _integer_calls(monkeypatch) -> list[int]:
-    """Count the integer kernel's products in the runs that follow (skip where this machine has no exact one)."""
+def _integer_calls(monkeypatch, signed: bool | None = None) -> list[int]:
+    """Count the integer kernel's products in the runs that follow (skip where this machine has no exact one);
+    ``signed``: that kernel kind (u8 x s8 or u8 x u8, :mod:`cimc.cim.igemm`) rather than the one the machine
+    chose (skip where it is not exact here)."""
     from cimc.cim import igemm
 
-    k = igemm.kernel()
-    if k is None:
-        pytest.skip("onnxruntime gives no exact u8 x s8 product on this machine")
+    k = igemm.kernel() if signed is None else igemm.Kernel(signed)
+    if k is None or (signed is not None and not igemm.exact(k)):
+        kind = "u8 x s8 or u8 x u8" if signed is None else "u8 x s8" if signed else "u8 x u8"
+        pytest.skip(f"onnxruntime gives no exact {kind} product on this machine")
     calls = [0]
 
     def counted():
@@ -593,8 +596,9 @@ def test_a_round_joins_only_the_box_its_windows_cover(cols):
         assert np.array_equal(s.value(), want)
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["u8s8", "u8u8"])
 @pytest.mark.parametrize("cols", [False, True], ids=["rows", "cols"])
-def test_the_integer_kernel_gives_the_int32_sum(cols, monkeypatch):
+def test_the_integer_kernel_gives_the_int32_sum(cols, signed, monkeypatch):
     """The integer kernel's product (u8 inputs, int8 weights; layout cols through the inputs' bytes flipped to
     int8 and both zero points) at the extremes of both ranges and at random, over the box of a round, alone and
     added to an accumulator whose sums wrap int32: int64 arithmetic wrapped like C. A weight of 128 (windows
@@ -617,7 +621,7 @@ def test_the_integer_kernel_gives_the_int32_sum(cols, monkeypatch):
         product = (np.einsum("nkl,kc->ncl", x[0].astype(np.int64), part) if cols
                    else x.astype(np.int64) @ part)
         assert np.abs(product).max() > 2**24  # beyond float32's integers: no luck of small sums
-        calls = _integer_calls(monkeypatch)
+        calls = _integer_calls(monkeypatch, signed)
         for start in (None, base):
             want = product if start is None else start.astype(np.int64) + product
             s = ExactSum(base.shape, start, False, lambda rs: join(rs, 1, C))
@@ -661,6 +665,30 @@ def test_the_integer_kernel_is_checked_before_use():
     assert not igemm.exact(functools.partial(paired, top=65_000))  # 255 * 128 * 2 = 65,280 only at a corner
 
 
+def test_a_u8_u8_kernel_multiplies_the_signed_operand_through_its_flipped_bytes():
+    """onnxruntime's u8 x u8 kernels widen both operands before multiplying (no saturating pairs on any x86 CPU):
+    :class:`cimc.cim.igemm.Kernel` with ``signed=False`` gives ``(a - a0) @ (b - b0)`` for int8 ``b`` from its
+    bytes with the sign bit flipped (``b + 128``) and ``b0 + 128``, passes :func:`~cimc.cim.igemm.exact`, and its
+    :meth:`~cimc.cim.igemm.Kernel.raw` takes the u8 operand itself. The same session without the flip fails the
+    probe."""
+    from cimc.cim import igemm
+
+    k = igemm.Kernel(signed=False)
+    assert not k.signed and igemm.exact(k)
+    rng = np.random.default_rng(13)
+    a = rng.integers(0, 256, (5, 301), dtype=np.uint8)
+    b = rng.integers(-128, 128, (301, 7), dtype=np.int8)
+    for a0, b0 in ((0, 0), (128, -128)):
+        want = (a.astype(np.int64) - a0) @ (b.astype(np.int64) - b0)
+        assert np.array_equal(k(a, b, a0, b0), want)
+        assert np.array_equal(k.raw(a, (b.astype(np.int16) + 128).astype(np.uint8), a0, b0 + 128), want)
+
+    def unflipped(a, b, a0, b0, out=None):
+        return k.raw(a, np.asarray(b, np.int8).view(np.uint8), a0, b0 + 128, out)
+
+    assert not igemm.exact(unflipped)
+
+
 def _forked_kernel(parent: int) -> tuple[bool, bool, bool]:
     """(In a forked child.) Whether the child starts without a kernel, builds one that is not the parent's
     (``parent``: its id), and that one multiplies exactly."""
@@ -685,7 +713,7 @@ def test_a_forked_child_builds_its_own_integer_kernel():
         pytest.skip("no fork on this platform")
     k = igemm.kernel()
     if k is None:
-        pytest.skip("onnxruntime gives no exact u8 x s8 product on this machine")
+        pytest.skip("onnxruntime gives no exact u8 x s8 or u8 x u8 product on this machine")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         assert pool.submit(_forked_kernel, id(k)).result(timeout=120) == (True, True, True)
     assert igemm.kernel() is k

@@ -77,6 +77,8 @@ class Joined:
     _plans: dict[int, tuple[str, list[tuple[int, int]]]] = field(default_factory=dict)
     _int: np.ndarray | None = None
     _int_done: bool = False
+    _w8u: np.ndarray | None = None
+    """Layout rows: the int8 matrix as ``W + 128`` u8, for a u8 x u8 kernel (:mod:`cimc.cim.igemm`)."""
 
     @property
     def K(self) -> int:
@@ -170,27 +172,38 @@ class Joined:
     def _int_product(self, k: igemm.Kernel, x: np.ndarray, y: np.ndarray | None,
                      shape: tuple[int, ...]) -> np.ndarray:
         """:meth:`add_product` by the integer kernel: layout cols ``(W + 128 - 128) @ ((x ^ 128) + 128)``, the
-        input's bytes flipped to int8 (``x - 128``, one pass) and both zero points given to the kernel; rows
-        ``x @ W``. int32 sums wrap like C, as the float path's do."""
+        input's bytes flipped to int8 (``x - 128``, one pass) and both zero points given to the kernel (a u8 x u8
+        kernel takes ``x`` itself, zero point 0); rows ``x @ W`` (u8 x u8: ``x @ ((W + 128) - 128)``). int32 sums
+        wrap like C, as the float path's do."""
         w8 = self.int8()
         assert w8 is not None
         C, K, k0, c0 = self.l1.size, self.K, self.k0, self.c0
         full = shape[1] if self.cols else shape[-1]
+        b: np.ndarray
         if self.cols:
             xb = x[0, :, k0:k0 + K]  # [N, K, L]
-            b = _scratch(xb.shape, np.dtype(np.int8), "cim.x")
-            np.bitwise_xor(xb, np.uint8(128), out=b.view(np.uint8))
-            a, a0, b0 = w8, 128, -128
+            if k.signed:
+                b = _scratch(xb.shape, np.dtype(np.int8), "cim.x")
+                np.bitwise_xor(xb, np.uint8(128), out=b.view(np.uint8))
+            else:  # a u8 x u8 kernel takes x - 128 as x with zero point 0
+                b = xb
+            a, a0, b0 = w8, 128, -128 if k.signed else 0
             part: tuple[int, ...] = (xb.shape[0], C, xb.shape[2])
         else:
             a = x.reshape(-1, x.shape[-1])[:, k0:k0 + K]
-            b, a0, b0 = w8, 0, 0
+            if k.signed:
+                b, b0 = w8, 0
+            else:  # W as W + 128 with zero point 128
+                if self._w8u is None:
+                    self._w8u = np.bitwise_xor(w8.view(np.uint8), np.uint8(128))
+                b, b0 = self._w8u, 128
+            a0 = 0
             part = (a.shape[0], C)
         if y is None and C == full:
             out = np.empty(shape, np.int32)
-            k(a, b, a0, b0, out.reshape(part))
+            k.raw(a, b, a0, b0, out.reshape(part))
             return out
-        t = k(a, b, a0, b0, _scratch(part, np.dtype(np.int32), "cim.t"))
+        t = k.raw(a, b, a0, b0, _scratch(part, np.dtype(np.int32), "cim.t"))
         out = np.zeros(shape, np.int32) if y is None else y
         box = out[:, c0:c0 + C] if self.cols else out.reshape(-1, full)[:, c0:c0 + C]
         box += t.reshape(box.shape)  # wraps like C

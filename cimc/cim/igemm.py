@@ -1,12 +1,15 @@
 """Integer matrix products ``(A - a0) @ (B - b0)`` of ``u8 A`` and ``s8 B``, exact in int32 wrapping like C.
 
 onnxruntime's ``MatMulInteger`` (its MLAS kernels: VNNI dot products where the CPU has them) multiplies
-uint8 by int8 operands into int32 sums, several times faster than a float32 BLAS product of the same
-shape (``benchmarks/README.md``). Integer sums are exact whatever the order of the additions, except in a
+8-bit operands into int32 sums, several times faster than a float32 BLAS product of the same shape
+(``benchmarks/README.md``). Integer sums are exact whatever the order of the additions, except in a
 kernel that holds a partial sum in a narrower saturating register: x86's ``vpmaddubsw`` adds two ``u8 x s8``
 products into int16 and saturates past 32767, which onnxruntime's documentation names as the U8S8 kernels'
-failing on CPUs without VNNI. So :func:`kernel` gives the product only after it checked, on this machine,
-that no sum saturates: every corner of the operand ranges (each ``A`` all 0 or all 255, each ``B`` all -128 or
+failing on CPUs without VNNI (an AVX2 CPU such as AMD's Zen 2 and 3). Its U8U8 kernels widen both operands to
+16 bits first (``vpmaddwd``), which cannot saturate; ``B - b0`` is the same number as ``(B + 128) - (b0 + 128)``,
+so a u8 x u8 session computes the same product from ``B``'s bytes with the sign bit flipped. So :func:`kernel`
+gives the product only after it checked, on this machine, that no sum saturates: the u8 x s8 session, else the
+u8 x u8 one, each on every corner of the operand ranges (each ``A`` all 0 or all 255, each ``B`` all -128 or
 all 127, the zero points 0 and 128/-128) on shapes of every kernel path (vector by matrix, matrix by vector,
 odd sizes, a batch), where any partial sum of like products is as large as it can be, and a sum past int32
 that must wrap; else it is ``None`` and the caller multiplies in float.
@@ -32,19 +35,22 @@ _WRAP = 70_000
 class Kernel:
     """``MatMulInteger`` in one onnxruntime session (its thread count: ``OPENBLAS_NUM_THREADS`` or
     ``OMP_NUM_THREADS`` when set, as numpy's BLAS has, else onnxruntime's default; its threads do not spin
-    between products, leaving the cores to the rest of the run)."""
+    between products, leaving the cores to the rest of the run). ``signed``: ``B`` is int8 in the session, else
+    uint8 (``B + 128``, module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signed: bool = True) -> None:
         import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
+        self.signed = signed
+        b_type = TensorProto.INT8 if signed else TensorProto.UINT8
         g = helper.make_graph(
             [helper.make_node("MatMulInteger", ["a", "b", "a0", "b0"], ["y"])], "igemm",
             [helper.make_tensor_value_info("a", TensorProto.UINT8, None),
-             helper.make_tensor_value_info("b", TensorProto.INT8, None),
+             helper.make_tensor_value_info("b", b_type, None),
              helper.make_tensor_value_info("a0", TensorProto.UINT8, []),
-             helper.make_tensor_value_info("b0", TensorProto.INT8, [])],
+             helper.make_tensor_value_info("b0", b_type, [])],
             [helper.make_tensor_value_info("y", TensorProto.INT32, None)])
         model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 10)])
         model.ir_version = min(model.ir_version, onnx.IR_VERSION)
@@ -55,17 +61,25 @@ class Kernel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(model.SerializeToString(), options,
                                              providers=["CPUExecutionProvider"])
+        self._b_dtype = np.dtype(np.int8 if signed else np.uint8)
         self._zeros = {(int(v), np.dtype(t)): np.array(v, t) for v in (0, 128, -128) for t in (np.uint8, np.int8)
                        if np.iinfo(t).min <= v <= np.iinfo(t).max}
 
     def __call__(self, a: np.ndarray, b: np.ndarray, a0: int, b0: int, out: np.ndarray | None = None) -> np.ndarray:
         """``(a - a0) @ (b - b0)`` (``a`` u8, ``b`` s8, numpy's matmul broadcasting; ``a0`` 0 or 128, ``b0`` 0 or
         -128) in int32 wrapping like C, written into ``out`` (C-contiguous int32 of the product's shape) if given."""
+        if not self.signed:
+            b, b0 = np.bitwise_xor(np.asarray(b, np.int8).view(np.uint8), np.uint8(128)), b0 + 128
+        return self.raw(a, b, a0, b0, out)
+
+    def raw(self, a: np.ndarray, b: np.ndarray, a0: int, b0: int, out: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`__call__` with ``b`` and ``b0`` already in the session's type: s8 and 0 or -128 when
+        :attr:`signed`, else u8 and 0 or 128 (``b + 128``)."""
         io = self._session.io_binding()
         io.bind_cpu_input("a", np.ascontiguousarray(a, np.uint8))
-        io.bind_cpu_input("b", np.ascontiguousarray(b, np.int8))
+        io.bind_cpu_input("b", np.ascontiguousarray(b, self._b_dtype))
         io.bind_cpu_input("a0", self._zeros[a0, np.dtype(np.uint8)])
-        io.bind_cpu_input("b0", self._zeros[b0, np.dtype(np.int8)])
+        io.bind_cpu_input("b0", self._zeros[b0, self._b_dtype])
         if out is None:
             io.bind_output("y", "cpu")
             self._session.run_with_iobinding(io)
@@ -131,14 +145,19 @@ if hasattr(os, "register_at_fork"):
 
 
 def kernel() -> Kernel | None:
-    """The process's :class:`Kernel`, built and checked (:func:`exact`) on first use; ``None`` where onnxruntime
-    cannot build it or a probe's product is not exact."""
+    """The process's :class:`Kernel`, built and checked (:func:`exact`) on first use: the u8 x s8 session, else the
+    u8 x u8 one; ``None`` where onnxruntime cannot build either or no probe set passes."""
     if not _KERNEL:
         with _LOCK:
             if not _KERNEL:
-                try:
-                    k: Kernel | None = Kernel()
-                except Exception:  # no usable onnxruntime here: the float products stand in
-                    k = None
-                _KERNEL.append(k if k is not None and exact(k) else None)
+                found: Kernel | None = None
+                for signed in (True, False):
+                    try:
+                        k = Kernel(signed)
+                    except Exception:  # no usable onnxruntime here: the float products stand in
+                        break
+                    if exact(k):
+                        found = k
+                        break
+                _KERNEL.append(found)
     return _KERNEL[0]
