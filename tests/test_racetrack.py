@@ -455,3 +455,96 @@ def test_union_length_is_the_covered_length_line_by_line(seed, far):
     want = sum(len(set().union(*(range(s, e) for k2, s, e in zip(key, start, end, strict=True) if k2 == k)))
                for k in set(key.tolist()))
     assert _union_length(key, start, end) == want
+
+
+def _reads_walked(pieces: np.ndarray, mus: tuple[int, int], states: int, step: int, ports: int, segment: int,
+                  start: int) -> list[tuple[int, ...]]:
+    """The runs an ``rt.mac`` reads, walked domain by domain: port ``j`` passes domain ``b + t * step`` at state
+    ``t`` (``b = j * segment + start``); each piece on the MUs that a port passes gives one run of the domains it
+    passes, from its lowest: ports in order, pieces in table order."""
+    runs = []
+    m = abs(step) if step else 1
+    for j in range(ports):
+        b = j * segment + start
+        at = {b + t * step: t for t in range(states)} if step else {b: 0}
+        for flat, stride, n, mu, lane, d0 in pieces.tolist():
+            if not mus[0] <= mu < mus[1]:
+                continue
+            hit = sorted(d for d in range(d0, d0 + n) if d in at)
+            if hit:
+                first = hit[0]
+                runs.append((flat + (first - d0) * stride, stride * m, len(hit), mu, lane, first, m, j, at[first],
+                             1 if step >= 0 else -1))
+    return runs
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 100_000))
+def test_swept_reads_are_the_domains_each_port_passes(seed):
+    """``swept`` (what the executor multiplies and the cost counts) equals the reads walked domain by domain, for
+    any step (backwards, still, more than one domain), ports, segment, start and MU range, pieces off the MUs
+    included."""
+    from cimc.targets.racetrack.ops import swept
+
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(0, 12))
+    pieces = np.stack([rng.integers(0, 100, k), rng.choice([1, 3, 7], k), rng.integers(1, 10, k),
+                       rng.integers(0, 6, k), rng.integers(0, 4, k), rng.integers(0, 30, k)], axis=1).astype(np.int64)
+    m0 = int(rng.integers(0, 5))
+    mus = (m0, int(rng.integers(m0 + 1, 7)))
+    states, step, ports = int(rng.integers(1, 7)), int(rng.integers(-3, 4)), int(rng.integers(0, 4))
+    segment, start = int(rng.integers(1, 13)), int(rng.integers(0, 11))
+    a = {"mus": list(mus), "states": states, "step": step, "ports": ports, "segment": segment, "start": start}
+    r = swept(pieces, a)
+    cols = (r.flat, r.fstride, r.n, r.mu, r.lane, r.d, r.dstride, r.port, r.t0, r.tdir)
+    assert all(c.dtype == np.int64 and c.ndim == 1 for c in cols)
+    walked = _reads_walked(pieces, mus, states, step, ports, segment, start)
+    assert list(zip(*(c.tolist() for c in cols), strict=True)) == walked
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 100_000), kinds=st.sampled_from(["down", "mixed"]))
+def test_rows_and_runs_count_the_rows_each_state_reads(seed, kinds):
+    """The cost's activation rows and accumulator runs of an ``rt.mac`` equal a count read by read: the distinct
+    ``(group, row, state)`` of the runs down a column (``n == 1`` or one row further each state), apart from
+    them the distinct ``(row, state)`` of the runs along a row, and one row and one run for each read of any
+    other run; runs down a column are one accumulator run each."""
+    from cimc.targets.racetrack.cost import _rows_and_runs
+    from cimc.targets.racetrack.ops import Reads
+
+    rng = np.random.default_rng(seed)
+    G, K, N = int(rng.integers(1, 3)), int(rng.integers(1, 9)), int(rng.integers(2, 9))
+    runs = []
+    for _ in range(int(rng.integers(1, 15))):
+        kind = "down" if kinds == "down" else str(rng.choice(["down", "single", "along", "other"]))
+        g, t0 = int(rng.integers(0, G)), int(rng.integers(0, 12))
+        if kind == "down":  # rows k, k + 1, ... of column c at states t0, t0 + 1, ...
+            n = int(rng.integers(1, K + 1))
+            k, c = int(rng.integers(0, K - n + 1)), int(rng.integers(0, N))
+            runs.append(((g * K + k) * N + c, N, n, t0, 1))
+        elif kind == "single":
+            runs.append((int(rng.integers(0, G * K * N)), int(rng.integers(1, 4)), 1, t0, int(rng.choice([-1, 1]))))
+        elif kind == "along":  # columns c, c + 1, ... of one row, at consecutive states either way
+            n = int(rng.integers(2, N + 1))
+            k, c = int(rng.integers(0, K)), int(rng.integers(0, N - n + 1))
+            runs.append(((g * K + k) * N + c, 1, n, t0 + n, int(rng.choice([-1, 1]))))
+        else:  # every other column of a row, or down a column against the states
+            n = int(rng.integers(2, max(3, N // 2 + 1)))
+            k = int(rng.integers(0, K))
+            runs.append(((g * K + k) * N, 2, n, t0, 1) if N >= 2 * n - 1 else (k * N, N, 1, t0, -1))
+    flat, fstride, n, t0, tdir = (np.array(col, np.int64) for col in zip(*runs, strict=True))
+    zero = np.zeros(len(runs), np.int64)
+    reads = Reads(flat, fstride, n, zero, zero, zero, zero, zero, t0, tdir)
+    down_rows, along_rows, other, count = set(), set(), 0, 0
+    for f, fs, m, t, td in runs:
+        reads_of = [((f + e * fs) // N, t + e * td) for e in range(m)]  # (g * K + k, state) of each read
+        if m == 1 or (fs == N and td == 1):
+            down_rows.update(reads_of)
+            count += 1
+        elif fs == 1:
+            along_rows.update(reads_of)
+            count += m
+        else:
+            other += m
+            count += m
+    assert _rows_and_runs(reads, G, K, N) == (len(down_rows) + len(along_rows) + other, count)

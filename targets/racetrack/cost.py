@@ -64,9 +64,11 @@ def _rows_and_runs(reads: Reads, G: int, K: int, N: int) -> tuple[int, int]:
     state counts twice."""
     n, t0 = reads.n, reads.t0
     gk = reads.flat // N  # g * K + k
-    down = (n == 1) | ((reads.fstride == N) & (reads.tdir == 1))
+    down = (reads.fstride == N) & (reads.tdir == 1)
+    if not down.all():
+        down |= n == 1
     if down.all():  # every run down a column (as "cols" layouts read): each run starts its rows at its t0
-        return _union_length((gk + gk // K * _T - t0) * 2, t0, t0 + n), len(n)
+        return _union_length(gk + gk // K * _T - t0, t0, t0 + n), len(n)
     along = ~down & (reads.fstride == 1)
     pick = np.nonzero(down | along)[0]
     n_pick, t_pick = n[pick], t0[pick]
@@ -88,18 +90,20 @@ def _union_length(key: np.ndarray, start: np.ndarray, end: np.ndarray) -> int:
     """Total length of the union of intervals ``[start, end)`` on each line ``key``."""
     if not len(key):
         return 0
-    big = int(end.max() - start.min()) + 1
+    first = int(start.min())
+    big = int(end.max()) - first + 1
     lo, hi = int(key.min()), int(key.max())
     if (hi - lo + 1) * big < 1 << 62:  # the lines' own numbers keep them apart
         rank = key - lo
     else:
         rank = np.unique(key, return_inverse=True)[1].astype(np.int64).reshape(-1)
-    s0, e0 = rank * big + start - start.min(), rank * big + end - start.min()  # lines apart, in one order
+    shift = rank * big - first
+    s0, e0 = shift + start, shift + end  # lines apart, in one order
     order = np.argsort(s0, kind="stable")
     s0, e0 = s0[order], e0[order]
-    covered = np.maximum.accumulate(e0)
-    before = np.concatenate([[s0[0]], covered[:-1]])
-    return int(np.maximum(0, e0 - np.maximum(s0, before)).sum())
+    covered = np.maximum.accumulate(e0)  # each interval adds what lies beyond every interval before it
+    added = e0[1:] - np.maximum(s0[1:], covered[:-1])
+    return max(0, int(e0[0] - s0[0])) + int(added[added > 0].sum())
 
 
 def _mac_cost(node: Node, s: RacetrackSpec) -> Cost:

@@ -303,27 +303,38 @@ def swept(pieces: np.ndarray, a) -> Reads:
     key = ("reads", m0, m1, a.get("start", 0), S, step, a["ports"], a["segment"])
 
     def make():
-        flat, stride, n, mu, lane, d0 = (pieces[:, i] for i in range(6))
         ports, m = int(a["ports"]), abs(step) if step else 1
-        if not ports:
+        if not ports or not len(pieces):
             return Reads(*(np.zeros(0, np.int64) for _ in range(10)))
+        n, mu, d0 = pieces[:, 2], pieces[:, 3], pieces[:, 5]
         b = np.arange(ports, dtype=np.int64)[:, None] * int(a["segment"]) + int(a.get("start", 0))  # [port, 1]
-        lo, hi = (b, b + (S - 1) * step) if step > 0 else (b - (S - 1) * m, b)  # the domains port j passes
-        if step:
-            first = np.maximum(d0, lo)
-            first += (lo - first) % m
-            last = np.minimum(d0 + n - 1, hi)
-            count = np.where(last >= first, (last - first) // m + 1, 0)
+        if step:  # port j passes domains lo, lo + m, ..., lo + (S - 1) * m
+            lo = b if step > 0 else b - (S - 1) * m
+            first = np.maximum(d0, lo)  # [port, piece]: the first domain of the piece the port passes
+            if m > 1:
+                first += (lo - first) % m
+            count = np.minimum(d0 + (n - 1), lo + (S - 1) * m) - first  # <= -1 where it passes none
+            if m > 1:
+                count //= m
+            count += 1
         else:
             count = ((d0 <= b) & (b < d0 + n)).astype(np.int64)
+        keep = count > 0
+        if mu.min() < m0 or mu.max() >= m1:
+            keep &= (mu >= m0) & (mu < m1)
         # the reads of port 0, then of port 1, ...: the pieces on the MUs, in table order, by port
-        port, i = np.nonzero((count > 0) & (mu >= m0) & (mu < m1))
-        first = b[port, 0] if not step else first[port, i]
+        at = np.flatnonzero(keep)
+        port, i = np.divmod(at, len(pieces))
+        on = pieces[i].T  # the read pieces' columns
+        base = b.reshape(-1)[port]
+        first = base if not step else first.reshape(-1)[at]
         k = len(i)
-        t0 = (first - b[port, 0]) // m if step >= 0 else (b[port, 0] - first) // m
-        cols = (flat[i] + (first - d0[i]) * stride[i], stride[i] * m, count[port, i], mu[i], lane[i], first,
+        t0 = first - base if step >= 0 else base - first
+        if m > 1:
+            t0 //= m
+        cols = (on[0] + (first - on[5]) * on[1], on[1] * m, count.reshape(-1)[at], on[3], on[4], first,
                 np.full(k, m, np.int64), port, t0, np.full(k, 1 if step >= 0 else -1, np.int64))
-        return Reads(*(c.astype(np.int64, copy=False) for c in cols))
+        return Reads(*(np.ascontiguousarray(c, np.int64) for c in cols))
     return _cached((pieces,), key, make)
 
 
