@@ -52,7 +52,7 @@ from cimc.ir.opdef import is_annotation
 from cimc.ir.types import DType, TensorType
 from cimc.passmanager import Pass, PassContext, PassResult
 from cimc.target import ARRAY_OPS, LOSSY, Spec
-from cimc.targets.racetrack.ops import commanded_offsets, sweep_totals
+from cimc.targets.racetrack.ops import PIECE_COLUMNS, commanded_offsets, sweep_totals
 from cimc.targets.racetrack.spec import RacetrackSpec
 from cimc.tiling import weight_bits, weight_matrix
 
@@ -171,21 +171,30 @@ def _optimized(layer: Layer, spec: RacetrackSpec, stack: int = 1, depth: int | N
     def make() -> np.ndarray:
         c = np.arange(C, dtype=np.int64)
         base = c // N * K * N + c % N  # flat index of row 0 of column c
-        parts = []
-        if full:
-            r, col, j = (a.reshape(-1) for a in np.meshgrid(np.arange(full), c, np.arange(P), indexing="ij"))
-            rows = r * tile + j * h_full
-            parts.append(np.stack([base[col] + rows * N, np.full_like(col, N), np.full_like(col, h_full),
-                                   r * groups + col // lanes, col % lanes, j * E], axis=1))
-        if rem:
-            col, j = (a.reshape(-1) for a in np.meshgrid(c, np.arange(P), indexing="ij"))
-            n = np.minimum(h, rem - j * h)
-            keep = n > 0
-            col, j, n = col[keep], j[keep], n[keep]
-            z = col % per_mu // lanes  # the column's place in its lane's stack
-            parts.append(np.stack([base[col] + (full * tile + j * h) * N, np.full_like(col, N), n,
-                                   full * groups + col // per_mu, col % lanes, j * E + z * h], axis=1))
-        return np.concatenate(parts).astype(np.int64, copy=False)
+        j = np.arange(P, dtype=np.int64)
+        rows = np.minimum(h, rem - j * h)  # port j's rows of the partial row tile
+        ports = j[rows > 0] if rem else j[:0]
+        n_full = full * C * P
+        out = np.empty((n_full + C * len(ports), len(PIECE_COLUMNS)), np.int64)  # filled column by column
+        if full:  # pieces (r, column, port), in that order
+            f = out[:n_full].reshape(full, C, P, -1)
+            r, col, jj = np.arange(full, dtype=np.int64)[:, None, None], c[:, None], j
+            f[..., 0] = base[:, None] + (r * tile + jj * h_full) * N
+            f[..., 1] = N
+            f[..., 2] = h_full
+            f[..., 3] = r * groups + col // lanes
+            f[..., 4] = col % lanes
+            f[..., 5] = jj * E
+        if rem:  # pieces (column, port) of the ports with rows left
+            q = out[n_full:].reshape(C, len(ports), -1)
+            col = c[:, None]
+            q[..., 0] = base[:, None] + (full * tile + ports * h) * N
+            q[..., 1] = N
+            q[..., 2] = rows[ports]
+            q[..., 3] = full * groups + col // per_mu
+            q[..., 4] = col % lanes
+            q[..., 5] = ports * E + col % per_mu // lanes * h  # the column's place in its lane's stack
+        return out
 
     return Layout(make, mu + extra, tuple(sweeps))
 
