@@ -37,8 +37,9 @@ reductions and pooling, which read more than they write, counted by the largest 
 ops (Reshape, Flatten, Squeeze, Unsqueeze, Identity) cost nothing: they only change a tensor's
 descriptor), :func:`mac_dims` (the multiply-accumulate work of float matrix and recurrent ops, for
 a vector unit or MAC array that runs them), and :func:`spilled_fraction` (the part of a tensor that
-does not fit its buffer and lives in DRAM). Every count takes a symbolic dim (the batch) as 1, so
-every cost is per inference (one sample).
+does not fit its buffer and lives in DRAM). Every count takes a symbolic dim (the batch) as 1 (a
+product dim such as ``16*batch`` as 16, :func:`~cimc.ir.types.dim_per_sample`), so every cost is per
+inference (one sample).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from cimc.ir.types import dim_per_sample
 
 __all__ = [
     "COMPONENTS",
@@ -221,14 +224,14 @@ def num_elements(value: Any) -> int:
     shape = getattr(t, "shape", None)
     if shape is None:
         return 0
-    return math.prod(d if isinstance(d, int) else 1 for d in shape)
+    return math.prod(dim_per_sample(d) for d in shape)
 
 
 def counts(value: Any) -> tuple[int, ...]:
     """The shape of one sample of a value as counts: a symbolic or unknown dim is 1; ``()`` if the value is
     absent or its rank unknown."""
     shape = getattr(getattr(value, "type", None), "shape", None) if value is not None else None
-    return tuple(d if isinstance(d, int) else 1 for d in shape) if shape is not None else ()
+    return tuple(dim_per_sample(d) for d in shape) if shape is not None else ()
 
 
 def _dim(shape: Any, i: int) -> int:
@@ -237,7 +240,7 @@ def _dim(shape: Any, i: int) -> int:
         d = shape[i]
     except (IndexError, TypeError):
         return 1
-    return d if isinstance(d, int) else 1
+    return dim_per_sample(d)
 
 
 def vector_cost(node: Any, *, lanes: int, cycles_per_op: float, pj_per_op: float) -> Cost:
@@ -392,7 +395,7 @@ def _einsum_dims(node: Any, shapes: list[Any]) -> tuple[int, int, int] | None:
         if post:
             named += zip(post, shape[len(shape) - len(post):], strict=True)
         for c, d in named:
-            dims[c] = max(dims.get(c, 1), d if isinstance(d, int) else 1)
+            dims[c] = max(dims.get(c, 1), dim_per_sample(d))
     summed = {c for t in terms for c in t if c != "."} - set(rhs)
     return num_elements(node.outputs[0]), math.prod(dims[c] for c in summed), 1
 

@@ -37,7 +37,7 @@ import numpy as np
 from cimc.errors import CimcError, InputError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import InferContext, OpContext, OpDef, lookup
-from cimc.ir.types import Shape, TensorType, static_dims
+from cimc.ir.types import Shape, ShapeValue, TensorType, static_dims
 from cimc.ir.verifier import verify
 from cimc.limits import check_size
 from cimc.ops.nn import reproducible_floats
@@ -213,6 +213,12 @@ class _RunInfer(InferContext):
         if isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.size <= _SHAPE_LIKE:
             return a
         return None
+
+    def value(self, index: int) -> ShapeValue | None:
+        """The elements operand ``index`` has in this run, if it is a small integer tensor (not what the graph's
+        shape computations know of it when compiling)."""
+        a = self.const(index)
+        return None if a is None else ShapeValue.of(a)
 
 
 _SHAPE_LIKE = 1024

@@ -49,14 +49,7 @@ FLOAT_MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", 
 """Float ops that multiply and accumulate: where a program still holds them, that work is not on the
 target's arrays or MAC array (recorded as ``float_macs``, and listed by ``docs/corpus.md``)."""
 
-_RT_POSITIONS = "racetrack sweeps need the output positions per sample known when compiling"
-EXPECTED: dict[tuple[str, str], str] = {
-    # racetrack sweeps need each layer's positions per sample when compiling: these MatMuls' shapes are
-    # unknown after the TorchScript export's shape ops (the dynamo exports of the same models compile)
-    **{(name, "compile:racetrack"): _RT_POSITIONS for name in (
-        "swin_torchscript", "mobilevit_torchscript", "bert_torchscript", "distilbert_torchscript",
-        "llama_torchscript", "albert_torchscript")},
-}
+EXPECTED: dict[tuple[str, str], str] = {}
 """``(file name, stage)`` -> a part of the error message the stage is expected to fail with today.
 A stage named ``compile:*`` stands for every target. Each is work that belongs elsewhere (an op or a
 lowering cimc does not have yet); ``docs/corpus.md`` lists them."""

@@ -302,7 +302,7 @@ def test_softmax_before_opset13(opset: int, shape: tuple, axis: int | None, sing
 
 @pytest.mark.parametrize(("shape", "shape_node", "out"), [
     (["N", 3, 2], False, ("N", 3, 2)),         # one unknown dim: a constant shape with -1
-    (["N", 3, "M"], True, (None, None, None)),  # two: the shape is read at run time
+    (["N", 3, "M"], True, ("N", 3, "M")),      # two: the shape is read at run time (typed from its Shape)
     (None, True, None),                        # unknown rank
 ])
 def test_softmax_before_opset13_symbolic(shape: list | None, shape_node: bool, out: tuple | None) -> None:

@@ -48,6 +48,7 @@ from cimc.cim.work import work
 from cimc.converters import ADC_AREA, ADC_ENERGY, ADC_TIME, DAC_AREA, DAC_ENERGY, scaled
 from cimc.cost import AreaPart, Cost, VectorUnitSpec, Writes, counts, num_elements, spilled_fraction
 from cimc.ir.core import Node
+from cimc.ir.types import dim_per_sample
 
 __all__ = ["ArrayCostSpec", "ArrayFigures", "array_area", "load_cost", "mvm_cost"]
 
@@ -178,7 +179,7 @@ class ArrayFigures:
 
 
 def _count(shape) -> int:
-    return math.prod(d if isinstance(d, int) else 1 for d in shape) if shape is not None else 1
+    return math.prod(dim_per_sample(d) for d in shape) if shape is not None else 1
 
 
 def mvm_cost(node: Node, s: ArrayCostSpec) -> Cost:

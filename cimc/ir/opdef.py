@@ -18,7 +18,7 @@ import numpy as np
 
 from cimc.errors import VerifyError
 from cimc.ir.core import AttrValue, Node, Value
-from cimc.ir.types import TensorType
+from cimc.ir.types import SHAPE_VALUE_LIMIT, DType, ShapeValue, TensorType
 
 __all__ = [
     "REQUIRED",
@@ -34,6 +34,7 @@ __all__ = [
     "lookup",
     "op_def",
     "register_op",
+    "shape_value",
 ]
 
 
@@ -186,19 +187,36 @@ class OpView:
 
 @dataclass
 class InferContext:
-    """What a type rule sees: operand types, constant operand values, attributes, result count."""
+    """What a type rule (and a value rule) sees: operand types, operand values known when compiling,
+    attributes, result count."""
 
     node: NodeLike
     types: list[TensorType | None]
     attrs: Mapping[str, Any]
     num_outputs: int
+    memo: dict[int, ShapeValue | None] = field(default_factory=dict)
+    """The shape values worked out so far in this inference, by ``id`` of their value (see :func:`shape_value`)."""
 
     def const(self, index: int) -> np.ndarray | None:
-        """The value of operand ``index`` if it is a constant (or absent), else ``None``."""
+        """The value of operand ``index`` if it is known when compiling: a constant, or a small integer
+        tensor computed from shapes whose every element is known (:meth:`value`); else (or if absent) ``None``."""
         if index >= len(self.node.inputs):
             return None
         v = self.node.inputs[index]
-        return None if v is None else v.const
+        if v is None or v.const is not None:
+            return None if v is None else v.const
+        known = self.value(index)
+        if known is None or (ints := known.ints) is None:
+            return None
+        array = np.array(ints, dtype=v.type.dtype.numpy)
+        return array.reshape(()) if known.scalar else array
+
+    def value(self, index: int) -> ShapeValue | None:
+        """What is known of the elements of operand ``index`` (:func:`shape_value`), or ``None`` if it is
+        absent or no small integer tensor computed from shapes and constants."""
+        if index >= len(self.node.inputs):
+            return None
+        return shape_value(self.node.inputs[index], self.memo)
 
     def has(self, index: int) -> bool:
         """Whether optional operand ``index`` is present."""
@@ -207,6 +225,8 @@ class InferContext:
 
 Impl = Callable[..., Any]
 Infer = Callable[[InferContext], Sequence[TensorType]]
+ValueRule = Callable[[InferContext], ShapeValue | None]
+"""What is known of a node's first result's elements from its operands' (``InferContext.value``), or ``None``."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +249,9 @@ class OpDef:
     partial_sums: bool = False
     """Whether the impl takes ``ctx.partial`` (:class:`OpContext`): within a chain it may hand the next node a
     partial sum of its own making instead of an array, and it accepts one as its accumulator."""
+    value: ValueRule | None = None
+    """The value rule of an op that computes small integer tensors from shapes (``Shape``, ``Gather``,
+    ``Concat``, ``Add``, ...): what is known of its first result's elements (:func:`shape_value`)."""
 
     def attr_values(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """The node's attributes with the defaults of unset ones filled in."""
@@ -285,21 +308,23 @@ _REGISTRY: dict[str, OpDef] = {}
 def op_def(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] = 1,
            outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
            doc: str = "", side_effects: bool = False, verify: Callable[[Node], str | None] | None = None,
-           accumulator: int | None = None, partial_sums: bool = False) -> Callable[[Impl], OpDef]:
+           accumulator: int | None = None, partial_sums: bool = False,
+           value: ValueRule | None = None) -> Callable[[Impl], OpDef]:
     """Decorator making ``impl(ctx, *operands) -> array | tuple of arrays`` the :class:`OpDef` of op
     ``name``, without defining it yet: a target lists its instruction ops and the driver defines them
     (:func:`register_op`, through ``Target.register_ops``).
 
     ``accumulator``: index of an operand that a chain of such ops sums into; the interpreter lets the
     impl add into it in place (``ctx.donated``) when it is safe. ``partial_sums``: the impl may pass a
-    partial sum along the chain (``ctx.partial``) and must accept one as its accumulator."""
+    partial sum along the chain (``ctx.partial``) and must accept one as its accumulator. ``value``: the
+    op's value rule (:attr:`OpDef.value`)."""
     lo_in, hi_in = (inputs, inputs) if isinstance(inputs, int) else inputs
     lo_out, hi_out = (outputs, outputs) if isinstance(outputs, int) else outputs
 
     def make(impl: Impl) -> OpDef:
         return OpDef(name, impl, infer, dict(attrs or {}), lo_in, hi_in, lo_out, hi_out,
                      doc or (impl.__doc__ or "").strip().split("\n")[0], side_effects, verify, accumulator,
-                     partial_sums)
+                     partial_sums, value)
 
     return make
 
@@ -318,12 +343,13 @@ def define_op(name: str, *, infer: Infer, inputs: int | tuple[int, int | None] =
               outputs: int | tuple[int, int | None] = 1, attrs: Mapping[str, AttrSpec] | None = None,
               doc: str = "", side_effects: bool = False,
               verify: Callable[[Node], str | None] | None = None, accumulator: int | None = None,
-              partial_sums: bool = False, replace: bool = False) -> Callable[[Impl], Impl]:
+              partial_sums: bool = False, value: ValueRule | None = None,
+              replace: bool = False) -> Callable[[Impl], Impl]:
     """Decorator defining ``impl`` as op ``name`` now (:func:`op_def` then :func:`register_op`); returns ``impl``."""
     def register(impl: Impl) -> Impl:
         register_op(op_def(name, infer=infer, inputs=inputs, outputs=outputs, attrs=attrs, doc=doc,
                            side_effects=side_effects, verify=verify, accumulator=accumulator,
-                           partial_sums=partial_sums)(impl), replace=replace)
+                           partial_sums=partial_sums, value=value)(impl), replace=replace)
         return impl
 
     return register
@@ -356,3 +382,52 @@ def infer_types(node: Node, num_outputs: int) -> list[TensorType]:
         raise VerifyError(f"node {node.name!r} ({node.op}): type rule gave {len(types)} results, "
                           f"{num_outputs} wanted")
     return types
+
+
+_WALK_LIMIT = 256
+"""The most values one inference works out shape values of (shape computations are a few nodes deep)."""
+
+
+def shape_value(value: Value | None, memo: dict[int, ShapeValue | None] | None = None) -> ShapeValue | None:
+    """What is known when compiling of the elements of ``value``, a small integer (or boolean) tensor of
+    rank 0 or 1: a constant's elements, or those its producer's value rule (:attr:`OpDef.value`) works out
+    from its operands', recursively (each element an int, a symbolic dim name or ``None``); ``None`` for
+    anything else (an absent operand, a graph input, a float tensor, an op without a value rule).
+
+    ``memo`` holds the values of one inference (a graph's shape computations share operands)."""
+    if value is None:
+        return None
+    if value.const is not None:
+        return ShapeValue.of(value.const)
+    t, node = value.type, value.producer
+    if node is None or value.index != 0 or not (t.dtype.is_int or t.dtype is DType.bool) \
+            or (t.shape is not None and len(t.shape) > 1):
+        return None
+    opdef = lookup(node.op)
+    if opdef is None or opdef.value is None:
+        return None
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
+    if len(memo) >= _WALK_LIMIT:
+        return None
+    memo[id(value)] = None
+    ctx = InferContext(node, [None if v is None else v.type for v in node.inputs], opdef.attr_values(node.attrs),
+                       len(node.outputs), memo)
+    known = opdef.value(ctx)
+    if known is not None and len(known.elems) > SHAPE_VALUE_LIMIT:
+        known = None
+    if known is not None and not _fits(known, t):
+        raise VerifyError(f"node {node.name!r} ({node.op}): its value rule gives {len(known.elems)} element(s)"
+                          f"{' (a scalar)' if known.scalar else ''} for %{value.name}, which is typed {t}")
+    memo[id(value)] = known
+    return known
+
+
+def _fits(known: ShapeValue, t: TensorType) -> bool:
+    """Whether ``known`` has the rank and length type ``t`` gives."""
+    if t.shape is None:
+        return True
+    if known.scalar:
+        return t.shape == ()
+    return len(t.shape) == 1 and (not isinstance(t.shape[0], int) or t.shape[0] == len(known.elems))

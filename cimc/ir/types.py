@@ -1,14 +1,16 @@
 """Tensor types: an element type, a shape whose dims may be symbolic, optional quantization.
 
 A dim is an ``int`` (known), a ``str`` (a named symbolic dim such as ``"N"``, equal wherever the
-name recurs) or ``None`` (unknown). A shape of ``None`` means the rank is unknown too.
+name recurs, or a product of names and a number such as ``"16*N"``, :func:`dim_factors`) or ``None``
+(unknown). A shape of ``None`` means the rank is unknown too.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -25,7 +27,11 @@ __all__ = [
     "Dim",
     "QuantParams",
     "Shape",
+    "ShapeValue",
     "TensorType",
+    "dim_factors",
+    "dim_per_sample",
+    "dim_product",
     "dtype_from_onnx_code",
     "static_dims",
 ]
@@ -38,6 +44,74 @@ def static_dims(dims: Sequence[Dim]) -> tuple[int, ...] | None:
     """``dims`` if every one is a known integer, else ``None``."""
     ints = tuple(d for d in dims if isinstance(d, int))
     return ints if len(ints) == len(dims) else None
+
+
+def dim_factors(d: int | str) -> tuple[int, Counter[str]]:
+    """A known or named dim as a number times named dims: ``"16*N"`` is 16 times ``N``, ``"N"`` is 1 times ``N``,
+    12 is 12 times none. A name is read as a product only if every part between its ``*`` is a number or a
+    name (so a product :func:`dim_product` spells reads back the same)."""
+    if isinstance(d, int):
+        return d, Counter()
+    parts = d.split("*")
+    if len(parts) == 1 or any(not p or p != p.strip() for p in parts):
+        return 1, Counter({d: 1})
+    coef, names = 1, Counter[str]()
+    for p in parts:
+        if p.isdigit():
+            coef *= int(p)
+        else:
+            names[p] += 1
+    return coef, names
+
+
+def dim_product(coef: int, names: Mapping[str, int]) -> int | str:
+    """The dim ``coef`` (positive, or 0) times each of ``names`` (as often as counted): ``coef`` if there are no
+    names or it is 0, else the product in one spelling, the number (unless 1) then the names in order
+    (``"16*N"``, ``"M*N"``), equal wherever the same product recurs."""
+    if coef == 0 or not any(names.values()):
+        return coef
+    return "*".join(([str(coef)] if coef != 1 else []) + sorted(Counter(names).elements()))
+
+
+def dim_per_sample(d: Dim) -> int:
+    """Dim ``d`` as a count per inference (one sample), as cost models and buffer sizes count: a known dim
+    itself; a symbolic one (the batch) 1, times its number if it is a product (``16*batch``: 16 windows per
+    sample); an unknown one 1."""
+    if isinstance(d, int):
+        return d
+    return dim_factors(d)[0] if isinstance(d, str) else 1
+
+
+SHAPE_VALUE_LIMIT = 64
+"""The most elements a :class:`ShapeValue` holds (shape vectors are short; longer tensors are data)."""
+
+
+@dataclass(frozen=True)
+class ShapeValue:
+    """What is known when compiling of the elements of a small integer tensor computed from shapes,
+    such as the shape operand a TorchScript export builds for a ``Reshape`` at run time (``Shape ->
+    Gather -> Unsqueeze -> Concat``): each element a known ``int``, a symbolic dim name (the value of
+    that dim: a dim's size, so never negative) or ``None`` (unknown). Booleans are 0 and 1. ``scalar``:
+    the tensor has rank 0 (and one element); otherwise rank 1.
+
+    Op definitions compute these with their value rules (``OpDef.value``) and type rules read them
+    through ``InferContext.value``."""
+
+    elems: tuple[Dim, ...]
+    scalar: bool = False
+
+    @property
+    def ints(self) -> tuple[int, ...] | None:
+        """The elements if every one is a known integer, else ``None``."""
+        return static_dims(self.elems)
+
+    @staticmethod
+    def of(array: np.ndarray) -> ShapeValue | None:
+        """The value of a concrete integer or boolean array of rank 0 or 1 with at most
+        ``SHAPE_VALUE_LIMIT`` elements, else ``None``."""
+        if array.dtype.kind not in "iub" or array.ndim > 1 or array.size > SHAPE_VALUE_LIMIT:
+            return None
+        return ShapeValue(tuple(int(x) for x in array.reshape(-1)), array.ndim == 0)
 
 
 class DType(Enum):

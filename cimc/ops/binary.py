@@ -17,8 +17,9 @@ import numpy as np
 
 from cimc.errors import VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
-from cimc.ir.types import DType, TensorType
+from cimc.ir.types import DType, ShapeValue, TensorType
 from cimc.ops._infer import broadcast_shapes, require
+from cimc.ops._values import broadcast_values, compare_equal
 
 Rule = Callable[[InferContext], list[TensorType]]
 
@@ -97,6 +98,7 @@ def _same_type(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
 
 for _name, (_fn, _ok, _what) in _COMPARISONS.items():
     define_op(_name, inputs=2, infer=_rule(_ok, _what, DType.bool),
+              value=compare_equal if _name == "Equal" else None,
               doc=f"Elementwise {_name} with broadcasting; a bool result.")(_to_bool(_fn))
 
 for _name, _fn in _BITWISE.items():
@@ -160,7 +162,17 @@ def _where_type(ctx: InferContext) -> list[TensorType]:
     return [TensorType(x.dtype, broadcast_shapes(c.shape, x.shape, y.shape))]
 
 
-@define_op("Where", inputs=3, infer=_where_type)
+def _where_value(ctx: InferContext) -> ShapeValue | None:
+    """X's element where the condition's is known true, Y's where known false, either where they agree."""
+    each = broadcast_values(ctx.value(0), ctx.value(1), ctx.value(2))
+    if each is None:
+        return None
+    (cs, xs, ys), scalar = each
+    return ShapeValue(tuple(x if c == 1 else y if c == 0 else (x if x == y else None)
+                            for c, x, y in zip(cs, xs, ys, strict=True)), scalar)
+
+
+@define_op("Where", inputs=3, infer=_where_type, value=_where_value)
 def where(ctx, cond, x, y):
     """X where the condition holds, Y elsewhere (all three broadcast)."""
     return np.asarray(np.where(cond, x, y)).astype(x.dtype, copy=False)

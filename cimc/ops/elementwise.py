@@ -19,6 +19,7 @@ from cimc.errors import VerifyError
 from cimc.ir.opdef import AttrSpec, InferContext, define_op
 from cimc.ir.types import TensorType
 from cimc.ops._infer import broadcast_shapes, normalize_axis, require
+from cimc.ops._values import arithmetic
 
 __all__ = ["erf"]
 
@@ -82,25 +83,25 @@ def spare_out(ctx, *operands: np.ndarray, dtype=None) -> np.ndarray | None:
     return None
 
 
-@define_op("Add", inputs=2, infer=_broadcast)
+@define_op("Add", inputs=2, infer=_broadcast, value=arithmetic)
 def add(ctx, a, b):
     """a + b with broadcasting (into an operand that dies here, when the interpreter offers one)."""
     return np.asarray(np.add(a, b, out=spare_out(ctx, a, b)))
 
 
-@define_op("Sub", inputs=2, infer=_broadcast)
+@define_op("Sub", inputs=2, infer=_broadcast, value=arithmetic)
 def sub(ctx, a, b):
     """a - b with broadcasting."""
     return np.asarray(np.subtract(a, b))
 
 
-@define_op("Mul", inputs=2, infer=_broadcast)
+@define_op("Mul", inputs=2, infer=_broadcast, value=arithmetic)
 def mul(ctx, a, b):
     """a * b with broadcasting."""
     return np.asarray(np.multiply(a, b))
 
 
-@define_op("Div", inputs=2, infer=_broadcast)
+@define_op("Div", inputs=2, infer=_broadcast, value=arithmetic)
 def div(ctx, a, b):
     """a / b with broadcasting; integers truncate toward zero (division by zero gives 0)."""
     if a.dtype.kind == "f" or a.dtype.name == "bfloat16":

@@ -14,8 +14,8 @@ import numpy as np
 
 from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
-from cimc.ir.types import DType, TensorType, dtype_from_onnx_code
-from cimc.ops._infer import normalize_axis, require
+from cimc.ir.types import DType, ShapeValue, TensorType, dtype_from_onnx_code
+from cimc.ops._infer import dim_mul, normalize_axis, require
 from cimc.ops.tensor import _cast, _vector
 
 
@@ -25,15 +25,18 @@ def _where(ctx: InferContext) -> str:
 
 # ---- Tile ---------------------------------------------------------------------------------------
 def _tile_type(ctx: InferContext) -> list[TensorType]:
+    """Each dim times its repeat count, where both are known (a dim repeated once or none times is known
+    whatever it is; the counts may be computed from shapes, ``InferContext.value``)."""
     x = require(ctx, 0)
-    reps = _vector(ctx.const(1))
+    known = ctx.value(1)
     if x.shape is None:
         return [TensorType(x.dtype, None)]
-    if reps is None:
+    if known is None or known.scalar:
         return [TensorType(x.dtype, tuple(d if d == 0 else None for d in x.shape))]
-    if len(reps) != len(x.shape) or min(reps, default=0) < 0:
-        raise VerifyError(f"{_where(ctx)}: repeats {reps} must hold one non-negative count per dim of {x}")
-    return [TensorType(x.dtype, tuple(d * r if isinstance(d, int) else (d if r == 1 else None)
+    reps = known.elems
+    if len(reps) != len(x.shape) or any(isinstance(r, int) and r < 0 for r in reps):
+        raise VerifyError(f"{_where(ctx)}: repeats {list(reps)} must hold one non-negative count per dim of {x}")
+    return [TensorType(x.dtype, tuple(0 if d == 0 or r == 0 else d if r == 1 else r if d == 1 else dim_mul([d, r])
                                       for d, r in zip(x.shape, reps, strict=True)))]
 
 
@@ -199,7 +202,16 @@ def eye_like(ctx, x):
 
 
 # ---- Size, CastLike, CenterCropPad --------------------------------------------------------------
-@define_op("Size", infer=lambda ctx: [TensorType(DType.i64, ())])
+def _size_value(ctx: InferContext) -> ShapeValue | None:
+    """The element count where the dims give it: their product, or the one dim other than 1s."""
+    t = ctx.types[0]
+    if t is None or t.shape is None:
+        return None
+    rest = [d for d in t.shape if d != 1]
+    return ShapeValue((0 if 0 in rest else rest[0] if len(rest) == 1 else dim_mul(rest),), True)
+
+
+@define_op("Size", infer=lambda ctx: [TensorType(DType.i64, ())], value=_size_value)
 def size(ctx, x):
     """The number of elements of x, as an i64 scalar."""
     return np.asarray(x.size, np.int64)

@@ -158,7 +158,9 @@ def _resize_axis(x: np.ndarray, axis: int, m: int, s: float, lo: float, hi: floa
 def _resize_type(ctx: InferContext) -> list[TensorType]:
     """The result's dims where constant scales or sizes give them: a dim the Resize does not touch (off
     its axes, or scaled by 1) keeps its value, symbolic or not; a dim it sizes is the size (stretched);
-    a static dim scaled by s is floor(d * s). Other dims are unknown."""
+    a static dim scaled by s is floor(d * s); sizes of every axis computed from shapes (stretched) are the
+    dims as far as they are known (``InferContext.value``: ``F.interpolate(x, size=y.shape[-2:])``).
+    Other dims are unknown."""
     x = require(ctx, 0)
     if x.shape is None:
         return [TensorType(x.dtype, None)]
@@ -167,6 +169,11 @@ def _resize_type(ctx: InferContext) -> list[TensorType]:
     axes = set(range(rank)) if ctx.attrs["axes"] is None else {a % rank for a in ctx.attrs["axes"]}
     if not ((consts[2] is not None or consts[3] is not None) and (ctx.has(2) <= (consts[2] is not None))
             and (ctx.has(3) <= (consts[3] is not None))):
+        sizes = ctx.value(3)
+        no_scales = not ctx.has(2) or (consts[2] is not None and consts[2].size == 0)
+        if sizes is not None and not sizes.scalar and len(sizes.elems) == rank and ctx.attrs["axes"] is None \
+                and ctx.attrs["keep_aspect_ratio_policy"] == "stretch" and no_scales:
+            return [TensorType(x.dtype, sizes.elems)]  # sizes of every axis, stretched: the sizes are the dims
         return [TensorType(x.dtype, tuple(None if i in axes else d for i, d in enumerate(x.shape)))]
     stand_in = tuple(d if isinstance(d, int) else 1 for d in x.shape)  # symbolic dims are worked out below
     try:

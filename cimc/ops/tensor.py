@@ -9,6 +9,13 @@ result shape depends on them; when such an operand is not constant the rank is k
 still known and the affected dims become ``None``. Symbolic dims pass through wherever the result
 dim is provably the same (a copied dim, a full slice, a ``-1`` in Reshape that cancels to one
 named dim). Ops that only move values keep per-tensor quantization parameters.
+
+Shape operands computed at run time (``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``, as the
+TorchScript exporter writes them) are read element by element: ``Shape``, ``Gather``, ``Slice``,
+``Concat``, ``Squeeze``, ``Unsqueeze``, ``Reshape``, ``Cast``, ``Identity`` and ``ConstantOfShape`` have value
+rules (``OpDef.value``) that carry each element of such a vector as a known int, a symbolic dim or
+unknown, and ``Reshape``, ``Expand`` and ``ConstantOfShape`` take their result dims from what is known
+(``InferContext.value``); an operand whose every element is known counts as a constant everywhere.
 """
 
 from __future__ import annotations
@@ -22,8 +29,19 @@ import numpy as np
 
 from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
-from cimc.ir.types import Dim, DType, Shape, TensorType, dtype_from_onnx_code, static_dims
+from cimc.ir.types import (
+    Dim,
+    DType,
+    Shape,
+    ShapeValue,
+    TensorType,
+    dim_factors,
+    dim_product,
+    dtype_from_onnx_code,
+    static_dims,
+)
 from cimc.ops._infer import broadcast_shapes, dim_add, normalize_axis, require
+from cimc.ops._values import fit_dtype
 
 INT_MAX = 2**31 - 1
 
@@ -134,7 +152,14 @@ def _concat_type(ctx: InferContext) -> list[TensorType]:
     return [TensorType(base.dtype, tuple(out), base.quant)]
 
 
-@define_op("Concat", infer=_concat_type, inputs=(1, None),
+def _concat_value(ctx: InferContext) -> ShapeValue | None:
+    parts = [ctx.value(i) for i in range(len(ctx.types))]
+    if ctx.attrs["axis"] not in (0, -1) or any(p is None or p.scalar for p in parts):
+        return None
+    return ShapeValue(tuple(d for p in parts if p is not None for d in p.elems))
+
+
+@define_op("Concat", infer=_concat_type, inputs=(1, None), value=_concat_value,
            attrs={"axis": AttrSpec("int", REQUIRED, "axis to join along; negative counts back")})
 def concat(ctx, *xs):
     """Join tensors along ``axis``; all other dims must agree."""
@@ -263,7 +288,19 @@ def _slice_type(ctx: InferContext) -> list[TensorType]:
     return [_moved(t, tuple(shape))]
 
 
-@define_op("Slice", infer=_slice_type, inputs=(3, 5))
+def _slice_value(ctx: InferContext) -> ShapeValue | None:
+    data = ctx.value(0)
+    starts, ends, axes, steps = (_ints(ctx, i) for i in range(1, 5))
+    if data is None or data.scalar or starts is None or ends is None or (ctx.has(3) and axes is None) \
+            or (ctx.has(4) and steps is None):
+        return None
+    axes, steps = axes or [0], steps or [1]
+    if any(len(p) != 1 for p in (starts, ends, axes, steps)) or axes[0] not in (0, -1) or steps[0] == 0:
+        return None
+    return ShapeValue(data.elems[_slice_axis(len(data.elems), starts[0], ends[0], steps[0])[0]])
+
+
+@define_op("Slice", infer=_slice_type, inputs=(3, 5), value=_slice_value)
 def slice_(ctx, x, starts, ends, axes=None, steps=None):
     """``x[start:end:step]`` on the given axes, with ONNX's clamping of out-of-range bounds."""
     index = [slice(None)] * x.ndim
@@ -274,11 +311,15 @@ def slice_(ctx, x, starts, ends, axes=None, steps=None):
 
 
 # ---- Reshape, Flatten ---------------------------------------------------------------------------
-def _reshape_dims(src: Shape | None, spec: list[int], allowzero: bool) -> Shape:
-    """The result shape of Reshape for a constant ``spec``, symbolic dims carried where exact."""
-    if spec.count(-1) > 1 or any(s < -1 for s in spec):
-        raise VerifyError(f"shape {spec} may hold at most one -1 and no other negative number")
-    if allowzero and -1 in spec and 0 in spec:
+def _reshape_dims(src: Shape | None, spec: Sequence[Dim], allowzero: bool) -> Shape:
+    """The result shape of Reshape for a ``spec`` known when compiling, symbolic dims carried where exact.
+
+    A ``spec`` computed from shapes may hold symbolic names (a result dim of that size) and unknown
+    elements (an unknown result dim, which also keeps a ``-1`` elsewhere from cancelling)."""
+    ints = [s for s in spec if isinstance(s, int)]
+    if ints.count(-1) > 1 or any(s < -1 for s in ints):
+        raise VerifyError(f"shape {list(spec)} may hold at most one -1 and no other negative number")
+    if allowzero and -1 in ints and 0 in ints:
         raise VerifyError(f"shape {spec} holds both 0 and -1, which allowzero=1 makes ambiguous")
     out: list[Dim] = []
     copied: dict[int, int] = {}  # output position -> input position it copies
@@ -290,8 +331,8 @@ def _reshape_dims(src: Shape | None, spec: list[int], allowzero: bool) -> Shape:
             copied[i] = i
         else:
             out.append(s)
-    if -1 in spec:
-        at = spec.index(-1)
+    if -1 in ints:
+        at = list(spec).index(-1)
         out[at] = None if src is None else _infer_minus_one(src, out, at, copied)
     elif src is not None and (n_src := static_dims(src)) is not None and (n_out := static_dims(out)) is not None:
         if math.prod(n_src) != math.prod(n_out):
@@ -300,17 +341,23 @@ def _reshape_dims(src: Shape | None, spec: list[int], allowzero: bool) -> Shape:
 
 
 def _factors(dims: Sequence[Dim], positions: Sequence[object]) -> tuple[int, Counter]:
+    """The product of ``dims`` as a number and named factors (a product dim such as ``16*N`` split into
+    them); an unknown dim is a factor of its own, named by its position."""
     coef, names = 1, Counter[tuple[str, object]]()
     for d, pos in zip(dims, positions, strict=True):
-        if isinstance(d, int):
-            coef *= d
-        else:
-            names[("name", d) if isinstance(d, str) else ("pos", pos)] += 1
+        if d is None:
+            names[("pos", pos)] += 1
+            continue
+        c, named = dim_factors(d)
+        coef *= c
+        for name, count in named.items():
+            names[("name", name)] += count
     return coef, names
 
 
 def _infer_minus_one(src: Shape, out: list[Dim], at: int, copied: dict[int, int]) -> Dim:
-    """The -1 dim: the input's element count over the other output dims, cancelling named dims."""
+    """The -1 dim: the input's element count over the other output dims, cancelling named dims; what
+    is left of them stays a product (``[N,4,4,16]`` to ``[-1,16]`` is ``[16*N,16]``)."""
     num_coef, num = _factors(src, range(len(src)))
     others = [i for i in range(len(out)) if i != at]
     den_coef, den = _factors([out[i] for i in others], [copied.get(i, ("out", i)) for i in others])
@@ -326,13 +373,16 @@ def _infer_minus_one(src: Shape, out: list[Dim], at: int, copied: dict[int, int]
     coef = num_coef // den_coef
     if not rest:
         return coef
-    (kind, name), count = next(iter(rest.items()))
-    return name if coef == 1 and len(rest) == 1 and count == 1 and kind == "name" else None
+    if any(kind != "name" for kind, _ in rest):
+        return None
+    return dim_product(coef, {str(name): count for (_, name), count in rest.items()})
 
 
 def _reshape_type(ctx: InferContext) -> list[TensorType]:
     t = require(ctx, 0)
-    spec = _ints(ctx, 1)
+    _int_operand(ctx, 1)
+    known = ctx.value(1)
+    spec = None if known is None or known.scalar else known.elems
     if spec is None:
         n = _operand_len(ctx, 1)
         return [_moved(t, None if n is None else (None,) * n)]
@@ -342,7 +392,18 @@ def _reshape_type(ctx: InferContext) -> list[TensorType]:
         raise VerifyError(f"{_where(ctx)}: {e}") from None
 
 
-@define_op("Reshape", infer=_reshape_type, inputs=2,
+def _reshape_value(ctx: InferContext) -> ShapeValue | None:
+    data, spec = ctx.value(0), _ints(ctx, 1)
+    if data is None or spec is None or len(spec) > 1:
+        return None
+    n = len(data.elems)
+    if spec == [] and n == 1:
+        return ShapeValue(data.elems, True)
+    copy = spec == [0] and not ctx.attrs["allowzero"] and not data.scalar
+    return ShapeValue(data.elems) if spec in ([-1], [n]) or copy else None
+
+
+@define_op("Reshape", infer=_reshape_type, inputs=2, value=_reshape_value,
            attrs={"allowzero": AttrSpec("int", 0, "1: a 0 in shape is a 0 dim, not a copied dim")})
 def reshape(ctx, x, shape):
     """``x`` with a new shape; 0 copies the input dim (unless allowzero), -1 is inferred."""
@@ -421,7 +482,15 @@ def _squeeze_type(ctx: InferContext) -> list[TensorType]:
     return [_moved(t, tuple(d for i, d in enumerate(t.shape) if i not in axes))]
 
 
-@define_op("Squeeze", infer=_squeeze_type, inputs=(1, 2))
+def _squeeze_value(ctx: InferContext) -> ShapeValue | None:
+    data = ctx.value(0)
+    if data is None or data.scalar or len(data.elems) != 1 or _ints(ctx, 1) not in (None, [0], [-1]) \
+            or (ctx.has(1) and ctx.const(1) is None):
+        return None
+    return ShapeValue(data.elems, True)
+
+
+@define_op("Squeeze", infer=_squeeze_type, inputs=(1, 2), value=_squeeze_value)
 def squeeze(ctx, x, axes=None):
     """Remove the given size-1 axes (all size-1 axes when ``axes`` is absent)."""
     if axes is None:
@@ -447,7 +516,12 @@ def _unsqueeze_type(ctx: InferContext) -> list[TensorType]:
     return [_moved(t, tuple(1 if i in axes else next(dims) for i in range(rank)))]
 
 
-@define_op("Unsqueeze", infer=_unsqueeze_type, inputs=2)
+def _unsqueeze_value(ctx: InferContext) -> ShapeValue | None:
+    data = ctx.value(0)
+    return ShapeValue(data.elems) if data is not None and data.scalar and _ints(ctx, 1) in ([0], [-1]) else None
+
+
+@define_op("Unsqueeze", infer=_unsqueeze_type, inputs=2, value=_unsqueeze_value)
 def unsqueeze(ctx, x, axes):
     """Insert size-1 axes at the given positions of the result."""
     axes = _axes(_vector(axes), x.ndim + np.asarray(axes).size, "unsqueeze axes")
@@ -465,7 +539,17 @@ def _gather_type(ctx: InferContext) -> list[TensorType]:
     return [_moved(t, t.shape[:axis] + idx.shape + t.shape[axis + 1:])]
 
 
-@define_op("Gather", infer=_gather_type, inputs=2,
+def _gather_value(ctx: InferContext) -> ShapeValue | None:
+    data, idx = ctx.value(0), ctx.const(1)
+    if data is None or data.scalar or idx is None or idx.ndim > 1 or ctx.attrs["axis"] not in (0, -1):
+        return None
+    n, picks = len(data.elems), [int(i) for i in idx.reshape(-1)]
+    if any(not -n <= i < n for i in picks):
+        return None
+    return ShapeValue(tuple(data.elems[i] for i in picks), idx.ndim == 0)
+
+
+@define_op("Gather", infer=_gather_type, inputs=2, value=_gather_value,
            attrs={"axis": AttrSpec("int", 0, "axis of data the indices select along")})
 def gather(ctx, data, indices):
     """``data`` indexed along ``axis`` by ``indices`` (negative indices count from the end)."""
@@ -491,7 +575,14 @@ def _shape_type(ctx: InferContext) -> list[TensorType]:
     return [TensorType(DType.i64, (n,))]
 
 
-@define_op("Shape", infer=_shape_type,
+def _shape_value(ctx: InferContext) -> ShapeValue | None:
+    t = ctx.types[0]
+    if t is None or t.shape is None:
+        return None
+    return ShapeValue(tuple(t.shape[i] for i in _shape_range(len(t.shape), ctx.attrs["start"], ctx.attrs["end"])))
+
+
+@define_op("Shape", infer=_shape_type, value=_shape_value,
            attrs={"start": AttrSpec("int", 0, "first axis to report (clamped to [0, rank])"),
                   "end": AttrSpec("int", None, "axis after the last to report (default rank)")})
 def shape(ctx, x):
@@ -516,16 +607,24 @@ def _constant_of_shape_type(ctx: InferContext) -> list[TensorType]:
         dtype = DType.from_numpy(_fill_value(ctx.attrs).dtype)
     except VerifyError as e:
         raise VerifyError(f"{_where(ctx)}: {e}") from None
-    dims = _ints(ctx, 0)
-    if dims is None:
+    _int_operand(ctx, 0)
+    known = ctx.value(0)
+    if known is None or known.scalar:
         n = _operand_len(ctx, 0)
         return [TensorType(dtype, None if n is None else (None,) * n)]
-    if any(d < 0 for d in dims):
-        raise VerifyError(f"{_where(ctx)}: shape {dims} has a negative dim")
-    return [TensorType(dtype, tuple(dims))]
+    if any(isinstance(d, int) and d < 0 for d in known.elems):
+        raise VerifyError(f"{_where(ctx)}: shape {list(known.elems)} has a negative dim")
+    return [TensorType(dtype, known.elems)]
 
 
-@define_op("ConstantOfShape", infer=_constant_of_shape_type,
+def _constant_of_shape_value(ctx: InferContext) -> ShapeValue | None:
+    dims, fill = _ints(ctx, 0), _fill_value(ctx.attrs)
+    if dims is None or len(dims) > 1 or fill.dtype.kind not in "iub" or (dims and not 0 <= dims[0] <= 64):
+        return None
+    return ShapeValue((int(fill),) * (dims[0] if dims else 1), not dims)
+
+
+@define_op("ConstantOfShape", infer=_constant_of_shape_type, value=_constant_of_shape_value,
            attrs={"value": AttrSpec("tensor", None, "one-element fill value; default f32 0")})
 def constant_of_shape(ctx, shape):
     """A tensor of the given shape filled with ``value``."""
@@ -534,7 +633,9 @@ def constant_of_shape(ctx, shape):
 
 def _expand_type(ctx: InferContext) -> list[TensorType]:
     t = require(ctx, 0)
-    dims = _ints(ctx, 1)
+    _int_operand(ctx, 1)
+    known = ctx.value(1)
+    dims = None if known is None or known.scalar else known.elems
     if dims is None:
         n = _operand_len(ctx, 1)
         if n is None or t.shape is None:
@@ -543,9 +644,9 @@ def _expand_type(ctx: InferContext) -> list[TensorType]:
         src = (1,) * (rank - len(t.shape)) + t.shape
         return [_moved(t, tuple(d if isinstance(d, int) and d != 1 else None for d in src))]
     try:
-        return [_moved(t, broadcast_shapes(t.shape, tuple(dims)))]
+        return [_moved(t, broadcast_shapes(t.shape, dims))]
     except VerifyError as e:
-        raise VerifyError(f"{_where(ctx)}: cannot expand {t} to shape {dims}: {e}") from None
+        raise VerifyError(f"{_where(ctx)}: cannot expand {t} to shape {list(dims)}: {e}") from None
 
 
 @define_op("Expand", infer=_expand_type, inputs=2)
@@ -577,7 +678,16 @@ def _cast(x: np.ndarray, to: DType) -> np.ndarray:
         return x.astype(to.numpy)
 
 
-@define_op("Cast", infer=_cast_type,
+def _cast_value(ctx: InferContext) -> ShapeValue | None:
+    data, to = ctx.value(0), dtype_from_onnx_code(ctx.attrs["to"])
+    if data is None or not (to.is_int or to is DType.bool):
+        return None
+    if to is DType.bool:  # a named dim may be 0
+        return ShapeValue(tuple(int(d != 0) if isinstance(d, int) else None for d in data.elems), data.scalar)
+    return ShapeValue(tuple(fit_dtype(d, to) for d in data.elems), data.scalar)
+
+
+@define_op("Cast", infer=_cast_type, value=_cast_value,
            attrs={"to": AttrSpec("int", REQUIRED, "ONNX element-type code (1 f32, 7 i64, ...)"),
                   "saturate": AttrSpec("int", 1, "float8 only (unsupported); ignored"),
                   "round_mode": AttrSpec("str", "up", "float8e8m0 only (unsupported); ignored")})
@@ -590,7 +700,7 @@ def _identity_type(ctx: InferContext) -> list[TensorType]:
     return [require(ctx, 0)]
 
 
-@define_op("Identity", infer=_identity_type)
+@define_op("Identity", infer=_identity_type, value=lambda ctx: ctx.value(0))
 def identity(ctx, x):
     """``x`` itself."""
     return x

@@ -23,6 +23,7 @@ import numpy as np
 
 from cimc.errors import PassError
 from cimc.ir.core import Graph, Node, Value
+from cimc.ir.types import dim_per_sample
 from cimc.ops.nn import window_geometry
 from cimc.passmanager import Pass, PassContext, PassResult
 from cimc.target import ARRAY_OPS, Spec
@@ -276,5 +277,5 @@ def _lower_act_matmul(g: Graph, node: Node) -> None:
 
 
 def _sample_bytes(v: Value) -> int:
-    """Bytes of one sample of uint8 value ``v`` (a symbolic dim counts as 1)."""
-    return math.prod(d if isinstance(d, int) else 1 for d in (v.type.shape or ()))
+    """Bytes of one sample of uint8 value ``v`` (a symbolic dim counts as 1, a product dim as its number)."""
+    return math.prod(dim_per_sample(d) for d in (v.type.shape or ()))
