@@ -20,7 +20,6 @@ import onnx
 from cimc.ir.types import UNSUPPORTED_ONNX_DTYPES
 
 _LOOP_INPUT = "Loop whose trip count is computed from graph inputs: cimc unrolls only trip counts known at import"
-_SCAN_DYNAMIC = "Scan over a length computed at run time: cimc unrolls only scans of a static length"
 _IF_INPUT = "If whose condition is computed from graph inputs: cimc folds only conditions known at import"
 _ROUNDING_16 = ("16-bit float attention: the expected values come from numpy products that round to float16/bfloat16 "
                 "at every step and the case's tolerance (rtol 1e-3) is finer than a bfloat16 unit in the last place "
@@ -51,20 +50,6 @@ REFUSED: dict[str, str] = {
     # control flow that depends on run-time values: the importer must refuse it with one clear error
     "test_affine_grid_3d_align_corners_expanded": _IF_INPUT,
     "test_if": _IF_INPUT,
-    "test_linear_attention_decode_step_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_delta_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_explicit_scale_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_fp16_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_gated_delta_beta_scalar_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_gated_delta_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_gated_delta_gqa_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_gated_delta_mqa_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_gated_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_gated_per_head_decay_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_linear_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_linear_t1_no_past_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_no_past_explicit_zeros_expanded": _SCAN_DYNAMIC,
-    "test_linear_attention_prefill_with_past_expanded": _SCAN_DYNAMIC,
     "test_loop11": _LOOP_INPUT,
     "test_range_bfloat16_type_positive_delta_expanded": _LOOP_INPUT,
     "test_range_float16_type_positive_delta_expanded": _LOOP_INPUT,
