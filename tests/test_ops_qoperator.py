@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from cimc.cim import igemm
 from cimc.interpreter import run
 from cimc.onnx_io import import_model
 from cimc.onnx_io.runtime import run_onnxruntime
@@ -48,14 +49,6 @@ def _both(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> tuple[np.nda
 
 
 @functools.cache
-def _ort_u8s8_saturates() -> bool:
-    """Whether onnxruntime's u8 x s8 integer kernels saturate on this CPU (:func:`cimc.cim.igemm.exact` on a
-    u8 x s8 ``MatMulInteger`` session)."""
-    from cimc.cim import igemm
-
-    return not igemm.exact(igemm.Kernel(signed=True))
-
-
 def _qparams(rng, signed: bool, prefix: str) -> list[tuple[str, object, int]]:
     z = int(rng.integers(-20, 20)) if signed else int(rng.integers(0, 256))
     return [(f"{prefix}s", np.float32(rng.uniform(0.002, 0.2)), TensorProto.FLOAT),
@@ -179,7 +172,7 @@ def test_matrix_ops_are_onnxruntimes_bit_for_bit(per_channel, signed):
     255 by them stay within int16 (the full range: the next test)."""
     rng = np.random.default_rng(11)
     xt = TensorProto.INT8 if signed else TensorProto.UINT8
-    top = 64 if not signed and _ort_u8s8_saturates() else 128
+    top = 64 if not signed and igemm.u8s8_saturates() else 128
     x = _codes(rng, (2, 6, 7, 7), signed)
     w = rng.integers(1 - top, top, (8, 3, 3, 3)).astype(np.int8)
     sw = rng.uniform(0.001, 0.02, 8 if per_channel else ()).astype(np.float32)

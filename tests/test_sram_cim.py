@@ -719,6 +719,22 @@ def test_a_forked_child_builds_its_own_integer_kernel():
     assert igemm.kernel() is k
 
 
+def test_u8s8_saturates_is_the_probe_of_the_u8s8_session():
+    """:func:`cimc.cim.igemm.u8s8_saturates` (which tells the onnxruntime oracle to avoid those kernels) says what
+    :func:`~cimc.cim.igemm.exact` finds of a fresh u8 x s8 session, and the chosen kernel is u8 x s8 exactly when it
+    does not saturate."""
+    from cimc.cim import igemm
+
+    try:
+        fresh = igemm.Kernel(signed=True)
+    except Exception:
+        pytest.skip("onnxruntime cannot build a MatMulInteger session here")
+    saturates = not igemm.exact(fresh)
+    assert igemm.u8s8_saturates() is saturates
+    k = igemm.kernel()
+    assert k is not None and k.signed is not saturates
+
+
 @pytest.mark.parametrize("L", [7, 300], ids=["images-side-by-side", "image-by-image"])
 def test_an_exact_sum_in_layout_cols_is_the_int32_sum(L, monkeypatch):
     """Two rounds of grouped weights over K chunks (sums past 2**25), added to a starting accumulator whose sums

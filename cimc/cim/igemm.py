@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Kernel", "kernel"]
+__all__ = ["Kernel", "kernel", "u8s8_saturates"]
 
 _PROBES = ((1, 300, 1), (1, 64, 37), (37, 64, 1), (67, 257, 131), (5, 70, 19, 3), (16, 1024, 200))
 """Shapes ``(M, K, N[, batch])`` the kernel is checked on."""
@@ -156,8 +156,24 @@ def kernel() -> Kernel | None:
                         k = Kernel(signed)
                     except Exception:  # no usable onnxruntime here: the float products stand in
                         break
-                    if exact(k):
+                    ok = exact(k)
+                    if signed:
+                        _U8S8_FAILS[:] = [not ok]
+                    if ok:
                         found = k
                         break
                 _KERNEL.append(found)
     return _KERNEL[0]
+
+
+_U8S8_FAILS: list[bool] = []
+"""Set by :func:`kernel`: whether the u8 x s8 session failed :func:`exact` (empty: onnxruntime could not build it)."""
+
+
+def u8s8_saturates() -> bool:
+    """Whether onnxruntime's u8 x s8 ``MatMulInteger`` fails :func:`exact` on this machine (its kernels saturate,
+    module docstring), as :func:`kernel` found when it chose a kernel: then onnxruntime's other u8 x s8 integer
+    operators (``QLinearConv``, ``QLinearMatMul``, ...) run on the same kernels and can be wrong too. False where
+    onnxruntime cannot build the session."""
+    kernel()
+    return bool(_U8S8_FAILS and _U8S8_FAILS[0])

@@ -30,7 +30,9 @@ def run_onnxruntime(model: onnx.ModelProto | str | os.PathLike[str],
     """Outputs of onnxruntime (CPU) for ``inputs``, by graph output name."""
     import onnxruntime as ort
 
-    if _u8s8_saturates():
+    from cimc.cim import igemm
+
+    if igemm.u8s8_saturates():
         model, _ = unsaturating(model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model)))
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     ort.set_default_logger_severity(3)  # its warnings would print before cimc's own lines
@@ -42,22 +44,6 @@ def run_onnxruntime(model: onnx.ModelProto | str | os.PathLike[str],
         raise InputError(f"onnxruntime cannot load the model: {e}") from None
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(inputs)), strict=True))
-
-
-def _u8s8_saturates() -> bool:
-    """Whether onnxruntime's u8 x s8 kernels saturate here (:func:`cimc.cim.igemm.exact` fails on them)."""
-    global _SATURATES
-    if _SATURATES is None:
-        from cimc.cim import igemm
-
-        try:
-            _SATURATES = not igemm.exact(igemm.Kernel(signed=True))
-        except Exception:  # no usable onnxruntime: run_onnxruntime says so itself
-            _SATURATES = False
-    return _SATURATES
-
-
-_SATURATES: bool | None = None
 
 
 def unsaturating(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
