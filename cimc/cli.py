@@ -250,10 +250,12 @@ def _cmd_ops(args: argparse.Namespace) -> None:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.driver import compile as compile_model
+    from cimc.onnx_io.dims import parse_dims
     from cimc.report import float_line, verify_failed, verify_summary
 
     target = _target(args)
     assert target is not None
+    dims = parse_dims(args.dim)
     stem = args.model[4:] if args.model.startswith("zoo:") else Path(args.model).stem
     out = check_output_directory(f"{stem}.{target.name}.cimc" if args.output is None else args.output,
                                  args.force)  # before the work
@@ -262,7 +264,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                              inputs=read_npz(args.inputs, "--inputs") if args.inputs else None,
                              labels=read_npy(args.labels, "--labels") if args.labels else None,
                              verify_each=args.verify_each, allow_float=args.allow_float, mc=args.mc,
-                             workers=args.workers)
+                             workers=args.workers, dims=dims)
     out = compiled.save(out, force=args.force)
     if compiled.float_layers:
         sys.stdout.write(float_line(compiled.float_layers) + "\n")
@@ -417,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-p", "--pipeline", metavar="SPEC",
                    help="passes to run before lowering instead of the target's default pipeline")
     s.add_argument("--calibration", metavar="NPZ", help="calibration inputs by graph input name")
+    s.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="fix a symbolic input dim of the model (e.g. --dim seq=128; repeatable): costs count a "
+                        "symbolic dim as 1 per inference, right for the batch only")
     s.add_argument("-o", "--output", metavar="DIR", help="output directory (default <model>.<target>.cimc)")
     s.add_argument("--force", action="store_true", help="replace the output directory if it exists")
     s.add_argument("--verify", action="store_true",

@@ -39,7 +39,8 @@ descriptor), :func:`mac_dims` (the multiply-accumulate work of float matrix and 
 a vector unit or MAC array that runs them), and :func:`spilled_fraction` (the part of a tensor that
 does not fit its buffer and lives in DRAM). Every count takes a symbolic dim (the batch) as 1 (a
 product dim such as ``16*batch`` as 16, :func:`~cimc.ir.types.dim_per_sample`), so every cost is per
-inference (one sample).
+inference (one sample); :func:`sample_dims` says which dims were taken as 1, so that a symbolic dim other than
+the batch (a sequence length) is reported, not silently priced at 1.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cimc.ir.types import dim_per_sample
+from cimc.ir.types import dim_factors, dim_per_sample
 
 __all__ = [
     "COMPONENTS",
@@ -67,6 +68,7 @@ __all__ = [
     "Cost",
     "CostReport",
     "LayerCost",
+    "SampleDims",
     "Tally",
     "VectorUnitSpec",
     "Write",
@@ -76,6 +78,7 @@ __all__ = [
     "mac_dims",
     "num_elements",
     "program_cost",
+    "sample_dims",
     "spilled_fraction",
     "vector_cost",
     "vector_unit_cost",
@@ -225,6 +228,49 @@ def num_elements(value: Any) -> int:
     if shape is None:
         return 0
     return math.prod(dim_per_sample(d) for d in shape)
+
+
+@dataclass(frozen=True)
+class SampleDims:
+    """The dims per-inference counts took as 1 in a program (:func:`sample_dims`)."""
+
+    batch: tuple[str, ...]
+    """Symbolic names that lead a graph input's shape: the batch, rightly counted as 1 (one sample)."""
+    other: tuple[str, ...]
+    """Other symbolic names (a sequence length, an image size): counted as 1, so the layers they size are priced
+    for a size of 1; fixing them (``--dim NAME=SIZE``) prices them at their size."""
+    unknown: int
+    """Values with a dim of unknown size (counted as 1 too). Not warned of: in exported models they are nearly
+    always the batch, lost through shape arithmetic (``Range``, ``Max``) that type inference does not follow."""
+
+    def warning(self) -> str | None:
+        """One line for the user when a symbolic dim other than the batch was counted as 1, else None."""
+        if not self.other:
+            return None
+        names = ", ".join(repr(n) for n in self.other)
+        example = " ".join(f"--dim {n}=SIZE" for n in self.other)
+        return (f"symbolic dim(s) {names} (not the batch) counted as 1 per inference: the layers they size are "
+                f"priced for a size of 1; give {example} to price them at their size")
+
+
+def sample_dims(graph: Any) -> SampleDims:
+    """Which dims of ``graph``'s node operands and results the per-inference counts took as 1: symbolic names
+    (those of a product dim too), split into the batch (leading a graph input's shape) and the others, and how
+    many values have an unknown dim."""
+    lead = {d for v in graph.inputs if v.type.shape for d in v.type.shape[:1] if isinstance(d, str)}
+    names: dict[str, None] = {}
+    unknown: dict[int, None] = {}
+    for node in graph.nodes:
+        for v in (*node.inputs, *node.outputs):
+            shape = getattr(getattr(v, "type", None), "shape", None) if v is not None else None
+            for d in shape or ():
+                if d is None:
+                    unknown.setdefault(id(v), None)
+                elif isinstance(d, str):
+                    for name in dim_factors(d)[1]:
+                        names.setdefault(name, None)
+    batch = tuple(n for n in names if n in lead)
+    return SampleDims(batch, tuple(n for n in names if n not in lead), len(unknown))
 
 
 def counts(value: Any) -> tuple[int, ...]:

@@ -2,7 +2,8 @@
 
 :func:`compile` runs, on one graph:
 
-1. import: a path (``.onnx`` or ``.cimir``), ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph``;
+1. import: a path (``.onnx`` or ``.cimir``), ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph`` (an ONNX
+   model's symbolic input dims named in ``dims`` fixed at their size first);
 2. the target's :meth:`~cimc.target.Target.default_pipeline` (or the user's ``pipeline``, cut before
    the first of the target's lowering passes it names, :func:`split_lowering`): cleanup,
    quantization, tiling. The graph after it is ``quantized``, the integer reference;
@@ -88,11 +89,29 @@ class ModelSource:
     zoo: Any = None
 
 
-def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> ModelSource:
+def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph,
+                dims: Mapping[str, int] | None = None) -> ModelSource:
     """Import ``model``: a ``.onnx``/``.cimir`` path, ``zoo:NAME``, an ``onnx.ModelProto`` or a ``Graph`` (verified,
-    then copied)."""
+    then copied). ``dims``: symbolic dims of an ONNX model's inputs fixed at a size before import
+    (:func:`cimc.onnx_io.dims.fix_dims`); the source's ``onnx`` is the model with them fixed."""
+    from cimc.ir.core import Graph
+
+    src = _load_source(model, dims or {})
+    if dims and src.onnx is None:
+        kind = "Graph" if isinstance(model, Graph) else ".cimir file"
+        raise InputError(f"dims ({', '.join(f'{k}={v}' for k, v in dims.items())}) fix an ONNX model's symbolic "
+                         f"input dims before import; {src.label} is a {kind}, whose dims are already its own")
+    return src
+
+
+def _load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph, dims: Mapping[str, int]) -> ModelSource:
     from cimc.ir.core import Graph
     from cimc.onnx_io import import_model
+
+    def fixed(proto: onnx.ModelProto) -> onnx.ModelProto:
+        from cimc.onnx_io.dims import fix_dims
+
+        return fix_dims(proto, dims) if dims else proto
 
     if isinstance(model, Graph):
         from cimc.ir.verifier import verify
@@ -105,13 +124,13 @@ def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Mode
             from cimc import zoo
 
             z = zoo.load(text[4:])
-            proto = z.onnx()
+            proto = fixed(z.onnx())
             return ModelSource(import_model(proto), proto, z.name, text, z)
         path = Path(text)
         if path.suffix == ".onnx":
             from cimc.onnx_io.importer import read_model
 
-            proto = read_model(path)
+            proto = fixed(read_model(path))
             return ModelSource(import_model(proto, source=str(path)), proto, path.stem, path.name)
         if path.suffix == ".cimir":
             from cimc.text import load_graph
@@ -120,6 +139,7 @@ def load_source(model: str | os.PathLike[str] | onnx.ModelProto | Graph) -> Mode
         raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; expected .onnx or .cimir "
                          f"(or zoo:NAME for a bundled model)")
     if type(model).__name__ == "ModelProto":
+        model = fixed(model)
         return ModelSource(import_model(model), model, model.graph.name or "model", f"<ModelProto {model.graph.name}>")
     raise InputError(f"cannot compile a {type(model).__name__}: give a path, zoo:NAME, an onnx.ModelProto or a Graph")
 
@@ -199,6 +219,10 @@ class CompiledModel:
     calibration: str = ""
     """Where the calibration inputs came from, e.g. ``zoo calibration set (64 samples)``."""
     seed: int = 0
+    dims: dict[str, Any] = field(default_factory=dict)
+    """The model's symbolic dims: ``fixed`` (given ``dims``, by name), and of the program's, those per-inference
+    counts took as 1: ``batch``, ``other`` (not the batch: a line the report opens with says so), ``unknown``
+    (how many values have a dim of unknown size) (:func:`cimc.cost.sample_dims`)."""
     report: dict[str, Any] = field(default_factory=dict)
     """The ``report.json`` content (cost, mapping, verify results, pipeline, target spec, versions)."""
     timings: dict[str, Any] = field(default_factory=dict)
@@ -304,7 +328,8 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
             calibration: Mapping[str, np.ndarray] | np.ndarray | None = None, seed: int = 0, verify: bool = False,
             inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, *, labels: np.ndarray | None = None,
             progress: bool | None = None, verify_each: bool = False, allow_float: bool = False,
-            mc: int | None = None, workers: int | None = None, chip: int = 0) -> CompiledModel:
+            mc: int | None = None, workers: int | None = None, chip: int = 0,
+            dims: Mapping[str, int] | None = None) -> CompiledModel:
     """Compile ``model`` for ``target`` (see the module docstring for the steps and defaults).
 
     ``labels``: with ``verify``, one integer class index per verification input, for top-1 on labels.
@@ -319,8 +344,11 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     the chip ``--mc`` runs first).
     ``progress``: a per-pass status line on standard error (default: when it is a terminal).
     ``verify_each``: run the IR verifier after every pass.
+    ``dims``: symbolic dims of the model's inputs fixed at a size (``{"seq": 128}``, ``--dim seq=128``) before
+    import, so that costs count them at that size (a symbolic dim counts as 1 per inference: right for the batch,
+    not for a sequence; the report lists the dims it counted as 1) and random inputs have it.
     """
-    from cimc.cost import program_cost
+    from cimc.cost import program_cost, sample_dims
     from cimc.pipeline import Pipeline
 
     tgt = resolve_target(target, spec)
@@ -329,7 +357,7 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     front, lowering = split_lowering(front, tgt)
     for pass_ in (*front.passes, *lowering.passes):  # before any work: a missing target, options beyond it
         pass_.check(tgt)
-    src = load_source(model)
+    src = load_source(model, dims)
     graph = src.graph
     float_graph = graph.copy() if verify and src.onnx is None else graph
 
@@ -408,6 +436,9 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
         per_chip = _chip_programs(before_chip, every[cut:], ctx, program, mc)
     cost = program_cost(program, tgt)
     mapping = _mapping(program, quantized, tgt)
+    seen = sample_dims(program)
+    if seen.warning() and cost is not None:
+        logger.warning("%s: %s", src.label, seen.warning())
 
     checks, verify_s = None, None
     if sample is not None:
@@ -424,7 +455,8 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
 
     result = CompiledModel(program, quantized, tgt, src, str(Pipeline((*front.passes, *lowering.passes))),
                            str(lowering), cost, mapping, floats, placement(program, quantized, tgt, cost), checks,
-                           calib_text, seed)
+                           calib_text, seed, {"fixed": dict(dims or {}), "batch": list(seen.batch),
+                                              "other": list(seen.other), "unknown": seen.unknown})
     result.timings = {"passes": [{"pass": r.name, "seconds": r.seconds, "modified": r.modified} for r in timings],
                       "passes_seconds": sum(r.seconds for r in timings), "verify_seconds": verify_s,
                       "total_seconds": time.perf_counter() - start}

@@ -12,8 +12,10 @@ fixed date 1980-01-01), no absolute paths, JSON keys sorted. The one exception i
 kept out of the reports so that they stay reproducible.
 
 ``report.json`` (``REPORT_VERSION`` 2): ``model`` (name, source), ``target`` (name, spec), ``pipeline``
-(the text run, and the lowering part), ``seed``, ``calibration``, ``program`` (node count, ops by
-name), ``cost`` (:meth:`cimc.cost.CostReport.to_dict`, ``null`` if the target has no cost model):
+(the text run, and the lowering part), ``seed``, ``calibration``, ``dims`` (the model's symbolic dims:
+``fixed`` by ``--dim``, and those the per-inference counts took as 1: ``batch``, ``other``, ``unknown`` (a
+count of values); when ``other`` is not empty ``report.txt`` opens with a ``DIMS:`` line saying so), ``program`` (node
+count, ops by name), ``cost`` (:meth:`cimc.cost.CostReport.to_dict`, ``null`` if the target has no cost model):
 ``per_inference`` (cycles, latency_us, energy_nj, macs, by_unit, energy_nj_by_component, dram_bytes,
 energy_fj_per_mac, tops_per_w, weight_reloads, and the same per layer in ``layers``), ``one_time``
 (programming the arrays before inference: energy_nj, time_us, cell_writes_by_array, per layer),
@@ -53,8 +55,9 @@ from cimc.cost import REPORT_KEYS
 if TYPE_CHECKING:
     from cimc.driver import CompiledModel
 
-__all__ = ["PASS_REPORT", "REPORT_VERSION", "build_report", "cost_summary", "default_output_dir", "float_line",
-           "pass_reports", "report_text", "verify_failed", "verify_summary", "write_output"]
+__all__ = ["PASS_REPORT", "REPORT_VERSION", "build_report", "cost_summary", "default_output_dir", "dims_line",
+           "dims_warning", "float_line", "pass_reports", "report_text", "verify_failed", "verify_summary",
+           "write_output"]
 
 REPORT_VERSION = 2
 
@@ -88,6 +91,7 @@ def build_report(c: CompiledModel) -> dict[str, Any]:
         "pipeline": {"run": c.pipeline, "lowering": c.lowering},
         "seed": c.seed,
         "calibration": c.calibration,
+        "dims": c.dims,
         "program": {"nodes": len(c.program.nodes), "ops": dict(sorted(Counter(n.op for n in c.program.nodes).items()))},
         "cost": c.cost.to_dict() if c.cost else None,
         "array_busy_fraction": busy,
@@ -128,8 +132,11 @@ def report_text(c: CompiledModel) -> str:
     """The readable report: what was compiled how, the cost table, the mapping, the checks."""
     r = c.report
     lines = [float_line(c.float_layers)] if c.float_layers else []
+    warn = dims_warning(r.get("dims") or {}) if c.cost is not None else None
+    lines += [f"DIMS: {warn}"] if warn else []
     lines += [f"cimc compile report: {r['model']['source']} for target {r['target']['name']}",
              f"pipeline: {r['pipeline']['run']}", f"calibration: {r['calibration']}; seed {r['seed']}",
+             dims_line(r.get("dims") or {}),
              f"program: {r['program']['nodes']} ops ("
              + ", ".join(f"{k} x{v}" for k, v in r["program"]["ops"].items()) + ")", ""]
     if c.cost is not None:
@@ -155,6 +162,23 @@ def _columns(rows: list[list[str]]) -> list[str]:
     """Rows of cells as left-aligned text columns."""
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(v.ljust(w[i]) for i, v in enumerate(row)).rstrip() for row in rows]
+
+
+def dims_line(dims: dict[str, Any]) -> str:
+    """The report's line on the model's symbolic dims: those fixed (``--dim``) and those counted as 1 per inference."""
+    fixed = ", ".join(f"{k}={v}" for k, v in dims.get("fixed", {}).items()) or "none"
+    as_one = [*(f"{n} (the batch)" for n in dims.get("batch", [])), *dims.get("other", [])]
+    if dims.get("unknown"):
+        as_one.append(f"{dims['unknown']} value(s) of unknown size")
+    return f"dims: fixed {fixed}; counted as 1 per inference: {', '.join(as_one) or 'none'}"
+
+
+def dims_warning(dims: dict[str, Any]) -> str | None:
+    """What the report opens with when per-inference costs took a symbolic dim other than the batch as 1
+    (``report.json``'s ``dims``; :meth:`cimc.cost.SampleDims.warning`), else None."""
+    from cimc.cost import SampleDims
+
+    return SampleDims(tuple(dims.get("batch", ())), tuple(dims.get("other", ())), int(dims.get("unknown", 0))).warning()
 
 
 def float_line(floats: list[dict[str, str]]) -> str:
