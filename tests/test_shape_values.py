@@ -163,7 +163,7 @@ def test_a_shape_value_is_what_the_graph_computes() -> None:
     the interpreter computes on a batch of 3 (a symbolic element stands for the batch, or a product of it)."""
     from cimc.interpreter import run
 
-    for name in ("bert_torchscript", "llama_torchscript", "swin_torchscript"):
+    for name in ("bert_torchscript", "llama_torchscript", "swin_torchscript", "bert_dynamo", "llama_dynamo"):
         graph = import_model(cm.load(name))
         entry = cm.entries()[name]
         x = cm.draw_inputs(entry["inputs"], 3, seed=0)
@@ -178,7 +178,7 @@ def test_a_shape_value_is_what_the_graph_computes() -> None:
             want = [_size(d, {"batch": 3}) for d in known.elems]
             assert len(actual) == len(want) and all(w is None or a == w for a, w in zip(actual, want, strict=True)), \
                 (name, k, known, actual)
-        assert len(kept) > 20, (name, len(kept))
+        assert len(kept) > 10, (name, len(kept))
 
 
 def _dynamic_sequence_model(seq: int | str, *, heads_only: bool = False) -> onnx.ModelProto:
@@ -332,3 +332,42 @@ def test_shape_arithmetic_values_are_what_the_interpreter_computes(dims: list[in
         got = int(run(graph, {"x": x})[last])
         if elem is not None:
             assert _size(elem, {"N": n}) == got, (elem, n, got, steps)
+
+
+@settings(max_examples=150, deadline=None)
+@given(dims=st.lists(st.integers(1, 6) | st.just("N"), min_size=1, max_size=3),
+       operands=st.tuples(*[st.integers(-3, 8) | st.just("dim")] * 3), axis=st.integers(0, 2))
+def test_a_range_over_shape_values_has_the_length_and_elements_the_interpreter_computes(
+        dims: list[int | str], operands: tuple[int | str, ...], axis: int) -> None:
+    """``Range(start, limit, delta)``, each a constant or a dim of the input's shape (``arange(seq)``, as the dynamo
+    exporter writes a position index): the length its type gives and the elements its value rule knows are, at
+    the batch sizes 1 to 4, what the interpreter computes."""
+    from cimc.interpreter import run
+
+    if 0 in operands[2:]:
+        return  # a zero delta is an error of its own
+    scalar = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [], [v])  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"])]
+    consts = [scalar("axis", axis % len(dims))]
+    names = []
+    for k, op in enumerate(operands):
+        if op == "dim":
+            nodes.append(helper.make_node("Gather", ["s", "axis"], [f"o{k}"], axis=0))
+        else:
+            consts.append(scalar(f"o{k}", op))
+        names.append(f"o{k}")
+    nodes.append(helper.make_node("Range", names, ["r"]))
+    graph = import_model(helper.make_model(helper.make_graph(
+        nodes, "range", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("r", TensorProto.INT64, None)], consts),
+        opset_imports=[helper.make_opsetid("", 17)]))
+    (length,) = graph.outputs[0].type.shape
+    known = shape_value(graph.outputs[0])
+    for n in range(1, 5):
+        got = run(graph, {"x": np.zeros([n if d == "N" else d for d in dims], np.float32)})["r"]
+        if length is not None:
+            assert _size(length, {"N": n}) == got.size, (length, n, got)
+        if known is not None:
+            assert [_size(d, {"N": n}) for d in known.elems] == got.tolist(), (known, n, got)
+    if operands == (0, "dim", 1) and dims[axis % len(dims)] == "N":
+        assert length == "N"  # arange(batch) has the batch's length

@@ -14,7 +14,7 @@ import numpy as np
 
 from cimc.errors import CimcError, VerifyError
 from cimc.ir.opdef import REQUIRED, AttrSpec, InferContext, define_op
-from cimc.ir.types import DType, ShapeValue, TensorType, dtype_from_onnx_code
+from cimc.ir.types import SHAPE_VALUE_LIMIT, Dim, DType, ShapeValue, TensorType, dtype_from_onnx_code
 from cimc.ops._infer import dim_mul, normalize_axis, require
 from cimc.ops.tensor import _cast, _vector
 
@@ -52,8 +52,41 @@ def _range_type(ctx: InferContext) -> list[TensorType]:
     if len({t.dtype for t in types}) != 1:
         raise VerifyError(f"{_where(ctx)}: start, limit and delta must have one element type")
     start, limit, delta = (ctx.const(i) for i in range(3))
-    n = None if start is None or limit is None or delta is None else _range_count(start, limit, delta)
-    return [TensorType(types[0].dtype, (n,))]
+    if start is not None and limit is not None and delta is not None:
+        return [TensorType(types[0].dtype, (_range_count(start, limit, delta),))]
+    return [TensorType(types[0].dtype, (_range_length(ctx),))]
+
+
+def _range_operands(ctx: InferContext) -> tuple[Dim, Dim, Dim] | None:
+    """Start, limit and delta where shape values know them (each an int or a symbolic dim), else None."""
+    known = [ctx.value(i) for i in range(3)]
+    if any(v is None or len(v.elems) != 1 for v in known):
+        return None
+    s, l, d = (v.elems[0] for v in known if v is not None)
+    return s, l, d
+
+
+def _range_length(ctx: InferContext) -> Dim:
+    """The length of a Range computed from shapes: ``ceil((limit - start) / delta)`` when the three are known
+    ints; ``limit`` itself when it is a symbolic dim counted from 0 by 1 (``arange(seq)``); else unknown."""
+    ops = _range_operands(ctx)
+    if ops is None:
+        return None
+    s, l, d = ops
+    if isinstance(s, int) and isinstance(l, int) and isinstance(d, int):
+        return _range_count(np.asarray(s), np.asarray(l), np.asarray(d))
+    return l if s == 0 and d == 1 and isinstance(l, str) else None
+
+
+def _range_value(ctx: InferContext) -> ShapeValue | None:
+    """A Range's elements when start, limit and delta are known ints (a shape computation's ``arange``)."""
+    ops = _range_operands(ctx)
+    if ops is None or not all(isinstance(x, int) for x in ops):
+        return None
+    s, l, d = (int(x) for x in ops if isinstance(x, int))
+    if d == 0 or _range_count(np.asarray(s), np.asarray(l), np.asarray(d)) > SHAPE_VALUE_LIMIT:
+        return None
+    return ShapeValue(tuple(range(s, l, d)))
 
 
 def _range_count(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> int:
@@ -63,7 +96,7 @@ def _range_count(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> int
     return max(math.ceil((l - s) / d), 0)
 
 
-@define_op("Range", inputs=3, infer=_range_type)
+@define_op("Range", inputs=3, infer=_range_type, value=_range_value)
 def range_(ctx, start, limit, delta):
     """start, start + delta, ... up to (not including) limit; ceil((limit - start) / delta) elements."""
     n = _range_count(start, limit, delta)
