@@ -707,6 +707,23 @@ def test_type_error_names_the_node() -> None:
         import_model(model)
 
 
+@pytest.mark.parametrize("opset", [13, 19])
+def test_type_error_names_the_schema_of_the_models_opset(opset: int) -> None:
+    """The operand types are checked against the op's schema in the model's own opset (the schemas are read once
+    per op and opset): Reshape's shape operand must be int64, and the error names the schema of that opset."""
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["y"], name="r")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
+                              [numpy_helper.from_array(np.array([3, 2], np.int32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    with pytest.raises(Exception, match=r"Type 'tensor\(int32\)' of input parameter \(s\)"):  # so does onnxruntime
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    since = onnx.defs.get_schema("Reshape", opset, "").since_version
+    with pytest.raises(InputError, match=rf"node 'r' \(Reshape, opset {since}\): operand 1 \(shape, 's'\) is "
+                                         r"tensor\(int32\), which Reshape does not take"):
+        import_model(model)
+
+
 # ---- reading files ------------------------------------------------------------------------------
 def test_read_model_not_onnx(tmp_path) -> None:
     text = tmp_path / "notes.onnx"

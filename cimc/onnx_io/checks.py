@@ -26,12 +26,13 @@ which runs on the imported graph.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 from onnx import helper
@@ -230,45 +231,75 @@ def check_types(model: onnx.ModelProto, source: str, nodes: Iterable[onnx.NodePr
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
             elem.setdefault(vi.name, vi.type.tensor_type.elem_type)
     opsets = {o.domain or "": o.version for o in model.opset_import}
+    opset = opsets.get("", opsets.get("ai.onnx", 1))
     for index, node in enumerate(order):
         if node.domain not in ("", "ai.onnx"):
             continue
-        try:
-            schema = onnx.defs.get_schema(node.op_type, opsets.get("", opsets.get("ai.onnx", 1)), "")
-        except onnx.defs.SchemaError:
+        sig = _signature(node.op_type, opset)
+        if sig is None:
             continue  # the importer names ops ONNX does not have
-        why = _operand_types(node, schema, elem)
+        why = _operand_types(node, sig, elem)
         if why:
             raise InputError(f"{source}: node {node.name or f'{node.op_type}_{index}'!r} ({node.op_type}, opset "
-                             f"{schema.since_version}): {why} (onnxruntime refuses such a model)")
+                             f"{sig.since}): {why} (onnxruntime refuses such a model)")
 
 
+@functools.cache
 def _type_str(code: int) -> str:
     """The ONNX type string of element type ``code`` (``tensor(float)``)."""
     name = onnx.TensorProto.DataType.Name(code).lower() if code in onnx.TensorProto.DataType.values() else str(code)
     return f"tensor({name})"
 
 
-def _operand_types(node: onnx.NodeProto, schema: onnx.defs.OpSchema, elem: dict[str, int]) -> str | None:
-    """Why ``node``'s operand element types break ``schema``'s type constraints, or ``None``."""
-    formals = list(schema.inputs)
+class _Formal(NamedTuple):
+    """One formal input of an op schema, as :func:`_operand_types` reads it."""
+
+    name: str
+    type_str: str
+    variadic: bool
+    homogeneous: bool
+
+
+class _Signature(NamedTuple):
+    """What :func:`_operand_types` reads of an op's schema: its version, formal inputs and type constraints."""
+
+    since: int
+    formals: tuple[_Formal, ...]
+    allowed: dict[str, frozenset[str]]
+
+
+@functools.cache
+def _signature(op_type: str, opset: int) -> _Signature | None:
+    """The schema of ``op_type`` in ``opset`` as :func:`_operand_types` reads it (read once per op and opset: the
+    schema's accessors build new Python objects on every call); ``None`` if ONNX has no such op."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+    variadic = onnx.defs.OpSchema.FormalParameterOption.Variadic
+    return _Signature(schema.since_version,
+                      tuple(_Formal(f.name, f.type_str, f.option == variadic, f.is_homogeneous) for f in schema.inputs),
+                      {c.type_param_str: frozenset(c.allowed_type_strs) for c in schema.type_constraints})
+
+
+def _operand_types(node: onnx.NodeProto, sig: _Signature, elem: dict[str, int]) -> str | None:
+    """Why ``node``'s operand element types break the type constraints of its schema (``sig``), or ``None``."""
+    formals, allowed = sig.formals, sig.allowed
     if not formals:
         return None
-    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     bound: dict[str, tuple[str, int]] = {}
     for i, name in enumerate(node.input):
         if not name or name not in elem:
             continue
-        if i >= len(formals) and formals[-1].option != onnx.defs.OpSchema.FormalParameterOption.Variadic:
+        if i >= len(formals) and not formals[-1].variadic:
             continue
         formal = formals[min(i, len(formals) - 1)]
         have = _type_str(elem[name])
-        ok = allowed.get(formal.type_str, {formal.type_str})
+        ok = allowed.get(formal.type_str, frozenset({formal.type_str}))
         if have not in ok:
             return (f"operand {i} ({formal.name}, {name!r}) is {have}, which {node.op_type} does not take (it takes "
                     f"{', '.join(sorted(ok)[:8])}{', ...' if len(ok) > 8 else ''})")
-        variadic_mixed = i >= len(formals) - 1 and formal.option == onnx.defs.OpSchema.FormalParameterOption.Variadic \
-            and not formal.is_homogeneous
+        variadic_mixed = i >= len(formals) - 1 and formal.variadic and not formal.homogeneous
         if formal.type_str in allowed and not variadic_mixed:
             first = bound.setdefault(formal.type_str, (have, i))
             if first[0] != have:
