@@ -91,15 +91,22 @@ class AttrSpec:
         if isinstance(value, AttrValue) or self.kind in _STRUCTURED:
             ok = isinstance(value, AttrValue) and value.kind == self.kind
             return None if ok else f"is {_short(value)}, not {_STRUCTURED.get(self.kind, 'a ' + self.kind)}"
-        if not scalar and not isinstance(value, tuple | list):
+        if not scalar and not isinstance(value, _LISTS):
             return f"is {_short(value)}, not a list"
-        test = _KIND_TESTS.get(self.kind.rstrip("s") if not scalar else self.kind)
+        elem = self.kind.rstrip("s") if not scalar else self.kind
+        test = _KIND_TESTS.get(elem)
         if test is None:  # a kind this module does not know (a target's own): its op checks it
             return None
+        numeric = elem != "str"
         for v in items:
-            if not test(v):
+            if type(v) is int and numeric:  # a plain int (not a bool) is an integer and a number: no type tests
+                if not -(1 << 63) <= v < 1 << 63:  # what ONNX and numpy attributes hold
+                    return f"is {_short(value)}, out of range; {v} does not fit 64 bits"
+            elif type(v) is float and elem == "float":  # a plain float is a number, not an integer
+                pass
+            elif not test(v):
                 return f"is {_short(value)}; expected {self.allowed()}"
-            if _is_int(v) and not -(1 << 63) <= v < 1 << 63:  # what ONNX and numpy attributes hold
+            elif _is_int(v) and not -(1 << 63) <= v < 1 << 63:
                 return f"is {_short(value)}, out of range; {v} does not fit 64 bits"
             if self.choices is not None and v not in self.choices:
                 return f"is {_short(value)}; expected {self.allowed()}"
@@ -110,12 +117,18 @@ class AttrSpec:
         return None
 
 
+_LISTS = (tuple, list)
+_INTS = (int, np.integer)
+_NUMBERS = (int, float, np.integer, np.floating)
+_BOOLS = (bool, np.bool_)
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+    return isinstance(v, _INTS) and not isinstance(v, _BOOLS)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+    return isinstance(v, _NUMBERS) and not isinstance(v, _BOOLS)
 
 
 _KIND_TESTS: dict[str, Callable[[Any], bool]] = {"int": _is_int, "float": _is_number,
