@@ -309,6 +309,46 @@ def test_the_verifier_refuses_a_bad_placement(change, message):
         verify(g)
 
 
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda p: p.__setitem__((1, 5), p[0, 5] + 1), r"rt.write: piece 1 \[.*\] writes a domain another piece writes"),
+    (lambda p: p.__setitem__((0, 3), 1),
+     r"rt.write: piece 0 \[.*\] is outside the MUs \[0, 1\], 4 lanes, 64 domains or the 1x18x3 weight matrix"),
+])
+def test_the_lowering_refuses_a_bad_placement_of_its_own(change, message):
+    """The lowering checks each layer's pieces table once (its rt.write nodes are built without their type rule): a
+    layout whose pieces overlap or leave its MUs is a PassError naming the layer, not a program."""
+    from cimc.targets.racetrack.lowering import Layout, _lower, layer_of, layout
+
+    c = _small(_conv_model(), (2, 5, 5), "optimized", 1)
+    g = c.quantized.copy()
+    node = next(n for n in g.nodes if n.op == "q.conv")
+    lay = layout(layer_of(node), c.target.spec)
+    p = lay.pieces.copy()  # optimized, K = 18 over 2 ports: (column, port) pieces of 9 rows at domains 0 and 32
+    change(p)
+    with pytest.raises(PassError, match=rf"lower-racetrack placed q.conv '{node.name}' inconsistently: {message}"):
+        _lower(g, node, Layout(lambda: p, lay.mus, lay.sweeps), c.target.spec, 0, None)
+
+
+@pytest.mark.parametrize(("name", "placement", "mus"), [
+    ("resnet_tiny", "optimized", 8),  # layers written in rounds, partial row tiles stacked
+    ("resnet_tiny", "optimized", 4096),  # layers spread over the free MUs
+    ("mobilenet_tiny", "naive", 3),
+    ("hybrid_vit", "serpentine", 5),
+    ("lstm_rows", "optimized", 4),  # shared weights rewritten
+])
+def test_every_rounds_pieces_pass_the_write_check(name, placement, mus):
+    """Each round of a layer writes a part of the layer's checked pieces table, its MUs moved together: the verifier,
+    which re-infers every rt.write (its pieces inside its MUs, lanes, domains and matrix, none overlapping), passes
+    the whole program."""
+    from cimc.ir.verifier import verify
+
+    c = _compiled(name, 8, placement=placement, mus=mus)
+    layers = {n.attrs["cim.layer"] for n in c.program.nodes if n.op == "rt.write"}
+    assert mus > 8 or len([n for n in c.program.nodes if n.op == "rt.write"]) > len(layers)  # some layer in rounds
+    verify(c.program)
+
+
 def test_long_columns_sum_exactly():
     """A fully connected layer of 1201 inputs whose weights and activations sit at their largest codes (one weight
     of each output one code lower, so the sum of the 1152 rows of full row tiles is odd): the sums pass 2**25,

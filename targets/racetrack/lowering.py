@@ -29,8 +29,10 @@ bits`` lanes of ``D`` domains read by ``P`` ports ``E = D / P`` domains apart. T
 MUs are handed out layer after layer from MU 0; a layer that does not fit the MUs left starts again at
 0 (rewriting them: those writes count per inference), and a layer larger than the memory is written
 round by round. With ``allow_reload = false`` a model needing more MUs than ``mus`` is rejected.
-Postcondition: every ``rt.mac`` starts where its MUs are and every MU ends the inference at offset 0
-(:func:`cimc.targets.racetrack.ops.commanded_offsets`); a fault rate above 0 is recorded as
+Postconditions: each layer's pieces table lies inside its MUs, lanes, domains and matrix with no two pieces on one
+domain (:func:`cimc.targets.racetrack.ops.check_pieces`, once per layer: its rounds' ``rt.write`` nodes, each a part
+of it, are built with their type given); every ``rt.mac`` starts where its MUs are and every MU ends the inference
+at offset 0 (:func:`cimc.targets.racetrack.ops.commanded_offsets`). A fault rate above 0 is recorded as
 ``graph.metadata[LOSSY]``.
 """
 
@@ -46,13 +48,13 @@ import numpy as np
 
 from cimc.cim.encoding import contiguous
 from cimc.cim.lowering import finish_layer
-from cimc.errors import PassError
+from cimc.errors import PassError, VerifyError
 from cimc.ir.core import Graph, Node, Value
 from cimc.ir.opdef import is_annotation
 from cimc.ir.types import DType, TensorType
 from cimc.passmanager import Pass, PassContext, PassResult
 from cimc.target import ARRAY_OPS, LOSSY, Spec
-from cimc.targets.racetrack.ops import PIECE_COLUMNS, commanded_offsets, sweep_totals
+from cimc.targets.racetrack.ops import PIECE_COLUMNS, check_pieces, commanded_offsets, sweep_totals
 from cimc.targets.racetrack.spec import RacetrackSpec
 from cimc.tiling import weight_bits, weight_matrix
 
@@ -366,7 +368,12 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     acc = None
     rounds = _rounds(lay.mus, spec.mus, first) if shared is None else [(0, lay.mus, shared[2])]
     words = graph.add_constant(m.astype(np.int8, copy=False), f"{node.name}.words") if shared is None else None
-    if shared is None:  # each round's pieces, in their layout order: one stable sort by round, not a scan per round
+    if shared is None:  # the layer's pieces checked once (each round writes a part of them, its MUs moved together)
+        try:
+            check_pieces(lay.pieces, (0, lay.mus), geometry["lanes"], geometry["domains"], (G, K, N))
+        except VerifyError as e:  # the placement's own invariant: a bug here, not a user error
+            raise PassError(f"lower-racetrack placed {node.op} {node.name!r} inconsistently: {e}") from None
+        # each round's pieces, in their layout order: one stable sort by round, not a scan per round
         of_round = np.searchsorted(np.array([r1 for _, r1, _ in rounds]), lay.pieces[:, 3], side="right")
         if len(of_round) > 1 and (of_round[1:] < of_round[:-1]).any():
             order = np.argsort(of_round, kind="stable")
@@ -380,7 +387,7 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
             rows[:, 3] += base - r0
             pieces = graph.add_constant(rows, f"{node.name}.pieces")
             token = add("rt.write", [words, pieces], {"mus": [base, base + r1 - r0], **geometry, "matrix": [G, K, N],
-                                                      "weight_bits": bits})
+                                                      "weight_bits": bits}, outputs=[TensorType(DType.i32, ())])
         else:
             pieces, token = shared[0], shared[1]
         for sw in lay.sweeps:

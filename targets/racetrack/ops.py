@@ -71,8 +71,8 @@ from cimc.limits import check_size
 from cimc.ops._infer import require
 from cimc.ops.nn import to_dtype
 
-__all__ = ["OPS", "PIECE_COLUMNS", "STATE", "Tracks", "commanded_offsets", "positions", "rt_mac", "rt_shift",
-           "rt_write", "sweep_steps", "sweep_totals", "swept"]
+__all__ = ["OPS", "PIECE_COLUMNS", "STATE", "Tracks", "check_pieces", "commanded_offsets", "positions", "rt_mac",
+           "rt_shift", "rt_write", "sweep_steps", "sweep_totals", "swept"]
 
 STATE = "rt.tracks"
 """Key of the machine (:class:`Tracks`) in the interpreter's machine state."""
@@ -388,27 +388,37 @@ def _check_pieces(ctx: InferContext, index: int, op: str) -> np.ndarray | None:
     if p is None:
         return None
     a = ctx.attrs
-    m0, m1 = _mus(a)
-    G, K, N = (int(v) for v in a["matrix"])
+    check_pieces(p, _mus(a), a["lanes"], a["domains"], a["matrix"], op, written=op == "rt.write")
+    return p
+
+
+def check_pieces(p: np.ndarray, mus: tuple[int, int], lanes: int, domains: int, matrix: Any, op: str = "rt.write",
+                 written: bool = True) -> None:
+    """A ``VerifyError`` naming the first piece of the table ``p`` outside ``lanes`` lanes of ``domains`` domains or
+    the ``[G, K, N]`` ``matrix``; for a table an ``rt.write`` writes (``written``), also the first outside the MUs
+    ``mus`` and the first that writes a domain another piece writes. The type rules of ``rt.write`` and ``rt.mac``
+    run it; the lowering runs it once on each layer's whole table (the rounds' tables are parts of it)."""
+    m0, m1 = mus
+    G, K, N = (int(v) for v in matrix)
     if not len(p):
-        return p
+        return
     cols = p.T.copy()  # the columns contiguous: their extremes in a few passes
     flat, stride, n, mu, lane, d0 = cols
     lo, hi = cols.min(axis=1), cols.max(axis=1)
     last = flat + (n - 1) * stride
-    if (lo[2] >= 1 and lo[4] >= 0 and hi[4] < a["lanes"] and lo[5] >= 0 and (d0 + n).max() <= a["domains"]
+    if not (lo[2] >= 1 and lo[4] >= 0 and hi[4] < lanes and lo[5] >= 0 and (d0 + n).max() <= domains
             and lo[0] >= 0 and last.max() < G * K * N and last.min() >= 0
-            and (op != "rt.write" or (lo[3] >= m0 and hi[3] < m1))):
-        return p  # every piece inside: the columns' extremes say so
-    inside = (n >= 1) & (lane >= 0) & (lane < a["lanes"]) & (d0 >= 0) & (d0 + n <= a["domains"])
-    inside &= (flat >= 0) & (flat + (n - 1) * stride < G * K * N) & (flat + (n - 1) * stride >= 0)
-    if op == "rt.write":
-        inside &= (mu >= m0) & (mu < m1)
-    if not inside.all():
-        i = int(np.argmin(inside))
-        raise VerifyError(f"{op}: piece {i} {p[i].tolist()} is outside the MUs {[m0, m1]}, {a['lanes']} lanes, "
-                          f"{a['domains']} domains or the {G}x{K}x{N} weight matrix")
-    return p
+            and (not written or (lo[3] >= m0 and hi[3] < m1))):  # else a piece lies outside: name the first
+        inside = (n >= 1) & (lane >= 0) & (lane < lanes) & (d0 >= 0) & (d0 + n <= domains)
+        inside &= (flat >= 0) & (flat + (n - 1) * stride < G * K * N) & (flat + (n - 1) * stride >= 0)
+        if written:
+            inside &= (mu >= m0) & (mu < m1)
+        if not inside.all():
+            i = int(np.argmin(inside))
+            raise VerifyError(f"{op}: piece {i} {p[i].tolist()} is outside the MUs {[m0, m1]}, {lanes} lanes, "
+                              f"{domains} domains or the {G}x{K}x{N} weight matrix")
+    if written and (j := _overlap(p, lanes, domains)) is not None:
+        raise VerifyError(f"{op}: piece {j} {p[j].tolist()} writes a domain another piece writes")
 
 
 def _write_type(ctx: InferContext) -> list[TensorType]:
@@ -416,9 +426,7 @@ def _write_type(ctx: InferContext) -> list[TensorType]:
     a = ctx.attrs
     if w.dtype is not DType.i8 or (w.shape is not None and tuple(w.shape) != tuple(int(v) for v in a["matrix"])):
         raise VerifyError(f"rt.write: the words must be i8 {list(a['matrix'])} (the matrix attribute), are {w}")
-    p = _check_pieces(ctx, 1, "rt.write")
-    if p is not None and (i := _overlap(p, a["lanes"], a["domains"])) is not None:
-        raise VerifyError(f"rt.write: piece {i} {p[i].tolist()} writes a domain another piece writes")
+    _check_pieces(ctx, 1, "rt.write")
     return [TensorType(DType.i32, ())]
 
 
