@@ -38,7 +38,6 @@ at offset 0 (:func:`cimc.targets.racetrack.ops.commanded_offsets`). A fault rate
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,18 +92,13 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Layout:
-    """A layer's weights on ``mus`` MUs (numbered from 0): the pieces table (``PIECE_COLUMNS``, built by ``make``
-    when first read: the placement weighs candidate layouts by their MUs and shifts and keeps few) and its sweep
-    groups, which cover the MUs in order."""
+    """A layer's weights on ``mus`` MUs (numbered from 0): ``make`` builds its pieces table (int64 ``[n,
+    len(PIECE_COLUMNS)]``, MU by MU; a new array at each call: the placement weighs candidate layouts by their MUs
+    and shifts and builds the tables of the few it keeps), and its sweep groups, which cover the MUs in order."""
 
     make: Callable[[], np.ndarray] = field(repr=False, compare=False)
     mus: int
     sweeps: tuple[Sweep, ...]
-
-    @functools.cached_property
-    def pieces(self) -> np.ndarray:
-        """The pieces table, int64 ``[n, len(PIECE_COLUMNS)]``."""
-        return self.make()
 
 
 def layout(layer: Layer, spec: RacetrackSpec, placement: str | None = None, stack: int = 1,
@@ -137,16 +131,19 @@ def _row_major(layer: Layer, spec: RacetrackSpec, serpentine: bool) -> Layout:
         c = np.arange(G * N, dtype=np.int64)
         outer, inner, stride = c // N * K * N + c % N, K, N
     total = G * K * N
-    starts = np.union1d(np.arange(0, total, D, dtype=np.int64), np.arange(0, total, inner, dtype=np.int64))
-    lens = np.diff(np.append(starts, total))
-    lane = starts // D
-    pieces = np.stack([outer[starts // inner] + starts % inner * stride, np.full_like(starts, stride), lens,
-                       lane // lanes, lane % lanes, starts % D], axis=1)
+
+    def make() -> np.ndarray:
+        starts = np.union1d(np.arange(0, total, D, dtype=np.int64), np.arange(0, total, inner, dtype=np.int64))
+        lens = np.diff(np.append(starts, total))
+        lane = starts // D
+        return np.stack([outer[starts // inner] + starts % inner * stride, np.full_like(starts, stride), lens,
+                         lane // lanes, lane % lanes, starts % D], axis=1)
+
     mus = -(-total // (D * lanes))
     fill = np.minimum(D, total - np.arange(mus, dtype=np.int64) * D * lanes)  # the first lane of an MU is its fullest
     sweeps = tuple(Sweep(m0, m1, s, 1, 1, 0 if serpentine else -(s - 1), int(serpentine))
                    for m0, m1, s in _runs(fill))
-    return Layout(lambda: pieces, mus, sweeps)
+    return Layout(make, mus, sweeps)
 
 
 def _optimized(layer: Layer, spec: RacetrackSpec, stack: int = 1, depth: int | None = None) -> Layout:
@@ -368,23 +365,24 @@ def _lower(graph: Graph, node: Node, lay: Layout, spec: RacetrackSpec, first: in
     acc = None
     rounds = _rounds(lay.mus, spec.mus, first) if shared is None else [(0, lay.mus, shared[2])]
     words = graph.add_constant(m.astype(np.int8, copy=False), f"{node.name}.words") if shared is None else None
-    if shared is None:  # the layer's pieces checked once (each round writes a part of them, its MUs moved together)
+    if shared is None:  # a fresh table of the layer's pieces, checked once: each round writes a part of it
+        table = lay.make()
         try:
-            check_pieces(lay.pieces, (0, lay.mus), geometry["lanes"], geometry["domains"], (G, K, N))
+            check_pieces(table, (0, lay.mus), geometry["lanes"], geometry["domains"], (G, K, N))
         except VerifyError as e:  # the placement's own invariant: a bug here, not a user error
             raise PassError(f"lower-racetrack placed {node.op} {node.name!r} inconsistently: {e}") from None
-        # each round's pieces, in their layout order: one stable sort by round, not a scan per round
-        of_round = np.searchsorted(np.array([r1 for _, r1, _ in rounds]), lay.pieces[:, 3], side="right")
-        if len(of_round) > 1 and (of_round[1:] < of_round[:-1]).any():
+        mu = table[:, 3]
+        if len(mu) > 1 and (mu[1:] < mu[:-1]).any():  # each round's pieces in their layout order: one stable sort
+            of_round = np.searchsorted(np.array([r1 for _, r1, _ in rounds]), mu, side="right")
             order = np.argsort(of_round, kind="stable")
-            by_round, of_round = lay.pieces[order], of_round[order]
-        else:  # the layouts list their pieces MU by MU: already in round order
-            by_round = lay.pieces
-        cuts = np.searchsorted(of_round, np.arange(len(rounds) + 1))
+            table, cuts = table[order], np.searchsorted(of_round[order], np.arange(len(rounds) + 1))
+        else:  # the layouts list their pieces MU by MU: a round's pieces are consecutive rows
+            cuts = np.searchsorted(mu, [r0 for r0, _, _ in rounds] + [rounds[-1][1]])
     for i, (r0, r1, base) in enumerate(rounds):
         if shared is None:  # every round writes its MUs' pieces of the one weight matrix
-            rows = by_round[cuts[i]:cuts[i + 1]].copy()
-            rows[:, 3] += base - r0
+            rows = table[cuts[i]:cuts[i + 1]]  # the round's rows of the layer's table, its MUs moved in place
+            if base != r0:
+                rows[:, 3] += base - r0
             pieces = graph.add_constant(rows, f"{node.name}.pieces")
             token = add("rt.write", [words, pieces], {"mus": [base, base + r1 - r0], **geometry, "matrix": [G, K, N],
                                                       "weight_bits": bits}, outputs=[TensorType(DType.i32, ())])
