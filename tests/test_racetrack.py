@@ -373,6 +373,27 @@ def test_a_layer_in_rounds_takes_each_rounds_pieces_in_any_table_order():
     assert all(np.array_equal(v, ref[k]) for k, v in ours.items())
 
 
+def test_the_cost_reads_an_rt_mac_once_without_keeping_its_reads():
+    """The cost report counts each rt.mac's reads without keeping them (a large program's reads are larger than its
+    weights); the program then runs exact, working its reads out itself, and reads kept by a run are read again."""
+    from cimc.cost import program_cost
+    from cimc.targets.racetrack import ops
+
+    c = cimc.compile("zoo:mobilenet_tiny", target="racetrack", pipeline=_quantized(8), spec={"mus": 6}, progress=False)
+    g = c.program
+    macs = [n for n in g.nodes if n.op == "rt.mac"]
+    reads = lambda: [k for k in ops._CACHE if k[0] in {id(n.inputs[2].const) for n in macs} and "reads" in k]  # noqa: E731
+    cost = program_cost(g, c.target)
+    assert cost.per_inference.to_dict(None) == c.cost.per_inference.to_dict(None) and not reads()
+    feed = {g.inputs[0].name: _images(20)}
+    ref = Interpreter(c.quantized).run(feed)
+    assert all(np.array_equal(v, ref[k]) for k, v in Interpreter(g).run(feed).items())
+    kept = reads()
+    assert len(kept) == len(macs)
+    a, p = macs[0].attrs, macs[0].inputs[2].const
+    assert ops.swept(p, a, keep=False) is ops.swept(p, a)
+
+
 def test_long_columns_sum_exactly():
     """A fully connected layer of 1201 inputs whose weights and activations sit at their largest codes (one weight
     of each output one code lower, so the sum of the 1152 rows of full row tiles is odd): the sums pass 2**25,

@@ -114,7 +114,7 @@ def _mac_cost(node: Node, s: RacetrackSpec) -> Cost:
     B, S, step = int(a["block"]), int(a["states"]), int(a.get("step", 1))
     nb = -(-L // B)
     steps, _ = sweep_totals(S, step, int(a.get("turn", 0)), int(a.get("alternate", 0)), nb)
-    reads = swept(node.operand(2).array, a)
+    reads = swept(node.operand(2).array, a, keep=False)  # read once here
     W = reads.words
     G, K, N = (int(v) for v in a["matrix"])
     bits, act = int(a.get("weight_bits", 8)), int(a.get("act_bits", 8))

@@ -228,13 +228,16 @@ _CACHE: dict[tuple, tuple[Any, Any]] = {}
 """Per pieces table (while it lives): its expansion and checks, an instruction's reads, its GEMM blocks."""
 
 
-def _cached(owners: tuple[np.ndarray, ...], key: tuple, make):
-    """``make()`` for the constants ``owners`` and ``key``, computed once while they all live."""
+def _cached(owners: tuple[np.ndarray, ...], key: tuple, make, keep: bool = True):
+    """``make()`` for the constants ``owners`` and ``key``, computed once while they all live (``keep = False``: a
+    value made now is not kept; one kept before is still read)."""
     k = (*(id(o) for o in owners), *key)
     hit = _CACHE.get(k)
     if hit is not None and all(r() is o for r, o in zip(hit[0], owners, strict=True)):
         return hit[1]
     val = make()
+    if not keep:
+        return val
     try:
         refs = tuple(weakref.ref(o, functools.partial(_forget, _CACHE, k)) for o in owners)
     except TypeError:
@@ -295,9 +298,10 @@ class Reads:
             self.flat, self.fstride, self.n, self.mu, self.lane, self.d, self.dstride, self.t0, self.tdir))
 
 
-def swept(pieces: np.ndarray, a) -> Reads:
-    """The weights an ``rt.mac`` with attributes ``a`` reads (cached per pieces table): the pieces' weights
-    on its MUs that a port it uses passes over at one of its states, run by run."""
+def swept(pieces: np.ndarray, a, keep: bool = True) -> Reads:
+    """The weights an ``rt.mac`` with attributes ``a`` reads (cached per pieces table; ``keep = False``, as the cost
+    report reads them once: not kept, the memory of a large program's reads is not held for a run that may not
+    come): the pieces' weights on its MUs that a port it uses passes over at one of its states, run by run."""
     m0, m1 = _mus(a)
     S, step = int(a["states"]), int(a.get("step", 1))
     key = ("reads", m0, m1, a.get("start", 0), S, step, a["ports"], a["segment"])
@@ -324,8 +328,9 @@ def swept(pieces: np.ndarray, a) -> Reads:
             keep &= (mu >= m0) & (mu < m1)
         # the reads of port 0, then of port 1, ...: the pieces on the MUs, in table order, by port
         at = np.flatnonzero(keep)
-        port, i = np.divmod(at, len(pieces))
-        on = pieces[i].T  # the read pieces' columns
+        port = at // len(pieces)
+        i = at - port * len(pieces)
+        on = np.take(pieces, i, axis=0).T  # the read pieces' columns (np.take gathers rows faster than pieces[i])
         base = b.reshape(-1)[port]
         first = base if not step else first.reshape(-1)[at]
         k = len(i)
@@ -335,7 +340,7 @@ def swept(pieces: np.ndarray, a) -> Reads:
         cols = (on[0] + (first - on[5]) * on[1], on[1] * m, count.reshape(-1)[at], on[3], on[4], first,
                 np.full(k, m, np.int64), port, t0, np.full(k, 1 if step >= 0 else -1, np.int64))
         return Reads(*(np.ascontiguousarray(c, np.int64) for c in cols))
-    return _cached((pieces,), key, make)
+    return _cached((pieces,), key, make, keep)
 
 
 def _overlap(pieces: np.ndarray, lanes: int, domains: int) -> int | None:
