@@ -26,6 +26,22 @@ logical row ``i`` on the calibration inputs (1 without them). That is the cost m
    (the same levels, significance, input moments, array and starting placement) are placed once, their
    placement (and expected error) shared: the same result as placing each.
 
+   That full search costs about ten milliseconds per 128 x 128 tile (five assignments and their cost products),
+   so with ``effort=bounded`` (the default) it goes to the ``full_tiles`` tiles of each layer with the largest
+   expected error before placement (all of a layer's tiles when it has no more: the zoo's models but
+   mobilenet_tiny), and every other tile gets the **bounded placement**: its columns, given its rows, by
+   assignments of the most significant columns first (the columns of one slice significance at a time, each a
+   least-cost assignment to the physical columns left: the slices' costs differ 16 times from one to the next, so
+   those of the top slice decide most of the cost), then its rows, given those columns, by ``rounds`` rounds of
+   exchanges (swaps of two rows, moves to a free row; the disjoint best ones each round), never raising the cost;
+   no column is complemented. Its costs, when the error maps are a few terms ``f[j, l] V[j, r, p]`` but at a
+   few cells (programming variation with one draw per cell; cells stuck at 0, at the top), come from a product
+   of ``[k, C]`` by ``[C, R]`` per term plus a sum over those cells, found in the maps themselves (the one-hot
+   products otherwise: one per level). On
+   light_resnet50 with random weights at 5 % stuck cells it leaves about 11 % more expected squared error than the
+   full search in a quarter of its time (benchmarks/README.md). ``effort=full`` places every tile by the full
+   search. The report says per layer how many tiles each got (``tiles_full_search``, ``tiles_bounded``).
+
 3. closest-value mapping (``closest``): a cell is stuck when what it holds does not depend on the level written
    (``E[a, l, r, p] + l`` the same for every ``l``). A weight ``w`` with cells on stuck cells (in any of its
    replicas; cells of skipped blocks are not read and do not count) is written as the value ``v`` whose
@@ -52,11 +68,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
 
 from cimc.cim.device import IDEAL, Device
 from cimc.cim.encoding import Encoding
@@ -185,6 +204,14 @@ class MapErrorsPass(Pass):
         "assign", "assign: arrays, rows and columns by linear assignment on the expected error; none: keep the "
                   "placement tile gave.")
     iterations: int = option(2, "Rounds of (rows, columns) assignment per tile, after a first row assignment.")
+    effort: Literal["bounded", "full"] = option(
+        "bounded", "full: every tile by the full search (the assignments of step 2 with flips); bounded: the "
+                   "full_tiles tiles of each layer with the largest expected error by the full search, the others by "
+                   "the bounded placement (columns by a rank-one order and exchanges, then rows by exchanges; no "
+                   "flips). The report gives each layer's count of each.")
+    full_tiles: int = option(8, "With effort=bounded, how many tiles of each layer (those with the largest expected "
+                                "error before placement) get the full search.")
+    rounds: int = option(2, "Rounds of exchanges of rows of the bounded placement (0: its rows are kept).")
     arrays: bool = option(True, "Also permute which physical array holds each array's tiles (most significant "
                                 "slices on the most reliable arrays).")
     inputs: int = option(8, "Calibration inputs run to measure each row's input (the first ones).")
@@ -194,9 +221,9 @@ class MapErrorsPass(Pass):
                                  "whose encoding, with those cells stuck, holds the value closest to it.")
 
     def __post_init__(self) -> None:
-        if self.iterations < 0 or self.inputs < 0:
-            raise CimcError(f"options iterations={self.iterations} and inputs={self.inputs} of pass 'map-errors' "
-                            f"must be >= 0")
+        if min(self.iterations, self.inputs, self.full_tiles, self.rounds) < 0:
+            raise CimcError(f"options iterations={self.iterations}, inputs={self.inputs}, full_tiles={self.full_tiles} "
+                            f"and rounds={self.rounds} of pass 'map-errors' must be >= 0")
 
     def chip_blind(self) -> MapErrorsPass:
         """``strategy=none``: the placement ``tile`` gives, the weights as they are."""
@@ -233,28 +260,32 @@ class MapErrorsPass(Pass):
         perm = self._array_permutation(owners, m2, E2) if self.arrays else np.arange(A)
         report = {}
         E2c = E2.astype(_COSTS)
+        seps: dict[int, _Separable | None] = {}  # per physical array, its maps' split (the bounded placement's)
         solved: dict[tuple[Any, ...], Any] = {}  # placements of tiles placed so far
         errors: dict[tuple[Any, ...], Any] = {}  # and expected errors
         try:
             for node in owners:
                 report[node.name] = self._place_layer(node, m2.get(id(node)), E, E2c, perm, stuck, (solved, errors),
-                                                      errs)
+                                                      errs, seps)
         finally:
             _CELLS.clear()  # the encoded cells of the last layer placed: not kept alive past the pass
         for node in nodes:  # layers reading another layer's tiles take its placement and recoding
             if node not in owners:
                 src = next(n for n in owners if n.name == node.attrs["tile.shared"])
                 node.attrs.update({k: v for k, v in src.attrs.items() if k in ("tile.map", "tile.skip", "tile.recode")})
-        graph.metadata[REPORT] = json.dumps({"strategy": self.strategy, "arrays_permuted": bool(self.arrays),
+        graph.metadata[REPORT] = json.dumps({"strategy": self.strategy, "effort": self.effort,
+                                             "full_tiles": self.full_tiles if self.effort == "bounded" else None,
+                                             "arrays_permuted": bool(self.arrays),
                                              "closest_value": bool(self.closest), "layers": report}, sort_keys=True)
         return PassResult(True)
 
     def _place_layer(self, node: Node, m2: np.ndarray | None, E: np.ndarray, E2: np.ndarray, perm: np.ndarray,
                      stuck: np.ndarray | None, memos: tuple[dict[tuple[Any, ...], Any], dict[tuple[Any, ...], Any]],
-                     errs: _Errs | None) -> dict[str, float | int]:
+                     errs: _Errs | None, seps: dict[int, _Separable | None]) -> dict[str, float | int]:
         """Place one layer's tiles (steps 2 and 3 of the module docstring); its report entry. ``memos``: the
         placements and the errors of tiles placed so far, by everything that computes them (tiles alike share
-        them); ``errs``: the cells that err when the error maps are whole numbers (:class:`_Errs`), else ``None``."""
+        them); ``errs``: the cells that err when the error maps are whole numbers (:class:`_Errs`), else ``None``;
+        ``seps``: each physical array's :class:`_Separable` split (filled as arrays are first met)."""
         solved, errors = memos
         a = node.attrs
         tm: TileMap = a["tile.map"]
@@ -273,6 +304,7 @@ class MapErrorsPass(Pass):
         sig_all = np.asarray(enc.significance, np.float64)
         sigs: dict[tuple[int, int, int], np.ndarray] = {}
         parts: list[tuple[np.ndarray, np.ndarray, int]] = []
+        tiles = []
         for i, (g, k0, k1, c0, c1, s0, s1, arr, _) in enumerate(tm.table.tolist()):
             img = np.ascontiguousarray(cells[g, k0:k1, c0:c1, s0:s1]).reshape(k1 - k0, -1)  # tile_image's
             C = img.shape[1]
@@ -283,23 +315,43 @@ class MapErrorsPass(Pass):
             parts.append((sig, rows2, s1 - s0))
             rows, cols = tm.rows_of(i), tm.cols_of(i)
             jobs.append((arr, img, sig, s1 - s0, rows2, rows, cols, _driven(blocks0[i], rows, rpo), None, None))
-            arg = (enc.slices if pairs else 0) if s1 - s0 == enc.slices or not pairs else -1
+            tiles.append((img, sig, rows2, rows, cols, s1 - s0))
+        before_each = _errors(E, errs, jobs, errors)
+        full = _full_search(before_each, len(tm) if self.effort == "full" else self.full_tiles)
+        work = _Work()
+        for i, (img, sig, rows2, rows, cols, S) in enumerate(tiles):
+            arg = (enc.slices if pairs else 0) if S == enc.slices or not pairs else -1
+            a_phys = int(table[i, 7])
             # _place is a function of these alone (its options are the pass's): tiles alike share one result
-            key = (int(table[i, 7]), arg, img.shape, img.tobytes(), sig.tobytes(), rows2.tobytes(), rows.tobytes(),
-                   cols.tobytes())
+            key = (bool(full[i]), a_phys, arg, img.shape, img.tobytes(), sig.tobytes(), rows2.tobytes(),
+                   rows.tobytes(), cols.tobytes())
             hit = solved.get(key)
+            if hit is None and not full[i]:
+                if a_phys not in seps:
+                    seps[a_phys] = _Separable.of(E2[a_phys])
+                sep = seps[a_phys]
+                if sep is not None:
+                    hit = _put(solved, key, self._place_bounded(partial(sep.col_cost, img, sig ** 2, rows2, work=work),
+                                                                partial(sep.row_cost, img, sig ** 2, rows2, work=work),
+                                                                sig ** 2, rows, cols))
             if hit is None:  # tiles of the same levels share their one-hot weights
-                t = _Tile(node, i, _NO_WEIGHTS, rows2, img, sig, s1 - s0)
-                w = hot.get(key[2:5])
+                t = _Tile(node, i, _NO_WEIGHTS, rows2, img, sig, S)
+                w = hot.get(key[3:6])
                 if w is None:
-                    w = _put(hot, key[2:5], _with_weights(t, enc.cell_bits), 16)
-                hit = _put(solved, key, self._place(replace(t, w=w.w, _rows=w._rows), E2[table[i, 7]], rows, cols, arg))
+                    w = _put(hot, key[3:6], _with_weights(t, enc.cell_bits), 16)
+                t = replace(t, w=w.w, _rows=w._rows)
+                if full[i]:
+                    hit = _put(solved, key, self._place(t, E2[a_phys], rows, cols, arg))
+                else:
+                    t.set_flip(np.zeros(len(cols), bool))
+                    hit = _put(solved, key, self._place_bounded(partial(t.col_cost, E2[a_phys]),
+                                                                partial(t.row_cost, E2[a_phys]), sig ** 2, rows, cols))
             r, c, f, _ = hit
             row_at.append(r)
             col_at.append(c)
             flips.append(np.flatnonzero(f) if f.any() else None)
         before = 0.0
-        for x in _errors(E, errs, jobs, errors):  # summed in the order of the tiles
+        for x in before_each:  # summed in the order of the tiles
             before += x
         placed = tm.replace(table=table, row_at=row_at, col_at=col_at, flip=flips)
         a["tile.map"] = placed
@@ -330,7 +382,8 @@ class MapErrorsPass(Pass):
         for x in _errors(E, errs, jobs, errors):
             after += x
         return {"expected_sq_error_before": before, "expected_sq_error_after": after, "recoded": len(recode),
-                "flipped_columns": sum(len(placed.flips_of(i)) for i in range(len(placed)))}
+                "flipped_columns": sum(len(placed.flips_of(i)) for i in range(len(placed))),
+                "tiles_full_search": int(full.sum()), "tiles_bounded": int(len(full) - full.sum())}
 
     def _array_permutation(self, nodes: list[Node], m2: dict[int, np.ndarray], E2: np.ndarray) -> np.ndarray:
         """``perm[a]``: the physical array that plays array ``a``'s role (module docstring, step 1), by the cost of
@@ -406,6 +459,34 @@ class MapErrorsPass(Pass):
             if len(seen) > 2 and all(np.array_equal(x, y) for x, y in zip(seen[-1], seen[-3], strict=True)):
                 break
         return best[1], best[2], best[3], best[0]
+
+    def _place_bounded(self, col_cost: Callable[[np.ndarray], np.ndarray], row_cost: Callable[[np.ndarray], np.ndarray],
+                       sig2: np.ndarray, row_at: np.ndarray, col_at: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """The bounded placement (``effort=bounded``): the columns, given the rows ``row_at``, by
+        :func:`_assign_by_significance` (``col_at`` where that costs more); then, with ``rounds``, the rows given
+        those columns by ``rounds`` rounds of :func:`_descend` from ``row_at``. No step raises the cost (as its
+        costs count it), so the placement costs at most what ``row_at``, ``col_at`` do; no columns are
+        complemented. ``col_cost(rows)`` and ``row_cost(cols)``: the steps' cost matrices; ``sig2``: each logical
+        column's significance squared."""
+        cc = col_cost(row_at)
+        ac = np.arange(len(col_at))
+        cols = _assign_by_significance(cc, sig2)
+        cost = float(cc[ac, cols].sum())
+        if cost > float(cc[ac, col_at].sum()):
+            cols, cost = np.asarray(col_at, np.int64), float(cc[ac, col_at].sum())
+        rows = np.asarray(row_at, np.int64)
+        if self.rounds:
+            cr = row_cost(cols)
+            rows = _descend(cr, row_at, self.rounds)
+            cost = float(cr[np.arange(len(rows)), rows].sum())
+        return rows, cols, np.zeros(len(cols), bool), cost
+
+def _full_search(before: list[float], n: int) -> np.ndarray:
+    """bool per tile: the ``n`` tiles of largest expected error ``before`` (the first of equal ones)."""
+    out = np.zeros(len(before), bool)
+    out[np.argsort(-np.asarray(before, np.float64), kind="stable")[:n]] = True
+    return out
 
 
 def _assign(cost: np.ndarray) -> np.ndarray:
@@ -764,3 +845,205 @@ def _input_moments(graph: Graph, nodes: list[Node], calibration: Any, inputs: in
     for run in batches(graph, {k: a[:inputs] for k, a in arrays.items()}, min(count, inputs)):
         interp.run(run, observe=observe)
     return {k: sums[k] / max(counts[k], 1.0) for k in sums}
+
+
+@dataclass(frozen=True)
+class _Separable:
+    """One array's squared error maps as a few terms ``E2[l, r, p] = sum_j f[j, l] V[j, r, p]`` except at a few
+    cells, where ``D[l, e]`` is what the maps hold: programming variation whose sigma is a function of the level
+    written times one draw per cell (the relative model's ``f[l] ~ l^2``, the ReRAM and PCM models' polynomials)
+    is the first term, and cells alike but for a scale (stuck at the lowest level: ``l^2``; at the top: ``(top -
+    l)^2``) the next ones; all found in the maps themselves (:meth:`of`), whatever the device. The bounded
+    placement's costs are then a few products of ``[k, C]`` by ``[C, R]`` (the one-hot product is ``levels`` of
+    them) plus a sum over the exceptions: the one-hot costs up to :data:`_SEPARABLE_TOL` of each cell's errors (the
+    grid a device stores values on moves them a little), exactly those when the maps are exactly so."""
+
+    f: np.ndarray
+    """``[T, levels]``: each term's factor per level."""
+    V: np.ndarray
+    """``[T, R, P]``: each term's scale per cell (0 off the term's cells)."""
+    VT: np.ndarray
+    """``V`` with its cells' axes swapped (``[T, P, R]``)."""
+    er: np.ndarray
+    """``[n]``: the exceptions' physical rows (ordered by row, then column)."""
+    ep: np.ndarray
+    """``[n]``: their physical columns."""
+    by_col: np.ndarray
+    """The exceptions' order by column, then row."""
+    D_by_cell: np.ndarray
+    """Their maps, exception by exception (``E2[l, er[e], ep[e]]`` at ``e * levels + l``)."""
+
+    @staticmethod
+    def of(E2: np.ndarray) -> _Separable | None:
+        """That split of one array's maps ``E2`` ``[levels, R, P]``, or ``None`` when more than
+        :data:`_SEPARABLE_MOST` of the cells are exceptions. A cell's profile is its maps over their sum; the first
+        term's factor is the median profile, the next ones those of the :data:`_TERMS` most common profiles of the
+        cells it does not fit (each of :data:`_TERM_CELLS` cells at least), their scales the sums."""
+        levels = E2.shape[0]
+        V = E2.sum(axis=0)
+        top = E2.max(axis=0)
+        on = V > 0
+        f0 = np.median(E2[:, on] / V[on], axis=1) if on.any() else np.zeros(levels)
+        tol = _SEPARABLE_TOL * np.maximum(top, np.median(top) if top.size else 0.0)
+        off = np.abs(E2 - f0[:, None, None] * V).max(axis=0) > tol
+        fs, Vs = [f0], [np.where(off, 0.0, V)]
+        ro, co = np.nonzero(off)
+        rest = np.ones(len(ro), bool)
+        if len(ro):
+            prof = E2[:, ro, co] / V[ro, co]  # an off cell errs somewhere, so its sum is > 0
+            _, kind, counts = np.unique(np.rint(prof / _SEPARABLE_TOL).astype(np.int64), axis=1, return_inverse=True,
+                                        return_counts=True)
+            kind = kind.reshape(-1)
+            for j in np.argsort(-counts, kind="stable")[:_TERMS]:
+                if counts[j] < _TERM_CELLS:
+                    break
+                fj = np.median(prof[:, kind == j], axis=1)
+                at = (kind == j) & (np.abs(E2[:, ro, co] - fj[:, None] * V[ro, co]).max(axis=0) <= tol[ro, co])
+                Vj = np.zeros_like(V)
+                Vj[ro[at], co[at]] = V[ro[at], co[at]]
+                fs.append(fj)
+                Vs.append(Vj)
+                rest &= ~at
+        if rest.sum() > _SEPARABLE_MOST * E2[0].size:
+            return None
+        er, ep = ro[rest], co[rest]
+        f, Vt = np.stack(fs), np.stack(Vs)
+        return _Separable(f, Vt, np.ascontiguousarray(Vt.transpose(0, 2, 1)), er, ep, np.lexsort((er, ep)),
+                          np.ascontiguousarray(E2[:, er, ep].T).reshape(-1))
+
+    def col_cost(self, img: np.ndarray, sig2: np.ndarray, m2: np.ndarray, row_at: np.ndarray,
+                 work: _Work | None = None) -> np.ndarray:
+        """``[C, P]``: the cost of the tile's logical column ``c`` (levels ``img`` ``[k, C]``, significance squared
+        ``sig2``, rows' input moments ``m2``) on physical column ``p``, its rows at ``row_at``, written as they are
+        (:meth:`_Tile.col_cost`); ``work``: scratch arrays to reuse."""
+        work = _Work() if work is None else work
+        L = img.astype(np.int64)
+        R, P = self.V.shape[1:]
+        out = (m2[:, None] * self.f[0][L]).T @ self.V[0][row_at]  # [C, P]
+        for j in range(1, len(self.f)):
+            out += (m2[:, None] * self.f[j][L]).T @ self.V[j][row_at]
+        inv = np.full(R, -1, np.int64)
+        inv[row_at] = np.arange(len(row_at))
+        e = self.by_col[inv[self.er[self.by_col]] >= 0]
+        if len(e):
+            i = inv[self.er[e]]
+            out += self._sums(L, i, e, m2[i], self.ep[e], P, work).T
+        return out * sig2[:, None]
+
+    def row_cost(self, img: np.ndarray, sig2: np.ndarray, m2: np.ndarray, col_at: np.ndarray,
+                 work: _Work | None = None) -> np.ndarray:
+        """``[k, R]``: the cost of the tile's logical row ``i`` on physical row ``r``, its columns at ``col_at``, as
+        written (:meth:`_Tile.row_cost`); ``work``: scratch arrays to reuse."""
+        work = _Work() if work is None else work
+        L = img.astype(np.int64)
+        R, P = self.V.shape[1:]
+        out = (self.f[0][L] * sig2) @ self.VT[0][col_at]  # [k, R]
+        for j in range(1, len(self.f)):
+            out += (self.f[j][L] * sig2) @ self.VT[j][col_at]
+        inv = np.full(P, -1, np.int64)
+        inv[col_at] = np.arange(len(col_at))
+        e = np.flatnonzero(inv[self.ep] >= 0)
+        if len(e):
+            c = inv[self.ep[e]]
+            out += self._sums(np.ascontiguousarray(L.T), c, e, sig2[c], self.er[e], R, work).T
+        return out * m2[:, None]
+
+    def _sums(self, L: np.ndarray, own: np.ndarray, e: np.ndarray, weight: np.ndarray, line: np.ndarray, lines: int,
+              work: _Work) -> np.ndarray:
+        """``[lines, m]``: per physical line, the sum over its exceptions ``e`` (ordered by ``line``, each on logical
+        line ``own`` of ``L`` ``[*, m]``, the levels along the other axis) of ``weight * D[level, e]`` for each of
+        the ``m`` levels' logical lines."""
+        at = work.get("index", (len(e), L.shape[1]), np.int64)
+        np.take(L, own, axis=0, out=at)
+        at += (e * self.f.shape[1])[:, None]
+        z = self.D_by_cell.take(at, out=work.get("z", at.shape, np.float64))
+        by_line = csr_matrix((weight, np.arange(len(e)), np.searchsorted(line, np.arange(lines + 1))),
+                             shape=(lines, len(e)))
+        return by_line @ z
+
+
+class _Work:
+    """Scratch arrays reused from tile to tile: a fresh array of a megabyte costs its page faults on every
+    allocation (about a millisecond here), more than the work done in it."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """An uninitialised array ``shape`` of ``dtype``, the scratch ``name``'s memory (grown when too small)."""
+        need = int(np.prod(shape))
+        key = (name, np.dtype(dtype).str)
+        buf = self._arrays.get(key)
+        if buf is None or buf.size < need:
+            buf = self._arrays[key] = np.empty(need, dtype)
+        return buf[:need].reshape(shape)
+
+
+_SEPARABLE_TOL = 1e-2
+"""A cell is an exception of :class:`_Separable` when some level's squared error differs from ``l^2`` times level
+1's by more than this fraction of its largest (the grid a device stores values on moves them a little)."""
+
+_SEPARABLE_MOST = 0.25
+"""Most exceptions (a fraction of the cells) for which :class:`_Separable` is used."""
+
+_TERMS = 3
+"""Most terms of :class:`_Separable` beyond the first (stuck at either end, and one more kind of cell)."""
+
+_TERM_CELLS = 16
+"""Fewest cells of a term of :class:`_Separable` beyond the first (fewer are exceptions)."""
+
+
+def _descend(cost: np.ndarray, at: np.ndarray, rounds: int) -> np.ndarray:
+    """``at`` (distinct columns of ``cost`` ``[k, n]``, one per row) improved by up to ``rounds`` rounds of exchanges:
+    in each, every row finds its best exchange (swapping columns with another row, or moving to a column no row
+    holds), and the exchanges that are the best (largest gain, then first row) of every exchange found that
+    touches either of their two rows or columns are made: they are disjoint and each lowers the cost, so the cost
+    never grows. Stops when a round makes none."""
+    k, n = cost.shape
+    at = np.asarray(at, np.int64).copy()
+    ar = np.arange(k)
+    for _ in range(rounds):
+        held = np.zeros(n, bool)
+        held[at] = True
+        free = np.flatnonzero(~held)
+        cur = cost[ar, at]
+        x = cost[:, at]  # x[i, j]: row i on row j's column
+        gain = cur[:, None] + cur[None, :] - x - x.T
+        if len(free):
+            gain = np.concatenate([gain, cur[:, None] - cost[:, free]], axis=1)
+        best = gain.argmax(axis=1)  # the other end of each row's exchange: a row, or k + a free column
+        g = gain[ar, best]
+        src = np.flatnonzero(g > _GAIN * max(float(cur.sum()), 1e-300))
+        if not len(src):
+            break
+        rank = np.empty(k, np.int64)
+        rank[src[np.lexsort((src, -g[src]))]] = np.arange(len(src))  # 0: the best exchange
+        low = np.full(k + len(free), len(src), np.int64)  # per row or free column, the best exchange touching it
+        np.minimum.at(low, src, rank[src])
+        np.minimum.at(low, best[src], rank[src])
+        made = src[(low[src] == rank[src]) & (low[best[src]] == rank[src])]
+        swap, move = made[best[made] < k], made[best[made] >= k]
+        other = best[swap]
+        at[swap], at[other] = at[other], at[swap].copy()
+        at[move] = free[best[move] - k]
+    return at
+
+
+_GAIN = 1e-12
+"""Least gain (a fraction of the assignment's cost) for which :func:`_descend` makes an exchange."""
+
+
+def _assign_by_significance(cost: np.ndarray, sig2: np.ndarray) -> np.ndarray:
+    """The column of each row of ``cost`` ``[C, P]`` (``C <= P``): the rows of the largest ``sig2`` first, by a
+    least-cost assignment (:func:`_assign`) to the columns, then each next value of ``sig2`` to the columns left. With
+    the slices of a weight on a tile's columns, their costs differ by their significance squared (16 times from one
+    2-bit slice to the next), so the most significant columns' assignment is most of the cost: a few assignments of
+    a quarter of the rows, each far cheaper than one of all."""
+    out = np.empty(len(cost), np.int64)
+    left = np.ones(cost.shape[1], bool)
+    for s in np.unique(sig2)[::-1]:
+        rows, cols = np.flatnonzero(sig2 == s), np.flatnonzero(left)
+        got = cols[_assign(cost[np.ix_(rows, cols)])]
+        out[rows] = got
+        left[got] = False
+    return out

@@ -532,8 +532,151 @@ def test_tiles_alike_are_placed_once_with_the_same_result(tmp_path, monkeypatch)
     shared = cimc.compile(path, target=t, calibration=x, progress=False, seed=1)
     n_shared = len(calls)
     layer = MapErrorsPass._place_layer
-    monkeypatch.setattr(MapErrorsPass, "_place_layer", lambda self, node, m2, E, E2, perm, stuck, memos, errs:
-                        layer(self, node, m2, E, E2, perm, stuck, (Forgetful(), Forgetful()), errs))
+    monkeypatch.setattr(MapErrorsPass, "_place_layer", lambda self, node, m2, E, E2, perm, stuck, memos, *rest:
+                        layer(self, node, m2, E, E2, perm, stuck, (Forgetful(), Forgetful()), *rest))
     alone = cimc.compile(path, target=t, calibration=x, progress=False, seed=1)
     assert n_shared < len(calls) - n_shared  # 12 tiles (3 row tiles x 4 channel tiles) on 2 crossbars
     assert print_graph(shared.program) == print_graph(alone.program)
+
+
+def _variation_and_stuck(rng, levels=4, R=40, P=36, f=None):
+    """Squared error maps of programming variation whose sigma is a function of the level (``f[l] * V``, one draw
+    per cell), cells stuck at either end (``(s - l)^2``): the device's own form; and a few cells of their own."""
+    f = np.array([0.3, 1.0, 2.2, 3.1])[:levels] if f is None else f
+    E2 = f[:, None, None] * rng.uniform(0, 0.05, (R, P))[None]
+    stuck = rng.random((R, P))
+    lv = np.arange(levels, dtype=np.float64)[:, None]
+    for s, at in ((0, stuck < 0.08), (levels - 1, stuck > 0.95)):
+        E2[:, at] = (s - lv) ** 2
+    odd = (rng.integers(0, R, 5), rng.integers(0, P, 5))
+    E2[:, odd[0], odd[1]] = rng.uniform(0, 2, (levels, 5))
+    return E2
+
+
+def test_separable_costs_are_the_one_hot_costs():
+    """The bounded placement's costs (a product of the variation's factor plus the stuck cells' corrections) are the
+    one-hot products' (themselves checked against loops over cells): rows and columns, partial tiles, spares."""
+    rng = np.random.default_rng(5)
+    for trial in range(12):
+        levels = (2, 4)[trial % 2]
+        E2 = _variation_and_stuck(rng, levels)
+        sep = map_errors._Separable.of(E2)
+        assert sep is not None and len(sep.f) == 3 and 0 < len(sep.er) <= 5  # variation, stuck at 0, at the top
+        k, C = int(rng.integers(3, 40)), int(rng.integers(2, 36))
+        img = rng.integers(0, levels, (k, C)).astype(np.uint8)
+        sig = rng.choice([1.0, -2.0, 4.0, -8.0], C)
+        m2 = rng.uniform(0.1, 3, k)
+        t = map_errors._with_weights(_Tile(None, 0, np.zeros(0), m2, img, sig, 1), int(np.log2(levels)))
+        t.set_flip(np.zeros(C, bool))
+        rows, cols = rng.permutation(40)[:k], rng.permutation(36)[:C]
+        work = map_errors._Work()
+        for _ in range(2):  # the scratch arrays reused
+            np.testing.assert_allclose(sep.col_cost(img, sig ** 2, m2, rows, work), t.col_cost(E2, rows), rtol=1e-9,
+                                       atol=1e-12)
+            np.testing.assert_allclose(sep.row_cost(img, sig ** 2, m2, cols, work), t.row_cost(E2, cols), rtol=1e-9,
+                                       atol=1e-12)
+
+
+def test_maps_that_are_not_separable_take_the_one_hot_costs():
+    rng = np.random.default_rng(1)
+    assert map_errors._Separable.of(rng.uniform(0, 1, (4, 10, 10))) is None  # every cell its own profile
+    assert map_errors._Separable.of(np.zeros((4, 10, 10))) is not None  # nothing errs: no exceptions
+
+
+def _moves(cost, at):
+    """Every swap of two rows' columns and every move of a row to a column no row holds, with its new cost."""
+    k, n = cost.shape
+    for i in range(k):
+        for j in range(n):
+            b = at.copy()
+            if j in at:
+                o = int(np.flatnonzero(at == j)[0])
+                b[i], b[o] = at[o], at[i]
+            else:
+                b[i] = j
+            yield cost[np.arange(k), b].sum()
+
+
+def test_exchanges_lower_the_cost_to_a_local_optimum():
+    """_descend keeps an injective assignment, never raises the cost, and given rounds enough ends where no single
+    swap or move (enumerated here) lowers it."""
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        k, n = int(rng.integers(2, 9)), 0
+        n = k + int(rng.integers(0, 3))
+        cost = rng.uniform(0, 1, (k, n)) * (rng.random((k, n)) < 0.7) if trial % 3 else \
+            np.outer(rng.uniform(0, 1, k), rng.uniform(0, 1, n))
+        start = rng.permutation(n)[:k]
+        one = map_errors._descend(cost, start, 1)
+        end = map_errors._descend(cost, start, 100)
+        for got in (one, end):
+            assert len(set(got.tolist())) == k and got.min() >= 0 and got.max() < n
+        c0, c1, c2 = (cost[np.arange(k), a].sum() for a in (start, one, end))
+        assert c2 <= c1 <= c0
+        assert min(_moves(cost, end)) >= c2 - 1e-12
+
+
+def test_significance_groups_are_each_assigned_at_least_cost():
+    """Columns of the largest significance first, each group's assignment the cheapest of the columns left (brute
+    force over them); and with costs that scale by the group's significance as much as slices' do, as cheap as
+    one assignment of all within a few percent."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        C, P = 6, int(rng.integers(6, 8))
+        sig2 = np.repeat([1.0, 16.0, 256.0], 2)[rng.permutation(6)]
+        cost = rng.uniform(0, 1, (C, P)) * sig2[:, None]
+        got = map_errors._assign_by_significance(cost, sig2)
+        assert len(set(got.tolist())) == C
+        left = set(range(P))
+        for s in (256.0, 16.0, 1.0):
+            rows = np.flatnonzero(sig2 == s)
+            best = min(cost[rows, list(p)].sum() for p in itertools.permutations(sorted(left), len(rows)))
+            assert cost[rows, got[rows]].sum() == pytest.approx(best)
+            left -= set(got[rows].tolist())
+
+
+def test_bounded_effort_places_the_costliest_tiles_fully_and_reports_it():
+    """effort=bounded: per layer the full_tiles tiles of largest error by the full search, the others by the bounded
+    placement, which the report counts per layer; it removes most of the error (not as much as the full search on
+    stuck cells alone: 10 % stuck cells on mlp, 2.1e6 left of 5.7e10, the full search 2.1e5); effort=full places
+    every tile fully; the program is the same from run to run."""
+    def go(options):
+        return _compiled("mlp", 0.1, True, options=options).report["passes"]["map-errors"]
+    full, bounded, some = go("{effort=full}"), go("{full_tiles=0}"), go("{full_tiles=1}")
+    assert full["effort"] == "full" and bounded["effort"] == "bounded"
+    for name, r in full["layers"].items():
+        n = r["tiles_full_search"] + r["tiles_bounded"]
+        assert r["tiles_bounded"] == 0 and bounded["layers"][name]["tiles_full_search"] == 0
+        assert some["layers"][name]["tiles_full_search"] == 1 and some["layers"][name]["tiles_bounded"] == n - 1
+        b = bounded["layers"][name]
+        assert b["expected_sq_error_after"] < 1e-3 * b["expected_sq_error_before"]  # the full search: 4e-6 and 0
+    again = _compiled.__wrapped__("mlp", 0.1, True, 1, "{full_tiles=0}")  # compiled anew
+    first = _compiled("mlp", 0.1, True, options="{full_tiles=0}")
+    assert json.dumps(again.report["passes"]) == json.dumps(first.report["passes"])
+    assert print_graph(again.program) == print_graph(first.program)
+
+
+def test_full_search_goes_to_the_tiles_of_largest_error():
+    assert map_errors._full_search([1.0, 5.0, 5.0, 2.0], 2).tolist() == [False, True, True, False]
+    assert map_errors._full_search([3.0, 1.0, 3.0, 3.0], 2).tolist() == [True, False, True, False]  # first of ties
+    assert map_errors._full_search([1.0], 4).tolist() == [True]
+
+
+def test_bounded_placement_never_ends_worse_than_it_began():
+    """The bounded placement's cost (as the full search's costs count it: the one-hot products) is at most its
+    starting placement's, on random tiles and where the most significant columns' best columns are the ones the
+    others need most (assigned one significance at a time, they would cost 100 where the start costs 1)."""
+    cc = np.array([[0.0, 1.0], [0.0, 100.0]])
+    rows, cols, flips, cost = MapErrorsPass(rounds=0)._place_bounded(lambda r: cc, lambda c: None,
+                                                                     np.array([2.0, 1.0]), np.arange(3),
+                                                                     np.array([1, 0]))
+    assert cols.tolist() == [1, 0] and cost == 1.0 and not flips.any() and rows.tolist() == [0, 1, 2]
+    rng = np.random.default_rng(6)
+    for trial in range(20):
+        t, _, sig2, E2 = _random_tile(rng, k=5, C=4, R=7, P=5, levels=(2, 4)[trial % 2])
+        t.set_flip(np.zeros(4, bool))
+        start_r, start_c = rng.permutation(7)[:5], rng.permutation(5)[:4]
+        r, c, _, cost = MapErrorsPass()._place_bounded(functools.partial(t.col_cost, E2),
+                                                       functools.partial(t.row_cost, E2), sig2, start_r, start_c)
+        assert cost == pytest.approx(t.cost(E2, r, c))
+        assert cost <= t.cost(E2, start_r, start_c) + 1e-12
