@@ -20,7 +20,7 @@ from cimc.ir.equality import graph_difference
 from cimc.onnx_io import import_model, load_model
 from cimc.passmanager import PassContext, PassManager
 from cimc.quant.params import weight_qmax
-from cimc.quant.weights import CLIP_GRID, GPTQ_DAMP, WeightMethod, gptq, mse_scales
+from cimc.quant.weights import CLIP_GRID, GPTQ_DAMP, WeightMethod, _inverse_cholesky, gptq, mse_scales
 
 OFF = "weight-clip=max weight-rounding=nearest bias-correction=off"
 ON = "weight-clip=mse weight-rounding=gptq bias-correction=on"
@@ -72,6 +72,34 @@ def test_gptq_equals_the_obq_reference(G, K, N, block, bits):
     m = rng.normal(size=(G, K, N)).astype(np.float32)
     scales = (np.abs(m).max(axis=1).reshape(-1) / weight_qmax(bits)).astype(np.float32)
     np.testing.assert_array_equal(gptq(m, gram, scales, bits, block=block), obq_reference(m, gram, scales, bits))
+
+
+def test_gptq_reads_the_statistics_view_without_writing_it():
+    """gptq is given InputStats.gram, a strided [G, K, K] view of the [G, K + 1, K + 1] moments (no copy is
+    made of it): the integers are the reference's, and the statistics, zero diagonal entry included, are
+    left as they were."""
+    rng = np.random.default_rng(5)
+    G, K, N = 2, 11, 4
+    x = np.stack([np.concatenate([_correlated(rng, 150, K), np.ones((150, 1))], axis=1) for _ in range(G)])
+    x[:, :, 3] = 0.0
+    moments = x.transpose(0, 2, 1) @ x / 150
+    before = moments.copy()
+    m = rng.normal(size=(G, K, N)).astype(np.float32)
+    scales = (np.abs(m).max(axis=1).reshape(-1) / weight_qmax(3)).astype(np.float32)
+    got = gptq(m, moments[:, :-1, :-1], scales, 3, block=4)
+    np.testing.assert_array_equal(got, obq_reference(m, np.ascontiguousarray(moments[:, :-1, :-1]), scales, 3))
+    np.testing.assert_array_equal(moments, before)
+
+
+def test_inverse_cholesky_is_the_upper_factor_of_the_inverse():
+    """U upper triangular with U^T U = h^-1, against numpy's general inverse, for each group."""
+    rng = np.random.default_rng(6)
+    h = np.stack([(lambda a: a.T @ a / 40 + 0.1 * np.eye(9))(rng.normal(size=(40, 9))) for _ in range(3)])
+    u = _inverse_cholesky(h)
+    assert u.flags.c_contiguous
+    for g in range(3):
+        np.testing.assert_array_equal(u[g], np.triu(u[g]))
+        np.testing.assert_allclose(u[g].T @ u[g], np.linalg.inv(h[g]), rtol=1e-9, atol=1e-12)
 
 
 def test_gptq_lowers_the_output_error_on_calibration_rows():

@@ -208,13 +208,14 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
         lower = np.linalg.cholesky(h[:, ::-1, ::-1])
     except np.linalg.LinAlgError as e:
         raise CimcError(f"GPTQ: the damped input Hessian is not positive definite ({e})") from e
-    out = np.empty_like(lower)
     for g in range(len(lower)):
-        inv_t, info = dtrtri(lower[g].T, lower=0)  # L^T is Fortran-ordered upper: LAPACK reads it in place
+        # L^T is Fortran-ordered upper: LAPACK inverts it in place, leaving L^-1 in C order in lower[g]
+        inv_t, info = dtrtri(lower[g].T, lower=0, overwrite_c=1)
         if info:
             raise CimcError(f"GPTQ: the Cholesky factor of the input Hessian is singular (LAPACK info {info})")
-        out[g] = inv_t.T[::-1, ::-1]
-    return out
+        if not np.may_share_memory(inv_t, lower[g]):
+            lower[g] = inv_t.T
+    return np.ascontiguousarray(lower[:, ::-1, ::-1])
 
 
 def gptq(m: np.ndarray, gram: np.ndarray, scales: np.ndarray, bits: int, block: int = GPTQ_BLOCK) -> np.ndarray:
@@ -224,32 +225,37 @@ def gptq(m: np.ndarray, gram: np.ndarray, scales: np.ndarray, bits: int, block: 
     G, K, N = m.shape
     qmax = weight_qmax(bits)
     s = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (G * N,)).reshape(G, 1, N)
-    h = np.array(gram, np.float64)
-    if not np.isfinite(h).all():
+    gram = np.asarray(gram, np.float64)  # no copy: the statistics' own [G, K, K] view
+    if not np.isfinite(gram).all():
         raise CimcError("GPTQ: the calibration inputs of the layer are not finite")
     idx = np.arange(K)
-    diag = h[:, idx, idx]
-    h[:, idx, idx] = np.where(diag > 0, diag, 1.0)  # rows no input reaches: plain rounding, no spread
-    order = np.argsort(-h[:, idx, idx], axis=1, kind="stable")  # act-order: the largest inputs first
+    diag = gram[:, idx, idx]
+    diag = np.where(diag > 0, diag, 1.0)  # rows no input reaches: plain rounding, no spread
+    order = np.argsort(-diag, axis=1, kind="stable")  # act-order: the largest inputs first
     gsel = np.arange(G)[:, None]
     w = np.asarray(m, np.float64)[gsel, order]  # [G, K, N]: row k of every group, in its order
-    h = h[gsel[:, :, None], order[:, :, None], order[:, None, :]]
-    h[:, idx, idx] += GPTQ_DAMP * h[:, idx, idx].mean(axis=1, keepdims=True)
+    h = gram[gsel[:, :, None], order[:, :, None], order[:, None, :]]  # the one copy of [G, K, K]
+    diag = diag[gsel, order]
+    h[:, idx, idx] = diag + GPTQ_DAMP * diag.mean(axis=1, keepdims=True)
     u = _inverse_cholesky(h)
     q = np.empty((G, K, N), np.float64)
+    err, part = np.empty((G, block, N)), np.empty((G, block, N))  # row errors of a block; an update's product
     for i1 in range(0, K, block):
         i2 = min(i1 + block, K)
-        err = np.empty((G, i2 - i1, N))
-        for i in range(i1, i2):
-            row = w[:, i:i + 1]  # [G, 1, N]
-            qi = q[:, i:i + 1]
-            np.clip(np.rint(row / s), -qmax, qmax, out=qi)
-            e = (row - qi * s) / u[:, i, i, None, None]
+        for i in range(i1, i2):  # the same operations as the formulas, in place on preallocated rows
+            row, qi, e = w[:, i:i + 1], q[:, i:i + 1], err[:, i - i1:i - i1 + 1]  # [G, 1, N]
+            np.divide(row, s, out=qi)
+            np.rint(qi, out=qi)
+            np.clip(qi, -qmax, qmax, out=qi)
+            np.multiply(qi, s, out=e)
+            np.subtract(row, e, out=e)
+            np.divide(e, u[:, i, i, None, None], out=e)  # e = (w_k - s q_k) / U[k, k]
             if i + 1 < i2:
-                w[:, i + 1:i2] -= u[:, i, i + 1:i2, None] * e
-            err[:, i - i1] = e[:, 0]
+                rest, prod = w[:, i + 1:i2], part[:, :i2 - i - 1]
+                np.multiply(u[:, i, i + 1:i2, None], e, out=prod)
+                np.subtract(rest, prod, out=rest)  # w_j -= e U[k, j] within the block
         if i2 < K:
-            w[:, i2:] -= u[:, i1:i2, i2:].transpose(0, 2, 1) @ err
+            w[:, i2:] -= u[:, i1:i2, i2:].transpose(0, 2, 1) @ err[:, :i2 - i1]
     out = np.empty((G, K, N), np.int8)
     out[gsel, order] = q
     return out
