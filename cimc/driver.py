@@ -437,8 +437,9 @@ def compile(model: str | os.PathLike[str] | onnx.ModelProto | Graph, target: str
     cost = program_cost(program, tgt)
     mapping = _mapping(program, quantized, tgt)
     seen = sample_dims(program)
-    if seen.warning() and cost is not None:
-        logger.warning("%s: %s", src.label, seen.warning())
+    dims_warning = seen.warning() if cost is not None else None
+    if dims_warning:
+        logger.warning("%s: %s", src.label, dims_warning)
 
     checks, verify_s = None, None
     if sample is not None:
